@@ -1,0 +1,22 @@
+/* activation.h - elementwise activations over n contiguous floats; y may alias x.
+ *
+ *   gelu       0.5 x (1 + erf(x / sqrt 2))                          (torch GELU, "gelu")
+ *   gelu_tanh  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      ("gelu_new", HF GPT-2)
+ *   relu       max(x, 0)  (NaN stays NaN)
+ *   silu       x / (1 + exp(-x))
+ */
+#ifndef MI_ACTIVATION_H
+#define MI_ACTIVATION_H
+
+#include <stdint.h>
+
+typedef enum { MI_ACT_RELU, MI_ACT_GELU, MI_ACT_GELU_TANH, MI_ACT_SILU } mi_activation;
+
+void mi_gelu(const float *x, float *y, int64_t n);
+void mi_gelu_tanh(const float *x, float *y, int64_t n);
+void mi_relu(const float *x, float *y, int64_t n);
+void mi_silu(const float *x, float *y, int64_t n);
+/* Dispatch on the enum. */
+void mi_activate(mi_activation act, const float *x, float *y, int64_t n);
+
+#endif

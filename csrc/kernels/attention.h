@@ -1,0 +1,36 @@
+/* attention.h - multi-head attention as three hookable steps.
+ *
+ * The forward pass exposes attn_scores, pattern and z to hooks in between, so
+ * attention is three kernels rather than one fused one:
+ *
+ *   scores[b,h,i,j] = scale * <q[b,i,h,:], k[b,j,h,:]>,  -inf where masked
+ *   pattern         = mi_softmax_rows(scores)          (softmax.h)
+ *   z[b,i,h,:]      = sum_j pattern[b,h,i,j] * v[b,j,h,:]
+ *
+ * q, k, v are read through a layout so the fused QKV buffer [B,T,3,H,Dh]
+ * (Hugging Face's c_attn output) serves without copies: element (b,t,h,d) of
+ * q is q[b*batch_stride + t*row_stride + h*d_head + d], and k = q + H*Dh,
+ * v = q + 2*H*Dh with row_stride = 3*H*Dh.
+ *
+ * Masking: causal masks j > i. key_mask[b,j] == 0 masks key j for every query
+ * of batch item b (padding); NULL means no padding mask.
+ *
+ * Shapes: scores, pattern [B,H,T,T]; z [B,T,H,Dh] contiguous.
+ * Cost O(T^2 Dh) per head. Parallel over (b, h).
+ */
+#ifndef MI_ATTENTION_H
+#define MI_ATTENTION_H
+
+#include <stdint.h>
+
+typedef struct {
+    int64_t batch, seq, heads, d_head;
+    int64_t row_stride;    /* elements between positions t and t+1 */
+    int64_t batch_stride;  /* elements between batch items b and b+1 */
+} mi_attn_layout;
+
+void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
+                    int causal, const float *key_mask, float *scores);
+void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v, float *z);
+
+#endif

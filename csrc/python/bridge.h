@@ -1,0 +1,81 @@
+/* bridge.h - shared pieces of the CPython extension mechinterp_c._core.
+ *
+ * Only files under csrc/python/ include Python or NumPy headers. The C core
+ * below reports errors as mi_status + message (common/status.h); mi_py_raise
+ * turns that into a Python exception here.
+ *
+ * Memory handed to Python: C memory is wrapped in a _core.Buffer (a heap type
+ * that owns it and frees it on dealloc) and NumPy arrays are views whose base
+ * is that Buffer, so an array never copies and never outlives its memory.
+ */
+#ifndef MI_PY_BRIDGE_H
+#define MI_PY_BRIDGE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#ifndef MI_NUMPY_IMPORT_HERE
+#define NO_IMPORT_ARRAY
+#endif
+#define PY_ARRAY_UNIQUE_SYMBOL mi_numpy_api
+#include <numpy/arrayobject.h>
+
+#include "common/status.h"
+
+/* Per-module state (multi-phase init: no process-wide globals). */
+typedef struct {
+    PyTypeObject *buffer_type;      /* owner of C memory behind NumPy views (array.c) */
+    PyTypeObject *model_type;       /* the C transformer (model_py.c) */
+    PyTypeObject *safetensors_type; /* an mmapped safetensors file (io_py.c) */
+    PyTypeObject *tokenizer_type;   /* byte-level BPE (io_py.c) */
+} mi_module_state;
+
+extern PyModuleDef mi_core_module;
+
+static inline mi_module_state *mi_state(PyObject *module)
+{
+    return (mi_module_state *)PyModule_GetState(module);
+}
+
+/* Set the Python exception for a failed status and return NULL. MI_ERR_CALLBACK
+ * means a Python exception is already set and is left as it is. */
+PyObject *mi_py_raise(mi_status status);
+
+/* --- Buffers and arrays (array.c) --------------------------------------- */
+
+typedef void (*mi_release_fn)(void *data, size_t nbytes, void *ctx);
+
+/* A new Buffer owning `data`; `release(data, nbytes, ctx)` runs when the last
+ * reference goes (NULL release: nothing to free). On failure the memory is
+ * released and NULL returned with an exception set. */
+PyObject *mi_py_buffer_new(PyObject *module, void *data, size_t nbytes,
+                           mi_release_fn release, void *ctx);
+
+/* A float32 NumPy view of `data` whose base is `owner` (a new reference to
+ * owner is taken). strides in bytes, NULL for C-contiguous. */
+PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
+                     const npy_intp *strides, int writable);
+
+/* A new C-contiguous float32 array backed by 64-byte aligned memory owned by
+ * a Buffer. *data receives its first element. Contents uninitialised. */
+PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float **data);
+
+/* Accept `obj` as a float32 C-contiguous array for argument `name`:
+ * float32 C-contiguous ndarrays are used in place (a new reference), other
+ * float arrays or sequences of floats are converted once, anything else
+ * (integer, bool, complex, object dtypes) raises TypeError naming the argument.
+ * ndim must be within [min_ndim, max_ndim] (ValueError naming the shape).
+ * Returns NULL with an exception set on failure. */
+PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim);
+
+/* "(2, 3, 4)" for error messages; buf must hold 128 bytes. */
+const char *mi_py_shape_str(PyArrayObject *a, char *buf);
+
+/* --- Subsystem initialisation (one per file, called from module exec) ---- */
+int mi_py_array_exec(PyObject *m);
+int mi_py_ops_exec(PyObject *m);
+int mi_py_model_exec(PyObject *m);
+int mi_py_io_exec(PyObject *m);
+int mi_py_analysis_exec(PyObject *m);
+
+#endif

@@ -1,0 +1,23 @@
+/* errors.c - mi_status -> Python exception, at the boundary only. */
+#include "python/bridge.h"
+
+PyObject *mi_py_raise(mi_status status)
+{
+    PyObject *exc;
+    switch (status) {
+    case MI_OK: return NULL;
+    case MI_ERR_CALLBACK:
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "a callback failed without an exception");
+        return NULL;
+    case MI_ERR_VALUE: case MI_ERR_FORMAT: exc = PyExc_ValueError; break;
+    case MI_ERR_TYPE: exc = PyExc_TypeError; break;
+    case MI_ERR_INDEX: exc = PyExc_IndexError; break;
+    case MI_ERR_KEY: exc = PyExc_KeyError; break;
+    case MI_ERR_IO: exc = PyExc_OSError; break;
+    case MI_ERR_NOMEM: exc = PyExc_MemoryError; break;
+    default: exc = PyExc_RuntimeError; break;
+    }
+    PyErr_SetString(exc, mi_last_error());
+    return NULL;
+}

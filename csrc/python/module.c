@@ -1,0 +1,109 @@
+/* module.c - mechinterp_c._core: multi-phase init and module state.
+ *
+ * Each subsystem file (array.c, ops.c, model_py.c, io_py.c, analysis_py.c)
+ * adds its own functions and heap types in its *_exec function; this file
+ * only wires them together and holds the process-level knobs. */
+#define MI_NUMPY_IMPORT_HERE
+#include "python/bridge.h"
+
+#include <string.h>
+
+#include "common/threads.h"
+#include "kernels/cpu.h"
+
+static PyObject *py_set_num_threads(PyObject *m, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1) return PyErr_Format(PyExc_ValueError, "set_num_threads: n must be >= 1, got %ld", n);
+    mi_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *m, PyObject *unused)
+{
+    return PyLong_FromLong(mi_get_num_threads());
+}
+
+static PyObject *py_cpu_isa(PyObject *m, PyObject *unused)
+{
+    return PyUnicode_FromString(mi_isa_name(mi_cpu_isa()));
+}
+
+static PyObject *py_force_isa(PyObject *m, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    mi_isa isa;
+    if (!strcmp(name, "scalar")) isa = MI_ISA_SCALAR;
+    else if (!strcmp(name, "avx2")) isa = MI_ISA_AVX2;
+    else if (!strcmp(name, "avx512")) isa = MI_ISA_AVX512;
+    else if (!strcmp(name, "best")) isa = mi_cpu_best_isa();
+    else return PyErr_Format(PyExc_ValueError,
+                             "force_isa: expected 'scalar', 'avx2', 'avx512' or 'best', got %R", arg);
+    return PyUnicode_FromString(mi_isa_name(mi_cpu_force_isa(isa)));
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n)\n--\n\nUse n OpenMP threads in the C core (results do not depend on n)."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "get_num_threads()\n--\n\nThe number of threads the C core uses."},
+    {"cpu_isa", py_cpu_isa, METH_NOARGS,
+     "cpu_isa()\n--\n\nThe instruction set the kernels use: 'avx512', 'avx2' or 'scalar'."},
+    {"force_isa", py_force_isa, METH_O,
+     "force_isa(name)\n--\n\nUse a lower instruction set ('scalar', 'avx2', 'avx512', 'best'); for tests."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int core_exec(PyObject *m)
+{
+    if (PyArray_ImportNumPyAPI() < 0) return -1;
+    if (mi_py_array_exec(m) < 0) return -1;
+    if (mi_py_ops_exec(m) < 0) return -1;
+    if (mi_py_model_exec(m) < 0) return -1;
+    if (mi_py_io_exec(m) < 0) return -1;
+    if (mi_py_analysis_exec(m) < 0) return -1;
+    return 0;
+}
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    mi_module_state *st = mi_state(m);
+    Py_VISIT(st->buffer_type);
+    Py_VISIT(st->model_type);
+    Py_VISIT(st->safetensors_type);
+    Py_VISIT(st->tokenizer_type);
+    return 0;
+}
+
+static int core_clear(PyObject *m)
+{
+    mi_module_state *st = mi_state(m);
+    Py_CLEAR(st->buffer_type);
+    Py_CLEAR(st->model_type);
+    Py_CLEAR(st->safetensors_type);
+    Py_CLEAR(st->tokenizer_type);
+    return 0;
+}
+
+static void core_free(void *m) { core_clear((PyObject *)m); }
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+    {0, NULL},
+};
+
+PyModuleDef mi_core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mechinterp_c._core",
+    .m_doc = "The C core of mechinterp_c: kernels, models, loaders and analyses.",
+    .m_size = sizeof(mi_module_state),
+    .m_methods = module_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&mi_core_module); }
