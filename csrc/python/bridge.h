@@ -76,6 +76,7 @@ int mi_py_array_exec(PyObject *m);
 int mi_py_ops_exec(PyObject *m);
 int mi_py_model_exec(PyObject *m);
 int mi_py_io_exec(PyObject *m);
+int mi_py_tokenizer_exec(PyObject *m);
 int mi_py_analysis_exec(PyObject *m);
 
 #endif
