@@ -1,12 +1,258 @@
-/* gemm.c - SGEMM driver (placeholder: routes to the reference kernel until the
- * packed, register-tiled kernels land). See gemm.h for the contract. */
+/* gemm.c - the packed, cache-blocked SGEMM driver (BLIS style). See gemm.h for
+ * the contract and gemm_kernels.h for the micro-kernels.
+ *
+ * Loops (one ISA's mr, nr, mc, kc, nc from its mi_gemm_arch):
+ *
+ *   for jc in N step nc                     B block columns
+ *     for pc in K step kc                   K blocks, in order (the sum order)
+ *       pack B[pc:+kc, jc:+nc] -> Bp        shared, threads split the nr panels
+ *       for each task (ic block, j range)   threads split the tasks
+ *         pack A[ic:+mc, pc:+kc] -> Ap      per thread, stays in L2
+ *         for jr in j range step nr         B micro-panel stays in L1
+ *           for ir in mc step mr
+ *             micro-kernel on C[ic+ir:+mr, jc+jr:+nr]
+ *
+ * Determinism: every C element is accumulated by the same micro-kernel, over
+ * the same K blocks in the same order, whatever thread computes its tile and
+ * wherever the tile sits (edge tiles run the same kernel on a padded copy).
+ * Threads never share a C element, so results are bitwise identical for any
+ * thread count. Inside an active parallel region everything runs on the
+ * calling thread.
+ *
+ * Memory: packing buffers are cached per thread (grown on demand, kept for
+ * the next call) so callers that run many small products, such as attention
+ * per head, do not pay an allocation each time. If they cannot be allocated
+ * the reference kernel runs instead (slow, never wrong).
+ */
 #include "kernels/gemm.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/memory.h"
+#include "kernels/cpu.h"
+#include "kernels/gemm_kernels.h"
+
+/* Products below this many multiply-adds skip packing (it would cost more than it saves). */
+#define SMALL_MNK 32768.0
+#define MAX_MR 16
+#define MAX_NR 64
+
+static const mi_gemm_arch *arch_for(mi_isa isa)
+{
+    switch (isa) {
+    case MI_ISA_AVX512: return &mi_gemm_arch_avx512;
+    case MI_ISA_AVX2: return &mi_gemm_arch_avx2;
+    default: return &mi_gemm_arch_scalar;
+    }
+}
+
+/* ---- per-thread packing buffer ---------------------------------------- */
+
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap;   /* floats */
+
+static float *scratch(size_t n)
+{
+    if (n > tl_cap) {
+        mi_free(tl_buf);
+        tl_buf = mi_malloc(n * sizeof(float));
+        tl_cap = tl_buf ? n : 0;
+    }
+    return tl_buf;
+}
+
+/* ---- packing ----------------------------------------------------------- */
+
+/* op(A)[i0:i0+mcur, p0:p0+kcur] -> mr-row panels, rows past mcur zero. */
+static void pack_a(int trans_a, const float *A, int64_t lda, int64_t i0, int64_t mcur,
+                   int64_t p0, int64_t kcur, int mr, float *restrict dst)
+{
+    for (int64_t ir = 0; ir < mcur; ir += mr, dst += kcur * mr) {
+        int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
+        if (trans_a) {          /* A stored [K, M]: row p holds the mr values we need */
+            for (int64_t p = 0; p < kcur; p++) {
+                const float *src = A + (p0 + p) * lda + i0 + ir;
+                float *d = dst + p * mr;
+                for (int r = 0; r < rows; r++) d[r] = src[r];
+                for (int r = rows; r < mr; r++) d[r] = 0.0f;
+            }
+        } else {                /* A stored [M, K]: read each row along p */
+            for (int r = 0; r < rows; r++) {
+                const float *src = A + (i0 + ir + r) * lda + p0;
+                for (int64_t p = 0; p < kcur; p++) dst[p * mr + r] = src[p];
+            }
+            for (int r = rows; r < mr; r++)
+                for (int64_t p = 0; p < kcur; p++) dst[p * mr + r] = 0.0f;
+        }
+    }
+}
+
+/* op(B)[p0:p0+kcur, j0 + panel*nr : +nr] -> one nr-column panel, cols past ncur zero. */
+static void pack_b_panel(int trans_b, const float *B, int64_t ldb, int64_t p0, int64_t kcur,
+                         int64_t j0, int cols, int nr, float *restrict dst)
+{
+    if (!trans_b) {             /* B stored [K, N]: row p holds the nr values we need */
+        for (int64_t p = 0; p < kcur; p++) {
+            const float *src = B + (p0 + p) * ldb + j0;
+            float *d = dst + p * nr;
+            for (int j = 0; j < cols; j++) d[j] = src[j];
+            for (int j = cols; j < nr; j++) d[j] = 0.0f;
+        }
+    } else {                    /* B stored [N, K]: read each row along p */
+        for (int j = 0; j < cols; j++) {
+            const float *src = B + (j0 + j) * ldb + p0;
+            for (int64_t p = 0; p < kcur; p++) dst[p * nr + j] = src[p];
+        }
+        for (int j = cols; j < nr; j++)
+            for (int64_t p = 0; p < kcur; p++) dst[p * nr + j] = 0.0f;
+    }
+}
+
+/* ---- one tile ---------------------------------------------------------- */
+
+/* Run the micro-kernel on C[0:rows, 0:cols]; partial tiles go through a
+ * padded copy so they see exactly the arithmetic of full tiles. */
+static void tile(const mi_gemm_arch *ar, int64_t kc, const float *Ap, const float *Bp,
+                 float *C, int64_t ldc, int rows, int cols, int load_c, const float *bias)
+{
+    if (rows == ar->mr && cols == ar->nr) {
+        ar->ukr(kc, Ap, Bp, C, ldc, load_c, bias);
+        return;
+    }
+    float t[MAX_MR * MAX_NR], tb[MAX_NR];
+    int nr = ar->nr;
+    if (load_c) {
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < cols; j++) t[r * nr + j] = C[r * ldc + j];
+    }
+    if (bias) {
+        for (int j = 0; j < nr; j++) tb[j] = j < cols ? bias[j] : 0.0f;
+    }
+    /* Rows/cols outside the tile hold garbage when load_c; they are never copied back. */
+    if (load_c) {
+        for (int r = 0; r < ar->mr; r++)
+            for (int j = (r < rows ? cols : 0); j < nr; j++) t[r * nr + j] = 0.0f;
+    }
+    ar->ukr(kc, Ap, Bp, t, nr, load_c, bias ? tb : NULL);
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) C[r * ldc + j] = t[r * nr + j];
+}
+
+/* ---- paths without packing --------------------------------------------- */
+
+/* K = 0: C = beta*C + bias. */
+static void no_k(int64_t M, int64_t N, const float *bias, float beta, float *C, int64_t ldc)
+{
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            float c = beta != 0.0f ? C[i * ldc + j] : 0.0f;
+            C[i * ldc + j] = bias ? c + bias[j] : c;
+        }
+}
+
+/* Tiny products: a direct loop, one accumulator per element, k in order. */
+static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  const float *A, int64_t lda, const float *B, int64_t ldb,
+                  const float *bias, float beta, float *C, int64_t ldc)
+{
+    const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
+    const int64_t sb_p = trans_b ? 1 : ldb, sb_j = trans_b ? ldb : 1;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            float acc = beta != 0.0f ? C[i * ldc + j] : 0.0f;
+            for (int64_t p = 0; p < K; p++) acc += A[i * sa_i + p * sa_p] * B[p * sb_p + j * sb_j];
+            C[i * ldc + j] = bias ? acc + bias[j] : acc;
+        }
+}
+
+/* ---- the blocked product ----------------------------------------------- */
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
+                    int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                    const float *B, int64_t ldb, const float *bias, float beta,
+                    float *C, int64_t ldc)
+{
+    const int mr = ar->mr, nr = ar->nr;
+    const int64_t kc_max = K < ar->kc ? K : ar->kc;
+    const int64_t nc_max = round_up(N < ar->nc ? N : ar->nc, nr);
+    /* M blocks: a multiple of the thread count, each a multiple of mr, so
+     * threads get equal shares; when M is too short for that, split N too. */
+    int64_t mblocks = ceil_div(M, ar->mc);
+    if (mblocks % nt) mblocks += nt - mblocks % nt;
+    int64_t mc = round_up(ceil_div(M, mblocks), mr);
+    mblocks = ceil_div(M, mc);
+    int64_t nsplit = mblocks >= nt ? 1 : ceil_div(nt, mblocks);
+
+    size_t a_size = (size_t)mc * kc_max, b_size = (size_t)nc_max * kc_max;
+    float *buf = scratch(b_size + (size_t)nt * a_size);
+    if (!buf) {
+        mi_sgemm_ref(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
+        return;
+    }
+    float *Bp = buf;
+
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        float *Ap = buf + b_size + (size_t)omp_get_thread_num() * a_size;
+        for (int64_t jc = 0; jc < N; jc += nc_max) {
+            const int64_t ncur = N - jc < nc_max ? N - jc : nc_max;
+            const int64_t npanels = ceil_div(ncur, nr);
+            for (int64_t pc = 0; pc < K; pc += kc_max) {
+                const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
+                const int first = pc == 0, last = pc + kcur == K;
+                #pragma omp for schedule(static)
+                for (int64_t jp = 0; jp < npanels; jp++) {
+                    int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
+                    pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
+                                 Bp + jp * nr * kcur);
+                }
+                /* implicit barrier: Bp is complete */
+                #pragma omp for schedule(dynamic, 1)
+                for (int64_t task = 0; task < mblocks * nsplit; task++) {
+                    const int64_t ib = task / nsplit, js = task % nsplit;
+                    const int64_t ic = ib * mc, mcur = M - ic < mc ? M - ic : mc;
+                    const int64_t p_lo = npanels * js / nsplit, p_hi = npanels * (js + 1) / nsplit;
+                    if (p_lo == p_hi) continue;
+                    pack_a(trans_a, A, lda, ic, mcur, pc, kcur, mr, Ap);
+                    for (int64_t jp = p_lo; jp < p_hi; jp++) {
+                        const int64_t j = jc + jp * nr;
+                        const int cols = N - j < nr ? (int)(N - j) : nr;
+                        const float *bp = Bp + jp * nr * kcur;
+                        for (int64_t ir = 0; ir < mcur; ir += mr) {
+                            const int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
+                            tile(ar, kcur, Ap + ir * kcur, bp, C + (ic + ir) * ldc + j, ldc,
+                                 rows, cols, !first || beta != 0.0f,
+                                 last && bias ? bias + j : NULL);
+                        }
+                    }
+                }
+                /* implicit barrier: Bp may be overwritten */
+            }
+        }
+    }
+}
 
 void mi_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
               const float *A, int64_t lda, const float *B, int64_t ldb,
               const float *bias, float beta, float *C, int64_t ldc)
 {
-    mi_sgemm_ref(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        no_k(M, N, bias, beta, C, ldc);
+        return;
+    }
+    if ((double)M * (double)N * (double)K < SMALL_MNK) {
+        small(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
+        return;
+    }
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    blocked(arch_for(mi_cpu_isa()), nt, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,
+            C, ldc);
 }
 
 void mi_sgemm_strided_batched(int trans_a, int trans_b, int64_t batch,
@@ -16,8 +262,17 @@ void mi_sgemm_strided_batched(int trans_a, int trans_b, int64_t batch,
                               const float *bias, float beta,
                               float *C, int64_t ldc, int64_t stride_c)
 {
-    #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < batch; i++)
-        mi_sgemm(trans_a, trans_b, M, N, K, A + i * stride_a, lda, B + i * stride_b, ldb,
-                 bias, beta, C + i * stride_c, ldc);
+    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (batch >= nt && nt > 1) {
+        /* Enough products to go round: one per thread at a time, each serial. */
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+        for (int64_t i = 0; i < batch; i++)
+            mi_sgemm(trans_a, trans_b, M, N, K, A + i * stride_a, lda, B + i * stride_b, ldb,
+                     bias, beta, C + i * stride_c, ldc);
+    } else {
+        /* Fewer products than threads: each one splits its tiles over the threads. */
+        for (int64_t i = 0; i < batch; i++)
+            mi_sgemm(trans_a, trans_b, M, N, K, A + i * stride_a, lda, B + i * stride_b, ldb,
+                     bias, beta, C + i * stride_c, ldc);
+    }
 }

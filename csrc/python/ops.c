@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernels/activation.h"
+#include "kernels/fma_probe.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
 
@@ -244,6 +245,113 @@ static PyObject *py_gelu(PyObject *m, PyObject *args, PyObject *kw)
 static PyObject *py_relu(PyObject *m, PyObject *x) { return elementwise(m, x, MI_ACT_RELU); }
 static PyObject *py_silu(PyObject *m, PyObject *x) { return elementwise(m, x, MI_ACT_SILU); }
 
+/* ---- test-only entry points (underscore names; not part of the API) ---- */
+
+/* Elements a row-major [rows, cols] matrix with leading dimension ld spans. */
+static int64_t span(int64_t rows, int64_t cols, int64_t ld)
+{
+    return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
+}
+
+/* Check that flat array `arr` (name) holds `batch` matrices of rows x cols with
+ * leading dim ld >= cols and element stride `stride` between them. */
+static int check_operand(PyArrayObject *arr, const char *name, int64_t batch, int64_t rows,
+                         int64_t cols, int64_t ld, int64_t stride)
+{
+    if (ld < cols || ld < 1)
+        return PyErr_Format(PyExc_ValueError, "%s: leading dimension %lld is smaller than the "
+                            "row width %lld", name, (long long)ld, (long long)cols), -1;
+    if (stride < 0)
+        return PyErr_Format(PyExc_ValueError, "%s: negative batch stride %lld", name,
+                            (long long)stride), -1;
+    int64_t one = span(rows, cols, ld);
+    int64_t need = one == 0 ? 0 : (batch - 1) * stride + one;
+    if (need > (int64_t)PyArray_SIZE(arr))
+        return PyErr_Format(PyExc_ValueError, "%s: needs %lld elements for %lld x [%lld, %lld] "
+                            "(ld %lld, stride %lld), has %lld", name, (long long)need,
+                            (long long)batch, (long long)rows, (long long)cols, (long long)ld,
+                            (long long)stride, (long long)PyArray_SIZE(arr)), -1;
+    return 0;
+}
+
+PyDoc_STRVAR(sgemm_doc,
+"_sgemm(a, b, c, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False, bias=None,\n"
+"       beta=0.0, batch=1, stride_a=0, stride_b=0, stride_c=0, ref=False)\n--\n\n"
+"Test entry: the raw mi_sgemm contract on flat float32 buffers. c (writable,\n"
+"C-contiguous float32) is updated in place: C = beta*C + op(A) @ op(B) + bias.\n"
+"batch > 1 runs mi_sgemm_strided_batched; ref=True runs mi_sgemm_ref.\n"
+"Buffer sizes are checked against the shapes, leading dims and strides.");
+
+static PyObject *py_sgemm(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"a", "b", "c", "M", "N", "K", "lda", "ldb", "ldc", "trans_a",
+                             "trans_b", "bias", "beta", "batch", "stride_a", "stride_b",
+                             "stride_c", "ref", NULL};
+    PyObject *a_obj, *b_obj, *c_obj, *bias_obj = Py_None;
+    long long M, N, K, lda, ldb, ldc, batch = 1, sa = 0, sb = 0, sc = 0;
+    int trans_a = 0, trans_b = 0, ref = 0;
+    double beta = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLLLLLL|ppOdLLLLp:_sgemm", kwlist, &a_obj,
+                                     &b_obj, &c_obj, &M, &N, &K, &lda, &ldb, &ldc, &trans_a,
+                                     &trans_b, &bias_obj, &beta, &batch, &sa, &sb, &sc, &ref))
+        return NULL;
+    if (M < 0 || N < 0 || K < 0 || batch < 1)
+        return PyErr_Format(PyExc_ValueError, "_sgemm: M, N, K must be >= 0 and batch >= 1");
+    if (beta != 0.0 && beta != 1.0)
+        return PyErr_Format(PyExc_ValueError, "_sgemm: beta must be 0 or 1, got %g", beta);
+    if (!PyArray_Check(c_obj) || PyArray_TYPE((PyArrayObject *)c_obj) != NPY_FLOAT32
+        || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)c_obj)
+        || !PyArray_ISWRITEABLE((PyArrayObject *)c_obj))
+        return PyErr_Format(PyExc_TypeError, "c: expected a writable C-contiguous float32 array");
+    PyArrayObject *a = NULL, *b = NULL, *bias = NULL, *c = (PyArrayObject *)c_obj;
+    PyObject *res = NULL;
+    if (!(a = mi_py_float_arg(a_obj, "a", 0, 32))) goto done;
+    if (!(b = mi_py_float_arg(b_obj, "b", 0, 32))) goto done;
+    if (check_operand(a, "a", batch, trans_a ? K : M, trans_a ? M : K, lda, sa) < 0) goto done;
+    if (check_operand(b, "b", batch, trans_b ? N : K, trans_b ? K : N, ldb, sb) < 0) goto done;
+    if (check_operand(c, "c", batch, M, N, ldc, sc) < 0) goto done;
+    const float *bias_data = NULL;
+    if (bias_obj != Py_None) {
+        if (!(bias = mi_py_float_arg(bias_obj, "bias", 1, 1))) goto done;
+        if (PyArray_DIM(bias, 0) < N) {
+            PyErr_Format(PyExc_ValueError, "bias: needs %lld elements, has %ld", N,
+                         (long)PyArray_DIM(bias, 0));
+            goto done;
+        }
+        bias_data = PyArray_DATA(bias);
+    }
+    const float *A = PyArray_DATA(a), *B = PyArray_DATA(b);
+    float *C = PyArray_DATA(c);
+    Py_BEGIN_ALLOW_THREADS
+    if (ref) {
+        for (long long i = 0; i < batch; i++)
+            mi_sgemm_ref(trans_a, trans_b, M, N, K, A + i * sa, lda, B + i * sb, ldb, bias_data,
+                         (float)beta, C + i * sc, ldc);
+    } else if (batch > 1) {
+        mi_sgemm_strided_batched(trans_a, trans_b, batch, M, N, K, A, lda, sa, B, ldb, sb,
+                                 bias_data, (float)beta, C, ldc, sc);
+    } else {
+        mi_sgemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias_data, (float)beta, C, ldc);
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_None;
+    Py_INCREF(res);
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(bias);
+    return res;
+}
+
+static PyObject *py_fma_peak(PyObject *m, PyObject *unused)
+{
+    double g;
+    Py_BEGIN_ALLOW_THREADS
+    g = mi_fma_peak_gflops();
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(g);
+}
+
 static PyMethodDef ops_methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS, matmul_doc},
     {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
@@ -253,6 +361,9 @@ static PyMethodDef ops_methods[] = {
     {"gelu", (PyCFunction)(void (*)(void))py_gelu, METH_VARARGS | METH_KEYWORDS, gelu_doc},
     {"relu", py_relu, METH_O, "relu(x)\n--\n\nmax(x, 0) elementwise; NaN stays NaN."},
     {"silu", py_silu, METH_O, "silu(x)\n--\n\nx * sigmoid(x) elementwise."},
+    {"_sgemm", (PyCFunction)(void (*)(void))py_sgemm, METH_VARARGS | METH_KEYWORDS, sgemm_doc},
+    {"_fma_peak", py_fma_peak, METH_NOARGS,
+     "_fma_peak()\n--\n\nMeasured fp32 FMA peak in GFLOP/s on all threads (for benchmarks)."},
     {NULL, NULL, 0, NULL},
 };
 

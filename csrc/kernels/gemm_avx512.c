@@ -1,0 +1,67 @@
+/* gemm_avx512.c - 12 x 32 SGEMM micro-kernel for AVX-512F + FMA.
+ *
+ * Contract: see gemm_kernels.h. 24 zmm accumulators (12 rows x 2 vectors of
+ * 16), 2 B vectors and 1 broadcast of A per k step: 27 of the 32 zmm
+ * registers. Per k step: 2 vector loads + 12 broadcasts feed 24 FMAs, so the
+ * FMA pipes, not the load ports, bound the loop. */
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+#include <immintrin.h>
+
+#include "kernels/gemm_kernels.h"
+
+#define MR 12
+#define NR 32
+
+static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *restrict Bp,
+                             float *restrict C, int64_t ldc, int load_c, const float *bias)
+{
+#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
+    DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
+#undef DECL
+    if (load_c) {
+#define LOAD(i) c##i##0 = _mm512_loadu_ps(C + i * ldc); c##i##1 = _mm512_loadu_ps(C + i * ldc + 16);
+        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
+        LOAD(6) LOAD(7) LOAD(8) LOAD(9) LOAD(10) LOAD(11)
+#undef LOAD
+    }
+#define STEP(i) { __m512 ai = _mm512_set1_ps(a[i]); \
+                  c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
+                  c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); }
+#define KSTEP(off) { const float *a = Ap + (off) * MR; \
+                     __m512 b0 = _mm512_loadu_ps(Bp + (off) * NR); \
+                     __m512 b1 = _mm512_loadu_ps(Bp + (off) * NR + 16); \
+                     STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) \
+                     STEP(6) STEP(7) STEP(8) STEP(9) STEP(10) STEP(11) }
+    int64_t p = 0;
+    for (; p + 4 <= kc; p += 4) {
+        _mm_prefetch((const char *)(Bp + 8 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(Bp + 8 * NR + 16), _MM_HINT_T0);
+        KSTEP(0) KSTEP(1) KSTEP(2) KSTEP(3)
+        Ap += 4 * MR;
+        Bp += 4 * NR;
+    }
+    for (; p < kc; p++) {
+        KSTEP(0)
+        Ap += MR;
+        Bp += NR;
+    }
+#undef KSTEP
+#undef STEP
+    if (bias) {
+        __m512 bb0 = _mm512_loadu_ps(bias), bb1 = _mm512_loadu_ps(bias + 16);
+#define BIAS(i) c##i##0 = _mm512_add_ps(c##i##0, bb0); c##i##1 = _mm512_add_ps(c##i##1, bb1);
+        BIAS(0) BIAS(1) BIAS(2) BIAS(3) BIAS(4) BIAS(5)
+        BIAS(6) BIAS(7) BIAS(8) BIAS(9) BIAS(10) BIAS(11)
+#undef BIAS
+    }
+#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
+    STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
+#undef STORE
+}
+
+const mi_gemm_arch mi_gemm_arch_avx512 = {
+    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 2048,
+    .ukr = ukr_avx512_12x32,
+};

@@ -1,0 +1,40 @@
+/* gemm_kernels.h - internal pieces of the packed SGEMM (not a public contract).
+ *
+ * The driver (gemm.c) packs op(A) and op(B) into panels and calls one
+ * register-tiled micro-kernel per MR x NR tile of C. Each ISA file
+ * (gemm_avx512.c, gemm_avx2.c, gemm_scalar.c) supplies its micro-kernel and
+ * block sizes through an mi_gemm_arch.
+ *
+ * Shape legend:
+ *   Ap  packed A micro-panel: kc steps of MR floats (row r of the tile at [p*MR + r])
+ *   Bp  packed B micro-panel: kc steps of NR floats (col j of the tile at [p*NR + j])
+ *   C   the MR x NR tile of C, row stride ldc
+ *
+ * Micro-kernel contract:
+ *   acc = load_c ? C : 0
+ *   for p in 0..kc: acc[r][j] = acc[r][j] + Ap[p*MR + r] * Bp[p*NR + j]   (in p order)
+ *   if bias: acc[r][j] += bias[j]
+ *   C = acc
+ * The K-sum of every element runs in increasing p order, one accumulator per
+ * element, so the result never depends on the tile's position or the thread.
+ */
+#ifndef MI_GEMM_KERNELS_H
+#define MI_GEMM_KERNELS_H
+
+#include <stdint.h>
+
+typedef void (*mi_gemm_ukr)(int64_t kc, const float *Ap, const float *Bp, float *C,
+                            int64_t ldc, int load_c, const float *bias);
+
+typedef struct {
+    const char *name;
+    int mr, nr;          /* register tile of the micro-kernel */
+    int mc, kc, nc;      /* cache blocks: A block mc x kc (L2), B block kc x nc (L2/L3) */
+    mi_gemm_ukr ukr;
+} mi_gemm_arch;
+
+extern const mi_gemm_arch mi_gemm_arch_avx512;   /* 12 x 32, AVX-512F + FMA */
+extern const mi_gemm_arch mi_gemm_arch_avx2;     /* 6 x 16, AVX2 + FMA */
+extern const mi_gemm_arch mi_gemm_arch_scalar;   /* 4 x 8, portable C */
+
+#endif
