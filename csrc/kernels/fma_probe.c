@@ -3,7 +3,11 @@
  * Each thread keeps 12 independent accumulator chains: FMA latency (4-5
  * cycles) times the issue rate (2 per cycle) needs at least 10 in flight.
  * The chains converge (x*0.999999 + 1e-7) so values stay finite; the sum is
- * returned through a volatile sink so the loop cannot be removed. */
+ * returned through a volatile sink so the loop cannot be removed.
+ *
+ * Each chain starts from a DIFFERENT value: with equal starts the compiler
+ * proves the 12 chains identical, keeps one, and the probe then reports 12x
+ * the real rate (an early version of this probe did exactly that). */
 #include "kernels/fma_probe.h"
 
 #include <immintrin.h>
@@ -17,8 +21,10 @@ __attribute__((target("avx512f,fma")))
 static float chains_avx512(long iters)
 {
     __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
-           a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    __m512 a0 = _mm512_set1_ps(1.00f), a1 = _mm512_set1_ps(1.01f), a2 = _mm512_set1_ps(1.02f),
+           a3 = _mm512_set1_ps(1.03f), a4 = _mm512_set1_ps(1.04f), a5 = _mm512_set1_ps(1.05f),
+           a6 = _mm512_set1_ps(1.06f), a7 = _mm512_set1_ps(1.07f), a8 = _mm512_set1_ps(1.08f),
+           a9 = _mm512_set1_ps(1.09f), a10 = _mm512_set1_ps(1.10f), a11 = _mm512_set1_ps(1.11f);
     for (long i = 0; i < iters; i++) {
         a0 = _mm512_fmadd_ps(a0, x, y); a1 = _mm512_fmadd_ps(a1, x, y);
         a2 = _mm512_fmadd_ps(a2, x, y); a3 = _mm512_fmadd_ps(a3, x, y);
@@ -37,8 +43,10 @@ __attribute__((target("avx2,fma")))
 static float chains_avx2(long iters)
 {
     __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(1.0f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
-           a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    __m256 a0 = _mm256_set1_ps(1.00f), a1 = _mm256_set1_ps(1.01f), a2 = _mm256_set1_ps(1.02f),
+           a3 = _mm256_set1_ps(1.03f), a4 = _mm256_set1_ps(1.04f), a5 = _mm256_set1_ps(1.05f),
+           a6 = _mm256_set1_ps(1.06f), a7 = _mm256_set1_ps(1.07f), a8 = _mm256_set1_ps(1.08f),
+           a9 = _mm256_set1_ps(1.09f), a10 = _mm256_set1_ps(1.10f), a11 = _mm256_set1_ps(1.11f);
     for (long i = 0; i < iters; i++) {
         a0 = _mm256_fmadd_ps(a0, x, y); a1 = _mm256_fmadd_ps(a1, x, y);
         a2 = _mm256_fmadd_ps(a2, x, y); a3 = _mm256_fmadd_ps(a3, x, y);
@@ -58,7 +66,7 @@ static float chains_avx2(long iters)
 static float chains_scalar(long iters)
 {
     float a[12];
-    for (int c = 0; c < 12; c++) a[c] = 1.0f;
+    for (int c = 0; c < 12; c++) a[c] = 1.0f + 0.01f * (float)c;
     for (long i = 0; i < iters; i++)
         for (int c = 0; c < 12; c++) a[c] = a[c] * 0.999999f + 1e-7f;
     float s = 0.0f;
