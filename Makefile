@@ -47,7 +47,7 @@ sanitize: deps-test deps-system
 	  PYTHONPATH=. MI_SANITIZE=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests -m "not slow" -k "not parity"
 
 bench: build deps-test
-	for f in bench/*.py; do $(PYTHON) $$f || exit 1; done
+	for f in bench/*.py; do PYTHONPATH=$(CURDIR) $(PYTHON) $$f || exit 1; done
 
 clean:
 	rm -rf build mechinterp_c/*.so
