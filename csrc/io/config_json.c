@@ -75,8 +75,15 @@ static mi_status parse_text(mi_json_doc *doc)
     if (!doc->root) {
         size_t at = end && end >= begin ? (size_t)(end - begin) + start : start;
         if (at > doc->length) at = doc->length;
-        return fail_at(doc, at, at >= doc->length ? "unexpected end of file"
-                                                  : "cJSON stopped here");
+        /* cJSON reports running off the end as the last byte: say what it means */
+        size_t rest = at;
+        while (rest < doc->length && strchr(" \t\r\n", doc->text[rest]) && doc->text[rest]) rest++;
+        if (rest == doc->length) return fail_at(doc, doc->length, "unexpected end of file");
+        /* ... which makes an error at the last character ambiguous */
+        while (++rest < doc->length && strchr(" \t\r\n", doc->text[rest]) && doc->text[rest]) {}
+        if (rest == doc->length)
+            return fail_at(doc, at, "syntax error at the end of the file (incomplete JSON?)");
+        return fail_at(doc, at, "syntax error here");
     }
     for (const char *p = end; p < doc->text + doc->length; p++)
         if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
