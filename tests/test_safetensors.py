@@ -3,6 +3,7 @@ torch, zero-copy ownership, dtype conversion, and every kind of corrupt file."""
 import gc
 import json
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -305,3 +306,35 @@ def test_corrupt_files_also_rejected_by_reference(tmp_path):
         with pytest.raises(Exception):
             with safe_open(str(path), "np") as f:
                 [f.get_tensor(k) for k in f.keys()]
+
+
+def mapped(path):
+    """Whether `path` is mmapped in this process right now (Linux /proc)."""
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith(str(path)) for line in f)
+
+
+def test_unmapped_when_last_user_goes(tmp_path, rng):
+    a = rng.standard_normal(100).astype(np.float32)
+    path = tmp_path / "m.safetensors"
+    st_save_numpy({"a": a}, str(path))
+    st = mio.SafeTensors(path)
+    assert mapped(path)
+    x = st.get("a")
+    refs = sys.getrefcount(x.base)
+    for _ in range(50):                          # no reference leak per get()
+        st.get("a"), st.get_float32("a"), st.shape("a"), st.keys()
+    after = sys.getrefcount(x.base)   # not inside assert: pytest's rewrite holds temporaries
+    assert after == refs
+    st.close()
+    assert mapped(path)                          # x still needs the mapping
+    del st
+    gc.collect()
+    assert mapped(path)
+    del x
+    gc.collect()
+    assert not mapped(path)
+    with mio.SafeTensors(path) as st2:           # no arrays taken: unmapped at close
+        assert mapped(path)
+    assert not mapped(path)
+    del st2

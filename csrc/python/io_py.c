@@ -161,9 +161,12 @@ static PyObject *st_converted(mi_py_safetensors *self, const mi_st_tensor *t)
     float *dst = NULL;
     PyObject *arr = mi_py_empty(PyType_GetModule(Py_TYPE(self)), t->ndim, dims, &dst);
     if (!arr) return NULL;
+    /* another thread may close() while the GIL is released: keep the mapping */
+    PyObject *owner = Py_NewRef(self->owner);
     Py_BEGIN_ALLOW_THREADS
     mi_st_to_float32(t, dst);
     Py_END_ALLOW_THREADS
+    Py_DECREF(owner);
     return arr;
 }
 
