@@ -154,6 +154,8 @@ def resolve_pretrained(name_or_path, filename=None, revision="main", cache_dir=N
     """
     looked = []
     name = os.fspath(name_or_path)
+    if not revision or ".." in revision.split("/") or revision.startswith("/"):
+        raise ValueError(f"revision {revision!r} is not a branch, tag or commit name")
     local = Path(name).expanduser()
     if local.is_dir():
         base = local
@@ -191,5 +193,9 @@ def load_weights(name_or_path, float32=False, revision="main", cache_dir=None):
     if (base / SAFETENSORS_INDEX_NAME).is_file():
         return load_sharded(base, float32=float32)
     present = sorted(p.name for p in base.iterdir())
+    hint = ""
+    if any(p.endswith((".bin", ".pt", ".pth")) for p in present):
+        hint = ("; PyTorch pickles are not read (that needs torch): convert them once with "
+                "transformers' save_pretrained(..., safe_serialization=True)")
     raise FileNotFoundError(f"{base}: neither {SAFETENSORS_NAME} nor {SAFETENSORS_INDEX_NAME} "
-                            f"(it has: {', '.join(present) if present else 'nothing'})")
+                            f"(it has: {', '.join(present) if present else 'nothing'}){hint}")

@@ -213,3 +213,8 @@ def test_sharded_index_errors(tmp_path, saved_gpt2):
     with pytest.raises(FileNotFoundError, match=r"neither model.safetensors nor "
                                                 r"model.safetensors.index.json \(it has: config.json"):
         mio.load_weights(d)
+    (d / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model.bin\); PyTorch pickles are not read"):
+        mio.load_weights(d)
+    with pytest.raises(ValueError, match=r"revision '\.\./\.\./x' is not a branch, tag or commit"):
+        mio.resolve_pretrained("gpt2", revision="../../x")
