@@ -37,7 +37,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t j = 0; j < nbytes; j++) sink ^= p[j];
             if (t->numel <= (1u << 20)) {
                 float *dst = malloc(t->numel * sizeof(float) + 1);
-                if (dst) { mi_st_to_float32(t, dst); free(dst); }
+                if (dst) {
+                    mi_st_to_float32(t, dst);
+                    /* the fast F16/BF16 loop against the plain reference, bitwise */
+                    for (uint64_t j = 0; j < t->numel && (t->dtype == MI_DT_F16 ||
+                                                          t->dtype == MI_DT_BF16); j++) {
+                        uint16_t h;
+                        memcpy(&h, p + 2 * j, 2);
+                        float want = t->dtype == MI_DT_F16 ? mi_f16_to_f32(h) : mi_bf16_to_f32(h);
+                        if (memcmp(&want, &dst[j], 4) != 0) abort();
+                    }
+                    free(dst);
+                }
             }
         }
         (void)sink;

@@ -402,6 +402,32 @@ float mi_f16_to_f32(uint16_t h)
     return f;
 }
 
+/* The same conversion without branches (the loop over a tensor vectorises):
+ * rebias the exponent; inf/NaN get the rest of the rebias; zero/subnormal
+ * halves are renormalised by one exact float subtraction, 2^-14 * (1 + m/1024)
+ * - 2^-14 = m * 2^-24. Checked against mi_f16_to_f32 (the reference) for all
+ * 65536 inputs in the tests and on every F16 tensor the fuzzer builds. */
+static inline float f16_to_f32_fast(uint16_t h)
+{
+    uint32_t o = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t exp = o & 0x0f800000u;
+    o += (127u - 15u) << 23;
+    uint32_t infnan = 0u - (uint32_t)(exp == 0x0f800000u);
+    o += infnan & ((128u - 16u) << 23);
+    uint32_t sub_bits = o + (1u << 23), magic = 113u << 23;
+    float sub_f, magic_f;
+    memcpy(&sub_f, &sub_bits, 4);
+    memcpy(&magic_f, &magic, 4);
+    sub_f -= magic_f;
+    uint32_t renorm;
+    memcpy(&renorm, &sub_f, 4);
+    uint32_t tiny = 0u - (uint32_t)(exp == 0);
+    uint32_t bits = (o & ~tiny) | (renorm & tiny) | ((uint32_t)(h & 0x8000u) << 16);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
 /* bfloat16 is the top half of a binary32. */
 float mi_bf16_to_f32(uint16_t h)
 {
@@ -430,7 +456,7 @@ void mi_st_to_float32(const mi_st_tensor *t, float *dst)
     switch (t->dtype) {
     case MI_DT_F64: MI_CONVERT_LOOP(double, (float)v); break;
     case MI_DT_F32: MI_CONVERT_LOOP(float, v); break;
-    case MI_DT_F16: MI_CONVERT_LOOP(uint16_t, mi_f16_to_f32(v)); break;
+    case MI_DT_F16: MI_CONVERT_LOOP(uint16_t, f16_to_f32_fast(v)); break;
     case MI_DT_BF16: MI_CONVERT_LOOP(uint16_t, mi_bf16_to_f32(v)); break;
     case MI_DT_I64: MI_CONVERT_LOOP(int64_t, (float)v); break;
     case MI_DT_I32: MI_CONVERT_LOOP(int32_t, (float)v); break;
