@@ -338,3 +338,34 @@ def test_unmapped_when_last_user_goes(tmp_path, rng):
         assert mapped(path)
     assert not mapped(path)
     del st2
+
+
+def test_close_while_other_threads_convert(tmp_path, rng):
+    """close() from one thread while others convert with the GIL released:
+    each call either returns the right values or raises 'file is closed'."""
+    import threading
+    x = rng.standard_normal(200_000).astype(np.float16)
+    path = tmp_path / "t.safetensors"
+    st_save_numpy({"x": x}, str(path))
+    want = x.astype(np.float32)
+    for _ in range(5):
+        st = mio.SafeTensors(path)
+        results, errors = [], []
+
+        def work():
+            for _ in range(4):
+                try:
+                    results.append(st.get_float32("x"))
+                except ValueError as e:
+                    errors.append(str(e))
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        st.close()
+        for t in threads:
+            t.join()
+        assert len(results) + len(errors) == 12
+        assert all(e.endswith("t.safetensors: SafeTensors file is closed") for e in errors)
+        for r in results:
+            np.testing.assert_array_equal(r, want)
