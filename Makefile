@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip install -q --disable-pip-version-check
 STAMP = build/.stamp
 
-.PHONY: demo test build deps-system deps-test deps-notebooks sanitize bench clean
+.PHONY: demo test build deps-system deps-test deps-notebooks sanitize bench clean fuzz deps-fuzz
 
 deps-system:
 	@if ! pkg-config --exists libcjson 2>/dev/null; then \
@@ -48,6 +48,42 @@ sanitize: deps-test deps-system
 
 bench: build deps-test
 	for f in bench/*.py; do PYTHONPATH=$(CURDIR) $(PYTHON) $$f || exit 1; done
+
+# libFuzzer targets: every csrc/fuzz/fuzz_*.c (entry point LLVMFuzzerTestOneInput),
+# each linked with all of csrc/io and csrc/common + cJSON, built with clang
+# -fsanitize=fuzzer,address,undefined into build/fuzz/ and run FUZZ_SECONDS
+# seconds. A target NAME may bring seeds (csrc/fuzz/NAME.seeds.py CORPUS_DIR)
+# and a dictionary (csrc/fuzz/NAME.dict). Crashes land in build/fuzz/NAME-*.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_DIR = build/fuzz
+FUZZ_CFLAGS = -std=gnu11 -g -O1 -fno-omit-frame-pointer -fopenmp \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icsrc
+
+deps-fuzz:
+	@if ! command -v $(FUZZ_CC) >/dev/null 2>&1 || \
+	    ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || \
+	    ! ls /usr/lib/llvm-*/lib/libomp.so >/dev/null 2>&1; then \
+	  echo "installing clang, libFuzzer and libomp (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang libclang-rt-14-dev libomp-14-dev; \
+	fi
+
+fuzz: deps-system deps-fuzz
+	@mkdir -p $(FUZZ_DIR)
+	@set -e; for src in csrc/fuzz/fuzz_*.c; do \
+	  name=$$(basename $$src .c); \
+	  echo "== $$name: build"; \
+	  $(FUZZ_CC) $(FUZZ_CFLAGS) $$(pkg-config --cflags libcjson) $$src csrc/io/*.c csrc/common/*.c \
+	    $$(pkg-config --libs libcjson) -lm -o $(FUZZ_DIR)/$$name; \
+	  corpus=$(FUZZ_DIR)/corpus/$$name; mkdir -p $$corpus; \
+	  if [ -f csrc/fuzz/$$name.seeds.py ]; then $(PYTHON) csrc/fuzz/$$name.seeds.py $$corpus; fi; \
+	  dict=; if [ -f csrc/fuzz/$$name.dict ]; then dict=-dict=csrc/fuzz/$$name.dict; fi; \
+	  echo "== $$name: fuzz for $(FUZZ_SECONDS) s"; \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ASAN_OPTIONS=detect_leaks=1 \
+	  OMP_NUM_THREADS=1 $(FUZZ_DIR)/$$name $$corpus $$dict -max_total_time=$(FUZZ_SECONDS) \
+	    -rss_limit_mb=2048 -artifact_prefix=$(FUZZ_DIR)/$$name- -print_final_stats=1; \
+	done
 
 clean:
 	rm -rf build mechinterp_c/*.so

@@ -1,0 +1,201 @@
+"""Loading checkpoints without PyTorch: safetensors (mmap, zero-copy), config.json
+(cJSON) and model resolution in a local directory or the Hugging Face cache.
+
+The parsing is done in C (``csrc/io/``); this module adds the file-layout logic:
+sharded checkpoints through ``model.safetensors.index.json`` and the Hugging Face
+hub cache layout ``models--ORG--NAME/refs/main`` -> ``snapshots/REV/``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from . import _core
+
+__all__ = [
+    "SafeTensors",
+    "load_safetensors",
+    "load_sharded",
+    "load_weights",
+    "load_config",
+    "parse_json",
+    "hf_cache_dir",
+    "resolve_pretrained",
+    "SAFETENSORS_NAME",
+    "SAFETENSORS_INDEX_NAME",
+]
+
+SafeTensors = _core.SafeTensors
+parse_json = _core.parse_json
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def load_safetensors(path, float32=False):
+    """Load every tensor of a ``.safetensors`` file into a dict of NumPy arrays.
+
+    With ``float32=False`` the arrays are read-only zero-copy views of the mapped
+    file in their stored dtype (BF16, which NumPy lacks, comes back as float32).
+    With ``float32=True`` every tensor is float32 (F16/BF16 converted exactly in C).
+    The mapping stays alive as long as any returned array does.
+    """
+    with SafeTensors(path) as st:
+        get = st.get_float32 if float32 else st.get
+        return {name: get(name) for name in st.keys()}
+
+
+def load_config(path, required=()):
+    """Parse a JSON file (``config.json``) with cJSON into a dict.
+
+    ``path`` may be the file or a directory holding ``config.json``. Invalid JSON
+    raises ValueError ``FILE:LINE:COL: ...``; a name in ``required`` that the
+    file lacks raises KeyError naming the file and the field.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    cfg = _core.parse_json_file(path)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level, "
+                         f"got {type(cfg).__name__}")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise KeyError(f"{path}: missing required field(s) {', '.join(map(repr, missing))}")
+    return cfg
+
+
+def load_sharded(directory, float32=False, index_name=SAFETENSORS_INDEX_NAME):
+    """Load a sharded checkpoint through its ``model.safetensors.index.json``.
+
+    The index's ``weight_map`` (tensor name -> shard file) is read with cJSON; each
+    shard is mapped once. Every tensor the index names must be in its shard
+    (KeyError naming index, shard and tensor otherwise). Arrays are as in
+    :func:`load_safetensors`.
+    """
+    directory = Path(directory)
+    index_path = directory / index_name
+    index = load_config(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_path}: missing 'weight_map' object")
+    by_shard = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:
+            raise ValueError(f"{index_path}: tensor {name!r}: shard {shard!r} is not a file "
+                             f"name in {directory}")
+        by_shard.setdefault(shard, []).append(name)
+    out = {}
+    for shard, names in by_shard.items():
+        shard_path = directory / shard
+        if not shard_path.is_file():
+            raise FileNotFoundError(f"{index_path}: shard {shard!r} (needed for tensor "
+                                    f"{names[0]!r}) not found in {directory}")
+        with SafeTensors(shard_path) as st:
+            get = st.get_float32 if float32 else st.get
+            for name in names:
+                if name not in st:
+                    raise KeyError(f"{index_path}: tensor {name!r} is mapped to {shard!r} "
+                                   f"but {shard_path} has no such tensor")
+                out[name] = get(name)
+    return out
+
+
+def hf_cache_dir():
+    """The Hugging Face hub cache directory, as huggingface_hub chooses it:
+    ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``,
+    else ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def _snapshot_in_cache(repo_id, revision, cache, looked):
+    """The snapshot directory of ``repo_id`` at ``revision`` in ``cache`` or None;
+    appends every place it looked to ``looked``."""
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    if not repo_dir.is_dir():
+        looked.append(f"{repo_dir} (no such directory)")
+        return None
+    ref = repo_dir / "refs" / revision
+    if ref.is_file():
+        commit = ref.read_text().strip()
+        snap = repo_dir / "snapshots" / commit
+        if snap.is_dir():
+            return snap
+        looked.append(f"{snap} (named by {ref}, missing)")
+        return None
+    looked.append(f"{ref} (no such file)")
+    snap = repo_dir / "snapshots" / revision
+    if _COMMIT_RE.match(revision) and snap.is_dir():
+        return snap
+    snaps = sorted(p.name for p in (repo_dir / "snapshots").glob("*")) \
+        if (repo_dir / "snapshots").is_dir() else []
+    looked.append(f"{repo_dir / 'snapshots'} (has {', '.join(snaps) if snaps else 'nothing'})")
+    return None
+
+
+def resolve_pretrained(name_or_path, filename=None, revision="main", cache_dir=None):
+    """Find a model's files on disk, without network access.
+
+    ``name_or_path`` is a local directory, or a hub id (``"gpt2"``,
+    ``"gpt2-large"``, ``"org/name"``) looked up in the Hugging Face cache
+    (``cache_dir`` or :func:`hf_cache_dir`): ``models--ORG--NAME/refs/<revision>``
+    gives the commit, ``snapshots/<commit>/`` the files. Returns that directory,
+    or with ``filename`` the path of that file in it. When nothing is found,
+    FileNotFoundError lists every place it looked.
+    """
+    looked = []
+    name = os.fspath(name_or_path)
+    if not revision or ".." in revision.split("/") or revision.startswith("/"):
+        raise ValueError(f"revision {revision!r} is not a branch, tag or commit name")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        base = local
+    else:
+        looked.append(f"{local} (not a local directory)")
+        base = None
+        if re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", name) and ".." not in name:
+            cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
+            base = _snapshot_in_cache(name, revision, cache, looked)
+        else:
+            looked.append(f"{name!r} is not a hub id of the form 'name' or 'org/name'")
+        if base is None:
+            raise FileNotFoundError(
+                f"model {name!r} not found (revision {revision!r}); looked in:\n  "
+                + "\n  ".join(looked)
+                + "\nThis machine has no hub access: pass a local directory or put the model "
+                  "in the Hugging Face cache.")
+    if filename is None:
+        return base
+    target = base / filename
+    if not target.is_file():
+        present = sorted(p.name for p in base.iterdir())
+        raise FileNotFoundError(f"{name!r}: no file {filename!r} in {base} (it has: "
+                                f"{', '.join(present) if present else 'nothing'})")
+    return target
+
+
+def load_weights(name_or_path, float32=False, revision="main", cache_dir=None):
+    """All weights of a model as a dict of NumPy arrays: ``model.safetensors``
+    if present, else the shards named by ``model.safetensors.index.json``.
+    ``name_or_path`` is resolved by :func:`resolve_pretrained`."""
+    base = resolve_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    if (base / SAFETENSORS_NAME).is_file():
+        return load_safetensors(base / SAFETENSORS_NAME, float32=float32)
+    if (base / SAFETENSORS_INDEX_NAME).is_file():
+        return load_sharded(base, float32=float32)
+    present = sorted(p.name for p in base.iterdir())
+    hint = ""
+    if any(p.endswith((".bin", ".pt", ".pth")) for p in present):
+        hint = ("; PyTorch pickles are not read (that needs torch): convert them once with "
+                "transformers' save_pretrained(..., safe_serialization=True)")
+    raise FileNotFoundError(f"{base}: neither {SAFETENSORS_NAME} nor {SAFETENSORS_INDEX_NAME} "
+                            f"(it has: {', '.join(present) if present else 'nothing'}){hint}")
