@@ -27,7 +27,7 @@ typedef struct {
     PyTypeObject *buffer_type;      /* owner of C memory behind NumPy views (array.c) */
     PyTypeObject *model_type;       /* the C transformer (model_py.c) */
     PyTypeObject *safetensors_type; /* an mmapped safetensors file (io_py.c) */
-    PyTypeObject *tokenizer_type;   /* byte-level BPE (io_py.c) */
+    PyTypeObject *tokenizer_type;   /* byte-level BPE (tokenizer_py.c) */
 } mi_module_state;
 
 extern PyModuleDef mi_core_module;
@@ -77,6 +77,7 @@ int mi_py_ops_exec(PyObject *m);
 int mi_py_model_exec(PyObject *m);
 int mi_py_io_exec(PyObject *m);
 int mi_py_tokenizer_exec(PyObject *m);
+int mi_py_reve_exec(PyObject *m);
 int mi_py_analysis_exec(PyObject *m);
 
 #endif

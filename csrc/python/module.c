@@ -64,6 +64,7 @@ static int core_exec(PyObject *m)
     if (mi_py_model_exec(m) < 0) return -1;
     if (mi_py_io_exec(m) < 0) return -1;
     if (mi_py_tokenizer_exec(m) < 0) return -1;
+    if (mi_py_reve_exec(m) < 0) return -1;
     if (mi_py_analysis_exec(m) < 0) return -1;
     return 0;
 }
