@@ -404,8 +404,11 @@ class ActivationCache:
         W_out = neuron_slice.apply(W_out, dim=0)
         if project_output_onto is None:
             return neuron_acts[..., None] * W_out
-        projected = W_out @ to_numpy(project_output_onto)
-        if projected.ndim == 1:
+        project = to_numpy(project_output_onto)
+        projected = W_out @ project
+        # Decide by the projection's rank, not the product's: an int neuron_slice drops
+        # the neuron axis (TransformerLens gets that case wrong).
+        if project.ndim == 1:
             return neuron_acts * projected
         return neuron_acts[..., None] * projected
 
@@ -436,7 +439,8 @@ class ActivationCache:
         the [..., M, D] intermediate (folded into the cached-scale LN when ``apply_ln``).
         """
         layer = self._layer_arg(layer)
-        neuron_slice = _as_slice(neuron_slice)
+        # An int keeps its axis here (one row per layer), where TransformerLens fails
+        neuron_slice = Slice.unwrap(neuron_slice)
         pos_slice = _as_slice(pos_slice)
         project_2d, squeeze = _normalize_projection_to_2d(project_output_onto)
         d_mlp = self._cfg.d_mlp
@@ -448,6 +452,8 @@ class ActivationCache:
         if incl_remainder and layer == 0:
             raise ValueError("stack_neuron_results: incl_remainder with layer=0 has no resid_post "
                              "to take the remainder of")
+        if apply_ln and self._cfg.normalization_type not in _NORM_TYPES:
+            apply_ln = False  # nothing to apply (TransformerLens raises KeyError on this path)
         if apply_ln and project_2d is not None:
             components = self._stack_neuron_results_apply_ln_projected(layer, pos_slice, neuron_slice,
                                                                        project_2d)
