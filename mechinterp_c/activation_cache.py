@@ -341,7 +341,11 @@ class ActivationCache:
             return
         W_O = self._model_array("W_O")
         for layer in range(self._cfg.n_layers):
-            z = self[("z", layer, "attn")]
+            z_key = f"blocks.{layer}.attn.hook_z"
+            if z_key not in self.cache_dict:
+                raise KeyError(f"compute_head_results needs {z_key!r} (or hook_result) in the cache; "
+                               f"run the model with hook_z cached")
+            z = self.cache_dict[z_key]
             # Sum over d_head, one matmul per head: [..., P, Dh] @ [Dh, D]
             result = np.einsum("...hd,hdm->...hm", z, W_O[layer], optimize=True)
             self.cache_dict[f"blocks.{layer}.attn.hook_result"] = result.astype(z.dtype, copy=False)

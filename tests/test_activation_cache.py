@@ -109,6 +109,7 @@ def compare(tl_cache, mine, method, *args, **kwargs):
         assert got_labels == ref_labels
     assert isinstance(got, np.ndarray)
     assert got.shape == tuple(ref.shape), (got.shape, tuple(ref.shape))
+    assert got.dtype == np.float32  # float32 activations stay float32 (no silent float64)
     np.testing.assert_allclose(got, ref.detach().numpy(), **TOL)
     return got
 
@@ -398,3 +399,52 @@ def test_slice_object_accepted(setup):
     got = mine.accumulated_resid(pos_slice=Slice([0, 2]), apply_ln=True)
     ref = tl_cache.accumulated_resid(pos_slice=[0, 2], apply_ln=True).numpy()
     np.testing.assert_allclose(got, ref, **TOL)
+
+
+class _Vocab:
+    """A two-word 'tokenizer' for string tokens in logit_attrs."""
+    ids = {" road": 4, " street": 9}
+
+    def to_single_token(self, s):
+        if s not in self.ids:
+            raise ValueError(f"{s!r} is not a single token")
+        return self.ids[s]
+
+
+def test_logit_attrs_fallbacks_and_strings():
+    """Without tokens_to_residual_directions the cache uses W_U; strings go via to_single_token."""
+    model, tl_cache, mine, tokens = build("ln")
+    bare = type("Bare", (_Vocab,), {})()
+    bare.cfg, bare.W_U = mine.model.cfg, mine.model.W_U
+    cache = ActivationCache(mine.cache_dict, bare)
+    stack = cache.decompose_resid()
+    ref = tl_cache.logit_attrs(torch.from_numpy(stack), 4, incorrect_tokens=9).numpy()
+    np.testing.assert_allclose(cache.logit_attrs(stack, " road", incorrect_tokens=" street"), ref, **TOL)
+    np.testing.assert_allclose(cache.logit_attrs(stack, np.int64(4), incorrect_tokens=9), ref, **TOL)
+    tok = tokens.numpy()
+    np.testing.assert_allclose(cache.logit_attrs(stack, tok),
+                               tl_cache.logit_attrs(torch.from_numpy(stack), tokens).numpy(), **TOL)
+    with pytest.raises(ValueError, match="' lane' is not a single token"):
+        cache.logit_attrs(stack, " lane")
+
+
+def test_callable_ln_final_is_used():
+    """A model exposing ln_final as a callable gets it used for the logit-lens recompute."""
+    model, tl_cache, mine, _ = build("ln")
+    calls = []
+
+    def ln_final(x):
+        calls.append(x.shape)
+        return model.ln_final(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    mine.model.ln_final = ln_final
+    got = mine.accumulated_resid(apply_ln=True, pos_slice=(0, 3))
+    np.testing.assert_allclose(got, tl_cache.accumulated_resid(apply_ln=True, pos_slice=(0, 3)).numpy(), **TOL)
+    assert len(calls) == model.cfg.n_layers + 1
+
+
+def test_compute_head_results_needs_z():
+    model, tl_cache, mine, _ = build("ln")
+    cache = ActivationCache({k: v for k, v in mine.cache_dict.items() if not k.endswith("hook_z")}, mine.model)
+    with pytest.raises(KeyError, match=r"compute_head_results needs 'blocks\.0\.attn\.hook_z'"):
+        cache.stack_head_results()
