@@ -33,8 +33,9 @@ CONFIGS = {
     "rms": dict(normalization_type="RMS"),
     "attn_only": dict(attn_only=True, n_layers=3),
     "use_attn_result": dict(use_attn_result=True),
-    "rotary_rms_gated": dict(positional_embedding_type="rotary", rotary_dim=4,
-                             normalization_type="RMS", gated_mlp=True, act_fn="silu"),
+    "rotary_rms_gated_gqa": dict(positional_embedding_type="rotary", rotary_dim=4, n_heads=4,
+                                 n_key_value_heads=2, normalization_type="RMS", gated_mlp=True,
+                                 act_fn="silu"),
     "no_norm": dict(normalization_type=None),
 }
 

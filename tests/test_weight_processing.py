@@ -68,6 +68,10 @@ CONFIGS = {
     "parallel": dict(parallel_attn_mlp=True),
     "d_vocab_out": dict(d_vocab_out=11),
     "no_norm": dict(normalization_type=None),
+    "gqa_ln": dict(n_key_value_heads=2),
+    "gqa_rms": dict(n_key_value_heads=2, normalization_type="RMS", positional_embedding_type="rotary",
+                    rotary_dim=4),
+    "shortformer": dict(positional_embedding_type="shortformer"),
 }
 
 
