@@ -157,3 +157,21 @@ def test_errors_name_the_tensor():
     bad["blocks.0.attn.b_V"] = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.b_V"):
         wp.process_weights(bad, model.cfg, fold_ln=False)
+
+
+def test_ln_weights_into_lnpre_config_with_buffers():
+    """The seed notebook's pattern: an LN model's full state dict (buffers included) processed
+    for a model whose cfg already says LNPre (TL still folds the LN weights it finds)."""
+    model = random_model(n_heads=1, d_head=16, act_fn="relu")
+    pre_cfg = HookedTransformerConfig(**{**model.cfg.to_dict(), "normalization_type": "LNPre"})
+    ref_model = HookedTransformer(pre_cfg)
+    ref_model.load_and_process_state_dict({k: v.clone() for k, v in model.state_dict().items()},
+                                          fold_ln=True, center_writing_weights=True, center_unembed=True)
+    ref = {k: v.detach().numpy() for k, v in ref_model.named_parameters()}
+    full = {k: v.detach().numpy() for k, v in model.state_dict().items()}  # has attn.mask / IGNORE
+    mine = wp.process_weights(full, pre_cfg)
+    buffers = {k for k in full if k.endswith((".mask", ".IGNORE"))}
+    assert buffers and buffers <= set(mine)
+    for k in buffers:  # non-float buffers pass through unchanged
+        np.testing.assert_array_equal(mine[k], full[k])
+    assert_same({k: v for k, v in mine.items() if k not in buffers}, ref)
