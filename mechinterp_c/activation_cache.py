@@ -333,14 +333,17 @@ class ActivationCache:
         """Cache each head's residual-stream write ``blocks.{l}.attn.hook_result`` [B, P, H, D].
 
         Computed from ``hook_z`` [B, P, H, Dh] and ``model.W_O`` [L, H, Dh, D] (no b_O), as
-        TransformerLens does; a no-op (with a warning) if results are already cached.
+        TransformerLens does, for every layer whose result is not cached yet; a no-op (with a
+        warning) if all are.
         """
-        first_key = "blocks.0.attn.hook_result"
-        if first_key in self.cache_dict and np.ndim(self.cache_dict[first_key]) >= 3 + self.has_batch_dim:
+        head_ndim = 3 + self.has_batch_dim  # [B,] P, H, D
+        missing = [l for l in range(self._cfg.n_layers)
+                   if np.ndim(self.cache_dict.get(f"blocks.{l}.attn.hook_result")) < head_ndim]
+        if not missing:
             logging.warning("Tried to compute head results when they were already cached")
             return
         W_O = self._model_array("W_O")
-        for layer in range(self._cfg.n_layers):
+        for layer in missing:  # only the layers a partial cache lacks
             z_key = f"blocks.{layer}.attn.hook_z"
             if z_key not in self.cache_dict:
                 raise KeyError(f"compute_head_results needs {z_key!r} (or hook_result) in the cache; "
@@ -361,7 +364,7 @@ class ActivationCache:
         pos_slice = _as_slice(pos_slice)
         layer = self._layer_arg(layer)
         n_heads = self._cfg.n_heads
-        if layer > 0 and f"blocks.{layer - 1}.attn.hook_result" not in self.cache_dict:
+        if any(f"blocks.{l}.attn.hook_result" not in self.cache_dict for l in range(layer)):
             self.compute_head_results()
         parts, labels = [], []
         for l in range(layer):

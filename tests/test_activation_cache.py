@@ -449,3 +449,14 @@ def test_compute_head_results_needs_z():
     cache = ActivationCache({k: v for k, v in mine.cache_dict.items() if not k.endswith("hook_z")}, mine.model)
     with pytest.raises(KeyError, match=r"compute_head_results needs 'blocks\.0\.attn\.hook_z'"):
         cache.stack_head_results()
+
+
+def test_partial_head_results_are_completed():
+    """A cache holding hook_result for some layers only gets the rest computed from hook_z."""
+    model, tl_cache, mine, _ = build("use_attn_result")
+    full = {k: v.copy() for k, v in mine.cache_dict.items()}
+    del mine.cache_dict["blocks.1.attn.hook_result"]
+    got = mine.stack_head_results()
+    ref = tl_cache.stack_head_results().numpy()
+    np.testing.assert_allclose(got, ref, **TOL)
+    np.testing.assert_allclose(mine.cache_dict["blocks.1.attn.hook_result"], full["blocks.1.attn.hook_result"], **TOL)
