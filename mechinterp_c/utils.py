@@ -45,3 +45,142 @@ def to_numpy(x):
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+class Slice:
+    """A slice along one axis with TransformerLens's ``utils.Slice`` semantics.
+
+    ``None`` leaves the axis unchanged; an ``int`` indexes it (the axis goes away);
+    a tuple ``t`` is ``slice(*t)`` (so ``(k,)`` is ``:k``, ``(a, b)`` is ``a:b``,
+    ``(a, b, s)`` is ``a:b:s``); a Python ``slice`` is used as is; a list, NumPy
+    array or torch tensor is an array of indices (or a boolean mask) along the axis.
+    """
+
+    def __init__(self, input_slice=None):
+        if isinstance(input_slice, Slice):
+            self.slice, self.mode = input_slice.slice, input_slice.mode
+        elif isinstance(input_slice, tuple):
+            self.slice = slice(*input_slice)
+            self.mode = "slice"
+        elif isinstance(input_slice, (int, np.integer)) and not isinstance(input_slice, bool):
+            self.slice = int(input_slice)
+            self.mode = "int"
+        elif isinstance(input_slice, slice):
+            self.slice = input_slice
+            self.mode = "slice"
+        elif isinstance(input_slice, (list, np.ndarray)) or hasattr(input_slice, "detach"):
+            self.slice = to_numpy(input_slice)
+            if self.slice.dtype != np.bool_ and not np.issubdtype(self.slice.dtype, np.integer):
+                if self.slice.size == 0:
+                    self.slice = self.slice.astype(np.int64)
+                else:
+                    raise ValueError(f"Slice: an index array must hold integers or booleans, "
+                                     f"got dtype {self.slice.dtype}")
+            self.mode = "array"
+        elif input_slice is None:
+            self.slice = slice(None)
+            self.mode = "identity"
+        else:
+            raise ValueError(f"Invalid input_slice {input_slice!r}: expected None, an int, a tuple, "
+                             f"a slice, a list or an array of indices")
+
+    def apply(self, array, dim=0):
+        """``array`` with this slice applied along axis ``dim`` (negative axes allowed)."""
+        ndim = array.ndim
+        if not -ndim <= dim < ndim:
+            raise ValueError(f"Slice.apply: dim {dim} is out of range for an array of shape "
+                             f"{tuple(array.shape)}")
+        index = [slice(None)] * ndim
+        index[dim] = self.slice
+        try:
+            return array[tuple(index)]
+        except IndexError as e:
+            raise IndexError(f"Slice {self.slice!r} does not fit axis {dim} of an array of shape "
+                             f"{tuple(array.shape)}: {e}") from None
+
+    def indices(self, max_ctx=None):
+        """The indices this slice selects on an axis of length ``max_ctx`` (as an int64 array)."""
+        if self.mode == "int":
+            return np.array([self.slice], dtype=np.int64)
+        if max_ctx is None:
+            raise ValueError("max_ctx must be specified if slice is not an integer")
+        return np.arange(max_ctx, dtype=np.int64)[self.slice]
+
+    @classmethod
+    def unwrap(cls, slice_input):
+        """A ``Slice`` from a ``Slice`` or a slice input; an int becomes ``[int]`` (keeps the axis)."""
+        if isinstance(slice_input, Slice):
+            return slice_input
+        if isinstance(slice_input, (int, np.integer)) and not isinstance(slice_input, bool):
+            slice_input = [int(slice_input)]
+        return cls(slice_input)
+
+    def __repr__(self):
+        return f"Slice: {self.slice} Mode: {self.mode} "
+
+
+def _log_softmax64(logits):
+    """log_softmax over the last axis in float64, via a max-shifted logsumexp."""
+    x = np.asarray(logits, dtype=np.float64)
+    shift = x.max(axis=-1, keepdims=True)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    return x - shift - np.log(np.exp(x - shift).sum(axis=-1, keepdims=True))
+
+
+def _check_lm_inputs(fn, logits, tokens):
+    logits = to_numpy(logits)
+    tokens = to_numpy(tokens)
+    if logits.ndim < 2:
+        raise ValueError(f"{fn}: logits must be [batch, pos, d_vocab] or [pos, d_vocab], "
+                         f"got shape {logits.shape}")
+    if tokens.shape != logits.shape[:-1]:
+        raise ValueError(f"{fn}: tokens shape {tokens.shape} does not match logits shape "
+                         f"{logits.shape} (expected tokens of shape {logits.shape[:-1]})")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise TypeError(f"{fn}: tokens must be integers, got dtype {tokens.dtype}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= logits.shape[-1]):
+        bad = tokens[(tokens < 0) | (tokens >= logits.shape[-1])].flat[0]
+        raise ValueError(f"{fn}: token {bad} is out of range for d_vocab={logits.shape[-1]}")
+    return logits, tokens
+
+
+def lm_cross_entropy_loss(logits, tokens, attention_mask=None, per_token=False):
+    """Next-token cross-entropy loss, as ``transformer_lens.utils.lm_cross_entropy_loss``.
+
+    ``logits`` [batch, pos, d_vocab], ``tokens`` [batch, pos] (ints). Position p's
+    logits predict token p + 1, so the last logit is unused. ``attention_mask``
+    [batch, pos] (bool or 0/1) drops predictions whose current or next token is
+    masked. Returns the mean loss (float64 scalar), or with ``per_token=True``
+    the negative log-probs [batch, pos - 1] (masked entries 0). The
+    log-softmax is computed in float64 via logsumexp.
+    """
+    logits, tokens = _check_lm_inputs("lm_cross_entropy_loss", logits, tokens)
+    log_probs = _log_softmax64(logits[..., :-1, :])
+    predicted = np.take_along_axis(log_probs, tokens[..., 1:, None].astype(np.intp), axis=-1)[..., 0]
+    if attention_mask is not None:
+        mask = to_numpy(attention_mask)
+        if mask.shape != tokens.shape:
+            raise ValueError("attention_mask must have the same shape as tokens, "
+                             f"got {tuple(mask.shape)} and {tuple(tokens.shape)}")
+        mask = mask.astype(bool)
+        next_token_mask = mask[..., :-1] & mask[..., 1:]
+        predicted = np.where(next_token_mask, predicted, 0.0)
+        n_tokens = int(next_token_mask.sum())
+    else:
+        n_tokens = predicted.size
+    if per_token:
+        return -predicted
+    return -predicted.sum() / n_tokens
+
+
+def lm_accuracy(logits, tokens, per_token=False):
+    """Next-token top-1 accuracy, as ``transformer_lens.utils.lm_accuracy``.
+
+    Returns the fraction of positions whose argmax logit equals the next token,
+    or with ``per_token=True`` the boolean matches [batch, pos - 1].
+    """
+    logits, tokens = _check_lm_inputs("lm_accuracy", logits, tokens)
+    correct = logits.argmax(axis=-1)[..., :-1] == tokens[..., 1:]
+    if per_token:
+        return correct
+    return correct.sum() / correct.size
