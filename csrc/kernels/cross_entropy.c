@@ -1,0 +1,59 @@
+/* cross_entropy.c - softmax cross-entropy, forward and backward (see cross_entropy.h). */
+#include "kernels/cross_entropy.h"
+
+#include <math.h>
+
+#include "common/memory.h"
+
+#define PARALLEL_MIN 32768
+
+mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t rows,
+                           int64_t vocab, int64_t ignore_index,
+                           float *mean, float *losses, float *dlogits)
+{
+    if (vocab <= 0 && rows > 0)
+        return mi_fail(MI_ERR_VALUE, "cross_entropy: vocab must be >= 1, got %ld", (long)vocab);
+    int64_t count = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t t = targets[r];
+        if (t == ignore_index) continue;
+        if (t < 0 || t >= vocab)
+            return mi_fail(MI_ERR_INDEX, "cross_entropy: targets[%ld] = %ld is outside [0, %ld) "
+                           "and is not ignore_index (%ld)", (long)r, (long)t, (long)vocab,
+                           (long)ignore_index);
+        count++;
+    }
+    double *row_loss = mi_malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1));
+    if (!row_loss) return mi_fail(MI_ERR_NOMEM, "cross_entropy: cannot allocate %ld row losses",
+                                  (long)rows);
+    /* d mean / d loss_r = 1 / count */
+    const float gscale = count > 0 ? (float)(1.0 / (double)count) : 0.0f;
+    #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *lr = logits + r * vocab;
+        int64_t t = targets[r];
+        if (t == ignore_index) { row_loss[r] = 0.0; continue; }
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < vocab; j++) mx = lr[j] > mx || lr[j] != lr[j] ? lr[j] : mx;
+        double sum = 0.0;
+        for (int64_t j = 0; j < vocab; j++) sum += exp((double)lr[j] - mx);
+        double lse = (double)mx + log(sum);
+        row_loss[r] = lse - (double)lr[t];
+        if (dlogits) {
+            /* forward: loss = lse - x_t;  dx_j = softmax_j - [j == t] */
+            float *dr = dlogits + r * vocab;
+            for (int64_t j = 0; j < vocab; j++) {
+                float p = (float)exp((double)lr[j] - lse);
+                dr[j] += (j == t ? p - 1.0f : p) * gscale;
+            }
+        }
+    }
+    double total = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        total += row_loss[r];
+        if (losses) losses[r] = (float)row_loss[r];
+    }
+    if (mean) *mean = count > 0 ? (float)(total / (double)count) : NAN;
+    mi_free(row_loss);
+    return MI_OK;
+}
