@@ -27,7 +27,7 @@ mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t 
     if (!row_loss) return mi_fail(MI_ERR_NOMEM, "cross_entropy: cannot allocate %ld row losses",
                                   (long)rows);
     /* d mean / d loss_r = 1 / count */
-    const float gscale = count > 0 ? (float)(1.0 / (double)count) : 0.0f;
+    const double gscale = count > 0 ? 1.0 / (double)count : 0.0;
     #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *lr = logits + r * vocab;
@@ -43,8 +43,9 @@ mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t 
             /* forward: loss = lse - x_t;  dx_j = softmax_j - [j == t] */
             float *dr = dlogits + r * vocab;
             for (int64_t j = 0; j < vocab; j++) {
-                float p = (float)exp((double)lr[j] - lse);
-                dr[j] += (j == t ? p - 1.0f : p) * gscale;
+                /* in double: p - 1 for a confident target cancels badly in float */
+                double p = exp((double)lr[j] - lse);
+                dr[j] += (float)((j == t ? p - 1.0 : p) * gscale);
             }
         }
     }
