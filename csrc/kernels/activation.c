@@ -7,19 +7,22 @@
 
 #include <math.h>
 
+#include "kernels/cpu.h"
+
 #define PARALLEL_MIN 65536
+#define CHUNK 8192   /* elements per vectorised task */
 #define SQRT1_2 0.70710678118654752f       /* 1/sqrt(2) */
 #define SQRT_2_PI 0.79788456080286536f     /* sqrt(2/pi) */
 #define INV_SQRT_2PI 0.39894228040143268f  /* 1/sqrt(2 pi) */
 #define GELU_C 0.044715f
 
-void mi_gelu(const float *x, float *y, int64_t n)
+static void gelu_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * SQRT1_2));
 }
 
-void mi_gelu_tanh(const float *x, float *y, int64_t n)
+static void gelu_tanh_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -28,16 +31,49 @@ void mi_gelu_tanh(const float *x, float *y, int64_t n)
     }
 }
 
-void mi_relu(const float *x, float *y, int64_t n)
+static void relu_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : (x[i] != x[i] ? x[i] : 0.0f);
 }
 
-void mi_silu(const float *x, float *y, int64_t n)
+static void silu_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+/* AVX-512 versions (activation_avx512.c): one contiguous span each. */
+void mi_silu_avx512(const float *x, float *y, int64_t n);
+void mi_gelu_tanh_avx512(const float *x, float *y, int64_t n);
+
+typedef void (*span_fn)(const float *x, float *y, int64_t n);
+
+/* Run a vector kernel over n elements in CHUNK spans, parallel over spans. */
+static void run_chunked(span_fn fn, const float *x, float *y, int64_t n)
+{
+    int64_t nchunk = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t c = 0; c < nchunk; c++) {
+        int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        fn(x + i0, y + i0, len);
+    }
+}
+
+void mi_gelu(const float *x, float *y, int64_t n) { gelu_ref(x, y, n); }
+
+void mi_gelu_tanh(const float *x, float *y, int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) run_chunked(mi_gelu_tanh_avx512, x, y, n);
+    else gelu_tanh_ref(x, y, n);
+}
+
+void mi_relu(const float *x, float *y, int64_t n) { relu_ref(x, y, n); }
+
+void mi_silu(const float *x, float *y, int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) run_chunked(mi_silu_avx512, x, y, n);
+    else silu_ref(x, y, n);
 }
 
 void mi_activate(mi_activation act, const float *x, float *y, int64_t n)
