@@ -46,6 +46,7 @@ static void silu_ref(const float *x, float *y, int64_t n)
 /* AVX-512 versions (activation_avx512.c): one contiguous span each. */
 void mi_silu_avx512(const float *x, float *y, int64_t n);
 void mi_gelu_tanh_avx512(const float *x, float *y, int64_t n);
+void mi_gelu_avx512(const float *x, float *y, int64_t n);
 
 typedef void (*span_fn)(const float *x, float *y, int64_t n);
 
@@ -60,7 +61,11 @@ static void run_chunked(span_fn fn, const float *x, float *y, int64_t n)
     }
 }
 
-void mi_gelu(const float *x, float *y, int64_t n) { gelu_ref(x, y, n); }
+void mi_gelu(const float *x, float *y, int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) run_chunked(mi_gelu_avx512, x, y, n);
+    else gelu_ref(x, y, n);
+}
 
 void mi_gelu_tanh(const float *x, float *y, int64_t n)
 {
