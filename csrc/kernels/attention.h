@@ -43,9 +43,10 @@ void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v
  * dq, dk, dv use the layout L like q, k, v (so the fused dQKV buffer
  * [B,T,3,H,Dh] works) and ACCUMULATE. pattern [B,H,T,T] is the forward's;
  * masked entries (P = 0) give no gradient. dz [B,T,H,Dh] contiguous.
- * causal only skips the j > i work. Parallel over (b, h); each head's
- * sums run in a fixed order on one thread (bitwise identical for any count).
- * O(T^2 Dh) per head; scratch of T floats per thread (MI_ERR_NOMEM). */
+ * causal: P[i, j > i] is taken as 0 (skips that work). Parallel over (b, h);
+ * each head's products run on one thread through mi_sgemm (bitwise identical
+ * for any count). O(T^2 Dh) per head; scratch of T*T floats per thread
+ * (MI_ERR_NOMEM if it cannot be allocated). */
 mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float *k,
                            const float *v, const float *pattern, const float *dz,
                            float scale, int causal, float *dq, float *dk, float *dv);
