@@ -378,3 +378,19 @@ def test_fast_gelu_and_silu_ulp_accuracy(isa_name, isa):
     with np.errstate(over="ignore"):
         silu_want = xd / (1 + np.exp(-xd))
     assert ulp_error(ops.silu(x), silu_want)[np.abs(silu_want) > 1e-30].max() <= 4
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+def test_norm_fast_matches_reference(rng, shape, isa):
+    x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    _core.force_isa("scalar")
+    ref = [ops.layer_norm(x, w, w, return_scale=True), ops.layer_norm(x, return_scale=True),
+           ops.rms_norm(x, w, return_scale=True)]
+    _core.force_isa("best")
+    fast = [ops.layer_norm(x, w, w, return_scale=True), ops.layer_norm(x, return_scale=True),
+            ops.rms_norm(x, w, return_scale=True)]
+    # double sums in another order: the mean/scale may differ in the last float bit
+    for (y0, s0), (y1, s1) in zip(ref, fast):
+        np.testing.assert_allclose(s1, s0, rtol=2e-7)
+        np.testing.assert_allclose(y1, y0, rtol=1e-6, atol=1e-6)

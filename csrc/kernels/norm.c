@@ -11,27 +11,40 @@
 #include <math.h>
 
 #include "common/memory.h"
+#include "kernels/cpu.h"
 
 #define PARALLEL_MIN 32768   /* elements below which threads cost more than they save */
 #define COL_BLOCK 64         /* columns per thread task in the dw/db sums (one 256-byte strip) */
 
 /* Mean of one row, computed the same way in the forward and the backward so
  * the backward's xhat is bitwise the forward's. */
-static inline float row_mean(const float *xr, int64_t d)
+static inline float row_mean_ref(const float *xr, int64_t d)
 {
     double sum = 0.0;
     for (int64_t i = 0; i < d; i++) sum += xr[i];
     return (float)(sum / (double)d);
 }
 
-void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
-                   int64_t rows, int64_t d, float *y, float *scale)
+/* AVX-512 rows (norm_avx512.c): same arithmetic, double sums in 16 lanes. */
+float mi_row_mean_avx512(const float *xr, int64_t d);
+float mi_layer_norm_row_avx512(const float *xr, const float *w, const float *b, float eps,
+                               int64_t d, float *yr);
+float mi_rms_norm_row_avx512(const float *xr, const float *w, float eps, int64_t d, float *yr);
+
+/* The mean the forward of the ISA in use computed, for the backward. */
+static inline float row_mean(const float *xr, int64_t d, int avx512)
+{
+    return avx512 ? mi_row_mean_avx512(xr, d) : row_mean_ref(xr, d);
+}
+
+void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps,
+                       int64_t rows, int64_t d, float *y, float *scale)
 {
     #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
-        float mean = row_mean(xr, d);
+        float mean = row_mean_ref(xr, d);
         double sq = 0.0;
         for (int64_t i = 0; i < d; i++) { double c = (double)(xr[i] - mean); sq += c * c; }
         float s = (float)sqrt(sq / (double)d + (double)eps);
@@ -43,6 +56,17 @@ void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
             if (b) v += b[i];
             yr[i] = v;
         }
+    }
+}
+
+void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
+                   int64_t rows, int64_t d, float *y, float *scale)
+{
+    if (mi_cpu_isa() < MI_ISA_AVX512) { mi_layer_norm_ref(x, w, b, eps, rows, d, y, scale); return; }
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        float s = mi_layer_norm_row_avx512(x + r * d, w, b, eps, d, y + r * d);
+        if (scale) scale[r] = s;
     }
 }
 
@@ -58,10 +82,11 @@ mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w
     float *mean = mi_malloc(sizeof(float) * (size_t)rows);
     if (!mean) return mi_fail(MI_ERR_NOMEM, "layer_norm_backward: cannot allocate %ld row means",
                               (long)rows);
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
     #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d, *dyr = dy + r * d;
-        float m = row_mean(xr, d);
+        float m = row_mean(xr, d, avx512);
         mean[r] = m;
         if (!dx) continue;
         float inv = 1.0f / scale[r];
@@ -104,8 +129,8 @@ mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w
     return MI_OK;
 }
 
-void mi_rms_norm(const float *x, const float *w, float eps,
-                 int64_t rows, int64_t d, float *y, float *scale)
+void mi_rms_norm_ref(const float *x, const float *w, float eps,
+                     int64_t rows, int64_t d, float *y, float *scale)
 {
     #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
@@ -117,6 +142,17 @@ void mi_rms_norm(const float *x, const float *w, float eps,
         if (scale) scale[r] = s;
         float inv = 1.0f / s;
         for (int64_t i = 0; i < d; i++) yr[i] = w ? xr[i] * inv * w[i] : xr[i] * inv;
+    }
+}
+
+void mi_rms_norm(const float *x, const float *w, float eps,
+                 int64_t rows, int64_t d, float *y, float *scale)
+{
+    if (mi_cpu_isa() < MI_ISA_AVX512) { mi_rms_norm_ref(x, w, eps, rows, d, y, scale); return; }
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        float s = mi_rms_norm_row_avx512(x + r * d, w, eps, d, y + r * d);
+        if (scale) scale[r] = s;
     }
 }
 

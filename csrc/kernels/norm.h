@@ -20,6 +20,12 @@ void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
 void mi_rms_norm(const float *x, const float *w, float eps,
                  int64_t rows, int64_t d, float *y, float *scale);
 
+/* Plain scalar versions: the references the AVX-512 rows are tested against. */
+void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps,
+                       int64_t rows, int64_t d, float *y, float *scale);
+void mi_rms_norm_ref(const float *x, const float *w, float eps,
+                     int64_t rows, int64_t d, float *y, float *scale);
+
 /* Backward passes (training). dy [rows, d] is the gradient of y; `scale` is
  * the forward's per-row scale. Every gradient ACCUMULATES (+=): dx [rows, d],
  * dw [d], db [d]; pass NULL for a gradient that is not wanted (dw, db must be
