@@ -395,26 +395,66 @@ done:
     return y;
 }
 
-/* q, k, v [B,T,H,Dh] (all the same shape) as float32 arrays; *L filled. */
+/* q, k, v [B,T,H,Dh] (all the same shape) as float32 arrays, or (k and v
+ * None) q the fused qkv [B,T,3,H,Dh] (Hugging Face's c_attn output viewed
+ * 5-D), read in place through the layout. Fills *L and the data pointers. */
 static int qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, PyArrayObject **q,
-                    PyArrayObject **k, PyArrayObject **v, mi_attn_layout *L)
+                    PyArrayObject **k, PyArrayObject **v, mi_attn_layout *L,
+                    const float **qd, const float **kd, const float **vd)
 {
-    if (!(*q = mi_py_float_arg(q_obj, "q", 4, 4))) return -1;
-    if (!(*k = float_arg_shaped(k_obj, "k", 4, PyArray_DIMS(*q)))) return -1;
-    if (!(*v = float_arg_shaped(v_obj, "v", 4, PyArray_DIMS(*q)))) return -1;
-    L->batch = PyArray_DIM(*q, 0);
-    L->seq = PyArray_DIM(*q, 1);
-    L->heads = PyArray_DIM(*q, 2);
-    L->d_head = PyArray_DIM(*q, 3);
-    L->row_stride = L->heads * L->d_head;
+    char b1[128];
+    int fused = (!k_obj || k_obj == Py_None) && (!v_obj || v_obj == Py_None);
+    if (fused) {
+        if (!(*q = mi_py_float_arg(q_obj, "q", 5, 5))) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError, "q: with k and v None, q must be the fused "
+                                "qkv [batch, pos, 3, head, d_head]");
+            }
+            return -1;
+        }
+        if (PyArray_DIM(*q, 2) != 3) {
+            PyErr_Format(PyExc_ValueError, "q: fused qkv must be [batch, pos, 3, head, d_head], "
+                         "got %s", mi_py_shape_str(*q, b1));
+            return -1;
+        }
+        L->batch = PyArray_DIM(*q, 0);
+        L->seq = PyArray_DIM(*q, 1);
+        L->heads = PyArray_DIM(*q, 3);
+        L->d_head = PyArray_DIM(*q, 4);
+        L->row_stride = 3 * L->heads * L->d_head;
+        *qd = PyArray_DATA(*q);
+        *kd = *qd + L->heads * L->d_head;
+        *vd = *kd + L->heads * L->d_head;
+    } else {
+        if (!k_obj || k_obj == Py_None || !v_obj || v_obj == Py_None) {
+            PyErr_SetString(PyExc_TypeError, "k, v: give both (with q [batch, pos, head, d_head])"
+                            " or neither (q is the fused qkv)");
+            return -1;
+        }
+        if (!(*q = mi_py_float_arg(q_obj, "q", 4, 4))) return -1;
+        if (!(*k = float_arg_shaped(k_obj, "k", 4, PyArray_DIMS(*q)))) return -1;
+        if (!(*v = float_arg_shaped(v_obj, "v", 4, PyArray_DIMS(*q)))) return -1;
+        L->batch = PyArray_DIM(*q, 0);
+        L->seq = PyArray_DIM(*q, 1);
+        L->heads = PyArray_DIM(*q, 2);
+        L->d_head = PyArray_DIM(*q, 3);
+        L->row_stride = L->heads * L->d_head;
+        *qd = PyArray_DATA(*q);
+        *kd = PyArray_DATA(*k);
+        *vd = PyArray_DATA(*v);
+    }
     L->batch_stride = L->seq * L->row_stride;
     return 0;
 }
 
 PyDoc_STRVAR(attention_doc,
-"attention(q, k, v, causal=True, padding_mask=None, return_pattern=False, scale=None)\n--\n\n"
+"attention(q, k=None, v=None, causal=True, padding_mask=None, return_pattern=False, scale=None)\n"
+"--\n\n"
 "Multi-head attention: softmax(scale * q k^T, masked) v per head.\n\n"
-"q, k, v are [batch, pos, head, d_head] (TransformerLens hook_q/k/v). causal\n"
+"q, k, v are [batch, pos, head, d_head] (TransformerLens hook_q/k/v); or k and\n"
+"v are None and q is the fused qkv [batch, pos, 3, head, d_head] (Hugging\n"
+"Face's c_attn output reshaped), read in place without copies. causal\n"
 "masks keys after the query; padding_mask [batch, pos] (1 keep, 0 pad) masks\n"
 "padded keys. scale defaults to 1/sqrt(d_head). Returns z [batch, pos, head,\n"
 "d_head], or (z, pattern) with pattern [batch, head, query, key] when\n"
@@ -424,16 +464,17 @@ static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"q", "k", "v", "causal", "padding_mask", "return_pattern", "scale",
                              NULL};
-    PyObject *q_obj, *k_obj, *v_obj, *pm_obj = Py_None, *scale_obj = Py_None;
+    PyObject *q_obj, *k_obj = Py_None, *v_obj = Py_None, *pm_obj = Py_None, *scale_obj = Py_None;
     int causal = 1, return_pattern = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pOpO:attention", kwlist, &q_obj, &k_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOpOpO:attention", kwlist, &q_obj, &k_obj,
                                      &v_obj, &causal, &pm_obj, &return_pattern, &scale_obj))
         return NULL;
     PyArrayObject *q = NULL, *k = NULL, *v = NULL, *pm = NULL;
     PyObject *z = NULL, *pattern = NULL, *res = NULL;
     mi_attn_layout L;
     char s1[128], s2[128], s3[128];
-    if (qkv_args(q_obj, k_obj, v_obj, &q, &k, &v, &L) < 0) goto done;
+    const float *qd, *kd, *vd;
+    if (qkv_args(q_obj, k_obj, v_obj, &q, &k, &v, &L, &qd, &kd, &vd) < 0) goto done;
     double scale = 1.0 / sqrt((double)(L.d_head > 0 ? L.d_head : 1));
     if (scale_obj != Py_None) {
         scale = PyFloat_AsDouble(scale_obj);
@@ -461,11 +502,11 @@ static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
         if (!(pm = f)) goto done;
     }
     npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
+    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
     float *zd, *pd;
-    if (!(z = mi_py_empty(m, 4, PyArray_DIMS(q), &zd))) goto done;
+    if (!(z = mi_py_empty(m, 4, zshape, &zd))) goto done;
     if (!(pattern = mi_py_empty(m, 4, pshape, &pd))) goto done;
     {
-        const float *qd = PyArray_DATA(q), *kd = PyArray_DATA(k), *vd = PyArray_DATA(v);
         const float *md = pm ? PyArray_DATA(pm) : NULL;
         int64_t rows = L.batch * L.heads * L.seq;
         Py_BEGIN_ALLOW_THREADS
@@ -652,28 +693,15 @@ static PyObject *py__attention_backward(PyObject *m, PyObject *args, PyObject *k
     int fused = k_o == Py_None && v_o == Py_None;
     const float *qd, *kd, *vd;
     float *dqd, *dkd, *dvd;
+    if (qkv_args(q_o, k_o, v_o, &q, &k, &v, &L, &qd, &kd, &vd) < 0) goto done;
     if (fused) {
-        if (!(q = mi_py_float_arg(q_o, "q", 5, 5))) goto done;
-        if (PyArray_DIM(q, 2) != 3) {
-            char b[128];
-            PyErr_Format(PyExc_ValueError, "q: fused qkv must be [batch, pos, 3, head, d_head], "
-                         "got %s", mi_py_shape_str(q, b));
-            goto done;
-        }
-        L.batch = PyArray_DIM(q, 0); L.seq = PyArray_DIM(q, 1);
-        L.heads = PyArray_DIM(q, 3); L.d_head = PyArray_DIM(q, 4);
-        L.row_stride = 3 * L.heads * L.d_head;
-        L.batch_stride = L.seq * L.row_stride;
         if (!(dq = grad_arg(m, dq_o, "dq", 5, PyArray_DIMS(q), &dqd))) goto done;
-        qd = PyArray_DATA(q);
-        kd = qd + L.heads * L.d_head; vd = kd + L.heads * L.d_head;
-        dkd = dqd + L.heads * L.d_head; dvd = dkd + L.heads * L.d_head;
+        dkd = dqd + L.heads * L.d_head;
+        dvd = dkd + L.heads * L.d_head;
     } else {
-        if (qkv_args(q_o, k_o, v_o, &q, &k, &v, &L) < 0) goto done;
         if (!(dq = grad_arg(m, dq_o, "dq", 4, PyArray_DIMS(q), &dqd))) goto done;
         if (!(dk = grad_arg(m, dk_o, "dk", 4, PyArray_DIMS(q), &dkd))) goto done;
         if (!(dv = grad_arg(m, dv_o, "dv", 4, PyArray_DIMS(q), &dvd))) goto done;
-        qd = PyArray_DATA(q); kd = PyArray_DATA(k); vd = PyArray_DATA(v);
     }
     npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
     npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
