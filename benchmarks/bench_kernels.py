@@ -6,7 +6,8 @@ Prints, per kernel, the best (minimum) time of mechinterp_c with the best ISA, w
 the scalar reference (force_isa('scalar')), and of the torch float32
 equivalent, and the ratios scalar/fast and torch/fast (> 1 means mechinterp_c
 is faster). Shapes are GPT-2-small-like activations: [4*128, 3072] MLP
-hidden, [4*128, 768] residual, [4, 12, 128, 128] attention.
+hidden, [4*128, 768] residual, [4, 12, 128, 128] attention, [128, 50257]
+logits. Attention goes through mi_sgemm, so its figure follows the GEMM.
 """
 import argparse
 import time
@@ -45,6 +46,15 @@ def main():
     th, tr, tw, ts = (torch.from_numpy(a) for a in (hid, res, w, scores))
     tq, tk, tv = (torch.from_numpy(a).transpose(1, 2) for a in (q, k, v))
     tmask = torch.from_numpy(causal)
+    logits = rng.standard_normal((128, 50257), dtype=np.float32)
+    targets = rng.integers(0, 50257, 128)
+    tl, tt = torch.from_numpy(logits), torch.from_numpy(targets)
+
+    def torch_ce():
+        lt = tl.clone().requires_grad_(True)
+        with torch.enable_grad():
+            torch.nn.functional.cross_entropy(lt, tt).backward()
+        return lt.grad
 
     cases = [
         ("gelu exact [512,3072]", lambda: ops.gelu(hid), lambda: torch.nn.functional.gelu(th)),
@@ -58,6 +68,8 @@ def main():
          lambda: torch.nn.functional.rms_norm(tr, (768,), tw, eps=1e-6)),
         ("softmax causal [4,12,128,128]", lambda: ops.softmax(scores, mask=causal),
          lambda: torch.softmax(ts.masked_fill(~tmask, -torch.inf), -1)),
+        ("cross_entropy+grad [128,50257]", lambda: _core._cross_entropy(logits, targets),
+         torch_ce),
         ("attention causal B4 T128 H12 D64", lambda: ops.attention(q, k, v, causal=True),
          lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)),
     ]

@@ -330,3 +330,32 @@ def test_embedding_backward_threads_accumulate_errors(rng, threads):
         _core._embedding(np.zeros((20, 4), np.float32), np.array([-1]))
     with pytest.raises(ValueError, match=r"dout: expected shape tokens.shape \+ \(d,\)"):
         _core._embedding_backward(dout[:3], tokens[:4], 20)
+
+
+def test_cross_entropy_fast_matches_reference(rng):
+    logits = (rng.standard_normal((7, 50257)) * 3).astype(np.float32)   # GPT-2 vocab
+    logits[0, 123] = 30.0                                                 # a confident row
+    t = rng.integers(0, 50257, 7)
+    t[0] = 123
+    t[3] = -100
+    try:
+        _core.force_isa("scalar")
+        ref = _core._cross_entropy(logits, t)
+    finally:
+        _core.force_isa("best")
+    fast = _core._cross_entropy(logits, t)
+    # float exps (~2 ulp) summed in double: loss within ~1e-7 absolute
+    np.testing.assert_allclose(fast[0], ref[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast[1], ref[1], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fast[2], ref[2], rtol=1e-5, atol=1e-12)
+    lt = t64(logits)
+    torch.nn.functional.cross_entropy(lt, torch.tensor(t), ignore_index=-100).backward()
+    close(fast[2], lt.grad, rtol=1e-5, atol_rel=1e-6)
+
+
+def test_cross_entropy_nan_row(rng):
+    logits = rng.standard_normal((3, 40)).astype(np.float32)
+    logits[1, 5] = np.nan
+    mean, losses, d = _core._cross_entropy(logits, np.array([1, 2, 3]))
+    assert np.isnan(mean) and np.isnan(losses[1]) and np.isfinite(losses[[0, 2]]).all()
+    assert np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()

@@ -4,8 +4,33 @@
 #include <math.h>
 
 #include "common/memory.h"
+#include "kernels/cpu.h"
 
 #define PARALLEL_MIN 32768
+
+/* The AVX-512 row (cross_entropy_avx512.c). */
+double mi_cross_entropy_row_avx512(const float *lr, int64_t vocab, int64_t t, double gscale,
+                                   float *dr);
+
+/* One row, plain scalar with every exp in double: the reference. */
+static double cross_entropy_row_ref(const float *lr, int64_t vocab, int64_t t, double gscale,
+                                    float *dr)
+{
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < vocab; j++) mx = lr[j] > mx || lr[j] != lr[j] ? lr[j] : mx;
+    double sum = 0.0;
+    for (int64_t j = 0; j < vocab; j++) sum += exp((double)lr[j] - mx);
+    double lse = (double)mx + log(sum);
+    if (dr) {
+        /* forward: loss = lse - x_t;  dx_j = softmax_j - [j == t]. In double:
+         * p - 1 for a confident target cancels badly in float. */
+        for (int64_t j = 0; j < vocab; j++) {
+            double p = exp((double)lr[j] - lse);
+            dr[j] += (float)((j == t ? p - 1.0 : p) * gscale);
+        }
+    }
+    return lse - (double)lr[t];
+}
 
 mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t rows,
                            int64_t vocab, int64_t ignore_index,
@@ -28,26 +53,15 @@ mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t 
                                   (long)rows);
     /* d mean / d loss_r = 1 / count */
     const double gscale = count > 0 ? 1.0 / (double)count : 0.0;
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
     #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
-        const float *lr = logits + r * vocab;
         int64_t t = targets[r];
         if (t == ignore_index) { row_loss[r] = 0.0; continue; }
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < vocab; j++) mx = lr[j] > mx || lr[j] != lr[j] ? lr[j] : mx;
-        double sum = 0.0;
-        for (int64_t j = 0; j < vocab; j++) sum += exp((double)lr[j] - mx);
-        double lse = (double)mx + log(sum);
-        row_loss[r] = lse - (double)lr[t];
-        if (dlogits) {
-            /* forward: loss = lse - x_t;  dx_j = softmax_j - [j == t] */
-            float *dr = dlogits + r * vocab;
-            for (int64_t j = 0; j < vocab; j++) {
-                /* in double: p - 1 for a confident target cancels badly in float */
-                double p = exp((double)lr[j] - lse);
-                dr[j] += (float)((j == t ? p - 1.0 : p) * gscale);
-            }
-        }
+        const float *lr = logits + r * vocab;
+        float *dr = dlogits ? dlogits + r * vocab : NULL;
+        row_loss[r] = avx512 ? mi_cross_entropy_row_avx512(lr, vocab, t, gscale, dr)
+                             : cross_entropy_row_ref(lr, vocab, t, gscale, dr);
     }
     double total = 0.0;
     for (int64_t r = 0; r < rows; r++) {
