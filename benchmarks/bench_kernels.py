@@ -48,12 +48,12 @@ def main():
     tmask = torch.from_numpy(causal)
     logits = rng.standard_normal((128, 50257), dtype=np.float32)
     targets = rng.integers(0, 50257, 128)
-    tl, tt = torch.from_numpy(logits), torch.from_numpy(targets)
+    t_logits, t_targets = torch.from_numpy(logits), torch.from_numpy(targets)
 
     def torch_ce():
-        lt = tl.clone().requires_grad_(True)
+        lt = t_logits.clone().requires_grad_(True)
         with torch.enable_grad():
-            torch.nn.functional.cross_entropy(lt, tt).backward()
+            torch.nn.functional.cross_entropy(lt, t_targets).backward()
         return lt.grad
 
     cases = [
