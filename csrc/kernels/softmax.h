@@ -3,7 +3,9 @@
  * y = exp(x - max) / sum(exp(x - max)). -inf entries get 0. A row that is
  * entirely -inf (every key masked) gives all zeros, as TransformerLens's
  * pattern after its nan -> 0 step. NaN anywhere in a row gives a NaN row.
- * Parallel over rows; each row's sum in column order (deterministic).
+ * Parallel over rows, each row on one thread (bitwise identical for any
+ * thread count). Dispatch: AVX-512 row (softmax_avx512.c) or the scalar
+ * reference mi_softmax_rows_ref.
  */
 #ifndef MI_SOFTMAX_H
 #define MI_SOFTMAX_H
