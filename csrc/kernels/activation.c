@@ -47,6 +47,8 @@ static void silu_ref(const float *x, float *y, int64_t n)
 void mi_silu_avx512(const float *x, float *y, int64_t n);
 void mi_gelu_tanh_avx512(const float *x, float *y, int64_t n);
 void mi_gelu_avx512(const float *x, float *y, int64_t n);
+void mi_silu_backward_avx512(const float *x, const float *dy, float *dx, int64_t n);
+void mi_gelu_tanh_backward_avx512(const float *x, const float *dy, float *dx, int64_t n);
 
 typedef void (*span_fn)(const float *x, float *y, int64_t n);
 
@@ -140,9 +142,29 @@ static void silu_backward(const float *x, const float *dy, float *dx, int64_t n)
     }
 }
 
+typedef void (*span_bwd_fn)(const float *x, const float *dy, float *dx, int64_t n);
+
+/* Run a vector backward kernel in CHUNK spans, parallel over spans. */
+static void run_chunked_bwd(span_bwd_fn fn, const float *x, const float *dy, float *dx, int64_t n)
+{
+    int64_t nchunk = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t c = 0; c < nchunk; c++) {
+        int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        fn(x + i0, dy + i0, dx + i0, len);
+    }
+}
+
 void mi_activation_backward(mi_activation act, const float *x, const float *dy, float *dx,
                             int64_t n)
 {
+    if (mi_cpu_isa() >= MI_ISA_AVX512) {
+        if (act == MI_ACT_SILU) { run_chunked_bwd(mi_silu_backward_avx512, x, dy, dx, n); return; }
+        if (act == MI_ACT_GELU_TANH) {
+            run_chunked_bwd(mi_gelu_tanh_backward_avx512, x, dy, dx, n);
+            return;
+        }
+    }
     switch (act) {
     case MI_ACT_RELU: relu_backward(x, dy, dx, n); break;
     case MI_ACT_GELU: gelu_backward(x, dy, dx, n); break;

@@ -97,3 +97,54 @@ void mi_gelu_avx512(const float *x, float *y, int64_t n)
         _mm512_mask_storeu_ps(y + i, k, _mm512_mask_mov_ps(y_out, inner, y_in));
     }
 }
+
+/* --- backward: dx += dy * act'(x) (forward lines quoted above each) ------ */
+
+/* 1 - s for s = 1 / (1 + e): e s (no cancellation when s ~ 1), and 1 when e
+ * overflowed to inf (s = 0, where e s would be inf * 0). */
+static inline __m512 one_minus_sigmoid(__m512 e, __m512 s)
+{
+    __mmask16 big = _mm512_cmp_ps_mask(e, _mm512_set1_ps(__builtin_inff()), _CMP_EQ_OQ);
+    return _mm512_mask_mov_ps(_mm512_mul_ps(e, s), big, _mm512_set1_ps(1.0f));
+}
+
+/* forward: y = x s,  s = 1 / (1 + exp(-x));  y' = s (1 + x (1 - s)) */
+void mi_silu_backward_avx512(const float *x, const float *dy, float *dx, int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+        __m512 e = mi_exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));       /* exp(-x) */
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        __m512 d = _mm512_mul_ps(s, _mm512_fmadd_ps(v, one_minus_sigmoid(e, s), one));
+        __m512 g = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, dy + i), d, _mm512_maskz_loadu_ps(k, dx + i));
+        _mm512_mask_storeu_ps(dx + i, k, g);
+    }
+}
+
+/* forward: y = 0.5 x (1 + tanh(u)) = x S,  S = sigmoid(2u),  u = sqrt(2/pi)(x + 0.044715 x^3)
+ * y' = 0.5 (1 + t) + 0.5 x (1 - t^2) u' = S + 2 x S (1 - S) u',  u' = sqrt(2/pi)(1 + 3 * 0.044715 x^2)
+ * (the sigmoid form keeps both terms accurate where 1 + t would cancel, and
+ * S (1 - S) = e S^2 with e = exp(-2u) where 1 - S would) */
+void mi_gelu_tanh_backward_avx512(const float *x, const float *dy, float *dx, int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    const __m512 c = _mm512_set1_ps(0.044715f), c3 = _mm512_set1_ps(3.0f * 0.044715f);
+    const __m512 k0 = _mm512_set1_ps(0.79788456080286536f);
+    const __m512 m2k = _mm512_set1_ps(-2.0f * 0.79788456080286536f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+        __m512 v2 = _mm512_mul_ps(v, v);
+        __m512 inner = _mm512_fmadd_ps(c, _mm512_mul_ps(v2, v), v);
+        __m512 e = mi_exp512(_mm512_mul_ps(m2k, inner));                  /* exp(-2u) */
+        __m512 S = _mm512_div_ps(one, _mm512_add_ps(one, e));
+        __m512 oms = one_minus_sigmoid(e, S);
+        __m512 s1s = _mm512_mul_ps(S, oms);
+        __m512 du = _mm512_mul_ps(k0, _mm512_fmadd_ps(c3, v2, one));
+        __m512 d = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(two, v), s1s), du, S);
+        __m512 g = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, dy + i), d, _mm512_maskz_loadu_ps(k, dx + i));
+        _mm512_mask_storeu_ps(dx + i, k, g);
+    }
+}
