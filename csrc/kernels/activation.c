@@ -1,36 +1,86 @@
-/* activation.c - elementwise activations (see activation.h). */
+/* activation.c - elementwise activations, forward and backward (see activation.h).
+ *
+ * Shapes: x, y, dy, dx [n] contiguous. Parallel over elements (each output
+ * depends on one input only, so any split is bitwise deterministic).
+ */
 #include "kernels/activation.h"
 
 #include <math.h>
 
-#define PARALLEL_MIN 65536
+#include "kernels/cpu.h"
 
-void mi_gelu(const float *x, float *y, int64_t n)
+#define PARALLEL_MIN 65536
+#define CHUNK 8192   /* elements per vectorised task */
+#define SQRT1_2 0.70710678118654752f       /* 1/sqrt(2) */
+#define SQRT_2_PI 0.79788456080286536f     /* sqrt(2/pi) */
+#define INV_SQRT_2PI 0.39894228040143268f  /* 1/sqrt(2 pi) */
+#define GELU_C 0.044715f
+
+static void gelu_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
-    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * SQRT1_2));
 }
 
-void mi_gelu_tanh(const float *x, float *y, int64_t n)
+static void gelu_tanh_ref(const float *x, float *y, int64_t n)
 {
-    const float k = 0.79788456080286536f; /* sqrt(2/pi) */
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
-        y[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+        y[i] = 0.5f * v * (1.0f + tanhf(SQRT_2_PI * (v + GELU_C * v * v * v)));
     }
 }
 
-void mi_relu(const float *x, float *y, int64_t n)
+static void relu_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : (x[i] != x[i] ? x[i] : 0.0f);
 }
 
-void mi_silu(const float *x, float *y, int64_t n)
+static void silu_ref(const float *x, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+/* AVX-512 versions (activation_avx512.c): one contiguous span each. */
+void mi_silu_avx512(const float *x, float *y, int64_t n);
+void mi_gelu_tanh_avx512(const float *x, float *y, int64_t n);
+void mi_gelu_avx512(const float *x, float *y, int64_t n);
+void mi_silu_backward_avx512(const float *x, const float *dy, float *dx, int64_t n);
+void mi_gelu_tanh_backward_avx512(const float *x, const float *dy, float *dx, int64_t n);
+
+typedef void (*span_fn)(const float *x, float *y, int64_t n);
+
+/* Run a vector kernel over n elements in CHUNK spans, parallel over spans. */
+static void run_chunked(span_fn fn, const float *x, float *y, int64_t n)
+{
+    int64_t nchunk = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t c = 0; c < nchunk; c++) {
+        int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        fn(x + i0, y + i0, len);
+    }
+}
+
+void mi_gelu(const float *x, float *y, int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) run_chunked(mi_gelu_avx512, x, y, n);
+    else gelu_ref(x, y, n);
+}
+
+void mi_gelu_tanh(const float *x, float *y, int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) run_chunked(mi_gelu_tanh_avx512, x, y, n);
+    else gelu_tanh_ref(x, y, n);
+}
+
+void mi_relu(const float *x, float *y, int64_t n) { relu_ref(x, y, n); }
+
+void mi_silu(const float *x, float *y, int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) run_chunked(mi_silu_avx512, x, y, n);
+    else silu_ref(x, y, n);
 }
 
 void mi_activate(mi_activation act, const float *x, float *y, int64_t n)
@@ -40,5 +90,85 @@ void mi_activate(mi_activation act, const float *x, float *y, int64_t n)
     case MI_ACT_GELU: mi_gelu(x, y, n); break;
     case MI_ACT_GELU_TANH: mi_gelu_tanh(x, y, n); break;
     case MI_ACT_SILU: mi_silu(x, y, n); break;
+    }
+}
+
+/* --- backward: dx += dy * act'(x) --------------------------------------- */
+
+/* forward: y = 0.5 x (1 + erf(x / sqrt 2)) = x Phi(x)
+ * y' = Phi(x) + x phi(x) */
+static void gelu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * SQRT1_2));
+        float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
+        dx[i] += dy[i] * (cdf + v * pdf);
+    }
+}
+
+/* forward: y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+ * y' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
+static void gelu_tanh_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float t = tanhf(SQRT_2_PI * (v + GELU_C * v * v * v));
+        float du = SQRT_2_PI * (1.0f + 3.0f * GELU_C * v * v);
+        dx[i] += dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+    }
+}
+
+/* forward: y = max(x, 0);  y' = [x > 0] (NaN x passes NaN on) */
+static void relu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        dx[i] += v > 0.0f ? dy[i] : (v != v ? v : 0.0f);
+    }
+}
+
+/* forward: y = x s,  s = 1 / (1 + exp(-x));  y' = s (1 + x (1 - s)) */
+static void silu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float s = 1.0f / (1.0f + expf(-v));
+        dx[i] += dy[i] * (s * (1.0f + v * (1.0f - s)));
+    }
+}
+
+typedef void (*span_bwd_fn)(const float *x, const float *dy, float *dx, int64_t n);
+
+/* Run a vector backward kernel in CHUNK spans, parallel over spans. */
+static void run_chunked_bwd(span_bwd_fn fn, const float *x, const float *dy, float *dx, int64_t n)
+{
+    int64_t nchunk = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    for (int64_t c = 0; c < nchunk; c++) {
+        int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        fn(x + i0, dy + i0, dx + i0, len);
+    }
+}
+
+void mi_activation_backward(mi_activation act, const float *x, const float *dy, float *dx,
+                            int64_t n)
+{
+    if (mi_cpu_isa() >= MI_ISA_AVX512) {
+        if (act == MI_ACT_SILU) { run_chunked_bwd(mi_silu_backward_avx512, x, dy, dx, n); return; }
+        if (act == MI_ACT_GELU_TANH) {
+            run_chunked_bwd(mi_gelu_tanh_backward_avx512, x, dy, dx, n);
+            return;
+        }
+    }
+    switch (act) {
+    case MI_ACT_RELU: relu_backward(x, dy, dx, n); break;
+    case MI_ACT_GELU: gelu_backward(x, dy, dx, n); break;
+    case MI_ACT_GELU_TANH: gelu_tanh_backward(x, dy, dx, n); break;
+    case MI_ACT_SILU: silu_backward(x, dy, dx, n); break;
     }
 }

@@ -19,4 +19,10 @@ void mi_silu(const float *x, float *y, int64_t n);
 /* Dispatch on the enum. */
 void mi_activate(mi_activation act, const float *x, float *y, int64_t n);
 
+/* Backward (training): dx += dy * act'(x) over n elements (ACCUMULATES).
+ * x is the activation's input (hook_pre), not its output. dx must not alias
+ * x or dy. relu'(0) = 0 as torch. */
+void mi_activation_backward(mi_activation act, const float *x, const float *dy, float *dx,
+                            int64_t n);
+
 #endif

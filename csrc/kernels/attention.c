@@ -2,9 +2,13 @@
 #include "kernels/attention.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stddef.h>
 
+#include "common/memory.h"
 #include "kernels/gemm.h"
+
+#define CAUSAL_ROW_BLOCK 64   /* causal scores: rows per Q K^T block (skips the upper triangle) */
 
 void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
                     int causal, const float *key_mask, float *scores)
@@ -15,13 +19,22 @@ void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, flo
         for (int64_t h = 0; h < H; h++) {
             const float *qb = q + b * L->batch_stride + h * D;
             const float *kb = k + b * L->batch_stride + h * D;
+            const float *km = key_mask ? key_mask + b * T : NULL;
             float *s = scores + (b * H + h) * T * T;
-            /* s[i,j] = q[i,:] . k[j,:]  ->  Q @ K^T with row strides */
-            mi_sgemm(0, 1, T, T, D, qb, L->row_stride, kb, L->row_stride, NULL, 0.0f, s, T);
-            for (int64_t i = 0; i < T; i++) {
-                for (int64_t j = 0; j < T; j++) {
-                    int masked = (causal && j > i) || (key_mask && key_mask[b * T + j] == 0.0f);
-                    s[i * T + j] = masked ? -INFINITY : s[i * T + j] * scale;
+            /* s[i,j] = q[i,:] . k[j,:]  ->  Q @ K^T with row strides. Causal rows
+             * i0..i1 need keys j < i1 only: about half the work at large T. */
+            int64_t rb = causal ? CAUSAL_ROW_BLOCK : T;
+            for (int64_t i0 = 0; i0 < T; i0 += rb) {
+                int64_t i1 = i0 + rb < T ? i0 + rb : T, ncol = causal ? i1 : T;
+                mi_sgemm(0, 1, i1 - i0, ncol, D, qb + i0 * L->row_stride, L->row_stride, kb,
+                         L->row_stride, NULL, 0.0f, s + i0 * T, T);
+                for (int64_t i = i0; i < i1; i++) {
+                    float *si = s + i * T;
+                    for (int64_t j = 0; j < ncol; j++) {
+                        int masked = (causal && j > i) || (km && km[j] == 0.0f);
+                        si[j] = masked ? -INFINITY : si[j] * scale;
+                    }
+                    for (int64_t j = ncol; j < T; j++) si[j] = -INFINITY;
                 }
             }
         }
@@ -40,4 +53,50 @@ void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v
             mi_sgemm(0, 0, T, D, T, p, T, vb, L->row_stride, NULL, 0.0f, zb, H * D);
         }
     }
+}
+
+/* forward (per b, h):  S = scale Q K^T (masked -inf);  P = softmax(S);  Z = P V
+ * backward as four products and a row softmax backward, all through mi_sgemm
+ * (which runs on the calling thread inside this parallel region):
+ *   dV += P^T dZ;   dP = dZ V^T;   dS = scale P (dP - rowsum(P dP));
+ *   dQ += dS K;     dK += dS^T Q */
+mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float *k,
+                           const float *v, const float *pattern, const float *dz,
+                           float scale, int causal, float *dq, float *dk, float *dv)
+{
+    const int64_t B = L->batch, T = L->seq, H = L->heads, D = L->d_head;
+    if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
+    int nthreads = omp_get_max_threads();
+    float *scratch = mi_malloc(sizeof(float) * (size_t)T * (size_t)T * (size_t)nthreads);
+    if (!scratch) return mi_fail(MI_ERR_NOMEM, "attention backward: cannot allocate %d x "
+                                 "[%ld, %ld] scratch floats", nthreads, (long)T, (long)T);
+    const int64_t rs = L->row_stride, zs = H * D;
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t h = 0; h < H; h++) {
+            float *dS = scratch + (size_t)omp_get_thread_num() * (size_t)T * (size_t)T;
+            const int64_t off = b * L->batch_stride + h * D;
+            const float *P = pattern + (b * H + h) * T * T;
+            const float *dzb = dz + b * T * zs + h * D;
+            /* dV[j] += sum_i P[i,j] dZ[i] */
+            mi_sgemm(1, 0, T, D, T, P, T, dzb, zs, NULL, 1.0f, dv + off, rs);
+            /* dP[i,j] = dZ[i] . V[j] */
+            mi_sgemm(0, 1, T, T, D, dzb, zs, v + off, rs, NULL, 0.0f, dS, T);
+            for (int64_t i = 0; i < T; i++) {
+                const float *Pi = P + i * T;
+                float *dSi = dS + i * T;
+                int64_t jn = causal ? i + 1 : T;   /* P[i, j > i] = 0 when causal */
+                double dot = 0.0;
+                for (int64_t j = 0; j < jn; j++) dot += (double)Pi[j] * dSi[j];
+                float fdot = (float)dot;
+                for (int64_t j = 0; j < jn; j++) dSi[j] = Pi[j] * (dSi[j] - fdot) * scale;
+                for (int64_t j = jn; j < T; j++) dSi[j] = 0.0f;
+            }
+            /* dQ[i] += sum_j dS[i,j] K[j];  dK[j] += sum_i dS[i,j] Q[i] */
+            mi_sgemm(0, 0, T, D, T, dS, T, k + off, rs, NULL, 1.0f, dq + off, rs);
+            mi_sgemm(1, 0, T, D, T, dS, T, q + off, rs, NULL, 1.0f, dk + off, rs);
+        }
+    }
+    mi_free(scratch);
+    return MI_OK;
 }

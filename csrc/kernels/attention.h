@@ -23,6 +23,8 @@
 
 #include <stdint.h>
 
+#include "common/status.h"
+
 typedef struct {
     int64_t batch, seq, heads, d_head;
     int64_t row_stride;    /* elements between positions t and t+1 */
@@ -32,5 +34,21 @@ typedef struct {
 void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
                     int causal, const float *key_mask, float *scores);
 void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v, float *z);
+
+/* Backward through scores -> softmax -> apply (training), per (b, h):
+ *   dv[j]   += sum_i P[i,j] dz[i]
+ *   dP[i,j]  = dz[i] . v[j]
+ *   dS[i,j]  = P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j'])
+ *   dq[i]   += scale sum_j dS[i,j] k[j];   dk[j] += scale sum_i dS[i,j] q[i]
+ * dq, dk, dv use the layout L like q, k, v (so the fused dQKV buffer
+ * [B,T,3,H,Dh] works) and ACCUMULATE. pattern [B,H,T,T] is the forward's;
+ * masked entries (P = 0) give no gradient. dz [B,T,H,Dh] contiguous.
+ * causal: P[i, j > i] is taken as 0 (skips that work). Parallel over (b, h);
+ * each head's products run on one thread through mi_sgemm (bitwise identical
+ * for any count). O(T^2 Dh) per head; scratch of T*T floats per thread
+ * (MI_ERR_NOMEM if it cannot be allocated). */
+mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float *k,
+                           const float *v, const float *pattern, const float *dz,
+                           float scale, int causal, float *dq, float *dk, float *dv);
 
 #endif

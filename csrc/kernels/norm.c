@@ -1,18 +1,50 @@
-/* norm.c - LayerNorm and RMSNorm (see norm.h). Parallel over rows. */
+/* norm.c - LayerNorm and RMSNorm, forward and backward (see norm.h).
+ *
+ * Shapes: x, y, dy, dx [rows, d]; w, b, dw, db [d]; scale [rows].
+ * Forward and backward: parallel over rows; the parameter gradients (sums
+ * over rows) are parallel over column blocks instead, so no reduction is
+ * ever split between threads. Row sums accumulate in double: a d = 1280 row
+ * of float sums would lose ~3 digits on rows with a large mean.
+ */
 #include "kernels/norm.h"
 
 #include <math.h>
 
-void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
-                   int64_t rows, int64_t d, float *y, float *scale)
+#include "common/memory.h"
+#include "kernels/cpu.h"
+
+#define PARALLEL_MIN 32768   /* elements below which threads cost more than they save */
+#define COL_BLOCK 64         /* columns per thread task in the dw/db sums (one 256-byte strip) */
+
+/* Mean of one row, computed the same way in the forward and the backward so
+ * the backward's xhat is bitwise the forward's. */
+static inline float row_mean_ref(const float *xr, int64_t d)
 {
-    #pragma omp parallel for schedule(static) if (rows * d > 32768)
+    double sum = 0.0;
+    for (int64_t i = 0; i < d; i++) sum += xr[i];
+    return (float)(sum / (double)d);
+}
+
+/* AVX-512 rows (norm_avx512.c): same arithmetic, double sums in 16 lanes. */
+float mi_row_mean_avx512(const float *xr, int64_t d);
+float mi_layer_norm_row_avx512(const float *xr, const float *w, const float *b, float eps,
+                               int64_t d, float *yr);
+float mi_rms_norm_row_avx512(const float *xr, const float *w, float eps, int64_t d, float *yr);
+
+/* The mean the forward of the ISA in use computed, for the backward. */
+static inline float row_mean(const float *xr, int64_t d, int avx512)
+{
+    return avx512 ? mi_row_mean_avx512(xr, d) : row_mean_ref(xr, d);
+}
+
+void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps,
+                       int64_t rows, int64_t d, float *y, float *scale)
+{
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
-        double sum = 0.0;
-        for (int64_t i = 0; i < d; i++) sum += xr[i];
-        float mean = (float)(sum / (double)d);
+        float mean = row_mean_ref(xr, d);
         double sq = 0.0;
         for (int64_t i = 0; i < d; i++) { double c = (double)(xr[i] - mean); sq += c * c; }
         float s = (float)sqrt(sq / (double)d + (double)eps);
@@ -27,10 +59,80 @@ void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
     }
 }
 
-void mi_rms_norm(const float *x, const float *w, float eps,
-                 int64_t rows, int64_t d, float *y, float *scale)
+void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
+                   int64_t rows, int64_t d, float *y, float *scale)
 {
-    #pragma omp parallel for schedule(static) if (rows * d > 32768)
+    if (mi_cpu_isa() < MI_ISA_AVX512) { mi_layer_norm_ref(x, w, b, eps, rows, d, y, scale); return; }
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        float s = mi_layer_norm_row_avx512(x + r * d, w, b, eps, d, y + r * d);
+        if (scale) scale[r] = s;
+    }
+}
+
+/* forward: xhat = (x - mean) / scale;  y = xhat * w + b
+ * with g = dy * w (dy without affine):
+ *   dx = (g - mean(g) - xhat * mean(g * xhat)) / scale
+ *   dw = sum_rows dy * xhat;  db = sum_rows dy */
+mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w,
+                                 const float *scale, int64_t rows, int64_t d,
+                                 float *dx, float *dw, float *db)
+{
+    if (rows <= 0 || d <= 0) return MI_OK;
+    float *mean = mi_malloc(sizeof(float) * (size_t)rows);
+    if (!mean) return mi_fail(MI_ERR_NOMEM, "layer_norm_backward: cannot allocate %ld row means",
+                              (long)rows);
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d, *dyr = dy + r * d;
+        float m = row_mean(xr, d, avx512);
+        mean[r] = m;
+        if (!dx) continue;
+        float inv = 1.0f / scale[r];
+        double sg = 0.0, sgx = 0.0;
+        for (int64_t i = 0; i < d; i++) {
+            float xhat = (xr[i] - m) * inv;
+            float g = w ? dyr[i] * w[i] : dyr[i];
+            sg += g;
+            sgx += (double)g * xhat;
+        }
+        float mg = (float)(sg / (double)d), mgx = (float)(sgx / (double)d);
+        float *dxr = dx + r * d;
+        for (int64_t i = 0; i < d; i++) {
+            float xhat = (xr[i] - m) * inv;
+            float g = w ? dyr[i] * w[i] : dyr[i];
+            dxr[i] += (g - mg - xhat * mgx) * inv;
+        }
+    }
+    if (dw || db) {
+        int64_t nblk = (d + COL_BLOCK - 1) / COL_BLOCK;
+        #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < d ? c0 + COL_BLOCK : d;
+            double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};
+            for (int64_t r = 0; r < rows; r++) {
+                const float *xr = x + r * d, *dyr = dy + r * d;
+                float inv = 1.0f / scale[r], m = mean[r];
+                for (int64_t i = c0; i < c1; i++) {
+                    aw[i - c0] += (double)dyr[i] * ((xr[i] - m) * inv);
+                    ab[i - c0] += dyr[i];
+                }
+            }
+            for (int64_t i = c0; i < c1; i++) {
+                if (dw) dw[i] += (float)aw[i - c0];
+                if (db) db[i] += (float)ab[i - c0];
+            }
+        }
+    }
+    mi_free(mean);
+    return MI_OK;
+}
+
+void mi_rms_norm_ref(const float *x, const float *w, float eps,
+                     int64_t rows, int64_t d, float *y, float *scale)
+{
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
@@ -41,4 +143,59 @@ void mi_rms_norm(const float *x, const float *w, float eps,
         float inv = 1.0f / s;
         for (int64_t i = 0; i < d; i++) yr[i] = w ? xr[i] * inv * w[i] : xr[i] * inv;
     }
+}
+
+void mi_rms_norm(const float *x, const float *w, float eps,
+                 int64_t rows, int64_t d, float *y, float *scale)
+{
+    if (mi_cpu_isa() < MI_ISA_AVX512) { mi_rms_norm_ref(x, w, eps, rows, d, y, scale); return; }
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        float s = mi_rms_norm_row_avx512(x + r * d, w, eps, d, y + r * d);
+        if (scale) scale[r] = s;
+    }
+}
+
+/* forward: xhat = x / scale;  y = xhat * w,  scale = sqrt(mean(x^2) + eps)
+ * with g = dy * w:
+ *   dx = (g - xhat * mean(g * xhat)) / scale
+ *   dw = sum_rows dy * xhat */
+mi_status mi_rms_norm_backward(const float *dy, const float *x, const float *w,
+                               const float *scale, int64_t rows, int64_t d,
+                               float *dx, float *dw)
+{
+    if (rows <= 0 || d <= 0) return MI_OK;
+    if (dx) {
+        #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * d, *dyr = dy + r * d;
+            float inv = 1.0f / scale[r];
+            double sgx = 0.0;
+            for (int64_t i = 0; i < d; i++) {
+                float g = w ? dyr[i] * w[i] : dyr[i];
+                sgx += (double)g * (xr[i] * inv);
+            }
+            float mgx = (float)(sgx / (double)d);
+            float *dxr = dx + r * d;
+            for (int64_t i = 0; i < d; i++) {
+                float g = w ? dyr[i] * w[i] : dyr[i];
+                dxr[i] += (g - xr[i] * inv * mgx) * inv;
+            }
+        }
+    }
+    if (dw) {
+        int64_t nblk = (d + COL_BLOCK - 1) / COL_BLOCK;
+        #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+        for (int64_t blk = 0; blk < nblk; blk++) {
+            int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < d ? c0 + COL_BLOCK : d;
+            double aw[COL_BLOCK] = {0};
+            for (int64_t r = 0; r < rows; r++) {
+                const float *xr = x + r * d, *dyr = dy + r * d;
+                float inv = 1.0f / scale[r];
+                for (int64_t i = c0; i < c1; i++) aw[i - c0] += (double)dyr[i] * (xr[i] * inv);
+            }
+            for (int64_t i = c0; i < c1; i++) dw[i] += (float)aw[i - c0];
+        }
+    }
+    return MI_OK;
 }

@@ -13,9 +13,31 @@
 
 #include <stdint.h>
 
+#include "common/status.h"
+
 void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
                    int64_t rows, int64_t d, float *y, float *scale);
 void mi_rms_norm(const float *x, const float *w, float eps,
                  int64_t rows, int64_t d, float *y, float *scale);
+
+/* Plain scalar versions: the references the AVX-512 rows are tested against. */
+void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps,
+                       int64_t rows, int64_t d, float *y, float *scale);
+void mi_rms_norm_ref(const float *x, const float *w, float eps,
+                     int64_t rows, int64_t d, float *y, float *scale);
+
+/* Backward passes (training). dy [rows, d] is the gradient of y; `scale` is
+ * the forward's per-row scale. Every gradient ACCUMULATES (+=): dx [rows, d],
+ * dw [d], db [d]; pass NULL for a gradient that is not wanted (dw, db must be
+ * NULL when w, b were NULL in the forward). dx must not alias dy or x.
+ * dw/db are sums over rows: computed in parallel over columns, each column's
+ * row sum in row order, so bitwise identical for any thread count.
+ * MI_ERR_NOMEM if the per-row mean scratch cannot be allocated. */
+mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w,
+                                 const float *scale, int64_t rows, int64_t d,
+                                 float *dx, float *dw, float *db);
+mi_status mi_rms_norm_backward(const float *dy, const float *x, const float *w,
+                               const float *scale, int64_t rows, int64_t d,
+                               float *dx, float *dw);
 
 #endif

@@ -6,12 +6,18 @@
  * with the GIL released. */
 #include "python/bridge.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "kernels/activation.h"
 #include "kernels/fma_probe.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "kernels/softmax.h"
 
 /* Output array for `shape`: `out` if given (checked: float32, C-contiguous,
  * that shape; a new reference), else a new Buffer-backed array. */
@@ -352,6 +358,603 @@ static PyObject *py_fma_peak(PyObject *m, PyObject *unused)
     return PyFloat_FromDouble(g);
 }
 
+/* ---- softmax, attention and the training kernels (kernels helper) ---------------- */
+
+#define KW_METHOD(name) \
+    {#name, (PyCFunction)(void (*)(void))py_##name, METH_VARARGS | METH_KEYWORDS, name##_doc}
+
+/* Does `a` have exactly `shape`? */
+static int has_shape(PyArrayObject *a, int ndim, const npy_intp *shape)
+{
+    if (PyArray_NDIM(a) != ndim) return 0;
+    for (int i = 0; i < ndim; i++)
+        if (PyArray_DIM(a, i) != shape[i]) return 0;
+    return 1;
+}
+
+/* "(2, 3)" for a shape not (yet) held by an array; buf holds 128 bytes. */
+static const char *dims_str(int ndim, const npy_intp *shape, char *buf)
+{
+    int n = snprintf(buf, 128, "(");
+    for (int i = 0; i < ndim && n < 100; i++)
+        n += snprintf(buf + n, 128 - n, i ? ", %ld" : "%ld", (long)shape[i]);
+    snprintf(buf + n, 128 - n, ndim == 1 ? ",)" : ")");
+    return buf;
+}
+
+/* A float argument that must have exactly `shape`. */
+static PyArrayObject *float_arg_shaped(PyObject *obj, const char *name, int ndim,
+                                       const npy_intp *shape)
+{
+    PyArrayObject *a = mi_py_float_arg(obj, name, ndim, ndim);
+    if (a && !has_shape(a, ndim, shape)) {
+        char s1[128], s2[128];
+        PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name,
+                     dims_str(ndim, shape, s1), mi_py_shape_str(a, s2));
+        Py_CLEAR(a);
+    }
+    return a;
+}
+
+/* A gradient buffer to accumulate into: None -> a new zero-filled array of
+ * `shape`; else a writable C-contiguous float32 array of exactly that shape,
+ * used in place (a new reference). */
+static PyObject *grad_arg(PyObject *m, PyObject *obj, const char *name, int ndim,
+                          const npy_intp *shape, float **data)
+{
+    char s1[128], s2[128];
+    if (!obj || obj == Py_None) {
+        PyObject *a = mi_py_empty(m, ndim, shape, data);
+        if (a) memset(*data, 0, PyArray_NBYTES((PyArrayObject *)a));
+        return a;
+    }
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32
+        || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)obj)
+        || !PyArray_ISWRITEABLE((PyArrayObject *)obj))
+        return PyErr_Format(PyExc_TypeError, "%s: expected a writable C-contiguous float32 "
+                            "array to accumulate into", name);
+    if (!has_shape((PyArrayObject *)obj, ndim, shape))
+        return PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name,
+                            dims_str(ndim, shape, s1), mi_py_shape_str((PyArrayObject *)obj, s2));
+    *data = PyArray_DATA((PyArrayObject *)obj);
+    Py_INCREF(obj);
+    return obj;
+}
+
+/* An integer array argument as C-contiguous int64 (converted once). */
+static PyArrayObject *int64_arg(PyObject *obj, const char *name)
+{
+    PyArrayObject *a = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    if (!a) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: expected an integer array, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    char kind = PyArray_DESCR(a)->kind;
+    if (kind != 'i' && kind != 'u') {
+        PyErr_Format(PyExc_TypeError, "%s: expected an integer array, got dtype %S", name,
+                     (PyObject *)PyArray_DESCR(a));
+        Py_DECREF(a);
+        return NULL;
+    }
+    PyArrayObject *c = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)a, NPY_INT64,
+                                                         NPY_ARRAY_IN_ARRAY);
+    Py_DECREF(a);
+    return c;   /* NULL on overflow (uint64 > int64 max) with numpy's error set */
+}
+
+/* The number of elements of `a` as a per-row scale: [..., 1] or [rows]. */
+static PyArrayObject *scale_arg(PyObject *obj, npy_intp rows)
+{
+    PyArrayObject *s = mi_py_float_arg(obj, "scale", 1, 32);
+    if (s && PyArray_SIZE(s) != rows) {
+        char b[128];
+        PyErr_Format(PyExc_ValueError, "scale: expected %ld elements (one per row of x), got "
+                     "shape %s", (long)rows, mi_py_shape_str(s, b));
+        Py_CLEAR(s);
+    }
+    return s;
+}
+
+PyDoc_STRVAR(softmax_doc,
+"softmax(x, mask=None)\n--\n\n"
+"Softmax over the last axis of x in float32. mask, if given, is a boolean\n"
+"array of x's shape; False entries are masked (treated as -inf). A row with\n"
+"every entry masked (or -inf) gives zeros; a NaN in a row gives a NaN row.\n"
+"(mechinterp_c.ops.softmax adds axis= and mask broadcasting.)");
+
+static PyObject *py_softmax(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"x", "mask", NULL};
+    PyObject *x_obj, *mask_obj = Py_None, *y = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:softmax", kwlist, &x_obj, &mask_obj))
+        return NULL;
+    PyArrayObject *x = NULL, *mask = NULL;
+    char s1[128], s2[128];
+    if (!(x = mi_py_float_arg(x_obj, "x", 1, 32))) goto done;
+    if (mask_obj != Py_None) {
+        if (!PyArray_Check(mask_obj) || PyArray_TYPE((PyArrayObject *)mask_obj) != NPY_BOOL) {
+            PyErr_Format(PyExc_TypeError, "mask: expected a boolean array, got %s",
+                         PyArray_Check(mask_obj) ? "another dtype" : Py_TYPE(mask_obj)->tp_name);
+            goto done;
+        }
+        if (!has_shape((PyArrayObject *)mask_obj, PyArray_NDIM(x), PyArray_DIMS(x))) {
+            PyErr_Format(PyExc_ValueError, "mask: has shape %s, expected x's shape %s",
+                         mi_py_shape_str((PyArrayObject *)mask_obj, s1), mi_py_shape_str(x, s2));
+            goto done;
+        }
+        mask = (PyArrayObject *)PyArray_FROM_OTF(mask_obj, NPY_BOOL, NPY_ARRAY_IN_ARRAY);
+        if (!mask) goto done;
+    }
+    float *yd;
+    if (!(y = mi_py_empty(m, PyArray_NDIM(x), PyArray_DIMS(x), &yd))) goto done;
+    {
+        const float *xd = PyArray_DATA(x);
+        const unsigned char *md = mask ? PyArray_DATA(mask) : NULL;
+        npy_intp cols = PyArray_DIM(x, PyArray_NDIM(x) - 1), rows = rows_of(x);
+        Py_BEGIN_ALLOW_THREADS
+        mi_softmax_rows_masked(xd, md, yd, rows, cols);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(mask);
+    return y;
+}
+
+/* q, k, v [B,T,H,Dh] (all the same shape) as float32 arrays, or (k and v
+ * None) q the fused qkv [B,T,3,H,Dh] (Hugging Face's c_attn output viewed
+ * 5-D), read in place through the layout. Fills *L and the data pointers. */
+static int qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, PyArrayObject **q,
+                    PyArrayObject **k, PyArrayObject **v, mi_attn_layout *L,
+                    const float **qd, const float **kd, const float **vd)
+{
+    char b1[128];
+    int fused = (!k_obj || k_obj == Py_None) && (!v_obj || v_obj == Py_None);
+    if (fused) {
+        if (!(*q = mi_py_float_arg(q_obj, "q", 5, 5))) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_ValueError, "q: with k and v None, q must be the fused "
+                                "qkv [batch, pos, 3, head, d_head]");
+            }
+            return -1;
+        }
+        if (PyArray_DIM(*q, 2) != 3) {
+            PyErr_Format(PyExc_ValueError, "q: fused qkv must be [batch, pos, 3, head, d_head], "
+                         "got %s", mi_py_shape_str(*q, b1));
+            return -1;
+        }
+        L->batch = PyArray_DIM(*q, 0);
+        L->seq = PyArray_DIM(*q, 1);
+        L->heads = PyArray_DIM(*q, 3);
+        L->d_head = PyArray_DIM(*q, 4);
+        L->row_stride = 3 * L->heads * L->d_head;
+        *qd = PyArray_DATA(*q);
+        *kd = *qd + L->heads * L->d_head;
+        *vd = *kd + L->heads * L->d_head;
+    } else {
+        if (!k_obj || k_obj == Py_None || !v_obj || v_obj == Py_None) {
+            PyErr_SetString(PyExc_TypeError, "k, v: give both (with q [batch, pos, head, d_head])"
+                            " or neither (q is the fused qkv)");
+            return -1;
+        }
+        if (!(*q = mi_py_float_arg(q_obj, "q", 4, 4))) return -1;
+        if (!(*k = float_arg_shaped(k_obj, "k", 4, PyArray_DIMS(*q)))) return -1;
+        if (!(*v = float_arg_shaped(v_obj, "v", 4, PyArray_DIMS(*q)))) return -1;
+        L->batch = PyArray_DIM(*q, 0);
+        L->seq = PyArray_DIM(*q, 1);
+        L->heads = PyArray_DIM(*q, 2);
+        L->d_head = PyArray_DIM(*q, 3);
+        L->row_stride = L->heads * L->d_head;
+        *qd = PyArray_DATA(*q);
+        *kd = PyArray_DATA(*k);
+        *vd = PyArray_DATA(*v);
+    }
+    L->batch_stride = L->seq * L->row_stride;
+    return 0;
+}
+
+PyDoc_STRVAR(attention_doc,
+"attention(q, k=None, v=None, causal=True, padding_mask=None, return_pattern=False, scale=None)\n"
+"--\n\n"
+"Multi-head attention: softmax(scale * q k^T, masked) v per head.\n\n"
+"q, k, v are [batch, pos, head, d_head] (TransformerLens hook_q/k/v); or k and\n"
+"v are None and q is the fused qkv [batch, pos, 3, head, d_head] (Hugging\n"
+"Face's c_attn output reshaped), read in place without copies. causal\n"
+"masks keys after the query; padding_mask [batch, pos] (1 keep, 0 pad) masks\n"
+"padded keys. scale defaults to 1/sqrt(d_head). Returns z [batch, pos, head,\n"
+"d_head], or (z, pattern) with pattern [batch, head, query, key] when\n"
+"return_pattern=True. Queries whose keys are all masked get a zero pattern row.");
+
+static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"q", "k", "v", "causal", "padding_mask", "return_pattern", "scale",
+                             NULL};
+    PyObject *q_obj, *k_obj = Py_None, *v_obj = Py_None, *pm_obj = Py_None, *scale_obj = Py_None;
+    int causal = 1, return_pattern = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOpOpO:attention", kwlist, &q_obj, &k_obj,
+                                     &v_obj, &causal, &pm_obj, &return_pattern, &scale_obj))
+        return NULL;
+    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *pm = NULL;
+    PyObject *z = NULL, *pattern = NULL, *res = NULL;
+    mi_attn_layout L;
+    char s1[128], s2[128], s3[128];
+    const float *qd, *kd, *vd;
+    if (qkv_args(q_obj, k_obj, v_obj, &q, &k, &v, &L, &qd, &kd, &vd) < 0) goto done;
+    double scale = 1.0 / sqrt((double)(L.d_head > 0 ? L.d_head : 1));
+    if (scale_obj != Py_None) {
+        scale = PyFloat_AsDouble(scale_obj);
+        if (scale == -1.0 && PyErr_Occurred()) goto done;
+    }
+    if (pm_obj != Py_None) {
+        pm = (PyArrayObject *)PyArray_FromAny(pm_obj, NULL, 0, 0, 0, NULL);
+        if (!pm) goto done;
+        char kind = PyArray_DESCR(pm)->kind;
+        if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
+            PyErr_Format(PyExc_TypeError, "padding_mask: expected a bool, integer or float "
+                         "array, got dtype %S", (PyObject *)PyArray_DESCR(pm));
+            goto done;
+        }
+        npy_intp want[2] = {L.batch, L.seq};
+        if (!has_shape(pm, 2, want)) {
+            PyErr_Format(PyExc_ValueError, "padding_mask: expected shape %s ([batch, pos] of q "
+                         "%s), got %s", dims_str(2, want, s1), mi_py_shape_str(q, s2),
+                         mi_py_shape_str(pm, s3));
+            goto done;
+        }
+        PyArrayObject *f = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)pm, NPY_FLOAT32,
+                                                             NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+        Py_DECREF(pm);
+        if (!(pm = f)) goto done;
+    }
+    npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
+    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
+    float *zd, *pd;
+    if (!(z = mi_py_empty(m, 4, zshape, &zd))) goto done;
+    if (!(pattern = mi_py_empty(m, 4, pshape, &pd))) goto done;
+    {
+        const float *md = pm ? PyArray_DATA(pm) : NULL;
+        int64_t rows = L.batch * L.heads * L.seq;
+        Py_BEGIN_ALLOW_THREADS
+        mi_attn_scores(&L, qd, kd, (float)scale, causal, md, pd);
+        mi_softmax_rows(pd, pd, rows, L.seq);
+        mi_attn_apply(&L, pd, vd, zd);
+        Py_END_ALLOW_THREADS
+    }
+    if (return_pattern) res = PyTuple_Pack(2, z, pattern);
+    else { res = z; Py_INCREF(z); }
+done:
+    Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v); Py_XDECREF(pm);
+    Py_XDECREF(z); Py_XDECREF(pattern);
+    return res;
+}
+
+PyDoc_STRVAR(_layer_norm_backward_doc,
+"_layer_norm_backward(dy, x, scale, w=None, bias=False, dx=None, dw=None, db=None)\n--\n\n"
+"Test binding: LayerNorm backward. scale is the forward's per-row scale. The\n"
+"gradients accumulate into dx/dw/db when given (else fresh zeros). Returns\n"
+"(dx, dw, db) with dw None when w is None and db None unless bias.");
+
+static PyObject *py__layer_norm_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dy", "x", "scale", "w", "bias", "dx", "dw", "db", NULL};
+    PyObject *dy_o, *x_o, *s_o, *w_o = Py_None, *dx_o = Py_None, *dw_o = Py_None, *db_o = Py_None;
+    int bias = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OpOOO:_layer_norm_backward", kwlist, &dy_o,
+                                     &x_o, &s_o, &w_o, &bias, &dx_o, &dw_o, &db_o))
+        return NULL;
+    PyArrayObject *x = NULL, *dy = NULL, *s = NULL, *w = NULL;
+    PyObject *dx = NULL, *dw = NULL, *db = NULL, *res = NULL;
+    if (!(x = mi_py_float_arg(x_o, "x", 1, 32))) goto done;
+    npy_intp d = PyArray_DIM(x, PyArray_NDIM(x) - 1), rows = rows_of(x);
+    if (!(dy = float_arg_shaped(dy_o, "dy", PyArray_NDIM(x), PyArray_DIMS(x)))) goto done;
+    if (!(s = scale_arg(s_o, rows))) goto done;
+    if (norm_param(w_o, "w", d, &w) < 0) goto done;
+    float *dxd, *dwd = NULL, *dbd = NULL;
+    if (!(dx = grad_arg(m, dx_o, "dx", PyArray_NDIM(x), PyArray_DIMS(x), &dxd))) goto done;
+    if (w && !(dw = grad_arg(m, dw_o, "dw", 1, &d, &dwd))) goto done;
+    if (bias && !(db = grad_arg(m, db_o, "db", 1, &d, &dbd))) goto done;
+    mi_status st;
+    {
+        const float *dyd = PyArray_DATA(dy), *xd = PyArray_DATA(x), *sd = PyArray_DATA(s);
+        const float *wd = w ? PyArray_DATA(w) : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_layer_norm_backward(dyd, xd, wd, sd, rows, d, dxd, dwd, dbd);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
+    res = PyTuple_Pack(3, dx, dw ? dw : Py_None, db ? db : Py_None);
+done:
+    Py_XDECREF(x); Py_XDECREF(dy); Py_XDECREF(s); Py_XDECREF(w);
+    Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(db);
+    return res;
+}
+
+PyDoc_STRVAR(_rms_norm_backward_doc,
+"_rms_norm_backward(dy, x, scale, w=None, dx=None, dw=None)\n--\n\n"
+"Test binding: RMSNorm backward; accumulates like _layer_norm_backward.\n"
+"Returns (dx, dw) with dw None when w is None.");
+
+static PyObject *py__rms_norm_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dy", "x", "scale", "w", "dx", "dw", NULL};
+    PyObject *dy_o, *x_o, *s_o, *w_o = Py_None, *dx_o = Py_None, *dw_o = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOO:_rms_norm_backward", kwlist, &dy_o,
+                                     &x_o, &s_o, &w_o, &dx_o, &dw_o))
+        return NULL;
+    PyArrayObject *x = NULL, *dy = NULL, *s = NULL, *w = NULL;
+    PyObject *dx = NULL, *dw = NULL, *res = NULL;
+    if (!(x = mi_py_float_arg(x_o, "x", 1, 32))) goto done;
+    npy_intp d = PyArray_DIM(x, PyArray_NDIM(x) - 1), rows = rows_of(x);
+    if (!(dy = float_arg_shaped(dy_o, "dy", PyArray_NDIM(x), PyArray_DIMS(x)))) goto done;
+    if (!(s = scale_arg(s_o, rows))) goto done;
+    if (norm_param(w_o, "w", d, &w) < 0) goto done;
+    float *dxd, *dwd = NULL;
+    if (!(dx = grad_arg(m, dx_o, "dx", PyArray_NDIM(x), PyArray_DIMS(x), &dxd))) goto done;
+    if (w && !(dw = grad_arg(m, dw_o, "dw", 1, &d, &dwd))) goto done;
+    mi_status st;
+    {
+        const float *dyd = PyArray_DATA(dy), *xd = PyArray_DATA(x), *sd = PyArray_DATA(s);
+        const float *wd = w ? PyArray_DATA(w) : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_rms_norm_backward(dyd, xd, wd, sd, rows, d, dxd, dwd);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
+    res = PyTuple_Pack(2, dx, dw ? dw : Py_None);
+done:
+    Py_XDECREF(x); Py_XDECREF(dy); Py_XDECREF(s); Py_XDECREF(w);
+    Py_XDECREF(dx); Py_XDECREF(dw);
+    return res;
+}
+
+PyDoc_STRVAR(_activation_backward_doc,
+"_activation_backward(name, x, dy, dx=None)\n--\n\n"
+"Test binding: dx += dy * act'(x) for name in 'relu', 'gelu', 'gelu_tanh',\n"
+"'silu' (x is the activation's input). Returns dx.");
+
+static PyObject *py__activation_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", "x", "dy", "dx", NULL};
+    const char *name;
+    PyObject *x_o, *dy_o, *dx_o = Py_None, *dx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sOO|O:_activation_backward", kwlist, &name, &x_o,
+                                     &dy_o, &dx_o))
+        return NULL;
+    mi_activation act;
+    if (!strcmp(name, "relu")) act = MI_ACT_RELU;
+    else if (!strcmp(name, "gelu")) act = MI_ACT_GELU;
+    else if (!strcmp(name, "gelu_tanh") || !strcmp(name, "gelu_new")) act = MI_ACT_GELU_TANH;
+    else if (!strcmp(name, "silu")) act = MI_ACT_SILU;
+    else return PyErr_Format(PyExc_ValueError, "name: expected 'relu', 'gelu', 'gelu_tanh' or "
+                             "'silu', got '%s'", name);
+    PyArrayObject *x = NULL, *dy = NULL;
+    if (!(x = mi_py_float_arg(x_o, "x", 0, 32))) goto done;
+    if (!(dy = float_arg_shaped(dy_o, "dy", PyArray_NDIM(x), PyArray_DIMS(x)))) goto done;
+    float *dxd;
+    if (!(dx = grad_arg(m, dx_o, "dx", PyArray_NDIM(x), PyArray_DIMS(x), &dxd))) goto done;
+    {
+        const float *xd = PyArray_DATA(x), *dyd = PyArray_DATA(dy);
+        npy_intp n = PyArray_SIZE(x);
+        Py_BEGIN_ALLOW_THREADS
+        mi_activation_backward(act, xd, dyd, dxd, n);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    Py_XDECREF(x); Py_XDECREF(dy);
+    return dx;
+}
+
+PyDoc_STRVAR(_softmax_backward_doc,
+"_softmax_backward(y, dy, dx=None)\n--\n\n"
+"Test binding: softmax backward over the last axis from the forward output y;\n"
+"dx += y * (dy - sum(dy * y)). Returns dx.");
+
+static PyObject *py__softmax_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"y", "dy", "dx", NULL};
+    PyObject *y_o, *dy_o, *dx_o = Py_None, *dx = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:_softmax_backward", kwlist, &y_o, &dy_o,
+                                     &dx_o))
+        return NULL;
+    PyArrayObject *y = NULL, *dy = NULL;
+    if (!(y = mi_py_float_arg(y_o, "y", 1, 32))) goto done;
+    if (!(dy = float_arg_shaped(dy_o, "dy", PyArray_NDIM(y), PyArray_DIMS(y)))) goto done;
+    float *dxd;
+    if (!(dx = grad_arg(m, dx_o, "dx", PyArray_NDIM(y), PyArray_DIMS(y), &dxd))) goto done;
+    {
+        const float *yd = PyArray_DATA(y), *dyd = PyArray_DATA(dy);
+        npy_intp cols = PyArray_DIM(y, PyArray_NDIM(y) - 1), rows = rows_of(y);
+        Py_BEGIN_ALLOW_THREADS
+        mi_softmax_rows_backward(yd, dyd, dxd, rows, cols);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    Py_XDECREF(y); Py_XDECREF(dy);
+    return dx;
+}
+
+PyDoc_STRVAR(_attention_backward_doc,
+"_attention_backward(q, k, v, pattern, dz, causal=True, scale=None, dq=None, dk=None, dv=None)\n"
+"--\n\n"
+"Test binding: attention backward. q, k, v, dz [batch, pos, head, d_head];\n"
+"pattern [batch, head, q, k] from the forward. Or the fused layout: q is\n"
+"qkv [batch, pos, 3, head, d_head] with k and v None; then dq is the fused\n"
+"gradient and the result is (dqkv,). Gradients accumulate into dq/dk/dv when\n"
+"given. Returns (dq, dk, dv).");
+
+static PyObject *py__attention_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"q", "k", "v", "pattern", "dz", "causal", "scale", "dq", "dk", "dv",
+                             NULL};
+    PyObject *q_o, *k_o, *v_o, *p_o, *dz_o, *s_o = Py_None;
+    PyObject *dq_o = Py_None, *dk_o = Py_None, *dv_o = Py_None;
+    int causal = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|pOOOO:_attention_backward", kwlist, &q_o,
+                                     &k_o, &v_o, &p_o, &dz_o, &causal, &s_o, &dq_o, &dk_o, &dv_o))
+        return NULL;
+    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *p = NULL, *dz = NULL;
+    PyObject *dq = NULL, *dk = NULL, *dv = NULL, *res = NULL;
+    mi_attn_layout L;
+    int fused = k_o == Py_None && v_o == Py_None;
+    const float *qd, *kd, *vd;
+    float *dqd, *dkd, *dvd;
+    if (qkv_args(q_o, k_o, v_o, &q, &k, &v, &L, &qd, &kd, &vd) < 0) goto done;
+    if (fused) {
+        if (!(dq = grad_arg(m, dq_o, "dq", 5, PyArray_DIMS(q), &dqd))) goto done;
+        dkd = dqd + L.heads * L.d_head;
+        dvd = dkd + L.heads * L.d_head;
+    } else {
+        if (!(dq = grad_arg(m, dq_o, "dq", 4, PyArray_DIMS(q), &dqd))) goto done;
+        if (!(dk = grad_arg(m, dk_o, "dk", 4, PyArray_DIMS(q), &dkd))) goto done;
+        if (!(dv = grad_arg(m, dv_o, "dv", 4, PyArray_DIMS(q), &dvd))) goto done;
+    }
+    npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
+    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
+    if (!(p = float_arg_shaped(p_o, "pattern", 4, pshape))) goto done;
+    if (!(dz = float_arg_shaped(dz_o, "dz", 4, zshape))) goto done;
+    double scale = 1.0 / sqrt((double)(L.d_head > 0 ? L.d_head : 1));
+    if (s_o != Py_None) {
+        scale = PyFloat_AsDouble(s_o);
+        if (scale == -1.0 && PyErr_Occurred()) goto done;
+    }
+    mi_status st;
+    {
+        const float *pd = PyArray_DATA(p), *dzd = PyArray_DATA(dz);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_attn_backward(&L, qd, kd, vd, pd, dzd, (float)scale, causal, dqd, dkd, dvd);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
+    res = fused ? PyTuple_Pack(1, dq) : PyTuple_Pack(3, dq, dk, dv);
+done:
+    Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v); Py_XDECREF(p); Py_XDECREF(dz);
+    Py_XDECREF(dq); Py_XDECREF(dk); Py_XDECREF(dv);
+    return res;
+}
+
+PyDoc_STRVAR(_cross_entropy_doc,
+"_cross_entropy(logits, targets, ignore_index=-100, dlogits=None)\n--\n\n"
+"Test binding: softmax cross-entropy of logits [rows, vocab] against integer\n"
+"targets [rows]. Returns (mean_loss, per_row_losses, dlogits) where dlogits\n"
+"(accumulated into the given array, else fresh) is the gradient of the mean.");
+
+static PyObject *py__cross_entropy(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"logits", "targets", "ignore_index", "dlogits", NULL};
+    PyObject *l_o, *t_o, *dl_o = Py_None;
+    long long ignore = MI_IGNORE_INDEX;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LO:_cross_entropy", kwlist, &l_o, &t_o,
+                                     &ignore, &dl_o))
+        return NULL;
+    PyArrayObject *l = NULL, *t = NULL;
+    PyObject *losses = NULL, *dl = NULL, *res = NULL;
+    char s1[128], s2[128];
+    if (!(l = mi_py_float_arg(l_o, "logits", 2, 2))) goto done;
+    if (!(t = int64_arg(t_o, "targets"))) goto done;
+    npy_intp rows = PyArray_DIM(l, 0), vocab = PyArray_DIM(l, 1);
+    if (PyArray_NDIM(t) != 1 || PyArray_DIM(t, 0) != rows) {
+        PyErr_Format(PyExc_ValueError, "targets: expected shape (%ld,) to match logits %s, got %s",
+                     (long)rows, mi_py_shape_str(l, s1), mi_py_shape_str(t, s2));
+        goto done;
+    }
+    float *lossd, *dld, mean;
+    if (!(losses = mi_py_empty(m, 1, &rows, &lossd))) goto done;
+    if (!(dl = grad_arg(m, dl_o, "dlogits", 2, PyArray_DIMS(l), &dld))) goto done;
+    mi_status st;
+    {
+        const float *ld = PyArray_DATA(l);
+        const int64_t *td = PyArray_DATA(t);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_cross_entropy(ld, td, rows, vocab, ignore, &mean, lossd, dld);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
+    res = Py_BuildValue("(dOO)", (double)mean, losses, dl);
+done:
+    Py_XDECREF(l); Py_XDECREF(t); Py_XDECREF(losses); Py_XDECREF(dl);
+    return res;
+}
+
+PyDoc_STRVAR(_embedding_doc,
+"_embedding(W, tokens)\n--\n\n"
+"Test binding: embedding lookup W[tokens] for W [vocab, d] and integer tokens\n"
+"of any shape; result tokens.shape + (d,).");
+
+static PyObject *py__embedding(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"W", "tokens", NULL};
+    PyObject *w_o, *t_o, *out = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:_embedding", kwlist, &w_o, &t_o)) return NULL;
+    PyArrayObject *w = NULL, *t = NULL;
+    if (!(w = mi_py_float_arg(w_o, "W", 2, 2))) goto done;
+    if (!(t = int64_arg(t_o, "tokens"))) goto done;
+    if (PyArray_NDIM(t) > 31) { PyErr_SetString(PyExc_ValueError, "tokens: too many dims"); goto done; }
+    npy_intp shape[32];
+    memcpy(shape, PyArray_DIMS(t), sizeof(npy_intp) * PyArray_NDIM(t));
+    shape[PyArray_NDIM(t)] = PyArray_DIM(w, 1);
+    float *od;
+    if (!(out = mi_py_empty(m, PyArray_NDIM(t) + 1, shape, &od))) goto done;
+    mi_status st;
+    {
+        const float *wd = PyArray_DATA(w);
+        const int64_t *td = PyArray_DATA(t);
+        npy_intp vocab = PyArray_DIM(w, 0), d = PyArray_DIM(w, 1), n = PyArray_SIZE(t);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_embedding_forward(wd, vocab, d, td, n, od);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); Py_CLEAR(out); }
+done:
+    Py_XDECREF(w); Py_XDECREF(t);
+    return out;
+}
+
+PyDoc_STRVAR(_embedding_backward_doc,
+"_embedding_backward(dout, tokens, vocab, dW=None)\n--\n\n"
+"Test binding: dW[tokens[i]] += dout[i] (scatter-add) for dout of shape\n"
+"tokens.shape + (d,). Returns dW [vocab, d].");
+
+static PyObject *py__embedding_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dout", "tokens", "vocab", "dW", NULL};
+    PyObject *g_o, *t_o, *dw_o = Py_None, *dw = NULL;
+    Py_ssize_t vocab;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOn|O:_embedding_backward", kwlist, &g_o, &t_o,
+                                     &vocab, &dw_o))
+        return NULL;
+    PyArrayObject *g = NULL, *t = NULL;
+    char s1[128], s2[128];
+    if (vocab < 0) { PyErr_Format(PyExc_ValueError, "vocab: must be >= 0, got %zd", vocab); goto done; }
+    if (!(g = mi_py_float_arg(g_o, "dout", 1, 32))) goto done;
+    if (!(t = int64_arg(t_o, "tokens"))) goto done;
+    int ok = PyArray_NDIM(g) == PyArray_NDIM(t) + 1;
+    for (int i = 0; ok && i < PyArray_NDIM(t); i++) ok = PyArray_DIM(g, i) == PyArray_DIM(t, i);
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "dout: expected shape tokens.shape + (d,) with tokens %s, "
+                     "got %s", mi_py_shape_str(t, s1), mi_py_shape_str(g, s2));
+        goto done;
+    }
+    npy_intp d = PyArray_DIM(g, PyArray_NDIM(g) - 1), wshape[2] = {vocab, d};
+    float *dwd;
+    if (!(dw = grad_arg(m, dw_o, "dW", 2, wshape, &dwd))) goto done;
+    mi_status st;
+    {
+        const float *gd = PyArray_DATA(g);
+        const int64_t *td = PyArray_DATA(t);
+        npy_intp n = PyArray_SIZE(t);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_embedding_backward(gd, td, n, vocab, d, dwd);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); Py_CLEAR(dw); }
+done:
+    Py_XDECREF(g); Py_XDECREF(t);
+    return dw;
+}
+
 static PyMethodDef ops_methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS, matmul_doc},
     {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
@@ -364,6 +967,16 @@ static PyMethodDef ops_methods[] = {
     {"_sgemm", (PyCFunction)(void (*)(void))py_sgemm, METH_VARARGS | METH_KEYWORDS, sgemm_doc},
     {"_fma_peak", py_fma_peak, METH_NOARGS,
      "_fma_peak()\n--\n\nMeasured fp32 FMA peak in GFLOP/s on all threads (for benchmarks)."},
+    KW_METHOD(softmax),
+    KW_METHOD(attention),
+    KW_METHOD(_layer_norm_backward),
+    KW_METHOD(_rms_norm_backward),
+    KW_METHOD(_activation_backward),
+    KW_METHOD(_softmax_backward),
+    KW_METHOD(_attention_backward),
+    KW_METHOD(_cross_entropy),
+    KW_METHOD(_embedding),
+    KW_METHOD(_embedding_backward),
     {NULL, NULL, 0, NULL},
 };
 
