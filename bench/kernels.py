@@ -1,6 +1,6 @@
 """Time the non-GEMM kernels: vectorised vs scalar reference, and vs torch (CPU).
 
-Usage: python3 benchmarks/bench_kernels.py [--threads N] [--repeat R]
+Usage: python3 bench/kernels.py [--threads N] [--repeat R]
 
 Prints, per kernel, the best (minimum) time of mechinterp_c with the best ISA, with
 the scalar reference (force_isa('scalar')), and of the torch float32
