@@ -253,6 +253,8 @@ class ReveFrontEnd:
         return unfold(eeg, self.patch_size, self.patch_overlap)
 
     def __call__(self, eeg, pos, intermediates=False):
+        """Residual stream input ``[B, C*P, D]`` for ``eeg [B, C, T]`` and ``pos [B or 1, C, 3]``;
+        with ``intermediates=True`` a dict of every step (see the class docstring)."""
         sd = self.state_dict()
         return _core.reve_frontend(
             eeg, pos, sd["to_patch_embedding.0.weight"], sd["to_patch_embedding.0.bias"],
