@@ -226,6 +226,28 @@ class ReveFrontEnd:
         return cls(embed_dim=w.shape[0], patch_size=w.shape[1], patch_overlap=overlap,
                    freqs=model.fourier4d.freqs, state_dict=sd)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
+        """Load the front end of a REVE checkpoint: a local directory or a Hugging Face
+        cache entry (resolved by :func:`mechinterp_c.io.resolve_pretrained`) with
+        ``config.json`` (``embed_dim``, ``patch_size``, ``patch_overlap``, ``freqs``) and
+        ``model.safetensors`` (or shards). Transformer weights in the file are ignored here.
+        Keys may carry a module prefix (``model.to_patch_embedding.0.weight``)."""
+        from . import io
+        base = io.resolve_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+        cfg = io.load_config(base, required=("embed_dim", "patch_size", "patch_overlap", "freqs"))
+        weights = io.load_weights(base, float32=True)
+        sd = {}
+        for key in cls.KEYS:
+            hits = [k for k in weights if k == key or k.endswith("." + key)]
+            if len(hits) > 1:
+                hits = [k for k in hits if k == key] or hits
+            if hits:
+                sd[key] = weights[min(hits, key=len)]
+        return cls(embed_dim=int(cfg["embed_dim"]), patch_size=int(cfg["patch_size"]),
+                   patch_overlap=int(cfg["patch_overlap"]), freqs=int(cfg["freqs"]),
+                   state_dict=sd)
+
     def state_dict(self):
         """The front-end weights under their PyTorch names (float32 arrays, not copies)."""
         return {

@@ -203,3 +203,36 @@ def random_reve(seed=0, scale_norms=True, **cfg):
                     if getattr(mod, "bias", None) is not None:
                         mod.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def save_pretrained(model, directory):
+    """Write ``config.json`` + ``model.safetensors`` for a reference Reve, with the
+    published parameter names (``to_patch_embedding.0.weight``,
+    ``transformer.layers.{i}.0.to_qkv.weight``, ...) and config fields named as the
+    seed reads them (``embed_dim``, ``depth``, ``heads``, ``head_dim``,
+    ``mlp_dim_ratio``, ``freqs``, ``patch_size``, ``patch_overlap``). The exact field
+    set of brain-bzh/reve-base's config.json is an assumption (no hub access here)."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    attn = model.transformer.layers[0][0] if len(model.transformer.layers) else None
+    cfg = {
+        "model_type": "reve",
+        "embed_dim": model.embed_dim,
+        "depth": len(model.transformer.layers),
+        "heads": attn.heads if attn else 8,
+        "head_dim": attn.dim_head if attn else 64,
+        "mlp_dim_ratio": model.mlp_dim / model.embed_dim,
+        "use_geglu": True,
+        "freqs": model.fourier4d.freqs,
+        "patch_size": model.patch_size,
+        "patch_overlap": model.overlap_size,
+    }
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              os.path.join(directory, "model.safetensors"))
+    return directory

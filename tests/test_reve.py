@@ -400,3 +400,22 @@ def test_reference_blocks_follow_design():
             x0 = x0 + f(x0)
     assert y.shape == (2, 3, 3, 64)
     torch.testing.assert_close(y, x0.reshape(2, 3, 3, 64))
+
+
+def test_from_pretrained_checkpoint(tmp_path, rng):
+    """A checkpoint written by the reference (config.json + model.safetensors, published
+    names) loads into the C front end and gives the reference's numbers."""
+    from reve_reference import save_pretrained
+    model = random_reve(seed=6, embed_dim=96, depth=2, heads=3, head_dim=32, freqs=4,
+                        patch_size=37, patch_overlap=5)
+    save_pretrained(model, tmp_path / "reve-tiny")
+    fe = reve.ReveFrontEnd.from_pretrained(tmp_path / "reve-tiny")
+    assert (fe.embed_dim, fe.patch_size, fe.patch_overlap, fe.freqs) == (96, 37, 5, 4)
+    eeg = rng.standard_normal((2, 3, 100)).astype(np.float32)
+    pos = rng.uniform(-0.1, 0.1, (2, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(fe(eeg, pos), _reference(model, eeg, pos, True)["x"],
+                               atol=TOL["x"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"embed_dim": 96}))
+    with pytest.raises(KeyError, match=r"missing required field\(s\) 'patch_size'"):
+        reve.ReveFrontEnd.from_pretrained(tmp_path / "empty")
