@@ -442,10 +442,11 @@ static mi_status norm_step(run_state *r, const float *x, const float *w, const f
     int64_t rows = r->plan->batch * r->plan->seq, d = s->d_model;
     if (s->norm == MI_NORM_RMS || s->norm == MI_NORM_RMSPRE) mi_rms_norm(x, NULL, s->eps, rows, d, y, scale);
     else mi_layer_norm(x, NULL, NULL, s->eps, rows, d, y, scale);
-    if (r->flags[p_scale] & MI_HOOK_CALLBACK) {
-        MI_TRY(fire(r, p_scale));
-        renorm_with_scale(s, x, scale, NULL, NULL, rows, d, y);
-    }
+    /* y is always recomputed from the (possibly hooked) scale, so registering
+     * a hook on hook_scale, even one that changes nothing, never changes a bit
+     * of the result; the kernel provides the scale. */
+    MI_TRY(fire(r, p_scale));
+    renorm_with_scale(s, x, scale, NULL, NULL, rows, d, y);
     MI_TRY(fire(r, p_norm));
     *result = y;
     if (w) {
