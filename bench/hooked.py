@@ -1,0 +1,170 @@
+"""Benchmark: mechinterp_c.HookedTransformer vs transformer_lens.HookedTransformer.
+
+GPT-2-small-shaped model (12 layers, d_model 768, 12 heads, d_mlp 3072,
+d_vocab 50257, n_ctx 1024), random weights shared through state_dict,
+tokens [4, 128]. Three tasks: plain forward, full run_with_cache, and
+run_with_hooks with a (no-op) hook on every hook_q.
+
+Time: best of --reps runs after one warm-up, both libraries using the same
+number of threads. Memory: each (library, task) runs in a fresh subprocess
+(so neither allocator has memory left over from earlier calls): build the
+model, warm the library up on a [1, 1] input, then the task's added memory is
+VmHWM after resetting the peak (echo 5 > /proc/self/clear_refs) minus VmRSS
+before the task; the task's result is held until the peak is read, so a cache
+counts in full. The C arena size (exact bytes of all activations of the call)
+is printed too. Targets: run_with_cache >= 3x faster than TL and <= 1/2
+of its added memory; forward >= 1.5x faster.
+
+    python3 bench/hooked.py [--reps 3] [--layers 12] [--batch 4] [--seq 128] [--tiny]
+"""
+import argparse
+import gc
+import os
+import time
+import warnings
+
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+warnings.filterwarnings("ignore")
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory(fn):
+    """(result, added peak RSS in MiB) for one call of fn."""
+    gc.collect()
+    before = rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                     # reset VmHWM to the current RSS
+    result = fn()
+    peak = rss_kib("VmHWM")
+    return result, (peak - before) / 1024.0
+
+
+def best_time(fn, reps):
+    fn()                                 # warm-up
+    times = []
+    for _ in range(reps):
+        gc.collect()
+        t0 = time.perf_counter()
+        r = fn()
+        times.append(time.perf_counter() - t0)
+        del r
+    return min(times)
+
+
+def task_fns(m, tokens, lib):
+    """name -> zero-argument function running that task on model m."""
+    is_q = lambda name: name.endswith("hook_q")
+    noop = lambda act, hook: None
+    if lib.startswith("tl"):
+        import torch
+        tokens = torch.tensor(tokens)
+    return {
+        "forward": lambda: m(tokens),
+        "run_with_cache": lambda: m.run_with_cache(tokens),
+        "run_with_hooks(hook_q)": lambda: m.run_with_hooks(tokens, fwd_hooks=[(is_q, noop)]),
+    }
+
+
+def mem_child(args, cfg, tokens):
+    """Subprocess: print the added peak RSS (MiB) of one task on a fresh model."""
+    import torch
+    lib, task = args.mem_child.split(":", 1)
+    if lib.startswith("tl"):
+        import transformer_lens as tl
+        m = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
+        m.eval()
+        torch.set_grad_enabled(lib == "tl_grad")
+    else:
+        from mechinterp_c.hooked_transformer import HookedTransformer
+        m = HookedTransformer(dict(cfg, init_weights=False))
+    task_fns(m, tokens[:1, :1], lib)[task]()          # warm-up on [1, 1]
+    result, mib = measure_memory(task_fns(m, tokens, lib)[task])
+    print(f"{mib:.3f}")
+
+
+def run_mem_child(args, lib, task):
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", f"{lib}:{task}",
+           "--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq)]
+    if args.tiny:
+        cmd.append("--tiny")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--mem-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true",
+                    help="d_model 64, d_vocab 1000: checks the script itself in seconds")
+    args = ap.parse_args()
+
+    import torch
+    import transformer_lens as tl
+    import mechinterp_c
+    from mechinterp_c.hooked_transformer import HookedTransformer
+
+    threads = mechinterp_c.get_num_threads()
+    torch.set_num_threads(threads)
+    cfg = dict(n_layers=args.layers, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
+               n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0)
+    if args.tiny:
+        cfg.update(d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=1000)
+    tokens = np.random.default_rng(0).integers(0, cfg["d_vocab"], (args.batch, args.seq))
+    tt = torch.tensor(tokens)
+    if args.mem_child:
+        return mem_child(args, cfg, tokens)
+    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
+    tm.eval()
+    m = HookedTransformer(dict(cfg, init_weights=False))
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+
+    ours, theirs = task_fns(m, tokens, "c"), task_fns(tm, tokens, "tl")
+    tasks = {name: (ours[name], theirs[name]) for name in ours}
+    # correctness guard: the benchmark compares equal computations
+    with torch.no_grad():
+        ref = tm(tt).numpy()
+    torch.set_grad_enabled(True)
+    ours = m(tokens)
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    print(f"threads={threads} isa={mechinterp_c.cpu_isa()} layers={args.layers} tokens={tokens.shape} "
+          f"logits max rel err vs TL={err:.2e}")
+    flags_all = bytes([1] * m._core.n_points)
+    print(f"C arena: forward {m._core.arena_bytes(args.batch, args.seq, bytes(m._core.n_points)) / 2**20:.1f} MiB, "
+          f"full cache {m._core.arena_bytes(args.batch, args.seq, flags_all) / 2**20:.1f} MiB")
+    # TL is measured twice: under torch.no_grad() (its leanest) and as the seed
+    # notebooks call run_with_cache / run_with_hooks, with autograd on (the default).
+    print("speedup = TL time / C time; mem ratio = C added MiB / TL added MiB")
+    print(f"{'task':24s} {'C ms':>8s} {'TLng ms':>8s} {'TLgr ms':>8s} {'x(ng)':>6s} {'x(gr)':>6s} "
+          f"{'C MiB':>7s} {'TLng MiB':>8s} {'TLgr MiB':>8s} {'r(ng)':>6s} {'r(gr)':>6s}")
+    for name, (ours_fn, tl_fn) in tasks.items():
+        t_c = best_time(ours_fn, args.reps)
+        with torch.no_grad():
+            t_ng = best_time(tl_fn, args.reps)
+        t_gr = best_time(tl_fn, args.reps)
+        mem_c = run_mem_child(args, "c", name)
+        mem_ng = run_mem_child(args, "tl", name)
+        mem_gr = run_mem_child(args, "tl_grad", name)
+        print(f"{name:24s} {t_c * 1e3:8.1f} {t_ng * 1e3:8.1f} {t_gr * 1e3:8.1f} {t_ng / t_c:5.2f}x "
+              f"{t_gr / t_c:5.2f}x {mem_c:7.1f} {mem_ng:8.1f} {mem_gr:8.1f} "
+              f"{mem_c / max(mem_ng, 1e-9):6.2f} {mem_c / max(mem_gr, 1e-9):6.2f}")
+
+
+if __name__ == "__main__":
+    main()

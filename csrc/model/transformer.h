@@ -1,0 +1,137 @@
+/* transformer.h - one decoder/encoder transformer spec, its parameter blob and
+ * a forward pass with TransformerLens hook points.
+ *
+ * Shape legend: B batch, T positions, D d_model, H heads, Dh d_head,
+ * M d_mlp, V d_vocab, Vo d_vocab_out, L n_layers.
+ *
+ * Parameters live in ONE float32 blob, each tensor 64-byte aligned, in the
+ * layout the forward wants (a gradient blob of the same layout can mirror it):
+ *   embed.W_E [V,D]   pos_embed.W_pos [n_ctx,D]
+ *   per layer: ln1.w/b [D]; attn.W_qkv [D,3,H,Dh] (x @ W_qkv is at once HF's
+ *   c_attn output and TL's hook_q/k/v as strided views); attn.b_qkv [3,H,Dh];
+ *   attn.W_O [H,Dh,D]; attn.b_O [D]; ln2.w/b [D]; mlp.W_in [D,M]; mlp.b_in [M];
+ *   mlp.W_gate [D,M] (gated only); mlp.W_out [M,D]; mlp.b_out [D]
+ *   ln_final.w/b [D]   unembed.W_U [D,Vo]   unembed.b_U [Vo]
+ * Tensors a spec does not use (norm weights with no affine norm, W_gate when
+ * not gated, ...) are absent from the table.
+ *
+ * Hook points: every named activation in TransformerLens order and shape.
+ * Point ids: 0 hook_embed, 1 hook_pos_embed, then per layer MI_P_* offsets,
+ * then the final-norm/unembed points. A spec leaves some ids absent.
+ * Per call each point has flags: MI_HOOK_CACHE keeps the activation in its own
+ * arena slot (returned as a view); MI_HOOK_CALLBACK calls the hook function
+ * (and also keeps the slot, so what a hook sees stays valid). Points with
+ * neither share scratch slots across layers, so a plain forward stays lean.
+ */
+#ifndef MI_TRANSFORMER_H
+#define MI_TRANSFORMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+typedef enum { MI_NORM_NONE, MI_NORM_LN, MI_NORM_LNPRE, MI_NORM_RMS, MI_NORM_RMSPRE } mi_norm_type;
+
+typedef struct {
+    int64_t n_layers, d_model, n_heads, d_head, d_mlp, d_vocab, d_vocab_out, n_ctx;
+    mi_norm_type norm;
+    float eps;
+    int act;              /* mi_activation (kernels/activation.h) */
+    int gated_mlp;
+    int attn_only;
+    int causal;           /* 0: bidirectional */
+    int use_attn_result;  /* hook_result [B,T,H,D] */
+    int use_hook_mlp_in;  /* hook_mlp_in: a copy of resid_mid before ln2 */
+    int pos_embed;        /* learned absolute positions ("standard") */
+    float attn_scale;     /* scores are q.k / attn_scale */
+} mi_tf_spec;
+
+/* Per-layer hook point offsets, in TransformerLens firing order. */
+enum {
+    MI_P_RESID_PRE, MI_P_LN1_SCALE, MI_P_LN1_NORM, MI_P_Q, MI_P_K, MI_P_V, MI_P_SCORES,
+    MI_P_PATTERN, MI_P_Z, MI_P_RESULT, MI_P_ATTN_OUT, MI_P_RESID_MID, MI_P_MLP_IN,
+    MI_P_LN2_SCALE, MI_P_LN2_NORM, MI_P_MLP_PRE, MI_P_MLP_PRE_LINEAR, MI_P_MLP_POST,
+    MI_P_MLP_OUT, MI_P_RESID_POST, MI_P_PER_LAYER
+};
+/* Final points after the layers. */
+enum { MI_PF_LNF_SCALE, MI_PF_LNF_NORM, MI_PF_UNEMBED_IN, MI_PF_UNEMBED_OUT, MI_PF_COUNT };
+
+#define MI_HOOK_CACHE 1
+#define MI_HOOK_CALLBACK 2
+
+typedef struct {
+    char name[48];
+    size_t offset;        /* floats from the blob start */
+    int ndim;
+    int64_t shape[4];
+} mi_tf_param;
+
+typedef struct {
+    mi_tf_spec spec;
+    float *params;        /* the blob (not owned here: the binding owns it) */
+    size_t n_params;      /* floats in the blob, padding included */
+    mi_tf_param *table;   /* every tensor of the blob */
+    int n_table;
+    /* per-layer and global offsets into params, in floats (SIZE_MAX: absent) */
+    size_t *layer_off;    /* [L][MI_W_PER_LAYER] */
+    size_t global_off[6];
+} mi_transformer;
+
+enum { MI_W_LN1_W, MI_W_LN1_B, MI_W_QKV, MI_W_B_QKV, MI_W_O, MI_W_B_O, MI_W_LN2_W, MI_W_LN2_B,
+       MI_W_IN, MI_W_B_IN, MI_W_GATE, MI_W_OUT, MI_W_B_OUT, MI_W_PER_LAYER };
+enum { MI_G_W_E, MI_G_W_POS, MI_G_LNF_W, MI_G_LNF_B, MI_G_W_U, MI_G_B_U };
+
+/* Check the spec and lay out the blob (sets n_params, table, offsets; params
+ * stays NULL for the caller to allocate with mi_calloc(n_params floats)). */
+mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *spec);
+void mi_tf_free(mi_transformer *m);
+
+/* Hook points. */
+int mi_tf_n_points(const mi_tf_spec *s);
+int mi_tf_point_present(const mi_tf_spec *s, int point);
+/* The TransformerLens name of `point` into buf (64 bytes); its layer or -1. */
+int mi_tf_point_name(const mi_tf_spec *s, int point, char *buf);
+
+typedef struct {
+    float *data;
+    int ndim;
+    int64_t shape[4];
+    int64_t strides[4];   /* in elements */
+} mi_tensor_view;
+
+/* Called at CALLBACK points; a non-MI_OK return aborts the pass with it. */
+typedef mi_status (*mi_hook_fn)(void *ctx, int point, const mi_tensor_view *view);
+
+/* The activation arena layout of one call: offsets (floats) per buffer. */
+typedef struct {
+    int64_t batch, seq;
+    int stop_layer;       /* layers run: [0, stop_layer); == L runs the unembed too */
+    size_t n_floats;      /* arena size */
+    size_t *buf_off;      /* per buffer slot */
+    int n_bufs;
+} mi_tf_plan;
+
+/* Plan the arena for a [batch, seq] call with per-point `flags` (n_points
+ * bytes); stop_layer in [0, L] (L: full pass with logits). */
+mi_status mi_tf_plan_call(const mi_transformer *m, int64_t batch, int64_t seq, int stop_layer,
+                          const uint8_t *flags, mi_tf_plan *plan);
+void mi_tf_plan_free(mi_tf_plan *plan);
+
+/* The view of `point` inside `arena` for this plan (0 if the point is absent
+ * or past the stop layer). */
+int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *arena, int point,
+                     mi_tensor_view *v);
+
+/* The residual stream the pass ends with: resid_pre of stop_layer [B,T,D]
+ * (stop_layer < L), or logits [B,T,Vo]. */
+float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena);
+
+/* Forward pass. tokens [B,T] (ids checked against d_vocab); pos_ids [B,T] or
+ * NULL (t); key_mask [B,T] or NULL (1 keeps a key, 0 masks it as padding and
+ * zeroes its positional embedding, as TransformerLens). */
+mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
+                        const uint8_t *flags, const int64_t *tokens, const int64_t *pos_ids,
+                        const float *key_mask, mi_hook_fn hook, void *hook_ctx);
+
+#endif

@@ -1,0 +1,467 @@
+"""``HookedTransformer``: TransformerLens's HookedTransformer on the C core.
+
+Same names, shapes and semantics as ``transformer_lens.HookedTransformer``, with
+NumPy arrays where TransformerLens gives tensors. Parameters are writable views
+of the C model's one parameter blob (``model.blocks[0].attn.W_Q[...] = x``
+changes what the C core computes); activations are zero-copy views of the
+per-call arena, valid after later calls and after the model is deleted.
+"""
+import contextlib
+
+import numpy as np
+
+from . import _core
+from .activation_cache import ActivationCache
+from .config import HookedTransformerConfig
+from .hook_points import HookPoint
+from .utils import to_numpy
+
+_NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
+_ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
+             "gelu_fast": 2, "silu": 3, "swish": 3}
+_CACHE, _CALLBACK = 1, 2
+# TransformerLens buffers that are in its state_dict but are not parameters.
+_TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
+
+
+class _Module:
+    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._name or 'model'}>"
+
+
+class _Block(_Module):
+    """``model.blocks[i]``: ln1, attn, ln2, mlp and the block's residual hook points."""
+
+
+def _param_view(params, name):
+    return params[name]
+
+
+def _check_unsupported(cfg):
+    bad = []
+    if cfg.positional_embedding_type != "standard":
+        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
+    for f in ("use_split_qkv_input", "use_attn_in", "use_local_attn", "parallel_attn_mlp",
+              "scale_attn_by_inverse_layer_idx", "final_rms", "post_embedding_ln",
+              "use_hook_tokens"):
+        if getattr(cfg, f):
+            bad.append(f"{f}=True")
+    if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
+        bad.append("grouped-query attention (n_key_value_heads)")
+    if not cfg.attn_only and cfg.act_fn not in _ACT_CODE:
+        bad.append(f"act_fn={cfg.act_fn!r}")
+    if cfg.d_vocab <= 0:
+        bad.append(f"d_vocab={cfg.d_vocab} (no tokenizer: give d_vocab)")
+    if bad:
+        raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
+
+
+class HookedTransformer:
+    """A transformer with TransformerLens hook points, running on the C core.
+
+    ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its
+    fields) builds a seeded, GPT-2-initialised model (weights N(0, initializer_range),
+    biases 0, norm weights 1). Load TransformerLens weights with
+    ``load_state_dict({k: v.numpy() for k, v in tl_model.state_dict().items()})``.
+    """
+
+    def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side="right"):
+        self.cfg = HookedTransformerConfig.unwrap(cfg)
+        self.tokenizer = tokenizer
+        _check_unsupported(self.cfg)
+        self._build()
+        if self.cfg.init_weights:
+            self.init_weights()
+
+    # ------------------------------------------------------------ structure
+    def _build(self):
+        """(Re)create the C model and the module tree from ``self.cfg``."""
+        cfg = self.cfg
+        self._core = _core.Model(
+            n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
+            d_mlp=cfg.d_mlp if not cfg.attn_only else 0, d_vocab=cfg.d_vocab,
+            d_vocab_out=cfg.d_vocab_out, n_ctx=cfg.n_ctx, norm=_NORM_CODE[cfg.normalization_type],
+            eps=cfg.eps, act=_ACT_CODE.get(cfg.act_fn, 0) if not cfg.attn_only else 0,
+            gated_mlp=cfg.gated_mlp, attn_only=cfg.attn_only,
+            causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
+            use_hook_mlp_in=cfg.use_hook_mlp_in, pos_embed=True,
+            attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0)
+        self._raw = self._core.params()
+        self._n_points = self._core.n_points
+        self.hook_dict = {}
+        self._points = [None] * self._n_points
+        self._point_layer = {}
+        for name, pid, layer in self._core.hook_points():
+            hp = HookPoint(name, pid)
+            self.hook_dict[name] = hp
+            self._points[pid] = hp
+            self._point_layer[pid] = layer
+        self._params = self._tl_params()
+        self._make_modules()
+
+    def _tl_params(self):
+        """TransformerLens-named, -shaped writable views of the blob."""
+        raw, cfg, out = self._raw, self.cfg, {}
+        out["embed.W_E"] = raw["embed.W_E"]
+        out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
+        for l in range(cfg.n_layers):
+            p = f"blocks.{l}."
+            for ln in ("ln1", "ln2"):
+                for w in ("w", "b"):
+                    if p + f"{ln}.{w}" in raw:
+                        out[p + f"{ln}.{w}"] = raw[p + f"{ln}.{w}"]
+            qkv, bqkv = raw[p + "attn.W_qkv"], raw[p + "attn.b_qkv"]
+            for i, c in enumerate("QKV"):
+                out[p + f"attn.W_{c}"] = qkv[:, i].transpose(1, 0, 2)   # [H, D, Dh]
+                out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
+            out[p + "attn.W_O"] = raw[p + "attn.W_O"]
+            out[p + "attn.b_O"] = raw[p + "attn.b_O"]
+            for w in ("W_in", "b_in", "W_gate", "W_out", "b_out"):
+                if p + f"mlp.{w}" in raw:
+                    out[p + f"mlp.{w}"] = raw[p + f"mlp.{w}"]
+        for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
+            if w in raw:
+                out[w] = raw[w]
+        return out
+
+    def _make_modules(self):
+        cfg, P = self.cfg, self._params
+        self.mod_dict = {}
+
+        def module(name, cls=_Module):
+            m = cls(name)
+            if name:
+                self.mod_dict[name] = m
+            return m
+
+        def attach(mod, prefix):
+            for key, arr in P.items():
+                if key.startswith(prefix) and "." not in key[len(prefix):]:
+                    setattr(mod, key[len(prefix):], arr)
+            for hname, hp in self.hook_dict.items():
+                if hname.startswith(prefix) and "." not in hname[len(prefix):]:
+                    setattr(mod, hname[len(prefix):], hp)
+
+        self.embed = module("embed")
+        attach(self.embed, "embed.")
+        self.pos_embed = module("pos_embed")
+        attach(self.pos_embed, "pos_embed.")
+        attach(self, "")
+        self.blocks = []
+        for l in range(cfg.n_layers):
+            b = module(f"blocks.{l}", _Block)
+            attach(b, f"blocks.{l}.")
+            for sub in ("ln1", "attn", "ln2", "mlp"):
+                m = module(f"blocks.{l}.{sub}")
+                attach(m, f"blocks.{l}.{sub}.")
+                setattr(b, sub, m)
+            self.blocks.append(b)
+        self.ln_final = module("ln_final")
+        attach(self.ln_final, "ln_final.")
+        self.unembed = module("unembed")
+        attach(self.unembed, "unembed.")
+        self.mod_dict.update(self.hook_dict)
+
+    def init_weights(self):
+        """GPT-2 init as TransformerLens's ``_init_weights_gpt2``: every ``W_*`` ~ N(0,
+        initializer_range), biases 0, norm weights 1; seeded by ``cfg.seed``."""
+        rng = np.random.default_rng(self.cfg.seed)
+        std = self.cfg.initializer_range
+        for name, arr in self._raw.items():
+            leaf = name.rsplit(".", 1)[1]
+            if leaf.startswith("W_"):
+                arr[...] = rng.normal(0.0, std, size=arr.shape)
+            elif leaf == "w":
+                arr[...] = 1.0
+            else:
+                arr[...] = 0.0
+
+    # --------------------------------------------------------------- state
+    def state_dict(self):
+        """TransformerLens parameter names -> writable views of the model's weights."""
+        return dict(self._params)
+
+    def named_parameters(self):
+        """(name, view) pairs, as ``state_dict().items()``."""
+        return iter(self._params.items())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy TransformerLens-named weights in (shapes checked, errors name the key).
+
+        Torch tensors are accepted; TransformerLens buffers (``attn.mask``, ``attn.IGNORE``)
+        are skipped. With ``strict``, missing and unknown keys raise KeyError.
+        """
+        unknown = [k for k in state_dict if k not in self._params and not k.endswith(_TL_BUFFER_SUFFIXES)]
+        missing = [k for k in self._params if k not in state_dict]
+        if strict and (unknown or missing):
+            raise KeyError(f"load_state_dict: unknown keys {unknown[:5]}, missing keys {missing[:5]}"
+                           + (f" (normalization_type={self.cfg.normalization_type!r})"))
+        for k, v in state_dict.items():
+            if k not in self._params:
+                continue
+            arr = np.asarray(to_numpy(v))
+            dst = self._params[k]
+            if arr.shape != dst.shape:
+                raise ValueError(f"load_state_dict: {k} has shape {arr.shape}, the model expects "
+                                 f"{dst.shape}")
+            if arr.dtype.kind != "f":
+                raise TypeError(f"load_state_dict: {k} has dtype {arr.dtype}, expected floats")
+            dst[...] = arr
+
+    def load_and_process_state_dict(self, state_dict, fold_ln=True, center_writing_weights=True,
+                                    center_unembed=True, fold_value_biases=True,
+                                    refactor_factored_attn_matrices=False):
+        """Process TransformerLens weights (fold LayerNorm, centre writing weights and the
+        unembedding, fold value biases) with ``weight_processing.process_weights`` and load
+        them; with fold_ln, LN becomes LNPre and RMS becomes RMSPre, as TransformerLens."""
+        if refactor_factored_attn_matrices:
+            raise NotImplementedError("refactor_factored_attn_matrices is not supported")
+        from . import weight_processing
+        sd = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in state_dict.items()
+              if not k.endswith(_TL_BUFFER_SUFFIXES)}
+        sd = weight_processing.process_weights(sd, self.cfg, fold_ln=fold_ln,
+                                               center_writing_weights=center_writing_weights,
+                                               center_unembed=center_unembed,
+                                               fold_value_biases=fold_value_biases)
+        if fold_ln and self.cfg.normalization_type in ("LN", "RMS"):
+            hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
+            self.cfg.normalization_type = "LNPre" if self.cfg.normalization_type == "LN" else "RMSPre"
+            self._build()
+            for n, hs in hooks.items():
+                if n in self.hook_dict:
+                    self.hook_dict[n]._handles = hs
+        self.load_state_dict(sd, strict=False)
+
+    # stacked parameters (copies, as TransformerLens's torch.stack)
+    def _stack(self, key):
+        return np.stack([self._params[f"blocks.{l}.{key}"] for l in range(self.cfg.n_layers)])
+
+    W_E = property(lambda self: self._params["embed.W_E"], doc="Token embedding [d_vocab, d_model] (view).")
+    W_pos = property(lambda self: self._params["pos_embed.W_pos"], doc="Positional embedding [n_ctx, d_model] (view).")
+    W_U = property(lambda self: self._params["unembed.W_U"], doc="Unembedding [d_model, d_vocab_out] (view).")
+    b_U = property(lambda self: self._params["unembed.b_U"], doc="Unembedding bias [d_vocab_out] (view).")
+    W_Q = property(lambda self: self._stack("attn.W_Q"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_K = property(lambda self: self._stack("attn.W_K"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_V = property(lambda self: self._stack("attn.W_V"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_O = property(lambda self: self._stack("attn.W_O"), doc="[n_layers, n_heads, d_head, d_model] (copy).")
+    b_Q = property(lambda self: self._stack("attn.b_Q"), doc="[n_layers, n_heads, d_head] (copy).")
+    b_K = property(lambda self: self._stack("attn.b_K"), doc="[n_layers, n_heads, d_head] (copy).")
+    b_V = property(lambda self: self._stack("attn.b_V"), doc="[n_layers, n_heads, d_head] (copy).")
+    b_O = property(lambda self: self._stack("attn.b_O"), doc="[n_layers, d_model] (copy).")
+    W_in = property(lambda self: self._stack("mlp.W_in"), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_gate = property(lambda self: self._stack("mlp.W_gate"), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_out = property(lambda self: self._stack("mlp.W_out"), doc="[n_layers, d_mlp, d_model] (copy).")
+    b_in = property(lambda self: self._stack("mlp.b_in"), doc="[n_layers, d_mlp] (copy).")
+    b_out = property(lambda self: self._stack("mlp.b_out"), doc="[n_layers, d_model] (copy).")
+
+    # ---------------------------------------------------------------- hooks
+    def _points_matching(self, name):
+        if isinstance(name, str):
+            if name not in self.hook_dict:
+                raise KeyError(f"unknown hook point {name!r} (this model has {len(self.hook_dict)}; "
+                               f"see model.hook_dict)")
+            return [self.hook_dict[name]]
+        if callable(name):
+            return [hp for n, hp in self.hook_dict.items() if name(n)]
+        raise TypeError(f"hook name must be a string or a filter function, got {type(name).__name__}")
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
+        """Register ``hook(activation, hook)`` at the point ``name`` (or every point a filter
+        function accepts). Returns the handles."""
+        return [hp.add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend)
+                for hp in self._points_matching(name)]
+
+    def add_perma_hook(self, name, hook, dir="fwd"):
+        """``add_hook`` with is_permanent=True (survives ``reset_hooks()``)."""
+        return self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def reset_hooks(self, clear_contexts=True, direction="both", including_permanent=False, level=None):
+        """Remove all hooks (permanent ones too with including_permanent=True)."""
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(including_permanent=including_permanent)
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
+        """Context manager: the given ``[(name_or_filter, fn)]`` hooks are active inside it."""
+        if bwd_hooks:
+            raise NotImplementedError("backward hooks are not supported")
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                handles += self.add_hook(name, fn)
+            yield self
+        finally:
+            if reset_hooks_end:
+                for h in handles:
+                    h.remove()
+
+    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
+                       clear_contexts=False, **model_kwargs):
+        """Forward pass with temporary hooks ``fwd_hooks=[(name_or_filter, fn)]``."""
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self.forward(*model_args, **model_kwargs)
+
+    # -------------------------------------------------------------- forward
+    def _tokens(self, tokens):
+        if isinstance(tokens, (str, list)) and tokens and isinstance(tokens[0] if isinstance(tokens, list) else tokens, str):
+            raise TypeError("string input needs a tokenizer; pass token ids (int array [batch, pos])")
+        arr = np.asarray(to_numpy(tokens))
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"tokens: expected an integer array, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2:
+            raise ValueError(f"tokens: expected shape [batch, pos] or [pos], got {arr.shape}")
+        if arr.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"tokens: sequence length {arr.shape[1]} exceeds n_ctx {self.cfg.n_ctx}")
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def _mask(self, attention_mask, tokens):
+        if attention_mask is None:
+            return None, None
+        m = np.asarray(to_numpy(attention_mask))
+        if m.ndim == 1:
+            m = m[None]
+        if m.shape != tokens.shape:
+            raise ValueError(f"attention_mask: expected shape {tokens.shape} like tokens, got {m.shape}")
+        keep = (m != 0)
+        pos_ids = np.maximum(np.cumsum(keep, axis=1) - 1, 0).astype(np.int64)
+        return pos_ids, keep.astype(np.float32)
+
+    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None):
+        """One C pass; returns (output view, {point_id: view})."""
+        tokens = self._tokens(tokens)
+        pos_ids, key_mask = self._mask(attention_mask, tokens)
+        flags = bytearray(self._n_points)
+        for pid in cache_ids:
+            flags[pid] |= _CACHE
+        any_cb = False
+        for hp in self.hook_dict.values():
+            if hp._handles:
+                flags[hp.point_id] |= _CALLBACK
+                any_cb = True
+        points = self._points
+
+        def dispatch(pid, act):
+            points[pid].run(act)
+
+        stop = -1 if stop_layer is None else stop_layer
+        return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
+                                  pos_ids, key_mask, stop)
+
+    def _loss(self, logits, tokens, attention_mask, per_token):
+        """Next-token cross-entropy as TransformerLens's ``lm_cross_entropy_loss``."""
+        tokens = self._tokens(tokens)
+        lg = logits[:, :-1].astype(np.float64)
+        mx = lg.max(-1, keepdims=True)
+        lse = np.log(np.exp(lg - mx).sum(-1)) + mx[..., 0]
+        picked = np.take_along_axis(lg, tokens[:, 1:, None], -1)[..., 0]
+        logp = picked - lse
+        if attention_mask is not None:
+            m = np.asarray(to_numpy(attention_mask)).reshape(tokens.shape) != 0
+            nxt = m[:, :-1] & m[:, 1:]
+            logp = np.where(nxt, logp, 0.0)
+            n = nxt.sum()
+        else:
+            n = logp.size
+        if per_token:
+            return (-logp).astype(np.float32)
+        return np.float32(-logp.sum() / n)
+
+    def forward(self, input, return_type="logits", loss_per_token=False, prepend_bos=None,
+                padding_side=None, start_at_layer=None, tokens=None, shortformer_pos_embed=None,
+                attention_mask=None, stop_at_layer=None, past_kv_cache=None):
+        """Run the model on token ids ``input`` ([batch, pos] or [pos] ints).
+
+        return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
+        cross-entropy; per position [batch, pos-1] with loss_per_token), "both"
+        ((logits, loss)) or None. ``attention_mask`` [batch, pos] (1 keep, 0 pad) masks
+        padded keys and shifts positions as TransformerLens. ``stop_at_layer=k`` returns
+        the residual stream entering block k.
+        """
+        if start_at_layer is not None or past_kv_cache is not None or shortformer_pos_embed is not None:
+            raise NotImplementedError("start_at_layer, past_kv_cache and shortformer_pos_embed are not supported")
+        return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, ())[0]
+
+    __call__ = forward
+
+    def _forward(self, input, return_type, loss_per_token, attention_mask, stop_at_layer, cache_ids,
+                 stop_layer=None):
+        if return_type not in ("logits", "loss", "both", None):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if stop_at_layer is not None:
+            L = self.cfg.n_layers
+            stop = stop_at_layer + L if stop_at_layer < 0 else stop_at_layer
+            if not 0 <= stop <= L:
+                raise ValueError(f"stop_at_layer={stop_at_layer} is outside [-{L}, {L}]")
+            stop_layer = stop
+        out, cache = self._run(input, cache_ids, stop_layer, attention_mask)
+        if stop_at_layer is not None:
+            return out, cache
+        if return_type is None:
+            return None, cache
+        if return_type == "logits":
+            return out, cache
+        loss = self._loss(out, input, attention_mask, loss_per_token)
+        if return_type == "loss":
+            return loss, cache
+        return (out, loss), cache
+
+    def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim=False,
+                       incl_bwd=False, reset_hooks_end=True, clear_contexts=False, pos_slice=None,
+                       **model_kwargs):
+        """Forward pass that also returns an ``ActivationCache`` of every hook point
+        ``names_filter`` accepts (None: all; a name; a list of names; a function of the name).
+
+        Cached arrays are views into the pass's arena (no copies)."""
+        if incl_bwd:
+            raise NotImplementedError("incl_bwd: backward caching is not supported")
+        if pos_slice is not None:
+            raise NotImplementedError("pos_slice is not supported")
+        if names_filter is None:
+            keep = lambda n: True
+        elif isinstance(names_filter, str):
+            keep = lambda n: n == names_filter
+        elif isinstance(names_filter, (list, tuple, set)):
+            names = set(names_filter)
+            keep = lambda n: n in names
+        elif callable(names_filter):
+            keep = names_filter
+        else:
+            raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
+                            f"got {type(names_filter).__name__}")
+        ids = [hp.point_id for n, hp in self.hook_dict.items() if keep(n)]
+        if len(model_args) > 1:
+            raise TypeError("run_with_cache: pass return_type etc. as keywords")
+        return_type = model_kwargs.pop("return_type", "logits")
+        loss_per_token = model_kwargs.pop("loss_per_token", False)
+        attention_mask = model_kwargs.pop("attention_mask", None)
+        stop_at_layer = model_kwargs.pop("stop_at_layer", None)
+        tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
+        if model_kwargs:
+            raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
+        # nothing needed past the last cached layer when no output is wanted: stop there
+        stop_layer = None
+        if return_type is None and stop_at_layer is None and not any(
+                hp._handles for hp in self.hook_dict.values()):
+            layers = [self._point_layer[i] for i in ids]
+            if ids and all(self._point_layer[i] >= 0 or self._points[i].name in ("hook_embed", "hook_pos_embed")
+                           for i in ids):
+                stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
+        out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
+                                 ids, stop_layer)
+        cache = {self._points[pid].name: v for pid, v in raw.items()}
+        cache = {n: cache[n] for n in self.hook_dict if n in cache}   # forward order
+        if remove_batch_dim:
+            cache = {n: v[0] for n, v in cache.items()}
+        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+    def __repr__(self):
+        c = self.cfg
+        return (f"HookedTransformer(n_layers={c.n_layers}, d_model={c.d_model}, n_heads={c.n_heads}, "
+                f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})")

@@ -1,0 +1,232 @@
+"""Parity of mechinterp_c.HookedTransformer with transformer_lens.HookedTransformer.
+
+Same weights (loaded through state_dict), same tokens: every key of TransformerLens's
+run_with_cache present in the same order with the same shape, and values within
+TOL relative to the tensor's scale (max |x| of the TransformerLens tensor).
+
+Why TOL = 1e-5: both sides compute in float32 (unit roundoff 6e-8) but sum in
+different orders (blocked GEMM vs MKL/oneDNN, double-accumulated norms); over
+d_model <= 64-term dot products through 2-3 layers the observed error is
+~1e-6 of the scale, so 1e-5 leaves a 10x margin yet catches any real
+mistake (a missing bias, wrong scale or transposed weight is >= 1e-2).
+"""
+import gc
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+tl = pytest.importorskip("transformer_lens")
+
+from mechinterp_c import _core
+from mechinterp_c.hooked_transformer import HookedTransformer
+from mechinterp_c.config import HookedTransformerConfig
+
+TOL = 1e-5
+
+BASE = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, act_fn="gelu_new", seed=1)
+CONFIGS = {
+    "ln_gelu_new": {},
+    "rms_silu_dhead12": dict(normalization_type="RMS", act_fn="silu", d_model=36, d_head=12, n_heads=3),
+    "lnpre_relu": dict(normalization_type="LNPre", act_fn="relu"),
+    "none_gelu": dict(normalization_type=None, act_fn="gelu"),
+    "rmspre_gelu": dict(normalization_type="RMSPre", act_fn="gelu", eps=1e-6),
+    "attn_only": dict(attn_only=True, n_layers=3),
+    "bidirectional": dict(attention_dir="bidirectional"),
+    "attn_result": dict(use_attn_result=True),
+    "gated_silu_rms": dict(gated_mlp=True, act_fn="silu", normalization_type="RMS", d_mlp=48),
+    "hook_mlp_in_one_head": dict(use_hook_mlp_in=True, n_heads=1, d_head=32),
+    "no_attn_scale_vocab_out": dict(use_attn_scale=False, d_vocab_out=20),
+}
+
+
+def make_pair(overrides, perturb=0.1):
+    """A TransformerLens model and ours with identical, non-trivial weights."""
+    cfg = dict(BASE, **overrides)
+    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
+    rng = np.random.default_rng(0)
+    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
+    for k, v in sd.items():
+        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
+            sd[k] = (v + perturb * rng.standard_normal(v.shape)).astype(np.float32)  # non-zero biases, non-unit norm weights
+    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
+    m = HookedTransformer(HookedTransformerConfig(**cfg))
+    m.load_state_dict(sd)
+    return tm, m
+
+
+def assert_scaled_close(ours, ref, name, tol=TOL):
+    ref = np.asarray(ref)
+    assert ours.shape == ref.shape, f"{name}: shape {ours.shape} vs TransformerLens {ref.shape}"
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(np.isfinite(ours), fin, err_msg=f"{name}: -inf mask differs")
+    np.testing.assert_array_equal(ours[~fin], ref[~fin], err_msg=f"{name}: non-finite values differ")
+    scale = np.abs(ref[fin]).max() if fin.any() else 1.0
+    err = np.abs(ours[fin] - ref[fin]).max() if fin.any() else 0.0
+    assert err <= tol * max(scale, 1e-30), f"{name}: max error {err:.3g} > {tol} x scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_run_with_cache_parity(name):
+    tm, m = make_pair(CONFIGS[name])
+    tokens = np.random.default_rng(2).integers(0, 50, (3, 11))
+    logits, cache = m.run_with_cache(tokens)
+    tlogits, tcache = tm.run_with_cache(torch.tensor(tokens))
+    assert list(cache.keys()) == list(tcache.keys())
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    assert_scaled_close(logits, tlogits.detach().numpy(), "logits")
+    # state_dict: TransformerLens's parameter names and shapes
+    tl_params = dict(tm.named_parameters())
+    ours = m.state_dict()
+    assert set(ours) == set(tl_params)
+    for k, v in tl_params.items():
+        assert ours[k].shape == tuple(v.shape), k
+        np.testing.assert_array_equal(ours[k], v.detach().numpy())
+
+
+@pytest.mark.parametrize("name", ["ln_gelu_new", "attn_only", "bidirectional"])
+def test_loss_parity(name):
+    tm, m = make_pair(CONFIGS[name])
+    tokens = np.random.default_rng(3).integers(0, 50, (2, 9))
+    tt = torch.tensor(tokens)
+    # loss: float64 log-softmax on our side vs float32 torch: well inside 1e-5 relative
+    np.testing.assert_allclose(m(tokens, return_type="loss"), tm(tt, return_type="loss").item(), rtol=1e-5)
+    np.testing.assert_allclose(m(tokens, return_type="loss", loss_per_token=True),
+                               tm(tt, return_type="loss", loss_per_token=True).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    logits, loss = m(tokens, return_type="both")
+    assert_scaled_close(logits, tm(tt).detach().numpy(), "logits")
+    np.testing.assert_allclose(loss, tm(tt, return_type="loss").item(), rtol=1e-5)
+    assert m(tokens, return_type=None) is None
+    # 1-D tokens get a batch dim, as TransformerLens
+    assert_scaled_close(m(tokens[0]), tm(tt[0]).detach().numpy(), "1-d logits")
+
+
+def test_padding_mask_parity():
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(4).integers(0, 50, (3, 10))
+    mask = np.ones((3, 10), dtype=np.int64)
+    mask[0, :3] = 0     # left padding
+    mask[1, 7:] = 0     # right padding
+    tt, tmask = torch.tensor(tokens), torch.tensor(mask)
+    logits, cache = m.run_with_cache(tokens, attention_mask=mask)
+    tlogits, tcache = tm.run_with_cache(tt, attention_mask=tmask)
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    assert_scaled_close(logits, tlogits.detach().numpy(), "logits")
+    np.testing.assert_allclose(m(tokens, return_type="loss", attention_mask=mask),
+                               tm(tt, return_type="loss", attention_mask=tmask).item(), rtol=1e-5)
+
+
+def test_stop_at_layer_and_names_filter():
+    tm, m = make_pair(dict(n_layers=3))
+    tokens = np.random.default_rng(5).integers(0, 50, (2, 8))
+    tt = torch.tensor(tokens)
+    resid = m(tokens, stop_at_layer=2)
+    assert_scaled_close(resid, tm(tt, stop_at_layer=2).detach().numpy(), "stop_at_layer=2")
+    _, tcache = tm.run_with_cache(tt)
+    _, cache = m.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert list(cache.keys()) == [k for k in tcache.keys() if k.endswith("hook_pattern")]
+    _, cache = m.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+    assert list(cache.keys()) == ["blocks.0.attn.hook_z"]
+    assert_scaled_close(cache["z", 0], tcache["blocks.0.attn.hook_z"].numpy(), "z")
+    # return_type=None with an early-layer filter stops the pass early; values unchanged
+    _, cache = m.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_post"], return_type=None)
+    assert_scaled_close(cache["blocks.0.hook_resid_post"], tcache["blocks.0.hook_resid_post"].numpy(), "resid_post")
+    _, cache = m.run_with_cache(tokens[:1], remove_batch_dim=True)
+    assert cache["blocks.1.attn.hook_pattern"].shape == (4, 8, 8)
+
+
+def _reaches_buffer(a):
+    while a is not None:
+        if isinstance(a, _core.Buffer):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
+def test_cache_views_are_zero_copy_and_outlive_model():
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(6).integers(0, 50, (2, 7))
+    _, cache = m.run_with_cache(tokens)
+    snapshot = {k: v.copy() for k, v in cache.items()}
+    for k, v in cache.items():
+        assert _reaches_buffer(v), f"{k} is not a view of a _core.Buffer"
+    assert not cache["blocks.0.attn.hook_q"].flags.c_contiguous   # strided view of the fused qkv buffer
+    m(tokens[::-1].copy())          # the next call must not overwrite this cache
+    _, cache2 = m.run_with_cache(tokens[:, ::-1].copy())
+    del m, cache2
+    gc.collect()
+    for k, v in cache.items():
+        np.testing.assert_array_equal(v, snapshot[k], err_msg=k)
+
+
+def test_weight_views_are_writable():
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(7).integers(0, 50, (2, 6))
+    new_wq = np.random.default_rng(8).standard_normal((4, 32, 8)).astype(np.float32)
+    m.blocks[1].attn.W_Q[...] = new_wq
+    m.blocks[0].mlp.b_out[:] += 0.5
+    m.W_U[:, :3] = 0.0
+    with torch.no_grad():
+        tm.blocks[1].attn.W_Q.copy_(torch.tensor(new_wq))
+        tm.blocks[0].mlp.b_out += 0.5
+        tm.unembed.W_U[:, :3] = 0.0
+    assert_scaled_close(m(tokens), tm(torch.tensor(tokens)).detach().numpy(), "after edits")
+    np.testing.assert_array_equal(m.W_Q[1], new_wq)
+    assert m.W_O.shape == (2, 4, 8, 32) and m.b_O.shape == (2, 32)
+    assert m.W_in.shape == (2, 32, 128) and m.b_U.shape == (50,)
+
+
+def test_default_init_matches_tl_statistics():
+    cfg = dict(BASE, d_model=64, d_head=16, n_heads=4)
+    m = HookedTransformer(cfg)
+    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
+    for k, v in tm.state_dict().items():
+        if k.endswith(("mask", "IGNORE")):
+            continue
+        ours, ref = m.state_dict()[k], v.numpy()
+        if "W_" in k:   # N(0, 0.8/sqrt(d_model)): sample std within 10% for >= 4096 draws
+            assert abs(ours.std() / ref.std() - 1) < 0.1, k
+        else:           # biases 0, norm weights 1, exactly
+            np.testing.assert_array_equal(ours, ref, err_msg=k)
+    m2 = HookedTransformer(cfg)
+    np.testing.assert_array_equal(m.W_E, m2.W_E)    # seeded
+
+
+def test_input_errors_leave_model_usable():
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(9).integers(0, 50, (2, 6))
+    ref = m(tokens).copy()
+    with pytest.raises(IndexError, match=r"id 50 at \[1, 2\].*d_vocab=50"):
+        bad = tokens.copy(); bad[1, 2] = 50; m(bad)
+    with pytest.raises(IndexError, match=r"id -1"):
+        bad = tokens.copy(); bad[0, 0] = -1; m(bad)
+    with pytest.raises(ValueError, match="exceeds n_ctx 16"):
+        m(np.zeros((1, 17), dtype=np.int64))
+    with pytest.raises(TypeError, match="integer array, got dtype float"):
+        m(tokens.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[batch, pos\]"):
+        m(tokens[None])
+    with pytest.raises(ValueError, match="attention_mask: expected shape"):
+        m(tokens, attention_mask=np.ones((2, 5)))
+    with pytest.raises(ValueError, match="return_type"):
+        m(tokens, return_type="logprobs")
+    with pytest.raises(KeyError, match="missing keys"):
+        m.load_state_dict({"embed.W_E": np.zeros((50, 32), np.float32)})
+    sd = m.state_dict()
+    sd = {k: v.copy() for k, v in sd.items()}
+    sd["blocks.0.attn.W_Q"] = np.zeros((4, 32, 7), np.float32)
+    with pytest.raises(ValueError, match=r"blocks.0.attn.W_Q has shape \(4, 32, 7\)"):
+        m.load_state_dict(sd)
+    np.testing.assert_array_equal(m(tokens), ref)
+
+
+def test_unsupported_config_is_refused():
+    with pytest.raises(NotImplementedError, match="rotary"):
+        HookedTransformer(dict(BASE, positional_embedding_type="rotary"))
+    with pytest.raises(ValueError, match="act_fn"):
+        HookedTransformerConfig(**dict(BASE, act_fn="tanhh"))
