@@ -2,12 +2,20 @@
 
 Transformer forward passes with hook points, activation caches, ablations,
 small-model training and analyses, with every activation handed to Python as
-a zero-copy NumPy array. See README.md.
+a zero-copy NumPy array. ``from mechinterp_c import HookedTransformer`` is a
+drop-in for TransformerLens; ``mechinterp_c.transformers`` for Hugging Face.
 """
-from . import _core, ops
+from . import _core, io, ops, reve, utils, weight_processing
 from ._core import get_num_threads, set_num_threads
+from .activation_cache import ActivationCache
+from .config import HookedTransformerConfig
+from .hooked_transformer import HookedTransformer
 
-__all__ = ["ops", "set_num_threads", "get_num_threads", "cpu_isa"]
+__all__ = [
+    "ActivationCache", "HookedTransformer", "HookedTransformerConfig",
+    "io", "ops", "reve", "utils", "weight_processing",
+    "set_num_threads", "get_num_threads", "cpu_isa",
+]
 __version__ = "0.1.0"
 
 
