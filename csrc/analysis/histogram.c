@@ -40,19 +40,34 @@ static inline int64_t bin_uniform_f64(const mi_hist_bins *b, double x)
 }
 
 /* searchsorted semantics: the last i with edges[i] <= x; x == last edge goes
- * to the last bin. */
+ * to the last bin. A guess from the edges' overall spacing, walked at most a
+ * few steps (exact for any increasing edges; linspace edges need 0-1 steps),
+ * else binary search. */
 static inline int64_t bin_search(const mi_hist_bins *b, double x)
 {
     const double *e = b->edges;
     int64_t nb = b->n_bins;
     if (!(x >= e[0] && x <= e[nb])) return -1;
     if (x == e[nb]) return nb - 1;
+    double g = (x - e[0]) * b->inv_span;
+    int64_t i = g < (double)nb ? (int64_t)g : nb - 1;
+    for (int step = 0; step < 4; step++) {
+        if (e[i] > x) { i--; continue; }          /* i >= 1 here since e[0] <= x */
+        if (e[i + 1] <= x) { i++; continue; }     /* i + 1 < nb here since x < e[nb] */
+        return i;
+    }
     int64_t lo = 0, hi = nb;          /* invariant: e[lo] <= x < e[hi] */
     while (hi - lo > 1) {
         int64_t mid = lo + (hi - lo) / 2;
         if (e[mid] <= x) lo = mid; else hi = mid;
     }
     return lo;
+}
+
+void mi_hist_prepare(mi_hist_bins *b)
+{
+    double span = b->edges[b->n_bins] - b->edges[0];
+    b->inv_span = span > 0 && isfinite(span) ? (double)b->n_bins / span : 0.0;
 }
 
 int64_t mi_hist_bin_f32(const mi_hist_bins *b, float x)
@@ -98,9 +113,12 @@ static void weighted_row(const mi_hist_bins *b, const void *x, int x_f64, int64_
 }
 
 mi_status mi_histogram(const void *x, int x_f64, int64_t rows, int64_t n,
-                       const mi_hist_bins *b, const double *weights, int ntype_f32,
+                       const mi_hist_bins *bins, const double *weights, int ntype_f32,
                        int64_t *counts, double *wcounts)
 {
+    mi_hist_bins bb = *bins;
+    const mi_hist_bins *b = &bb;
+    mi_hist_prepare(&bb);
     int64_t nb = b->n_bins;
     if (nb < 1) return mi_fail(MI_ERR_VALUE, "histogram: bins must be >= 1, got %lld",
                                (long long)nb);

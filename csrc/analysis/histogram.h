@@ -13,7 +13,8 @@
  *    same bin for every value, including values exactly on an edge.
  *    Kept: first_edge <= x <= last_edge; NaN is never kept.
  *  - explicit edges: bin i holds edges[i] <= x < edges[i+1], the last bin
- *    also x == edges[n_bins] (np.searchsorted semantics), by binary search.
+ *    also x == edges[n_bins] (np.searchsorted semantics): a guess from the mean spacing, corrected
+ *    step by step against the edges (binary search if it is far off).
  *
  * Weighted sums follow np.bincount: double accumulation in data order, per
  * block of 65536 values, each block's sums rounded to the count dtype
@@ -36,7 +37,12 @@ typedef struct {
     double last_edge;
     double denom;          /* uniform: last_edge - first_edge as NumPy rounds it */
     int div_f64;           /* uniform, float32 x: divide in float64 (1) or float32 (0) */
+    double inv_span;       /* explicit edges: n_bins / (last - first), set by mi_hist_prepare */
 } mi_hist_bins;
+
+/* Fill the derived fields (inv_span); mi_histogram does it itself, other
+ * users of mi_hist_bin_f32 call it once before. */
+void mi_hist_prepare(mi_hist_bins *b);
 
 /* Histogram of each row of x. weights (double[rows, n]) may be NULL: then
  * counts receives int64 counts; else wcounts receives the weighted sums. */

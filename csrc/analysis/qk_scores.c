@@ -14,6 +14,9 @@ mi_status mi_qk_scores(const mi_qk_args *a, int64_t n_pairs, const int32_t *pair
                        const mi_hist_bins *hs, int64_t *hist_scores,
                        const mi_hist_bins *hp, int64_t *hist_pattern)
 {
+    mi_hist_bins hs_local, hp_local;
+    if (hs) { hs_local = *hs; mi_hist_prepare(&hs_local); hs = &hs_local; }
+    if (hp) { hp_local = *hp; mi_hist_prepare(&hp_local); hp = &hp_local; }
     for (int64_t p = 0; p < n_pairs; p++)
         for (int c = 0; c < 2; c++)
             if (pairs[2 * p + c] < 0 || pairs[2 * p + c] >= a->n_heads)
