@@ -186,6 +186,20 @@ def test_histogram_threads_identical(rng):
     np.testing.assert_array_equal(c1, np.histogram(x, 77)[0])
 
 
+def test_histogram_all_isas_identical(rng):
+    # the vectorised uniform-path index kernels must give NumPy's bins exactly
+    x = np.concatenate([rng.standard_normal(50001).astype(np.float32),
+                        np.linspace(-1, 1, 101).astype(np.float32)])
+    try:
+        for isa in ["scalar", "avx2", "avx512"]:
+            _core.force_isa(isa)
+            for bins, r in [(100, None), (100, (-1.0, 1.0)), (7, (-0.3, 0.7)), ("fd", None)]:
+                np.testing.assert_array_equal(A.histogram(x, bins, r)[0],
+                                              np.histogram(x, bins, r)[0], err_msg=isa)
+    finally:
+        _core.force_isa("best")
+
+
 # --------------------------------------------------------------------------- describe
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

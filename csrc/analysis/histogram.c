@@ -3,10 +3,12 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/memory.h"
+#include "kernels/cpu.h"
 
 #define NP_BLOCK 65536   /* numpy.histogram's block size (weights add per block) */
 
@@ -84,10 +86,30 @@ static inline int64_t bin_of(const mi_hist_bins *b, const void *x, int x_f64, in
     return mi_hist_bin_f32(b, ((const float *)x)[k]);
 }
 
-/* Unweighted counts of x[lo:hi] added to h. */
+void mi_hist_index_f32(const mi_hist_bins *b, const float *x, int64_t n, int32_t *idx)
+{
+    switch (mi_cpu_isa()) {
+    case MI_ISA_AVX512: mi_hist_index_f32_avx512(b, x, n, idx); break;
+    case MI_ISA_AVX2: mi_hist_index_f32_avx2(b, x, n, idx); break;
+    default: mi_hist_index_f32_scalar(b, x, n, idx); break;
+    }
+}
+
+/* Unweighted counts of x[lo:hi] added to h. float32 on the uniform path:
+ * vectorised indices per block, then a scalar counting loop. */
 static void count_range(const mi_hist_bins *b, const void *x, int x_f64, int64_t lo,
                         int64_t hi, int64_t *h)
 {
+    if (!x_f64 && b->uniform && b->n_bins < INT32_MAX) {
+        int32_t idx[1024];
+        for (int64_t s = lo; s < hi; s += 1024) {
+            int64_t len = hi - s < 1024 ? hi - s : 1024;
+            mi_hist_index_f32(b, (const float *)x + s, len, idx);
+            for (int64_t k = 0; k < len; k++)
+                if (idx[k] >= 0) h[idx[k]]++;
+        }
+        return;
+    }
     for (int64_t k = lo; k < hi; k++) {
         int64_t i = bin_of(b, x, x_f64, k);
         if (i >= 0) h[i]++;

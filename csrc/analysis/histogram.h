@@ -54,4 +54,11 @@ mi_status mi_histogram(const void *x, int x_f64, int64_t rows, int64_t n,
  * which histogram float32 values they never store. */
 int64_t mi_hist_bin_f32(const mi_hist_bins *bins, float x);
 
+/* Bin index of each float32 value of x[0:n] on the uniform path (-1: not
+ * kept), per ISA; mi_hist_index_f32 dispatches on kernels/cpu.h. */
+void mi_hist_index_f32(const mi_hist_bins *b, const float *x, int64_t n, int32_t *idx);
+void mi_hist_index_f32_scalar(const mi_hist_bins *b, const float *x, int64_t n, int32_t *idx);
+void mi_hist_index_f32_avx2(const mi_hist_bins *b, const float *x, int64_t n, int32_t *idx);
+void mi_hist_index_f32_avx512(const mi_hist_bins *b, const float *x, int64_t n, int32_t *idx);
+
 #endif

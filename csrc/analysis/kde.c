@@ -1,8 +1,20 @@
 /* kde.c - Gaussian KDE evaluation (see kde.h). */
 #include "analysis/kde.h"
 
+#include "kernels/cpu.h"
+
 #include <math.h>
 #include <stddef.h>
+
+double mi_kde_window_sum(const double *s, const double *w, double wu, int64_t lo, int64_t hi,
+                         double t, double norm)
+{
+    switch (mi_cpu_isa()) {
+    case MI_ISA_AVX512: return mi_kde_window_sum_avx512(s, w, wu, lo, hi, t, norm);
+    case MI_ISA_AVX2: return mi_kde_window_sum_avx2(s, w, wu, lo, hi, t, norm);
+    default: return mi_kde_window_sum_scalar(s, w, wu, lo, hi, t, norm);
+    }
+}
 
 /* First index with s[i] >= v (s sorted ascending). */
 static int64_t lower_bound(const double *s, int64_t n, double v)

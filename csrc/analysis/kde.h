@@ -39,4 +39,11 @@ void mi_kde_eval_nd(const double *s, const double *w, int64_t n, int64_t d,
 double mi_kde_window_sum(const double *s, const double *w, double wu, int64_t lo, int64_t hi,
                          double t, double norm);
 
+double mi_kde_window_sum_scalar(const double *s, const double *w, double wu, int64_t lo,
+                                int64_t hi, double t, double norm);
+double mi_kde_window_sum_avx2(const double *s, const double *w, double wu, int64_t lo,
+                              int64_t hi, double t, double norm);
+double mi_kde_window_sum_avx512(const double *s, const double *w, double wu, int64_t lo,
+                                int64_t hi, double t, double norm);
+
 #endif
