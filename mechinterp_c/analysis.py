@@ -54,7 +54,23 @@ def _bins_spec(a, bins, range, weights):
     histogram machinery itself, so they are NumPy's bit for bit; the spec
     records the dtypes NumPy computes the bin index in (see histogram.h).
     """
-    bin_edges, uniform = _np_hist._get_bin_edges(a, bins, range, weights)
+    if range is None and a.size and np.ndim(bins) == 0 and not isinstance(bins, str) \
+            and isinstance(bins, (int, np.integer)) and bins >= 1 and a.flags.c_contiguous:
+        # int bins, auto range: NumPy's _get_outer_edges with min/max in one C pass
+        lo, hi = _core._minmax(a)
+        first, last = a.dtype.type(lo), a.dtype.type(hi)
+        if not (np.isfinite(first) and np.isfinite(last)):
+            raise ValueError(f"autodetected range of [{first}, {last}] is not finite")
+        if first == last:
+            first, last = first - 0.5, last + 0.5
+        bin_type = np.result_type(first, last, a)
+        bin_edges = np.linspace(first, last, int(bins) + 1, endpoint=True, dtype=bin_type)
+        if np.any(bin_edges[:-1] >= bin_edges[1:]):
+            raise ValueError(f"Too many bins for data range. Cannot create {int(bins)} "
+                             f"finite-sized bins.")
+        uniform = (first, last, int(bins))
+    else:
+        bin_edges, uniform = _np_hist._get_bin_edges(a, bins, range, weights)
     if uniform is None:
         edges = np.asarray(bin_edges)
         if edges.dtype.kind not in "biuf":

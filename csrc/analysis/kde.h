@@ -13,6 +13,10 @@
  * summed: the same terms scipy adds, in sorted rather than input order
  * (relative difference ~1e-15).
  *
+ * The window sum is per ISA (kernels/cpu.h): kde_scalar.c with libm exp,
+ * kde_avx2.c / kde_avx512.c with a vector exp (kde_exp.h), ~1e-14 relative
+ * of each other.
+ *
  * Shapes: s[batch, n], w[batch, n] or NULL (uniform 1/n), t[batch, m],
  * norm[batch], out[batch, m]; all double, C-contiguous.
  */

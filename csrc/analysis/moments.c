@@ -126,3 +126,37 @@ void mi_moments(const void *x, int f64, int64_t outer, int64_t n, int64_t inner,
         }
     }
 }
+
+void mi_minmax(const void *x, int f64, int64_t n, double *mn_out, double *mx_out)
+{
+    int64_t nc = (n + CHUNK - 1) / CHUNK;
+    double mn = INFINITY, mx = -INFINITY;
+    int any_nan = 0;
+    #pragma omp parallel for schedule(static) reduction(min : mn) reduction(max : mx) \
+        reduction(| : any_nan) if (nc > 4)
+    for (int64_t c = 0; c < nc; c++) {
+        int64_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
+        double a = INFINITY, b = -INFINITY;
+        int bad = 0;
+        if (f64) {
+            const double *p = x;
+            for (int64_t k = lo; k < hi; k++) {
+                double v = p[k];
+                a = v < a ? v : a; b = v > b ? v : b; bad |= v != v;
+            }
+        } else {
+            const float *p = x;
+            float af = INFINITY, bf = -INFINITY;
+            for (int64_t k = lo; k < hi; k++) {
+                float v = p[k];
+                af = v < af ? v : af; bf = v > bf ? v : bf; bad |= v != v;
+            }
+            a = af; b = bf;
+        }
+        mn = a < mn ? a : mn;
+        mx = b > mx ? b : mx;
+        any_nan |= bad;
+    }
+    *mn_out = any_nan ? NAN : mn;
+    *mx_out = any_nan ? NAN : mx;
+}

@@ -23,4 +23,8 @@ typedef struct {
 void mi_moments(const void *x, int x_f64, int64_t outer, int64_t n, int64_t inner,
                 double ddof, const mi_moments_out *out);
 
+/* min and max of x[0:n] (float32 or float64); NaN anywhere gives NaN for
+ * both, as np.min / np.max. Exact, so split across threads freely. n >= 1. */
+void mi_minmax(const void *x, int x_f64, int64_t n, double *mn, double *mx);
+
 #endif

@@ -151,6 +151,22 @@ static PyObject *py_moments(PyObject *m, PyObject *args)
     return res;
 }
 
+static PyObject *py_minmax(PyObject *m, PyObject *x_obj)
+{
+    int f64;
+    PyArrayObject *x = float_data(x_obj, "x", -1, &f64);
+    if (!x) return NULL;
+    if (PyArray_SIZE(x) == 0)
+        return PyErr_Format(PyExc_ValueError, "_minmax: x is empty");
+    double mn, mx;
+    const void *xd = PyArray_DATA(x);
+    npy_intp n = PyArray_SIZE(x);
+    Py_BEGIN_ALLOW_THREADS
+    mi_minmax(xd, f64, n, &mn, &mx);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("dd", mn, mx);
+}
+
 static PyObject *py_normalize(PyObject *m, PyObject *args)
 {
     PyObject *x_obj;
@@ -389,6 +405,8 @@ static PyMethodDef analysis_methods[] = {
      "_histogram(x2d, bins_spec, weights2d_or_None, ntype_f32)\n--\n\nUse analysis.histogram."},
     {"_moments", py_moments, METH_VARARGS,
      "_moments(x, outer, n, inner, ddof)\n--\n\nUse analysis.describe."},
+    {"_minmax", py_minmax, METH_O,
+     "_minmax(x)\n--\n\n(min, max) of a float32/float64 array (NaN if any NaN)."},
     {"_normalize", py_normalize, METH_VARARGS,
      "_normalize(X, axis, center, zero_fill)\n--\n\nUse analysis.cosine_similarity."},
     {"_similarity_product", py_similarity_product, METH_VARARGS,
