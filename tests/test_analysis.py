@@ -359,6 +359,14 @@ def test_qk_scores_histogram_without_scores(rng):
                                   np.histogram(full.scores[within], 37, (-3.0, 3.0))[0])
 
 
+def test_qk_scores_empty(rng):
+    q = np.zeros((2, 0, 3, 4), np.float32)
+    r = A.qk_scores(q, q, pairs="all", softmax=True)
+    assert r.scores.shape == (9, 2, 0, 0) and r.pattern.shape == (9, 2, 0, 0)
+    r = A.qk_scores(q, q, histogram=(5, (0.0, 1.0)))
+    assert r.hist.shape == (3, 5) and r.hist.sum() == 0
+
+
 def test_qk_scores_errors(rng):
     q = rng.standard_normal((5, 2, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="needs n_heads"):

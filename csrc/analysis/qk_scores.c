@@ -28,7 +28,8 @@ mi_status mi_qk_scores(const mi_qk_args *a, int64_t n_pairs, const int32_t *pair
     int need_pattern = pattern || hist_pattern;
     /* per thread: a score block, a pattern block, its histograms */
     size_t per_thread = mi_align_up(sizeof(float) * (size_t)block) * 2
-                        + mi_align_up(sizeof(int64_t) * (size_t)(n_pairs * (nbs + nbp)));
+                        + mi_align_up(sizeof(int64_t) * (size_t)(n_pairs * (nbs + nbp)))
+                        + MI_ALIGN;   /* never 0 bytes (empty inputs) */
     char *scratch = mi_calloc(per_thread * (size_t)nt);
     if (!scratch) return mi_fail(MI_ERR_NOMEM, "qk_scores: out of memory for %d blocks of "
                                  "%lld x %lld scores", nt, (long long)P, (long long)K);

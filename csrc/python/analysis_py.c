@@ -310,6 +310,11 @@ static int qk_view(PyObject *obj, const char *name, PyArrayObject **out, int64_t
     }
     PyArrayObject *a = (PyArrayObject *)obj;
     npy_intp *s = PyArray_STRIDES(a);
+    if (PyArray_SIZE(a) == 0) {   /* NumPy gives empty arrays 0 strides: nothing is read */
+        st[0] = st[1] = st[2] = 0;
+        *out = a;
+        return 0;
+    }
     if (!PyArray_ISALIGNED(a) || (s[3] != 4 && PyArray_DIM(a, 3) > 1)
         || s[0] % 4 || s[1] % 4 || s[2] % 4) {
         PyErr_Format(PyExc_ValueError, "%s: the last dimension must be contiguous", name);
