@@ -30,7 +30,7 @@ from numpy.lib import _histograms_impl as _np_hist
 from . import _core
 
 __all__ = ["histogram", "batched_histogram", "describe", "Describe", "cosine_similarity",
-           "corrcoef", "column_cosine_similarity", "qk_scores", "QKScores", "head_pairs",
+           "corrcoef", "column_cosine_similarity", "block_pairs", "qk_scores", "QKScores", "head_pairs",
            "gaussian_kde", "kde_entropy", "entropy"]
 
 
@@ -318,6 +318,38 @@ def corrcoef(X, rowvar=True):
         return _core._similarity_product(Xn, Xn, False, True, True)
     Xn = _core._normalize(Xf, 0, True, np.nan)
     return _core._similarity_product(Xn, Xn, True, False, True)
+
+
+def block_pairs(S, sizes, names=None):
+    """Within- and across-block values of a square similarity matrix, as the seed's mask.
+
+    ``S`` is ``[sum(sizes), sum(sizes)]`` (e.g. the 2304x2304 Q/K/V unit
+    similarity matrix, ``sizes=(768, 768, 768)``, ``names="QKV"``). Returns a
+    dict: for each block ``a``, ``names[a]*2`` -> the strict upper triangle
+    of ``S[a, a]`` in row-major order; for each pair ``a < b``,
+    ``names[a] + names[b]`` -> all of ``S[a, b]`` row-major. This is the
+    seed's ``cossim[matrixMask == qLoc * kLoc]`` selection (upper triangle,
+    row-major), as views/copies of S without building the mask.
+    """
+    S = np.asarray(S)
+    sizes = [int(n) for n in sizes]
+    total = sum(sizes)
+    if S.ndim != 2 or S.shape != (total, total):
+        raise ValueError(f"block_pairs: S has shape {S.shape}, sizes {sizes} need "
+                         f"({total}, {total})")
+    if names is None:
+        names = [str(i) for i in np.arange(len(sizes))]
+    if len(names) != len(sizes):
+        raise ValueError(f"block_pairs: {len(names)} names for {len(sizes)} blocks")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    out = {}
+    for a in np.arange(len(sizes)):
+        blk = S[starts[a]:starts[a + 1], starts[a]:starts[a + 1]]
+        out[names[a] * 2] = blk[np.triu_indices(sizes[a], 1)]
+    for a in np.arange(len(sizes)):
+        for b in np.arange(a + 1, len(sizes)):
+            out[names[a] + names[b]] = S[starts[a]:starts[a + 1], starts[b]:starts[b + 1]].ravel()
+    return out
 
 
 # --------------------------------------------------------------------------- QK^T scores

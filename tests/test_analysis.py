@@ -280,6 +280,19 @@ def test_column_cosine_and_corrcoef_seed_recipe(rng):
     assert np.all(np.isnan(A.column_cosine_similarity(acts)[7]))
 
 
+def test_block_pairs_matches_seed_mask(rng):
+    nEmb = 20
+    acts = rng.standard_normal((15, 3 * nEmb))
+    cossim = A.column_cosine_similarity(acts)
+    vectorMask = np.concatenate((np.full(nEmb, 1), np.full(nEmb, 2), np.full(nEmb, 3)))
+    matrixMask = np.triu(vectorMask[:, None] @ vectorMask[None, :], 1)
+    got = A.block_pairs(cossim, (nEmb, nEmb, nEmb), "QKV")
+    for key, code in [("QQ", 1), ("KK", 4), ("VV", 9), ("QK", 2), ("QV", 3), ("KV", 6)]:
+        np.testing.assert_array_equal(got[key], cossim[matrixMask == code])
+    with pytest.raises(ValueError, match=r"S has shape \(60, 60\), sizes \[20, 20\] need \(40, 40\)"):
+        A.block_pairs(cossim, (nEmb, nEmb))
+
+
 # --------------------------------------------------------------------------- QK^T
 
 def _torch_pairs(q, k, pairs):
