@@ -487,3 +487,30 @@ def test_entropy(rng):
     assert A.entropy([0.5, -0.1, 0.6]) == -np.inf == scipy.stats.entropy([0.5, -0.1, 0.6])
     with pytest.raises(ValueError, match="base must be positive and not 1"):
         A.entropy([0.5, 0.5], base=1)
+
+
+def test_results_independent_of_thread_count(rng):
+    x = rng.standard_normal((3, 70001)).astype(np.float32)
+    q = rng.standard_normal((4, 30, 4, 16)).astype(np.float32)
+    s = rng.random(30000) ** 3
+
+    def run():
+        return (A.describe(x), A.describe(x, axis=1), A.describe(x, axis=0),
+                A.column_cosine_similarity(x[:, :500].T), A.batched_histogram(x, 50)[0],
+                A.qk_scores(q, q, pairs="all", softmax=True, histogram=(20, (-5.0, 5.0))),
+                A.gaussian_kde(s)(np.linspace(0, 1, 50)))
+
+    n = mechinterp_c.get_num_threads()
+    try:
+        mechinterp_c.set_num_threads(1)
+        one = run()
+        mechinterp_c.set_num_threads(4)
+        four = run()
+    finally:
+        mechinterp_c.set_num_threads(n)
+    for a, b in zip(one, four):
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            if u is None:
+                assert v is None
+            else:
+                np.testing.assert_array_equal(u, v)
