@@ -1,10 +1,13 @@
-/* histogram_index.inc - the body of the uniform-path bin index kernel,
+/* histogram_index.h - the body of the uniform-path bin index kernel, as a macro,
  * included by histogram_{scalar,avx2,avx512}.c, each compiled for its own
  * instruction set with #pragma GCC target (see histogram.h for the
  * arithmetic, which is NumPy's). Branch-free so GCC vectorises it (divisions,
  * conversions, edge gathers); the roundings are IEEE single/double ops in
  * the same order as the scalar path, and the expression has no multiply-add
  * to contract, so every ISA gives the same indices. */
+#ifndef MI_HISTOGRAM_INDEX_H
+#define MI_HISTOGRAM_INDEX_H
+
 #define DEFINE_INDEX_F32(name, attr)                                                    \
     attr void name(const mi_hist_bins *b, const float *x, int64_t n, int32_t *idx) \
     {                                                                                   \
@@ -43,3 +46,4 @@
         }                                                                               \
     }
 
+#endif
