@@ -631,6 +631,8 @@ class gaussian_kde:
         if points.dtype.kind not in "biuf":
             raise TypeError(f"points: expected real numbers, got dtype {points.dtype}")
         points = points.astype(np.float64)
+        if not np.all(np.isfinite(points)):
+            raise ValueError("points: array must not contain infs or NaNs (as SciPy)")
         d, m = points.shape
         if d != self.d:
             if d == 1 and m == self.d:

@@ -470,6 +470,12 @@ def test_kde_errors():
         A.gaussian_kde([1.0, 2.0, 4.0], bw_method="nope")
     with pytest.raises(ValueError, match="points have dimension 3, dataset has dimension 2"):
         A.gaussian_kde(np.random.default_rng(0).standard_normal((2, 10)))(np.ones((3, 4)))
+    kde = A.gaussian_kde([1.0, 2.0, 4.0])
+    for bad in [np.nan, np.inf]:
+        with pytest.raises(ValueError, match="must not contain infs or NaNs"):
+            kde([0.5, bad])
+        with pytest.raises(ValueError, match="must not contain infs or NaNs"):
+            scipy.stats.gaussian_kde([1.0, 2.0, 4.0])([0.5, bad])
     with pytest.raises(ValueError, match="grid"):
         A.kde_entropy(np.arange(10.0), [])
 
