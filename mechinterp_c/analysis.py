@@ -681,6 +681,8 @@ def kde_entropy(samples, grid, bw_method="scott", eps=0.0, base=2.0):
     g = np.asarray(grid, dtype=np.float64)
     if g.ndim != 1 or g.size == 0:
         raise ValueError(f"grid: expected a non-empty 1-D array of points, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("grid: must not contain infs or NaNs")
     S, T, N = [], [], []
     for r in rows:
         kde = gaussian_kde(r, bw_method)

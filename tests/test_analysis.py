@@ -478,6 +478,8 @@ def test_kde_errors():
             scipy.stats.gaussian_kde([1.0, 2.0, 4.0])([0.5, bad])
     with pytest.raises(ValueError, match="grid"):
         A.kde_entropy(np.arange(10.0), [])
+    with pytest.raises(ValueError, match="grid: must not contain"):
+        A.kde_entropy(np.arange(10.0), [0.0, np.nan])
 
 
 def test_entropy(rng):
