@@ -437,7 +437,7 @@ int mi_bpe_is_special(const mi_bpe_tokenizer *t, int32_t id)
 
 /* ---------------------------------------------------------------- scratch and word cache */
 
-#define CACHE_SLOTS   (1u << 16)     /* power of two */
+#define CACHE_SLOTS   (1u << 18)     /* power of two */
 #define CACHE_MAX_KEY 64             /* longer pieces are rare; not cached */
 
 typedef struct { uint64_t hash; uint32_t key_off, ids_off; uint16_t key_len, n_ids; } cache_slot;
