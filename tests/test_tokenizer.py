@@ -320,6 +320,7 @@ GOOD_VOCAB = {"a": 0, "b": 1, "ab": 2, "Ġ": 3}
     (json.dumps({"a": 0, "b": "one"}), "", ValueError, r"vocab\.json: token \"b\" has id \"one\", expected a non-negative integer"),
     (json.dumps({"a": 0, "b": 1.5}), "", ValueError, r"token \"b\" has id 1\.5"),
     (json.dumps({"a": -1}), "", ValueError, r"token \"a\" has id -1"),
+    (json.dumps({"a": 0, "b": 2000000000}), "", ValueError, r"token \"b\" has id 2000000000, far past the 2 entries"),
     (json.dumps(GOOD_VOCAB), "#version: 0.2\nab\n", ValueError, r"merges\.txt line 2: expected two tokens separated by one space, got \"ab\""),
     (json.dumps(GOOD_VOCAB), "a b\na  b\n", ValueError, r"merges\.txt line 2: expected two tokens"),
     (json.dumps(GOOD_VOCAB), "a b\na zz\n", ValueError, r"merges\.txt line 2: merge of unknown token \"zz\""),

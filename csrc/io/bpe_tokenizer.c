@@ -246,6 +246,7 @@ static mi_status load_vocab(mi_bpe_tokenizer *t, const char *json, size_t len, c
         st = mi_fail(MI_ERR_FORMAT, "%s: expected a JSON object {token: id}", name);
         goto done;
     }
+    int n_entries = cJSON_GetArraySize(root);
     for (cJSON *it = root->child; it; it = it->next) {
         double v = it->valuedouble;
         if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v > 2147483646.0) {
@@ -256,6 +257,11 @@ static mi_status load_vocab(mi_bpe_tokenizer *t, const char *json, size_t len, c
             goto done;
         }
         int32_t id = (int32_t)v;
+        if ((double)id >= 4.0 * n_entries + 65536) {   /* the id table is dense: refuse absurd ids */
+            st = mi_fail(MI_ERR_FORMAT, "%s: token \"%s\" has id %d, far past the %d entries of the vocabulary",
+                         name, it->string, id, n_entries);
+            goto done;
+        }
         if (id < t->n_tokens && t->tokens[id].used) continue;   /* duplicate id: first wins */
         st = set_token(t, id, it->string, strlen(it->string), unicode_to_byte);
         if (st != MI_OK) goto done;
@@ -383,6 +389,9 @@ mi_status mi_bpe_add_special(mi_bpe_tokenizer *t, const char *text, size_t len, 
 {
     if (len == 0) return mi_fail(MI_ERR_VALUE, "special token: empty text");
     if (id < 0) return mi_fail(MI_ERR_VALUE, "special token \"%.*s\": negative id %d", (int)len, text, id);
+    if (id >= 2 * t->n_tokens + 65536)
+        return mi_fail(MI_ERR_VALUE, "special token \"%.*s\": id %d is far past the vocabulary size %d",
+                       (int)len, text, id, t->n_tokens);
     if (id < t->n_tokens && t->tokens[id].used) {
         const token_entry *e = &t->tokens[id];
         if (e->key_len != len || memcmp(t->keys + e->key_off, text, len))
