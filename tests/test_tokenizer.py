@@ -362,3 +362,45 @@ def test_missing_byte_token(tmp_path):
         tok.encode("abc")
     with pytest.raises(KeyError, match=r"byte 0x63 has no token"):
         tok.encode_batch(["ab", "abc", "a"])
+
+
+# ---------------------------------------------------------------- the pre-tokeniser over all of Unicode
+
+def _bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def test_pretokenizer_all_code_points():
+    """Every code point (shuffled, mixed with spaces, newlines, digits, apostrophes) splits
+    exactly as the reference ByteLevel pre-tokeniser (Oniguruma running the GPT-2 pattern):
+    this checks the generated letter/number/space table code point by code point."""
+    from tokenizers import pre_tokenizers
+    ref = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok = _core.BPETokenizer.from_strings(json.dumps(GOOD_VOCAB), "")
+    b2u = _bytes_to_unicode()
+    rng = np.random.default_rng(7)
+    cps = np.array([c for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF])
+    rng.shuffle(cps)
+    glue = [" ", " ", "\n", "  ", "'s", "'", "1", "a", ".", "\t", "\u3000"]
+    pieces = []
+    for i, c in enumerate(cps):
+        pieces.append(chr(c))
+        if rng.random() < 0.5:
+            pieces.append(glue[rng.integers(len(glue))])
+    text = "".join(pieces)
+    for start in range(0, len(text), 200_000):     # chunks keep the pieces' lists small
+        chunk = text[start:start + 200_000]
+        expected = [p for p, _ in ref.pre_tokenize_str(chunk)]
+        got = ["".join(b2u[b] for b in piece) for piece in tok.pretokenize(chunk)]
+        if got != expected:
+            k = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e) if len(got) == len(expected) \
+                else next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
+            raise AssertionError(f"split differs at piece {k}: ours {got[k:k + 3]} vs reference {expected[k:k + 3]}")

@@ -628,21 +628,30 @@ static size_t run_of(const unsigned char *s, size_t n, int k)
     return i;
 }
 
+/* A piece of m bytes at q: BPE it into out, or (ends != NULL, for pre-tokeniser tests)
+ * record where it ends, as a byte offset from base. */
+static mi_status emit_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+                            const unsigned char *q, size_t m, mi_bpe_ids *out, mi_bpe_ids *ends)
+{
+    if (ends) return ids_push(ends, (int32_t)(q + m - base));
+    return encode_piece(t, s, q, m, out);
+}
+
 /* The GPT-2 pattern, alternative by alternative, over one stretch without special tokens. */
-static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
-                              const unsigned char *p, size_t n, mi_bpe_ids *out)
+static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+                              const unsigned char *p, size_t n, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
     size_t i = 0;
     while (i < n) {
         const unsigned char *q = p + i;
-        size_t rest = n - i, len;
+        size_t rest = n - i, len, m;
         /* 's|'t|'re|'ve|'m|'ll|'d  (lower case only, as in the pattern) */
         if (q[0] == '\'' && rest >= 2) {
             unsigned char a = q[1], b = rest >= 3 ? q[2] : 0;
-            size_t m = 0;
+            m = 0;
             if (a == 's' || a == 't' || a == 'm' || a == 'd') m = 2;
             else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) m = 3;
-            if (m) { MI_TRY(encode_piece(t, s, q, m, out)); i += m; continue; }
+            if (m) { MI_TRY(emit_piece(t, s, base, q, m, out, ends)); i += m; continue; }
         }
         int k = class_at(q, rest, &len);
         if (q[0] == ' ' && rest > 1) {
@@ -650,13 +659,13 @@ static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
             size_t l2;
             int k2 = class_at(q + 1, rest - 1, &l2);
             if (k2 != MI_UC_SPACE) {
-                size_t m = 1 + run_of(q + 1, rest - 1, k2);
-                MI_TRY(encode_piece(t, s, q, m, out)); i += m; continue;
+                m = 1 + run_of(q + 1, rest - 1, k2);
+                MI_TRY(emit_piece(t, s, base, q, m, out, ends)); i += m; continue;
             }
         }
         if (k != MI_UC_SPACE) {
-            size_t m = run_of(q, rest, k);
-            MI_TRY(encode_piece(t, s, q, m, out)); i += m; continue;
+            m = run_of(q, rest, k);
+            MI_TRY(emit_piece(t, s, base, q, m, out, ends)); i += m; continue;
         }
         /* \s+(?!\S) | \s+ : a whitespace run followed by text leaves its last character to
          * start the next piece (so " word" keeps its space); at the end it is taken whole */
@@ -666,18 +675,18 @@ static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
             if (class_at(q + j, rest - j, &l) != MI_UC_SPACE) break;
             last = j; j += l; cps++;
         }
-        size_t m = (j == rest || cps == 1) ? j : last;
-        MI_TRY(encode_piece(t, s, q, m, out));
+        m = (j == rest || cps == 1) ? j : last;
+        MI_TRY(emit_piece(t, s, base, q, m, out, ends));
         i += m;
     }
     return MI_OK;
 }
 
-mi_status mi_bpe_encode(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
-                        const char *text, size_t len, int split_special, mi_bpe_ids *out)
+static mi_status encode_or_split(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const char *text, size_t len,
+                                 int split_special, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
     const unsigned char *p = (const unsigned char *)text;
-    if (!split_special || t->n_specials == 0) return encode_plain(t, s, p, len, out);
+    if (!split_special || t->n_specials == 0) return encode_plain(t, s, p, p, len, out, ends);
     size_t start = 0;
     for (size_t i = 0; i < len; i++) {
         if (!t->special_first[p[i]]) continue;
@@ -689,13 +698,26 @@ mi_status mi_bpe_encode(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
                 best = e;
         }
         if (!best) continue;
-        MI_TRY(encode_plain(t, s, p + start, i - start, out));
-        MI_TRY(ids_push(out, best->id));
+        MI_TRY(encode_plain(t, s, p, p + start, i - start, out, ends));
+        MI_TRY(ends ? ids_push(ends, (int32_t)(i + best->len)) : ids_push(out, best->id));
         i += best->len;
         start = i;
         i--;                                         /* loop increment */
     }
-    return encode_plain(t, s, p + start, len - start, out);
+    return encode_plain(t, s, p, p + start, len - start, out, ends);
+}
+
+mi_status mi_bpe_encode(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
+                        const char *text, size_t len, int split_special, mi_bpe_ids *out)
+{
+    return encode_or_split(t, s, text, len, split_special, out, NULL);
+}
+
+mi_status mi_bpe_pretokenize(const mi_bpe_tokenizer *t, const char *text, size_t len,
+                             int split_special, mi_bpe_ids *ends)
+{
+    if (len > INT32_MAX) return mi_fail(MI_ERR_VALUE, "pretokenize: text of %zu bytes is too long", len);
+    return encode_or_split(t, NULL, text, len, split_special, NULL, ends);
 }
 
 /* ---------------------------------------------------------------- decoding */

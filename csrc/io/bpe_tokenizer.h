@@ -68,6 +68,11 @@ void mi_bpe_scratch_free(mi_bpe_scratch *s);
 mi_status mi_bpe_encode(const mi_bpe_tokenizer *tok, mi_bpe_scratch *scratch,
                         const char *text, size_t len, int split_special, mi_bpe_ids *out);
 
+/* The pre-tokeniser alone: append the end offset (bytes) of every piece of `text` (special
+ * tokens are pieces of their own). For tests against the reference pre-tokeniser. */
+mi_status mi_bpe_pretokenize(const mi_bpe_tokenizer *tok, const char *text, size_t len,
+                             int split_special, mi_bpe_ids *ends);
+
 /* Append the bytes of ids to out; skip_special drops special tokens. Unknown id: MI_ERR_INDEX. */
 mi_status mi_bpe_decode(const mi_bpe_tokenizer *tok, const int32_t *ids, size_t n,
                         int skip_special, mi_bpe_bytes *out);

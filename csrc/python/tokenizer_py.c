@@ -211,6 +211,33 @@ done:
     return result;
 }
 
+static PyObject *tok_pretokenize(TokObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"text", "split_special", NULL};
+    PyObject *text;
+    int split_special = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|p:pretokenize", kwlist, &text, &split_special)) return NULL;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(text, &n);
+    if (!s) return NULL;
+    mi_bpe_ids ends = {0};
+    mi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mi_bpe_pretokenize(self->tok, s, (size_t)n, split_special, &ends);
+    Py_END_ALLOW_THREADS
+    PyObject *res = NULL;
+    if (st != MI_OK) { mi_bpe_ids_free(&ends); return mi_py_raise(st); }
+    res = PyList_New((Py_ssize_t)ends.len);
+    for (size_t i = 0, start = 0; res && i < ends.len; i++) {
+        PyObject *piece = PyBytes_FromStringAndSize(s + start, (Py_ssize_t)(ends.data[i] - start));
+        if (!piece) { Py_CLEAR(res); break; }
+        PyList_SET_ITEM(res, (Py_ssize_t)i, piece);
+        start = (size_t)ends.data[i];
+    }
+    mi_bpe_ids_free(&ends);
+    return res;
+}
+
 /* ids: any sequence of integers (list, tuple, NumPy array, ...). */
 static int collect_ids(PyObject *ids_o, mi_bpe_ids *ids)
 {
@@ -312,6 +339,8 @@ static PyMethodDef tok_methods[] = {
      "encode(text, split_special=True)\n--\n\nToken ids (list of int) of a str."},
     {"encode_batch", (PyCFunction)(void (*)(void))tok_encode_batch, METH_VARARGS | METH_KEYWORDS,
      "encode_batch(texts, split_special=True)\n--\n\nencode() of every str, in parallel; list of lists."},
+    {"pretokenize", (PyCFunction)(void (*)(void))tok_pretokenize, METH_VARARGS | METH_KEYWORDS,
+     "pretokenize(text, split_special=True)\n--\n\nThe pieces (UTF-8 bytes) the GPT-2 pattern splits text into."},
     {"decode", (PyCFunction)(void (*)(void))tok_decode, METH_VARARGS | METH_KEYWORDS,
      "decode(ids, skip_special=False)\n--\n\nText of ids (invalid UTF-8 becomes U+FFFD, as errors='replace')."},
     {"decode_bytes", (PyCFunction)(void (*)(void))tok_decode_bytes, METH_VARARGS | METH_KEYWORDS,
