@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/memory.h"
 #include "io/unicode_table.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -446,15 +447,20 @@ int mi_bpe_is_special(const mi_bpe_tokenizer *t, int32_t id)
 
 /* ---------------------------------------------------------------- scratch and word cache */
 
-#define CACHE_SLOTS   (1u << 18)     /* power of two */
-#define CACHE_MAX_KEY 64             /* longer pieces are rare; not cached */
+#define CACHE_SLOTS      (1u << 17)   /* power of two; 64 bytes each */
+#define CACHE_KEY_BYTES  22           /* pieces up to this long are cached ... */
+#define CACHE_MAX_IDS    9            /* ... when they merge into at most this many ids */
 
-typedef struct { uint64_t hash; uint32_t key_off, ids_off; uint16_t key_len, n_ids; } cache_slot;
+/* One cache line per entry: a lookup touches one line (key and ids inline). */
+typedef struct {
+    uint32_t hash;
+    uint8_t key_len, n_ids;           /* n_ids 0: empty slot */
+    char key[CACHE_KEY_BYTES];
+    int32_t ids[CACHE_MAX_IDS];
+} cache_slot;
 
 struct mi_bpe_scratch {
     cache_slot *slots; size_t used;
-    char *keys; size_t keys_len, keys_cap;
-    int32_t *ids; size_t ids_len, ids_cap;
     /* merge work space for one piece */
     int32_t *sym, *prev, *next; size_t sym_cap;
     int64_t *heap; size_t heap_len, heap_cap;   /* (rank << 32) | pos : min first */
@@ -464,7 +470,7 @@ mi_bpe_scratch *mi_bpe_scratch_new(void)
 {
     mi_bpe_scratch *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->slots = calloc(CACHE_SLOTS, sizeof(cache_slot));
+    s->slots = mi_calloc(CACHE_SLOTS * sizeof(cache_slot));
     if (!s->slots) { free(s); return NULL; }
     return s;
 }
@@ -472,25 +478,19 @@ mi_bpe_scratch *mi_bpe_scratch_new(void)
 void mi_bpe_scratch_free(mi_bpe_scratch *s)
 {
     if (!s) return;
-    free(s->slots); free(s->keys); free(s->ids);
+    mi_free(s->slots);
     free(s->sym); free(s->prev); free(s->next); free(s->heap);
     free(s);
 }
 
-static void cache_clear(mi_bpe_scratch *s)
-{
-    memset(s->slots, 0, CACHE_SLOTS * sizeof(cache_slot));
-    s->used = 0; s->keys_len = 0; s->ids_len = 0;
-}
-
 /* Slot for the piece: a hit (n_ids > 0) or the empty slot where it belongs. */
-static cache_slot *cache_find(mi_bpe_scratch *s, const char *p, size_t n, uint64_t h)
+static cache_slot *cache_find(mi_bpe_scratch *s, const unsigned char *p, size_t n, uint32_t h)
 {
     size_t mask = CACHE_SLOTS - 1, i = h & mask;
     for (;; i = (i + 1) & mask) {
         cache_slot *c = &s->slots[i];
         if (c->n_ids == 0) return c;
-        if (c->hash == h && c->key_len == n && !memcmp(s->keys + c->key_off, p, n)) return c;
+        if (c->hash == h && c->key_len == n && !memcmp(c->key, p, n)) return c;
     }
 }
 
@@ -583,31 +583,30 @@ static mi_status encode_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
                               const unsigned char *p, size_t n, mi_bpe_ids *out)
 {
     if (n == 1 && t->byte_id[p[0]] >= 0) return ids_push(out, t->byte_id[p[0]]);
-    if (n > CACHE_MAX_KEY) return bpe_piece(t, s, p, n, out);
-    uint64_t h = hash_bytes((const char *)p, n);
-    cache_slot *c = cache_find(s, (const char *)p, n, h);
+    if (n > CACHE_KEY_BYTES) return bpe_piece(t, s, p, n, out);
+    uint32_t h = (uint32_t)hash_bytes((const char *)p, n);
+    cache_slot *c = cache_find(s, p, n, h);
     if (c->n_ids) {
-        if (grow((void **)&out->data, &out->cap, out->len + c->n_ids, sizeof(int32_t)))
+        if (out->len + c->n_ids > out->cap &&
+            grow((void **)&out->data, &out->cap, out->len + c->n_ids, sizeof(int32_t)))
             return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
-        memcpy(out->data + out->len, s->ids + c->ids_off, c->n_ids * sizeof(int32_t));
+        memcpy(out->data + out->len, c->ids, c->n_ids * sizeof(int32_t));
         out->len += c->n_ids;
         return MI_OK;
     }
     size_t before = out->len;
     MI_TRY(bpe_piece(t, s, p, n, out));
     size_t k = out->len - before;
-    if (s->used * 2 >= CACHE_SLOTS || s->keys_len + n > UINT32_MAX / 2 || s->ids_len + k > UINT32_MAX / 2) {
-        cache_clear(s);
-        c = cache_find(s, (const char *)p, n, h);
+    if (k > CACHE_MAX_IDS) return MI_OK;
+    if (s->used * 2 >= CACHE_SLOTS) {                 /* half full: start afresh */
+        memset(s->slots, 0, CACHE_SLOTS * sizeof(cache_slot));
+        s->used = 0;
+        c = cache_find(s, p, n, h);
     }
-    if (grow((void **)&s->keys, &s->keys_cap, s->keys_len + n, 1) ||
-        grow((void **)&s->ids, &s->ids_cap, s->ids_len + k, sizeof(int32_t)))
-        return MI_OK;                                   /* no room to cache: still correct */
-    memcpy(s->keys + s->keys_len, p, n);
-    memcpy(s->ids + s->ids_len, out->data + before, k * sizeof(int32_t));
-    c->hash = h; c->key_off = (uint32_t)s->keys_len; c->key_len = (uint16_t)n;
-    c->ids_off = (uint32_t)s->ids_len; c->n_ids = (uint16_t)k;
-    s->keys_len += n; s->ids_len += k; s->used++;
+    c->hash = h; c->key_len = (uint8_t)n; c->n_ids = (uint8_t)k;
+    memcpy(c->key, p, n);
+    memcpy(c->ids, out->data + before, k * sizeof(int32_t));
+    s->used++;
     return MI_OK;
 }
 
@@ -615,6 +614,7 @@ static mi_status encode_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
 
 static int class_at(const unsigned char *s, size_t n, size_t *len)
 {
+    if (s[0] < 0x80) { *len = 1; return mi_uclass(s[0]); }     /* ASCII: no decoding */
     uint32_t cp;
     *len = utf8_next(s, n, &cp);
     return cp == 0xFFFFFFFFu ? MI_UC_OTHER : mi_uclass(cp);
