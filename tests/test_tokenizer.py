@@ -404,3 +404,16 @@ def test_pretokenizer_all_code_points():
             k = next(i for i, (g, e) in enumerate(zip(got, expected)) if g != e) if len(got) == len(expected) \
                 else next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), min(len(got), len(expected)))
             raise AssertionError(f"split differs at piece {k}: ours {got[k:k + 3]} vs reference {expected[k:k + 3]}")
+
+
+def test_python_threads_share_a_tokenizer(ours):
+    """Several Python threads encoding/decoding through one tokenizer (GIL released in C)."""
+    from concurrent.futures import ThreadPoolExecutor
+    texts = all_texts()
+    expected = [ours.encode(t) for t in texts]
+
+    def work(k):
+        return [ours.decode(ours.encode(t)) == t and ours.encode(t) == e for t, e in zip(texts, expected)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(8)))
+    assert all(all(r) for r in results)

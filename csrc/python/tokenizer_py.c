@@ -1,7 +1,8 @@
 /* tokenizer_py.c - _core.BPETokenizer: Python type over csrc/io/bpe_tokenizer.
  *
  * Owns one loaded tokenizer and one scratch (word cache) guarded by a lock, so the object
- * can be shared between Python threads; encoding runs with the GIL released. Batch encoding
+ * can be shared between Python threads; encoding and decoding run with the GIL released and
+ * the lock held (add_special, which may grow the tables, takes the same lock). Batch encoding
  * spreads texts over OpenMP threads, each with its own scratch (the output ids do not
  * depend on the thread count: every text is encoded independently). */
 #include "python/bridge.h"
@@ -223,7 +224,9 @@ static PyObject *tok_pretokenize(TokObject *self, PyObject *args, PyObject *kw)
     mi_bpe_ids ends = {0};
     mi_status st;
     Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
     st = mi_bpe_pretokenize(self->tok, s, (size_t)n, split_special, &ends);
+    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     PyObject *res = NULL;
     if (st != MI_OK) { mi_bpe_ids_free(&ends); return mi_py_raise(st); }
@@ -282,7 +285,9 @@ static PyObject *decode_impl(TokObject *self, PyObject *args, PyObject *kw, int 
     mi_bpe_bytes bytes = {0};
     mi_status st;
     Py_BEGIN_ALLOW_THREADS
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);     /* add_special may grow the tables */
     st = mi_bpe_decode(self->tok, ids.data, ids.len, skip, &bytes);
+    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     PyMem_Free(ids.data);
     PyObject *res;
