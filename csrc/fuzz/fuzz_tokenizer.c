@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if ((data[0] & 1) == 0) {
         mi_bpe_ids ids = {0};
         mi_bpe_bytes back = {0};
-        if (mi_bpe_encode(fixed_tok, scratch, text, n, data[0] & 2, &ids) != MI_OK) abort();
+        if (mi_bpe_encode(fixed_tok, scratch, text, n, (data[0] & 2) ? MI_BPE_SPLIT_SPECIAL : 0, &ids) != MI_OK) abort();
         if (mi_bpe_decode(fixed_tok, ids.data, ids.len, 0, &back) != MI_OK) abort();
         if (back.len != n || (n && memcmp(back.data, text, n))) abort();   /* lossless */
         mi_bpe_ids_free(&ids);
@@ -82,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char sample[] = "Hello world, it's 3.14 <s> caf\xc3\xa9   \n\n \xe6\x97\xa5\xff";
     mi_bpe_scratch *s = mi_bpe_scratch_new();
     mi_bpe_ids ids = {0};
-    if (mi_bpe_encode(tok, s, sample, sizeof sample - 1, 1, &ids) == MI_OK) {
+    if (mi_bpe_encode(tok, s, sample, sizeof sample - 1, MI_BPE_SPLIT_SPECIAL | MI_BPE_PREFIX_SPACE, &ids) == MI_OK) {
         mi_bpe_bytes back = {0};
         mi_bpe_decode(tok, ids.data, ids.len, 1, &back);
         free(back.data);

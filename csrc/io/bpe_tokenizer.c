@@ -682,11 +682,27 @@ static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, cons
     return MI_OK;
 }
 
+/* One stretch between special tokens, with the optional prefix space (never in split mode). */
+static mi_status encode_stretch(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+                                const unsigned char *p, size_t n, int flags, mi_bpe_ids *out, mi_bpe_ids *ends)
+{
+    if (!(flags & MI_BPE_PREFIX_SPACE) || ends || n == 0 || p[0] == ' ')
+        return encode_plain(t, s, base, p, n, out, ends);
+    unsigned char *buf = malloc(n + 1);
+    if (!buf) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory for %zu bytes", n + 1);
+    buf[0] = ' ';
+    memcpy(buf + 1, p, n);
+    mi_status st = encode_plain(t, s, buf, buf, n + 1, out, NULL);
+    free(buf);
+    return st;
+}
+
 static mi_status encode_or_split(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const char *text, size_t len,
-                                 int split_special, mi_bpe_ids *out, mi_bpe_ids *ends)
+                                 int flags, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
     const unsigned char *p = (const unsigned char *)text;
-    if (!split_special || t->n_specials == 0) return encode_plain(t, s, p, p, len, out, ends);
+    if (!(flags & MI_BPE_SPLIT_SPECIAL) || t->n_specials == 0)
+        return encode_stretch(t, s, p, p, len, flags, out, ends);
     size_t start = 0;
     for (size_t i = 0; i < len; i++) {
         if (!t->special_first[p[i]]) continue;
@@ -698,26 +714,26 @@ static mi_status encode_or_split(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, c
                 best = e;
         }
         if (!best) continue;
-        MI_TRY(encode_plain(t, s, p, p + start, i - start, out, ends));
+        MI_TRY(encode_stretch(t, s, p, p + start, i - start, flags, out, ends));
         MI_TRY(ends ? ids_push(ends, (int32_t)(i + best->len)) : ids_push(out, best->id));
         i += best->len;
         start = i;
         i--;                                         /* loop increment */
     }
-    return encode_plain(t, s, p, p + start, len - start, out, ends);
+    return encode_stretch(t, s, p, p + start, len - start, flags, out, ends);
 }
 
 mi_status mi_bpe_encode(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
-                        const char *text, size_t len, int split_special, mi_bpe_ids *out)
+                        const char *text, size_t len, int flags, mi_bpe_ids *out)
 {
-    return encode_or_split(t, s, text, len, split_special, out, NULL);
+    return encode_or_split(t, s, text, len, flags, out, NULL);
 }
 
 mi_status mi_bpe_pretokenize(const mi_bpe_tokenizer *t, const char *text, size_t len,
                              int split_special, mi_bpe_ids *ends)
 {
     if (len > INT32_MAX) return mi_fail(MI_ERR_VALUE, "pretokenize: text of %zu bytes is too long", len);
-    return encode_or_split(t, NULL, text, len, split_special, NULL, ends);
+    return encode_or_split(t, NULL, text, len, split_special ? MI_BPE_SPLIT_SPECIAL : 0, NULL, ends);
 }
 
 /* ---------------------------------------------------------------- decoding */

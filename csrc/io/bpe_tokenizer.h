@@ -64,9 +64,15 @@ int mi_bpe_is_special(const mi_bpe_tokenizer *tok, int32_t id);
 mi_bpe_scratch *mi_bpe_scratch_new(void);
 void mi_bpe_scratch_free(mi_bpe_scratch *s);
 
-/* Append the ids of `text` to out. split_special=0 treats special-token text as plain text. */
+enum {
+    MI_BPE_SPLIT_SPECIAL = 1,   /* split special tokens out (else their text is plain text) */
+    MI_BPE_PREFIX_SPACE = 2,    /* add_prefix_space: a stretch between special tokens that does
+                                   not start with ' ' is encoded as if it did */
+};
+
+/* Append the ids of `text` to out; flags: MI_BPE_* above. */
 mi_status mi_bpe_encode(const mi_bpe_tokenizer *tok, mi_bpe_scratch *scratch,
-                        const char *text, size_t len, int split_special, mi_bpe_ids *out);
+                        const char *text, size_t len, int flags, mi_bpe_ids *out);
 
 /* The pre-tokeniser alone: append the end offset (bytes) of every piece of `text` (special
  * tokens are pieces of their own). For tests against the reference pre-tokeniser. */

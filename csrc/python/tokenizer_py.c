@@ -114,10 +114,11 @@ static PyObject *tok_add_special(TokObject *self, PyObject *args)
 
 static PyObject *tok_encode(TokObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"text", "split_special", NULL};
+    static char *kwlist[] = {"text", "split_special", "add_prefix_space", NULL};
     PyObject *text;
-    int split_special = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:encode", kwlist, &text, &split_special)) return NULL;
+    int split_special = 1, prefix = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp:encode", kwlist, &text, &split_special, &prefix)) return NULL;
+    int flags = (split_special ? MI_BPE_SPLIT_SPECIAL : 0) | (prefix ? MI_BPE_PREFIX_SPACE : 0);
     if (!PyUnicode_Check(text))
         return PyErr_Format(PyExc_TypeError, "encode: text must be str, got %s", Py_TYPE(text)->tp_name);
     Py_ssize_t n;
@@ -127,7 +128,7 @@ static PyObject *tok_encode(TokObject *self, PyObject *args, PyObject *kw)
     mi_status st;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    st = mi_bpe_encode(self->tok, self->scratch, s, (size_t)n, split_special, &ids);
+    st = mi_bpe_encode(self->tok, self->scratch, s, (size_t)n, flags, &ids);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     PyObject *res = st == MI_OK ? ids_to_list(&ids) : mi_py_raise(st);
@@ -137,11 +138,12 @@ static PyObject *tok_encode(TokObject *self, PyObject *args, PyObject *kw)
 
 static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"texts", "split_special", NULL};
+    static char *kwlist[] = {"texts", "split_special", "add_prefix_space", NULL};
     PyObject *texts;
-    int split_special = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:encode_batch", kwlist, &texts, &split_special))
+    int split_special = 1, prefix = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp:encode_batch", kwlist, &texts, &split_special, &prefix))
         return NULL;
+    int flags = (split_special ? MI_BPE_SPLIT_SPECIAL : 0) | (prefix ? MI_BPE_PREFIX_SPACE : 0);
     PyObject *seq = PySequence_Fast(texts, "encode_batch: texts must be a sequence of str");
     if (!seq) return NULL;
     Py_ssize_t nt = PySequence_Fast_GET_SIZE(seq);
@@ -169,7 +171,7 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     if (nthreads > nt) nthreads = (int)nt;
     if (nthreads <= 1) {
         for (Py_ssize_t i = 0; i < nt && failed < 0; i++) {
-            status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], split_special, &out[i]);
+            status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &out[i]);
             if (status[i] != MI_OK) failed = (int)i;
         }
     } else {
@@ -181,7 +183,7 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
             mi_bpe_scratch *sc = me == 0 ? self->scratch : mi_bpe_scratch_new();
             #pragma omp for schedule(dynamic, 1)
             for (Py_ssize_t i = 0; i < nt; i++)
-                status[i] = sc ? mi_bpe_encode(self->tok, sc, ptr[i], len[i], split_special, &out[i])
+                status[i] = sc ? mi_bpe_encode(self->tok, sc, ptr[i], len[i], flags, &out[i])
                                : MI_ERR_NOMEM;
             if (me != 0) mi_bpe_scratch_free(sc);
         }
@@ -189,7 +191,7 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
             if (status[i] != MI_OK) {
                 failed = (int)i;
                 mi_bpe_ids again = {0};
-                status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], split_special, &again);
+                status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &again);
                 mi_bpe_ids_free(&again);
                 if (status[i] == MI_OK) status[i] = mi_fail(MI_ERR_NOMEM, "encode_batch: out of memory");
                 break;
@@ -341,9 +343,9 @@ static PyMethodDef tok_methods[] = {
     {"add_special", (PyCFunction)tok_add_special, METH_VARARGS,
      "add_special(text, id)\n--\n\nDeclare text a special token with this id (split out before BPE)."},
     {"encode", (PyCFunction)(void (*)(void))tok_encode, METH_VARARGS | METH_KEYWORDS,
-     "encode(text, split_special=True)\n--\n\nToken ids (list of int) of a str."},
+     "encode(text, split_special=True, add_prefix_space=False)\n--\n\nToken ids (list of int) of a str."},
     {"encode_batch", (PyCFunction)(void (*)(void))tok_encode_batch, METH_VARARGS | METH_KEYWORDS,
-     "encode_batch(texts, split_special=True)\n--\n\nencode() of every str, in parallel; list of lists."},
+     "encode_batch(texts, split_special=True, add_prefix_space=False)\n--\n\nencode() of every str, in parallel; list of lists."},
     {"pretokenize", (PyCFunction)(void (*)(void))tok_pretokenize, METH_VARARGS | METH_KEYWORDS,
      "pretokenize(text, split_special=True)\n--\n\nThe pieces (UTF-8 bytes) the GPT-2 pattern splits text into."},
     {"decode", (PyCFunction)(void (*)(void))tok_decode, METH_VARARGS | METH_KEYWORDS,

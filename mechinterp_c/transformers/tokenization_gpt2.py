@@ -329,19 +329,11 @@ class GPT2Tokenizer:
 
     # ---------------------------------------------------------------- encoding
 
-    def _encode_ids(self, text):
+    def tokenize(self, text, **kwargs):
+        """Token strings of a text (``["hello", "Ġworld"]``); no BOS is added, as in transformers."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if self.add_prefix_space and text and not text[0].isspace():
-            text = " " + text
-        ids = self._tok.encode(text)
-        if self.add_bos_token and self.bos_token_id is not None:
-            ids = [self.bos_token_id] + ids
-        return ids
-
-    def tokenize(self, text, **kwargs):
-        """Token strings of a text (``["hello", "Ġworld"]``)."""
-        return [self._tok.id_to_token(i) for i in self._encode_ids(text)]
+        return [self._tok.id_to_token(i) for i in self._tok.encode(text, add_prefix_space=self.add_prefix_space)]
 
     def encode(self, text, add_special_tokens=True, padding=False, truncation=False,
                max_length=None, return_tensors=None, **kwargs):
@@ -370,9 +362,11 @@ class GPT2Tokenizer:
                 raise TypeError("tokenizer: text must be a str or a list/tuple of str, got "
                                 f"{type(text).__name__}")
         texts = [text] if single else list(text)
-        if self.add_prefix_space:
-            texts = [(" " + t if t and not t[0].isspace() else t) for t in texts]
-        batch = self._tok.encode_batch(texts) if len(texts) > 1 else [self._tok.encode(texts[0])] if texts else []
+        prefix = self.add_prefix_space
+        if len(texts) > 1:
+            batch = self._tok.encode_batch(texts, add_prefix_space=prefix)
+        else:
+            batch = [self._tok.encode(t, add_prefix_space=prefix) for t in texts]
         if self.add_bos_token and add_special_tokens and self.bos_token_id is not None:
             batch = [[self.bos_token_id] + ids for ids in batch]
 
