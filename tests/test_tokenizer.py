@@ -430,3 +430,17 @@ def test_config_options(tok_dir, option):
         assert ours.encode(text) == hf.encode(text), text
         assert ours.tokenize(text) == hf.tokenize(text), text
     assert ours(BATCH)["input_ids"] == hf(BATCH)["input_ids"]
+
+
+def test_naming_special_tokens(hf, ours):
+    """Setting pad_token to an unknown string does not add it (its id is the unk id);
+    setting *_token_id names the token of that id; None clears."""
+    hf.pad_token = ours.pad_token = "[MYPAD]"
+    assert len(ours) == len(hf) and ours.pad_token_id == hf.pad_token_id
+    assert ours.encode("x[MYPAD]") == hf.encode("x[MYPAD]")
+    hf.pad_token_id = ours.pad_token_id = 5
+    assert ours.pad_token == hf.pad_token and ours.pad_token_id == hf.pad_token_id == 5
+    hf.eos_token = ours.eos_token = None
+    assert ours.eos_token_id is None and hf.eos_token_id is None
+    assert ours.special_tokens_map == hf.special_tokens_map
+    assert sorted(ours.all_special_ids) == sorted(hf.all_special_ids)

@@ -134,7 +134,10 @@ class GPT2Tokenizer:
         self._special = {}
         for name, value in (("bos_token", bos_token), ("eos_token", eos_token),
                             ("unk_token", unk_token), ("pad_token", pad_token)):
-            setattr(self, name, _token_text(value))
+            text = _token_text(value)
+            if text is not None and text not in self._added:
+                self._add_special(text)          # given at construction: a special token
+            setattr(self, name, text)
 
     # ---------------------------------------------------------------- loading
 
@@ -229,11 +232,10 @@ class GPT2Tokenizer:
     def __setattr__(self, name, value):
         if name in _SPECIAL_NAMES:
             text = _token_text(value)
-            if text is not None:
-                if not isinstance(text, str):
-                    raise TypeError(f"{name} must be a str, got {type(text).__name__}")
-                if text not in self._added:
-                    self._add_special(text)
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+            # as in transformers, naming a token does not add it to the vocabulary (an unknown
+            # one then has the unk id); add_special_tokens() adds it
             self.__dict__.setdefault("_special", {})[name] = text
             return
         if name.endswith("_id") and name[:-3] in _SPECIAL_NAMES:
@@ -266,7 +268,10 @@ class GPT2Tokenizer:
                 for t in value:
                     self._add_special(_token_text(t))
             elif name in _SPECIAL_NAMES:
-                setattr(self, name, value)
+                text = _token_text(value)
+                if text not in self._added:
+                    self._add_special(text)
+                setattr(self, name, text)
             else:
                 raise ValueError(f"add_special_tokens: unknown key {name!r}; expected one of "
                                  f"{list(_SPECIAL_NAMES) + ['additional_special_tokens']}")
