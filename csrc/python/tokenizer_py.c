@@ -17,6 +17,8 @@ typedef struct {
     PyObject_HEAD
     mi_bpe_tokenizer *tok;
     mi_bpe_scratch *scratch;
+    mi_bpe_scratch **thread_scratch;   /* one per extra OpenMP thread, kept warm between calls */
+    int n_thread_scratch;
     PyThread_type_lock lock;
 } TokObject;
 
@@ -79,6 +81,8 @@ static void tok_dealloc(TokObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     mi_bpe_free(self->tok);
     mi_bpe_scratch_free(self->scratch);
+    for (int i = 0; i < self->n_thread_scratch; i++) mi_bpe_scratch_free(self->thread_scratch[i]);
+    free(self->thread_scratch);
     if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -169,23 +173,33 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
     int nthreads = mi_get_num_threads();
     if (nthreads > nt) nthreads = (int)nt;
+    if (nthreads > 1 && self->n_thread_scratch < nthreads - 1) {     /* under the lock */
+        mi_bpe_scratch **more = realloc(self->thread_scratch, (size_t)(nthreads - 1) * sizeof *more);
+        if (more) {
+            self->thread_scratch = more;
+            while (self->n_thread_scratch < nthreads - 1) {
+                mi_bpe_scratch *sc = mi_bpe_scratch_new();
+                if (!sc) break;
+                more[self->n_thread_scratch++] = sc;
+            }
+        }
+        if (self->n_thread_scratch < nthreads - 1) nthreads = self->n_thread_scratch + 1;
+    }
     if (nthreads <= 1) {
         for (Py_ssize_t i = 0; i < nt && failed < 0; i++) {
             status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &out[i]);
             if (status[i] != MI_OK) failed = (int)i;
         }
     } else {
-        /* thread 0 uses the object's warm cache, the others a fresh scratch each; errors are
-         * only flagged here and reproduced serially below (messages are thread-local) */
+        /* each thread its own scratch (word cache); errors are only flagged here and
+         * reproduced serially below (messages are thread-local) */
         #pragma omp parallel num_threads(nthreads)
         {
             int me = omp_get_thread_num();
-            mi_bpe_scratch *sc = me == 0 ? self->scratch : mi_bpe_scratch_new();
-            #pragma omp for schedule(dynamic, 1)
+            mi_bpe_scratch *sc = me == 0 ? self->scratch : self->thread_scratch[me - 1];
+            #pragma omp for schedule(dynamic, 16)
             for (Py_ssize_t i = 0; i < nt; i++)
-                status[i] = sc ? mi_bpe_encode(self->tok, sc, ptr[i], len[i], flags, &out[i])
-                               : MI_ERR_NOMEM;
-            if (me != 0) mi_bpe_scratch_free(sc);
+                status[i] = mi_bpe_encode(self->tok, sc, ptr[i], len[i], flags, &out[i]);
         }
         for (Py_ssize_t i = 0; i < nt; i++)
             if (status[i] != MI_OK) {
@@ -200,13 +214,15 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (failed >= 0) { mi_py_raise(status[failed]); goto done; }
+    /* many small lists: keep the cyclic GC from rescanning the heap while they are built */
+    int gc_was_enabled = PyGC_Disable();
     result = PyList_New(nt);
-    if (!result) goto done;
-    for (Py_ssize_t i = 0; i < nt; i++) {
+    for (Py_ssize_t i = 0; result && i < nt; i++) {
         PyObject *l = ids_to_list(&out[i]);
-        if (!l) { Py_CLEAR(result); goto done; }
+        if (!l) { Py_CLEAR(result); break; }
         PyList_SET_ITEM(result, i, l);
     }
+    if (gc_was_enabled) PyGC_Enable();
 done:
     if (out) for (Py_ssize_t i = 0; i < nt; i++) mi_bpe_ids_free(&out[i]);
     PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(out); PyMem_Free(status);

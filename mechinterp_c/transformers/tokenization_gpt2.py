@@ -8,6 +8,7 @@ of a checkpoint directory and provides the calling conventions of ``transformers
 """
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -357,6 +358,17 @@ class GPT2Tokenizer:
         truncation: False | True | "longest_first" | "only_first" (cut to max_length).
         return_tensors: None (lists) | "np" | "pt" (torch, if installed).
         """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()              # building many small lists: spare the cyclic GC the rescans
+        try:
+            return self._call(text, text_pair, add_special_tokens, padding, truncation, max_length,
+                              return_tensors, return_attention_mask, padding_side, pad_to_multiple_of)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _call(self, text, text_pair, add_special_tokens, padding, truncation, max_length,
+              return_tensors, return_attention_mask, padding_side, pad_to_multiple_of):
         if text is None:
             raise ValueError("tokenizer: give a str or a list of str to tokenize")
         if text_pair is not None:
