@@ -52,34 +52,39 @@ class BatchEncoding(dict):
         self.update(state)
 
 
-def _hf_cache_snapshot(repo_id):
-    """The snapshot directory of a hub id in the Hugging Face cache, or None."""
-    home = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub")
-    repo = os.path.join(home, "models--" + repo_id.replace("/", "--"))
-    ref = os.path.join(repo, "refs", "main")
+def _hf_cache_snapshot(repo_id, revision="main", cache_dir=None):
+    """The snapshot directory of a hub id in the Hugging Face cache, or None (the fallback
+    until ``mechinterp_c.io.resolve_pretrained`` is present)."""
+    home = cache_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if not home:
+        base = os.environ.get("HF_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+        home = os.path.join(base, "hub")
+    repo = os.path.join(os.path.expanduser(home), "models--" + repo_id.replace("/", "--"))
+    ref = os.path.join(repo, "refs", revision)
     if os.path.isfile(ref):
         with open(ref) as f:
             snap = os.path.join(repo, "snapshots", f.read().strip())
         if os.path.isdir(snap):
             return snap
-    snaps = sorted(glob.glob(os.path.join(repo, "snapshots", "*")), key=os.path.getmtime)
-    return snaps[-1] if snaps else None
+    snap = os.path.join(repo, "snapshots", revision)       # a commit hash given directly
+    return snap if os.path.isdir(snap) and ".." not in revision else None
 
 
-def _resolve(name_or_path):
+def _resolve(name_or_path, revision="main", cache_dir=None):
     """A local directory for ``from_pretrained``: the path itself, or the cached hub snapshot."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    try:                                        # shared resolver, when the io helper provides it
+    try:                                        # the shared resolver of mechinterp_c.io
         from mechinterp_c.io import resolve_pretrained  # type: ignore
-        return resolve_pretrained(name_or_path)
     except ImportError:
-        pass
-    snap = _hf_cache_snapshot(str(name_or_path))
+        resolve_pretrained = None
+    if resolve_pretrained is not None:
+        return resolve_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    snap = _hf_cache_snapshot(str(name_or_path), revision, cache_dir)
     if snap is None:
-        raise OSError(f"{name_or_path!r} is neither a local directory nor a model in the Hugging Face "
-                      f"cache (no network access: download it with huggingface-cli first)")
+        raise OSError(f"model {name_or_path!r} is neither a local directory nor in the Hugging Face "
+                      f"cache (revision {revision!r}); this machine has no hub access: pass a local directory")
     return snap
 
 
@@ -147,7 +152,10 @@ class GPT2Tokenizer:
         """Load from a directory holding ``vocab.json`` + ``merges.txt`` (or ``tokenizer.json``)
         and optionally ``tokenizer_config.json``, ``special_tokens_map.json``,
         ``added_tokens.json``; a hub id is looked up in the local Hugging Face cache."""
-        d = _resolve(os.fspath(pretrained_model_name_or_path))
+        d = _resolve(os.fspath(pretrained_model_name_or_path), kwargs.pop("revision", None) or "main",
+                     kwargs.pop("cache_dir", None))
+        for ignored in ("local_files_only", "use_fast", "trust_remote_code", "force_download", "token"):
+            kwargs.pop(ignored, None)
         cfg = {}
         path = os.path.join(d, "tokenizer_config.json")
         if os.path.isfile(path):
@@ -514,7 +522,8 @@ class AutoTokenizer:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load the GPT-2 tokenizer of a directory or cached hub id."""
-        d = _resolve(os.fspath(pretrained_model_name_or_path))
+        d = _resolve(os.fspath(pretrained_model_name_or_path), kwargs.pop("revision", None) or "main",
+                     kwargs.pop("cache_dir", None))
         cfg_path = os.path.join(d, "tokenizer_config.json")
         if os.path.isfile(cfg_path):
             klass = _read_json(cfg_path).get("tokenizer_class")
