@@ -444,3 +444,19 @@ def test_naming_special_tokens(hf, ours):
     assert ours.eos_token_id is None and hf.eos_token_id is None
     assert ours.special_tokens_map == hf.special_tokens_map
     assert sorted(ours.all_special_ids) == sorted(hf.all_special_ids)
+
+
+def test_lone_surrogate_is_a_clear_error(ours):
+    """A str with a lone surrogate has no UTF-8 form: UnicodeEncodeError, not a crash."""
+    with pytest.raises(UnicodeEncodeError, match="surrogate"):
+        ours.encode("abc\ud800def")
+    with pytest.raises(UnicodeEncodeError, match="surrogate"):
+        ours(["fine", "x\udfffy"])
+
+
+def test_clean_up_tokenization_spaces(hf, ours):
+    text = "a , b . c 's don 't ? !"
+    ids = ours.encode(text)
+    for flag in (False, True):
+        assert ours.decode(ids, clean_up_tokenization_spaces=flag) == \
+            hf.decode(ids, clean_up_tokenization_spaces=flag)

@@ -12,6 +12,7 @@ import gc
 import glob
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -110,14 +111,15 @@ class GPT2Tokenizer:
     ``GPT2Tokenizer(vocab_file, merges_file)``. Ids match Hugging Face's tokenizer exactly.
     """
 
+    _warned_cleanup = False
     vocab_files_names = {"vocab_file": "vocab.json", "merges_file": "merges.txt"}
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(self, vocab_file=None, merges_file=None, errors="replace", unk_token="<|endoftext|>",
                  bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token=None,
                  add_prefix_space=False, add_bos_token=False, model_max_length=_HUGE,
-                 padding_side="right", truncation_side="right", added_tokens=None,
-                 _core_tokenizer=None, **kwargs):
+                 padding_side="right", truncation_side="right", clean_up_tokenization_spaces=False,
+                 added_tokens=None, _core_tokenizer=None, **kwargs):
         if errors != "replace":
             raise ValueError(f"GPT2Tokenizer: only errors='replace' is supported, got {errors!r}")
         if _core_tokenizer is not None:
@@ -132,7 +134,7 @@ class GPT2Tokenizer:
         self.model_max_length = int(model_max_length) if model_max_length is not None else _HUGE
         self.padding_side = padding_side
         self.truncation_side = truncation_side
-        self.clean_up_tokenization_spaces = False
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.name_or_path = kwargs.get("name_or_path", "")
         self._added = {}                       # text -> id of added (special) tokens
         for text, idx in (added_tokens or {}).items():
@@ -181,7 +183,7 @@ class GPT2Tokenizer:
                 added.setdefault(text, idx)
         init = {k: v for k, v in cfg.items() if k in (
             "bos_token", "eos_token", "unk_token", "pad_token", "add_prefix_space", "add_bos_token",
-            "model_max_length", "padding_side", "truncation_side", "errors")}
+            "model_max_length", "padding_side", "truncation_side", "errors", "clean_up_tokenization_spaces")}
         init.update(kwargs)
         if init.get("model_max_length") is None:
             init.pop("model_max_length", None)
@@ -451,8 +453,17 @@ class GPT2Tokenizer:
         are not valid UTF-8 become U+FFFD (errors="replace"). An unknown id raises IndexError."""
         ids = [int(token_ids)] if _is_int(token_ids) else _as_id_list(token_ids)
         text = self._tok.decode(ids, skip_special_tokens)
-        if clean_up_tokenization_spaces if clean_up_tokenization_spaces is not None else self.clean_up_tokenization_spaces:
-            text = _clean_up_tokenization(text)
+        clean = clean_up_tokenization_spaces if clean_up_tokenization_spaces is not None \
+            else self.clean_up_tokenization_spaces
+        if clean:
+            # as transformers 5: the clean-up is meant for WordPiece and corrupts BPE text, so it
+            # is skipped unless explicitly forced
+            if self.__dict__.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"):
+                text = _clean_up_tokenization(text)
+            elif not GPT2Tokenizer._warned_cleanup:
+                GPT2Tokenizer._warned_cleanup = True
+                warnings.warn("Ignoring clean_up_tokenization_spaces=True for the BPE tokenizer "
+                              "GPT2Tokenizer (it would strip spaces before punctuation), as transformers does.")
         return text
 
     def batch_decode(self, sequences, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
@@ -511,8 +522,8 @@ def _to_tensor(rows, kind):
     raise ValueError(f"return_tensors must be None, 'np' or 'pt', got {kind!r}")
 
 
-class GPT2TokenizerFast(GPT2Tokenizer):
-    """Same as ``GPT2Tokenizer`` (the C tokenizer is the fast one)."""
+# transformers 5 has one GPT-2 tokenizer class under both names; so do we (the C one is fast)
+GPT2TokenizerFast = GPT2Tokenizer
 
 
 class AutoTokenizer:
