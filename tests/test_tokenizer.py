@@ -460,3 +460,12 @@ def test_clean_up_tokenization_spaces(hf, ours):
     for flag in (False, True):
         assert ours.decode(ids, clean_up_tokenization_spaces=flag) == \
             hf.decode(ids, clean_up_tokenization_spaces=flag)
+
+
+def test_fast_merge_matches_reference_loop(ours):
+    """The heap-ordered merge with the word cache equals GPT-2's plain O(n^2) merge loop
+    (no cache) on every test text, a long document included."""
+    core = ours._tok
+    texts = all_texts() + ["\n".join(CORPUS_LINES * 5) + " " * 300 + "ab" * 500]
+    for text in texts:
+        assert core.encode(text) == core.encode(text, reference=True), text

@@ -3,7 +3,8 @@
  * Two modes, picked by the first input byte:
  *   even: a fixed small byte-level vocabulary (all 256 byte tokens + a few merges and a
  *         special token) encodes the rest of the input; the ids must decode back to the
- *         exact input bytes (byte-level BPE is lossless, special tokens included).
+ *         exact input bytes (byte-level BPE is lossless, special tokens included), and
+ *         the fast merge (heap + word cache) must equal the plain reference loop.
  *   odd:  the input itself is split at the first 0 byte into vocab.json and merges.txt
  *         texts and loaded; loading may fail (that is the point: malformed files must give
  *         an error, never a crash); if it loads, encode/decode a fixed text.
@@ -68,6 +69,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mi_bpe_encode(fixed_tok, scratch, text, n, (data[0] & 2) ? MI_BPE_SPLIT_SPECIAL : 0, &ids) != MI_OK) abort();
         if (mi_bpe_decode(fixed_tok, ids.data, ids.len, 0, &back) != MI_OK) abort();
         if (back.len != n || (n && memcmp(back.data, text, n))) abort();   /* lossless */
+        /* the heap merge + cache agree with the plain GPT-2 loop (a trained merge table) */
+        mi_bpe_ids ref = {0};
+        int flags = ((data[0] & 2) ? MI_BPE_SPLIT_SPECIAL : 0) | MI_BPE_REFERENCE;
+        if (mi_bpe_encode(fixed_tok, NULL, text, n, flags, &ref) != MI_OK) abort();
+        if (ref.len != ids.len || (ids.len && memcmp(ref.data, ids.data, ids.len * sizeof(int32_t)))) abort();
+        mi_bpe_ids_free(&ref);
         mi_bpe_ids_free(&ids);
         free(back.data);
         return 0;

@@ -579,6 +579,44 @@ static mi_status bpe_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
     return MI_OK;
 }
 
+/* Reference for bpe_piece: GPT-2's original loop, O(n^2) per piece and uncached. Take the
+ * adjacent pair of lowest rank, merge every occurrence of it left to right, repeat.
+ * Same result as the heap for merge tables written by BPE training (ranks increase with
+ * each token's creation); tests and the fuzz target compare the two. */
+static mi_status bpe_piece_reference(const mi_bpe_tokenizer *t, const unsigned char *p, size_t n,
+                                     mi_bpe_ids *out)
+{
+    int32_t *w = malloc((n ? n : 1) * sizeof(int32_t));
+    if (!w) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory for a word of %zu bytes", n);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = t->byte_id[p[i]];
+        if (w[i] < 0) {
+            free(w);
+            return mi_fail(MI_ERR_KEY, "tokenizer: byte 0x%02x has no token in the vocabulary", p[i]);
+        }
+    }
+    size_t len = n;
+    for (;;) {
+        const merge_slot *best = NULL;
+        for (size_t i = 0; i + 1 < len; i++) {
+            const merge_slot *m = merge_lookup(t, w[i], w[i + 1]);
+            if (m && (!best || m->rank < best->rank)) best = m;
+        }
+        if (!best) break;
+        int32_t a = (int32_t)(best->pair >> 32), b = (int32_t)(uint32_t)best->pair;
+        size_t k = 0;
+        for (size_t i = 0; i < len; ) {
+            if (i + 1 < len && w[i] == a && w[i + 1] == b) { w[k++] = best->merged; i += 2; }
+            else w[k++] = w[i++];
+        }
+        len = k;
+    }
+    mi_status st = MI_OK;
+    for (size_t i = 0; i < len && st == MI_OK; i++) st = ids_push(out, w[i]);
+    free(w);
+    return st;
+}
+
 static mi_status encode_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
                               const unsigned char *p, size_t n, mi_bpe_ids *out)
 {
@@ -634,6 +672,7 @@ static mi_status emit_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const 
                             const unsigned char *q, size_t m, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
     if (ends) return ids_push(ends, (int32_t)(q + m - base));
+    if (!s) return bpe_piece_reference(t, q, m, out);           /* MI_BPE_REFERENCE */
     return encode_piece(t, s, q, m, out);
 }
 
@@ -726,6 +765,7 @@ static mi_status encode_or_split(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, c
 mi_status mi_bpe_encode(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
                         const char *text, size_t len, int flags, mi_bpe_ids *out)
 {
+    if (flags & MI_BPE_REFERENCE) s = NULL;           /* no scratch: the plain reference path */
     return encode_or_split(t, s, text, len, flags, out, NULL);
 }
 

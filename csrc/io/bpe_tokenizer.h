@@ -68,6 +68,7 @@ enum {
     MI_BPE_SPLIT_SPECIAL = 1,   /* split special tokens out (else their text is plain text) */
     MI_BPE_PREFIX_SPACE = 2,    /* add_prefix_space: a stretch between special tokens that does
                                    not start with ' ' is encoded as if it did */
+    MI_BPE_REFERENCE = 4,       /* merge with the plain O(n^2) GPT-2 loop, no cache (tests) */
 };
 
 /* Append the ids of `text` to out; flags: MI_BPE_* above. */

@@ -118,11 +118,13 @@ static PyObject *tok_add_special(TokObject *self, PyObject *args)
 
 static PyObject *tok_encode(TokObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"text", "split_special", "add_prefix_space", NULL};
+    static char *kwlist[] = {"text", "split_special", "add_prefix_space", "reference", NULL};
     PyObject *text;
-    int split_special = 1, prefix = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp:encode", kwlist, &text, &split_special, &prefix)) return NULL;
-    int flags = (split_special ? MI_BPE_SPLIT_SPECIAL : 0) | (prefix ? MI_BPE_PREFIX_SPACE : 0);
+    int split_special = 1, prefix = 0, reference = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ppp:encode", kwlist, &text, &split_special, &prefix, &reference))
+        return NULL;
+    int flags = (split_special ? MI_BPE_SPLIT_SPECIAL : 0) | (prefix ? MI_BPE_PREFIX_SPACE : 0) |
+                (reference ? MI_BPE_REFERENCE : 0);
     if (!PyUnicode_Check(text))
         return PyErr_Format(PyExc_TypeError, "encode: text must be str, got %s", Py_TYPE(text)->tp_name);
     Py_ssize_t n;
@@ -359,7 +361,7 @@ static PyMethodDef tok_methods[] = {
     {"add_special", (PyCFunction)tok_add_special, METH_VARARGS,
      "add_special(text, id)\n--\n\nDeclare text a special token with this id (split out before BPE)."},
     {"encode", (PyCFunction)(void (*)(void))tok_encode, METH_VARARGS | METH_KEYWORDS,
-     "encode(text, split_special=True, add_prefix_space=False)\n--\n\nToken ids (list of int) of a str."},
+     "encode(text, split_special=True, add_prefix_space=False, reference=False)\n--\n\nToken ids (list of int) of a str; reference=True merges with the plain GPT-2 loop (tests)."},
     {"encode_batch", (PyCFunction)(void (*)(void))tok_encode_batch, METH_VARARGS | METH_KEYWORDS,
      "encode_batch(texts, split_special=True, add_prefix_space=False)\n--\n\nencode() of every str, in parallel; list of lists."},
     {"pretokenize", (PyCFunction)(void (*)(void))tok_pretokenize, METH_VARARGS | METH_KEYWORDS,
