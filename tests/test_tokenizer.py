@@ -350,6 +350,8 @@ def test_decode_errors(ours):
         ours.decode([-3])
     with pytest.raises(TypeError, match=r"ids\[1\] is not an integer"):
         ours.decode([1, "x"])
+    with pytest.raises(TypeError, match="use batch_decode"):
+        ours.decode([[1, 2], [3]])
     with pytest.raises(TypeError, match="text must be a str"):
         ours(b"bytes")
 

@@ -270,15 +270,22 @@ static int collect_ids(PyObject *ids_o, mi_bpe_ids *ids)
     ids->data = PyMem_Malloc(((size_t)n + 1) * sizeof(int32_t));
     if (!ids->data) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
     ids->len = ids->cap = (size_t)n;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *x = PyNumber_Index(PySequence_Fast_GET_ITEM(seq, i));
-        if (!x) {
-            PyErr_Format(PyExc_TypeError, "decode: ids[%zd] is not an integer", i);
-            goto fail;
+        long long v;
+        int overflow = 0;
+        if (PyLong_CheckExact(items[i])) {          /* the common case: no Index round trip */
+            v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+        } else {
+            PyObject *x = PyNumber_Index(items[i]);
+            if (!x) {
+                PyErr_Format(PyExc_TypeError, "decode: ids[%zd] is not an integer", i);
+                goto fail;
+            }
+            v = PyLong_AsLongLongAndOverflow(x, &overflow);
+            Py_DECREF(x);
         }
-        long long v = PyLong_AsLongLong(x);
-        Py_DECREF(x);
-        if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); v = INT64_MIN; }
+        if (overflow) v = INT64_MIN;
         if (v < INT32_MIN || v > INT32_MAX) {
             PyErr_Format(PyExc_IndexError, "decode: token id %lld (position %zd) is not in the vocabulary", v, i);
             goto fail;

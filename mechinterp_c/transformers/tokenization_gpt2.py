@@ -492,17 +492,17 @@ def _is_int(x):
 
 
 def _as_id_list(ids):
+    """A flat list/tuple of ids (the C side checks every element)."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
     if isinstance(ids, int):
         return [ids]
-    out = []
-    for i, x in enumerate(ids):
-        if isinstance(x, (list, tuple)):
-            raise TypeError(f"decode: expected a flat sequence of ids, element {i} is a sequence "
-                            "(use batch_decode for a batch)")
-        out.append(x)
-    return out
+    if not isinstance(ids, (list, tuple)):
+        ids = list(ids)
+    if ids and isinstance(ids[0], (list, tuple)):
+        raise TypeError("decode: expected a flat sequence of ids, got a sequence of sequences "
+                        "(use batch_decode for a batch)")
+    return ids
 
 
 def _to_tensor(rows, kind):
