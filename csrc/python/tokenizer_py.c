@@ -150,7 +150,12 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pp:encode_batch", kwlist, &texts, &split_special, &prefix))
         return NULL;
     int flags = (split_special ? MI_BPE_SPLIT_SPECIAL : 0) | (prefix ? MI_BPE_PREFIX_SPACE : 0);
-    PyObject *seq = PySequence_Fast(texts, "encode_batch: texts must be a sequence of str");
+    /* a tuple of our own: the str objects whose UTF-8 we read without the GIL stay alive
+     * even if another thread edits the caller's list meanwhile */
+    if (!PySequence_Check(texts) || PyUnicode_Check(texts))
+        return PyErr_Format(PyExc_TypeError, "encode_batch: texts must be a sequence of str, got %s",
+                            Py_TYPE(texts)->tp_name);
+    PyObject *seq = PySequence_Tuple(texts);
     if (!seq) return NULL;
     Py_ssize_t nt = PySequence_Fast_GET_SIZE(seq);
     const char **ptr = PyMem_Calloc((size_t)nt + 1, sizeof(char *));
