@@ -273,6 +273,12 @@ def test_save_pretrained_tokenizer_json(hf, tmp_path):
     assert ours.pad_token == hf.pad_token
     for text in ADVERSARIAL[:60]:
         assert ours.encode(text) == hf.encode(text), text
+    # a corrupt tokenizer.json names the file
+    data = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    data["model"]["merges"].append("Ġ zzzzunknown")
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer\.json \(model\.merges\) line \d+: merge of unknown token \"zzzzunknown\""):
+        AutoTokenizer.from_pretrained(str(tmp_path))
 
 
 def test_hf_cache_layout(tok_dir, tmp_path, monkeypatch):

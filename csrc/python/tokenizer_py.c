@@ -60,9 +60,11 @@ static PyObject *as_bytes(PyObject *o, const char *what)
 
 static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"vocab_json", "merges", NULL};
+    static char *kwlist[] = {"vocab_json", "merges", "vocab_name", "merges_name", NULL};
     PyObject *v, *m;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:from_strings", kwlist, &v, &m)) return NULL;
+    const char *vname = "vocab_json", *mname = "merges";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ss:from_strings", kwlist, &v, &m, &vname, &mname))
+        return NULL;
     PyObject *vb = as_bytes(v, "vocab_json");
     if (!vb) return NULL;
     PyObject *mb = as_bytes(m, "merges");
@@ -70,7 +72,7 @@ static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
     mi_bpe_tokenizer *tok = NULL;
     mi_status st = mi_bpe_from_memory(PyBytes_AS_STRING(vb), (size_t)PyBytes_GET_SIZE(vb),
                                       PyBytes_AS_STRING(mb), (size_t)PyBytes_GET_SIZE(mb),
-                                      "vocab_json", "merges", &tok);
+                                      vname, mname, &tok);
     Py_DECREF(vb); Py_DECREF(mb);
     if (st != MI_OK) return mi_py_raise(st);
     return (PyObject *)tok_alloc((PyTypeObject *)cls, tok);
@@ -369,7 +371,8 @@ static PyObject *tok_vocab_size(TokObject *self, void *unused)
 
 static PyMethodDef tok_methods[] = {
     {"from_strings", (PyCFunction)(void (*)(void))tok_from_strings, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_strings(vocab_json, merges)\n--\n\nBuild from the texts of vocab.json and merges.txt (str or bytes)."},
+     "from_strings(vocab_json, merges, vocab_name='vocab_json', merges_name='merges')\n--\n\n"
+     "Build from the texts of vocab.json and merges.txt (str or bytes); the names appear in error messages."},
     {"add_special", (PyCFunction)tok_add_special, METH_VARARGS,
      "add_special(text, id)\n--\n\nDeclare text a special token with this id (split out before BPE)."},
     {"encode", (PyCFunction)(void (*)(void))tok_encode, METH_VARARGS | METH_KEYWORDS,

@@ -178,9 +178,10 @@ class GPT2Tokenizer:
             tj = os.path.join(d, "tokenizer.json")
             if not os.path.isfile(tj):
                 raise OSError(f"{d}: no vocab.json + merges.txt and no tokenizer.json; not a GPT-2 tokenizer directory")
-            core, tj_added = cls._core_from_tokenizer_json(tj)
+            core, tj_added, tj_prefix = cls._core_from_tokenizer_json(tj)
             for text, idx in tj_added.items():
                 added.setdefault(text, idx)
+            cfg.setdefault("add_prefix_space", tj_prefix)
         init = {k: v for k, v in cfg.items() if k in (
             "bos_token", "eos_token", "unk_token", "pad_token", "add_prefix_space", "add_bos_token",
             "model_max_length", "padding_side", "truncation_side", "errors", "clean_up_tokenization_spaces")}
@@ -210,9 +211,13 @@ class GPT2Tokenizer:
                 lines.append(f"{m[0]} {m[1]}")
             else:
                 raise ValueError(f"{path}: merge {i} is {m!r}, expected 'a b' or [a, b]")
-        core = _core.BPETokenizer.from_strings(json.dumps(model["vocab"], ensure_ascii=False), "\n".join(lines))
+        core = _core.BPETokenizer.from_strings(json.dumps(model["vocab"], ensure_ascii=False), "\n".join(lines),
+                                               f"{path} (model.vocab)", f"{path} (model.merges)")
         added = {a["content"]: int(a["id"]) for a in data.get("added_tokens") or []}
-        return core, added
+        pre = data.get("pre_tokenizer") or {}
+        if pre.get("type") == "Sequence":
+            pre = next((p for p in pre.get("pretokenizers", []) if p.get("type") == "ByteLevel"), {})
+        return core, added, bool(pre.get("add_prefix_space", False))
 
     def _add_special(self, text, idx=None):
         """Register text as a special (added) token; a new token gets the next free id."""
