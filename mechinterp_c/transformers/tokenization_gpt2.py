@@ -112,6 +112,7 @@ class GPT2Tokenizer:
     """
 
     _warned_cleanup = False
+    is_fast = True              # as transformers 5's GPT2Tokenizer (a compiled backend)
     vocab_files_names = {"vocab_file": "vocab.json", "merges_file": "merges.txt"}
     model_input_names = ["input_ids", "attention_mask"]
 
