@@ -36,6 +36,8 @@
 
 /* Products below this many multiply-adds skip packing (it would cost more than it saves). */
 #define SMALL_MNK 32768.0
+/* Multiply-adds per thread below which waking more threads costs more than it saves. */
+#define MNK_PER_THREAD 262144.0
 #define MAX_MR 16
 #define MAX_NR 64
 
@@ -205,7 +207,7 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
             for (int64_t pc = 0; pc < K; pc += kc_max) {
                 const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
                 const int first = pc == 0, last = pc + kcur == K;
-                #pragma omp for schedule(static)
+                #pragma omp for schedule(dynamic, 4)
                 for (int64_t jp = 0; jp < npanels; jp++) {
                     int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
                     pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
@@ -251,6 +253,8 @@ void mi_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         return;
     }
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
+    if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
     blocked(arch_for(mi_cpu_isa()), nt, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,
             C, ldc);
 }
