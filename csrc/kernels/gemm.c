@@ -29,6 +29,10 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
 
 #include "common/memory.h"
 #include "kernels/cpu.h"
@@ -67,49 +71,74 @@ static float *scratch(size_t n)
 
 /* ---- packing ----------------------------------------------------------- */
 
+/* dst[p*width + r] = src[r*ld + p] for r < rows, p < k; rows..width-1 zero.
+ * The transposing copy both packers need (A stored [M,K], B stored [N,K]).
+ * 4 x 4 blocks go through SSE transposes (baseline x86-64, so no dispatch). */
+static void pack_interleave(const float *src, int64_t ld, int rows, int64_t k, int width,
+                            float *restrict dst)
+{
+    int r = 0;
+#ifdef __SSE2__
+    for (; r + 4 <= rows; r += 4) {
+        const float *s0 = src + r * ld, *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
+        int64_t p = 0;
+        for (; p + 4 <= k; p += 4) {
+            __m128 x0 = _mm_loadu_ps(s0 + p), x1 = _mm_loadu_ps(s1 + p);
+            __m128 x2 = _mm_loadu_ps(s2 + p), x3 = _mm_loadu_ps(s3 + p);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            _mm_storeu_ps(dst + (p + 0) * width + r, x0);
+            _mm_storeu_ps(dst + (p + 1) * width + r, x1);
+            _mm_storeu_ps(dst + (p + 2) * width + r, x2);
+            _mm_storeu_ps(dst + (p + 3) * width + r, x3);
+        }
+        for (; p < k; p++) {
+            float *d = dst + p * width + r;
+            d[0] = s0[p]; d[1] = s1[p]; d[2] = s2[p]; d[3] = s3[p];
+        }
+    }
+#endif
+    for (; r < rows; r++) {
+        const float *s0 = src + r * ld;
+        for (int64_t p = 0; p < k; p++) dst[p * width + r] = s0[p];
+    }
+    if (rows < width)
+        for (int64_t p = 0; p < k; p++)
+            for (int z = rows; z < width; z++) dst[p * width + z] = 0.0f;
+}
+
+/* dst[p*width + c] = src[p*ld + c] for c < cols; cols..width-1 zero (no transpose). */
+static void pack_copy(const float *src, int64_t ld, int cols, int64_t k, int width,
+                      float *restrict dst)
+{
+    for (int64_t p = 0; p < k; p++) {
+        const float *s0 = src + p * ld;
+        float *d = dst + p * width;
+        memcpy(d, s0, sizeof(float) * (size_t)cols);
+        for (int c = cols; c < width; c++) d[c] = 0.0f;
+    }
+}
+
 /* op(A)[i0:i0+mcur, p0:p0+kcur] -> mr-row panels, rows past mcur zero. */
 static void pack_a(int trans_a, const float *A, int64_t lda, int64_t i0, int64_t mcur,
                    int64_t p0, int64_t kcur, int mr, float *restrict dst)
 {
     for (int64_t ir = 0; ir < mcur; ir += mr, dst += kcur * mr) {
         int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
-        if (trans_a) {          /* A stored [K, M]: row p holds the mr values we need */
-            for (int64_t p = 0; p < kcur; p++) {
-                const float *src = A + (p0 + p) * lda + i0 + ir;
-                float *d = dst + p * mr;
-                for (int r = 0; r < rows; r++) d[r] = src[r];
-                for (int r = rows; r < mr; r++) d[r] = 0.0f;
-            }
-        } else {                /* A stored [M, K]: read each row along p */
-            for (int r = 0; r < rows; r++) {
-                const float *src = A + (i0 + ir + r) * lda + p0;
-                for (int64_t p = 0; p < kcur; p++) dst[p * mr + r] = src[p];
-            }
-            for (int r = rows; r < mr; r++)
-                for (int64_t p = 0; p < kcur; p++) dst[p * mr + r] = 0.0f;
-        }
+        if (trans_a)    /* A stored [K, M]: row p holds the mr values we need */
+            pack_copy(A + p0 * lda + i0 + ir, lda, rows, kcur, mr, dst);
+        else            /* A stored [M, K]: transpose rows into the panel */
+            pack_interleave(A + (i0 + ir) * lda + p0, lda, rows, kcur, mr, dst);
     }
 }
 
-/* op(B)[p0:p0+kcur, j0 + panel*nr : +nr] -> one nr-column panel, cols past ncur zero. */
+/* op(B)[p0:p0+kcur, j0:j0+cols] -> one nr-column panel, cols past `cols` zero. */
 static void pack_b_panel(int trans_b, const float *B, int64_t ldb, int64_t p0, int64_t kcur,
                          int64_t j0, int cols, int nr, float *restrict dst)
 {
-    if (!trans_b) {             /* B stored [K, N]: row p holds the nr values we need */
-        for (int64_t p = 0; p < kcur; p++) {
-            const float *src = B + (p0 + p) * ldb + j0;
-            float *d = dst + p * nr;
-            for (int j = 0; j < cols; j++) d[j] = src[j];
-            for (int j = cols; j < nr; j++) d[j] = 0.0f;
-        }
-    } else {                    /* B stored [N, K]: read each row along p */
-        for (int j = 0; j < cols; j++) {
-            const float *src = B + (j0 + j) * ldb + p0;
-            for (int64_t p = 0; p < kcur; p++) dst[p * nr + j] = src[p];
-        }
-        for (int j = cols; j < nr; j++)
-            for (int64_t p = 0; p < kcur; p++) dst[p * nr + j] = 0.0f;
-    }
+    if (!trans_b)       /* B stored [K, N]: row p holds the nr values we need */
+        pack_copy(B + p0 * ldb + j0, ldb, cols, kcur, nr, dst);
+    else                /* B stored [N, K]: transpose rows into the panel */
+        pack_interleave(B + j0 * ldb + p0, ldb, cols, kcur, nr, dst);
 }
 
 /* ---- one tile ---------------------------------------------------------- */
