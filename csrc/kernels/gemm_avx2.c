@@ -16,11 +16,8 @@ static void ukr_avx2_6x16(int64_t kc, const float *restrict Ap, const float *res
 #define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
     DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
 #undef DECL
-    if (load_c) {
-#define LOAD(i) c##i##0 = _mm256_loadu_ps(C + i * ldc); c##i##1 = _mm256_loadu_ps(C + i * ldc + 8);
-        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
-#undef LOAD
-    }
+    /* C is needed only after the k loop: start fetching it now. */
+    for (int i = 0; i < MR; i++) _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
     for (int64_t p = 0; p < kc; p++) {
         __m256 b0 = _mm256_loadu_ps(Bp + p * NR), b1 = _mm256_loadu_ps(Bp + p * NR + 8);
         const float *a = Ap + p * MR;
@@ -29,6 +26,12 @@ static void ukr_avx2_6x16(int64_t kc, const float *restrict Ap, const float *res
                   c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1); }
         STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5)
 #undef STEP
+    }
+    if (load_c) {
+#define LOAD(i) c##i##0 = _mm256_add_ps(_mm256_loadu_ps(C + i * ldc), c##i##0); \
+                c##i##1 = _mm256_add_ps(_mm256_loadu_ps(C + i * ldc + 8), c##i##1);
+        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
+#undef LOAD
     }
     if (bias) {
         __m256 bb0 = _mm256_loadu_ps(bias), bb1 = _mm256_loadu_ps(bias + 8);

@@ -11,12 +11,15 @@
  *   C   the MR x NR tile of C, row stride ldc
  *
  * Micro-kernel contract:
- *   acc = load_c ? C : 0
+ *   acc = 0
  *   for p in 0..kc: acc[r][j] = acc[r][j] + Ap[p*MR + r] * Bp[p*NR + j]   (in p order)
+ *   if load_c: acc = C + acc
  *   if bias: acc[r][j] += bias[j]
  *   C = acc
  * The K-sum of every element runs in increasing p order, one accumulator per
  * element, so the result never depends on the tile's position or the thread.
+ * C is read only after the k loop (the kernels prefetch it first), so its
+ * cache misses overlap the FMAs instead of stalling them.
  */
 #ifndef MI_GEMM_KERNELS_H
 #define MI_GEMM_KERNELS_H
