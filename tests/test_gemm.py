@@ -97,7 +97,7 @@ def assert_close(got, want, tol):
 # nr 8/16/32), several K blocks (kc 256), N beyond one nc block (2048), M or N = 1.
 SHAPES = [(1, 1, 1), (7, 13, 33), (13, 7, 1), (33, 33, 33), (1, 300, 200), (300, 1, 200),
           (37, 45, 29), (13, 33, 257), (100, 77, 300), (130, 200, 513), (25, 2100, 40),
-          (64, 64, 64), (96, 128, 600)]
+          (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000)]
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
@@ -153,7 +153,8 @@ def test_fast_vs_reference(isa, shape):
     assert (err <= 2 * tol).all(), err.max()
 
 
-@pytest.mark.parametrize("shape", [(130, 200, 513), (25, 2100, 40), (300, 77, 600), (12, 5, 700)],
+@pytest.mark.parametrize("shape", [(130, 200, 513), (25, 2100, 40), (300, 77, 600), (12, 5, 700),
+                                   (2, 3000, 100)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_threads_bitwise_identical(isa, threads, shape, rng):
     """1 and 2 threads give the same bits (K is never split across threads)."""

@@ -198,6 +198,53 @@ static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         }
 }
 
+/* A few rows of C (M <= FEW_ROWS, e.g. one token): the packed kernel would
+ * waste most of its mr-row tile and pack all of B for one use, so stream B
+ * once instead. Threads split N into column chunks (independent outputs).
+ * Sum orders: trans_b = 0 accumulates each element in p order; trans_b = 1
+ * keeps 8 partial sums (p mod 8) combined in a fixed tree, so the compiler
+ * can vectorise the dot product without changing its result. */
+#define FEW_ROWS 4
+#define FEW_CHUNK 256
+
+static void few_rows(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                     const float *A, int64_t lda, const float *B, int64_t ldb,
+                     const float *bias, float beta, float *C, int64_t ldc, int nt)
+{
+    const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t j0 = 0; j0 < N; j0 += FEW_CHUNK) {
+        const int n = N - j0 < FEW_CHUNK ? (int)(N - j0) : FEW_CHUNK;
+        float acc[FEW_CHUNK];
+        for (int64_t i = 0; i < M; i++) {
+            const float *a = A + i * sa_i;
+            if (!trans_b) {
+                for (int j = 0; j < n; j++) acc[j] = 0.0f;
+                for (int64_t p = 0; p < K; p++) {
+                    const float ap = a[p * sa_p], *b = B + p * ldb + j0;
+                    for (int j = 0; j < n; j++) acc[j] += ap * b[j];
+                }
+            } else {
+                for (int j = 0; j < n; j++) {
+                    const float *b = B + (j0 + j) * ldb;
+                    float part[8] = {0};
+                    int64_t p = 0;
+                    for (; p + 8 <= K; p += 8)
+                        for (int l = 0; l < 8; l++) part[l] += a[(p + l) * sa_p] * b[p + l];
+                    for (int l = 0; p < K; p++, l++) part[l] += a[p * sa_p] * b[p];
+                    acc[j] = ((part[0] + part[4]) + (part[1] + part[5]))
+                           + ((part[2] + part[6]) + (part[3] + part[7]));
+                }
+            }
+            float *c = C + i * ldc + j0;
+            for (int j = 0; j < n; j++) {
+                float v = beta != 0.0f ? c[j] + acc[j] : acc[j];
+                c[j] = bias ? v + bias[j0 + j] : v;
+            }
+        }
+    }
+}
+
 /* ---- the blocked product ----------------------------------------------- */
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -284,6 +331,10 @@ void mi_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
     double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
+    if (M <= FEW_ROWS) {
+        few_rows(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, nt);
+        return;
+    }
     blocked(arch_for(mi_cpu_isa()), nt, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,
             C, ldc);
 }
