@@ -94,10 +94,11 @@ def assert_close(got, want, tol):
 
 
 # Shapes: tiny (direct path), edge tiles of every micro-kernel (mr 4/6/12,
-# nr 8/16/32), several K blocks (kc 256), N beyond one nc block (2048), M or N = 1.
+# nr 8/16/32), several K blocks (kc 256), N beyond one nc block (1024, 2048, 4096),
+# M or N = 1, M <= 4 (the few-rows path).
 SHAPES = [(1, 1, 1), (7, 13, 33), (13, 7, 1), (33, 33, 33), (1, 300, 200), (300, 1, 200),
           (37, 45, 29), (13, 33, 257), (100, 77, 300), (130, 200, 513), (25, 2100, 40),
-          (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000)]
+          (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000), (13, 4200, 40)]
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])

@@ -68,6 +68,6 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
 }
 
 const mi_gemm_arch mi_gemm_arch_avx512 = {
-    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 2048,
+    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 4096,
     .ukr = ukr_avx512_12x32,
 };
