@@ -121,6 +121,19 @@ def test_bias_beta_leading_dims(isa, shape, trans_a, trans_b, rng):
         assert_close(got, want, tol)
 
 
+def test_several_packed_b_groups(isa, threads):
+    """N = 4200 (> nc on every ISA) and K = 1100 (> 4 K blocks): the packed B
+    block is refilled several times; 1 and 2 threads agree bitwise."""
+    res = []
+    for n in (1, 2):
+        _core.set_num_threads(n)
+        got, want, tol = run_sgemm(np.random.default_rng(11), 13, 4200, 1100, trans_b=True,
+                                   bias=True, beta=1.0, pad=(1, 2, 3))
+        assert_close(got, want, tol)
+        res.append(got)
+    np.testing.assert_array_equal(res[0], res[1])
+
+
 @pytest.mark.parametrize("shape", [(5, 6, 0), (0, 5, 7), (5, 0, 7)])
 def test_empty_dims(isa, shape, rng):
     """K = 0 gives beta*C + bias; M or N = 0 touches nothing."""

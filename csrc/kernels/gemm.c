@@ -1,16 +1,24 @@
 /* gemm.c - the packed, cache-blocked SGEMM driver (BLIS style). See gemm.h for
  * the contract and gemm_kernels.h for the micro-kernels.
  *
+ * Paths, chosen from the shape only (so the result depends on M, N, K and the
+ * ISA, never on threads):
+ *   K = 0                   C = beta*C + bias
+ *   M*N*K < SMALL_MNK       direct triple loop (packing would dominate)
+ *   M <= FEW_ROWS           stream B once per row (one token, a GEMV)
+ *   otherwise               the blocked product below
+ *
  * Loops (one ISA's mr, nr, mc, kc, nc from its mi_gemm_arch):
  *
  *   for jc in N step nc                     B block columns
- *     for pc in K step kc                   K blocks, in order (the sum order)
- *       pack B[pc:+kc, jc:+nc] -> Bp        shared, threads split the nr panels
+ *     for each group of K blocks (kc each)  as many as fit in B_GROUP_FLOATS
+ *       pack B[group, jc:+nc] -> Bp         shared, threads split the nr panels
  *       for each task (ic block, j range)   threads split the tasks
- *         pack A[ic:+mc, pc:+kc] -> Ap      per thread, stays in L2
- *         for jr in j range step nr         B micro-panel stays in L1
- *           for ir in mc step mr
- *             micro-kernel on C[ic+ir:+mr, jc+jr:+nr]
+ *         for pc in the group's K blocks    in order (the sum order)
+ *           pack A[ic:+mc, pc:+kc] -> Ap    per thread, stays in L2
+ *           for jr in j range step nr       B micro-panel stays in L1
+ *             for ir in mc step mr
+ *               micro-kernel on C[ic+ir:+mr, jc+jr:+nr]
  *
  * Determinism: every C element is accumulated by the same micro-kernel, over
  * the same K blocks in the same order, whatever thread computes its tile and
@@ -42,6 +50,8 @@
 #define SMALL_MNK 32768.0
 /* Multiply-adds per thread below which waking more threads costs more than it saves. */
 #define MNK_PER_THREAD 262144.0
+/* Packed B kept at once (floats): 16 MB, half the L3 of the machine this was tuned on. */
+#define B_GROUP_FLOATS ((size_t)4 << 20)
 #define MAX_MR 16
 #define MAX_NR 64
 
@@ -266,8 +276,14 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
     mblocks = ceil_div(M, mc);
     int64_t nsplit = mblocks >= nt ? 1 : ceil_div(nt, mblocks);
 
+    /* Pack as many K blocks of the B block as fit in B_GROUP_FLOATS at once:
+     * threads then meet at a barrier once per group instead of once per K
+     * block (a thread the OS descheduled stalls the others at every barrier). */
+    const int64_t nkb = ceil_div(K, kc_max);
     size_t a_size = (size_t)mc * kc_max, b_size = (size_t)nc_max * kc_max;
-    float *buf = scratch(b_size + (size_t)nt * a_size);
+    int64_t group = (int64_t)(B_GROUP_FLOATS / b_size);
+    group = group < 1 ? 1 : group > nkb ? nkb : group;
+    float *buf = scratch((size_t)group * b_size + (size_t)nt * a_size);
     if (!buf) {
         mi_sgemm_ref(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
         return;
@@ -276,36 +292,41 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
 
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float *Ap = buf + b_size + (size_t)omp_get_thread_num() * a_size;
+        float *Ap = buf + (size_t)group * b_size + (size_t)omp_get_thread_num() * a_size;
         for (int64_t jc = 0; jc < N; jc += nc_max) {
             const int64_t ncur = N - jc < nc_max ? N - jc : nc_max;
             const int64_t npanels = ceil_div(ncur, nr);
-            for (int64_t pc = 0; pc < K; pc += kc_max) {
-                const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
-                const int first = pc == 0, last = pc + kcur == K;
+            for (int64_t kb0 = 0; kb0 < nkb; kb0 += group) {
+                const int64_t kb1 = kb0 + group < nkb ? kb0 + group : nkb;
                 #pragma omp for schedule(dynamic, 4)
-                for (int64_t jp = 0; jp < npanels; jp++) {
-                    int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
+                for (int64_t x = 0; x < (kb1 - kb0) * npanels; x++) {
+                    const int64_t kb = kb0 + x / npanels, jp = x % npanels;
+                    const int64_t pc = kb * kc_max, kcur = K - pc < kc_max ? K - pc : kc_max;
+                    const int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
                     pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
-                                 Bp + jp * nr * kcur);
+                                 Bp + (kb - kb0) * b_size + jp * nr * kcur);
                 }
-                /* implicit barrier: Bp is complete */
+                /* implicit barrier: this group of Bp is complete */
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t task = 0; task < mblocks * nsplit; task++) {
                     const int64_t ib = task / nsplit, js = task % nsplit;
                     const int64_t ic = ib * mc, mcur = M - ic < mc ? M - ic : mc;
                     const int64_t p_lo = npanels * js / nsplit, p_hi = npanels * (js + 1) / nsplit;
                     if (p_lo == p_hi) continue;
-                    pack_a(trans_a, A, lda, ic, mcur, pc, kcur, mr, Ap);
-                    for (int64_t jp = p_lo; jp < p_hi; jp++) {
-                        const int64_t j = jc + jp * nr;
-                        const int cols = N - j < nr ? (int)(N - j) : nr;
-                        const float *bp = Bp + jp * nr * kcur;
-                        for (int64_t ir = 0; ir < mcur; ir += mr) {
-                            const int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
-                            tile(ar, kcur, Ap + ir * kcur, bp, C + (ic + ir) * ldc + j, ldc,
-                                 rows, cols, !first || beta != 0.0f,
-                                 last && bias ? bias + j : NULL);
+                    for (int64_t kb = kb0; kb < kb1; kb++) {     /* K blocks in order */
+                        const int64_t pc = kb * kc_max, kcur = K - pc < kc_max ? K - pc : kc_max;
+                        const int first = pc == 0, last = pc + kcur == K;
+                        pack_a(trans_a, A, lda, ic, mcur, pc, kcur, mr, Ap);
+                        for (int64_t jp = p_lo; jp < p_hi; jp++) {
+                            const int64_t j = jc + jp * nr;
+                            const int cols = N - j < nr ? (int)(N - j) : nr;
+                            const float *bp = Bp + (kb - kb0) * b_size + jp * nr * kcur;
+                            for (int64_t ir = 0; ir < mcur; ir += mr) {
+                                const int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
+                                tile(ar, kcur, Ap + ir * kcur, bp, C + (ic + ir) * ldc + j,
+                                     ldc, rows, cols, !first || beta != 0.0f,
+                                     last && bias ? bias + j : NULL);
+                            }
                         }
                     }
                 }
