@@ -317,3 +317,25 @@ def test_fma_peak_is_plausible():
     (64 flops/cycle/core at 6 GHz on every thread)."""
     g = _core._fma_peak()
     assert 0.5 < g < 64 * 6.0 * max(1, _core.get_num_threads()) * 2
+
+
+def test_concurrent_python_threads(rng):
+    """Products from several Python threads at once (GIL released, per-thread
+    packing buffers) give the same bits as one at a time."""
+    import threading
+    a = rng.standard_normal((4, 150, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 200)).astype(np.float32)
+    want = [ops.matmul(x, b) for x in a]
+    got = [None] * len(a)
+
+    def work(i):
+        for _ in range(3):
+            got[i] = ops.matmul(a[i], b)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(a))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -35,6 +35,7 @@
 #include "kernels/gemm.h"
 
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
@@ -68,13 +69,21 @@ static const mi_gemm_arch *arch_for(mi_isa isa)
 
 static _Thread_local float *tl_buf;
 static _Thread_local size_t tl_cap;   /* floats */
+/* The same pointer under a pthread key, whose destructor frees it when the
+ * thread exits (a Python thread that ran one product must not leak it). */
+static pthread_key_t tl_key;
+static pthread_once_t tl_key_once = PTHREAD_ONCE_INIT;
+
+static void make_tl_key(void) { pthread_key_create(&tl_key, mi_free); }
 
 static float *scratch(size_t n)
 {
     if (n > tl_cap) {
+        pthread_once(&tl_key_once, make_tl_key);
         mi_free(tl_buf);
         tl_buf = mi_malloc(n * sizeof(float));
         tl_cap = tl_buf ? n : 0;
+        pthread_setspecific(tl_key, tl_buf);
     }
     return tl_buf;
 }
