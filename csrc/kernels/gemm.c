@@ -220,13 +220,15 @@ static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
 /* A few rows of C (M <= FEW_ROWS, e.g. one token): the packed kernel would
  * waste most of its mr-row tile and pack all of B for one use, so stream B
  * once instead. Threads split N into column chunks (independent outputs).
- * Sum orders: trans_b = 0 accumulates each element in p order; trans_b = 1
+ * Sum orders: trans_b = 0 accumulates each element in p order (the ISA's
+ * axpy: FMA on AVX2/AVX-512); trans_b = 1
  * keeps 8 partial sums (p mod 8) combined in a fixed tree, so the compiler
  * can vectorise the dot product without changing its result. */
 #define FEW_ROWS 4
 #define FEW_CHUNK 256
 
-static void few_rows(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+static void few_rows(const mi_gemm_arch *ar, int trans_a, int trans_b,
+                     int64_t M, int64_t N, int64_t K,
                      const float *A, int64_t lda, const float *B, int64_t ldb,
                      const float *bias, float beta, float *C, int64_t ldc, int nt)
 {
@@ -239,10 +241,7 @@ static void few_rows(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
             const float *a = A + i * sa_i;
             if (!trans_b) {
                 for (int j = 0; j < n; j++) acc[j] = 0.0f;
-                for (int64_t p = 0; p < K; p++) {
-                    const float ap = a[p * sa_p], *b = B + p * ldb + j0;
-                    for (int j = 0; j < n; j++) acc[j] += ap * b[j];
-                }
+                for (int64_t p = 0; p < K; p++) ar->axpy(n, a[p * sa_p], B + p * ldb + j0, acc);
             } else {
                 for (int j = 0; j < n; j++) {
                     const float *b = B + (j0 + j) * ldb;
@@ -362,7 +361,8 @@ void mi_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
     double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
     if (M <= FEW_ROWS) {
-        few_rows(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, nt);
+        few_rows(arch_for(mi_cpu_isa()), trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,
+                 C, ldc, nt);
         return;
     }
     blocked(arch_for(mi_cpu_isa()), nt, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,

@@ -4,6 +4,7 @@
  * 2 B vectors and 1 broadcast of A per k step: 15 of the 16 ymm registers. */
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
+#include <math.h>
 
 #include "kernels/gemm_kernels.h"
 
@@ -44,7 +45,16 @@ static void ukr_avx2_6x16(int64_t kc, const float *restrict Ap, const float *res
 #undef STORE
 }
 
+static void axpy_avx2(int64_t n, float a, const float *x, float *y)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
+    for (; j < n; j++) y[j] = fmaf(a, x[j], y[j]);   /* same single rounding as the vectors */
+}
+
 const mi_gemm_arch mi_gemm_arch_avx2 = {
     .name = "avx2", .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 2048,
-    .ukr = ukr_avx2_6x16,
+    .ukr = ukr_avx2_6x16, .axpy = axpy_avx2,
 };

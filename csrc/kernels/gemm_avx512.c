@@ -67,7 +67,20 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
 #undef STORE
 }
 
+static void axpy_avx512(int64_t n, float a, const float *x, float *y)
+{
+    __m512 va = _mm512_set1_ps(a);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(y + j, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + j), _mm512_loadu_ps(y + j)));
+    if (j < n) {    /* masked tail: the same FMA, so every element rounds alike */
+        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
+        __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, y + j));
+        _mm512_mask_storeu_ps(y + j, m, r);
+    }
+}
+
 const mi_gemm_arch mi_gemm_arch_avx512 = {
     .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 4096,
-    .ukr = ukr_avx512_12x32,
+    .ukr = ukr_avx512_12x32, .axpy = axpy_avx512,
 };

@@ -29,11 +29,16 @@
 typedef void (*mi_gemm_ukr)(int64_t kc, const float *Ap, const float *Bp, float *C,
                             int64_t ldc, int load_c, const float *bias);
 
+/* y[0:n] += a * x[0:n], one rounding per element per call in this ISA's way
+ * (FMA where the ISA has it): the few-rows path (one token) streams B with it. */
+typedef void (*mi_gemm_axpy)(int64_t n, float a, const float *x, float *y);
+
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile of the micro-kernel */
     int mc, kc, nc;      /* cache blocks: A block mc x kc (L2), B block kc x nc (L2/L3) */
     mi_gemm_ukr ukr;
+    mi_gemm_axpy axpy;
 } mi_gemm_arch;
 
 extern const mi_gemm_arch mi_gemm_arch_avx512;   /* 12 x 32, AVX-512F + FMA */

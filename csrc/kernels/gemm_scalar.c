@@ -26,7 +26,12 @@ static void ukr_scalar_4x8(int64_t kc, const float *restrict Ap, const float *re
         }
 }
 
+static void axpy_scalar(int64_t n, float a, const float *restrict x, float *restrict y)
+{
+    for (int64_t j = 0; j < n; j++) y[j] += a * x[j];
+}
+
 const mi_gemm_arch mi_gemm_arch_scalar = {
     .name = "scalar", .mr = MR, .nr = NR, .mc = 128, .kc = 256, .nc = 1024,
-    .ukr = ukr_scalar_4x8,
+    .ukr = ukr_scalar_4x8, .axpy = axpy_scalar,
 };
