@@ -221,9 +221,9 @@ static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
  * waste most of its mr-row tile and pack all of B for one use, so stream B
  * once instead. Threads split N into column chunks (independent outputs).
  * Sum orders: trans_b = 0 accumulates each element in p order (the ISA's
- * axpy: FMA on AVX2/AVX-512); trans_b = 1
- * keeps 8 partial sums (p mod 8) combined in a fixed tree, so the compiler
- * can vectorise the dot product without changing its result. */
+ * axpy: FMA on AVX2/AVX-512); trans_b = 1 keeps 8 partial sums (p mod 8)
+ * combined in a fixed tree, so the compiler can vectorise the dot product
+ * without changing its result. */
 #define FEW_ROWS 4
 #define FEW_CHUNK 256
 

@@ -50,7 +50,8 @@ static void axpy_avx2(int64_t n, float a, const float *x, float *y)
     __m256 va = _mm256_set1_ps(a);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
+        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + j),
+                                                _mm256_loadu_ps(y + j)));
     for (; j < n; j++) y[j] = fmaf(a, x[j], y[j]);   /* same single rounding as the vectors */
 }
 

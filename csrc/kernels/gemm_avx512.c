@@ -61,7 +61,8 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
         BIAS(6) BIAS(7) BIAS(8) BIAS(9) BIAS(10) BIAS(11)
 #undef BIAS
     }
-#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
+#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); \
+                 _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
     STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
 #undef STORE
@@ -72,10 +73,12 @@ static void axpy_avx512(int64_t n, float a, const float *x, float *y)
     __m512 va = _mm512_set1_ps(a);
     int64_t j = 0;
     for (; j + 16 <= n; j += 16)
-        _mm512_storeu_ps(y + j, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + j), _mm512_loadu_ps(y + j)));
+        _mm512_storeu_ps(y + j, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + j),
+                                                _mm512_loadu_ps(y + j)));
     if (j < n) {    /* masked tail: the same FMA, so every element rounds alike */
         __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
-        __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, y + j));
+        __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + j),
+                                   _mm512_maskz_loadu_ps(m, y + j));
         _mm512_mask_storeu_ps(y + j, m, r);
     }
 }
