@@ -278,10 +278,13 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
     const int64_t nc_max = round_up(N < ar->nc ? N : ar->nc, nr);
     /* M blocks: a multiple of the thread count, each a multiple of mr, so
      * threads get equal shares; when M is too short for that, split N too. */
+    const int64_t mpanels = ceil_div(M, mr);
     int64_t mblocks = ceil_div(M, ar->mc);
     if (mblocks % nt) mblocks += nt - mblocks % nt;
-    int64_t mc = round_up(ceil_div(M, mblocks), mr);
-    mblocks = ceil_div(M, mc);
+    if (mblocks > mpanels) mblocks = mpanels;
+    /* Block ib holds panels [mpanels*ib/mblocks, mpanels*(ib+1)/mblocks):
+     * sizes differ by at most one panel, so no thread waits on a big last block. */
+    const int64_t mc = ceil_div(mpanels, mblocks) * mr;
     int64_t nsplit = mblocks >= nt ? 1 : ceil_div(nt, mblocks);
 
     /* Pack as many K blocks of the B block as fit in B_GROUP_FLOATS at once:
@@ -318,7 +321,9 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t task = 0; task < mblocks * nsplit; task++) {
                     const int64_t ib = task / nsplit, js = task % nsplit;
-                    const int64_t ic = ib * mc, mcur = M - ic < mc ? M - ic : mc;
+                    const int64_t ic = mpanels * ib / mblocks * mr;
+                    const int64_t iend = mpanels * (ib + 1) / mblocks * mr;
+                    const int64_t mcur = (iend < M ? iend : M) - ic;
                     const int64_t p_lo = npanels * js / nsplit, p_hi = npanels * (js + 1) / nsplit;
                     if (p_lo == p_hi) continue;
                     for (int64_t kb = kb0; kb < kb1; kb++) {     /* K blocks in order */
