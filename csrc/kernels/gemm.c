@@ -137,6 +137,32 @@ static void pack_copy(const float *src, int64_t ld, int cols, int64_t k, int wid
     }
 }
 
+/* One row of B stored [K, N] (ncur values) into every nr-column panel of a
+ * packed block: panel jp gets its nr values at dst + jp*nr*kcur. Reading B
+ * row by row keeps the loads sequential (the panel-by-panel order would read
+ * 128-byte pieces of kcur different rows). Fixed-size copies compile to
+ * vector moves instead of memcpy calls. */
+static void copy_b_row(const float *src, int64_t ncur, int nr, int64_t kcur, float *restrict dst)
+{
+    int64_t jp = 0;
+    const int64_t full = ncur / nr, stride = (int64_t)nr * kcur;
+    switch (nr) {
+    case 32: for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * 32, 32 * sizeof(float));
+             break;
+    case 16: for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * 16, 16 * sizeof(float));
+             break;
+    case 8:  for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * 8, 8 * sizeof(float));
+             break;
+    default: for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * nr, nr * sizeof(float));
+    }
+    if (jp * nr < ncur) {   /* the last, partial panel: zero its padding */
+        int cols = (int)(ncur - jp * nr);
+        float *d = dst + jp * stride;
+        for (int c = 0; c < cols; c++) d[c] = src[jp * nr + c];
+        for (int c = cols; c < nr; c++) d[c] = 0.0f;
+    }
+}
+
 /* op(A)[i0:i0+mcur, p0:p0+kcur] -> mr-row panels, rows past mcur zero. */
 static void pack_a(int trans_a, const float *A, int64_t lda, int64_t i0, int64_t mcur,
                    int64_t p0, int64_t kcur, int mr, float *restrict dst)
@@ -309,13 +335,24 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
             const int64_t npanels = ceil_div(ncur, nr);
             for (int64_t kb0 = 0; kb0 < nkb; kb0 += group) {
                 const int64_t kb1 = kb0 + group < nkb ? kb0 + group : nkb;
-                #pragma omp for schedule(dynamic, 4)
-                for (int64_t x = 0; x < (kb1 - kb0) * npanels; x++) {
-                    const int64_t kb = kb0 + x / npanels, jp = x % npanels;
-                    const int64_t pc = kb * kc_max, kcur = K - pc < kc_max ? K - pc : kc_max;
-                    const int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
-                    pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
-                                 Bp + (kb - kb0) * b_size + jp * nr * kcur);
+                if (trans_b) {  /* B stored [N, K]: one panel per work item */
+                    #pragma omp for schedule(dynamic, 4)
+                    for (int64_t x = 0; x < (kb1 - kb0) * npanels; x++) {
+                        const int64_t kb = kb0 + x / npanels, jp = x % npanels;
+                        const int64_t pc = kb * kc_max;
+                        const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
+                        const int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
+                        pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
+                                     Bp + (kb - kb0) * b_size + jp * nr * kcur);
+                    }
+                } else {        /* B stored [K, N]: stream whole rows, scatter to panels */
+                    #pragma omp for schedule(dynamic, 16)
+                    for (int64_t q = kb0 * kc_max; q < (kb1 * kc_max < K ? kb1 * kc_max : K); q++) {
+                        const int64_t kb = q / kc_max, p = q - kb * kc_max, pc = kb * kc_max;
+                        const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
+                        copy_b_row(B + q * ldb + jc, ncur, nr, kcur,
+                                   Bp + (kb - kb0) * b_size + p * nr);
+                    }
                 }
                 /* implicit barrier: this group of Bp is complete */
                 #pragma omp for schedule(dynamic, 1)
