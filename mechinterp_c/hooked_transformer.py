@@ -61,6 +61,28 @@ def _check_unsupported(cfg):
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
 
 
+def _tl_hook_names(cfg):
+    """Every HookPoint name of TransformerLens's module tree for cfg, in its module order."""
+    norm = cfg.normalization_type is not None
+    names = ["hook_embed", "hook_pos_embed"]
+    for l in range(cfg.n_layers):
+        p = f"blocks.{l}."
+        lns = ["ln1"] + ([] if cfg.attn_only else ["ln2"])
+        if norm:
+            names += [p + f"{ln}.{h}" for ln in lns for h in ("hook_scale", "hook_normalized")]
+        names += [p + "attn." + h for h in ("hook_k", "hook_q", "hook_v", "hook_z", "hook_attn_scores",
+                                            "hook_pattern", "hook_result")]
+        if not cfg.attn_only:
+            names += [p + "mlp.hook_pre"] + ([p + "mlp.hook_pre_linear"] if cfg.gated_mlp else []) \
+                + [p + "mlp.hook_post"]
+        names += [p + h for h in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
+                                  "hook_mlp_in", "hook_attn_out", "hook_mlp_out", "hook_resid_pre")]
+        names += ([] if cfg.attn_only else [p + "hook_resid_mid"]) + [p + "hook_resid_post"]
+    if norm:
+        names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    return names + ["unembed.hook_in", "unembed.hook_out"]
+
+
 class HookedTransformer:
     """A transformer with TransformerLens hook points, running on the C core.
 
@@ -93,14 +115,21 @@ class HookedTransformer:
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0)
         self._raw = self._core.params()
         self._n_points = self._core.n_points
-        self.hook_dict = {}
         self._points = [None] * self._n_points
         self._point_layer = {}
-        for name, pid, layer in self._core.hook_points():
-            hp = HookPoint(name, pid)
-            self.hook_dict[name] = hp
-            self._points[pid] = hp
+        fired = {}
+        for name, pid, layer in self._core.hook_points():     # forward (firing) order
+            fired[name] = HookPoint(name, pid)
+            self._points[pid] = fired[name]
             self._point_layer[pid] = layer
+        self._fire_order = list(fired)
+        # hook_dict: every HookPoint TransformerLens's module tree has, in its module
+        # order; points this config never fires (hook_result without use_attn_result,
+        # hook_attn_in, ...) accept hooks that never run, as in TransformerLens.
+        self.hook_dict = {}
+        for name in _tl_hook_names(cfg):
+            self.hook_dict[name] = fired.pop(name, None) or HookPoint(name, None)
+        assert not fired, f"hook points missing from the module order: {list(fired)}"
         self._params = self._tl_params()
         self._make_modules()
 
@@ -342,7 +371,7 @@ class HookedTransformer:
             flags[pid] |= _CACHE
         any_cb = False
         for hp in self.hook_dict.values():
-            if hp._handles:
+            if hp._handles and hp.point_id is not None:
                 flags[hp.point_id] |= _CALLBACK
                 any_cb = True
         points = self._points
@@ -435,7 +464,7 @@ class HookedTransformer:
         else:
             raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
                             f"got {type(names_filter).__name__}")
-        ids = [hp.point_id for n, hp in self.hook_dict.items() if keep(n)]
+        ids = [hp.point_id for n, hp in self.hook_dict.items() if hp.point_id is not None and keep(n)]
         if len(model_args) > 1:
             raise TypeError("run_with_cache: pass return_type etc. as keywords")
         return_type = model_kwargs.pop("return_type", "logits")
@@ -456,7 +485,7 @@ class HookedTransformer:
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
                                  ids, stop_layer)
         cache = {self._points[pid].name: v for pid, v in raw.items()}
-        cache = {n: cache[n] for n in self.hook_dict if n in cache}   # forward order
+        cache = {n: cache[n] for n in self._fire_order if n in cache}   # forward order
         if remove_batch_dim:
             cache = {n: v[0] for n, v in cache.items()}
         return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)

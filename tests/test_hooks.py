@@ -174,10 +174,16 @@ def test_hook_errors_are_clear_and_leave_model_usable():
     np.testing.assert_array_equal(m(tokens), ref)
 
 
-def test_hook_dict_matches_fired_tl_hooks():
-    for overrides in ({}, dict(attn_only=True), dict(normalization_type=None, use_attn_result=True)):
-        tm, m = make_pair(overrides)
-        _, tcache = tm.run_with_cache(torch.tensor([[1, 2, 3]]))
-        assert list(m.hook_dict) == list(tcache.keys())
-        assert all(n in m.mod_dict for n in m.hook_dict)
-        assert "blocks.0.attn" in m.mod_dict
+@pytest.mark.parametrize("overrides", [{}, dict(attn_only=True), dict(normalization_type=None, use_attn_result=True),
+                                       dict(gated_mlp=True, normalization_type="RMSPre"), dict(use_hook_mlp_in=True)])
+def test_hook_dict_matches_tl(overrides):
+    tm, m = make_pair(overrides)
+    assert list(m.hook_dict) == list(tm.hook_dict)      # every HookPoint, TL's module order
+    assert all(n in m.mod_dict for n in m.hook_dict)
+    assert "blocks.0.attn" in m.mod_dict
+    # a point this config never fires accepts a hook that never runs, as in TransformerLens
+    calls = []
+    m.add_hook("blocks.0.hook_attn_in", lambda a, hook: calls.append(1))
+    m(np.array([[1, 2, 3]]))
+    m.reset_hooks()
+    assert calls == []
