@@ -258,13 +258,57 @@ class HookedTransformer:
                                                center_unembed=center_unembed,
                                                fold_value_biases=fold_value_biases)
         if fold_ln and self.cfg.normalization_type in ("LN", "RMS"):
-            hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
             self.cfg.normalization_type = "LNPre" if self.cfg.normalization_type == "LN" else "RMSPre"
-            self._build()
-            for n, hs in hooks.items():
-                if n in self.hook_dict:
-                    self.hook_dict[n]._handles = hs
+            self._rebuild()
         self.load_state_dict(sd, strict=False)
+
+    def _rebuild(self):
+        """Recreate the C model after a cfg change, keeping weights and hooks."""
+        weights = {k: v.copy() for k, v in self._params.items()}
+        hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
+        self._build()
+        for n, hs in hooks.items():
+            if n in self.hook_dict:
+                self.hook_dict[n]._handles = hs
+        self.load_state_dict(weights, strict=False)
+
+    def set_use_attn_result(self, use_attn_result):
+        """Turn ``attn.hook_result`` (per-head outputs [batch, pos, head, d_model]) on or off."""
+        self.cfg.use_attn_result = bool(use_attn_result)
+        self._rebuild()
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in):
+        """Turn ``hook_mlp_in`` (a copy of resid_mid that feeds ln2) on or off."""
+        if self.cfg.attn_only and use_hook_mlp_in:
+            raise ValueError("can't use hook_mlp_in with an attn_only model")
+        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)
+        self._rebuild()
+
+    def set_use_split_qkv_input(self, use_split_qkv_input):
+        """Not supported by the C core (raises NotImplementedError when turned on)."""
+        if use_split_qkv_input:
+            raise NotImplementedError("use_split_qkv_input is not supported by the C core")
+
+    def set_use_attn_in(self, use_attn_in):
+        """Not supported by the C core (raises NotImplementedError when turned on)."""
+        if use_attn_in:
+            raise NotImplementedError("use_attn_in is not supported by the C core")
+
+    def to(self, *args, **kwargs):
+        """No-op (CPU only); returns self so ``model.to(device)`` works."""
+        return self
+
+    def cpu(self):
+        """No-op; returns self."""
+        return self
+
+    def eval(self):
+        """No-op (no dropout); returns self."""
+        return self
+
+    def train(self, mode=True):
+        """No-op (no dropout); returns self."""
+        return self
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
     def _stack(self, key):

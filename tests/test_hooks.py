@@ -187,3 +187,24 @@ def test_hook_dict_matches_tl(overrides):
     m(np.array([[1, 2, 3]]))
     m.reset_hooks()
     assert calls == []
+
+
+def test_set_use_attn_result_and_hook_mlp_in_keep_weights_and_hooks():
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(6).integers(0, 50, (2, 6))
+    m.add_hook("blocks.1.attn.hook_z", _zero_head_inplace)
+    tm.add_hook("blocks.1.attn.hook_z", _zero_head_inplace)
+    m.set_use_attn_result(True)
+    m.set_use_hook_mlp_in(True)
+    tm.set_use_attn_result(True)
+    tm.set_use_hook_mlp_in(True)
+    with torch.no_grad():
+        logits, cache = m.run_with_cache(tokens)
+        tlogits, tcache = tm.run_with_cache(torch.tensor(tokens))
+    assert "blocks.0.attn.hook_result" in cache and "blocks.0.hook_mlp_in" in cache
+    assert list(cache.keys()) == list(tcache.keys())
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    assert_scaled_close(logits, tlogits.numpy(), "logits")
+    with pytest.raises(NotImplementedError, match="use_split_qkv_input"):
+        m.set_use_split_qkv_input(True)
