@@ -18,7 +18,7 @@ from .utils import to_numpy
 
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
-             "gelu_fast": 2, "silu": 3, "swish": 3}
+             "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
 _CACHE, _CALLBACK = 1, 2
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
@@ -73,6 +73,8 @@ def _tl_hook_names(cfg):
         names += [p + "attn." + h for h in ("hook_k", "hook_q", "hook_v", "hook_z", "hook_attn_scores",
                                             "hook_pattern", "hook_result")]
         if not cfg.attn_only:
+            if cfg.act_fn == "solu_ln":
+                names += [p + "mlp.hook_mid", p + "mlp.ln.hook_scale", p + "mlp.ln.hook_normalized"]
             names += [p + "mlp.hook_pre"] + ([p + "mlp.hook_pre_linear"] if cfg.gated_mlp else []) \
                 + [p + "mlp.hook_post"]
         names += [p + h for h in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
@@ -150,7 +152,7 @@ class HookedTransformer:
                 out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
             out[p + "attn.W_O"] = raw[p + "attn.W_O"]
             out[p + "attn.b_O"] = raw[p + "attn.b_O"]
-            for w in ("W_in", "b_in", "W_gate", "W_out", "b_out"):
+            for w in ("W_in", "b_in", "W_gate", "ln.w", "ln.b", "W_out", "b_out"):
                 if p + f"mlp.{w}" in raw:
                     out[p + f"mlp.{w}"] = raw[p + f"mlp.{w}"]
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
@@ -189,6 +191,9 @@ class HookedTransformer:
                 m = module(f"blocks.{l}.{sub}")
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
+            if cfg.act_fn == "solu_ln" and not cfg.attn_only:
+                b.mlp.ln = module(f"blocks.{l}.mlp.ln")
+                attach(b.mlp.ln, f"blocks.{l}.mlp.ln.")
             self.blocks.append(b)
         self.ln_final = module("ln_final")
         attach(self.ln_final, "ln_final.")

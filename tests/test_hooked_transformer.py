@@ -39,6 +39,8 @@ CONFIGS = {
     "gated_silu_rms": dict(gated_mlp=True, act_fn="silu", normalization_type="RMS", d_mlp=48),
     "hook_mlp_in_one_head": dict(use_hook_mlp_in=True, n_heads=1, d_head=32),
     "no_attn_scale_vocab_out": dict(use_attn_scale=False, d_vocab_out=20),
+    "solu_ln": dict(act_fn="solu_ln"),
+    "solu_ln_lnpre": dict(act_fn="solu_ln", normalization_type="LNPre"),
 }
 
 

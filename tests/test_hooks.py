@@ -70,11 +70,14 @@ EDITS = [
     ("hook_embed", _scale_by_return),
     ("unembed.hook_in", _scale_by_return),
 ]
+SOLU_EDITS = [("blocks.0.mlp.hook_mid", _zero_neurons), ("blocks.1.mlp.ln.hook_scale", _scale_by_return),
+              ("blocks.0.mlp.ln.hook_normalized", _scale_by_return)]
 
 
-@pytest.mark.parametrize("name,fn", EDITS, ids=[e[0] + ":" + e[1].__name__ for e in EDITS])
+@pytest.mark.parametrize("name,fn", EDITS + SOLU_EDITS,
+                         ids=[e[0] + ":" + e[1].__name__ for e in EDITS + SOLU_EDITS])
 def test_hook_edit_matches_transformer_lens(name, fn):
-    tm, m = make_pair({})
+    tm, m = make_pair(dict(act_fn="solu_ln") if (name, fn) in SOLU_EDITS else {})
     tokens = np.random.default_rng(1).integers(0, 50, (2, 9))
     with m.hooks(fwd_hooks=[(name, fn)]):
         logits, cache = m.run_with_cache(tokens)
@@ -175,7 +178,8 @@ def test_hook_errors_are_clear_and_leave_model_usable():
 
 
 @pytest.mark.parametrize("overrides", [{}, dict(attn_only=True), dict(normalization_type=None, use_attn_result=True),
-                                       dict(gated_mlp=True, normalization_type="RMSPre"), dict(use_hook_mlp_in=True)])
+                                       dict(gated_mlp=True, normalization_type="RMSPre"), dict(use_hook_mlp_in=True),
+                                       dict(act_fn="solu_ln")])
 def test_hook_dict_matches_tl(overrides):
     tm, m = make_pair(overrides)
     assert list(m.hook_dict) == list(tm.hook_dict)      # every HookPoint, TL's module order

@@ -62,7 +62,9 @@ mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
     if (!(s->attn_scale > 0.0f))
         return mi_fail(MI_ERR_VALUE, "transformer spec: attn_scale must be > 0, got %g",
                        (double)s->attn_scale);
-    if (s->act < MI_ACT_RELU || s->act > MI_ACT_SILU)
+    if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
+    if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
     m->spec = *s;
     int64_t L = s->n_layers, D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
@@ -91,6 +93,10 @@ mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
             P(MI_W_IN, "mlp.W_in", 2, D, M, 0, 0);
             P(MI_W_B_IN, "mlp.b_in", 1, M, 0, 0, 0);
             if (s->gated_mlp) P(MI_W_GATE, "mlp.W_gate", 2, D, M, 0, 0);
+            if (s->act == MI_TF_ACT_SOLU_LN && s->norm == MI_NORM_LN) {
+                P(MI_W_MLN_W, "mlp.ln.w", 1, M, 0, 0, 0);
+                P(MI_W_MLN_B, "mlp.ln.b", 1, M, 0, 0, 0);
+            }
             P(MI_W_OUT, "mlp.W_out", 2, M, D, 0, 0);
             P(MI_W_B_OUT, "mlp.b_out", 1, D, 0, 0, 0);
         }
@@ -136,6 +142,8 @@ int mi_tf_point_present(const mi_tf_spec *s, int p)
     case MI_P_LN2_SCALE: case MI_P_LN2_NORM: return norm && !s->attn_only;
     case MI_P_MLP_IN: return s->use_hook_mlp_in && !s->attn_only;
     case MI_P_MLP_PRE_LINEAR: return s->gated_mlp && !s->attn_only;
+    case MI_P_MLP_MID: case MI_P_MLP_LN_SCALE: case MI_P_MLP_LN_NORM:
+        return s->act == MI_TF_ACT_SOLU_LN && !s->attn_only;
     default: return 1;
     }
 }
@@ -144,7 +152,8 @@ static const char *layer_point_names[MI_P_PER_LAYER] = {
     "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
     "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
     "attn.hook_result", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "ln2.hook_scale",
-    "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
+    "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_mid",
+    "mlp.ln.hook_scale", "mlp.ln.hook_normalized", "mlp.hook_post",
     "hook_mlp_out", "hook_resid_post",
 };
 static const char *final_point_names[MI_PF_COUNT] = {
@@ -168,8 +177,8 @@ int mi_tf_point_name(const mi_tf_spec *s, int p, char *buf)
  * per layer NB kinds, then the final three. q, k, v share the qkv buffer;
  * unembed.hook_in is ln_final.hook_normalized (or resid[L] with no norm). */
 enum { B_LN1_SCALE, B_LN1_NORM, B_LN1_OUT, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT, B_ATTN_OUT,
-       B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_LN2_OUT, B_PRE, B_PRE_LINEAR, B_POST,
-       B_MLP_OUT, NB };
+       B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_LN2_OUT, B_PRE, B_PRE_LINEAR, B_MID,
+       B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT, NB };
 /* *_NORM is TransformerLens's hook_normalized, x / scale before the affine
  * weights; *_OUT = normalized * w + b is what the next layer reads (only for
  * LN and RMS, which have weights). */
@@ -198,8 +207,8 @@ static int point_buf(const mi_tf_spec *s, int p)
     int l = (p - 2) / MI_P_PER_LAYER;
     static const int kind_of[MI_P_PER_LAYER] = {
         -1, B_LN1_SCALE, B_LN1_NORM, B_QKV, B_QKV, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT,
-        B_ATTN_OUT, B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_PRE, B_PRE_LINEAR, B_POST,
-        B_MLP_OUT, -2,
+        B_ATTN_OUT, B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_PRE, B_PRE_LINEAR, B_MID,
+        B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT, -2,
     };
     int k = kind_of[(p - 2) % MI_P_PER_LAYER];
     if (k == -1) return buf_resid(l);
@@ -211,12 +220,12 @@ static size_t layer_buf_floats(const mi_tf_spec *s, int kind, size_t BT, int64_t
 {
     size_t D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
     switch (kind) {
-    case B_LN1_SCALE: case B_LN2_SCALE: return BT;
+    case B_LN1_SCALE: case B_LN2_SCALE: case B_MLN_SCALE: return BT;
     case B_QKV: return BT * 3 * H * Dh;
     case B_SCORES: case B_PATTERN: return BT * H * (size_t)T;
     case B_Z: return BT * H * Dh;
     case B_RESULT: return BT * H * D;
-    case B_PRE: case B_PRE_LINEAR: case B_POST: return BT * M;
+    case B_PRE: case B_PRE_LINEAR: case B_POST: case B_MID: case B_MLN_NORM: return BT * M;
     default: return BT * D;
     }
 }
@@ -233,6 +242,7 @@ static int layer_buf_needed(const mi_tf_spec *s, int kind)
     case B_MLP_IN: return mlp && s->use_hook_mlp_in;
     case B_LN2_SCALE: case B_LN2_NORM: return mlp && norm;
     case B_PRE_LINEAR: return mlp && s->gated_mlp;
+    case B_MID: case B_MLN_SCALE: case B_MLN_NORM: return mlp && s->act == MI_TF_ACT_SOLU_LN;
     default: return 1;
     }
 }
@@ -359,7 +369,7 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
         return 1;
     }
     int64_t shape[4];
-    if (k == MI_P_LN1_SCALE || k == MI_P_LN2_SCALE || kf == MI_PF_LNF_SCALE) {
+    if (k == MI_P_LN1_SCALE || k == MI_P_LN2_SCALE || k == MI_P_MLP_LN_SCALE || kf == MI_PF_LNF_SCALE) {
         shape[0] = B; shape[1] = T; shape[2] = 1; set_view(v, data, 3, shape);
     } else if (k == MI_P_SCORES || k == MI_P_PATTERN) {
         shape[0] = B; shape[1] = H; shape[2] = T; shape[3] = T; set_view(v, data, 4, shape);
@@ -367,7 +377,8 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
         shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = Dh; set_view(v, data, 4, shape);
     } else if (k == MI_P_RESULT) {
         shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = D; set_view(v, data, 4, shape);
-    } else if (k == MI_P_MLP_PRE || k == MI_P_MLP_PRE_LINEAR || k == MI_P_MLP_POST) {
+    } else if (k == MI_P_MLP_PRE || k == MI_P_MLP_PRE_LINEAR || k == MI_P_MLP_POST || k == MI_P_MLP_MID
+               || k == MI_P_MLP_LN_NORM) {
         shape[0] = B; shape[1] = T; shape[2] = s->d_mlp; set_view(v, data, 3, shape);
     } else if (kf == MI_PF_UNEMBED_OUT) {
         shape[0] = B; shape[1] = T; shape[2] = s->d_vocab_out; set_view(v, data, 3, shape);
@@ -409,10 +420,10 @@ static const float *param(const mi_transformer *m, size_t off)
 
 /* y = x / scale * w + b (x centred first for LayerNorm): the norm redone
  * after a hook edited hook_scale, as TransformerLens divides by the hooked scale. */
-static void renorm_with_scale(const mi_tf_spec *s, const float *x, const float *scale,
+static void renorm_with_scale(mi_norm_type type, const float *x, const float *scale,
                               const float *w, const float *b, int64_t rows, int64_t d, float *y)
 {
-    int centre = s->norm == MI_NORM_LN || s->norm == MI_NORM_LNPRE;
+    int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
@@ -434,19 +445,19 @@ static void renorm_with_scale(const mi_tf_spec *s, const float *x, const float *
 /* Norm of x [rows, D]: y = x / scale (hook_normalized, TransformerLens fires it
  * before the affine weights), then out = y * w + b when the norm has weights.
  * Returns the tensor the next layer reads. */
-static mi_status norm_step(run_state *r, const float *x, const float *w, const float *b,
-                           float *y, float *scale, float *out, int p_scale, int p_norm,
-                           const float **result)
+static mi_status norm_step(run_state *r, mi_norm_type type, int64_t d, const float *x,
+                           const float *w, const float *b, float *y, float *scale, float *out,
+                           int p_scale, int p_norm, const float **result)
 {
     const mi_tf_spec *s = &r->m->spec;
-    int64_t rows = r->plan->batch * r->plan->seq, d = s->d_model;
-    if (s->norm == MI_NORM_RMS || s->norm == MI_NORM_RMSPRE) mi_rms_norm(x, NULL, s->eps, rows, d, y, scale);
+    int64_t rows = r->plan->batch * r->plan->seq;
+    if (type == MI_NORM_RMS || type == MI_NORM_RMSPRE) mi_rms_norm(x, NULL, s->eps, rows, d, y, scale);
     else mi_layer_norm(x, NULL, NULL, s->eps, rows, d, y, scale);
     /* y is always recomputed from the (possibly hooked) scale, so registering
      * a hook on hook_scale, even one that changes nothing, never changes a bit
      * of the result; the kernel provides the scale. */
     MI_TRY(fire(r, p_scale));
-    renorm_with_scale(s, x, scale, NULL, NULL, rows, d, y);
+    renorm_with_scale(type, x, scale, NULL, NULL, rows, d, y);
     MI_TRY(fire(r, p_norm));
     *result = y;
     if (w) {
@@ -481,7 +492,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
 
     const float *x = resid;
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, resid, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
+        MI_TRY(norm_step(r, s->norm, D, resid, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
                          BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
     }
     /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
@@ -536,7 +547,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         x = BUF(B_MLP_IN);
     }
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, x, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
+        MI_TRY(norm_step(r, s->norm, D, x, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
                          BUF(B_LN2_SCALE), BUF(B_LN2_OUT), p0 + MI_P_LN2_SCALE, p0 + MI_P_LN2_NORM, &x));
     }
     float *pre = BUF(B_PRE), *post = BUF(B_POST), *mlp_out = BUF(B_MLP_OUT);
@@ -553,6 +564,21 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         for (int64_t row = 0; row < BT; row++)
             for (int64_t i = 0; i < Mlp; i++)
                 post[row * Mlp + i] = post[row * Mlp + i] * pre_linear[row * Mlp + i] + b_in[i];
+    } else if (s->act == MI_TF_ACT_SOLU_LN) {
+        /* mid = pre * softmax(pre) over d_mlp; post = LN(mid) (LNPre unless the model is LN) */
+        mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
+        MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
+        float *mid = BUF(B_MID);
+        mi_softmax_rows(pre, mid, BT, Mlp);
+        #pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < BT * Mlp; i++) mid[i] *= pre[i];
+        MI_TRY(fire(r, p0 + MI_P_MLP_MID));
+        const float *ln_out;
+        const float *lw = param(m, o[MI_W_MLN_W]);
+        MI_TRY(norm_step(r, lw ? MI_NORM_LN : MI_NORM_LNPRE, Mlp, mid, lw, param(m, o[MI_W_MLN_B]),
+                         BUF(B_MLN_NORM), BUF(B_MLN_SCALE), post, p0 + MI_P_MLP_LN_SCALE,
+                         p0 + MI_P_MLP_LN_NORM, &ln_out));
+        if (ln_out != post) memcpy(post, ln_out, sizeof(float) * (size_t)(BT * Mlp));
     } else {
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
@@ -607,7 +633,7 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     const float *x = buf_ptr(plan, arena, buf_resid((int)s->n_layers));
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(&r, x, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
+        MI_TRY(norm_step(&r, s->norm, D, x, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
                          buf_ptr(plan, arena, buf_final(s, BF_LNF_NORM)),
                          buf_ptr(plan, arena, buf_final(s, BF_LNF_SCALE)),
                          buf_ptr(plan, arena, buf_final(s, BF_LNF_OUT)),
