@@ -411,9 +411,25 @@ class HookedTransformer:
         pos_ids = np.maximum(np.cumsum(keep, axis=1) - 1, 0).astype(np.int64)
         return pos_ids, keep.astype(np.float32)
 
-    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None):
-        """One C pass; returns (output view, {point_id: view})."""
-        tokens = self._tokens(tokens)
+    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None):
+        """One C pass; returns (output view, {point_id: view}). With start_layer, ``tokens``
+        is the residual stream [batch, pos, d_model] entering that block."""
+        resid = None
+        if start_layer is not None:
+            resid = np.asarray(to_numpy(tokens))
+            if resid.dtype.kind != "f":
+                raise TypeError(f"input: with start_at_layer the input is the residual stream "
+                                f"(floats), got dtype {resid.dtype}")
+            if resid.ndim == 2:
+                resid = resid[None]
+            if resid.ndim != 3 or resid.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"input: expected a residual stream [batch, pos, d_model="
+                                 f"{self.cfg.d_model}], got shape {resid.shape}")
+            if resid.shape[1] > self.cfg.n_ctx:
+                raise ValueError(f"input: sequence length {resid.shape[1]} exceeds n_ctx {self.cfg.n_ctx}")
+            tokens = np.zeros(resid.shape[:2], dtype=np.int64)   # shape carrier for the mask
+        else:
+            tokens = self._tokens(tokens)
         pos_ids, key_mask = self._mask(attention_mask, tokens)
         flags = bytearray(self._n_points)
         for pid in cache_ids:
@@ -429,6 +445,9 @@ class HookedTransformer:
             points[pid].run(act)
 
         stop = -1 if stop_layer is None else stop_layer
+        if resid is not None:
+            return self._core.forward(None, bytes(flags), dispatch if any_cb else None, None,
+                                      key_mask, stop, resid, start_layer)
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
                                   pos_ids, key_mask, stop)
 
@@ -460,16 +479,18 @@ class HookedTransformer:
         cross-entropy; per position [batch, pos-1] with loss_per_token), "both"
         ((logits, loss)) or None. ``attention_mask`` [batch, pos] (1 keep, 0 pad) masks
         padded keys and shifts positions as TransformerLens. ``stop_at_layer=k`` returns
-        the residual stream entering block k.
+        the residual stream entering block k; ``start_at_layer=k`` takes ``input`` as the
+        residual stream [batch, pos, d_model] entering block k (pass ``tokens`` for a loss).
         """
-        if start_at_layer is not None or past_kv_cache is not None or shortformer_pos_embed is not None:
-            raise NotImplementedError("start_at_layer, past_kv_cache and shortformer_pos_embed are not supported")
-        return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, ())[0]
+        if past_kv_cache is not None or shortformer_pos_embed is not None:
+            raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
+                             start_at_layer=start_at_layer, loss_tokens=tokens)[0]
 
     __call__ = forward
 
     def _forward(self, input, return_type, loss_per_token, attention_mask, stop_at_layer, cache_ids,
-                 stop_layer=None):
+                 stop_layer=None, start_at_layer=None, loss_tokens=None):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if stop_at_layer is not None:
@@ -478,14 +499,22 @@ class HookedTransformer:
             if not 0 <= stop <= L:
                 raise ValueError(f"stop_at_layer={stop_at_layer} is outside [-{L}, {L}]")
             stop_layer = stop
-        out, cache = self._run(input, cache_ids, stop_layer, attention_mask)
+        start = None
+        if start_at_layer is not None:
+            L = self.cfg.n_layers
+            start = start_at_layer + L if start_at_layer < 0 else start_at_layer
+            if not 0 <= start <= L:
+                raise ValueError(f"start_at_layer={start_at_layer} is outside [-{L}, {L}]")
+            if return_type in ("loss", "both") and loss_tokens is None and stop_at_layer is None:
+                raise ValueError("a loss with start_at_layer needs tokens=... for the targets")
+        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start)
         if stop_at_layer is not None:
             return out, cache
         if return_type is None:
             return None, cache
         if return_type == "logits":
             return out, cache
-        loss = self._loss(out, input, attention_mask, loss_per_token)
+        loss = self._loss(out, input if start is None else loss_tokens, attention_mask, loss_per_token)
         if return_type == "loss":
             return loss, cache
         return (out, loss), cache
@@ -520,19 +549,21 @@ class HookedTransformer:
         loss_per_token = model_kwargs.pop("loss_per_token", False)
         attention_mask = model_kwargs.pop("attention_mask", None)
         stop_at_layer = model_kwargs.pop("stop_at_layer", None)
+        start_at_layer = model_kwargs.pop("start_at_layer", None)
+        loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
         # nothing needed past the last cached layer when no output is wanted: stop there
         stop_layer = None
-        if return_type is None and stop_at_layer is None and not any(
+        if return_type is None and stop_at_layer is None and start_at_layer is None and not any(
                 hp._handles for hp in self.hook_dict.values()):
             layers = [self._point_layer[i] for i in ids]
             if ids and all(self._point_layer[i] >= 0 or self._points[i].name in ("hook_embed", "hook_pos_embed")
                            for i in ids):
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
-                                 ids, stop_layer)
+                                 ids, stop_layer, start_at_layer, loss_tokens)
         cache = {self._points[pid].name: v for pid, v in raw.items()}
         cache = {n: cache[n] for n in self._fire_order if n in cache}   # forward order
         if remove_batch_dim:

@@ -267,3 +267,28 @@ def test_thread_count_does_not_change_results():
         mechinterp_c.set_num_threads(n)
     for k in one.keys():
         np.testing.assert_array_equal(one[k], many[k], err_msg=k)   # bitwise
+
+
+def test_start_at_layer_residual_input_parity():
+    tm, m = make_pair(dict(n_layers=3))
+    tokens = np.random.default_rng(12).integers(0, 50, (2, 8))
+    tt = torch.tensor(tokens)
+    resid = np.random.default_rng(13).standard_normal((2, 8, 32)).astype(np.float32)
+    tr = torch.tensor(resid)
+    with torch.no_grad():
+        for start in (0, 1, -1, 3):
+            assert_scaled_close(m(resid, start_at_layer=start),
+                                tm(tr, start_at_layer=start).numpy(), f"start_at_layer={start}")
+        assert_scaled_close(m(resid, start_at_layer=1, stop_at_layer=2),
+                            tm(tr, start_at_layer=1, stop_at_layer=2).numpy(), "start 1 stop 2")
+        np.testing.assert_allclose(m(resid, start_at_layer=1, tokens=tokens, return_type="loss"),
+                                   tm(tr, start_at_layer=1, tokens=tt, return_type="loss").item(), rtol=1e-5)
+        logits, cache = m.run_with_cache(resid, start_at_layer=1)
+        tlogits, tcache = tm.run_with_cache(tr, start_at_layer=1)
+    assert list(cache.keys()) == list(tcache.keys())
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    with pytest.raises(TypeError, match="residual stream"):
+        m(tokens, start_at_layer=1)
+    with pytest.raises(ValueError, match=r"d_model=32\], got shape \(2, 8, 31\)"):
+        m(resid[..., :31], start_at_layer=0)

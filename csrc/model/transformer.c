@@ -247,7 +247,7 @@ static int layer_buf_needed(const mi_tf_spec *s, int kind)
     }
 }
 
-mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int stop_layer,
+mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int start_layer, int stop_layer,
                           const uint8_t *flags, mi_tf_plan *plan)
 {
     const mi_tf_spec *s = &m->spec;
@@ -261,9 +261,14 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sto
     if (stop_layer < 0 || stop_layer > s->n_layers)
         return mi_fail(MI_ERR_VALUE, "stop_at_layer: %d is outside [0, n_layers=%ld]",
                        stop_layer, (long)s->n_layers);
+    if (start_layer < -1 || start_layer > stop_layer)
+        return mi_fail(MI_ERR_VALUE, "start_at_layer: %d is outside [0, stop layer %d]",
+                       start_layer, stop_layer);
+    int first = start_layer < 0 ? 0 : start_layer;
     int nb = n_bufs(s), np = mi_tf_n_points(s);
     plan->batch = B;
     plan->seq = T;
+    plan->start_layer = start_layer;
     plan->stop_layer = stop_layer;
     plan->n_bufs = nb;
     plan->buf_off = malloc(sizeof(size_t) * (size_t)nb);
@@ -275,10 +280,10 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sto
     }
     size_t BT = (size_t)(B * T), D = (size_t)s->d_model;
     /* which buffers this call uses, and their sizes */
-    sizes[0] = BT * D;
-    sizes[1] = s->pos_embed ? BT * D : 0;
-    for (int i = 0; i <= stop_layer; i++) sizes[buf_resid(i)] = BT * D;
-    for (int l = 0; l < stop_layer; l++)
+    sizes[0] = start_layer < 0 ? BT * D : 0;
+    sizes[1] = start_layer < 0 && s->pos_embed ? BT * D : 0;
+    for (int i = first; i <= stop_layer; i++) sizes[buf_resid(i)] = BT * D;
+    for (int l = first; l < stop_layer; l++)
         for (int k = 0; k < NB; k++)
             if (layer_buf_needed(s, k)) sizes[buf_layer(s, l, k)] = layer_buf_floats(s, k, BT, T);
     if (stop_layer == s->n_layers) {
@@ -351,9 +356,10 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
     if (!mi_tf_point_present(s, p)) return 0;
     int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     if (p >= first_final && plan->stop_layer < s->n_layers) return 0;
+    if (p < 2 && plan->start_layer >= 0) return 0;
     if (p >= 2 && p < first_final) {
         int l = (p - 2) / MI_P_PER_LAYER;
-        if (l >= plan->stop_layer) return 0;
+        if (l >= plan->stop_layer || l < plan->start_layer) return 0;
     }
     float *data = buf_ptr(plan, arena, point_buf(s, p));
     if (!data) return 0;
@@ -395,15 +401,17 @@ float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *aren
 }
 
 /* ---------------------------------------------------------------- forward */
+typedef struct run_state run_state;
+static mi_status run_layers(run_state *rs, int first, const float *key_mask);
 
-typedef struct {
+struct run_state {
     const mi_transformer *m;
     const mi_tf_plan *plan;
     float *arena;
     const uint8_t *flags;
     mi_hook_fn hook;
     void *ctx;
-} run_state;
+};
 
 static mi_status fire(run_state *r, int p)
 {
@@ -594,11 +602,19 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
 }
 
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
-                        const uint8_t *flags, const int64_t *tokens, const int64_t *pos_ids,
-                        const float *key_mask, mi_hook_fn hook, void *hook_ctx)
+                        const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                        const int64_t *pos_ids, const float *key_mask, mi_hook_fn hook,
+                        void *hook_ctx)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
+    run_state r = {m, plan, arena, flags, hook, hook_ctx};
+    if (plan->start_layer >= 0) {
+        if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
+        memcpy(buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
+        return run_layers(&r, plan->start_layer, key_mask);
+    }
+    if (!tokens) return mi_fail(MI_ERR_VALUE, "forward: tokens are required without start_at_layer");
     /* validate every input before any parallel work */
     for (int64_t i = 0; i < BT; i++)
         if (tokens[i] < 0 || tokens[i] >= s->d_vocab)
@@ -609,7 +625,6 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
             if (pos_ids[i] < 0 || pos_ids[i] >= s->n_ctx)
                 return mi_fail(MI_ERR_INDEX, "position id %ld at [%ld, %ld] is outside [0, n_ctx=%ld)",
                                (long)pos_ids[i], (long)(i / T), (long)(i % T), (long)s->n_ctx);
-    run_state r = {m, plan, arena, flags, hook, hook_ctx};
     float *embed = buf_ptr(plan, arena, 0), *pos = buf_ptr(plan, arena, 1);
     float *resid0 = buf_ptr(plan, arena, buf_resid(0));
     const float *W_E = param(m, m->global_off[MI_G_W_E]), *W_pos = param(m, m->global_off[MI_G_W_POS]);
@@ -627,7 +642,19 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     } else {
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
     }
-    for (int l = 0; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
+    return run_layers(&r, 0, key_mask);
+}
+
+/* Blocks [first, stop_layer), then (full pass) the final norm and unembedding. */
+static mi_status run_layers(run_state *rs, int first, const float *key_mask)
+{
+    run_state r = *rs;
+    const mi_transformer *m = r.m;
+    const mi_tf_plan *plan = r.plan;
+    const mi_tf_spec *s = &m->spec;
+    float *arena = r.arena;
+    int64_t BT = plan->batch * plan->seq, D = s->d_model;
+    for (int l = first; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
     if (plan->stop_layer < s->n_layers) return MI_OK;
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;

@@ -113,15 +113,19 @@ typedef mi_status (*mi_hook_fn)(void *ctx, int point, const mi_tensor_view *view
 /* The activation arena layout of one call: offsets (floats) per buffer. */
 typedef struct {
     int64_t batch, seq;
-    int stop_layer;       /* layers run: [0, stop_layer); == L runs the unembed too */
+    int start_layer;      /* -1: from tokens (embed); else the residual entering this block is given */
+    int stop_layer;       /* layers run: [start, stop_layer); == L runs the unembed too */
     size_t n_floats;      /* arena size */
     size_t *buf_off;      /* per buffer slot */
     int n_bufs;
 } mi_tf_plan;
 
 /* Plan the arena for a [batch, seq] call with per-point `flags` (n_points
- * bytes); stop_layer in [0, L] (L: full pass with logits). */
-mi_status mi_tf_plan_call(const mi_transformer *m, int64_t batch, int64_t seq, int stop_layer,
+ * bytes); start_layer -1 (tokens) or in [0, stop_layer] (residual input, as
+ * TransformerLens's start_at_layer and REVE's front end); stop_layer in [0, L]
+ * (L: full pass with logits). */
+mi_status mi_tf_plan_call(const mi_transformer *m, int64_t batch, int64_t seq, int start_layer,
+                          int stop_layer,
                           const uint8_t *flags, mi_tf_plan *plan);
 void mi_tf_plan_free(mi_tf_plan *plan);
 
@@ -134,11 +138,13 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
  * (stop_layer < L), or logits [B,T,Vo]. */
 float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena);
 
-/* Forward pass. tokens [B,T] (ids checked against d_vocab); pos_ids [B,T] or
+/* Forward pass. tokens [B,T] (ids checked against d_vocab) when the plan starts
+ * from tokens, else resid_in [B,T,D] enters block start_layer; pos_ids [B,T] or
  * NULL (t); key_mask [B,T] or NULL (1 keeps a key, 0 masks it as padding and
  * zeroes its positional embedding, as TransformerLens). */
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
-                        const uint8_t *flags, const int64_t *tokens, const int64_t *pos_ids,
+                        const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                        const int64_t *pos_ids,
                         const float *key_mask, mi_hook_fn hook, void *hook_ctx);
 
 #endif
