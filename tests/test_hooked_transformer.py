@@ -292,3 +292,15 @@ def test_start_at_layer_residual_input_parity():
         m(tokens, start_at_layer=1)
     with pytest.raises(ValueError, match=r"d_model=32\], got shape \(2, 8, 31\)"):
         m(resid[..., :31], start_at_layer=0)
+
+
+def test_plain_forward_arena_is_lean():
+    # Uncached activations share one scratch slot per kind across layers, so a
+    # plain forward's arena is the logits plus about one layer, whatever n_layers.
+    def arena(n_layers, flag):
+        m = HookedTransformer(dict(BASE, n_layers=n_layers, init_weights=False))
+        return m._core.arena_bytes(4, 16, bytes([flag] * m._core.n_points))
+    assert arena(8, 0) == arena(2, 0)
+    assert arena(8, 1) > 3 * arena(2, 0)
+    logits_bytes = 4 * 16 * 50 * 4
+    assert arena(8, 0) < logits_bytes + 2 * (arena(2, 1) - logits_bytes) / 2
