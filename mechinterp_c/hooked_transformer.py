@@ -34,6 +34,31 @@ class _Module:
         return f"<{type(self).__name__} {self._name or 'model'}>"
 
 
+class _Norm(_Module):
+    """A norm module (ln1, ln2, ln_final, mlp.ln): ``.w``/``.b`` views and hook points;
+    calling it applies the norm to an array in NumPy (float64 math, float32 out), as
+    calling TransformerLens's module does (used by ActivationCache's apply_ln)."""
+
+    def __init__(self, name, norm_type, eps):
+        super().__init__(name)
+        self._norm_type = norm_type
+        self._eps = eps
+
+    def __call__(self, x):
+        """The norm of x [..., d] with freshly computed statistics."""
+        x = np.asarray(to_numpy(x), dtype=np.float64)
+        if self._norm_type is None:
+            return x.astype(np.float32)
+        if self._norm_type in ("LN", "LNPre"):
+            x = x - x.mean(-1, keepdims=True)
+        y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self._eps)
+        if getattr(self, "w", None) is not None:
+            y = y * self.w
+        if getattr(self, "b", None) is not None:
+            y = y + self.b
+        return y.astype(np.float32)
+
+
 class _Block(_Module):
     """``model.blocks[i]``: ln1, attn, ln2, mlp and the block's residual hook points."""
 
@@ -165,7 +190,7 @@ class HookedTransformer:
         self.mod_dict = {}
 
         def module(name, cls=_Module):
-            m = cls(name)
+            m = _Norm(name, cfg.normalization_type, cfg.eps) if cls is _Norm else cls(name)
             if name:
                 self.mod_dict[name] = m
             return m
@@ -188,14 +213,16 @@ class HookedTransformer:
             b = module(f"blocks.{l}", _Block)
             attach(b, f"blocks.{l}.")
             for sub in ("ln1", "attn", "ln2", "mlp"):
-                m = module(f"blocks.{l}.{sub}")
+                m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else _Module)
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
             if cfg.act_fn == "solu_ln" and not cfg.attn_only:
-                b.mlp.ln = module(f"blocks.{l}.mlp.ln")
+                b.mlp.ln = _Norm(f"blocks.{l}.mlp.ln", "LN" if cfg.normalization_type == "LN" else "LNPre",
+                                 cfg.eps)
+                self.mod_dict[b.mlp.ln._name] = b.mlp.ln
                 attach(b.mlp.ln, f"blocks.{l}.mlp.ln.")
             self.blocks.append(b)
-        self.ln_final = module("ln_final")
+        self.ln_final = module("ln_final", _Norm)
         attach(self.ln_final, "ln_final.")
         self.unembed = module("unembed")
         attach(self.unembed, "unembed.")

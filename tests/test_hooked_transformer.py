@@ -304,3 +304,15 @@ def test_plain_forward_arena_is_lean():
     assert arena(8, 1) > 3 * arena(2, 0)
     logits_bytes = 4 * 16 * 50 * 4
     assert arena(8, 0) < logits_bytes + 2 * (arena(2, 1) - logits_bytes) / 2
+
+
+@pytest.mark.parametrize("name", ["ln_gelu_new", "rms_silu_dhead12", "lnpre_relu", "none_gelu"])
+def test_norm_modules_are_callable_like_tl(name):
+    tm, m = make_pair(CONFIGS[name])
+    x = np.random.default_rng(14).standard_normal((2, 5, m.cfg.d_model)).astype(np.float32)
+    if m.cfg.normalization_type is None:     # TL has no norm modules then; ours are the identity
+        np.testing.assert_array_equal(m.ln_final(x), x)
+        return
+    with torch.no_grad():
+        for ours, ref in ((m.ln_final, tm.ln_final), (m.blocks[1].ln2, tm.blocks[1].ln2)):
+            assert_scaled_close(ours(x), ref(torch.tensor(x)).numpy(), ours._name)
