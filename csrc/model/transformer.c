@@ -426,10 +426,10 @@ static const float *param(const mi_transformer *m, size_t off)
     return off == ABSENT ? NULL : m->params + off;
 }
 
-/* y = x / scale * w + b (x centred first for LayerNorm): the norm redone
- * after a hook edited hook_scale, as TransformerLens divides by the hooked scale. */
+/* y = x / scale (x centred first for LayerNorm) with the given, possibly
+ * hooked, scale: TransformerLens divides by the tensor hook_scale returned. */
 static void renorm_with_scale(mi_norm_type type, const float *x, const float *scale,
-                              const float *w, const float *b, int64_t rows, int64_t d, float *y)
+                              int64_t rows, int64_t d, float *y)
 {
     int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
     #pragma omp parallel for schedule(static)
@@ -441,12 +441,7 @@ static void renorm_with_scale(mi_norm_type type, const float *x, const float *sc
             for (int64_t i = 0; i < d; i++) mean += xr[i];
             mean /= (double)d;
         }
-        for (int64_t i = 0; i < d; i++) {
-            float v = (xr[i] - (float)mean) / scale[r];
-            if (w) v *= w[i];
-            if (b) v += b[i];
-            yr[i] = v;
-        }
+        for (int64_t i = 0; i < d; i++) yr[i] = (xr[i] - (float)mean) / scale[r];
     }
 }
 
@@ -465,7 +460,7 @@ static mi_status norm_step(run_state *r, mi_norm_type type, int64_t d, const flo
      * a hook on hook_scale, even one that changes nothing, never changes a bit
      * of the result; the kernel provides the scale. */
     MI_TRY(fire(r, p_scale));
-    renorm_with_scale(type, x, scale, NULL, NULL, rows, d, y);
+    renorm_with_scale(type, x, scale, rows, d, y);
     MI_TRY(fire(r, p_norm));
     *result = y;
     if (w) {
