@@ -505,7 +505,9 @@ class HookedTransformer:
         return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
         cross-entropy; per position [batch, pos-1] with loss_per_token), "both"
         ((logits, loss)) or None. ``attention_mask`` [batch, pos] (1 keep, 0 pad) masks
-        padded keys and shifts positions as TransformerLens. ``stop_at_layer=k`` returns
+        padded keys and shifts positions as TransformerLens (one deliberate difference:
+        with attention_dir="bidirectional" padded keys are masked too, where
+        TransformerLens ignores the mask). ``stop_at_layer=k`` returns
         the residual stream entering block k; ``start_at_layer=k`` takes ``input`` as the
         residual stream [batch, pos, d_model] entering block k (pass ``tokens`` for a loss).
         """

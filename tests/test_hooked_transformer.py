@@ -316,3 +316,17 @@ def test_norm_modules_are_callable_like_tl(name):
     with torch.no_grad():
         for ours, ref in ((m.ln_final, tm.ln_final), (m.blocks[1].ln2, tm.blocks[1].ln2)):
             assert_scaled_close(ours(x), ref(torch.tensor(x)).numpy(), ours._name)
+
+
+def test_bidirectional_padding_mask_masks_keys():
+    # Deliberate difference from TransformerLens, which ignores attention_mask in
+    # bidirectional attention: padded keys get zero attention here.
+    _, m = make_pair(CONFIGS["bidirectional"])
+    tokens = np.random.default_rng(15).integers(0, 50, (2, 6))
+    mask = np.ones((2, 6), dtype=np.int64)
+    mask[1, 4:] = 0
+    _, cache = m.run_with_cache(tokens, attention_mask=mask)
+    pattern = cache["pattern", 0]
+    assert np.all(pattern[1, :, :, 4:] == 0.0)
+    np.testing.assert_allclose(pattern.sum(-1), 1.0, rtol=1e-6)
+    assert np.all(pattern[0] > 0.0)
