@@ -9,10 +9,11 @@ from . import _core, analysis, io, ops, reve, transformers, utils, weight_proces
 from ._core import get_num_threads, set_num_threads
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
+from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
 
 __all__ = [
-    "ActivationCache", "HookedTransformer", "HookedTransformerConfig",
+    "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
     "analysis", "io", "ops", "reve", "transformers", "utils", "weight_processing",
     "set_num_threads", "get_num_threads", "cpu_isa",
 ]
