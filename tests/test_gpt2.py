@@ -303,3 +303,72 @@ def test_errors(tiny, tmp_path):
     (bad / "config.json").write_text(json.dumps(c))
     with pytest.raises(ValueError, match=r"wte.weight.*shape"):
         GPT2LMHeadModel.from_pretrained(bad)
+
+
+def test_auto_model_and_hooked_transformer_classmethods(tiny, tmp_path):
+    from mechinterp_c.hooked_transformer import HookedTransformer
+    from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModelForCausalLM
+    hf, d = tiny
+    m = AutoModelForCausalLM.from_pretrained(str(d))
+    assert isinstance(m, GPT2LMHeadModel)
+    assert AutoConfig.from_pretrained(d).n_head == 4
+    ids = _ids(120, (1, 6), seed=21)
+    np.testing.assert_allclose(m(ids).logits, _hf_logits(hf, ids), atol=ATOL, rtol=0)
+    ref = torch.log_softmax(torch.tensor(_hf_logits(hf, ids), dtype=torch.float64), -1).numpy()
+    for ht in (HookedTransformer.from_pretrained(str(d)),
+               HookedTransformer.from_pretrained_no_processing(str(d))):
+        assert isinstance(ht, HookedTransformer)
+        lg = np.asarray(ht(ids), np.float64)
+        lp = lg - lg.max(-1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+        np.testing.assert_allclose(lp, ref, atol=5e-4, rtol=0)   # as in the test above
+    assert HookedTransformer.from_pretrained_no_processing(str(d)).cfg.normalization_type == "LN"
+    # a model type that is not GPT-2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(NotImplementedError, match="llama"):
+        AutoModelForCausalLM.from_pretrained(other)
+
+
+def test_to_tokens_to_string(tmp_path_factory):
+    """TL's tokenizer front on a byte-level BPE trained here, against the tokenizer itself."""
+    tokenizers = pytest.importorskip("tokenizers")
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    text = ["the cat sat on the mat", "a dog ran after the cat", "hello world, hello there"] * 20
+    bpe.train_from_iterator(text, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer,
+                                               bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    V = len(tok)
+    hf, d = _save(tmp_path_factory, "tokmodel", n_layer=1, n_embd=32, n_head=4, vocab_size=V,
+                  n_positions=32)
+    ht = mg.hooked_transformer_from_pretrained(str(d), tokenizer=tok)
+    toks = ht.to_tokens(["the cat sat", "hello"])
+    enc = [tok.encode(s, add_special_tokens=False) for s in ["the cat sat", "hello"]]
+    assert toks.shape == (2, 1 + max(map(len, enc)))
+    assert list(toks[0, :1 + len(enc[0])]) == [tok.bos_token_id] + enc[0]
+    assert list(toks[1, :1 + len(enc[1])]) == [tok.bos_token_id] + enc[1]
+    assert ht.to_string(toks[0, 1:1 + len(enc[0])]) == "the cat sat"
+    assert "".join(ht.to_str_tokens("the cat", prepend_bos=False)) == "the cat"
+    # logits of the tokens match HF
+    np.testing.assert_allclose(torch.log_softmax(torch.tensor(ht(toks[:1])), -1).numpy(),
+                               torch.log_softmax(torch.tensor(_hf_logits(hf, toks[:1])), -1).numpy(),
+                               atol=5e-4, rtol=0)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        mg.hooked_transformer_from_pretrained(str(d)).to_tokens("x")
+
+
+def test_hfarray_torch_style_calls(tiny):
+    hf, d = tiny
+    m = GPT2LMHeadModel.from_pretrained(d)
+    out = m(_ids(120, (1, 4))).logits
+    assert out.detach() is out and out.cpu() is out
+    plain = out.numpy()
+    assert type(plain) is np.ndarray and np.shares_memory(plain, out)
+    v = out.view(4, 120)
+    assert v.shape == (4, 120) and np.shares_memory(v, out)
+    assert out.view(np.float32).dtype == np.float32
+    c = out.clone()
+    assert not np.shares_memory(c, out)
+    with pytest.raises(ValueError, match="without a copy"):
+        out[:, :, ::2].view(240)
