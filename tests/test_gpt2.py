@@ -371,4 +371,4 @@ def test_hfarray_torch_style_calls(tiny):
     c = out.clone()
     assert not np.shares_memory(c, out)
     with pytest.raises(ValueError, match="without a copy"):
-        out[:, :, ::2].view(240)
+        out[:, :, :60].view(240)
