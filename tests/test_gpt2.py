@@ -73,6 +73,9 @@ def test_tiny_logits_and_output_object(tiny):
     out2 = m(**{"input_ids": ids, "attention_mask": np.ones_like(ids)})
     np.testing.assert_allclose(out2.logits, out.logits, atol=1e-6, rtol=0)
     np.testing.assert_allclose(m(ids[0]).logits[0], out.logits[0], atol=1e-6, rtol=0)
+    # a tokenizer's BatchEncoding of torch tensors, as the seeds pass it
+    out3 = m(**{"input_ids": torch.tensor(ids), "attention_mask": torch.ones(2, 11, dtype=torch.long)})
+    np.testing.assert_allclose(out3.logits, out.logits, atol=1e-6, rtol=0)
 
 
 def test_weights_are_hf_layout_views(tiny):
