@@ -375,3 +375,33 @@ def test_hfarray_torch_style_calls(tiny):
     assert not np.shares_memory(c, out)
     with pytest.raises(ValueError, match="without a copy"):
         out[:, :, :60].view(240)
+
+
+def test_array_type_torch_runs_the_seed_unchanged(tiny):
+    """set_array_type('torch'): hooks and outputs are tensors sharing the C buffers, so the
+    seed's torch code (F.log_softmax, .view on hook inputs) runs as written."""
+    hf, d = tiny
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(120, (1, 8), seed=5)
+    T, H, D = 8, 4, 64
+    h1 = hf.transformer.h[1].attn.c_proj.register_forward_pre_hook(_ablate_hook(T, H, D // H, D))
+    ref = torch.log_softmax(torch.tensor(_hf_logits(hf, ids)[0, -2]), -1)
+    h1.remove()
+    mg.set_array_type("torch")
+    try:
+        kept = {}
+        hc = m.transformer.h[0].attn.c_attn.register_forward_hook(
+            lambda mo, i, o: kept.__setitem__("qkv", o.detach()))
+        h2 = m.transformer.h[1].attn.c_proj.register_forward_pre_hook(_ablate_hook(T, H, D // H, D))
+        out = m(torch.tensor(ids))
+        h2.remove()
+        hc.remove()
+        assert isinstance(out.logits, torch.Tensor) and isinstance(kept["qkv"], torch.Tensor)
+        got = torch.nn.functional.log_softmax(out.logits[0, -2, :], dim=-1)
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=ATOL, rtol=0)
+        assert kept["qkv"].shape == (1, 8, 192)
+    finally:
+        mg.set_array_type("numpy")
+    assert isinstance(m(ids).logits, np.ndarray)
+    with pytest.raises(ValueError, match="numpy.*torch"):
+        mg.set_array_type("jax")

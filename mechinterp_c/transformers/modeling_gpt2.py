@@ -50,6 +50,7 @@ from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Model", "HFArray", "CausalLMOutput",
+           "set_array_type", "get_array_type",
            "gpt2_to_tl_state_dict", "hooked_transformer_from_pretrained"]
 
 
@@ -108,8 +109,37 @@ class HFArray(np.ndarray):
         return np.ndarray.view(self, *args, **kwargs)
 
 
+_ARRAY_TYPE = ["numpy"]
+
+
+def set_array_type(kind):
+    """What hooks and outputs of these models hand out: ``"numpy"`` (default:
+    :class:`HFArray` views of the C buffers) or ``"torch"`` (``torch.from_numpy`` of
+    the same buffers: tensors sharing memory, so in-place edits still reach the
+    C pass). The integrator exposes it as ``mechinterp_c.set_array_type``."""
+    if kind not in ("numpy", "torch"):
+        raise ValueError(f"set_array_type: expected 'numpy' or 'torch', got {kind!r}")
+    if kind == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ImportError("set_array_type('torch') needs PyTorch, which is not installed") from None
+    _ARRAY_TYPE[0] = kind
+
+
+def get_array_type():
+    """The current array type (``"numpy"`` or ``"torch"``)."""
+    return _ARRAY_TYPE[0]
+
+
 def _hf(a):
-    return a if a is None else np.ndarray.view(a, HFArray)
+    """A C buffer (or a NumPy array) as handed to user code: HFArray or torch tensor."""
+    if a is None:
+        return a
+    if _ARRAY_TYPE[0] == "torch":
+        import torch
+        return torch.from_numpy(np.ndarray.view(a, np.ndarray))
+    return np.ndarray.view(a, HFArray)
 
 
 # --------------------------------------------------------------------- config
@@ -214,7 +244,7 @@ class _AffineSite:
         self.w, self.b, self.where = w, b, where
 
     def expose(self, y):
-        return _hf(y * self.w + self.b)
+        return np.ndarray.view(y * self.w + self.b, HFArray)
 
     def absorb(self, y, shown, ret):
         new = shown
@@ -319,15 +349,14 @@ class Module:
             if pre is not None and "x" in inp_state:
                 x = inp_state["x"]
                 pview, paff = pre[1], pre[2]
-                inp = paff.expose(pview(x)) if paff is not None else _hf(pview(x))
-                if pre[3]:
-                    inp = _hf(np.array(inp))
+                inp = paff.expose(pview(x)) if paff is not None else pview(x)
+                inp = _hf(np.array(inp) if pre[3] else inp)
             else:
                 inp = None
             out = view(act)
             if affine is not None:
                 shown = affine.expose(out)
-                ret = user(module, (inp,), shown)
+                ret = user(module, (inp,), _hf(shown))
                 affine.absorb(out, shown, ret)
                 return None
             shown = _hf(out)
@@ -357,7 +386,7 @@ class Module:
             x = view(act)
             if affine is not None:
                 shown = affine.expose(x)
-                ret = user(module, (shown,))
+                ret = user(module, (_hf(shown),))
                 if not read_only:
                     affine.absorb(x, shown, ret)
                 return None
