@@ -295,6 +295,14 @@ def test_errors(tiny, tmp_path):
     np.testing.assert_allclose(m(_ids(120, (1, 4))).logits, _hf_logits(hf, _ids(120, (1, 4))), atol=ATOL, rtol=0)
     with pytest.raises(TypeError, match="callable"):
         m.lm_head.register_forward_hook(3)
+    # a hook that raises: the error propagates and the model stays usable
+    def boom(mod, inp):
+        raise RuntimeError("boom in hook")
+    h = m.transformer.h[1].mlp.c_proj.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom in hook"):
+        m(_ids(120, (1, 4)))
+    h.remove()
+    np.testing.assert_allclose(m(_ids(120, (1, 4))).logits, _hf_logits(hf, _ids(120, (1, 4))), atol=ATOL, rtol=0)
     # a checkpoint whose tensor disagrees with its config
     bad = tmp_path / "bad"
     cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
@@ -405,3 +413,44 @@ def test_array_type_torch_runs_the_seed_unchanged(tiny):
     assert isinstance(m(ids).logits, np.ndarray)
     with pytest.raises(ValueError, match="numpy.*torch"):
         mg.set_array_type("jax")
+
+
+def test_block_attn_mlp_module_hooks_and_state_dict(tiny):
+    hf, d = tiny
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(120, (2, 7), seed=17)
+    names = ["h.{l}", "h.{l}.attn", "h.{l}.mlp", "h.{l}.mlp.act", "h.{l}.ln_1"]
+
+    def get(root, dotted):
+        for part in dotted.split("."):
+            root = root[int(part)] if part.isdigit() else getattr(root, part)
+        return root
+
+    def run(model, convert):
+        got, hs = {}, []
+        for l in range(3):
+            for n in names:
+                key = n.format(l=l)
+                hs.append(get(model.transformer, key).register_forward_hook(
+                    lambda mo, i, o, key=key: got.__setitem__(key, convert(o[0] if isinstance(o, tuple) else o))))
+        hs.append(get(model.transformer, "ln_f").register_forward_hook(
+            lambda mo, i, o: got.__setitem__("ln_f", convert(o))))
+        hs.append(model.lm_head.register_forward_pre_hook(
+            lambda mo, i: got.__setitem__("lm_head_in", convert(i[0]))))
+        model(ids if convert is np.array else torch.tensor(ids))
+        for h in hs:
+            h.remove()
+        return got
+
+    with torch.no_grad():
+        ref = run(hf, lambda t: t.numpy().copy())
+    got = run(m, np.array)
+    assert set(got) == set(ref)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], atol=ATOL, rtol=0, err_msg=k)
+    sd = m.state_dict()
+    ref_sd = hf.state_dict()
+    assert set(sd) == {k for k in ref_sd if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    for k, v in sd.items():
+        np.testing.assert_array_equal(v, ref_sd[k].numpy(), err_msg=k)
+    assert m.to("cpu") is m

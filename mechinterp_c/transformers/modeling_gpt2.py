@@ -298,6 +298,29 @@ class Module:
         """No-op (no dropout in inference); returns self."""
         return self
 
+    def to(self, *args, **kwargs):
+        """No-op (the C core runs on the CPU in float32); returns self."""
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """No-op (no autograd); returns self."""
+        return self
+
+    def named_parameters(self, prefix=""):
+        """Yield ``(HF name, array view)`` for every parameter at and below this module."""
+        for name, mod in self.named_modules(prefix):
+            for attr in ("weight", "bias"):
+                if attr in vars(mod):
+                    yield (f"{name}.{attr}" if name else attr), vars(mod)[attr]
+
+    def parameters(self):
+        """The parameter views (HF layout)."""
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self):
+        """HF-named parameter views (writable; lm_head.weight is the C unembedding)."""
+        return dict(self.named_parameters())
+
     def train(self, mode=True):
         """Training mode is not supported (the C forward has no dropout)."""
         if mode:
