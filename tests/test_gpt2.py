@@ -454,3 +454,27 @@ def test_block_attn_mlp_module_hooks_and_state_dict(tiny):
     for k, v in sd.items():
         np.testing.assert_array_equal(v, ref_sd[k].numpy(), err_msg=k)
     assert m.to("cpu") is m
+
+
+def test_hidden_states_attentions_and_tie_weights(tiny):
+    hf, d = tiny
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(120, (2, 6), seed=19)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids), output_hidden_states=True, output_attentions=True)
+    out = m(ids, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 4 and len(out.attentions) == 3
+    for a, b in zip(out.hidden_states, ref.hidden_states):
+        np.testing.assert_allclose(a, b.numpy(), atol=ATOL, rtol=0)
+    for a, b in zip(out.attentions, ref.attentions):
+        np.testing.assert_allclose(a, b.numpy(), atol=ATOL, rtol=0)
+    # tie_weights: an edit of wte reaches the unembedding, as in HF's tied model
+    m.transformer.wte.weight[5] += 1.0
+    m.tie_weights()
+    with torch.no_grad():
+        hf.transformer.wte.weight[5] += 1.0
+    try:
+        np.testing.assert_allclose(m(ids).logits, _hf_logits(hf, ids), atol=ATOL, rtol=0)
+    finally:
+        with torch.no_grad():
+            hf.transformer.wte.weight[5] -= 1.0

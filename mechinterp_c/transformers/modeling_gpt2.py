@@ -685,6 +685,13 @@ class GPT2LMHeadModel(Module):
         self.lm_head.weight = raw["unembed.W_U"].T
 
     # ---------------------------------------------------------------- calls
+    def tie_weights(self):
+        """Copy ``wte.weight`` into the unembedding (HF ties them; here the C core keeps
+        its own transposed copy, so call this after editing ``wte.weight``)."""
+        W_U, wte = self._ht._raw["unembed.W_U"], self.transformer.wte.weight
+        for i in range(0, wte.shape[0], 2048):
+            W_U[:, i:i + 2048] = wte[i:i + 2048].T
+
     def get_input_embeddings(self):
         """``transformer.wte``."""
         return self.transformer.wte
@@ -699,15 +706,18 @@ class GPT2LMHeadModel(Module):
 
         ``attention_mask`` [batch, pos] (1 real, 0 padding) masks padded keys as HF
         does; logits at real tokens match HF, padded rows are not meaningful.
+        ``output_hidden_states`` / ``output_attentions`` add ``out.hidden_states``
+        (L+1 arrays [B,T,D], the last after ln_f, as HF) and ``out.attentions``
+        (L patterns [B,H,T,T]), zero-copy views of the pass's arena.
         ``token_type_ids`` (from tokenizers) is accepted when all zero; other HF
         arguments (labels, past_key_values, ...) raise NotImplementedError.
         """
         tt = kwargs.pop("token_type_ids", None)
         if tt is not None and np.any(np.asarray(to_numpy(tt)) != 0):
             raise NotImplementedError("token_type_ids other than 0 are not supported")
-        for k in ("use_cache", "output_attentions", "output_hidden_states"):
-            if kwargs.pop(k, None):
-                raise NotImplementedError(f"{k}=True is not supported")
+        output_attentions = bool(kwargs.pop("output_attentions", False))
+        output_hidden_states = bool(kwargs.pop("output_hidden_states", False))
+        kwargs.pop("use_cache", None)     # no KV cache: every call is a full pass
         if kwargs:
             raise NotImplementedError(f"GPT2LMHeadModel: unsupported argument(s) {sorted(kwargs)}")
         if input_ids is None:
@@ -731,6 +741,14 @@ class GPT2LMHeadModel(Module):
                                  f"got {m.shape}")
             mask = np.ascontiguousarray(m != 0, dtype=np.float32)
         flags = bytearray(ht._n_points)
+        L = self.config.n_layer
+        hd, want = ht.hook_dict, []
+        if output_hidden_states:
+            want += [f"blocks.{l}.hook_resid_pre" for l in range(L)] + ["ln_final.hook_normalized"]
+        if output_attentions:
+            want += [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+        for n in want:
+            flags[hd[n].point_id] |= 1
         any_cb = False
         for hp in ht.hook_dict.values():
             if hp._handles:
@@ -741,9 +759,18 @@ class GPT2LMHeadModel(Module):
         def dispatch(pid, act):
             points[pid].run(act)
 
-        logits, _ = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                     pos, mask, -1)
+        logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
+                                         pos, mask, -1)
         out = CausalLMOutput(logits=_hf(logits))
+        if output_hidden_states:
+            # HF: the embeddings, each block's input, and the last one after ln_f
+            hs = [cache[hd[f"blocks.{l}.hook_resid_pre"].point_id] for l in range(L)]
+            lnf = self.transformer.ln_f
+            hs.append(cache[hd["ln_final.hook_normalized"].point_id] * lnf.weight + lnf.bias)
+            out["hidden_states"] = tuple(_hf(h) for h in hs)
+        if output_attentions:
+            out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
+                                      for l in range(L))
         return out if return_dict else (out.logits,)
 
     __call__ = forward
