@@ -478,3 +478,28 @@ def test_hidden_states_attentions_and_tie_weights(tiny):
     finally:
         with torch.no_grad():
             hf.transformer.wte.weight[5] -= 1.0
+
+
+def test_left_padding_sharded_checkpoint_and_hf_cache(tiny, tmp_path):
+    import shutil
+    hf, d = tiny
+    # sharded save: model.safetensors.index.json + shards
+    sh = tmp_path / "sharded"
+    hf.save_pretrained(sh, max_shard_size="100KB")
+    assert (sh / "model.safetensors.index.json").is_file()
+    m = GPT2LMHeadModel.from_pretrained(sh)
+    # the HF hub cache layout, found by hub id
+    snap = tmp_path / "hub" / "models--org--tiny-gpt2" / "snapshots" / ("a" * 40)
+    shutil.copytree(d, snap)
+    (tmp_path / "hub" / "models--org--tiny-gpt2" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny-gpt2" / "refs" / "main").write_text("a" * 40)
+    mc = GPT2LMHeadModel.from_pretrained("org/tiny-gpt2", cache_dir=tmp_path / "hub")
+    # left padding: HF keeps positions 0..T-1 and masks the padded keys; real tokens agree
+    ids = _ids(120, (2, 8), seed=23)
+    mask = np.ones((2, 8), np.int64)
+    mask[1, :3] = 0
+    ref = _hf_logits(hf, ids, mask)
+    for model in (m, mc):
+        got = model(ids, attention_mask=mask).logits
+        np.testing.assert_allclose(got[0], ref[0], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(got[1, 3:], ref[1, 3:], atol=ATOL, rtol=0)
