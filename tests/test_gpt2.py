@@ -503,3 +503,30 @@ def test_left_padding_sharded_checkpoint_and_hf_cache(tiny, tmp_path):
         got = model(ids, attention_mask=mask).logits
         np.testing.assert_allclose(got[0], ref[0], atol=ATOL, rtol=0)
         np.testing.assert_allclose(got[1, 3:], ref[1, 3:], atol=ATOL, rtol=0)
+
+
+def test_block_pre_hook_and_embedding_hook_edits(tiny):
+    hf, d = tiny
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(120, (1, 6), seed=29)
+
+    def add_pre(mod, inp):
+        inp[0][:, 1] += 0.3           # in place, as torch code does
+
+    def scale_emb(mod, inp, out):
+        return out * 1.5               # a returned replacement
+
+    def attach(model):
+        return [model.transformer.h[2].register_forward_pre_hook(add_pre),
+                model.transformer.wte.register_forward_hook(scale_emb)]
+
+    hs = attach(hf)
+    ref = _hf_logits(hf, ids)
+    for h in hs:
+        h.remove()
+    hs = attach(m)
+    got = m(ids).logits
+    for h in hs:
+        h.remove()
+    assert np.abs(got - m(ids).logits).max() > 1e-3
+    np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
