@@ -530,3 +530,12 @@ def test_block_pre_hook_and_embedding_hook_edits(tiny):
         h.remove()
     assert np.abs(got - m(ids).logits).max() > 1e-3
     np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
+
+
+def test_transformer_call_last_hidden_state(tiny):
+    hf, d = tiny
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(120, (2, 5), seed=31)
+    with torch.no_grad():
+        ref = hf.transformer(torch.tensor(ids)).last_hidden_state.numpy()
+    np.testing.assert_allclose(m.transformer(ids).last_hidden_state, ref, atol=ATOL, rtol=0)

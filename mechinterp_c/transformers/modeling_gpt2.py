@@ -497,7 +497,23 @@ class ModuleList(list):
 
 
 class GPT2Model(Module):
-    """``model.transformer``: ``wte``, ``wpe``, ``h``, ``ln_f``."""
+    """``model.transformer``: ``wte``, ``wpe``, ``h``, ``ln_f``. Calling it returns HF's
+    ``BaseModelOutput``-like object with ``last_hidden_state`` (after ln_f) [B,T,D]
+    (the pass still runs the unembedding: it is one C forward)."""
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        """``.last_hidden_state`` (and ``.hidden_states`` when asked) of ``input_ids``."""
+        want_hs = kwargs.pop("output_hidden_states", False)
+        out = self._model_ref()(input_ids, attention_mask=attention_mask,
+                                output_hidden_states=True, **kwargs)
+        res = CausalLMOutput(last_hidden_state=out["hidden_states"][-1])
+        if want_hs:
+            res["hidden_states"] = out["hidden_states"]
+        if "attentions" in out:
+            res["attentions"] = out["attentions"]
+        return res
+
+    __call__ = forward
 
 
 # --------------------------------------------------------------------- model
