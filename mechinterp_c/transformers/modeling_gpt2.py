@@ -33,6 +33,12 @@ keeps the LayerNorm output before its affine weights; the hook gets
 returned) are mapped back through the affine (so a LayerNorm weight with a zero
 raises ValueError). "read only copy": edits are ignored.
 
+Differences from torch worth knowing: hooks on modules served by the same C
+point (``ln_1`` forward and ``c_attn`` pre-hook, ``attn.c_proj`` and ``attn``
+forward, ...) run in registration order, not module order; ``wpe``'s output is
+[B,T,D] with padded positions zeroed (HF: [1,T,D]); ``lm_head.weight`` is the C
+unembedding, so after editing ``wte.weight`` call ``model.tie_weights()``.
+
 Arrays handed to hooks and outputs are :class:`HFArray`, a NumPy ndarray subclass
 that also answers the torch-style calls notebooks make (``.detach()``,
 ``.cpu()``, ``.numpy()``, ``.view(*shape)``, ``.clone()``). They are views of the
