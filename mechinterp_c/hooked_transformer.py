@@ -127,6 +127,40 @@ class HookedTransformer:
         if self.cfg.init_weights:
             self.init_weights()
 
+    # ---------------------------------------------------- pretrained (GPT-2)
+    @classmethod
+    def from_pretrained(cls, model_name, fold_ln=True, center_writing_weights=True,
+                        center_unembed=True, fold_value_biases=True, **kwargs):
+        """A GPT-2 checkpoint (local directory or Hugging Face cache) converted to
+        TransformerLens weights and processed as TransformerLens does by default
+        (fold_ln, center_writing_weights, center_unembed, fold_value_biases)."""
+        from .transformers.modeling_gpt2 import hooked_transformer_from_pretrained
+        return hooked_transformer_from_pretrained(
+            model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed, fold_value_biases=fold_value_biases, cls=cls, **kwargs)
+
+    @classmethod
+    def from_pretrained_no_processing(cls, model_name, **kwargs):
+        """``from_pretrained`` with every weight processing step off."""
+        return cls.from_pretrained(model_name, fold_ln=False, center_writing_weights=False,
+                                   center_unembed=False, fold_value_biases=False, **kwargs)
+
+    def to_tokens(self, input, prepend_bos=None, padding_side=None, move_to_device=True,
+                  truncate=True):
+        """Token ids [batch, pos] of a string or list of strings (needs ``self.tokenizer``)."""
+        from .transformers.modeling_gpt2 import tl_to_tokens
+        return tl_to_tokens(self, input, prepend_bos, padding_side, truncate)
+
+    def to_string(self, tokens):
+        """Decode token ids ([pos] -> str, [batch, pos] -> list of str)."""
+        from .transformers.modeling_gpt2 import tl_to_string
+        return tl_to_string(self, tokens)
+
+    def to_str_tokens(self, input, prepend_bos=None, padding_side=None):
+        """The string of every token of ``input`` (a string or 1-D token ids)."""
+        from .transformers.modeling_gpt2 import tl_to_str_tokens
+        return tl_to_str_tokens(self, input, prepend_bos, padding_side)
+
     # ------------------------------------------------------------ structure
     def _build(self):
         """(Re)create the C model and the module tree from ``self.cfg``."""

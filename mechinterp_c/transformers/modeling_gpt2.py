@@ -1,0 +1,957 @@
+"""``GPT2LMHeadModel``: Hugging Face's GPT-2 as a drop-in, running on the C transformer.
+
+``GPT2LMHeadModel.from_pretrained(dir_or_hub_id)`` reads ``config.json`` and the
+safetensors weights (mmap) and builds the C core's transformer with GPT-2's spec
+(LayerNorm eps, gelu_new, biases, causal attention, learned positions, lm_head
+tied to wte). The module tree has Hugging Face's names
+(``model.transformer.h[3].attn.c_attn``) and every module supports
+``register_forward_hook(fn(module, input, output))`` and
+``register_forward_pre_hook(fn(module, input))``. Hooks are served by the C
+core's hook points, not by re-running anything in Python:
+
+====================  =====================================  ======================================
+module                forward hook ``output``                 pre-hook ``input[0]``
+====================  =====================================  ======================================
+wte / wpe             token / position embedding [B,T,D]      (token / position ids, read only)
+h[i]                  residual stream after the block         residual stream before the block
+h[i].ln_1 / ln_2      LayerNorm output [B,T,D] (*)            residual stream (read only copy)
+h[i].attn.c_attn      fused q|k|v buffer [B,T,3D] (view)      ln_1 output (*)
+h[i].attn.c_proj      attention output [B,T,D] (view)         z, heads concatenated [B,T,D] (view)
+h[i].attn             (attention output, None)                ln_1 output (*)
+h[i].mlp.c_fc         MLP pre-activation [B,T,4D] (view)      ln_2 output (*)
+h[i].mlp.act          MLP post-activation [B,T,4D] (view)     MLP pre-activation (view)
+h[i].mlp.c_proj       MLP output [B,T,D] (view)               MLP post-activation (view)
+h[i].mlp              MLP output [B,T,D] (view)               ln_2 output (*)
+ln_f                  final LayerNorm output (*)              residual stream (read only copy)
+lm_head               logits [B,T,V] (view)                   ln_f output (*)
+====================  =====================================  ======================================
+
+"(view)": the array is the C buffer itself; edits in place, or an array of the
+same shape returned by the hook, change the rest of the pass. "(*)": the C core
+keeps the LayerNorm output before its affine weights; the hook gets
+``normalized * weight + bias`` as a new array, and edits to it (in place or
+returned) are mapped back through the affine (so a LayerNorm weight with a zero
+raises ValueError). "read only copy": edits are ignored.
+
+Differences from torch worth knowing: hooks on modules served by the same C
+point (``ln_1`` forward and ``c_attn`` pre-hook, ``attn.c_proj`` and ``attn``
+forward, ...) run in registration order, not module order; ``wpe``'s output is
+[B,T,D] with padded positions zeroed (HF: [1,T,D]); ``lm_head.weight`` is the C
+unembedding, so after editing ``wte.weight`` call ``model.tie_weights()``.
+
+Arrays handed to hooks and outputs are :class:`HFArray`, a NumPy ndarray subclass
+that also answers the torch-style calls notebooks make (``.detach()``,
+``.cpu()``, ``.numpy()``, ``.view(*shape)``, ``.clone()``). They are views of the
+per-call arena and stay valid after later calls.
+"""
+from __future__ import annotations
+
+import json
+import weakref
+
+import numpy as np
+
+from .. import io as _io
+from ..hooked_transformer import HookedTransformer
+from ..utils import to_numpy
+
+__all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Model", "HFArray", "CausalLMOutput",
+           "set_array_type", "get_array_type",
+           "gpt2_to_tl_state_dict", "hooked_transformer_from_pretrained"]
+
+
+# --------------------------------------------------------------------- arrays
+class HFArray(np.ndarray):
+    """A NumPy array that also accepts the torch-tensor calls of HF notebooks.
+
+    ``detach()``, ``cpu()``, ``contiguous()`` and ``to(...)`` return the array
+    itself; ``numpy()`` returns it as a plain ndarray (no copy); ``clone()`` a
+    copy; ``view(*shape)`` with integer sizes is torch's ``view`` (a reshape
+    that never copies; NumPy's ``view(dtype)`` still works); ``size(dim)`` with
+    an argument is torch's ``size``; ``dim()`` the number of dimensions.
+    """
+
+    def detach(self):
+        """The array itself (there is no autograd)."""
+        return self
+
+    def cpu(self):
+        """The array itself (it is already in host memory)."""
+        return self
+
+    def contiguous(self):
+        """The array if C-contiguous, else a contiguous copy."""
+        return self if self.flags.c_contiguous else np.ascontiguousarray(self).view(HFArray)
+
+    def to(self, *args, **kwargs):
+        """The array itself (device moves are no-ops on the CPU)."""
+        return self
+
+    def numpy(self):
+        """The same memory as a plain ``numpy.ndarray``."""
+        return self.view(np.ndarray)
+
+    def clone(self):
+        """A copy."""
+        return self.copy()
+
+    def dim(self):
+        """Number of dimensions (torch's ``dim()``)."""
+        return self.ndim
+
+    def view(self, *args, **kwargs):
+        """torch-style ``view(*shape)`` when given integer sizes (never copies:
+        ValueError if the layout does not allow it); otherwise NumPy's ``view``."""
+        if args and all(isinstance(a, (int, np.integer)) for a in args) or (
+                len(args) == 1 and isinstance(args[0], (tuple, list))):
+            shape = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+            out = np.ndarray.view(self)
+            try:
+                out.shape = shape   # raises instead of copying
+            except (ValueError, AttributeError) as e:
+                raise ValueError(f"view{shape}: cannot view an array of shape {self.shape} "
+                                 f"that way without a copy ({e})") from None
+            return out
+        return np.ndarray.view(self, *args, **kwargs)
+
+
+_ARRAY_TYPE = ["numpy"]
+
+
+def set_array_type(kind):
+    """What hooks and outputs of these models hand out: ``"numpy"`` (default:
+    :class:`HFArray` views of the C buffers) or ``"torch"`` (``torch.from_numpy`` of
+    the same buffers: tensors sharing memory, so in-place edits still reach the
+    C pass). The integrator exposes it as ``mechinterp_c.set_array_type``."""
+    if kind not in ("numpy", "torch"):
+        raise ValueError(f"set_array_type: expected 'numpy' or 'torch', got {kind!r}")
+    if kind == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ImportError("set_array_type('torch') needs PyTorch, which is not installed") from None
+    _ARRAY_TYPE[0] = kind
+
+
+def get_array_type():
+    """The current array type (``"numpy"`` or ``"torch"``)."""
+    return _ARRAY_TYPE[0]
+
+
+def _hf(a):
+    """A C buffer (or a NumPy array) as handed to user code: HFArray or torch tensor."""
+    if a is None:
+        return a
+    if _ARRAY_TYPE[0] == "torch":
+        import torch
+        return torch.from_numpy(np.ndarray.view(a, np.ndarray))
+    return np.ndarray.view(a, HFArray)
+
+
+# --------------------------------------------------------------------- config
+class GPT2Config:
+    """GPT-2's ``config.json`` with attribute access (``config.n_layer``) and HF's defaults."""
+
+    _DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                     n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                     initializer_range=0.02, scale_attn_weights=True,
+                     scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
+                     tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
+                     model_type="gpt2")
+
+    def __init__(self, **kwargs):
+        for k, v in self._DEFAULTS.items():
+            setattr(self, k, v)
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
+        """Read ``config.json`` of a local directory or a cached hub model."""
+        path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
+                                      cache_dir=cache_dir)
+        return cls(**_io.load_config(path, required=("n_layer", "n_embd", "n_head")))
+
+    # HF's generic aliases
+    hidden_size = property(lambda self: self.n_embd, doc="= n_embd")
+    num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
+    num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
+    max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")
+
+    def to_dict(self):
+        """The fields as a dict."""
+        return dict(vars(self))
+
+    def __repr__(self):
+        return "GPT2Config " + json.dumps(self.to_dict(), indent=2, default=str)
+
+
+class CausalLMOutput(dict):
+    """HF's ``CausalLMOutputWithCrossAttentions``: ``out.logits`` and ``out["logits"]``."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return list(self.values())[key]
+        return dict.__getitem__(self, key)
+
+
+# --------------------------------------------------------------------- hooks
+class RemovableHandle:
+    """Handle of a hook registered on a module; ``remove()`` unregisters it."""
+
+    def __init__(self, lens_handles):
+        self._lens = lens_handles
+
+    def remove(self):
+        """Unregister the hook (no error when already removed)."""
+        for h in self._lens:
+            h.remove()
+        self._lens = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def _write_back(target, ret, where):
+    """Copy a hook's returned value into the C buffer ``target``."""
+    if isinstance(ret, tuple):
+        if not ret:
+            raise ValueError(f"{where}: hook returned an empty tuple")
+        ret = ret[0]
+    if ret is None:
+        return
+    ret = np.asarray(to_numpy(ret))
+    if ret.size != target.size:
+        raise ValueError(f"{where}: hook returned shape {ret.shape}; expected {target.shape}")
+    if ret.dtype.kind != "f":
+        raise TypeError(f"{where}: hook returned dtype {ret.dtype}; expected floats")
+    if np.shares_memory(ret, target) and ret.shape == target.shape:
+        if ret.__array_interface__["data"][0] == target.__array_interface__["data"][0] \
+                and ret.strides == target.strides:
+            return
+    # torch broadcasts a [T, D] returned for batch 1; accept any same-size layout
+    np.copyto(target, np.array(ret).reshape(target.shape), casting="same_kind")
+
+
+class _AffineSite:
+    """A LayerNorm output: the C core holds ``y = normalized``; the module's output
+    is ``y * w + b``. Edits are mapped back into ``y``."""
+
+    def __init__(self, w, b, where):
+        self.w, self.b, self.where = w, b, where
+
+    def expose(self, y):
+        return np.ndarray.view(y * self.w + self.b, HFArray)
+
+    def absorb(self, y, shown, ret):
+        new = shown
+        if ret is not None:
+            r = ret[0] if isinstance(ret, tuple) else ret
+            if r is not None:
+                new = np.asarray(to_numpy(r))
+                if new.size != y.size:
+                    raise ValueError(f"{self.where}: hook returned shape {new.shape}; "
+                                     f"expected {y.shape}")
+                new = new.reshape(y.shape)
+        if new is shown and np.array_equal(shown, y * self.w + self.b):
+            return
+        if np.any(self.w == 0):
+            raise ValueError(f"{self.where}: cannot apply an edited LayerNorm output: the "
+                             f"LayerNorm weight has zeros, so the edit cannot be mapped back")
+        y[...] = (new - self.b) / self.w
+
+
+class Module:
+    """A node of the HF module tree, with torch-style hook registration.
+
+    Subclasses describe where their input and output live in the C pass."""
+
+    def __init__(self, model, name):
+        self._model_ref = weakref.ref(model) if model is not None else None
+        self._name = name
+        self._children = {}
+
+    # torch.nn.Module-ish tree helpers
+    def __setattr__(self, key, value):
+        if isinstance(value, Module) and not key.startswith("_"):
+            self._children[key] = value
+        object.__setattr__(self, key, value)
+
+    def named_modules(self, prefix=""):
+        """Yield ``(name, module)`` for this module and all below it."""
+        yield prefix, self
+        for k, m in self._children.items():
+            yield from m.named_modules(f"{prefix}.{k}" if prefix else k)
+
+    def modules(self):
+        """All modules below and including this one."""
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        """The direct sub-modules."""
+        return list(self._children.values())
+
+    def eval(self):
+        """No-op (no dropout in inference); returns self."""
+        return self
+
+    def to(self, *args, **kwargs):
+        """No-op (the C core runs on the CPU in float32); returns self."""
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """No-op (no autograd); returns self."""
+        return self
+
+    def named_parameters(self, prefix=""):
+        """Yield ``(HF name, array view)`` for every parameter at and below this module."""
+        for name, mod in self.named_modules(prefix):
+            for attr in ("weight", "bias"):
+                if attr in vars(mod):
+                    yield (f"{name}.{attr}" if name else attr), vars(mod)[attr]
+
+    def parameters(self):
+        """The parameter views (HF layout)."""
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self):
+        """HF-named parameter views (writable; lm_head.weight is the C unembedding)."""
+        return dict(self.named_parameters())
+
+    def train(self, mode=True):
+        """Training mode is not supported (the C forward has no dropout)."""
+        if mode:
+            raise NotImplementedError("train(): this model is inference-only (no dropout)")
+        return self
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._name}>"
+
+    @property
+    def _core_ht(self):
+        model = self._model_ref()
+        if model is None:
+            raise RuntimeError(f"{self._name}: its model no longer exists")
+        return model._ht
+
+    # what subclasses define: (point name, how to view the activation, affine or None)
+    _fwd = None   # (point, view_fn, affine_site_or_None)
+    _pre = None   # (point, view_fn, affine_site_or_None, read_only)
+
+    def _site(self, kind):
+        s = self._fwd if kind == "fwd" else self._pre
+        if s is None:
+            raise NotImplementedError(f"{self._name}: {kind} hooks are not supported on this module")
+        return s
+
+    def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
+        """Register ``hook(module, input, output)``; it runs when the C pass has
+        produced the module's output. Returning a value replaces the output.
+        Returns a handle with ``.remove()``."""
+        if not callable(hook):
+            raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
+        if with_kwargs:
+            raise NotImplementedError("register_forward_hook(with_kwargs=True) is not supported")
+        user = hook
+        point, view, affine = self._site("fwd")
+        ht, module, where = self._core_ht, self, f"forward hook on {self._name}"
+        inp_state = {}
+        handles = []
+        pre = self._pre
+        if pre is not None:
+            # remember the input as it reaches the module (a later point in the pass
+            # runs the hook); the C buffer stays valid for the whole call.
+            def stash(act, hook):
+                inp_state["x"] = act
+            handles += ht.add_hook(pre[0], stash)
+
+        def fire(act, hook):
+            if pre is not None and "x" in inp_state:
+                x = inp_state["x"]
+                pview, paff = pre[1], pre[2]
+                inp = paff.expose(pview(x)) if paff is not None else pview(x)
+                inp = _hf(np.array(inp) if pre[3] else inp)
+            else:
+                inp = None
+            out = view(act)
+            if affine is not None:
+                shown = affine.expose(out)
+                ret = user(module, (inp,), _hf(shown))
+                affine.absorb(out, shown, ret)
+                return None
+            shown = _hf(out)
+            ret = user(module, (inp,), self._wrap_output(shown))
+            if ret is not None:
+                _write_back(out, ret, where)
+            return None
+
+        handles += ht.add_hook(point, fire, prepend=prepend)
+        return RemovableHandle(handles)
+
+    def _wrap_output(self, out):
+        return out
+
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Register ``hook(module, input)``; ``input`` is a 1-tuple. The hook may
+        edit ``input[0]`` in place or return a new tuple / array. Returns a handle."""
+        if not callable(hook):
+            raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
+        if with_kwargs:
+            raise NotImplementedError("register_forward_pre_hook(with_kwargs=True) is not supported")
+        user = hook
+        point, view, affine, read_only = self._site("pre")
+        module, where = self, f"forward pre-hook on {self._name}"
+
+        def fire(act, hook):
+            x = view(act)
+            if affine is not None:
+                shown = affine.expose(x)
+                ret = user(module, (_hf(shown),))
+                if not read_only:
+                    affine.absorb(x, shown, ret)
+                return None
+            if read_only:
+                user(module, (_hf(np.array(x)),))
+                return None
+            ret = user(module, (_hf(x),))
+            if ret is not None:
+                _write_back(x, ret, where)
+            return None
+
+        return RemovableHandle(self._core_ht.add_hook(point, fire, prepend=prepend))
+
+
+def _same(a):
+    return a
+
+
+class _Param:
+    """Holder of HF-layout parameter views (set in ``_bind_params``)."""
+
+
+class Embedding(Module):
+    """``wte`` / ``wpe``: ``.weight`` [num, D]; forward hook output is the embedding."""
+
+    def __init__(self, model, name, point):
+        super().__init__(model, name)
+        self._fwd = (point, _same, None)
+
+
+class LayerNorm(Module):
+    """``ln_1`` / ``ln_2`` / ``ln_f``: ``.weight``, ``.bias`` [D]."""
+
+    def __init__(self, model, name, norm_point, in_point, affine):
+        super().__init__(model, name)
+        self._fwd = (norm_point, _same, affine)
+        self._pre = (in_point, _same, None, True) if in_point else None
+
+
+class Conv1D(Module):
+    """HF's Conv1D (``y = x @ weight + bias``, weight [in, out])."""
+
+    def __init__(self, model, name, fwd, pre):
+        super().__init__(model, name)
+        self._fwd, self._pre = fwd, pre
+
+
+class Activation(Module):
+    """``mlp.act`` (gelu_new)."""
+
+    def __init__(self, model, name, fwd, pre):
+        super().__init__(model, name)
+        self._fwd, self._pre = fwd, pre
+
+
+class GPT2Attention(Module):
+    """``h[i].attn``: ``c_attn``, ``c_proj``; forward hook output is ``(attn_output, None)``."""
+
+    def __init__(self, model, name, fwd, pre):
+        super().__init__(model, name)
+        self._fwd, self._pre = fwd, pre
+
+    def _wrap_output(self, out):
+        return (out, None)
+
+
+class GPT2MLP(Module):
+    """``h[i].mlp``: ``c_fc``, ``act``, ``c_proj``."""
+
+    def __init__(self, model, name, fwd, pre):
+        super().__init__(model, name)
+        self._fwd, self._pre = fwd, pre
+
+
+class GPT2Block(Module):
+    """``h[i]``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``."""
+
+    def __init__(self, model, name, fwd, pre):
+        super().__init__(model, name)
+        self._fwd, self._pre = fwd, pre
+
+
+class ModuleList(list):
+    """``transformer.h``: a list of blocks."""
+
+
+class GPT2Model(Module):
+    """``model.transformer``: ``wte``, ``wpe``, ``h``, ``ln_f``. Calling it returns HF's
+    ``BaseModelOutput``-like object with ``last_hidden_state`` (after ln_f) [B,T,D]
+    (the pass still runs the unembedding: it is one C forward)."""
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        """``.last_hidden_state`` (and ``.hidden_states`` when asked) of ``input_ids``."""
+        want_hs = kwargs.pop("output_hidden_states", False)
+        out = self._model_ref()(input_ids, attention_mask=attention_mask,
+                                output_hidden_states=True, **kwargs)
+        res = CausalLMOutput(last_hidden_state=out["hidden_states"][-1])
+        if want_hs:
+            res["hidden_states"] = out["hidden_states"]
+        if "attentions" in out:
+            res["attentions"] = out["attentions"]
+        return res
+
+    __call__ = forward
+
+
+# --------------------------------------------------------------------- model
+def _tl_config(cfg):
+    """The HookedTransformerConfig dict of a GPT-2 config.json."""
+    act = cfg.activation_function
+    if act not in ("gelu_new", "gelu", "relu", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish"):
+        raise NotImplementedError(f"GPT-2 activation_function={act!r} is not supported")
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        raise NotImplementedError("scale_attn_by_inverse_layer_idx=True is not supported")
+    if not getattr(cfg, "scale_attn_weights", True):
+        raise NotImplementedError("scale_attn_weights=False is not supported")
+    d_head, rem = divmod(cfg.n_embd, cfg.n_head)
+    if rem:
+        raise ValueError(f"config: n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
+    return dict(n_layers=cfg.n_layer, d_model=cfg.n_embd, n_ctx=cfg.n_positions, d_head=d_head,
+                n_heads=cfg.n_head, d_mlp=cfg.n_inner or 4 * cfg.n_embd, act_fn=act,
+                d_vocab=cfg.vocab_size, eps=float(cfg.layer_norm_epsilon), normalization_type="LN",
+                original_architecture="GPT2LMHeadModel", init_weights=False,
+                model_name=getattr(cfg, "_name_or_path", "gpt2"))
+
+
+def _load_hf_weights(name_or_path, cfg, revision, cache_dir):
+    """HF GPT-2 weights (``transformer.`` prefix optional) as float32 arrays."""
+    sd = _io.load_weights(name_or_path, float32=True, revision=revision, cache_dir=cache_dir)
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("transformer."):
+            k = k[len("transformer."):]
+        out[k] = v
+    return out
+
+
+def _need(sd, key, shape, where):
+    if key not in sd:
+        raise KeyError(f"{where}: checkpoint has no tensor {key!r}")
+    a = sd[key]
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{where}: tensor {key!r} has shape {tuple(a.shape)}, the config "
+                         f"implies {tuple(shape)}")
+    return a
+
+
+class GPT2LMHeadModel(Module):
+    """Hugging Face's ``GPT2LMHeadModel`` on the C transformer (inference only).
+
+    Build with :meth:`from_pretrained`. ``model(input_ids, attention_mask=None)``
+    returns an output with ``.logits`` [batch, pos, vocab] (NumPy, an arena view).
+    ``model.transformer.h[i].attn.c_attn`` etc. carry ``.weight``/``.bias`` as
+    writable views of the C parameters in HF layout and take forward hooks and
+    pre-hooks (see the module docstring for what each hook sees).
+    """
+
+    def __init__(self, config):
+        super().__init__(None, "model")
+        self._model_ref = weakref.ref(self)
+        self.config = config if isinstance(config, GPT2Config) else GPT2Config(**dict(config))
+        self._ht = HookedTransformer(_tl_config(self.config))
+        self._build_tree()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, revision="main",
+                        cache_dir=None, **kwargs):
+        """Load ``config.json`` and the safetensors weights of a local directory or of a
+        model in the Hugging Face cache (no network). Extra HF keywords such as
+        ``torch_dtype`` are accepted and ignored (the C core computes in float32)."""
+        cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
+                                         cache_dir=cache_dir)
+        cfg._name_or_path = str(pretrained_model_name_or_path)
+        model = cls(cfg)
+        sd = _load_hf_weights(pretrained_model_name_or_path, cfg, revision, cache_dir)
+        model.load_state_dict(sd, where=str(pretrained_model_name_or_path))
+        return model
+
+    def load_state_dict(self, state_dict, strict=True, where="load_state_dict"):
+        """Copy HF-named GPT-2 weights (``transformer.`` prefix optional, arrays or
+        tensors) into the C model. ``attn.bias``/``attn.masked_bias`` buffers are skipped."""
+        cfg = self.config
+        D, H, L, V = cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
+        M, Dh = cfg.n_inner or 4 * D, D // H
+        sd = {}
+        for k, v in state_dict.items():
+            sd[k[len("transformer."):] if k.startswith("transformer.") else k] = \
+                np.asarray(to_numpy(v))
+        raw = self._ht._raw
+        used = set()
+
+        def put(dst, key, shape):
+            raw[dst][...] = _need(sd, key, shape, where).reshape(raw[dst].shape)
+            used.add(key)
+
+        put("embed.W_E", "wte.weight", (V, D))
+        put("pos_embed.W_pos", "wpe.weight", (cfg.n_positions, D))
+        for l in range(L):
+            h, b = f"h.{l}.", f"blocks.{l}."
+            put(b + "ln1.w", h + "ln_1.weight", (D,))
+            put(b + "ln1.b", h + "ln_1.bias", (D,))
+            put(b + "attn.W_qkv", h + "attn.c_attn.weight", (D, 3 * D))
+            put(b + "attn.b_qkv", h + "attn.c_attn.bias", (3 * D,))
+            put(b + "attn.W_O", h + "attn.c_proj.weight", (D, D))
+            put(b + "attn.b_O", h + "attn.c_proj.bias", (D,))
+            put(b + "ln2.w", h + "ln_2.weight", (D,))
+            put(b + "ln2.b", h + "ln_2.bias", (D,))
+            put(b + "mlp.W_in", h + "mlp.c_fc.weight", (D, M))
+            put(b + "mlp.b_in", h + "mlp.c_fc.bias", (M,))
+            put(b + "mlp.W_out", h + "mlp.c_proj.weight", (M, D))
+            put(b + "mlp.b_out", h + "mlp.c_proj.bias", (D,))
+            used.update({h + "attn.bias", h + "attn.masked_bias"})
+        put("ln_final.w", "ln_f.weight", (D,))
+        put("ln_final.b", "ln_f.bias", (D,))
+        # lm_head is tied to wte: the C unembedding holds its transpose
+        head = sd.get("lm_head.weight", sd["wte.weight"])
+        if head.shape != (V, D):
+            raise ValueError(f"{where}: tensor 'lm_head.weight' has shape {head.shape}, "
+                             f"expected {(V, D)}")
+        W_U = raw["unembed.W_U"]
+        for i in range(0, V, 2048):       # blocked transpose: 2x faster than one strided copy
+            W_U[:, i:i + 2048] = head[i:i + 2048].T
+        raw["unembed.b_U"][...] = 0.0
+        used.add("lm_head.weight")
+        extra = sorted(set(sd) - used)
+        if strict and extra:
+            raise KeyError(f"{where}: unexpected tensor(s) {extra[:5]} in the GPT-2 checkpoint")
+
+    def _build_tree(self):
+        cfg, raw = self.config, self._ht._raw
+        D, H = cfg.n_embd, cfg.n_head
+
+        def flat(a):            # [B,T,H,Dh] or [B,T,M] -> [B,T,-1] (views: contiguous)
+            return a.reshape(a.shape[0], a.shape[1], -1)
+
+        def fused_qkv(q):       # q view [B,T,H,Dh] at the start of the fused buffer
+            B, T = q.shape[:2]
+            return np.lib.stride_tricks.as_strided(q, (B, T, 3 * D),
+                                                   (q.strides[0], q.strides[1], q.itemsize))
+
+        tr = GPT2Model(self, "transformer")
+        tr.wte = Embedding(self, "transformer.wte", "hook_embed")
+        tr.wte.weight = raw["embed.W_E"]
+        tr.wpe = Embedding(self, "transformer.wpe", "hook_pos_embed")
+        tr.wpe.weight = raw["pos_embed.W_pos"]
+        tr.h = ModuleList()
+        for l in range(cfg.n_layer):
+            p, n = f"blocks.{l}.", f"transformer.h.{l}."
+            ln1 = _AffineSite(raw[p + "ln1.w"], raw[p + "ln1.b"], n + "ln_1")
+            ln2 = _AffineSite(raw[p + "ln2.w"], raw[p + "ln2.b"], n + "ln_2")
+            ln1_pre = (p + "ln1.hook_normalized", _same, ln1, False)
+            ln2_pre = (p + "ln2.hook_normalized", _same, ln2, False)
+            blk = GPT2Block(self, n[:-1], (p + "hook_resid_post", _same, None),
+                            (p + "hook_resid_pre", _same, None, False))
+            blk.ln_1 = LayerNorm(self, n + "ln_1", p + "ln1.hook_normalized", p + "hook_resid_pre", ln1)
+            blk.ln_1.weight, blk.ln_1.bias = raw[p + "ln1.w"], raw[p + "ln1.b"]
+            attn = GPT2Attention(self, n + "attn", (p + "hook_attn_out", _same, None), ln1_pre)
+            attn.c_attn = Conv1D(self, n + "attn.c_attn", (p + "attn.hook_q", fused_qkv, None), ln1_pre)
+            attn.c_attn.weight = raw[p + "attn.W_qkv"].reshape(D, 3 * D)
+            attn.c_attn.bias = raw[p + "attn.b_qkv"].reshape(3 * D)
+            attn.c_proj = Conv1D(self, n + "attn.c_proj", (p + "hook_attn_out", _same, None),
+                                 (p + "attn.hook_z", flat, None, False))
+            attn.c_proj.weight = raw[p + "attn.W_O"].reshape(D, D)
+            attn.c_proj.bias = raw[p + "attn.b_O"]
+            attn.num_heads, attn.head_dim, attn.embed_dim = H, D // H, D
+            blk.attn = attn
+            blk.ln_2 = LayerNorm(self, n + "ln_2", p + "ln2.hook_normalized", p + "hook_resid_mid", ln2)
+            blk.ln_2.weight, blk.ln_2.bias = raw[p + "ln2.w"], raw[p + "ln2.b"]
+            mlp = GPT2MLP(self, n + "mlp", (p + "hook_mlp_out", _same, None), ln2_pre)
+            mlp.c_fc = Conv1D(self, n + "mlp.c_fc", (p + "mlp.hook_pre", _same, None), ln2_pre)
+            mlp.c_fc.weight, mlp.c_fc.bias = raw[p + "mlp.W_in"], raw[p + "mlp.b_in"]
+            mlp.act = Activation(self, n + "mlp.act", (p + "mlp.hook_post", _same, None),
+                                 (p + "mlp.hook_pre", _same, None, False))
+            mlp.c_proj = Conv1D(self, n + "mlp.c_proj", (p + "hook_mlp_out", _same, None),
+                                (p + "mlp.hook_post", _same, None, False))
+            mlp.c_proj.weight, mlp.c_proj.bias = raw[p + "mlp.W_out"], raw[p + "mlp.b_out"]
+            blk.mlp = mlp
+            tr.h.append(blk)
+            tr._children[f"h.{l}"] = blk
+        lnf = _AffineSite(raw["ln_final.w"], raw["ln_final.b"], "transformer.ln_f")
+        tr.ln_f = LayerNorm(self, "transformer.ln_f", "ln_final.hook_normalized",
+                            f"blocks.{cfg.n_layer - 1}.hook_resid_post", lnf)
+        tr.ln_f.weight, tr.ln_f.bias = raw["ln_final.w"], raw["ln_final.b"]
+        self.transformer = tr
+        self.lm_head = Conv1D(self, "lm_head", ("unembed.hook_out", _same, None),
+                              ("ln_final.hook_normalized", _same, lnf, False))
+        # HF's lm_head.weight [V, D] (tied to wte there; here a view of the C unembedding,
+        # whose edits do not reach wte)
+        self.lm_head.weight = raw["unembed.W_U"].T
+
+    # ---------------------------------------------------------------- calls
+    def tie_weights(self):
+        """Copy ``wte.weight`` into the unembedding (HF ties them; here the C core keeps
+        its own transposed copy, so call this after editing ``wte.weight``)."""
+        W_U, wte = self._ht._raw["unembed.W_U"], self.transformer.wte.weight
+        for i in range(0, wte.shape[0], 2048):
+            W_U[:, i:i + 2048] = wte[i:i + 2048].T
+
+    def get_input_embeddings(self):
+        """``transformer.wte``."""
+        return self.transformer.wte
+
+    def get_output_embeddings(self):
+        """``lm_head``."""
+        return self.lm_head
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, return_dict=True,
+                **kwargs):
+        """Logits of ``input_ids`` [batch, pos] (or [pos]) as ``out.logits``.
+
+        ``attention_mask`` [batch, pos] (1 real, 0 padding) masks padded keys as HF
+        does; logits at real tokens match HF, padded rows are not meaningful.
+        ``output_hidden_states`` / ``output_attentions`` add ``out.hidden_states``
+        (L+1 arrays [B,T,D], the last after ln_f, as HF) and ``out.attentions``
+        (L patterns [B,H,T,T]), zero-copy views of the pass's arena.
+        ``token_type_ids`` (from tokenizers) is accepted when all zero; other HF
+        arguments (labels, past_key_values, ...) raise NotImplementedError.
+        """
+        tt = kwargs.pop("token_type_ids", None)
+        if tt is not None and np.any(np.asarray(to_numpy(tt)) != 0):
+            raise NotImplementedError("token_type_ids other than 0 are not supported")
+        output_attentions = bool(kwargs.pop("output_attentions", False))
+        output_hidden_states = bool(kwargs.pop("output_hidden_states", False))
+        kwargs.pop("use_cache", None)     # no KV cache: every call is a full pass
+        if kwargs:
+            raise NotImplementedError(f"GPT2LMHeadModel: unsupported argument(s) {sorted(kwargs)}")
+        if input_ids is None:
+            raise TypeError("GPT2LMHeadModel: input_ids is required")
+        ht = self._ht
+        tokens = ht._tokens(input_ids)
+        B, T = tokens.shape
+        if position_ids is None:
+            pos = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))
+        else:
+            pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
+            pos = np.broadcast_to(pos.reshape(-1, T) if pos.size in (T, B * T) else pos, (B, T))
+        pos = np.ascontiguousarray(pos)
+        mask = None
+        if attention_mask is not None:
+            m = np.asarray(to_numpy(attention_mask))
+            if m.ndim == 1:
+                m = m[None]
+            if m.shape != (B, T):
+                raise ValueError(f"attention_mask: expected shape {(B, T)} like input_ids, "
+                                 f"got {m.shape}")
+            mask = np.ascontiguousarray(m != 0, dtype=np.float32)
+        flags = bytearray(ht._n_points)
+        L = self.config.n_layer
+        hd, want = ht.hook_dict, []
+        if output_hidden_states:
+            want += [f"blocks.{l}.hook_resid_pre" for l in range(L)] + ["ln_final.hook_normalized"]
+        if output_attentions:
+            want += [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+        for n in want:
+            flags[hd[n].point_id] |= 1
+        any_cb = False
+        for hp in ht.hook_dict.values():
+            if hp._handles:
+                flags[hp.point_id] |= 2
+                any_cb = True
+        points = ht._points
+
+        def dispatch(pid, act):
+            points[pid].run(act)
+
+        logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
+                                         pos, mask, -1)
+        out = CausalLMOutput(logits=_hf(logits))
+        if output_hidden_states:
+            # HF: the embeddings, each block's input, and the last one after ln_f
+            hs = [cache[hd[f"blocks.{l}.hook_resid_pre"].point_id] for l in range(L)]
+            lnf = self.transformer.ln_f
+            hs.append(cache[hd["ln_final.hook_normalized"].point_id] * lnf.weight + lnf.bias)
+            out["hidden_states"] = tuple(_hf(h) for h in hs)
+        if output_attentions:
+            out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
+                                      for l in range(L))
+        return out if return_dict else (out.logits,)
+
+    __call__ = forward
+
+    def num_parameters(self):
+        """Number of parameters (lm_head counted once, as HF's tied model)."""
+        c = self.config
+        D, M = c.n_embd, c.n_inner or 4 * c.n_embd
+        per = 4 * D + 3 * D * D + 3 * D + D * D + D + 2 * D * M + M + D
+        return c.vocab_size * D + c.n_positions * D + c.n_layer * per + 2 * D
+
+
+# ------------------------------------------------------ TransformerLens route
+def gpt2_to_tl_state_dict(sd, cfg):
+    """HF GPT-2 weights (``transformer.`` prefix optional) -> TransformerLens names and
+    shapes (``blocks.0.attn.W_Q`` [H, D, Dh], ...), as TransformerLens's GPT-2 converter."""
+    sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): np.asarray(to_numpy(v), dtype=np.float32)
+          for k, v in sd.items()}
+    D, H, L = cfg.n_embd, cfg.n_head, cfg.n_layer
+    Dh = D // H
+    out = {"embed.W_E": sd["wte.weight"], "pos_embed.W_pos": sd["wpe.weight"]}
+    for l in range(L):
+        h, b = f"h.{l}.", f"blocks.{l}."
+        out[b + "ln1.w"], out[b + "ln1.b"] = sd[h + "ln_1.weight"], sd[h + "ln_1.bias"]
+        W = sd[h + "attn.c_attn.weight"].reshape(D, 3, H, Dh)
+        bq = sd[h + "attn.c_attn.bias"].reshape(3, H, Dh)
+        for i, c in enumerate("QKV"):
+            out[b + f"attn.W_{c}"] = np.ascontiguousarray(W[:, i].transpose(1, 0, 2))
+            out[b + f"attn.b_{c}"] = np.ascontiguousarray(bq[i])
+        out[b + "attn.W_O"] = sd[h + "attn.c_proj.weight"].reshape(H, Dh, D)
+        out[b + "attn.b_O"] = sd[h + "attn.c_proj.bias"]
+        out[b + "ln2.w"], out[b + "ln2.b"] = sd[h + "ln_2.weight"], sd[h + "ln_2.bias"]
+        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"]
+        out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[h + "mlp.c_proj.weight"], sd[h + "mlp.c_proj.bias"]
+    out["ln_final.w"], out["ln_final.b"] = sd["ln_f.weight"], sd["ln_f.bias"]
+    out["unembed.W_U"] = np.ascontiguousarray(sd.get("lm_head.weight", sd["wte.weight"]).T)
+    out["unembed.b_U"] = np.zeros(cfg.vocab_size, np.float32)
+    return out
+
+
+def hooked_transformer_from_pretrained(name_or_path, fold_ln=True, center_writing_weights=True,
+                                       center_unembed=True, fold_value_biases=True,
+                                       revision="main", cache_dir=None, tokenizer=None,
+                                       cls=HookedTransformer, **kwargs):
+    """A ``HookedTransformer`` of a GPT-2 checkpoint (local directory or HF cache),
+    processed as TransformerLens's ``from_pretrained`` (fold_ln, center_writing_weights,
+    center_unembed, fold_value_biases; all False = ``from_pretrained_no_processing``).
+    A GPT-2 tokenizer is attached when the checkpoint has one and the tokenizer module
+    is available."""
+    for k in ("device", "dtype", "torch_dtype", "move_to_device", "default_padding_side"):
+        kwargs.pop(k, None)
+    if kwargs:
+        raise NotImplementedError(f"from_pretrained: unsupported argument(s) {sorted(kwargs)}")
+    cfg = GPT2Config.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    if getattr(cfg, "model_type", "gpt2") != "gpt2":
+        raise NotImplementedError(f"{name_or_path}: model_type={cfg.model_type!r}; only GPT-2 "
+                                  f"checkpoints are converted")
+    tl_cfg = _tl_config(cfg)
+    tl_cfg["model_name"] = str(name_or_path)
+    tl_cfg["default_prepend_bos"] = True
+    if tokenizer is None:
+        tokenizer = _try_tokenizer(name_or_path, revision, cache_dir)
+    model = cls(tl_cfg, tokenizer=tokenizer)
+    sd = gpt2_to_tl_state_dict(_load_hf_weights(name_or_path, cfg, revision, cache_dir), cfg)
+    model.load_and_process_state_dict(sd, fold_ln=fold_ln,
+                                      center_writing_weights=center_writing_weights,
+                                      center_unembed=center_unembed,
+                                      fold_value_biases=fold_value_biases)
+    return model
+
+
+def _try_tokenizer(name_or_path, revision, cache_dir):
+    try:
+        from .tokenization_gpt2 import GPT2Tokenizer   # the tokenizer helper's module
+    except ImportError:
+        return None
+    try:
+        return GPT2Tokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# ------------------------------------------------- TransformerLens tokenizer front
+# Duck-typed: any tokenizer with ``encode(text) -> ids`` and ``decode(ids) -> str``
+# (the project's GPT2Tokenizer, or a Hugging Face one) and optionally
+# ``bos_token_id`` / ``pad_token_id``.
+def _need_tokenizer(model, what):
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError(f"{what} needs a tokenizer: this model has none (pass tokenizer=... "
+                         f"or load a checkpoint that has tokenizer files)")
+    return tok
+
+
+def _encode(tok, text):
+    try:
+        ids = tok.encode(text, add_special_tokens=False)
+    except TypeError:
+        ids = tok.encode(text)
+    if hasattr(ids, "ids"):
+        ids = ids.ids
+    return [int(i) for i in ids]
+
+
+def tl_to_tokens(model, input, prepend_bos=None, padding_side=None, truncate=True):
+    """TransformerLens's ``to_tokens``: [batch, pos] int64 ids of a string or list of
+    strings, BOS prepended by default (``cfg.default_prepend_bos``), padded on
+    ``padding_side`` (default right) with the pad token (else BOS/EOS)."""
+    tok = _need_tokenizer(model, "to_tokens")
+    if isinstance(input, str):
+        input = [input]
+    if not isinstance(input, (list, tuple)) or not all(isinstance(s, str) for s in input):
+        raise TypeError("to_tokens: input must be a string or a list of strings")
+    if prepend_bos is None:
+        prepend_bos = getattr(model.cfg, "default_prepend_bos", True)
+    bos = getattr(tok, "bos_token_id", None)
+    if prepend_bos and bos is None:
+        raise ValueError("to_tokens: prepend_bos=True but the tokenizer has no bos_token_id")
+    seqs = [([bos] if prepend_bos else []) + _encode(tok, s) for s in input]
+    if truncate:
+        seqs = [s[:model.cfg.n_ctx] for s in seqs]
+    pad = getattr(tok, "pad_token_id", None)
+    if pad is None:
+        pad = bos if bos is not None else getattr(tok, "eos_token_id", None) or 0
+    n = max(len(s) for s in seqs)
+    side = padding_side or "right"
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+    out = np.full((len(seqs), n), pad, np.int64)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            out[i, :len(s)] = s
+        else:
+            out[i, n - len(s):] = s
+    return out
+
+
+def tl_to_string(model, tokens):
+    """TransformerLens's ``to_string``: [pos] ids -> str, [batch, pos] -> list of str."""
+    tok = _need_tokenizer(model, "to_string")
+    arr = np.asarray(to_numpy(tokens))
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim == 1:
+        return tok.decode([int(i) for i in arr])
+    if arr.ndim == 2:
+        return [tok.decode([int(i) for i in row]) for row in arr]
+    raise ValueError(f"to_string: expected 1-D or 2-D token ids, got shape {arr.shape}")
+
+
+def tl_to_str_tokens(model, input, prepend_bos=None, padding_side=None):
+    """TransformerLens's ``to_str_tokens``: the decoded string of each token."""
+    tok = _need_tokenizer(model, "to_str_tokens")
+    if isinstance(input, str):
+        ids = tl_to_tokens(model, input, prepend_bos, padding_side)[0]
+    else:
+        ids = np.asarray(to_numpy(input))
+        if ids.ndim == 2 and ids.shape[0] == 1:
+            ids = ids[0]
+        if ids.ndim != 1:
+            raise ValueError(f"to_str_tokens: expected a string or 1-D token ids, got shape {ids.shape}")
+    return [tok.decode([int(i)]) for i in ids]
