@@ -11,11 +11,12 @@ from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
 from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
+from .transformers.modeling_gpt2 import get_array_type, set_array_type
 
 __all__ = [
     "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
     "analysis", "io", "ops", "reve", "transformers", "utils", "weight_processing",
-    "set_num_threads", "get_num_threads", "cpu_isa",
+    "set_num_threads", "get_num_threads", "cpu_isa", "set_array_type", "get_array_type",
 ]
 __version__ = "0.1.0"
 
