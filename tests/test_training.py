@@ -62,8 +62,8 @@ def test_recipe_trajectory_matches_torch():
     assert loss < first - 0.1   # it learned something: the comparison is not of two frozen models
     assert not model.pos_embed.W_pos.any()   # frozen and zero
     for name, p in tl.named_parameters():
-        if not p.requires_grad:
-            continue
+        if not p.requires_grad or name.endswith("attn.b_K"):
+            continue   # b_K: its gradient is exactly 0 up to rounding, so Adam moves it by noise
         # Adam normalises each element's step to ~lr whatever the gradient's size, so an
         # element whose gradient is rounding noise can move ~lr differently per step:
         # compare the change from the start on the tensor's norm (5e-2 relative; measured
