@@ -53,6 +53,7 @@ class _TrainState:
         self.grads = _core.grad_blob(model._core)
         base = model._raw["embed.W_E"].__array_interface__["data"][0]   # offset 0 of the blob
         self.params = {}
+        self.workspace, self.workspace_shape = None, None
         for name, view in model._params.items():
             off = view.__array_interface__["data"][0] - base
             assert off % 4 == 0 and off >= 0
@@ -117,7 +118,13 @@ def backward(model, tokens, targets):
         tokens = tokens[None]
         targets = targets[None] if targets.ndim == 1 else targets
     frozen = [(p.grad, p.grad.copy()) for p in st.params.values() if not p.requires_grad]
-    loss = _core.loss_backward(model._core, tokens, targets, st.grads)
+    if tokens.ndim == 2 and st.workspace_shape != tokens.shape:
+        try:   # kept across steps: the activations' pages are faulted in once
+            st.workspace = _core.backward_workspace(model._core, *tokens.shape)
+            st.workspace_shape = tokens.shape
+        except ValueError:
+            st.workspace, st.workspace_shape = None, None
+    loss = _core.loss_backward(model._core, tokens, targets, st.grads, st.workspace)
     for g, saved in frozen:
         g[...] = saved
     return loss

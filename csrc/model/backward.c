@@ -157,9 +157,39 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
 #undef V
 }
 
+static uint8_t *all_points_cached(const mi_tf_spec *s)
+{
+    int np = mi_tf_n_points(s);
+    uint8_t *flags = malloc((size_t)np);
+    if (flags)
+        for (int p = 0; p < np; p++) flags[p] = mi_tf_point_present(s, p) ? MI_HOOK_CACHE : 0;
+    return flags;
+}
+
+static size_t scratch_floats(const mi_tf_spec *s, int64_t BT)
+{
+    int64_t D = s->d_model, HD = s->n_heads * s->d_head, Mm = s->attn_only ? 0 : s->d_mlp;
+    return (size_t)(BT * s->d_vocab_out + 3 * BT * D + BT * HD + 3 * BT * HD + 4 * BT * Mm) + 64;
+}
+
+size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
+{
+    if (B <= 0 || T <= 0 || m->spec.n_layers < 1) return 0;
+    uint8_t *flags = all_points_cached(&m->spec);
+    mi_tf_plan plan = {0};
+    if (!flags) return 0;
+    size_t n = 0;
+    if (mi_tf_plan_call(m, B, T, (int)m->spec.n_layers, flags, &plan) == MI_OK) {
+        n = (plan.n_floats + 15) / 16 * 16 + scratch_floats(&m->spec, B * T);
+        mi_tf_plan_free(&plan);
+    }
+    free(flags);
+    return n;
+}
+
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
                               const int64_t *tokens, const int64_t *targets,
-                              float *grads, float *loss)
+                              float *grads, float *loss, float *work, size_t work_floats)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
@@ -180,19 +210,18 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     }
     if (!counted) return mi_fail(MI_ERR_VALUE, "targets: every position is -100 (ignored): the mean loss is undefined");
 
-    int np = mi_tf_n_points(s);
-    uint8_t *flags = malloc((size_t)np);
+    uint8_t *flags = all_points_cached(s);
     mi_tf_plan plan = {0};
-    float *arena = NULL, *scr = NULL;
+    float *arena = NULL, *scr = NULL, *owned = NULL;
     int64_t *pos = NULL;
     mi_status st = MI_OK;
     if (!flags) return mi_fail(MI_ERR_NOMEM, "backward: out of memory");
-    for (int p = 0; p < np; p++) flags[p] = mi_tf_point_present(s, p) ? MI_HOOK_CACHE : 0;
     st = mi_tf_plan_call(m, B, T, (int)s->n_layers, flags, &plan);
     if (st != MI_OK) { free(flags); return st; }
-    size_t n_scr = (size_t)(BT * Vo + 3 * BT * D + BT * HD + 3 * BT * HD + 4 * BT * Mm) + 64;
-    arena = mi_malloc(sizeof(float) * plan.n_floats);
-    scr = mi_malloc(sizeof(float) * n_scr);
+    size_t n_scr = scratch_floats(s, BT), n_arena = (plan.n_floats + 15) / 16 * 16;
+    if (!work || work_floats < n_arena + n_scr) work = owned = mi_malloc(sizeof(float) * (n_arena + n_scr));
+    arena = work;
+    scr = work ? work + n_arena : NULL;
     pos = malloc(sizeof(int64_t) * (size_t)BT);
     if (!arena || !scr || !pos) { st = mi_fail(MI_ERR_NOMEM, "backward: cannot allocate %zu floats of "
                                                "activations and gradients", plan.n_floats + n_scr); goto done; }
@@ -252,8 +281,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     }
 done:
     free(pos);
-    mi_free(scr);
-    mi_free(arena);
+    mi_free(owned);
     mi_tf_plan_free(&plan);
     free(flags);
     return st;

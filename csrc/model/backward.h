@@ -24,8 +24,14 @@
 #include "common/status.h"
 #include "model/transformer.h"
 
+/* work: a caller-kept workspace of work_floats floats (64-byte aligned), reused
+ * across steps so the activations' pages are not faulted in again every call;
+ * NULL (or too small) allocates one for this call. */
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t seq,
                               const int64_t *tokens, const int64_t *targets,
-                              float *grads, float *loss);
+                              float *grads, float *loss, float *work, size_t work_floats);
+
+/* Floats of workspace a [batch, seq] call needs (0 with a message on error). */
+size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t seq);
 
 #endif

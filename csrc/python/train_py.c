@@ -31,12 +31,46 @@ PyDoc_STRVAR(loss_backward_doc,
 "loss_backward(model, tokens, targets, grads)\n--\n\n"
 "Forward, mean cross-entropy of the logits at (b, p) against targets[b, p]\n"
 "(-100 ignores), and backward; gradients ACCUMULATE into grads (from\n"
-"grad_blob). Returns the mean loss as a float.");
+"grad_blob). workspace: optional array from backward_workspace, reused across\n"
+"calls. Returns the mean loss as a float.");
+
+PyDoc_STRVAR(workspace_doc, "backward_workspace(model, batch, seq)\n--\n\nAn uninitialised "
+             "64-byte aligned float32 array large enough for loss_backward on [batch, seq].");
+
+static PyObject *py_backward_workspace(PyObject *module, PyObject *args)
+{
+    PyObject *model;
+    long long B, T;
+    if (!PyArg_ParseTuple(args, "OLL:backward_workspace", &model, &B, &T)) return NULL;
+    mi_transformer *tf = mi_py_model_tf(module, model);
+    if (!tf) return NULL;
+    npy_intp n = (npy_intp)mi_tf_backward_workspace(tf, B, T);
+    if (!n) {
+        PyErr_Format(PyExc_ValueError, "backward_workspace: no workspace for batch=%lld seq=%lld", B, T);
+        return NULL;
+    }
+    float *data;
+    return mi_py_empty(module, 1, &n, &data);
+}
 
 static PyObject *py_loss_backward(PyObject *module, PyObject *args)
 {
-    PyObject *model, *tok_obj, *tgt_obj, *grads_obj;
-    if (!PyArg_ParseTuple(args, "OOOO:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj)) return NULL;
+    PyObject *model, *tok_obj, *tgt_obj, *grads_obj, *work_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOO|O:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj, &work_obj))
+        return NULL;
+    float *work = NULL;
+    size_t work_floats = 0;
+    if (work_obj != Py_None) {
+        if (!PyArray_Check(work_obj) || PyArray_TYPE((PyArrayObject *)work_obj) != NPY_FLOAT32
+            || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)work_obj)
+            || !PyArray_ISWRITEABLE((PyArrayObject *)work_obj)) {
+            PyErr_SetString(PyExc_TypeError, "workspace: expected a writable contiguous float32 array "
+                            "(from backward_workspace)");
+            return NULL;
+        }
+        work = PyArray_DATA((PyArrayObject *)work_obj);
+        work_floats = (size_t)PyArray_SIZE((PyArrayObject *)work_obj);
+    }
     mi_transformer *tf = mi_py_model_tf(module, model);
     if (!tf) return NULL;
     PyArrayObject *tokens = NULL, *targets = NULL;
@@ -71,7 +105,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = mi_tf_loss_backward(tf, PyArray_DIM(tokens, 0), PyArray_DIM(tokens, 1),
                              (const int64_t *)PyArray_DATA(tokens), (const int64_t *)PyArray_DATA(targets),
-                             g, &loss);
+                             g, &loss, work, work_floats);
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     res = PyFloat_FromDouble((double)loss);
@@ -144,6 +178,7 @@ static PyObject *py_adamw_step(PyObject *module, PyObject *args)
 static PyMethodDef train_methods[] = {
     {"grad_blob", py_grad_blob, METH_O, grad_blob_doc},
     {"loss_backward", py_loss_backward, METH_VARARGS, loss_backward_doc},
+    {"backward_workspace", py_backward_workspace, METH_VARARGS, workspace_doc},
     {"adamw_step", py_adamw_step, METH_VARARGS, adamw_doc},
     {NULL, NULL, 0, NULL},
 };
