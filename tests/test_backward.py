@@ -168,3 +168,25 @@ def test_frozen_parameter_grad_untouched():
     m.backward(tokens, tokens)
     assert not p.grad.any()
     assert m.get_parameter("embed.W_E").grad.any()
+
+
+def test_workspace_reused_across_shapes():
+    """The kept workspace is re-made when the batch shape changes; results do not
+    depend on what an earlier call left in it (bitwise: same kernels, same inputs)."""
+    _, m = make_pair()
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 50, size=(2, 12)), rng.integers(0, 50, size=(2, 12))
+    b = rng.integers(0, 50, size=(3, 7)), rng.integers(0, 50, size=(3, 7))
+    first = m.backward(*a)
+    g_first = m.get_parameter("blocks.0.attn.W_Q").grad.copy()
+    m.zero_grad()
+    m.backward(*b)
+    m.zero_grad()
+    assert m.backward(*a) == first
+    np.testing.assert_array_equal(m.get_parameter("blocks.0.attn.W_Q").grad, g_first)
+    with pytest.raises(TypeError, match="workspace: expected a writable contiguous float32"):
+        mi._core.loss_backward(m._core, a[0], a[1], m._train_state.grads, np.zeros(10))
+    # a too-small workspace is not used (the call allocates its own)
+    m.zero_grad()
+    assert mi._core.loss_backward(m._core, a[0], a[1], m._train_state.grads,
+                                  np.zeros(10, np.float32)) == first
