@@ -39,9 +39,11 @@ class Parameter:
         return self.data.shape
 
     def __array__(self, dtype=None, copy=None):
+        """``np.asarray(param)`` gives the weights (a view unless a dtype change copies)."""
         return np.asarray(self.data, dtype=dtype)
 
     def __repr__(self):
+        """Name, shape and requires_grad."""
         return f"Parameter({self.name!r}, shape={self.data.shape}, requires_grad={self.requires_grad})"
 
 
