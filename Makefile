@@ -40,7 +40,12 @@ demo: deps-notebooks build
 sanitize: deps-test deps-system
 	rm -rf build/asan && mkdir -p build/asan
 	cp -r mechinterp_c build/asan/
-	MI_SANITIZE=1 $(PYTHON) setup.py -q build_ext --build-temp build/asan/tmp --build-lib build/asan
+	# Drop the copied in-place _core: build_ext would find it newer than the
+	# sources and skip the instrumented build. --force for the same reason.
+	rm -f build/asan/mechinterp_c/*.so
+	MI_SANITIZE=1 $(PYTHON) setup.py -q build_ext --force --build-temp build/asan/tmp --build-lib build/asan
+	@nm -D build/asan/mechinterp_c/_core*.so | grep -q __asan_init \
+	  || { echo "sanitize: build/asan/mechinterp_c/_core is not instrumented"; exit 1; }
 	cd build/asan && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \

@@ -5,15 +5,16 @@ small-model training and analyses, with every activation handed to Python as
 a zero-copy NumPy array. ``from mechinterp_c import HookedTransformer`` is a
 drop-in for TransformerLens; ``mechinterp_c.transformers`` for Hugging Face.
 """
-from . import _core, analysis, io, ops, reve, utils, weight_processing
+from . import _core, analysis, io, ops, reve, transformers, utils, weight_processing
 from ._core import get_num_threads, set_num_threads
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
+from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
 
 __all__ = [
-    "ActivationCache", "HookedTransformer", "HookedTransformerConfig",
-    "analysis", "io", "ops", "reve", "utils", "weight_processing",
+    "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
+    "analysis", "io", "ops", "reve", "transformers", "utils", "weight_processing",
     "set_num_threads", "get_num_threads", "cpu_isa",
 ]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from .utils import to_numpy
 
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
-             "gelu_fast": 2, "silu": 3, "swish": 3}
+             "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
 _CACHE, _CALLBACK = 1, 2
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
@@ -32,6 +32,31 @@ class _Module:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self._name or 'model'}>"
+
+
+class _Norm(_Module):
+    """A norm module (ln1, ln2, ln_final, mlp.ln): ``.w``/``.b`` views and hook points;
+    calling it applies the norm to an array in NumPy (float64 math, float32 out), as
+    calling TransformerLens's module does (used by ActivationCache's apply_ln)."""
+
+    def __init__(self, name, norm_type, eps):
+        super().__init__(name)
+        self._norm_type = norm_type
+        self._eps = eps
+
+    def __call__(self, x):
+        """The norm of x [..., d] with freshly computed statistics."""
+        x = np.asarray(to_numpy(x), dtype=np.float64)
+        if self._norm_type is None:
+            return x.astype(np.float32)
+        if self._norm_type in ("LN", "LNPre"):
+            x = x - x.mean(-1, keepdims=True)
+        y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self._eps)
+        if getattr(self, "w", None) is not None:
+            y = y * self.w
+        if getattr(self, "b", None) is not None:
+            y = y + self.b
+        return y.astype(np.float32)
 
 
 class _Block(_Module):
@@ -59,6 +84,30 @@ def _check_unsupported(cfg):
         bad.append(f"d_vocab={cfg.d_vocab} (no tokenizer: give d_vocab)")
     if bad:
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
+
+
+def _tl_hook_names(cfg):
+    """Every HookPoint name of TransformerLens's module tree for cfg, in its module order."""
+    norm = cfg.normalization_type is not None
+    names = ["hook_embed", "hook_pos_embed"]
+    for l in range(cfg.n_layers):
+        p = f"blocks.{l}."
+        lns = ["ln1"] + ([] if cfg.attn_only else ["ln2"])
+        if norm:
+            names += [p + f"{ln}.{h}" for ln in lns for h in ("hook_scale", "hook_normalized")]
+        names += [p + "attn." + h for h in ("hook_k", "hook_q", "hook_v", "hook_z", "hook_attn_scores",
+                                            "hook_pattern", "hook_result")]
+        if not cfg.attn_only:
+            if cfg.act_fn == "solu_ln":
+                names += [p + "mlp.hook_mid", p + "mlp.ln.hook_scale", p + "mlp.ln.hook_normalized"]
+            names += [p + "mlp.hook_pre"] + ([p + "mlp.hook_pre_linear"] if cfg.gated_mlp else []) \
+                + [p + "mlp.hook_post"]
+        names += [p + h for h in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
+                                  "hook_mlp_in", "hook_attn_out", "hook_mlp_out", "hook_resid_pre")]
+        names += ([] if cfg.attn_only else [p + "hook_resid_mid"]) + [p + "hook_resid_post"]
+    if norm:
+        names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    return names + ["unembed.hook_in", "unembed.hook_out"]
 
 
 class HookedTransformer:
@@ -93,14 +142,21 @@ class HookedTransformer:
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0)
         self._raw = self._core.params()
         self._n_points = self._core.n_points
-        self.hook_dict = {}
         self._points = [None] * self._n_points
         self._point_layer = {}
-        for name, pid, layer in self._core.hook_points():
-            hp = HookPoint(name, pid)
-            self.hook_dict[name] = hp
-            self._points[pid] = hp
+        fired = {}
+        for name, pid, layer in self._core.hook_points():     # forward (firing) order
+            fired[name] = HookPoint(name, pid)
+            self._points[pid] = fired[name]
             self._point_layer[pid] = layer
+        self._fire_order = list(fired)
+        # hook_dict: every HookPoint TransformerLens's module tree has, in its module
+        # order; points this config never fires (hook_result without use_attn_result,
+        # hook_attn_in, ...) accept hooks that never run, as in TransformerLens.
+        self.hook_dict = {}
+        for name in _tl_hook_names(cfg):
+            self.hook_dict[name] = fired.pop(name, None) or HookPoint(name, None)
+        assert not fired, f"hook points missing from the module order: {list(fired)}"
         self._params = self._tl_params()
         self._make_modules()
 
@@ -121,7 +177,7 @@ class HookedTransformer:
                 out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
             out[p + "attn.W_O"] = raw[p + "attn.W_O"]
             out[p + "attn.b_O"] = raw[p + "attn.b_O"]
-            for w in ("W_in", "b_in", "W_gate", "W_out", "b_out"):
+            for w in ("W_in", "b_in", "W_gate", "ln.w", "ln.b", "W_out", "b_out"):
                 if p + f"mlp.{w}" in raw:
                     out[p + f"mlp.{w}"] = raw[p + f"mlp.{w}"]
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
@@ -134,7 +190,7 @@ class HookedTransformer:
         self.mod_dict = {}
 
         def module(name, cls=_Module):
-            m = cls(name)
+            m = _Norm(name, cfg.normalization_type, cfg.eps) if cls is _Norm else cls(name)
             if name:
                 self.mod_dict[name] = m
             return m
@@ -157,11 +213,16 @@ class HookedTransformer:
             b = module(f"blocks.{l}", _Block)
             attach(b, f"blocks.{l}.")
             for sub in ("ln1", "attn", "ln2", "mlp"):
-                m = module(f"blocks.{l}.{sub}")
+                m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else _Module)
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
+            if cfg.act_fn == "solu_ln" and not cfg.attn_only:
+                b.mlp.ln = _Norm(f"blocks.{l}.mlp.ln", "LN" if cfg.normalization_type == "LN" else "LNPre",
+                                 cfg.eps)
+                self.mod_dict[b.mlp.ln._name] = b.mlp.ln
+                attach(b.mlp.ln, f"blocks.{l}.mlp.ln.")
             self.blocks.append(b)
-        self.ln_final = module("ln_final")
+        self.ln_final = module("ln_final", _Norm)
         attach(self.ln_final, "ln_final.")
         self.unembed = module("unembed")
         attach(self.unembed, "unembed.")
@@ -229,13 +290,57 @@ class HookedTransformer:
                                                center_unembed=center_unembed,
                                                fold_value_biases=fold_value_biases)
         if fold_ln and self.cfg.normalization_type in ("LN", "RMS"):
-            hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
             self.cfg.normalization_type = "LNPre" if self.cfg.normalization_type == "LN" else "RMSPre"
-            self._build()
-            for n, hs in hooks.items():
-                if n in self.hook_dict:
-                    self.hook_dict[n]._handles = hs
+            self._rebuild()
         self.load_state_dict(sd, strict=False)
+
+    def _rebuild(self):
+        """Recreate the C model after a cfg change, keeping weights and hooks."""
+        weights = {k: v.copy() for k, v in self._params.items()}
+        hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
+        self._build()
+        for n, hs in hooks.items():
+            if n in self.hook_dict:
+                self.hook_dict[n]._handles = hs
+        self.load_state_dict(weights, strict=False)
+
+    def set_use_attn_result(self, use_attn_result):
+        """Turn ``attn.hook_result`` (per-head outputs [batch, pos, head, d_model]) on or off."""
+        self.cfg.use_attn_result = bool(use_attn_result)
+        self._rebuild()
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in):
+        """Turn ``hook_mlp_in`` (a copy of resid_mid that feeds ln2) on or off."""
+        if self.cfg.attn_only and use_hook_mlp_in:
+            raise ValueError("can't use hook_mlp_in with an attn_only model")
+        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)
+        self._rebuild()
+
+    def set_use_split_qkv_input(self, use_split_qkv_input):
+        """Not supported by the C core (raises NotImplementedError when turned on)."""
+        if use_split_qkv_input:
+            raise NotImplementedError("use_split_qkv_input is not supported by the C core")
+
+    def set_use_attn_in(self, use_attn_in):
+        """Not supported by the C core (raises NotImplementedError when turned on)."""
+        if use_attn_in:
+            raise NotImplementedError("use_attn_in is not supported by the C core")
+
+    def to(self, *args, **kwargs):
+        """No-op (CPU only); returns self so ``model.to(device)`` works."""
+        return self
+
+    def cpu(self):
+        """No-op; returns self."""
+        return self
+
+    def eval(self):
+        """No-op (no dropout); returns self."""
+        return self
+
+    def train(self, mode=True):
+        """No-op (no dropout); returns self."""
+        return self
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
     def _stack(self, key):
@@ -333,16 +438,32 @@ class HookedTransformer:
         pos_ids = np.maximum(np.cumsum(keep, axis=1) - 1, 0).astype(np.int64)
         return pos_ids, keep.astype(np.float32)
 
-    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None):
-        """One C pass; returns (output view, {point_id: view})."""
-        tokens = self._tokens(tokens)
+    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None):
+        """One C pass; returns (output view, {point_id: view}). With start_layer, ``tokens``
+        is the residual stream [batch, pos, d_model] entering that block."""
+        resid = None
+        if start_layer is not None:
+            resid = np.asarray(to_numpy(tokens))
+            if resid.dtype.kind != "f":
+                raise TypeError(f"input: with start_at_layer the input is the residual stream "
+                                f"(floats), got dtype {resid.dtype}")
+            if resid.ndim == 2:
+                resid = resid[None]
+            if resid.ndim != 3 or resid.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"input: expected a residual stream [batch, pos, d_model="
+                                 f"{self.cfg.d_model}], got shape {resid.shape}")
+            if resid.shape[1] > self.cfg.n_ctx:
+                raise ValueError(f"input: sequence length {resid.shape[1]} exceeds n_ctx {self.cfg.n_ctx}")
+            tokens = np.zeros(resid.shape[:2], dtype=np.int64)   # shape carrier for the mask
+        else:
+            tokens = self._tokens(tokens)
         pos_ids, key_mask = self._mask(attention_mask, tokens)
         flags = bytearray(self._n_points)
         for pid in cache_ids:
             flags[pid] |= _CACHE
         any_cb = False
         for hp in self.hook_dict.values():
-            if hp._handles:
+            if hp._handles and hp.point_id is not None:
                 flags[hp.point_id] |= _CALLBACK
                 any_cb = True
         points = self._points
@@ -351,6 +472,9 @@ class HookedTransformer:
             points[pid].run(act)
 
         stop = -1 if stop_layer is None else stop_layer
+        if resid is not None:
+            return self._core.forward(None, bytes(flags), dispatch if any_cb else None, None,
+                                      key_mask, stop, resid, start_layer)
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
                                   pos_ids, key_mask, stop)
 
@@ -381,17 +505,21 @@ class HookedTransformer:
         return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
         cross-entropy; per position [batch, pos-1] with loss_per_token), "both"
         ((logits, loss)) or None. ``attention_mask`` [batch, pos] (1 keep, 0 pad) masks
-        padded keys and shifts positions as TransformerLens. ``stop_at_layer=k`` returns
-        the residual stream entering block k.
+        padded keys and shifts positions as TransformerLens (one deliberate difference:
+        with attention_dir="bidirectional" padded keys are masked too, where
+        TransformerLens ignores the mask). ``stop_at_layer=k`` returns
+        the residual stream entering block k; ``start_at_layer=k`` takes ``input`` as the
+        residual stream [batch, pos, d_model] entering block k (pass ``tokens`` for a loss).
         """
-        if start_at_layer is not None or past_kv_cache is not None or shortformer_pos_embed is not None:
-            raise NotImplementedError("start_at_layer, past_kv_cache and shortformer_pos_embed are not supported")
-        return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, ())[0]
+        if past_kv_cache is not None or shortformer_pos_embed is not None:
+            raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
+                             start_at_layer=start_at_layer, loss_tokens=tokens)[0]
 
     __call__ = forward
 
     def _forward(self, input, return_type, loss_per_token, attention_mask, stop_at_layer, cache_ids,
-                 stop_layer=None):
+                 stop_layer=None, start_at_layer=None, loss_tokens=None):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if stop_at_layer is not None:
@@ -400,14 +528,22 @@ class HookedTransformer:
             if not 0 <= stop <= L:
                 raise ValueError(f"stop_at_layer={stop_at_layer} is outside [-{L}, {L}]")
             stop_layer = stop
-        out, cache = self._run(input, cache_ids, stop_layer, attention_mask)
+        start = None
+        if start_at_layer is not None:
+            L = self.cfg.n_layers
+            start = start_at_layer + L if start_at_layer < 0 else start_at_layer
+            if not 0 <= start <= L:
+                raise ValueError(f"start_at_layer={start_at_layer} is outside [-{L}, {L}]")
+            if return_type in ("loss", "both") and loss_tokens is None and stop_at_layer is None:
+                raise ValueError("a loss with start_at_layer needs tokens=... for the targets")
+        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start)
         if stop_at_layer is not None:
             return out, cache
         if return_type is None:
             return None, cache
         if return_type == "logits":
             return out, cache
-        loss = self._loss(out, input, attention_mask, loss_per_token)
+        loss = self._loss(out, input if start is None else loss_tokens, attention_mask, loss_per_token)
         if return_type == "loss":
             return loss, cache
         return (out, loss), cache
@@ -435,28 +571,30 @@ class HookedTransformer:
         else:
             raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
                             f"got {type(names_filter).__name__}")
-        ids = [hp.point_id for n, hp in self.hook_dict.items() if keep(n)]
+        ids = [hp.point_id for n, hp in self.hook_dict.items() if hp.point_id is not None and keep(n)]
         if len(model_args) > 1:
             raise TypeError("run_with_cache: pass return_type etc. as keywords")
         return_type = model_kwargs.pop("return_type", "logits")
         loss_per_token = model_kwargs.pop("loss_per_token", False)
         attention_mask = model_kwargs.pop("attention_mask", None)
         stop_at_layer = model_kwargs.pop("stop_at_layer", None)
+        start_at_layer = model_kwargs.pop("start_at_layer", None)
+        loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
         # nothing needed past the last cached layer when no output is wanted: stop there
         stop_layer = None
-        if return_type is None and stop_at_layer is None and not any(
+        if return_type is None and stop_at_layer is None and start_at_layer is None and not any(
                 hp._handles for hp in self.hook_dict.values()):
             layers = [self._point_layer[i] for i in ids]
             if ids and all(self._point_layer[i] >= 0 or self._points[i].name in ("hook_embed", "hook_pos_embed")
                            for i in ids):
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
-                                 ids, stop_layer)
+                                 ids, stop_layer, start_at_layer, loss_tokens)
         cache = {self._points[pid].name: v for pid, v in raw.items()}
-        cache = {n: cache[n] for n in self.hook_dict if n in cache}   # forward order
+        cache = {n: cache[n] for n in self._fire_order if n in cache}   # forward order
         if remove_batch_dim:
             cache = {n: v[0] for n, v in cache.items()}
         return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)

@@ -94,10 +94,11 @@ def assert_close(got, want, tol):
 
 
 # Shapes: tiny (direct path), edge tiles of every micro-kernel (mr 4/6/12,
-# nr 8/16/32), several K blocks (kc 256), N beyond one nc block (2048), M or N = 1.
+# nr 8/16/32), several K blocks (kc 256), N beyond one nc block (1024, 2048, 4096),
+# M or N = 1, M <= 4 (the few-rows path).
 SHAPES = [(1, 1, 1), (7, 13, 33), (13, 7, 1), (33, 33, 33), (1, 300, 200), (300, 1, 200),
           (37, 45, 29), (13, 33, 257), (100, 77, 300), (130, 200, 513), (25, 2100, 40),
-          (64, 64, 64), (96, 128, 600)]
+          (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000), (13, 4200, 40)]
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
@@ -118,6 +119,20 @@ def test_bias_beta_leading_dims(isa, shape, trans_a, trans_b, rng):
         got, want, tol = run_sgemm(rng, *shape, trans_a=trans_a, trans_b=trans_b,
                                    pad=(3, 5, 7), bias=True, beta=beta)
         assert_close(got, want, tol)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_several_packed_b_groups(isa, threads, trans_b):
+    """N = 4200 (> nc on every ISA) and K = 1100 (> 4 K blocks): the packed B
+    block is refilled several times; 1 and 2 threads agree bitwise."""
+    res = []
+    for n in (1, 2):
+        _core.set_num_threads(n)
+        got, want, tol = run_sgemm(np.random.default_rng(11), 13, 4200, 1100, trans_b=trans_b,
+                                   bias=True, beta=1.0, pad=(1, 2, 3))
+        assert_close(got, want, tol)
+        res.append(got)
+    np.testing.assert_array_equal(res[0], res[1])
 
 
 @pytest.mark.parametrize("shape", [(5, 6, 0), (0, 5, 7), (5, 0, 7)])
@@ -153,7 +168,8 @@ def test_fast_vs_reference(isa, shape):
     assert (err <= 2 * tol).all(), err.max()
 
 
-@pytest.mark.parametrize("shape", [(130, 200, 513), (25, 2100, 40), (300, 77, 600), (12, 5, 700)],
+@pytest.mark.parametrize("shape", [(130, 200, 513), (25, 2100, 40), (300, 77, 600), (12, 5, 700),
+                                   (2, 3000, 100)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_threads_bitwise_identical(isa, threads, shape, rng):
     """1 and 2 threads give the same bits (K is never split across threads)."""
@@ -302,3 +318,25 @@ def test_fma_peak_is_plausible():
     (64 flops/cycle/core at 6 GHz on every thread)."""
     g = _core._fma_peak()
     assert 0.5 < g < 64 * 6.0 * max(1, _core.get_num_threads()) * 2
+
+
+def test_concurrent_python_threads(rng):
+    """Products from several Python threads at once (GIL released, per-thread
+    packing buffers) give the same bits as one at a time."""
+    import threading
+    a = rng.standard_normal((4, 150, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 200)).astype(np.float32)
+    want = [ops.matmul(x, b) for x in a]
+    got = [None] * len(a)
+
+    def work(i):
+        for _ in range(3):
+            got[i] = ops.matmul(a[i], b)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(a))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -70,11 +70,14 @@ EDITS = [
     ("hook_embed", _scale_by_return),
     ("unembed.hook_in", _scale_by_return),
 ]
+SOLU_EDITS = [("blocks.0.mlp.hook_mid", _zero_neurons), ("blocks.1.mlp.ln.hook_scale", _scale_by_return),
+              ("blocks.0.mlp.ln.hook_normalized", _scale_by_return)]
 
 
-@pytest.mark.parametrize("name,fn", EDITS, ids=[e[0] + ":" + e[1].__name__ for e in EDITS])
+@pytest.mark.parametrize("name,fn", EDITS + SOLU_EDITS,
+                         ids=[e[0] + ":" + e[1].__name__ for e in EDITS + SOLU_EDITS])
 def test_hook_edit_matches_transformer_lens(name, fn):
-    tm, m = make_pair({})
+    tm, m = make_pair(dict(act_fn="solu_ln") if (name, fn) in SOLU_EDITS else {})
     tokens = np.random.default_rng(1).integers(0, 50, (2, 9))
     with m.hooks(fwd_hooks=[(name, fn)]):
         logits, cache = m.run_with_cache(tokens)
@@ -174,10 +177,38 @@ def test_hook_errors_are_clear_and_leave_model_usable():
     np.testing.assert_array_equal(m(tokens), ref)
 
 
-def test_hook_dict_matches_fired_tl_hooks():
-    for overrides in ({}, dict(attn_only=True), dict(normalization_type=None, use_attn_result=True)):
-        tm, m = make_pair(overrides)
-        _, tcache = tm.run_with_cache(torch.tensor([[1, 2, 3]]))
-        assert list(m.hook_dict) == list(tcache.keys())
-        assert all(n in m.mod_dict for n in m.hook_dict)
-        assert "blocks.0.attn" in m.mod_dict
+@pytest.mark.parametrize("overrides", [{}, dict(attn_only=True), dict(normalization_type=None, use_attn_result=True),
+                                       dict(gated_mlp=True, normalization_type="RMSPre"), dict(use_hook_mlp_in=True),
+                                       dict(act_fn="solu_ln")])
+def test_hook_dict_matches_tl(overrides):
+    tm, m = make_pair(overrides)
+    assert list(m.hook_dict) == list(tm.hook_dict)      # every HookPoint, TL's module order
+    assert all(n in m.mod_dict for n in m.hook_dict)
+    assert "blocks.0.attn" in m.mod_dict
+    # a point this config never fires accepts a hook that never runs, as in TransformerLens
+    calls = []
+    m.add_hook("blocks.0.hook_attn_in", lambda a, hook: calls.append(1))
+    m(np.array([[1, 2, 3]]))
+    m.reset_hooks()
+    assert calls == []
+
+
+def test_set_use_attn_result_and_hook_mlp_in_keep_weights_and_hooks():
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(6).integers(0, 50, (2, 6))
+    m.add_hook("blocks.1.attn.hook_z", _zero_head_inplace)
+    tm.add_hook("blocks.1.attn.hook_z", _zero_head_inplace)
+    m.set_use_attn_result(True)
+    m.set_use_hook_mlp_in(True)
+    tm.set_use_attn_result(True)
+    tm.set_use_hook_mlp_in(True)
+    with torch.no_grad():
+        logits, cache = m.run_with_cache(tokens)
+        tlogits, tcache = tm.run_with_cache(torch.tensor(tokens))
+    assert "blocks.0.attn.hook_result" in cache and "blocks.0.hook_mlp_in" in cache
+    assert list(cache.keys()) == list(tcache.keys())
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    assert_scaled_close(logits, tlogits.numpy(), "logits")
+    with pytest.raises(NotImplementedError, match="use_split_qkv_input"):
+        m.set_use_split_qkv_input(True)

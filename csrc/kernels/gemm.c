@@ -1,16 +1,24 @@
 /* gemm.c - the packed, cache-blocked SGEMM driver (BLIS style). See gemm.h for
  * the contract and gemm_kernels.h for the micro-kernels.
  *
+ * Paths, chosen from the shape only (so the result depends on M, N, K and the
+ * ISA, never on threads):
+ *   K = 0                   C = beta*C + bias
+ *   M*N*K < SMALL_MNK       direct triple loop (packing would dominate)
+ *   M <= FEW_ROWS           stream B once per row (one token, a GEMV)
+ *   otherwise               the blocked product below
+ *
  * Loops (one ISA's mr, nr, mc, kc, nc from its mi_gemm_arch):
  *
  *   for jc in N step nc                     B block columns
- *     for pc in K step kc                   K blocks, in order (the sum order)
- *       pack B[pc:+kc, jc:+nc] -> Bp        shared, threads split the nr panels
+ *     for each group of K blocks (kc each)  as many as fit in B_GROUP_FLOATS
+ *       pack B[group, jc:+nc] -> Bp         shared, threads split the nr panels
  *       for each task (ic block, j range)   threads split the tasks
- *         pack A[ic:+mc, pc:+kc] -> Ap      per thread, stays in L2
- *         for jr in j range step nr         B micro-panel stays in L1
- *           for ir in mc step mr
- *             micro-kernel on C[ic+ir:+mr, jc+jr:+nr]
+ *         for pc in the group's K blocks    in order (the sum order)
+ *           pack A[ic:+mc, pc:+kc] -> Ap    per thread, stays in L2
+ *           for jr in j range step nr       B micro-panel stays in L1
+ *             for ir in mc step mr
+ *               micro-kernel on C[ic+ir:+mr, jc+jr:+nr]
  *
  * Determinism: every C element is accumulated by the same micro-kernel, over
  * the same K blocks in the same order, whatever thread computes its tile and
@@ -27,8 +35,13 @@
 #include "kernels/gemm.h"
 
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
 
 #include "common/memory.h"
 #include "kernels/cpu.h"
@@ -36,6 +49,10 @@
 
 /* Products below this many multiply-adds skip packing (it would cost more than it saves). */
 #define SMALL_MNK 32768.0
+/* Multiply-adds per thread below which waking more threads costs more than it saves. */
+#define MNK_PER_THREAD 262144.0
+/* Packed B kept at once (floats): 16 MB, half the L3 of the machine this was tuned on. */
+#define B_GROUP_FLOATS ((size_t)4 << 20)
 #define MAX_MR 16
 #define MAX_NR 64
 
@@ -52,18 +69,99 @@ static const mi_gemm_arch *arch_for(mi_isa isa)
 
 static _Thread_local float *tl_buf;
 static _Thread_local size_t tl_cap;   /* floats */
+/* The same pointer under a pthread key, whose destructor frees it when the
+ * thread exits (a Python thread that ran one product must not leak it). */
+static pthread_key_t tl_key;
+static pthread_once_t tl_key_once = PTHREAD_ONCE_INIT;
+
+static void make_tl_key(void) { pthread_key_create(&tl_key, mi_free); }
 
 static float *scratch(size_t n)
 {
     if (n > tl_cap) {
+        pthread_once(&tl_key_once, make_tl_key);
         mi_free(tl_buf);
         tl_buf = mi_malloc(n * sizeof(float));
         tl_cap = tl_buf ? n : 0;
+        pthread_setspecific(tl_key, tl_buf);
     }
     return tl_buf;
 }
 
 /* ---- packing ----------------------------------------------------------- */
+
+/* dst[p*width + r] = src[r*ld + p] for r < rows, p < k; rows..width-1 zero.
+ * The transposing copy both packers need (A stored [M,K], B stored [N,K]).
+ * 4 x 4 blocks go through SSE transposes (baseline x86-64, so no dispatch). */
+static void pack_interleave(const float *src, int64_t ld, int rows, int64_t k, int width,
+                            float *restrict dst)
+{
+    int r = 0;
+#ifdef __SSE2__
+    for (; r + 4 <= rows; r += 4) {
+        const float *s0 = src + r * ld, *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
+        int64_t p = 0;
+        for (; p + 4 <= k; p += 4) {
+            __m128 x0 = _mm_loadu_ps(s0 + p), x1 = _mm_loadu_ps(s1 + p);
+            __m128 x2 = _mm_loadu_ps(s2 + p), x3 = _mm_loadu_ps(s3 + p);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            _mm_storeu_ps(dst + (p + 0) * width + r, x0);
+            _mm_storeu_ps(dst + (p + 1) * width + r, x1);
+            _mm_storeu_ps(dst + (p + 2) * width + r, x2);
+            _mm_storeu_ps(dst + (p + 3) * width + r, x3);
+        }
+        for (; p < k; p++) {
+            float *d = dst + p * width + r;
+            d[0] = s0[p]; d[1] = s1[p]; d[2] = s2[p]; d[3] = s3[p];
+        }
+    }
+#endif
+    for (; r < rows; r++) {
+        const float *s0 = src + r * ld;
+        for (int64_t p = 0; p < k; p++) dst[p * width + r] = s0[p];
+    }
+    if (rows < width)
+        for (int64_t p = 0; p < k; p++)
+            for (int z = rows; z < width; z++) dst[p * width + z] = 0.0f;
+}
+
+/* dst[p*width + c] = src[p*ld + c] for c < cols; cols..width-1 zero (no transpose). */
+static void pack_copy(const float *src, int64_t ld, int cols, int64_t k, int width,
+                      float *restrict dst)
+{
+    for (int64_t p = 0; p < k; p++) {
+        const float *s0 = src + p * ld;
+        float *d = dst + p * width;
+        memcpy(d, s0, sizeof(float) * (size_t)cols);
+        for (int c = cols; c < width; c++) d[c] = 0.0f;
+    }
+}
+
+/* One row of B stored [K, N] (ncur values) into every nr-column panel of a
+ * packed block: panel jp gets its nr values at dst + jp*nr*kcur. Reading B
+ * row by row keeps the loads sequential (the panel-by-panel order would read
+ * 128-byte pieces of kcur different rows). Fixed-size copies compile to
+ * vector moves instead of memcpy calls. */
+static void copy_b_row(const float *src, int64_t ncur, int nr, int64_t kcur, float *restrict dst)
+{
+    int64_t jp = 0;
+    const int64_t full = ncur / nr, stride = (int64_t)nr * kcur;
+    switch (nr) {
+    case 32: for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * 32, 32 * sizeof(float));
+             break;
+    case 16: for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * 16, 16 * sizeof(float));
+             break;
+    case 8:  for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * 8, 8 * sizeof(float));
+             break;
+    default: for (; jp < full; jp++) memcpy(dst + jp * stride, src + jp * nr, nr * sizeof(float));
+    }
+    if (jp * nr < ncur) {   /* the last, partial panel: zero its padding */
+        int cols = (int)(ncur - jp * nr);
+        float *d = dst + jp * stride;
+        for (int c = 0; c < cols; c++) d[c] = src[jp * nr + c];
+        for (int c = cols; c < nr; c++) d[c] = 0.0f;
+    }
+}
 
 /* op(A)[i0:i0+mcur, p0:p0+kcur] -> mr-row panels, rows past mcur zero. */
 static void pack_a(int trans_a, const float *A, int64_t lda, int64_t i0, int64_t mcur,
@@ -71,43 +169,21 @@ static void pack_a(int trans_a, const float *A, int64_t lda, int64_t i0, int64_t
 {
     for (int64_t ir = 0; ir < mcur; ir += mr, dst += kcur * mr) {
         int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
-        if (trans_a) {          /* A stored [K, M]: row p holds the mr values we need */
-            for (int64_t p = 0; p < kcur; p++) {
-                const float *src = A + (p0 + p) * lda + i0 + ir;
-                float *d = dst + p * mr;
-                for (int r = 0; r < rows; r++) d[r] = src[r];
-                for (int r = rows; r < mr; r++) d[r] = 0.0f;
-            }
-        } else {                /* A stored [M, K]: read each row along p */
-            for (int r = 0; r < rows; r++) {
-                const float *src = A + (i0 + ir + r) * lda + p0;
-                for (int64_t p = 0; p < kcur; p++) dst[p * mr + r] = src[p];
-            }
-            for (int r = rows; r < mr; r++)
-                for (int64_t p = 0; p < kcur; p++) dst[p * mr + r] = 0.0f;
-        }
+        if (trans_a)    /* A stored [K, M]: row p holds the mr values we need */
+            pack_copy(A + p0 * lda + i0 + ir, lda, rows, kcur, mr, dst);
+        else            /* A stored [M, K]: transpose rows into the panel */
+            pack_interleave(A + (i0 + ir) * lda + p0, lda, rows, kcur, mr, dst);
     }
 }
 
-/* op(B)[p0:p0+kcur, j0 + panel*nr : +nr] -> one nr-column panel, cols past ncur zero. */
+/* op(B)[p0:p0+kcur, j0:j0+cols] -> one nr-column panel, cols past `cols` zero. */
 static void pack_b_panel(int trans_b, const float *B, int64_t ldb, int64_t p0, int64_t kcur,
                          int64_t j0, int cols, int nr, float *restrict dst)
 {
-    if (!trans_b) {             /* B stored [K, N]: row p holds the nr values we need */
-        for (int64_t p = 0; p < kcur; p++) {
-            const float *src = B + (p0 + p) * ldb + j0;
-            float *d = dst + p * nr;
-            for (int j = 0; j < cols; j++) d[j] = src[j];
-            for (int j = cols; j < nr; j++) d[j] = 0.0f;
-        }
-    } else {                    /* B stored [N, K]: read each row along p */
-        for (int j = 0; j < cols; j++) {
-            const float *src = B + (j0 + j) * ldb + p0;
-            for (int64_t p = 0; p < kcur; p++) dst[p * nr + j] = src[p];
-        }
-        for (int j = cols; j < nr; j++)
-            for (int64_t p = 0; p < kcur; p++) dst[p * nr + j] = 0.0f;
-    }
+    if (!trans_b)       /* B stored [K, N]: row p holds the nr values we need */
+        pack_copy(B + p0 * ldb + j0, ldb, cols, kcur, nr, dst);
+    else                /* B stored [N, K]: transpose rows into the panel */
+        pack_interleave(B + j0 * ldb + p0, ldb, cols, kcur, nr, dst);
 }
 
 /* ---- one tile ---------------------------------------------------------- */
@@ -167,6 +243,52 @@ static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         }
 }
 
+/* A few rows of C (M <= FEW_ROWS, e.g. one token): the packed kernel would
+ * waste most of its mr-row tile and pack all of B for one use, so stream B
+ * once instead. Threads split N into column chunks (independent outputs).
+ * Sum orders: trans_b = 0 accumulates each element in p order (the ISA's
+ * axpy: FMA on AVX2/AVX-512); trans_b = 1 keeps 8 partial sums (p mod 8)
+ * combined in a fixed tree, so the compiler can vectorise the dot product
+ * without changing its result. */
+#define FEW_ROWS 4
+#define FEW_CHUNK 256
+
+static void few_rows(const mi_gemm_arch *ar, int trans_a, int trans_b,
+                     int64_t M, int64_t N, int64_t K,
+                     const float *A, int64_t lda, const float *B, int64_t ldb,
+                     const float *bias, float beta, float *C, int64_t ldc, int nt)
+{
+    const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t j0 = 0; j0 < N; j0 += FEW_CHUNK) {
+        const int n = N - j0 < FEW_CHUNK ? (int)(N - j0) : FEW_CHUNK;
+        float acc[FEW_CHUNK];
+        for (int64_t i = 0; i < M; i++) {
+            const float *a = A + i * sa_i;
+            if (!trans_b) {
+                for (int j = 0; j < n; j++) acc[j] = 0.0f;
+                for (int64_t p = 0; p < K; p++) ar->axpy(n, a[p * sa_p], B + p * ldb + j0, acc);
+            } else {
+                for (int j = 0; j < n; j++) {
+                    const float *b = B + (j0 + j) * ldb;
+                    float part[8] = {0};
+                    int64_t p = 0;
+                    for (; p + 8 <= K; p += 8)
+                        for (int l = 0; l < 8; l++) part[l] += a[(p + l) * sa_p] * b[p + l];
+                    for (int l = 0; p < K; p++, l++) part[l] += a[p * sa_p] * b[p];
+                    acc[j] = ((part[0] + part[4]) + (part[1] + part[5]))
+                           + ((part[2] + part[6]) + (part[3] + part[7]));
+                }
+            }
+            float *c = C + i * ldc + j0;
+            for (int j = 0; j < n; j++) {
+                float v = beta != 0.0f ? c[j] + acc[j] : acc[j];
+                c[j] = bias ? v + bias[j0 + j] : v;
+            }
+        }
+    }
+}
+
 /* ---- the blocked product ----------------------------------------------- */
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -182,14 +304,23 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
     const int64_t nc_max = round_up(N < ar->nc ? N : ar->nc, nr);
     /* M blocks: a multiple of the thread count, each a multiple of mr, so
      * threads get equal shares; when M is too short for that, split N too. */
+    const int64_t mpanels = ceil_div(M, mr);
     int64_t mblocks = ceil_div(M, ar->mc);
     if (mblocks % nt) mblocks += nt - mblocks % nt;
-    int64_t mc = round_up(ceil_div(M, mblocks), mr);
-    mblocks = ceil_div(M, mc);
+    if (mblocks > mpanels) mblocks = mpanels;
+    /* Block ib holds panels [mpanels*ib/mblocks, mpanels*(ib+1)/mblocks):
+     * sizes differ by at most one panel, so no thread waits on a big last block. */
+    const int64_t mc = ceil_div(mpanels, mblocks) * mr;
     int64_t nsplit = mblocks >= nt ? 1 : ceil_div(nt, mblocks);
 
+    /* Pack as many K blocks of the B block as fit in B_GROUP_FLOATS at once:
+     * threads then meet at a barrier once per group instead of once per K
+     * block (a thread the OS descheduled stalls the others at every barrier). */
+    const int64_t nkb = ceil_div(K, kc_max);
     size_t a_size = (size_t)mc * kc_max, b_size = (size_t)nc_max * kc_max;
-    float *buf = scratch(b_size + (size_t)nt * a_size);
+    int64_t group = (int64_t)(B_GROUP_FLOATS / b_size);
+    group = group < 1 ? 1 : group > nkb ? nkb : group;
+    float *buf = scratch((size_t)group * b_size + (size_t)nt * a_size);
     if (!buf) {
         mi_sgemm_ref(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
         return;
@@ -198,36 +329,54 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
 
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float *Ap = buf + b_size + (size_t)omp_get_thread_num() * a_size;
+        float *Ap = buf + (size_t)group * b_size + (size_t)omp_get_thread_num() * a_size;
         for (int64_t jc = 0; jc < N; jc += nc_max) {
             const int64_t ncur = N - jc < nc_max ? N - jc : nc_max;
             const int64_t npanels = ceil_div(ncur, nr);
-            for (int64_t pc = 0; pc < K; pc += kc_max) {
-                const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
-                const int first = pc == 0, last = pc + kcur == K;
-                #pragma omp for schedule(static)
-                for (int64_t jp = 0; jp < npanels; jp++) {
-                    int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
-                    pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
-                                 Bp + jp * nr * kcur);
+            for (int64_t kb0 = 0; kb0 < nkb; kb0 += group) {
+                const int64_t kb1 = kb0 + group < nkb ? kb0 + group : nkb;
+                if (trans_b) {  /* B stored [N, K]: one panel per work item */
+                    #pragma omp for schedule(dynamic, 4)
+                    for (int64_t x = 0; x < (kb1 - kb0) * npanels; x++) {
+                        const int64_t kb = kb0 + x / npanels, jp = x % npanels;
+                        const int64_t pc = kb * kc_max;
+                        const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
+                        const int cols = ncur - jp * nr < nr ? (int)(ncur - jp * nr) : nr;
+                        pack_b_panel(trans_b, B, ldb, pc, kcur, jc + jp * nr, cols, nr,
+                                     Bp + (kb - kb0) * b_size + jp * nr * kcur);
+                    }
+                } else {        /* B stored [K, N]: stream whole rows, scatter to panels */
+                    #pragma omp for schedule(dynamic, 16)
+                    for (int64_t q = kb0 * kc_max; q < (kb1 * kc_max < K ? kb1 * kc_max : K); q++) {
+                        const int64_t kb = q / kc_max, p = q - kb * kc_max, pc = kb * kc_max;
+                        const int64_t kcur = K - pc < kc_max ? K - pc : kc_max;
+                        copy_b_row(B + q * ldb + jc, ncur, nr, kcur,
+                                   Bp + (kb - kb0) * b_size + p * nr);
+                    }
                 }
-                /* implicit barrier: Bp is complete */
+                /* implicit barrier: this group of Bp is complete */
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t task = 0; task < mblocks * nsplit; task++) {
                     const int64_t ib = task / nsplit, js = task % nsplit;
-                    const int64_t ic = ib * mc, mcur = M - ic < mc ? M - ic : mc;
+                    const int64_t ic = mpanels * ib / mblocks * mr;
+                    const int64_t iend = mpanels * (ib + 1) / mblocks * mr;
+                    const int64_t mcur = (iend < M ? iend : M) - ic;
                     const int64_t p_lo = npanels * js / nsplit, p_hi = npanels * (js + 1) / nsplit;
                     if (p_lo == p_hi) continue;
-                    pack_a(trans_a, A, lda, ic, mcur, pc, kcur, mr, Ap);
-                    for (int64_t jp = p_lo; jp < p_hi; jp++) {
-                        const int64_t j = jc + jp * nr;
-                        const int cols = N - j < nr ? (int)(N - j) : nr;
-                        const float *bp = Bp + jp * nr * kcur;
-                        for (int64_t ir = 0; ir < mcur; ir += mr) {
-                            const int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
-                            tile(ar, kcur, Ap + ir * kcur, bp, C + (ic + ir) * ldc + j, ldc,
-                                 rows, cols, !first || beta != 0.0f,
-                                 last && bias ? bias + j : NULL);
+                    for (int64_t kb = kb0; kb < kb1; kb++) {     /* K blocks in order */
+                        const int64_t pc = kb * kc_max, kcur = K - pc < kc_max ? K - pc : kc_max;
+                        const int first = pc == 0, last = pc + kcur == K;
+                        pack_a(trans_a, A, lda, ic, mcur, pc, kcur, mr, Ap);
+                        for (int64_t jp = p_lo; jp < p_hi; jp++) {
+                            const int64_t j = jc + jp * nr;
+                            const int cols = N - j < nr ? (int)(N - j) : nr;
+                            const float *bp = Bp + (kb - kb0) * b_size + jp * nr * kcur;
+                            for (int64_t ir = 0; ir < mcur; ir += mr) {
+                                const int rows = mcur - ir < mr ? (int)(mcur - ir) : mr;
+                                tile(ar, kcur, Ap + ir * kcur, bp, C + (ic + ir) * ldc + j,
+                                     ldc, rows, cols, !first || beta != 0.0f,
+                                     last && bias ? bias + j : NULL);
+                            }
                         }
                     }
                 }
@@ -251,6 +400,13 @@ void mi_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         return;
     }
     int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
+    if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
+    if (M <= FEW_ROWS) {
+        few_rows(arch_for(mi_cpu_isa()), trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,
+                 C, ldc, nt);
+        return;
+    }
     blocked(arch_for(mi_cpu_isa()), nt, trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta,
             C, ldc);
 }

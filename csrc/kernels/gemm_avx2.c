@@ -4,6 +4,7 @@
  * 2 B vectors and 1 broadcast of A per k step: 15 of the 16 ymm registers. */
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
+#include <math.h>
 
 #include "kernels/gemm_kernels.h"
 
@@ -16,11 +17,8 @@ static void ukr_avx2_6x16(int64_t kc, const float *restrict Ap, const float *res
 #define DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = _mm256_setzero_ps();
     DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
 #undef DECL
-    if (load_c) {
-#define LOAD(i) c##i##0 = _mm256_loadu_ps(C + i * ldc); c##i##1 = _mm256_loadu_ps(C + i * ldc + 8);
-        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
-#undef LOAD
-    }
+    /* C is needed only after the k loop: start fetching it now. */
+    for (int i = 0; i < MR; i++) _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
     for (int64_t p = 0; p < kc; p++) {
         __m256 b0 = _mm256_loadu_ps(Bp + p * NR), b1 = _mm256_loadu_ps(Bp + p * NR + 8);
         const float *a = Ap + p * MR;
@@ -29,6 +27,12 @@ static void ukr_avx2_6x16(int64_t kc, const float *restrict Ap, const float *res
                   c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1); }
         STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5)
 #undef STEP
+    }
+    if (load_c) {
+#define LOAD(i) c##i##0 = _mm256_add_ps(_mm256_loadu_ps(C + i * ldc), c##i##0); \
+                c##i##1 = _mm256_add_ps(_mm256_loadu_ps(C + i * ldc + 8), c##i##1);
+        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
+#undef LOAD
     }
     if (bias) {
         __m256 bb0 = _mm256_loadu_ps(bias), bb1 = _mm256_loadu_ps(bias + 8);
@@ -41,7 +45,17 @@ static void ukr_avx2_6x16(int64_t kc, const float *restrict Ap, const float *res
 #undef STORE
 }
 
+static void axpy_avx2(int64_t n, float a, const float *x, float *y)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(y + j, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + j),
+                                                _mm256_loadu_ps(y + j)));
+    for (; j < n; j++) y[j] = fmaf(a, x[j], y[j]);   /* same single rounding as the vectors */
+}
+
 const mi_gemm_arch mi_gemm_arch_avx2 = {
     .name = "avx2", .mr = MR, .nr = NR, .mc = 144, .kc = 256, .nc = 2048,
-    .ukr = ukr_avx2_6x16,
+    .ukr = ukr_avx2_6x16, .axpy = axpy_avx2,
 };

@@ -19,11 +19,10 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
     DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
     DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
 #undef DECL
-    if (load_c) {
-#define LOAD(i) c##i##0 = _mm512_loadu_ps(C + i * ldc); c##i##1 = _mm512_loadu_ps(C + i * ldc + 16);
-        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
-        LOAD(6) LOAD(7) LOAD(8) LOAD(9) LOAD(10) LOAD(11)
-#undef LOAD
+    /* C is needed only after the k loop: start fetching it now. */
+    for (int i = 0; i < MR; i++) {
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
     }
 #define STEP(i) { __m512 ai = _mm512_set1_ps(a[i]); \
                   c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
@@ -48,6 +47,13 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
     }
 #undef KSTEP
 #undef STEP
+    if (load_c) {
+#define LOAD(i) c##i##0 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc), c##i##0); \
+                c##i##1 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc + 16), c##i##1);
+        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
+        LOAD(6) LOAD(7) LOAD(8) LOAD(9) LOAD(10) LOAD(11)
+#undef LOAD
+    }
     if (bias) {
         __m512 bb0 = _mm512_loadu_ps(bias), bb1 = _mm512_loadu_ps(bias + 16);
 #define BIAS(i) c##i##0 = _mm512_add_ps(c##i##0, bb0); c##i##1 = _mm512_add_ps(c##i##1, bb1);
@@ -55,13 +61,29 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
         BIAS(6) BIAS(7) BIAS(8) BIAS(9) BIAS(10) BIAS(11)
 #undef BIAS
     }
-#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
+#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); \
+                 _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
     STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
 #undef STORE
 }
 
+static void axpy_avx512(int64_t n, float a, const float *x, float *y)
+{
+    __m512 va = _mm512_set1_ps(a);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(y + j, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + j),
+                                                _mm512_loadu_ps(y + j)));
+    if (j < n) {    /* masked tail: the same FMA, so every element rounds alike */
+        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
+        __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + j),
+                                   _mm512_maskz_loadu_ps(m, y + j));
+        _mm512_mask_storeu_ps(y + j, m, r);
+    }
+}
+
 const mi_gemm_arch mi_gemm_arch_avx512 = {
-    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 2048,
-    .ukr = ukr_avx512_12x32,
+    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 4096,
+    .ukr = ukr_avx512_12x32, .axpy = axpy_avx512,
 };

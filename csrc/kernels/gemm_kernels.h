@@ -11,12 +11,15 @@
  *   C   the MR x NR tile of C, row stride ldc
  *
  * Micro-kernel contract:
- *   acc = load_c ? C : 0
+ *   acc = 0
  *   for p in 0..kc: acc[r][j] = acc[r][j] + Ap[p*MR + r] * Bp[p*NR + j]   (in p order)
+ *   if load_c: acc = C + acc
  *   if bias: acc[r][j] += bias[j]
  *   C = acc
  * The K-sum of every element runs in increasing p order, one accumulator per
  * element, so the result never depends on the tile's position or the thread.
+ * C is read only after the k loop (the kernels prefetch it first), so its
+ * cache misses overlap the FMAs instead of stalling them.
  */
 #ifndef MI_GEMM_KERNELS_H
 #define MI_GEMM_KERNELS_H
@@ -26,11 +29,16 @@
 typedef void (*mi_gemm_ukr)(int64_t kc, const float *Ap, const float *Bp, float *C,
                             int64_t ldc, int load_c, const float *bias);
 
+/* y[0:n] += a * x[0:n], one rounding per element per call in this ISA's way
+ * (FMA where the ISA has it): the few-rows path (one token) streams B with it. */
+typedef void (*mi_gemm_axpy)(int64_t n, float a, const float *x, float *y);
+
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile of the micro-kernel */
     int mc, kc, nc;      /* cache blocks: A block mc x kc (L2), B block kc x nc (L2/L3) */
     mi_gemm_ukr ukr;
+    mi_gemm_axpy axpy;
 } mi_gemm_arch;
 
 extern const mi_gemm_arch mi_gemm_arch_avx512;   /* 12 x 32, AVX-512F + FMA */

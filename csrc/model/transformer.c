@@ -1,12 +1,14 @@
-/* transformer.c - parameter layout, hook points, arena plan and the forward
- * pass of the one transformer spec (contract in transformer.h).
+/* transformer.c - parameter layout and the forward pass of the one transformer
+ * spec (contract in transformer.h).
  *
  * The pass is a straight line of kernel calls; between them it "fires" the
  * hook point of the activation just written: one flag test when nothing is
  * registered. Every activation lives in the per-call arena at an offset the
- * plan fixed before the pass, so cached activations are views, not copies.
+ * plan fixed before the pass (arena.c), so cached activations are views, not
+ * copies. Hook point ids and names: hook_points.c.
  */
 #include "model/transformer.h"
+#include "model/arena.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -20,15 +22,8 @@
 #include "kernels/norm.h"
 #include "kernels/softmax.h"
 
-#define ABSENT ((size_t)-1)
-#define ALIGN_FLOATS 16   /* 64 bytes */
-
-static size_t align_floats(size_t n) { return (n + ALIGN_FLOATS - 1) & ~(size_t)(ALIGN_FLOATS - 1); }
-
 /* ---------------------------------------------------------------- layout */
 
-static int has_norm_affine(mi_norm_type t) { return t == MI_NORM_LN || t == MI_NORM_RMS; }
-static int has_norm_bias(mi_norm_type t) { return t == MI_NORM_LN; }
 
 static size_t add_param(mi_transformer *m, size_t *cursor, const char *name, int ndim,
                         int64_t d0, int64_t d1, int64_t d2, int64_t d3)
@@ -62,7 +57,9 @@ mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
     if (!(s->attn_scale > 0.0f))
         return mi_fail(MI_ERR_VALUE, "transformer spec: attn_scale must be > 0, got %g",
                        (double)s->attn_scale);
-    if (s->act < MI_ACT_RELU || s->act > MI_ACT_SILU)
+    if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
+    if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
     m->spec = *s;
     int64_t L = s->n_layers, D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
@@ -91,6 +88,10 @@ mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
             P(MI_W_IN, "mlp.W_in", 2, D, M, 0, 0);
             P(MI_W_B_IN, "mlp.b_in", 1, M, 0, 0, 0);
             if (s->gated_mlp) P(MI_W_GATE, "mlp.W_gate", 2, D, M, 0, 0);
+            if (s->act == MI_TF_ACT_SOLU_LN && s->norm == MI_NORM_LN) {
+                P(MI_W_MLN_W, "mlp.ln.w", 1, M, 0, 0, 0);
+                P(MI_W_MLN_B, "mlp.ln.b", 1, M, 0, 0, 0);
+            }
             P(MI_W_OUT, "mlp.W_out", 2, M, D, 0, 0);
             P(MI_W_B_OUT, "mlp.b_out", 1, D, 0, 0, 0);
         }
@@ -111,288 +112,18 @@ void mi_tf_free(mi_transformer *m)
     m->table = NULL;
     m->layer_off = NULL;
 }
-
-/* ----------------------------------------------------------- hook points */
-
-int mi_tf_n_points(const mi_tf_spec *s) { return 2 + (int)s->n_layers * MI_P_PER_LAYER + MI_PF_COUNT; }
-
-int mi_tf_point_present(const mi_tf_spec *s, int p)
-{
-    int n = mi_tf_n_points(s);
-    if (p < 0 || p >= n) return 0;
-    if (p == 0) return 1;
-    if (p == 1) return s->pos_embed;
-    int norm = s->norm != MI_NORM_NONE;
-    int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    if (p >= first_final) {
-        int k = p - first_final;
-        if (k == MI_PF_LNF_SCALE || k == MI_PF_LNF_NORM) return norm;
-        return 1;
-    }
-    switch ((p - 2) % MI_P_PER_LAYER) {
-    case MI_P_LN1_SCALE: case MI_P_LN1_NORM: return norm;
-    case MI_P_RESULT: return s->use_attn_result;
-    case MI_P_RESID_MID: case MI_P_MLP_PRE: case MI_P_MLP_POST: case MI_P_MLP_OUT: return !s->attn_only;
-    case MI_P_LN2_SCALE: case MI_P_LN2_NORM: return norm && !s->attn_only;
-    case MI_P_MLP_IN: return s->use_hook_mlp_in && !s->attn_only;
-    case MI_P_MLP_PRE_LINEAR: return s->gated_mlp && !s->attn_only;
-    default: return 1;
-    }
-}
-
-static const char *layer_point_names[MI_P_PER_LAYER] = {
-    "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
-    "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
-    "attn.hook_result", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "ln2.hook_scale",
-    "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post",
-    "hook_mlp_out", "hook_resid_post",
-};
-static const char *final_point_names[MI_PF_COUNT] = {
-    "ln_final.hook_scale", "ln_final.hook_normalized", "unembed.hook_in", "unembed.hook_out",
-};
-
-int mi_tf_point_name(const mi_tf_spec *s, int p, char *buf)
-{
-    int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    if (p == 0) { snprintf(buf, 64, "hook_embed"); return -1; }
-    if (p == 1) { snprintf(buf, 64, "hook_pos_embed"); return -1; }
-    if (p >= first_final) { snprintf(buf, 64, "%s", final_point_names[p - first_final]); return -1; }
-    int layer = (p - 2) / MI_P_PER_LAYER;
-    snprintf(buf, 64, "blocks.%d.%s", layer, layer_point_names[(p - 2) % MI_P_PER_LAYER]);
-    return layer;
-}
-
-/* ---------------------------------------------------------- arena buffers
- * Buffer slots: 0 embed, 1 pos_embed, 2+i resid[i] (i in [0, L]: resid_pre of
- * layer i = resid_post of layer i-1, one tensor as in TransformerLens), then
- * per layer NB kinds, then the final three. q, k, v share the qkv buffer;
- * unembed.hook_in is ln_final.hook_normalized (or resid[L] with no norm). */
-enum { B_LN1_SCALE, B_LN1_NORM, B_LN1_OUT, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT, B_ATTN_OUT,
-       B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_LN2_OUT, B_PRE, B_PRE_LINEAR, B_POST,
-       B_MLP_OUT, NB };
-/* *_NORM is TransformerLens's hook_normalized, x / scale before the affine
- * weights; *_OUT = normalized * w + b is what the next layer reads (only for
- * LN and RMS, which have weights). */
-enum { BF_LNF_SCALE, BF_LNF_NORM, BF_LNF_OUT, BF_LOGITS, NBF };
-
-static int n_bufs(const mi_tf_spec *s) { return 3 + (int)s->n_layers * (1 + NB) + NBF; }
-static int buf_resid(int i) { return 2 + i; }
-static int buf_layer(const mi_tf_spec *s, int l, int kind) { return 3 + (int)s->n_layers + l * NB + kind; }
-static int buf_final(const mi_tf_spec *s, int kind) { return 3 + (int)s->n_layers * (1 + NB) + kind; }
-
-/* Buffer holding `point`. */
-static int point_buf(const mi_tf_spec *s, int p)
-{
-    int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    if (p < 2) return p;
-    if (p >= first_final) {
-        switch (p - first_final) {
-        case MI_PF_LNF_SCALE: return buf_final(s, BF_LNF_SCALE);
-        case MI_PF_LNF_NORM: return buf_final(s, BF_LNF_NORM);
-        case MI_PF_UNEMBED_IN:
-            if (has_norm_affine(s->norm)) return buf_final(s, BF_LNF_OUT);
-            return s->norm != MI_NORM_NONE ? buf_final(s, BF_LNF_NORM) : buf_resid((int)s->n_layers);
-        default: return buf_final(s, BF_LOGITS);
-        }
-    }
-    int l = (p - 2) / MI_P_PER_LAYER;
-    static const int kind_of[MI_P_PER_LAYER] = {
-        -1, B_LN1_SCALE, B_LN1_NORM, B_QKV, B_QKV, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT,
-        B_ATTN_OUT, B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_PRE, B_PRE_LINEAR, B_POST,
-        B_MLP_OUT, -2,
-    };
-    int k = kind_of[(p - 2) % MI_P_PER_LAYER];
-    if (k == -1) return buf_resid(l);
-    if (k == -2) return buf_resid(l + 1);
-    return buf_layer(s, l, k);
-}
-
-static size_t layer_buf_floats(const mi_tf_spec *s, int kind, size_t BT, int64_t T)
-{
-    size_t D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
-    switch (kind) {
-    case B_LN1_SCALE: case B_LN2_SCALE: return BT;
-    case B_QKV: return BT * 3 * H * Dh;
-    case B_SCORES: case B_PATTERN: return BT * H * (size_t)T;
-    case B_Z: return BT * H * Dh;
-    case B_RESULT: return BT * H * D;
-    case B_PRE: case B_PRE_LINEAR: case B_POST: return BT * M;
-    default: return BT * D;
-    }
-}
-
-static int layer_buf_needed(const mi_tf_spec *s, int kind)
-{
-    int norm = s->norm != MI_NORM_NONE, mlp = !s->attn_only;
-    switch (kind) {
-    case B_LN1_SCALE: case B_LN1_NORM: return norm;
-    case B_LN1_OUT: return has_norm_affine(s->norm);
-    case B_LN2_OUT: return mlp && has_norm_affine(s->norm);
-    case B_RESULT: return s->use_attn_result;
-    case B_RESID_MID: case B_PRE: case B_POST: case B_MLP_OUT: return mlp;
-    case B_MLP_IN: return mlp && s->use_hook_mlp_in;
-    case B_LN2_SCALE: case B_LN2_NORM: return mlp && norm;
-    case B_PRE_LINEAR: return mlp && s->gated_mlp;
-    default: return 1;
-    }
-}
-
-mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int stop_layer,
-                          const uint8_t *flags, mi_tf_plan *plan)
-{
-    const mi_tf_spec *s = &m->spec;
-    memset(plan, 0, sizeof *plan);
-    if (B <= 0 || T <= 0)
-        return mi_fail(MI_ERR_VALUE, "tokens: batch and position counts must be positive, got "
-                       "[%ld, %ld]", (long)B, (long)T);
-    if (T > s->n_ctx)
-        return mi_fail(MI_ERR_VALUE, "tokens: sequence length %ld exceeds n_ctx %ld",
-                       (long)T, (long)s->n_ctx);
-    if (stop_layer < 0 || stop_layer > s->n_layers)
-        return mi_fail(MI_ERR_VALUE, "stop_at_layer: %d is outside [0, n_layers=%ld]",
-                       stop_layer, (long)s->n_layers);
-    int nb = n_bufs(s), np = mi_tf_n_points(s);
-    plan->batch = B;
-    plan->seq = T;
-    plan->stop_layer = stop_layer;
-    plan->n_bufs = nb;
-    plan->buf_off = malloc(sizeof(size_t) * (size_t)nb);
-    uint8_t *kept = calloc((size_t)nb, 1);
-    size_t *sizes = calloc((size_t)nb, sizeof(size_t));
-    if (!plan->buf_off || !kept || !sizes) {
-        free(kept); free(sizes); mi_tf_plan_free(plan);
-        return mi_fail(MI_ERR_NOMEM, "transformer: out of memory planning the arena");
-    }
-    size_t BT = (size_t)(B * T), D = (size_t)s->d_model;
-    /* which buffers this call uses, and their sizes */
-    sizes[0] = BT * D;
-    sizes[1] = s->pos_embed ? BT * D : 0;
-    for (int i = 0; i <= stop_layer; i++) sizes[buf_resid(i)] = BT * D;
-    for (int l = 0; l < stop_layer; l++)
-        for (int k = 0; k < NB; k++)
-            if (layer_buf_needed(s, k)) sizes[buf_layer(s, l, k)] = layer_buf_floats(s, k, BT, T);
-    if (stop_layer == s->n_layers) {
-        if (s->norm != MI_NORM_NONE) {
-            sizes[buf_final(s, BF_LNF_SCALE)] = BT;
-            sizes[buf_final(s, BF_LNF_NORM)] = BT * D;
-            if (has_norm_affine(s->norm)) sizes[buf_final(s, BF_LNF_OUT)] = BT * D;
-        }
-        sizes[buf_final(s, BF_LOGITS)] = BT * (size_t)s->d_vocab_out;
-        kept[buf_final(s, BF_LOGITS)] = 1;   /* the output */
-    } else {
-        kept[buf_resid(stop_layer)] = 1;     /* the output */
-    }
-    for (int p = 0; p < np; p++)
-        if (flags[p] && mi_tf_point_present(s, p)) kept[point_buf(s, p)] = 1;
-    /* kept buffers get their own slots; the rest share one scratch slot per
-     * kind (resid alternates between two), reused from layer to layer */
-    size_t cur = 0;
-    for (int b = 0; b < nb; b++) {
-        plan->buf_off[b] = ABSENT;
-        if (sizes[b] && kept[b]) { plan->buf_off[b] = cur; cur += align_floats(sizes[b]); }
-    }
-    size_t scratch_resid[2] = {ABSENT, ABSENT}, scratch_kind[NB];
-    for (int k = 0; k < NB; k++) scratch_kind[k] = ABSENT;
-    for (int b = 0; b < nb; b++) {
-        if (!sizes[b] || kept[b]) continue;
-        size_t *slot;
-        int first_layer_buf = buf_layer(s, 0, 0);
-        if (b >= buf_resid(0) && b < first_layer_buf) slot = &scratch_resid[(b - buf_resid(0)) & 1];
-        else if (b >= first_layer_buf && b < buf_final(s, 0)) slot = &scratch_kind[(b - first_layer_buf) % NB];
-        else slot = NULL;   /* embed, pos_embed, final: used once */
-        if (slot && *slot != ABSENT) { plan->buf_off[b] = *slot; continue; }
-        plan->buf_off[b] = cur;
-        if (slot) *slot = cur;
-        cur += align_floats(sizes[b]);
-    }
-    plan->n_floats = cur ? cur : ALIGN_FLOATS;
-    free(kept);
-    free(sizes);
-    return MI_OK;
-}
-
-void mi_tf_plan_free(mi_tf_plan *plan)
-{
-    free(plan->buf_off);
-    plan->buf_off = NULL;
-}
-
-static float *buf_ptr(const mi_tf_plan *plan, float *arena, int b)
-{
-    return plan->buf_off[b] == ABSENT ? NULL : arena + plan->buf_off[b];
-}
-
-static void set_view(mi_tensor_view *v, float *data, int ndim, const int64_t *shape)
-{
-    v->data = data;
-    v->ndim = ndim;
-    int64_t st = 1;
-    for (int i = ndim - 1; i >= 0; i--) {
-        v->shape[i] = shape[i];
-        v->strides[i] = st;
-        st *= shape[i];
-    }
-}
-
-int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *arena, int p,
-                     mi_tensor_view *v)
-{
-    const mi_tf_spec *s = &m->spec;
-    if (!mi_tf_point_present(s, p)) return 0;
-    int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    if (p >= first_final && plan->stop_layer < s->n_layers) return 0;
-    if (p >= 2 && p < first_final) {
-        int l = (p - 2) / MI_P_PER_LAYER;
-        if (l >= plan->stop_layer) return 0;
-    }
-    float *data = buf_ptr(plan, arena, point_buf(s, p));
-    if (!data) return 0;
-    int64_t B = plan->batch, T = plan->seq, D = s->d_model, H = s->n_heads, Dh = s->d_head;
-    int k = (p >= 2 && p < first_final) ? (p - 2) % MI_P_PER_LAYER : -1;
-    int kf = p >= first_final ? p - first_final : -1;
-    if (k == MI_P_Q || k == MI_P_K || k == MI_P_V) {
-        int which = k - MI_P_Q;
-        v->data = data + which * H * Dh;
-        v->ndim = 4;
-        v->shape[0] = B; v->shape[1] = T; v->shape[2] = H; v->shape[3] = Dh;
-        v->strides[0] = T * 3 * H * Dh; v->strides[1] = 3 * H * Dh; v->strides[2] = Dh; v->strides[3] = 1;
-        return 1;
-    }
-    int64_t shape[4];
-    if (k == MI_P_LN1_SCALE || k == MI_P_LN2_SCALE || kf == MI_PF_LNF_SCALE) {
-        shape[0] = B; shape[1] = T; shape[2] = 1; set_view(v, data, 3, shape);
-    } else if (k == MI_P_SCORES || k == MI_P_PATTERN) {
-        shape[0] = B; shape[1] = H; shape[2] = T; shape[3] = T; set_view(v, data, 4, shape);
-    } else if (k == MI_P_Z) {
-        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = Dh; set_view(v, data, 4, shape);
-    } else if (k == MI_P_RESULT) {
-        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = D; set_view(v, data, 4, shape);
-    } else if (k == MI_P_MLP_PRE || k == MI_P_MLP_PRE_LINEAR || k == MI_P_MLP_POST) {
-        shape[0] = B; shape[1] = T; shape[2] = s->d_mlp; set_view(v, data, 3, shape);
-    } else if (kf == MI_PF_UNEMBED_OUT) {
-        shape[0] = B; shape[1] = T; shape[2] = s->d_vocab_out; set_view(v, data, 3, shape);
-    } else {
-        shape[0] = B; shape[1] = T; shape[2] = D; set_view(v, data, 3, shape);
-    }
-    return 1;
-}
-
-float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena)
-{
-    if (plan->stop_layer < m->spec.n_layers) return buf_ptr(plan, arena, buf_resid(plan->stop_layer));
-    return buf_ptr(plan, arena, buf_final(&m->spec, BF_LOGITS));
-}
-
 /* ---------------------------------------------------------------- forward */
+typedef struct run_state run_state;
+static mi_status run_layers(run_state *rs, int first, const float *key_mask);
 
-typedef struct {
+struct run_state {
     const mi_transformer *m;
     const mi_tf_plan *plan;
     float *arena;
     const uint8_t *flags;
     mi_hook_fn hook;
     void *ctx;
-} run_state;
+};
 
 static mi_status fire(run_state *r, int p)
 {
@@ -407,12 +138,12 @@ static const float *param(const mi_transformer *m, size_t off)
     return off == ABSENT ? NULL : m->params + off;
 }
 
-/* y = x / scale * w + b (x centred first for LayerNorm): the norm redone
- * after a hook edited hook_scale, as TransformerLens divides by the hooked scale. */
-static void renorm_with_scale(const mi_tf_spec *s, const float *x, const float *scale,
-                              const float *w, const float *b, int64_t rows, int64_t d, float *y)
+/* y = x / scale (x centred first for LayerNorm) with the given, possibly
+ * hooked, scale: TransformerLens divides by the tensor hook_scale returned. */
+static void renorm_with_scale(mi_norm_type type, const float *x, const float *scale,
+                              int64_t rows, int64_t d, float *y)
 {
-    int centre = s->norm == MI_NORM_LN || s->norm == MI_NORM_LNPRE;
+    int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
@@ -422,31 +153,26 @@ static void renorm_with_scale(const mi_tf_spec *s, const float *x, const float *
             for (int64_t i = 0; i < d; i++) mean += xr[i];
             mean /= (double)d;
         }
-        for (int64_t i = 0; i < d; i++) {
-            float v = (xr[i] - (float)mean) / scale[r];
-            if (w) v *= w[i];
-            if (b) v += b[i];
-            yr[i] = v;
-        }
+        for (int64_t i = 0; i < d; i++) yr[i] = (xr[i] - (float)mean) / scale[r];
     }
 }
 
 /* Norm of x [rows, D]: y = x / scale (hook_normalized, TransformerLens fires it
  * before the affine weights), then out = y * w + b when the norm has weights.
  * Returns the tensor the next layer reads. */
-static mi_status norm_step(run_state *r, const float *x, const float *w, const float *b,
-                           float *y, float *scale, float *out, int p_scale, int p_norm,
-                           const float **result)
+static mi_status norm_step(run_state *r, mi_norm_type type, int64_t d, const float *x,
+                           const float *w, const float *b, float *y, float *scale, float *out,
+                           int p_scale, int p_norm, const float **result)
 {
     const mi_tf_spec *s = &r->m->spec;
-    int64_t rows = r->plan->batch * r->plan->seq, d = s->d_model;
-    if (s->norm == MI_NORM_RMS || s->norm == MI_NORM_RMSPRE) mi_rms_norm(x, NULL, s->eps, rows, d, y, scale);
+    int64_t rows = r->plan->batch * r->plan->seq;
+    if (type == MI_NORM_RMS || type == MI_NORM_RMSPRE) mi_rms_norm(x, NULL, s->eps, rows, d, y, scale);
     else mi_layer_norm(x, NULL, NULL, s->eps, rows, d, y, scale);
     /* y is always recomputed from the (possibly hooked) scale, so registering
      * a hook on hook_scale, even one that changes nothing, never changes a bit
      * of the result; the kernel provides the scale. */
     MI_TRY(fire(r, p_scale));
-    renorm_with_scale(s, x, scale, NULL, NULL, rows, d, y);
+    renorm_with_scale(type, x, scale, rows, d, y);
     MI_TRY(fire(r, p_norm));
     *result = y;
     if (w) {
@@ -475,13 +201,13 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             Dh = s->d_head, HD = H * Dh, Mlp = s->d_mlp;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
     int p0 = 2 + l * MI_P_PER_LAYER;
-#define BUF(kind) buf_ptr(pl, A, buf_layer(s, l, kind))
-    float *resid = buf_ptr(pl, A, buf_resid(l)), *resid_next = buf_ptr(pl, A, buf_resid(l + 1));
+#define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
+    float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l)), *resid_next = mi_tf_buf_ptr(pl, A, buf_resid(l + 1));
     MI_TRY(fire(r, p0 + MI_P_RESID_PRE));
 
     const float *x = resid;
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, resid, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
+        MI_TRY(norm_step(r, s->norm, D, resid, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
                          BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
     }
     /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
@@ -536,7 +262,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         x = BUF(B_MLP_IN);
     }
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, x, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
+        MI_TRY(norm_step(r, s->norm, D, x, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
                          BUF(B_LN2_SCALE), BUF(B_LN2_OUT), p0 + MI_P_LN2_SCALE, p0 + MI_P_LN2_NORM, &x));
     }
     float *pre = BUF(B_PRE), *post = BUF(B_POST), *mlp_out = BUF(B_MLP_OUT);
@@ -553,6 +279,21 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         for (int64_t row = 0; row < BT; row++)
             for (int64_t i = 0; i < Mlp; i++)
                 post[row * Mlp + i] = post[row * Mlp + i] * pre_linear[row * Mlp + i] + b_in[i];
+    } else if (s->act == MI_TF_ACT_SOLU_LN) {
+        /* mid = pre * softmax(pre) over d_mlp; post = LN(mid) (LNPre unless the model is LN) */
+        mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
+        MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
+        float *mid = BUF(B_MID);
+        mi_softmax_rows(pre, mid, BT, Mlp);
+        #pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < BT * Mlp; i++) mid[i] *= pre[i];
+        MI_TRY(fire(r, p0 + MI_P_MLP_MID));
+        const float *ln_out;
+        const float *lw = param(m, o[MI_W_MLN_W]);
+        MI_TRY(norm_step(r, lw ? MI_NORM_LN : MI_NORM_LNPRE, Mlp, mid, lw, param(m, o[MI_W_MLN_B]),
+                         BUF(B_MLN_NORM), BUF(B_MLN_SCALE), post, p0 + MI_P_MLP_LN_SCALE,
+                         p0 + MI_P_MLP_LN_NORM, &ln_out));
+        if (ln_out != post) memcpy(post, ln_out, sizeof(float) * (size_t)(BT * Mlp));
     } else {
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
@@ -568,11 +309,19 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
 }
 
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
-                        const uint8_t *flags, const int64_t *tokens, const int64_t *pos_ids,
-                        const float *key_mask, mi_hook_fn hook, void *hook_ctx)
+                        const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                        const int64_t *pos_ids, const float *key_mask, mi_hook_fn hook,
+                        void *hook_ctx)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
+    run_state r = {m, plan, arena, flags, hook, hook_ctx};
+    if (plan->start_layer >= 0) {
+        if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
+        memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
+        return run_layers(&r, plan->start_layer, key_mask);
+    }
+    if (!tokens) return mi_fail(MI_ERR_VALUE, "forward: tokens are required without start_at_layer");
     /* validate every input before any parallel work */
     for (int64_t i = 0; i < BT; i++)
         if (tokens[i] < 0 || tokens[i] >= s->d_vocab)
@@ -583,9 +332,8 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
             if (pos_ids[i] < 0 || pos_ids[i] >= s->n_ctx)
                 return mi_fail(MI_ERR_INDEX, "position id %ld at [%ld, %ld] is outside [0, n_ctx=%ld)",
                                (long)pos_ids[i], (long)(i / T), (long)(i % T), (long)s->n_ctx);
-    run_state r = {m, plan, arena, flags, hook, hook_ctx};
-    float *embed = buf_ptr(plan, arena, 0), *pos = buf_ptr(plan, arena, 1);
-    float *resid0 = buf_ptr(plan, arena, buf_resid(0));
+    float *embed = mi_tf_buf_ptr(plan, arena, 0), *pos = mi_tf_buf_ptr(plan, arena, 1);
+    float *resid0 = mi_tf_buf_ptr(plan, arena, buf_resid(0));
     const float *W_E = param(m, m->global_off[MI_G_W_E]), *W_pos = param(m, m->global_off[MI_G_W_POS]);
     #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < BT; i++) memcpy(embed + i * D, W_E + tokens[i] * D, sizeof(float) * (size_t)D);
@@ -601,21 +349,34 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     } else {
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
     }
-    for (int l = 0; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
+    return run_layers(&r, 0, key_mask);
+}
+
+/* Blocks [first, stop_layer), then (full pass) the final norm and unembedding. */
+static mi_status run_layers(run_state *rs, int first, const float *key_mask)
+{
+    run_state r = *rs;
+    const mi_transformer *m = r.m;
+    const mi_tf_plan *plan = r.plan;
+    const mi_tf_spec *s = &m->spec;
+    float *arena = r.arena;
+    int64_t BT = plan->batch * plan->seq, D = s->d_model;
+    for (int l = first; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
     if (plan->stop_layer < s->n_layers) return MI_OK;
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    const float *x = buf_ptr(plan, arena, buf_resid((int)s->n_layers));
+    const float *x = mi_tf_buf_ptr(plan, arena, buf_resid((int)s->n_layers));
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(&r, x, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
-                         buf_ptr(plan, arena, buf_final(s, BF_LNF_NORM)),
-                         buf_ptr(plan, arena, buf_final(s, BF_LNF_SCALE)),
-                         buf_ptr(plan, arena, buf_final(s, BF_LNF_OUT)),
+        MI_TRY(norm_step(&r, s->norm, D, x, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
+                         mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_NORM)),
+                         mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_SCALE)),
+                         mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_OUT)),
                          pf + MI_PF_LNF_SCALE, pf + MI_PF_LNF_NORM, &x));
     }
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_IN));
-    float *logits = buf_ptr(plan, arena, buf_final(s, BF_LOGITS));
+    float *logits = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS));
     mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
              param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
     return fire(&r, pf + MI_PF_UNEMBED_OUT);
 }
+

@@ -10,7 +10,8 @@
  *   per layer: ln1.w/b [D]; attn.W_qkv [D,3,H,Dh] (x @ W_qkv is at once HF's
  *   c_attn output and TL's hook_q/k/v as strided views); attn.b_qkv [3,H,Dh];
  *   attn.W_O [H,Dh,D]; attn.b_O [D]; ln2.w/b [D]; mlp.W_in [D,M]; mlp.b_in [M];
- *   mlp.W_gate [D,M] (gated only); mlp.W_out [M,D]; mlp.b_out [D]
+ *   mlp.W_gate [D,M] (gated only); mlp.ln.w/b [M] (solu_ln with LN only);
+ *   mlp.W_out [M,D]; mlp.b_out [D]
  *   ln_final.w/b [D]   unembed.W_U [D,Vo]   unembed.b_U [Vo]
  * Tensors a spec does not use (norm weights with no affine norm, W_gate when
  * not gated, ...) are absent from the table.
@@ -37,7 +38,7 @@ typedef struct {
     int64_t n_layers, d_model, n_heads, d_head, d_mlp, d_vocab, d_vocab_out, n_ctx;
     mi_norm_type norm;
     float eps;
-    int act;              /* mi_activation (kernels/activation.h) */
+    int act;              /* mi_activation (kernels/activation.h) or MI_TF_ACT_SOLU_LN */
     int gated_mlp;
     int attn_only;
     int causal;           /* 0: bidirectional */
@@ -47,11 +48,17 @@ typedef struct {
     float attn_scale;     /* scores are q.k / attn_scale */
 } mi_tf_spec;
 
+/* SoLU then a LayerNorm over d_mlp (TransformerLens "solu_ln"): mid = pre *
+ * softmax(pre); post = LN(mid), affine (mlp.ln.w/b) when the model's norm is LN,
+ * else LNPre. */
+#define MI_TF_ACT_SOLU_LN 100
+
 /* Per-layer hook point offsets, in TransformerLens firing order. */
 enum {
     MI_P_RESID_PRE, MI_P_LN1_SCALE, MI_P_LN1_NORM, MI_P_Q, MI_P_K, MI_P_V, MI_P_SCORES,
     MI_P_PATTERN, MI_P_Z, MI_P_RESULT, MI_P_ATTN_OUT, MI_P_RESID_MID, MI_P_MLP_IN,
-    MI_P_LN2_SCALE, MI_P_LN2_NORM, MI_P_MLP_PRE, MI_P_MLP_PRE_LINEAR, MI_P_MLP_POST,
+    MI_P_LN2_SCALE, MI_P_LN2_NORM, MI_P_MLP_PRE, MI_P_MLP_PRE_LINEAR, MI_P_MLP_MID,
+    MI_P_MLP_LN_SCALE, MI_P_MLP_LN_NORM, MI_P_MLP_POST,
     MI_P_MLP_OUT, MI_P_RESID_POST, MI_P_PER_LAYER
 };
 /* Final points after the layers. */
@@ -79,7 +86,7 @@ typedef struct {
 } mi_transformer;
 
 enum { MI_W_LN1_W, MI_W_LN1_B, MI_W_QKV, MI_W_B_QKV, MI_W_O, MI_W_B_O, MI_W_LN2_W, MI_W_LN2_B,
-       MI_W_IN, MI_W_B_IN, MI_W_GATE, MI_W_OUT, MI_W_B_OUT, MI_W_PER_LAYER };
+       MI_W_IN, MI_W_B_IN, MI_W_GATE, MI_W_MLN_W, MI_W_MLN_B, MI_W_OUT, MI_W_B_OUT, MI_W_PER_LAYER };
 enum { MI_G_W_E, MI_G_W_POS, MI_G_LNF_W, MI_G_LNF_B, MI_G_W_U, MI_G_B_U };
 
 /* Check the spec and lay out the blob (sets n_params, table, offsets; params
@@ -106,15 +113,19 @@ typedef mi_status (*mi_hook_fn)(void *ctx, int point, const mi_tensor_view *view
 /* The activation arena layout of one call: offsets (floats) per buffer. */
 typedef struct {
     int64_t batch, seq;
-    int stop_layer;       /* layers run: [0, stop_layer); == L runs the unembed too */
+    int start_layer;      /* -1: from tokens (embed); else the residual entering this block is given */
+    int stop_layer;       /* layers run: [start, stop_layer); == L runs the unembed too */
     size_t n_floats;      /* arena size */
     size_t *buf_off;      /* per buffer slot */
     int n_bufs;
 } mi_tf_plan;
 
 /* Plan the arena for a [batch, seq] call with per-point `flags` (n_points
- * bytes); stop_layer in [0, L] (L: full pass with logits). */
-mi_status mi_tf_plan_call(const mi_transformer *m, int64_t batch, int64_t seq, int stop_layer,
+ * bytes); start_layer -1 (tokens) or in [0, stop_layer] (residual input, as
+ * TransformerLens's start_at_layer and REVE's front end); stop_layer in [0, L]
+ * (L: full pass with logits). */
+mi_status mi_tf_plan_call(const mi_transformer *m, int64_t batch, int64_t seq, int start_layer,
+                          int stop_layer,
                           const uint8_t *flags, mi_tf_plan *plan);
 void mi_tf_plan_free(mi_tf_plan *plan);
 
@@ -127,11 +138,13 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
  * (stop_layer < L), or logits [B,T,Vo]. */
 float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena);
 
-/* Forward pass. tokens [B,T] (ids checked against d_vocab); pos_ids [B,T] or
+/* Forward pass. tokens [B,T] (ids checked against d_vocab) when the plan starts
+ * from tokens, else resid_in [B,T,D] enters block start_layer; pos_ids [B,T] or
  * NULL (t); key_mask [B,T] or NULL (1 keeps a key, 0 masks it as padding and
  * zeroes its positional embedding, as TransformerLens). */
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
-                        const uint8_t *flags, const int64_t *tokens, const int64_t *pos_ids,
+                        const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                        const int64_t *pos_ids,
                         const float *key_mask, mi_hook_fn hook, void *hook_ctx);
 
 #endif

@@ -173,25 +173,28 @@ static PyArrayObject *int64_arg(PyObject *obj, const char *name, npy_intp B, npy
 }
 
 PyDoc_STRVAR(forward_doc,
-"forward(tokens, flags, callback=None, pos_ids=None, key_mask=None, stop_layer=-1)\n--\n\n"
-"Run the pass. tokens int64 [B,T]; flags: bytes, one per point id (1 cache,\n"
+"forward(tokens, flags, callback=None, pos_ids=None, key_mask=None, stop_layer=-1,\n"
+"        resid=None, start_layer=-1)\n--\n\n"
+"Run the pass. tokens int64 [B,T] (None with start_layer >= 0: then resid\n"
+"float32 [B,T,D] enters block start_layer); flags: bytes, one per point id (1 cache,\n"
 "2 callback); callback(point_id, view) is called at callback points (it may\n"
 "edit the view in place). Returns (output, {point_id: view}) where output is\n"
 "the logits [B,T,Vo] or, with stop_layer < n_layers, the residual stream.");
 
 static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"tokens", "flags", "callback", "pos_ids", "key_mask", "stop_layer", NULL};
+    static char *kwlist[] = {"tokens", "flags", "callback", "pos_ids", "key_mask", "stop_layer",
+                             "resid", "start_layer", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
-    PyObject *tok_obj, *cb = Py_None, *pos_obj = Py_None, *mask_obj = Py_None;
+    PyObject *tok_obj, *cb = Py_None, *pos_obj = Py_None, *mask_obj = Py_None, *resid_obj = Py_None;
     Py_buffer flags;
-    int stop = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OOOi:forward", kwlist, &tok_obj, &flags, &cb,
-                                     &pos_obj, &mask_obj, &stop))
+    int stop = -1, start = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OOOiOi:forward", kwlist, &tok_obj, &flags, &cb,
+                                     &pos_obj, &mask_obj, &stop, &resid_obj, &start))
         return NULL;
     const mi_tf_spec *s = &mo->tf.spec;
-    PyArrayObject *tokens = NULL, *pos = NULL, *mask = NULL;
+    PyArrayObject *tokens = NULL, *pos = NULL, *mask = NULL, *resid = NULL;
     PyObject *arena_owner = NULL, *out = NULL, *cache = NULL, *res = NULL;
     mi_tf_plan plan = {0};
     int np = mi_tf_n_points(s);
@@ -203,8 +206,22 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "callback: expected a callable or None");
         goto done;
     }
-    if (!(tokens = int64_arg(tok_obj, "tokens", -1, -1))) goto done;
-    npy_intp B = PyArray_DIM(tokens, 0), T = PyArray_DIM(tokens, 1);
+    npy_intp B, T;
+    if (start >= 0) {
+        char buf[128];
+        if (!(resid = mi_py_float_arg(resid_obj, "input (residual stream)", 3, 3))) goto done;
+        if (PyArray_DIM(resid, 2) != s->d_model) {
+            PyErr_Format(PyExc_ValueError, "input (residual stream): expected [batch, pos, d_model=%ld], "
+                         "got %s", (long)s->d_model, mi_py_shape_str(resid, buf));
+            goto done;
+        }
+        B = PyArray_DIM(resid, 0);
+        T = PyArray_DIM(resid, 1);
+    } else {
+        if (!(tokens = int64_arg(tok_obj, "tokens", -1, -1))) goto done;
+        B = PyArray_DIM(tokens, 0);
+        T = PyArray_DIM(tokens, 1);
+    }
     if (pos_obj != Py_None && !(pos = int64_arg(pos_obj, "pos_ids", B, T))) goto done;
     if (mask_obj != Py_None) {
         if (!(mask = mi_py_float_arg(mask_obj, "key_mask", 2, 2))) goto done;
@@ -217,7 +234,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     }
     if (stop < 0) stop = (int)s->n_layers;
     const uint8_t *fl = flags.buf;
-    mi_status st = mi_tf_plan_call(&mo->tf, B, T, stop, fl, &plan);
+    mi_status st = mi_tf_plan_call(&mo->tf, B, T, start, stop, fl, &plan);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     float *arena = mi_malloc(plan.n_floats * sizeof(float));
     if (!arena) { PyErr_NoMemory(); goto done; }
@@ -227,12 +244,13 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
                                          release_aligned, NULL)))
         goto done;
     hook_ctx hc = {cb, arena_owner};
-    const int64_t *tk = PyArray_DATA(tokens);
+    const int64_t *tk = tokens ? PyArray_DATA(tokens) : NULL;
+    const float *rd = resid ? PyArray_DATA(resid) : NULL;
     const int64_t *pd = pos ? PyArray_DATA(pos) : NULL;
     const float *md = mask ? PyArray_DATA(mask) : NULL;
     /* a callback point without a callback is only a cache point */
     Py_BEGIN_ALLOW_THREADS
-    st = mi_tf_forward(&mo->tf, &plan, arena, fl, tk, pd, md, cb == Py_None ? NULL : py_hook, &hc);
+    st = mi_tf_forward(&mo->tf, &plan, arena, fl, tk, rd, pd, md, cb == Py_None ? NULL : py_hook, &hc);
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     npy_intp oshape[3] = {B, T, stop < s->n_layers ? s->d_model : s->d_vocab_out};
@@ -252,7 +270,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
 done:
     PyBuffer_Release(&flags);
     mi_tf_plan_free(&plan);
-    Py_XDECREF(tokens); Py_XDECREF(pos); Py_XDECREF(mask);
+    Py_XDECREF(tokens); Py_XDECREF(pos); Py_XDECREF(mask); Py_XDECREF(resid);
     Py_XDECREF(arena_owner); Py_XDECREF(out); Py_XDECREF(cache);
     return res;
 }
@@ -274,7 +292,7 @@ static PyObject *model_arena_bytes(PyObject *self, PyObject *args)
     }
     if (stop < 0) stop = (int)mo->tf.spec.n_layers;
     mi_tf_plan plan;
-    mi_status st = mi_tf_plan_call(&mo->tf, B, T, stop, flags.buf, &plan);
+    mi_status st = mi_tf_plan_call(&mo->tf, B, T, -1, stop, flags.buf, &plan);
     PyBuffer_Release(&flags);
     if (st != MI_OK) return mi_py_raise(st);
     size_t n = plan.n_floats * sizeof(float);

@@ -4,7 +4,7 @@ on the seed's input: 10 epochs x 20 channels x 1000 samples, reve-base shapes.
 Prints median times and the torch/C ratio (>1: C is faster). The two runs compute
 the same thing (parity is checked once before timing). Noisy on a shared machine;
 re-run on a quiet one for figures worth quoting.
-Run: PYTHONPATH=. python3 tools/bench_reve_frontend.py [--reps N]
+Run: PYTHONPATH=. python3 bench/reve_frontend.py [--reps N]
 """
 import argparse
 import os

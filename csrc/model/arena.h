@@ -1,0 +1,45 @@
+/* arena.h - internal to csrc/model/: the buffer slots of the per-call
+ * activation arena, shared by the planner (arena.c), the hook point table
+ * (hook_points.c) and the forward pass (transformer.c).
+ *
+ * One allocation per forward call holds every activation at an offset the
+ * plan fixes before the pass: buffers whose hook point is cached or hooked get
+ * their own slot (so the NumPy views handed out stay valid); the rest share one
+ * scratch slot per kind, reused from layer to layer, so a plain forward needs
+ * the logits plus about one layer whatever the depth.
+ */
+#ifndef MI_MODEL_ARENA_H
+#define MI_MODEL_ARENA_H
+
+#include <stddef.h>
+
+#include "model/transformer.h"
+
+#define ABSENT ((size_t)-1)
+#define ALIGN_FLOATS 16   /* 64 bytes */
+
+static inline size_t align_floats(size_t n) { return (n + ALIGN_FLOATS - 1) & ~(size_t)(ALIGN_FLOATS - 1); }
+static inline int has_norm_affine(mi_norm_type t) { return t == MI_NORM_LN || t == MI_NORM_RMS; }
+static inline int has_norm_bias(mi_norm_type t) { return t == MI_NORM_LN; }
+
+/* Buffer slots: 0 embed, 1 pos_embed, 2+i resid[i] (i in [0, L]: resid_pre of
+ * layer i = resid_post of layer i-1, one tensor as in TransformerLens), then
+ * per layer NB kinds, then the final three. q, k, v share the qkv buffer;
+ * unembed.hook_in is the final norm's output (or resid[L] with no norm). */
+enum { B_LN1_SCALE, B_LN1_NORM, B_LN1_OUT, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT, B_ATTN_OUT,
+       B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_LN2_OUT, B_PRE, B_PRE_LINEAR, B_MID,
+       B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT, NB };
+/* *_NORM is TransformerLens's hook_normalized, x / scale before the affine
+ * weights; *_OUT = normalized * w + b is what the next layer reads (only for
+ * LN and RMS, which have weights). */
+enum { BF_LNF_SCALE, BF_LNF_NORM, BF_LNF_OUT, BF_LOGITS, NBF };
+
+static inline int n_bufs(const mi_tf_spec *s) { return 3 + (int)s->n_layers * (1 + NB) + NBF; }
+static inline int buf_resid(int i) { return 2 + i; }
+static inline int buf_layer(const mi_tf_spec *s, int l, int kind) { return 3 + (int)s->n_layers + l * NB + kind; }
+static inline int buf_final(const mi_tf_spec *s, int kind) { return 3 + (int)s->n_layers * (1 + NB) + kind; }
+
+/* Start of buffer b in arena (NULL when this call does not use it). */
+float *mi_tf_buf_ptr(const mi_tf_plan *plan, float *arena, int b);
+
+#endif
