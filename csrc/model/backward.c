@@ -179,7 +179,7 @@ size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
     mi_tf_plan plan = {0};
     if (!flags) return 0;
     size_t n = 0;
-    if (mi_tf_plan_call(m, B, T, (int)m->spec.n_layers, flags, &plan) == MI_OK) {
+    if (mi_tf_plan_call(m, B, T, -1, (int)m->spec.n_layers, flags, &plan) == MI_OK) {
         n = (plan.n_floats + 15) / 16 * 16 + scratch_floats(&m->spec, B * T);
         mi_tf_plan_free(&plan);
     }
@@ -216,7 +216,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     int64_t *pos = NULL;
     mi_status st = MI_OK;
     if (!flags) return mi_fail(MI_ERR_NOMEM, "backward: out of memory");
-    st = mi_tf_plan_call(m, B, T, (int)s->n_layers, flags, &plan);
+    st = mi_tf_plan_call(m, B, T, -1, (int)s->n_layers, flags, &plan);
     if (st != MI_OK) { free(flags); return st; }
     size_t n_scr = scratch_floats(s, BT), n_arena = (plan.n_floats + 15) / 16 * 16;
     if (!work || work_floats < n_arena + n_scr) work = owned = mi_malloc(sizeof(float) * (n_arena + n_scr));
@@ -225,7 +225,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     pos = malloc(sizeof(int64_t) * (size_t)BT);
     if (!arena || !scr || !pos) { st = mi_fail(MI_ERR_NOMEM, "backward: cannot allocate %zu floats of "
                                                "activations and gradients", plan.n_floats + n_scr); goto done; }
-    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, NULL, NULL, NULL);
+    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, NULL, NULL, NULL, NULL);
     if (st != MI_OK) goto done;
 
     scratch_t S;
