@@ -637,3 +637,9 @@ class HookedTransformer:
         c = self.cfg
         return (f"HookedTransformer(n_layers={c.n_layers}, d_model={c.d_model}, n_heads={c.n_heads}, "
                 f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})")
+
+
+# Training methods (backward, parameters, named_parameters, get_parameter, zero_grad,
+# train_steps) live in training.py.
+from . import training as _training  # noqa: E402
+_training.install(HookedTransformer)

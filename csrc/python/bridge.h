@@ -79,5 +79,6 @@ int mi_py_io_exec(PyObject *m);
 int mi_py_tokenizer_exec(PyObject *m);
 int mi_py_reve_exec(PyObject *m);
 int mi_py_analysis_exec(PyObject *m);
+int mi_py_train_exec(PyObject *m);
 
 #endif

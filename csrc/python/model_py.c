@@ -355,3 +355,16 @@ int mi_py_model_exec(PyObject *m)
     mi_state(m)->model_type = (PyTypeObject *)tp;
     return PyModule_AddObjectRef(m, "Model", tp);
 }
+
+/* For train_py.c: the C transformer behind a _core.Model, or NULL with a
+ * TypeError (`module` is the _core module). */
+mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, mi_state(module)->model_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a _core.Model, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    mi_py_model *mo = (mi_py_model *)obj;
+    if (check_ready(mo) < 0) return NULL;
+    return &mo->tf;
+}

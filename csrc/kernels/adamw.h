@@ -1,0 +1,31 @@
+/* adamw.h - the AdamW update (torch.optim.AdamW semantics, one tensor).
+ *
+ * Shapes: p, g strided views of one shape [n0, n1, n2, n3] (strides in floats,
+ * the same for p and g since a gradient blob mirrors the parameter blob;
+ * last stride 1); m, v contiguous [n0*n1*n2*n3].
+ *
+ *   p -= lr * wd * p                       (decoupled weight decay)
+ *   m  = b1 * m + (1 - b1) * g
+ *   v  = b2 * v + (1 - b2) * g * g
+ *   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+ * with bc1 = 1 - b1^step, bc2 = 1 - b2^step computed by the caller.
+ * Elementwise, parallel over rows: bitwise identical for any thread count.
+ */
+#ifndef MI_ADAMW_H
+#define MI_ADAMW_H
+
+#include <stdint.h>
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay;
+    double bias_correction1, bias_correction2;
+} mi_adamw_hparams;
+
+void mi_adamw_step(float *p, const float *g, const int64_t shape[4], const int64_t strides[4],
+                   float *m, float *v, const mi_adamw_hparams *h);
+
+/* Plain scalar reference on contiguous n floats (the same arithmetic). */
+void mi_adamw_step_ref(float *p, const float *g, int64_t n, float *m, float *v,
+                       const mi_adamw_hparams *h);
+
+#endif

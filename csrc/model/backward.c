@@ -1,0 +1,288 @@
+/* backward.c - forward with every activation kept, cross-entropy, and the
+ * backward pass of the transformer (contract in backward.h).
+ *
+ * The forward's activations are read back through the hook-point views of an
+ * arena planned with every point cached, so this file needs nothing private
+ * from transformer.c. The only activations that are not hook points (the
+ * affine norm outputs x/scale*w + b that feed the next GEMM) are recomputed
+ * from hook_normalized into a scratch buffer.
+ *
+ * Scratch (floats): dlogits BT*Vo, dresid/dx/xin BT*D each, dz BT*H*Dh,
+ * dqkv BT*3*H*Dh, and for MLPs dpost/dpre/dpre_lin/act BT*M each.
+ */
+#include "model/backward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/memory.h"
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/norm.h"
+
+#define ABSENT ((size_t)-1)
+#define COL_BLOCK 16
+
+static float *pw(const mi_transformer *m, size_t off) { return off == ABSENT ? NULL : m->params + off; }
+static float *gw(float *grads, size_t off) { return off == ABSENT ? NULL : grads + off; }
+
+/* out[c] += sum_r x[r, c]: parallel over column blocks, each column's sum in
+ * row order (bitwise identical for any thread count). */
+static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
+{
+    if (!out) return;
+    int64_t nblk = (cols + COL_BLOCK - 1) / COL_BLOCK;
+    #pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < cols ? c0 + COL_BLOCK : cols;
+        float acc[COL_BLOCK] = {0};
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = c0; c < c1; c++) acc[c - c0] += x[r * cols + c];
+        for (int64_t c = c0; c < c1; c++) out[c] += acc[c - c0];
+    }
+}
+
+static float *view_ptr(const mi_transformer *m, const mi_tf_plan *plan, float *arena, int p)
+{
+    mi_tensor_view v;
+    return mi_tf_point_view(m, plan, arena, p, &v) ? v.data : NULL;
+}
+
+/* The tensor a norm hands on: normalized * w + b, or normalized itself. */
+static const float *norm_out(const float *normalized, const float *w, const float *b,
+                             int64_t rows, int64_t d, float *scratch)
+{
+    if (!w) return normalized;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < d; i++)
+            scratch[r * d + i] = normalized[r * d + i] * w[i] + (b ? b[i] : 0.0f);
+    return scratch;
+}
+
+/* dx += norm_backward(dy); dx must not alias dy. */
+static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float *x, const float *w,
+                               const float *scale, int64_t rows, float *dx, float *dw, float *db)
+{
+    int64_t d = s->d_model;
+    if (s->norm == MI_NORM_NONE) {
+        #pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < rows * d; i++) dx[i] += dy[i];
+        return MI_OK;
+    }
+    if (s->norm == MI_NORM_RMS || s->norm == MI_NORM_RMSPRE)
+        return mi_rms_norm_backward(dy, x, w, scale, rows, d, dx, dw);
+    return mi_layer_norm_backward(dy, x, w, scale, rows, d, dx, dw, db);
+}
+
+typedef struct {
+    float *dlogits, *dresid, *dx, *xin, *dz, *dqkv, *dpost, *dpre, *dpre_lin, *act;
+} scratch_t;
+
+/* Backward of layer l. On entry S->dresid = dL/d resid_post[l]; on exit
+ * dL/d resid_pre[l]. */
+static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, float *A,
+                                float *grads, int l, scratch_t *S)
+{
+    const mi_tf_spec *s = &m->spec;
+    int64_t B = pl->batch, T = pl->seq, BT = B * T, D = s->d_model, H = s->n_heads,
+            Dh = s->d_head, HD = H * Dh, Mm = s->d_mlp;
+    const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
+    int p0 = 2 + l * MI_P_PER_LAYER;
+#define V(k) view_ptr(m, pl, A, p0 + (k))
+    float *dresid = S->dresid;
+    if (!s->attn_only) {
+        const float *resid_mid = V(MI_P_RESID_MID);
+        const float *ln2_in = s->use_hook_mlp_in ? V(MI_P_MLP_IN) : resid_mid;
+        const float *x2 = ln2_in;
+        if (s->norm != MI_NORM_NONE)
+            x2 = norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
+        const float *pre = V(MI_P_MLP_PRE), *post = V(MI_P_MLP_POST);
+        /* mlp_out = post @ W_out + b_out ; resid_post = resid_mid + mlp_out */
+        mi_sgemm(1, 0, Mm, D, BT, post, Mm, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
+        colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_OUT]));
+        mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
+        memset(S->dx, 0, sizeof(float) * (size_t)(BT * D));
+        memset(S->dpre, 0, sizeof(float) * (size_t)(BT * Mm));
+        if (s->gated_mlp) {
+            /* post = act(pre) * pre_linear + b_in; pre = x2 @ W_gate; pre_linear = x2 @ W_in */
+            const float *pre_lin = V(MI_P_MLP_PRE_LINEAR);
+            colsum_acc(S->dpost, BT, Mm, gw(grads, o[MI_W_B_IN]));
+            mi_activate((mi_activation)s->act, pre, S->act, BT * Mm);
+            #pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < BT * Mm; i++) {
+                S->dpre_lin[i] = S->dpost[i] * S->act[i];
+                S->act[i] = S->dpost[i] * pre_lin[i];   /* now d act(pre) */
+            }
+            mi_activation_backward((mi_activation)s->act, pre, S->act, S->dpre, BT * Mm);
+            mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre, Mm, NULL, 1.0f, gw(grads, o[MI_W_GATE]), Mm);
+            mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre_lin, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
+            mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_GATE]), Mm, NULL, 0.0f, S->dx, D);
+            mi_sgemm(0, 1, BT, D, Mm, S->dpre_lin, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 1.0f, S->dx, D);
+        } else {
+            /* post = act(pre); pre = x2 @ W_in + b_in */
+            mi_activation_backward((mi_activation)s->act, pre, S->dpost, S->dpre, BT * Mm);
+            mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
+            colsum_acc(S->dpre, BT, Mm, gw(grads, o[MI_W_B_IN]));
+            mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, S->dx, D);
+        }
+        /* x2 = ln2(resid_mid): dresid (already d resid_mid through the skip) += ln2'(dx) */
+        MI_TRY(norm_backward(s, S->dx, ln2_in, pw(m, o[MI_W_LN2_W]), V(MI_P_LN2_SCALE), BT, dresid,
+                             gw(grads, o[MI_W_LN2_W]), gw(grads, o[MI_W_LN2_B])));
+    }
+    /* attn_out = z @ W_O + b_O ; resid_mid = resid_pre + attn_out */
+    const float *resid_pre = V(MI_P_RESID_PRE), *z = V(MI_P_Z), *pattern = V(MI_P_PATTERN);
+    const float *qkv = V(MI_P_Q);
+    mi_sgemm(1, 0, HD, D, BT, z, HD, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
+    colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_O]));
+    mi_sgemm(0, 1, BT, HD, D, dresid, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
+    /* z = softmax(q k^T / attn_scale) v */
+    memset(S->dqkv, 0, sizeof(float) * (size_t)(BT * 3 * HD));
+    mi_attn_layout lay = {B, T, H, Dh, 3 * HD, T * 3 * HD};
+    MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, S->dz, 1.0f / s->attn_scale,
+                            s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
+    /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
+    const float *x1 = resid_pre;
+    if (s->norm != MI_NORM_NONE)
+        x1 = norm_out(V(MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, S->xin);
+    mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, S->dqkv, 3 * HD, NULL, 1.0f, gw(grads, o[MI_W_QKV]), 3 * HD);
+    colsum_acc(S->dqkv, BT, 3 * HD, gw(grads, o[MI_W_B_QKV]));
+    mi_sgemm(0, 1, BT, D, 3 * HD, S->dqkv, 3 * HD, pw(m, o[MI_W_QKV]), 3 * HD, NULL, 0.0f, S->dx, D);
+    return norm_backward(s, S->dx, resid_pre, pw(m, o[MI_W_LN1_W]), V(MI_P_LN1_SCALE), BT, dresid,
+                         gw(grads, o[MI_W_LN1_W]), gw(grads, o[MI_W_LN1_B]));
+#undef V
+}
+
+static uint8_t *all_points_cached(const mi_tf_spec *s)
+{
+    int np = mi_tf_n_points(s);
+    uint8_t *flags = malloc((size_t)np);
+    if (flags)
+        for (int p = 0; p < np; p++) flags[p] = mi_tf_point_present(s, p) ? MI_HOOK_CACHE : 0;
+    return flags;
+}
+
+static size_t scratch_floats(const mi_tf_spec *s, int64_t BT)
+{
+    int64_t D = s->d_model, HD = s->n_heads * s->d_head, Mm = s->attn_only ? 0 : s->d_mlp;
+    return (size_t)(BT * s->d_vocab_out + 3 * BT * D + BT * HD + 3 * BT * HD + 4 * BT * Mm) + 64;
+}
+
+size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
+{
+    if (B <= 0 || T <= 0 || m->spec.n_layers < 1) return 0;
+    uint8_t *flags = all_points_cached(&m->spec);
+    mi_tf_plan plan = {0};
+    if (!flags) return 0;
+    size_t n = 0;
+    if (mi_tf_plan_call(m, B, T, -1, (int)m->spec.n_layers, flags, &plan) == MI_OK) {
+        n = (plan.n_floats + 15) / 16 * 16 + scratch_floats(&m->spec, B * T);
+        mi_tf_plan_free(&plan);
+    }
+    free(flags);
+    return n;
+}
+
+mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
+                              const int64_t *tokens, const int64_t *targets,
+                              float *grads, float *loss, float *work, size_t work_floats)
+{
+    const mi_tf_spec *s = &m->spec;
+    int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
+    int64_t Mm = s->attn_only ? 0 : s->d_mlp;
+    if (s->n_layers < 1) return mi_fail(MI_ERR_VALUE, "backward: the model needs n_layers >= 1");
+    if (B <= 0 || T <= 0) return mi_fail(MI_ERR_VALUE, "backward: tokens must be non-empty, got (%ld, %ld)",
+                                         (long)B, (long)T);
+    if (T > s->n_ctx) return mi_fail(MI_ERR_VALUE, "backward: %ld positions exceed n_ctx=%ld",
+                                     (long)T, (long)s->n_ctx);
+    int64_t counted = 0;
+    for (int64_t i = 0; i < BT; i++) {
+        if (targets[i] == MI_IGNORE_INDEX) continue;
+        if (targets[i] < 0 || targets[i] >= Vo)
+            return mi_fail(MI_ERR_INDEX, "targets: id %ld at [%ld, %ld] is outside [0, d_vocab_out=%ld) "
+                           "and is not the ignore index -100", (long)targets[i], (long)(i / T),
+                           (long)(i % T), (long)Vo);
+        counted++;
+    }
+    if (!counted) return mi_fail(MI_ERR_VALUE, "targets: every position is -100 (ignored): the mean loss is undefined");
+
+    uint8_t *flags = all_points_cached(s);
+    mi_tf_plan plan = {0};
+    float *arena = NULL, *scr = NULL, *owned = NULL;
+    int64_t *pos = NULL;
+    mi_status st = MI_OK;
+    if (!flags) return mi_fail(MI_ERR_NOMEM, "backward: out of memory");
+    st = mi_tf_plan_call(m, B, T, -1, (int)s->n_layers, flags, &plan);
+    if (st != MI_OK) { free(flags); return st; }
+    size_t n_scr = scratch_floats(s, BT), n_arena = (plan.n_floats + 15) / 16 * 16;
+    if (!work || work_floats < n_arena + n_scr) work = owned = mi_malloc(sizeof(float) * (n_arena + n_scr));
+    arena = work;
+    scr = work ? work + n_arena : NULL;
+    pos = malloc(sizeof(int64_t) * (size_t)BT);
+    if (!arena || !scr || !pos) { st = mi_fail(MI_ERR_NOMEM, "backward: cannot allocate %zu floats of "
+                                               "activations and gradients", plan.n_floats + n_scr); goto done; }
+    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, NULL, NULL, NULL, NULL);
+    if (st != MI_OK) goto done;
+
+    scratch_t S;
+    float *c = scr;
+    S.dlogits = c; c += BT * Vo;
+    S.dresid = c; c += BT * D;
+    S.dx = c; c += BT * D;
+    S.xin = c; c += BT * D;
+    S.dz = c; c += BT * HD;
+    S.dqkv = c; c += 3 * BT * HD;
+    S.dpost = c; c += BT * Mm;
+    S.dpre = c; c += BT * Mm;
+    S.dpre_lin = c; c += BT * Mm;
+    S.act = c;
+
+    /* loss = mean cross_entropy(logits, targets) */
+    const float *logits = mi_tf_output(m, &plan, arena);
+    float mean = 0.0f;
+    memset(S.dlogits, 0, sizeof(float) * (size_t)(BT * Vo));
+    st = mi_cross_entropy(logits, targets, BT, Vo, MI_IGNORE_INDEX, &mean, NULL, S.dlogits);
+    if (st != MI_OK) goto done;
+    if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
+                                        "logits?); gradients were left unchanged", (double)mean); goto done; }
+    *loss = mean;
+
+    int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
+    int last = 2 + ((int)s->n_layers - 1) * MI_P_PER_LAYER + MI_P_RESID_POST;
+    const float *resid_L = view_ptr(m, &plan, arena, last);
+    const size_t *g = m->global_off;
+    /* logits = xf @ W_U + b_U ; xf = ln_final(resid[L]) */
+    const float *xf = resid_L;
+    if (s->norm != MI_NORM_NONE)
+        xf = norm_out(view_ptr(m, &plan, arena, pf + MI_PF_LNF_NORM), pw(m, g[MI_G_LNF_W]),
+                      pw(m, g[MI_G_LNF_B]), BT, D, S.xin);
+    mi_sgemm(1, 0, D, Vo, BT, xf, D, S.dlogits, Vo, NULL, 1.0f, gw(grads, g[MI_G_W_U]), Vo);
+    colsum_acc(S.dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));
+    mi_sgemm(0, 1, BT, D, Vo, S.dlogits, Vo, pw(m, g[MI_G_W_U]), Vo, NULL, 0.0f, S.dx, D);
+    memset(S.dresid, 0, sizeof(float) * (size_t)(BT * D));
+    st = norm_backward(s, S.dx, resid_L, pw(m, g[MI_G_LNF_W]),
+                       s->norm != MI_NORM_NONE ? view_ptr(m, &plan, arena, pf + MI_PF_LNF_SCALE) : NULL,
+                       BT, S.dresid, gw(grads, g[MI_G_LNF_W]), gw(grads, g[MI_G_LNF_B]));
+    if (st != MI_OK) goto done;
+    for (int l = (int)s->n_layers - 1; l >= 0; l--) {
+        st = layer_backward(m, &plan, arena, grads, l, &S);
+        if (st != MI_OK) goto done;
+    }
+    /* resid_pre[0] = W_E[tokens] + W_pos[t] */
+    st = mi_embedding_backward(S.dresid, tokens, BT, s->d_vocab, D, gw(grads, g[MI_G_W_E]));
+    if (st != MI_OK) goto done;
+    if (s->pos_embed) {
+        for (int64_t i = 0; i < BT; i++) pos[i] = i % T;
+        st = mi_embedding_backward(S.dresid, pos, BT, s->n_ctx, D, gw(grads, g[MI_G_W_POS]));
+    }
+done:
+    free(pos);
+    mi_free(owned);
+    mi_tf_plan_free(&plan);
+    free(flags);
+    return st;
+}

@@ -1,0 +1,37 @@
+/* backward.h - loss, forward and backward of the whole transformer (training).
+ *
+ * Shape legend: B batch, T positions, D d_model, H heads, Dh d_head, M d_mlp,
+ * Vo d_vocab_out, BT = B*T rows.
+ *
+ * mi_tf_loss_backward runs the forward pass keeping every activation (all hook
+ * points cached, no callbacks), the mean cross-entropy of logits [B,T,Vo]
+ * against targets [B,T] (MI_IGNORE_INDEX = -100 ignores a position), then the
+ * backward pass, llm.c style: each gradient step quotes its forward line.
+ *
+ * grads is a blob with the parameter blob's layout (m->n_params floats);
+ * gradients ACCUMULATE into it (+=), as torch's .backward().
+ * Errors (checked before any gradient is touched): token or target ids out
+ * of range (MI_ERR_INDEX), every target ignored or a non-finite loss
+ * (MI_ERR_VALUE: grads are left unchanged), n_layers == 0, T > n_ctx.
+ * Attention backward is O(T^2 Dh) per head (kernels/attention.h).
+ * Deterministic: bitwise identical for any thread count (every kernel is).
+ */
+#ifndef MI_BACKWARD_H
+#define MI_BACKWARD_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "model/transformer.h"
+
+/* work: a caller-kept workspace of work_floats floats (64-byte aligned), reused
+ * across steps so the activations' pages are not faulted in again every call;
+ * NULL (or too small) allocates one for this call. */
+mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t seq,
+                              const int64_t *tokens, const int64_t *targets,
+                              float *grads, float *loss, float *work, size_t work_floats);
+
+/* Floats of workspace a [batch, seq] call needs (0 with a message on error). */
+size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t seq);
+
+#endif

@@ -1,0 +1,178 @@
+"""Training on the C core: Parameter objects, ``backward`` and a train loop.
+
+``HookedTransformer`` exposes these as thin methods (installed by
+:func:`install`): ``model.backward(tokens, targets)``, ``model.parameters()``,
+``model.named_parameters()``, ``model.get_parameter(name)``, ``model.zero_grad()``
+and ``model.train_steps(...)``.
+
+Gradients live in one float32 blob with the parameter blob's layout; every
+``Parameter.grad`` is a NumPy view into it with the same shape and strides as
+``Parameter.data`` (so ``blocks.0.attn.W_Q`` [H, D, Dh] is a strided view of the
+fused QKV gradient, exactly like its weights).
+
+Frozen parameters (``requires_grad = False``): ``backward`` leaves their
+``.grad`` unchanged (it stays zero unless you write to it), and
+``optim.AdamW`` / ``optim.clip_grad_norm_`` skip them, as PyTorch skips
+parameters whose ``.grad`` is None.
+"""
+import numpy as np
+
+from . import _core
+from . import optim  # noqa: F401  (makes ``mechinterp_c.optim`` available)
+
+
+class Parameter:
+    """One named model parameter: ``.data`` (writable view of the weights), ``.grad``
+    (view of its gradient, same shape/strides), settable ``.requires_grad``."""
+
+    __slots__ = ("name", "data", "grad", "requires_grad")
+
+    def __init__(self, name, data, grad, requires_grad=True):
+        self.name = name
+        self.data = data
+        self.grad = grad
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def shape(self):
+        """Shape of the parameter (TransformerLens shape)."""
+        return self.data.shape
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(param)`` gives the weights (a view unless a dtype change copies)."""
+        return np.asarray(self.data, dtype=dtype)
+
+    def __repr__(self):
+        """Name, shape and requires_grad."""
+        return f"Parameter({self.name!r}, shape={self.data.shape}, requires_grad={self.requires_grad})"
+
+
+class _TrainState:
+    """The gradient blob and Parameter objects of one C model instance."""
+
+    def __init__(self, model):
+        self.core = model._core
+        self.grads = _core.grad_blob(model._core)
+        base = model._raw["embed.W_E"].__array_interface__["data"][0]   # offset 0 of the blob
+        self.params = {}
+        self.workspace, self.workspace_shape = None, None
+        for name, view in model._params.items():
+            off = view.__array_interface__["data"][0] - base
+            assert off % 4 == 0 and off >= 0
+            g = np.lib.stride_tricks.as_strided(self.grads[off // 4:], shape=view.shape,
+                                                strides=view.strides, writeable=True)
+            self.params[name] = Parameter(name, view, g)
+
+
+def _state(model):
+    st = getattr(model, "_train_state", None)
+    if st is None or st.core is not model._core:
+        old = st
+        st = _TrainState(model)
+        if old is not None:   # a rebuilt model (e.g. LN folded): keep requires_grad flags
+            for n, p in old.params.items():
+                if n in st.params:
+                    st.params[n].requires_grad = p.requires_grad
+        model._train_state = st
+    return st
+
+
+def named_parameters(model):
+    """Iterate ``(name, Parameter)`` pairs with TransformerLens names, as torch."""
+    return iter(_state(model).params.items())
+
+
+def parameters(model):
+    """Iterate the model's :class:`Parameter` objects."""
+    return iter(_state(model).params.values())
+
+
+def get_parameter(model, name):
+    """The :class:`Parameter` called ``name`` (KeyError naming it otherwise)."""
+    params = _state(model).params
+    if name not in params:
+        raise KeyError(f"get_parameter: no parameter {name!r}; known: {', '.join(list(params)[:8])}, ...")
+    return params[name]
+
+
+def zero_grad(model):
+    """Set every gradient of the model to zero."""
+    _state(model).grads[...] = 0.0
+
+
+def backward(model, tokens, targets):
+    """Forward + mean cross-entropy + backward.
+
+    ``targets[b, p]`` is the id the logits at ``(b, p)`` must predict (-100: ignored).
+    Returns the mean loss over non-ignored positions (a float) and ACCUMULATES the
+    gradients into ``Parameter.grad`` (call ``zero_grad`` between steps). Frozen
+    parameters' gradients are left unchanged. Errors: ValueError for a targets shape
+    different from tokens, every target ignored, or a non-finite loss (gradients are
+    then left unchanged); IndexError for token or target ids out of range.
+    """
+    st = _state(model)
+    tokens = np.asarray(tokens)
+    targets = np.asarray(targets)
+    for nm, a in (("tokens", tokens), ("targets", targets)):
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"backward: {nm} must be integer ids, got dtype {a.dtype}")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+        targets = targets[None] if targets.ndim == 1 else targets
+    frozen = [(p.grad, p.grad.copy()) for p in st.params.values() if not p.requires_grad]
+    if tokens.ndim == 2 and st.workspace_shape != tokens.shape:
+        try:   # kept across steps: the activations' pages are faulted in once
+            st.workspace = _core.backward_workspace(model._core, *tokens.shape)
+            st.workspace_shape = tokens.shape
+        except ValueError:
+            st.workspace, st.workspace_shape = None, None
+    loss = _core.loss_backward(model._core, tokens, targets, st.grads, st.workspace)
+    for g, saved in frozen:
+        g[...] = saved
+    return loss
+
+
+def train_steps(model, batches, optimizer, scheduler=None, max_grad_norm=None, progress=True):
+    """Run one optimiser step per ``(tokens, targets)`` in ``batches``: zero_grad,
+    backward, optional ``clip_grad_norm_``, ``optimizer.step()``, ``scheduler.step()``.
+    Shows a tqdm bar when tqdm is installed (a plain line every 100 steps otherwise)
+    unless ``progress`` is False. Returns the list of losses."""
+    try:
+        total = len(batches)
+    except TypeError:
+        total = None
+    it = batches
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = it = tqdm(batches, total=total)
+        except ImportError:
+            bar = None
+    losses = []
+    params = list(parameters(model))
+    for i, (tokens, targets) in enumerate(it):
+        optimizer.zero_grad()
+        loss = backward(model, tokens, targets)
+        if max_grad_norm is not None:
+            optim.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+        elif progress and (i % 100 == 0):
+            print(f"step {i}{'/' + str(total) if total else ''} loss {loss:.4f}", flush=True)
+    return losses
+
+
+def install(cls):
+    """Add the training methods to ``cls`` (HookedTransformer)."""
+    cls.backward = backward
+    cls.parameters = parameters
+    cls.named_parameters = named_parameters
+    cls.get_parameter = get_parameter
+    cls.zero_grad = zero_grad
+    cls.train_steps = train_steps
+    return cls
