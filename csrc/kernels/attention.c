@@ -8,7 +8,36 @@
 #include "common/memory.h"
 #include "kernels/gemm.h"
 
-#define CAUSAL_ROW_BLOCK 64   /* causal scores: rows per Q K^T block (skips the upper triangle) */
+#include "kernels/softmax.h"
+
+/* Rows [i0, i1) of head (b, h): s[i, j] = scale * q[i] . k[j], -inf where
+ * masked; row stride T. Causal blocks compute keys j < i1 only. */
+static void scores_block(const mi_attn_layout *L, const float *qb, const float *kb,
+                         const float *km, float scale, int causal, int64_t i0, int64_t i1,
+                         float *s)
+{
+    const int64_t T = L->seq, ncol = causal ? i1 : T;
+    mi_sgemm(0, 1, i1 - i0, ncol, L->d_head, qb + i0 * L->row_stride, L->row_stride, kb,
+             L->row_stride, NULL, 0.0f, s, T);
+    for (int64_t i = i0; i < i1; i++) {
+        float *si = s + (i - i0) * T;
+        for (int64_t j = 0; j < ncol; j++) {
+            int masked = (causal && j > i) || (km && km[j] == 0.0f);
+            si[j] = masked ? -INFINITY : si[j] * scale;
+        }
+        for (int64_t j = ncol; j < T; j++) si[j] = -INFINITY;
+    }
+}
+
+/* z rows [i0, i1) of head (b, h) = p[i0:i1, :] @ v; every key (a hook may
+ * have put weight on masked ones), so K = T whatever the mask. */
+static void apply_block(const mi_attn_layout *L, const float *p, const float *vb, int64_t i0,
+                        int64_t i1, float *zb)
+{
+    const int64_t HD = L->heads * L->d_head;
+    mi_sgemm(0, 0, i1 - i0, L->d_head, L->seq, p, L->seq, vb, L->row_stride, NULL, 0.0f,
+             zb + i0 * HD, HD);
+}
 
 void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
                     int causal, const float *key_mask, float *scores)
@@ -21,21 +50,9 @@ void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, flo
             const float *kb = k + b * L->batch_stride + h * D;
             const float *km = key_mask ? key_mask + b * T : NULL;
             float *s = scores + (b * H + h) * T * T;
-            /* s[i,j] = q[i,:] . k[j,:]  ->  Q @ K^T with row strides. Causal rows
-             * i0..i1 need keys j < i1 only: about half the work at large T. */
-            int64_t rb = causal ? CAUSAL_ROW_BLOCK : T;
-            for (int64_t i0 = 0; i0 < T; i0 += rb) {
-                int64_t i1 = i0 + rb < T ? i0 + rb : T, ncol = causal ? i1 : T;
-                mi_sgemm(0, 1, i1 - i0, ncol, D, qb + i0 * L->row_stride, L->row_stride, kb,
-                         L->row_stride, NULL, 0.0f, s + i0 * T, T);
-                for (int64_t i = i0; i < i1; i++) {
-                    float *si = s + i * T;
-                    for (int64_t j = 0; j < ncol; j++) {
-                        int masked = (causal && j > i) || (km && km[j] == 0.0f);
-                        si[j] = masked ? -INFINITY : si[j] * scale;
-                    }
-                    for (int64_t j = ncol; j < T; j++) si[j] = -INFINITY;
-                }
+            for (int64_t i0 = 0; i0 < T; i0 += MI_ATTN_ROW_BLOCK) {
+                int64_t i1 = i0 + MI_ATTN_ROW_BLOCK < T ? i0 + MI_ATTN_ROW_BLOCK : T;
+                scores_block(L, qb, kb, km, scale, causal, i0, i1, s + i0 * T);
             }
         }
     }
@@ -50,9 +67,51 @@ void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v
             const float *p = pattern + (b * H + h) * T * T;
             const float *vb = v + b * L->batch_stride + h * D;
             float *zb = z + b * T * H * D + h * D;
-            mi_sgemm(0, 0, T, D, T, p, T, vb, L->row_stride, NULL, 0.0f, zb, H * D);
+            for (int64_t i0 = 0; i0 < T; i0 += MI_ATTN_ROW_BLOCK) {
+                int64_t i1 = i0 + MI_ATTN_ROW_BLOCK < T ? i0 + MI_ATTN_ROW_BLOCK : T;
+                apply_block(L, p + i0 * T, vb, i0, i1, zb);
+            }
         }
     }
+}
+
+mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k, const float *v,
+                        float scale, int causal, const float *key_mask, float *scores_out,
+                        float *pattern_out, float *z)
+{
+    const int64_t B = L->batch, T = L->seq, H = L->heads, D = L->d_head;
+    if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
+    int nthreads = omp_get_max_threads();
+    size_t block = (size_t)MI_ATTN_ROW_BLOCK * (size_t)T;
+    float *scratch = NULL;
+    if (!scores_out || !pattern_out) {
+        scratch = mi_malloc(sizeof(float) * block * (size_t)nthreads);
+        if (!scratch) return mi_fail(MI_ERR_NOMEM, "attention: cannot allocate %d x [%d, %ld] "
+                                     "scratch floats", nthreads, MI_ATTN_ROW_BLOCK, (long)T);
+    }
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t h = 0; h < H; h++) {
+            float *mine = scratch ? scratch + (size_t)omp_get_thread_num() * block : NULL;
+            const float *qb = q + b * L->batch_stride + h * D;
+            const float *kb = k + b * L->batch_stride + h * D;
+            const float *vb = v + b * L->batch_stride + h * D;
+            const float *km = key_mask ? key_mask + b * T : NULL;
+            float *zb = z + b * T * H * D + h * D;
+            size_t head = (size_t)(b * H + h) * (size_t)T * (size_t)T;
+            for (int64_t i0 = 0; i0 < T; i0 += MI_ATTN_ROW_BLOCK) {
+                int64_t i1 = i0 + MI_ATTN_ROW_BLOCK < T ? i0 + MI_ATTN_ROW_BLOCK : T;
+                float *s = scores_out ? scores_out + head + (size_t)(i0 * T) : mine;
+                /* softmax in place in the scratch unless scores must be kept */
+                float *p = pattern_out ? pattern_out + head + (size_t)(i0 * T) : mine;
+                scores_block(L, qb, kb, km, scale, causal, i0, i1, s);
+                for (int64_t i = 0; i < i1 - i0; i++) mi_softmax_row(s + i * T, p + i * T, T);
+                apply_block(L, p, vb, i0, i1, zb);
+            }
+        }
+    }
+    mi_free(scratch);
+    return MI_OK;
 }
 
 /* forward (per b, h):  S = scale Q K^T (masked -inf);  P = softmax(S);  Z = P V

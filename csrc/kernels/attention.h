@@ -16,7 +16,16 @@
  * of batch item b (padding); NULL means no padding mask.
  *
  * Shapes: scores, pattern [B,H,T,T]; z [B,T,H,Dh] contiguous.
- * Cost O(T^2 Dh) per head. Parallel over (b, h).
+ * Cost O(T^2 Dh) per head. Parallel over (b, h). Each head works in blocks of
+ * MI_ATTN_ROW_BLOCK query rows (causal scores skip keys past the block).
+ *
+ * mi_attn_fused: the three steps in one parallel region when no hook needs
+ * scores or pattern in between. Per (b, h, row block) it runs the very same
+ * products and row softmax as mi_attn_scores -> mi_softmax_rows ->
+ * mi_attn_apply, so z is bitwise the three-step z; the [block, T] scores live
+ * in a per-thread scratch (cache-sized), or are written to scores_out /
+ * pattern_out [B,H,T,T] when those are given (an activation cache wants
+ * them). MI_ERR_NOMEM if the scratch cannot be allocated.
  */
 #ifndef MI_ATTENTION_H
 #define MI_ATTENTION_H
@@ -34,6 +43,11 @@ typedef struct {
 void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
                     int causal, const float *key_mask, float *scores);
 void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v, float *z);
+mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k, const float *v,
+                        float scale, int causal, const float *key_mask, float *scores_out,
+                        float *pattern_out, float *z);
+
+#define MI_ATTN_ROW_BLOCK 64
 
 /* Backward through scores -> softmax -> apply (training), per (b, h):
  *   dv[j]   += sum_i P[i,j] dz[i]

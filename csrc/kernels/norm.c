@@ -70,6 +70,121 @@ void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
     }
 }
 
+/* ---- TransformerLens forward norm (mi_tl_norm*) ----
+ * Rows: stats (mean, scale) then apply (normalized, out). The split and fused
+ * entry points call the same row functions, so they agree bitwise. */
+float mi_tl_norm_row_scale_avx512(const float *xr, int64_t d, int centre, float eps, float *mean_out);
+void mi_tl_norm_row_apply_avx512(const float *xr, int64_t d, float mean, float s, const float *w,
+                                 const float *b, float *yn, float *yo);
+void mi_tl_norm_row_affine_avx512(const float *yn, int64_t d, const float *w, const float *b, float *yo);
+void mi_add_row_avx512(const float *xa, const float *xb, int64_t d, float *xs);
+
+static float tl_row_scale_ref(const float *xr, int64_t d, int centre, float eps, float *mean_out)
+{
+    float mean = centre ? row_mean_ref(xr, d) : 0.0f;
+    double sq = 0.0;
+    for (int64_t i = 0; i < d; i++) { double c = (double)(xr[i] - mean); sq += c * c; }
+    *mean_out = mean;
+    return (float)sqrt(sq / (double)d + (double)eps);
+}
+
+static void tl_row_affine_ref(const float *yn, int64_t d, const float *w, const float *b, float *yo)
+{
+    for (int64_t i = 0; i < d; i++) yo[i] = b ? fmaf(yn[i], w[i], b[i]) : yn[i] * w[i];
+}
+
+static void tl_row_apply_ref(const float *xr, int64_t d, float mean, float s, const float *w,
+                             const float *b, float *yn, float *yo)
+{
+    for (int64_t i = 0; i < d; i++) {
+        float v = (xr[i] - mean) / s;
+        if (yn) yn[i] = v;
+        if (yo) yo[i] = b ? fmaf(v, w[i], b[i]) : v * w[i];
+    }
+}
+
+/* One row of mi_tl_norm: optional add, stats, apply. */
+static inline void tl_norm_row(int avx512, int centre, const float *xr, const float *xa, float *xs,
+                               const float *w, const float *b, float eps, int64_t d, float *scale,
+                               float *yn, float *yo)
+{
+    if (xa) {
+        if (avx512) mi_add_row_avx512(xr, xa, d, xs);
+        else for (int64_t i = 0; i < d; i++) xs[i] = xr[i] + xa[i];
+        xr = xs;
+    }
+    float mean, s = avx512 ? mi_tl_norm_row_scale_avx512(xr, d, centre, eps, &mean)
+                           : tl_row_scale_ref(xr, d, centre, eps, &mean);
+    *scale = s;
+    if (avx512) mi_tl_norm_row_apply_avx512(xr, d, mean, s, w, b, yn, yo);
+    else tl_row_apply_ref(xr, d, mean, s, w, b, yn, yo);
+}
+
+static void tl_norm_rows(int avx512, int centre, const float *x, const float *x_add, float *x_sum,
+                         const float *w, const float *b, float eps, int64_t rows, int64_t d,
+                         float *scale, float *normalized, float *out)
+{
+    if (!w) out = NULL;
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        tl_norm_row(avx512, centre, x + r * d, x_add ? x_add + r * d : NULL,
+                    x_add ? x_sum + r * d : NULL, w, b, eps, d, scale + r,
+                    normalized ? normalized + r * d : NULL, out ? out + r * d : NULL);
+}
+
+void mi_tl_norm(int centre, const float *x, const float *x_add, float *x_sum, const float *w,
+                const float *b, float eps, int64_t rows, int64_t d, float *scale,
+                float *normalized, float *out)
+{
+    tl_norm_rows(mi_cpu_isa() >= MI_ISA_AVX512, centre, x, x_add, x_sum, w, b, eps, rows, d,
+                 scale, normalized, out);
+}
+
+void mi_tl_norm_ref(int centre, const float *x, const float *x_add, float *x_sum, const float *w,
+                    const float *b, float eps, int64_t rows, int64_t d, float *scale,
+                    float *normalized, float *out)
+{
+    tl_norm_rows(0, centre, x, x_add, x_sum, w, b, eps, rows, d, scale, normalized, out);
+}
+
+void mi_tl_norm_scale(int centre, const float *x, float eps, int64_t rows, int64_t d, float *scale)
+{
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        float mean;
+        scale[r] = avx512 ? mi_tl_norm_row_scale_avx512(x + r * d, d, centre, eps, &mean)
+                          : tl_row_scale_ref(x + r * d, d, centre, eps, &mean);
+    }
+}
+
+void mi_tl_norm_apply(int centre, const float *x, const float *scale, const float *w,
+                      const float *b, int64_t rows, int64_t d, float *normalized, float *out)
+{
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
+    if (!w) out = NULL;
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        /* the mean exactly as the stats step computed it */
+        float mean = centre ? (avx512 ? mi_row_mean_avx512(xr, d) : row_mean_ref(xr, d)) : 0.0f;
+        float *yn = normalized ? normalized + r * d : NULL, *yo = out ? out + r * d : NULL;
+        if (avx512) mi_tl_norm_row_apply_avx512(xr, d, mean, scale[r], w, b, yn, yo);
+        else tl_row_apply_ref(xr, d, mean, scale[r], w, b, yn, yo);
+    }
+}
+
+void mi_tl_norm_affine(const float *normalized, const float *w, const float *b, int64_t rows,
+                       int64_t d, float *out)
+{
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        if (avx512) mi_tl_norm_row_affine_avx512(normalized + r * d, d, w, b, out + r * d);
+        else tl_row_affine_ref(normalized + r * d, d, w, b, out + r * d);
+    }
+}
+
 /* forward: xhat = (x - mean) / scale;  y = xhat * w + b
  * with g = dy * w (dy without affine):
  *   dx = (g - mean(g) - xhat * mean(g * xhat)) / scale

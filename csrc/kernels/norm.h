@@ -26,6 +26,33 @@ void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps
 void mi_rms_norm_ref(const float *x, const float *w, float eps,
                      int64_t rows, int64_t d, float *y, float *scale);
 
+/* TransformerLens's norm step as its hook points see it (the model forward):
+ *   xc = x - mean(x) when `centre` (LN, LNPre), else x (RMS, RMSPre)
+ *   scale[r] = sqrt(mean(xc^2) + eps)            (hook_scale)
+ *   normalized = xc / scale, a true division     (hook_normalized)
+ *   out = normalized * w + b   (one fused multiply-add; w, b may be NULL)
+ * mi_tl_norm does it all in one pass per row; with x_add it first writes
+ * x_sum = x + x_add (the residual add before ln2) and normalises that.
+ * mi_tl_norm_scale computes scale only and mi_tl_norm_apply continues from a
+ * given (possibly hooked) scale, so a hook between them that changes nothing
+ * changes no bit: for one ISA the split and fused paths give bitwise the same
+ * numbers. normalized / out may be NULL when not wanted (out needs w).
+ * mi_tl_norm_affine: out = normalized * w + b after a hook edited normalized.
+ * Parallel over rows. Dispatch: AVX-512 rows or the *_ref scalar rows. */
+void mi_tl_norm(int centre, const float *x, const float *x_add, float *x_sum, const float *w,
+                const float *b, float eps, int64_t rows, int64_t d, float *scale,
+                float *normalized, float *out);
+void mi_tl_norm_scale(int centre, const float *x, float eps, int64_t rows, int64_t d,
+                      float *scale);
+void mi_tl_norm_apply(int centre, const float *x, const float *scale, const float *w,
+                      const float *b, int64_t rows, int64_t d, float *normalized, float *out);
+void mi_tl_norm_affine(const float *normalized, const float *w, const float *b, int64_t rows,
+                       int64_t d, float *out);
+/* Scalar reference of mi_tl_norm (same contract). */
+void mi_tl_norm_ref(int centre, const float *x, const float *x_add, float *x_sum, const float *w,
+                    const float *b, float eps, int64_t rows, int64_t d, float *scale,
+                    float *normalized, float *out);
+
 /* Backward passes (training). dy [rows, d] is the gradient of y; `scale` is
  * the forward's per-row scale. Every gradient ACCUMULATES (+=): dx [rows, d],
  * dw [d], db [d]; pass NULL for a gradient that is not wanted (dw, db must be

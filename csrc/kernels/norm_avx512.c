@@ -82,3 +82,58 @@ float mi_rms_norm_row_avx512(const float *xr, const float *w, float eps, int64_t
     }
     return s;
 }
+
+/* ---- TransformerLens forward norm rows (mi_tl_norm*, norm.h) ---- */
+
+/* scale of one row; *mean_out = the mean subtracted (0 without centre) */
+float mi_tl_norm_row_scale_avx512(const float *xr, int64_t d, int centre, float eps, float *mean_out)
+{
+    float mean = centre ? mi_row_mean_avx512(xr, d) : 0.0f;
+    __m512 m = _mm512_set1_ps(mean);
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 k = tail_mask(d - i);
+        add_sq_pd(&a0, &a1, _mm512_maskz_sub_ps(k, _mm512_maskz_loadu_ps(k, xr + i), m));
+    }
+    double sq = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    *mean_out = mean;
+    return (float)sqrt(sq / (double)d + (double)eps);
+}
+
+/* normalized = (x - mean) / s; out = fma(normalized, w, b) */
+void mi_tl_norm_row_apply_avx512(const float *xr, int64_t d, float mean, float s, const float *w,
+                                 const float *b, float *yn, float *yo)
+{
+    __m512 m = _mm512_set1_ps(mean), vs = _mm512_set1_ps(s);
+    for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 k = tail_mask(d - i);
+        __m512 v = _mm512_div_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, xr + i), m), vs);
+        if (yn) _mm512_mask_storeu_ps(yn + i, k, v);
+        if (yo) {
+            __m512 vw = _mm512_maskz_loadu_ps(k, w + i);
+            v = b ? _mm512_fmadd_ps(v, vw, _mm512_maskz_loadu_ps(k, b + i)) : _mm512_mul_ps(v, vw);
+            _mm512_mask_storeu_ps(yo + i, k, v);
+        }
+    }
+}
+
+/* out = fma(normalized, w, b) */
+void mi_tl_norm_row_affine_avx512(const float *yn, int64_t d, const float *w, const float *b, float *yo)
+{
+    for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 k = tail_mask(d - i);
+        __m512 v = _mm512_maskz_loadu_ps(k, yn + i), vw = _mm512_maskz_loadu_ps(k, w + i);
+        v = b ? _mm512_fmadd_ps(v, vw, _mm512_maskz_loadu_ps(k, b + i)) : _mm512_mul_ps(v, vw);
+        _mm512_mask_storeu_ps(yo + i, k, v);
+    }
+}
+
+/* xs = xa + xb (the residual add fused before a norm) */
+void mi_add_row_avx512(const float *xa, const float *xb, int64_t d, float *xs)
+{
+    for (int64_t i = 0; i < d; i += 16) {
+        __mmask16 k = tail_mask(d - i);
+        _mm512_mask_storeu_ps(xs + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, xa + i),
+                                                       _mm512_maskz_loadu_ps(k, xb + i)));
+    }
+}

@@ -54,6 +54,12 @@ void mi_softmax_rows_masked(const float *x, const unsigned char *mask, float *y,
         mi_softmax_row_avx512(x + r * cols, mask ? mask + r * cols : NULL, y + r * cols, cols);
 }
 
+void mi_softmax_row(const float *x, float *y, int64_t cols)
+{
+    if (mi_cpu_isa() < MI_ISA_AVX512) softmax_row_ref(x, NULL, y, cols);
+    else mi_softmax_row_avx512(x, NULL, y, cols);
+}
+
 void mi_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols)
 {
     mi_softmax_rows_masked(x, NULL, y, rows, cols);

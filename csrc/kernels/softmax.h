@@ -14,6 +14,10 @@
 
 void mi_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols);
 
+/* One row (the function mi_softmax_rows runs per row; for callers that are
+ * already inside a parallel region, like the fused attention). */
+void mi_softmax_row(const float *x, float *y, int64_t cols);
+
 /* Same with mask[rows, cols] (0 = masked: treated as -inf); mask NULL = none. */
 void mi_softmax_rows_masked(const float *x, const unsigned char *mask, float *y,
                             int64_t rows, int64_t cols);

@@ -116,6 +116,22 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     }
     for (int p = 0; p < np; p++)
         if (flags[p] && mi_tf_point_present(s, p)) kept[point_buf(s, p)] = 1;
+    /* buffers the pass only writes when something reads them: fused
+     * attention's scores/pattern, and hook_normalized ahead of affine weights
+     * (the norm then writes its output straight away) */
+    int solu_affine = s->act == MI_TF_ACT_SOLU_LN && s->norm == MI_NORM_LN;
+    for (int l = first; l < stop_layer; l++) {
+        int p0 = 2 + l * MI_P_PER_LAYER;
+        static const int skippable[] = {B_SCORES, B_PATTERN, B_LN1_NORM, B_LN2_NORM, B_MLN_NORM};
+        for (int i = 0; i < 5; i++) {
+            int k = skippable[i], b = buf_layer(s, l, k);
+            int unread = k == B_SCORES || k == B_PATTERN ? attn_fusable(flags, p0)
+                       : k == B_MLN_NORM ? solu_affine : has_norm_affine(s->norm);
+            if (unread && !kept[b]) sizes[b] = 0;
+        }
+    }
+    if (stop_layer == s->n_layers && has_norm_affine(s->norm) && !kept[buf_final(s, BF_LNF_NORM)])
+        sizes[buf_final(s, BF_LNF_NORM)] = 0;
     /* kept buffers get their own slots; the rest share one scratch slot per
      * kind (resid alternates between two), reused from layer to layer */
     size_t cur = 0;

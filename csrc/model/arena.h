@@ -12,6 +12,7 @@
 #define MI_MODEL_ARENA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "model/transformer.h"
 
@@ -38,6 +39,14 @@ static inline int n_bufs(const mi_tf_spec *s) { return 3 + (int)s->n_layers * (1
 static inline int buf_resid(int i) { return 2 + i; }
 static inline int buf_layer(const mi_tf_spec *s, int l, int kind) { return 3 + (int)s->n_layers + l * NB + kind; }
 static inline int buf_final(const mi_tf_spec *s, int kind) { return 3 + (int)s->n_layers * (1 + NB) + kind; }
+
+/* Attention runs fused (mi_attn_fused) in layer with first point p0 unless a
+ * hook needs scores or pattern between the steps; then the scores and
+ * pattern buffers exist only when cached. */
+static inline int attn_fusable(const uint8_t *flags, int p0)
+{
+    return !(flags[p0 + MI_P_SCORES] & MI_HOOK_CALLBACK) && !(flags[p0 + MI_P_PATTERN] & MI_HOOK_CALLBACK);
+}
 
 /* Start of buffer b in arena (NULL when this call does not use it). */
 float *mi_tf_buf_ptr(const mi_tf_plan *plan, float *arena, int b);

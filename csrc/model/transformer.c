@@ -22,6 +22,35 @@
 #include "kernels/norm.h"
 #include "kernels/softmax.h"
 
+#include <omp.h>
+
+/* MI_PROFILE=1 in the environment: wall time per forward step, summed over
+ * layers, printed to stderr after each pass (one getenv per pass). */
+enum { PR_EMBED, PR_LN1, PR_QKV, PR_SCORES, PR_SOFTMAX, PR_APPLY, PR_ATTN_OUT, PR_ADD1, PR_LN2,
+       PR_MLP_IN, PR_ACT, PR_MLP_OUT, PR_ADD2, PR_LNF, PR_UNEMBED, PR_N };
+static const char *prof_names[PR_N] = {"embed", "ln1", "qkv gemm", "scores", "softmax", "apply",
+    "W_O gemm", "resid_mid add", "ln2", "W_in gemm", "activation", "W_out gemm", "resid_post add",
+    "ln_final", "unembed gemm"};
+static int prof_on;
+static double prof_t[PR_N], prof_mark;
+static inline void prof_start(void) { if (prof_on) prof_mark = omp_get_wtime(); }
+static inline void prof_stop(int step)
+{
+    if (!prof_on) return;
+    double now = omp_get_wtime();
+    prof_t[step] += now - prof_mark;
+    prof_mark = now;
+}
+static void prof_report(void)
+{
+    double total = 0.0;
+    for (int i = 0; i < PR_N; i++) total += prof_t[i];
+    fprintf(stderr, "MI_PROFILE forward %.1f ms:", total * 1e3);
+    for (int i = 0; i < PR_N; i++)
+        if (prof_t[i] > 0.0) fprintf(stderr, " %s %.1f;", prof_names[i], prof_t[i] * 1e3);
+    fprintf(stderr, "\n");
+}
+
 /* ---------------------------------------------------------------- layout */
 
 
@@ -114,6 +143,7 @@ void mi_tf_free(mi_transformer *m)
 }
 /* ---------------------------------------------------------------- forward */
 typedef struct run_state run_state;
+static void add_into(const float *a, const float *b, float *y, int64_t n);
 static mi_status run_layers(run_state *rs, int first, const float *key_mask);
 
 struct run_state {
@@ -138,49 +168,42 @@ static const float *param(const mi_transformer *m, size_t off)
     return off == ABSENT ? NULL : m->params + off;
 }
 
-/* y = x / scale (x centred first for LayerNorm) with the given, possibly
- * hooked, scale: TransformerLens divides by the tensor hook_scale returned. */
-static void renorm_with_scale(mi_norm_type type, const float *x, const float *scale,
-                              int64_t rows, int64_t d, float *y)
-{
-    int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * d;
-        float *yr = y + r * d;
-        double mean = 0.0;
-        if (centre) {
-            for (int64_t i = 0; i < d; i++) mean += xr[i];
-            mean /= (double)d;
-        }
-        for (int64_t i = 0; i < d; i++) yr[i] = (xr[i] - (float)mean) / scale[r];
-    }
-}
-
-/* Norm of x [rows, D]: y = x / scale (hook_normalized, TransformerLens fires it
- * before the affine weights), then out = y * w + b when the norm has weights.
- * Returns the tensor the next layer reads. */
+/* Norm of x [rows, D] as TransformerLens: scale (hook_scale), y = x / scale
+ * (hook_normalized, before the affine weights), then out = y * w + b when the
+ * norm has weights. Returns the tensor the next layer reads. With no hook
+ * on either point it is one pass (mi_tl_norm; with x_add it also writes
+ * x_sum = x + x_add first: the residual add); with hooks it stops after each
+ * hooked point. Both ways give bitwise the same numbers (norm.h), so a hook
+ * that changes nothing changes no bit. y is only written when something
+ * reads it (a cache, a hook, or no affine weights). */
 static mi_status norm_step(run_state *r, mi_norm_type type, int64_t d, const float *x,
+                           const float *x_add, float *x_sum,
                            const float *w, const float *b, float *y, float *scale, float *out,
                            int p_scale, int p_norm, const float **result)
 {
     const mi_tf_spec *s = &r->m->spec;
     int64_t rows = r->plan->batch * r->plan->seq;
-    if (type == MI_NORM_RMS || type == MI_NORM_RMSPRE) mi_rms_norm(x, NULL, s->eps, rows, d, y, scale);
-    else mi_layer_norm(x, NULL, NULL, s->eps, rows, d, y, scale);
-    /* y is always recomputed from the (possibly hooked) scale, so registering
-     * a hook on hook_scale, even one that changes nothing, never changes a bit
-     * of the result; the kernel provides the scale. */
-    MI_TRY(fire(r, p_scale));
-    renorm_with_scale(type, x, scale, rows, d, y);
-    MI_TRY(fire(r, p_norm));
-    *result = y;
-    if (w) {
-        #pragma omp parallel for schedule(static)
-        for (int64_t row = 0; row < rows; row++)
-            for (int64_t i = 0; i < d; i++)
-                out[row * d + i] = y[row * d + i] * w[i] + (b ? b[i] : 0.0f);
-        *result = out;
+    int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
+    int cb_scale = (r->flags[p_scale] & MI_HOOK_CALLBACK) && r->hook;
+    int cb_norm = (r->flags[p_norm] & MI_HOOK_CALLBACK) && r->hook;
+    float *yn = (r->flags[p_norm] || !w) ? y : NULL;
+    *result = w ? (const float *)out : y;
+    if (!cb_scale && !cb_norm) {
+        mi_tl_norm(centre, x, x_add, x_sum, w, b, s->eps, rows, d, scale, yn, out);
+        return MI_OK;
+    }
+    if (x_add) { add_into(x, x_add, x_sum, rows * d); x = x_sum; }
+    if (cb_scale) {
+        mi_tl_norm_scale(centre, x, s->eps, rows, d, scale);
+        MI_TRY(fire(r, p_scale));
+    }
+    if (cb_norm) {
+        if (!cb_scale) mi_tl_norm(centre, x, NULL, NULL, NULL, NULL, s->eps, rows, d, scale, y, NULL);
+        else mi_tl_norm_apply(centre, x, scale, NULL, NULL, rows, d, y, NULL);
+        MI_TRY(fire(r, p_norm));
+        if (w) mi_tl_norm_affine(y, w, b, rows, d, out);
+    } else {
+        mi_tl_norm_apply(centre, x, scale, w, b, rows, d, yn, out);
     }
     return MI_OK;
 }
@@ -204,26 +227,41 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
 #define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
     float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l)), *resid_next = mi_tf_buf_ptr(pl, A, buf_resid(l + 1));
     MI_TRY(fire(r, p0 + MI_P_RESID_PRE));
+    prof_start();
 
     const float *x = resid;
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, s->norm, D, resid, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
+        MI_TRY(norm_step(r, s->norm, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
                          BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
     }
+    prof_stop(PR_LN1);
     /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
     float *qkv = BUF(B_QKV), *scores = BUF(B_SCORES), *pattern = BUF(B_PATTERN), *z = BUF(B_Z);
     float *attn_out = BUF(B_ATTN_OUT);
     mi_sgemm(0, 0, BT, 3 * HD, D, x, D, param(m, o[MI_W_QKV]), 3 * HD, param(m, o[MI_W_B_QKV]),
              0.0f, qkv, 3 * HD);
+    prof_stop(PR_QKV);
     MI_TRY(fire(r, p0 + MI_P_Q));
     MI_TRY(fire(r, p0 + MI_P_K));
     MI_TRY(fire(r, p0 + MI_P_V));
     mi_attn_layout lay = {B, T, H, Dh, 3 * HD, T * 3 * HD};
-    mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask, scores);
-    MI_TRY(fire(r, p0 + MI_P_SCORES));
-    mi_softmax_rows(scores, pattern, B * H * T, T);
-    MI_TRY(fire(r, p0 + MI_P_PATTERN));
-    mi_attn_apply(&lay, pattern, qkv + 2 * HD, z);
+    prof_start();
+    if (attn_fusable(r->flags, p0)) {
+        /* no hook between the steps: one pass, scores/pattern kept only if cached */
+        MI_TRY(mi_attn_fused(&lay, qkv, qkv + HD, qkv + 2 * HD, 1.0f / s->attn_scale, s->causal,
+                             key_mask, r->flags[p0 + MI_P_SCORES] ? scores : NULL,
+                             r->flags[p0 + MI_P_PATTERN] ? pattern : NULL, z));
+        prof_stop(PR_APPLY);
+    } else {
+        mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask, scores);
+        prof_stop(PR_SCORES);
+        MI_TRY(fire(r, p0 + MI_P_SCORES));
+        mi_softmax_rows(scores, pattern, B * H * T, T);
+        prof_stop(PR_SOFTMAX);
+        MI_TRY(fire(r, p0 + MI_P_PATTERN));
+        mi_attn_apply(&lay, pattern, qkv + 2 * HD, z);
+        prof_stop(PR_APPLY);
+    }
     MI_TRY(fire(r, p0 + MI_P_Z));
     const float *W_O = param(m, o[MI_W_O]), *b_O = param(m, o[MI_W_B_O]);
     if (s->use_attn_result) {
@@ -246,6 +284,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     } else {
         mi_sgemm(0, 0, BT, D, HD, z, HD, W_O, D, b_O, 0.0f, attn_out, D);
     }
+    prof_stop(PR_ATTN_OUT);
     MI_TRY(fire(r, p0 + MI_P_ATTN_OUT));
 
     if (s->attn_only) {
@@ -253,7 +292,12 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         return fire(r, p0 + MI_P_RESID_POST);
     }
     float *resid_mid = BUF(B_RESID_MID);
-    add_into(resid, attn_out, resid_mid, BT * D);
+    prof_start();
+    /* resid_mid = resid + attn_out: inside ln2's pass unless a hook runs in between */
+    int add_in_norm = s->norm != MI_NORM_NONE && !s->use_hook_mlp_in
+                      && !((r->flags[p0 + MI_P_RESID_MID] & MI_HOOK_CALLBACK) && r->hook);
+    if (!add_in_norm) add_into(resid, attn_out, resid_mid, BT * D);
+    prof_stop(PR_ADD1);
     MI_TRY(fire(r, p0 + MI_P_RESID_MID));
     x = resid_mid;
     if (s->use_hook_mlp_in) {
@@ -262,9 +306,11 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         x = BUF(B_MLP_IN);
     }
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, s->norm, D, x, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
+        MI_TRY(norm_step(r, s->norm, D, add_in_norm ? resid : x, add_in_norm ? attn_out : NULL,
+                         add_in_norm ? resid_mid : NULL, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
                          BUF(B_LN2_SCALE), BUF(B_LN2_OUT), p0 + MI_P_LN2_SCALE, p0 + MI_P_LN2_NORM, &x));
     }
+    prof_stop(PR_LN2);
     float *pre = BUF(B_PRE), *post = BUF(B_POST), *mlp_out = BUF(B_MLP_OUT);
     const float *b_in = param(m, o[MI_W_B_IN]);
     if (s->gated_mlp) {
@@ -290,20 +336,26 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         MI_TRY(fire(r, p0 + MI_P_MLP_MID));
         const float *ln_out;
         const float *lw = param(m, o[MI_W_MLN_W]);
-        MI_TRY(norm_step(r, lw ? MI_NORM_LN : MI_NORM_LNPRE, Mlp, mid, lw, param(m, o[MI_W_MLN_B]),
+        MI_TRY(norm_step(r, lw ? MI_NORM_LN : MI_NORM_LNPRE, Mlp, mid, NULL, NULL, lw, param(m, o[MI_W_MLN_B]),
                          BUF(B_MLN_NORM), BUF(B_MLN_SCALE), post, p0 + MI_P_MLP_LN_SCALE,
                          p0 + MI_P_MLP_LN_NORM, &ln_out));
         if (ln_out != post) memcpy(post, ln_out, sizeof(float) * (size_t)(BT * Mlp));
     } else {
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
+        prof_stop(PR_MLP_IN);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
+        prof_start();
         mi_activate((mi_activation)s->act, pre, post, BT * Mlp);
     }
+    prof_stop(PR_ACT);
     MI_TRY(fire(r, p0 + MI_P_MLP_POST));
     mi_sgemm(0, 0, BT, D, Mlp, post, Mlp, param(m, o[MI_W_OUT]), D, param(m, o[MI_W_B_OUT]), 0.0f,
              mlp_out, D);
+    prof_stop(PR_MLP_OUT);
     MI_TRY(fire(r, p0 + MI_P_MLP_OUT));
+    prof_start();
     add_into(resid_mid, mlp_out, resid_next, BT * D);
+    prof_stop(PR_ADD2);
     return fire(r, p0 + MI_P_RESID_POST);
 #undef BUF
 }
@@ -316,6 +368,10 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     const mi_tf_spec *s = &m->spec;
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
     run_state r = {m, plan, arena, flags, hook, hook_ctx};
+    const char *pe = getenv("MI_PROFILE");
+    prof_on = pe && *pe && *pe != '0';
+    if (prof_on) memset(prof_t, 0, sizeof prof_t);
+    prof_start();
     if (plan->start_layer >= 0) {
         if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
         memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
@@ -349,7 +405,10 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     } else {
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
     }
-    return run_layers(&r, 0, key_mask);
+    prof_stop(PR_EMBED);
+    mi_status st = run_layers(&r, 0, key_mask);
+    if (prof_on) prof_report();
+    return st;
 }
 
 /* Blocks [first, stop_layer), then (full pass) the final norm and unembedding. */
@@ -366,17 +425,21 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     const float *x = mi_tf_buf_ptr(plan, arena, buf_resid((int)s->n_layers));
+    prof_start();
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(&r, s->norm, D, x, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
+        MI_TRY(norm_step(&r, s->norm, D, x, NULL, NULL, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_NORM)),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_SCALE)),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_OUT)),
                          pf + MI_PF_LNF_SCALE, pf + MI_PF_LNF_NORM, &x));
     }
+    prof_stop(PR_LNF);
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_IN));
+    prof_start();
     float *logits = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS));
     mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
              param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
+    prof_stop(PR_UNEMBED);
     return fire(&r, pf + MI_PF_UNEMBED_OUT);
 }
 
