@@ -71,7 +71,7 @@ def _check_unsupported(cfg):
     bad = []
     if cfg.positional_embedding_type != "standard":
         bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
-    for f in ("use_split_qkv_input", "use_attn_in", "use_local_attn", "parallel_attn_mlp",
+    for f in ("use_local_attn", "parallel_attn_mlp",
               "scale_attn_by_inverse_layer_idx", "final_rms", "post_embedding_ln",
               "use_hook_tokens"):
         if getattr(cfg, f):
@@ -173,7 +173,8 @@ class HookedTransformer:
             gated_mlp=cfg.gated_mlp, attn_only=cfg.attn_only,
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
             use_hook_mlp_in=cfg.use_hook_mlp_in, pos_embed=True,
-            attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0)
+            attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
+            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
         self._raw = self._core.params()
         self._n_points = self._core.n_points
         self._points = [None] * self._n_points
@@ -351,14 +352,20 @@ class HookedTransformer:
         self._rebuild()
 
     def set_use_split_qkv_input(self, use_split_qkv_input):
-        """Not supported by the C core (raises NotImplementedError when turned on)."""
-        if use_split_qkv_input:
-            raise NotImplementedError("use_split_qkv_input is not supported by the C core")
+        """Turn ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (the residual stream
+        repeated per head, [batch, pos, head, d_model], one copy each for queries, keys and
+        values) on or off. With it ln1 runs three times per block, on the q, k and v inputs,
+        and its hooks fire each time, as in TransformerLens. No training with it on."""
+        self.cfg.use_split_qkv_input = bool(use_split_qkv_input)
+        self._rebuild()
 
     def set_use_attn_in(self, use_attn_in):
-        """Not supported by the C core (raises NotImplementedError when turned on)."""
-        if use_attn_in:
-            raise NotImplementedError("use_attn_in is not supported by the C core")
+        """Turn ``hook_attn_in`` (the residual stream repeated per head, [batch, pos, head,
+        d_model], feeding queries, keys and values) on or off. No training with it on."""
+        if use_attn_in and self.cfg.n_key_value_heads is not None:
+            raise ValueError("use_attn_in is not supported with grouped-query attention")
+        self.cfg.use_attn_in = bool(use_attn_in)
+        self._rebuild()
 
     def to(self, *args, **kwargs):
         """No-op (CPU only); returns self so ``model.to(device)`` works."""
@@ -643,3 +650,16 @@ class HookedTransformer:
 # train_steps) live in training.py.
 from . import training as _training  # noqa: E402
 _training.install(HookedTransformer)
+_backward = HookedTransformer.backward
+
+
+def _backward_checked(self, tokens, targets):
+    if self.cfg.use_split_qkv_input or self.cfg.use_attn_in:
+        # the C backward reads ln1 and q/k/v as one [batch, pos, d_model] input
+        raise NotImplementedError("backward: models with use_split_qkv_input or use_attn_in "
+                                  "cannot be trained (turn them off first)")
+    return _backward(self, tokens, targets)
+
+
+_backward_checked.__doc__ = _backward.__doc__
+HookedTransformer.backward = _backward_checked

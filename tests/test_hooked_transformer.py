@@ -41,6 +41,10 @@ CONFIGS = {
     "no_attn_scale_vocab_out": dict(use_attn_scale=False, d_vocab_out=20),
     "solu_ln": dict(act_fn="solu_ln"),
     "solu_ln_lnpre": dict(act_fn="solu_ln", normalization_type="LNPre"),
+    "split_qkv_input": dict(use_split_qkv_input=True),
+    "attn_in_rms": dict(use_attn_in=True, normalization_type="RMS"),
+    "split_and_attn_in_none": dict(use_split_qkv_input=True, use_attn_in=True, normalization_type=None),
+    "split_qkv_lnpre_attn_only": dict(use_split_qkv_input=True, normalization_type="LNPre", attn_only=True),
 }
 
 

@@ -134,8 +134,10 @@ def test_add_hook_reset_and_permanent():
         m.hook_dict["hook_embed"].layer()
 
 
-def test_hook_views_are_arena_views_and_stay_valid():
-    _, m = make_pair({})
+@pytest.mark.parametrize("overrides", [{}, dict(use_split_qkv_input=True, use_attn_in=True)])
+def test_hook_views_are_arena_views_and_stay_valid(overrides):
+    # also: a hook that changes nothing changes no bit (fused and hooked paths agree)
+    _, m = make_pair(overrides)
     tokens = np.random.default_rng(4).integers(0, 50, (2, 6))
     kept = {}
 
@@ -210,5 +212,94 @@ def test_set_use_attn_result_and_hook_mlp_in_keep_weights_and_hooks():
     for k in tcache.keys():
         assert_scaled_close(cache[k], tcache[k].numpy(), k)
     assert_scaled_close(logits, tlogits.numpy(), "logits")
-    with pytest.raises(NotImplementedError, match="use_split_qkv_input"):
-        m.set_use_split_qkv_input(True)
+    # the per-head attention inputs, switched on with hooks attached: still TL's numbers
+    m.set_use_split_qkv_input(True)
+    m.set_use_attn_in(True)
+    tm.set_use_split_qkv_input(True)
+    tm.set_use_attn_in(True)
+    with torch.no_grad():
+        logits, cache = m.run_with_cache(tokens)
+        tlogits, tcache = tm.run_with_cache(torch.tensor(tokens))
+    assert "blocks.1.hook_q_input" in cache and "blocks.0.hook_attn_in" in cache
+    assert list(cache.keys()) == list(tcache.keys())
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    assert_scaled_close(logits, tlogits.numpy(), "logits")
+    with pytest.raises(NotImplementedError, match="use_split_qkv_input or use_attn_in"):
+        m.backward(tokens, tokens)
+
+
+def _zero_head1_input(act, hook):
+    act[:, :, 1] = 0.0       # [batch, pos, head, d_model]: head 1 reads zeros
+
+
+def _ramp_head0_return(act, hook):
+    ramp = np.linspace(-1.0, 1.0, act.shape[-1]).astype(np.float32)
+    if not isinstance(act, np.ndarray):
+        ramp = torch.tensor(ramp)
+    out = act * 1.0
+    out[:, :, 0] = out[:, :, 0] + ramp
+    return out
+
+
+def _third_call_only(factor):
+    """A hook that edits only on its 3rd, 6th, ... call: ln1 runs on the q, k and v inputs
+    in turn, so this touches only the run on the value input."""
+    calls = []
+
+    def fn(act, hook):
+        calls.append(hook.name)
+        if len(calls) % 3 == 0:
+            return act * factor
+    return fn
+
+
+SPLIT_EDITS = [
+    ("blocks.0.hook_q_input", lambda: _zero_head1_input),
+    ("blocks.1.hook_k_input", lambda: _ramp_head0_return),
+    ("blocks.0.hook_v_input", lambda: _ramp_head0_return),   # (a plain scale would be normalised away)
+    ("blocks.1.ln1.hook_scale", lambda: _third_call_only(1.7)),
+    ("blocks.0.ln1.hook_normalized", lambda: _ramp_head0_return),
+    ("blocks.1.hook_attn_in", lambda: _zero_head1_input),
+]
+
+
+@pytest.mark.parametrize("name,make", SPLIT_EDITS, ids=[e[0] for e in SPLIT_EDITS])
+def test_split_qkv_and_attn_in_hook_edits_match_transformer_lens(name, make):
+    cfg = dict(use_attn_in=True) if "attn_in" in name else dict(use_split_qkv_input=True)
+    tm, m = make_pair(cfg)
+    tokens = np.random.default_rng(8).integers(0, 50, (2, 7))
+    with m.hooks(fwd_hooks=[(name, make())]):
+        logits, cache = m.run_with_cache(tokens)
+    with tm.hooks(fwd_hooks=[(name, make())]), torch.no_grad():
+        tlogits, tcache = tm.run_with_cache(torch.tensor(tokens))
+    assert list(cache.keys()) == list(tcache.keys())
+    for k in tcache.keys():
+        assert_scaled_close(cache[k], tcache[k].numpy(), k)
+    assert_scaled_close(logits, tlogits.numpy(), "logits")
+    assert np.abs(m(tokens) - logits).max() > 1e-4       # the edit changed something
+
+
+def test_split_qkv_ln1_fires_three_times_with_tl_shapes():
+    tm, m = make_pair(dict(use_split_qkv_input=True, use_attn_in=True))
+    tokens = np.random.default_rng(9).integers(0, 50, (2, 5))
+    seen, kept = [], {}
+
+    def record(act, hook):
+        seen.append((hook.name, tuple(act.shape)))
+        kept.setdefault(hook.name, []).append(act)
+
+    assert list(m.hook_dict) == list(tm.hook_dict)
+    flt = lambda n: n.startswith("blocks.0.")
+    m.run_with_hooks(tokens, fwd_hooks=[(flt, record)])
+    ours = [(n, s) for n, s in seen]
+    seen.clear()
+    with torch.no_grad():
+        tm.run_with_hooks(torch.tensor(tokens), fwd_hooks=[(flt, record)])
+    assert ours == [(n, tuple(s)) for n, s in seen]       # same points, order, shapes, counts
+    assert [n for n, _ in ours].count("blocks.0.ln1.hook_scale") == 3
+    assert ("blocks.0.ln1.hook_normalized", (2, 5, 4, 32)) in ours
+    # the three ln1 runs each keep their own (valid) buffer
+    runs = kept["blocks.0.ln1.hook_normalized"][:3]
+    assert all(isinstance(a, np.ndarray) and _reaches_buffer(a) for a in runs)
+    assert len({a.__array_interface__["data"][0] for a in runs}) == 3

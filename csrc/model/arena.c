@@ -23,7 +23,7 @@ static int point_buf(const mi_tf_spec *s, int p)
     }
     int l = (p - 2) / MI_P_PER_LAYER;
     static const int kind_of[MI_P_PER_LAYER] = {
-        -1, B_LN1_SCALE, B_LN1_NORM, B_QKV, B_QKV, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT,
+        -1, B_ATTN_IN, B_Q_IN, B_K_IN, B_V_IN, B_LN1_SCALE, B_LN1_NORM, B_QKV, B_QKV, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT,
         B_ATTN_OUT, B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_PRE, B_PRE_LINEAR, B_MID,
         B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT, -2,
     };
@@ -36,8 +36,12 @@ static int point_buf(const mi_tf_spec *s, int p)
 static size_t layer_buf_floats(const mi_tf_spec *s, int kind, size_t BT, int64_t T)
 {
     size_t D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
+    size_t rep = head_inputs(s) ? H : 1;   /* ln1 rows per position */
     switch (kind) {
-    case B_LN1_SCALE: case B_LN2_SCALE: case B_MLN_SCALE: return BT;
+    case B_LN1_SCALE: case B_LN1Q_SCALE: case B_LN1K_SCALE: return BT * rep;
+    case B_LN1_NORM: case B_LN1_OUT: case B_LN1Q_NORM: case B_LN1Q_OUT: case B_LN1K_NORM:
+    case B_LN1K_OUT: case B_ATTN_IN: case B_Q_IN: case B_K_IN: case B_V_IN: return BT * rep * D;
+    case B_LN2_SCALE: case B_MLN_SCALE: return BT;
     case B_QKV: return BT * 3 * H * Dh;
     case B_SCORES: case B_PATTERN: return BT * H * (size_t)T;
     case B_Z: return BT * H * Dh;
@@ -53,6 +57,11 @@ static int layer_buf_needed(const mi_tf_spec *s, int kind)
     switch (kind) {
     case B_LN1_SCALE: case B_LN1_NORM: return norm;
     case B_LN1_OUT: return has_norm_affine(s->norm);
+    case B_ATTN_IN: return s->use_attn_in;
+    case B_Q_IN: case B_K_IN: case B_V_IN: return s->use_split_qkv_input;
+    case B_LN1Q_SCALE: case B_LN1Q_NORM: case B_LN1K_SCALE: case B_LN1K_NORM:
+        return norm && head_inputs(s);
+    case B_LN1Q_OUT: case B_LN1K_OUT: return has_norm_affine(s->norm) && head_inputs(s);
     case B_LN2_OUT: return mlp && has_norm_affine(s->norm);
     case B_RESULT: return s->use_attn_result;
     case B_RESID_MID: case B_PRE: case B_POST: case B_MLP_OUT: return mlp;
@@ -116,14 +125,24 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     }
     for (int p = 0; p < np; p++)
         if (flags[p] && mi_tf_point_present(s, p)) kept[point_buf(s, p)] = 1;
+    /* a hook on ln1's points sees the runs on the q and k inputs too: keep
+     * theirs as well (the cache keeps the last, on the v input) */
+    for (int l = first; l < stop_layer && head_inputs(s); l++) {
+        int p0 = 2 + l * MI_P_PER_LAYER;
+        if (flags[p0 + MI_P_LN1_SCALE] & MI_HOOK_CALLBACK)
+            kept[buf_layer(s, l, B_LN1Q_SCALE)] = kept[buf_layer(s, l, B_LN1K_SCALE)] = 1;
+        if (flags[p0 + MI_P_LN1_NORM] & MI_HOOK_CALLBACK)
+            kept[buf_layer(s, l, B_LN1Q_NORM)] = kept[buf_layer(s, l, B_LN1K_NORM)] = 1;
+    }
     /* buffers the pass only writes when something reads them: fused
      * attention's scores/pattern, and hook_normalized ahead of affine weights
      * (the norm then writes its output straight away) */
     int solu_affine = s->act == MI_TF_ACT_SOLU_LN && s->norm == MI_NORM_LN;
     for (int l = first; l < stop_layer; l++) {
         int p0 = 2 + l * MI_P_PER_LAYER;
-        static const int skippable[] = {B_SCORES, B_PATTERN, B_LN1_NORM, B_LN2_NORM, B_MLN_NORM};
-        for (int i = 0; i < 5; i++) {
+        static const int skippable[] = {B_SCORES, B_PATTERN, B_LN1_NORM, B_LN2_NORM, B_MLN_NORM,
+                                        B_LN1Q_NORM, B_LN1K_NORM};
+        for (int i = 0; i < 7; i++) {
             int k = skippable[i], b = buf_layer(s, l, k);
             int unread = k == B_SCORES || k == B_PATTERN ? attn_fusable(flags, p0)
                        : k == B_MLN_NORM ? solu_affine : has_norm_affine(s->norm);
@@ -208,7 +227,13 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
         return 1;
     }
     int64_t shape[4];
-    if (k == MI_P_LN1_SCALE || k == MI_P_LN2_SCALE || k == MI_P_MLP_LN_SCALE || kf == MI_PF_LNF_SCALE) {
+    int64_t H_in = head_inputs(s) ? H : 0;   /* ln1 and the attn inputs carry a head axis */
+    if (k == MI_P_ATTN_IN || k == MI_P_Q_INPUT || k == MI_P_K_INPUT || k == MI_P_V_INPUT
+        || (H_in && k == MI_P_LN1_NORM)) {
+        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = D; set_view(v, data, 4, shape);
+    } else if (H_in && k == MI_P_LN1_SCALE) {
+        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = 1; set_view(v, data, 4, shape);
+    } else if (k == MI_P_LN1_SCALE || k == MI_P_LN2_SCALE || k == MI_P_MLP_LN_SCALE || kf == MI_PF_LNF_SCALE) {
         shape[0] = B; shape[1] = T; shape[2] = 1; set_view(v, data, 3, shape);
     } else if (k == MI_P_SCORES || k == MI_P_PATTERN) {
         shape[0] = B; shape[1] = H; shape[2] = T; shape[3] = T; set_view(v, data, 4, shape);

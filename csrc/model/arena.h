@@ -22,6 +22,8 @@
 static inline size_t align_floats(size_t n) { return (n + ALIGN_FLOATS - 1) & ~(size_t)(ALIGN_FLOATS - 1); }
 static inline int has_norm_affine(mi_norm_type t) { return t == MI_NORM_LN || t == MI_NORM_RMS; }
 static inline int has_norm_bias(mi_norm_type t) { return t == MI_NORM_LN; }
+/* Attention reads per-head inputs [BT,H,D] (TransformerLens's 4-D attn input). */
+static inline int head_inputs(const mi_tf_spec *s) { return s->use_split_qkv_input || s->use_attn_in; }
 
 /* Buffer slots: 0 embed, 1 pos_embed, 2+i resid[i] (i in [0, L]: resid_pre of
  * layer i = resid_post of layer i-1, one tensor as in TransformerLens), then
@@ -29,7 +31,12 @@ static inline int has_norm_bias(mi_norm_type t) { return t == MI_NORM_LN; }
  * unembed.hook_in is the final norm's output (or resid[L] with no norm). */
 enum { B_LN1_SCALE, B_LN1_NORM, B_LN1_OUT, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT, B_ATTN_OUT,
        B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_LN2_OUT, B_PRE, B_PRE_LINEAR, B_MID,
-       B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT, NB };
+       B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT,
+       /* per-head attention inputs [BT,H,D] (use_attn_in / use_split_qkv_input)
+        * and the ln1 runs on the q and k inputs; B_LN1_* then hold the run
+        * on the v input, the last one, which TransformerLens's cache keeps */
+       B_ATTN_IN, B_Q_IN, B_K_IN, B_V_IN, B_LN1Q_SCALE, B_LN1Q_NORM, B_LN1Q_OUT,
+       B_LN1K_SCALE, B_LN1K_NORM, B_LN1K_OUT, NB };
 /* *_NORM is TransformerLens's hook_normalized, x / scale before the affine
  * weights; *_OUT = normalized * w + b is what the next layer reads (only for
  * LN and RMS, which have weights). */

@@ -23,6 +23,8 @@ int mi_tf_point_present(const mi_tf_spec *s, int p)
         return 1;
     }
     switch ((p - 2) % MI_P_PER_LAYER) {
+    case MI_P_ATTN_IN: return s->use_attn_in;
+    case MI_P_Q_INPUT: case MI_P_K_INPUT: case MI_P_V_INPUT: return s->use_split_qkv_input;
     case MI_P_LN1_SCALE: case MI_P_LN1_NORM: return norm;
     case MI_P_RESULT: return s->use_attn_result;
     case MI_P_RESID_MID: case MI_P_MLP_PRE: case MI_P_MLP_POST: case MI_P_MLP_OUT: return !s->attn_only;
@@ -36,7 +38,7 @@ int mi_tf_point_present(const mi_tf_spec *s, int p)
 }
 
 static const char *layer_point_names[MI_P_PER_LAYER] = {
-    "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
+    "hook_resid_pre", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
     "attn.hook_v", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z",
     "attn.hook_result", "hook_attn_out", "hook_resid_mid", "hook_mlp_in", "ln2.hook_scale",
     "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_mid",

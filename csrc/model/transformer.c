@@ -163,6 +163,17 @@ static mi_status fire(run_state *r, int p)
     return r->hook(r->ctx, p, &v);
 }
 
+/* fire() with the point's view moved to `data` (ln1's runs on the q and k
+ * inputs live in their own buffers, shaped like the point's). */
+static mi_status fire_at(run_state *r, int p, float *data)
+{
+    if (!(r->flags[p] & MI_HOOK_CALLBACK) || !r->hook) return MI_OK;
+    mi_tensor_view v;
+    if (!mi_tf_point_view(r->m, r->plan, r->arena, p, &v)) return MI_OK;
+    v.data = data;
+    return r->hook(r->ctx, p, &v);
+}
+
 static const float *param(const mi_transformer *m, size_t off)
 {
     return off == ABSENT ? NULL : m->params + off;
@@ -176,17 +187,16 @@ static const float *param(const mi_transformer *m, size_t off)
  * hooked point. Both ways give bitwise the same numbers (norm.h), so a hook
  * that changes nothing changes no bit. y is only written when something
  * reads it (a cache, a hook, or no affine weights). */
-static mi_status norm_step(run_state *r, mi_norm_type type, int64_t d, const float *x,
+static mi_status norm_step(run_state *r, mi_norm_type type, int64_t rows, int64_t d, const float *x,
                            const float *x_add, float *x_sum,
                            const float *w, const float *b, float *y, float *scale, float *out,
                            int p_scale, int p_norm, const float **result)
 {
     const mi_tf_spec *s = &r->m->spec;
-    int64_t rows = r->plan->batch * r->plan->seq;
     int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
     int cb_scale = (r->flags[p_scale] & MI_HOOK_CALLBACK) && r->hook;
     int cb_norm = (r->flags[p_norm] & MI_HOOK_CALLBACK) && r->hook;
-    float *yn = (r->flags[p_norm] || !w) ? y : NULL;
+    float *yn = y && (r->flags[p_norm] || !w) ? y : NULL;
     *result = w ? (const float *)out : y;
     if (!cb_scale && !cb_norm) {
         mi_tl_norm(centre, x, x_add, x_sum, w, b, s->eps, rows, d, scale, yn, out);
@@ -195,12 +205,12 @@ static mi_status norm_step(run_state *r, mi_norm_type type, int64_t d, const flo
     if (x_add) { add_into(x, x_add, x_sum, rows * d); x = x_sum; }
     if (cb_scale) {
         mi_tl_norm_scale(centre, x, s->eps, rows, d, scale);
-        MI_TRY(fire(r, p_scale));
+        MI_TRY(fire_at(r, p_scale, scale));
     }
     if (cb_norm) {
         if (!cb_scale) mi_tl_norm(centre, x, NULL, NULL, NULL, NULL, s->eps, rows, d, scale, y, NULL);
         else mi_tl_norm_apply(centre, x, scale, NULL, NULL, rows, d, y, NULL);
-        MI_TRY(fire(r, p_norm));
+        MI_TRY(fire_at(r, p_norm, y));
         if (w) mi_tl_norm_affine(y, w, b, rows, d, out);
     } else {
         mi_tl_norm_apply(centre, x, scale, w, b, rows, d, yn, out);
@@ -212,6 +222,69 @@ static void add_into(const float *a, const float *b, float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* y [rows, n, d] = x [rows, d] repeated n times (TransformerLens's
+ * repeat_along_head_dimension). */
+static void repeat_rows(const float *x, int64_t rows, int64_t n, int64_t d, float *y)
+{
+    #pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t i = 0; i < n; i++) memcpy(y + (row * n + i) * d, x + row * d, sizeof(float) * (size_t)d);
+}
+
+/* qkv of layer l from per-head inputs (use_attn_in / use_split_qkv_input), as
+ * TransformerLens: attn_in = hook_attn_in(resid_pre repeated over heads);
+ * q/k/v inputs = hook_q/k/v_input(resid_pre repeated) with split inputs, else
+ * attn_in; ln1 on each of the three ([BT*H, D] rows, its hooks firing each
+ * time); then q[b,t,h] = ln1(q_input)[b,t,h] @ W_Q[h] + b_Q[h] (and k, v). */
+static mi_status head_input_qkv(run_state *r, int l, const float *key_mask)
+{
+    const mi_transformer *m = r->m;
+    const mi_tf_spec *s = &m->spec;
+    const mi_tf_plan *pl = r->plan;
+    float *A = r->arena;
+    int64_t BT = pl->batch * pl->seq, D = s->d_model, H = s->n_heads, Dh = s->d_head, HD = H * Dh;
+    const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
+    int p0 = 2 + l * MI_P_PER_LAYER;
+    (void)key_mask;
+#define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
+    const float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l));
+    const float *in[3];
+    if (s->use_attn_in) {
+        repeat_rows(resid, BT, H, D, BUF(B_ATTN_IN));
+        MI_TRY(fire(r, p0 + MI_P_ATTN_IN));
+        in[0] = in[1] = in[2] = BUF(B_ATTN_IN);
+    }
+    if (s->use_split_qkv_input) {
+        for (int w = 0; w < 3; w++) {
+            repeat_rows(resid, BT, H, D, BUF(B_Q_IN + w));
+            MI_TRY(fire(r, p0 + MI_P_Q_INPUT + w));
+            in[w] = BUF(B_Q_IN + w);
+        }
+    }
+    /* ln1 on the q, k, v inputs in that order; the last run fills B_LN1_* */
+    static const int scale_buf[3] = {B_LN1Q_SCALE, B_LN1K_SCALE, B_LN1_SCALE};
+    static const int norm_buf[3] = {B_LN1Q_NORM, B_LN1K_NORM, B_LN1_NORM};
+    static const int out_buf[3] = {B_LN1Q_OUT, B_LN1K_OUT, B_LN1_OUT};
+    const float *x[3] = {in[0], in[1], in[2]};
+    if (s->norm != MI_NORM_NONE)
+        for (int w = 0; w < 3; w++)
+            MI_TRY(norm_step(r, s->norm, BT * H, D, in[w], NULL, NULL, param(m, o[MI_W_LN1_W]),
+                             param(m, o[MI_W_LN1_B]), BUF(norm_buf[w]), BUF(scale_buf[w]),
+                             BUF(out_buf[w]), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x[w]));
+    /* 3*H products [BT, D] @ [D, Dh], one per thread (mi_sgemm runs on the
+     * calling thread inside a parallel region: same bits for any count) */
+    const float *W = param(m, o[MI_W_QKV]), *bias = param(m, o[MI_W_B_QKV]);
+    float *qkv = BUF(B_QKV);
+    #pragma omp parallel for schedule(dynamic)
+    for (int64_t task = 0; task < 3 * H; task++) {
+        int64_t w = task / H, h = task % H;
+        mi_sgemm(0, 0, BT, Dh, D, x[w] + h * D, H * D, W + w * HD + h * Dh, 3 * HD,
+                 bias + w * HD + h * Dh, 0.0f, qkv + w * HD + h * Dh, 3 * HD);
+    }
+#undef BUF
+    return MI_OK;
 }
 
 static mi_status layer_forward(run_state *r, int l, const float *key_mask)
@@ -230,17 +303,21 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     prof_start();
 
     const float *x = resid;
-    if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, s->norm, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
-                         BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
-    }
-    prof_stop(PR_LN1);
-    /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
     float *qkv = BUF(B_QKV), *scores = BUF(B_SCORES), *pattern = BUF(B_PATTERN), *z = BUF(B_Z);
     float *attn_out = BUF(B_ATTN_OUT);
-    mi_sgemm(0, 0, BT, 3 * HD, D, x, D, param(m, o[MI_W_QKV]), 3 * HD, param(m, o[MI_W_B_QKV]),
-             0.0f, qkv, 3 * HD);
-    prof_stop(PR_QKV);
+    if (head_inputs(s)) {
+        MI_TRY(head_input_qkv(r, l, key_mask));
+    } else {
+        if (s->norm != MI_NORM_NONE) {
+            MI_TRY(norm_step(r, s->norm, BT, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
+                             BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
+        }
+        prof_stop(PR_LN1);
+        /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
+        mi_sgemm(0, 0, BT, 3 * HD, D, x, D, param(m, o[MI_W_QKV]), 3 * HD, param(m, o[MI_W_B_QKV]),
+                 0.0f, qkv, 3 * HD);
+        prof_stop(PR_QKV);
+    }
     MI_TRY(fire(r, p0 + MI_P_Q));
     MI_TRY(fire(r, p0 + MI_P_K));
     MI_TRY(fire(r, p0 + MI_P_V));
@@ -306,7 +383,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         x = BUF(B_MLP_IN);
     }
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(r, s->norm, D, add_in_norm ? resid : x, add_in_norm ? attn_out : NULL,
+        MI_TRY(norm_step(r, s->norm, BT, D, add_in_norm ? resid : x, add_in_norm ? attn_out : NULL,
                          add_in_norm ? resid_mid : NULL, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
                          BUF(B_LN2_SCALE), BUF(B_LN2_OUT), p0 + MI_P_LN2_SCALE, p0 + MI_P_LN2_NORM, &x));
     }
@@ -336,7 +413,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         MI_TRY(fire(r, p0 + MI_P_MLP_MID));
         const float *ln_out;
         const float *lw = param(m, o[MI_W_MLN_W]);
-        MI_TRY(norm_step(r, lw ? MI_NORM_LN : MI_NORM_LNPRE, Mlp, mid, NULL, NULL, lw, param(m, o[MI_W_MLN_B]),
+        MI_TRY(norm_step(r, lw ? MI_NORM_LN : MI_NORM_LNPRE, BT, Mlp, mid, NULL, NULL, lw, param(m, o[MI_W_MLN_B]),
                          BUF(B_MLN_NORM), BUF(B_MLN_SCALE), post, p0 + MI_P_MLP_LN_SCALE,
                          p0 + MI_P_MLP_LN_NORM, &ln_out));
         if (ln_out != post) memcpy(post, ln_out, sizeof(float) * (size_t)(BT * Mlp));
@@ -427,7 +504,7 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     const float *x = mi_tf_buf_ptr(plan, arena, buf_resid((int)s->n_layers));
     prof_start();
     if (s->norm != MI_NORM_NONE) {
-        MI_TRY(norm_step(&r, s->norm, D, x, NULL, NULL, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
+        MI_TRY(norm_step(&r, s->norm, BT, D, x, NULL, NULL, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_NORM)),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_SCALE)),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_OUT)),

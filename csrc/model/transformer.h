@@ -46,6 +46,12 @@ typedef struct {
     int use_hook_mlp_in;  /* hook_mlp_in: a copy of resid_mid before ln2 */
     int pos_embed;        /* learned absolute positions ("standard") */
     float attn_scale;     /* scores are q.k / attn_scale */
+    /* TransformerLens's per-head attention inputs [B,T,H,D]: hook_attn_in
+     * (use_attn_in) and hook_q/k/v_input (use_split_qkv_input). With either,
+     * ln1 runs three times (on the q, k and v inputs, each [B,T,H,D], firing
+     * its hook points each time) and q/k/v come from per-head products. */
+    int use_split_qkv_input;
+    int use_attn_in;
 } mi_tf_spec;
 
 /* SoLU then a LayerNorm over d_mlp (TransformerLens "solu_ln"): mid = pre *
@@ -55,7 +61,7 @@ typedef struct {
 
 /* Per-layer hook point offsets, in TransformerLens firing order. */
 enum {
-    MI_P_RESID_PRE, MI_P_LN1_SCALE, MI_P_LN1_NORM, MI_P_Q, MI_P_K, MI_P_V, MI_P_SCORES,
+    MI_P_RESID_PRE, MI_P_ATTN_IN, MI_P_Q_INPUT, MI_P_K_INPUT, MI_P_V_INPUT, MI_P_LN1_SCALE, MI_P_LN1_NORM, MI_P_Q, MI_P_K, MI_P_V, MI_P_SCORES,
     MI_P_PATTERN, MI_P_Z, MI_P_RESULT, MI_P_ATTN_OUT, MI_P_RESID_MID, MI_P_MLP_IN,
     MI_P_LN2_SCALE, MI_P_LN2_NORM, MI_P_MLP_PRE, MI_P_MLP_PRE_LINEAR, MI_P_MLP_MID,
     MI_P_MLP_LN_SCALE, MI_P_MLP_LN_NORM, MI_P_MLP_POST,

@@ -59,7 +59,8 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab",
                              "d_vocab_out", "n_ctx", "norm", "eps", "act", "gated_mlp",
                              "attn_only", "causal", "use_attn_result", "use_hook_mlp_in",
-                             "pos_embed", "attn_scale", NULL};
+                             "pos_embed", "attn_scale", "use_split_qkv_input",
+                             "use_attn_in", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (mo->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "Model: already initialised");
@@ -67,14 +68,17 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     }
     long long nl, dm, nh, dh, dmlp, dv, dvo, nctx;
     int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1;
+    int split_qkv = 0, attn_in = 0;
     double eps, attn_scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppd:Model", kwlist, &nl, &dm,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdpp:Model", kwlist, &nl, &dm,
                                      &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
                                      &gated, &attn_only, &causal, &result, &mlp_in, &pos,
-                                     &attn_scale))
+                                     &attn_scale, &split_qkv, &attn_in))
         return -1;
     mi_tf_spec s = {nl, dm, nh, dh, dmlp, dv, dvo, nctx, (mi_norm_type)norm, (float)eps, act,
                     gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale};
+    s.use_split_qkv_input = split_qkv;
+    s.use_attn_in = attn_in;
     if (norm < MI_NORM_NONE || norm > MI_NORM_RMSPRE) {
         PyErr_Format(PyExc_ValueError, "Model: unknown norm type %d", norm);
         return -1;
