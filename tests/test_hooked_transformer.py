@@ -334,3 +334,146 @@ def test_bidirectional_padding_mask_masks_keys():
     assert np.all(pattern[1, :, :, 4:] == 0.0)
     np.testing.assert_allclose(pattern.sum(-1), 1.0, rtol=1e-6)
     assert np.all(pattern[0] > 0.0)
+
+
+# ---- the forward kernels the model runs (norm.h mi_tl_norm*, attention.h mi_attn_fused) ----
+# Tolerances: float32 results with double row sums against a float64 reference: a
+# few ulp of O(1) normalised values (atol 2e-5, as tests/test_kernels.py) and 1e-6
+# relative for the scale. Paths that must agree bitwise (fused vs split/hooked,
+# fused attention vs the three steps, any thread count) are compared exactly.
+
+def _tl_norm64(x, w, b, centre, eps):
+    x = x.astype(np.float64)
+    xc = x - x.mean(-1, keepdims=True) if centre else x
+    scale = np.sqrt((xc ** 2).mean(-1, keepdims=True) + eps)
+    y = xc / scale
+    out = None if w is None else y * w + (0.0 if b is None else b)
+    return out, y, scale[:, 0]
+
+
+@pytest.fixture
+def best_isa_after():
+    yield
+    _core.force_isa("best")
+
+
+@pytest.mark.parametrize("rows,d", [(1, 1), (3, 7), (5, 17), (40, 33), (300, 768)])
+@pytest.mark.parametrize("centre", [True, False])
+@pytest.mark.parametrize("affine", ["none", "w", "wb"])
+def test_tl_norm_matches_float64_and_split_path_bitwise(rows, d, centre, affine, best_isa_after):
+    rng = np.random.default_rng(rows * d)
+    x = (rng.standard_normal((rows, d)) * 3 + 1).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32) if affine != "none" else None
+    b = rng.standard_normal(d).astype(np.float32) if affine == "wb" else None
+    out_r, y_r, s_r = _tl_norm64(x, w, b, centre, 1e-5)
+    for isa in ("best", "scalar"):
+        _core.force_isa(isa)
+        out, y, s, _ = _core._tl_norm(x, w, b, centre=centre, eps=1e-5)
+        np.testing.assert_allclose(s, s_r, rtol=1e-6)
+        np.testing.assert_allclose(y, y_r, rtol=0, atol=2e-5)
+        if w is None:
+            assert out is None
+        else:
+            np.testing.assert_allclose(out, out_r, rtol=0, atol=2e-5 * 4)   # |w|, |b| up to ~4
+        # the hooked path (scale, then apply, then the affine) gives the very same bits
+        out2, y2, s2, _ = _core._tl_norm(x, w, b, centre=centre, eps=1e-5, mode="split")
+        np.testing.assert_array_equal(s2, s)
+        np.testing.assert_array_equal(y2, y)
+        if w is not None:
+            np.testing.assert_array_equal(out2, out)
+    # the scalar dispatch is the reference
+    out3, y3, s3, _ = _core._tl_norm(x, w, b, centre=centre, eps=1e-5, mode="ref")
+    np.testing.assert_array_equal(y3, y)
+    np.testing.assert_array_equal(s3, s)
+
+
+def test_tl_norm_residual_add_threads_and_errors(threads_restored):
+    import mechinterp_c
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((257, 96)).astype(np.float32)
+    a = rng.standard_normal((257, 96)).astype(np.float32)
+    w, b = rng.standard_normal(96).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    out, y, s, xs = _core._tl_norm(x, w, b, x_add=a)
+    np.testing.assert_array_equal(xs, x + a)                 # float32 add, as numpy's
+    out2, y2, s2, _ = _core._tl_norm(x + a, w, b)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_array_equal(y, y2)
+    mechinterp_c.set_num_threads(1)
+    one = _core._tl_norm(x, w, b, x_add=a)
+    mechinterp_c.set_num_threads(2)
+    two = _core._tl_norm(x, w, b, x_add=a)
+    for p, q in zip(one, two):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match=r"x_add: expected the shape of x \(257, 96\), got \(257, 95\)"):
+        _core._tl_norm(x, w, b, x_add=a[:, :95])
+    with pytest.raises(ValueError, match="w: expected length 96, got 3"):
+        _core._tl_norm(x, w[:3])
+    with pytest.raises(ValueError, match="mode: expected 'fused', 'split' or 'ref', got 'nope'"):
+        _core._tl_norm(x, mode="nope")
+
+
+@pytest.fixture
+def threads_restored():
+    import mechinterp_c
+    n = mechinterp_c.get_num_threads()
+    yield
+    mechinterp_c.set_num_threads(n)
+
+
+def _attn64(q, k, v, causal, pad):
+    q, k, v = (t.astype(np.float64) for t in (q, k, v))
+    s = np.einsum("bihd,bjhd->bhij", q, k) / np.sqrt(q.shape[-1])
+    T = q.shape[1]
+    masked = np.zeros((q.shape[0], 1, T, T), bool)
+    if causal:
+        masked |= np.triu(np.ones((T, T), bool), 1)
+    if pad is not None:
+        masked |= (pad == 0)[:, None, None, :]
+    s = np.where(masked, -np.inf, s)
+    with np.errstate(invalid="ignore"):       # all-masked rows: nan, compared as 0
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhij,bjhd->bihd", p, v), p
+
+
+@pytest.mark.parametrize("B,T,H,Dh", [(1, 1, 1, 3), (2, 7, 3, 12), (2, 64, 2, 16), (3, 150, 2, 20)])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_attention_is_the_three_steps_bitwise(B, T, H, Dh, causal, padded, best_isa_after):
+    from mechinterp_c import ops
+    rng = np.random.default_rng(T * H)
+    q, k, v = (rng.standard_normal((B, T, H, Dh)).astype(np.float32) for _ in range(3))
+    pad = None
+    if padded:
+        pad = np.ones((B, T), np.float32)
+        pad[0, : max(1, T // 3)] = 0.0
+    z_r, p_r = _attn64(q, k, v, causal, pad)
+    for isa in ("best", "scalar"):
+        _core.force_isa(isa)
+        z3, p3 = ops.attention(q, k, v, causal=causal, padding_mask=pad, return_pattern=True)
+        z, scores, pattern = _core._attn_fused(q, k, v, causal=causal, padding_mask=pad, keep=True)
+        np.testing.assert_array_equal(z, z3)
+        np.testing.assert_array_equal(pattern, p3)
+        zs, none1, none2 = _core._attn_fused(q, k, v, causal=causal, padding_mask=pad)
+        assert none1 is None and none2 is None
+        np.testing.assert_array_equal(zs, z3)
+        # against float64: rows with every key masked give a zero pattern (TL's nan -> 0)
+        p_ref = np.nan_to_num(p_r)
+        np.testing.assert_allclose(pattern, p_ref, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(z, np.nan_to_num(z_r), rtol=0, atol=1e-5)
+        fin = np.isfinite(scores)
+        np.testing.assert_array_equal(fin, p_ref > 0)
+
+
+def test_fused_attention_threads_bitwise_and_errors(threads_restored):
+    import mechinterp_c
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((2, 130, 3, 8)).astype(np.float32) for _ in range(3))
+    mechinterp_c.set_num_threads(1)
+    one = _core._attn_fused(q, k, v, keep=True)
+    mechinterp_c.set_num_threads(2)
+    two = _core._attn_fused(q, k, v, keep=True)
+    for p, r in zip(one, two):
+        np.testing.assert_array_equal(p, r)
+    with pytest.raises(ValueError, match=r"k: expected the shape of q \(2, 130, 3, 8\), got \(2, 130, 3, 7\)"):
+        _core._attn_fused(q, k[..., :7], v)

@@ -8,9 +8,12 @@
  * C hook re-acquires the GIL and calls the Python dispatcher. */
 #include "python/bridge.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "common/memory.h"
+#include "kernels/attention.h"
+#include "kernels/norm.h"
 #include "model/transformer.h"
 
 typedef struct {
@@ -384,8 +387,161 @@ static PyType_Spec model_spec = {
     .slots = model_slots,
 };
 
+/* ---- test bindings of the forward-only kernels the model uses ---- */
+
+/* An optional float32 vector argument of length d (None -> NULL array). */
+static int opt_vec(PyObject *obj, const char *name, npy_intp d, PyArrayObject **out)
+{
+    *out = NULL;
+    if (obj == Py_None) return 0;
+    if (!(*out = mi_py_float_arg(obj, name, 1, 1))) return -1;
+    if (PyArray_DIM(*out, 0) != d) {
+        PyErr_Format(PyExc_ValueError, "%s: expected length %ld, got %ld", name, (long)d,
+                     (long)PyArray_DIM(*out, 0));
+        Py_CLEAR(*out);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(tl_norm_doc,
+"_tl_norm(x, w=None, b=None, centre=True, eps=1e-5, x_add=None, mode='fused')\n--\n\n"
+"Test binding: TransformerLens's forward norm (kernels/norm.h) of x [rows, d].\n"
+"mode 'fused' (mi_tl_norm; x_add adds a residual first), 'split' (mi_tl_norm_scale,\n"
+"mi_tl_norm_apply without weights, mi_tl_norm_affine: the hooked path) or 'ref'\n"
+"(mi_tl_norm_ref, scalar). Returns (out or None, normalized, scale, x_sum or None).");
+
+static PyObject *py_tl_norm(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"x", "w", "b", "centre", "eps", "x_add", "mode", NULL};
+    PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None, *add_obj = Py_None;
+    int centre = 1;
+    double eps = 1e-5;
+    const char *mode = "fused";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOpdOs:_tl_norm", kwlist, &x_obj, &w_obj, &b_obj,
+                                     &centre, &eps, &add_obj, &mode))
+        return NULL;
+    int fused = !strcmp(mode, "fused"), split = !strcmp(mode, "split"), ref = !strcmp(mode, "ref");
+    if (!fused && !split && !ref)
+        return PyErr_Format(PyExc_ValueError, "mode: expected 'fused', 'split' or 'ref', got '%s'", mode);
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *xa = NULL;
+    PyObject *out = Py_None, *yn = NULL, *sc = NULL, *xs = Py_None, *res = NULL;
+    Py_INCREF(out); Py_INCREF(xs);
+    if (!(x = mi_py_float_arg(x_obj, "x", 2, 2))) goto done;
+    npy_intp rows = PyArray_DIM(x, 0), d = PyArray_DIM(x, 1);
+    if (opt_vec(w_obj, "w", d, &w) < 0 || opt_vec(b_obj, "b", d, &b) < 0) goto done;
+    if (b && !w) { PyErr_SetString(PyExc_ValueError, "b: needs w"); goto done; }
+    if (add_obj != Py_None) {
+        char s1[128], s2[128];
+        if (split) { PyErr_SetString(PyExc_ValueError, "x_add: only with mode 'fused' or 'ref'"); goto done; }
+        if (!(xa = mi_py_float_arg(add_obj, "x_add", 2, 2))) goto done;
+        if (PyArray_DIM(xa, 0) != rows || PyArray_DIM(xa, 1) != d) {
+            PyErr_Format(PyExc_ValueError, "x_add: expected the shape of x %s, got %s",
+                         mi_py_shape_str(x, s1), mi_py_shape_str(xa, s2));
+            goto done;
+        }
+    }
+    npy_intp shape[2] = {rows, d};
+    float *od = NULL, *nd, *sd, *xsd = NULL;
+    if (w) { Py_DECREF(out); if (!(out = mi_py_empty(module, 2, shape, &od))) goto done; }
+    if (xa) { Py_DECREF(xs); if (!(xs = mi_py_empty(module, 2, shape, &xsd))) goto done; }
+    if (!(yn = mi_py_empty(module, 2, shape, &nd)) || !(sc = mi_py_empty(module, 1, shape, &sd))) goto done;
+    {
+        const float *xd = PyArray_DATA(x), *ad = xa ? PyArray_DATA(xa) : NULL;
+        const float *wd = w ? PyArray_DATA(w) : NULL, *bd = b ? PyArray_DATA(b) : NULL;
+        Py_BEGIN_ALLOW_THREADS
+        if (fused) mi_tl_norm(centre, xd, ad, xsd, wd, bd, (float)eps, rows, d, sd, nd, od);
+        else if (ref) mi_tl_norm_ref(centre, xd, ad, xsd, wd, bd, (float)eps, rows, d, sd, nd, od);
+        else {
+            mi_tl_norm_scale(centre, xd, (float)eps, rows, d, sd);
+            mi_tl_norm_apply(centre, xd, sd, NULL, NULL, rows, d, nd, NULL);
+            if (wd) mi_tl_norm_affine(nd, wd, bd, rows, d, od);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    res = PyTuple_Pack(4, out, yn, sc, xs);
+done:
+    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(xa);
+    Py_XDECREF(out); Py_XDECREF(yn); Py_XDECREF(sc); Py_XDECREF(xs);
+    return res;
+}
+
+PyDoc_STRVAR(attn_fused_doc,
+"_attn_fused(q, k, v, causal=True, padding_mask=None, scale=None, keep=False)\n--\n\n"
+"Test binding: mi_attn_fused (kernels/attention.h) on q, k, v [batch, pos, head,\n"
+"d_head] float32; padding_mask [batch, pos] float32 (0 masks a key); scale\n"
+"defaults to 1/sqrt(d_head). Returns (z, scores, pattern), scores and pattern\n"
+"[batch, head, pos, pos] when keep=True, else None (per-thread scratch).");
+
+static PyObject *py_attn_fused(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"q", "k", "v", "causal", "padding_mask", "scale", "keep", NULL};
+    PyObject *qo, *ko, *vo, *mo = Py_None, *scale_obj = Py_None;
+    int causal = 1, keep = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pOOp:_attn_fused", kwlist, &qo, &ko, &vo,
+                                     &causal, &mo, &scale_obj, &keep))
+        return NULL;
+    PyArrayObject *a[3] = {NULL, NULL, NULL}, *mask = NULL;
+    PyObject *z = NULL, *sc = Py_None, *pat = Py_None, *res = NULL;
+    Py_INCREF(sc); Py_INCREF(pat);
+    static const char *names[3] = {"q", "k", "v"};
+    PyObject *objs[3] = {qo, ko, vo};
+    for (int i = 0; i < 3; i++) {
+        if (!(a[i] = mi_py_float_arg(objs[i], names[i], 4, 4))) goto done;
+        if (i && !PyArray_SAMESHAPE(a[i], a[0])) {
+            char s1[128], s2[128];
+            PyErr_Format(PyExc_ValueError, "%s: expected the shape of q %s, got %s", names[i],
+                         mi_py_shape_str(a[0], s1), mi_py_shape_str(a[i], s2));
+            goto done;
+        }
+    }
+    npy_intp B = PyArray_DIM(a[0], 0), T = PyArray_DIM(a[0], 1), H = PyArray_DIM(a[0], 2),
+             Dh = PyArray_DIM(a[0], 3);
+    if (mo != Py_None) {
+        if (!(mask = mi_py_float_arg(mo, "padding_mask", 2, 2))) goto done;
+        if (PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != T) {
+            PyErr_SetString(PyExc_ValueError, "padding_mask: expected [batch, pos] like q");
+            goto done;
+        }
+    }
+    double scale = scale_obj == Py_None ? 1.0 / sqrt((double)Dh) : PyFloat_AsDouble(scale_obj);
+    if (PyErr_Occurred()) goto done;
+    npy_intp zshape[4] = {B, T, H, Dh}, pshape[4] = {B, H, T, T};
+    float *zd, *sd = NULL, *pd = NULL;
+    if (!(z = mi_py_empty(module, 4, zshape, &zd))) goto done;
+    if (keep) {
+        Py_DECREF(sc); Py_DECREF(pat);
+        sc = pat = NULL;
+        if (!(sc = mi_py_empty(module, 4, pshape, &sd)) || !(pat = mi_py_empty(module, 4, pshape, &pd)))
+            goto done;
+    }
+    {
+        mi_attn_layout L = {B, T, H, Dh, H * Dh, T * H * Dh};
+        const float *md = mask ? PyArray_DATA(mask) : NULL;
+        mi_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_attn_fused(&L, PyArray_DATA(a[0]), PyArray_DATA(a[1]), PyArray_DATA(a[2]),
+                           (float)scale, causal, md, sd, pd, zd);
+        Py_END_ALLOW_THREADS
+        if (st != MI_OK) { mi_py_raise(st); goto done; }
+    }
+    res = PyTuple_Pack(3, z, sc, pat);
+done:
+    for (int i = 0; i < 3; i++) Py_XDECREF(a[i]);
+    Py_XDECREF(mask); Py_XDECREF(z); Py_XDECREF(sc); Py_XDECREF(pat);
+    return res;
+}
+
+static PyMethodDef model_kernel_methods[] = {
+    {"_tl_norm", (PyCFunction)(void (*)(void))py_tl_norm, METH_VARARGS | METH_KEYWORDS, tl_norm_doc},
+    {"_attn_fused", (PyCFunction)(void (*)(void))py_attn_fused, METH_VARARGS | METH_KEYWORDS,
+     attn_fused_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 int mi_py_model_exec(PyObject *m)
 {
+    if (PyModule_AddFunctions(m, model_kernel_methods) < 0) return -1;
     PyObject *tp = PyType_FromModuleAndSpec(m, &model_spec, NULL);
     if (!tp) return -1;
     mi_state(m)->model_type = (PyTypeObject *)tp;
