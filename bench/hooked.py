@@ -12,7 +12,8 @@ model, warm the library up on a [1, 1] input, then the task's added memory is
 VmHWM after resetting the peak (echo 5 > /proc/self/clear_refs) minus VmRSS
 before the task; the task's result is held until the peak is read, so a cache
 counts in full. The C arena size (exact bytes of all activations of the call)
-is printed too. Targets: run_with_cache >= 3x faster than TL and <= 1/2
+is printed too, with the pass's GFLOP, the GEMM floor at the measured FMA
+peak and one MI_PROFILE step breakdown of the C forward. Targets: run_with_cache >= 3x faster than TL and <= 1/2
 of its added memory; forward >= 1.5x faster.
 
     python3 bench/hooked.py [--reps 3] [--layers 12] [--batch 4] [--seq 128] [--tiny]
@@ -118,6 +119,7 @@ def main():
     import torch
     import transformer_lens as tl
     import mechinterp_c
+    from mechinterp_c import _core
     from mechinterp_c.hooked_transformer import HookedTransformer
 
     threads = mechinterp_c.get_num_threads()
@@ -148,6 +150,19 @@ def main():
     flags_all = bytes([1] * m._core.n_points)
     print(f"C arena: forward {m._core.arena_bytes(args.batch, args.seq, bytes(m._core.n_points)) / 2**20:.1f} MiB, "
           f"full cache {m._core.arena_bytes(args.batch, args.seq, flags_all) / 2**20:.1f} MiB")
+    # The floor: multiply-adds of the pass (attention counted in full, as computed)
+    # at the measured FMA peak of all threads.
+    L, D, M, V, H, Dh = args.layers, cfg["d_model"], cfg["d_mlp"], cfg["d_vocab"], cfg["n_heads"], cfg["d_head"]
+    BT, T = args.batch * args.seq, args.seq
+    gflop = 2 * (L * (BT * D * 3 * H * Dh + BT * H * Dh * D + 2 * BT * D * M + 2 * args.batch * H * T * T * Dh)
+                 + BT * D * V) / 1e9
+    peak = _core._fma_peak()
+    print(f"forward: {gflop:.1f} GFLOP (unembedding {2 * BT * D * V / 1e9:.1f}); measured FMA peak "
+          f"{peak:.0f} GFLOP/s -> floor {gflop / peak * 1e3:.0f} ms at 100% of peak, "
+          f"{gflop / peak / 0.8 * 1e3:.0f} ms at 80%")
+    os.environ["MI_PROFILE"] = "1"       # one pass with the C step timer (stderr)
+    m(tokens)
+    del os.environ["MI_PROFILE"]
     # TL is measured twice: under torch.no_grad() (its leanest) and as the seed
     # notebooks call run_with_cache / run_with_hooks, with autograd on (the default).
     print("speedup = TL time / C time; mem ratio = C added MiB / TL added MiB")
