@@ -59,6 +59,25 @@ class _Norm(_Module):
         return y.astype(np.float32)
 
 
+class _Weight(np.ndarray):
+    """A writable view of the C model's weights: a plain NumPy array except that
+    ``.data`` is the array itself (not a memoryview), so torch idioms such as
+    ``model.pos_embed.W_pos.data[:] = 0`` edit the weights as in TransformerLens.
+    Arithmetic on it gives plain arrays."""
+
+    @property
+    def data(self):
+        """The weights themselves as a plain ndarray view (torch's ``.data``)."""
+        return self.view(np.ndarray)
+
+    def __array_wrap__(self, obj, context=None, return_scalar=False):
+        obj = obj.view(np.ndarray)
+        return obj[()] if return_scalar else obj
+
+    def __repr__(self):
+        return repr(self.view(np.ndarray))
+
+
 class _Block(_Module):
     """``model.blocks[i]``: ln1, attn, ln2, mlp and the block's residual hook points."""
 
@@ -218,7 +237,7 @@ class HookedTransformer:
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
             if w in raw:
                 out[w] = raw[w]
-        return out
+        return {k: v.view(_Weight) for k, v in out.items()}
 
     def _make_modules(self):
         cfg, P = self.cfg, self._params
@@ -385,7 +404,7 @@ class HookedTransformer:
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
     def _stack(self, key):
-        return np.stack([self._params[f"blocks.{l}.{key}"] for l in range(self.cfg.n_layers)])
+        return np.stack([self._params[f"blocks.{l}.{key}"].data for l in range(self.cfg.n_layers)])
 
     W_E = property(lambda self: self._params["embed.W_E"], doc="Token embedding [d_vocab, d_model] (view).")
     W_pos = property(lambda self: self._params["pos_embed.W_pos"], doc="Positional embedding [n_ctx, d_model] (view).")

@@ -477,3 +477,22 @@ def test_fused_attention_threads_bitwise_and_errors(threads_restored):
         np.testing.assert_array_equal(p, r)
     with pytest.raises(ValueError, match=r"k: expected the shape of q \(2, 130, 3, 8\), got \(2, 130, 3, 7\)"):
         _core._attn_fused(q, k[..., :7], v)
+
+
+def test_torch_style_data_assignment_edits_the_weights():
+    # TransformerLens notebooks zero positions with `model.pos_embed.W_pos.data[:] = 0`
+    tm, m = make_pair({})
+    tokens = np.random.default_rng(13).integers(0, 50, (2, 6))
+    before = m(tokens).copy()
+    m.pos_embed.W_pos.data[:] = 0
+    m.blocks[1].attn.b_O.data[:] = 0.5
+    with torch.no_grad():
+        tm.pos_embed.W_pos.data[:] = 0
+        tm.blocks[1].attn.b_O.data[:] = 0.5
+        ref = tm(torch.tensor(tokens)).numpy()
+    assert np.abs(m.W_pos).max() == 0.0
+    assert_scaled_close(m(tokens), ref, "logits")
+    assert np.abs(m(tokens) - before).max() > 1e-3
+    # still plain arrays to compute with
+    assert type(m.W_pos + 1) is np.ndarray and type(m.W_Q) is np.ndarray
+    assert isinstance(m.W_pos, np.ndarray)
