@@ -266,13 +266,20 @@ def _norm_axis(ax, ndim):
 
 # --------------------------------------------------------------------------- similarity
 
-def _matrix_f32(X, name):
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _matrix(X, name):
+    """X as a C-contiguous float32/float64 2-D array (no copy when it already is one)."""
+    if type(X) is np.ndarray and X.ndim == 2 and (X.dtype == _F64 or X.dtype == _F32) \
+            and X.flags.c_contiguous and X.flags.aligned:
+        return X                                       # the common case: no conversion at all
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected a real numeric array, got dtype {X.dtype}")
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array [samples, features], got shape {X.shape}")
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (_F32, _F64) else _F64)
 
 
 def cosine_similarity(X, Y=None):
@@ -282,11 +289,18 @@ def cosine_similarity(X, Y=None):
     (norms in float64; an all-zero row gives similarity 0), then
     ``Xn @ Yn.T`` in float32 through the core GEMM. X ``[n_x, d]``, Y
     ``[n_y, d]`` -> ``[n_x, n_y]`` float32 (agreement ~1e-6 absolute).
+    One C call reads float32 or float64 input in place; with ``Y`` None or
+    ``Y is X`` only the upper triangle is multiplied and mirrored (exactly
+    symmetric, half the work). NaN/inf or an empty X/Y raise ValueError, as
+    sklearn's input validation does.
     """
-    Xf = _matrix_f32(X, "X")
-    Xn = _core._normalize(Xf, 1, False, 0.0)
-    Yn = Xn if Y is None else _core._normalize(_matrix_f32(Y, "Y"), 1, False, 0.0)
-    return _core._similarity_product(Xn, Yn, False, True, False)
+    Xf = _matrix(X, "X")
+    Yf = None if Y is None or Y is X else _matrix(Y, "Y")
+    for name, a in (("X", Xf), ("Y", Yf)):
+        if a is not None and 0 in a.shape:   # sklearn's check_array minimums
+            raise ValueError(f"{name}: found array with shape {a.shape}: cosine_similarity needs "
+                             f"at least 1 sample and 1 feature (as sklearn)")
+    return _core._similarity(Xf, Yf, 1, False, 0.0, False, True)
 
 
 def column_cosine_similarity(A, center=False):
@@ -294,33 +308,30 @@ def column_cosine_similarity(A, center=False):
 
     ``An = A / np.linalg.norm(A, axis=0, keepdims=True); An.T @ An`` (with
     ``center=True`` the columns are centred first: the seed's correlation
-    variant, = ``np.corrcoef(A, rowvar=False)``). A ``[samples, features]``
-    -> ``[features, features]`` float32. A zero column gives NaN as in the
-    seed's NumPy code (0/0). Norms in float64, product in float32.
+    variant, = ``np.corrcoef(A, rowvar=False)``, clipped to [-1, 1] as NumPy
+    clips). A ``[samples, features]`` -> ``[features, features]`` float32. A
+    zero column gives NaN as in the seed's NumPy code (0/0), and NaN/inf
+    propagate to their column's row and column as in NumPy. Norms in float64,
+    product in float32 on the upper triangle only (one C call).
     """
-    Af = _matrix_f32(A, "A")
-    An = _core._normalize(Af, 0, bool(center), np.nan)
-    return _core._similarity_product(An, An, True, False, bool(center))
+    return _core._similarity(_matrix(A, "A"), None, 0, bool(center), np.nan, bool(center))
 
 
 def corrcoef(X, rowvar=True):
     """Pearson correlation matrix, as ``np.corrcoef(X, rowvar=rowvar)``.
 
     Variables are rows (``rowvar=True``) or columns; each is centred and
-    normalised (float64), the product is a float32 GEMM, and the result is
-    clipped to [-1, 1] as NumPy does. A constant variable gives NaN (NumPy
-    gives NaN there too). Returns float32 ``[n_vars, n_vars]``; 1-D X is one
-    variable.
+    normalised (float64), the product is a float32 GEMM on the upper
+    triangle, and the result is clipped to [-1, 1] as NumPy does. A constant
+    variable gives NaN (NumPy gives NaN there too), NaN/inf propagate, no
+    observations give all NaN (NumPy also warns). Returns float32
+    ``[n_vars, n_vars]``; 1-D X is one variable.
     """
-    X = np.asarray(X)
-    if X.ndim == 1:
-        X = X.reshape(1, -1) if rowvar else X.reshape(-1, 1)
-    Xf = _matrix_f32(X, "X")
-    if rowvar:
-        Xn = _core._normalize(Xf, 1, True, np.nan)
-        return _core._similarity_product(Xn, Xn, False, True, True)
-    Xn = _core._normalize(Xf, 0, True, np.nan)
-    return _core._similarity_product(Xn, Xn, True, False, True)
+    if not (type(X) is np.ndarray and X.ndim == 2):
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(1, -1) if rowvar else X.reshape(-1, 1)
+    return _core._similarity(_matrix(X, "X"), None, 1 if rowvar else 0, True, np.nan, True)
 
 
 def block_pairs(S, sizes, names=None):
