@@ -6,6 +6,9 @@
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
 
 #include "common/memory.h"
 #include "kernels/gemm.h"
@@ -114,6 +117,56 @@ static void clip_block(float *C, int64_t ldc, int64_t m, int64_t n)
         for (int64_t j = 0; j < n; j++) C[i * ldc + j] = clip1(C[i * ldc + j]);
 }
 
+/* dst[j * ld + i] = src[i * ld + j] for i < m, j < n: the mirror copy of one
+ * block, in 4x4 SSE transposes (baseline x86-64, so no ISA dispatch) over
+ * 16x16 tiles that stay in L1; scalar edges. */
+static void mirror_block(const float *src, int64_t ld, int64_t m, int64_t n, float *dst)
+{
+    for (int64_t i0 = 0; i0 < m; i0 += 16)
+        for (int64_t j0 = 0; j0 < n; j0 += 16) {
+            int64_t ie = i0 + 16 < m ? i0 + 16 : m, je = j0 + 16 < n ? j0 + 16 : n;
+#if defined(__SSE2__)
+            int64_t i4 = i0 + ((ie - i0) & ~(int64_t)3), j4 = j0 + ((je - j0) & ~(int64_t)3);
+            /* aligned destination rows: streaming stores skip reading the lines
+             * about to be overwritten (the mirror half is written, never re-read here) */
+            if (((uintptr_t)dst & 15) == 0 && (ld & 3) == 0) {
+                for (int64_t j = j0; j < j4; j += 4)        /* 4 destination lines at a time */
+                    for (int64_t i = i0; i < i4; i += 4) {
+                        __m128 r0 = _mm_loadu_ps(src + (i + 0) * ld + j);
+                        __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
+                        __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
+                        __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
+                        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                        _mm_stream_ps(dst + (j + 0) * ld + i, r0);
+                        _mm_stream_ps(dst + (j + 1) * ld + i, r1);
+                        _mm_stream_ps(dst + (j + 2) * ld + i, r2);
+                        _mm_stream_ps(dst + (j + 3) * ld + i, r3);
+                    }
+            } else
+            for (int64_t i = i0; i < i4; i += 4)
+                for (int64_t j = j0; j < j4; j += 4) {
+                    __m128 r0 = _mm_loadu_ps(src + (i + 0) * ld + j);
+                    __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
+                    __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
+                    __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
+                    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                    _mm_storeu_ps(dst + (j + 0) * ld + i, r0);
+                    _mm_storeu_ps(dst + (j + 1) * ld + i, r1);
+                    _mm_storeu_ps(dst + (j + 2) * ld + i, r2);
+                    _mm_storeu_ps(dst + (j + 3) * ld + i, r3);
+                }
+            for (int64_t i = i0; i < ie; i++)           /* edges: rows past i4 or cols past j4 */
+                for (int64_t j = (i < i4 ? j4 : j0); j < je; j++) dst[j * ld + i] = src[i * ld + j];
+#else
+            for (int64_t i = i0; i < ie; i++)
+                for (int64_t j = j0; j < je; j++) dst[j * ld + i] = src[i * ld + j];
+#endif
+        }
+#if defined(__SSE2__)
+    _mm_sfence();   /* order the streaming stores before the block is handed back */
+#endif
+}
+
 void mi_similarity_gram(const float *Z, int64_t n, int64_t k, int clip, float *C)
 {
     int64_t nb = (n + BS - 1) / BS;
@@ -136,15 +189,7 @@ void mi_similarity_gram(const float *Z, int64_t n, int64_t k, int clip, float *C
         mi_sgemm(0, 1, mi, mj, k, Z + i0 * k, k, Z + j0 * k, k, NULL, 0.0f, Cij, n);
         if (clip) clip_block(Cij, n, mi, mj);
         if (bi == bj) continue;
-        /* mirror into C[j0:, i0:] in 16x16 tiles: both sides stay cache-resident */
-        for (int64_t jj = 0; jj < mj; jj += 16)
-            for (int64_t ii = 0; ii < mi; ii += 16) {
-                int64_t je = jj + 16 < mj ? jj + 16 : mj, ie = ii + 16 < mi ? ii + 16 : mi;
-                for (int64_t j = jj; j < je; j++) {
-                    float *dst = C + (j0 + j) * n + i0;
-                    for (int64_t i = ii; i < ie; i++) dst[i] = Cij[i * n + j];
-                }
-            }
+        mirror_block(Cij, n, mi, mj, C + j0 * n + i0);
     }
 }
 
