@@ -988,6 +988,26 @@ def _index_list(v, n, what):
     return out
 
 
+class _StopPass(Exception):
+    """Raised by a sweep's own hook to end a forward pass once it has what it needs."""
+
+
+def _final_rows(ht):
+    """x [rows..., d_model] -> logits, the model's final norm and unembedding in NumPy
+    (float64 norm, float32 product), or None when hooks on those points must run."""
+    tail = [hp for n, hp in ht.hook_dict.items() if n.startswith(("ln_final.", "unembed."))]
+    if any(hp._handles for hp in tail):
+        return None
+    W_U = ht.W_U
+    b_U = ht._params.get("unembed.b_U")
+    final_norm = ht.ln_final
+
+    def unembed(x):
+        y = np.asarray(final_norm(x), dtype=np.float32) @ W_U
+        return y + b_U if b_U is not None else y
+    return unembed
+
+
 def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                         target_positions=None, max_rows=4096):
     """Zero one attention head (at some positions) per pass and record the next-token
@@ -1011,7 +1031,10 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
 
     One clean pass caches the residual stream entering each layer; the passes
     for a layer start there, with the heads of that layer stacked along the
-    batch axis (at most ``max_rows`` batch x pos rows per pass). Returns a
+    batch axis (at most ``max_rows`` batch x pos rows per pass). When only some
+    positions are targets, each pass ends after the last block and the final
+    norm and unembedding (float64 norm, float32 product in NumPy) run on the
+    target rows only (~1e-6 relative from the full pass's logits). Returns a
     :class:`HeadAblationSweep`.
     """
     ht = _hooked_model(model, "head_ablation_sweep")
@@ -1035,19 +1058,33 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     targets_bt[:, tpos_a] = tokens[:, tpos_a + 1]
     next_tok = tokens[:, tpos_a + 1]                                   # [B, nt]
 
-    def read(logits, n_copies):
-        """(logprobs, logits) of the next tokens at the target positions, [n, B, nt]."""
+    def read(logits, n_copies, rows_only=False):
+        """(logprobs, logits) of the next tokens at the target positions, [n, B, nt];
+        logits [n*B, T, V], or [n*B, nt, V] rows at the target positions only."""
         V = logits.shape[-1]
-        tg = np.tile(targets_bt.reshape(-1), n_copies)
-        nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
-        lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]          # [n, B, nt, V] view
+        if rows_only:
+            tg = np.tile(next_tok.reshape(-1), n_copies)
+            nll = _core._token_losses(np.ascontiguousarray(logits).reshape(-1, V), tg)[1]
+            lg = logits.reshape(n_copies, B, len(tpos), V)
+            nll = nll.reshape(n_copies, B, len(tpos))
+        else:
+            tg = np.tile(targets_bt.reshape(-1), n_copies)
+            nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
+            nll = nll[:, :, tpos_a]
+            lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]      # [n, B, nt, V] view
         picked = np.take_along_axis(lg, np.broadcast_to(next_tok[None, :, :, None],
                                                         (n_copies, B, len(tpos), 1)), -1)[..., 0]
-        return -nll[:, :, tpos_a], picked
+        return -nll, picked
 
     logits, cache = ht.run_with_cache(tokens, names_filter={_resid_name(ht, l) for l in layers})
     clean_lp, clean_lg = read(logits, 1)
     del logits
+    # Only len(tpos) of the T positions are read: the passes stop at the last block's
+    # output and the final norm + unembedding run on those rows only (the unembedding
+    # of every position is most of a short pass on a 50k vocabulary), unless hooks
+    # the user left on the final norm / unembedding must see the full pass.
+    unembed = _final_rows(ht) if len(tpos) < T else None
+    last = f"blocks.{L - 1}.hook_resid_post"
     per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T)))
     out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
     out_lg = np.empty_like(out_lp)
@@ -1063,8 +1100,23 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                 for j, h in enumerate(hs):
                     z[j * B:(j + 1) * B, sel, h] = 0.0
 
-            with ht.hooks([(f"blocks.{l}.attn.hook_z", zero_heads)]):
-                lg = ht.forward(x, start_at_layer=l)
-            out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
-            del lg
+            hooks = [(f"blocks.{l}.attn.hook_z", zero_heads)]
+            if unembed is None:
+                with ht.hooks(hooks):
+                    lg = ht.forward(x, start_at_layer=l)
+                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
+            else:
+                got = {}
+
+                def take_final(r, hook):
+                    got["rows"] = np.array(r[:, tpos_a])
+                    raise _StopPass
+
+                with ht.hooks(hooks + [(last, take_final)]):
+                    try:
+                        ht.forward(x, start_at_layer=l)
+                    except _StopPass:
+                        pass
+                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(unembed(got["rows"]), n, True)
+            del x
     return HeadAblationSweep(layers, heads, pos, tpos, out_lp, out_lg, clean_lp[0], clean_lg[0])

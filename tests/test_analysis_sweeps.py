@@ -275,3 +275,24 @@ def test_head_ablation_errors(gpt2_tiny):
     with pytest.raises(ValueError, match="layers: empty"):
         A.head_ablation_sweep(m, tokens, layers=[])
     assert not any(hp._handles for hp in m._ht.hook_dict.values())
+
+
+def test_head_ablation_target_rows_path_matches_full_pass(gpt2_tiny):
+    _, m = gpt2_tiny
+    tokens = np.random.default_rng(10).integers(0, 120, (2, 10))
+    full = A.head_ablation_sweep(m, tokens, positions=4)          # every target: full logits
+    some = A.head_ablation_sweep(m, tokens, positions=4, target_positions=[3, -2])
+    # the target rows' final norm + unembedding in NumPy vs in the C pass: float32 rounding
+    np.testing.assert_allclose(some.logprobs, full.logprobs[..., [3, 8]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(some.logits, full.logits[..., [3, 8]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(some.clean_logprobs, full.clean_logprobs[:, [3, 8]])
+    # a user's hook on the final norm must see every pass: then the full pass runs
+    calls = []
+    m._ht.add_hook("ln_final.hook_normalized", lambda a, hook: calls.append(a.shape))
+    try:
+        hooked = A.head_ablation_sweep(m, tokens, positions=4, target_positions=[3, -2])
+    finally:
+        m._ht.reset_hooks()
+    assert len(calls) == 1 + 3 and calls[0] == (2, 10, 64)        # clean pass + 3 layers
+    np.testing.assert_allclose(hooked.logprobs, some.logprobs, rtol=1e-5, atol=1e-5)
+    assert not any(hp._handles for hp in m._ht.hook_dict.values())
