@@ -872,8 +872,26 @@ class MeanAblationSweep:
         return f"MeanAblationSweep(baseline={self.baseline:.6g},\n{rows})"
 
 
+# A forward call's arena above glibc's largest mmap threshold (32 MiB) is mapped
+# fresh for every call and every page faults on first touch (about half of a
+# small model's pass); below it the freed arena is reused. Sweeps split their
+# batch so that each pass's arena stays under this budget.
+_ARENA_BUDGET = 24 << 20
+
+
+def _chunk_size(ht, T, cached_names=(), budget=_ARENA_BUDGET):
+    """Sequences per pass so that one pass's arena (caching cached_names) fits budget."""
+    flags = bytearray(ht._n_points)
+    for n in cached_names:
+        flags[ht.hook_dict[n].point_id] |= 1
+    flags = bytes(flags)
+    one = ht._core.arena_bytes(1, T, flags)
+    per_seq = max(1, ht._core.arena_bytes(2, T, flags) - one)
+    return max(1, 1 + (budget - one) // per_seq)
+
+
 def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_tokens=None,
-                        start_at_layer=True):
+                        start_at_layer=True, batch_size=None):
     """Replace each hook point's activation by its mean and record the loss, one call.
 
     The no-position seed's loop::
@@ -893,37 +911,85 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     or a filter function of the name. ``loss_fn``: None / ``"next_token"``
     (TransformerLens's mean next-token cross-entropy), ``"previous_token"``
     (the seed's ``loss_fn``: ``logits[:, 1:]`` predict ``tokens[:, :-1]``),
-    both computed in C, or any callable ``loss_fn(logits, tokens) -> scalar``
-    on NumPy arrays.
+    both computed in C (per-token losses summed in float64), or any callable
+    ``loss_fn(logits, tokens) -> scalar`` on NumPy arrays (called once per
+    hook point with the whole batch's logits).
 
-    One clean pass caches the means and the residual stream entering every
+    The clean passes cache the means and the residual stream entering every
     block; each ablated pass starts at the ablated block
     (``start_at_layer=False`` re-runs the whole model each time, as the seed).
+    Passes run ``batch_size`` sequences at a time (default: as many as keep a
+    pass's activation arena under 24 MiB, where memory is reused instead of
+    freshly mapped; rows are independent, so this only changes speed).
     Returns a :class:`MeanAblationSweep` (``.names``, ``.losses``, ``.baseline``).
     """
     ht = _hooked_model(model, "mean_ablation_sweep")
     tokens = ht._tokens(tokens)
+    B, T = tokens.shape
     names = _sweep_hook_names(ht, hook_names)
-    loss = _loss_function(loss_fn, tokens)
-    starts = {n: (_start_layer(ht, n) if start_at_layer else None) for n in names}
-    resid_names = sorted({_resid_name(ht, l) for l in starts.values() if l is not None})
-    if mean_tokens is None:
-        logits, cache = ht.run_with_cache(tokens, names_filter=set(names) | set(resid_names))
-        mcache = cache
-    else:
+    builtin = loss_fn is None or isinstance(loss_fn, str)
+    loss = _loss_function(loss_fn, tokens)          # validates loss_fn
+    if mean_tokens is not None:
         mean_tokens = ht._tokens(mean_tokens)
-        if mean_tokens.shape[1] != tokens.shape[1]:
+        if mean_tokens.shape[1] != T:
             raise ValueError(f"mean_tokens: the means are per position, so mean_tokens needs "
-                             f"tokens' {tokens.shape[1]} positions, got shape {mean_tokens.shape}")
-        logits, cache = ht.run_with_cache(tokens, names_filter=set(resid_names))
-        _, mcache = ht.run_with_cache(mean_tokens, names_filter=set(names), return_type=None)
-    baseline = loss(logits)
-    means = {}
+                             f"tokens' {T} positions, got shape {mean_tokens.shape}")
+    starts = {n: (_start_layer(ht, n) if start_at_layer else None) for n in names}
+    layers = sorted({l for l in starts.values() if l is not None})
+    resid_names = {_resid_name(ht, l): l for l in layers}
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+
+    if builtin:
+        shift = 1 if loss_fn in (None, "next_token") else -1
+        targets = _shifted_targets(tokens, shift).reshape(B, T)
+        n_terms = B * (T - 1)
+
+        def chunk_loss(logits, b0, b1):        # sum of the chunk's per-token losses
+            per_row = _core._token_losses(logits.reshape(-1, logits.shape[-1]),
+                                          np.ascontiguousarray(targets[b0:b1]).reshape(-1))[1]
+            return float(np.sum(per_row, dtype=np.float64))
+    else:
+        full_logits = None
+
+    # clean pass(es): residual streams of `tokens`, means of `mean_tokens`, baseline
+    same = mean_tokens is None
+    cached = set(resid_names) | (set(names) if same else set())
+    bs = batch_size or _chunk_size(ht, T, cached)
+    resid = {l: None for l in layers}
+    sums = {n: None for n in names}
+    base_sum = 0.0
+    for b0 in range(0, B, bs):
+        b1 = min(B, b0 + bs)
+        logits, cache = ht.run_with_cache(tokens[b0:b1], names_filter=cached)
+        for rn, l in resid_names.items():
+            if resid[l] is None:
+                resid[l] = np.empty((B,) + cache[rn].shape[1:], np.float32)
+            resid[l][b0:b1] = cache[rn]
+        if same:
+            _accumulate_sums(sums, cache, names)
+        if builtin:
+            base_sum += chunk_loss(logits, b0, b1)
+        else:
+            if full_logits is None:
+                full_logits = np.empty((B,) + logits.shape[1:], np.float32)
+            full_logits[b0:b1] = logits
+        del logits, cache
+    baseline = base_sum / n_terms if builtin else loss(full_logits)
+    if not same:
+        M = mean_tokens.shape[0]
+        mbs = batch_size or _chunk_size(ht, T, names)
+        for b0 in range(0, M, mbs):
+            _, cache = ht.run_with_cache(mean_tokens[b0:b0 + mbs], names_filter=set(names),
+                                         return_type=None)
+            _accumulate_sums(sums, cache, names)
+            del cache
+    n_mean = B if same else mean_tokens.shape[0]
     with np.errstate(invalid="ignore"):
-        for n in names:
-            means[n] = mcache[n].mean(0, dtype=np.float64).astype(np.float32)
-    resid = {l: cache[_resid_name(ht, l)] for l in set(starts.values()) if l is not None}
-    del mcache, cache, logits
+        means = {n: (sums[n] / n_mean).astype(np.float32) for n in names}
+    del sums
+
+    bs = batch_size or _chunk_size(ht, T)
     losses = []
     for n in names:
         avg = means[n]
@@ -932,14 +998,30 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
             act[...] = avg
 
         s = starts[n]
+        total = 0.0
         with ht.hooks([(n, replace_with_mean)]):
-            if s is None:
-                out = ht.forward(tokens)
-            else:
-                out = ht.forward(resid[s], start_at_layer=s)
-        losses.append(loss(out))
-        del out
+            for b0 in range(0, B, bs):
+                b1 = min(B, b0 + bs)
+                out = ht.forward(tokens[b0:b1]) if s is None else \
+                    ht.forward(resid[s][b0:b1], start_at_layer=s)
+                if builtin:
+                    total += chunk_loss(out, b0, b1)
+                else:
+                    full_logits[b0:b1] = out
+                del out
+        losses.append(total / n_terms if builtin else loss(full_logits))
     return MeanAblationSweep(names, losses, baseline, means)
+
+
+def _accumulate_sums(sums, cache, names):
+    """sums[name] += cache[name].sum(0) in float64 (the batch axis)."""
+    with np.errstate(invalid="ignore"):
+        for n in names:
+            part = cache[n].sum(0, dtype=np.float64)
+            if sums[n] is None:
+                sums[n] = part
+            else:
+                sums[n] += part
 
 
 class HeadAblationSweep:

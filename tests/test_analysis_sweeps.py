@@ -149,6 +149,16 @@ def test_mean_ablation_names_filters_and_loss_callables(nopos):
     t = A.mean_ablation_sweep(m, tokens, hook_names=names[:1],
                               loss_fn=lambda lg, tk: seed_loss_fn(torch.tensor(lg), torch.tensor(tk)))
     assert t.losses[0] == pytest.approx(ref.losses[0], rel=1e-5)
+    # passes in chunks of 4 sequences (uneven last chunk): per-row results, so the same
+    # losses up to the float64 order of the per-chunk sums; a callable loss sees the
+    # whole batch's logits reassembled
+    for lf in ("previous_token", _np_loss(-1)):
+        chunked = A.mean_ablation_sweep(m, tokens, hook_names=names, loss_fn=lf, batch_size=4,
+                                        mean_tokens=tokens[::-1])
+        whole = A.mean_ablation_sweep(m, tokens, hook_names=names, loss_fn=lf, batch_size=6,
+                                      mean_tokens=tokens[::-1])
+        np.testing.assert_allclose(chunked.losses, whole.losses, rtol=1e-6)
+        np.testing.assert_allclose(chunked.baseline, whole.baseline, rtol=1e-6)
     # means are the float64 batch means of the activations
     _, cache = m.run_with_cache(tokens)
     np.testing.assert_allclose(r.means["hook_embed"], cache["hook_embed"].mean(0, dtype=np.float64),
@@ -170,6 +180,8 @@ def test_mean_ablation_sweep_errors(nopos):
         A.mean_ablation_sweep(m, tokens, loss_fn=3)
     with pytest.raises(TypeError, match="scalar loss"):
         A.mean_ablation_sweep(m, tokens, hook_names="hook_embed", loss_fn=lambda lg, tk: "x")
+    with pytest.raises(ValueError, match="batch_size: expected a positive int"):
+        A.mean_ablation_sweep(m, tokens, batch_size=0)
     with pytest.raises(TypeError, match="model must be"):
         A.mean_ablation_sweep(object(), tokens)
     with pytest.raises(ValueError, match="at least 2 positions"):
