@@ -1113,7 +1113,8 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
 
     One clean pass caches the residual stream entering each layer; the passes
     for a layer start there, with the heads of that layer stacked along the
-    batch axis (at most ``max_rows`` batch x pos rows per pass). When only some
+    batch axis (at most ``max_rows`` batch x pos rows per pass, and a pass's
+    activation arena under 24 MiB where it is reused). When only some
     positions are targets, each pass ends after the last block and the final
     norm and unembedding (float64 norm, float32 product in NumPy) run on the
     target rows only (~1e-6 relative from the full pass's logits). Returns a
@@ -1167,7 +1168,9 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     # the user left on the final norm / unembedding must see the full pass.
     unembed = _final_rows(ht) if len(tpos) < T else None
     last = f"blocks.{L - 1}.hook_resid_post"
-    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T)))
+    # copies of the batch per pass: at most max_rows rows and an arena under the budget
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T),
+                          _chunk_size(ht, T) // B))
     out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
     out_lg = np.empty_like(out_lp)
     sel = slice(None) if pos is None else np.asarray(pos)

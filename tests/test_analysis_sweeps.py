@@ -82,7 +82,7 @@ def nopos():
 def test_mean_ablation_sweep_matches_transformer_lens_seed_loop(nopos):
     tm, m = nopos
     rng = np.random.default_rng(3)
-    tokens, mean_tokens = rng.integers(1, 300, (24, 20)), rng.integers(1, 300, (32, 20))
+    tokens, mean_tokens = rng.integers(1, 300, (12, 20)), rng.integers(1, 300, (16, 20))
     res = A.mean_ablation_sweep(m, tokens, loss_fn="previous_token", mean_tokens=mean_tokens)
 
     # the seed's cell, verbatim but for the batch names
