@@ -16,6 +16,8 @@ function                       reference                                       a
 ``gaussian_kde``               ``scipy.stats.gaussian_kde``                    ~1e-13 relative
 ``kde_entropy``                the seed's KDE entropy recipe                   ~1e-12
 ``entropy``                    ``scipy.stats.entropy``                         ~1e-15
+``mean_ablation_sweep``        the no-position seed's ``run_with_hooks`` loop  same forward, ~1e-6
+``head_ablation_sweep``        the GPT-2 seed's ``c_proj`` pre-hook loop       same forward, ~1e-6
 =============================  ==============================================  =========================
 
 The heavy loops run in C with the GIL released and OpenMP threads over
@@ -31,7 +33,8 @@ from . import _core
 
 __all__ = ["histogram", "batched_histogram", "describe", "Describe", "cosine_similarity",
            "corrcoef", "column_cosine_similarity", "block_pairs", "qk_scores", "QKScores", "head_pairs",
-           "gaussian_kde", "kde_entropy", "entropy"]
+           "gaussian_kde", "kde_entropy", "entropy", "mean_ablation_sweep", "MeanAblationSweep",
+           "head_ablation_sweep", "HeadAblationSweep"]
 
 
 # --------------------------------------------------------------------------- histograms
@@ -726,3 +729,331 @@ def entropy(pk, base=2, axis=-1):
         out = _core._entropy(p, outer, p.shape[ax], inner, lb)
     shape = p.shape[:ax] + p.shape[ax + 1:]
     return float(out[0]) if shape == () else out.reshape(shape)
+
+
+# --------------------------------------------------------------------------- ablation sweeps
+#
+# Both sweeps run one clean pass that caches the residual stream entering every
+# layer they need, then start each ablated pass at the ablated layer from that
+# cached stream (``forward(resid, start_at_layer=l)``): the layers before the
+# ablation are not recomputed. The forward pass is deterministic, so a pass
+# started at layer l gives the same logits as a full pass with the same hook.
+
+def _hooked_model(model, fn):
+    """The HookedTransformer behind ``model`` (itself, or a mechinterp_c
+    ``transformers`` GPT-2 model's)."""
+    ht = getattr(model, "_ht", model)
+    if not (hasattr(ht, "hook_dict") and hasattr(ht, "run_with_cache") and hasattr(ht, "_point_layer")):
+        raise TypeError(f"{fn}: model must be a mechinterp_c HookedTransformer or a "
+                        f"mechinterp_c.transformers GPT-2 model, got {type(model).__name__}")
+    return ht
+
+
+def _shifted_targets(tokens, shift):
+    """[B*T] int64 targets: tokens[b, t+shift] at position t, -100 (skipped) where
+    that index is outside the sequence."""
+    B, T = tokens.shape
+    tg = np.full((B, T), -100, dtype=np.int64)
+    if shift > 0:
+        tg[:, :T - shift] = tokens[:, shift:]
+    else:
+        tg[:, -shift:] = tokens[:, :T + shift]
+    return tg.reshape(-1)
+
+
+def _loss_function(loss_fn, tokens):
+    """loss(logits) -> float for the sweep's loss_fn argument."""
+    if loss_fn is None or isinstance(loss_fn, str):
+        kind = loss_fn or "next_token"
+        shifts = {"next_token": 1, "previous_token": -1}
+        if kind not in shifts:
+            raise ValueError(f"loss_fn: expected None, 'next_token', 'previous_token' or a "
+                             f"callable (logits, tokens) -> loss, got {loss_fn!r}")
+        if tokens.shape[1] < 2:
+            raise ValueError(f"loss_fn={kind!r}: tokens need at least 2 positions, got shape "
+                             f"{tokens.shape}")
+        targets = _shifted_targets(tokens, shifts[kind])
+
+        def loss(logits):
+            return _core._token_losses(logits.reshape(-1, logits.shape[-1]), targets)[0]
+        return loss
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected None, a name or a callable (logits, tokens) -> "
+                        f"loss, got {type(loss_fn).__name__}")
+
+    def loss(logits):
+        v = loss_fn(logits, tokens)
+        try:
+            return float(v.item() if hasattr(v, "item") else v)
+        except (TypeError, ValueError):
+            raise TypeError(f"loss_fn returned {type(v).__name__}; expected a scalar loss")
+    return loss
+
+
+def _start_layer(ht, name):
+    """Where an ablated pass at hook point ``name`` can start: its block, n_layers
+    for the final norm / unembedding, None (a full pass) for the embeddings."""
+    layer = ht._point_layer[ht.hook_dict[name].point_id]
+    if layer >= 0:
+        return layer
+    if name in ("hook_embed", "hook_pos_embed"):
+        return None
+    return ht.cfg.n_layers
+
+
+def _resid_name(ht, layer):
+    """The cached point holding the residual stream entering block ``layer``."""
+    L = ht.cfg.n_layers
+    return f"blocks.{layer}.hook_resid_pre" if layer < L else f"blocks.{L - 1}.hook_resid_post"
+
+
+def _sweep_hook_names(ht, hook_names):
+    fires = [n for n, hp in ht.hook_dict.items() if hp.point_id is not None]
+    if hook_names is None:   # the seed: every cached point but hook_pos_embed and hook_result
+        return [n for n in fires if n != "hook_pos_embed" and "result" not in n]
+    if callable(hook_names):
+        return [n for n in fires if hook_names(n)]
+    if isinstance(hook_names, str):
+        hook_names = [hook_names]
+    names = list(hook_names)
+    for n in names:
+        if n not in ht.hook_dict:
+            raise KeyError(f"hook_names: unknown hook point {n!r} (see model.hook_dict)")
+        if ht.hook_dict[n].point_id is None:
+            raise ValueError(f"hook_names: {n!r} never fires for this model's config "
+                             f"(e.g. hook_result needs use_attn_result)")
+    return names
+
+
+class MeanAblationSweep:
+    """Result of :func:`mean_ablation_sweep`.
+
+    ``names`` (list of hook point names, in sweep order), ``losses`` (float64
+    ``[len(names)]``: the loss with that point replaced by its mean),
+    ``baseline`` (the clean loss), ``means`` (``{name: mean activation}``, the
+    values written in). ``table()`` gives ``{"name": [...], "loss": array}``;
+    iterating gives ``(name, loss)`` pairs.
+    """
+
+    def __init__(self, names, losses, baseline, means):
+        self.names = list(names)
+        self.losses = np.asarray(losses, dtype=np.float64)
+        self.baseline = float(baseline)
+        self.means = means
+
+    def table(self):
+        """``{"name": names, "loss": losses, "delta": losses - baseline}``."""
+        return {"name": list(self.names), "loss": self.losses.copy(),
+                "delta": self.losses - self.baseline}
+
+    def __len__(self):
+        return len(self.names)
+
+    def __iter__(self):
+        return iter(zip(self.names, self.losses.tolist()))
+
+    def __getitem__(self, name):
+        """The loss of the sweep entry ``name``."""
+        return float(self.losses[self.names.index(name)])
+
+    def __repr__(self):
+        rows = "\n".join(f"  {n:40s} {l:.6g}" for n, l in self)
+        return f"MeanAblationSweep(baseline={self.baseline:.6g},\n{rows})"
+
+
+def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_tokens=None,
+                        start_at_layer=True):
+    """Replace each hook point's activation by its mean and record the loss, one call.
+
+    The no-position seed's loop::
+
+        for name in hook_names:
+            average_act = cache[name].mean(0)          # cache = run_with_cache(mean_tokens)
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(name, set_to(average_act))])
+            losses.append(loss_fn(logits, tokens))
+
+    ``model``: a ``HookedTransformer`` (or a ``mechinterp_c.transformers`` GPT-2
+    model). ``tokens`` ``[batch, pos]`` are the evaluated batch; the means are
+    over the batch axis of the activations of ``mean_tokens`` (default:
+    ``tokens``; it needs the same ``pos``), one value per position as the seed
+    (``cache[name].mean(0)``, accumulated in float64). ``hook_names``: None is
+    the seed's list, every hook point the model fires in ``model.hook_dict``
+    order except ``hook_pos_embed`` and ``hook_result``; or a list of names,
+    or a filter function of the name. ``loss_fn``: None / ``"next_token"``
+    (TransformerLens's mean next-token cross-entropy), ``"previous_token"``
+    (the seed's ``loss_fn``: ``logits[:, 1:]`` predict ``tokens[:, :-1]``),
+    both computed in C, or any callable ``loss_fn(logits, tokens) -> scalar``
+    on NumPy arrays.
+
+    One clean pass caches the means and the residual stream entering every
+    block; each ablated pass starts at the ablated block
+    (``start_at_layer=False`` re-runs the whole model each time, as the seed).
+    Returns a :class:`MeanAblationSweep` (``.names``, ``.losses``, ``.baseline``).
+    """
+    ht = _hooked_model(model, "mean_ablation_sweep")
+    tokens = ht._tokens(tokens)
+    names = _sweep_hook_names(ht, hook_names)
+    loss = _loss_function(loss_fn, tokens)
+    starts = {n: (_start_layer(ht, n) if start_at_layer else None) for n in names}
+    resid_names = sorted({_resid_name(ht, l) for l in starts.values() if l is not None})
+    if mean_tokens is None:
+        logits, cache = ht.run_with_cache(tokens, names_filter=set(names) | set(resid_names))
+        mcache = cache
+    else:
+        mean_tokens = ht._tokens(mean_tokens)
+        if mean_tokens.shape[1] != tokens.shape[1]:
+            raise ValueError(f"mean_tokens: the means are per position, so mean_tokens needs "
+                             f"tokens' {tokens.shape[1]} positions, got shape {mean_tokens.shape}")
+        logits, cache = ht.run_with_cache(tokens, names_filter=set(resid_names))
+        _, mcache = ht.run_with_cache(mean_tokens, names_filter=set(names), return_type=None)
+    baseline = loss(logits)
+    means = {}
+    with np.errstate(invalid="ignore"):
+        for n in names:
+            means[n] = mcache[n].mean(0, dtype=np.float64).astype(np.float32)
+    resid = {l: cache[_resid_name(ht, l)] for l in set(starts.values()) if l is not None}
+    del mcache, cache, logits
+    losses = []
+    for n in names:
+        avg = means[n]
+
+        def replace_with_mean(act, hook, avg=avg):
+            act[...] = avg
+
+        s = starts[n]
+        with ht.hooks([(n, replace_with_mean)]):
+            if s is None:
+                out = ht.forward(tokens)
+            else:
+                out = ht.forward(resid[s], start_at_layer=s)
+        losses.append(loss(out))
+        del out
+    return MeanAblationSweep(names, losses, baseline, means)
+
+
+class HeadAblationSweep:
+    """Result of :func:`head_ablation_sweep`.
+
+    ``logprobs`` float32 ``[n_layers, n_heads, batch, n_targets]``: the
+    log-probability of the true next token ``tokens[b, t + 1]`` at each target
+    position ``t`` with that (layer, head) ablated; ``logits`` the same shape,
+    the raw logit of that token; ``clean_logprobs`` / ``clean_logits``
+    ``[batch, n_targets]`` without ablation. ``layers``, ``heads``,
+    ``positions`` (ablated positions, None = all) and ``target_positions``
+    label the axes. ``delta`` is ``logprobs - clean_logprobs``.
+    """
+
+    def __init__(self, layers, heads, positions, target_positions, logprobs, logits,
+                 clean_logprobs, clean_logits):
+        self.layers, self.heads = list(layers), list(heads)
+        self.positions, self.target_positions = positions, target_positions
+        self.logprobs, self.logits = logprobs, logits
+        self.clean_logprobs, self.clean_logits = clean_logprobs, clean_logits
+
+    @property
+    def delta(self):
+        """Change in log-probability, ``logprobs - clean_logprobs``."""
+        return self.logprobs - self.clean_logprobs
+
+    def __repr__(self):
+        return (f"HeadAblationSweep(layers={len(self.layers)}, heads={len(self.heads)}, "
+                f"logprobs shape {self.logprobs.shape})")
+
+
+def _index_list(v, n, what):
+    """Normalised (non-negative) list of indices into range(n)."""
+    if v is None:
+        return list(range(n))
+    items = [v] if np.ndim(v) == 0 else list(np.asarray(v).ravel())
+    out = []
+    for i in items:
+        if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):
+            raise TypeError(f"{what}: expected integers, got {i!r}")
+        if not -n <= i < n:
+            raise IndexError(f"{what}: {int(i)} is out of range for {n}")
+        out.append(int(i) % n)
+    if not out:
+        raise ValueError(f"{what}: empty selection")
+    return out
+
+
+def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
+                        target_positions=None, max_rows=4096):
+    """Zero one attention head (at some positions) per pass and record the next-token
+    log-probabilities, for every (layer, head) in one call.
+
+    The GPT-2 attention-breakdown seed's loop::
+
+        for layer in layers:                          # a pre-hook on h[layer].attn.c_proj
+            z = input[0].view(B, T, n_heads, d_head); z[:, pos, head, :] = 0
+            logp = log_softmax(model(tokens).logits[0, -2])[tokens[0, -1]]
+
+    Zeroing a head's slice of ``c_proj``'s input is zeroing TransformerLens's
+    ``blocks.{layer}.attn.hook_z[:, positions, head]``, which is what is done.
+    ``model``: a ``HookedTransformer`` or a ``mechinterp_c.transformers`` GPT-2
+    model. ``layers`` / ``heads``: None (all) or indices; ``positions``: the
+    query positions zeroed (None: all; the seed: ``-2``); ``target_positions``:
+    where the log-probability of the true next token is read (None: every
+    position but the last; the seed: ``-2``). The seed's number is
+    ``head_ablation_sweep(m, tokens, heads=4, positions=-2,
+    target_positions=-2).logprobs[:, 0, 0, 0]``.
+
+    One clean pass caches the residual stream entering each layer; the passes
+    for a layer start there, with the heads of that layer stacked along the
+    batch axis (at most ``max_rows`` batch x pos rows per pass). Returns a
+    :class:`HeadAblationSweep`.
+    """
+    ht = _hooked_model(model, "head_ablation_sweep")
+    tokens = ht._tokens(tokens)
+    B, T = tokens.shape
+    if T < 2:
+        raise ValueError(f"tokens: need at least 2 positions to read a next-token "
+                         f"log-probability, got shape {tokens.shape}")
+    L, H = ht.cfg.n_layers, ht.cfg.n_heads
+    layers = _index_list(layers, L, "layers")
+    heads = _index_list(heads, H, "heads")
+    pos = None if positions is None else _index_list(positions, T, "positions")
+    tpos = _index_list(target_positions, T, "target_positions") if target_positions is not None \
+        else list(range(T - 1))
+    for t in tpos:
+        if t == T - 1:
+            raise ValueError(f"target_positions: the last position ({T - 1}) has no next token "
+                             f"to score")
+    tpos_a = np.asarray(tpos)
+    targets_bt = np.full((B, T), -100, dtype=np.int64)
+    targets_bt[:, tpos_a] = tokens[:, tpos_a + 1]
+    next_tok = tokens[:, tpos_a + 1]                                   # [B, nt]
+
+    def read(logits, n_copies):
+        """(logprobs, logits) of the next tokens at the target positions, [n, B, nt]."""
+        V = logits.shape[-1]
+        tg = np.tile(targets_bt.reshape(-1), n_copies)
+        nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
+        lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]          # [n, B, nt, V] view
+        picked = np.take_along_axis(lg, np.broadcast_to(next_tok[None, :, :, None],
+                                                        (n_copies, B, len(tpos), 1)), -1)[..., 0]
+        return -nll[:, :, tpos_a], picked
+
+    logits, cache = ht.run_with_cache(tokens, names_filter={_resid_name(ht, l) for l in layers})
+    clean_lp, clean_lg = read(logits, 1)
+    del logits
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T)))
+    out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
+    out_lg = np.empty_like(out_lp)
+    sel = slice(None) if pos is None else np.asarray(pos)
+    for li, l in enumerate(layers):
+        resid = cache[_resid_name(ht, l)]
+        for h0 in range(0, len(heads), per_pass):
+            hs = heads[h0:h0 + per_pass]
+            n = len(hs)
+            x = np.broadcast_to(resid[None], (n,) + resid.shape).reshape(n * B, T, -1)
+
+            def zero_heads(z, hook, hs=hs):
+                for j, h in enumerate(hs):
+                    z[j * B:(j + 1) * B, sel, h] = 0.0
+
+            with ht.hooks([(f"blocks.{l}.attn.hook_z", zero_heads)]):
+                lg = ht.forward(x, start_at_layer=l)
+            out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
+            del lg
+    return HeadAblationSweep(layers, heads, pos, tpos, out_lp, out_lg, clean_lp[0], clean_lg[0])

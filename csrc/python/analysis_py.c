@@ -16,6 +16,7 @@
 #include "analysis/moments.h"
 #include "analysis/qk_scores.h"
 #include "analysis/similarity.h"
+#include "kernels/cross_entropy.h"
 
 /* A borrowed C-contiguous aligned array of dtype `type` with `ndim` dims
  * (-1: any), or NULL with TypeError/ValueError naming `name`. */
@@ -405,6 +406,39 @@ fail:
     return res;
 }
 
+/* _token_losses(logits[rows, vocab] f32, targets[rows] i64) -> (mean, losses[rows] f32):
+ * -log softmax(logits[r])[targets[r]] per row (0 for rows with target -100),
+ * their mean over the kept rows; the ablation sweeps' loss and log-probs
+ * without the gradient buffer the training binding allocates. */
+static PyObject *py_token_losses(PyObject *m, PyObject *args)
+{
+    PyObject *l_obj, *t_obj;
+    if (!PyArg_ParseTuple(args, "OO:_token_losses", &l_obj, &t_obj)) return NULL;
+    PyArrayObject *l = arr_arg(l_obj, "logits", NPY_FLOAT32, 2);
+    if (!l) return NULL;
+    PyArrayObject *t = arr_arg(t_obj, "targets", NPY_INT64, 1);
+    if (!t) return NULL;
+    npy_intp rows = PyArray_DIM(l, 0), vocab = PyArray_DIM(l, 1);
+    if (PyArray_DIM(t, 0) != rows) {
+        char s1[128], s2[128];
+        PyErr_Format(PyExc_ValueError, "targets: expected %ld entries to match logits %s, got %s",
+                     (long)rows, mi_py_shape_str(l, s1), mi_py_shape_str(t, s2));
+        return NULL;
+    }
+    float *ld, mean = 0.0f;
+    PyObject *losses = mi_py_empty(m, 1, &rows, &ld);
+    if (!losses) return NULL;
+    mi_status st;
+    const float *lp = PyArray_DATA(l);
+    const int64_t *tp = PyArray_DATA(t);
+    Py_BEGIN_ALLOW_THREADS
+    st = mi_cross_entropy(lp, tp, rows, vocab, MI_IGNORE_INDEX, &mean, ld, NULL);
+    Py_END_ALLOW_THREADS
+    if (st != MI_OK) { Py_DECREF(losses); return mi_py_raise(st); }
+    PyObject *res = Py_BuildValue("(dN)", (double)mean, losses);
+    return res;
+}
+
 static PyMethodDef analysis_methods[] = {
     {"_histogram", py_histogram, METH_VARARGS,
      "_histogram(x2d, bins_spec, weights2d_or_None, ntype_f32)\n--\n\nUse analysis.histogram."},
@@ -426,6 +460,9 @@ static PyMethodDef analysis_methods[] = {
     {"_qk_scores", py_qk_scores, METH_VARARGS,
      "_qk_scores(q, k, pairs, divide_sqrt, scale, mask, causal, scores, pattern, hist, "
      "softmax_hist)\n--\n\nUse analysis.qk_scores."},
+    {"_token_losses", py_token_losses, METH_VARARGS,
+     "_token_losses(logits, targets)\n--\n\nPer-row cross-entropy (mean, losses); "
+     "target -100 skips a row. Use analysis.mean_ablation_sweep."},
     {NULL, NULL, 0, NULL},
 };
 
