@@ -339,13 +339,17 @@ def load_or_create(name="gpt2", small=None, tokenizer_only=False, cache_dir=None
     small = is_small() if small is None else bool(small)
     d = create_checkpoint(name, small=small, tokenizer_only=tokenizer_only)
     if not quiet:
-        what = "tokenizer" if tokenizer_only else "checkpoint"
         cfg = gpt2_config(name, small)
         reason = ("MI_NOTEBOOK_FALLBACK is set" if force
                   else f"{name} not in the local Hugging Face cache ({_io.hf_cache_dir()})")
-        shape = (f"{cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads, "
-                 f"vocab {cfg['vocab_size']}{', small: MI_NOTEBOOK_SMALL=1' if small else ''}")
-        print(f"NOTE: {reason}: using a random-initialised {name}-shaped {what} ({shape}) "
-              f"in {d}. Numbers and figures below describe that random model, not {name}.",
+        if tokenizer_only:
+            what = (f"byte-level BPE tokenizer ({len(_trained_bpe()[1])} merges trained on the "
+                    f"built-in English text, <|endoftext|> = {cfg['vocab_size'] - 1})")
+        else:
+            what = (f"random-initialised {name}-shaped checkpoint ({cfg['n_layer']} layers, "
+                    f"d_model {cfg['n_embd']}, {cfg['n_head']} heads, vocab {cfg['vocab_size']}"
+                    f"{', small: MI_NOTEBOOK_SMALL=1' if small else ''})")
+        print(f"NOTE: {reason}: using a {what} in {d}. Numbers and figures below describe "
+              f"that stand-in, not {name}.",
               flush=True)
     return d

@@ -228,7 +228,7 @@ def test_load_or_create_falls_back_with_a_visible_note(monkeypatch, capsys):
     assert ck.load_or_create("gpt2-large", quiet=True) == d
     assert (d / "model.safetensors").stat().st_mtime_ns == mtime
     t = ck.load_or_create("gpt2", tokenizer_only=True)
-    assert "tokenizer" in capsys.readouterr().out
+    assert "byte-level BPE tokenizer" in capsys.readouterr().out
     assert (t / "vocab.json").is_file() and (t / "merges.txt").is_file()
     only = ck.create_checkpoint("gpt2-medium", small=True, tokenizer_only=True)
     assert (only / "vocab.json").is_file() and not (only / "config.json").exists()
