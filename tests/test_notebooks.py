@@ -26,6 +26,16 @@ NOTEBOOKS = ROOT / "notebooks"
 CELL_TIMEOUT = 300
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _torch_one_thread():
+    # the references are small; on a shared 2-core machine torch's spinning OpenMP
+    # workers slow them 10x, one thread does not
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("notebooks")
@@ -270,14 +280,23 @@ def test_gpt2_qkv_activation_characteristics(env):
 
 
 # --------------------------------------------------------------------------- no position
-def test_no_position_experiment(env):
+def test_no_position_experiment_via_demo(env, capsys):
     import einops
     import torch.nn.functional as F  # noqa: F401
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    res, nb, figdir = _execute(env, "no_position_experiment")
-    assert len(list(figdir.glob("*.png"))) == 17 and _n_images(nb) == 17
-    arrays = np.load(env[0] / "no_position_experiment.npz")
+    # executed through the demo (`make demo` = python -m mechinterp_c.demo), small size
+    from mechinterp_c import demo
+    out_dir = env[0] / "demo_out"
+    with _environ(env[1]):
+        res = demo.run(out_dir, small=True, timeout=CELL_TIMEOUT)
+    printed = capsys.readouterr().out
+    assert f"executed notebook: {out_dir / 'no_position_experiment.ipynb'}" in printed
+    assert "training time:" in printed and "150 steps of batch 64" in printed
+    nb = nbformat.read(out_dir / "no_position_experiment.ipynb", as_version=4)
+    assert len(list((out_dir / "figures").glob("*.png"))) == 17 and _n_images(nb) == 17
+    assert "Epoch 100: Loss" in _stdout(nb)
+    arrays = np.load(out_dir / "no_position_experiment.npz")
     losses = _arr(res["train_losses"])
     assert len(losses) == res["num_epochs"] == 150 and res["batch_size"] == 64
     assert res["W_pos_norm"] == 0.0

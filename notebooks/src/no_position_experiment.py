@@ -22,6 +22,7 @@
 # %%
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ from mechinterp_c.utils import to_numpy
 
 FIGDIR = os.environ.get("MI_NOTEBOOK_FIGDIR")
 SMALL = checkpoints.is_small()
+PROGRESS = bool(os.environ.get("MI_NOTEBOOK_PROGRESS"))
 results = {}
 _fig_count = [0]
 
@@ -236,6 +238,9 @@ for epoch in range(num_epochs):
     # Print loss every 100 epochs
     if epoch % 100 == 0:
         print(f"Epoch {epoch}: Loss = {loss}", flush=True)
+        if PROGRESS:   # headless runs (make demo): also on the terminal, as it happens
+            print(f"    step {epoch}/{num_epochs}: loss {loss:.4f} "
+                  f"({time.perf_counter() - t_start:.0f} s)", file=sys.__stdout__, flush=True)
 train_seconds = time.perf_counter() - t_start
 print(f"trained {num_epochs} steps of batch {batch_size} in {train_seconds:.1f} s "
       f"({1e3 * train_seconds / num_epochs:.1f} ms/step, {mechinterp_c.get_num_threads()} threads)")
