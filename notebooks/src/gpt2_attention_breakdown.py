@@ -210,7 +210,9 @@ qkt.shape
 fig,axs = plt.subplots(1,2,figsize=(10,3))
 
 # the matrix
-h = axs[0].imshow(qkt,cmap='magma',vmin=-90 if not checkpoints.is_small() else None,vmax=0 if not checkpoints.is_small() else None)
+# the seed's colour range suits the real gpt2-large; a random stand-in gets its own range
+real_model = not getattr(model.config, 'mechinterp_c_fallback', False)
+h = axs[0].imshow(qkt,cmap='magma',vmin=-90 if real_model else None,vmax=0 if real_model else None)
 fig.colorbar(h,ax=axs[0],pad=.02)
 axs[0].set(title=r'$QK^T \;/\; \sqrt{d_k}$',xlabel='Tokens',ylabel='Tokens')
 

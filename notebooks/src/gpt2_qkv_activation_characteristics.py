@@ -349,8 +349,9 @@ for i,ax in enumerate(axs.flatten()):
     ax.axis('off')
     continue
   ax.pcolor(Qh[0,:,i,:].T,cmap='plasma',vmin=-2,vmax=2)
-  ax.text(contextwin-.5,head_dim-1,f'Qh{i}',fontsize=12,fontweight='bold',color='k',ha='right',va='top')
-  ax.text(contextwin,head_dim-2,f'Qh{i}',fontsize=12,fontweight='bold',color='w',ha='right',va='top')
+  # a black shadow under white text (offsets scaled from the seed's 64-dim heads)
+  ax.text(contextwin-.5,head_dim-head_dim/64,f'Qh{i}',fontsize=12,fontweight='bold',color='k',ha='right',va='top')
+  ax.text(contextwin-.4,head_dim-2*head_dim/64,f'Qh{i}',fontsize=12,fontweight='bold',color='w',ha='right',va='top')
   ax.set(xticks=[],yticks=[])
 
 # finalize
