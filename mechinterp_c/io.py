@@ -7,15 +7,19 @@ hub cache layout ``models--ORG--NAME/refs/main`` -> ``snapshots/REV/``.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 from . import _core
 
 __all__ = [
     "SafeTensors",
     "load_safetensors",
+    "save_safetensors",
     "load_sharded",
     "load_weights",
     "load_config",
@@ -46,6 +50,73 @@ def load_safetensors(path, float32=False):
     with SafeTensors(path) as st:
         get = st.get_float32 if float32 else st.get
         return {name: get(name) for name in st.keys()}
+
+
+# NumPy dtype -> safetensors dtype name (little-endian storage)
+_ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64",
+              "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def _write_safetensors(path, entries, metadata=None):
+    """Write a safetensors file from ``entries``: ``(name, dtype, shape, produce)``
+    where ``produce()`` returns the array; arrays are produced one at a time while
+    writing, so at most one is in memory. The file is written to a temporary name
+    and renamed into place (a reader never sees a partial file)."""
+    header, offset, plan = {}, 0, []
+    if metadata is not None:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("save_safetensors: metadata must map str to str")
+        header["__metadata__"] = dict(metadata)
+    for name, dtype, shape, produce in entries:
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"save_safetensors: invalid tensor name {name!r}")
+        if name in header:
+            raise ValueError(f"save_safetensors: duplicate tensor name {name!r}")
+        dt = np.dtype(dtype)
+        if dt.name not in _ST_DTYPES:
+            raise TypeError(f"save_safetensors: tensor {name!r} has dtype {dt}, which safetensors "
+                            f"cannot store (supported: {', '.join(_ST_DTYPES)})")
+        shape = tuple(int(n) for n in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        header[name] = {"dtype": _ST_DTYPES[dt.name], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        plan.append((name, dt, shape, nbytes, produce))
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)          # 8-byte aligned data start, as safetensors pads
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for name, dt, shape, nbytes, produce in plan:
+                a = np.asarray(produce())
+                if a.shape != shape:
+                    raise ValueError(f"save_safetensors: tensor {name!r} was declared {shape}, "
+                                     f"produced {a.shape}")
+                a = np.ascontiguousarray(a, dtype=dt.newbyteorder("<"))
+                f.write(memoryview(a.reshape(-1)).cast("B"))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Write a dict of NumPy arrays to a ``.safetensors`` file (``safetensors.numpy.save_file``).
+
+    Names keep the dict's order; each array is stored C-contiguous, little-endian,
+    in its dtype (float64/32/16, int64/32/16/8, uint8, bool). ``metadata`` (str -> str)
+    goes into the header's ``__metadata__``. Written to a temporary file and renamed,
+    so readers never see a partial file. Returns the path.
+    """
+    entries = []
+    for name, a in tensors.items():
+        arr = np.asarray(a)
+        entries.append((name, arr.dtype, arr.shape, (lambda arr=arr: arr)))
+    return _write_safetensors(path, entries, metadata)
 
 
 def load_config(path, required=()):
