@@ -36,7 +36,7 @@ raises ValueError). "read only copy": edits are ignored.
 Differences from torch worth knowing: hooks on modules served by the same C
 point (``ln_1`` forward and ``c_attn`` pre-hook, ``attn.c_proj`` and ``attn``
 forward, ...) run in registration order, not module order; ``wpe``'s output is
-[B,T,D] with padded positions zeroed (HF: [1,T,D]).
+[B,T,D] (HF: [1,T,D], the same rows).
 
 Loading is zero-copy: ``from_pretrained`` maps the safetensors file(s)
 copy-on-write and the C core reads every float32 weight in place (HF's layouts
@@ -628,6 +628,7 @@ class GPT2LMHeadModel(Module):
         self._ht = _CoreModel(_tl_config(self.config))
         # HF ties lm_head to wte: the C unembedding reads W_E transposed in place
         self._ht._core.tied_unembed = bool(getattr(self.config, "tie_word_embeddings", True))
+        self._ht._pos_pid = self._ht.hook_dict["hook_pos_embed"].point_id
         if _checkpoint is not None:
             self._map_checkpoint(*_checkpoint)
         self._build_tree()
@@ -832,7 +833,10 @@ class GPT2LMHeadModel(Module):
         """Logits of ``input_ids`` [batch, pos] (or [pos]) as ``out.logits``.
 
         ``attention_mask`` [batch, pos] (1 real, 0 padding) masks padded keys as HF
-        does; logits at real tokens match HF, padded rows are not meaningful.
+        does, with positions 0..T-1 unless ``position_ids`` are given (HF's rule).
+        Every row matches HF, padded ones included: a right-padded token attends to
+        the real tokens before it; a left-padded one attends to nothing and gets a
+        zero attention output, as HF's default SDPA attention gives it.
         ``output_hidden_states`` / ``output_attentions`` add ``out.hidden_states``
         (L+1 arrays [B,T,D], the last after ln_f, as HF) and ``out.attentions``
         (L patterns [B,H,T,T]), zero-copy views of the pass's arena.
@@ -858,7 +862,7 @@ class GPT2LMHeadModel(Module):
             pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
             pos = np.broadcast_to(pos.reshape(-1, T) if pos.size in (T, B * T) else pos, (B, T))
         pos = np.ascontiguousarray(pos)
-        mask = None
+        mask = padded = None
         if attention_mask is not None:
             m = np.asarray(to_numpy(attention_mask))
             if m.ndim == 1:
@@ -866,7 +870,10 @@ class GPT2LMHeadModel(Module):
             if m.shape != (B, T):
                 raise ValueError(f"attention_mask: expected shape {(B, T)} like input_ids, "
                                  f"got {m.shape}")
-            mask = np.ascontiguousarray(m != 0, dtype=np.float32)
+            keep = m != 0
+            if not keep.all():
+                mask = np.ascontiguousarray(keep, dtype=np.float32)
+                padded = ~keep
         flags = bytearray(ht._n_points)
         L = self.config.n_layer
         hd, want = ht.hook_dict, []
@@ -882,8 +889,18 @@ class GPT2LMHeadModel(Module):
                 flags[hp.point_id] |= 2
                 any_cb = True
         points = ht._points
+        pos_pid = ht._pos_pid
+        if padded is not None:
+            # The C core zeroes the position embedding of padded tokens (TransformerLens's
+            # rule); HF adds wpe at every position, so put those rows back: then padded
+            # query rows match HF too, not only the real tokens.
+            flags[pos_pid] |= 2
+            any_cb = True
+            W_pos = self.transformer.wpe.weight
 
         def dispatch(pid, act):
+            if pid == pos_pid and padded is not None:
+                act[padded] = W_pos[pos[padded]]
             points[pid].run(act)
 
         logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
