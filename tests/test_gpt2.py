@@ -279,6 +279,32 @@ def test_gpt2_small_shapes_logits_and_hooks(small):
         np.testing.assert_allclose(got_acts[("c_proj_in", l)], ref_acts[("c_proj_in", l)], atol=1e-3, rtol=0)
 
 
+def _rss_anon_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+def test_gpt2_small_load_copies_no_weights(small):
+    """Zero-copy load: the 475 MiB of GPT-2-small weights are read in place from the
+    file mapping (page cache, not anonymous memory). A loader that copied them (or a
+    separate W_U = wte^T, 147 MiB) would add that much anonymous memory."""
+    import gc
+    hf, d = small
+    gc.collect()
+    before = _rss_anon_mib()
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(50257, (1, 4), seed=3)
+    logits = m(ids).logits
+    grown = _rss_anon_mib() - before
+    # the pass's arena for [1, 4] and Python objects: a few MiB
+    assert grown < 64, f"anonymous memory grew by {grown:.0f} MiB"
+    np.testing.assert_allclose(logits, _hf_logits(hf, ids), atol=1e-3, rtol=0)
+    assert m._ht._core.n_external == 2 + 12 * 12 + 2 and m._ht._core.tied_unembed
+
+
 def test_hooked_transformer_from_pretrained_log_probs(tiny):
     hf, d = tiny
     ids = _ids(120, (2, 9), seed=13)

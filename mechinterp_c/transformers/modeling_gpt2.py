@@ -527,6 +527,12 @@ class _CoreModel(HookedTransformer):
             return getattr(self, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def materialize(self):
+        """Copy weights read in place from a checkpoint into the model's own memory and
+        untie the unembedding (what training through the C core needs)."""
+        self._core.materialize()
+        self._rebind()
+
     def _rebind(self):
         """Re-read the parameter views after the C model's weights moved (set_param)."""
         self._raw = self._core.params()
@@ -819,6 +825,15 @@ class GPT2LMHeadModel(Module):
         if self._ht._core.tied_unembed:
             return
         _copy_transposed(self._ht._raw["unembed.W_U"], self.transformer.wte.weight)
+
+    def materialize(self):
+        """Copy every weight read in place from the mapped checkpoint into the model's own
+        memory (and untie ``lm_head`` into its own copy of ``wte``'s transpose). The
+        logits do not change; afterwards the underlying C model can be trained. The
+        ``.weight``/``.bias`` views are rebuilt (take them again from the modules);
+        registered hooks stay."""
+        self._ht.materialize()
+        self._build_tree()
 
     def get_input_embeddings(self):
         """``transformer.wte``."""
