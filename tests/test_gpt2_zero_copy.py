@@ -236,3 +236,48 @@ def test_lazy_transformer_lens_tree(tied):
     assert ht.blocks[1].attn.hook_z is ht.hook_dict["blocks.1.attn.hook_z"]
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         ht.nonsense
+
+
+def test_set_param_on_some_tensors_of_a_blob_model():
+    """Mixed models (a few tensors read from outside arrays, the rest in the blob): the
+    forward looks every tensor up by its blob offset; each must land on its own array."""
+    import mechinterp_c as mi
+    cfg = mi.HookedTransformerConfig(n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64,
+                                     d_vocab=50, n_ctx=16, act_fn="gelu_new", seed=3)
+    ref_model = mi.HookedTransformer(cfg)
+    model = mi.HookedTransformer(cfg)
+    tokens = np.random.default_rng(0).integers(0, 50, (2, 7))
+    rng = np.random.default_rng(1)
+    outside = {}
+    for name in ("blocks.1.mlp.W_in", "blocks.0.attn.W_qkv", "blocks.2.ln2.b", "unembed.W_U",
+                 "embed.W_E"):
+        raw = model._raw[name]
+        outside[name] = (raw + rng.normal(0, 0.1, raw.shape)).astype(np.float32)
+        model._core.set_param(name, outside[name])
+        ref_model._raw[name][...] = outside[name]       # the same values, in the blob
+    assert model._core.n_external == 5
+    np.testing.assert_array_equal(model(tokens), ref_model(tokens))
+    # params() now shows the outside arrays themselves
+    for name, arr in outside.items():
+        assert np.shares_memory(model._core.params()[name], arr)
+    # replacing one again, and tying the unembedding to an outside W_E
+    outside["blocks.2.ln2.b"] += 1.0
+    ref_model._raw["blocks.2.ln2.b"][...] += 1.0
+    np.testing.assert_array_equal(model(tokens), ref_model(tokens))
+    model._core.tied_unembed = True
+    assert model._core.n_external == 4                  # W_U is no longer read
+    W_U = model._core.params()["unembed.W_U"]
+    assert W_U.shape == (32, 50) and np.shares_memory(W_U, outside["embed.W_E"])
+    ref_model._raw["unembed.W_U"][...] = outside["embed.W_E"].T
+    # x @ W_E^T (trans_b GEMM) vs x @ copy(W_E^T): same products, K order may differ
+    np.testing.assert_allclose(model(tokens), ref_model(tokens), atol=1e-5, rtol=0)
+    model._core.tied_unembed = False                     # copies W_E^T into the blob's W_U
+    np.testing.assert_array_equal(model._raw["unembed.W_U"], outside["embed.W_E"].T)
+    np.testing.assert_allclose(model(tokens), ref_model(tokens), atol=1e-5, rtol=0)
+    assert model._core.materialize() == 4 and model._core.n_external == 0
+    np.testing.assert_allclose(model(tokens), ref_model(tokens), atol=1e-5, rtol=0)
+    # d_vocab_out != d_vocab cannot tie
+    cfg2 = mi.HookedTransformerConfig(n_layers=1, d_model=16, d_head=4, n_heads=4, d_mlp=32,
+                                      d_vocab=20, d_vocab_out=10, n_ctx=8, act_fn="relu")
+    with pytest.raises(ValueError, match="d_vocab_out == d_vocab, got 10 and 20"):
+        mi.HookedTransformer(cfg2)._core.tied_unembed = True

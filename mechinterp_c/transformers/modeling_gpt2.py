@@ -45,8 +45,9 @@ are the C core's: ``c_attn.weight`` [D, 3D] is ``W_qkv`` [D,3,H,Dh]). The
 copy of that page, never the file. ``lm_head`` is tied to ``wte`` as in HF (the
 unembedding reads ``wte.weight`` transposed in place; ``lm_head.weight is``
 ``wte.weight``), so an edit of one is an edit of both. F16/BF16 checkpoints are
-converted to float32 once at load. Such a model is inference-only; training it
-through the C core needs ``model._ht._core.materialize()`` first.
+converted to float32 once at load. The C backward does not read mapped weights:
+training the underlying model needs :meth:`GPT2LMHeadModel.materialize` first
+(a clear error says so otherwise).
 
 Arrays handed to hooks and outputs are :class:`HFArray`, a NumPy ndarray subclass
 that also answers the torch-style calls notebooks make (``.detach()``,
