@@ -281,3 +281,39 @@ def test_set_param_on_some_tensors_of_a_blob_model():
                                       d_vocab=20, d_vocab_out=10, n_ctx=8, act_fn="relu")
     with pytest.raises(ValueError, match="d_vocab_out == d_vocab, got 10 and 20"):
         mi.HookedTransformer(cfg2)._core.tied_unembed = True
+
+
+def test_checkpoint_errors_name_the_tensor(tied, tmp_path):
+    import json
+    import shutil
+    from safetensors.numpy import save_file
+    _, d = tied
+    sd = dict(io.load_safetensors(d / "model.safetensors"))
+
+    def ckpt(name, tensors, **cfg_changes):
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copy(d / "config.json", out / "config.json")
+        if cfg_changes:
+            cfg = json.loads((out / "config.json").read_text())
+            cfg.update(cfg_changes)
+            (out / "config.json").write_text(json.dumps(cfg))
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"))
+        return out
+
+    missing = {k: v for k, v in sd.items() if k != "transformer.h.1.mlp.c_fc.bias"}
+    with pytest.raises(KeyError, match=r"missing.*no tensor 'h.1.mlp.c_fc.bias'"):
+        GPT2LMHeadModel.from_pretrained(ckpt("missing", missing))
+    bad = dict(sd, **{"transformer.h.2.attn.c_proj.weight": np.zeros((D, D + 1), np.float32)})
+    with pytest.raises(ValueError, match=r"'h.2.attn.c_proj.weight' has shape \(64, 65\), the config "
+                                         r"implies \(64, 64\)"):
+        GPT2LMHeadModel.from_pretrained(ckpt("shape", bad))
+    extra = dict(sd, **{"transformer.h.0.attn.extra": np.zeros(3, np.float32)})
+    with pytest.raises(KeyError, match=r"unexpected tensor\(s\) \['h.0.attn.extra'\]"):
+        GPT2LMHeadModel.from_pretrained(ckpt("extra", extra))
+    with pytest.raises(KeyError, match="tie_word_embeddings is false but the checkpoint has no "
+                                       "'lm_head.weight'"):
+        GPT2LMHeadModel.from_pretrained(ckpt("untied", sd, tie_word_embeddings=False))
+    head = dict(sd, **{"lm_head.weight": np.zeros((V + 1, D), np.float32)})
+    with pytest.raises(ValueError, match=r"'lm_head.weight' has shape \(121, 64\), expected \(120, 64\)"):
+        GPT2LMHeadModel.from_pretrained(ckpt("head", head))
