@@ -19,6 +19,7 @@ __all__ = [
     "load_sharded",
     "load_weights",
     "open_checkpoint",
+    "open_sharded",
     "load_config",
     "parse_json",
     "hf_cache_dir",

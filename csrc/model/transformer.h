@@ -100,8 +100,9 @@ void mi_tf_free(mi_transformer *m);
 
 /* Where the tensor at blob offset `off` lives: table[i].data when a loader
  * pointed it elsewhere (zero-copy load), else params + off; NULL for ABSENT.
- * The forward reads every weight through this; the backward does not (it
- * rejects models with n_external or tied_unembed, see model_py.c). */
+ * The forward reads every weight through this. The backward reads the blob
+ * directly, so the binding (model_py.c: mi_py_model_tf) refuses to train a
+ * model with n_external or tied_unembed set. */
 float *mi_tf_tensor(const mi_transformer *m, size_t off);
 
 /* Hook points. */
