@@ -22,6 +22,8 @@ __all__ = [
     "save_safetensors",
     "load_sharded",
     "load_weights",
+    "open_checkpoint",
+    "open_sharded",
     "load_config",
     "parse_json",
     "hf_cache_dir",
@@ -147,6 +149,16 @@ def load_sharded(directory, float32=False, index_name=SAFETENSORS_INDEX_NAME):
     (KeyError naming index, shard and tensor otherwise). Arrays are as in
     :func:`load_safetensors`.
     """
+    out = {}
+    for name, st in open_sharded(directory, index_name).items():
+        out[name] = st.get_float32(name) if float32 else st.get(name)
+    return out
+
+
+def open_sharded(directory, index_name=SAFETENSORS_INDEX_NAME):
+    """``{tensor name: SafeTensors}`` of a sharded checkpoint: every shard its
+    ``model.safetensors.index.json`` names mapped once, nothing read yet; checked
+    as :func:`load_sharded` checks."""
     directory = Path(directory)
     index_path = directory / index_name
     index = load_config(index_path)
@@ -165,13 +177,12 @@ def load_sharded(directory, float32=False, index_name=SAFETENSORS_INDEX_NAME):
         if not shard_path.is_file():
             raise FileNotFoundError(f"{index_path}: shard {shard!r} (needed for tensor "
                                     f"{names[0]!r}) not found in {directory}")
-        with SafeTensors(shard_path) as st:
-            get = st.get_float32 if float32 else st.get
-            for name in names:
-                if name not in st:
-                    raise KeyError(f"{index_path}: tensor {name!r} is mapped to {shard!r} "
-                                   f"but {shard_path} has no such tensor")
-                out[name] = get(name)
+        st = SafeTensors(shard_path)
+        for name in names:
+            if name not in st:
+                raise KeyError(f"{index_path}: tensor {name!r} is mapped to {shard!r} "
+                               f"but {shard_path} has no such tensor")
+            out[name] = st
     return out
 
 
@@ -258,11 +269,22 @@ def load_weights(name_or_path, float32=False, revision="main", cache_dir=None):
     """All weights of a model as a dict of NumPy arrays: ``model.safetensors``
     if present, else the shards named by ``model.safetensors.index.json``.
     ``name_or_path`` is resolved by :func:`resolve_pretrained`."""
+    files = open_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+    return {name: st.get_float32(name) if float32 else st.get(name) for name, st in files.items()}
+
+
+def open_checkpoint(name_or_path, revision="main", cache_dir=None):
+    """``{tensor name: SafeTensors}`` of a model's weights, mapped but not read:
+    ``model.safetensors`` if present, else the shards named by
+    ``model.safetensors.index.json`` (see :func:`open_sharded`). ``name_or_path``
+    is resolved by :func:`resolve_pretrained`. Loaders take zero-copy views with
+    ``files[name].get_float32(name, writable=True)``."""
     base = resolve_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     if (base / SAFETENSORS_NAME).is_file():
-        return load_safetensors(base / SAFETENSORS_NAME, float32=float32)
+        st = SafeTensors(base / SAFETENSORS_NAME)
+        return dict.fromkeys(st.keys(), st)
     if (base / SAFETENSORS_INDEX_NAME).is_file():
-        return load_sharded(base, float32=float32)
+        return open_sharded(base)
     present = sorted(p.name for p in base.iterdir())
     hint = ""
     if any(p.endswith((".bin", ".pt", ".pth")) for p in present):

@@ -223,7 +223,14 @@ def test_ln_and_lm_head_hooks_edit_like_hf(tiny):
     np.testing.assert_array_equal(seen["x"], out)
 
 
-def test_right_padded_batch_matches_hf_at_real_tokens(tiny):
+def test_padded_batches_match_hf_at_every_position(tiny):
+    """Right padding (the seeds' pad_token = eos_token batches): every position, padded
+    query rows included, matches HF, since a padded row still attends to the real
+    tokens before it and HF adds wpe there too (the model puts back the position
+    embedding the C core zeroes at padded tokens). Left padding: the leading padded
+    rows attend to nothing; HF's default (SDPA) attention gives them a zero attention
+    output and so does the C core, so they match too (HF's "eager" attention instead
+    spreads them uniformly over every key, future ones included: not compared)."""
     hf, d = tiny
     m = GPT2LMHeadModel.from_pretrained(d)
     ids = _ids(120, (3, 10), seed=11)
@@ -234,11 +241,27 @@ def test_right_padded_batch_matches_hf_at_real_tokens(tiny):
         ids[b, n:] = 0       # pad_token = eos_token
     ref_acts, ref = _collect_hf(hf, ids, mask)
     got_acts, got = _collect_mi(m, ids, mask)
+    np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0)
+    for key in ref_acts:
+        r, g = ref_acts[key], got_acts[key]
+        r, g = (r[0], g[0]) if isinstance(r, tuple) else (r, g)
+        np.testing.assert_allclose(g, r, atol=ATOL, rtol=0, err_msg=str(key))
+    # the padded rows do depend on the padding (not a copy of the unpadded run)
+    assert np.abs(got[2, 3:] - m(ids).logits[2, 3:]).max() > 1e-3
+    # left padding, every position
+    left = np.zeros((3, 10), np.int64)
     for b, n in enumerate(lengths):
-        np.testing.assert_allclose(got[b, :n], ref[b, :n], atol=ATOL, rtol=0, err_msg=f"row {b}")
-        for l in range(3):
-            np.testing.assert_allclose(got_acts[("c_attn", l)][0][b, :n], ref_acts[("c_attn", l)][0][b, :n],
-                                       atol=ATOL, rtol=0)
+        left[b, 10 - n:] = 1
+    assert hf.config._attn_implementation == "sdpa"
+    np.testing.assert_allclose(m(ids, attention_mask=left).logits, _hf_logits(hf, ids, left),
+                               atol=ATOL, rtol=0)
+    # a forward hook on wpe sees HF's position embedding at every position
+    seen = []
+    h = m.transformer.wpe.register_forward_hook(lambda mod, inp, out: seen.append(np.array(out)))
+    m(ids, attention_mask=mask)
+    h.remove()
+    np.testing.assert_array_equal(seen[0], np.broadcast_to(hf.transformer.wpe.weight[:10].detach().numpy(),
+                                                           (3, 10, 64)))
 
 
 def test_gpt2_small_shapes_logits_and_hooks(small):
@@ -254,6 +277,32 @@ def test_gpt2_small_shapes_logits_and_hooks(small):
     for l in range(12):
         np.testing.assert_allclose(got_acts[("c_attn", l)][0], ref_acts[("c_attn", l)][0], atol=1e-3, rtol=0)
         np.testing.assert_allclose(got_acts[("c_proj_in", l)], ref_acts[("c_proj_in", l)], atol=1e-3, rtol=0)
+
+
+def _rss_anon_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+def test_gpt2_small_load_copies_no_weights(small):
+    """Zero-copy load: the 475 MiB of GPT-2-small weights are read in place from the
+    file mapping (page cache, not anonymous memory). A loader that copied them (or a
+    separate W_U = wte^T, 147 MiB) would add that much anonymous memory."""
+    import gc
+    hf, d = small
+    gc.collect()
+    before = _rss_anon_mib()
+    m = GPT2LMHeadModel.from_pretrained(d)
+    ids = _ids(50257, (1, 4), seed=3)
+    logits = m(ids).logits
+    grown = _rss_anon_mib() - before
+    # the pass's arena for [1, 4] and Python objects: a few MiB
+    assert grown < 64, f"anonymous memory grew by {grown:.0f} MiB"
+    np.testing.assert_allclose(logits, _hf_logits(hf, ids), atol=1e-3, rtol=0)
+    assert m._ht._core.n_external == 2 + 12 * 12 + 2 and m._ht._core.tied_unembed
 
 
 def test_hooked_transformer_from_pretrained_log_probs(tiny):

@@ -321,7 +321,13 @@ mi_status mi_st_open(const char *path, mi_safetensors **out)
     if (!st) { close(fd); return mi_fail(MI_ERR_NOMEM, "%s: out of memory", path); }
     st->size = (size_t)sb.st_size;
     if (st->size > 0) {
-        void *map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        /* Copy-on-write: pages are shared with the page cache until written, and
+         * writes (a user editing a model's .weight view) stay in this process and
+         * never reach the file. A system that will not reserve for that gets a
+         * read-only mapping instead. */
+        void *map = mmap(NULL, st->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+        st->writable = map != MAP_FAILED;
+        if (map == MAP_FAILED) map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
             int e = errno;
             close(fd);

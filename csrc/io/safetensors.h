@@ -10,7 +10,9 @@
  *                                  "data_offsets": [begin, end]}, ... }
  *   [8 + header_len, EOF) data area; a tensor's bytes are [begin, end) of it
  *
- * Contract: mi_st_open maps the file read-only (MAP_PRIVATE) and mi_st_parse
+ * Contract: mi_st_open maps the file copy-on-write (MAP_PRIVATE, writable when the
+ * system allows: writes stay in the process, never reach the file; `writable`
+ * says which) and mi_st_parse
  * validates every header field against the size of the buffer before any
  * tensor pointer is handed out, so a tensor returned by mi_st_find always lies
  * inside the buffer:
@@ -69,6 +71,7 @@ typedef struct {
     char **meta_keys;        /* __metadata__, in header order */
     char **meta_values;
     int mapped;              /* buf is an mmap this struct must unmap */
+    int writable;            /* the mapping is private and writable (copy-on-write) */
 } mi_safetensors;
 
 /* Open and map `path`, then parse it. *out is owned by the caller: mi_st_close.

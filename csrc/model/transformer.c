@@ -174,10 +174,22 @@ static mi_status fire_at(run_state *r, int p, float *data)
     return r->hook(r->ctx, p, &v);
 }
 
-static const float *param(const mi_transformer *m, size_t off)
+float *mi_tf_tensor(const mi_transformer *m, size_t off)
 {
-    return off == ABSENT ? NULL : m->params + off;
+    if (off == ABSENT) return NULL;
+    if (!m->n_external) return m->params + off;
+    /* the table is in blob order (add_param only moves forward): bisect */
+    int lo = 0, hi = m->n_table - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (m->table[mid].offset < off) lo = mid + 1;
+        else hi = mid;
+    }
+    const mi_tf_param *p = &m->table[lo];
+    return p->offset == off && p->data ? p->data : m->params + off;
 }
+
+static const float *param(const mi_transformer *m, size_t off) { return mi_tf_tensor(m, off); }
 
 /* Norm of x [rows, D] as TransformerLens: scale (hook_scale), y = x / scale
  * (hook_normalized, before the affine weights), then out = y * w + b when the
@@ -514,8 +526,12 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_IN));
     prof_start();
     float *logits = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS));
-    mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
-             param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
+    if (m->tied_unembed)   /* W_U = W_E^T, read in place: HF's tied lm_head [V, D] */
+        mi_sgemm(0, 1, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_E]), D,
+                 param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
+    else
+        mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
+                 param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
     prof_stop(PR_UNEMBED);
     return fire(&r, pf + MI_PF_UNEMBED_OUT);
 }

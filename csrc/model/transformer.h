@@ -78,6 +78,8 @@ typedef struct {
     size_t offset;        /* floats from the blob start */
     int ndim;
     int64_t shape[4];
+    float *data;          /* where the tensor lives when not in the blob (a loader's
+                             mmap of a checkpoint); NULL: params + offset */
 } mi_tf_param;
 
 typedef struct {
@@ -89,6 +91,8 @@ typedef struct {
     /* per-layer and global offsets into params, in floats (SIZE_MAX: absent) */
     size_t *layer_off;    /* [L][MI_W_PER_LAYER] */
     size_t global_off[6];
+    int n_external;       /* table entries whose data points outside the blob */
+    int tied_unembed;     /* logits = x @ W_E^T (HF's tied lm_head); W_U is not read */
 } mi_transformer;
 
 enum { MI_W_LN1_W, MI_W_LN1_B, MI_W_QKV, MI_W_B_QKV, MI_W_O, MI_W_B_O, MI_W_LN2_W, MI_W_LN2_B,
@@ -99,6 +103,13 @@ enum { MI_G_W_E, MI_G_W_POS, MI_G_LNF_W, MI_G_LNF_B, MI_G_W_U, MI_G_B_U };
  * stays NULL for the caller to allocate with mi_calloc(n_params floats)). */
 mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *spec);
 void mi_tf_free(mi_transformer *m);
+
+/* Where the tensor at blob offset `off` lives: table[i].data when a loader
+ * pointed it elsewhere (zero-copy load), else params + off; NULL for ABSENT.
+ * The forward reads every weight through this. The backward reads the blob
+ * directly, so the binding (model_py.c: mi_py_model_tf) refuses to train a
+ * model with n_external or tied_unembed set. */
+float *mi_tf_tensor(const mi_transformer *m, size_t off);
 
 /* Hook points. */
 int mi_tf_n_points(const mi_tf_spec *s);

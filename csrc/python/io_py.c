@@ -133,8 +133,10 @@ static void tensor_dims(const mi_st_tensor *t, npy_intp *dims)
     for (int i = 0; i < t->ndim; i++) dims[i] = (npy_intp)t->shape[i];
 }
 
-/* A read-only view of the mapped bytes, its base the Buffer owning the mapping. */
-static PyObject *st_view(mi_py_safetensors *self, const mi_st_tensor *t, int npy_type)
+/* A view of the mapped bytes, its base the Buffer owning the mapping; writable
+ * only when asked for and the mapping is copy-on-write. */
+static PyObject *st_view_flags(mi_py_safetensors *self, const mi_st_tensor *t, int npy_type,
+                               int writable)
 {
     npy_intp dims[MI_ST_MAX_NDIM];
     tensor_dims(t, dims);
@@ -143,7 +145,7 @@ static PyObject *st_view(mi_py_safetensors *self, const mi_st_tensor *t, int npy
     /* flags 0: read-only; NumPy works out contiguity and alignment itself
      * (the data area may start at any byte offset). */
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, t->ndim, dims, NULL,
-                                         (void *)t->data, 0, NULL);
+                                         (void *)t->data, writable ? NPY_ARRAY_WRITEABLE : 0, NULL);
     if (!arr) return NULL;
     Py_INCREF(self->owner);
     if (PyArray_SetBaseObject((PyArrayObject *)arr, self->owner) < 0) {
@@ -151,6 +153,11 @@ static PyObject *st_view(mi_py_safetensors *self, const mi_st_tensor *t, int npy
         return NULL;
     }
     return arr;
+}
+
+static PyObject *st_view(mi_py_safetensors *self, const mi_st_tensor *t, int npy_type)
+{
+    return st_view_flags(self, t, npy_type, 0);
 }
 
 /* A new float32 array (Buffer-owned), converted once in C with the GIL released. */
@@ -180,15 +187,43 @@ static PyObject *st_get(PyObject *op, PyObject *name)
     return st_view(self, t, npy_type);
 }
 
-static PyObject *st_get_float32(PyObject *op, PyObject *name)
+static PyObject *st_get_float32(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
 {
     mi_py_safetensors *self = (mi_py_safetensors *)op;
+    PyObject *name = NULL;
+    int writable = 0;
+    /* hand-parsed: loaders call this once per tensor, keep it cheap */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1 || nkw > 1) {
+        PyErr_SetString(PyExc_TypeError, "get_float32(name, *, writable=False): expected one "
+                        "tensor name and at most the keyword 'writable'");
+        return NULL;
+    }
+    name = args[0];
+    if (nkw) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))
+            || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "writable") != 0) {
+            PyErr_Format(PyExc_TypeError, "get_float32: unexpected keyword argument %R",
+                         PyTuple_GET_ITEM(kwnames, 0));
+            return NULL;
+        }
+        if ((writable = PyObject_IsTrue(args[1])) < 0) return NULL;
+    }
     const mi_st_tensor *t = st_lookup(self, name);
     if (!t) return NULL;
-    /* float32 already and 4-byte aligned: no copy at all. */
-    if (t->dtype == MI_DT_F32 && ((uintptr_t)t->data & 3) == 0)
-        return st_view(self, t, NPY_FLOAT32);
+    /* float32 already and 4-byte aligned: no copy at all (a writable view needs the
+     * copy-on-write mapping; without it, a copy). */
+    if (t->dtype == MI_DT_F32 && ((uintptr_t)t->data & 3) == 0
+        && (!writable || self->st->writable))
+        return st_view_flags(self, t, NPY_FLOAT32, writable);
     return st_converted(self, t);
+}
+
+static PyObject *st_writable(PyObject *op, PyObject *unused)
+{
+    mi_safetensors *st = st_open_or_raise((mi_py_safetensors *)op);
+    return st ? PyBool_FromLong(st->writable) : NULL;
 }
 
 static PyObject *st_dtype(PyObject *op, PyObject *name)
@@ -306,9 +341,15 @@ static PyMethodDef st_methods[] = {
      "get(name)\n--\n\nThe tensor as a read-only zero-copy NumPy view of the mapped file "
      "(dtype as stored; BF16, which NumPy lacks, is converted to a new float32 array). "
      "KeyError names the file and tensor if it is absent."},
-    {"get_float32", st_get_float32, METH_O,
-     "get_float32(name)\n--\n\nThe tensor as float32: a read-only view when it is stored as "
-     "aligned F32, otherwise a new array converted once in C (F16/BF16 exactly)."},
+    {"get_float32", (PyCFunction)(void (*)(void))st_get_float32, METH_FASTCALL | METH_KEYWORDS,
+     "get_float32(name, *, writable=False)\n--\n\nThe tensor as float32: a zero-copy view when "
+     "it is stored as aligned F32, otherwise a new array converted once in C (F16/BF16 exactly). "
+     "The view is read-only unless writable=True: then writes go to this process's private "
+     "copy-on-write pages (never to the file) and are seen by every view of this object's "
+     "mapping; where the system refuses a writable mapping, writable=True returns a copy."},
+    {"writable", (PyCFunction)(void (*)(void))st_writable, METH_NOARGS,
+     "writable()\n--\n\nTrue when the mapping is copy-on-write, so get_float32(..., "
+     "writable=True) can return views instead of copies."},
     {"dtype", st_dtype, METH_O,
      "dtype(name)\n--\n\nThe stored dtype as the format spells it: 'F32', 'BF16', ..."},
     {"shape", st_shape, METH_O,

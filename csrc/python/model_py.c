@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/memory.h"
 #include "kernels/attention.h"
@@ -20,10 +21,13 @@ typedef struct {
     PyObject_HEAD
     mi_transformer tf;
     PyObject *blob;       /* _core.Buffer owning tf.params */
+    PyObject **external;  /* [n_table]: the array behind table[i].data (set_param), or NULL */
+    int running;          /* forward passes in flight (weights must not move meanwhile) */
     int initialised;
 } mi_py_model;
 
 static void release_aligned(void *data, size_t nbytes, void *ctx) { mi_free(data); }
+static void release_mapped(void *data, size_t nbytes, void *ctx) { munmap(data, nbytes); }
 
 /* A one-slot cache of the last released activation arena. Arenas of more
  * than a few MiB come from mmap, so every call would page-fault its whole
@@ -88,11 +92,22 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     }
     mi_status st = mi_tf_init(&mo->tf, &s);
     if (st != MI_OK) { mi_py_raise(st); return -1; }
-    float *blob = mi_calloc(mo->tf.n_params * sizeof(float));
-    if (!blob) { mi_tf_free(&mo->tf); PyErr_NoMemory(); return -1; }
+    /* Anonymous pages: zero and lazily committed, so a blob whose tensors a loader
+     * points into a mapped checkpoint (set_param) costs neither time nor memory. */
+    size_t blob_bytes = mo->tf.n_params * sizeof(float);
+    float *blob = mmap(NULL, blob_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mo->external = PyMem_Calloc((size_t)mo->tf.n_table, sizeof(PyObject *));
+    if (blob == MAP_FAILED || !mo->external) {
+        if (blob != MAP_FAILED) munmap(blob, blob_bytes);
+        PyMem_Free(mo->external);
+        mo->external = NULL;
+        mi_tf_free(&mo->tf);
+        PyErr_NoMemory();
+        return -1;
+    }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
-    if (!module) { mi_free(blob); mi_tf_free(&mo->tf); return -1; }
-    mo->blob = mi_py_buffer_new(module, blob, mo->tf.n_params * sizeof(float), release_aligned, NULL);
+    if (!module) { munmap(blob, blob_bytes); mi_tf_free(&mo->tf); return -1; }
+    mo->blob = mi_py_buffer_new(module, blob, blob_bytes, release_mapped, NULL);
     if (!mo->blob) { mi_tf_free(&mo->tf); return -1; }
     mo->tf.params = blob;
     mo->initialised = 1;
@@ -104,6 +119,11 @@ static void model_dealloc(PyObject *self)
     mi_py_model *mo = (mi_py_model *)self;
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (mo->external) {
+        for (int i = 0; i < mo->tf.n_table; i++) Py_CLEAR(mo->external[i]);
+        PyMem_Free(mo->external);
+        mo->external = NULL;
+    }
     if (mo->initialised) mi_tf_free(&mo->tf);
     Py_CLEAR(mo->blob);
     tp->tp_free(self);
@@ -112,7 +132,10 @@ static void model_dealloc(PyObject *self)
 
 static int model_traverse(PyObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(((mi_py_model *)self)->blob);
+    mi_py_model *mo = (mi_py_model *)self;
+    Py_VISIT(mo->blob);
+    if (mo->external)
+        for (int i = 0; i < mo->tf.n_table; i++) Py_VISIT(mo->external[i]);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -124,8 +147,17 @@ static int check_ready(mi_py_model *mo)
     return -1;
 }
 
-PyDoc_STRVAR(params_doc, "params()\n--\n\nA dict: parameter name -> writable float32 view of the "
-             "model's one parameter blob (internal layout, e.g. blocks.0.attn.W_qkv [D,3,H,Dh]).");
+PyDoc_STRVAR(params_doc, "params()\n--\n\nA dict: parameter name -> float32 view of the "
+             "model's weights (internal layout, e.g. blocks.0.attn.W_qkv [D,3,H,Dh]): the one "
+             "parameter blob, or the array given to set_param (writable when it is). With "
+             "tied_unembed, unembed.W_U is the [D, V] transposed view of embed.W_E.");
+
+static int table_index(const mi_transformer *tf, const char *name)
+{
+    for (int i = 0; i < tf->n_table; i++)
+        if (strcmp(tf->table[i].name, name) == 0) return i;
+    return -1;
+}
 
 static PyObject *model_params(PyObject *self, PyObject *unused)
 {
@@ -133,15 +165,126 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
     if (check_ready(mo) < 0) return NULL;
     PyObject *d = PyDict_New();
     if (!d) return NULL;
+    int i_we = table_index(&mo->tf, "embed.W_E");
     for (int i = 0; i < mo->tf.n_table; i++) {
         const mi_tf_param *p = &mo->tf.table[i];
-        npy_intp shape[4];
+        npy_intp shape[4], strides[4], *st = NULL;
         for (int k = 0; k < p->ndim; k++) shape[k] = (npy_intp)p->shape[k];
-        PyObject *v = mi_py_view(mo->blob, mo->tf.params + p->offset, p->ndim, shape, NULL, 1);
+        PyObject *owner = mo->blob;
+        float *data = mo->tf.params + p->offset;
+        int writable = 1;
+        int src = i;
+        if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U]) {
+            /* W_U [D, V] = W_E^T: the same memory, strided */
+            src = i_we;
+            strides[0] = (npy_intp)sizeof(float);
+            strides[1] = (npy_intp)(shape[0] * (npy_intp)sizeof(float));
+            st = strides;
+            data = mo->tf.params + mo->tf.table[src].offset;
+        }
+        if (mo->external[src]) {
+            owner = mo->external[src];
+            data = mo->tf.table[src].data;
+            writable = PyArray_ISWRITEABLE((PyArrayObject *)owner);
+        }
+        PyObject *v = mi_py_view(owner, data, p->ndim, shape, st, writable);
         if (!v || PyDict_SetItemString(d, p->name, v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
         Py_DECREF(v);
     }
     return d;
+}
+
+PyDoc_STRVAR(set_param_doc,
+"set_param(name, array)\n--\n\n"
+"Let the model read parameter `name` from `array` in place (no copy): a\n"
+"C-contiguous, aligned float32 ndarray with as many elements as the parameter\n"
+"(its layout must be the internal one, e.g. HF GPT-2's c_attn.weight [D, 3D] for\n"
+"W_qkv [D,3,H,Dh]). The model keeps a reference to the array (so an mmap behind\n"
+"it stays mapped). Models with such parameters do not train: materialize() first.");
+
+static PyObject *model_set_param(PyObject *self, PyObject *args)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    const char *name;
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "sO:set_param", &name, &obj)) return NULL;
+    if (mo->running)
+        return PyErr_Format(PyExc_RuntimeError, "set_param(%s): a forward pass is running", name);
+    int i = table_index(&mo->tf, name);
+    if (i < 0) return PyErr_Format(PyExc_KeyError, "set_param: the model has no parameter %R",
+                                   PyTuple_GET_ITEM(args, 0));
+    mi_tf_param *p = &mo->tf.table[i];
+    if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U])
+        return PyErr_Format(PyExc_ValueError, "set_param(%s): the unembedding is tied to embed.W_E "
+                            "(set tied_unembed = False first)", name);
+    if (!PyArray_Check(obj))
+        return PyErr_Format(PyExc_TypeError, "set_param(%s): expected a numpy.ndarray, got %s",
+                            name, Py_TYPE(obj)->tp_name);
+    PyArrayObject *a = (PyArrayObject *)obj;
+    char buf[128];
+    if (PyArray_TYPE(a) != NPY_FLOAT32)
+        return PyErr_Format(PyExc_TypeError, "set_param(%s): expected float32, got dtype %S", name,
+                            (PyObject *)PyArray_DESCR(a));
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a))
+        return PyErr_Format(PyExc_ValueError, "set_param(%s): the array must be C-contiguous and "
+                            "aligned (shape %s)", name, mi_py_shape_str(a, buf));
+    npy_intp numel = 1;
+    for (int k = 0; k < p->ndim; k++) numel *= (npy_intp)p->shape[k];
+    if (PyArray_SIZE(a) != numel) {
+        char want[128];
+        int n = 0;
+        want[0] = 0;
+        for (int k = 0; k < p->ndim; k++)
+            n += snprintf(want + n, sizeof want - (size_t)n, k ? ", %ld" : "(%ld", (long)p->shape[k]);
+        snprintf(want + n, sizeof want - (size_t)n, ")");
+        return PyErr_Format(PyExc_ValueError, "set_param(%s): expected %ld elements %s, got shape %s",
+                            name, (long)numel, want, mi_py_shape_str(a, buf));
+    }
+    Py_INCREF(obj);
+    if (!mo->external[i]) mo->tf.n_external++;
+    Py_XSETREF(mo->external[i], obj);
+    p->data = (float *)PyArray_DATA(a);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(materialize_doc,
+"materialize()\n--\n\nCopy every parameter given by set_param into the model's own blob and\n"
+"untie the unembedding (W_U = W_E^T copied): afterwards the model owns all of its\n"
+"weights (what training needs). Returns the number of tensors copied.");
+
+static int untie(mi_py_model *mo)
+{
+    mi_transformer *tf = &mo->tf;
+    const float *W_E = mi_tf_tensor(tf, tf->global_off[MI_G_W_E]);
+    float *W_U = tf->params + tf->global_off[MI_G_W_U];
+    int64_t V = tf->spec.d_vocab, D = tf->spec.d_model;
+    /* blocked transpose: W_U [D, V] from W_E [V, D] */
+    for (int64_t v0 = 0; v0 < V; v0 += 64)
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
+    tf->tied_unembed = 0;
+    return 0;
+}
+
+static PyObject *model_materialize(PyObject *self, PyObject *unused)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    if (mo->running) return PyErr_Format(PyExc_RuntimeError, "materialize: a forward pass is running");
+    if (mo->tf.tied_unembed) untie(mo);
+    long copied = 0;
+    for (int i = 0; i < mo->tf.n_table; i++) {
+        mi_tf_param *p = &mo->tf.table[i];
+        if (!mo->external[i]) continue;
+        memcpy(mo->tf.params + p->offset, p->data,
+               sizeof(float) * (size_t)PyArray_SIZE((PyArrayObject *)mo->external[i]));
+        p->data = NULL;
+        Py_CLEAR(mo->external[i]);
+        copied++;
+    }
+    mo->tf.n_external = 0;
+    return PyLong_FromLong(copied);
 }
 
 PyDoc_STRVAR(hook_points_doc, "hook_points()\n--\n\nThe hook points this spec fires, in forward "
@@ -288,9 +431,11 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     const int64_t *pd = pos ? PyArray_DATA(pos) : NULL;
     const float *md = mask ? PyArray_DATA(mask) : NULL;
     /* a callback point without a callback is only a cache point */
+    mo->running++;
     Py_BEGIN_ALLOW_THREADS
     st = mi_tf_forward(&mo->tf, &plan, arena, fl, tk, rd, pd, md, cb == Py_None ? NULL : py_hook, &hc);
     Py_END_ALLOW_THREADS
+    mo->running--;
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     npy_intp oshape[3] = {B, T, stop < s->n_layers ? s->d_model : s->d_vocab_out};
     if (!(out = mi_py_view(arena_owner, mi_tf_output(&mo->tf, &plan, arena), 3, oshape, NULL, 1)))
@@ -353,8 +498,50 @@ static PyObject *model_param_bytes(PyObject *self, void *c)
     return PyLong_FromSize_t(mo->tf.n_params * sizeof(float));
 }
 
+static PyObject *model_get_tied(PyObject *self, void *c)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    return PyBool_FromLong(mo->tf.tied_unembed);
+}
+
+static int model_set_tied(PyObject *self, PyObject *value, void *c)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return -1;
+    if (!value) { PyErr_SetString(PyExc_AttributeError, "tied_unembed cannot be deleted"); return -1; }
+    int tie = PyObject_IsTrue(value);
+    if (tie < 0) return -1;
+    if (mo->running) { PyErr_SetString(PyExc_RuntimeError, "tied_unembed: a forward pass is running"); return -1; }
+    if (tie == mo->tf.tied_unembed) return 0;
+    if (!tie) return untie(mo);
+    const mi_tf_spec *s = &mo->tf.spec;
+    if (s->d_vocab_out != s->d_vocab) {
+        PyErr_Format(PyExc_ValueError, "tied_unembed: needs d_vocab_out == d_vocab, got %ld and %ld",
+                     (long)s->d_vocab_out, (long)s->d_vocab);
+        return -1;
+    }
+    int i = table_index(&mo->tf, "unembed.W_U");
+    if (i >= 0 && mo->external[i]) {   /* W_U is no longer read */
+        mo->tf.table[i].data = NULL;
+        Py_CLEAR(mo->external[i]);
+        mo->tf.n_external--;
+    }
+    mo->tf.tied_unembed = 1;
+    return 0;
+}
+
+static PyObject *model_n_external(PyObject *self, void *c)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    return PyLong_FromLong(mo->tf.n_external);
+}
+
 static PyMethodDef model_methods[] = {
     {"params", model_params, METH_NOARGS, params_doc},
+    {"set_param", model_set_param, METH_VARARGS, set_param_doc},
+    {"materialize", model_materialize, METH_NOARGS, materialize_doc},
     {"hook_points", model_hook_points, METH_NOARGS, hook_points_doc},
     {"forward", (PyCFunction)(void (*)(void))model_forward, METH_VARARGS | METH_KEYWORDS, forward_doc},
     {"arena_bytes", model_arena_bytes, METH_VARARGS, arena_bytes_doc},
@@ -364,6 +551,10 @@ static PyMethodDef model_methods[] = {
 static PyGetSetDef model_getset[] = {
     {"n_points", model_n_points, NULL, "Number of hook point ids (present or not).", NULL},
     {"param_bytes", model_param_bytes, NULL, "Bytes of the parameter blob.", NULL},
+    {"tied_unembed", model_get_tied, model_set_tied, "True: the logits are x @ W_E^T read in place "
+     "(HF's tied lm_head) and unembed.W_U is a view of W_E; setting False copies W_E^T into W_U.",
+     NULL},
+    {"n_external", model_n_external, NULL, "Parameters read in place from set_param arrays.", NULL},
     {NULL},
 };
 
@@ -558,5 +749,13 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
     }
     mi_py_model *mo = (mi_py_model *)obj;
     if (check_ready(mo) < 0) return NULL;
+    /* the backward reads and updates weights in the blob (params + offset) */
+    if (mo->tf.n_external || mo->tf.tied_unembed) {
+        PyErr_Format(PyExc_ValueError, "training needs the model to own its weights, but %d of them "
+                     "are read in place from a loaded checkpoint (zero-copy load)%s: call "
+                     "materialize() on the model first", mo->tf.n_external,
+                     mo->tf.tied_unembed ? " and the unembedding is tied to W_E" : "");
+        return NULL;
+    }
     return &mo->tf;
 }

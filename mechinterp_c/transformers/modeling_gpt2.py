@@ -36,8 +36,18 @@ raises ValueError). "read only copy": edits are ignored.
 Differences from torch worth knowing: hooks on modules served by the same C
 point (``ln_1`` forward and ``c_attn`` pre-hook, ``attn.c_proj`` and ``attn``
 forward, ...) run in registration order, not module order; ``wpe``'s output is
-[B,T,D] with padded positions zeroed (HF: [1,T,D]); ``lm_head.weight`` is the C
-unembedding, so after editing ``wte.weight`` call ``model.tie_weights()``.
+[B,T,D] (HF: [1,T,D], the same rows).
+
+Loading is zero-copy: ``from_pretrained`` maps the safetensors file(s)
+copy-on-write and the C core reads every float32 weight in place (HF's layouts
+are the C core's: ``c_attn.weight`` [D, 3D] is ``W_qkv`` [D,3,H,Dh]). The
+``.weight``/``.bias`` views are writable: an edit touches this process's private
+copy of that page, never the file. ``lm_head`` is tied to ``wte`` as in HF (the
+unembedding reads ``wte.weight`` transposed in place; ``lm_head.weight is``
+``wte.weight``), so an edit of one is an edit of both. F16/BF16 checkpoints are
+converted to float32 once at load. The C backward does not read mapped weights:
+training the underlying model needs :meth:`GPT2LMHeadModel.materialize` first
+(a clear error says so otherwise).
 
 Arrays handed to hooks and outputs are :class:`HFArray`, a NumPy ndarray subclass
 that also answers the torch-style calls notebooks make (``.detach()``,
@@ -502,6 +512,36 @@ class ModuleList(list):
     """``transformer.h``: a list of blocks."""
 
 
+class _CoreModel(HookedTransformer):
+    """The HookedTransformer behind a :class:`GPT2LMHeadModel`. Its TransformerLens
+    module tree (``blocks[i].attn``, ``mod_dict``, ...), which the HF model never
+    uses, is built on first access only: that keeps ``from_pretrained`` cheap."""
+
+    def _make_modules(self):
+        self.__dict__["_modules_pending"] = True
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        if d.get("_modules_pending"):
+            d["_modules_pending"] = False
+            HookedTransformer._make_modules(self)
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def materialize(self):
+        """Copy weights read in place from a checkpoint into the model's own memory and
+        untie the unembedding (what training through the C core needs)."""
+        self._core.materialize()
+        self._rebind()
+
+    def _rebind(self):
+        """Re-read the parameter views after the C model's weights moved (set_param)."""
+        self._raw = self._core.params()
+        self._params = self._tl_params()
+        if "embed" in self.__dict__:
+            HookedTransformer._make_modules(self)
+
+
 class GPT2Model(Module):
     """``model.transformer``: ``wte``, ``wpe``, ``h``, ``ln_f``. Calling it returns HF's
     ``BaseModelOutput``-like object with ``last_hidden_state`` (after ln_f) [B,T,D]
@@ -542,6 +582,14 @@ def _tl_config(cfg):
                 model_name=getattr(cfg, "_name_or_path", "gpt2"))
 
 
+def _open_checkpoint(name_or_path, revision, cache_dir):
+    """``{HF tensor name without "transformer.": (full name, SafeTensors)}`` of a
+    checkpoint (one file or shards), mapped but not read."""
+    return {(k[len("transformer."):] if k.startswith("transformer.") else k): (k, st)
+            for k, st in _io.open_checkpoint(name_or_path, revision=revision,
+                                             cache_dir=cache_dir).items()}
+
+
 def _load_hf_weights(name_or_path, cfg, revision, cache_dir):
     """HF GPT-2 weights (``transformer.`` prefix optional) as float32 arrays."""
     sd = _io.load_weights(name_or_path, float32=True, revision=revision, cache_dir=cache_dir)
@@ -551,6 +599,13 @@ def _load_hf_weights(name_or_path, cfg, revision, cache_dir):
             k = k[len("transformer."):]
         out[k] = v
     return out
+
+
+def _copy_transposed(dst, src):
+    """``dst[...] = src.T`` for a [V, D] -> [D, V] copy, blocked over V (2x faster
+    than one strided copy)."""
+    for i in range(0, src.shape[0], 2048):
+        dst[:, i:i + 2048] = src[i:i + 2048].T
 
 
 def _need(sd, key, shape, where):
@@ -573,26 +628,85 @@ class GPT2LMHeadModel(Module):
     pre-hooks (see the module docstring for what each hook sees).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, _checkpoint=None):
         super().__init__(None, "model")
         self._model_ref = weakref.ref(self)
         self.config = config if isinstance(config, GPT2Config) else GPT2Config(**dict(config))
-        self._ht = HookedTransformer(_tl_config(self.config))
+        self._ht = _CoreModel(_tl_config(self.config))
+        # HF ties lm_head to wte: the C unembedding reads W_E transposed in place
+        self._ht._core.tied_unembed = bool(getattr(self.config, "tie_word_embeddings", True))
+        self._ht._pos_pid = self._ht.hook_dict["hook_pos_embed"].point_id
+        if _checkpoint is not None:
+            self._map_checkpoint(*_checkpoint)
         self._build_tree()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, revision="main",
                         cache_dir=None, **kwargs):
         """Load ``config.json`` and the safetensors weights of a local directory or of a
-        model in the Hugging Face cache (no network). Extra HF keywords such as
-        ``torch_dtype`` are accepted and ignored (the C core computes in float32)."""
+        model in the Hugging Face cache (no network). The weights are not copied: the
+        file is mapped copy-on-write and the C core reads them in place (see the module
+        docstring). Extra HF keywords such as ``torch_dtype`` are accepted and ignored
+        (the C core computes in float32)."""
         cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                          cache_dir=cache_dir)
         cfg._name_or_path = str(pretrained_model_name_or_path)
-        model = cls(cfg)
-        sd = _load_hf_weights(pretrained_model_name_or_path, cfg, revision, cache_dir)
-        model.load_state_dict(sd, where=str(pretrained_model_name_or_path))
-        return model
+        files = _open_checkpoint(pretrained_model_name_or_path, revision, cache_dir)
+        return cls(cfg, _checkpoint=(files, str(pretrained_model_name_or_path)))
+
+    def _map_checkpoint(self, files, where):
+        """Point every C parameter at its tensor in the mapped checkpoint ``files``
+        (from :func:`_open_checkpoint`); shapes are checked against the config first."""
+        cfg, core = self.config, self._ht._core
+        D, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+        M = cfg.n_inner or 4 * D
+        used = set()
+
+        def put(dst, key, shape):
+            if key not in files:
+                raise KeyError(f"{where}: checkpoint has no tensor {key!r}")
+            full, st = files[key]
+            got = st.shape(full)
+            if got != tuple(shape):
+                raise ValueError(f"{where}: tensor {key!r} has shape {got}, the config "
+                                 f"implies {tuple(shape)}")
+            core.set_param(dst, st.get_float32(full, writable=True))
+            used.add(key)
+
+        put("embed.W_E", "wte.weight", (V, D))
+        put("pos_embed.W_pos", "wpe.weight", (cfg.n_positions, D))
+        for l in range(L):
+            h, b = f"h.{l}.", f"blocks.{l}."
+            put(b + "ln1.w", h + "ln_1.weight", (D,))
+            put(b + "ln1.b", h + "ln_1.bias", (D,))
+            put(b + "attn.W_qkv", h + "attn.c_attn.weight", (D, 3 * D))
+            put(b + "attn.b_qkv", h + "attn.c_attn.bias", (3 * D,))
+            put(b + "attn.W_O", h + "attn.c_proj.weight", (D, D))
+            put(b + "attn.b_O", h + "attn.c_proj.bias", (D,))
+            put(b + "ln2.w", h + "ln_2.weight", (D,))
+            put(b + "ln2.b", h + "ln_2.bias", (D,))
+            put(b + "mlp.W_in", h + "mlp.c_fc.weight", (D, M))
+            put(b + "mlp.b_in", h + "mlp.c_fc.bias", (M,))
+            put(b + "mlp.W_out", h + "mlp.c_proj.weight", (M, D))
+            put(b + "mlp.b_out", h + "mlp.c_proj.bias", (D,))
+            used.update({h + "attn.bias", h + "attn.masked_bias"})
+        put("ln_final.w", "ln_f.weight", (D,))
+        put("ln_final.b", "ln_f.bias", (D,))
+        if "lm_head.weight" in files:
+            full, st = files["lm_head.weight"]
+            if st.shape(full) != (V, D):
+                raise ValueError(f"{where}: tensor 'lm_head.weight' has shape "
+                                 f"{st.shape(full)}, expected {(V, D)}")
+            if not core.tied_unembed:          # untied checkpoints: W_U = lm_head^T, a copy
+                _copy_transposed(self._ht._raw["unembed.W_U"], st.get_float32(full))
+            used.add("lm_head.weight")
+        elif not core.tied_unembed:
+            raise KeyError(f"{where}: tie_word_embeddings is false but the checkpoint has no "
+                           f"'lm_head.weight'")
+        extra = sorted(set(files) - used)
+        if extra:
+            raise KeyError(f"{where}: unexpected tensor(s) {extra[:5]} in the GPT-2 checkpoint")
+        self._ht._rebind()
 
     def load_state_dict(self, state_dict, strict=True, where="load_state_dict"):
         """Copy HF-named GPT-2 weights (``transformer.`` prefix optional, arrays or
@@ -630,14 +744,13 @@ class GPT2LMHeadModel(Module):
             used.update({h + "attn.bias", h + "attn.masked_bias"})
         put("ln_final.w", "ln_f.weight", (D,))
         put("ln_final.b", "ln_f.bias", (D,))
-        # lm_head is tied to wte: the C unembedding holds its transpose
+        # lm_head: tied to wte (the C unembedding reads W_E in place), else a transposed copy
         head = sd.get("lm_head.weight", sd["wte.weight"])
         if head.shape != (V, D):
             raise ValueError(f"{where}: tensor 'lm_head.weight' has shape {head.shape}, "
                              f"expected {(V, D)}")
-        W_U = raw["unembed.W_U"]
-        for i in range(0, V, 2048):       # blocked transpose: 2x faster than one strided copy
-            W_U[:, i:i + 2048] = head[i:i + 2048].T
+        if not self._ht._core.tied_unembed:
+            _copy_transposed(raw["unembed.W_U"], head)
         raw["unembed.b_U"][...] = 0.0
         used.add("lm_head.weight")
         extra = sorted(set(sd) - used)
@@ -702,17 +815,26 @@ class GPT2LMHeadModel(Module):
         self.transformer = tr
         self.lm_head = Conv1D(self, "lm_head", ("unembed.hook_out", _same, None),
                               ("ln_final.hook_normalized", _same, lnf, False))
-        # HF's lm_head.weight [V, D] (tied to wte there; here a view of the C unembedding,
-        # whose edits do not reach wte)
-        self.lm_head.weight = raw["unembed.W_U"].T
+        # HF's lm_head.weight [V, D]: tied, it is wte.weight itself; else a view of W_U
+        self.lm_head.weight = tr.wte.weight if self._ht._core.tied_unembed else raw["unembed.W_U"].T
 
     # ---------------------------------------------------------------- calls
     def tie_weights(self):
-        """Copy ``wte.weight`` into the unembedding (HF ties them; here the C core keeps
-        its own transposed copy, so call this after editing ``wte.weight``)."""
-        W_U, wte = self._ht._raw["unembed.W_U"], self.transformer.wte.weight
-        for i in range(0, wte.shape[0], 2048):
-            W_U[:, i:i + 2048] = wte[i:i + 2048].T
+        """HF's ``tie_weights``: afterwards ``lm_head`` computes with ``wte.weight``. With
+        ``tie_word_embeddings`` (GPT-2's default) they already share memory and this
+        does nothing; otherwise ``wte.weight`` is copied into the unembedding."""
+        if self._ht._core.tied_unembed:
+            return
+        _copy_transposed(self._ht._raw["unembed.W_U"], self.transformer.wte.weight)
+
+    def materialize(self):
+        """Copy every weight read in place from the mapped checkpoint into the model's own
+        memory (and untie ``lm_head`` into its own copy of ``wte``'s transpose). The
+        logits do not change; afterwards the underlying C model can be trained. The
+        ``.weight``/``.bias`` views are rebuilt (take them again from the modules);
+        registered hooks stay."""
+        self._ht.materialize()
+        self._build_tree()
 
     def get_input_embeddings(self):
         """``transformer.wte``."""
@@ -727,7 +849,10 @@ class GPT2LMHeadModel(Module):
         """Logits of ``input_ids`` [batch, pos] (or [pos]) as ``out.logits``.
 
         ``attention_mask`` [batch, pos] (1 real, 0 padding) masks padded keys as HF
-        does; logits at real tokens match HF, padded rows are not meaningful.
+        does, with positions 0..T-1 unless ``position_ids`` are given (HF's rule).
+        Every row matches HF, padded ones included: a right-padded token attends to
+        the real tokens before it; a left-padded one attends to nothing and gets a
+        zero attention output, as HF's default SDPA attention gives it.
         ``output_hidden_states`` / ``output_attentions`` add ``out.hidden_states``
         (L+1 arrays [B,T,D], the last after ln_f, as HF) and ``out.attentions``
         (L patterns [B,H,T,T]), zero-copy views of the pass's arena.
@@ -753,7 +878,7 @@ class GPT2LMHeadModel(Module):
             pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
             pos = np.broadcast_to(pos.reshape(-1, T) if pos.size in (T, B * T) else pos, (B, T))
         pos = np.ascontiguousarray(pos)
-        mask = None
+        mask = padded = None
         if attention_mask is not None:
             m = np.asarray(to_numpy(attention_mask))
             if m.ndim == 1:
@@ -761,7 +886,10 @@ class GPT2LMHeadModel(Module):
             if m.shape != (B, T):
                 raise ValueError(f"attention_mask: expected shape {(B, T)} like input_ids, "
                                  f"got {m.shape}")
-            mask = np.ascontiguousarray(m != 0, dtype=np.float32)
+            keep = m != 0
+            if not keep.all():
+                mask = np.ascontiguousarray(keep, dtype=np.float32)
+                padded = ~keep
         flags = bytearray(ht._n_points)
         L = self.config.n_layer
         hd, want = ht.hook_dict, []
@@ -777,8 +905,18 @@ class GPT2LMHeadModel(Module):
                 flags[hp.point_id] |= 2
                 any_cb = True
         points = ht._points
+        pos_pid = ht._pos_pid
+        if padded is not None:
+            # The C core zeroes the position embedding of padded tokens (TransformerLens's
+            # rule); HF adds wpe at every position, so put those rows back: then padded
+            # query rows match HF too, not only the real tokens.
+            flags[pos_pid] |= 2
+            any_cb = True
+            W_pos = self.transformer.wpe.weight
 
         def dispatch(pid, act):
+            if pid == pos_pid and padded is not None:
+                act[padded] = W_pos[pos[padded]]
             points[pid].run(act)
 
         logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
