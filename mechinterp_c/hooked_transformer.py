@@ -119,6 +119,9 @@ class HookedTransformer:
     ``load_state_dict({k: v.numpy() for k, v in tl_model.state_dict().items()})``.
     """
 
+    # C spec flags beyond the config (REVE's subclass: no positional table, no head)
+    _CORE_SPEC = {"pos_embed": True}
+
     def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side="right"):
         self.cfg = HookedTransformerConfig.unwrap(cfg)
         self.tokenizer = tokenizer
@@ -172,7 +175,7 @@ class HookedTransformer:
             eps=cfg.eps, act=_ACT_CODE.get(cfg.act_fn, 0) if not cfg.attn_only else 0,
             gated_mlp=cfg.gated_mlp, attn_only=cfg.attn_only,
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
-            use_hook_mlp_in=cfg.use_hook_mlp_in, pos_embed=True,
+            use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0)
         self._raw = self._core.params()
         self._n_points = self._core.n_points
@@ -198,7 +201,8 @@ class HookedTransformer:
         """TransformerLens-named, -shaped writable views of the blob."""
         raw, cfg, out = self._raw, self.cfg, {}
         out["embed.W_E"] = raw["embed.W_E"]
-        out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
+        if "pos_embed.W_pos" in raw:
+            out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
         for l in range(cfg.n_layers):
             p = f"blocks.{l}."
             for ln in ("ln1", "ln2"):

@@ -46,6 +46,8 @@ typedef struct {
     int use_hook_mlp_in;  /* hook_mlp_in: a copy of resid_mid before ln2 */
     int pos_embed;        /* learned absolute positions ("standard") */
     float attn_scale;     /* scores are q.k / attn_scale */
+    int no_head;          /* no final norm, no unembedding (REVE's encoder): the output of a
+                           * full pass is the residual stream after the last block */
 } mi_tf_spec;
 
 /* SoLU then a LayerNorm over d_mlp (TransformerLens "solu_ln"): mid = pre *

@@ -27,22 +27,22 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab",
                              "d_vocab_out", "n_ctx", "norm", "eps", "act", "gated_mlp",
                              "attn_only", "causal", "use_attn_result", "use_hook_mlp_in",
-                             "pos_embed", "attn_scale", NULL};
+                             "pos_embed", "attn_scale", "no_head", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (mo->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "Model: already initialised");
         return -1;
     }
     long long nl, dm, nh, dh, dmlp, dv, dvo, nctx;
-    int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1;
+    int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1, no_head = 0;
     double eps, attn_scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppd:Model", kwlist, &nl, &dm,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdp:Model", kwlist, &nl, &dm,
                                      &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
                                      &gated, &attn_only, &causal, &result, &mlp_in, &pos,
-                                     &attn_scale))
+                                     &attn_scale, &no_head))
         return -1;
     mi_tf_spec s = {nl, dm, nh, dh, dmlp, dv, dvo, nctx, (mi_norm_type)norm, (float)eps, act,
-                    gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale};
+                    gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale, no_head};
     if (norm < MI_NORM_NONE || norm > MI_NORM_RMSPRE) {
         PyErr_Format(PyExc_ValueError, "Model: unknown norm type %d", norm);
         return -1;
@@ -253,7 +253,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     st = mi_tf_forward(&mo->tf, &plan, arena, fl, tk, rd, pd, md, cb == Py_None ? NULL : py_hook, &hc);
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    npy_intp oshape[3] = {B, T, stop < s->n_layers ? s->d_model : s->d_vocab_out};
+    npy_intp oshape[3] = {B, T, stop < s->n_layers || s->no_head ? s->d_model : s->d_vocab_out};
     if (!(out = mi_py_view(arena_owner, mi_tf_output(&mo->tf, &plan, arena), 3, oshape, NULL, 1)))
         goto done;
     if (!(cache = PyDict_New())) goto done;
