@@ -76,7 +76,7 @@ from ..utils import to_numpy
 from .modeling_gpt2 import HFArray, Module, RemovableHandle, _AffineSite, _hf, _same, _write_back
 
 __all__ = ["ReveConfig", "ReveModel", "HookedReve", "ReveArray", "load_position_bank",
-           "is_reve_config", "is_position_bank_dir"]
+           "is_reve_config", "is_position_bank_dir", "RevePositionBank"]
 
 
 # --------------------------------------------------------------------- arrays
@@ -92,6 +92,12 @@ def _out(a):
     """An array handed to user code (ReveArray, or a torch tensor with set_array_type)."""
     a = _hf(a)
     return np.ndarray.view(a, ReveArray) if isinstance(a, np.ndarray) else a
+
+
+def _w(a):
+    """A parameter as handed out: a ReveArray view of the same memory (so ``.detach()``,
+    ``.numpy()``, ``.T`` work as on torch parameters and writes reach the C core)."""
+    return None if a is None else np.ndarray.view(a, ReveArray)
 
 
 def _in(x, name):
@@ -185,11 +191,13 @@ def load_position_bank(name_or_path, revision="main", cache_dir=None):
         present = sorted(p.name for p in base.iterdir())
         raise FileNotFoundError(f"{name_or_path!r}: no positions.json in {base} (it has: "
                                 f"{', '.join(present) if present else 'nothing'})")
-    return _Bank(path)
+    return RevePositionBank(path)
 
 
-class _Bank(PositionBank):
-    """A PositionBank whose lookups are :class:`ReveArray` (torch-style ``unsqueeze``)."""
+class RevePositionBank(PositionBank):
+    """A :class:`~mechinterp_c.reve.PositionBank` named and answering as the published
+    ``RevePositionBank``: lookups are :class:`ReveArray` (torch-style ``unsqueeze``).
+    ``RevePositionBank()`` is the bundled 10-10 bank; ``RevePositionBank(path)`` a JSON file."""
 
     def __call__(self, names):
         return _out(super().__call__(names))
@@ -314,8 +322,8 @@ class Linear(ReveModule):
     def __init__(self, model, name, w_io, bias=None, fwd=None, pre=None):
         super().__init__(model, name, fwd, pre)
         self._w_io = w_io
-        self.weight = w_io.T
-        self.bias = bias
+        self.weight = _w(w_io.T)
+        self.bias = _w(bias)
 
     @property
     def in_features(self):
@@ -350,7 +358,7 @@ class GegluIn(ReveModule):
         two C tensors); write weights with ``ReveModel.load_state_dict``."""
         w = np.concatenate([self._W_in.T, self._W_gate.T], axis=0)
         w.flags.writeable = False
-        return w
+        return _w(w)
 
     bias = None
     _repr_name = "Linear"
@@ -453,7 +461,7 @@ class RMSNorm(ReveModule):
 
     def __init__(self, model, name, weight, eps=1e-6, fwd=None, pre=None):
         super().__init__(model, name, fwd, pre)
-        self.weight = weight
+        self.weight = _w(weight)
         self.eps = eps
 
     def forward(self, x):
@@ -468,7 +476,7 @@ class LayerNorm(ReveModule):
 
     def __init__(self, model, name, weight, bias, eps=1e-5):
         super().__init__(model, name)
-        self.weight, self.bias, self.eps = weight, bias, eps
+        self.weight, self.bias, self.eps = _w(weight), _w(bias), eps
 
     def forward(self, x):
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
