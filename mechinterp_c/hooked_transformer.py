@@ -19,7 +19,7 @@ from .utils import to_numpy
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
              "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
-_CACHE, _CALLBACK = 1, 2
+_CACHE, _CALLBACK, _TRANSIENT = 1, 2, 4
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
 
@@ -502,7 +502,9 @@ class HookedTransformer:
         any_cb = False
         for hp in self.hook_dict.values():
             if hp._handles and hp.point_id is not None:
-                flags[hp.point_id] |= _CALLBACK
+                # handles marked transient (module-tree internals) only look during the call
+                transient = all(getattr(h, "transient", False) for h in hp._handles)
+                flags[hp.point_id] |= _TRANSIENT if transient else _CALLBACK
                 any_cb = True
         points = self._points
 

@@ -485,3 +485,37 @@ def test_no_head_spec_refuses_training(odd):
     assert "unembed.W_U" not in ht._raw and "ln_final.w" not in ht._raw
     with pytest.raises(Exception, match="no unembedding"):
         ht.backward(np.zeros((1, 4), np.int64), np.zeros((1, 4), np.int64))
+
+
+def test_seed_hook_steps_served_from_the_pass(odd, rng, monkeypatch):
+    """Inside a feed-forward hook, net[j](x) on the unchanged array the hook got is the
+    C pass's own value (no recomputation: the expansion Linear never runs); an edited
+    array is computed for real."""
+    ref, model = odd
+    eeg, pos = inputs(rng, 2, 5, 100)
+    calls = []
+    orig = modeling_reve.GegluIn.forward
+    monkeypatch.setattr(modeling_reve.GegluIn, "forward",
+                        lambda self, x: calls.append(1) or orig(self, x))
+    acts, handles = seed_hooks(model, 2)
+    model(eeg, pos)
+    for h in handles:
+        h.remove()
+    assert calls == []
+    assert acts["ff_1_1"].shape == (2, 10, 2 * 255)
+    got = {}
+
+    def edit(module, inp, out):
+        X1 = module[0](inp[0])
+        X1 *= 2.0                       # same array, new values: must be computed
+        got["X2"] = np.array(module[1](X1))
+        got["I"] = np.array(inp[0])
+
+    h = model.transformer.layers[1][1].net.register_forward_hook(edit)
+    model(eeg, pos)
+    h.remove()
+    assert calls == [1]
+    with torch.no_grad():
+        net = ref.transformer.layers[1][1].net
+        want = net[1](2.0 * net[0](torch.from_numpy(got["I"]).double())).numpy()
+    assert rel_err(got["X2"], want) <= BLOCK_TOL

@@ -115,7 +115,8 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         kept[buf_resid(stop_layer)] = 1;     /* the output */
     }
     for (int p = 0; p < np; p++)
-        if (flags[p] && mi_tf_point_present(s, p)) kept[point_buf(s, p)] = 1;
+        if ((flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) && mi_tf_point_present(s, p))
+            kept[point_buf(s, p)] = 1;
     /* kept buffers get their own slots; the rest share one scratch slot per
      * kind (resid alternates between two), reused from layer to layer */
     size_t cur = 0;

@@ -129,7 +129,7 @@ struct run_state {
 
 static mi_status fire(run_state *r, int p)
 {
-    if (!(r->flags[p] & MI_HOOK_CALLBACK) || !r->hook) return MI_OK;
+    if (!(r->flags[p] & (MI_HOOK_CALLBACK | MI_HOOK_TRANSIENT)) || !r->hook) return MI_OK;
     mi_tensor_view v;
     if (!mi_tf_point_view(r->m, r->plan, r->arena, p, &v)) return MI_OK;
     return r->hook(r->ctx, p, &v);

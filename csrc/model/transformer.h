@@ -68,6 +68,10 @@ enum { MI_PF_LNF_SCALE, MI_PF_LNF_NORM, MI_PF_UNEMBED_IN, MI_PF_UNEMBED_OUT, MI_
 
 #define MI_HOOK_CACHE 1
 #define MI_HOOK_CALLBACK 2
+/* a callback whose view is valid only until the same kind of buffer is written
+ * again (the next layer): no slot of its own, so hooks that only look (or edit
+ * before the layer reads the buffer) cost no arena memory */
+#define MI_HOOK_TRANSIENT 4
 
 typedef struct {
     char name[48];

@@ -25,22 +25,32 @@ hooks of the transformer's modules are served by the C core's hook points:
 ===========================  ==========================================  ===============================
 module                       forward hook ``output``                     ``input[0]``
 ===========================  ==========================================  ===============================
-layers[i][0] (Attention)     attention output [B,N,D] (view)             residual stream before it (view)
-layers[i][0].norm            RMSNorm output (*)                          residual stream (copy)
-layers[i][0].to_qkv          fused q|k|v [B,N,3*H*Dh] (view)             RMSNorm output (*)
-layers[i][0].to_out          attention output [B,N,D] (view)             z, heads concatenated (view)
-layers[i][1], .net           feed-forward output [B,N,D] (view)          resid_mid: residual before it (view)
-.net[0]                      RMSNorm output (*)                          resid_mid (copy)
-.net[1]                      value|gate [B,N,2M] (**)                    RMSNorm output (*)
-.net[2] (GEGLU)              value * gelu(gate) [B,N,M] (view)           value|gate (copy)
-.net[3]                      feed-forward output [B,N,D] (view)          GEGLU output (view)
+layers[i][0] (Attention)     attention output [B,N,D]                    residual stream before it
+layers[i][0].norm            RMSNorm output (*)                          residual stream
+layers[i][0].to_qkv          fused q|k|v [B,N,3*H*Dh]                    RMSNorm output (*)
+layers[i][0].to_out          attention output [B,N,D]                    z, heads concatenated
+layers[i][1], .net           feed-forward output [B,N,D]                 resid_mid: residual before it
+.net[0]                      RMSNorm output (*)                          resid_mid
+.net[1]                      value|gate [B,N,2M]                         RMSNorm output (*)
+.net[2] (GEGLU)              value * gelu(gate) [B,N,M]                  value|gate
+.net[3]                      feed-forward output [B,N,D]                 GEGLU output
 ===========================  ==========================================  ===============================
 
-(view): the C buffer itself; edits in place, or an array of the same shape
-returned by the hook, change the rest of the pass. (*): the C core keeps the
+Hooks get copies of the C buffers (so what a hook stores stays valid, while the
+C pass needs no arena slot of its own for hooked points: MI_HOOK_TRANSIENT);
+edits to the output in place, or an array of the same shape returned by the
+hook, are written back before the pass goes on. (*): the C core keeps the
 RMSNorm output before its weight; the hook gets ``normalized * weight`` and
-edits are mapped back. (**): the C core keeps value and gate in two buffers;
-the hook gets their concatenation and edits are copied back into both.
+edits are mapped back. value and gate live in two C buffers; net[1]'s output
+is their concatenation and edits are copied back into both.
+
+Inside a feed-forward hook (``layers[i][1]`` or ``.net``), calling ``net[0]``
+on the hook's ``input[0]``, then ``net[1]`` on that result, ... (the seed's
+``module[0](I)`` ... ``module[3](X3)``) returns what the C pass computed for
+that step (a copy) when the array is the one handed out and unchanged (checked
+element by element), instead of computing the MLP a second time; any other
+argument is computed.
+
 Front-end modules (``to_patch_embedding``, ``mlp4d``, ``fourier4d``, ``ln``)
 run step by step in their own modules when one of them has a hook.
 
@@ -227,12 +237,19 @@ class ReveModule(Module):
 
     def __call__(self, *args, **kwargs):
         args = tuple(_in(a, f"{self._name} input") if i == 0 else a for i, a in enumerate(args))
-        out = self.forward(*args, **kwargs)
+        model = self._model_ref() if self._model_ref is not None else None
+        memo = model._memo.pop(id(self), None) if model is not None and model._memo else None
+        out = memo.lookup(args[0]) if memo is not None and len(args) == 1 and not kwargs else None
+        if out is None:
+            out = self.forward(*args, **kwargs)
         for hook in list(self._direct):
             shown_in = tuple(_out(a) if isinstance(a, np.ndarray) else a for a in args)
             ret = hook(self, shown_in, _out(out) if isinstance(out, np.ndarray) else out)
             if ret is not None:
                 out = np.asarray(to_numpy(ret[0] if isinstance(ret, tuple) else ret))
+        if memo is not None and memo.next is not None and isinstance(out, np.ndarray):
+            memo.next.key = out
+            model._memo[id(memo.next_module)] = memo.next
         return _out(out) if isinstance(out, np.ndarray) else out
 
     def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
@@ -249,8 +266,51 @@ class ReveModule(Module):
             self._direct.append(hook)
         return _Handle(self, hook, c_handle)
 
-    def _register_c_hook(self, hook, prepend):
-        return Module.register_forward_hook(self, hook, prepend=prepend)
+    def _register_c_hook(self, user, prepend):
+        """Serve ``user`` during the C pass: its input is stashed when the pass reaches
+        it (transient: no arena slot), the output buffer is shown as a copy whose
+        edits (or the returned value) are written back before the pass goes on."""
+        ht, pre, where = self._core_ht, self._pre, f"forward hook on {self._name}"
+        point, view, affine = self._fwd
+        state, handles = {}, []
+        memo_points = self._memo_points()
+        if pre is not None:
+            def stash(act, hook):
+                state["x"] = act
+            handles += _transient(ht.add_hook(pre[0], stash, prepend=prepend))
+        for name in memo_points:
+            def stash_memo(act, hook, name=name):
+                state[name] = act
+            handles += _transient(ht.add_hook(name, stash_memo, prepend=prepend))
+
+        def fire(act, hook):
+            inp = None
+            if "x" in state:
+                v = pre[1](state["x"])
+                inp = pre[2].expose(v) if pre[2] is not None else np.array(v)
+            out = view(act)
+            shown = affine.expose(out) if affine is not None else np.array(out)
+            model = self._model_ref()
+            if memo_points and inp is not None:
+                model._memo = self._make_memo(state, state["x"], inp, out)
+            try:
+                ret = user(self, (None if inp is None else _out(inp),),
+                           self._wrap_output(_out(shown)))
+            finally:
+                model._memo = {}
+                state.clear()
+            if affine is not None:
+                affine.absorb(out, shown, ret)
+            elif ret is not None:
+                _write_back(out, ret, where)
+            else:
+                np.copyto(out, shown)      # in-place edits of the copy reach the pass
+
+        handles += _transient(ht.add_hook(point, fire, prepend=prepend))
+        return RemovableHandle(handles)
+
+    def _memo_points(self):
+        return ()
 
     def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
         """Pre-hooks are served for the C pass only (see the module table)."""
@@ -265,6 +325,31 @@ class ReveModule(Module):
         inner = [f"  ({k}): " + repr(m).replace("\n", "\n  ") for k, m in self._children.items()]
         head = f"{getattr(self, '_repr_name', type(self).__name__)}({self.extra_repr()}"
         return head + ("\n" + "\n".join(inner) + "\n)" if inner else ")")
+
+
+def _transient(handles):
+    """Mark module-tree hook handles as only looking during the call (MI_HOOK_TRANSIENT)."""
+    for h in handles:
+        h.transient = True
+    return handles
+
+
+class _Memo:
+    """While a feed-forward hook runs, ``net[j](x)`` with ``x`` the very array the hook
+    got (input, or the previous step's result), unchanged, returns what the C pass
+    computed for that step (a copy) instead of computing it again: the seed's hook
+    re-runs net[0..3] on its input, which doubles the MLP's work otherwise."""
+
+    def __init__(self, same, result, next_module=None, next_memo=None, key=None):
+        self.same, self.result, self.key = same, result, key
+        self.next_module, self.next = next_module, next_memo
+
+    def lookup(self, x):
+        k = self.key
+        if k is None or not isinstance(x, np.ndarray) or x.dtype != np.float32 \
+                or x.shape != k.shape or x.ctypes.data != k.ctypes.data or x.strides != k.strides:
+            return None
+        return self.result() if self.same(x) else None
 
 
 class _Handle(RemovableHandle):
@@ -402,7 +487,7 @@ def _concat_site_hook(module, user, prepend, output_is_concat):
         inp = state.get("in")
         if inp is not None:
             aff = module._pre[2]
-            inp = aff.expose(inp) if aff is not None else inp
+            inp = aff.expose(inp) if aff is not None else np.array(inp)
         ret = user(module, (None if inp is None else _out(inp),), _out(cat))
         new = cat if ret is None else np.asarray(to_numpy(ret[0] if isinstance(ret, tuple) else ret))
         if new.size != cat.size:
@@ -413,9 +498,12 @@ def _concat_site_hook(module, user, prepend, output_is_concat):
         gate[...] = new[..., M:]
 
     def fire_post(act, hook):
-        ret = user(module, (_out(state["cat"]),), _out(act))
+        shown = np.array(act)
+        ret = user(module, (_out(state["cat"]),), _out(shown))
         if ret is not None:
             _write_back(act, ret, where)
+        else:
+            np.copyto(act, shown)
 
     handles = []
     if output_is_concat and module._pre is not None:
@@ -424,7 +512,7 @@ def _concat_site_hook(module, user, prepend, output_is_concat):
     handles += ht.add_hook(module._p_value, fire_concat, prepend=prepend)
     if not output_is_concat:
         handles += ht.add_hook(module._p_post, fire_post, prepend=prepend)
-    return RemovableHandle(handles)
+    return RemovableHandle(_transient(handles))
 
 
 class GEGLU(ReveModule):
@@ -529,11 +617,43 @@ class Attention(ReveModule):
         return f"heads={self.heads}, dim_head={self.dim_head}"
 
 
-class FeedForward(ReveModule):
+class _FFMemo:
+    """Feed-forward hooks (``layers[i][1]`` and ``.net``) also stash the C pass's MLP
+    steps (transient), so the seed's ``module[0..3]`` calls in the hook are served by
+    :class:`_Memo` from them."""
+
+    def _memo_points(self):
+        p = f"blocks.{self._layer}."
+        return (p + "ln2.hook_normalized", p + "mlp.hook_pre", p + "mlp.hook_pre_linear",
+                p + "mlp.hook_post")
+
+    def _make_memo(self, state, resid_mid, inp, mlp_out):
+        p = f"blocks.{self._layer}."
+        y, gate, value, post = (state[p + "ln2.hook_normalized"], state[p + "mlp.hook_pre"],
+                                state[p + "mlp.hook_pre_linear"], state[p + "mlp.hook_post"])
+        net = self.net if isinstance(self, FeedForward) else self
+        w = net[0].weight
+        M = value.shape[-1]
+        m3 = _Memo(lambda x: np.array_equal(x, post), lambda: np.array(mlp_out))
+        m2 = _Memo(lambda x: np.array_equal(x[..., :M], value) and np.array_equal(x[..., M:], gate),
+                   lambda: np.array(post), net[3], m3)
+        m1 = _Memo(lambda x: np.array_equal(x, y * w),
+                   lambda: np.concatenate([value, gate], axis=-1), net[2], m2)
+        m0 = _Memo(lambda x: np.array_equal(x, resid_mid), lambda: y * w, net[1], m1, key=inp)
+        return {id(net[0]): m0}
+
+
+class FeedForward(_FFMemo, ReveModule):
     """``layers[i][1]``: ``net`` = RMSNorm, Linear(D, 2M), GEGLU, Linear(M, D)."""
 
     def forward(self, x):
         return np.asarray(to_numpy(self.net(x)))
+
+
+class _Net(_FFMemo, Sequential):
+    """``layers[i][1].net``: ``nn.Sequential(RMSNorm, Linear, GEGLU, Linear)``."""
+
+    _repr_name = "Sequential"
 
 
 class TransformerBackbone(ReveModule):
@@ -669,6 +789,7 @@ class ReveModel(ReveModule):
     def __init__(self, config):
         super().__init__(None, "model")
         self._model_ref = weakref.ref(self)
+        self._memo = {}
         self.config = config if isinstance(config, ReveConfig) else ReveConfig(**dict(config))
         self._ht = HookedReve(self.config)
         self._build_tree()
@@ -829,7 +950,7 @@ class ReveModel(ReveModule):
                                  pre=(p + "attn.hook_z", flat, None, False))
             net1 = GegluIn(self, n + "1.net.1", raw[p + "mlp.W_in"], raw[p + "mlp.W_gate"],
                            p + "mlp.hook_pre", p + "mlp.hook_pre_linear", ln2_out)
-            net = Sequential(self, n + "1.net", [
+            net = _Net(self, n + "1.net", [
                 RMSNorm(self, n + "1.net.0", raw[p + "ln2.w"],
                         fwd=(p + "ln2.hook_normalized", _same, ln2),
                         pre=(p + "hook_resid_mid", _same, None, True)),
@@ -843,6 +964,7 @@ class ReveModel(ReveModule):
             ff = FeedForward(self, n + "1", (p + "hook_mlp_out", _same, None),
                              (p + "hook_resid_mid", _same, None, False))
             ff.net = net
+            ff._layer = net._layer = l
             layer = ModuleList([attn, ff])
             tr.layers.append(layer)
             tr._children[f"layers.{l}.0"] = attn
