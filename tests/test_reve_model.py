@@ -519,3 +519,28 @@ def test_seed_hook_steps_served_from_the_pass(odd, rng, monkeypatch):
         net = ref.transformer.layers[1][1].net
         want = net[1](2.0 * net[0](torch.from_numpy(got["I"]).double())).numpy()
     assert rel_err(got["X2"], want) <= BLOCK_TOL
+
+
+def test_seed_hooks_with_torch_arrays(odd, rng):
+    """With set_array_type('torch') the seed's hooks get torch tensors (sharing memory
+    with the C buffers' copies) and the model accepts tensors, as the original notebook."""
+    from mechinterp_c.transformers import set_array_type
+    ref, model = odd
+    eeg, pos = inputs(rng, 2, 5, 100)
+    set_array_type("torch")
+    try:
+        acts, handles = seed_hooks(model, 2)
+        y = model(torch.from_numpy(eeg), torch.from_numpy(pos))
+        for h in handles:
+            h.remove()
+    finally:
+        set_array_type("numpy")
+    ref_acts, ref_handles = seed_hooks(ref, 2)
+    with torch.no_grad():
+        y_ref = ref(torch.from_numpy(eeg).double(), torch.from_numpy(pos).double())
+    for h in ref_handles:
+        h.remove()
+    assert isinstance(y, torch.Tensor) and isinstance(acts["at_0_qkv"], torch.Tensor)
+    for k, v in ref_acts.items():
+        assert rel_err(np.asarray(acts[k]), np.asarray(v)) <= BLOCK_TOL, k
+    assert rel_err(y.numpy(), y_ref.numpy()) <= BLOCK_TOL

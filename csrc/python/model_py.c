@@ -177,8 +177,8 @@ PyDoc_STRVAR(forward_doc,
 "        resid=None, start_layer=-1)\n--\n\n"
 "Run the pass. tokens int64 [B,T] (None with start_layer >= 0: then resid\n"
 "float32 [B,T,D] enters block start_layer); flags: bytes, one per point id (1 cache,\n"
-"2 callback); callback(point_id, view) is called at callback points (it may\n"
-"edit the view in place). Returns (output, {point_id: view}) where output is\n"
+"2 callback, 4 transient callback: its view is valid only during the layer);\n"
+"callback(point_id, view) is called at callback points (it may edit the view in place). Returns (output, {point_id: view}) where output is\n"
 "the logits [B,T,Vo] or, with stop_layer < n_layers, the residual stream.");
 
 static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)

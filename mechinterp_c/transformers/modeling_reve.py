@@ -233,6 +233,7 @@ class ReveModule(Module):
         self._direct = []
 
     def forward(self, *args):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         raise NotImplementedError(f"{self._name}: not callable")
 
     def __call__(self, *args, **kwargs):
@@ -319,6 +320,7 @@ class ReveModule(Module):
         return Module.register_forward_pre_hook(self, hook, prepend=prepend, with_kwargs=with_kwargs)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return ""
 
     def __repr__(self):
@@ -345,6 +347,7 @@ class _Memo:
         self.next_module, self.next = next_module, next_memo
 
     def lookup(self, x):
+        """The pass's value for x if x is the memoised array, unchanged; else None."""
         k = self.key
         if k is None or not isinstance(x, np.ndarray) or x.dtype != np.float32 \
                 or x.shape != k.shape or x.ctypes.data != k.ctypes.data or x.strides != k.strides:
@@ -387,6 +390,7 @@ class Sequential(ReveModule):
         return iter(self._mods)
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         for m in self._mods:
             x = np.asarray(to_numpy(m(x)))
         return x
@@ -421,9 +425,11 @@ class Linear(ReveModule):
         return self._w_io.shape[1]
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         return ops.matmul(x, self._w_io, self.bias)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
 
@@ -451,6 +457,7 @@ class GegluIn(ReveModule):
     out_features = property(lambda self: 2 * self._W_in.shape[1], doc="Output width 2M.")
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         M = self._W_in.shape[1]
         y = np.empty(x.shape[:-1] + (2 * M,), np.float32)
         y[..., :M] = ops.matmul(x, self._W_in)
@@ -461,6 +468,7 @@ class GegluIn(ReveModule):
         return _concat_site_hook(self, hook, prepend, output_is_concat=True)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias=False"
 
 
@@ -523,6 +531,7 @@ class GEGLU(ReveModule):
         self._p_gate, self._p_value, self._p_post = point_pre, point_pre_linear, point_post
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         n = x.shape[-1]
         if n % 2:
             raise ValueError(f"{self._name}: GEGLU needs an even last axis to split into "
@@ -538,9 +547,11 @@ class GELU(ReveModule):
     """``nn.GELU()`` (exact erf form)."""
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         return ops.gelu(x)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return "approximate='none'"
 
 
@@ -553,9 +564,11 @@ class RMSNorm(ReveModule):
         self.eps = eps
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         return ops.rms_norm(x, self.weight, eps=self.eps)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return f"({self.weight.shape[0]},), eps={self.eps}"
 
 
@@ -567,9 +580,11 @@ class LayerNorm(ReveModule):
         self.weight, self.bias, self.eps = _w(weight), _w(bias), eps
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return f"({self.weight.shape[0]},), eps={self.eps}, elementwise_affine=True"
 
 
@@ -582,6 +597,7 @@ class FourierEmb4D(ReveModule):
         self.increment_time, self.margin = float(increment_time), float(margin)
 
     def forward(self, pos4):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         return _core.reve_fourier4d(pos4, self.dimension, self.freqs, self.increment_time,
                                     self.margin)
 
@@ -591,6 +607,7 @@ class FourierEmb4D(ReveModule):
         return _out(_core.reve_add_time_patch(_in(pos, "pos"), int(num_patches)))
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return f"dimension={self.dimension}, freqs={self.freqs}"
 
 
@@ -603,6 +620,7 @@ class Attention(ReveModule):
         self.scale = dim_head ** -0.5
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         lead = x.shape[:-1]
         x3 = x.reshape((-1,) + x.shape[-2:]) if x.ndim >= 3 else x[None]
         B, T = x3.shape[:2]
@@ -614,6 +632,7 @@ class Attention(ReveModule):
         return out.reshape(lead + (out.shape[-1],))
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         return f"heads={self.heads}, dim_head={self.dim_head}"
 
 
@@ -647,6 +666,7 @@ class FeedForward(_FFMemo, ReveModule):
     """``layers[i][1]``: ``net`` = RMSNorm, Linear(D, 2M), GEGLU, Linear(M, D)."""
 
     def forward(self, x):
+        """The module's computation on a float32 array (no hooks; see __call__)."""
         return np.asarray(to_numpy(self.net(x)))
 
 
@@ -1049,5 +1069,6 @@ class ReveModel(ReveModule):
         self._ht.reset_hooks(including_permanent=including_permanent)
 
     def extra_repr(self):
+        """The arguments shown in repr (as torch's extra_repr)."""
         c = self.config
         return f"embed_dim={c.embed_dim}, depth={c.depth}, heads={c.heads}, head_dim={c.head_dim}"
