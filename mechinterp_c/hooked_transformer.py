@@ -19,7 +19,7 @@ from .utils import to_numpy
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
              "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
-_CACHE, _CALLBACK = 1, 2
+_CACHE, _CALLBACK, _TRANSIENT = 1, 2, 4
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
 
@@ -138,6 +138,9 @@ class HookedTransformer:
     ``load_state_dict({k: v.numpy() for k, v in tl_model.state_dict().items()})``.
     """
 
+    # C spec flags beyond the config (REVE's subclass: no positional table, no head)
+    _CORE_SPEC = {"pos_embed": True}
+
     def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side="right"):
         self.cfg = HookedTransformerConfig.unwrap(cfg)
         self.tokenizer = tokenizer
@@ -191,7 +194,7 @@ class HookedTransformer:
             eps=cfg.eps, act=_ACT_CODE.get(cfg.act_fn, 0) if not cfg.attn_only else 0,
             gated_mlp=cfg.gated_mlp, attn_only=cfg.attn_only,
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
-            use_hook_mlp_in=cfg.use_hook_mlp_in, pos_embed=True,
+            use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
             use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
         self._raw = self._core.params()
@@ -218,7 +221,8 @@ class HookedTransformer:
         """TransformerLens-named, -shaped writable views of the blob."""
         raw, cfg, out = self._raw, self.cfg, {}
         out["embed.W_E"] = raw["embed.W_E"]
-        out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
+        if "pos_embed.W_pos" in raw:
+            out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
         for l in range(cfg.n_layers):
             p = f"blocks.{l}."
             for ln in ("ln1", "ln2"):
@@ -524,7 +528,9 @@ class HookedTransformer:
         any_cb = False
         for hp in self.hook_dict.values():
             if hp._handles and hp.point_id is not None:
-                flags[hp.point_id] |= _CALLBACK
+                # handles marked transient (module-tree internals) only look during the call
+                transient = all(getattr(h, "transient", False) for h in hp._handles)
+                flags[hp.point_id] |= _TRANSIENT if transient else _CALLBACK
                 any_cb = True
         points = self._points
 

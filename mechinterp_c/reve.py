@@ -17,6 +17,11 @@ and exposes the PyTorch-named parts the seed notebook calls one by one
 (``to_patch_embedding[0].weight``, ``fourier4d.add_time_patch``, ``mlp4d``,
 ``ln``), each callable on NumPy arrays. :class:`PositionBank` maps electrode
 names to coordinates, as ``brain-bzh/reve-positions`` does.
+
+The whole model (front end + the shared C transformer, module tree with hooks,
+TransformerLens API) is :class:`mechinterp_c.transformers.modeling_reve.ReveModel`
+(``AutoModel.from_pretrained``), also reachable here as ``reve.ReveModel``,
+``reve.HookedReve`` and ``reve.ReveConfig``.
 """
 import difflib
 import os
@@ -380,6 +385,15 @@ class PositionBank:
 
 
 _default_bank = None
+
+
+def __getattr__(name):
+    """``ReveModel``, ``HookedReve``, ``ReveConfig`` from transformers.modeling_reve (lazy:
+    that module imports this one)."""
+    if name in ("ReveModel", "HookedReve", "ReveConfig"):
+        from .transformers import modeling_reve
+        return getattr(modeling_reve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_position_bank():

@@ -159,6 +159,7 @@ class Reve(nn.Module):
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.overlap_size = patch_overlap
+        self.mlp_dim_ratio = mlp_dim_ratio
         self.mlp_dim = int(embed_dim * mlp_dim_ratio)
         self.to_patch_embedding = nn.Sequential(nn.Linear(patch_size, embed_dim))
         self.fourier4d = FourierEmb4D(embed_dim, freqs)
@@ -225,7 +226,7 @@ def save_pretrained(model, directory):
         "depth": len(model.transformer.layers),
         "heads": attn.heads if attn else 8,
         "head_dim": attn.dim_head if attn else 64,
-        "mlp_dim_ratio": model.mlp_dim / model.embed_dim,
+        "mlp_dim_ratio": getattr(model, "mlp_dim_ratio", model.mlp_dim / model.embed_dim),
         "use_geglu": True,
         "freqs": model.fourier4d.freqs,
         "patch_size": model.patch_size,

@@ -112,7 +112,7 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     for (int l = first; l < stop_layer; l++)
         for (int k = 0; k < NB; k++)
             if (layer_buf_needed(s, k)) sizes[buf_layer(s, l, k)] = layer_buf_floats(s, k, BT, T);
-    if (stop_layer == s->n_layers) {
+    if (stop_layer == s->n_layers && !s->no_head) {
         if (s->norm != MI_NORM_NONE) {
             sizes[buf_final(s, BF_LNF_SCALE)] = BT;
             sizes[buf_final(s, BF_LNF_NORM)] = BT * D;
@@ -124,7 +124,8 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         kept[buf_resid(stop_layer)] = 1;     /* the output */
     }
     for (int p = 0; p < np; p++)
-        if (flags[p] && mi_tf_point_present(s, p)) kept[point_buf(s, p)] = 1;
+        if ((flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) && mi_tf_point_present(s, p))
+            kept[point_buf(s, p)] = 1;
     /* a hook on ln1's points sees the runs on the q and k inputs too: keep
      * theirs as well (the cache keeps the last, on the v input) */
     for (int l = first; l < stop_layer && head_inputs(s); l++) {
@@ -254,6 +255,6 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
 
 float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena)
 {
-    if (plan->stop_layer < m->spec.n_layers) return mi_tf_buf_ptr(plan, arena, buf_resid(plan->stop_layer));
+    if (plan->stop_layer < m->spec.n_layers || m->spec.no_head) return mi_tf_buf_ptr(plan, arena, buf_resid(plan->stop_layer));
     return mi_tf_buf_ptr(plan, arena, buf_final(&m->spec, BF_LOGITS));
 }

@@ -195,6 +195,8 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
     if (s->n_layers < 1) return mi_fail(MI_ERR_VALUE, "backward: the model needs n_layers >= 1");
+    if (s->no_head) return mi_fail(MI_ERR_VALUE, "backward: this model has no unembedding (no_head, "
+                                   "e.g. REVE's encoder): training needs a loss on logits");
     if (B <= 0 || T <= 0) return mi_fail(MI_ERR_VALUE, "backward: tokens must be non-empty, got (%ld, %ld)",
                                          (long)B, (long)T);
     if (T > s->n_ctx) return mi_fail(MI_ERR_VALUE, "backward: %ld positions exceed n_ctx=%ld",

@@ -19,6 +19,7 @@ int mi_tf_point_present(const mi_tf_spec *s, int p)
     int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     if (p >= first_final) {
         int k = p - first_final;
+        if (s->no_head) return 0;
         if (k == MI_PF_LNF_SCALE || k == MI_PF_LNF_NORM) return norm;
         return 1;
     }

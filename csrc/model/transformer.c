@@ -126,10 +126,12 @@ mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
         }
 #undef P
     }
-    if (has_norm_affine(s->norm)) m->global_off[MI_G_LNF_W] = add_param(m, &c, "ln_final.w", 1, D, 0, 0, 0);
-    if (has_norm_bias(s->norm)) m->global_off[MI_G_LNF_B] = add_param(m, &c, "ln_final.b", 1, D, 0, 0, 0);
-    m->global_off[MI_G_W_U] = add_param(m, &c, "unembed.W_U", 2, D, s->d_vocab_out, 0, 0);
-    m->global_off[MI_G_B_U] = add_param(m, &c, "unembed.b_U", 1, s->d_vocab_out, 0, 0, 0);
+    if (!s->no_head) {
+        if (has_norm_affine(s->norm)) m->global_off[MI_G_LNF_W] = add_param(m, &c, "ln_final.w", 1, D, 0, 0, 0);
+        if (has_norm_bias(s->norm)) m->global_off[MI_G_LNF_B] = add_param(m, &c, "ln_final.b", 1, D, 0, 0, 0);
+        m->global_off[MI_G_W_U] = add_param(m, &c, "unembed.W_U", 2, D, s->d_vocab_out, 0, 0);
+        m->global_off[MI_G_B_U] = add_param(m, &c, "unembed.b_U", 1, s->d_vocab_out, 0, 0, 0);
+    }
     m->n_params = c;
     return MI_OK;
 }
@@ -157,7 +159,7 @@ struct run_state {
 
 static mi_status fire(run_state *r, int p)
 {
-    if (!(r->flags[p] & MI_HOOK_CALLBACK) || !r->hook) return MI_OK;
+    if (!(r->flags[p] & (MI_HOOK_CALLBACK | MI_HOOK_TRANSIENT)) || !r->hook) return MI_OK;
     mi_tensor_view v;
     if (!mi_tf_point_view(r->m, r->plan, r->arena, p, &v)) return MI_OK;
     return r->hook(r->ctx, p, &v);
@@ -510,7 +512,7 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     float *arena = r.arena;
     int64_t BT = plan->batch * plan->seq, D = s->d_model;
     for (int l = first; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
-    if (plan->stop_layer < s->n_layers) return MI_OK;
+    if (plan->stop_layer < s->n_layers || s->no_head) return MI_OK;
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     const float *x = mi_tf_buf_ptr(plan, arena, buf_resid((int)s->n_layers));

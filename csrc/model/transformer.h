@@ -52,6 +52,8 @@ typedef struct {
      * its hook points each time) and q/k/v come from per-head products. */
     int use_split_qkv_input;
     int use_attn_in;
+    int no_head;          /* no final norm, no unembedding (REVE's encoder): the output of a
+                           * full pass is the residual stream after the last block */
 } mi_tf_spec;
 
 /* SoLU then a LayerNorm over d_mlp (TransformerLens "solu_ln"): mid = pre *
@@ -72,6 +74,10 @@ enum { MI_PF_LNF_SCALE, MI_PF_LNF_NORM, MI_PF_UNEMBED_IN, MI_PF_UNEMBED_OUT, MI_
 
 #define MI_HOOK_CACHE 1
 #define MI_HOOK_CALLBACK 2
+/* a callback whose view is valid only until the same kind of buffer is written
+ * again (the next layer): no slot of its own, so hooks that only look (or edit
+ * before the layer reads the buffer) cost no arena memory */
+#define MI_HOOK_TRANSIENT 4
 
 typedef struct {
     char name[48];

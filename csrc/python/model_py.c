@@ -67,7 +67,7 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
                              "d_vocab_out", "n_ctx", "norm", "eps", "act", "gated_mlp",
                              "attn_only", "causal", "use_attn_result", "use_hook_mlp_in",
                              "pos_embed", "attn_scale", "use_split_qkv_input",
-                             "use_attn_in", NULL};
+                             "use_attn_in", "no_head", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (mo->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "Model: already initialised");
@@ -75,17 +75,18 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     }
     long long nl, dm, nh, dh, dmlp, dv, dvo, nctx;
     int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1;
-    int split_qkv = 0, attn_in = 0;
+    int split_qkv = 0, attn_in = 0, no_head = 0;
     double eps, attn_scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdpp:Model", kwlist, &nl, &dm,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdppp:Model", kwlist, &nl, &dm,
                                      &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
                                      &gated, &attn_only, &causal, &result, &mlp_in, &pos,
-                                     &attn_scale, &split_qkv, &attn_in))
+                                     &attn_scale, &split_qkv, &attn_in, &no_head))
         return -1;
     mi_tf_spec s = {nl, dm, nh, dh, dmlp, dv, dvo, nctx, (mi_norm_type)norm, (float)eps, act,
                     gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale};
     s.use_split_qkv_input = split_qkv;
     s.use_attn_in = attn_in;
+    s.no_head = no_head;
     if (norm < MI_NORM_NONE || norm > MI_NORM_RMSPRE) {
         PyErr_Format(PyExc_ValueError, "Model: unknown norm type %d", norm);
         return -1;
@@ -359,8 +360,8 @@ PyDoc_STRVAR(forward_doc,
 "        resid=None, start_layer=-1)\n--\n\n"
 "Run the pass. tokens int64 [B,T] (None with start_layer >= 0: then resid\n"
 "float32 [B,T,D] enters block start_layer); flags: bytes, one per point id (1 cache,\n"
-"2 callback); callback(point_id, view) is called at callback points (it may\n"
-"edit the view in place). Returns (output, {point_id: view}) where output is\n"
+"2 callback, 4 transient callback: its view is valid only during the layer);\n"
+"callback(point_id, view) is called at callback points (it may edit the view in place). Returns (output, {point_id: view}) where output is\n"
 "the logits [B,T,Vo] or, with stop_layer < n_layers, the residual stream.");
 
 static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
@@ -437,7 +438,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     mo->running--;
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    npy_intp oshape[3] = {B, T, stop < s->n_layers ? s->d_model : s->d_vocab_out};
+    npy_intp oshape[3] = {B, T, stop < s->n_layers || s->no_head ? s->d_model : s->d_vocab_out};
     if (!(out = mi_py_view(arena_owner, mi_tf_output(&mo->tf, &plan, arena), 3, oshape, NULL, 1)))
         goto done;
     if (!(cache = PyDict_New())) goto done;

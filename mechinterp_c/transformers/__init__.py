@@ -1,16 +1,16 @@
 """Hugging Face-compatible API of mechinterp_c (``from mechinterp_c.transformers import ...``).
 
-Models: ``AutoModelForCausalLM``, ``GPT2LMHeadModel``, ``GPT2Config``, ``AutoConfig`` (GPT-2 on
+Models: ``AutoModel`` (REVE and its position bank), ``AutoModelForCausalLM``, ``GPT2LMHeadModel``, ``GPT2Config``, ``AutoConfig`` (GPT-2 on
 the C transformer, module tree with forward hooks served by the C core's hook points).
 Tokenizers: ``GPT2Tokenizer``, ``GPT2TokenizerFast`` and ``AutoTokenizer`` (GPT-2 byte-level
 BPE implemented in C), ``BatchEncoding``.
 """
-from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModelForCausalLM
+from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModel, AutoModelForCausalLM
 from mechinterp_c.transformers.modeling_gpt2 import (GPT2Config, GPT2LMHeadModel, GPT2Model,
                                                      get_array_type, set_array_type)
 from mechinterp_c.transformers.tokenization_gpt2 import (AutoTokenizer, BatchEncoding, GPT2Tokenizer,
                                                          GPT2TokenizerFast)
 
-__all__ = ["AutoConfig", "AutoModelForCausalLM", "GPT2Config", "GPT2LMHeadModel", "GPT2Model",
+__all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "GPT2Config", "GPT2LMHeadModel", "GPT2Model",
            "AutoTokenizer", "BatchEncoding", "GPT2Tokenizer", "GPT2TokenizerFast",
            "set_array_type", "get_array_type"]
