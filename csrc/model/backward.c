@@ -13,6 +13,7 @@
 #include "model/backward.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,7 +82,17 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
 
 typedef struct {
     float *dlogits, *dresid, *dx, *xin, *dz, *dqkv, *dpost, *dpre, *dpre_lin, *act;
+    double *prof, t_last;   /* profile (NULL: off) and the time of the last tick */
 } scratch_t;
+
+/* Charge the time since the last tick to `phase` (no-op without a profile). */
+static void tick(scratch_t *S, int phase)
+{
+    if (!S->prof) return;
+    double now = omp_get_wtime();
+    S->prof[phase] += now - S->t_last;
+    S->t_last = now;
+}
 
 /* Backward of layer l. On entry S->dresid = dL/d resid_post[l]; on exit
  * dL/d resid_pre[l]. */
@@ -103,9 +114,13 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
             x2 = norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
         const float *pre = V(MI_P_MLP_PRE), *post = V(MI_P_MLP_POST);
         /* mlp_out = post @ W_out + b_out ; resid_post = resid_mid + mlp_out */
+        tick(S, MI_BWD_NORM);
         mi_sgemm(1, 0, Mm, D, BT, post, Mm, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
+        tick(S, MI_BWD_MLP_GEMM);
         colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_OUT]));
+        tick(S, MI_BWD_BIAS);
         mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
+        tick(S, MI_BWD_MLP_GEMM);
         memset(S->dx, 0, sizeof(float) * (size_t)(BT * D));
         memset(S->dpre, 0, sizeof(float) * (size_t)(BT * Mm));
         if (s->gated_mlp) {
@@ -126,34 +141,49 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
         } else {
             /* post = act(pre); pre = x2 @ W_in + b_in */
             mi_activation_backward((mi_activation)s->act, pre, S->dpost, S->dpre, BT * Mm);
+            tick(S, MI_BWD_ACT);
             mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
+            tick(S, MI_BWD_MLP_GEMM);
             colsum_acc(S->dpre, BT, Mm, gw(grads, o[MI_W_B_IN]));
+            tick(S, MI_BWD_BIAS);
             mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, S->dx, D);
         }
+        tick(S, MI_BWD_MLP_GEMM);
         /* x2 = ln2(resid_mid): dresid (already d resid_mid through the skip) += ln2'(dx) */
         MI_TRY(norm_backward(s, S->dx, ln2_in, pw(m, o[MI_W_LN2_W]), V(MI_P_LN2_SCALE), BT, dresid,
                              gw(grads, o[MI_W_LN2_W]), gw(grads, o[MI_W_LN2_B])));
+        tick(S, MI_BWD_NORM);
     }
     /* attn_out = z @ W_O + b_O ; resid_mid = resid_pre + attn_out */
     const float *resid_pre = V(MI_P_RESID_PRE), *z = V(MI_P_Z), *pattern = V(MI_P_PATTERN);
     const float *qkv = V(MI_P_Q);
     mi_sgemm(1, 0, HD, D, BT, z, HD, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
+    tick(S, MI_BWD_ATTN_GEMM);
     colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_O]));
+    tick(S, MI_BWD_BIAS);
     mi_sgemm(0, 1, BT, HD, D, dresid, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
+    tick(S, MI_BWD_ATTN_GEMM);
     /* z = softmax(q k^T / attn_scale) v */
     memset(S->dqkv, 0, sizeof(float) * (size_t)(BT * 3 * HD));
     mi_attn_layout lay = {B, T, H, Dh, 3 * HD, T * 3 * HD};
     MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, S->dz, 1.0f / s->attn_scale,
                             s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
+    tick(S, MI_BWD_ATTN_CORE);
     /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
     const float *x1 = resid_pre;
     if (s->norm != MI_NORM_NONE)
         x1 = norm_out(V(MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, S->xin);
+    tick(S, MI_BWD_NORM);
     mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, S->dqkv, 3 * HD, NULL, 1.0f, gw(grads, o[MI_W_QKV]), 3 * HD);
+    tick(S, MI_BWD_ATTN_GEMM);
     colsum_acc(S->dqkv, BT, 3 * HD, gw(grads, o[MI_W_B_QKV]));
+    tick(S, MI_BWD_BIAS);
     mi_sgemm(0, 1, BT, D, 3 * HD, S->dqkv, 3 * HD, pw(m, o[MI_W_QKV]), 3 * HD, NULL, 0.0f, S->dx, D);
-    return norm_backward(s, S->dx, resid_pre, pw(m, o[MI_W_LN1_W]), V(MI_P_LN1_SCALE), BT, dresid,
-                         gw(grads, o[MI_W_LN1_W]), gw(grads, o[MI_W_LN1_B]));
+    tick(S, MI_BWD_ATTN_GEMM);
+    mi_status st = norm_backward(s, S->dx, resid_pre, pw(m, o[MI_W_LN1_W]), V(MI_P_LN1_SCALE), BT, dresid,
+                                 gw(grads, o[MI_W_LN1_W]), gw(grads, o[MI_W_LN1_B]));
+    tick(S, MI_BWD_NORM);
+    return st;
 #undef V
 }
 
@@ -189,8 +219,10 @@ size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
 
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
                               const int64_t *tokens, const int64_t *targets,
-                              float *grads, float *loss, float *work, size_t work_floats)
+                              float *grads, float *loss, float *work, size_t work_floats,
+                              double *prof)
 {
+    double t0 = omp_get_wtime();
     const mi_tf_spec *s = &m->spec;
     int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
@@ -229,6 +261,9 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (st != MI_OK) goto done;
 
     scratch_t S;
+    S.prof = prof;
+    S.t_last = t0;
+    tick(&S, MI_BWD_FORWARD);
     float *c = scr;
     S.dlogits = c; c += BT * Vo;
     S.dresid = c; c += BT * D;
@@ -250,6 +285,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
                                         "logits?); gradients were left unchanged", (double)mean); goto done; }
     *loss = mean;
+    tick(&S, MI_BWD_LOSS);
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     int last = 2 + ((int)s->n_layers - 1) * MI_P_PER_LAYER + MI_P_RESID_POST;
@@ -263,11 +299,13 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     mi_sgemm(1, 0, D, Vo, BT, xf, D, S.dlogits, Vo, NULL, 1.0f, gw(grads, g[MI_G_W_U]), Vo);
     colsum_acc(S.dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));
     mi_sgemm(0, 1, BT, D, Vo, S.dlogits, Vo, pw(m, g[MI_G_W_U]), Vo, NULL, 0.0f, S.dx, D);
+    tick(&S, MI_BWD_UNEMBED);
     memset(S.dresid, 0, sizeof(float) * (size_t)(BT * D));
     st = norm_backward(s, S.dx, resid_L, pw(m, g[MI_G_LNF_W]),
                        s->norm != MI_NORM_NONE ? view_ptr(m, &plan, arena, pf + MI_PF_LNF_SCALE) : NULL,
                        BT, S.dresid, gw(grads, g[MI_G_LNF_W]), gw(grads, g[MI_G_LNF_B]));
     if (st != MI_OK) goto done;
+    tick(&S, MI_BWD_NORM);
     for (int l = (int)s->n_layers - 1; l >= 0; l--) {
         st = layer_backward(m, &plan, arena, grads, l, &S);
         if (st != MI_OK) goto done;
@@ -279,6 +317,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
         for (int64_t i = 0; i < BT; i++) pos[i] = i % T;
         st = mi_embedding_backward(S.dresid, pos, BT, s->n_ctx, D, gw(grads, g[MI_G_W_POS]));
     }
+    tick(&S, MI_BWD_EMBED);
 done:
     free(pos);
     mi_free(owned);

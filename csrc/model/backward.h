@@ -27,9 +27,17 @@
 /* work: a caller-kept workspace of work_floats floats (64-byte aligned), reused
  * across steps so the activations' pages are not faulted in again every call;
  * NULL (or too small) allocates one for this call. */
+/* Profile phases: seconds spent in each are ADDED to prof[phase] when prof is
+ * non-NULL (bench/train.py), summed over layers. */
+enum {
+    MI_BWD_FORWARD, MI_BWD_LOSS, MI_BWD_UNEMBED, MI_BWD_NORM, MI_BWD_MLP_GEMM, MI_BWD_ACT,
+    MI_BWD_ATTN_GEMM, MI_BWD_ATTN_CORE, MI_BWD_BIAS, MI_BWD_EMBED, MI_BWD_N_PHASES
+};
+
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t seq,
                               const int64_t *tokens, const int64_t *targets,
-                              float *grads, float *loss, float *work, size_t work_floats);
+                              float *grads, float *loss, float *work, size_t work_floats,
+                              double *prof);
 
 /* Floats of workspace a [batch, seq] call needs (0 with a message on error). */
 size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t seq);

@@ -32,7 +32,19 @@ PyDoc_STRVAR(loss_backward_doc,
 "Forward, mean cross-entropy of the logits at (b, p) against targets[b, p]\n"
 "(-100 ignores), and backward; gradients ACCUMULATE into grads (from\n"
 "grad_blob). workspace: optional array from backward_workspace, reused across\n"
-"calls. Returns the mean loss as a float.");
+"calls. profile: optional float64 array [len(backward_phases())] to which the\n"
+"seconds of each phase are added. Returns the mean loss as a float.");
+
+PyDoc_STRVAR(phases_doc, "backward_phases()\n--\n\nNames of loss_backward's profile phases, in order.");
+
+_Static_assert(MI_BWD_N_PHASES == 10, "backward_phases() names every profile phase");
+
+static PyObject *py_backward_phases(PyObject *module, PyObject *unused)
+{
+    (void)module; (void)unused;
+    return Py_BuildValue("(ssssssssss)", "forward", "loss", "unembed", "norm", "mlp_gemm",
+                         "activation", "attn_gemm", "attn_core", "bias", "embed");
+}
 
 PyDoc_STRVAR(workspace_doc, "backward_workspace(model, batch, seq)\n--\n\nAn uninitialised "
              "64-byte aligned float32 array large enough for loss_backward on [batch, seq].");
@@ -55,9 +67,22 @@ static PyObject *py_backward_workspace(PyObject *module, PyObject *args)
 
 static PyObject *py_loss_backward(PyObject *module, PyObject *args)
 {
-    PyObject *model, *tok_obj, *tgt_obj, *grads_obj, *work_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOO|O:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj, &work_obj))
+    PyObject *model, *tok_obj, *tgt_obj, *grads_obj, *work_obj = Py_None, *prof_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOO|OO:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj, &work_obj,
+                          &prof_obj))
         return NULL;
+    double *prof = NULL;
+    if (prof_obj != Py_None) {
+        if (!PyArray_Check(prof_obj) || PyArray_TYPE((PyArrayObject *)prof_obj) != NPY_FLOAT64
+            || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)prof_obj)
+            || !PyArray_ISWRITEABLE((PyArrayObject *)prof_obj)
+            || PyArray_SIZE((PyArrayObject *)prof_obj) != MI_BWD_N_PHASES) {
+            PyErr_Format(PyExc_TypeError, "profile: expected a writable contiguous float64 array of %d "
+                         "seconds (backward_phases())", (int)MI_BWD_N_PHASES);
+            return NULL;
+        }
+        prof = PyArray_DATA((PyArrayObject *)prof_obj);
+    }
     float *work = NULL;
     size_t work_floats = 0;
     if (work_obj != Py_None) {
@@ -105,7 +130,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     st = mi_tf_loss_backward(tf, PyArray_DIM(tokens, 0), PyArray_DIM(tokens, 1),
                              (const int64_t *)PyArray_DATA(tokens), (const int64_t *)PyArray_DATA(targets),
-                             g, &loss, work, work_floats);
+                             g, &loss, work, work_floats, prof);
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     res = PyFloat_FromDouble((double)loss);
@@ -180,6 +205,7 @@ static PyMethodDef train_methods[] = {
     {"loss_backward", py_loss_backward, METH_VARARGS, loss_backward_doc},
     {"backward_workspace", py_backward_workspace, METH_VARARGS, workspace_doc},
     {"adamw_step", py_adamw_step, METH_VARARGS, adamw_doc},
+    {"backward_phases", py_backward_phases, METH_NOARGS, phases_doc},
     {NULL, NULL, 0, NULL},
 };
 
