@@ -219,6 +219,7 @@ size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
 
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
                               const int64_t *tokens, const int64_t *targets,
+                              const int64_t *pos_ids, const float *key_mask,
                               float *grads, float *loss, float *work, size_t work_floats,
                               double *prof)
 {
@@ -257,7 +258,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     pos = malloc(sizeof(int64_t) * (size_t)BT);
     if (!arena || !scr || !pos) { st = mi_fail(MI_ERR_NOMEM, "backward: cannot allocate %zu floats of "
                                                "activations and gradients", plan.n_floats + n_scr); goto done; }
-    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, NULL, NULL, NULL, NULL);
+    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, pos_ids, key_mask, NULL, NULL);
     if (st != MI_OK) goto done;
 
     scratch_t S;
@@ -314,7 +315,11 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     st = mi_embedding_backward(S.dresid, tokens, BT, s->d_vocab, D, gw(grads, g[MI_G_W_E]));
     if (st != MI_OK) goto done;
     if (s->pos_embed) {
-        for (int64_t i = 0; i < BT; i++) pos[i] = i % T;
+        /* resid_pre[0] += W_pos[pos_ids] * key_mask: padding rows add nothing */
+        for (int64_t i = 0; i < BT; i++) {
+            pos[i] = pos_ids ? pos_ids[i] : i % T;
+            if (key_mask && key_mask[i] == 0.0f) memset(S.dresid + i * D, 0, sizeof(float) * (size_t)D);
+        }
         st = mi_embedding_backward(S.dresid, pos, BT, s->n_ctx, D, gw(grads, g[MI_G_W_POS]));
     }
     tick(&S, MI_BWD_EMBED);

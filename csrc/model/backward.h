@@ -34,8 +34,13 @@ enum {
     MI_BWD_ATTN_GEMM, MI_BWD_ATTN_CORE, MI_BWD_BIAS, MI_BWD_EMBED, MI_BWD_N_PHASES
 };
 
+/* pos_ids [B,T] (NULL: t) and key_mask [B,T] (NULL: none; 0 marks a padding
+ * key) as mi_tf_forward takes them (TransformerLens's attention_mask): masked
+ * keys get P = 0 and so no gradient through attention, and a masked position's
+ * zeroed positional embedding gets no gradient. */
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t seq,
                               const int64_t *tokens, const int64_t *targets,
+                              const int64_t *pos_ids, const float *key_mask,
                               float *grads, float *loss, float *work, size_t work_floats,
                               double *prof);
 

@@ -33,7 +33,8 @@ PyDoc_STRVAR(loss_backward_doc,
 "(-100 ignores), and backward; gradients ACCUMULATE into grads (from\n"
 "grad_blob). workspace: optional array from backward_workspace, reused across\n"
 "calls. profile: optional float64 array [len(backward_phases())] to which the\n"
-"seconds of each phase are added. Returns the mean loss as a float.");
+"seconds of each phase are added. pos_ids [batch, pos] int64 and key_mask\n"
+"[batch, pos] float32 (0: padding) as forward takes them. Returns the mean loss.");
 
 PyDoc_STRVAR(phases_doc, "backward_phases()\n--\n\nNames of loss_backward's profile phases, in order.");
 
@@ -68,8 +69,9 @@ static PyObject *py_backward_workspace(PyObject *module, PyObject *args)
 static PyObject *py_loss_backward(PyObject *module, PyObject *args)
 {
     PyObject *model, *tok_obj, *tgt_obj, *grads_obj, *work_obj = Py_None, *prof_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOO|OO:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj, &work_obj,
-                          &prof_obj))
+    PyObject *pos_obj = Py_None, *mask_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OOOO|OOOO:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj, &work_obj,
+                          &prof_obj, &pos_obj, &mask_obj))
         return NULL;
     double *prof = NULL;
     if (prof_obj != Py_None) {
@@ -98,7 +100,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
     }
     mi_transformer *tf = mi_py_model_tf(module, model);
     if (!tf) return NULL;
-    PyArrayObject *tokens = NULL, *targets = NULL;
+    PyArrayObject *tokens = NULL, *targets = NULL, *pos = NULL, *mask = NULL;
     PyObject *res = NULL;
     char b1[128], b2[128];
     if (!PyArray_Check(grads_obj) || PyArray_TYPE((PyArrayObject *)grads_obj) != NPY_FLOAT32
@@ -124,19 +126,40 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
                      mi_py_shape_str(tokens, b1), mi_py_shape_str(targets, b2));
         goto done;
     }
+    if (pos_obj != Py_None) {
+        pos = (PyArrayObject *)PyArray_FROMANY(pos_obj, NPY_INT64, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
+        if (!pos) goto done;
+        if (PyArray_NDIM(pos) != 2 || PyArray_DIM(pos, 0) != PyArray_DIM(tokens, 0)
+            || PyArray_DIM(pos, 1) != PyArray_DIM(tokens, 1)) {
+            PyErr_Format(PyExc_ValueError, "pos_ids: expected shape %s like tokens, got %s",
+                         mi_py_shape_str(tokens, b1), mi_py_shape_str(pos, b2));
+            goto done;
+        }
+    }
+    if (mask_obj != Py_None) {
+        if (!(mask = mi_py_float_arg(mask_obj, "attention_mask", 2, 2))) goto done;
+        if (PyArray_DIM(mask, 0) != PyArray_DIM(tokens, 0) || PyArray_DIM(mask, 1) != PyArray_DIM(tokens, 1)) {
+            PyErr_Format(PyExc_ValueError, "attention_mask: expected shape %s like tokens, got %s",
+                         mi_py_shape_str(tokens, b1), mi_py_shape_str(mask, b2));
+            goto done;
+        }
+    }
     float loss = 0.0f;
     mi_status st;
     float *g = (float *)PyArray_DATA((PyArrayObject *)grads_obj);
     Py_BEGIN_ALLOW_THREADS
     st = mi_tf_loss_backward(tf, PyArray_DIM(tokens, 0), PyArray_DIM(tokens, 1),
                              (const int64_t *)PyArray_DATA(tokens), (const int64_t *)PyArray_DATA(targets),
-                             g, &loss, work, work_floats, prof);
+                             pos ? (const int64_t *)PyArray_DATA(pos) : NULL,
+                             mask ? (const float *)PyArray_DATA(mask) : NULL, g, &loss, work, work_floats, prof);
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     res = PyFloat_FromDouble((double)loss);
 done:
     Py_XDECREF(tokens);
     Py_XDECREF(targets);
+    Py_XDECREF(pos);
+    Py_XDECREF(mask);
     return res;
 }
 
