@@ -223,12 +223,41 @@ static PyObject *py_adamw_step(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(adamw_ref_doc,
+"_adamw_step_ref(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2)\n--\n\n"
+"The plain scalar AdamW reference (mi_adamw_step_ref) on C-contiguous float32 arrays of\n"
+"one size, for testing adamw_step against.");
+
+static PyObject *py_adamw_step_ref(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *po, *go, *mo, *vo;
+    double lr, b1, b2, eps, wd, bc1, bc2;
+    if (!PyArg_ParseTuple(args, "OOOOddddddd:_adamw_step_ref", &po, &go, &mo, &vo, &lr, &b1, &b2, &eps,
+                          &wd, &bc1, &bc2))
+        return NULL;
+    if (check_f32(po, "p", 1) < 0 || check_f32(go, "g", 1) < 0 || check_f32(mo, "m", 1) < 0
+        || check_f32(vo, "v", 1) < 0)
+        return NULL;
+    npy_intp n = PyArray_SIZE((PyArrayObject *)po);
+    if (PyArray_SIZE((PyArrayObject *)go) != n || PyArray_SIZE((PyArrayObject *)mo) != n
+        || PyArray_SIZE((PyArrayObject *)vo) != n) {
+        PyErr_SetString(PyExc_ValueError, "_adamw_step_ref: p, g, m, v must have the same size");
+        return NULL;
+    }
+    mi_adamw_hparams h = {(float)lr, (float)b1, (float)b2, (float)eps, (float)wd, bc1, bc2};
+    mi_adamw_step_ref(PyArray_DATA((PyArrayObject *)po), PyArray_DATA((PyArrayObject *)go), (int64_t)n,
+                      PyArray_DATA((PyArrayObject *)mo), PyArray_DATA((PyArrayObject *)vo), &h);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef train_methods[] = {
     {"grad_blob", py_grad_blob, METH_O, grad_blob_doc},
     {"loss_backward", py_loss_backward, METH_VARARGS, loss_backward_doc},
     {"backward_workspace", py_backward_workspace, METH_VARARGS, workspace_doc},
     {"adamw_step", py_adamw_step, METH_VARARGS, adamw_doc},
     {"backward_phases", py_backward_phases, METH_NOARGS, phases_doc},
+    {"_adamw_step_ref", py_adamw_step_ref, METH_VARARGS, adamw_ref_doc},
     {NULL, NULL, 0, NULL},
 };
 
