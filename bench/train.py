@@ -121,12 +121,12 @@ def profile(steps=5):
     mi, model, opt, sched = make_c()
     params = list(model.parameters())
     names = _core.backward_phases()
-    prof = np.zeros(len(names))
+    prof = np.zeros(2 * len(names))
     data = batches(steps + 1)
     st = training._state(model)
     parts = dict(backward_call=0.0, clip=0.0, opt_step=0.0, zero_grad=0.0, sched=0.0)
     model.backward(*data[0])
-    t_all = time.perf_counter()
+    t_all, cpu_all = time.perf_counter(), time.process_time()
     for t, y in data[1:]:
         t0 = time.perf_counter()
         _core.loss_backward(model._core, t, y, st.grads, st.workspace, prof)
@@ -143,16 +143,19 @@ def profile(steps=5):
                         ("zero_grad", t3, t4), ("sched", t4, t5)):
             parts[k] += b - a
     total = (time.perf_counter() - t_all) / steps * 1e3
-    ms = prof / steps * 1e3
+    cpu_total = (time.process_time() - cpu_all) / steps * 1e3
+    ms, cpu_ms = prof[:len(names)] / steps * 1e3, prof[len(names):] / steps * 1e3
     print(f"C step profile, batch {BATCH} x {CFG['n_ctx']}, {steps} steps, "
           f"threads={mi.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    for n, v in zip(names, ms):
-        print(f"  {n:12s} {v:8.2f} ms")
+    print(f"  {'phase':12s} {'wall ms':>8s} {'CPU ms':>8s}   (CPU: all threads, spinning included)")
+    for n, v, c in zip(names, ms, cpu_ms):
+        print(f"  {n:12s} {v:8.2f} {c:8.2f}")
     call = parts["backward_call"] / steps * 1e3
     print(f"  {'(C other)':12s} {call - ms.sum():8.2f} ms   (loss_backward call minus its phases)")
     for k in ("clip", "opt_step", "zero_grad", "sched"):
         print(f"  {k:12s} {parts[k] / steps * 1e3:8.2f} ms")
-    print(f"  {'total step':12s} {total:8.2f} ms   ({1e3 / total:.2f} steps/s)")
+    print(f"  {'total step':12s} {total:8.2f} {cpu_total:8.2f}   ({1e3 / total:.2f} steps/s; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
     fl = gemm_flops()
     peak = peak_sgemm_gflops()
     print(f"GEMM FLOPs per step {fl / 1e9:.2f} GFLOP; measured peak SGEMM {peak:.0f} GFLOP/s "

@@ -378,3 +378,28 @@ def test_activation_backward_fast_matches_reference(rng, name):
     # test_activation_backward); the scalar gelu_tanh loses that much where 1 + tanh
     # and 1 - t^2 cancel, the vector path uses sigmoid forms that do not
     np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=2e-6 * np.abs(dy).max())
+
+
+@pytest.mark.parametrize("T,D", [(1, 1), (7, 5), (50, 64), (70, 80), (33, 130)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_backward_fast_matches_reference(rng, T, D, causal):
+    """The AVX-512 per-head loops (attention_backward_avx512.c) against the portable
+    path (four mi_sgemm products per head, run at the scalar ISA), with key padding:
+    sizes cover the 16-lane tails, more than 64 keys and d_head past 64 and 128."""
+    B, H = 2, 2
+    q, k, v, dz = (rng.standard_normal((B, T, H, D)).astype(np.float32) for _ in range(4))
+    pad = np.ones((B, T), np.int64)
+    pad[1, : T // 3] = 0
+    _, p = ops.attention(q, k, v, causal=causal, padding_mask=pad, return_pattern=True)
+    acc = [np.full(q.shape, 0.5, np.float32) for _ in range(3)]
+    try:
+        _core.force_isa("scalar")
+        ref = _core._attention_backward(q, k, v, p, dz, causal=causal)
+    finally:
+        _core.force_isa("best")
+    fast = _core._attention_backward(q, k, v, p, dz, causal=causal)
+    accd = _core._attention_backward(q, k, v, p, dz, causal=causal, dq=acc[0], dk=acc[1], dv=acc[2])
+    for f, r, a in zip(fast, ref, accd):
+        # float32 sums in another order: ~1e-6 of the gradient's scale
+        np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-30)
+        np.testing.assert_allclose(a, r + 0.5, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-6)

@@ -16,6 +16,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/memory.h"
 #include "kernels/activation.h"
@@ -82,16 +83,26 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
 
 typedef struct {
     float *dlogits, *dresid, *dx, *xin, *dz, *dqkv, *dpost, *dpre, *dpre_lin, *act;
-    double *prof, t_last;   /* profile (NULL: off) and the time of the last tick */
+    double *prof, t_last, cpu_last;   /* profile (NULL: off), wall and CPU time of the last tick */
 } scratch_t;
 
-/* Charge the time since the last tick to `phase` (no-op without a profile). */
+/* Process CPU seconds (every thread): robust to a machine shared with other jobs. */
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Charge the wall and CPU time since the last tick to `phase` (no-op without a profile). */
 static void tick(scratch_t *S, int phase)
 {
     if (!S->prof) return;
-    double now = omp_get_wtime();
+    double now = omp_get_wtime(), cpu = cpu_seconds();
     S->prof[phase] += now - S->t_last;
+    S->prof[MI_BWD_N_PHASES + phase] += cpu - S->cpu_last;
     S->t_last = now;
+    S->cpu_last = cpu;
 }
 
 /* Backward of layer l. On entry S->dresid = dL/d resid_post[l]; on exit
@@ -223,7 +234,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
                               float *grads, float *loss, float *work, size_t work_floats,
                               double *prof)
 {
-    double t0 = omp_get_wtime();
+    double t0 = omp_get_wtime(), cpu0 = prof ? cpu_seconds() : 0.0;
     const mi_tf_spec *s = &m->spec;
     int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
@@ -264,6 +275,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     scratch_t S;
     S.prof = prof;
     S.t_last = t0;
+    S.cpu_last = cpu0;
     tick(&S, MI_BWD_FORWARD);
     float *c = scr;
     S.dlogits = c; c += BT * Vo;

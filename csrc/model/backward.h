@@ -27,8 +27,9 @@
 /* work: a caller-kept workspace of work_floats floats (64-byte aligned), reused
  * across steps so the activations' pages are not faulted in again every call;
  * NULL (or too small) allocates one for this call. */
-/* Profile phases: seconds spent in each are ADDED to prof[phase] when prof is
- * non-NULL (bench/train.py), summed over layers. */
+/* Profile phases: when prof [2 * MI_BWD_N_PHASES] is non-NULL (bench/train.py),
+ * the wall seconds of each phase are ADDED to prof[phase] and the process CPU
+ * seconds (all threads) to prof[MI_BWD_N_PHASES + phase], summed over layers. */
 enum {
     MI_BWD_FORWARD, MI_BWD_LOSS, MI_BWD_UNEMBED, MI_BWD_NORM, MI_BWD_MLP_GEMM, MI_BWD_ACT,
     MI_BWD_ATTN_GEMM, MI_BWD_ATTN_CORE, MI_BWD_BIAS, MI_BWD_EMBED, MI_BWD_N_PHASES

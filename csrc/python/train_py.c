@@ -32,8 +32,8 @@ PyDoc_STRVAR(loss_backward_doc,
 "Forward, mean cross-entropy of the logits at (b, p) against targets[b, p]\n"
 "(-100 ignores), and backward; gradients ACCUMULATE into grads (from\n"
 "grad_blob). workspace: optional array from backward_workspace, reused across\n"
-"calls. profile: optional float64 array [len(backward_phases())] to which the\n"
-"seconds of each phase are added. pos_ids [batch, pos] int64 and key_mask\n"
+"calls. profile: optional float64 array [2 * len(backward_phases())] to which the\n"
+"wall seconds, then the process CPU seconds, of each phase are added. pos_ids [batch, pos] int64 and key_mask\n"
 "[batch, pos] float32 (0: padding) as forward takes them. Returns the mean loss.");
 
 PyDoc_STRVAR(phases_doc, "backward_phases()\n--\n\nNames of loss_backward's profile phases, in order.");
@@ -78,9 +78,9 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
         if (!PyArray_Check(prof_obj) || PyArray_TYPE((PyArrayObject *)prof_obj) != NPY_FLOAT64
             || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)prof_obj)
             || !PyArray_ISWRITEABLE((PyArrayObject *)prof_obj)
-            || PyArray_SIZE((PyArrayObject *)prof_obj) != MI_BWD_N_PHASES) {
+            || PyArray_SIZE((PyArrayObject *)prof_obj) != 2 * MI_BWD_N_PHASES) {
             PyErr_Format(PyExc_TypeError, "profile: expected a writable contiguous float64 array of %d "
-                         "seconds (backward_phases())", (int)MI_BWD_N_PHASES);
+                         "seconds (2 x backward_phases(): wall, then CPU)", 2 * (int)MI_BWD_N_PHASES);
             return NULL;
         }
         prof = PyArray_DATA((PyArrayObject *)prof_obj);
