@@ -48,6 +48,16 @@ static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
     }
 }
 
+/* p[0 .. n) = 0, in parallel (a serial memset of the larger buffers would leave
+ * the other threads waiting). */
+static void zero(float *p, int64_t n)
+{
+    const int64_t blk = 16384;
+    #pragma omp parallel for schedule(static) if (n > 2 * blk)
+    for (int64_t i0 = 0; i0 < n; i0 += blk)
+        memset(p + i0, 0, sizeof(float) * (size_t)(n - i0 < blk ? n - i0 : blk));
+}
+
 static float *view_ptr(const mi_transformer *m, const mi_tf_plan *plan, float *arena, int p)
 {
     mi_tensor_view v;
@@ -132,8 +142,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
         tick(S, MI_BWD_BIAS);
         mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
         tick(S, MI_BWD_MLP_GEMM);
-        memset(S->dx, 0, sizeof(float) * (size_t)(BT * D));
-        memset(S->dpre, 0, sizeof(float) * (size_t)(BT * Mm));
+        zero(S->dpre, BT * Mm);   /* S->dx: the GEMMs below write it (beta 0 first) */
         if (s->gated_mlp) {
             /* post = act(pre) * pre_linear + b_in; pre = x2 @ W_gate; pre_linear = x2 @ W_in */
             const float *pre_lin = V(MI_P_MLP_PRE_LINEAR);
@@ -175,7 +184,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
     mi_sgemm(0, 1, BT, HD, D, dresid, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
     tick(S, MI_BWD_ATTN_GEMM);
     /* z = softmax(q k^T / attn_scale) v */
-    memset(S->dqkv, 0, sizeof(float) * (size_t)(BT * 3 * HD));
+    zero(S->dqkv, BT * 3 * HD);
     mi_attn_layout lay = {B, T, H, Dh, 3 * HD, T * 3 * HD};
     MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, S->dz, 1.0f / s->attn_scale,
                             s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
@@ -292,7 +301,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     /* loss = mean cross_entropy(logits, targets) */
     const float *logits = mi_tf_output(m, &plan, arena);
     float mean = 0.0f;
-    memset(S.dlogits, 0, sizeof(float) * (size_t)(BT * Vo));
+    zero(S.dlogits, BT * Vo);
     st = mi_cross_entropy(logits, targets, BT, Vo, MI_IGNORE_INDEX, &mean, NULL, S.dlogits);
     if (st != MI_OK) goto done;
     if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
@@ -313,7 +322,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     colsum_acc(S.dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));
     mi_sgemm(0, 1, BT, D, Vo, S.dlogits, Vo, pw(m, g[MI_G_W_U]), Vo, NULL, 0.0f, S.dx, D);
     tick(&S, MI_BWD_UNEMBED);
-    memset(S.dresid, 0, sizeof(float) * (size_t)(BT * D));
+    zero(S.dresid, BT * D);
     st = norm_backward(s, S.dx, resid_L, pw(m, g[MI_G_LNF_W]),
                        s->norm != MI_NORM_NONE ? view_ptr(m, &plan, arena, pf + MI_PF_LNF_SCALE) : NULL,
                        BT, S.dresid, gw(grads, g[MI_G_LNF_W]), gw(grads, g[MI_G_LNF_B]));
