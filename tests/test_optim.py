@@ -173,3 +173,40 @@ def test_adamw_kernel_matches_reference(shape):
                              np.zeros(shape, np.float32), 3e-3, 0.9, 0.95, 1e-8, 0.1, 0.1, 0.05)
     # torch's single-tensor path in float32: the same operations; a few ulps at most
     np.testing.assert_allclose(mine, tp.detach().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_one_call_helpers_errors_and_nan():
+    """The one-call C paths behind AdamW.step / zero_grad / clip_grad_norm_: NaN
+    gradients, error_if_nonfinite (as torch: RuntimeError, nothing scaled), and clear
+    errors for mismatched lists."""
+    rng = np.random.default_rng(11)
+    ps = make_params(rng, [(4, 8, 5), (7,)], strided=True)
+    ps[0].grad[...] = 1.0
+    ps[1].grad[...] = np.nan
+    tps = [torch.nn.Parameter(torch.tensor(p.data.copy())) for p in ps]
+    for p, tp in zip(ps, tps):
+        tp.grad = torch.tensor(p.grad.copy())
+    with pytest.raises(RuntimeError, match="total norm of the gradients is nan"):
+        optim.clip_grad_norm_(ps, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError):
+        torch.nn.utils.clip_grad_norm_(tps, 1.0, error_if_nonfinite=True)
+    assert (ps[0].grad == 1.0).all()                       # nothing scaled
+    assert np.isnan(optim.clip_grad_norm_(ps, 1.0))        # torch: nan norm, grads * nan
+    assert np.isnan(torch.nn.utils.clip_grad_norm_(tps, 1.0).item())
+    opt = optim.AdamW(ps, lr=1e-2)
+    opt.zero_grad()                                         # NaN gradients become 0 too
+    assert all(not p.grad.any() for p in ps)
+    with pytest.raises(ValueError, match="exp_avgs has 1 arrays, expected 2"):
+        mi._core.adamw_step_many([p.data for p in ps], [p.grad for p in ps], [np.zeros(160, np.float32)],
+                                 [], [1, 1], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(TypeError, match=r"exp_avgs\[0\] must be a writable C-contiguous float32"):
+        mi._core.adamw_step_many([ps[0].data], [ps[0].grad], [ps[0].data], [np.zeros(160, np.float32)],
+                                 [1], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(ValueError, match=r"steps\[0\] = 0 must be >= 1"):
+        mi._core.adamw_step_many([ps[1].data], [ps[1].grad], [np.zeros(7, np.float32)],
+                                 [np.zeros(7, np.float32)], [0], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(ValueError, match=r"params\[0\] and grads\[0\] must have the same shape"):
+        mi._core.adamw_step_many([ps[1].data], [np.zeros(6, np.float32)], [np.zeros(7, np.float32)],
+                                 [np.zeros(7, np.float32)], [1], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a writable float32"):
+        mi._core.clip_grads([np.zeros(3)], 1.0)
