@@ -106,3 +106,33 @@ def test_train_steps_helper_and_state_dict(capsys):
     model2.load_state_dict(sd)
     t, y = data[0]
     assert model2.backward(t, y) == model.backward(t, y)   # same weights, same kernels: bitwise
+
+
+def test_step_bitwise_identical_for_any_thread_count():
+    """Loss, every gradient and the AdamW update are bitwise identical with 1, 2 and 3
+    threads (no reduction is split between threads; the sizes cross every kernel's
+    parallel threshold)."""
+    rng = np.random.default_rng(5)
+    tokens, targets = batch(rng, 24)
+    mask = np.ones_like(tokens)
+    mask[3, :7] = 0
+    targets[mask == 0] = -100
+    results = []
+    old = mi.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            mi.set_num_threads(n)
+            model = mi.HookedTransformer(mi.HookedTransformerConfig(**CFG))
+            opt = mi.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+            loss = model.backward(tokens, targets, attention_mask=mask)
+            norm = mi.optim.clip_grad_norm_(model.parameters(), 0.5)
+            grads = {k: p.grad.copy() for k, p in model.named_parameters()}
+            opt.step()
+            results.append((loss, norm, grads, {k: p.data.copy() for k, p in model.named_parameters()}))
+    finally:
+        mi.set_num_threads(old)
+    for loss, norm, grads, data in results[1:]:
+        assert loss == results[0][0] and norm == results[0][1]
+        for k in grads:
+            np.testing.assert_array_equal(grads[k], results[0][2][k], err_msg=k)
+            np.testing.assert_array_equal(data[k], results[0][3][k], err_msg=k)
