@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 CFG = dict(n_layers=2, d_model=64, d_head=64, n_heads=1, d_mlp=256, d_vocab=300, n_ctx=50,
            act_fn="relu", normalization_type="LN", seed=0)
 BATCH = 256
+QUIET_PEAK = 232.0   # GFLOP/s: this machine's SGEMM peak on 2 quiet cores (README table)
 
 
 def batches(n):
@@ -158,8 +159,10 @@ def profile(steps=5):
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
     fl = gemm_flops()
     peak = peak_sgemm_gflops()
-    print(f"GEMM FLOPs per step {fl / 1e9:.2f} GFLOP; measured peak SGEMM {peak:.0f} GFLOP/s "
+    print(f"GEMM FLOPs per step {fl / 1e9:.2f} GFLOP; measured peak SGEMM now {peak:.0f} GFLOP/s "
           f"-> GEMM floor {fl / peak / 1e6:.1f} ms/step; this step is {total / (fl / peak / 1e6):.1f}x the floor")
+    print(f"  (at the machine's quiet 2-thread peak of {QUIET_PEAK:.0f} GFLOP/s the floor is "
+          f"{fl / QUIET_PEAK / 1e6:.1f} ms/step, {QUIET_PEAK * 1e9 / fl:.1f} steps/s)")
 
 
 def child(which, steps):
