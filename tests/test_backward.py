@@ -146,6 +146,9 @@ def test_bad_input():
         m.backward(tokens, np.zeros((2, 12), np.float32))
     with pytest.raises(ValueError, match="exceed n_ctx=12"):
         m.backward(np.zeros((1, 13), np.int64), np.zeros((1, 13), np.int64))
+    solu = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(BASE, act_fn="solu_ln")))
+    with pytest.raises(ValueError, match="act_fn 'solu_ln' has no backward pass"):
+        solu.backward(tokens, np.zeros_like(tokens))
     with pytest.raises(KeyError, match="no parameter 'blocks.9.attn.W_Q'"):
         m.get_parameter("blocks.9.attn.W_Q")
     # NaN weights: a clear error and gradients left unchanged

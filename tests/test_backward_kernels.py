@@ -403,3 +403,29 @@ def test_attention_backward_fast_matches_reference(rng, T, D, causal):
         # float32 sums in another order: ~1e-6 of the gradient's scale
         np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-30)
         np.testing.assert_allclose(a, r + 0.5, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-6)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (63, 5), (65, 256), (1000, 300)])
+def test_relu_backward_bias_matches_reference(rng, rows, cols, threads):
+    """The MLP's fused relu step (dpre and the b_in gradient in one pass) against the
+    plain kernels it replaces: mi_activation_backward into zeros (bitwise: the same
+    select per element) and a float64 column sum (1e-6 relative: double partials)."""
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    x[0, 0] = np.nan
+    if cols > 1:
+        x[0, 1] = 0.0                       # relu'(0) = 0, as torch
+    dy = rng.standard_normal((rows, cols)).astype(np.float32)
+    want = _core._activation_backward("relu", x, dy)
+    db = np.full(cols, 0.25, np.float32)
+
+    def run():
+        g, d = dy.copy(), db.copy()
+        _core._relu_backward_bias(x, g, d)
+        return g, d
+    both = both_threads(run)
+    got, dbg = both[0]
+    np.testing.assert_array_equal(got, want)                      # NaN where x is NaN
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(both[0], both[1]))   # any thread count
+    ref = 0.25 + np.nansum(np.where(np.isnan(x), np.nan, want.astype(np.float64)), axis=0)
+    ref[0] = np.nan                                               # the NaN column stays NaN
+    np.testing.assert_allclose(dbg, ref, rtol=1e-6, atol=1e-6)

@@ -142,7 +142,8 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
         tick(S, MI_BWD_BIAS);
         mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
         tick(S, MI_BWD_MLP_GEMM);
-        zero(S->dpre, BT * Mm);   /* S->dx: the GEMMs below write it (beta 0 first) */
+        /* S->dx: the GEMMs below write it (beta 0 first); relu's fused step writes dpre */
+        if (s->gated_mlp || s->act != MI_ACT_RELU) zero(S->dpre, BT * Mm);
         if (s->gated_mlp) {
             /* post = act(pre) * pre_linear + b_in; pre = x2 @ W_gate; pre_linear = x2 @ W_in */
             const float *pre_lin = V(MI_P_MLP_PRE_LINEAR);
@@ -158,6 +159,13 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
             mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre_lin, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
             mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_GATE]), Mm, NULL, 0.0f, S->dx, D);
             mi_sgemm(0, 1, BT, D, Mm, S->dpre_lin, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 1.0f, S->dx, D);
+        } else if (s->act == MI_ACT_RELU) {
+            /* post = relu(pre); pre = x2 @ W_in + b_in: dpre and d b_in in one pass */
+            MI_TRY(mi_relu_backward_bias(pre, S->dpost, BT, Mm, S->dpre, gw(grads, o[MI_W_B_IN])));
+            tick(S, MI_BWD_ACT);
+            mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
+            tick(S, MI_BWD_MLP_GEMM);
+            mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, S->dx, D);
         } else {
             /* post = act(pre); pre = x2 @ W_in + b_in */
             mi_activation_backward((mi_activation)s->act, pre, S->dpost, S->dpre, BT * Mm);
@@ -248,6 +256,9 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
     if (s->n_layers < 1) return mi_fail(MI_ERR_VALUE, "backward: the model needs n_layers >= 1");
+    if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
+        return mi_fail(MI_ERR_VALUE, "backward: act_fn 'solu_ln' has no backward pass (forward and "
+                       "analysis only); train with relu, gelu, gelu_new or silu");
     if (B <= 0 || T <= 0) return mi_fail(MI_ERR_VALUE, "backward: tokens must be non-empty, got (%ld, %ld)",
                                          (long)B, (long)T);
     if (T > s->n_ctx) return mi_fail(MI_ERR_VALUE, "backward: %ld positions exceed n_ctx=%ld",

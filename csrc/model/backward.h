@@ -12,7 +12,8 @@
  * gradients ACCUMULATE into it (+=), as torch's .backward().
  * Errors (checked before any gradient is touched): token or target ids out
  * of range (MI_ERR_INDEX), every target ignored or a non-finite loss
- * (MI_ERR_VALUE: grads are left unchanged), n_layers == 0, T > n_ctx.
+ * (MI_ERR_VALUE: grads are left unchanged), n_layers == 0, T > n_ctx, and
+ * act_fn solu_ln (no backward: MI_ERR_VALUE rather than a silent zero).
  * Attention backward is O(T^2 Dh) per head (kernels/attention.h).
  * Deterministic: bitwise identical for any thread count (every kernel is).
  */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/activation.h"
 #include "kernels/adamw.h"
 #include "model/backward.h"
 #include "model/transformer.h"
@@ -442,6 +443,33 @@ static PyObject *py_zero_arrays(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(relu_bias_doc,
+"_relu_backward_bias(x, dy, db)\n--\n\n"
+"Test entry for the MLP's fused relu step: dy [rows, cols] is overwritten IN PLACE with\n"
+"dy * relu'(x) (x [rows, cols]) and db [cols] += its column sums. float32, C-contiguous.");
+
+static PyObject *py_relu_backward_bias(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *xo, *dyo, *dbo;
+    if (!PyArg_ParseTuple(args, "OOO:_relu_backward_bias", &xo, &dyo, &dbo)) return NULL;
+    if (check_f32(xo, "x", 1) < 0 || check_f32(dyo, "dy", 1) < 0 || check_f32(dbo, "db", 1) < 0) return NULL;
+    PyArrayObject *x = (PyArrayObject *)xo, *dy = (PyArrayObject *)dyo, *db = (PyArrayObject *)dbo;
+    if (PyArray_NDIM(x) != 2 || PyArray_NDIM(dy) != 2 || PyArray_DIM(dy, 0) != PyArray_DIM(x, 0)
+        || PyArray_DIM(dy, 1) != PyArray_DIM(x, 1) || PyArray_SIZE(db) != PyArray_DIM(x, 1)) {
+        PyErr_SetString(PyExc_ValueError, "_relu_backward_bias: x, dy [rows, cols] and db [cols]");
+        return NULL;
+    }
+    mi_status st;
+    float *dyd = PyArray_DATA(dy);
+    Py_BEGIN_ALLOW_THREADS
+    st = mi_relu_backward_bias(PyArray_DATA(x), dyd, PyArray_DIM(x, 0), PyArray_DIM(x, 1), dyd,
+                               PyArray_DATA(db));
+    Py_END_ALLOW_THREADS
+    if (st != MI_OK) return mi_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef train_methods[] = {
     {"grad_blob", py_grad_blob, METH_O, grad_blob_doc},
     {"loss_backward", py_loss_backward, METH_VARARGS, loss_backward_doc},
@@ -452,6 +480,7 @@ static PyMethodDef train_methods[] = {
     {"adamw_step_many", py_adamw_step_many, METH_VARARGS, adamw_many_doc},
     {"clip_grads", py_clip_grads, METH_VARARGS, clip_doc},
     {"zero_arrays", py_zero_arrays, METH_O, zero_doc},
+    {"_relu_backward_bias", py_relu_backward_bias, METH_VARARGS, relu_bias_doc},
     {NULL, NULL, 0, NULL},
 };
 
