@@ -4,8 +4,6 @@
 Parameters whose ``requires_grad`` is False are skipped (no update, no weight
 decay, no state), as PyTorch skips parameters whose ``.grad`` is None.
 """
-import math
-
 import numpy as np
 
 from . import _core
@@ -37,27 +35,30 @@ class AdamW:
         self.param_groups = [dict(params=self.params, lr=float(lr), betas=tuple(betas),
                                   eps=float(eps), weight_decay=float(weight_decay))]
         self.state = {}   # index -> {"step", "exp_avg", "exp_avg_sq"}
+        self._grads = [p.grad for p in self.params]
 
     def zero_grad(self):
-        """Zero every parameter's gradient."""
-        for p in self.params:
-            p.grad[...] = 0.0
+        """Zero every parameter's gradient (one C call over all of them)."""
+        _core.zero_arrays(self._grads)
 
     def step(self):
-        """One AdamW update of every parameter with ``requires_grad``."""
+        """One AdamW update of every parameter with ``requires_grad``: one C call over
+        all of them (``_core.adamw_step_many``), each with its own step count."""
         g = self.param_groups[0]
         b1, b2 = g["betas"]
+        ps, gs, ms, vs, steps = [], [], [], [], []
+        state = self.state
         for i, p in enumerate(self.params):
             if not p.requires_grad:
                 continue
-            st = self.state.get(i)
+            st = state.get(i)
             if st is None:
-                st = self.state[i] = {"step": 0, "exp_avg": np.zeros(p.data.shape, np.float32),
-                                      "exp_avg_sq": np.zeros(p.data.shape, np.float32)}
+                st = state[i] = {"step": 0, "exp_avg": np.zeros(p.data.shape, np.float32),
+                                 "exp_avg_sq": np.zeros(p.data.shape, np.float32)}
             st["step"] += 1
-            t = st["step"]
-            _core.adamw_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], g["lr"], b1, b2,
-                             g["eps"], g["weight_decay"], 1.0 - b1 ** t, 1.0 - b2 ** t)
+            ps.append(p.data); gs.append(p.grad); ms.append(st["exp_avg"]); vs.append(st["exp_avg_sq"])
+            steps.append(st["step"])
+        _core.adamw_step_many(ps, gs, ms, vs, steps, g["lr"], b1, b2, g["eps"], g["weight_decay"])
 
     def state_dict(self):
         """A copy of the state, as torch: ``{"state": {i: {...}}, "param_groups": [...]}``."""
@@ -128,11 +129,5 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0, error_if_nonfinite=False):
     params = [p for p in _check_params(params, "clip_grad_norm_") if p.requires_grad]
     if not params:
         return 0.0
-    total = math.sqrt(sum(float(np.sum(np.square(p.grad, dtype=np.float64))) for p in params))
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(f"clip_grad_norm_: the total norm of the gradients is {total}")
-    coef = np.float32(max_norm) / (np.float32(total) + np.float32(1e-6))
-    if coef < 1.0:
-        for p in params:
-            p.grad *= coef
-    return total
+    # one C call: the norm, the error check, then the scaling (float32 coef, as torch)
+    return _core.clip_grads([p.grad for p in params], float(max_norm), bool(error_if_nonfinite))

@@ -100,15 +100,23 @@ def zero_grad(model):
     _state(model).grads[...] = 0.0
 
 
-def backward(model, tokens, targets):
+def backward(model, tokens, targets, attention_mask=None):
     """Forward + mean cross-entropy + backward.
 
     ``targets[b, p]`` is the id the logits at ``(b, p)`` must predict (-100: ignored).
     Returns the mean loss over non-ignored positions (a float) and ACCUMULATES the
     gradients into ``Parameter.grad`` (call ``zero_grad`` between steps). Frozen
-    parameters' gradients are left unchanged. Errors: ValueError for a targets shape
-    different from tokens, every target ignored, or a non-finite loss (gradients are
-    then left unchanged); IndexError for token or target ids out of range.
+    parameters' gradients are left unchanged.
+
+    ``attention_mask`` [batch, pos] (1 keep, 0 padding) works as in the forward
+    (TransformerLens semantics: padding keys are masked out of attention, positions
+    count only kept tokens, padding positions get no positional embedding), and the
+    gradients are those of that masked forward. The loss still counts every position
+    whose target is not -100: set the targets of padding positions to -100.
+
+    Errors: ValueError for a targets or attention_mask shape different from tokens,
+    every target ignored, or a non-finite loss (gradients are then left unchanged);
+    IndexError for token or target ids out of range.
     """
     st = _state(model)
     tokens = np.asarray(tokens)
@@ -126,7 +134,8 @@ def backward(model, tokens, targets):
             st.workspace_shape = tokens.shape
         except ValueError:
             st.workspace, st.workspace_shape = None, None
-    loss = _core.loss_backward(model._core, tokens, targets, st.grads, st.workspace)
+    pos_ids, key_mask = model._mask(attention_mask, tokens) if attention_mask is not None else (None, None)
+    loss = _core.loss_backward(model._core, tokens, targets, st.grads, st.workspace, None, pos_ids, key_mask)
     for g, saved in frozen:
         g[...] = saved
     return loss

@@ -378,3 +378,54 @@ def test_activation_backward_fast_matches_reference(rng, name):
     # test_activation_backward); the scalar gelu_tanh loses that much where 1 + tanh
     # and 1 - t^2 cancel, the vector path uses sigmoid forms that do not
     np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=2e-6 * np.abs(dy).max())
+
+
+@pytest.mark.parametrize("T,D", [(1, 1), (7, 5), (50, 64), (70, 80), (33, 130)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_backward_fast_matches_reference(rng, T, D, causal):
+    """The AVX-512 per-head loops (attention_backward_avx512.c) against the portable
+    path (four mi_sgemm products per head, run at the scalar ISA), with key padding:
+    sizes cover the 16-lane tails, more than 64 keys and d_head past 64 and 128."""
+    B, H = 2, 2
+    q, k, v, dz = (rng.standard_normal((B, T, H, D)).astype(np.float32) for _ in range(4))
+    pad = np.ones((B, T), np.int64)
+    pad[1, : T // 3] = 0
+    _, p = ops.attention(q, k, v, causal=causal, padding_mask=pad, return_pattern=True)
+    acc = [np.full(q.shape, 0.5, np.float32) for _ in range(3)]
+    try:
+        _core.force_isa("scalar")
+        ref = _core._attention_backward(q, k, v, p, dz, causal=causal)
+    finally:
+        _core.force_isa("best")
+    fast = _core._attention_backward(q, k, v, p, dz, causal=causal)
+    accd = _core._attention_backward(q, k, v, p, dz, causal=causal, dq=acc[0], dk=acc[1], dv=acc[2])
+    for f, r, a in zip(fast, ref, accd):
+        # float32 sums in another order: ~1e-6 of the gradient's scale
+        np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-30)
+        np.testing.assert_allclose(a, r + 0.5, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-6)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (63, 5), (65, 256), (1000, 300)])
+def test_relu_backward_bias_matches_reference(rng, rows, cols, threads):
+    """The MLP's fused relu step (dpre and the b_in gradient in one pass) against the
+    plain kernels it replaces: mi_activation_backward into zeros (bitwise: the same
+    select per element) and a float64 column sum (1e-6 relative: double partials)."""
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    x[0, 0] = np.nan
+    if cols > 1:
+        x[0, 1] = 0.0                       # relu'(0) = 0, as torch
+    dy = rng.standard_normal((rows, cols)).astype(np.float32)
+    want = _core._activation_backward("relu", x, dy)
+    db = np.full(cols, 0.25, np.float32)
+
+    def run():
+        g, d = dy.copy(), db.copy()
+        _core._relu_backward_bias(x, g, d)
+        return g, d
+    both = both_threads(run)
+    got, dbg = both[0]
+    np.testing.assert_array_equal(got, want)                      # NaN where x is NaN
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(both[0], both[1]))   # any thread count
+    ref = 0.25 + np.nansum(np.where(np.isnan(x), np.nan, want.astype(np.float64)), axis=0)
+    ref[0] = np.nan                                               # the NaN column stays NaN
+    np.testing.assert_allclose(dbg, ref, rtol=1e-6, atol=1e-6)

@@ -133,3 +133,80 @@ def test_errors():
     with pytest.raises(TypeError, match="p must be a writable float32"):
         mi._core.adamw_step(np.zeros(3), np.zeros(3, np.float32), np.zeros(3, np.float32),
                             np.zeros(3, np.float32), 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.1, 0.001)
+
+
+@pytest.mark.parametrize("shape", [(37,), (5, 300), (3, 4, 70), (2, 3, 4, 129)])
+def test_adamw_kernel_matches_reference(shape):
+    """The parallel strided AdamW kernel against the plain scalar reference: the same
+    float32 arithmetic per element, so bitwise equal; sizes cross the kernel's
+    parallel threshold (32768), strided p/g views included."""
+    rng = np.random.default_rng(9)
+    n = int(np.prod(shape))
+    # p, g: views strided over the first axis (the last must be contiguous), as W_Q
+    # is a view of the fused QKV blob; a 1-D one is an offset slice
+    big = rng.normal(size=(2 * shape[0] + 1,) + shape[1:]).astype(np.float32)
+    gbig = rng.normal(size=big.shape).astype(np.float32)
+    gbig.reshape(-1)[::7] = 0.0                      # zero gradients: m, v decay only
+    gbig.reshape(-1)[::11] *= 1e4                     # large ones
+    sel = slice(1, 1 + shape[0]) if len(shape) == 1 else slice(1, None, 2)
+    p, g = big[sel], gbig[sel]
+    start = p.copy()
+    m = (rng.normal(size=shape) * 0.1).astype(np.float32)
+    v = np.abs(rng.normal(size=shape) * 0.01).astype(np.float32)
+    ref = [np.ascontiguousarray(a).copy() for a in (p, g, m, v)]
+    for step in (1, 2, 50):
+        args = (3e-3, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9 ** step, 1 - 0.95 ** step)
+        mi._core.adamw_step(p, g, m, v, *args)
+        mi._core._adamw_step_ref(*ref, *args)
+        np.testing.assert_array_equal(p, ref[0].reshape(shape))
+        np.testing.assert_array_equal(m, ref[2].reshape(shape))
+        np.testing.assert_array_equal(v, ref[3].reshape(shape))
+    assert n == ref[0].size and not np.array_equal(p, start)   # it moved
+    with pytest.raises(ValueError, match="same size"):
+        mi._core._adamw_step_ref(ref[0], ref[1][:-1].copy(), ref[2], ref[3], *args)
+    # and the reference itself is torch's AdamW on one step (float32 formula)
+    tp = torch.nn.Parameter(torch.tensor(start))
+    tp.grad = torch.tensor(np.ascontiguousarray(g))
+    torch.optim.AdamW([tp], lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False).step()
+    mine = start.copy()
+    mi._core._adamw_step_ref(mine, np.ascontiguousarray(g).copy(), np.zeros(shape, np.float32),
+                             np.zeros(shape, np.float32), 3e-3, 0.9, 0.95, 1e-8, 0.1, 0.1, 0.05)
+    # torch's single-tensor path in float32: the same operations; a few ulps at most
+    np.testing.assert_allclose(mine, tp.detach().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_one_call_helpers_errors_and_nan():
+    """The one-call C paths behind AdamW.step / zero_grad / clip_grad_norm_: NaN
+    gradients, error_if_nonfinite (as torch: RuntimeError, nothing scaled), and clear
+    errors for mismatched lists."""
+    rng = np.random.default_rng(11)
+    ps = make_params(rng, [(4, 8, 5), (7,)], strided=True)
+    ps[0].grad[...] = 1.0
+    ps[1].grad[...] = np.nan
+    tps = [torch.nn.Parameter(torch.tensor(p.data.copy())) for p in ps]
+    for p, tp in zip(ps, tps):
+        tp.grad = torch.tensor(p.grad.copy())
+    with pytest.raises(RuntimeError, match="total norm of the gradients is nan"):
+        optim.clip_grad_norm_(ps, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError):
+        torch.nn.utils.clip_grad_norm_(tps, 1.0, error_if_nonfinite=True)
+    assert (ps[0].grad == 1.0).all()                       # nothing scaled
+    assert np.isnan(optim.clip_grad_norm_(ps, 1.0))        # torch: nan norm, grads * nan
+    assert np.isnan(torch.nn.utils.clip_grad_norm_(tps, 1.0).item())
+    opt = optim.AdamW(ps, lr=1e-2)
+    opt.zero_grad()                                         # NaN gradients become 0 too
+    assert all(not p.grad.any() for p in ps)
+    with pytest.raises(ValueError, match="exp_avgs has 1 arrays, expected 2"):
+        mi._core.adamw_step_many([p.data for p in ps], [p.grad for p in ps], [np.zeros(160, np.float32)],
+                                 [], [1, 1], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(TypeError, match=r"exp_avgs\[0\] must be a writable C-contiguous float32"):
+        mi._core.adamw_step_many([ps[0].data], [ps[0].grad], [ps[0].data], [np.zeros(160, np.float32)],
+                                 [1], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(ValueError, match=r"steps\[0\] = 0 must be >= 1"):
+        mi._core.adamw_step_many([ps[1].data], [ps[1].grad], [np.zeros(7, np.float32)],
+                                 [np.zeros(7, np.float32)], [0], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(ValueError, match=r"params\[0\] and grads\[0\] must have the same shape"):
+        mi._core.adamw_step_many([ps[1].data], [np.zeros(6, np.float32)], [np.zeros(7, np.float32)],
+                                 [np.zeros(7, np.float32)], [1], 1e-3, 0.9, 0.999, 1e-8, 0.0)
+    with pytest.raises(TypeError, match=r"grads\[0\] must be a writable float32"):
+        mi._core.clip_grads([np.zeros(3)], 1.0)

@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "common/status.h"
+
 typedef enum { MI_ACT_RELU, MI_ACT_GELU, MI_ACT_GELU_TANH, MI_ACT_SILU } mi_activation;
 
 void mi_gelu(const float *x, float *y, int64_t n);
@@ -24,5 +26,14 @@ void mi_activate(mi_activation act, const float *x, float *y, int64_t n);
  * x or dy. relu'(0) = 0 as torch. */
 void mi_activation_backward(mi_activation act, const float *x, const float *dy, float *dx,
                             int64_t n);
+
+/* The MLP's relu step fused with its bias gradient, over [rows, cols]:
+ *   dx[r, c] = dy[r, c] * relu'(x[r, c])      (OVERWRITES; dx may alias dy)
+ *   db[c]   += sum_r dx[r, c]                 (db may be NULL)
+ * one pass instead of zero + backward + column sum. The column sums are double
+ * partials over fixed 64-row chunks combined in chunk order: bitwise identical
+ * for any thread count. MI_ERR_NOMEM if the partials cannot be allocated. */
+mi_status mi_relu_backward_bias(const float *x, const float *dy, int64_t rows, int64_t cols,
+                                float *dx, float *db);
 
 #endif

@@ -5,6 +5,7 @@
 #include "kernels/adamw.h"
 
 #include <math.h>
+#include <string.h>
 
 static inline void adamw_elem(float *p, float g, float *m, float *v, float decay, float b1c,
                               float b2, float b2c, float step_size, float bc2_sqrt, float eps)
@@ -47,4 +48,36 @@ void mi_adamw_step(float *p, const float *g, const int64_t shape[4], const int64
         for (int64_t j = 0; j < n3; j++)
             adamw_elem(pr + j, gr[j], mr + j, vr + j, decay, b1c, b2, b2c, step_size, bc2_sqrt, eps);
     }
+}
+
+double mi_grad_sumsq(const float *g, const int64_t shape[4], const int64_t strides[4])
+{
+    double acc = 0.0;
+    for (int64_t i0 = 0; i0 < shape[0]; i0++)
+        for (int64_t i1 = 0; i1 < shape[1]; i1++)
+            for (int64_t i2 = 0; i2 < shape[2]; i2++) {
+                const float *r = g + i0 * strides[0] + i1 * strides[1] + i2 * strides[2];
+                for (int64_t j = 0; j < shape[3]; j++) acc += (double)r[j] * r[j];
+            }
+    return acc;
+}
+
+void mi_grad_scale(float *g, const int64_t shape[4], const int64_t strides[4], float coef)
+{
+    int64_t rows = shape[0] * shape[1] * shape[2], n3 = shape[3];
+    #pragma omp parallel for schedule(static) if (rows * n3 > 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t i2 = r % shape[2], i1 = (r / shape[2]) % shape[1], i0 = r / (shape[2] * shape[1]);
+        float *gr = g + i0 * strides[0] + i1 * strides[1] + i2 * strides[2];
+        for (int64_t j = 0; j < n3; j++) gr[j] *= coef;
+    }
+}
+
+void mi_grad_zero(float *g, const int64_t shape[4], const int64_t strides[4])
+{
+    for (int64_t i0 = 0; i0 < shape[0]; i0++)
+        for (int64_t i1 = 0; i1 < shape[1]; i1++)
+            for (int64_t i2 = 0; i2 < shape[2]; i2++)
+                memset(g + i0 * strides[0] + i1 * strides[1] + i2 * strides[2], 0,
+                       sizeof(float) * (size_t)shape[3]);
 }

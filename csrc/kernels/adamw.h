@@ -28,4 +28,12 @@ void mi_adamw_step(float *p, const float *g, const int64_t shape[4], const int64
 void mi_adamw_step_ref(float *p, const float *g, int64_t n, float *m, float *v,
                        const mi_adamw_hparams *h);
 
+/* clip_grad_norm_ over strided tensors of the same [n0, n1, n2, n3] form
+ * (last stride 1): the sum of squares in double, in element order (serial:
+ * bitwise reproducible), and g *= coef (elementwise, parallel over rows). */
+double mi_grad_sumsq(const float *g, const int64_t shape[4], const int64_t strides[4]);
+void mi_grad_scale(float *g, const int64_t shape[4], const int64_t strides[4], float coef);
+/* g = 0 (zero_grad; NaN gradients too, which a scale by 0 would keep). */
+void mi_grad_zero(float *g, const int64_t shape[4], const int64_t strides[4]);
+
 #endif

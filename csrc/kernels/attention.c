@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "common/memory.h"
+#include "kernels/cpu.h"
 #include "kernels/gemm.h"
 
 #include "kernels/softmax.h"
@@ -114,6 +115,12 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
     return MI_OK;
 }
 
+/* attention_backward_avx512.c: one head with direct AVX-512 loops */
+void mi_attn_backward_head_avx512(int64_t T, int64_t D, const float *q, const float *k,
+                                  const float *v, int64_t rs, const float *P, const float *dz,
+                                  int64_t zs, float scale, int causal, float *dq, float *dk,
+                                  float *dv, float *work);
+
 /* forward (per b, h):  S = scale Q K^T (masked -inf);  P = softmax(S);  Z = P V
  * backward as four products and a row softmax backward, all through mi_sgemm
  * (which runs on the calling thread inside this parallel region):
@@ -126,10 +133,25 @@ mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float 
     const int64_t B = L->batch, T = L->seq, H = L->heads, D = L->d_head;
     if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
     int nthreads = omp_get_max_threads();
-    float *scratch = mi_malloc(sizeof(float) * (size_t)T * (size_t)T * (size_t)nthreads);
+    /* per thread: dS [T, T], and for the AVX-512 head V^T [D, T] and two D rows */
+    const size_t per_thread = (size_t)T * (size_t)T + (size_t)D * (size_t)T + 2 * (size_t)D + 16;
+    float *scratch = mi_malloc(sizeof(float) * per_thread * (size_t)nthreads);
     if (!scratch) return mi_fail(MI_ERR_NOMEM, "attention backward: cannot allocate %d x "
                                  "[%ld, %ld] scratch floats", nthreads, (long)T, (long)T);
     const int64_t rs = L->row_stride, zs = H * D;
+    if (mi_cpu_isa() >= MI_ISA_AVX512) {
+        #pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t off = b * L->batch_stride + h * D;
+                mi_attn_backward_head_avx512(T, D, q + off, k + off, v + off, rs,
+                                             pattern + (b * H + h) * T * T, dz + b * T * zs + h * D, zs,
+                                             scale, causal, dq + off, dk + off, dv + off,
+                                             scratch + (size_t)omp_get_thread_num() * per_thread);
+            }
+        mi_free(scratch);
+        return MI_OK;
+    }
     #pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
     for (int64_t b = 0; b < B; b++) {
         for (int64_t h = 0; h < H; h++) {

@@ -2,8 +2,8 @@
  *
  * Shapes: x, y, dy, dx [rows, d]; w, b, dw, db [d]; scale [rows].
  * Forward and backward: parallel over rows; the parameter gradients (sums
- * over rows) are parallel over column blocks instead, so no reduction is
- * ever split between threads. Row sums accumulate in double: a d = 1280 row
+ * over rows) are partial sums over fixed 64-row chunks, made in the same row
+ * pass and combined in chunk order, so no result depends on the thread count. Row sums accumulate in double: a d = 1280 row
  * of float sums would lose ~3 digits on rows with a large mean.
  */
 #include "kernels/norm.h"
@@ -14,7 +14,6 @@
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 32768   /* elements below which threads cost more than they save */
-#define COL_BLOCK 64         /* columns per thread task in the dw/db sums (one 256-byte strip) */
 
 /* Mean of one row, computed the same way in the forward and the backward so
  * the backward's xhat is bitwise the forward's. */
@@ -189,58 +188,68 @@ void mi_tl_norm_affine(const float *normalized, const float *w, const float *b, 
  * with g = dy * w (dy without affine):
  *   dx = (g - mean(g) - xhat * mean(g * xhat)) / scale
  *   dw = sum_rows dy * xhat;  db = sum_rows dy */
+/* dw/db partial sums: per fixed chunk of ROW_CHUNK rows (the chunking does not
+ * depend on the thread count), combined in chunk order, in double. */
+#define ROW_CHUNK 64
+
+/* out[i] += sum over chunks c of part[c * stride + i], in chunk order. */
+static void combine_chunks(const double *part, int64_t nchunk, int64_t stride, int64_t d, float *out)
+{
+    for (int64_t i = 0; i < d; i++) {
+        double acc = 0.0;
+        for (int64_t c = 0; c < nchunk; c++) acc += part[c * stride + i];
+        out[i] += (float)acc;
+    }
+}
+
 mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w,
                                  const float *scale, int64_t rows, int64_t d,
                                  float *dx, float *dw, float *db)
 {
     if (rows <= 0 || d <= 0) return MI_OK;
-    float *mean = mi_malloc(sizeof(float) * (size_t)rows);
-    if (!mean) return mi_fail(MI_ERR_NOMEM, "layer_norm_backward: cannot allocate %ld row means",
-                              (long)rows);
+    const int64_t nchunk = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
+    const int sums = dw || db;
+    double *part = sums ? mi_malloc(sizeof(double) * (size_t)(nchunk * 2 * d)) : NULL;
+    if (sums && !part) return mi_fail(MI_ERR_NOMEM, "layer_norm_backward: cannot allocate %ld x %ld "
+                                      "partial sums", (long)nchunk, (long)(2 * d));
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
+    /* one pass over the rows: dx, and this chunk's dw/db partials */
     #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * d, *dyr = dy + r * d;
-        float m = row_mean(xr, d, avx512);
-        mean[r] = m;
-        if (!dx) continue;
-        float inv = 1.0f / scale[r];
-        double sg = 0.0, sgx = 0.0;
-        for (int64_t i = 0; i < d; i++) {
-            float xhat = (xr[i] - m) * inv;
-            float g = w ? dyr[i] * w[i] : dyr[i];
-            sg += g;
-            sgx += (double)g * xhat;
-        }
-        float mg = (float)(sg / (double)d), mgx = (float)(sgx / (double)d);
-        float *dxr = dx + r * d;
-        for (int64_t i = 0; i < d; i++) {
-            float xhat = (xr[i] - m) * inv;
-            float g = w ? dyr[i] * w[i] : dyr[i];
-            dxr[i] += (g - mg - xhat * mgx) * inv;
-        }
-    }
-    if (dw || db) {
-        int64_t nblk = (d + COL_BLOCK - 1) / COL_BLOCK;
-        #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
-        for (int64_t blk = 0; blk < nblk; blk++) {
-            int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < d ? c0 + COL_BLOCK : d;
-            double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};
-            for (int64_t r = 0; r < rows; r++) {
-                const float *xr = x + r * d, *dyr = dy + r * d;
-                float inv = 1.0f / scale[r], m = mean[r];
-                for (int64_t i = c0; i < c1; i++) {
-                    aw[i - c0] += (double)dyr[i] * ((xr[i] - m) * inv);
-                    ab[i - c0] += dyr[i];
+    for (int64_t c = 0; c < nchunk; c++) {
+        double *pw = sums ? part + c * 2 * d : NULL, *pb = sums ? pw + d : NULL;
+        if (sums)
+            for (int64_t i = 0; i < 2 * d; i++) pw[i] = 0.0;
+        int64_t r1 = (c + 1) * ROW_CHUNK < rows ? (c + 1) * ROW_CHUNK : rows;
+        for (int64_t r = c * ROW_CHUNK; r < r1; r++) {
+            const float *xr = x + r * d, *dyr = dy + r * d;
+            float m = row_mean(xr, d, avx512);
+            float inv = 1.0f / scale[r];
+            if (dx) {
+                double sg = 0.0, sgx = 0.0;
+                for (int64_t i = 0; i < d; i++) {
+                    float xhat = (xr[i] - m) * inv;
+                    float g = w ? dyr[i] * w[i] : dyr[i];
+                    sg += g;
+                    sgx += (double)g * xhat;
+                }
+                float mg = (float)(sg / (double)d), mgx = (float)(sgx / (double)d);
+                float *dxr = dx + r * d;
+                for (int64_t i = 0; i < d; i++) {
+                    float xhat = (xr[i] - m) * inv;
+                    float g = w ? dyr[i] * w[i] : dyr[i];
+                    dxr[i] += (g - mg - xhat * mgx) * inv;
                 }
             }
-            for (int64_t i = c0; i < c1; i++) {
-                if (dw) dw[i] += (float)aw[i - c0];
-                if (db) db[i] += (float)ab[i - c0];
-            }
+            if (sums)
+                for (int64_t i = 0; i < d; i++) {
+                    pw[i] += (double)dyr[i] * ((xr[i] - m) * inv);
+                    pb[i] += dyr[i];
+                }
         }
     }
-    mi_free(mean);
+    if (dw) combine_chunks(part, nchunk, 2 * d, d, dw);
+    if (db) combine_chunks(part + d, nchunk, 2 * d, d, db);
+    mi_free(part);
     return MI_OK;
 }
 
@@ -280,37 +289,38 @@ mi_status mi_rms_norm_backward(const float *dy, const float *x, const float *w,
                                float *dx, float *dw)
 {
     if (rows <= 0 || d <= 0) return MI_OK;
-    if (dx) {
-        #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
-        for (int64_t r = 0; r < rows; r++) {
+    const int64_t nchunk = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
+    double *part = dw ? mi_malloc(sizeof(double) * (size_t)(nchunk * d)) : NULL;
+    if (dw && !part) return mi_fail(MI_ERR_NOMEM, "rms_norm_backward: cannot allocate %ld x %ld "
+                                    "partial sums", (long)nchunk, (long)d);
+    /* one pass over the rows: dx, and this chunk's dw partials */
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    for (int64_t c = 0; c < nchunk; c++) {
+        double *pw = dw ? part + c * d : NULL;
+        if (dw)
+            for (int64_t i = 0; i < d; i++) pw[i] = 0.0;
+        int64_t r1 = (c + 1) * ROW_CHUNK < rows ? (c + 1) * ROW_CHUNK : rows;
+        for (int64_t r = c * ROW_CHUNK; r < r1; r++) {
             const float *xr = x + r * d, *dyr = dy + r * d;
             float inv = 1.0f / scale[r];
-            double sgx = 0.0;
-            for (int64_t i = 0; i < d; i++) {
-                float g = w ? dyr[i] * w[i] : dyr[i];
-                sgx += (double)g * (xr[i] * inv);
+            if (dx) {
+                double sgx = 0.0;
+                for (int64_t i = 0; i < d; i++) {
+                    float g = w ? dyr[i] * w[i] : dyr[i];
+                    sgx += (double)g * (xr[i] * inv);
+                }
+                float mgx = (float)(sgx / (double)d);
+                float *dxr = dx + r * d;
+                for (int64_t i = 0; i < d; i++) {
+                    float g = w ? dyr[i] * w[i] : dyr[i];
+                    dxr[i] += (g - xr[i] * inv * mgx) * inv;
+                }
             }
-            float mgx = (float)(sgx / (double)d);
-            float *dxr = dx + r * d;
-            for (int64_t i = 0; i < d; i++) {
-                float g = w ? dyr[i] * w[i] : dyr[i];
-                dxr[i] += (g - xr[i] * inv * mgx) * inv;
-            }
+            if (dw)
+                for (int64_t i = 0; i < d; i++) pw[i] += (double)dyr[i] * (xr[i] * inv);
         }
     }
-    if (dw) {
-        int64_t nblk = (d + COL_BLOCK - 1) / COL_BLOCK;
-        #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
-        for (int64_t blk = 0; blk < nblk; blk++) {
-            int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < d ? c0 + COL_BLOCK : d;
-            double aw[COL_BLOCK] = {0};
-            for (int64_t r = 0; r < rows; r++) {
-                const float *xr = x + r * d, *dyr = dy + r * d;
-                float inv = 1.0f / scale[r];
-                for (int64_t i = c0; i < c1; i++) aw[i - c0] += (double)dyr[i] * (xr[i] * inv);
-            }
-            for (int64_t i = c0; i < c1; i++) dw[i] += (float)aw[i - c0];
-        }
-    }
+    if (dw) combine_chunks(part, nchunk, d, d, dw);
+    mi_free(part);
     return MI_OK;
 }

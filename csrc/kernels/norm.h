@@ -57,9 +57,10 @@ void mi_tl_norm_ref(int centre, const float *x, const float *x_add, float *x_sum
  * the forward's per-row scale. Every gradient ACCUMULATES (+=): dx [rows, d],
  * dw [d], db [d]; pass NULL for a gradient that is not wanted (dw, db must be
  * NULL when w, b were NULL in the forward). dx must not alias dy or x.
- * dw/db are sums over rows: computed in parallel over columns, each column's
- * row sum in row order, so bitwise identical for any thread count.
- * MI_ERR_NOMEM if the per-row mean scratch cannot be allocated. */
+ * dw/db are sums over rows: double partial sums over fixed 64-row chunks made
+ * in the (parallel) row pass, combined in chunk order: bitwise identical for
+ * any thread count.
+ * MI_ERR_NOMEM if the partial-sum scratch cannot be allocated. */
 mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w,
                                  const float *scale, int64_t rows, int64_t d,
                                  float *dx, float *dw, float *db);

@@ -13,8 +13,10 @@
 #include "model/backward.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/memory.h"
 #include "kernels/activation.h"
@@ -44,6 +46,16 @@ static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
             for (int64_t c = c0; c < c1; c++) acc[c - c0] += x[r * cols + c];
         for (int64_t c = c0; c < c1; c++) out[c] += acc[c - c0];
     }
+}
+
+/* p[0 .. n) = 0, in parallel (a serial memset of the larger buffers would leave
+ * the other threads waiting). */
+static void zero(float *p, int64_t n)
+{
+    const int64_t blk = 16384;
+    #pragma omp parallel for schedule(static) if (n > 2 * blk)
+    for (int64_t i0 = 0; i0 < n; i0 += blk)
+        memset(p + i0, 0, sizeof(float) * (size_t)(n - i0 < blk ? n - i0 : blk));
 }
 
 static float *view_ptr(const mi_transformer *m, const mi_tf_plan *plan, float *arena, int p)
@@ -81,7 +93,27 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
 
 typedef struct {
     float *dlogits, *dresid, *dx, *xin, *dz, *dqkv, *dpost, *dpre, *dpre_lin, *act;
+    double *prof, t_last, cpu_last;   /* profile (NULL: off), wall and CPU time of the last tick */
 } scratch_t;
+
+/* Process CPU seconds (every thread): robust to a machine shared with other jobs. */
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Charge the wall and CPU time since the last tick to `phase` (no-op without a profile). */
+static void tick(scratch_t *S, int phase)
+{
+    if (!S->prof) return;
+    double now = omp_get_wtime(), cpu = cpu_seconds();
+    S->prof[phase] += now - S->t_last;
+    S->prof[MI_BWD_N_PHASES + phase] += cpu - S->cpu_last;
+    S->t_last = now;
+    S->cpu_last = cpu;
+}
 
 /* Backward of layer l. On entry S->dresid = dL/d resid_post[l]; on exit
  * dL/d resid_pre[l]. */
@@ -103,11 +135,15 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
             x2 = norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
         const float *pre = V(MI_P_MLP_PRE), *post = V(MI_P_MLP_POST);
         /* mlp_out = post @ W_out + b_out ; resid_post = resid_mid + mlp_out */
+        tick(S, MI_BWD_NORM);
         mi_sgemm(1, 0, Mm, D, BT, post, Mm, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
+        tick(S, MI_BWD_MLP_GEMM);
         colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_OUT]));
+        tick(S, MI_BWD_BIAS);
         mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
-        memset(S->dx, 0, sizeof(float) * (size_t)(BT * D));
-        memset(S->dpre, 0, sizeof(float) * (size_t)(BT * Mm));
+        tick(S, MI_BWD_MLP_GEMM);
+        /* S->dx: the GEMMs below write it (beta 0 first); relu's fused step writes dpre */
+        if (s->gated_mlp || s->act != MI_ACT_RELU) zero(S->dpre, BT * Mm);
         if (s->gated_mlp) {
             /* post = act(pre) * pre_linear + b_in; pre = x2 @ W_gate; pre_linear = x2 @ W_in */
             const float *pre_lin = V(MI_P_MLP_PRE_LINEAR);
@@ -123,37 +159,59 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
             mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre_lin, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
             mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_GATE]), Mm, NULL, 0.0f, S->dx, D);
             mi_sgemm(0, 1, BT, D, Mm, S->dpre_lin, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 1.0f, S->dx, D);
+        } else if (s->act == MI_ACT_RELU) {
+            /* post = relu(pre); pre = x2 @ W_in + b_in: dpre and d b_in in one pass */
+            MI_TRY(mi_relu_backward_bias(pre, S->dpost, BT, Mm, S->dpre, gw(grads, o[MI_W_B_IN])));
+            tick(S, MI_BWD_ACT);
+            mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
+            tick(S, MI_BWD_MLP_GEMM);
+            mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, S->dx, D);
         } else {
             /* post = act(pre); pre = x2 @ W_in + b_in */
             mi_activation_backward((mi_activation)s->act, pre, S->dpost, S->dpre, BT * Mm);
+            tick(S, MI_BWD_ACT);
             mi_sgemm(1, 0, D, Mm, BT, x2, D, S->dpre, Mm, NULL, 1.0f, gw(grads, o[MI_W_IN]), Mm);
+            tick(S, MI_BWD_MLP_GEMM);
             colsum_acc(S->dpre, BT, Mm, gw(grads, o[MI_W_B_IN]));
+            tick(S, MI_BWD_BIAS);
             mi_sgemm(0, 1, BT, D, Mm, S->dpre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, S->dx, D);
         }
+        tick(S, MI_BWD_MLP_GEMM);
         /* x2 = ln2(resid_mid): dresid (already d resid_mid through the skip) += ln2'(dx) */
         MI_TRY(norm_backward(s, S->dx, ln2_in, pw(m, o[MI_W_LN2_W]), V(MI_P_LN2_SCALE), BT, dresid,
                              gw(grads, o[MI_W_LN2_W]), gw(grads, o[MI_W_LN2_B])));
+        tick(S, MI_BWD_NORM);
     }
     /* attn_out = z @ W_O + b_O ; resid_mid = resid_pre + attn_out */
     const float *resid_pre = V(MI_P_RESID_PRE), *z = V(MI_P_Z), *pattern = V(MI_P_PATTERN);
     const float *qkv = V(MI_P_Q);
     mi_sgemm(1, 0, HD, D, BT, z, HD, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
+    tick(S, MI_BWD_ATTN_GEMM);
     colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_O]));
+    tick(S, MI_BWD_BIAS);
     mi_sgemm(0, 1, BT, HD, D, dresid, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
+    tick(S, MI_BWD_ATTN_GEMM);
     /* z = softmax(q k^T / attn_scale) v */
-    memset(S->dqkv, 0, sizeof(float) * (size_t)(BT * 3 * HD));
+    zero(S->dqkv, BT * 3 * HD);
     mi_attn_layout lay = {B, T, H, Dh, 3 * HD, T * 3 * HD};
     MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, S->dz, 1.0f / s->attn_scale,
                             s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
+    tick(S, MI_BWD_ATTN_CORE);
     /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
     const float *x1 = resid_pre;
     if (s->norm != MI_NORM_NONE)
         x1 = norm_out(V(MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, S->xin);
+    tick(S, MI_BWD_NORM);
     mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, S->dqkv, 3 * HD, NULL, 1.0f, gw(grads, o[MI_W_QKV]), 3 * HD);
+    tick(S, MI_BWD_ATTN_GEMM);
     colsum_acc(S->dqkv, BT, 3 * HD, gw(grads, o[MI_W_B_QKV]));
+    tick(S, MI_BWD_BIAS);
     mi_sgemm(0, 1, BT, D, 3 * HD, S->dqkv, 3 * HD, pw(m, o[MI_W_QKV]), 3 * HD, NULL, 0.0f, S->dx, D);
-    return norm_backward(s, S->dx, resid_pre, pw(m, o[MI_W_LN1_W]), V(MI_P_LN1_SCALE), BT, dresid,
-                         gw(grads, o[MI_W_LN1_W]), gw(grads, o[MI_W_LN1_B]));
+    tick(S, MI_BWD_ATTN_GEMM);
+    mi_status st = norm_backward(s, S->dx, resid_pre, pw(m, o[MI_W_LN1_W]), V(MI_P_LN1_SCALE), BT, dresid,
+                                 gw(grads, o[MI_W_LN1_W]), gw(grads, o[MI_W_LN1_B]));
+    tick(S, MI_BWD_NORM);
+    return st;
 #undef V
 }
 
@@ -189,14 +247,20 @@ size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
 
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
                               const int64_t *tokens, const int64_t *targets,
-                              float *grads, float *loss, float *work, size_t work_floats)
+                              const int64_t *pos_ids, const float *key_mask,
+                              float *grads, float *loss, float *work, size_t work_floats,
+                              double *prof)
 {
+    double t0 = omp_get_wtime(), cpu0 = prof ? cpu_seconds() : 0.0;
     const mi_tf_spec *s = &m->spec;
     int64_t BT = B * T, D = s->d_model, HD = s->n_heads * s->d_head, Vo = s->d_vocab_out;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
     if (s->n_layers < 1) return mi_fail(MI_ERR_VALUE, "backward: the model needs n_layers >= 1");
     if (s->no_head) return mi_fail(MI_ERR_VALUE, "backward: this model has no unembedding (no_head, "
                                    "e.g. REVE's encoder): training needs a loss on logits");
+    if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
+        return mi_fail(MI_ERR_VALUE, "backward: act_fn 'solu_ln' has no backward pass (forward and "
+                       "analysis only); train with relu, gelu, gelu_new or silu");
     if (B <= 0 || T <= 0) return mi_fail(MI_ERR_VALUE, "backward: tokens must be non-empty, got (%ld, %ld)",
                                          (long)B, (long)T);
     if (T > s->n_ctx) return mi_fail(MI_ERR_VALUE, "backward: %ld positions exceed n_ctx=%ld",
@@ -227,10 +291,14 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     pos = malloc(sizeof(int64_t) * (size_t)BT);
     if (!arena || !scr || !pos) { st = mi_fail(MI_ERR_NOMEM, "backward: cannot allocate %zu floats of "
                                                "activations and gradients", plan.n_floats + n_scr); goto done; }
-    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, NULL, NULL, NULL, NULL);
+    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, pos_ids, key_mask, NULL, NULL);
     if (st != MI_OK) goto done;
 
     scratch_t S;
+    S.prof = prof;
+    S.t_last = t0;
+    S.cpu_last = cpu0;
+    tick(&S, MI_BWD_FORWARD);
     float *c = scr;
     S.dlogits = c; c += BT * Vo;
     S.dresid = c; c += BT * D;
@@ -246,12 +314,13 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     /* loss = mean cross_entropy(logits, targets) */
     const float *logits = mi_tf_output(m, &plan, arena);
     float mean = 0.0f;
-    memset(S.dlogits, 0, sizeof(float) * (size_t)(BT * Vo));
+    zero(S.dlogits, BT * Vo);
     st = mi_cross_entropy(logits, targets, BT, Vo, MI_IGNORE_INDEX, &mean, NULL, S.dlogits);
     if (st != MI_OK) goto done;
     if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
                                         "logits?); gradients were left unchanged", (double)mean); goto done; }
     *loss = mean;
+    tick(&S, MI_BWD_LOSS);
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
     int last = 2 + ((int)s->n_layers - 1) * MI_P_PER_LAYER + MI_P_RESID_POST;
@@ -265,11 +334,13 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     mi_sgemm(1, 0, D, Vo, BT, xf, D, S.dlogits, Vo, NULL, 1.0f, gw(grads, g[MI_G_W_U]), Vo);
     colsum_acc(S.dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));
     mi_sgemm(0, 1, BT, D, Vo, S.dlogits, Vo, pw(m, g[MI_G_W_U]), Vo, NULL, 0.0f, S.dx, D);
-    memset(S.dresid, 0, sizeof(float) * (size_t)(BT * D));
+    tick(&S, MI_BWD_UNEMBED);
+    zero(S.dresid, BT * D);
     st = norm_backward(s, S.dx, resid_L, pw(m, g[MI_G_LNF_W]),
                        s->norm != MI_NORM_NONE ? view_ptr(m, &plan, arena, pf + MI_PF_LNF_SCALE) : NULL,
                        BT, S.dresid, gw(grads, g[MI_G_LNF_W]), gw(grads, g[MI_G_LNF_B]));
     if (st != MI_OK) goto done;
+    tick(&S, MI_BWD_NORM);
     for (int l = (int)s->n_layers - 1; l >= 0; l--) {
         st = layer_backward(m, &plan, arena, grads, l, &S);
         if (st != MI_OK) goto done;
@@ -278,9 +349,14 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     st = mi_embedding_backward(S.dresid, tokens, BT, s->d_vocab, D, gw(grads, g[MI_G_W_E]));
     if (st != MI_OK) goto done;
     if (s->pos_embed) {
-        for (int64_t i = 0; i < BT; i++) pos[i] = i % T;
+        /* resid_pre[0] += W_pos[pos_ids] * key_mask: padding rows add nothing */
+        for (int64_t i = 0; i < BT; i++) {
+            pos[i] = pos_ids ? pos_ids[i] : i % T;
+            if (key_mask && key_mask[i] == 0.0f) memset(S.dresid + i * D, 0, sizeof(float) * (size_t)D);
+        }
         st = mi_embedding_backward(S.dresid, pos, BT, s->n_ctx, D, gw(grads, g[MI_G_W_POS]));
     }
+    tick(&S, MI_BWD_EMBED);
 done:
     free(pos);
     mi_free(owned);

@@ -12,7 +12,8 @@
  * gradients ACCUMULATE into it (+=), as torch's .backward().
  * Errors (checked before any gradient is touched): token or target ids out
  * of range (MI_ERR_INDEX), every target ignored or a non-finite loss
- * (MI_ERR_VALUE: grads are left unchanged), n_layers == 0, T > n_ctx.
+ * (MI_ERR_VALUE: grads are left unchanged), n_layers == 0, T > n_ctx, and
+ * act_fn solu_ln (no backward: MI_ERR_VALUE rather than a silent zero).
  * Attention backward is O(T^2 Dh) per head (kernels/attention.h).
  * Deterministic: bitwise identical for any thread count (every kernel is).
  */
@@ -27,9 +28,23 @@
 /* work: a caller-kept workspace of work_floats floats (64-byte aligned), reused
  * across steps so the activations' pages are not faulted in again every call;
  * NULL (or too small) allocates one for this call. */
+/* Profile phases: when prof [2 * MI_BWD_N_PHASES] is non-NULL (bench/train.py),
+ * the wall seconds of each phase are ADDED to prof[phase] and the process CPU
+ * seconds (all threads) to prof[MI_BWD_N_PHASES + phase], summed over layers. */
+enum {
+    MI_BWD_FORWARD, MI_BWD_LOSS, MI_BWD_UNEMBED, MI_BWD_NORM, MI_BWD_MLP_GEMM, MI_BWD_ACT,
+    MI_BWD_ATTN_GEMM, MI_BWD_ATTN_CORE, MI_BWD_BIAS, MI_BWD_EMBED, MI_BWD_N_PHASES
+};
+
+/* pos_ids [B,T] (NULL: t) and key_mask [B,T] (NULL: none; 0 marks a padding
+ * key) as mi_tf_forward takes them (TransformerLens's attention_mask): masked
+ * keys get P = 0 and so no gradient through attention, and a masked position's
+ * zeroed positional embedding gets no gradient. */
 mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t seq,
                               const int64_t *tokens, const int64_t *targets,
-                              float *grads, float *loss, float *work, size_t work_floats);
+                              const int64_t *pos_ids, const float *key_mask,
+                              float *grads, float *loss, float *work, size_t work_floats,
+                              double *prof);
 
 /* Floats of workspace a [batch, seq] call needs (0 with a message on error). */
 size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t seq);
