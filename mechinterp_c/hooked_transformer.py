@@ -675,16 +675,3 @@ class HookedTransformer:
 # train_steps) live in training.py.
 from . import training as _training  # noqa: E402
 _training.install(HookedTransformer)
-_backward = HookedTransformer.backward
-
-
-def _backward_checked(self, tokens, targets):
-    if self.cfg.use_split_qkv_input or self.cfg.use_attn_in:
-        # the C backward reads ln1 and q/k/v as one [batch, pos, d_model] input
-        raise NotImplementedError("backward: models with use_split_qkv_input or use_attn_in "
-                                  "cannot be trained (turn them off first)")
-    return _backward(self, tokens, targets)
-
-
-_backward_checked.__doc__ = _backward.__doc__
-HookedTransformer.backward = _backward_checked

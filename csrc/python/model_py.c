@@ -26,7 +26,6 @@ typedef struct {
     int initialised;
 } mi_py_model;
 
-static void release_aligned(void *data, size_t nbytes, void *ctx) { mi_free(data); }
 static void release_mapped(void *data, size_t nbytes, void *ctx) { munmap(data, nbytes); }
 
 /* A one-slot cache of the last released activation arena. Arenas of more
