@@ -124,15 +124,19 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         kept[buf_resid(stop_layer)] = 1;     /* the output */
     }
     for (int p = 0; p < np; p++)
-        if ((flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) && mi_tf_point_present(s, p))
-            kept[point_buf(s, p)] = 1;
+        if (flags[p] && mi_tf_point_present(s, p)) {
+            /* 1: a slot of its own; 2: read during the pass only (a transient
+             * hook), so it must be written but may share the scratch slot */
+            uint8_t need = (flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) ? 1 : 2, *k = &kept[point_buf(s, p)];
+            if (!*k || need < *k) *k = need;
+        }
     /* a hook on ln1's points sees the runs on the q and k inputs too: keep
      * theirs as well (the cache keeps the last, on the v input) */
     for (int l = first; l < stop_layer && head_inputs(s); l++) {
         int p0 = 2 + l * MI_P_PER_LAYER;
-        if (flags[p0 + MI_P_LN1_SCALE] & MI_HOOK_CALLBACK)
+        if (flags[p0 + MI_P_LN1_SCALE] & MI_HOOK_FIRES)
             kept[buf_layer(s, l, B_LN1Q_SCALE)] = kept[buf_layer(s, l, B_LN1K_SCALE)] = 1;
-        if (flags[p0 + MI_P_LN1_NORM] & MI_HOOK_CALLBACK)
+        if (flags[p0 + MI_P_LN1_NORM] & MI_HOOK_FIRES)
             kept[buf_layer(s, l, B_LN1Q_NORM)] = kept[buf_layer(s, l, B_LN1K_NORM)] = 1;
     }
     /* buffers the pass only writes when something reads them: fused
@@ -157,12 +161,12 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     size_t cur = 0;
     for (int b = 0; b < nb; b++) {
         plan->buf_off[b] = ABSENT;
-        if (sizes[b] && kept[b]) { plan->buf_off[b] = cur; cur += align_floats(sizes[b]); }
+        if (sizes[b] && kept[b] == 1) { plan->buf_off[b] = cur; cur += align_floats(sizes[b]); }
     }
     size_t scratch_resid[2] = {ABSENT, ABSENT}, scratch_kind[NB];
     for (int k = 0; k < NB; k++) scratch_kind[k] = ABSENT;
     for (int b = 0; b < nb; b++) {
-        if (!sizes[b] || kept[b]) continue;
+        if (!sizes[b] || kept[b] == 1) continue;
         size_t *slot;
         int first_layer_buf = buf_layer(s, 0, 0);
         if (b >= buf_resid(0) && b < first_layer_buf) slot = &scratch_resid[(b - buf_resid(0)) & 1];

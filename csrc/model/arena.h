@@ -52,7 +52,7 @@ static inline int buf_final(const mi_tf_spec *s, int kind) { return 3 + (int)s->
  * pattern buffers exist only when cached. */
 static inline int attn_fusable(const uint8_t *flags, int p0)
 {
-    return !(flags[p0 + MI_P_SCORES] & MI_HOOK_CALLBACK) && !(flags[p0 + MI_P_PATTERN] & MI_HOOK_CALLBACK);
+    return !(flags[p0 + MI_P_SCORES] & MI_HOOK_FIRES) && !(flags[p0 + MI_P_PATTERN] & MI_HOOK_FIRES);
 }
 
 /* Start of buffer b in arena (NULL when this call does not use it). */

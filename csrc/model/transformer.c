@@ -159,7 +159,7 @@ struct run_state {
 
 static mi_status fire(run_state *r, int p)
 {
-    if (!(r->flags[p] & (MI_HOOK_CALLBACK | MI_HOOK_TRANSIENT)) || !r->hook) return MI_OK;
+    if (!(r->flags[p] & MI_HOOK_FIRES) || !r->hook) return MI_OK;
     mi_tensor_view v;
     if (!mi_tf_point_view(r->m, r->plan, r->arena, p, &v)) return MI_OK;
     return r->hook(r->ctx, p, &v);
@@ -169,7 +169,7 @@ static mi_status fire(run_state *r, int p)
  * inputs live in their own buffers, shaped like the point's). */
 static mi_status fire_at(run_state *r, int p, float *data)
 {
-    if (!(r->flags[p] & MI_HOOK_CALLBACK) || !r->hook) return MI_OK;
+    if (!(r->flags[p] & MI_HOOK_FIRES) || !r->hook) return MI_OK;
     mi_tensor_view v;
     if (!mi_tf_point_view(r->m, r->plan, r->arena, p, &v)) return MI_OK;
     v.data = data;
@@ -208,8 +208,8 @@ static mi_status norm_step(run_state *r, mi_norm_type type, int64_t rows, int64_
 {
     const mi_tf_spec *s = &r->m->spec;
     int centre = type == MI_NORM_LN || type == MI_NORM_LNPRE;
-    int cb_scale = (r->flags[p_scale] & MI_HOOK_CALLBACK) && r->hook;
-    int cb_norm = (r->flags[p_norm] & MI_HOOK_CALLBACK) && r->hook;
+    int cb_scale = (r->flags[p_scale] & MI_HOOK_FIRES) && r->hook;
+    int cb_norm = (r->flags[p_norm] & MI_HOOK_FIRES) && r->hook;
     float *yn = y && (r->flags[p_norm] || !w) ? y : NULL;
     *result = w ? (const float *)out : y;
     if (!cb_scale && !cb_norm) {
@@ -386,7 +386,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     prof_start();
     /* resid_mid = resid + attn_out: inside ln2's pass unless a hook runs in between */
     int add_in_norm = s->norm != MI_NORM_NONE && !s->use_hook_mlp_in
-                      && !((r->flags[p0 + MI_P_RESID_MID] & MI_HOOK_CALLBACK) && r->hook);
+                      && !((r->flags[p0 + MI_P_RESID_MID] & MI_HOOK_FIRES) && r->hook);
     if (!add_in_norm) add_into(resid, attn_out, resid_mid, BT * D);
     prof_stop(PR_ADD1);
     MI_TRY(fire(r, p0 + MI_P_RESID_MID));

@@ -78,6 +78,8 @@ enum { MI_PF_LNF_SCALE, MI_PF_LNF_NORM, MI_PF_UNEMBED_IN, MI_PF_UNEMBED_OUT, MI_
  * again (the next layer): no slot of its own, so hooks that only look (or edit
  * before the layer reads the buffer) cost no arena memory */
 #define MI_HOOK_TRANSIENT 4
+/* a hook function runs at the point (with or without a slot of its own) */
+#define MI_HOOK_FIRES (MI_HOOK_CALLBACK | MI_HOOK_TRANSIENT)
 
 typedef struct {
     char name[48];
