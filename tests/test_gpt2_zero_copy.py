@@ -201,6 +201,22 @@ def test_set_param_errors_and_effect(tied):
             hf.transformer.ln_f.weight.div_(2.0)
     w2 /= 2.0                                   # an edit of w2 is an edit of the model
     np.testing.assert_array_equal(m(ids).logits, ref)
+    # weights cannot move under a running pass (a hook is inside one)
+
+    def moves_weights(mod, inp, out):
+        core.set_param("ln_final.w", np.ones(D, np.float32))
+
+    h = m.transformer.h[0].attn.c_attn.register_forward_hook(moves_weights)
+    with pytest.raises(RuntimeError, match=r"set_param\(ln_final.w\): a forward pass is running"):
+        m(ids)
+    h.remove()
+    with pytest.raises(RuntimeError, match="materialize: a forward pass is running"):
+        h = m.transformer.h[0].attn.c_attn.register_forward_hook(lambda *a: core.materialize())
+        try:
+            m(ids)
+        finally:
+            h.remove()
+    np.testing.assert_array_equal(m(ids).logits, ref)     # the model is still usable
     assert core.n_external == N_TENSORS
 
 
