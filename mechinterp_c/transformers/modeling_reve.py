@@ -687,6 +687,12 @@ class TransformerBackbone(ReveModule):
     def __call__(self, x, return_out_layers=False):
         return self._model_ref()._run_blocks(_in(x, "transformer input"), return_out_layers)
 
+    def __repr__(self):
+        inner = "\n".join(f"    ({i}): ModuleList(\n      (0): " + repr(a).replace("\n", "\n      ")
+                          + "\n      (1): " + repr(f).replace("\n", "\n      ") + "\n    )"
+                          for i, (a, f) in enumerate(self.layers))
+        return f"TransformerBackbone(\n  (layers): ModuleList(\n{inner}\n  )\n)"
+
     def register_forward_hook(self, hook, **kw):
         """Not supported on the backbone (hook its layers, or use run_with_hooks)."""
         raise NotImplementedError(f"{self._name}: register hooks on its layers instead")
