@@ -19,7 +19,7 @@ VmHWM after resetting the peak (echo 5 > /proc/self/clear_refs) minus VmRSS
 before it, the task's result (output and stored activations) held until the
 peak is read. Target: seed hooks >= 1.5x faster than torch, less peak memory.
 
-    python3 bench/reve.py [--reps 3] [--layers 22] [--batch 10] [--tiny]
+    python3 bench/reve.py [--reps 3] [--layers 22] [--batch 10] [--tiny] [--task "seed hooks"]
 """
 import argparse
 import gc
@@ -183,6 +183,7 @@ def main():
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--tiny", action="store_true", help="D 64, 2 layers: checks the script in seconds")
+    ap.add_argument("--task", default=None, help="only this task ('seed hooks' or 'forward')")
     ap.add_argument("--mem-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,6 +220,8 @@ def main():
           f"{'C MiB':>7s} {'T-gr MiB':>8s} {'T-ng MiB':>8s} {'r(gr)':>6s} {'r(ng)':>6s}")
     ours, theirs = task_fns(m, X, pos, cfg["depth"]), task_fns(tm, tX, tpos, cfg["depth"])
     for name in ours:
+        if args.task and name != args.task:
+            continue
         t_c = best_time(ours[name], args.reps)
         t_gr = best_time(theirs[name], args.reps)
         with torch.no_grad():

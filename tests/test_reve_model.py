@@ -544,3 +544,35 @@ def test_seed_hooks_with_torch_arrays(odd, rng):
     for k, v in ref_acts.items():
         assert rel_err(np.asarray(acts[k]), np.asarray(v)) <= BLOCK_TOL, k
     assert rel_err(y.numpy(), y_ref.numpy()) <= BLOCK_TOL
+
+
+def test_hooked_reve_standalone_front_end_hooks_and_threads(tmp_path, odd, rng):
+    """HookedReve.from_pretrained, hook_embed / hook_pos_embed editing the front end,
+    and bitwise-identical results for any thread count."""
+    import mechinterp_c
+    ref, model = odd
+    d = save_pretrained(random_reve(seed=3, **ODD), tmp_path / "ckpt")
+    ht = modeling_reve.HookedReve.from_pretrained(str(d))
+    eeg, pos = inputs(rng, 2, 5, 100)
+    np.testing.assert_array_equal(ht(eeg, pos), model(eeg, pos))
+    with pytest.raises(NotImplementedError, match="fold_ln"):
+        modeling_reve.HookedReve.from_pretrained(str(d), fold_ln=True)
+
+    def double_embed(x, hook):
+        return x * 2.0
+
+    y = ht.run_with_hooks(eeg, pos, fwd_hooks=[("hook_embed", double_embed)])
+    rh = ref.to_patch_embedding.register_forward_hook(lambda m, i, o: o * 2.0)
+    with torch.no_grad():
+        y_ref = ref(torch.from_numpy(eeg).double(), torch.from_numpy(pos).double())
+    rh.remove()
+    assert rel_err(y, y_ref.numpy()) <= BLOCK_TOL
+    n = mechinterp_c.get_num_threads()
+    try:
+        mechinterp_c.set_num_threads(1)
+        y1 = np.array(model(eeg, pos))
+        mechinterp_c.set_num_threads(max(2, n))
+        y2 = np.array(model(eeg, pos))
+    finally:
+        mechinterp_c.set_num_threads(n)
+    np.testing.assert_array_equal(y1, y2)

@@ -687,6 +687,12 @@ class TransformerBackbone(ReveModule):
     def __call__(self, x, return_out_layers=False):
         return self._model_ref()._run_blocks(_in(x, "transformer input"), return_out_layers)
 
+    def __repr__(self):
+        inner = "\n".join(f"    ({i}): ModuleList(\n      (0): " + repr(a).replace("\n", "\n      ")
+                          + "\n      (1): " + repr(f).replace("\n", "\n      ") + "\n    )"
+                          for i, (a, f) in enumerate(self.layers))
+        return f"TransformerBackbone(\n  (layers): ModuleList(\n{inner}\n  )\n)"
+
     def register_forward_hook(self, hook, **kw):
         """Not supported on the backbone (hook its layers, or use run_with_hooks)."""
         raise NotImplementedError(f"{self._name}: register hooks on its layers instead")
@@ -718,6 +724,25 @@ class HookedReve(HookedTransformer):
             init_weights=False, model_name="reve", original_architecture="Reve"))
         self.frontend = frontend or ReveFrontEnd(c.embed_dim, c.patch_size, c.patch_overlap,
                                                  c.freqs)
+
+    @classmethod
+    def from_pretrained(cls, model_name, **kwargs):
+        """The TransformerLens view of a REVE checkpoint (local directory or Hugging Face
+        cache): ``ReveModel.from_pretrained(model_name).hooked``. TransformerLens's weight
+        processing (fold_ln, centring) does not apply to an encoder without unembedding:
+        those keywords are accepted only as False/absent."""
+        for k in ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"):
+            if kwargs.pop(k, False):
+                raise NotImplementedError(f"HookedReve.from_pretrained: {k}=True is not supported "
+                                          f"(REVE is loaded without weight processing)")
+        for k in ("device", "dtype", "torch_dtype", "move_to_device", "trust_remote_code"):
+            kwargs.pop(k, None)
+        return ReveModel.from_pretrained(model_name, **kwargs).hooked
+
+    @classmethod
+    def from_pretrained_no_processing(cls, model_name, **kwargs):
+        """Same as :meth:`from_pretrained` (REVE weights are never processed)."""
+        return cls.from_pretrained(model_name, **kwargs)
 
     def _embed(self, eeg, pos, cache=None):
         """Residual stream input [B, N, D] of the front end and (B, C, P); runs the
