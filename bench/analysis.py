@@ -5,9 +5,13 @@ of the right shape and scale) and the mechinterp_c equivalent, checks that
 they agree, and prints both times and the ratio (target >= 3x).
 
     python bench/analysis.py            # all cases, seed sizes
-    python bench/analysis.py --quick    # fewer layers / heads (for a busy machine)
+    python bench/analysis.py --quick    # fewer layers / heads / smaller batches
+    python bench/analysis.py --only cosine,sweeps   # some groups (cosine qk kde hist sweeps)
 
-Timings are best-of-N wall clock; on a shared machine they are noisy.
+Timings are best-of-N wall clock; on a shared machine they are noisy. The
+REVE weight-cosine case is one GEMM: it also prints GFLOP/s of both sides
+against the machine's FMA peak (_core._fma_peak()), since no code can beat a
+GEMM that already runs near peak by 3x.
 """
 import argparse
 import os
@@ -39,7 +43,11 @@ def report(name, t_ref, t_ours, note=""):
 
 
 def bench_cosine(rng, reps):
-    """gpt2_qkv_token_similarities: 3*768 Q/K/V units over 54 sentences' target tokens."""
+    """gpt2_qkv_token_similarities: 3*768 Q/K/V units over 54 sentences' target tokens
+    (float64, as the seed's np.zeros buffers), the shuffled baseline and np.corrcoef;
+    reve_eeg_exploration: sklearn cosine_similarity of the layer-10 GEGLU weights."""
+    from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
+    from mechinterp_c import _core
     acts = rng.standard_normal((54, 3 * 768))
 
     def seed_cos():
@@ -59,6 +67,34 @@ def bench_cosine(rng, reps):
     t2, r2 = best(lambda: A.column_cosine_similarity(acts, center=True), reps)
     report("correlation 2304x2304 over 54 tokens (seed recipe)", t1, t2,
            f"max|diff| {np.abs(r1 - r2).max():.1e}")
+    t1, r1 = best(lambda: np.corrcoef(acts, rowvar=False), reps)
+    t2, r2 = best(lambda: A.corrcoef(acts, rowvar=False), reps)
+    report("np.corrcoef(rowvar=False) 2304 vars x 54 obs", t1, t2,
+           f"max|diff| {np.abs(r1 - r2).max():.1e}")
+    shuffled = acts.flatten()[rng.permutation(acts.size)].reshape(acts.shape)
+
+    def seed_rand():
+        An = shuffled / np.linalg.norm(shuffled, axis=0, keepdims=True)
+        cs = An.T @ An
+        return cs[np.nonzero(np.triu(cs, 1))]
+
+    def ours_rand():
+        cs = A.column_cosine_similarity(shuffled)
+        return cs[np.triu_indices(cs.shape[0], 1)]
+    t1, r1 = best(seed_rand, reps)
+    t2, r2 = best(ours_rand, reps)
+    report("shuffled baseline: cosine + upper triangle (seed)", t1, t2,
+           f"max|diff| {np.abs(r1 - r2).max():.1e}")
+
+    peak = max(_core._fma_peak() for _ in range(3))
+    for name, shape in (("expand", (2722, 512)), ("contract", (512, 1361))):
+        W = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+        t1, r1 = best(lambda: sk_cosine(W, W), reps)
+        t2, r2 = best(lambda: A.cosine_similarity(W, W), reps)
+        gf = shape[0] ** 2 * shape[1] / 1e9          # symmetric: half of 2*n*n*k
+        report(f"sklearn cosine_similarity, REVE {name} {shape[0]}x{shape[1]}", t1, t2,
+               f"max|diff| {np.abs(r1 - r2).max():.1e}; GEMM-bound: sklearn "
+               f"{gf / t1:.0f} / ours {gf / t2:.0f} GFLOP/s of {peak:.0f} peak")
 
 
 def bench_qk(rng, reps, n_layers):
@@ -189,19 +225,162 @@ def bench_hist(rng, reps, n_layers, n_tok):
            f"identical {np.array_equal(r1[0], r2[0])}")
 
 
+def _tl_pair(cfg):
+    """A TransformerLens model and mechinterp_c's with the same (perturbed) weights."""
+    import warnings
+    warnings.filterwarnings("ignore")
+    import transformer_lens as tl
+    from mechinterp_c import HookedTransformer, HookedTransformerConfig
+    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
+    rng = np.random.default_rng(0)
+    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
+    for k, v in sd.items():
+        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
+            sd[k] = (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32)
+    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
+    m = HookedTransformer(HookedTransformerConfig(**cfg))
+    m.load_state_dict(sd)
+    return tm, m
+
+
+def bench_mean_sweep(rng, batch):
+    """no_position_experiment step 7: mean-ablate every hook point, previous-token loss.
+    The seed's model (2 layers, d_model 64, 1 head, d_vocab 300, n_ctx 50); the seed's
+    batch is 4000 sequences (--quick: fewer)."""
+    cfg = dict(n_layers=2, d_model=64, d_head=64, n_heads=1, d_mlp=256, d_vocab=300, n_ctx=50,
+               act_fn="relu", normalization_type="LN", seed=1)
+    tm, m = _tl_pair(cfg)
+    big_tokens = rng.integers(1, 300, (batch, 50))
+    new_tokens = rng.integers(1, 300, (batch, 50))
+
+    def loss_fn(logits, tokens):
+        logits, tokens = logits[:, 1:], tokens[:, :-1]
+        return -logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0].mean()
+
+    def seed():
+        with torch.no_grad():
+            _, cache = tm.run_with_cache(torch.tensor(big_tokens))
+            new_token_batch = torch.tensor(new_tokens)
+            losses = []
+            for hook_name in list(tm.hook_dict.keys()):
+                if hook_name in cache and hook_name != "hook_pos_embed" and "result" not in hook_name:
+                    average_act = cache[hook_name].mean(0)
+
+                    def replacing_with_average_act(activation, hook):
+                        activation[:] = average_act.expand(activation.shape)
+                        return activation
+                    logits = tm.run_with_hooks(new_token_batch,
+                                               fwd_hooks=[(hook_name, replacing_with_average_act)])
+                    losses.append(loss_fn(logits, new_token_batch).item())
+        return np.array(losses)
+
+    def ours_loop():      # the same loop on mechinterp_c's run_with_hooks
+        _, cache = m.run_with_cache(big_tokens)
+        names = [n for n in m.hook_dict if n in cache and n != "hook_pos_embed" and "result" not in n]
+        losses = []
+        for n in names:
+            avg = cache[n].mean(0)
+
+            def put(act, hook, avg=avg):
+                act[...] = avg
+            logits = m.run_with_hooks(new_tokens, fwd_hooks=[(n, put)])
+            losses.append(A._core._token_losses(
+                np.ascontiguousarray(logits[:, 1:]).reshape(-1, 300),
+                np.ascontiguousarray(new_tokens[:, :-1]).reshape(-1))[0])
+        return np.array(losses)
+
+    def ours():
+        return A.mean_ablation_sweep(m, new_tokens, loss_fn="previous_token",
+                                     mean_tokens=big_tokens).losses
+
+    t1, r1 = best(seed, 1)
+    t0, r0 = best(ours_loop, 1)
+    t2, r2 = best(ours, 2)
+    report(f"mean_ablation_sweep, {len(r2)} hook points, batch {batch}x50 vs TL loop", t1, t2,
+           f"max|loss diff| {np.abs(r1 - r2).max():.1e}; the loop on mechinterp_c: "
+           f"{t0 * 1e3:.0f} ms")
+
+
+def bench_head_sweep(rng, large, all_heads):
+    """gpt2_attention_breakdown demo 3: zero head 4 at the penultimate token through a
+    c_proj pre-hook, layer by layer, log-prob of the last token. Random weights of the
+    real shapes (gpt2-large with --large, else gpt2-small), Hugging Face transformers
+    vs mechinterp_c.transformers, ~25 tokens as the seed's sentence."""
+    import transformers
+    from mechinterp_c.transformers import GPT2LMHeadModel
+    shape = dict(n_layer=36, n_embd=1280, n_head=20) if large else \
+        dict(n_layer=12, n_embd=768, n_head=12)
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50257, n_positions=1024, **shape)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    m = GPT2LMHeadModel(cfg.to_dict())
+    m.load_state_dict({k: v.detach().numpy() for k, v in hf.state_dict().items()})
+    n_layers, n_heads, n_embd = shape["n_layer"], shape["n_head"], shape["n_embd"]
+    head_dim = n_embd // n_heads
+    tokens = torch.tensor(rng.integers(0, 50257, (1, 25)))
+    n_tokens = tokens.shape[1]
+
+    def seed(heads):
+        out = np.zeros((n_layers, len(heads)))
+        for hi, head in enumerate(heads):
+            for layeri in range(n_layers):
+                def hook2ablate(module, input, head=head):
+                    head_tensor = input[0].view(1, n_tokens, n_heads, head_dim)
+                    head_tensor[:, -2, head, :] = 0
+                    head_tensor = head_tensor.view(1, n_tokens, n_embd)
+                    return tuple([head_tensor, *input[1:]])
+                h = hf.transformer.h[layeri].attn.c_proj.register_forward_pre_hook(hook2ablate)
+                with torch.no_grad():
+                    outputs_ablated = hf(tokens)
+                h.remove()
+                log_smax = torch.log_softmax(outputs_ablated.logits[0, -2, :], dim=-1)
+                out[layeri, hi] = log_smax[tokens[0, -1]]
+        return out
+
+    def ours(heads):
+        return A.head_ablation_sweep(m, tokens.numpy(), heads=heads, positions=-2,
+                                     target_positions=-2).logprobs[:, :, 0, 0]
+
+    name = "gpt2-large" if large else "gpt2-small"
+    t1, r1 = best(lambda: seed([4]), 1)
+    t2, r2 = best(lambda: ours([4]), 2)
+    report(f"head_ablation_sweep, {name} head 4 x {n_layers} layers vs HF loop", t1, t2,
+           f"max|logprob diff| {np.abs(r1 - r2).max():.1e}")
+    if all_heads:
+        heads = list(range(n_heads))
+        t1, r1 = best(lambda: seed(heads), 1)
+        t2, r2 = best(lambda: ours(heads), 1)
+        report(f"head_ablation_sweep, {name} all {n_heads} heads x {n_layers} layers", t1, t2,
+               f"max|logprob diff| {np.abs(r1 - r2).max():.1e}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer layers/heads, fewer repeats")
+    ap.add_argument("--only", default="cosine,qk,kde,hist,sweeps",
+                    help="comma-separated groups: cosine qk kde hist sweeps")
+    ap.add_argument("--large", action="store_true", help="head sweep on gpt2-large's shape "
+                    "(36 layers x 1280, as the seed; needs ~7 GB and minutes)")
     args = ap.parse_args()
+    groups = set(args.only.split(","))
     rng = np.random.default_rng(0)
     reps = 2 if args.quick else 5
     import mechinterp_c
-    print(f"mechinterp_c: isa {mechinterp_c.cpu_isa()}, {mechinterp_c.get_num_threads()} threads; "
-          f"the cosine and QK^T cases are bound by mi_sgemm (kernels/gemm.c)")
-    bench_cosine(rng, reps)
-    bench_qk(rng, reps, 4 if args.quick else 22)
-    bench_kde(rng, reps, 2 if args.quick else 8)
-    bench_hist(rng, reps, 6 if args.quick else 36, 256)
+    torch.set_num_threads(mechinterp_c.get_num_threads())
+    print(f"mechinterp_c: isa {mechinterp_c.cpu_isa()}, {mechinterp_c.get_num_threads()} threads "
+          f"(torch {torch.get_num_threads()}); the cosine and QK^T cases are bound by mi_sgemm "
+          f"(kernels/gemm.c)")
+    if "cosine" in groups:
+        bench_cosine(rng, reps)
+    if "qk" in groups:
+        bench_qk(rng, reps, 4 if args.quick else 22)
+    if "kde" in groups:
+        bench_kde(rng, reps, 2 if args.quick else 8)
+    if "hist" in groups:
+        bench_hist(rng, reps, 6 if args.quick else 36, 256)
+    if "sweeps" in groups:
+        bench_mean_sweep(rng, 200 if args.quick else 4000)
+        bench_head_sweep(rng, args.large, not args.quick)
 
 
 if __name__ == "__main__":

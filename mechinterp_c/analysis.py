@@ -266,13 +266,20 @@ def _norm_axis(ax, ndim):
 
 # --------------------------------------------------------------------------- similarity
 
-def _matrix_f32(X, name):
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _matrix(X, name):
+    """X as a C-contiguous float32/float64 2-D array (no copy when it already is one)."""
+    if type(X) is np.ndarray and X.ndim == 2 and (X.dtype == _F64 or X.dtype == _F32) \
+            and X.flags.c_contiguous and X.flags.aligned:
+        return X                                       # the common case: no conversion at all
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected a real numeric array, got dtype {X.dtype}")
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array [samples, features], got shape {X.shape}")
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return np.ascontiguousarray(X, dtype=X.dtype if X.dtype in (_F32, _F64) else _F64)
 
 
 def cosine_similarity(X, Y=None):
@@ -282,11 +289,18 @@ def cosine_similarity(X, Y=None):
     (norms in float64; an all-zero row gives similarity 0), then
     ``Xn @ Yn.T`` in float32 through the core GEMM. X ``[n_x, d]``, Y
     ``[n_y, d]`` -> ``[n_x, n_y]`` float32 (agreement ~1e-6 absolute).
+    One C call reads float32 or float64 input in place; with ``Y`` None or
+    ``Y is X`` only the upper triangle is multiplied and mirrored (exactly
+    symmetric, half the work). NaN/inf or an empty X/Y raise ValueError, as
+    sklearn's input validation does.
     """
-    Xf = _matrix_f32(X, "X")
-    Xn = _core._normalize(Xf, 1, False, 0.0)
-    Yn = Xn if Y is None else _core._normalize(_matrix_f32(Y, "Y"), 1, False, 0.0)
-    return _core._similarity_product(Xn, Yn, False, True, False)
+    Xf = _matrix(X, "X")
+    Yf = None if Y is None or Y is X else _matrix(Y, "Y")
+    for name, a in (("X", Xf), ("Y", Yf)):
+        if a is not None and 0 in a.shape:   # sklearn's check_array minimums
+            raise ValueError(f"{name}: found array with shape {a.shape}: cosine_similarity needs "
+                             f"at least 1 sample and 1 feature (as sklearn)")
+    return _core._similarity(Xf, Yf, 1, False, 0.0, False, True)
 
 
 def column_cosine_similarity(A, center=False):
@@ -294,33 +308,30 @@ def column_cosine_similarity(A, center=False):
 
     ``An = A / np.linalg.norm(A, axis=0, keepdims=True); An.T @ An`` (with
     ``center=True`` the columns are centred first: the seed's correlation
-    variant, = ``np.corrcoef(A, rowvar=False)``). A ``[samples, features]``
-    -> ``[features, features]`` float32. A zero column gives NaN as in the
-    seed's NumPy code (0/0). Norms in float64, product in float32.
+    variant, = ``np.corrcoef(A, rowvar=False)``, clipped to [-1, 1] as NumPy
+    clips). A ``[samples, features]`` -> ``[features, features]`` float32. A
+    zero column gives NaN as in the seed's NumPy code (0/0), and NaN/inf
+    propagate to their column's row and column as in NumPy. Norms in float64,
+    product in float32 on the upper triangle only (one C call).
     """
-    Af = _matrix_f32(A, "A")
-    An = _core._normalize(Af, 0, bool(center), np.nan)
-    return _core._similarity_product(An, An, True, False, bool(center))
+    return _core._similarity(_matrix(A, "A"), None, 0, bool(center), np.nan, bool(center))
 
 
 def corrcoef(X, rowvar=True):
     """Pearson correlation matrix, as ``np.corrcoef(X, rowvar=rowvar)``.
 
     Variables are rows (``rowvar=True``) or columns; each is centred and
-    normalised (float64), the product is a float32 GEMM, and the result is
-    clipped to [-1, 1] as NumPy does. A constant variable gives NaN (NumPy
-    gives NaN there too). Returns float32 ``[n_vars, n_vars]``; 1-D X is one
-    variable.
+    normalised (float64), the product is a float32 GEMM on the upper
+    triangle, and the result is clipped to [-1, 1] as NumPy does. A constant
+    variable gives NaN (NumPy gives NaN there too), NaN/inf propagate, no
+    observations give all NaN (NumPy also warns). Returns float32
+    ``[n_vars, n_vars]``; 1-D X is one variable.
     """
-    X = np.asarray(X)
-    if X.ndim == 1:
-        X = X.reshape(1, -1) if rowvar else X.reshape(-1, 1)
-    Xf = _matrix_f32(X, "X")
-    if rowvar:
-        Xn = _core._normalize(Xf, 1, True, np.nan)
-        return _core._similarity_product(Xn, Xn, False, True, True)
-    Xn = _core._normalize(Xf, 0, True, np.nan)
-    return _core._similarity_product(Xn, Xn, True, False, True)
+    if not (type(X) is np.ndarray and X.ndim == 2):
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(1, -1) if rowvar else X.reshape(-1, 1)
+    return _core._similarity(_matrix(X, "X"), None, 1 if rowvar else 0, True, np.nan, True)
 
 
 def block_pairs(S, sizes, names=None):
@@ -861,8 +872,26 @@ class MeanAblationSweep:
         return f"MeanAblationSweep(baseline={self.baseline:.6g},\n{rows})"
 
 
+# A forward call's arena above glibc's largest mmap threshold (32 MiB) is mapped
+# fresh for every call and every page faults on first touch (about half of a
+# small model's pass); below it the freed arena is reused. Sweeps split their
+# batch so that each pass's arena stays under this budget.
+_ARENA_BUDGET = 24 << 20
+
+
+def _chunk_size(ht, T, cached_names=(), budget=_ARENA_BUDGET):
+    """Sequences per pass so that one pass's arena (caching cached_names) fits budget."""
+    flags = bytearray(ht._n_points)
+    for n in cached_names:
+        flags[ht.hook_dict[n].point_id] |= 1
+    flags = bytes(flags)
+    one = ht._core.arena_bytes(1, T, flags)
+    per_seq = max(1, ht._core.arena_bytes(2, T, flags) - one)
+    return max(1, 1 + (budget - one) // per_seq)
+
+
 def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_tokens=None,
-                        start_at_layer=True):
+                        start_at_layer=True, batch_size=None):
     """Replace each hook point's activation by its mean and record the loss, one call.
 
     The no-position seed's loop::
@@ -882,37 +911,85 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     or a filter function of the name. ``loss_fn``: None / ``"next_token"``
     (TransformerLens's mean next-token cross-entropy), ``"previous_token"``
     (the seed's ``loss_fn``: ``logits[:, 1:]`` predict ``tokens[:, :-1]``),
-    both computed in C, or any callable ``loss_fn(logits, tokens) -> scalar``
-    on NumPy arrays.
+    both computed in C (per-token losses summed in float64), or any callable
+    ``loss_fn(logits, tokens) -> scalar`` on NumPy arrays (called once per
+    hook point with the whole batch's logits).
 
-    One clean pass caches the means and the residual stream entering every
+    The clean passes cache the means and the residual stream entering every
     block; each ablated pass starts at the ablated block
     (``start_at_layer=False`` re-runs the whole model each time, as the seed).
+    Passes run ``batch_size`` sequences at a time (default: as many as keep a
+    pass's activation arena under 24 MiB, where memory is reused instead of
+    freshly mapped; rows are independent, so this only changes speed).
     Returns a :class:`MeanAblationSweep` (``.names``, ``.losses``, ``.baseline``).
     """
     ht = _hooked_model(model, "mean_ablation_sweep")
     tokens = ht._tokens(tokens)
+    B, T = tokens.shape
     names = _sweep_hook_names(ht, hook_names)
-    loss = _loss_function(loss_fn, tokens)
-    starts = {n: (_start_layer(ht, n) if start_at_layer else None) for n in names}
-    resid_names = sorted({_resid_name(ht, l) for l in starts.values() if l is not None})
-    if mean_tokens is None:
-        logits, cache = ht.run_with_cache(tokens, names_filter=set(names) | set(resid_names))
-        mcache = cache
-    else:
+    builtin = loss_fn is None or isinstance(loss_fn, str)
+    loss = _loss_function(loss_fn, tokens)          # validates loss_fn
+    if mean_tokens is not None:
         mean_tokens = ht._tokens(mean_tokens)
-        if mean_tokens.shape[1] != tokens.shape[1]:
+        if mean_tokens.shape[1] != T:
             raise ValueError(f"mean_tokens: the means are per position, so mean_tokens needs "
-                             f"tokens' {tokens.shape[1]} positions, got shape {mean_tokens.shape}")
-        logits, cache = ht.run_with_cache(tokens, names_filter=set(resid_names))
-        _, mcache = ht.run_with_cache(mean_tokens, names_filter=set(names), return_type=None)
-    baseline = loss(logits)
-    means = {}
+                             f"tokens' {T} positions, got shape {mean_tokens.shape}")
+    starts = {n: (_start_layer(ht, n) if start_at_layer else None) for n in names}
+    layers = sorted({l for l in starts.values() if l is not None})
+    resid_names = {_resid_name(ht, l): l for l in layers}
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+
+    if builtin:
+        shift = 1 if loss_fn in (None, "next_token") else -1
+        targets = _shifted_targets(tokens, shift).reshape(B, T)
+        n_terms = B * (T - 1)
+
+        def chunk_loss(logits, b0, b1):        # sum of the chunk's per-token losses
+            per_row = _core._token_losses(logits.reshape(-1, logits.shape[-1]),
+                                          np.ascontiguousarray(targets[b0:b1]).reshape(-1))[1]
+            return float(np.sum(per_row, dtype=np.float64))
+    else:
+        full_logits = None
+
+    # clean pass(es): residual streams of `tokens`, means of `mean_tokens`, baseline
+    same = mean_tokens is None
+    cached = set(resid_names) | (set(names) if same else set())
+    bs = batch_size or _chunk_size(ht, T, cached)
+    resid = {l: None for l in layers}
+    sums = {n: None for n in names}
+    base_sum = 0.0
+    for b0 in range(0, B, bs):
+        b1 = min(B, b0 + bs)
+        logits, cache = ht.run_with_cache(tokens[b0:b1], names_filter=cached)
+        for rn, l in resid_names.items():
+            if resid[l] is None:
+                resid[l] = np.empty((B,) + cache[rn].shape[1:], np.float32)
+            resid[l][b0:b1] = cache[rn]
+        if same:
+            _accumulate_sums(sums, cache, names)
+        if builtin:
+            base_sum += chunk_loss(logits, b0, b1)
+        else:
+            if full_logits is None:
+                full_logits = np.empty((B,) + logits.shape[1:], np.float32)
+            full_logits[b0:b1] = logits
+        del logits, cache
+    baseline = base_sum / n_terms if builtin else loss(full_logits)
+    if not same:
+        M = mean_tokens.shape[0]
+        mbs = batch_size or _chunk_size(ht, T, names)
+        for b0 in range(0, M, mbs):
+            _, cache = ht.run_with_cache(mean_tokens[b0:b0 + mbs], names_filter=set(names),
+                                         return_type=None)
+            _accumulate_sums(sums, cache, names)
+            del cache
+    n_mean = B if same else mean_tokens.shape[0]
     with np.errstate(invalid="ignore"):
-        for n in names:
-            means[n] = mcache[n].mean(0, dtype=np.float64).astype(np.float32)
-    resid = {l: cache[_resid_name(ht, l)] for l in set(starts.values()) if l is not None}
-    del mcache, cache, logits
+        means = {n: (sums[n] / n_mean).astype(np.float32) for n in names}
+    del sums
+
+    bs = batch_size or _chunk_size(ht, T)
     losses = []
     for n in names:
         avg = means[n]
@@ -921,14 +998,30 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
             act[...] = avg
 
         s = starts[n]
+        total = 0.0
         with ht.hooks([(n, replace_with_mean)]):
-            if s is None:
-                out = ht.forward(tokens)
-            else:
-                out = ht.forward(resid[s], start_at_layer=s)
-        losses.append(loss(out))
-        del out
+            for b0 in range(0, B, bs):
+                b1 = min(B, b0 + bs)
+                out = ht.forward(tokens[b0:b1]) if s is None else \
+                    ht.forward(resid[s][b0:b1], start_at_layer=s)
+                if builtin:
+                    total += chunk_loss(out, b0, b1)
+                else:
+                    full_logits[b0:b1] = out
+                del out
+        losses.append(total / n_terms if builtin else loss(full_logits))
     return MeanAblationSweep(names, losses, baseline, means)
+
+
+def _accumulate_sums(sums, cache, names):
+    """sums[name] += cache[name].sum(0) in float64 (the batch axis)."""
+    with np.errstate(invalid="ignore"):
+        for n in names:
+            part = cache[n].sum(0, dtype=np.float64)
+            if sums[n] is None:
+                sums[n] = part
+            else:
+                sums[n] += part
 
 
 class HeadAblationSweep:
@@ -977,6 +1070,26 @@ def _index_list(v, n, what):
     return out
 
 
+class _StopPass(Exception):
+    """Raised by a sweep's own hook to end a forward pass once it has what it needs."""
+
+
+def _final_rows(ht):
+    """x [rows..., d_model] -> logits, the model's final norm and unembedding in NumPy
+    (float64 norm, float32 product), or None when hooks on those points must run."""
+    tail = [hp for n, hp in ht.hook_dict.items() if n.startswith(("ln_final.", "unembed."))]
+    if any(hp._handles for hp in tail):
+        return None
+    W_U = ht.W_U
+    b_U = ht._params.get("unembed.b_U")
+    final_norm = ht.ln_final
+
+    def unembed(x):
+        y = np.asarray(final_norm(x), dtype=np.float32) @ W_U
+        return y + b_U if b_U is not None else y
+    return unembed
+
+
 def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                         target_positions=None, max_rows=4096):
     """Zero one attention head (at some positions) per pass and record the next-token
@@ -1000,7 +1113,11 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
 
     One clean pass caches the residual stream entering each layer; the passes
     for a layer start there, with the heads of that layer stacked along the
-    batch axis (at most ``max_rows`` batch x pos rows per pass). Returns a
+    batch axis (at most ``max_rows`` batch x pos rows per pass, and a pass's
+    activation arena under 24 MiB where it is reused). When only some
+    positions are targets, each pass ends after the last block and the final
+    norm and unembedding (float64 norm, float32 product in NumPy) run on the
+    target rows only (~1e-6 relative from the full pass's logits). Returns a
     :class:`HeadAblationSweep`.
     """
     ht = _hooked_model(model, "head_ablation_sweep")
@@ -1024,20 +1141,36 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     targets_bt[:, tpos_a] = tokens[:, tpos_a + 1]
     next_tok = tokens[:, tpos_a + 1]                                   # [B, nt]
 
-    def read(logits, n_copies):
-        """(logprobs, logits) of the next tokens at the target positions, [n, B, nt]."""
+    def read(logits, n_copies, rows_only=False):
+        """(logprobs, logits) of the next tokens at the target positions, [n, B, nt];
+        logits [n*B, T, V], or [n*B, nt, V] rows at the target positions only."""
         V = logits.shape[-1]
-        tg = np.tile(targets_bt.reshape(-1), n_copies)
-        nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
-        lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]          # [n, B, nt, V] view
+        if rows_only:
+            tg = np.tile(next_tok.reshape(-1), n_copies)
+            nll = _core._token_losses(np.ascontiguousarray(logits).reshape(-1, V), tg)[1]
+            lg = logits.reshape(n_copies, B, len(tpos), V)
+            nll = nll.reshape(n_copies, B, len(tpos))
+        else:
+            tg = np.tile(targets_bt.reshape(-1), n_copies)
+            nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
+            nll = nll[:, :, tpos_a]
+            lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]      # [n, B, nt, V] view
         picked = np.take_along_axis(lg, np.broadcast_to(next_tok[None, :, :, None],
                                                         (n_copies, B, len(tpos), 1)), -1)[..., 0]
-        return -nll[:, :, tpos_a], picked
+        return -nll, picked
 
     logits, cache = ht.run_with_cache(tokens, names_filter={_resid_name(ht, l) for l in layers})
     clean_lp, clean_lg = read(logits, 1)
     del logits
-    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T)))
+    # Only len(tpos) of the T positions are read: the passes stop at the last block's
+    # output and the final norm + unembedding run on those rows only (the unembedding
+    # of every position is most of a short pass on a 50k vocabulary), unless hooks
+    # the user left on the final norm / unembedding must see the full pass.
+    unembed = _final_rows(ht) if len(tpos) < T else None
+    last = f"blocks.{L - 1}.hook_resid_post"
+    # copies of the batch per pass: at most max_rows rows and an arena under the budget
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T),
+                          _chunk_size(ht, T) // B))
     out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
     out_lg = np.empty_like(out_lp)
     sel = slice(None) if pos is None else np.asarray(pos)
@@ -1052,8 +1185,23 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                 for j, h in enumerate(hs):
                     z[j * B:(j + 1) * B, sel, h] = 0.0
 
-            with ht.hooks([(f"blocks.{l}.attn.hook_z", zero_heads)]):
-                lg = ht.forward(x, start_at_layer=l)
-            out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
-            del lg
+            hooks = [(f"blocks.{l}.attn.hook_z", zero_heads)]
+            if unembed is None:
+                with ht.hooks(hooks):
+                    lg = ht.forward(x, start_at_layer=l)
+                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
+            else:
+                got = {}
+
+                def take_final(r, hook):
+                    got["rows"] = np.array(r[:, tpos_a])
+                    raise _StopPass
+
+                with ht.hooks(hooks + [(last, take_final)]):
+                    try:
+                        ht.forward(x, start_at_layer=l)
+                    except _StopPass:
+                        pass
+                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(unembed(got["rows"]), n, True)
+            del x
     return HeadAblationSweep(layers, heads, pos, tpos, out_lp, out_lg, clean_lp[0], clean_lg[0])

@@ -82,7 +82,7 @@ def nopos():
 def test_mean_ablation_sweep_matches_transformer_lens_seed_loop(nopos):
     tm, m = nopos
     rng = np.random.default_rng(3)
-    tokens, mean_tokens = rng.integers(1, 300, (24, 20)), rng.integers(1, 300, (32, 20))
+    tokens, mean_tokens = rng.integers(1, 300, (12, 20)), rng.integers(1, 300, (16, 20))
     res = A.mean_ablation_sweep(m, tokens, loss_fn="previous_token", mean_tokens=mean_tokens)
 
     # the seed's cell, verbatim but for the batch names
@@ -149,6 +149,16 @@ def test_mean_ablation_names_filters_and_loss_callables(nopos):
     t = A.mean_ablation_sweep(m, tokens, hook_names=names[:1],
                               loss_fn=lambda lg, tk: seed_loss_fn(torch.tensor(lg), torch.tensor(tk)))
     assert t.losses[0] == pytest.approx(ref.losses[0], rel=1e-5)
+    # passes in chunks of 4 sequences (uneven last chunk): per-row results, so the same
+    # losses up to the float64 order of the per-chunk sums; a callable loss sees the
+    # whole batch's logits reassembled
+    for lf in ("previous_token", _np_loss(-1)):
+        chunked = A.mean_ablation_sweep(m, tokens, hook_names=names, loss_fn=lf, batch_size=4,
+                                        mean_tokens=tokens[::-1])
+        whole = A.mean_ablation_sweep(m, tokens, hook_names=names, loss_fn=lf, batch_size=6,
+                                      mean_tokens=tokens[::-1])
+        np.testing.assert_allclose(chunked.losses, whole.losses, rtol=1e-6)
+        np.testing.assert_allclose(chunked.baseline, whole.baseline, rtol=1e-6)
     # means are the float64 batch means of the activations
     _, cache = m.run_with_cache(tokens)
     np.testing.assert_allclose(r.means["hook_embed"], cache["hook_embed"].mean(0, dtype=np.float64),
@@ -170,6 +180,8 @@ def test_mean_ablation_sweep_errors(nopos):
         A.mean_ablation_sweep(m, tokens, loss_fn=3)
     with pytest.raises(TypeError, match="scalar loss"):
         A.mean_ablation_sweep(m, tokens, hook_names="hook_embed", loss_fn=lambda lg, tk: "x")
+    with pytest.raises(ValueError, match="batch_size: expected a positive int"):
+        A.mean_ablation_sweep(m, tokens, batch_size=0)
     with pytest.raises(TypeError, match="model must be"):
         A.mean_ablation_sweep(object(), tokens)
     with pytest.raises(ValueError, match="at least 2 positions"):
@@ -274,4 +286,25 @@ def test_head_ablation_errors(gpt2_tiny):
         A.head_ablation_sweep(m, tokens[:, :1])
     with pytest.raises(ValueError, match="layers: empty"):
         A.head_ablation_sweep(m, tokens, layers=[])
+    assert not any(hp._handles for hp in m._ht.hook_dict.values())
+
+
+def test_head_ablation_target_rows_path_matches_full_pass(gpt2_tiny):
+    _, m = gpt2_tiny
+    tokens = np.random.default_rng(10).integers(0, 120, (2, 10))
+    full = A.head_ablation_sweep(m, tokens, positions=4)          # every target: full logits
+    some = A.head_ablation_sweep(m, tokens, positions=4, target_positions=[3, -2])
+    # the target rows' final norm + unembedding in NumPy vs in the C pass: float32 rounding
+    np.testing.assert_allclose(some.logprobs, full.logprobs[..., [3, 8]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(some.logits, full.logits[..., [3, 8]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(some.clean_logprobs, full.clean_logprobs[:, [3, 8]])
+    # a user's hook on the final norm must see every pass: then the full pass runs
+    calls = []
+    m._ht.add_hook("ln_final.hook_normalized", lambda a, hook: calls.append(a.shape))
+    try:
+        hooked = A.head_ablation_sweep(m, tokens, positions=4, target_positions=[3, -2])
+    finally:
+        m._ht.reset_hooks()
+    assert len(calls) == 1 + 3 and calls[0] == (2, 10, 64)        # clean pass + 3 layers
+    np.testing.assert_allclose(hooked.logprobs, some.logprobs, rtol=1e-5, atol=1e-5)
     assert not any(hp._handles for hp in m._ht.hook_dict.values())

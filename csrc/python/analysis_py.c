@@ -168,52 +168,45 @@ static PyObject *py_minmax(PyObject *m, PyObject *x_obj)
     return Py_BuildValue("dd", mn, mx);
 }
 
-static PyObject *py_normalize(PyObject *m, PyObject *args)
+/* _similarity(x, y, axis, center, zero_fill, clip, reject_nonfinite=False,
+ * reference=False): normalise the
+ * variables (rows for axis 1, columns for axis 0) of x and y (None: y = x, the
+ * symmetric path) and return their products [n_x_vars, n_y_vars] float32. */
+static PyObject *py_similarity(PyObject *m, PyObject *args)
 {
-    PyObject *x_obj;
-    int axis, center;
+    PyObject *x_obj, *y_obj;
+    int axis, center, clip, reject = 0, reference = 0;
     float zero_fill;
-    if (!PyArg_ParseTuple(args, "Oipf:_normalize", &x_obj, &axis, &center, &zero_fill))
+    if (!PyArg_ParseTuple(args, "OOipfp|pp:_similarity", &x_obj, &y_obj, &axis, &center,
+                          &zero_fill, &clip, &reject, &reference))
         return NULL;
-    PyArrayObject *x = arr_arg(x_obj, "X", NPY_FLOAT32, 2);
+    if (axis != 0 && axis != 1) return PyErr_Format(PyExc_ValueError, "_similarity: axis must be 0 or 1");
+    int fx = 0, fy = 0;
+    PyArrayObject *x = float_data(x_obj, "X", 2, &fx), *y = NULL;
     if (!x) return NULL;
-    float *y;
-    PyObject *out = mi_py_empty(m, 2, PyArray_DIMS(x), &y);
-    if (!out) return NULL;
-    const float *xd = PyArray_DATA(x);
-    npy_intp r = PyArray_DIM(x, 0), c = PyArray_DIM(x, 1);
-    Py_BEGIN_ALLOW_THREADS
-    mi_normalize(xd, r, c, axis, center, zero_fill, y);
-    Py_END_ALLOW_THREADS
-    return out;
-}
-
-/* C = op(A) op(B) (A, B already normalised), optionally clipped to [-1, 1]. */
-static PyObject *py_similarity_product(PyObject *m, PyObject *args)
-{
-    PyObject *a_obj, *b_obj;
-    int ta, tb, clip;
-    if (!PyArg_ParseTuple(args, "OOppp:_similarity_product", &a_obj, &b_obj, &ta, &tb, &clip))
-        return NULL;
-    PyArrayObject *A = arr_arg(a_obj, "A", NPY_FLOAT32, 2), *B;
-    if (!A || !(B = arr_arg(b_obj, "B", NPY_FLOAT32, 2))) return NULL;
-    npy_intp M = PyArray_DIM(A, ta ? 1 : 0), K = PyArray_DIM(A, ta ? 0 : 1);
-    npy_intp N = PyArray_DIM(B, tb ? 0 : 1), KB = PyArray_DIM(B, tb ? 1 : 0);
-    if (K != KB) {
+    if (y_obj != Py_None && !(y = float_data(y_obj, "Y", 2, &fy))) return NULL;
+    npy_intp rx = PyArray_DIM(x, 0), cx = PyArray_DIM(x, 1);
+    npy_intp ry = y ? PyArray_DIM(y, 0) : 0, cy = y ? PyArray_DIM(y, 1) : 0;
+    npy_intp kx = axis == 1 ? cx : rx, ky = axis == 1 ? cy : ry;
+    if (y && kx != ky) {
         char s1[128], s2[128];
         return PyErr_Format(PyExc_ValueError, "similarity: X has shape %s and Y has shape %s: "
                             "their feature dimensions %ld and %ld differ",
-                            mi_py_shape_str(A, s1), mi_py_shape_str(B, s2), (long)K, (long)KB);
+                            mi_py_shape_str(x, s1), mi_py_shape_str(y, s2), (long)kx, (long)ky);
     }
-    npy_intp shape[2] = {M, N};
+    npy_intp shape[2] = {axis == 1 ? rx : cx, y ? (axis == 1 ? ry : cy) : (axis == 1 ? rx : cx)};
     float *c;
     PyObject *out = mi_py_empty(m, 2, shape, &c);
     if (!out) return NULL;
-    const float *ad = PyArray_DATA(A), *bd = PyArray_DATA(B);
-    npy_intp lda = PyArray_DIM(A, 1), ldb = PyArray_DIM(B, 1);
+    const void *xd = PyArray_DATA(x), *yd = y ? PyArray_DATA(y) : NULL;
+    mi_status st;
     Py_BEGIN_ALLOW_THREADS
-    mi_similarity_product(ta, tb, M, N, K, ad, lda, bd, ldb, clip, c);
+    if (reference)
+        st = mi_similarity_ref(xd, fx, rx, cx, yd, fy, ry, cy, axis, center, zero_fill, clip, c);
+    else
+        st = mi_similarity(xd, fx, rx, cx, yd, fy, ry, cy, axis, center, zero_fill, clip, reject, c);
     Py_END_ALLOW_THREADS
+    if (st != MI_OK) { Py_DECREF(out); return mi_py_raise(st); }
     return out;
 }
 
@@ -446,10 +439,9 @@ static PyMethodDef analysis_methods[] = {
      "_moments(x, outer, n, inner, ddof)\n--\n\nUse analysis.describe."},
     {"_minmax", py_minmax, METH_O,
      "_minmax(x)\n--\n\n(min, max) of a float32/float64 array (NaN if any NaN)."},
-    {"_normalize", py_normalize, METH_VARARGS,
-     "_normalize(X, axis, center, zero_fill)\n--\n\nUse analysis.cosine_similarity."},
-    {"_similarity_product", py_similarity_product, METH_VARARGS,
-     "_similarity_product(A, B, trans_a, trans_b, clip)\n--\n\nUse analysis.cosine_similarity."},
+    {"_similarity", py_similarity, METH_VARARGS,
+     "_similarity(X, Y_or_None, axis, center, zero_fill, clip, reject_nonfinite=False, reference=False)\n--\n\n"
+     "Use analysis.cosine_similarity / corrcoef / column_cosine_similarity."},
     {"_entropy", py_entropy, METH_VARARGS,
      "_entropy(pk, outer, n, inner, log_base)\n--\n\nUse analysis.entropy."},
     {"_kde_1d", py_kde_1d, METH_VARARGS,
