@@ -323,25 +323,34 @@ def load_or_create(name="gpt2", small=None, tokenizer_only=False, cache_dir=None
     (``mechinterp_c.io.resolve_pretrained``), else a fallback made by
     :func:`create_checkpoint`, announced by a printed note.
 
+    A cached model without safetensors weights (only ``pytorch_model.bin``, which needs
+    torch) also falls back, and the note says why.
     ``small`` defaults to ``MI_NOTEBOOK_SMALL``; with ``MI_NOTEBOOK_FALLBACK=1`` the
     fallback is used even when the real model is cached (to reproduce CI runs).
     ``tokenizer_only=True`` needs only ``vocab.json`` + ``merges.txt``.
     """
     force = os.environ.get("MI_NOTEBOOK_FALLBACK", "").strip().lower() not in ("", "0", "false", "no")
+    incomplete = ""
     if not force:
         try:
-            d = _io.resolve_pretrained(name, cache_dir=cache_dir)
-            need = ("vocab.json", "merges.txt") if tokenizer_only else ("config.json",)
-            if all((Path(d) / f).is_file() for f in need):
+            d = Path(_io.resolve_pretrained(name, cache_dir=cache_dir))
+            if tokenizer_only:
+                missing = [f for f in ("vocab.json", "merges.txt") if not (d / f).is_file()]
+            else:
+                missing = [f for f in ("config.json",) if not (d / f).is_file()]
+                if not ((d / _io.SAFETENSORS_NAME).is_file() or (d / _io.SAFETENSORS_INDEX_NAME).is_file()):
+                    missing.append(f"{_io.SAFETENSORS_NAME} (PyTorch .bin weights need torch to read)")
+            if not missing:
                 return d
+            incomplete = f"{name} is in the Hugging Face cache ({d}) without {', '.join(missing)}"
         except FileNotFoundError:
             pass
     small = is_small() if small is None else bool(small)
     d = create_checkpoint(name, small=small, tokenizer_only=tokenizer_only)
     if not quiet:
         cfg = gpt2_config(name, small)
-        reason = ("MI_NOTEBOOK_FALLBACK is set" if force
-                  else f"{name} not in the local Hugging Face cache ({_io.hf_cache_dir()})")
+        reason = ("MI_NOTEBOOK_FALLBACK is set" if force else incomplete
+                  or f"{name} not in the local Hugging Face cache ({_io.hf_cache_dir()})")
         if tokenizer_only:
             what = (f"byte-level BPE tokenizer ({len(_trained_bpe()[1])} merges trained on the "
                     f"built-in English text, <|endoftext|> = {cfg['vocab_size'] - 1})")

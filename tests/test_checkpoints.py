@@ -216,6 +216,21 @@ def test_load_or_create_prefers_the_hf_cache(tmp_path, monkeypatch, capsys):
     assert "random-initialised gpt2-shaped checkpoint" in capsys.readouterr().out
 
 
+def test_cached_model_without_safetensors_falls_back(tmp_path, monkeypatch, capsys):
+    snap = tmp_path / "hub" / "models--gpt2" / "snapshots" / ("b" * 40)
+    ck.create_checkpoint("gpt2", directory=snap, small=True)
+    (snap / "model.safetensors").rename(snap / "pytorch_model.bin")    # an old torch-only snapshot
+    (tmp_path / "hub" / "models--gpt2" / "refs").mkdir(parents=True)
+    (tmp_path / "hub" / "models--gpt2" / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("MI_NOTEBOOK_SMALL", "1")
+    d = ck.load_or_create("gpt2")
+    out = capsys.readouterr().out
+    assert d != snap and "is in the Hugging Face cache" in out and "model.safetensors" in out
+    # its tokenizer files are complete: tokenizer_only uses the real snapshot
+    assert ck.load_or_create("gpt2", tokenizer_only=True) == snap
+
+
 def test_load_or_create_falls_back_with_a_visible_note(monkeypatch, capsys):
     monkeypatch.setenv("MI_NOTEBOOK_SMALL", "1")
     d = ck.load_or_create("gpt2-large")

@@ -42,6 +42,7 @@ def env(tmp_path_factory):
     vals = {
         "MI_NOTEBOOK_SMALL": "1",
         "MI_NOTEBOOK_FALLBACK": "1",
+        "MI_NOTEBOOK_STEPS": "150",          # the small default, whatever the caller set
         "MI_CHECKPOINT_DIR": str(base / "checkpoints"),
         "HF_HUB_CACHE": str(base / "empty-hf-cache"),
         "PYTHONPATH": os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]]

@@ -12,7 +12,8 @@
 # they agree). NumPy + matplotlib only: no torch, no plotly.
 #
 # The seed trains 4000 steps of batch 256; with `MI_NOTEBOOK_SMALL=1` this notebook
-# trains 150 steps of batch 64 and analyses 500 sequences instead of 4000. Figures go
+# trains 150 steps of batch 64 and analyses 500 sequences instead of 4000
+# (`MI_NOTEBOOK_STEPS=N` sets the number of steps either way). Figures go
 # to `$MI_NOTEBOOK_FIGDIR` when set, key numbers to the JSON file `$MI_NOTEBOOK_OUT`
 # (and the weights and token batches to the `.npz` next to it).
 
@@ -194,6 +195,7 @@ print("Batch-level Loss:", loss_fn(test_logits, test_tokens, per_token=False))
 # Training parameters
 batch_size = 64 if SMALL else 256
 num_epochs = 150 if SMALL else 4000
+num_epochs = int(os.environ.get("MI_NOTEBOOK_STEPS", num_epochs))   # optional override
 lr = 1e-4
 betas = (0.9, 0.95)
 max_grad_norm = 1.0
