@@ -1117,8 +1117,9 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     activation arena under 24 MiB where it is reused). When only some
     positions are targets, each pass ends after the last block and the final
     norm and unembedding (float64 norm, float32 product in NumPy) run on the
-    target rows only (~1e-6 relative from the full pass's logits). Returns a
-    :class:`HeadAblationSweep`.
+    target rows only (~1e-6 relative from the full pass's logits); with causal
+    attention the passes also stop at the last target position (later tokens
+    cannot change it). Returns a :class:`HeadAblationSweep`.
     """
     ht = _hooked_model(model, "head_ablation_sweep")
     tokens = ht._tokens(tokens)
@@ -1141,9 +1142,10 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     targets_bt[:, tpos_a] = tokens[:, tpos_a + 1]
     next_tok = tokens[:, tpos_a + 1]                                   # [B, nt]
 
-    def read(logits, n_copies, rows_only=False):
+    def read(logits, n_copies, rows_only=False, Te=T):
         """(logprobs, logits) of the next tokens at the target positions, [n, B, nt];
-        logits [n*B, T, V], or [n*B, nt, V] rows at the target positions only."""
+        logits [n*B, Te, V] (the first Te positions), or [n*B, nt, V] rows at the
+        target positions only."""
         V = logits.shape[-1]
         if rows_only:
             tg = np.tile(next_tok.reshape(-1), n_copies)
@@ -1151,10 +1153,10 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
             lg = logits.reshape(n_copies, B, len(tpos), V)
             nll = nll.reshape(n_copies, B, len(tpos))
         else:
-            tg = np.tile(targets_bt.reshape(-1), n_copies)
-            nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
+            tg = np.tile(np.ascontiguousarray(targets_bt[:, :Te]).reshape(-1), n_copies)
+            nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, Te)
             nll = nll[:, :, tpos_a]
-            lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]      # [n, B, nt, V] view
+            lg = logits.reshape(n_copies, B, Te, V)[:, :, tpos_a]     # [n, B, nt, V] view
         picked = np.take_along_axis(lg, np.broadcast_to(next_tok[None, :, :, None],
                                                         (n_copies, B, len(tpos), 1)), -1)[..., 0]
         return -nll, picked
@@ -1167,19 +1169,23 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     # of every position is most of a short pass on a 50k vocabulary), unless hooks
     # the user left on the final norm / unembedding must see the full pass.
     unembed = _final_rows(ht) if len(tpos) < T else None
+    # causal attention: positions after the last target cannot change its logits, so
+    # the ablated passes run on the prefix up to it (the seed's target is the
+    # penultimate token)
+    Te = max(tpos) + 1 if ht.cfg.attention_dir == "causal" else T
     last = f"blocks.{L - 1}.hook_resid_post"
     # copies of the batch per pass: at most max_rows rows and an arena under the budget
-    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T),
-                          _chunk_size(ht, T) // B))
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * Te),
+                          _chunk_size(ht, Te) // B))
     out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
     out_lg = np.empty_like(out_lp)
-    sel = slice(None) if pos is None else np.asarray(pos)
+    sel = slice(None) if pos is None else np.asarray([p for p in pos if p < Te], dtype=np.intp)
     for li, l in enumerate(layers):
-        resid = cache[_resid_name(ht, l)]
+        resid = cache[_resid_name(ht, l)][:, :Te]
         for h0 in range(0, len(heads), per_pass):
             hs = heads[h0:h0 + per_pass]
             n = len(hs)
-            x = np.broadcast_to(resid[None], (n,) + resid.shape).reshape(n * B, T, -1)
+            x = np.broadcast_to(resid[None], (n,) + resid.shape).reshape(n * B, Te, -1)
 
             def zero_heads(z, hook, hs=hs):
                 for j, h in enumerate(hs):
@@ -1189,7 +1195,7 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
             if unembed is None:
                 with ht.hooks(hooks):
                     lg = ht.forward(x, start_at_layer=l)
-                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
+                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n, Te=Te)
             else:
                 got = {}
 
