@@ -773,7 +773,8 @@ def _shifted_targets(tokens, shift):
 
 
 def _loss_function(loss_fn, tokens):
-    """loss(logits) -> float for the sweep's loss_fn argument."""
+    """The sweep's loss_fn argument checked: (shift, None) for the built-in losses
+    (targets tokens[:, t + shift]), (None, loss(logits) -> float) for a callable."""
     if loss_fn is None or isinstance(loss_fn, str):
         kind = loss_fn or "next_token"
         shifts = {"next_token": 1, "previous_token": -1}
@@ -783,11 +784,7 @@ def _loss_function(loss_fn, tokens):
         if tokens.shape[1] < 2:
             raise ValueError(f"loss_fn={kind!r}: tokens need at least 2 positions, got shape "
                              f"{tokens.shape}")
-        targets = _shifted_targets(tokens, shifts[kind])
-
-        def loss(logits):
-            return _core._token_losses(logits.reshape(-1, logits.shape[-1]), targets)[0]
-        return loss
+        return shifts[kind], None
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected None, a name or a callable (logits, tokens) -> "
                         f"loss, got {type(loss_fn).__name__}")
@@ -798,7 +795,7 @@ def _loss_function(loss_fn, tokens):
             return float(v.item() if hasattr(v, "item") else v)
         except (TypeError, ValueError):
             raise TypeError(f"loss_fn returned {type(v).__name__}; expected a scalar loss")
-    return loss
+    return None, loss
 
 
 def _start_layer(ht, name):
@@ -927,8 +924,8 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     tokens = ht._tokens(tokens)
     B, T = tokens.shape
     names = _sweep_hook_names(ht, hook_names)
-    builtin = loss_fn is None or isinstance(loss_fn, str)
-    loss = _loss_function(loss_fn, tokens)          # validates loss_fn
+    shift, loss = _loss_function(loss_fn, tokens)
+    builtin = loss is None
     if mean_tokens is not None:
         mean_tokens = ht._tokens(mean_tokens)
         if mean_tokens.shape[1] != T:
@@ -941,7 +938,6 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
         raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
 
     if builtin:
-        shift = 1 if loss_fn in (None, "next_token") else -1
         targets = _shifted_targets(tokens, shift).reshape(B, T)
         n_terms = B * (T - 1)
 
