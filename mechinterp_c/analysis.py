@@ -32,7 +32,7 @@ from numpy.lib import _histograms_impl as _np_hist
 from . import _core
 
 __all__ = ["histogram", "batched_histogram", "describe", "Describe", "cosine_similarity",
-           "corrcoef", "column_cosine_similarity", "block_pairs", "qk_scores", "QKScores", "head_pairs",
+           "corrcoef", "column_cosine_similarity", "upper_triangle", "block_pairs", "qk_scores", "QKScores", "head_pairs",
            "gaussian_kde", "kde_entropy", "entropy", "mean_ablation_sweep", "MeanAblationSweep",
            "head_ablation_sweep", "HeadAblationSweep"]
 
@@ -334,6 +334,24 @@ def corrcoef(X, rowvar=True):
     return _core._similarity(_matrix(X, "X"), None, 1 if rowvar else 0, True, np.nan, True)
 
 
+def upper_triangle(S, k=1):
+    """The values of a square matrix above diagonal ``k``, row-major:
+    ``S[np.triu_indices(n, k)]`` (the seed's ``S[np.nonzero(np.triu(S, 1))]``
+    for a similarity matrix without exact zeros), copied row slice by row slice
+    instead of through an index array."""
+    S = np.asarray(S)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"upper_triangle: expected a square matrix, got shape {S.shape}")
+    if not isinstance(k, (int, np.integer)):
+        raise TypeError(f"upper_triangle: k must be an int, got {type(k).__name__}")
+    n = S.shape[0]
+    rows = range(max(0, -k), n) if k < 0 else range(n)
+    parts = [S[i, max(0, i + k):] for i in rows]
+    if k < 0:   # rows above -k start at column 0 and are full
+        parts = [S[i] for i in range(min(n, -k))] + parts
+    return np.concatenate(parts) if parts else np.zeros(0, S.dtype)
+
+
 def block_pairs(S, sizes, names=None):
     """Within- and across-block values of a square similarity matrix, as the seed's mask.
 
@@ -359,7 +377,7 @@ def block_pairs(S, sizes, names=None):
     out = {}
     for a in np.arange(len(sizes)):
         blk = S[starts[a]:starts[a + 1], starts[a]:starts[a + 1]]
-        out[names[a] * 2] = blk[np.triu_indices(sizes[a], 1)]
+        out[names[a] * 2] = upper_triangle(blk, 1)
     for a in np.arange(len(sizes)):
         for b in np.arange(a + 1, len(sizes)):
             out[names[a] + names[b]] = S[starts[a]:starts[a + 1], starts[b]:starts[b + 1]].ravel()

@@ -158,3 +158,20 @@ def test_large_outputs_reuse_only_released_memory(rng):
         np.testing.assert_allclose(r, ref, atol=ATOL)
     assert len({r1.ctypes.data, r2.ctypes.data, r3.ctypes.data}) == 3
     assert r1.ctypes.data % (2 << 20) == 0          # 2 MiB aligned for huge pages
+
+
+def test_upper_triangle_matches_triu_indices(rng):
+    for n in (0, 1, 6, 301):
+        S = rng.standard_normal((n, n)).astype(np.float32)
+        for k in (-2, 0, 1, 3, n + 1):
+            got = A.upper_triangle(S, k)
+            ref = S[np.triu_indices(n, k)]
+            assert got.dtype == ref.dtype
+            np.testing.assert_array_equal(got, ref)
+    # the seed's selection on a similarity matrix (no exact zeros)
+    cs = A.column_cosine_similarity(rng.standard_normal((20, 50)))
+    np.testing.assert_array_equal(A.upper_triangle(cs), cs[np.nonzero(np.triu(cs, 1))])
+    with pytest.raises(ValueError, match=r"square matrix, got shape \(2, 3\)"):
+        A.upper_triangle(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="k must be an int"):
+        A.upper_triangle(np.zeros((2, 2)), 1.5)
