@@ -7,6 +7,7 @@ they agree, and prints both times and the ratio (target >= 3x).
     python bench/analysis.py            # all cases, seed sizes
     python bench/analysis.py --quick    # fewer layers / heads / smaller batches
     python bench/analysis.py --only cosine,sweeps   # some groups (cosine qk kde hist sweeps)
+    python bench/analysis.py --single   # one thread on every side, CPU time (busy machine)
 
 Timings are best-of-N wall clock; on a shared machine they are noisy. The
 REVE weight-cosine case is one GEMM: it also prints GFLOP/s of both sides
@@ -27,13 +28,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mechinterp_c import analysis as A  # noqa: E402
 
 
+# --single: one thread everywhere and process CPU time, which a busy machine
+# disturbs far less than it disturbs the wall clock of two-thread runs
+_clock = time.process_time if os.environ.get("MI_BENCH_SINGLE") == "1" else time.perf_counter
+
+
 def best(fn, reps):
-    """Best wall time of `reps` runs of fn() and its last result."""
+    """Best time of `reps` runs of fn() and its last result."""
     t_best, out = float("inf"), None
     for _ in range(reps):
-        t = time.perf_counter()
+        t = _clock()
         out = fn()
-        t_best = min(t_best, time.perf_counter() - t)
+        t_best = min(t_best, _clock() - t)
     return t_best, out
 
 
@@ -80,7 +86,7 @@ def bench_cosine(rng, reps):
 
     def ours_rand():
         cs = A.column_cosine_similarity(shuffled)
-        return cs[np.triu_indices(cs.shape[0], 1)]
+        return A.upper_triangle(cs)
     t1, r1 = best(seed_rand, reps)
     t2, r2 = best(ours_rand, reps)
     report("shuffled baseline: cosine + upper triangle (seed)", t1, t2,
@@ -359,15 +365,25 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer layers/heads, fewer repeats")
     ap.add_argument("--only", default="cosine,qk,kde,hist,sweeps",
                     help="comma-separated groups: cosine qk kde hist sweeps")
+    ap.add_argument("--single", action="store_true", help="one thread for mechinterp_c, "
+                    "torch and OpenBLAS, timed in process CPU time")
     ap.add_argument("--large", action="store_true", help="head sweep on gpt2-large's shape "
                     "(36 layers x 1280, as the seed; needs ~7 GB and minutes)")
     args = ap.parse_args()
+    if args.single and os.environ.get("MI_BENCH_SINGLE") != "1":
+        # thread counts of OpenBLAS/OpenMP are fixed at import: restart with them set
+        env = dict(os.environ, MI_BENCH_SINGLE="1", OPENBLAS_NUM_THREADS="1",
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
     groups = set(args.only.split(","))
     rng = np.random.default_rng(0)
     reps = 2 if args.quick else 5
     import mechinterp_c
+    if args.single:
+        mechinterp_c.set_num_threads(1)
     torch.set_num_threads(mechinterp_c.get_num_threads())
-    print(f"mechinterp_c: isa {mechinterp_c.cpu_isa()}, {mechinterp_c.get_num_threads()} threads "
+    print(f"mechinterp_c: isa {mechinterp_c.cpu_isa()}, {mechinterp_c.get_num_threads()} threads, "
+          f"{'CPU time' if args.single else 'wall clock'} "
           f"(torch {torch.get_num_threads()}); the cosine and QK^T cases are bound by mi_sgemm "
           f"(kernels/gemm.c)")
     if "cosine" in groups:

@@ -32,7 +32,7 @@ from numpy.lib import _histograms_impl as _np_hist
 from . import _core
 
 __all__ = ["histogram", "batched_histogram", "describe", "Describe", "cosine_similarity",
-           "corrcoef", "column_cosine_similarity", "block_pairs", "qk_scores", "QKScores", "head_pairs",
+           "corrcoef", "column_cosine_similarity", "upper_triangle", "block_pairs", "qk_scores", "QKScores", "head_pairs",
            "gaussian_kde", "kde_entropy", "entropy", "mean_ablation_sweep", "MeanAblationSweep",
            "head_ablation_sweep", "HeadAblationSweep"]
 
@@ -334,6 +334,24 @@ def corrcoef(X, rowvar=True):
     return _core._similarity(_matrix(X, "X"), None, 1 if rowvar else 0, True, np.nan, True)
 
 
+def upper_triangle(S, k=1):
+    """The values of a square matrix above diagonal ``k``, row-major:
+    ``S[np.triu_indices(n, k)]`` (the seed's ``S[np.nonzero(np.triu(S, 1))]``
+    for a similarity matrix without exact zeros), copied row slice by row slice
+    instead of through an index array."""
+    S = np.asarray(S)
+    if S.ndim != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"upper_triangle: expected a square matrix, got shape {S.shape}")
+    if not isinstance(k, (int, np.integer)):
+        raise TypeError(f"upper_triangle: k must be an int, got {type(k).__name__}")
+    n = S.shape[0]
+    rows = range(max(0, -k), n) if k < 0 else range(n)
+    parts = [S[i, max(0, i + k):] for i in rows]
+    if k < 0:   # rows above -k start at column 0 and are full
+        parts = [S[i] for i in range(min(n, -k))] + parts
+    return np.concatenate(parts) if parts else np.zeros(0, S.dtype)
+
+
 def block_pairs(S, sizes, names=None):
     """Within- and across-block values of a square similarity matrix, as the seed's mask.
 
@@ -359,7 +377,7 @@ def block_pairs(S, sizes, names=None):
     out = {}
     for a in np.arange(len(sizes)):
         blk = S[starts[a]:starts[a + 1], starts[a]:starts[a + 1]]
-        out[names[a] * 2] = blk[np.triu_indices(sizes[a], 1)]
+        out[names[a] * 2] = upper_triangle(blk, 1)
     for a in np.arange(len(sizes)):
         for b in np.arange(a + 1, len(sizes)):
             out[names[a] + names[b]] = S[starts[a]:starts[a + 1], starts[b]:starts[b + 1]].ravel()
@@ -773,7 +791,8 @@ def _shifted_targets(tokens, shift):
 
 
 def _loss_function(loss_fn, tokens):
-    """loss(logits) -> float for the sweep's loss_fn argument."""
+    """The sweep's loss_fn argument checked: (shift, None) for the built-in losses
+    (targets tokens[:, t + shift]), (None, loss(logits) -> float) for a callable."""
     if loss_fn is None or isinstance(loss_fn, str):
         kind = loss_fn or "next_token"
         shifts = {"next_token": 1, "previous_token": -1}
@@ -783,11 +802,7 @@ def _loss_function(loss_fn, tokens):
         if tokens.shape[1] < 2:
             raise ValueError(f"loss_fn={kind!r}: tokens need at least 2 positions, got shape "
                              f"{tokens.shape}")
-        targets = _shifted_targets(tokens, shifts[kind])
-
-        def loss(logits):
-            return _core._token_losses(logits.reshape(-1, logits.shape[-1]), targets)[0]
-        return loss
+        return shifts[kind], None
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected None, a name or a callable (logits, tokens) -> "
                         f"loss, got {type(loss_fn).__name__}")
@@ -798,7 +813,7 @@ def _loss_function(loss_fn, tokens):
             return float(v.item() if hasattr(v, "item") else v)
         except (TypeError, ValueError):
             raise TypeError(f"loss_fn returned {type(v).__name__}; expected a scalar loss")
-    return loss
+    return None, loss
 
 
 def _start_layer(ht, name):
@@ -927,8 +942,8 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     tokens = ht._tokens(tokens)
     B, T = tokens.shape
     names = _sweep_hook_names(ht, hook_names)
-    builtin = loss_fn is None or isinstance(loss_fn, str)
-    loss = _loss_function(loss_fn, tokens)          # validates loss_fn
+    shift, loss = _loss_function(loss_fn, tokens)
+    builtin = loss is None
     if mean_tokens is not None:
         mean_tokens = ht._tokens(mean_tokens)
         if mean_tokens.shape[1] != T:
@@ -941,7 +956,6 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
         raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
 
     if builtin:
-        shift = 1 if loss_fn in (None, "next_token") else -1
         targets = _shifted_targets(tokens, shift).reshape(B, T)
         n_terms = B * (T - 1)
 
@@ -1117,8 +1131,9 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     activation arena under 24 MiB where it is reused). When only some
     positions are targets, each pass ends after the last block and the final
     norm and unembedding (float64 norm, float32 product in NumPy) run on the
-    target rows only (~1e-6 relative from the full pass's logits). Returns a
-    :class:`HeadAblationSweep`.
+    target rows only (~1e-6 relative from the full pass's logits); with causal
+    attention the passes also stop at the last target position (later tokens
+    cannot change it). Returns a :class:`HeadAblationSweep`.
     """
     ht = _hooked_model(model, "head_ablation_sweep")
     tokens = ht._tokens(tokens)
@@ -1141,9 +1156,10 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     targets_bt[:, tpos_a] = tokens[:, tpos_a + 1]
     next_tok = tokens[:, tpos_a + 1]                                   # [B, nt]
 
-    def read(logits, n_copies, rows_only=False):
+    def read(logits, n_copies, rows_only=False, Te=T):
         """(logprobs, logits) of the next tokens at the target positions, [n, B, nt];
-        logits [n*B, T, V], or [n*B, nt, V] rows at the target positions only."""
+        logits [n*B, Te, V] (the first Te positions), or [n*B, nt, V] rows at the
+        target positions only."""
         V = logits.shape[-1]
         if rows_only:
             tg = np.tile(next_tok.reshape(-1), n_copies)
@@ -1151,10 +1167,10 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
             lg = logits.reshape(n_copies, B, len(tpos), V)
             nll = nll.reshape(n_copies, B, len(tpos))
         else:
-            tg = np.tile(targets_bt.reshape(-1), n_copies)
-            nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, T)
+            tg = np.tile(np.ascontiguousarray(targets_bt[:, :Te]).reshape(-1), n_copies)
+            nll = _core._token_losses(logits.reshape(-1, V), tg)[1].reshape(n_copies, B, Te)
             nll = nll[:, :, tpos_a]
-            lg = logits.reshape(n_copies, B, T, V)[:, :, tpos_a]      # [n, B, nt, V] view
+            lg = logits.reshape(n_copies, B, Te, V)[:, :, tpos_a]     # [n, B, nt, V] view
         picked = np.take_along_axis(lg, np.broadcast_to(next_tok[None, :, :, None],
                                                         (n_copies, B, len(tpos), 1)), -1)[..., 0]
         return -nll, picked
@@ -1167,19 +1183,23 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     # of every position is most of a short pass on a 50k vocabulary), unless hooks
     # the user left on the final norm / unembedding must see the full pass.
     unembed = _final_rows(ht) if len(tpos) < T else None
+    # causal attention: positions after the last target cannot change its logits, so
+    # the ablated passes run on the prefix up to it (the seed's target is the
+    # penultimate token)
+    Te = max(tpos) + 1 if ht.cfg.attention_dir == "causal" else T
     last = f"blocks.{L - 1}.hook_resid_post"
     # copies of the batch per pass: at most max_rows rows and an arena under the budget
-    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * T),
-                          _chunk_size(ht, T) // B))
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * Te),
+                          _chunk_size(ht, Te) // B))
     out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
     out_lg = np.empty_like(out_lp)
-    sel = slice(None) if pos is None else np.asarray(pos)
+    sel = slice(None) if pos is None else np.asarray([p for p in pos if p < Te], dtype=np.intp)
     for li, l in enumerate(layers):
-        resid = cache[_resid_name(ht, l)]
+        resid = cache[_resid_name(ht, l)][:, :Te]
         for h0 in range(0, len(heads), per_pass):
             hs = heads[h0:h0 + per_pass]
             n = len(hs)
-            x = np.broadcast_to(resid[None], (n,) + resid.shape).reshape(n * B, T, -1)
+            x = np.broadcast_to(resid[None], (n,) + resid.shape).reshape(n * B, Te, -1)
 
             def zero_heads(z, hook, hs=hs):
                 for j, h in enumerate(hs):
@@ -1189,7 +1209,7 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
             if unembed is None:
                 with ht.hooks(hooks):
                     lg = ht.forward(x, start_at_layer=l)
-                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n)
+                out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n, Te=Te)
             else:
                 got = {}
 

@@ -139,3 +139,39 @@ def test_empty_inputs():
     assert np.isnan(A.column_cosine_similarity(np.zeros((0, 4)))).all()
     assert A.column_cosine_similarity(np.zeros((5, 0))).shape == (0, 0)
     assert A.corrcoef(np.zeros((0, 6))).shape == (0, 0)
+
+
+def test_large_outputs_reuse_only_released_memory(rng):
+    # >= 4 MiB results get huge-page memory and one released buffer is recycled:
+    # live results must never share it
+    xs = [rng.standard_normal((8, n)) for n in (1100, 1100, 1050, 1200)]
+    refs = [np.corrcoef(x, rowvar=False) for x in xs]
+    r0 = A.corrcoef(xs[0], rowvar=False)
+    r1 = A.corrcoef(xs[1], rowvar=False)
+    keep1 = r1.copy()
+    del r0                                        # its buffer becomes the spare
+    r2 = A.corrcoef(xs[2], rowvar=False)          # smaller: reuses it
+    r3 = A.corrcoef(xs[3], rowvar=False)          # larger: fresh memory
+    assert r1.nbytes >= 4 << 20
+    np.testing.assert_array_equal(r1, keep1)
+    for r, ref in ((r1, refs[1]), (r2, refs[2]), (r3, refs[3])):
+        np.testing.assert_allclose(r, ref, atol=ATOL)
+    assert len({r1.ctypes.data, r2.ctypes.data, r3.ctypes.data}) == 3
+    assert r1.ctypes.data % (2 << 20) == 0          # 2 MiB aligned for huge pages
+
+
+def test_upper_triangle_matches_triu_indices(rng):
+    for n in (0, 1, 6, 301):
+        S = rng.standard_normal((n, n)).astype(np.float32)
+        for k in (-2, 0, 1, 3, n + 1):
+            got = A.upper_triangle(S, k)
+            ref = S[np.triu_indices(n, k)]
+            assert got.dtype == ref.dtype
+            np.testing.assert_array_equal(got, ref)
+    # the seed's selection on a similarity matrix (no exact zeros)
+    cs = A.column_cosine_similarity(rng.standard_normal((20, 50)))
+    np.testing.assert_array_equal(A.upper_triangle(cs), cs[np.nonzero(np.triu(cs, 1))])
+    with pytest.raises(ValueError, match=r"square matrix, got shape \(2, 3\)"):
+        A.upper_triangle(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="k must be an int"):
+        A.upper_triangle(np.zeros((2, 2)), 1.5)

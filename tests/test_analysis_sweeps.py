@@ -308,3 +308,15 @@ def test_head_ablation_target_rows_path_matches_full_pass(gpt2_tiny):
     assert len(calls) == 1 + 3 and calls[0] == (2, 10, 64)        # clean pass + 3 layers
     np.testing.assert_allclose(hooked.logprobs, some.logprobs, rtol=1e-5, atol=1e-5)
     assert not any(hp._handles for hp in m._ht.hook_dict.values())
+
+
+def test_head_ablation_after_the_target_changes_nothing(gpt2_tiny):
+    # causal: zeroing a head at positions after the last target cannot move it (the
+    # passes stop at the target); before it, it does
+    _, m = gpt2_tiny
+    tokens = np.random.default_rng(11).integers(0, 120, (2, 9))
+    after = A.head_ablation_sweep(m, tokens, positions=[5, 7], target_positions=[1, 4])
+    np.testing.assert_allclose(after.logprobs, np.broadcast_to(after.clean_logprobs,
+                                                               after.logprobs.shape), atol=1e-5)
+    before = A.head_ablation_sweep(m, tokens, positions=[1], target_positions=[1, 4])
+    assert np.abs(before.delta).max() > 1e-3
