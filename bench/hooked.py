@@ -8,14 +8,14 @@ run_with_hooks with a (no-op) hook on every hook_q.
 Time: best of --reps runs after one warm-up, the runs of the two libraries
 interleaved, both using the same number of threads. Memory: each (library,
 task) runs in a fresh subprocess (so neither allocator has memory left over
-from earlier calls): build the
-model, warm the library up on a [1, 1] input, then the task's added memory is
-VmHWM after resetting the peak (echo 5 > /proc/self/clear_refs) minus VmRSS
-before the task; the task's result is held until the peak is read, so a cache
-counts in full. The C arena size (exact bytes of all activations of the call)
-is printed too, with the pass's GFLOP, the GEMM floor at the measured FMA
-peak and one MI_PROFILE step breakdown of the C forward. Targets: run_with_cache >= 3x faster than TL and <= 1/2
-of its added memory; forward >= 1.5x faster.
+from earlier calls): build the model, warm the library up on a [1, 1] input,
+then the task's added memory is VmHWM after resetting the peak (echo 5 >
+/proc/self/clear_refs) minus VmRSS before the task; the task's result is held
+until the peak is read, so a cache counts in full. The C arena size (exact
+bytes of all activations of the call) is printed too, with the pass's GFLOP,
+the GEMM floor at the measured FMA peak and one MI_PROFILE step breakdown of
+the C forward. Targets: run_with_cache >= 3x faster than TL and <= 1/2 of its
+added memory; forward >= 1.5x faster.
 
     python3 bench/hooked.py [--reps 3] [--layers 12] [--batch 4] [--seq 128] [--tiny]
 """
