@@ -5,16 +5,17 @@ d_vocab 50257, n_ctx 1024), random weights shared through state_dict,
 tokens [4, 128]. Three tasks: plain forward, full run_with_cache, and
 run_with_hooks with a (no-op) hook on every hook_q.
 
-Time: best of --reps runs after one warm-up, both libraries using the same
-number of threads. Memory: each (library, task) runs in a fresh subprocess
-(so neither allocator has memory left over from earlier calls): build the
-model, warm the library up on a [1, 1] input, then the task's added memory is
-VmHWM after resetting the peak (echo 5 > /proc/self/clear_refs) minus VmRSS
-before the task; the task's result is held until the peak is read, so a cache
-counts in full. The C arena size (exact bytes of all activations of the call)
-is printed too, with the pass's GFLOP, the GEMM floor at the measured FMA
-peak and one MI_PROFILE step breakdown of the C forward. Targets: run_with_cache >= 3x faster than TL and <= 1/2
-of its added memory; forward >= 1.5x faster.
+Time: best of --reps runs after one warm-up, the runs of the two libraries
+interleaved, both using the same number of threads. Memory: each (library,
+task) runs in a fresh subprocess (so neither allocator has memory left over
+from earlier calls): build the model, warm the library up on a [1, 1] input,
+then the task's added memory is VmHWM after resetting the peak (echo 5 >
+/proc/self/clear_refs) minus VmRSS before the task; the task's result is held
+until the peak is read, so a cache counts in full. The C arena size (exact
+bytes of all activations of the call) is printed too, with the pass's GFLOP,
+the GEMM floor at the measured FMA peak and one MI_PROFILE step breakdown of
+the C forward. Targets: run_with_cache >= 3x faster than TL and <= 1/2 of its
+added memory; forward >= 1.5x faster.
 
     python3 bench/hooked.py [--reps 3] [--layers 12] [--batch 4] [--seq 128] [--tiny]
 """
@@ -52,16 +53,24 @@ def measure_memory(fn):
     return result, (peak - before) / 1024.0
 
 
-def best_time(fn, reps):
-    fn()                                 # warm-up
-    times = []
+def best_times(fns, reps):
+    """Best-of-reps seconds of each (fn, grad_mode) in fns, the reps interleaved
+    (C, TL no_grad, TL autograd, C, ...) so a load change on a shared machine
+    hits every library alike; one warm-up call each first."""
+    import torch
+    for fn, grad in fns:
+        with torch.set_grad_enabled(grad):
+            fn()
+    best = [float("inf")] * len(fns)
     for _ in range(reps):
-        gc.collect()
-        t0 = time.perf_counter()
-        r = fn()
-        times.append(time.perf_counter() - t0)
-        del r
-    return min(times)
+        for i, (fn, grad) in enumerate(fns):
+            gc.collect()
+            with torch.set_grad_enabled(grad):
+                t0 = time.perf_counter()
+                r = fn()
+                best[i] = min(best[i], time.perf_counter() - t0)
+                del r
+    return best
 
 
 def task_fns(m, tokens, lib):
@@ -169,10 +178,7 @@ def main():
     print(f"{'task':24s} {'C ms':>8s} {'TLng ms':>8s} {'TLgr ms':>8s} {'x(ng)':>6s} {'x(gr)':>6s} "
           f"{'C MiB':>7s} {'TLng MiB':>8s} {'TLgr MiB':>8s} {'r(ng)':>6s} {'r(gr)':>6s}")
     for name, (ours_fn, tl_fn) in tasks.items():
-        t_c = best_time(ours_fn, args.reps)
-        with torch.no_grad():
-            t_ng = best_time(tl_fn, args.reps)
-        t_gr = best_time(tl_fn, args.reps)
+        t_c, t_ng, t_gr = best_times([(ours_fn, True), (tl_fn, False), (tl_fn, True)], args.reps)
         mem_c = run_mem_child(args, "c", name)
         mem_ng = run_mem_child(args, "tl", name)
         mem_gr = run_mem_child(args, "tl_grad", name)

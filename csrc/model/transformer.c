@@ -25,7 +25,8 @@
 #include <omp.h>
 
 /* MI_PROFILE=1 in the environment: wall time per forward step, summed over
- * layers, printed to stderr after each pass (one getenv per pass). */
+ * layers, printed to stderr after each pass (one getenv per pass). A
+ * debugging aid: the totals are process-wide, so profile one pass at a time. */
 enum { PR_EMBED, PR_LN1, PR_QKV, PR_SCORES, PR_SOFTMAX, PR_APPLY, PR_ATTN_OUT, PR_ADD1, PR_LN2,
        PR_MLP_IN, PR_ACT, PR_MLP_OUT, PR_ADD2, PR_LNF, PR_UNEMBED, PR_N };
 static const char *prof_names[PR_N] = {"embed", "ln1", "qkv gemm", "scores", "softmax", "apply",
@@ -252,7 +253,7 @@ static void repeat_rows(const float *x, int64_t rows, int64_t n, int64_t d, floa
  * q/k/v inputs = hook_q/k/v_input(resid_pre repeated) with split inputs, else
  * attn_in; ln1 on each of the three ([BT*H, D] rows, its hooks firing each
  * time); then q[b,t,h] = ln1(q_input)[b,t,h] @ W_Q[h] + b_Q[h] (and k, v). */
-static mi_status head_input_qkv(run_state *r, int l, const float *key_mask)
+static mi_status head_input_qkv(run_state *r, int l)
 {
     const mi_transformer *m = r->m;
     const mi_tf_spec *s = &m->spec;
@@ -261,7 +262,6 @@ static mi_status head_input_qkv(run_state *r, int l, const float *key_mask)
     int64_t BT = pl->batch * pl->seq, D = s->d_model, H = s->n_heads, Dh = s->d_head, HD = H * Dh;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
     int p0 = 2 + l * MI_P_PER_LAYER;
-    (void)key_mask;
 #define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
     const float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l));
     const float *in[3];
@@ -320,7 +320,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     float *qkv = BUF(B_QKV), *scores = BUF(B_SCORES), *pattern = BUF(B_PATTERN), *z = BUF(B_Z);
     float *attn_out = BUF(B_ATTN_OUT);
     if (head_inputs(s)) {
-        MI_TRY(head_input_qkv(r, l, key_mask));
+        MI_TRY(head_input_qkv(r, l));
     } else {
         if (s->norm != MI_NORM_NONE) {
             MI_TRY(norm_step(r, s->norm, BT, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
