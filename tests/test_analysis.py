@@ -522,3 +522,19 @@ def test_results_independent_of_thread_count(rng):
                 assert v is None
             else:
                 np.testing.assert_array_equal(u, v)
+
+
+def test_histogram_bin_count_paths_identical(rng):
+    # <= 1024 uniform bins count through sub-histograms with float32 edges, more bins
+    # through the plain loop: both give np.histogram's counts, edges and neighbours
+    # one ulp away included
+    for nb in (1, 2, 1023, 1024, 1025, 3000):
+        e = np.linspace(-2, 2, nb + 1).astype(np.float32)
+        x = np.concatenate([rng.standard_normal(20000).astype(np.float32), e,
+                            np.nextafter(e, np.float32(np.inf)), np.nextafter(e, np.float32(-np.inf)),
+                            np.array([np.nan, np.inf, -np.inf], np.float32)])
+        for r in ((-2.0, 2.0), (-1.5, 1.7)):
+            np.testing.assert_array_equal(A.histogram(x, nb, r)[0], np.histogram(x, nb, r)[0],
+                                          err_msg=f"{nb} {r}")
+        finite = x[np.isfinite(x)]
+        np.testing.assert_array_equal(A.histogram(finite, nb)[0], np.histogram(finite, nb)[0])

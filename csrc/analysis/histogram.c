@@ -161,12 +161,16 @@ static void weighted_row(const mi_hist_bins *b, const void *x, int x_f64, int64_
     }
 }
 
+static mi_status count_all(const mi_hist_bins *b, const void *x, int x_f64, size_t xsz,
+                           int64_t rows, int64_t n, int64_t *counts);
+
 mi_status mi_histogram(const void *x, int x_f64, int64_t rows, int64_t n,
                        const mi_hist_bins *bins, const double *weights, int ntype_f32,
                        int64_t *counts, double *wcounts)
 {
     mi_hist_bins bb = *bins;
     const mi_hist_bins *b = &bb;
+    bb.edges_f32 = NULL;
     mi_hist_prepare(&bb);
     int64_t nb = b->n_bins;
     if (nb < 1) return mi_fail(MI_ERR_VALUE, "histogram: bins must be >= 1, got %lld",
@@ -190,6 +194,26 @@ mi_status mi_histogram(const void *x, int x_f64, int64_t rows, int64_t n,
         return MI_OK;
     }
 
+    /* float32 data, float32 division, float-exact edges (np.histogram's bins=int on
+     * float32 data): the index kernel compares against float edges */
+    float *ef = NULL;
+    if (!x_f64 && b->uniform && !b->div_f64 && nb < INT32_MAX && (ef = mi_malloc(sizeof(float) * (size_t)(nb + 1)))) {
+        for (int64_t i = 0; i <= nb && ef; i++) {
+            ef[i] = (float)b->edges[i];
+            if ((double)ef[i] != b->edges[i]) { mi_free(ef); ef = NULL; }
+        }
+        bb.edges_f32 = ef;
+    }
+    mi_status st = count_all(b, x, x_f64, xsz, rows, n, counts);
+    mi_free(ef);
+    return st;
+}
+
+/* Unweighted counts of every row (see mi_histogram). */
+static mi_status count_all(const mi_hist_bins *b, const void *x, int x_f64, size_t xsz,
+                           int64_t rows, int64_t n, int64_t *counts)
+{
+    int64_t nb = b->n_bins;
     memset(counts, 0, sizeof(int64_t) * (size_t)(rows * nb));
     if (rows > 1) {   /* one row per task */
         #pragma omp parallel for schedule(dynamic, 1)

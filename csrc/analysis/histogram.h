@@ -38,6 +38,8 @@ typedef struct {
     double denom;          /* uniform: last_edge - first_edge as NumPy rounds it */
     int div_f64;           /* uniform, float32 x: divide in float64 (1) or float32 (0) */
     double inv_span;       /* explicit edges: n_bins / (last - first), set by mi_hist_prepare */
+    const float *edges_f32;   /* uniform, float32 division: the edges as floats when every
+                                 one is exactly a float (NULL otherwise); set by mi_histogram */
 } mi_hist_bins;
 
 /* Fill the derived fields (inv_span); mi_histogram does it itself, other

@@ -30,6 +30,21 @@
                 i = (vd >= e[i + 1]) & (i != last) ? i + 1 : i;                         \
                 idx[k] = keep ? i : -1;                                                 \
             }                                                                           \
+        } else if (b->edges_f32) {                                                      \
+            /* edges exact in float32: the same compares in float (half-width gathers) */ \
+            const float *ef = b->edges_f32;                                             \
+            const float fef = (float)fed, lef = (float)led;                             \
+            for (int64_t k = 0; k < n; k++) {                                           \
+                float v = x[k];                                                         \
+                int keep = (v >= fef) & (v <= lef);                                     \
+                float q = (v - fe) / denomf * nbf;                                      \
+                q = keep ? q : 0.0f;                                                    \
+                int32_t i = (int32_t)q;                                                 \
+                i = i > last ? last : i;                                                \
+                i = (v < ef[i]) & (i > 0) ? i - 1 : i;                                  \
+                i = (v >= ef[i + 1]) & (i != last) ? i + 1 : i;                         \
+                idx[k] = keep ? i : -1;                                                 \
+            }                                                                           \
         } else {                                                                        \
             for (int64_t k = 0; k < n; k++) {                                           \
                 float v = x[k];                                                         \

@@ -64,6 +64,7 @@ static PyArrayObject *float_data(PyObject *obj, const char *name, int ndim, int 
 static int parse_bins(PyObject *spec, mi_hist_bins *b, const char *name)
 {
     PyObject *edges_obj;
+    memset(b, 0, sizeof(*b));   /* optional fields (edges_f32, inv_span) start unset */
     if (!PyArg_ParseTuple(spec, "Oidddp", &edges_obj, &b->uniform, &b->first_edge,
                           &b->last_edge, &b->denom, &b->div_f64)) {
         PyErr_Format(PyExc_TypeError, "%s: expected (edges, uniform, first, last, denom, "
