@@ -118,10 +118,6 @@ def backward(model, tokens, targets, attention_mask=None):
     every target ignored, or a non-finite loss (gradients are then left unchanged);
     IndexError for token or target ids out of range.
     """
-    if model.cfg.use_split_qkv_input or model.cfg.use_attn_in:
-        # the C backward reads ln1 and q/k/v as one [batch, pos, d_model] input
-        raise NotImplementedError("backward: models with use_split_qkv_input or use_attn_in "
-                                  "cannot be trained (turn them off first)")
     st = _state(model)
     tokens = np.asarray(tokens)
     targets = np.asarray(targets)

@@ -149,6 +149,10 @@ def test_bad_input():
     solu = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(BASE, act_fn="solu_ln")))
     with pytest.raises(ValueError, match="act_fn 'solu_ln' has no backward pass"):
         solu.backward(tokens, np.zeros_like(tokens))
+    for flag in ("use_split_qkv_input", "use_attn_in"):
+        split = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(BASE, **{flag: True})))
+        with pytest.raises(ValueError, match="use_split_qkv_input or use_attn_in cannot be trained"):
+            split.backward(tokens, np.zeros_like(tokens))
     with pytest.raises(KeyError, match="no parameter 'blocks.9.attn.W_Q'"):
         m.get_parameter("blocks.9.attn.W_Q")
     # NaN weights: a clear error and gradients left unchanged

@@ -258,6 +258,9 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (s->n_layers < 1) return mi_fail(MI_ERR_VALUE, "backward: the model needs n_layers >= 1");
     if (s->no_head) return mi_fail(MI_ERR_VALUE, "backward: this model has no unembedding (no_head, "
                                    "e.g. REVE's encoder): training needs a loss on logits");
+    if (s->use_split_qkv_input || s->use_attn_in)
+        return mi_fail(MI_ERR_VALUE, "backward: models with use_split_qkv_input or use_attn_in cannot "
+                       "be trained (the backward reads ln1 and q/k/v as one [batch, pos, d_model] input)");
     if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "backward: act_fn 'solu_ln' has no backward pass (forward and "
                        "analysis only); train with relu, gelu, gelu_new or silu");
