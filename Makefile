@@ -49,7 +49,8 @@ sanitize: deps-test deps-system
 	cd build/asan && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	  PYTHONPATH=. MI_SANITIZE=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests -m "not slow" -k "not parity"
+	  PYTHONPATH=. MI_SANITIZE=1 $(PYTHON) -m pytest -q -p no:cacheprovider $(CURDIR)/tests -m "not slow" -k "not parity" \
+	  --ignore=$(CURDIR)/tests/test_notebooks.py --ignore=$(CURDIR)/tests/test_notebook_reve.py
 
 bench: build deps-test
 	for f in bench/*.py; do PYTHONPATH=$(CURDIR) $(PYTHON) $$f || exit 1; done

@@ -73,51 +73,9 @@ def best_time(fn, reps):
 
 def seed_hooked_forward(model, X, positions, n_layers):
     """The seed notebook's Part 5 (hooks, forward, removal); returns (Y, activations)."""
-    # initialize empty dictionary
-    activations = {}
-
-    # attention hooks
-    def implant_hook_at(layer_number):
-        def hook_at(module, input, output):
-            activations[f'at_{layer_number}_qkv'] = output.detach()
-        return hook_at
-
-    # MLP hooks
-    def implant_hook_ff(layer_number):
-        def hook_ff(module, input, output):
-
-            # calculate
-            I = input[0]        # layer input
-            X1 = module[0](I)   # RMSnorm
-            X2 = module[1](X1)  # expansion
-            X3 = module[2](X2)  # geglu
-            X4 = module[3](X3)  # contraction (projection)
-
-            # and store
-            activations[f'ff_{layer_number}_0'] = X1.detach().numpy()
-            activations[f'ff_{layer_number}_1'] = X2.detach().numpy()
-            activations[f'ff_{layer_number}_2'] = X3.detach().numpy()
-            activations[f'ff_{layer_number}_3'] = X4.detach().numpy()
-        return hook_ff
-
-    # surgeries
-    handles = []
-    for i in range(n_layers):
-
-        # implant attention hooks
-        module = model.transformer.layers[i][0].to_qkv
-        h = module.register_forward_hook(implant_hook_at(i))
-        handles.append(h)
-
-        # implant feedforward hooks
-        module = model.transformer.layers[i][1].net
-        h = module.register_forward_hook(implant_hook_ff(i))
-        handles.append(h)
-
-    # run a forward pass on 10 epochs
+    from reve_reference import seed_hooks
+    activations, handles = seed_hooks(model, n_layers)
     Y = model(X, positions)
-
-    # remove the hooks
     for h in handles:
         h.remove()
     return Y, activations

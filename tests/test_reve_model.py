@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reve_reference import random_reve, save_pretrained  # noqa: E402
+from reve_reference import random_reve, save_pretrained, seed_hooks  # noqa: E402
 
 from mechinterp_c.transformers import AutoModel  # noqa: E402
 from mechinterp_c.transformers import modeling_reve  # noqa: E402
@@ -38,50 +38,6 @@ def rel_err(got, ref):
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     assert got.shape == ref.shape, (got.shape, ref.shape)
     return np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
-
-
-def seed_hooks(model, n_layers):
-    """The seed notebook's hooks, verbatim (Part 5); returns (activations, handles)."""
-    activations = {}
-
-    # attention hooks
-    def implant_hook_at(layer_number):
-        def hook_at(module, input, output):
-            activations[f'at_{layer_number}_qkv'] = output.detach()
-        return hook_at
-
-    # MLP hooks
-    def implant_hook_ff(layer_number):
-        def hook_ff(module, input, output):
-
-            # calculate
-            I = input[0]        # layer input
-            X1 = module[0](I)   # RMSnorm
-            X2 = module[1](X1)  # expansion
-            X3 = module[2](X2)  # geglu
-            X4 = module[3](X3)  # contraction (projection)
-
-            # and store
-            activations[f'ff_{layer_number}_0'] = X1.detach().numpy()
-            activations[f'ff_{layer_number}_1'] = X2.detach().numpy()
-            activations[f'ff_{layer_number}_2'] = X3.detach().numpy()
-            activations[f'ff_{layer_number}_3'] = X4.detach().numpy()
-        return hook_ff
-
-    # surgeries
-    handles = []
-    for i in range(n_layers):
-
-        # implant attention hooks
-        module = model.transformer.layers[i][0].to_qkv
-        h = module.register_forward_hook(implant_hook_at(i))
-        handles.append(h)
-
-        # implant feedforward hooks
-        module = model.transformer.layers[i][1].net
-        h = module.register_forward_hook(implant_hook_ff(i))
-        handles.append(h)
-    return activations, handles
 
 
 def make(tmp_path, name, **cfg):
