@@ -618,6 +618,33 @@ def _need(sd, key, shape, where):
     return a
 
 
+
+def _hf_tensor_map(cfg):
+    """(C blob name, HF GPT-2 tensor name, HF shape) for every weight but lm_head. HF's
+    Conv1D layouts are the blob's: c_attn [D, 3D] is W_qkv [D, 3, H, Dh], c_proj [D, D]
+    is W_O [H, Dh, D]."""
+    D, L = cfg.n_embd, cfg.n_layer
+    M = cfg.n_inner or 4 * D
+    yield "embed.W_E", "wte.weight", (cfg.vocab_size, D)
+    yield "pos_embed.W_pos", "wpe.weight", (cfg.n_positions, D)
+    for l in range(L):
+        h, b = f"h.{l}.", f"blocks.{l}."
+        yield b + "ln1.w", h + "ln_1.weight", (D,)
+        yield b + "ln1.b", h + "ln_1.bias", (D,)
+        yield b + "attn.W_qkv", h + "attn.c_attn.weight", (D, 3 * D)
+        yield b + "attn.b_qkv", h + "attn.c_attn.bias", (3 * D,)
+        yield b + "attn.W_O", h + "attn.c_proj.weight", (D, D)
+        yield b + "attn.b_O", h + "attn.c_proj.bias", (D,)
+        yield b + "ln2.w", h + "ln_2.weight", (D,)
+        yield b + "ln2.b", h + "ln_2.bias", (D,)
+        yield b + "mlp.W_in", h + "mlp.c_fc.weight", (D, M)
+        yield b + "mlp.b_in", h + "mlp.c_fc.bias", (M,)
+        yield b + "mlp.W_out", h + "mlp.c_proj.weight", (M, D)
+        yield b + "mlp.b_out", h + "mlp.c_proj.bias", (D,)
+    yield "ln_final.w", "ln_f.weight", (D,)
+    yield "ln_final.b", "ln_f.bias", (D,)
+
+
 class GPT2LMHeadModel(Module):
     """Hugging Face's ``GPT2LMHeadModel`` on the C transformer (inference only).
 
@@ -658,8 +685,7 @@ class GPT2LMHeadModel(Module):
         """Point every C parameter at its tensor in the mapped checkpoint ``files``
         (from :func:`_open_checkpoint`); shapes are checked against the config first."""
         cfg, core = self.config, self._ht._core
-        D, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
-        M = cfg.n_inner or 4 * D
+        D, V = cfg.n_embd, cfg.vocab_size
         used = set()
 
         def put(dst, key, shape):
@@ -673,25 +699,9 @@ class GPT2LMHeadModel(Module):
             core.set_param(dst, st.get_float32(full, writable=True))
             used.add(key)
 
-        put("embed.W_E", "wte.weight", (V, D))
-        put("pos_embed.W_pos", "wpe.weight", (cfg.n_positions, D))
-        for l in range(L):
-            h, b = f"h.{l}.", f"blocks.{l}."
-            put(b + "ln1.w", h + "ln_1.weight", (D,))
-            put(b + "ln1.b", h + "ln_1.bias", (D,))
-            put(b + "attn.W_qkv", h + "attn.c_attn.weight", (D, 3 * D))
-            put(b + "attn.b_qkv", h + "attn.c_attn.bias", (3 * D,))
-            put(b + "attn.W_O", h + "attn.c_proj.weight", (D, D))
-            put(b + "attn.b_O", h + "attn.c_proj.bias", (D,))
-            put(b + "ln2.w", h + "ln_2.weight", (D,))
-            put(b + "ln2.b", h + "ln_2.bias", (D,))
-            put(b + "mlp.W_in", h + "mlp.c_fc.weight", (D, M))
-            put(b + "mlp.b_in", h + "mlp.c_fc.bias", (M,))
-            put(b + "mlp.W_out", h + "mlp.c_proj.weight", (M, D))
-            put(b + "mlp.b_out", h + "mlp.c_proj.bias", (D,))
-            used.update({h + "attn.bias", h + "attn.masked_bias"})
-        put("ln_final.w", "ln_f.weight", (D,))
-        put("ln_final.b", "ln_f.bias", (D,))
+        for dst, key, shape in _hf_tensor_map(cfg):
+            put(dst, key, shape)
+        used.update(f"h.{l}.attn.{buf}" for l in range(cfg.n_layer) for buf in ("bias", "masked_bias"))
         if "lm_head.weight" in files:
             full, st = files["lm_head.weight"]
             if st.shape(full) != (V, D):
@@ -712,8 +722,7 @@ class GPT2LMHeadModel(Module):
         """Copy HF-named GPT-2 weights (``transformer.`` prefix optional, arrays or
         tensors) into the C model. ``attn.bias``/``attn.masked_bias`` buffers are skipped."""
         cfg = self.config
-        D, H, L, V = cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
-        M, Dh = cfg.n_inner or 4 * D, D // H
+        D, V = cfg.n_embd, cfg.vocab_size
         sd = {}
         for k, v in state_dict.items():
             sd[k[len("transformer."):] if k.startswith("transformer.") else k] = \
@@ -725,25 +734,9 @@ class GPT2LMHeadModel(Module):
             raw[dst][...] = _need(sd, key, shape, where).reshape(raw[dst].shape)
             used.add(key)
 
-        put("embed.W_E", "wte.weight", (V, D))
-        put("pos_embed.W_pos", "wpe.weight", (cfg.n_positions, D))
-        for l in range(L):
-            h, b = f"h.{l}.", f"blocks.{l}."
-            put(b + "ln1.w", h + "ln_1.weight", (D,))
-            put(b + "ln1.b", h + "ln_1.bias", (D,))
-            put(b + "attn.W_qkv", h + "attn.c_attn.weight", (D, 3 * D))
-            put(b + "attn.b_qkv", h + "attn.c_attn.bias", (3 * D,))
-            put(b + "attn.W_O", h + "attn.c_proj.weight", (D, D))
-            put(b + "attn.b_O", h + "attn.c_proj.bias", (D,))
-            put(b + "ln2.w", h + "ln_2.weight", (D,))
-            put(b + "ln2.b", h + "ln_2.bias", (D,))
-            put(b + "mlp.W_in", h + "mlp.c_fc.weight", (D, M))
-            put(b + "mlp.b_in", h + "mlp.c_fc.bias", (M,))
-            put(b + "mlp.W_out", h + "mlp.c_proj.weight", (M, D))
-            put(b + "mlp.b_out", h + "mlp.c_proj.bias", (D,))
-            used.update({h + "attn.bias", h + "attn.masked_bias"})
-        put("ln_final.w", "ln_f.weight", (D,))
-        put("ln_final.b", "ln_f.bias", (D,))
+        for dst, key, shape in _hf_tensor_map(cfg):
+            put(dst, key, shape)
+        used.update(f"h.{l}.attn.{buf}" for l in range(cfg.n_layer) for buf in ("bias", "masked_bias"))
         # lm_head: tied to wte (the C unembedding reads W_E in place), else a transposed copy
         head = sd.get("lm_head.weight", sd["wte.weight"])
         if head.shape != (V, D):
