@@ -129,6 +129,23 @@ def _tl_hook_names(cfg):
     return names + ["unembed.hook_in", "unembed.hook_out"]
 
 
+
+def names_filter_fn(names_filter):
+    """TransformerLens's ``names_filter`` (None: every name; a name; a list of names; a
+    function of the name) as a function of the name."""
+    if names_filter is None:
+        return lambda n: True
+    if isinstance(names_filter, str):
+        return lambda n: n == names_filter
+    if isinstance(names_filter, (list, tuple, set)):
+        names = set(names_filter)
+        return lambda n: n in names
+    if callable(names_filter):
+        return names_filter
+    raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
+                    f"got {type(names_filter).__name__}")
+
+
 class HookedTransformer:
     """A transformer with TransformerLens hook points, running on the C core.
 
@@ -625,18 +642,7 @@ class HookedTransformer:
             raise NotImplementedError("incl_bwd: backward caching is not supported")
         if pos_slice is not None:
             raise NotImplementedError("pos_slice is not supported")
-        if names_filter is None:
-            keep = lambda n: True
-        elif isinstance(names_filter, str):
-            keep = lambda n: n == names_filter
-        elif isinstance(names_filter, (list, tuple, set)):
-            names = set(names_filter)
-            keep = lambda n: n in names
-        elif callable(names_filter):
-            keep = names_filter
-        else:
-            raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
-                            f"got {type(names_filter).__name__}")
+        keep = names_filter_fn(names_filter)
         ids = [hp.point_id for n, hp in self.hook_dict.items() if hp.point_id is not None and keep(n)]
         if len(model_args) > 1:
             raise TypeError("run_with_cache: pass return_type etc. as keywords")

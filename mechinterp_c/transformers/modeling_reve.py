@@ -80,7 +80,7 @@ import numpy as np
 from .. import _core, ops
 from .. import io as _io
 from ..activation_cache import ActivationCache
-from ..hooked_transformer import HookedTransformer
+from ..hooked_transformer import HookedTransformer, names_filter_fn
 from ..reve import PositionBank, ReveFrontEnd
 from ..utils import to_numpy
 from .modeling_gpt2 import HFArray, Module, RemovableHandle, _AffineSite, _hf, _same, _write_back
@@ -790,18 +790,7 @@ class HookedReve(HookedTransformer):
             kwargs.pop(k, None)
         if kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(kwargs)}")
-        if names_filter is None:
-            keep = lambda n: True
-        elif isinstance(names_filter, str):
-            keep = lambda n: n == names_filter
-        elif isinstance(names_filter, (list, tuple, set)):
-            names = set(names_filter)
-            keep = lambda n: n in names
-        elif callable(names_filter):
-            keep = names_filter
-        else:
-            raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
-                            f"got {type(names_filter).__name__}")
+        keep = names_filter_fn(names_filter)
         fe = {n: None for n in ("hook_embed", "hook_pos_embed") if keep(n)}
         x, (B, C, P) = self._embed(eeg, pos, fe)
         ids = [hp.point_id for n, hp in self.hook_dict.items() if hp.point_id is not None
