@@ -225,7 +225,7 @@ def test_set_use_attn_result_and_hook_mlp_in_keep_weights_and_hooks():
     for k in tcache.keys():
         assert_scaled_close(cache[k], tcache[k].numpy(), k)
     assert_scaled_close(logits, tlogits.numpy(), "logits")
-    with pytest.raises(NotImplementedError, match="use_split_qkv_input or use_attn_in"):
+    with pytest.raises(ValueError, match="use_split_qkv_input or use_attn_in"):
         m.backward(tokens, tokens)
 
 
