@@ -34,7 +34,11 @@ _clock = time.process_time if os.environ.get("MI_BENCH_SINGLE") == "1" else time
 
 
 def best(fn, reps):
-    """Best time of `reps` runs of fn() and its last result."""
+    """Best time of `reps` runs of fn() and its last result. Starts after a pause:
+    OpenBLAS (NumPy), torch and OpenMP keep their worker threads spinning for a
+    while after a call, and on two cores those threads would steal the cores from
+    whichever library is timed next."""
+    time.sleep(0.3)
     t_best, out = float("inf"), None
     for _ in range(reps):
         t = _clock()

@@ -12,6 +12,7 @@ function                       reference                                       a
 ``cosine_similarity``          ``sklearn.metrics.pairwise.cosine_similarity``  float32 (~1e-6)
 ``corrcoef``                   ``np.corrcoef``                                 float32 (~1e-6)
 ``column_cosine_similarity``   the seed's ``A/‖A‖_col; A.T @ A``               float32 (~1e-6)
+``upper_triangle``             ``S[np.triu_indices(n, k)]``                    identical values
 ``qk_scores``                  ``Q_h1 @ K_h2.T / sqrt(d)`` + ``softmax``       float32 GEMM
 ``gaussian_kde``               ``scipy.stats.gaussian_kde``                    ~1e-13 relative
 ``kde_entropy``                the seed's KDE entropy recipe                   ~1e-12

@@ -111,16 +111,32 @@ static inline float clip1(float v)
     return v > 1.0f ? 1.0f : (v < -1.0f ? -1.0f : v);   /* NaN passes through */
 }
 
+#if defined(__SSE2__)
+/* clip1 on 4 lanes: max/min return their second operand when one is NaN, so
+ * NaN passes through as in clip1 */
+static inline __m128 clip4(__m128 v)
+{
+    return _mm_min_ps(_mm_set1_ps(1.0f), _mm_max_ps(_mm_set1_ps(-1.0f), v));
+}
+#endif
+
 static void clip_block(float *C, int64_t ldc, int64_t m, int64_t n)
 {
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t j = 0; j < n; j++) C[i * ldc + j] = clip1(C[i * ldc + j]);
+    for (int64_t i = 0; i < m; i++) {
+        float *c = C + i * ldc;
+        int64_t j = 0;
+#if defined(__SSE2__)
+        for (; j + 4 <= n; j += 4) _mm_storeu_ps(c + j, clip4(_mm_loadu_ps(c + j)));
+#endif
+        for (; j < n; j++) c[j] = clip1(c[j]);
+    }
 }
 
 /* dst[j * ld + i] = src[i * ld + j] for i < m, j < n: the mirror copy of one
  * block, in 4x4 SSE transposes (baseline x86-64, so no ISA dispatch) over
- * 16x16 tiles that stay in L1; scalar edges. */
-static void mirror_block(const float *src, int64_t ld, int64_t m, int64_t n, float *dst)
+ * 16x16 tiles that stay in L1; scalar edges. With clip, src is clipped in
+ * place on the way (one pass for both). */
+static void mirror_block(float *src, int64_t ld, int64_t m, int64_t n, int clip, float *dst)
 {
     for (int64_t i0 = 0; i0 < m; i0 += 16)
         for (int64_t j0 = 0; j0 < n; j0 += 16) {
@@ -136,6 +152,13 @@ static void mirror_block(const float *src, int64_t ld, int64_t m, int64_t n, flo
                         __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
                         __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
                         __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
+                        if (clip) {
+                            r0 = clip4(r0); r1 = clip4(r1); r2 = clip4(r2); r3 = clip4(r3);
+                            _mm_storeu_ps(src + (i + 0) * ld + j, r0);
+                            _mm_storeu_ps(src + (i + 1) * ld + j, r1);
+                            _mm_storeu_ps(src + (i + 2) * ld + j, r2);
+                            _mm_storeu_ps(src + (i + 3) * ld + j, r3);
+                        }
                         _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
                         _mm_stream_ps(dst + (j + 0) * ld + i, r0);
                         _mm_stream_ps(dst + (j + 1) * ld + i, r1);
@@ -149,6 +172,13 @@ static void mirror_block(const float *src, int64_t ld, int64_t m, int64_t n, flo
                     __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
                     __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
                     __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
+                    if (clip) {
+                        r0 = clip4(r0); r1 = clip4(r1); r2 = clip4(r2); r3 = clip4(r3);
+                        _mm_storeu_ps(src + (i + 0) * ld + j, r0);
+                        _mm_storeu_ps(src + (i + 1) * ld + j, r1);
+                        _mm_storeu_ps(src + (i + 2) * ld + j, r2);
+                        _mm_storeu_ps(src + (i + 3) * ld + j, r3);
+                    }
                     _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
                     _mm_storeu_ps(dst + (j + 0) * ld + i, r0);
                     _mm_storeu_ps(dst + (j + 1) * ld + i, r1);
@@ -156,10 +186,16 @@ static void mirror_block(const float *src, int64_t ld, int64_t m, int64_t n, flo
                     _mm_storeu_ps(dst + (j + 3) * ld + i, r3);
                 }
             for (int64_t i = i0; i < ie; i++)           /* edges: rows past i4 or cols past j4 */
-                for (int64_t j = (i < i4 ? j4 : j0); j < je; j++) dst[j * ld + i] = src[i * ld + j];
+                for (int64_t j = (i < i4 ? j4 : j0); j < je; j++) {
+                    if (clip) src[i * ld + j] = clip1(src[i * ld + j]);
+                    dst[j * ld + i] = src[i * ld + j];
+                }
 #else
             for (int64_t i = i0; i < ie; i++)
-                for (int64_t j = j0; j < je; j++) dst[j * ld + i] = src[i * ld + j];
+                for (int64_t j = j0; j < je; j++) {
+                    if (clip) src[i * ld + j] = clip1(src[i * ld + j]);
+                    dst[j * ld + i] = src[i * ld + j];
+                }
 #endif
         }
 #if defined(__SSE2__)
@@ -187,9 +223,11 @@ void mi_similarity_gram(const float *Z, int64_t n, int64_t k, int clip, float *C
         float *Cij = C + i0 * n + j0;
         /* inside a parallel region mi_sgemm runs on this thread */
         mi_sgemm(0, 1, mi, mj, k, Z + i0 * k, k, Z + j0 * k, k, NULL, 0.0f, Cij, n);
-        if (clip) clip_block(Cij, n, mi, mj);
-        if (bi == bj) continue;
-        mirror_block(Cij, n, mi, mj, C + j0 * n + i0);
+        if (bi == bj) {
+            if (clip) clip_block(Cij, n, mi, mj);
+            continue;
+        }
+        mirror_block(Cij, n, mi, mj, clip, C + j0 * n + i0);
     }
 }
 
