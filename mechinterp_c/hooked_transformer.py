@@ -619,6 +619,15 @@ class HookedTransformer:
                 raise ValueError(f"start_at_layer={start_at_layer} is outside [-{L}, {L}]")
             if return_type in ("loss", "both") and loss_tokens is None and stop_at_layer is None:
                 raise ValueError("a loss with start_at_layer needs tokens=... for the targets")
+        if stop_at_layer is not None and stop_layer == self.cfg.n_layers > 0 \
+                and not self._CORE_SPEC.get("no_head"):
+            # TransformerLens returns the residual stream after the last block here,
+            # not logits: keep that point for the pass (the head still runs)
+            pid = self.hook_dict[f"blocks.{stop_layer - 1}.hook_resid_post"].point_id
+            extra = pid not in cache_ids
+            _, cache = self._run(input, list(cache_ids) + [pid] * extra, stop_layer,
+                                 attention_mask, start)
+            return (cache.pop(pid) if extra else cache[pid]), cache
         out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start)
         if stop_at_layer is not None:
             return out, cache

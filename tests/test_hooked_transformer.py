@@ -133,6 +133,12 @@ def test_stop_at_layer_and_names_filter():
     tt = torch.tensor(tokens)
     resid = m(tokens, stop_at_layer=2)
     assert_scaled_close(resid, tm(tt, stop_at_layer=2).detach().numpy(), "stop_at_layer=2")
+    # stop_at_layer=n_layers (and -0 style full depth): the residual after the last block
+    for stop in (3, -1):
+        assert_scaled_close(m(tokens, stop_at_layer=stop), tm(tt, stop_at_layer=stop).detach().numpy(),
+                            f"stop_at_layer={stop}")
+    _, cache = m.run_with_cache(tokens, stop_at_layer=3, names_filter="blocks.0.attn.hook_z")
+    assert list(cache.keys()) == ["blocks.0.attn.hook_z"]
     _, tcache = tm.run_with_cache(tt)
     _, cache = m.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     assert list(cache.keys()) == [k for k in tcache.keys() if k.endswith("hook_pattern")]
