@@ -40,6 +40,15 @@ def _cases():
     out.append(("huge", rng.uniform(-1, 1, n) * 1e300))
     out.append(("huge32", rng.uniform(-1, 1, n) * 3e38))
     out.append(("two_vals", np.where(rng.random(n) < 0.75, 1.0, 2.0)))
+    # values the C code's systematic sample sees (every 32nd from 16 for
+    # n = 262144) are all outliers: its bracket misses, the full-copy
+    # quickselect fallback must give the same answer
+    trap = rng.standard_normal(262144)
+    trap[16::32] = 1e6
+    out.append(("sample_trap", trap))
+    trap2 = rng.standard_normal(262144)
+    trap2[16::32] = -1e6
+    out.append(("sample_trap_low", trap2))
     return out
 
 

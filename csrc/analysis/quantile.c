@@ -83,16 +83,17 @@ DEFINE_PAIR(pair_f64, select_f64, double)
 /* Sorted-order values at positions i and i + 1 (i + 1 < n, else i twice) of
  * x[0..n) without copying x: Floyd-Rivest style. A systematic sample of S
  * values brackets the target rank in [L, H]; one pass counts the values < L
- * and gathers those in [L, H] into buf (cap values, written branch-free); if the ranks i and i + 1
+ * and gathers those in [L, H] into buf (cap values, then SAMPLE values of
+ * sample scratch; written branch-free); if the ranks i and i + 1
  * fall among the gathered ones, they are selected there. Returns 0 when the
  * bracket missed or buf overflowed (the caller then selects on a full copy).
  * NaN-free input only. */
-#define SAMPLE 4096
+#define SAMPLE 8192
 #define SPREAD 160
 #define DEFINE_SAMPLED(NAME, SEL, PAIR, T)                                         \
 static int NAME(const T *x, int64_t n, int64_t i, T *buf, int64_t cap, T *a, T *b) \
 {                                                                                  \
-    T smp[SAMPLE];                                                                 \
+    T *smp = buf + cap;   /* SAMPLE scratch values after the gather area */      \
     for (int64_t s = 0; s < SAMPLE; s++)                                           \
         smp[s] = x[(int64_t)(((__int128)(2 * s + 1) * n) / (2 * SAMPLE))];         \
     int64_t ks = (int64_t)(((__int128)i * SAMPLE) / n);                            \
@@ -158,10 +159,10 @@ mi_status mi_percentile_linear(const void *x, int x_f64, int64_t n,
     void *buf = NULL;    /* gathered bracket values */
     int64_t cap = n / 8 + 1024;
     if (n >= 8 * SAMPLE) {
-        buf = mi_malloc(es * (size_t)cap);
+        buf = mi_malloc(es * (size_t)(cap + SAMPLE));
         if (!buf)
             return mi_fail(MI_ERR_NOMEM, "percentile: no memory for %lld values",
-                           (long long)cap);
+                           (long long)(cap + SAMPLE));
     }
     int64_t done = 0;   /* v[0..done) are in sorted position and <= the rest */
     for (int jj = 0; jj < nq; jj++) {
