@@ -58,15 +58,28 @@ def _bins_spec(a, bins, range, weights):
     histogram machinery itself, so they are NumPy's bit for bit; the spec
     records the dtypes NumPy computes the bin index in (see histogram.h).
     """
-    if range is None and a.size and np.ndim(bins) == 0 and not isinstance(bins, str) \
-            and isinstance(bins, (int, np.integer)) and bins >= 1 and a.flags.c_contiguous:
-        # int bins, auto range: NumPy's _get_outer_edges with min/max in one C pass
+    fd = isinstance(bins, str) and bins == "fd" and weights is None
+    if range is None and a.size and a.flags.c_contiguous and a.dtype in (np.float32, np.float64) \
+            and (fd or (np.ndim(bins) == 0 and not isinstance(bins, str)
+                        and isinstance(bins, (int, np.integer)) and bins >= 1)):
+        # int bins or 'fd', auto range: NumPy's _get_outer_edges with min/max in one C pass
         lo, hi = _core._minmax(a)
         first, last = a.dtype.type(lo), a.dtype.type(hi)
         if not (np.isfinite(first) and np.isfinite(last)):
             raise ValueError(f"autodetected range of [{first}, {last}] is not finite")
         if first == last:
             first, last = first - 0.5, last + 0.5
+        if fd:
+            # numpy's _get_bin_edges + _hist_bin_fd, with np.percentile(a, [75, 25])
+            # computed exactly in C (quickselect; quantile.h): same float64 values
+            p75, p25 = _core._percentile(a, (0.75, 0.25))
+            iqr = np.subtract(np.float64(p75), np.float64(p25))
+            width = 2.0 * iqr * a.size ** (-1.0 / 3.0)
+            if width:
+                delta = np.subtract(last, first, dtype=np.result_type(last, first))
+                bins = int(np.ceil(delta / width))
+            else:
+                bins = 1
         bin_type = np.result_type(first, last, a)
         bin_edges = np.linspace(first, last, int(bins) + 1, endpoint=True, dtype=bin_type)
         if np.any(bin_edges[:-1] >= bin_edges[1:]):

@@ -20,6 +20,7 @@
 #include "analysis/kde.h"
 #include "analysis/moments.h"
 #include "analysis/qk_scores.h"
+#include "analysis/quantile.h"
 #include "analysis/similarity.h"
 #include "kernels/cross_entropy.h"
 
@@ -172,6 +173,39 @@ static PyObject *py_minmax(PyObject *m, PyObject *x_obj)
     mi_minmax(xd, f64, n, &mn, &mx);
     Py_END_ALLOW_THREADS
     return Py_BuildValue("dd", mn, mx);
+}
+
+
+/* _percentile(x, q_tuple) -> tuple of float64: np.percentile(x, 100 * q), method "linear". */
+static PyObject *py_percentile(PyObject *m, PyObject *args)
+{
+    PyObject *x_obj, *q_obj;
+    if (!PyArg_ParseTuple(args, "OO!:_percentile", &x_obj, &PyTuple_Type, &q_obj)) return NULL;
+    int f64;
+    PyArrayObject *x = float_data(x_obj, "x", -1, &f64);
+    if (!x) return NULL;
+    Py_ssize_t nq = PyTuple_GET_SIZE(q_obj);
+    if (nq > 64) return PyErr_Format(PyExc_ValueError, "_percentile: at most 64 quantiles");
+    double q[64], out[64];
+    for (Py_ssize_t j = 0; j < nq; j++) {
+        q[j] = PyFloat_AsDouble(PyTuple_GET_ITEM(q_obj, j));
+        if (q[j] == -1.0 && PyErr_Occurred()) return NULL;
+    }
+    const void *xd = PyArray_DATA(x);
+    npy_intp n = PyArray_SIZE(x);
+    mi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mi_percentile_linear(xd, f64, n, q, (int)nq, out);
+    Py_END_ALLOW_THREADS
+    if (st != MI_OK) return mi_py_raise(st);
+    PyObject *res = PyTuple_New(nq);
+    if (!res) return NULL;
+    for (Py_ssize_t j = 0; j < nq; j++) {
+        PyObject *v = PyFloat_FromDouble(out[j]);
+        if (!v) { Py_DECREF(res); return NULL; }
+        PyTuple_SET_ITEM(res, j, v);
+    }
+    return res;
 }
 
 
@@ -492,6 +526,8 @@ static PyMethodDef analysis_methods[] = {
      "_histogram(x2d, bins_spec, weights2d_or_None, ntype_f32)\n--\n\nUse analysis.histogram."},
     {"_moments", py_moments, METH_VARARGS,
      "_moments(x, outer, n, inner, ddof)\n--\n\nUse analysis.describe."},
+    {"_percentile", py_percentile, METH_VARARGS,
+     "_percentile(x, q)\n--\n\nnp.percentile(x, [100*qi for qi in q]) (method 'linear') as floats."},
     {"_minmax", py_minmax, METH_O,
      "_minmax(x)\n--\n\n(min, max) of a float32/float64 array (NaN if any NaN)."},
     {"_similarity", py_similarity, METH_VARARGS,
