@@ -32,25 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 warnings.filterwarnings("ignore")
-
-
-def rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def measure_memory(fn):
-    """(result, added peak RSS in MiB) for one call of fn."""
-    gc.collect()
-    before = rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")                     # reset VmHWM to the current RSS
-    result = fn()
-    peak = rss_kib("VmHWM")
-    return result, (peak - before) / 1024.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory import measure_memory  # noqa: E402
 
 
 def best_times(fns, reps):

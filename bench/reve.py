@@ -35,28 +35,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 warnings.filterwarnings("ignore")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory import measure_memory  # noqa: E402
 
 SEED_CHANNELS = ['Fp1', 'Fp2', 'F3', 'F4', 'F7', 'F8', 'T3', 'T4', 'C3', 'C4', 'T5', 'T6',
                  'P3', 'P4', 'O1', 'O2', 'Fz', 'Cz', 'Pz', 'A2']
-
-
-def rss_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def measure_memory(fn):
-    """(result, added peak RSS in MiB) for one call of fn."""
-    gc.collect()
-    before = rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")                     # reset VmHWM to the current RSS
-    result = fn()
-    peak = rss_kib("VmHWM")
-    return result, (peak - before) / 1024.0
 
 
 def best_time(fn, reps):
