@@ -14,6 +14,7 @@ Prints where they are and the training time. Needs nbclient, nbformat, ipykernel
 matplotlib (``requirements-notebooks.txt``); no torch.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,22 @@ def _find_notebook():
     raise FileNotFoundError(f"notebooks/{NOTEBOOK} not found next to {here} nor in {Path.cwd()}; "
                             f"run from the source checkout or set MI_DEMO_NOTEBOOK")
 
+
+
+@contextlib.contextmanager
+def scoped_environ(values):
+    """Set environment variables (the notebook kernel inherits them) for the block and
+    restore the previous values, unset ones included, afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 def _first_line(src):
     for line in src.splitlines():
@@ -80,20 +97,14 @@ def run(out_dir="demo_out", notebook=None, small=None, timeout=None):
         k = code_cells.index(cell_index) + 1 if cell_index in code_cells else 0
         print(f"  [{k:2d}/{len(code_cells)}] {_first_line(cell.source)}", flush=True)
 
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     t0 = time.perf_counter()
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(out)}},
-                                on_cell_execute=on_start)
-        client.execute()
+        with scoped_environ(env):
+            client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                    resources={"metadata": {"path": str(out)}},
+                                    on_cell_execute=on_start)
+            client.execute()
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         nbformat.write(nb, out / NOTEBOOK)     # also when a cell failed: the error is in it
     wall = time.perf_counter() - t0
     res = json.loads(results_path.read_text())

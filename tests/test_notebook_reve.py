@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reve_reference import Reve  # noqa: E402
+from mechinterp_c.demo import scoped_environ  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB = os.path.join(ROOT, "notebooks", "reve_eeg_exploration.ipynb")
@@ -37,19 +38,11 @@ def executed(tmp_path_factory):
     out = tmp / "summary.json"
     env = {"MI_NOTEBOOK_SMALL": "1", "MI_NOTEBOOK_OUT": str(out),
            "MI_NOTEBOOK_CKPT_DIR": str(tmp / "ckpt")}
-    old = {k: os.environ.get(k) for k in list(env) + ["PYTHONPATH"]}
-    os.environ.update(env)
-    os.environ["PYTHONPATH"] = ROOT + os.pathsep + (old["PYTHONPATH"] or "")
-    try:
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    with scoped_environ(env):
         nb = nbformat.read(NB, as_version=4)
         nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                 resources={"metadata": {"path": str(tmp)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     summary = json.loads(out.read_text())
     inputs = np.load(tmp / "summary_inputs.npz")
     return nb, summary, inputs

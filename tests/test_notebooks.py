@@ -8,13 +8,14 @@ Each notebook runs in a fresh ``python3`` kernel (nbclient) with
 whatever this machine has cached), its figures in a temporary directory and its key
 numbers in a JSON file (``MI_NOTEBOOK_OUT``).
 """
-import contextlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mechinterp_c.demo import scoped_environ
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -55,20 +56,6 @@ def env(tmp_path_factory):
     return base, vals
 
 
-@contextlib.contextmanager
-def _environ(vals):
-    old = {k: os.environ.get(k) for k in vals}
-    os.environ.update(vals)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _execute(env, name):
     """Run notebooks/NAME.ipynb; return (results dict, executed notebook, figure dir)."""
     base, vals = env
@@ -79,7 +66,7 @@ def _execute(env, name):
         f"{name}.ipynb is committed with outputs"
     src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "import torch" not in src and "from torch" not in src and "plotly" not in src
-    with _environ({**vals, "MI_NOTEBOOK_FIGDIR": str(figdir), "MI_NOTEBOOK_OUT": str(out)}):
+    with scoped_environ({**vals, "MI_NOTEBOOK_FIGDIR": str(figdir), "MI_NOTEBOOK_OUT": str(out)}):
         client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                          resources={"metadata": {"path": str(NOTEBOOKS)}})
         client.execute()
@@ -289,7 +276,7 @@ def test_no_position_experiment_via_demo(env, capsys):
     # executed through the demo (`make demo` = python -m mechinterp_c.demo), small size
     from mechinterp_c import demo
     out_dir = env[0] / "demo_out"
-    with _environ(env[1]):
+    with scoped_environ(env[1]):
         res = demo.run(out_dir, small=True, timeout=CELL_TIMEOUT)
     printed = capsys.readouterr().out
     assert f"executed notebook: {out_dir / 'no_position_experiment.ipynb'}" in printed
