@@ -12,6 +12,7 @@ import torch
 
 import mechinterp_c as mi
 from mechinterp_c import _core, ops
+from attention_reference import attention_torch
 
 
 def t64(a, grad=True):
@@ -198,18 +199,6 @@ def test_softmax_backward_all_masked_row_is_zero(rng):
 
 # ---- attention -------------------------------------------------------------------
 
-def attention_torch(q, k, v, causal, pad=None):
-    B, T, H, D = q.shape
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
-    keep = torch.ones(B, 1, T, T, dtype=torch.bool)
-    if causal:
-        keep = keep & torch.tril(torch.ones(T, T, dtype=torch.bool))
-    if pad is not None:
-        keep = keep & torch.tensor(pad, dtype=torch.bool)[:, None, None, :]
-    pattern = torch.softmax(scores.masked_fill(~keep, -torch.inf), -1).nan_to_num(0.0)
-    return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-
-
 @pytest.mark.parametrize("B,T,H,D", [(1, 1, 1, 1), (2, 7, 3, 5), (1, 17, 2, 16), (2, 33, 1, 8)])
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_backward(rng, B, T, H, D, causal):
@@ -221,7 +210,7 @@ def test_attention_backward(rng, B, T, H, D, causal):
     _, pattern = ops.attention(q, k, v, causal=causal, padding_mask=pad, return_pattern=True)
     dq, dk, dv = _core._attention_backward(q, k, v, pattern, dz, causal=causal)
     qt, kt, vt = t64(q), t64(k), t64(v)
-    attention_torch(qt, kt, vt, causal, pad).backward(t64(dz, False))
+    attention_torch(qt, kt, vt, causal, pad)[0].backward(t64(dz, False))
     close(dq, qt.grad)
     close(dk, kt.grad)
     close(dv, vt.grad)

@@ -12,6 +12,7 @@ import torch
 
 import mechinterp_c as mi
 from mechinterp_c import _core, ops
+from attention_reference import attention_torch
 
 ODD_SHAPES = [(1, 1), (1, 7), (7, 13), (3, 16), (5, 17), (2, 3, 33), (4, 768)]
 
@@ -282,17 +283,8 @@ def test_softmax_errors(rng):
 
 def attention_ref(q, k, v, causal, pad=None):
     """float64 torch, as TransformerLens: scores/sqrt(d), -inf masks, softmax, nan -> 0."""
-    q, k, v = (torch.tensor(a, dtype=torch.float64) for a in (q, k, v))
-    B, T, H, D = q.shape
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D)
-    keep = torch.ones(B, 1, T, T, dtype=torch.bool)
-    if causal:
-        keep = keep & torch.tril(torch.ones(T, T, dtype=torch.bool))
-    if pad is not None:
-        keep = keep & torch.tensor(pad, dtype=torch.bool)[:, None, None, :]
-    scores = scores.masked_fill(~keep, -torch.inf)
-    pattern = torch.softmax(scores, -1).nan_to_num(0.0)
-    z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+    z, pattern = attention_torch(*(torch.tensor(a, dtype=torch.float64) for a in (q, k, v)),
+                                 causal, pad)
     return z.numpy(), pattern.numpy()
 
 
