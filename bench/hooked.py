@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from memory import measure_memory  # noqa: E402
+from memory import child_peak_mib, measure_memory  # noqa: E402
 
 
 def best_times(fns, reps):
@@ -88,13 +88,10 @@ def mem_child(args, cfg, tokens):
 
 
 def run_mem_child(args, lib, task):
-    import subprocess
-    cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", f"{lib}:{task}",
-           "--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq)]
-    if args.tiny:
-        cmd.append("--tiny")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return child_peak_mib(os.path.abspath(__file__),
+                          ["--mem-child", f"{lib}:{task}", "--layers", str(args.layers),
+                           "--batch", str(args.batch), "--seq", str(args.seq)]
+                          + ["--tiny"] * args.tiny)
 
 
 def main():

@@ -20,3 +20,13 @@ def measure_memory(fn):
     result = fn()
     peak = rss_kib("VmHWM")
     return result, (peak - before) / 1024.0
+
+
+def child_peak_mib(script, argv):
+    """Run ``script argv`` in a fresh interpreter (so earlier allocations do not hide
+    its peak) and return the number it prints last: its measure_memory MiB."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True,
+                         check=True).stdout
+    return float(out.strip().splitlines()[-1])

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from memory import measure_memory  # noqa: E402
+from memory import child_peak_mib, measure_memory  # noqa: E402
 
 SEED_CHANNELS = ['Fp1', 'Fp2', 'F3', 'F4', 'F7', 'F8', 'T3', 'T4', 'C3', 'C4', 'T5', 'T6',
                  'P3', 'P4', 'O1', 'O2', 'Fz', 'Cz', 'Pz', 'A2']
@@ -109,13 +109,9 @@ def mem_child(args):
 
 
 def run_mem_child(args, lib, task):
-    import subprocess
-    cmd = [sys.executable, os.path.abspath(__file__), "--mem-child", f"{lib}:{task}",
-           "--ckpt", args.ckpt, "--layers", str(args.layers), "--batch", str(args.batch)]
-    if args.tiny:
-        cmd.append("--tiny")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return child_peak_mib(os.path.abspath(__file__),
+                          ["--mem-child", f"{lib}:{task}", "--ckpt", args.ckpt, "--layers",
+                           str(args.layers), "--batch", str(args.batch)] + ["--tiny"] * args.tiny)
 
 
 def main():
