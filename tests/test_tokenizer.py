@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mechinterp_c import _core
+from mechinterp_c.checkpoints import bytes_to_unicode
 from mechinterp_c.transformers import AutoTokenizer, BatchEncoding, GPT2Tokenizer, GPT2TokenizerFast
 
 transformers = pytest.importorskip("transformers")
@@ -374,18 +375,6 @@ def test_missing_byte_token(tmp_path):
 
 # ---------------------------------------------------------------- the pre-tokeniser over all of Unicode
 
-def _bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def test_pretokenizer_all_code_points():
     """Every code point (shuffled, mixed with spaces, newlines, digits, apostrophes) splits
     exactly as the reference ByteLevel pre-tokeniser (Oniguruma running the GPT-2 pattern):
@@ -393,7 +382,7 @@ def test_pretokenizer_all_code_points():
     from tokenizers import pre_tokenizers
     ref = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok = _core.BPETokenizer.from_strings(json.dumps(GOOD_VOCAB), "")
-    b2u = _bytes_to_unicode()
+    b2u = bytes_to_unicode()
     rng = np.random.default_rng(7)
     cps = np.array([c for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF])
     rng.shuffle(cps)
