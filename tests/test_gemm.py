@@ -94,11 +94,13 @@ def assert_close(got, want, tol):
 
 
 # Shapes: tiny (direct path), edge tiles of every micro-kernel (mr 4/6/12,
-# nr 8/16/32), several K blocks (kc 256), N beyond one nc block (1024, 2048, 4096),
+# nr 8/16/32), several K blocks (kc 256, 768 on AVX-512; 1700 gives 3 equal blocks
+# there), N beyond one nc block (1024, 2048, 4096),
 # M or N = 1, M <= 4 (the few-rows path).
 SHAPES = [(1, 1, 1), (7, 13, 33), (13, 7, 1), (33, 33, 33), (1, 300, 200), (300, 1, 200),
           (37, 45, 29), (13, 33, 257), (100, 77, 300), (130, 200, 513), (25, 2100, 40),
-          (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000), (13, 4200, 40)]
+          (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000), (13, 4200, 40),
+          (40, 70, 1700)]
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
@@ -123,12 +125,12 @@ def test_bias_beta_leading_dims(isa, shape, trans_a, trans_b, rng):
 
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_several_packed_b_groups(isa, threads, trans_b):
-    """N = 4200 (> nc on every ISA) and K = 1100 (> 4 K blocks): the packed B
+    """N = 4200 (> nc on every ISA) and K = 2500 (4 K blocks or more): the packed B
     block is refilled several times; 1 and 2 threads agree bitwise."""
     res = []
     for n in (1, 2):
         _core.set_num_threads(n)
-        got, want, tol = run_sgemm(np.random.default_rng(11), 13, 4200, 1100, trans_b=trans_b,
+        got, want, tol = run_sgemm(np.random.default_rng(11), 13, 4200, 2500, trans_b=trans_b,
                                    bias=True, beta=1.0, pad=(1, 2, 3))
         assert_close(got, want, tol)
         res.append(got)

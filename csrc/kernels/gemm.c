@@ -300,7 +300,10 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
                     float *C, int64_t ldc)
 {
     const int mr = ar->mr, nr = ar->nr;
-    const int64_t kc_max = K < ar->kc ? K : ar->kc;
+    /* K blocks of equal size (at most the arch's kc, a multiple of 8): the last
+     * block is never a short one that pays a full pass over C for little work. */
+    const int64_t kc_even = round_up(ceil_div(K, ceil_div(K, ar->kc)), 8);
+    const int64_t kc_max = kc_even < K ? kc_even : K;
     const int64_t nc_max = round_up(N < ar->nc ? N : ar->nc, nr);
     /* M blocks: a multiple of the thread count, each a multiple of mr, so
      * threads get equal shares; when M is too short for that, split N too. */

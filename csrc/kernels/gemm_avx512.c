@@ -83,7 +83,11 @@ static void axpy_avx512(int64_t n, float a, const float *x, float *y)
     }
 }
 
+/* kc 768: GPT-2's K = 768 products (qkv, W_O, W_in, the unembedding) run in
+ * one K block, so C is written once instead of read and written three times;
+ * A block 192 x 768 (576 KiB) and a B micro-panel (96 KiB) still fit the 1 MiB
+ * L2 of Zen 4. Measured on GPT-2-small's forward: about 5% faster than kc 256. */
 const mi_gemm_arch mi_gemm_arch_avx512 = {
-    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 256, .nc = 4096,
+    .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 768, .nc = 4096,
     .ukr = ukr_avx512_12x32, .axpy = axpy_avx512,
 };
