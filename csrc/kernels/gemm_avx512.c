@@ -34,8 +34,8 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
                      STEP(6) STEP(7) STEP(8) STEP(9) STEP(10) STEP(11) }
     int64_t p = 0;
     for (; p + 4 <= kc; p += 4) {
-        _mm_prefetch((const char *)(Bp + 8 * NR), _MM_HINT_T0);
-        _mm_prefetch((const char *)(Bp + 8 * NR + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(Bp + 16 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(Bp + 16 * NR + 16), _MM_HINT_T0);
         KSTEP(0) KSTEP(1) KSTEP(2) KSTEP(3)
         Ap += 4 * MR;
         Bp += 4 * NR;
