@@ -11,57 +11,102 @@
 
 #include "kernels/softmax.h"
 
+/* attention_avx512.c: C = scale * A @ B for one head's products, nothing packed */
+void mi_attn_product_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                            const float *B, int64_t ldb, float scale, float *C, int64_t ldc);
+
+/* kt[d*T + j] = k[j*rs + d]: K^T of one head, so that the AVX-512 scores
+ * product reads keys as vectors along j. */
+static void transpose_keys(const float *kb, int64_t rs, int64_t T, int64_t D, float *kt)
+{
+    for (int64_t j = 0; j < T; j++)
+        for (int64_t d = 0; d < D; d++) kt[d * T + j] = kb[j * rs + d];
+}
+
 /* Rows [i0, i1) of head (b, h): s[i, j] = scale * q[i] . k[j], -inf where
- * masked; row stride T. Causal blocks compute keys j < i1 only. */
+ * masked; row stride T. Causal blocks compute keys j < i1 only. kt: the
+ * head's K^T (AVX-512 product), or NULL for mi_sgemm. */
 static void scores_block(const mi_attn_layout *L, const float *qb, const float *kb,
-                         const float *km, float scale, int causal, int64_t i0, int64_t i1,
-                         float *s)
+                         const float *kt, const float *km, float scale, int causal, int64_t i0,
+                         int64_t i1, float *s)
 {
     const int64_t T = L->seq, ncol = causal ? i1 : T;
-    mi_sgemm(0, 1, i1 - i0, ncol, L->d_head, qb + i0 * L->row_stride, L->row_stride, kb,
-             L->row_stride, NULL, 0.0f, s, T);
+    if (kt)
+        mi_attn_product_avx512(i1 - i0, ncol, L->d_head, qb + i0 * L->row_stride, L->row_stride,
+                               kt, T, scale, s, T);
+    else
+        mi_sgemm(0, 1, i1 - i0, ncol, L->d_head, qb + i0 * L->row_stride, L->row_stride, kb,
+                 L->row_stride, NULL, 0.0f, s, T);
     for (int64_t i = i0; i < i1; i++) {
         float *si = s + (i - i0) * T;
-        for (int64_t j = 0; j < ncol; j++) {
-            int masked = (causal && j > i) || (km && km[j] == 0.0f);
-            si[j] = masked ? -INFINITY : si[j] * scale;
-        }
-        for (int64_t j = ncol; j < T; j++) si[j] = -INFINITY;
+        if (!kt)
+            for (int64_t j = 0; j < ncol; j++) si[j] *= scale;
+        if (km)
+            for (int64_t j = 0; j < ncol; j++)
+                if (km[j] == 0.0f) si[j] = -INFINITY;
+        /* causal: keys after i (ncol = i1 > i); otherwise none (ncol = T) */
+        for (int64_t j = causal ? i + 1 : ncol; j < T; j++) si[j] = -INFINITY;
     }
 }
 
-/* z rows [i0, i1) of head (b, h) = p[i0:i1, :] @ v; every key (a hook may
- * have put weight on masked ones), so K = T whatever the mask. */
+/* z rows [i0, i1) of head (b, h) = p[i0:i1, :nkeys] @ v[:nkeys]. The
+ * three-step path passes every key (a hook may have put weight on masked
+ * ones); the fused causal path stops at i1, past which the pattern is exactly
+ * 0 (with the AVX-512 product's single FMA chain, those terms add nothing). */
 static void apply_block(const mi_attn_layout *L, const float *p, const float *vb, int64_t i0,
-                        int64_t i1, float *zb)
+                        int64_t i1, int64_t nkeys, int avx512, float *zb)
 {
     const int64_t HD = L->heads * L->d_head;
-    mi_sgemm(0, 0, i1 - i0, L->d_head, L->seq, p, L->seq, vb, L->row_stride, NULL, 0.0f,
-             zb + i0 * HD, HD);
+    if (avx512)
+        mi_attn_product_avx512(i1 - i0, L->d_head, nkeys, p, L->seq, vb, L->row_stride, 1.0f,
+                               zb + i0 * HD, HD);
+    else
+        mi_sgemm(0, 0, i1 - i0, L->d_head, nkeys, p, L->seq, vb, L->row_stride, NULL, 0.0f,
+                 zb + i0 * HD, HD);
 }
 
-void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
-                    int causal, const float *key_mask, float *scores)
+/* Per-thread scratch of `per_thread` floats for `nthreads` threads, or NULL with the error set. */
+static float *head_scratch(size_t per_thread, int nthreads, const char *what, int64_t T)
+{
+    if (per_thread == 0) return NULL;
+    float *p = mi_malloc(sizeof(float) * per_thread * (size_t)nthreads);
+    if (!p) mi_fail(MI_ERR_NOMEM, "%s: cannot allocate %d x %zu scratch floats (seq %ld)", what,
+                    nthreads, per_thread, (long)T);
+    return p;
+}
+
+mi_status mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
+                         int causal, const float *key_mask, float *scores)
 {
     const int64_t T = L->seq, H = L->heads, D = L->d_head;
-    #pragma omp parallel for schedule(static) collapse(2)
+    if (L->batch <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    const size_t per_thread = avx512 ? (size_t)D * (size_t)T : 0;
+    float *scratch = head_scratch(per_thread, nthreads, "attention scores", T);
+    if (per_thread && !scratch) return MI_ERR_NOMEM;
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
     for (int64_t b = 0; b < L->batch; b++) {
         for (int64_t h = 0; h < H; h++) {
             const float *qb = q + b * L->batch_stride + h * D;
             const float *kb = k + b * L->batch_stride + h * D;
             const float *km = key_mask ? key_mask + b * T : NULL;
+            float *kt = scratch ? scratch + (size_t)omp_get_thread_num() * per_thread : NULL;
             float *s = scores + (b * H + h) * T * T;
+            if (kt) transpose_keys(kb, L->row_stride, T, D, kt);
             for (int64_t i0 = 0; i0 < T; i0 += MI_ATTN_ROW_BLOCK) {
                 int64_t i1 = i0 + MI_ATTN_ROW_BLOCK < T ? i0 + MI_ATTN_ROW_BLOCK : T;
-                scores_block(L, qb, kb, km, scale, causal, i0, i1, s + i0 * T);
+                scores_block(L, qb, kb, kt, km, scale, causal, i0, i1, s + i0 * T);
             }
         }
     }
+    mi_free(scratch);
+    return MI_OK;
 }
 
 void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v, float *z)
 {
     const int64_t T = L->seq, H = L->heads, D = L->d_head;
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
     #pragma omp parallel for schedule(static) collapse(2)
     for (int64_t b = 0; b < L->batch; b++) {
         for (int64_t h = 0; h < H; h++) {
@@ -70,7 +115,7 @@ void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v
             float *zb = z + b * T * H * D + h * D;
             for (int64_t i0 = 0; i0 < T; i0 += MI_ATTN_ROW_BLOCK) {
                 int64_t i1 = i0 + MI_ATTN_ROW_BLOCK < T ? i0 + MI_ATTN_ROW_BLOCK : T;
-                apply_block(L, p + i0 * T, vb, i0, i1, zb);
+                apply_block(L, p + i0 * T, vb, i0, i1, T, avx512, zb);
             }
         }
     }
@@ -82,32 +127,38 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
 {
     const int64_t B = L->batch, T = L->seq, H = L->heads, D = L->d_head;
     if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
-    int nthreads = omp_get_max_threads();
-    size_t block = (size_t)MI_ATTN_ROW_BLOCK * (size_t)T;
-    float *scratch = NULL;
-    if (!scores_out || !pattern_out) {
-        scratch = mi_malloc(sizeof(float) * block * (size_t)nthreads);
-        if (!scratch) return mi_fail(MI_ERR_NOMEM, "attention: cannot allocate %d x [%d, %ld] "
-                                     "scratch floats", nthreads, MI_ATTN_ROW_BLOCK, (long)T);
-    }
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    /* per thread: a [block, T] of scores unless both outputs are kept, K^T for AVX-512 */
+    const size_t block = scores_out && pattern_out ? 0 : (size_t)MI_ATTN_ROW_BLOCK * (size_t)T;
+    const size_t per_thread = block + (avx512 ? (size_t)D * (size_t)T : 0);
+    float *scratch = head_scratch(per_thread, nthreads, "attention", T);
+    if (per_thread && !scratch) return MI_ERR_NOMEM;
     #pragma omp parallel for schedule(static) collapse(2) num_threads(nthreads)
     for (int64_t b = 0; b < B; b++) {
         for (int64_t h = 0; h < H; h++) {
-            float *mine = scratch ? scratch + (size_t)omp_get_thread_num() * block : NULL;
+            float *mine = scratch ? scratch + (size_t)omp_get_thread_num() * per_thread : NULL;
+            float *kt = avx512 ? mine + block : NULL;
             const float *qb = q + b * L->batch_stride + h * D;
             const float *kb = k + b * L->batch_stride + h * D;
             const float *vb = v + b * L->batch_stride + h * D;
             const float *km = key_mask ? key_mask + b * T : NULL;
             float *zb = z + b * T * H * D + h * D;
             size_t head = (size_t)(b * H + h) * (size_t)T * (size_t)T;
+            if (kt) transpose_keys(kb, L->row_stride, T, D, kt);
             for (int64_t i0 = 0; i0 < T; i0 += MI_ATTN_ROW_BLOCK) {
                 int64_t i1 = i0 + MI_ATTN_ROW_BLOCK < T ? i0 + MI_ATTN_ROW_BLOCK : T;
                 float *s = scores_out ? scores_out + head + (size_t)(i0 * T) : mine;
                 /* softmax in place in the scratch unless scores must be kept */
                 float *p = pattern_out ? pattern_out + head + (size_t)(i0 * T) : mine;
-                scores_block(L, qb, kb, km, scale, causal, i0, i1, s);
-                for (int64_t i = 0; i < i1 - i0; i++) mi_softmax_row(s + i * T, p + i * T, T);
-                apply_block(L, p, vb, i0, i1, zb);
+                scores_block(L, qb, kb, kt, km, scale, causal, i0, i1, s);
+                for (int64_t i = 0; i < i1 - i0; i++) {
+                    /* a causal row's keys after i0 + i are -inf: their softmax is exactly 0
+                     * and adds 0 to the row sum, so only the live ones go through exp */
+                    const int64_t live = causal ? i0 + i + 1 : T;
+                    mi_softmax_row(s + i * T, p + i * T, live);
+                    for (int64_t j = live; j < T; j++) p[i * T + j] = 0.0f;
+                }
+                apply_block(L, p, vb, i0, i1, avx512 && causal ? i1 : T, avx512, zb);
             }
         }
     }

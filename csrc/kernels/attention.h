@@ -25,7 +25,14 @@
  * mi_attn_apply, so z is bitwise the three-step z; the [block, T] scores live
  * in a per-thread scratch (cache-sized), or are written to scores_out /
  * pattern_out [B,H,T,T] when those are given (an activation cache wants
- * them). MI_ERR_NOMEM if the scratch cannot be allocated.
+ * them). MI_ERR_NOMEM if the scratch cannot be allocated (mi_attn_scores too:
+ * on AVX-512 both keep a per-thread copy of the head's K^T).
+ *
+ * On AVX-512 the products run in attention_avx512.c (no packing, one FMA
+ * chain per element); elsewhere through mi_sgemm. A causal fused pass stops
+ * the z product at the last key its row block can see: the skipped pattern
+ * entries are exactly 0, so z is unchanged for finite v (a non-finite v at a
+ * future position no longer turns earlier rows into NaN).
  */
 #ifndef MI_ATTENTION_H
 #define MI_ATTENTION_H
@@ -40,8 +47,8 @@ typedef struct {
     int64_t batch_stride;  /* elements between batch items b and b+1 */
 } mi_attn_layout;
 
-void mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
-                    int causal, const float *key_mask, float *scores);
+mi_status mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
+                         int causal, const float *key_mask, float *scores);
 void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v, float *z);
 mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k, const float *v,
                         float scale, int causal, const float *key_mask, float *scores_out,

@@ -344,7 +344,8 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
                              r->flags[p0 + MI_P_PATTERN] ? pattern : NULL, z));
         prof_stop(PR_APPLY);
     } else {
-        mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask, scores);
+        MI_TRY(mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask,
+                              scores));
         prof_stop(PR_SCORES);
         MI_TRY(fire(r, p0 + MI_P_SCORES));
         mi_softmax_rows(scores, pattern, B * H * T, T);

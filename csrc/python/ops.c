@@ -617,11 +617,15 @@ static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
     {
         const float *md = pm ? PyArray_DATA(pm) : NULL;
         int64_t rows = L.batch * L.heads * L.seq;
+        mi_status st;
         Py_BEGIN_ALLOW_THREADS
-        mi_attn_scores(&L, qd, kd, (float)scale, causal, md, pd);
-        mi_softmax_rows(pd, pd, rows, L.seq);
-        mi_attn_apply(&L, pd, vd, zd);
+        st = mi_attn_scores(&L, qd, kd, (float)scale, causal, md, pd);
+        if (st == MI_OK) {
+            mi_softmax_rows(pd, pd, rows, L.seq);
+            mi_attn_apply(&L, pd, vd, zd);
+        }
         Py_END_ALLOW_THREADS
+        if (st != MI_OK) { mi_py_raise(st); goto done; }
     }
     if (return_pattern) res = PyTuple_Pack(2, z, pattern);
     else { res = z; Py_INCREF(z); }
