@@ -186,6 +186,27 @@ def test_threads_bitwise_identical(isa, threads, shape, rng):
     np.testing.assert_array_equal(out[0], out[1])
 
 
+@pytest.mark.parametrize("extra", [1, 4, 5, 8, 9, 11])
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 1)])
+def test_partial_row_panel_same_bits(isa, extra, trans_a, trans_b, rng):
+    """The rows of a partial last row panel (M = 24 + extra: AVX-512 runs its
+    4- or 8-row kernel, the others a padded copy) get the same bits as when the
+    same rows sit in full panels (M = 36), with bias and beta = 1."""
+    N, K = 70, 300
+    a = rng.standard_normal((36, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    c0 = rng.standard_normal((36, N)).astype(np.float32)
+    out = []
+    for M in (36, 24 + extra):
+        a_op = np.ascontiguousarray(a[:M].T) if trans_a else a[:M]
+        c = c0[:M].copy()
+        _core._sgemm(a_op, b, c, M, N, K, M if trans_a else K, K if trans_b else N, N,
+                     trans_a=bool(trans_a), trans_b=bool(trans_b), bias=bias, beta=1.0)
+        out.append(c)
+    np.testing.assert_array_equal(out[1], out[0][:24 + extra])
+
+
 def test_batched(isa, threads, rng):
     """mi_sgemm_strided_batched, including a broadcast operand (stride 0),
     for 1 and 2 threads (batch < threads and batch > threads)."""

@@ -200,6 +200,10 @@ static void tile(const mi_gemm_arch *ar, int64_t kc, const float *Ap, const floa
         ar->ukr(kc, Ap, Bp, C, ldc, load_c, bias);
         return;
     }
+    if (cols == ar->nr && rows <= ar->part_rows) {
+        ar->ukr_part(kc, rows, Ap, Bp, C, ldc, load_c, bias);
+        return;
+    }
     float t[MAX_MR * MAX_NR], tb[MAX_NR];
     int nr = ar->nr;
     if (load_c) {

@@ -29,6 +29,12 @@
 typedef void (*mi_gemm_ukr)(int64_t kc, const float *Ap, const float *Bp, float *C,
                             int64_t ldc, int load_c, const float *bias);
 
+/* The same contract on the first `rows` rows of a packed mr-row panel
+ * (rows < mr; the panel's other rows are zero): only those rows of C are
+ * read and written. Optional: edge tiles otherwise go through a padded copy. */
+typedef void (*mi_gemm_ukr_part)(int64_t kc, int rows, const float *Ap, const float *Bp,
+                                 float *C, int64_t ldc, int load_c, const float *bias);
+
 /* y[0:n] += a * x[0:n], one rounding per element per call in this ISA's way
  * (FMA where the ISA has it): the few-rows path (one token) streams B with it. */
 typedef void (*mi_gemm_axpy)(int64_t n, float a, const float *x, float *y);
@@ -38,6 +44,8 @@ typedef struct {
     int mr, nr;          /* register tile of the micro-kernel */
     int mc, kc, nc;      /* cache blocks: A block mc x kc (L2), B block kc x nc (L2/L3) */
     mi_gemm_ukr ukr;
+    mi_gemm_ukr_part ukr_part;   /* NULL, or the kernel for partial panels of up to part_rows rows */
+    int part_rows;
     mi_gemm_axpy axpy;
 } mi_gemm_arch;
 
