@@ -6,7 +6,8 @@
 Without --ckpt it saves a random-initialised GPT-2-small-shaped checkpoint (12 x 768,
 vocab 50257, 475 MiB of float32 safetensors) into a temporary directory first. Both
 libraries run with the same number of threads (default: all cores). Every row prints
-the median time of each side and the ratio transformers / mechinterp_c (> 1: ours is
+the median time of each side (the two sides run alternately, so a slow spell of a
+shared machine hits both) and the ratio transformers / mechinterp_c (> 1: ours is
 faster). Issue #5's targets are marked:
 
   load, fresh process   from_pretrained as the first call of a new process, imports
@@ -72,16 +73,19 @@ print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_forward": t3 - t2})
 """
 
 
-def timed(fn, reps):
-    """Median wall time of fn(); its result is released after the clock stops."""
-    ts = []
+def compare(fn_hf, fn_mi, reps):
+    """Median wall times of fn_hf() and fn_mi(), called alternately (hf, mi, hf,
+    mi, ...): a slow spell of a shared machine then hits both sides alike instead
+    of whichever ran through it. Results are released after the clock stops."""
+    ts = {0: [], 1: []}
     for _ in range(reps):
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-        del out
-    return statistics.median(ts)
+        for side, fn in enumerate((fn_hf, fn_mi)):
+            gc.collect()
+            t0 = time.perf_counter()
+            out = fn()
+            ts[side].append(time.perf_counter() - t0)
+            del out
+    return statistics.median(ts[0]), statistics.median(ts[1])
 
 
 def cold(side, ckpt, threads, reps):
@@ -96,7 +100,8 @@ def cold(side, ckpt, threads, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", help="a GPT-2 checkpoint directory (default: random GPT-2-small shape)")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions in process (median)")
+    ap.add_argument("--reps", type=int, default=5,
+                    help="timed repetitions in process, the two sides alternating (median)")
     ap.add_argument("--cold-reps", type=int, default=3, help="fresh processes per side (median)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads on both sides")
     ap.add_argument("--batch", type=int, default=8)
@@ -142,8 +147,8 @@ def main():
     transformers.GPT2LMHeadModel.from_pretrained(ckpt)     # warm HF's lazy imports and caches
     GPT2LMHeadModel.from_pretrained(ckpt)
     row("load, warm (same process)",
-        timed(lambda: transformers.GPT2LMHeadModel.from_pretrained(ckpt).eval(), args.reps),
-        timed(lambda: GPT2LMHeadModel.from_pretrained(ckpt), args.reps))
+        *compare(lambda: transformers.GPT2LMHeadModel.from_pretrained(ckpt).eval(),
+                 lambda: GPT2LMHeadModel.from_pretrained(ckpt), args.reps))
 
     hf = transformers.GPT2LMHeadModel.from_pretrained(ckpt).eval()
     mi = GPT2LMHeadModel.from_pretrained(ckpt)
@@ -166,8 +171,7 @@ def main():
         return mi(ids).logits
 
     hf_fwd(), mi_fwd()    # warm-up (first-touch of the weights and arenas)
-    row(f"forward [{args.batch}, {args.seq}]", timed(hf_fwd, args.reps), timed(mi_fwd, args.reps),
-        target=1.5)
+    row(f"forward [{args.batch}, {args.seq}]", *compare(hf_fwd, mi_fwd, args.reps), target=1.5)
 
     # the seeds: a forward hook on every layer's c_attn keeping output.detach().numpy()
     acts_hf, acts_mi = {}, {}
@@ -182,8 +186,7 @@ def main():
     hf_fwd(), mi_fwd()
     err = max(float(np.abs(acts_mi[k] - acts_hf[k]).max()) for k in acts_hf)
     print(f"max |c_attn output - HF| over {len(acts_hf)} layers: {err:.2e}")
-    row(f"forward + c_attn hooks [{args.batch}, {args.seq}]", timed(hf_fwd, args.reps),
-        timed(mi_fwd, args.reps))
+    row(f"forward + c_attn hooks [{args.batch}, {args.seq}]", *compare(hf_fwd, mi_fwd, args.reps))
     for h in hs + hm:
         h.remove()
     del hf, mi, acts_hf, acts_mi
@@ -211,8 +214,9 @@ def main():
         print(f"HF tokenizer: {type(tok_hf).__module__}.{type(tok_hf).__name__}, "
               f"is_fast={getattr(tok_hf, 'is_fast', '?')}")
         mb = len(text.encode()) / 1e6
-        row(f"tokenizer encode {mb:.1f} MB", timed(lambda: tok_hf.encode(text), args.reps),
-            timed(lambda: tok_mi.encode(text), args.reps), target=1)
+        row(f"tokenizer encode {mb:.1f} MB", *compare(lambda: tok_hf.encode(text),
+                                                       lambda: tok_mi.encode(text), args.reps),
+            target=1)
     if tmp is not None:
         tmp.cleanup()
 
