@@ -365,7 +365,7 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
                     }
                 }
                 /* implicit barrier: this group of Bp is complete */
-                #pragma omp for schedule(dynamic, 1)
+                #pragma omp for schedule(dynamic, 1) nowait
                 for (int64_t task = 0; task < mblocks * nsplit; task++) {
                     const int64_t ib = task / nsplit, js = task % nsplit;
                     const int64_t ic = mpanels * ib / mblocks * mr;
@@ -390,7 +390,12 @@ static void blocked(const mi_gemm_arch *ar, int nt, int trans_a, int trans_b,
                         }
                     }
                 }
-                /* implicit barrier: Bp may be overwritten */
+                /* Bp may be overwritten once every thread is done with it; after the
+                 * last group the end of the parallel region is that barrier (a
+                 * sleeping thread's wake-up costs tens of microseconds here) */
+                if (kb1 < nkb || jc + nc_max < N) {
+                    #pragma omp barrier
+                }
             }
         }
     }
