@@ -1,4 +1,5 @@
-/* gemm_avx512.c - 12 x 32 SGEMM micro-kernel for AVX-512F + FMA.
+/* gemm_avx512.c - 12 x 32 SGEMM micro-kernel for AVX-512F + FMA, with 4- and
+ * 8-row variants for the partial last row panel.
  *
  * Contract: see gemm_kernels.h. 24 zmm accumulators (12 rows x 2 vectors of
  * 16), 2 B vectors and 1 broadcast of A per k step: 27 of the 32 zmm
