@@ -132,6 +132,40 @@ static void clip_block(float *C, int64_t ldc, int64_t m, int64_t n)
     }
 }
 
+#if defined(__SSE2__)
+/* The 4x4 block at (i, j) of src (clipped in place when clip) transposed to
+ * (j, i) of dst; stream: non-temporal stores (dst 16-byte aligned, ld % 4 == 0),
+ * which skip reading the lines about to be overwritten (the mirror half is
+ * written, never re-read here). */
+static inline void mirror_4x4(float *src, int64_t ld, int64_t i, int64_t j, int clip, int stream,
+                              float *dst)
+{
+    __m128 r0 = _mm_loadu_ps(src + (i + 0) * ld + j);
+    __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
+    __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
+    __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
+    if (clip) {
+        r0 = clip4(r0); r1 = clip4(r1); r2 = clip4(r2); r3 = clip4(r3);
+        _mm_storeu_ps(src + (i + 0) * ld + j, r0);
+        _mm_storeu_ps(src + (i + 1) * ld + j, r1);
+        _mm_storeu_ps(src + (i + 2) * ld + j, r2);
+        _mm_storeu_ps(src + (i + 3) * ld + j, r3);
+    }
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    if (stream) {
+        _mm_stream_ps(dst + (j + 0) * ld + i, r0);
+        _mm_stream_ps(dst + (j + 1) * ld + i, r1);
+        _mm_stream_ps(dst + (j + 2) * ld + i, r2);
+        _mm_stream_ps(dst + (j + 3) * ld + i, r3);
+    } else {
+        _mm_storeu_ps(dst + (j + 0) * ld + i, r0);
+        _mm_storeu_ps(dst + (j + 1) * ld + i, r1);
+        _mm_storeu_ps(dst + (j + 2) * ld + i, r2);
+        _mm_storeu_ps(dst + (j + 3) * ld + i, r3);
+    }
+}
+#endif
+
 /* dst[j * ld + i] = src[i * ld + j] for i < m, j < n: the mirror copy of one
  * block, in 4x4 SSE transposes (baseline x86-64, so no ISA dispatch) over
  * 16x16 tiles that stay in L1; scalar edges. With clip, src is clipped in
@@ -141,62 +175,23 @@ static void mirror_block(float *src, int64_t ld, int64_t m, int64_t n, int clip,
     for (int64_t i0 = 0; i0 < m; i0 += 16)
         for (int64_t j0 = 0; j0 < n; j0 += 16) {
             int64_t ie = i0 + 16 < m ? i0 + 16 : m, je = j0 + 16 < n ? j0 + 16 : n;
+            int64_t i4 = i0, j4 = j0;   /* [i0, i4) x [j0, j4): the part done in 4x4 blocks */
 #if defined(__SSE2__)
-            int64_t i4 = i0 + ((ie - i0) & ~(int64_t)3), j4 = j0 + ((je - j0) & ~(int64_t)3);
-            /* aligned destination rows: streaming stores skip reading the lines
-             * about to be overwritten (the mirror half is written, never re-read here) */
-            if (((uintptr_t)dst & 15) == 0 && (ld & 3) == 0) {
+            i4 = i0 + ((ie - i0) & ~(int64_t)3);
+            j4 = j0 + ((je - j0) & ~(int64_t)3);
+            if (((uintptr_t)dst & 15) == 0 && (ld & 3) == 0) {   /* aligned: streaming stores */
                 for (int64_t j = j0; j < j4; j += 4)        /* 4 destination lines at a time */
-                    for (int64_t i = i0; i < i4; i += 4) {
-                        __m128 r0 = _mm_loadu_ps(src + (i + 0) * ld + j);
-                        __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
-                        __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
-                        __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
-                        if (clip) {
-                            r0 = clip4(r0); r1 = clip4(r1); r2 = clip4(r2); r3 = clip4(r3);
-                            _mm_storeu_ps(src + (i + 0) * ld + j, r0);
-                            _mm_storeu_ps(src + (i + 1) * ld + j, r1);
-                            _mm_storeu_ps(src + (i + 2) * ld + j, r2);
-                            _mm_storeu_ps(src + (i + 3) * ld + j, r3);
-                        }
-                        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-                        _mm_stream_ps(dst + (j + 0) * ld + i, r0);
-                        _mm_stream_ps(dst + (j + 1) * ld + i, r1);
-                        _mm_stream_ps(dst + (j + 2) * ld + i, r2);
-                        _mm_stream_ps(dst + (j + 3) * ld + i, r3);
-                    }
-            } else
-            for (int64_t i = i0; i < i4; i += 4)
-                for (int64_t j = j0; j < j4; j += 4) {
-                    __m128 r0 = _mm_loadu_ps(src + (i + 0) * ld + j);
-                    __m128 r1 = _mm_loadu_ps(src + (i + 1) * ld + j);
-                    __m128 r2 = _mm_loadu_ps(src + (i + 2) * ld + j);
-                    __m128 r3 = _mm_loadu_ps(src + (i + 3) * ld + j);
-                    if (clip) {
-                        r0 = clip4(r0); r1 = clip4(r1); r2 = clip4(r2); r3 = clip4(r3);
-                        _mm_storeu_ps(src + (i + 0) * ld + j, r0);
-                        _mm_storeu_ps(src + (i + 1) * ld + j, r1);
-                        _mm_storeu_ps(src + (i + 2) * ld + j, r2);
-                        _mm_storeu_ps(src + (i + 3) * ld + j, r3);
-                    }
-                    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-                    _mm_storeu_ps(dst + (j + 0) * ld + i, r0);
-                    _mm_storeu_ps(dst + (j + 1) * ld + i, r1);
-                    _mm_storeu_ps(dst + (j + 2) * ld + i, r2);
-                    _mm_storeu_ps(dst + (j + 3) * ld + i, r3);
-                }
+                    for (int64_t i = i0; i < i4; i += 4) mirror_4x4(src, ld, i, j, clip, 1, dst);
+            } else {
+                for (int64_t i = i0; i < i4; i += 4)
+                    for (int64_t j = j0; j < j4; j += 4) mirror_4x4(src, ld, i, j, clip, 0, dst);
+            }
+#endif
             for (int64_t i = i0; i < ie; i++)           /* edges: rows past i4 or cols past j4 */
                 for (int64_t j = (i < i4 ? j4 : j0); j < je; j++) {
                     if (clip) src[i * ld + j] = clip1(src[i * ld + j]);
                     dst[j * ld + i] = src[i * ld + j];
                 }
-#else
-            for (int64_t i = i0; i < ie; i++)
-                for (int64_t j = j0; j < je; j++) {
-                    if (clip) src[i * ld + j] = clip1(src[i * ld + j]);
-                    dst[j * ld + i] = src[i * ld + j];
-                }
-#endif
         }
 #if defined(__SSE2__)
     _mm_sfence();   /* order the streaming stores before the block is handed back */
