@@ -24,8 +24,10 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from mechinterp_c import analysis as A  # noqa: E402
+from sweep_reference import seed_mean_ablation, tl_pair  # noqa: E402
 
 
 # --single: one thread everywhere and process CPU time, which a busy machine
@@ -235,54 +237,18 @@ def bench_hist(rng, reps, n_layers, n_tok):
            f"identical {np.array_equal(r1[0], r2[0])}")
 
 
-def _tl_pair(cfg):
-    """A TransformerLens model and mechinterp_c's with the same (perturbed) weights."""
-    import warnings
-    warnings.filterwarnings("ignore")
-    import transformer_lens as tl
-    from mechinterp_c import HookedTransformer, HookedTransformerConfig
-    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
-    rng = np.random.default_rng(0)
-    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-    for k, v in sd.items():
-        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
-            sd[k] = (v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32)
-    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
-    m = HookedTransformer(HookedTransformerConfig(**cfg))
-    m.load_state_dict(sd)
-    return tm, m
-
-
 def bench_mean_sweep(rng, batch):
     """no_position_experiment step 7: mean-ablate every hook point, previous-token loss.
     The seed's model (2 layers, d_model 64, 1 head, d_vocab 300, n_ctx 50); the seed's
     batch is 4000 sequences (--quick: fewer)."""
     cfg = dict(n_layers=2, d_model=64, d_head=64, n_heads=1, d_mlp=256, d_vocab=300, n_ctx=50,
                act_fn="relu", normalization_type="LN", seed=1)
-    tm, m = _tl_pair(cfg)
+    tm, m = tl_pair(cfg)
     big_tokens = rng.integers(1, 300, (batch, 50))
     new_tokens = rng.integers(1, 300, (batch, 50))
 
-    def loss_fn(logits, tokens):
-        logits, tokens = logits[:, 1:], tokens[:, :-1]
-        return -logits.log_softmax(-1).gather(-1, tokens[..., None])[..., 0].mean()
-
-    def seed():
-        with torch.no_grad():
-            _, cache = tm.run_with_cache(torch.tensor(big_tokens))
-            new_token_batch = torch.tensor(new_tokens)
-            losses = []
-            for hook_name in list(tm.hook_dict.keys()):
-                if hook_name in cache and hook_name != "hook_pos_embed" and "result" not in hook_name:
-                    average_act = cache[hook_name].mean(0)
-
-                    def replacing_with_average_act(activation, hook):
-                        activation[:] = average_act.expand(activation.shape)
-                        return activation
-                    logits = tm.run_with_hooks(new_token_batch,
-                                               fwd_hooks=[(hook_name, replacing_with_average_act)])
-                    losses.append(loss_fn(logits, new_token_batch).item())
-        return np.array(losses)
+    def seed():     # the seed's cell on TransformerLens (tests/sweep_reference.py)
+        return np.array(seed_mean_ablation(tm, big_tokens, new_tokens)[0])
 
     def ours_loop():      # the same loop on mechinterp_c's run_with_hooks
         _, cache = m.run_with_cache(big_tokens)

@@ -17,8 +17,6 @@ loops written with the reference libraries on the same weights.
   test_gpt2 (float32, different GEMM orders over 3 layers); and vs our own
   ``hook_z`` run_with_hooks loop (same C forward) within 1e-5.
 """
-import warnings
-
 import numpy as np
 import pytest
 
@@ -27,38 +25,14 @@ tl = pytest.importorskip("transformer_lens")
 transformers = pytest.importorskip("transformers")
 
 from mechinterp_c import analysis as A  # noqa: E402
-from mechinterp_c.config import HookedTransformerConfig  # noqa: E402
-from mechinterp_c.hooked_transformer import HookedTransformer  # noqa: E402
 from mechinterp_c.transformers.modeling_gpt2 import GPT2LMHeadModel  # noqa: E402
+from sweep_reference import seed_loss_fn, seed_mean_ablation, tl_pair  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # the no-position seed's model shape, smaller context
 NOPOS = dict(n_layers=2, d_model=64, d_head=64, n_heads=1, d_mlp=256, d_vocab=300, n_ctx=20,
              act_fn="relu", normalization_type="LN", seed=1)
-
-
-def _pair(cfg, perturb=0.1):
-    warnings.filterwarnings("ignore")
-    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
-    rng = np.random.default_rng(0)
-    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-    for k, v in sd.items():
-        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
-            sd[k] = (v + perturb * rng.standard_normal(v.shape)).astype(np.float32)
-    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
-    m = HookedTransformer(HookedTransformerConfig(**cfg))
-    m.load_state_dict(sd)
-    return tm, m
-
-
-def seed_loss_fn(logits, tokens, per_token=False):
-    """The no-position seed's loss: logits[:, 1:] predict tokens[:, :-1]."""
-    logits = logits[:, 1:]
-    tokens = tokens[:, :-1]
-    log_probs = logits.log_softmax(-1)
-    correct = log_probs.gather(-1, tokens[..., None])[..., 0]
-    return -correct if per_token else -correct.mean()
 
 
 def _np_loss(shift):
@@ -76,7 +50,7 @@ def _np_loss(shift):
 
 @pytest.fixture(scope="module")
 def nopos():
-    return _pair(NOPOS)
+    return tl_pair(NOPOS)
 
 
 def test_mean_ablation_sweep_matches_transformer_lens_seed_loop(nopos):
@@ -85,24 +59,10 @@ def test_mean_ablation_sweep_matches_transformer_lens_seed_loop(nopos):
     tokens, mean_tokens = rng.integers(1, 300, (12, 20)), rng.integers(1, 300, (16, 20))
     res = A.mean_ablation_sweep(m, tokens, loss_fn="previous_token", mean_tokens=mean_tokens)
 
-    # the seed's cell, verbatim but for the batch names
-    _, cache = tm.run_with_cache(torch.tensor(mean_tokens))
-    new_token_batch = torch.tensor(tokens)
-    losses, labels = [], []
+    # the seed's cell (tests/sweep_reference.py)
+    losses, labels = seed_mean_ablation(tm, mean_tokens, tokens)
     with torch.no_grad():
-        baseline = seed_loss_fn(tm(new_token_batch), new_token_batch).item()
-        for hook_name in list(tm.hook_dict.keys()):
-            if hook_name in cache and hook_name != "hook_pos_embed" and "result" not in hook_name:
-                average_act = cache[hook_name].mean(0)
-
-                def replacing_with_average_act(activation, hook):
-                    activation[:] = average_act.expand(activation.shape)
-                    return activation
-
-                logits = tm.run_with_hooks(new_token_batch,
-                                           fwd_hooks=[(hook_name, replacing_with_average_act)])
-                losses.append(seed_loss_fn(logits, new_token_batch).item())
-                labels.append(hook_name)
+        baseline = seed_loss_fn(tm(torch.tensor(tokens)), torch.tensor(tokens)).item()
     assert res.names == labels
     assert len(res) == len(labels) > 30
     np.testing.assert_allclose(res.losses, losses, rtol=1e-5)
@@ -241,7 +201,6 @@ def test_head_ablation_matches_hf_seed_loop(gpt2_tiny):
     with torch.no_grad():
         lg = hf(tokens).logits[0, -2, tokens[0, -1]].item()
     np.testing.assert_allclose(res.clean_logits[0, 0], lg, atol=2e-4)
-
 
 def test_head_ablation_matches_hook_z_loop_all_positions_batched(gpt2_tiny):
     _, m = gpt2_tiny
