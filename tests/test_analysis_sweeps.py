@@ -201,6 +201,13 @@ def test_head_ablation_matches_hf_seed_loop(gpt2_tiny):
     with torch.no_grad():
         lg = hf(tokens).logits[0, -2, tokens[0, -1]].item()
     np.testing.assert_allclose(res.clean_logits[0, 0], lg, atol=2e-4)
+    # a model built from the config and a state dict (no checkpoint file) has the same
+    # tied unembedding: the sweep's NumPy unembedding once read a stale zero W_U there
+    built = GPT2LMHeadModel(hf.config.to_dict())
+    built.load_state_dict({k: v.detach().numpy() for k, v in hf.state_dict().items()})
+    again = A.head_ablation_sweep(built, tokens.numpy(), positions=-2, target_positions=-2)
+    np.testing.assert_array_equal(again.logprobs, res.logprobs)
+
 
 def test_head_ablation_matches_hook_z_loop_all_positions_batched(gpt2_tiny):
     _, m = gpt2_tiny

@@ -660,8 +660,10 @@ class GPT2LMHeadModel(Module):
         self._model_ref = weakref.ref(self)
         self.config = config if isinstance(config, GPT2Config) else GPT2Config(**dict(config))
         self._ht = _CoreModel(_tl_config(self.config))
-        # HF ties lm_head to wte: the C unembedding reads W_E transposed in place
+        # HF ties lm_head to wte: the C unembedding reads W_E transposed in place, and
+        # the TransformerLens views (W_U: a view of W_E^T) are re-read to match
         self._ht._core.tied_unembed = bool(getattr(self.config, "tie_word_embeddings", True))
+        self._ht._rebind()
         self._ht._pos_pid = self._ht.hook_dict["hook_pos_embed"].point_id
         if _checkpoint is not None:
             self._map_checkpoint(*_checkpoint)
