@@ -23,7 +23,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reve_reference import Reve  # noqa: E402
+from reve_reference import Reve, seed_hooks  # noqa: E402
 from mechinterp_c.demo import scoped_environ  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,25 +75,7 @@ def test_notebook_numbers_match_torch_reference(executed):
     ref.load_state_dict(load_file(os.path.join(summary["ckpt_dir"], "model.safetensors")))
     ref = ref.double().eval()
     L, H, Dh, D = cfg["depth"], cfg["heads"], cfg["head_dim"], cfg["embed_dim"]
-    acts = {}
-
-    def hook_at(i):
-        def f(module, inp, out):
-            acts[f"at_{i}"] = out.detach()
-        return f
-
-    def hook_ff(i):
-        def f(module, inp, out):
-            x = inp[0]
-            for j in range(4):
-                x = module[j](x)
-                acts[f"ff_{i}_{j}"] = x.detach().numpy()
-        return f
-
-    hs = []
-    for i in range(L):
-        hs.append(ref.transformer.layers[i][0].to_qkv.register_forward_hook(hook_at(i)))
-        hs.append(ref.transformer.layers[i][1].net.register_forward_hook(hook_ff(i)))
+    acts, hs = seed_hooks(ref, L)      # the seed's to_qkv and net hooks
     X = torch.from_numpy(inputs["X"]).double()
     pos = torch.from_numpy(inputs["positions"]).double().expand(X.shape[0], -1, -1)
     with torch.no_grad():
@@ -104,7 +86,7 @@ def test_notebook_numbers_match_torch_reference(executed):
     assert abs(summary["Y_std"] - Y.std(unbiased=False).item()) <= 1e-5 * Y.std().item()
     desc = np.asarray(summary["descriptives"])
     for l in range(L):
-        for i, M in enumerate(torch.split(acts[f"at_{l}"], D, dim=-1)):
+        for i, M in enumerate(torch.split(acts[f"at_{l}_qkv"], D, dim=-1)):
             assert abs(desc[l, i, 0] - M.mean().item()) <= 1e-5, (l, i)
             assert abs(desc[l, i, 1] - M.std().item()) <= 1e-5 * M.std().item(), (l, i)
         for j in range(4):
@@ -112,7 +94,7 @@ def test_notebook_numbers_match_torch_reference(executed):
     ent = np.asarray(summary["entropies"])
     grid = np.linspace(0, 1, 100)
     for l in (0, L - 1):     # first and last layer: scipy's KDE is the slow part
-        Q, K, _ = torch.split(acts[f"at_{l}"], D, dim=-1)
+        Q, K, _ = torch.split(acts[f"at_{l}_qkv"], D, dim=-1)
         Qh = Q.view(10, 100, H, Dh).permute(0, 2, 1, 3)
         Kh = K.view(10, 100, H, Dh).permute(0, 2, 1, 3)
         for h in range(H):
