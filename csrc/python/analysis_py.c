@@ -11,9 +11,6 @@
 #include <string.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include "analysis/entropy.h"
 #include "analysis/histogram.h"
@@ -213,22 +210,10 @@ static PyObject *py_percentile(PyObject *m, PyObject *args)
 /* A float32 output array [shape] for a large result (a similarity matrix): at
  * or above HUGE_MIN bytes it is 2 MiB aligned and advised for transparent huge
  * pages, so fresh memory costs one fault per 2 MiB instead of one per 4 KiB
- * page (5k faults for the seed's 2304^2 matrix); memory the allocator reuses
+ * page (5k faults for a 2304^2 matrix); memory the allocator reuses
  * is already mapped and the advice costs nothing. Below HUGE_MIN: mi_py_empty. */
 #define HUGE_MIN ((size_t)4 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
-
-/* One released large buffer is kept for the next call (a loop that drops each
- * matrix then reuses warm memory instead of having fresh pages zeroed); a
- * result that is kept alive sends the next call to fresh memory. */
-static void *spare_buffer;
-
-static void release_free(void *data, size_t nbytes, void *ctx)
-{
-    (void)nbytes;
-    (void)ctx;
-    free(__atomic_exchange_n(&spare_buffer, data, __ATOMIC_ACQ_REL));
-}
 
 static PyObject *large_empty(PyObject *m, int ndim, const npy_intp *shape, float **data)
 {
@@ -236,21 +221,18 @@ static PyObject *large_empty(PyObject *m, int ndim, const npy_intp *shape, float
     for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
     size_t bytes = n * sizeof(float);
     if (bytes < HUGE_MIN) return mi_py_empty(m, ndim, shape, data);
-    void *mem = __atomic_exchange_n(&spare_buffer, NULL, __ATOMIC_ACQ_REL);
-#if defined(__GLIBC__)
-    size_t have = mem ? malloc_usable_size(mem) : 0;
-    if (mem && (have < bytes || have > 2 * bytes + HUGE_ALIGN)) { free(mem); mem = NULL; }
-#else
-    free(mem);                            /* size unknown: do not reuse */
-    mem = NULL;
-#endif
+    /* the module keeps the last released matrix: a loop that drops each one
+     * reuses warm memory instead of having fresh pages zeroed */
+    mi_py_spare *spare = mi_state(m)->similarity_spare;
+    size_t got = bytes;
+    void *mem = mi_py_spare_take(spare, bytes, &got);
     if (!mem) {
         if (posix_memalign(&mem, HUGE_ALIGN, bytes) != 0) return mi_py_empty(m, ndim, shape, data);
 #if defined(MADV_HUGEPAGE)
         madvise(mem, bytes, MADV_HUGEPAGE);   /* advice only: failure changes nothing */
 #endif
     }
-    PyObject *owner = mi_py_buffer_new(m, mem, bytes, release_free, NULL);
+    PyObject *owner = mi_py_spare_buffer(m, spare, mem, got);
     if (!owner) return NULL;
     PyObject *arr = mi_py_view(owner, (float *)mem, ndim, shape, NULL, 1);
     Py_DECREF(owner);
@@ -551,4 +533,8 @@ static PyMethodDef analysis_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int mi_py_analysis_exec(PyObject *m) { return PyModule_AddFunctions(m, analysis_methods); }
+int mi_py_analysis_exec(PyObject *m)
+{
+    if (!(mi_state(m)->similarity_spare = mi_py_spare_new(SIZE_MAX, free))) return -1;
+    return PyModule_AddFunctions(m, analysis_methods);
+}

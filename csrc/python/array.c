@@ -96,6 +96,61 @@ PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float *
     return arr;
 }
 
+/* ---- a one-slot cache of released memory ---- */
+
+struct mi_py_spare {
+    Py_ssize_t refs;           /* the owner + one per Buffer lent memory */
+    size_t keep_max;           /* larger blocks are freed, not kept */
+    void (*free_fn)(void *);
+    void *data;                /* the kept block, or NULL */
+    size_t nbytes;             /* its size */
+};
+
+mi_py_spare *mi_py_spare_new(size_t keep_max, void (*free_fn)(void *))
+{
+    mi_py_spare *s = PyMem_Calloc(1, sizeof *s);
+    if (!s) return (mi_py_spare *)PyErr_NoMemory();
+    s->refs = 1;
+    s->keep_max = keep_max;
+    s->free_fn = free_fn;
+    return s;
+}
+
+void mi_py_spare_decref(mi_py_spare *s)
+{
+    if (!s || --s->refs > 0) return;
+    if (s->data) s->free_fn(s->data);
+    PyMem_Free(s);
+}
+
+void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got)
+{
+    if (!s->data || s->nbytes < nbytes || s->nbytes - nbytes > nbytes) return NULL;
+    void *d = s->data;
+    *got = s->nbytes;
+    s->data = NULL;
+    return d;
+}
+
+static void release_to_spare(void *data, size_t nbytes, void *ctx)
+{
+    mi_py_spare *s = ctx;
+    if (nbytes > s->keep_max || s->refs == 1) {   /* too large, or the owner is gone */
+        s->free_fn(data);
+    } else {
+        if (s->data) s->free_fn(s->data);
+        s->data = data;
+        s->nbytes = nbytes;
+    }
+    mi_py_spare_decref(s);
+}
+
+PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes)
+{
+    s->refs++;
+    return mi_py_buffer_new(module, data, nbytes, release_to_spare, s);
+}
+
 const char *mi_py_shape_str(PyArrayObject *a, char *buf)
 {
     int n = 0, nd = PyArray_NDIM(a);

@@ -21,6 +21,7 @@
 #include <numpy/arrayobject.h>
 
 #include "common/status.h"
+#include "model/transformer.h"
 
 /* Per-module state (multi-phase init: no process-wide globals). */
 typedef struct {
@@ -28,6 +29,7 @@ typedef struct {
     PyTypeObject *model_type;       /* the C transformer (model_py.c) */
     PyTypeObject *safetensors_type; /* an mmapped safetensors file (io_py.c) */
     PyTypeObject *tokenizer_type;   /* byte-level BPE (tokenizer_py.c) */
+    struct mi_py_spare *similarity_spare; /* the last released similarity matrix (analysis_py.c) */
 } mi_module_state;
 
 extern PyModuleDef mi_core_module;
@@ -68,6 +70,27 @@ PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float *
  * Returns NULL with an exception set on failure. */
 PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim);
 
+/* A one-slot cache of released memory: a loop that drops each large result
+ * (an activation arena, a similarity matrix) before the next call gets warm,
+ * already faulted-in pages back instead of fresh ones. Its owner (a model,
+ * the module) holds one reference and every Buffer lent memory through it
+ * another, so the cache outlives whichever goes last. Only touched with the
+ * GIL held (Buffers are released by deallocation). */
+typedef struct mi_py_spare mi_py_spare;
+
+/* A new cache (one reference) keeping blocks of at most keep_max bytes, freed
+ * with free_fn; NULL with MemoryError. */
+mi_py_spare *mi_py_spare_new(size_t keep_max, void (*free_fn)(void *));
+/* Drop a reference (NULL: nothing); the last frees the kept block. */
+void mi_py_spare_decref(mi_py_spare *s);
+/* The kept block if it holds nbytes and at most twice that (*got: its size,
+ * the cache keeps nothing afterwards), else NULL. */
+void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got);
+/* A Buffer owning data (nbytes, from free_fn's allocator); when released the
+ * block goes back to s instead of being freed. On failure the memory is
+ * returned to s and NULL returned with an exception set. */
+PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes);
+
 /* 0 when `a` is in this machine's byte order; else -1 with a TypeError naming
  * argument `name` (for arrays the C core writes into or keeps, which cannot be
  * converted behind the caller's back). */
@@ -75,6 +98,18 @@ int mi_py_native_order(PyArrayObject *a, const char *name);
 
 /* "(2, 3, 4)" for error messages; buf must hold 128 bytes. */
 const char *mi_py_shape_str(PyArrayObject *a, char *buf);
+
+/* --- The model for training (model_py.c) ---------------------------------- */
+
+/* The C transformer behind `obj` (a _core.Model of this module) for a training
+ * call: NULL with TypeError for another object, ValueError when the model does
+ * not own all of its weights (set_param arrays or a tied unembedding). */
+mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
+/* The same, and the model is marked in use, as during a forward pass (its
+ * weights cannot be replaced, untied or materialised meanwhile) until
+ * mi_py_model_release(obj). Call both with the GIL held. */
+mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj);
+void mi_py_model_release(PyObject *obj);
 
 /* --- Subsystem initialisation (one per file, called from module exec) ---- */
 int mi_py_array_exec(PyObject *m);

@@ -22,43 +22,19 @@ typedef struct {
     mi_transformer tf;
     PyObject *blob;       /* _core.Buffer owning tf.params */
     PyObject **external;  /* [n_table]: the array behind table[i].data (set_param), or NULL */
-    int running;          /* forward passes in flight (weights must not move meanwhile) */
+    mi_py_spare *arenas;  /* this model's last released activation arena */
+    int running;          /* passes in flight (weights must not move meanwhile) */
     int initialised;
 } mi_py_model;
 
 static void release_mapped(void *data, size_t nbytes, void *ctx) { munmap(data, nbytes); }
 
-/* A one-slot cache of the last released activation arena. Arenas of more
- * than a few MiB come from mmap, so every call would page-fault its whole
- * arena in afresh (a GPT-2-small forward: ~33k faults, a full cache ~130k);
- * when the previous call's arena has been released (nothing holds a view of
- * it) the next call of a similar size reuses it instead. At most
- * ARENA_KEEP_MAX bytes stay held. Only touched with the GIL held (arenas are
- * allocated before the pass and released by Buffer deallocation). */
+/* Activation arenas of more than a few MiB come from mmap, so every call
+ * would page-fault its whole arena in afresh (a GPT-2-small forward: ~33k
+ * faults, a full cache ~130k); each model keeps the last released arena (one
+ * that nothing holds a view of any more) for its next call of a similar size.
+ * At most ARENA_KEEP_MAX bytes stay held per model. */
 #define ARENA_KEEP_MAX ((size_t)768 << 20)
-static float *kept_arena;
-static size_t kept_bytes;
-
-static void release_arena(void *data, size_t nbytes, void *ctx)
-{
-    if (nbytes > ARENA_KEEP_MAX) { mi_free(data); return; }
-    if (kept_arena) mi_free(kept_arena);
-    kept_arena = data;
-    kept_bytes = nbytes;
-}
-
-/* An uninitialised arena of at least nbytes (64-byte aligned); *got: its size. */
-static float *arena_alloc(size_t nbytes, size_t *got)
-{
-    if (kept_arena && kept_bytes >= nbytes && kept_bytes / 2 <= nbytes) {
-        float *a = kept_arena;
-        *got = kept_bytes;
-        kept_arena = NULL;
-        return a;
-    }
-    *got = nbytes;
-    return mi_malloc(nbytes);
-}
 
 static int model_init(PyObject *self, PyObject *args, PyObject *kw)
 {
@@ -97,10 +73,13 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     size_t blob_bytes = mo->tf.n_params * sizeof(float);
     float *blob = mmap(NULL, blob_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     mo->external = PyMem_Calloc((size_t)mo->tf.n_table, sizeof(PyObject *));
-    if (blob == MAP_FAILED || !mo->external) {
+    mo->arenas = mi_py_spare_new(ARENA_KEEP_MAX, mi_free);
+    if (blob == MAP_FAILED || !mo->external || !mo->arenas) {
         if (blob != MAP_FAILED) munmap(blob, blob_bytes);
         PyMem_Free(mo->external);
         mo->external = NULL;
+        mi_py_spare_decref(mo->arenas);
+        mo->arenas = NULL;
         mi_tf_free(&mo->tf);
         PyErr_NoMemory();
         return -1;
@@ -125,6 +104,7 @@ static void model_dealloc(PyObject *self)
         mo->external = NULL;
     }
     if (mo->initialised) mi_tf_free(&mo->tf);
+    mi_py_spare_decref(mo->arenas);
     Py_CLEAR(mo->blob);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -421,13 +401,12 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     const uint8_t *fl = flags.buf;
     mi_status st = mi_tf_plan_call(&mo->tf, B, T, start, stop, fl, &plan);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    size_t arena_bytes;
-    float *arena = arena_alloc(plan.n_floats * sizeof(float), &arena_bytes);
-    if (!arena) { PyErr_NoMemory(); goto done; }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
-    if (!module) { release_arena(arena, arena_bytes, NULL); goto done; }
-    if (!(arena_owner = mi_py_buffer_new(module, arena, arena_bytes, release_arena, NULL)))
-        goto done;
+    if (!module) goto done;
+    size_t arena_bytes = plan.n_floats * sizeof(float);
+    float *arena = mi_py_spare_take(mo->arenas, arena_bytes, &arena_bytes);
+    if (!arena && !(arena = mi_malloc(arena_bytes))) { PyErr_NoMemory(); goto done; }
+    if (!(arena_owner = mi_py_spare_buffer(module, mo->arenas, arena, arena_bytes))) goto done;
     hook_ctx hc = {cb, arena_owner};
     const int64_t *tk = tokens ? PyArray_DATA(tokens) : NULL;
     const float *rd = resid ? PyArray_DATA(resid) : NULL;
@@ -742,8 +721,6 @@ int mi_py_model_exec(PyObject *m)
     return PyModule_AddObjectRef(m, "Model", tp);
 }
 
-/* For train_py.c: the C transformer behind a _core.Model, or NULL with a
- * TypeError (`module` is the _core module). */
 mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
 {
     if (!PyObject_TypeCheck(obj, mi_state(module)->model_type)) {
@@ -762,3 +739,12 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
     }
     return &mo->tf;
 }
+
+mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj)
+{
+    mi_transformer *tf = mi_py_model_tf(module, obj);
+    if (tf) ((mi_py_model *)obj)->running++;
+    return tf;
+}
+
+void mi_py_model_release(PyObject *obj) { ((mi_py_model *)obj)->running--; }

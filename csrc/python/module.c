@@ -87,6 +87,8 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->model_type);
     Py_CLEAR(st->safetensors_type);
     Py_CLEAR(st->tokenizer_type);
+    mi_py_spare_decref(st->similarity_spare);
+    st->similarity_spare = NULL;
     return 0;
 }
 

@@ -13,9 +13,6 @@
 #include "model/backward.h"
 #include "model/transformer.h"
 
-/* model_py.c */
-mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
-
 PyDoc_STRVAR(grad_blob_doc, "grad_blob(model)\n--\n\nA zeroed float32 array [n_params] with the "
              "layout of the model's parameter blob (64-byte aligned): the gradient store.");
 
@@ -41,13 +38,15 @@ PyDoc_STRVAR(loss_backward_doc,
 
 PyDoc_STRVAR(phases_doc, "backward_phases()\n--\n\nNames of loss_backward's profile phases, in order.");
 
-_Static_assert(MI_BWD_N_PHASES == 10, "backward_phases() names every profile phase");
-
 static PyObject *py_backward_phases(PyObject *module, PyObject *unused)
 {
-    (void)module; (void)unused;
-    return Py_BuildValue("(ssssssssss)", "forward", "loss", "unembed", "norm", "mlp_gemm",
-                         "activation", "attn_gemm", "attn_core", "bias", "embed");
+    PyObject *names = PyTuple_New(MI_BWD_N_PHASES);
+    for (int i = 0; names && i < MI_BWD_N_PHASES; i++) {
+        PyObject *s = PyUnicode_FromString(mi_bwd_phase_names[i]);
+        if (!s) { Py_CLEAR(names); break; }
+        PyTuple_SET_ITEM(names, i, s);
+    }
+    return names;
 }
 
 PyDoc_STRVAR(workspace_doc, "backward_workspace(model, batch, seq)\n--\n\nAn uninitialised "
@@ -103,7 +102,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
         work = PyArray_DATA((PyArrayObject *)work_obj);
         work_floats = (size_t)PyArray_SIZE((PyArrayObject *)work_obj);
     }
-    mi_transformer *tf = mi_py_model_tf(module, model);
+    mi_transformer *tf = mi_py_model_acquire(module, model);
     if (!tf) return NULL;
     PyArrayObject *tokens = NULL, *targets = NULL, *pos = NULL, *mask = NULL;
     PyObject *res = NULL;
@@ -114,9 +113,9 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
         || PyArray_SIZE((PyArrayObject *)grads_obj) != (npy_intp)tf->n_params) {
         PyErr_Format(PyExc_ValueError, "grads: expected a writable contiguous float32 array of %zu "
                      "floats (from grad_blob)", tf->n_params);
-        return NULL;
+        goto done;
     }
-    if (mi_py_native_order((PyArrayObject *)grads_obj, "grads") < 0) return NULL;
+    if (mi_py_native_order((PyArrayObject *)grads_obj, "grads") < 0) goto done;
     tokens = (PyArrayObject *)PyArray_FROMANY(tok_obj, NPY_INT64, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
     if (!tokens) goto done;
     if (PyArray_NDIM(tokens) != 2) {
@@ -162,6 +161,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     res = PyFloat_FromDouble((double)loss);
 done:
+    mi_py_model_release(model);
     Py_XDECREF(tokens);
     Py_XDECREF(targets);
     Py_XDECREF(pos);
