@@ -5,7 +5,7 @@
  * exact dtypes; each binding still checks what it is given (type, dims,
  * sizes) so a wrong call raises instead of crashing, then runs its kernel
  * with the GIL released. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <math.h>
 #include <string.h>
@@ -21,31 +21,12 @@
 #include "analysis/similarity.h"
 #include "kernels/cross_entropy.h"
 
-/* A borrowed C-contiguous aligned array of dtype `type` with `ndim` dims
- * (-1: any), or NULL with TypeError/ValueError naming `name`. */
+/* A borrowed C-contiguous aligned native-order array of dtype `type` with
+ * `ndim` dims (-1: any), or NULL with TypeError/ValueError naming `name`. */
 static PyArrayObject *arr_arg(PyObject *obj, const char *name, int type, int ndim)
 {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a NumPy array, got %s", name,
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyArray_Descr *want = PyArray_DescrFromType(type);
-        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous %S array, got dtype %S",
-                     name, (PyObject *)want, (PyObject *)PyArray_DESCR(a));
-        Py_XDECREF(want);
-        return NULL;
-    }
-    if (mi_py_native_order(a, name) < 0) return NULL;
-    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        char buf[128];
-        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got shape %s", name, ndim,
-                     mi_py_shape_str(a, buf));
-        return NULL;
-    }
-    return a;
+    mi_arg a = MI_ARG(name, type, MI_ARG_EXACT, ndim < 0 ? 0 : ndim, ndim < 0 ? NPY_MAXDIMS : ndim);
+    return mi_arg_borrow(obj, &a);
 }
 
 /* float32 or float64 data array: sets *f64. */
@@ -368,27 +349,10 @@ static PyObject *py_kde_nd(PyObject *m, PyObject *args)
 /* Element strides of a float32 [B, P, H, D] view whose last dim is contiguous. */
 static int qk_view(PyObject *obj, const char *name, PyArrayObject **out, int64_t st[3])
 {
-    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32
-        || PyArray_NDIM((PyArrayObject *)obj) != 4) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a 4-D float32 array [batch, pos, head, "
-                     "d_head]", name);
-        return -1;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (mi_py_native_order(a, name) < 0) return -1;
-    npy_intp *s = PyArray_STRIDES(a);
-    if (PyArray_SIZE(a) == 0) {   /* NumPy gives empty arrays 0 strides: nothing is read */
-        st[0] = st[1] = st[2] = 0;
-        *out = a;
-        return 0;
-    }
-    if (!PyArray_ISALIGNED(a) || (s[3] != 4 && PyArray_DIM(a, 3) > 1)
-        || s[0] % 4 || s[1] % 4 || s[2] % 4) {
-        PyErr_Format(PyExc_ValueError, "%s: the last dimension must be contiguous", name);
-        return -1;
-    }
-    for (int i = 0; i < 3; i++) st[i] = s[i] / 4;
-    *out = a;
+    mi_arg a = MI_ARG(name, NPY_FLOAT32, MI_ARG_EXACT | MI_ARG_STRIDED, 4, 4);
+    if (!(*out = mi_arg_borrow(obj, &a))) return -1;
+    npy_intp *s = PyArray_STRIDES(*out);
+    for (int i = 0; i < 3; i++) st[i] = PyArray_SIZE(*out) ? s[i] / 4 : 0;   /* empty: nothing is read */
     return 0;
 }
 

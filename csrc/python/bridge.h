@@ -62,14 +62,6 @@ PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *sha
  * a Buffer. *data receives its first element. Contents uninitialised. */
 PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float **data);
 
-/* Accept `obj` as a float32 C-contiguous array for argument `name`:
- * float32 C-contiguous ndarrays are used in place (a new reference), other
- * float arrays or sequences of floats are converted once, anything else
- * (integer, bool, complex, object dtypes) raises TypeError naming the argument.
- * ndim must be within [min_ndim, max_ndim] (ValueError naming the shape).
- * Returns NULL with an exception set on failure. */
-PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim);
-
 /* A one-slot cache of released memory: a loop that drops each large result
  * (an activation arena, a similarity matrix) before the next call gets warm,
  * already faulted-in pages back instead of fresh ones. Its owner (a model,
@@ -90,14 +82,6 @@ void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got);
  * block goes back to s instead of being freed. On failure the memory is
  * returned to s and NULL returned with an exception set. */
 PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes);
-
-/* 0 when `a` is in this machine's byte order; else -1 with a TypeError naming
- * argument `name` (for arrays the C core writes into or keeps, which cannot be
- * converted behind the caller's back). */
-int mi_py_native_order(PyArrayObject *a, const char *name);
-
-/* "(2, 3, 4)" for error messages; buf must hold 128 bytes. */
-const char *mi_py_shape_str(PyArrayObject *a, char *buf);
 
 /* --- The model for training (model_py.c) ---------------------------------- */
 

@@ -6,15 +6,13 @@
  * in a Buffer BEFORE the pass (hooks and the cache get views whose base is
  * that Buffer) and runs the pass with the GIL released; at CALLBACK points the
  * C hook re-acquires the GIL and calls the Python dispatcher. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <math.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "common/memory.h"
-#include "kernels/attention.h"
-#include "kernels/norm.h"
 #include "model/transformer.h"
 
 typedef struct {
@@ -198,35 +196,27 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U])
         return PyErr_Format(PyExc_ValueError, "set_param(%s): the unembedding is tied to embed.W_E "
                             "(set tied_unembed = False first)", name);
-    if (!PyArray_Check(obj))
-        return PyErr_Format(PyExc_TypeError, "set_param(%s): expected a numpy.ndarray, got %s",
-                            name, Py_TYPE(obj)->tp_name);
-    PyArrayObject *a = (PyArrayObject *)obj;
-    char buf[128];
-    if (PyArray_TYPE(a) != NPY_FLOAT32)
-        return PyErr_Format(PyExc_TypeError, "set_param(%s): expected float32, got dtype %S", name,
-                            (PyObject *)PyArray_DESCR(a));
+    /* read in place for the model's life: the float32 bytes as they are */
     char who[96];
     snprintf(who, sizeof who, "set_param(%s)", name);
-    if (mi_py_native_order(a, who) < 0) return NULL;
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a))
-        return PyErr_Format(PyExc_ValueError, "set_param(%s): the array must be C-contiguous and "
-                            "aligned (shape %s)", name, mi_py_shape_str(a, buf));
+    mi_arg arg = MI_ARG(who, NPY_FLOAT32, MI_ARG_EXACT, 0, 32);
+    if (mi_arg_convert(obj, &arg) < 0) return NULL;
+    PyArrayObject *a = arg.arr;
+    char buf[128], want[128];
     npy_intp numel = 1;
     for (int k = 0; k < p->ndim; k++) numel *= (npy_intp)p->shape[k];
     if (PyArray_SIZE(a) != numel) {
-        char want[128];
-        int n = 0;
-        want[0] = 0;
+        int n = snprintf(want, sizeof want, "(");    /* the parameter's shape, as "(4, 64)" */
         for (int k = 0; k < p->ndim; k++)
-            n += snprintf(want + n, sizeof want - (size_t)n, k ? ", %ld" : "(%ld", (long)p->shape[k]);
+            n += snprintf(want + n, sizeof want - (size_t)n, k ? ", %ld" : "%ld", (long)p->shape[k]);
         snprintf(want + n, sizeof want - (size_t)n, ")");
-        return PyErr_Format(PyExc_ValueError, "set_param(%s): expected %ld elements %s, got shape %s",
-                            name, (long)numel, want, mi_py_shape_str(a, buf));
+        PyErr_Format(PyExc_ValueError, "set_param(%s): expected %ld elements %s, got shape %s",
+                     name, (long)numel, want, mi_py_shape_str(a, buf));
+        mi_arg_release(&arg);
+        return NULL;
     }
-    Py_INCREF(obj);
     if (!mo->external[i]) mo->tf.n_external++;
-    Py_XSETREF(mo->external[i], obj);
+    Py_XSETREF(mo->external[i], (PyObject *)a);   /* the converter's reference: the model keeps it */
     p->data = (float *)PyArray_DATA(a);
     Py_RETURN_NONE;
 }
@@ -322,21 +312,6 @@ static mi_status py_hook(void *ctx, int point, const mi_tensor_view *v)
     return st;
 }
 
-/* An int64 C-contiguous [B,T] array from `obj` (argument `name`), or NULL. */
-static PyArrayObject *int64_arg(PyObject *obj, const char *name, npy_intp B, npy_intp T)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_INT64, 2, 2, NPY_ARRAY_CARRAY_RO);
-    if (!a) return NULL;
-    if (B >= 0 && (PyArray_DIM(a, 0) != B || PyArray_DIM(a, 1) != T)) {
-        char buf[128];
-        PyErr_Format(PyExc_ValueError, "%s: expected shape (%ld, %ld) like tokens, got %s", name,
-                     (long)B, (long)T, mi_py_shape_str(a, buf));
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
-}
-
 PyDoc_STRVAR(forward_doc,
 "forward(tokens, flags, callback=None, pos_ids=None, key_mask=None, stop_layer=-1,\n"
 "        resid=None, start_layer=-1)\n--\n\n"
@@ -352,14 +327,17 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
                              "resid", "start_layer", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
-    PyObject *tok_obj, *cb = Py_None, *pos_obj = Py_None, *mask_obj = Py_None, *resid_obj = Py_None;
+    PyObject *tok_obj, *cb = Py_None, *resid_obj = Py_None;
+    mi_arg tokens = MI_ARG_INT64("tokens", 2, 2), resid = MI_ARG_FLOAT("input (residual stream)", 3, 3);
+    mi_arg pos = MI_ARG("pos_ids", NPY_INT64, MI_ARG_OPTIONAL, 2, 2);
+    mi_arg mask = MI_ARG("attention_mask", NPY_FLOAT32, MI_ARG_OPTIONAL, 2, 2);
     Py_buffer flags;
     int stop = -1, start = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OOOiOi:forward", kwlist, &tok_obj, &flags, &cb,
-                                     &pos_obj, &mask_obj, &stop, &resid_obj, &start))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OO&O&iOi:forward", kwlist, &tok_obj, &flags, &cb,
+                                     mi_conv_array, &pos, mi_conv_array, &mask, &stop, &resid_obj,
+                                     &start))
         return NULL;
     const mi_tf_spec *s = &mo->tf.spec;
-    PyArrayObject *tokens = NULL, *pos = NULL, *mask = NULL, *resid = NULL;
     PyObject *arena_owner = NULL, *out = NULL, *cache = NULL, *res = NULL;
     mi_tf_plan plan = {0};
     int np = mi_tf_n_points(s);
@@ -371,32 +349,23 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "callback: expected a callable or None");
         goto done;
     }
-    npy_intp B, T;
+    npy_intp bt[2];
     if (start >= 0) {
         char buf[128];
-        if (!(resid = mi_py_float_arg(resid_obj, "input (residual stream)", 3, 3))) goto done;
-        if (PyArray_DIM(resid, 2) != s->d_model) {
+        if (mi_arg_convert(resid_obj, &resid) < 0) goto done;
+        if (PyArray_DIM(resid.arr, 2) != s->d_model) {
             PyErr_Format(PyExc_ValueError, "input (residual stream): expected [batch, pos, d_model=%ld], "
-                         "got %s", (long)s->d_model, mi_py_shape_str(resid, buf));
+                         "got %s", (long)s->d_model, mi_py_shape_str(resid.arr, buf));
             goto done;
         }
-        B = PyArray_DIM(resid, 0);
-        T = PyArray_DIM(resid, 1);
+        memcpy(bt, PyArray_DIMS(resid.arr), sizeof bt);
     } else {
-        if (!(tokens = int64_arg(tok_obj, "tokens", -1, -1))) goto done;
-        B = PyArray_DIM(tokens, 0);
-        T = PyArray_DIM(tokens, 1);
+        if (mi_arg_convert(tok_obj, &tokens) < 0) goto done;
+        memcpy(bt, PyArray_DIMS(tokens.arr), sizeof bt);
     }
-    if (pos_obj != Py_None && !(pos = int64_arg(pos_obj, "pos_ids", B, T))) goto done;
-    if (mask_obj != Py_None) {
-        if (!(mask = mi_py_float_arg(mask_obj, "key_mask", 2, 2))) goto done;
-        if (PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != T) {
-            char buf[128];
-            PyErr_Format(PyExc_ValueError, "attention_mask: expected shape (%ld, %ld) like tokens, "
-                         "got %s", (long)B, (long)T, mi_py_shape_str(mask, buf));
-            goto done;
-        }
-    }
+    npy_intp B = bt[0], T = bt[1];
+    if (pos.arr && mi_arg_shape(&pos, 2, bt, "like tokens") < 0) goto done;
+    if (mask.arr && mi_arg_shape(&mask, 2, bt, "like tokens") < 0) goto done;
     if (stop < 0) stop = (int)s->n_layers;
     const uint8_t *fl = flags.buf;
     mi_status st = mi_tf_plan_call(&mo->tf, B, T, start, stop, fl, &plan);
@@ -408,10 +377,8 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (!arena && !(arena = mi_malloc(arena_bytes))) { PyErr_NoMemory(); goto done; }
     if (!(arena_owner = mi_py_spare_buffer(module, mo->arenas, arena, arena_bytes))) goto done;
     hook_ctx hc = {cb, arena_owner};
-    const int64_t *tk = tokens ? PyArray_DATA(tokens) : NULL;
-    const float *rd = resid ? PyArray_DATA(resid) : NULL;
-    const int64_t *pd = pos ? PyArray_DATA(pos) : NULL;
-    const float *md = mask ? PyArray_DATA(mask) : NULL;
+    const int64_t *tk = mi_arg_data(&tokens), *pd = mi_arg_data(&pos);
+    const float *rd = mi_arg_data(&resid), *md = mi_arg_data(&mask);
     /* a callback point without a callback is only a cache point */
     mo->running++;
     Py_BEGIN_ALLOW_THREADS
@@ -436,7 +403,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
 done:
     PyBuffer_Release(&flags);
     mi_tf_plan_free(&plan);
-    Py_XDECREF(tokens); Py_XDECREF(pos); Py_XDECREF(mask); Py_XDECREF(resid);
+    mi_arg_release(&tokens); mi_arg_release(&pos); mi_arg_release(&mask); mi_arg_release(&resid);
     Py_XDECREF(arena_owner); Py_XDECREF(out); Py_XDECREF(cache);
     return res;
 }
@@ -560,161 +527,8 @@ static PyType_Spec model_spec = {
     .slots = model_slots,
 };
 
-/* ---- test bindings of the forward-only kernels the model uses ---- */
-
-/* An optional float32 vector argument of length d (None -> NULL array). */
-static int opt_vec(PyObject *obj, const char *name, npy_intp d, PyArrayObject **out)
-{
-    *out = NULL;
-    if (obj == Py_None) return 0;
-    if (!(*out = mi_py_float_arg(obj, name, 1, 1))) return -1;
-    if (PyArray_DIM(*out, 0) != d) {
-        PyErr_Format(PyExc_ValueError, "%s: expected length %ld, got %ld", name, (long)d,
-                     (long)PyArray_DIM(*out, 0));
-        Py_CLEAR(*out);
-        return -1;
-    }
-    return 0;
-}
-
-PyDoc_STRVAR(tl_norm_doc,
-"_tl_norm(x, w=None, b=None, centre=True, eps=1e-5, x_add=None, mode='fused')\n--\n\n"
-"Test binding: TransformerLens's forward norm (kernels/norm.h) of x [rows, d].\n"
-"mode 'fused' (mi_tl_norm; x_add adds a residual first), 'split' (mi_tl_norm_scale,\n"
-"mi_tl_norm_apply without weights, mi_tl_norm_affine: the hooked path) or 'ref'\n"
-"(mi_tl_norm_ref, scalar). Returns (out or None, normalized, scale, x_sum or None).");
-
-static PyObject *py_tl_norm(PyObject *module, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"x", "w", "b", "centre", "eps", "x_add", "mode", NULL};
-    PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None, *add_obj = Py_None;
-    int centre = 1;
-    double eps = 1e-5;
-    const char *mode = "fused";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOpdOs:_tl_norm", kwlist, &x_obj, &w_obj, &b_obj,
-                                     &centre, &eps, &add_obj, &mode))
-        return NULL;
-    int fused = !strcmp(mode, "fused"), split = !strcmp(mode, "split"), ref = !strcmp(mode, "ref");
-    if (!fused && !split && !ref)
-        return PyErr_Format(PyExc_ValueError, "mode: expected 'fused', 'split' or 'ref', got '%s'", mode);
-    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *xa = NULL;
-    PyObject *out = Py_None, *yn = NULL, *sc = NULL, *xs = Py_None, *res = NULL;
-    Py_INCREF(out); Py_INCREF(xs);
-    if (!(x = mi_py_float_arg(x_obj, "x", 2, 2))) goto done;
-    npy_intp rows = PyArray_DIM(x, 0), d = PyArray_DIM(x, 1);
-    if (opt_vec(w_obj, "w", d, &w) < 0 || opt_vec(b_obj, "b", d, &b) < 0) goto done;
-    if (b && !w) { PyErr_SetString(PyExc_ValueError, "b: needs w"); goto done; }
-    if (add_obj != Py_None) {
-        char s1[128], s2[128];
-        if (split) { PyErr_SetString(PyExc_ValueError, "x_add: only with mode 'fused' or 'ref'"); goto done; }
-        if (!(xa = mi_py_float_arg(add_obj, "x_add", 2, 2))) goto done;
-        if (PyArray_DIM(xa, 0) != rows || PyArray_DIM(xa, 1) != d) {
-            PyErr_Format(PyExc_ValueError, "x_add: expected the shape of x %s, got %s",
-                         mi_py_shape_str(x, s1), mi_py_shape_str(xa, s2));
-            goto done;
-        }
-    }
-    npy_intp shape[2] = {rows, d};
-    float *od = NULL, *nd, *sd, *xsd = NULL;
-    if (w) { Py_DECREF(out); if (!(out = mi_py_empty(module, 2, shape, &od))) goto done; }
-    if (xa) { Py_DECREF(xs); if (!(xs = mi_py_empty(module, 2, shape, &xsd))) goto done; }
-    if (!(yn = mi_py_empty(module, 2, shape, &nd)) || !(sc = mi_py_empty(module, 1, shape, &sd))) goto done;
-    {
-        const float *xd = PyArray_DATA(x), *ad = xa ? PyArray_DATA(xa) : NULL;
-        const float *wd = w ? PyArray_DATA(w) : NULL, *bd = b ? PyArray_DATA(b) : NULL;
-        Py_BEGIN_ALLOW_THREADS
-        if (fused) mi_tl_norm(centre, xd, ad, xsd, wd, bd, (float)eps, rows, d, sd, nd, od);
-        else if (ref) mi_tl_norm_ref(centre, xd, ad, xsd, wd, bd, (float)eps, rows, d, sd, nd, od);
-        else {
-            mi_tl_norm_scale(centre, xd, (float)eps, rows, d, sd);
-            mi_tl_norm_apply(centre, xd, sd, NULL, NULL, rows, d, nd, NULL);
-            if (wd) mi_tl_norm_affine(nd, wd, bd, rows, d, od);
-        }
-        Py_END_ALLOW_THREADS
-    }
-    res = PyTuple_Pack(4, out, yn, sc, xs);
-done:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(xa);
-    Py_XDECREF(out); Py_XDECREF(yn); Py_XDECREF(sc); Py_XDECREF(xs);
-    return res;
-}
-
-PyDoc_STRVAR(attn_fused_doc,
-"_attn_fused(q, k, v, causal=True, padding_mask=None, scale=None, keep=False)\n--\n\n"
-"Test binding: mi_attn_fused (kernels/attention.h) on q, k, v [batch, pos, head,\n"
-"d_head] float32; padding_mask [batch, pos] float32 (0 masks a key); scale\n"
-"defaults to 1/sqrt(d_head). Returns (z, scores, pattern), scores and pattern\n"
-"[batch, head, pos, pos] when keep=True, else None (per-thread scratch).");
-
-static PyObject *py_attn_fused(PyObject *module, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"q", "k", "v", "causal", "padding_mask", "scale", "keep", NULL};
-    PyObject *qo, *ko, *vo, *mo = Py_None, *scale_obj = Py_None;
-    int causal = 1, keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pOOp:_attn_fused", kwlist, &qo, &ko, &vo,
-                                     &causal, &mo, &scale_obj, &keep))
-        return NULL;
-    PyArrayObject *a[3] = {NULL, NULL, NULL}, *mask = NULL;
-    PyObject *z = NULL, *sc = Py_None, *pat = Py_None, *res = NULL;
-    Py_INCREF(sc); Py_INCREF(pat);
-    static const char *names[3] = {"q", "k", "v"};
-    PyObject *objs[3] = {qo, ko, vo};
-    for (int i = 0; i < 3; i++) {
-        if (!(a[i] = mi_py_float_arg(objs[i], names[i], 4, 4))) goto done;
-        if (i && !PyArray_SAMESHAPE(a[i], a[0])) {
-            char s1[128], s2[128];
-            PyErr_Format(PyExc_ValueError, "%s: expected the shape of q %s, got %s", names[i],
-                         mi_py_shape_str(a[0], s1), mi_py_shape_str(a[i], s2));
-            goto done;
-        }
-    }
-    npy_intp B = PyArray_DIM(a[0], 0), T = PyArray_DIM(a[0], 1), H = PyArray_DIM(a[0], 2),
-             Dh = PyArray_DIM(a[0], 3);
-    if (mo != Py_None) {
-        if (!(mask = mi_py_float_arg(mo, "padding_mask", 2, 2))) goto done;
-        if (PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != T) {
-            PyErr_SetString(PyExc_ValueError, "padding_mask: expected [batch, pos] like q");
-            goto done;
-        }
-    }
-    double scale = scale_obj == Py_None ? 1.0 / sqrt((double)Dh) : PyFloat_AsDouble(scale_obj);
-    if (PyErr_Occurred()) goto done;
-    npy_intp zshape[4] = {B, T, H, Dh}, pshape[4] = {B, H, T, T};
-    float *zd, *sd = NULL, *pd = NULL;
-    if (!(z = mi_py_empty(module, 4, zshape, &zd))) goto done;
-    if (keep) {
-        Py_DECREF(sc); Py_DECREF(pat);
-        sc = pat = NULL;
-        if (!(sc = mi_py_empty(module, 4, pshape, &sd)) || !(pat = mi_py_empty(module, 4, pshape, &pd)))
-            goto done;
-    }
-    {
-        mi_attn_layout L = {B, T, H, Dh, H * Dh, T * H * Dh};
-        const float *md = mask ? PyArray_DATA(mask) : NULL;
-        mi_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = mi_attn_fused(&L, PyArray_DATA(a[0]), PyArray_DATA(a[1]), PyArray_DATA(a[2]),
-                           (float)scale, causal, md, sd, pd, zd);
-        Py_END_ALLOW_THREADS
-        if (st != MI_OK) { mi_py_raise(st); goto done; }
-    }
-    res = PyTuple_Pack(3, z, sc, pat);
-done:
-    for (int i = 0; i < 3; i++) Py_XDECREF(a[i]);
-    Py_XDECREF(mask); Py_XDECREF(z); Py_XDECREF(sc); Py_XDECREF(pat);
-    return res;
-}
-
-static PyMethodDef model_kernel_methods[] = {
-    {"_tl_norm", (PyCFunction)(void (*)(void))py_tl_norm, METH_VARARGS | METH_KEYWORDS, tl_norm_doc},
-    {"_attn_fused", (PyCFunction)(void (*)(void))py_attn_fused, METH_VARARGS | METH_KEYWORDS,
-     attn_fused_doc},
-    {NULL, NULL, 0, NULL},
-};
-
 int mi_py_model_exec(PyObject *m)
 {
-    if (PyModule_AddFunctions(m, model_kernel_methods) < 0) return -1;
     PyObject *tp = PyType_FromModuleAndSpec(m, &model_spec, NULL);
     if (!tp) return -1;
     mi_state(m)->model_type = (PyTypeObject *)tp;

@@ -3,22 +3,19 @@
  * Owns one loaded tokenizer and one scratch (word cache) guarded by a lock, so the object
  * can be shared between Python threads; encoding and decoding run with the GIL released and
  * the lock held (add_special, which may grow the tables, takes the same lock). Batch encoding
- * spreads texts over OpenMP threads, each with its own scratch (the output ids do not
- * depend on the thread count: every text is encoded independently). */
+ * runs in the core (io/bpe_batch.h) with the object's pool of per-thread scratches. */
 #include "python/bridge.h"
 
-#include <omp.h>
 #include <pythread.h>
 
-#include "common/threads.h"
+#include "io/bpe_batch.h"
 #include "io/bpe_tokenizer.h"
 
 typedef struct {
     PyObject_HEAD
     mi_bpe_tokenizer *tok;
     mi_bpe_scratch *scratch;
-    mi_bpe_scratch **thread_scratch;   /* one per extra OpenMP thread, kept warm between calls */
-    int n_thread_scratch;
+    mi_bpe_pool pool;                  /* scratches of encode_batch's other threads */
     PyThread_type_lock lock;
 } TokObject;
 
@@ -83,8 +80,7 @@ static void tok_dealloc(TokObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     mi_bpe_free(self->tok);
     mi_bpe_scratch_free(self->scratch);
-    for (int i = 0; i < self->n_thread_scratch; i++) mi_bpe_scratch_free(self->thread_scratch[i]);
-    free(self->thread_scratch);
+    mi_bpe_pool_free(&self->pool);
     if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -163,9 +159,8 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     const char **ptr = PyMem_Calloc((size_t)nt + 1, sizeof(char *));
     size_t *len = PyMem_Calloc((size_t)nt + 1, sizeof(size_t));
     mi_bpe_ids *out = PyMem_Calloc((size_t)nt + 1, sizeof(mi_bpe_ids));
-    mi_status *status = PyMem_Calloc((size_t)nt + 1, sizeof(mi_status));
     PyObject *result = NULL;
-    if (!ptr || !len || !out || !status) { PyErr_NoMemory(); goto done; }
+    if (!ptr || !len || !out) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < nt; i++) {
         PyObject *t = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyUnicode_Check(t)) {
@@ -177,52 +172,13 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
         if (!ptr[i]) goto done;
         len[i] = (size_t)n;
     }
-    int failed = -1;
+    mi_status st;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    int nthreads = mi_get_num_threads();
-    if (nthreads > nt) nthreads = (int)nt;
-    if (nthreads > 1 && self->n_thread_scratch < nthreads - 1) {     /* under the lock */
-        mi_bpe_scratch **more = realloc(self->thread_scratch, (size_t)(nthreads - 1) * sizeof *more);
-        if (more) {
-            self->thread_scratch = more;
-            while (self->n_thread_scratch < nthreads - 1) {
-                mi_bpe_scratch *sc = mi_bpe_scratch_new();
-                if (!sc) break;
-                more[self->n_thread_scratch++] = sc;
-            }
-        }
-        if (self->n_thread_scratch < nthreads - 1) nthreads = self->n_thread_scratch + 1;
-    }
-    if (nthreads <= 1) {
-        for (Py_ssize_t i = 0; i < nt && failed < 0; i++) {
-            status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &out[i]);
-            if (status[i] != MI_OK) failed = (int)i;
-        }
-    } else {
-        /* each thread its own scratch (word cache); errors are only flagged here and
-         * reproduced serially below (messages are thread-local) */
-        #pragma omp parallel num_threads(nthreads)
-        {
-            int me = omp_get_thread_num();
-            mi_bpe_scratch *sc = me == 0 ? self->scratch : self->thread_scratch[me - 1];
-            #pragma omp for schedule(dynamic, 16)
-            for (Py_ssize_t i = 0; i < nt; i++)
-                status[i] = mi_bpe_encode(self->tok, sc, ptr[i], len[i], flags, &out[i]);
-        }
-        for (Py_ssize_t i = 0; i < nt; i++)
-            if (status[i] != MI_OK) {
-                failed = (int)i;
-                mi_bpe_ids again = {0};
-                status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &again);
-                mi_bpe_ids_free(&again);
-                if (status[i] == MI_OK) status[i] = mi_fail(MI_ERR_NOMEM, "encode_batch: out of memory");
-                break;
-            }
-    }
+    st = mi_bpe_encode_batch(self->tok, self->scratch, &self->pool, ptr, len, (size_t)nt, flags, out);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
-    if (failed >= 0) { mi_py_raise(status[failed]); goto done; }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
     /* many small lists: keep the cyclic GC from rescanning the heap while they are built */
     int gc_was_enabled = PyGC_Disable();
     result = PyList_New(nt);
@@ -234,7 +190,7 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     if (gc_was_enabled) PyGC_Enable();
 done:
     if (out) for (Py_ssize_t i = 0; i < nt; i++) mi_bpe_ids_free(&out[i]);
-    PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(out); PyMem_Free(status);
+    PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(out);
     Py_DECREF(seq);
     return result;
 }
