@@ -96,8 +96,9 @@ static PyArrayObject *as_is(const mi_arg *a, PyObject *obj)
                          layout, (PyObject *)want, PyArray_ISWRITEABLE(arr) ? "dtype " : "read-only ",
                          (PyObject *)PyArray_DESCR(arr));
         else if (!kind_ok)
-            PyErr_Format(PyExc_TypeError, "%s: expected %S, got dtype %S", a->name, (PyObject *)want,
-                         (PyObject *)PyArray_DESCR(arr));
+            PyErr_Format(PyExc_TypeError, "%s: expected %S, got dtype %S (a%s %S array is read in "
+                         "place)", a->name, (PyObject *)want, (PyObject *)PyArray_DESCR(arr),
+                         strided ? "n aligned" : layout, (PyObject *)want);
         else
             PyErr_Format(PyExc_ValueError, "%s: the array must be %s (shape %s)", a->name,
                          strided ? "aligned with at most 4 dims" : "C-contiguous and aligned",
