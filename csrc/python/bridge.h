@@ -42,6 +42,9 @@ static inline mi_module_state *mi_state(PyObject *module)
 /* Set the Python exception for a failed status and return NULL. MI_ERR_CALLBACK
  * means a Python exception is already set and is left as it is. */
 PyObject *mi_py_raise(mi_status status);
+/* mi_py_raise, except that an I/O failure with errno `err` becomes the OSError
+ * subclass errno calls for (FileNotFoundError, IsADirectoryError, ...). */
+PyObject *mi_py_raise_os(mi_status status, int err);
 
 /* --- Buffers and arrays (array.c) --------------------------------------- */
 

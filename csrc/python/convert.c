@@ -264,3 +264,52 @@ int mi_py_scale_arg(PyObject *obj, int64_t d_head, double *scale)
     return *scale == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+
+PyObject *mi_py_text_arg(PyObject *obj, const char *name)
+{
+    if (PyUnicode_Check(obj)) return PyUnicode_AsUTF8String(obj);
+    if (PyBytes_Check(obj)) return Py_NewRef(obj);
+    return PyErr_Format(PyExc_TypeError, "%s: expected str or bytes, got %s", name, Py_TYPE(obj)->tp_name);
+}
+
+int mi_py_ids_arg(PyObject *obj, const char *who, int32_t **data, size_t *n)
+{
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: ids must be a sequence of integers", who);
+    PyObject *seq = PySequence_Fast(obj, msg);
+    if (!seq) return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+    int32_t *ids = PyMem_Malloc(((size_t)len + 1) * sizeof(int32_t));
+    if (!ids) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long long v;
+        int overflow = 0;
+        if (PyLong_CheckExact(items[i])) {          /* the common case: no Index round trip */
+            v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+        } else {
+            PyObject *x = PyNumber_Index(items[i]);
+            if (!x) {
+                PyErr_Format(PyExc_TypeError, "%s: ids[%zd] is not an integer", who, i);
+                goto fail;
+            }
+            v = PyLong_AsLongLongAndOverflow(x, &overflow);
+            Py_DECREF(x);
+        }
+        if (overflow) v = INT64_MIN;
+        if (v < INT32_MIN || v > INT32_MAX) {
+            PyErr_Format(PyExc_IndexError, "%s: token id %lld (position %zd) is not in the vocabulary",
+                         who, v, i);
+            goto fail;
+        }
+        ids[i] = (int32_t)v;
+    }
+    Py_DECREF(seq);
+    *data = ids;
+    *n = (size_t)len;
+    return 0;
+fail:
+    Py_DECREF(seq);
+    PyMem_Free(ids);
+    return -1;
+}

@@ -95,6 +95,16 @@ const char *mi_py_shape_str(PyArrayObject *a, char *buf);
 /* Product of all but the last dimension (rows of a row-wise kernel). */
 npy_intp mi_py_rows(PyArrayObject *a);
 
+/* A text argument (an in-memory file): str, UTF-8 encoded, or bytes, as a new
+ * bytes object; NULL with TypeError naming `name`. */
+PyObject *mi_py_text_arg(PyObject *obj, const char *name);
+
+/* Token ids: any sequence of integers (list, tuple, NumPy array) as a PyMem
+ * block of int32 (free with PyMem_Free) and its length; TypeError for a
+ * non-integer, IndexError for an id outside int32 (no vocabulary has it),
+ * each naming `who` and the position. 0, or -1 with the exception set. */
+int mi_py_ids_arg(PyObject *obj, const char *who, int32_t **data, size_t *n);
+
 /* Attention inputs: q, k, v [batch, pos, head, d_head] of one shape, or (k and
  * v None) q the fused qkv [batch, pos, 3, head, d_head] (Hugging Face's c_attn
  * output viewed 5-D), read in place through the layout. Fills qkv (release

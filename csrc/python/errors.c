@@ -21,3 +21,14 @@ PyObject *mi_py_raise(mi_status status)
     PyErr_SetString(exc, mi_last_error());
     return NULL;
 }
+
+PyObject *mi_py_raise_os(mi_status status, int err)
+{
+    if (status != MI_ERR_IO || err == 0) return mi_py_raise(status);
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, mi_last_error());
+    if (exc) {   /* OSError(errno, msg) is the subclass errno calls for */
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}

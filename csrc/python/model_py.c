@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include "common/memory.h"
+#include "model/params.h"
 #include "model/transformer.h"
 
 typedef struct {
@@ -130,20 +131,13 @@ PyDoc_STRVAR(params_doc, "params()\n--\n\nA dict: parameter name -> float32 view
              "parameter blob, or the array given to set_param (writable when it is). With "
              "tied_unembed, unembed.W_U is the [D, V] transposed view of embed.W_E.");
 
-static int table_index(const mi_transformer *tf, const char *name)
-{
-    for (int i = 0; i < tf->n_table; i++)
-        if (strcmp(tf->table[i].name, name) == 0) return i;
-    return -1;
-}
-
 static PyObject *model_params(PyObject *self, PyObject *unused)
 {
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     PyObject *d = PyDict_New();
     if (!d) return NULL;
-    int i_we = table_index(&mo->tf, "embed.W_E");
+    int i_we = mi_tf_param_index(&mo->tf, "embed.W_E");
     for (int i = 0; i < mo->tf.n_table; i++) {
         const mi_tf_param *p = &mo->tf.table[i];
         npy_intp shape[4], strides[4], *st = NULL;
@@ -152,7 +146,7 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
         float *data = mo->tf.params + p->offset;
         int writable = 1;
         int src = i;
-        if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U]) {
+        if (mi_tf_param_is_tied(&mo->tf, i)) {
             /* W_U [D, V] = W_E^T: the same memory, strided */
             src = i_we;
             strides[0] = (npy_intp)sizeof(float);
@@ -189,13 +183,10 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "sO:set_param", &name, &obj)) return NULL;
     if (mo->running)
         return PyErr_Format(PyExc_RuntimeError, "set_param(%s): a forward pass is running", name);
-    int i = table_index(&mo->tf, name);
+    int i = mi_tf_param_index(&mo->tf, name);
     if (i < 0) return PyErr_Format(PyExc_KeyError, "set_param: the model has no parameter %R",
                                    PyTuple_GET_ITEM(args, 0));
     mi_tf_param *p = &mo->tf.table[i];
-    if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U])
-        return PyErr_Format(PyExc_ValueError, "set_param(%s): the unembedding is tied to embed.W_E "
-                            "(set tied_unembed = False first)", name);
     /* read in place for the model's life: the float32 bytes as they are */
     char who[96];
     snprintf(who, sizeof who, "set_param(%s)", name);
@@ -203,8 +194,7 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     if (mi_arg_convert(obj, &arg) < 0) return NULL;
     PyArrayObject *a = arg.arr;
     char buf[128], want[128];
-    npy_intp numel = 1;
-    for (int k = 0; k < p->ndim; k++) numel *= (npy_intp)p->shape[k];
+    npy_intp numel = (npy_intp)mi_tf_param_numel(&mo->tf, i);
     if (PyArray_SIZE(a) != numel) {
         int n = snprintf(want, sizeof want, "(");    /* the parameter's shape, as "(4, 64)" */
         for (int k = 0; k < p->ndim; k++)
@@ -215,9 +205,12 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
         mi_arg_release(&arg);
         return NULL;
     }
-    if (!mo->external[i]) mo->tf.n_external++;
+    mi_status st = mi_tf_param_set_external(&mo->tf, i, (float *)PyArray_DATA(a));
+    if (st != MI_OK) {
+        mi_arg_release(&arg);
+        return mi_py_raise(st);
+    }
     Py_XSETREF(mo->external[i], (PyObject *)a);   /* the converter's reference: the model keeps it */
-    p->data = (float *)PyArray_DATA(a);
     Py_RETURN_NONE;
 }
 
@@ -226,37 +219,17 @@ PyDoc_STRVAR(materialize_doc,
 "untie the unembedding (W_U = W_E^T copied): afterwards the model owns all of its\n"
 "weights (what training needs). Returns the number of tensors copied.");
 
-static int untie(mi_py_model *mo)
-{
-    mi_transformer *tf = &mo->tf;
-    const float *W_E = mi_tf_tensor(tf, tf->global_off[MI_G_W_E]);
-    float *W_U = tf->params + tf->global_off[MI_G_W_U];
-    int64_t V = tf->spec.d_vocab, D = tf->spec.d_model;
-    /* blocked transpose: W_U [D, V] from W_E [V, D] */
-    for (int64_t v0 = 0; v0 < V; v0 += 64)
-        for (int64_t d = 0; d < D; d++)
-            for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
-    tf->tied_unembed = 0;
-    return 0;
-}
-
 static PyObject *model_materialize(PyObject *self, PyObject *unused)
 {
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     if (mo->running) return PyErr_Format(PyExc_RuntimeError, "materialize: a forward pass is running");
-    if (mo->tf.tied_unembed) untie(mo);
+    mi_tf_untie(&mo->tf);
     long copied = 0;
     for (int i = 0; i < mo->tf.n_table; i++) {
-        mi_tf_param *p = &mo->tf.table[i];
-        if (!mo->external[i]) continue;
-        memcpy(mo->tf.params + p->offset, p->data,
-               sizeof(float) * (size_t)PyArray_SIZE((PyArrayObject *)mo->external[i]));
-        p->data = NULL;
+        copied += mi_tf_param_materialize(&mo->tf, i);
         Py_CLEAR(mo->external[i]);
-        copied++;
     }
-    mo->tf.n_external = 0;
     return PyLong_FromLong(copied);
 }
 
@@ -462,21 +435,14 @@ static int model_set_tied(PyObject *self, PyObject *value, void *c)
     int tie = PyObject_IsTrue(value);
     if (tie < 0) return -1;
     if (mo->running) { PyErr_SetString(PyExc_RuntimeError, "tied_unembed: a forward pass is running"); return -1; }
-    if (tie == mo->tf.tied_unembed) return 0;
-    if (!tie) return untie(mo);
-    const mi_tf_spec *s = &mo->tf.spec;
-    if (s->d_vocab_out != s->d_vocab) {
-        PyErr_Format(PyExc_ValueError, "tied_unembed: needs d_vocab_out == d_vocab, got %ld and %ld",
-                     (long)s->d_vocab_out, (long)s->d_vocab);
-        return -1;
+    if (!tie) {
+        mi_tf_untie(&mo->tf);
+        return 0;
     }
-    int i = table_index(&mo->tf, "unembed.W_U");
-    if (i >= 0 && mo->external[i]) {   /* W_U is no longer read */
-        mo->tf.table[i].data = NULL;
-        Py_CLEAR(mo->external[i]);
-        mo->tf.n_external--;
-    }
-    mo->tf.tied_unembed = 1;
+    int dropped;
+    mi_status st = mi_tf_tie(&mo->tf, &dropped);
+    if (st != MI_OK) { mi_py_raise(st); return -1; }
+    if (dropped >= 0) Py_CLEAR(mo->external[dropped]);
     return 0;
 }
 

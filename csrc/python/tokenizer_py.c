@@ -4,7 +4,7 @@
  * can be shared between Python threads; encoding and decoding run with the GIL released and
  * the lock held (add_special, which may grow the tables, takes the same lock). Batch encoding
  * runs in the core (io/bpe_batch.h) with the object's pool of per-thread scratches. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <pythread.h>
 
@@ -47,14 +47,6 @@ static PyObject *tok_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)tok_alloc(type, tok);
 }
 
-/* Accept str (UTF-8 encoded here) or bytes for an in-memory file. */
-static PyObject *as_bytes(PyObject *o, const char *what)
-{
-    if (PyUnicode_Check(o)) return PyUnicode_AsUTF8String(o);
-    if (PyBytes_Check(o)) { Py_INCREF(o); return o; }
-    return PyErr_Format(PyExc_TypeError, "%s: expected str or bytes, got %s", what, Py_TYPE(o)->tp_name);
-}
-
 static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"vocab_json", "merges", "vocab_name", "merges_name", NULL};
@@ -62,9 +54,9 @@ static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
     const char *vname = "vocab_json", *mname = "merges";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ss:from_strings", kwlist, &v, &m, &vname, &mname))
         return NULL;
-    PyObject *vb = as_bytes(v, "vocab_json");
+    PyObject *vb = mi_py_text_arg(v, "vocab_json");
     if (!vb) return NULL;
-    PyObject *mb = as_bytes(m, "merges");
+    PyObject *mb = mi_py_text_arg(m, "merges");
     if (!mb) { Py_DECREF(vb); return NULL; }
     mi_bpe_tokenizer *tok = NULL;
     mi_status st = mi_bpe_from_memory(PyBytes_AS_STRING(vb), (size_t)PyBytes_GET_SIZE(vb),
@@ -224,54 +216,14 @@ static PyObject *tok_pretokenize(TokObject *self, PyObject *args, PyObject *kw)
     return res;
 }
 
-/* ids: any sequence of integers (list, tuple, NumPy array, ...). */
-static int collect_ids(PyObject *ids_o, mi_bpe_ids *ids)
-{
-    PyObject *seq = PySequence_Fast(ids_o, "decode: ids must be a sequence of integers");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    ids->data = PyMem_Malloc(((size_t)n + 1) * sizeof(int32_t));
-    if (!ids->data) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
-    ids->len = ids->cap = (size_t)n;
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long long v;
-        int overflow = 0;
-        if (PyLong_CheckExact(items[i])) {          /* the common case: no Index round trip */
-            v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
-        } else {
-            PyObject *x = PyNumber_Index(items[i]);
-            if (!x) {
-                PyErr_Format(PyExc_TypeError, "decode: ids[%zd] is not an integer", i);
-                goto fail;
-            }
-            v = PyLong_AsLongLongAndOverflow(x, &overflow);
-            Py_DECREF(x);
-        }
-        if (overflow) v = INT64_MIN;
-        if (v < INT32_MIN || v > INT32_MAX) {
-            PyErr_Format(PyExc_IndexError, "decode: token id %lld (position %zd) is not in the vocabulary", v, i);
-            goto fail;
-        }
-        ids->data[i] = (int32_t)v;
-    }
-    Py_DECREF(seq);
-    return 0;
-fail:
-    Py_DECREF(seq);
-    PyMem_Free(ids->data);
-    ids->data = NULL;
-    return -1;
-}
-
 static PyObject *decode_impl(TokObject *self, PyObject *args, PyObject *kw, int as_str)
 {
     static char *kwlist[] = {"ids", "skip_special", NULL};
     PyObject *ids_o;
     int skip = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:decode", kwlist, &ids_o, &skip)) return NULL;
-    mi_bpe_ids ids;
-    if (collect_ids(ids_o, &ids) < 0) return NULL;
+    mi_bpe_ids ids = {0};
+    if (mi_py_ids_arg(ids_o, "decode", &ids.data, &ids.len) < 0) return NULL;
     mi_bpe_bytes bytes = {0};
     mi_status st;
     Py_BEGIN_ALLOW_THREADS

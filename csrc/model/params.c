@@ -1,0 +1,73 @@
+/* params.c - where the transformer reads each parameter from (params.h). */
+#include "model/params.h"
+
+#include <string.h>
+
+int mi_tf_param_index(const mi_transformer *m, const char *name)
+{
+    for (int i = 0; i < m->n_table; i++)
+        if (strcmp(m->table[i].name, name) == 0) return i;
+    return -1;
+}
+
+int64_t mi_tf_param_numel(const mi_transformer *m, int i)
+{
+    int64_t n = 1;
+    for (int k = 0; k < m->table[i].ndim; k++) n *= m->table[i].shape[k];
+    return n;
+}
+
+int mi_tf_param_is_tied(const mi_transformer *m, int i)
+{
+    return m->tied_unembed && m->table[i].offset == m->global_off[MI_G_W_U];
+}
+
+mi_status mi_tf_param_set_external(mi_transformer *m, int i, float *data)
+{
+    mi_tf_param *p = &m->table[i];
+    if (data && mi_tf_param_is_tied(m, i))
+        return mi_fail(MI_ERR_VALUE, "set_param(%s): the unembedding is tied to embed.W_E "
+                       "(set tied_unembed = False first)", p->name);
+    m->n_external += (data != NULL) - (p->data != NULL);
+    p->data = data;
+    return MI_OK;
+}
+
+int mi_tf_param_materialize(mi_transformer *m, int i)
+{
+    mi_tf_param *p = &m->table[i];
+    if (!p->data) return 0;
+    memcpy(m->params + p->offset, p->data, sizeof(float) * (size_t)mi_tf_param_numel(m, i));
+    mi_tf_param_set_external(m, i, NULL);
+    return 1;
+}
+
+mi_status mi_tf_tie(mi_transformer *m, int *dropped)
+{
+    const mi_tf_spec *s = &m->spec;
+    *dropped = -1;
+    if (m->tied_unembed) return MI_OK;
+    if (s->d_vocab_out != s->d_vocab)
+        return mi_fail(MI_ERR_VALUE, "tied_unembed: needs d_vocab_out == d_vocab, got %ld and %ld",
+                       (long)s->d_vocab_out, (long)s->d_vocab);
+    int i = mi_tf_param_index(m, "unembed.W_U");
+    if (i >= 0 && m->table[i].data) {   /* W_U is no longer read */
+        mi_tf_param_set_external(m, i, NULL);
+        *dropped = i;
+    }
+    m->tied_unembed = 1;
+    return MI_OK;
+}
+
+void mi_tf_untie(mi_transformer *m)
+{
+    if (!m->tied_unembed) return;
+    const float *W_E = mi_tf_tensor(m, m->global_off[MI_G_W_E]);
+    float *W_U = m->params + m->global_off[MI_G_W_U];
+    int64_t V = m->spec.d_vocab, D = m->spec.d_model;
+    /* blocked transpose: W_U [D, V] from W_E [V, D], 64 vocabulary rows at a time */
+    for (int64_t v0 = 0; v0 < V; v0 += 64)
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
+    m->tied_unembed = 0;
+}
