@@ -140,3 +140,13 @@ def test_reve_fourier4d_and_time_patch(rng):
     pos4 = rng.standard_normal((5, 4)).astype(np.float32)
     np.testing.assert_array_equal(_core.reve_fourier4d(swapped(pos4), 16, 4),
                                   _core.reve_fourier4d(pos4, 16, 4))
+
+
+def test_swapped_integer_tokens_and_targets():
+    m = _model()
+    tokens = np.arange(12).reshape(2, 6) % 20
+    swapped_tokens = tokens.astype(np.dtype(np.int64).newbyteorder("S"))
+    np.testing.assert_array_equal(m(swapped_tokens), m(tokens))
+    grads = _core.grad_blob(m._core)
+    want = _core.loss_backward(m._core, tokens, tokens, grads)
+    assert _core.loss_backward(m._core, swapped_tokens, swapped_tokens, _core.grad_blob(m._core)) == want

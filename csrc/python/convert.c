@@ -149,10 +149,12 @@ static PyArrayObject *input(const mi_arg *a, PyObject *obj)
     if (ready(arr, a->dtype)) return arr;
     /* a '>f4' array from a big-endian file, a float64, a strided view, an
      * int32 token array: converted once, as numpy.ascontiguousarray(x, dtype)
-     * would (NULL with NumPy's error when a value does not fit) */
+     * would. Floats round to float32; integers must fit (a uint64 id above
+     * int64's range gets NumPy's casting error rather than wrapping). */
+    int cast = a->dtype == NPY_FLOAT32 ? NPY_ARRAY_FORCECAST : 0;
     PyArrayObject *conv = (PyArrayObject *)PyArray_FromAny(
         (PyObject *)arr, PyArray_DescrFromType(a->dtype), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | cast, NULL);
     Py_DECREF(arr);
     return conv;
 }
