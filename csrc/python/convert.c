@@ -91,9 +91,9 @@ static PyArrayObject *as_is(const mi_arg *a, PyObject *obj)
         if (a->who)          /* one message for every way an element of a list can be wrong */
             PyErr_Format(PyExc_TypeError, "%s: %s must be %s%s %S array of at most 4 dims",
                          a->who, a->name, write ? "a writable" : "an aligned", layout, (PyObject *)want);
-        else if (!kind_ok && write)
+        else if (!kind_ok && write)   /* a flat buffer (workspace, gradient blob): "contiguous" */
             PyErr_Format(PyExc_TypeError, "%s: expected a writable%s %S array, got %s%S", a->name,
-                         layout, (PyObject *)want, PyArray_ISWRITEABLE(arr) ? "dtype " : "read-only ",
+                         strided ? "" : a->max_ndim <= 1 ? " contiguous" : layout, (PyObject *)want, PyArray_ISWRITEABLE(arr) ? "dtype " : "read-only ",
                          (PyObject *)PyArray_DESCR(arr));
         else if (!kind_ok)
             PyErr_Format(PyExc_TypeError, "%s: expected %S, got dtype %S (a%s %S array is read in "
