@@ -28,7 +28,10 @@ from collections import namedtuple
 import math
 
 import numpy as np
-from numpy.lib import _histograms_impl as _np_hist
+try:  # NumPy 2 moved the histogram internals
+    from numpy.lib import _histograms_impl as _np_hist
+except ImportError:  # NumPy 1.x
+    from numpy.lib import histograms as _np_hist
 
 from . import _core
 
