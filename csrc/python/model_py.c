@@ -707,7 +707,7 @@ static PyObject *py_attn_fused(PyObject *module, PyObject *args, PyObject *kw)
             goto done;
     }
     {
-        mi_attn_layout L = {B, T, H, Dh, H * Dh, T * H * Dh};
+        mi_attn_layout L = mi_attn_self_layout(B, T, H, Dh, H * Dh, T * H * Dh);
         const float *md = mask ? PyArray_DATA(mask) : NULL;
         mi_status st;
         Py_BEGIN_ALLOW_THREADS
