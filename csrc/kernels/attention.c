@@ -6,14 +6,11 @@
 #include <stddef.h>
 
 #include "common/memory.h"
+#include "kernels/attention_kernels.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
 
 #include "kernels/softmax.h"
-
-/* attention_avx512.c: C = scale * A @ B for one head's products, nothing packed */
-void mi_attn_product_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                            const float *B, int64_t ldb, float scale, float *C, int64_t ldc);
 
 /* kt[d*T + j] = k[j*rs + d]: K^T of one head, so that the AVX-512 scores
  * product reads keys as vectors along j. */
@@ -165,12 +162,6 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
     mi_free(scratch);
     return MI_OK;
 }
-
-/* attention_backward_avx512.c: one head with direct AVX-512 loops */
-void mi_attn_backward_head_avx512(int64_t T, int64_t D, const float *q, const float *k,
-                                  const float *v, int64_t rs, const float *P, const float *dz,
-                                  int64_t zs, float scale, int causal, float *dq, float *dk,
-                                  float *dv, float *work);
 
 /* forward (per b, h):  S = scale Q K^T (masked -inf);  P = softmax(S);  Z = P V
  * backward as four products and a row softmax backward, all through mi_sgemm

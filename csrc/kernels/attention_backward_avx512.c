@@ -23,6 +23,8 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "kernels/attention_kernels.h"
+
 /* Lanes [0, 16) of a 16-wide chunk starting at x that lie below n. */
 static inline __mmask16 lanes(int64_t x, int64_t n)
 {

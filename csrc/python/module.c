@@ -109,4 +109,5 @@ PyModuleDef mi_core_module = {
     .m_free = core_free,
 };
 
+PyMODINIT_FUNC PyInit__core(void);   /* the one exported symbol (PyMODINIT_FUNC declares none) */
 PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&mi_core_module); }
