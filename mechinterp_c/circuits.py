@@ -14,6 +14,7 @@ import numpy as np
 
 from . import weight_processing
 from .factored_matrix import FactoredMatrix, composition_scores
+from .utils import to_numpy
 
 # right-hand circuit of each composition mode: the reading head's Q, K or V side
 _COMPOSITION_RIGHT = {"Q": lambda m: m.QK, "K": lambda m: m.QK.T, "V": lambda m: m.OV}
@@ -85,9 +86,14 @@ class CircuitsMixin:
     def fold_layer_norm(self, state_dict, fold_biases=True, center_weights=True):
         """``state_dict`` (TransformerLens names) with every norm's weight (and, with
         fold_biases, bias) folded into the next linear layer and the norm parameters
-        removed; for RMS norm pass fold_biases=False, center_weights=False. Returns a new
-        dict; the model is not changed."""
-        return weight_processing.fold_layer_norm(state_dict, self.cfg, fold_biases, center_weights)
+        set to the identity (w = 1, b = 0), as TransformerLens: the dict still loads into
+        this model and computes the same function. For RMS norm pass fold_biases=False,
+        center_weights=False. Returns a new dict; the model is not changed."""
+        folded = weight_processing.fold_layer_norm(state_dict, self.cfg, fold_biases, center_weights)
+        for k, v in state_dict.items():
+            if k not in folded:
+                folded[k] = (np.ones_like if k.endswith(".w") else np.zeros_like)(to_numpy(v))
+        return folded
 
     def center_writing_weights(self, state_dict):
         """``state_dict`` with the weights writing to the residual stream (W_E, W_pos,
