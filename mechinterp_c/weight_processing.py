@@ -278,8 +278,9 @@ def process_weights(state_dict, cfg, fold_ln=True, center_writing_weights=True, 
     fold_ln (LN: biases folded and reading weights centred; RMS: weights only; skipped for
     other norms or when no norm weights are present), center_writing_weights (only for
     LN / LNPre models without final_rms), center_unembed, fold_value_biases (then b_O is
-    re-centred for centred LN models), refactor_factored_attn_matrices. Float32 / float64 inputs keep their dtype; other
-    float dtypes are processed in float32 and cast back. The input dict is not modified.
+    re-centred for centred LN models), refactor_factored_attn_matrices (off by default, as
+    TransformerLens). Float32 / float64 inputs keep their dtype; other float dtypes are
+    processed in float32 and cast back. The input dict is not modified.
     Use ``processed_normalization_type(cfg, fold_ln)`` for the model's new norm type.
     """
     sd = {}

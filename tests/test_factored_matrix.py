@@ -15,7 +15,6 @@ Tolerances (relative to the largest magnitude of the reference result):
   multisets (the two libraries may order them differently); the random
   non-symmetric cores here are well conditioned.
 """
-import warnings
 
 import numpy as np
 import pytest
