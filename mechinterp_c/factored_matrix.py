@@ -171,7 +171,8 @@ class FactoredMatrix:
     def eigenvalues(self):
         """Eigenvalues [..., mdim] (complex) of BA, which are those of AB apart from zeros:
         if BA v = k v then AB (A v) = k (A v)."""
-        return np.linalg.eigvals(self.BA)
+        ev = np.linalg.eigvals(self.BA)   # real dtype when every eigenvalue is real
+        return ev.astype(np.result_type(ev.dtype, np.complex64))
 
     def norm(self):
         """Frobenius norm [...]: sqrt of the sum of squared singular values."""
