@@ -16,6 +16,7 @@
 #include "kernels/attention.h"
 #include "kernels/norm.h"
 #include "model/transformer.h"
+#include "python/model_py.h"
 
 typedef struct {
     PyObject_HEAD
@@ -739,8 +740,7 @@ int mi_py_model_exec(PyObject *m)
     return PyModule_AddObjectRef(m, "Model", tp);
 }
 
-/* For train_py.c: the C transformer behind a _core.Model, or NULL with a
- * TypeError (`module` is the _core module). */
+/* For train_py.c (model_py.h). */
 mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
 {
     if (!PyObject_TypeCheck(obj, mi_state(module)->model_type)) {
