@@ -190,15 +190,16 @@ def grad_close(got, want):
                                            ("cache", True)])
 def test_forward_and_backward_match_float64(rng, Tq, Tk, offset, D, group, causal, padded, layout):
     q, k, v, pad = inputs(rng, layout, Tq, Tk, D, group, padded)
-    scale = 1 / np.sqrt(D)
+    scale = 0.7 / np.sqrt(D)         # not the default 1/sqrt(d_head): the argument is used
     want = reference(q, k, v, causal, offset, pad, scale)
     steps = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
-                                     mode="steps")
+                                     scale=scale, mode="steps")
     check_forward(steps, want, q, k, v, scale)
     # the fused pass runs the very same products and softmax: bitwise the three steps
-    fused = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad)
+    fused = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
+                                     scale=scale)
     z_only, none1, none2 = _core._attention_general(q, k, v, causal=causal, offset=offset,
-                                                    padding_mask=pad, mode="fused_z")
+                                                    padding_mask=pad, scale=scale, mode="fused_z")
     assert none1 is None and none2 is None
     for a, b in zip(fused, steps):
         np.testing.assert_array_equal(a, b)
