@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 65536
@@ -21,13 +22,13 @@
 
 static void gelu_ref(const float *x, float *y, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * SQRT1_2));
 }
 
 static void gelu_tanh_ref(const float *x, float *y, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = 0.5f * v * (1.0f + tanhf(SQRT_2_PI * (v + GELU_C * v * v * v)));
@@ -36,13 +37,13 @@ static void gelu_tanh_ref(const float *x, float *y, int64_t n)
 
 static void relu_ref(const float *x, float *y, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : (x[i] != x[i] ? x[i] : 0.0f);
 }
 
 static void silu_ref(const float *x, float *y, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
 }
 
@@ -59,7 +60,7 @@ typedef void (*span_fn)(const float *x, float *y, int64_t n);
 static void run_chunked(span_fn fn, const float *x, float *y, int64_t n)
 {
     int64_t nchunk = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
         fn(x + i0, y + i0, len);
@@ -102,7 +103,7 @@ void mi_activate(mi_activation act, const float *x, float *y, int64_t n)
  * y' = Phi(x) + x phi(x) */
 static void gelu_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         float cdf = 0.5f * (1.0f + erff(v * SQRT1_2));
@@ -115,7 +116,7 @@ static void gelu_backward(const float *x, const float *dy, float *dx, int64_t n)
  * y' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
 static void gelu_tanh_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         float t = tanhf(SQRT_2_PI * (v + GELU_C * v * v * v));
@@ -129,7 +130,7 @@ static void gelu_tanh_backward(const float *x, const float *dy, float *dx, int64
  * and a branch per element mispredicts half the time. */
 static void relu_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) {
         float v = x[i], d = dy[i], g;
         uint32_t vb, db, gb;
@@ -145,7 +146,7 @@ static void relu_backward(const float *x, const float *dy, float *dx, int64_t n)
 /* forward: y = x s,  s = 1 / (1 + exp(-x));  y' = s (1 + x (1 - s)) */
 static void silu_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
         float s = 1.0f / (1.0f + expf(-v));
@@ -159,7 +160,7 @@ typedef void (*span_bwd_fn)(const float *x, const float *dy, float *dx, int64_t 
 static void run_chunked_bwd(span_bwd_fn fn, const float *x, const float *dy, float *dx, int64_t n)
 {
     int64_t nchunk = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
         fn(x + i0, dy + i0, dx + i0, len);
@@ -207,7 +208,7 @@ mi_status mi_relu_backward_bias(const float *x, const float *dy, int64_t rows, i
     double *part = db ? mi_malloc(sizeof(double) * (size_t)(nchunk * cols)) : NULL;
     if (db && !part) return mi_fail(MI_ERR_NOMEM, "relu_backward_bias: cannot allocate %ld x %ld "
                                     "partial sums", (long)nchunk, (long)cols);
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         double *pc = db ? part + c * cols : NULL;
         if (pc)

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
 
@@ -80,7 +81,7 @@ mi_status mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k
 {
     const int64_t T = L->seq, H = L->heads, D = L->d_head;
     if (L->batch <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
-    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = mi_get_num_threads();
     const size_t per_thread = avx512 ? (size_t)D * (size_t)T : 0;
     float *scratch = head_scratch(per_thread, nthreads, "attention scores", T);
     if (per_thread && !scratch) return MI_ERR_NOMEM;
@@ -107,7 +108,7 @@ void mi_attn_apply(const mi_attn_layout *L, const float *pattern, const float *v
 {
     const int64_t T = L->seq, H = L->heads, D = L->d_head;
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
-    #pragma omp parallel for schedule(static) collapse(2)
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(mi_get_num_threads())
     for (int64_t b = 0; b < L->batch; b++) {
         for (int64_t h = 0; h < H; h++) {
             const float *p = pattern + (b * H + h) * T * T;
@@ -127,7 +128,7 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
 {
     const int64_t B = L->batch, T = L->seq, H = L->heads, D = L->d_head;
     if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
-    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = mi_get_num_threads();
     /* per thread: a [block, T] of scores unless both outputs are kept, K^T for AVX-512 */
     const size_t block = scores_out && pattern_out ? 0 : (size_t)MI_ATTN_ROW_BLOCK * (size_t)T;
     const size_t per_thread = block + (avx512 ? (size_t)D * (size_t)T : 0);
@@ -183,7 +184,7 @@ mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float 
 {
     const int64_t B = L->batch, T = L->seq, H = L->heads, D = L->d_head;
     if (B <= 0 || T <= 0 || H <= 0 || D <= 0) return MI_OK;
-    int nthreads = omp_get_max_threads();
+    int nthreads = mi_get_num_threads();
     /* per thread: dS [T, T], and for the AVX-512 head V^T [D, T] and two D rows */
     const size_t per_thread = (size_t)T * (size_t)T + (size_t)D * (size_t)T + 2 * (size_t)D + 16;
     float *scratch = mi_malloc(sizeof(float) * per_thread * (size_t)nthreads);

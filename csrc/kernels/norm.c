@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 32768   /* elements below which threads cost more than they save */
@@ -39,7 +40,7 @@ static inline float row_mean(const float *xr, int64_t d, int avx512)
 void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps,
                        int64_t rows, int64_t d, float *y, float *scale)
 {
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
@@ -62,7 +63,7 @@ void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
                    int64_t rows, int64_t d, float *y, float *scale)
 {
     if (mi_cpu_isa() < MI_ISA_AVX512) { mi_layer_norm_ref(x, w, b, eps, rows, d, y, scale); return; }
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         float s = mi_layer_norm_row_avx512(x + r * d, w, b, eps, d, y + r * d);
         if (scale) scale[r] = s;
@@ -124,7 +125,7 @@ static void tl_norm_rows(int avx512, int centre, const float *x, const float *x_
                          float *scale, float *normalized, float *out)
 {
     if (!w) out = NULL;
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         tl_norm_row(avx512, centre, x + r * d, x_add ? x_add + r * d : NULL,
                     x_add ? x_sum + r * d : NULL, w, b, eps, d, scale + r,
@@ -149,7 +150,7 @@ void mi_tl_norm_ref(int centre, const float *x, const float *x_add, float *x_sum
 void mi_tl_norm_scale(int centre, const float *x, float eps, int64_t rows, int64_t d, float *scale)
 {
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         float mean;
         scale[r] = avx512 ? mi_tl_norm_row_scale_avx512(x + r * d, d, centre, eps, &mean)
@@ -162,7 +163,7 @@ void mi_tl_norm_apply(int centre, const float *x, const float *scale, const floa
 {
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
     if (!w) out = NULL;
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         /* the mean exactly as the stats step computed it */
@@ -177,7 +178,7 @@ void mi_tl_norm_affine(const float *normalized, const float *w, const float *b, 
                        int64_t d, float *out)
 {
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         if (avx512) mi_tl_norm_row_affine_avx512(normalized + r * d, d, w, b, out + r * d);
         else tl_row_affine_ref(normalized + r * d, d, w, b, out + r * d);
@@ -214,7 +215,7 @@ mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w
                                       "partial sums", (long)nchunk, (long)(2 * d));
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
     /* one pass over the rows: dx, and this chunk's dw/db partials */
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         double *pw = sums ? part + c * 2 * d : NULL, *pb = sums ? pw + d : NULL;
         if (sums)
@@ -256,7 +257,7 @@ mi_status mi_layer_norm_backward(const float *dy, const float *x, const float *w
 void mi_rms_norm_ref(const float *x, const float *w, float eps,
                      int64_t rows, int64_t d, float *y, float *scale)
 {
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *yr = y + r * d;
@@ -273,7 +274,7 @@ void mi_rms_norm(const float *x, const float *w, float eps,
                  int64_t rows, int64_t d, float *y, float *scale)
 {
     if (mi_cpu_isa() < MI_ISA_AVX512) { mi_rms_norm_ref(x, w, eps, rows, d, y, scale); return; }
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         float s = mi_rms_norm_row_avx512(x + r * d, w, eps, d, y + r * d);
         if (scale) scale[r] = s;
@@ -294,7 +295,7 @@ mi_status mi_rms_norm_backward(const float *dy, const float *x, const float *w,
     if (dw && !part) return mi_fail(MI_ERR_NOMEM, "rms_norm_backward: cannot allocate %ld x %ld "
                                     "partial sums", (long)nchunk, (long)d);
     /* one pass over the rows: dx, and this chunk's dw partials */
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         double *pw = dw ? part + c * d : NULL;
         if (dw)

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "common/threads.h"
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 32768
@@ -37,7 +38,7 @@ static void softmax_row_ref(const float *xr, const unsigned char *mr, float *yr,
 void mi_softmax_rows_ref(const float *x, const unsigned char *mask, float *y,
                          int64_t rows, int64_t cols)
 {
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         softmax_row_ref(x + r * cols, mask ? mask + r * cols : NULL, y + r * cols, cols);
 }
@@ -49,7 +50,7 @@ void mi_softmax_rows_masked(const float *x, const unsigned char *mask, float *y,
                             int64_t rows, int64_t cols)
 {
     if (mi_cpu_isa() < MI_ISA_AVX512) { mi_softmax_rows_ref(x, mask, y, rows, cols); return; }
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         mi_softmax_row_avx512(x + r * cols, mask ? mask + r * cols : NULL, y + r * cols, cols);
 }
@@ -70,7 +71,7 @@ void mi_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols)
 void mi_softmax_rows_backward(const float *y, const float *dy, float *dx,
                               int64_t rows, int64_t cols)
 {
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *yr = y + r * cols, *dyr = dy + r * cols;
         float *dxr = dx + r * cols;

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -38,7 +39,7 @@ static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
 {
     if (!out) return;
     int64_t nblk = (cols + COL_BLOCK - 1) / COL_BLOCK;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < cols ? c0 + COL_BLOCK : cols;
         float acc[COL_BLOCK] = {0};
@@ -53,7 +54,7 @@ static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
 static void zero(float *p, int64_t n)
 {
     const int64_t blk = 16384;
-    #pragma omp parallel for schedule(static) if (n > 2 * blk)
+    #pragma omp parallel for schedule(static) if (n > 2 * blk) num_threads(mi_get_num_threads())
     for (int64_t i0 = 0; i0 < n; i0 += blk)
         memset(p + i0, 0, sizeof(float) * (size_t)(n - i0 < blk ? n - i0 : blk));
 }
@@ -69,7 +70,7 @@ static const float *norm_out(const float *normalized, const float *w, const floa
                              int64_t rows, int64_t d, float *scratch)
 {
     if (!w) return normalized;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         for (int64_t i = 0; i < d; i++)
             scratch[r * d + i] = normalized[r * d + i] * w[i] + (b ? b[i] : 0.0f);
@@ -82,7 +83,7 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
 {
     int64_t d = s->d_model;
     if (s->norm == MI_NORM_NONE) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < rows * d; i++) dx[i] += dy[i];
         return MI_OK;
     }
@@ -149,7 +150,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
             const float *pre_lin = V(MI_P_MLP_PRE_LINEAR);
             colsum_acc(S->dpost, BT, Mm, gw(grads, o[MI_W_B_IN]));
             mi_activate((mi_activation)s->act, pre, S->act, BT * Mm);
-            #pragma omp parallel for schedule(static)
+            #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
             for (int64_t i = 0; i < BT * Mm; i++) {
                 S->dpre_lin[i] = S->dpost[i] * S->act[i];
                 S->act[i] = S->dpost[i] * pre_lin[i];   /* now d act(pre) */

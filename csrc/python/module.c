@@ -25,6 +25,15 @@ static PyObject *py_get_num_threads(PyObject *m, PyObject *unused)
     return PyLong_FromLong(mi_get_num_threads());
 }
 
+static PyObject *py_team_size(PyObject *m, PyObject *unused)
+{
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = mi_threads_team_size();
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(n);
+}
+
 static PyObject *py_cpu_isa(PyObject *m, PyObject *unused)
 {
     return PyUnicode_FromString(mi_isa_name(mi_cpu_isa()));
@@ -46,9 +55,17 @@ static PyObject *py_force_isa(PyObject *m, PyObject *arg)
 
 static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O,
-     "set_num_threads(n)\n--\n\nUse n OpenMP threads in the C core (results do not depend on n)."},
+     "set_num_threads(n)\n--\n\nUse n threads in the C core, for the whole process whichever thread\n"
+     "calls it (as torch.set_num_threads). Results do not depend on n. In a process forked\n"
+     "after the core first used its threads the core runs single-threaded and n is ignored\n"
+     "(OpenMP's thread pool does not survive fork): use the 'spawn' start method for\n"
+     "multi-threaded worker processes."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
-     "get_num_threads()\n--\n\nThe number of threads the C core uses."},
+     "get_num_threads()\n--\n\nThe number of threads every parallel step of the C core uses (1 in a\n"
+     "forked child, see set_num_threads)."},
+    {"_omp_team_size", py_team_size, METH_NOARGS,
+     "_omp_team_size()\n--\n\nThe size of the OpenMP team a parallel step started from the calling\n"
+     "thread gets now (runs an empty parallel region); for tests."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS,
      "cpu_isa()\n--\n\nThe instruction set the kernels use: 'avx512', 'avx2' or 'scalar'."},
     {"force_isa", py_force_isa, METH_O,
