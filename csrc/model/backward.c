@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/cancel.h"
 #include "common/memory.h"
 #include "common/threads.h"
 #include "kernels/activation.h"
@@ -346,7 +347,8 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (st != MI_OK) goto done;
     tick(&S, MI_BWD_NORM);
     for (int l = (int)s->n_layers - 1; l >= 0; l--) {
-        st = layer_backward(m, &plan, arena, grads, l, &S);
+        st = mi_cancel_point();   /* Ctrl-C between layers: grads partly accumulated */
+        if (st == MI_OK) st = layer_backward(m, &plan, arena, grads, l, &S);
         if (st != MI_OK) goto done;
     }
     /* resid_pre[0] = W_E[tokens] + W_pos[t] */

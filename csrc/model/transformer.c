@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cancel.h"
 #include "common/memory.h"
 #include "common/threads.h"
 #include "kernels/activation.h"
@@ -513,7 +514,10 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     const mi_tf_spec *s = &m->spec;
     float *arena = r.arena;
     int64_t BT = plan->batch * plan->seq, D = s->d_model;
-    for (int l = first; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
+    for (int l = first; l < plan->stop_layer; l++) {
+        MI_TRY(mi_cancel_point());   /* Ctrl-C between layers (common/cancel.h) */
+        MI_TRY(layer_forward(&r, l, key_mask));
+    }
     if (plan->stop_layer < s->n_layers || s->no_head) return MI_OK;
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;

@@ -8,6 +8,7 @@
 
 #include <string.h>
 
+#include "common/cancel.h"
 #include "common/threads.h"
 #include "kernels/cpu.h"
 
@@ -32,6 +33,19 @@ static PyObject *py_team_size(PyObject *m, PyObject *unused)
     n = mi_threads_team_size();
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(n);
+}
+
+/* The core's cancellation check (common/cancel.h): run Python's signal
+ * handlers between layers, so Ctrl-C during a long pass without hooks raises
+ * KeyboardInterrupt there instead of after the whole pass. The pass runs with
+ * the GIL released; the check takes it briefly (rate-limited by the core).
+ * Handlers run only on the main thread: elsewhere this finds nothing to do. */
+static mi_status check_signals(void)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    int raised = PyErr_CheckSignals() < 0;
+    PyGILState_Release(g);
+    return raised ? MI_ERR_CALLBACK : MI_OK;
 }
 
 static PyObject *py_cpu_isa(PyObject *m, PyObject *unused)
@@ -84,6 +98,7 @@ static int core_exec(PyObject *m)
     if (mi_py_reve_exec(m) < 0) return -1;
     if (mi_py_analysis_exec(m) < 0) return -1;
     if (mi_py_train_exec(m) < 0) return -1;
+    mi_cancel_set_check(check_signals);
     return 0;
 }
 
