@@ -193,3 +193,29 @@ def test_child_forked_before_first_use_keeps_its_threads():
     assert out.returncode == 0, out.stderr
     child, parent = out.stdout.split()
     assert (child, parent) == ("22", "2")
+
+
+def test_every_parallel_region_names_its_team_size():
+    """The process-wide count and the fork fallback reach only regions that pass
+    num_threads(...) (OpenMP's own count is per thread): every region in csrc/ must."""
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    if not os.path.isdir(root):
+        pytest.skip("no csrc/ next to tests/ (installed package)")
+    missing = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith((".c", ".h")):
+                continue
+            path = os.path.join(dirpath, name)
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            for i, line in enumerate(lines):
+                if not line.lstrip().startswith("#pragma omp parallel"):
+                    continue
+                pragma = line
+                while pragma.rstrip().endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    pragma = pragma.rstrip()[:-1] + " " + lines[i]
+                if "num_threads(" not in pragma:
+                    missing.append(f"{os.path.relpath(path, root)}:{i + 1}: {pragma.strip()}")
+    assert not missing, "parallel regions without num_threads(mi_get_num_threads()):\n" + "\n".join(missing)

@@ -10,8 +10,14 @@ static atomic_int requested;   /* the count set for the process */
 static atomic_int forked;      /* 1 in a child of fork() */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-/* Runs in the child right after fork(), on the only thread it has. */
-static void after_fork_in_child(void) { atomic_store(&forked, 1); }
+/* Runs in the child right after fork(), on the only thread it has. OpenMP's
+ * own count of that thread goes to 1 as well, so even a region that does not
+ * name its team size (none in csrc/ should) cannot wait for the lost pool. */
+static void after_fork_in_child(void)
+{
+    atomic_store(&forked, 1);
+    omp_set_num_threads(1);
+}
 
 static void init(void)
 {
