@@ -186,8 +186,8 @@ def test_child_forked_before_first_use_keeps_its_threads():
         "print(os.waitstatus_to_exitcode(st), _core._omp_team_size())\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(mechinterp_c.__file__)))  # this build
+    env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=CHILD_TIMEOUT)
     assert out.returncode == 0, out.stderr
