@@ -8,6 +8,7 @@
   Tested with multiprocessing's 'fork' start method and with os.fork; every wait
   on a child is bounded, so a hang fails its test instead of stalling the suite.
 - The parent keeps its threads after forking.
+- Every parallel region in csrc/ passes num_threads(...), which both rely on.
 
 Results are compared bitwise with the parent's: every kernel is bitwise identical
 for any thread count (no reduction is split across threads).
