@@ -6,13 +6,13 @@
  * depends on one input only, so any split is bitwise deterministic).
  */
 #include "kernels/activation.h"
-#include "kernels/activation_kernels.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "common/memory.h"
+#include "kernels/activation_kernels.h"
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 65536
