@@ -6,7 +6,6 @@
  * depends on one input only, so any split is bitwise deterministic).
  */
 #include "kernels/activation.h"
-#include "kernels/activation_kernels.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -14,6 +13,7 @@
 
 #include "common/memory.h"
 #include "common/threads.h"
+#include "kernels/activation_kernels.h"
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 65536

@@ -59,8 +59,9 @@ static PyObject *py_force_isa(PyObject *m, PyObject *arg)
     if (!name) return NULL;
     mi_isa isa;
     if (!strcmp(name, "best")) isa = mi_cpu_best_isa();
-    else if (mi_isa_from_name(name, &isa) != 0) return PyErr_Format(PyExc_ValueError,
-                             "force_isa: expected 'scalar', 'avx2', 'avx512' or 'best', got %R", arg);
+    else if (mi_isa_from_name(name, &isa) != 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "force_isa: expected 'scalar', 'avx2', 'avx512' or 'best', got %R", arg);
     return PyUnicode_FromString(mi_isa_name(mi_cpu_force_isa(isa)));
 }
 
