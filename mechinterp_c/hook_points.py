@@ -186,7 +186,10 @@ class _CacheHook:
 
     def __call__(self, act, hook):
         if self.transient:
-            act = self.pos_slice.apply(act, dim=_position_axis(hook.name))
+            try:
+                act = self.pos_slice.apply(act, dim=_position_axis(hook.name))
+            except IndexError as e:
+                raise IndexError(f"pos_slice at {hook.name}: {e}") from None
             act = act.clone() if hasattr(act, "clone") else act.copy()
         self.cache[hook.name] = act[0] if self.remove_batch_dim else act
 
