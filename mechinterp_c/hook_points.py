@@ -83,7 +83,7 @@ class HookPoint:
         self._handles = []
         self.ctx = {}
 
-    def add_hook(self, hook, dir="fwd", is_permanent=False, prepend=False, level=None):
+    def add_hook(self, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
         """Register ``hook(activation, hook=self)`` at context ``level`` (None: no level);
         only forward hooks exist in the C core."""
         if dir != "fwd":

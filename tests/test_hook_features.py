@@ -110,6 +110,8 @@ def test_levels_like_transformer_lens():
     assert m.hook_dict[q].has_hooks() is False
     m.add_hook(q, noop, level=3)
     assert m.hook_dict[q].has_hooks(level=3) and not m.hook_dict[q].has_hooks(level=1)
+    m.hook_dict[q].add_hook(noop, "fwd", False, 4)    # TransformerLens's positional order
+    assert m.hook_dict[q].has_hooks(level=4)
     with pytest.raises(ValueError, match="Invalid direction"):
         m.remove_all_hook_fns(direction="up")
     m.reset_hooks()
