@@ -395,6 +395,18 @@ class GPT2Tokenizer:
                 raise TypeError("tokenizer: text must be a str or a list/tuple of str, got "
                                 f"{type(text).__name__}")
         texts = [text] if single else list(text)
+        if max_length is not None:
+            # transformers fails here too (OverflowError from its Rust core); a negative
+            # limit would otherwise cut from the end ("ids[:-1]") and drop a token
+            if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+                raise TypeError(f"tokenizer: max_length must be an int, got {max_length!r}")
+            if max_length < 0:
+                raise ValueError(f"tokenizer: max_length must be >= 0, got {max_length}")
+        if pad_to_multiple_of is not None and (
+                isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, (int, np.integer))
+                or pad_to_multiple_of <= 0):
+            raise ValueError(f"tokenizer: pad_to_multiple_of must be a positive int, got "
+                             f"{pad_to_multiple_of!r}")
         prefix = self.add_prefix_space
         if len(texts) > 1:
             batch = self._tok.encode_batch(texts, add_prefix_space=prefix)
