@@ -62,6 +62,7 @@ import weakref
 import numpy as np
 
 from .. import io as _io
+from ..config import GPT2_CONFIG_DIVISIBLE, GPT2_CONFIG_FIELDS, validate_fields
 from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
 
@@ -169,18 +170,22 @@ class GPT2Config:
                      tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
                      model_type="gpt2")
 
-    def __init__(self, **kwargs):
+    def __init__(self, _where="GPT2Config", **kwargs):
         for k, v in self._DEFAULTS.items():
             setattr(self, k, v)
         for k, v in kwargs.items():
             setattr(self, k, v)
+        # every field the model reads, checked once (TypeError/ValueError naming it)
+        validate_fields(vars(self), GPT2_CONFIG_FIELDS, _where, GPT2_CONFIG_DIVISIBLE)
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
-        """Read ``config.json`` of a local directory or a cached hub model."""
+        """Read ``config.json`` of a local directory or a cached hub model; a field of
+        the wrong type or out of range raises TypeError/ValueError naming file and field."""
         path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
                                       cache_dir=cache_dir)
-        return cls(**_io.load_config(path, required=("n_layer", "n_embd", "n_head")))
+        raw = _io.load_config(path, required=("n_layer", "n_embd", "n_head"))
+        return cls(_where=str(path), **raw)
 
     # HF's generic aliases
     hidden_size = property(lambda self: self.n_embd, doc="= n_embd")
