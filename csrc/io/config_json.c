@@ -87,6 +87,14 @@ static size_t utf8_sequence(const unsigned char *s, size_t n)
     return len;
 }
 
+size_t mi_utf8_check(const char *text, size_t length)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0, k;
+    while (i < length && (k = utf8_sequence(s + i, length - i)) != 0) i += k;
+    return i;
+}
+
 size_t mi_json_check_text(const char *text, size_t length, const char **what)
 {
     const unsigned char *s = (const unsigned char *)text;

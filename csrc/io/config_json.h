@@ -54,4 +54,8 @@ void mi_json_free(mi_json_doc *doc);
  * Both mi_json_parse_* and the safetensors header reader refuse such text. */
 size_t mi_json_check_text(const char *text, size_t length, const char **what);
 
+/* The byte offset of the first byte of `text` that does not start a
+ * well-formed UTF-8 sequence (the first rule above), or `length`. */
+size_t mi_utf8_check(const char *text, size_t length);
+
 #endif
