@@ -103,12 +103,15 @@ def test_fifo_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     cfg = tmp_path / "config.json"
     os.mkfifo(cfg)
+    os.mkfifo(tmp_path / "tokenizer_config.json")
     # a child with a time limit: a regression blocks in open() and times out here
     out = _run_child(f"""
         from mechinterp_c import _core, io
+        from mechinterp_c.transformers import GPT2Tokenizer
         for f in (lambda: io.SafeTensors({str(fifo)!r}), lambda: io.load_config({str(tmp_path)!r}),
                   lambda: _core.BPETokenizer({str(cfg)!r}, {str(cfg)!r}),
-                  lambda: io.open_checkpoint({str(tmp_path)!r})):
+                  lambda: io.open_checkpoint({str(tmp_path)!r}),
+                  lambda: GPT2Tokenizer.from_pretrained({str(tmp_path)!r})):
             try:
                 f()
                 print("accepted")
@@ -116,11 +119,13 @@ def test_fifo_refused_without_blocking(tmp_path):
                 print(type(e).__name__, e)
     """, timeout=60)
     lines = out.strip().splitlines()
-    assert len(lines) == 4, out
+    assert len(lines) == 5, out
     assert lines[0] == f"OSError [Errno 22] {fifo}: not a regular file (a FIFO (named pipe))"
     assert lines[1] == f"OSError [Errno 22] {cfg}: not a regular file (a FIFO (named pipe))"
     assert lines[2] == f"OSError {cfg}: not a regular file (a FIFO (named pipe))"
     assert lines[3] == lines[0]
+    assert lines[4] == (f"OSError [Errno 22] {tmp_path / 'tokenizer_config.json'}: not a regular "
+                        f"file (a FIFO (named pipe))")
 
 
 def test_directory_and_device_refused(tmp_path):
