@@ -273,3 +273,25 @@ def test_checkpoint_replaced_by_rename_keeps_the_old_weights(checkpoint, tmp_pat
     """
     out = _mmap_child(d, action)
     assert out == ["mapped: no error", "check: ok", "copies: same logits"]
+
+
+def test_reve_front_end_keeps_no_view_of_the_file(tmp_path):
+    from mechinterp_c.reve import ReveFrontEnd
+    fe = ReveFrontEnd(embed_dim=16, patch_size=10, patch_overlap=2, freqs=2, seed=0)
+    io.save_safetensors(tmp_path / "model.safetensors",
+                        {k: np.ascontiguousarray(v) for k, v in fe.state_dict().items()})
+    (tmp_path / "config.json").write_text(json.dumps(
+        dict(embed_dim=16, patch_size=10, patch_overlap=2, freqs=2)))
+    out = _run_child(f"""
+        import os, numpy as np
+        from mechinterp_c.reve import ReveFrontEnd
+        fe = ReveFrontEnd.from_pretrained({str(tmp_path)!r})
+        rng = np.random.default_rng(0)
+        eeg = rng.standard_normal((1, 2, 30)).astype(np.float32)
+        pos = rng.uniform(-0.1, 0.1, (1, 2, 3)).astype(np.float32)
+        want = np.array(fe(eeg, pos))
+        os.truncate({str(tmp_path / "model.safetensors")!r}, 0)
+        assert np.array_equal(np.array(fe(eeg, pos)), want)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
