@@ -46,9 +46,9 @@ void mi_json_free(mi_json_doc *doc);
 
 /* The byte offset of the first thing in `text` that a reader of C strings
  * cannot take as it is, or `length` when there is none; *what says which:
- *   - bytes that are not UTF-8 ("invalid UTF-8"; overlong forms, surrogates, > U+10FFFF and cut
- *     sequences included: what Rust's str::from_utf8, and so the safetensors
- *     reference reader, refuses);
+ *   - bytes that are not UTF-8 ("invalid UTF-8": overlong forms, surrogates,
+ *     > U+10FFFF and cut sequences included, as Rust's str::from_utf8 and so
+ *     the safetensors reference reader refuse them);
  *   - a NUL inside a string or key, raw or written \u0000: cJSON would end the
  *     C string there and silently drop the rest.
  * Both mi_json_parse_* and the safetensors header reader refuse such text. */

@@ -63,6 +63,24 @@ mi_status mi_file_open(const char *path, int *fd, struct stat *sb)
     return MI_OK;
 }
 
+mi_status mi_file_read_exact(int fd, const char *path, void *buf, size_t size)
+{
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = read(fd, (char *)buf + got, size - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : 0;
+            mi_fail(MI_ERR_IO, "%s: read %zu of %zu bytes: %s", path, got, size,
+                    e ? strerror(e) : "the file shrank while it was read");
+            errno = e;
+            return MI_ERR_IO;
+        }
+        got += (size_t)n;
+    }
+    return MI_OK;
+}
+
 mi_status mi_file_read(const char *path, char **data, size_t *len)
 {
     *data = NULL;
@@ -70,35 +88,23 @@ mi_status mi_file_read(const char *path, char **data, size_t *len)
     int fd;
     struct stat sb;
     MI_TRY(mi_file_open(path, &fd, &sb));
-    size_t size = (size_t)sb.st_size, got = 0;
+    size_t size = (size_t)sb.st_size;
     char *buf = malloc(size + 1);
     if (!buf) {
         close(fd);
         return mi_fail(MI_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, size);
     }
-    while (got < size) {
-        ssize_t n = read(fd, buf + got, size - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int e = errno;
-            close(fd);
-            free(buf);
-            mi_fail(MI_ERR_IO, "%s: read error: %s", path, strerror(e));
-            errno = e;
-            return MI_ERR_IO;
-        }
-        if (n == 0) break;
-        got += (size_t)n;
-    }
+    mi_status s = mi_file_read_exact(fd, path, buf, size);
     /* one more byte readable means the file grew while it was read */
     char extra;
-    ssize_t more = got == size ? read(fd, &extra, 1) : 0;
+    if (s == MI_OK && read(fd, &extra, 1) > 0)
+        s = mi_fail(MI_ERR_IO, "%s: the file grew while it was read (is it being written?)", path);
+    int e = errno;
     close(fd);
-    if (got != size || more > 0) {
+    if (s != MI_OK) {
         free(buf);
-        return mi_fail(MI_ERR_IO, "%s: the file changed size while it was read (%zu bytes "
-                       "expected, %s); is it being written?", path, size,
-                       got != size ? "fewer found" : "more found");
+        errno = e;
+        return s;
     }
     buf[size] = '\0';
     *data = buf;

@@ -23,6 +23,10 @@
  * fstat in *sb. The caller closes *fd. */
 mi_status mi_file_open(const char *path, int *fd, struct stat *sb);
 
+/* Read exactly `size` bytes of `fd` into buf; a file that ends sooner (it
+ * shrank) is MI_ERR_IO naming `path`. */
+mi_status mi_file_read_exact(int fd, const char *path, void *buf, size_t size);
+
 /* The whole file in a malloc'd buffer with a NUL after the last byte (*len
  * bytes before it). The caller frees *data. A file that changes size while it
  * is read is an error, not a short buffer. */

@@ -7,7 +7,6 @@
 #include "io/safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -334,20 +333,7 @@ static mi_status copy_file(mi_safetensors *st, int fd)
     st->buf = mem;
     st->mapped = 1;
     st->writable = 1;
-    size_t got = 0;
-    while (got < st->size) {
-        ssize_t n = read(fd, (uint8_t *)mem + got, st->size - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            int e = n < 0 ? errno : 0;
-            mi_fail(MI_ERR_IO, "%s: read %zu of %zu bytes: %s", st->path, got, st->size,
-                    e ? strerror(e) : "the file shrank while it was read");
-            errno = e;
-            return MI_ERR_IO;
-        }
-        got += (size_t)n;
-    }
-    return MI_OK;
+    return mi_file_read_exact(fd, st->path, mem, st->size);
 }
 
 mi_status mi_st_open(const char *path, mi_st_mode mode, mi_safetensors **out)

@@ -13,8 +13,7 @@
  * Contract: mi_st_open maps the file copy-on-write (MAP_PRIVATE, writable when the
  * system allows: writes stay in the process, never reach the file; `writable`
  * says which), or with MI_ST_COPY reads it whole into anonymous memory, and
- * mi_st_parse
- * validates every header field against the size of the buffer before any
+ * mi_st_parse validates every header field against the size of the buffer before any
  * tensor pointer is handed out, so a tensor returned by mi_st_find always lies
  * inside the buffer:
  *   - header_len fits in the file; the header is one JSON object;
@@ -23,7 +22,7 @@
  *   - numbers are read as doubles (offsets pass 2^31 in large models) and must
  *     be finite, integral, non-negative and exactly representable (< 2^53);
  *   - prod(shape) * itemsize == end - begin, computed without overflow;
- *   - end <= size of the data area; no two tensors overlap; no duplicate name.
+ *   - end <= size of the data area; no two tensors overlap; no duplicate name;
  *   - the header is UTF-8 with no NUL in a name or string (the reference
  *     reader's rule, and a C string would be cut at the NUL).
  * Every failure returns MI_ERR_FORMAT (MI_ERR_IO for open/mmap) with a message
