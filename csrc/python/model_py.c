@@ -101,8 +101,9 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
         if (blob != MAP_FAILED) munmap(blob, blob_bytes);
         PyMem_Free(mo->external);
         mo->external = NULL;
+        PyErr_Format(PyExc_MemoryError, "Model: cannot map the parameter blob (n_params=%zu "
+                     "floats, %zu bytes)", mo->tf.n_params, blob_bytes);
         mi_tf_free(&mo->tf);
-        PyErr_NoMemory();
         return -1;
     }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
@@ -448,7 +449,11 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     size_t arena_bytes;
     float *arena = arena_alloc(plan.n_floats * sizeof(float), &arena_bytes);
-    if (!arena) { PyErr_NoMemory(); goto done; }
+    if (!arena) {
+        PyErr_Format(PyExc_MemoryError, "forward: cannot allocate the activation arena of a "
+                     "[%ld, %ld] call (%zu bytes)", (long)B, (long)T, plan.n_floats * sizeof(float));
+        goto done;
+    }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
     if (!module) { release_arena(arena, arena_bytes, NULL); goto done; }
     if (!(arena_owner = mi_py_buffer_new(module, arena, arena_bytes, release_arena, NULL)))
