@@ -102,8 +102,8 @@ def test_oversized_arena_raises_and_the_model_stays_usable():
     tokens = np.array([[5, 6, 7]])
     before = m(tokens).copy()
     flags = bytes(m._core.n_points)
-    with pytest.raises(ValueError, match=r"activation buffer resid of a \[4611686018427387904, 2\] "
-                                         r"call: batch \* pos \* d_model .* overflows"):
+    with pytest.raises(ValueError, match=r"activation buffer resid: batch \* pos \* d_model "
+                                         r"\(4611686018427387904 \* 2 \* 32\) overflows"):
         m._core.arena_bytes(2**62, 2, flags)
     with pytest.raises(MemoryError, match=r"activation arena of a \[562949953421312, 16\] call"):
         m._core.arena_bytes(2**49, 16, flags)          # each buffer fits, their sum does not
@@ -111,7 +111,7 @@ def test_oversized_arena_raises_and_the_model_stays_usable():
     # long positions, narrow model: only the attention scores overflow
     tall = HookedTransformer(dict(n_layers=1, d_model=8, n_heads=1, d_head=1, n_ctx=2**16, d_vocab=50,
                                   attn_only=True))
-    with pytest.raises(ValueError, match=r"activation buffer SCORES of a \[1073741824, 65536\] call: "
+    with pytest.raises(ValueError, match=r"activation buffer SCORES: "
                                          r"batch \* n_heads \* pos \* pos \(1073741824 \* 1 \* 65536 "
                                          r"\* 65536\) overflows"):
         tall._core.arena_bytes(2**30, 2**16, bytes(tall._core.n_points))

@@ -9,7 +9,7 @@
 /* Q, K and V are the three parts of the QKV buffer, in that order. */
 _Static_assert(SH_K == SH_Q + 1 && SH_V == SH_Q + 2, "MI_SHAPES: Q, K, V must be consecutive");
 
-#define BUF_ROW(id, shape, needed, elided) {#id, SH_##shape, needed, elided},
+#define BUF_ROW(id, shape, needed, elided) {"activation buffer " #id, SH_##shape, needed, elided},
 const buf_row mi_start_bufs[NBS] = {MI_START_BUFFERS(BUF_ROW)};
 const buf_row mi_layer_bufs[NB] = {MI_LAYER_BUFFERS(BUF_ROW)};
 const buf_row mi_final_bufs[NBF] = {MI_FINAL_BUFFERS(BUF_ROW)};
@@ -93,18 +93,19 @@ static int point_buf(const mi_tf_spec *s, int p)
                                                                 : buf_final(s, r->buf);
 }
 
-/* Floats of buffer kind `row` for a [B, T] call into *n (0 when the spec does
- * not have it); fails naming the buffer when its size overflows. */
-static mi_status buf_floats(const mi_tf_spec *s, unsigned feat, const buf_row *row, int64_t B,
-                            int64_t T, size_t *n)
+/* Floats of each of the n buffer kinds `rows` for a [B, T] call into out (0:
+ * the spec has no such buffer); fails naming the buffer when a size overflows. */
+static mi_status kind_floats(const mi_tf_spec *s, unsigned feat, const buf_row *rows, int n,
+                             int64_t B, int64_t T, size_t *out)
 {
-    int64_t dims[5];
-    int nd;
-    *n = 0;
-    if (!mi_tf_applies(row->needed, feat)) return MI_OK;
-    char what[128];
-    snprintf(what, sizeof what, "activation buffer %s of a [%lld, %lld] call", row->name, (long long)B, (long long)T);
-    return mi_tf_numel(s, mi_shape_axes[row->shape], B, T, what, dims, &nd, n);
+    for (int k = 0; k < n; k++) {
+        int64_t dims[5];
+        int nd;
+        out[k] = 0;
+        if (mi_tf_applies(rows[k].needed, feat))
+            MI_TRY(mi_tf_numel(s, mi_shape_axes[rows[k].shape], B, T, rows[k].name, dims, &nd, &out[k]));
+    }
+    return MI_OK;
 }
 
 /* *cur += n rounded up to ALIGN_FLOATS; 1 when the total passes MAX_FLOATS
@@ -146,34 +147,34 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         free(kept); free(sizes); mi_tf_plan_free(plan);
         return mi_fail(MI_ERR_NOMEM, "transformer: out of memory planning the arena");
     }
-    /* which buffers this call uses, and their sizes */
+    /* which buffers this call uses, and their sizes (the same for every layer) */
     unsigned feat = mi_tf_features(s);
-    mi_status st = MI_OK;
-    size_t resid_floats = 0;
-    const buf_row resid_row = {"resid", SH_RESID, 0, 0};
-    st = buf_floats(s, feat, &resid_row, B, T, &resid_floats);
-    for (int k = 0; k < NBS && st == MI_OK && start_layer < 0; k++)
-        st = buf_floats(s, feat, &mi_start_bufs[k], B, T, &sizes[k]);
-    for (int i = first; i <= stop_layer; i++) sizes[buf_resid(i)] = resid_floats;
-    for (int l = first; l < stop_layer && st == MI_OK; l++)
-        for (int k = 0; k < NB && st == MI_OK; k++)
-            st = buf_floats(s, feat, &mi_layer_bufs[k], B, T, &sizes[buf_layer(s, l, k)]);
     int full = stop_layer == s->n_layers;
-    for (int k = 0; k < NBF && st == MI_OK && full; k++)
-        st = buf_floats(s, feat, &mi_final_bufs[k], B, T, &sizes[buf_final(s, k)]);
+    size_t resid_floats, start_floats[NBS], layer_floats[NB], final_floats[NBF];
+    const buf_row resid_row = {"activation buffer resid", SH_RESID, 0, 0};
+    mi_status st = kind_floats(s, feat, &resid_row, 1, B, T, &resid_floats);
+    if (st == MI_OK && start_layer < 0) st = kind_floats(s, feat, mi_start_bufs, NBS, B, T, start_floats);
+    if (st == MI_OK && first < stop_layer) st = kind_floats(s, feat, mi_layer_bufs, NB, B, T, layer_floats);
+    if (st == MI_OK && full) st = kind_floats(s, feat, mi_final_bufs, NBF, B, T, final_floats);
     if (st != MI_OK) {
         free(kept); free(sizes); mi_tf_plan_free(plan);
         return st;
     }
+    for (int k = 0; k < NBS && start_layer < 0; k++) sizes[k] = start_floats[k];
+    for (int i = first; i <= stop_layer; i++) sizes[buf_resid(i)] = resid_floats;
+    for (int l = first; l < stop_layer; l++)
+        memcpy(&sizes[buf_layer(s, l, 0)], layer_floats, sizeof layer_floats);
+    for (int k = 0; k < NBF && full; k++) sizes[buf_final(s, k)] = final_floats[k];
     /* the output */
     kept[full && (feat & MI_F_HEAD) ? buf_final(s, BF_LOGITS) : buf_resid(stop_layer)] = 1;
-    for (int p = 0; p < np; p++)
-        if (flags[p] && mi_tf_point_present(s, p)) {
-            /* 1: a slot of its own; 2: read during the pass only (a transient
-             * hook), so it must be written but may share the scratch slot */
-            uint8_t need = (flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) ? 1 : 2, *k = &kept[point_buf(s, p)];
-            if (!*k || need < *k) *k = need;
-        }
+    for (int p = 0; p < np; p++) {
+        int scope, l;
+        if (!flags[p] || !mi_tf_applies(mi_tf_point_row(s, p, &scope, &l)->fires, feat)) continue;
+        /* 1: a slot of its own; 2: read during the pass only (a transient
+         * hook), so it must be written but may share the scratch slot */
+        uint8_t need = (flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) ? 1 : 2, *k = &kept[point_buf(s, p)];
+        if (!*k || need < *k) *k = need;
+    }
     /* a hook on ln1's points sees the runs on the q and k inputs too: keep
      * theirs as well (the cache keeps the last, on the v input) */
     for (int l = first; l < stop_layer && head_inputs(s); l++) {
@@ -185,11 +186,14 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     }
     /* buffers the pass only writes when something reads them (fused
      * attention's scores/pattern, hook_normalized ahead of affine weights) */
+    int elidable[NB], n_elidable = 0;
+    for (int k = 0; k < NB; k++)
+        if (mi_layer_bufs[k].elided) elidable[n_elidable++] = k;
     for (int l = first; l < stop_layer; l++) {
         unsigned f = feat | (attn_fusable(flags, mi_tf_layer_point(l, 0)) ? MI_F_FUSED : 0u);
-        for (int k = 0; k < NB; k++) {
-            int b = buf_layer(s, l, k);
-            if (mi_layer_bufs[k].elided && mi_tf_applies(mi_layer_bufs[k].elided, f) && !kept[b]) sizes[b] = 0;
+        for (int i = 0; i < n_elidable; i++) {
+            int k = elidable[i], b = buf_layer(s, l, k);
+            if (mi_tf_applies(mi_layer_bufs[k].elided, f) && !kept[b]) sizes[b] = 0;
         }
     }
     for (int k = 0; k < NBF && full; k++) {

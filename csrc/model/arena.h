@@ -46,7 +46,7 @@ enum { MI_FINAL_BUFFERS(BUF_ROW) NBF };
 #undef BUF_ROW
 
 typedef struct {
-    const char *name;
+    const char *name;     /* what a size error names */
     int shape;            /* SH_* */
     unsigned needed;      /* MI_F_* mask: the spec has the buffer */
     unsigned elided;      /* MI_F_* mask: written only when read (0: always) */

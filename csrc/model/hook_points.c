@@ -8,9 +8,9 @@
 #include "model/arena.h"
 
 #define POINT_ROW(id, name, buf, shape, fires, listed, rank) {name, buf, SH_##shape, fires, listed, rank},
-static const point_row start_points[] = {MI_START_POINTS(POINT_ROW)};
-static const point_row layer_points[] = {MI_LAYER_POINTS(POINT_ROW)};
-static const point_row final_points[] = {MI_FINAL_POINTS(POINT_ROW)};
+static const point_row start_points[MI_PS_COUNT] = {MI_START_POINTS(POINT_ROW)};
+static const point_row layer_points[MI_P_PER_LAYER] = {MI_LAYER_POINTS(POINT_ROW)};
+static const point_row final_points[MI_PF_COUNT] = {MI_FINAL_POINTS(POINT_ROW)};
 #undef POINT_ROW
 
 /* The ranks of each scope are a permutation of its rows: n distinct bits below n. */
@@ -59,13 +59,6 @@ int mi_tf_point_present(const mi_tf_spec *s, int p)
     int scope, layer;
     if (p < 0 || p >= mi_tf_n_points(s)) return 0;
     return mi_tf_applies(mi_tf_point_row(s, p, &scope, &layer)->fires, mi_tf_features(s));
-}
-
-int mi_tf_point_listed(const mi_tf_spec *s, int p)
-{
-    int scope, layer;
-    if (p < 0 || p >= mi_tf_n_points(s)) return 0;
-    return mi_tf_applies(mi_tf_point_row(s, p, &scope, &layer)->listed, mi_tf_features(s));
 }
 
 int mi_tf_point_name(const mi_tf_spec *s, int p, char *buf)

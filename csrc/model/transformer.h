@@ -135,16 +135,15 @@ void mi_tf_free(mi_transformer *m);
 float *mi_tf_tensor(const mi_transformer *m, size_t off);
 
 /* Hook points. mi_tf_point_present: the spec's pass writes the point (it can
- * be cached and hooked). mi_tf_point_listed: TransformerLens's module tree for
- * the spec has the HookPoint (some listed points never fire, e.g. hook_result
- * without use_attn_result). */
+ * be cached and hooked). */
 int mi_tf_n_points(const mi_tf_spec *s);
 int mi_tf_point_present(const mi_tf_spec *s, int point);
-int mi_tf_point_listed(const mi_tf_spec *s, int point);
 /* The TransformerLens name of `point` into buf (64 bytes); its layer or -1. */
 int mi_tf_point_name(const mi_tf_spec *s, int point, char *buf);
-/* The listed points' ids in TransformerLens's module order (hook_dict order)
- * into ids (mi_tf_n_points entries at most); returns their count. */
+/* The ids of the points TransformerLens's module tree has for this spec (its
+ * hook_dict; some never fire, e.g. hook_result without use_attn_result), in
+ * its module order, into ids (mi_tf_n_points entries at most); returns their
+ * count. */
 int mi_tf_module_order(const mi_tf_spec *s, int *ids);
 
 /* One row of the hook point table, for introspection: its TransformerLens
