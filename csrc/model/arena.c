@@ -21,7 +21,7 @@ const unsigned char mi_shape_axes[N_SHAPES][5] = {MI_SHAPES(SHAPE_AXES)};
 const char *const mi_dim_names[N_DIMS] = {MI_DIMS(DIM_NAME)};
 #undef DIM_NAME
 
-/* Extent of axis `dim` for a [B, T] call; 0: the axis is dropped. */
+/* Extent of axis `dim` for a [B, T] call; -1: the axis is dropped. */
 static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T)
 {
     switch (dim) {
@@ -31,13 +31,13 @@ static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T)
     case DIM_POS: return T;
     case DIM_D: return s->d_model;
     case DIM_H: return s->n_heads;
-    case DIM_HEAD_IN: return head_inputs(s) ? s->n_heads : 0;
+    case DIM_HEAD_IN: return head_inputs(s) ? s->n_heads : -1;
     case DIM_DH: return s->d_head;
     case DIM_M: return s->d_mlp;
     case DIM_V: return s->d_vocab;
     case DIM_VO: return s->d_vocab_out;
     case DIM_CTX: return s->n_ctx;
-    default: return 0;
+    default: return -1;
     }
 }
 
@@ -48,9 +48,9 @@ mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B,
     int nd = 0, wrapped = 0;
     for (int a = 0; a < 5 && axes[a] != DIM_NONE; a++) {
         int64_t e = extent(s, axes[a], B, T);
-        if (!e) continue;
+        if (e < 0) continue;
         dims[nd++] = e;
-        wrapped |= e < 0 || __builtin_mul_overflow(n, (size_t)e, &n);
+        wrapped |= __builtin_mul_overflow(n, (size_t)e, &n);
     }
     *ndim = nd;
     *numel = n;
@@ -58,7 +58,7 @@ mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B,
     char expr[160], vals[160];
     int ne = 0, nv = 0;
     for (int a = 0, k = 0; a < 5 && axes[a] != DIM_NONE; a++) {
-        if (!extent(s, axes[a], B, T)) continue;
+        if (extent(s, axes[a], B, T) < 0) continue;
         ne += snprintf(expr + ne, sizeof expr - (size_t)ne, "%s%s", k ? " * " : "", mi_dim_names[axes[a]]);
         nv += snprintf(vals + nv, sizeof vals - (size_t)nv, "%s%lld", k ? " * " : "", (long long)dims[k]);
         k++;
@@ -72,7 +72,7 @@ int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t dims[
     int nd = 0;
     for (int a = 0; a < 5 && mi_shape_axes[sh][a] != DIM_NONE; a++) {
         int64_t e = extent(s, mi_shape_axes[sh][a], B, T);
-        if (e) dims[nd++] = e;
+        if (e >= 0) dims[nd++] = e;
     }
     return nd;
 }
