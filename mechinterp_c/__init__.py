@@ -16,12 +16,13 @@ from . import _core, ablation, analysis, checkpoints, io, ops, optim, reve, trai
 from ._core import get_num_threads, set_num_threads
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
+from .factored_matrix import FactoredMatrix
 from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
 from .transformers.modeling_gpt2 import get_array_type, set_array_type
 
 __all__ = [
-    "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
+    "ActivationCache", "FactoredMatrix", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
     "analysis", "checkpoints", "io", "ops", "optim", "reve", "training", "transformers", "utils", "weight_processing",
     "set_num_threads", "get_num_threads", "cpu_isa", "set_array_type", "get_array_type",
 ]

@@ -29,6 +29,17 @@ from .utils import Slice, get_act_name, to_numpy
 _NORM_TYPES = ("LN", "LNPre", "RMS", "RMSPre")
 
 
+def check_cpu_device(device):
+    """Accept None or a CPU device (a string, or anything whose ``str`` is one, such as a
+    ``torch.device``); any other device is a ValueError: the arrays live in host memory."""
+    if device is None:
+        return
+    name = str(device)
+    if name != "cpu" and not name.startswith("cpu:"):
+        raise ValueError(f"device={name!r}: mechinterp_c computes and keeps activations in CPU "
+                         f"memory only; use device=None or 'cpu'")
+
+
 def _as_slice(s):
     return s if isinstance(s, Slice) else Slice(s)
 
@@ -119,6 +130,19 @@ class ActivationCache:
 
     def __repr__(self):
         return f"ActivationCache with keys {list(self.cache_dict)}"
+
+    def to(self, device):
+        """No-op returning self: the activations are already in CPU memory, where they stay.
+        ``device`` must be None or a CPU device (another device is a ValueError)."""
+        check_cpu_device(device)
+        return self
+
+    def toggle_autodiff(self, mode=False):
+        """No-op: these activations never record an autodiff graph (gradients come from
+        ``model.backward``), so there is no global gradient state to switch either way,
+        and nothing else changes (TransformerLens sets ``torch.set_grad_enabled(mode)``)."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"toggle_autodiff: mode must be a bool, got {type(mode).__name__}")
 
     # ------------------------------------------------------------ batch helpers
 

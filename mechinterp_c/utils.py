@@ -184,3 +184,7 @@ def lm_accuracy(logits, tokens, per_token=False):
     if per_token:
         return correct
     return correct.sum() / correct.size
+
+
+# circuit helpers live with FactoredMatrix; TransformerLens code reaches them as utils.*
+from .factored_matrix import composition_scores, get_matrix_corner  # noqa: E402,F401
