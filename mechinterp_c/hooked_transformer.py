@@ -20,7 +20,7 @@ from .utils import to_numpy
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
              "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
-_CACHE, _CALLBACK, _TRANSIENT = 1, 2, 4
+_CACHE, _CALLBACK, _TRANSIENT = _core.HOOK_CACHE, _core.HOOK_CALLBACK, _core.HOOK_TRANSIENT
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
 
@@ -106,31 +106,6 @@ def _check_unsupported(cfg):
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
 
 
-def _tl_hook_names(cfg):
-    """Every HookPoint name of TransformerLens's module tree for cfg, in its module order."""
-    norm = cfg.normalization_type is not None
-    names = ["hook_embed", "hook_pos_embed"]
-    for l in range(cfg.n_layers):
-        p = f"blocks.{l}."
-        lns = ["ln1"] + ([] if cfg.attn_only else ["ln2"])
-        if norm:
-            names += [p + f"{ln}.{h}" for ln in lns for h in ("hook_scale", "hook_normalized")]
-        names += [p + "attn." + h for h in ("hook_k", "hook_q", "hook_v", "hook_z", "hook_attn_scores",
-                                            "hook_pattern", "hook_result")]
-        if not cfg.attn_only:
-            if cfg.act_fn == "solu_ln":
-                names += [p + "mlp.hook_mid", p + "mlp.ln.hook_scale", p + "mlp.ln.hook_normalized"]
-            names += [p + "mlp.hook_pre"] + ([p + "mlp.hook_pre_linear"] if cfg.gated_mlp else []) \
-                + [p + "mlp.hook_post"]
-        names += [p + h for h in ("hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input",
-                                  "hook_mlp_in", "hook_attn_out", "hook_mlp_out", "hook_resid_pre")]
-        names += ([] if cfg.attn_only else [p + "hook_resid_mid"]) + [p + "hook_resid_post"]
-    if norm:
-        names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
-    return names + ["unembed.hook_in", "unembed.hook_out"]
-
-
-
 class HookedTransformer(HookedRootMixin, CircuitsMixin):
     """A transformer with TransformerLens hook points, running on the C core.
 
@@ -203,19 +178,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin):
         self._n_points = self._core.n_points
         self._points = [None] * self._n_points
         self._point_layer = {}
-        fired = {}
-        for name, pid, layer in self._core.hook_points():     # forward (firing) order
-            fired[name] = HookPoint(name, pid)
-            self._points[pid] = fired[name]
-            self._point_layer[pid] = layer
-        self._fire_order = list(fired)
         # hook_dict: every HookPoint TransformerLens's module tree has, in its module
-        # order; points this config never fires (hook_result without use_attn_result,
-        # hook_attn_in, ...) accept hooks that never run, as in TransformerLens.
+        # order (the C core's hook point table); points this config never fires
+        # (hook_result without use_attn_result, hook_attn_in, ...) have no point id and
+        # accept hooks that never run, as in TransformerLens.
         self.hook_dict = {}
-        for name in _tl_hook_names(cfg):
-            self.hook_dict[name] = fired.pop(name, None) or HookPoint(name, None)
-        assert not fired, f"hook points missing from the module order: {list(fired)}"
+        for name, pid, layer, fires in self._core.hook_points():
+            self.hook_dict[name] = HookPoint(name, pid if fires else None)
+            if fires:
+                self._points[pid] = self.hook_dict[name]
+                self._point_layer[pid] = layer
+        # point ids are in forward (firing) order
+        self._fire_order = [hp.name for hp in self._points if hp is not None]
         self._params = self._tl_params()
         self._make_modules()
 

@@ -126,7 +126,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
     int64_t B = pl->batch, T = pl->seq, BT = B * T, D = s->d_model, H = s->n_heads,
             Dh = s->d_head, HD = H * Dh, Mm = s->d_mlp;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
-    int p0 = 2 + l * MI_P_PER_LAYER;
+    int p0 = mi_tf_layer_point(l, 0);
 #define V(k) view_ptr(m, pl, A, p0 + (k))
     float *dresid = S->dresid;
     if (!s->attn_only) {
@@ -327,8 +327,8 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     *loss = mean;
     tick(&S, MI_BWD_LOSS);
 
-    int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    int last = 2 + ((int)s->n_layers - 1) * MI_P_PER_LAYER + MI_P_RESID_POST;
+    int pf = mi_tf_final_point(s, 0);
+    int last = mi_tf_layer_point((int)s->n_layers - 1, MI_P_RESID_POST);
     const float *resid_L = view_ptr(m, &plan, arena, last);
     const size_t *g = m->global_off;
     /* logits = xf @ W_U + b_U ; xf = ln_final(resid[L]) */

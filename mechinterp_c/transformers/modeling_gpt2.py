@@ -61,6 +61,7 @@ import weakref
 
 import numpy as np
 
+from .. import _core
 from .. import io as _io
 from ..config import GPT2_CONFIG_DIVISIBLE, GPT2_CONFIG_FIELDS, validate_fields
 from ..hooked_transformer import HookedTransformer
@@ -901,11 +902,11 @@ class GPT2LMHeadModel(Module):
         if output_attentions:
             want += [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
         for n in want:
-            flags[hd[n].point_id] |= 1
+            flags[hd[n].point_id] |= _core.HOOK_CACHE
         any_cb = False
         for hp in ht.hook_dict.values():
             if hp._handles:
-                flags[hp.point_id] |= 2
+                flags[hp.point_id] |= _core.HOOK_CALLBACK
                 any_cb = True
         points = ht._points
         pos_pid = ht._pos_pid
@@ -913,7 +914,7 @@ class GPT2LMHeadModel(Module):
             # The C core zeroes the position embedding of padded tokens (TransformerLens's
             # rule); HF adds wpe at every position, so put those rows back: then padded
             # query rows match HF too, not only the real tokens.
-            flags[pos_pid] |= 2
+            flags[pos_pid] |= _core.HOOK_CALLBACK
             any_cb = True
             W_pos = self.transformer.wpe.weight
 
