@@ -7,13 +7,15 @@ changes what the C core computes); activations are zero-copy views of the
 per-call arena, valid after later calls and after the model is deleted.
 """
 import contextlib
+import warnings
 
 import numpy as np
 
-from . import _core
+from . import _core, utils
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
 from .hook_points import HookPoint
+from .hooked_text import TextMixin, check_padding_side
 from .utils import to_numpy
 
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
@@ -146,21 +148,31 @@ def names_filter_fn(names_filter):
                     f"got {type(names_filter).__name__}")
 
 
-class HookedTransformer:
+class HookedTransformer(TextMixin):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its
     fields) builds a seeded, GPT-2-initialised model (weights N(0, initializer_range),
     biases 0, norm weights 1). Load TransformerLens weights with
     ``load_state_dict({k: v.numpy() for k, v in tl_model.state_dict().items()})``.
+    With a ``tokenizer`` the model takes text (see :mod:`mechinterp_c.hooked_text`);
+    ``default_padding_side`` ("left" / "right") becomes the tokenizer's padding side.
     """
 
     # C spec flags beyond the config (REVE's subclass: no positional table, no head)
     _CORE_SPEC = {"pos_embed": True}
 
-    def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side="right"):
+    def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side=None):
         self.cfg = HookedTransformerConfig.unwrap(cfg)
-        self.tokenizer = tokenizer
+        self.tokenizer = None
+        check_padding_side(default_padding_side, "default_padding_side")
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
+        elif default_padding_side is not None:
+            # TransformerLens logs the same warning and also goes on without a tokenizer
+            warnings.warn("default_padding_side is given but ignored because the model has no "
+                          "tokenizer (pass tokenizer=... or call set_tokenizer(tok, "
+                          "default_padding_side=...))", stacklevel=2)
         _check_unsupported(self.cfg)
         self._build()
         if self.cfg.init_weights:
@@ -183,22 +195,6 @@ class HookedTransformer:
         """``from_pretrained`` with every weight processing step off."""
         return cls.from_pretrained(model_name, fold_ln=False, center_writing_weights=False,
                                    center_unembed=False, fold_value_biases=False, **kwargs)
-
-    def to_tokens(self, input, prepend_bos=None, padding_side=None, move_to_device=True,
-                  truncate=True):
-        """Token ids [batch, pos] of a string or list of strings (needs ``self.tokenizer``)."""
-        from .transformers.modeling_gpt2 import tl_to_tokens
-        return tl_to_tokens(self, input, prepend_bos, padding_side, truncate)
-
-    def to_string(self, tokens):
-        """Decode token ids ([pos] -> str, [batch, pos] -> list of str)."""
-        from .transformers.modeling_gpt2 import tl_to_string
-        return tl_to_string(self, tokens)
-
-    def to_str_tokens(self, input, prepend_bos=None, padding_side=None):
-        """The string of every token of ``input`` (a string or 1-D token ids)."""
-        from .transformers.modeling_gpt2 import tl_to_str_tokens
-        return tl_to_str_tokens(self, input, prepend_bos, padding_side)
 
     # ------------------------------------------------------------ structure
     def _build(self):
@@ -561,31 +557,27 @@ class HookedTransformer:
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
                                   pos_ids, key_mask, stop)
 
+    def loss_fn(self, logits, tokens, attention_mask=None, per_token=False):
+        """Next-token cross-entropy, ``utils.lm_cross_entropy_loss`` in float32 (as
+        TransformerLens's ``loss_fn``): the mean, or [batch, pos - 1] with per_token."""
+        loss = utils.lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+        return loss.astype(np.float32) if per_token else np.float32(loss)
+
     def _loss(self, logits, tokens, attention_mask, per_token):
-        """Next-token cross-entropy as TransformerLens's ``lm_cross_entropy_loss``."""
         tokens = self._tokens(tokens)
-        lg = logits[:, :-1].astype(np.float64)
-        mx = lg.max(-1, keepdims=True)
-        lse = np.log(np.exp(lg - mx).sum(-1)) + mx[..., 0]
-        picked = np.take_along_axis(lg, tokens[:, 1:, None], -1)[..., 0]
-        logp = picked - lse
         if attention_mask is not None:
-            m = np.asarray(to_numpy(attention_mask)).reshape(tokens.shape) != 0
-            nxt = m[:, :-1] & m[:, 1:]
-            logp = np.where(nxt, logp, 0.0)
-            n = nxt.sum()
-        else:
-            n = logp.size
-        if per_token:
-            return (-logp).astype(np.float32)
-        return np.float32(-logp.sum() / n)
+            attention_mask = np.asarray(to_numpy(attention_mask)).reshape(tokens.shape)
+        return self.loss_fn(logits, tokens, attention_mask, per_token)
 
     def forward(self, input, return_type="logits", loss_per_token=False, prepend_bos=None,
                 padding_side=None, start_at_layer=None, tokens=None, shortformer_pos_embed=None,
                 attention_mask=None, stop_at_layer=None, past_kv_cache=None):
-        """Run the model on token ids ``input`` ([batch, pos] or [pos] ints).
+        """Run the model on ``input``: token ids ([batch, pos] or [pos] ints), a string or a
+        list of strings (tokenized by ``to_tokens`` with ``prepend_bos`` and ``padding_side``).
 
-        return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
+        Left padding (``padding_side``, else the tokenizer's) without an
+        ``attention_mask`` gets the mask ``utils.get_attention_mask`` builds from the
+        tokens, as TransformerLens. return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
         cross-entropy; per position [batch, pos-1] with loss_per_token), "both"
         ((logits, loss)) or None. ``attention_mask`` [batch, pos] (1 keep, 0 pad) masks
         padded keys and shifts positions as TransformerLens (one deliberate difference:
@@ -596,6 +588,8 @@ class HookedTransformer:
         """
         if past_kv_cache is not None or shortformer_pos_embed is not None:
             raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        if start_at_layer is None:
+            input, attention_mask = self._input_tokens(input, prepend_bos, padding_side, attention_mask)
         return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
                              start_at_layer=start_at_layer, loss_tokens=tokens)[0]
 
@@ -660,10 +654,15 @@ class HookedTransformer:
         attention_mask = model_kwargs.pop("attention_mask", None)
         stop_at_layer = model_kwargs.pop("stop_at_layer", None)
         start_at_layer = model_kwargs.pop("start_at_layer", None)
+        prepend_bos = model_kwargs.pop("prepend_bos", None)
+        padding_side = model_kwargs.pop("padding_side", None)
         loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
+        if start_at_layer is None:
+            tokens, attention_mask = self._input_tokens(tokens, prepend_bos, padding_side, attention_mask)
+        points, fire_order = self._points, self._fire_order   # a hook may rebuild the model
         # nothing needed past the last cached layer when no output is wanted: stop there
         stop_layer = None
         if return_type is None and stop_at_layer is None and start_at_layer is None and not any(
@@ -674,8 +673,8 @@ class HookedTransformer:
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
                                  ids, stop_layer, start_at_layer, loss_tokens)
-        cache = {self._points[pid].name: v for pid, v in raw.items()}
-        cache = {n: cache[n] for n in self._fire_order if n in cache}   # forward order
+        cache = {points[pid].name: v for pid, v in raw.items()}
+        cache = {n: cache[n] for n in fire_order if n in cache}   # forward order
         if remove_batch_dim:
             cache = {n: v[0] for n, v in cache.items()}
         return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)

@@ -184,3 +184,35 @@ def lm_accuracy(logits, tokens, per_token=False):
     if per_token:
         return correct
     return correct.sum() / correct.size
+
+
+def get_attention_mask(tokenizer, tokens, prepend_bos, padding_side=None):
+    """The attention mask of padded ``tokens`` [batch, pos] (1 real, 0 pad; int64), as
+    ``transformer_lens.utils.get_attention_mask``.
+
+    Only the pads at the padded end count: the trailing run of ``tokenizer.pad_token_id``
+    with ``padding_side="right"``, the leading run with "left" (default: the
+    tokenizer's side). When BOS and pad are the same id and ``prepend_bos``, the last
+    leading "pad" of a left-padded row is its BOS and stays unmasked. Without a
+    tokenizer every token is real.
+    """
+    toks = np.asarray(to_numpy(tokens))
+    if toks.dtype.kind not in "iu":
+        raise TypeError(f"get_attention_mask: tokens must be integer ids, got dtype {toks.dtype}")
+    mask = np.ones(toks.shape, np.int64)
+    if tokenizer is None:
+        return mask
+    side = padding_side if padding_side is not None else tokenizer.padding_side
+    if side not in ("left", "right"):
+        raise ValueError(f"get_attention_mask: padding_side must be 'left' or 'right', got {side!r}")
+    not_pad = toks != tokenizer.pad_token_id
+    if side == "right":
+        mask[np.cumsum(not_pad[..., ::-1], axis=-1)[..., ::-1] == 0] = 0
+        return mask
+    leading = np.cumsum(not_pad, axis=-1) == 0
+    mask[leading] = 0
+    if prepend_bos and tokenizer.bos_token_id == tokenizer.pad_token_id:
+        # the BOS is the last of the leading "pads" (index -1 when there is no pad: already 1)
+        bos_pos = leading.sum(-1) - 1
+        np.put_along_axis(mask, bos_pos[..., None], 1, axis=-1)
+    return mask
