@@ -64,13 +64,39 @@ class _Norm(_Module):
 class _Weight(np.ndarray):
     """A writable view of the C model's weights: a plain NumPy array except that
     ``.data`` is the array itself (not a memoryview), so torch idioms such as
-    ``model.pos_embed.W_pos.data[:] = 0`` edit the weights as in TransformerLens.
-    Arithmetic on it gives plain arrays."""
+    ``model.pos_embed.W_pos.data[:] = 0`` edit the weights as in TransformerLens, and
+    ``requires_grad`` freezes the parameter for training as in torch
+    (``model.pos_embed.W_pos.requires_grad = False`` is ``get_parameter(
+    "pos_embed.W_pos").requires_grad = False``). Arithmetic on it gives plain arrays;
+    a slice or copy reports its parameter's flag but cannot set it (freezing part of a
+    parameter is not supported: AttributeError)."""
+
+    def __array_finalize__(self, obj):
+        self._param_name = None            # set on the parameter's own view only
+        self._requires_grad = getattr(obj, "_requires_grad", True)
 
     @property
     def data(self):
         """The weights themselves as a plain ndarray view (torch's ``.data``)."""
         return self.view(np.ndarray)
+
+    @property
+    def requires_grad(self):
+        """Whether training (``backward``, ``optim``) updates this parameter."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if self._param_name is None:
+            raise AttributeError("requires_grad can only be set on a whole parameter (e.g. "
+                                 "model.pos_embed.W_pos or model.get_parameter(name)), not on a "
+                                 "slice, copy or result of one")
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, requires_grad=True):
+        """torch's in-place ``requires_grad_``: sets ``requires_grad``; returns self."""
+        self.requires_grad = requires_grad
+        return self
 
     def __array_wrap__(self, obj, context=None, return_scalar=False):
         obj = obj.view(np.ndarray)
@@ -197,10 +223,14 @@ class HookedTransformer(TextMixin):
                                    center_unembed=False, fold_value_biases=False, **kwargs)
 
     # ------------------------------------------------------------ structure
-    def _build(self):
-        """(Re)create the C model and the module tree from ``self.cfg``."""
+    def _build(self, params_from=None):
+        """(Re)create the C model and the module tree from ``self.cfg``. With ``params_from``
+        (the previous C model) the new one reads that model's weights in place when the
+        parameter layout is unchanged, and the existing weight views (``self._params``)
+        are kept; returns whether it does. Existing HookPoints are kept (with their
+        hooks, so handles taken earlier still remove them); only their ids change."""
         cfg = self.cfg
-        self._core = _core.Model(
+        core = _core.Model(
             n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
             d_mlp=cfg.d_mlp if not cfg.attn_only else 0, d_vocab=cfg.d_vocab,
             d_vocab_out=cfg.d_vocab_out, n_ctx=cfg.n_ctx, norm=_NORM_CODE[cfg.normalization_type],
@@ -210,13 +240,22 @@ class HookedTransformer(TextMixin):
             use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
             use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
-        self._raw = self._core.params()
+        shared = params_from is not None and core.share_params(params_from)
+        self._core = core
+        self._raw = core.params()
         self._n_points = self._core.n_points
         self._points = [None] * self._n_points
         self._point_layer = {}
+        old = self.__dict__.get("hook_dict", {})
+
+        def point(name, pid):
+            hp = old.get(name) or HookPoint(name, pid)
+            hp.point_id = pid
+            return hp
+
         fired = {}
         for name, pid, layer in self._core.hook_points():     # forward (firing) order
-            fired[name] = HookPoint(name, pid)
+            fired[name] = point(name, pid)
             self._points[pid] = fired[name]
             self._point_layer[pid] = layer
         self._fire_order = list(fired)
@@ -225,10 +264,12 @@ class HookedTransformer(TextMixin):
         # hook_attn_in, ...) accept hooks that never run, as in TransformerLens.
         self.hook_dict = {}
         for name in _tl_hook_names(cfg):
-            self.hook_dict[name] = fired.pop(name, None) or HookPoint(name, None)
+            self.hook_dict[name] = fired.pop(name, None) or point(name, None)
         assert not fired, f"hook points missing from the module order: {list(fired)}"
-        self._params = self._tl_params()
+        if not shared:
+            self._params = self._tl_params()
         self._make_modules()
+        return shared
 
     def _tl_params(self):
         """TransformerLens-named, -shaped writable views of the blob."""
@@ -254,7 +295,10 @@ class HookedTransformer(TextMixin):
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
             if w in raw:
                 out[w] = raw[w]
-        return {k: v.view(_Weight) for k, v in out.items()}
+        params = {k: v.view(_Weight) for k, v in out.items()}
+        for k, v in params.items():
+            v._param_name = k
+        return params
 
     def _make_modules(self):
         cfg, P = self.cfg, self._params
@@ -366,14 +410,21 @@ class HookedTransformer(TextMixin):
         self.load_state_dict(sd, strict=False)
 
     def _rebuild(self):
-        """Recreate the C model after a cfg change, keeping weights and hooks."""
-        weights = {k: v.copy() for k, v in self._params.items()}
-        hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
-        self._build()
-        for n, hs in hooks.items():
-            if n in self.hook_dict:
-                self.hook_dict[n]._handles = hs
-        self.load_state_dict(weights, strict=False)
+        """Recreate the C model after a cfg change (also from a hook, mid-pass: that pass
+        finishes on the old C model). Hooks stay (same HookPoints, same handles). The
+        weights stay: with an unchanged parameter layout (every ``set_use_*`` switch) the
+        new C model reads the same memory, so weight views taken before (``W =
+        model.W_E``) still read and edit the model. When the layout changes (LayerNorm
+        folded into LNPre) the weights are copied over with their ``requires_grad`` and
+        the old views become read-only, so a stale edit fails loudly."""
+        old_core, old_params = self._core, self._params
+        if self._build(params_from=old_core):
+            return
+        self.load_state_dict(old_params, strict=False)
+        for k, v in old_params.items():
+            if k in self._params:
+                self._params[k].requires_grad = v.requires_grad
+            v.flags.writeable = False
 
     def set_use_attn_result(self, use_attn_result):
         """Turn ``attn.hook_result`` (per-head outputs [batch, pos, head, d_model]) on or off."""
@@ -417,6 +468,12 @@ class HookedTransformer(TextMixin):
 
     def train(self, mode=True):
         """No-op (no dropout); returns self."""
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` of every parameter (torch's ``Module.requires_grad_``)."""
+        for w in self._params.values():
+            w.requires_grad = requires_grad
         return self
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
