@@ -14,6 +14,7 @@ import numpy as np
 from . import _core, utils
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
+from .devices import CPUFloat32, check_device, check_dtype
 from .hook_points import HookPoint
 from .hooked_text import TextMixin, check_padding_side
 from .utils import to_numpy
@@ -115,6 +116,8 @@ def _param_view(params, name):
 
 
 def _check_unsupported(cfg):
+    check_dtype(cfg.dtype, "HookedTransformerConfig")
+    check_device(cfg.device, "HookedTransformerConfig")
     bad = []
     if cfg.positional_embedding_type != "standard":
         bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
@@ -174,7 +177,7 @@ def names_filter_fn(names_filter):
                     f"got {type(names_filter).__name__}")
 
 
-class HookedTransformer(TextMixin):
+class HookedTransformer(TextMixin, CPUFloat32):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its
@@ -453,14 +456,6 @@ class HookedTransformer(TextMixin):
             raise ValueError("use_attn_in is not supported with grouped-query attention")
         self.cfg.use_attn_in = bool(use_attn_in)
         self._rebuild()
-
-    def to(self, *args, **kwargs):
-        """No-op (CPU only); returns self so ``model.to(device)`` works."""
-        return self
-
-    def cpu(self):
-        """No-op; returns self."""
-        return self
 
     def eval(self):
         """No-op (no dropout); returns self."""

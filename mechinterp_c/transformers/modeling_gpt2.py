@@ -62,6 +62,7 @@ import weakref
 import numpy as np
 
 from .. import io as _io
+from ..devices import CPUFloat32, check_device, check_dtype
 from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
 
@@ -280,7 +281,7 @@ class _AffineSite:
         y[...] = (new - self.b) / self.w
 
 
-class Module:
+class Module(CPUFloat32):
     """A node of the HF module tree, with torch-style hook registration.
 
     Subclasses describe where their input and output live in the C pass."""
@@ -312,10 +313,6 @@ class Module:
 
     def eval(self):
         """No-op (no dropout in inference); returns self."""
-        return self
-
-    def to(self, *args, **kwargs):
-        """No-op (the C core runs on the CPU in float32); returns self."""
         return self
 
     def requires_grad_(self, requires_grad=True):
@@ -563,6 +560,29 @@ class GPT2Model(Module):
 
 
 # --------------------------------------------------------------------- model
+# from_pretrained keywords that change nothing here: no network, no remote code, and the
+# weights are always mapped (no memory to save), from safetensors
+_NO_OP_LOADING_KWARGS = ("local_files_only", "trust_remote_code", "token", "low_cpu_mem_usage",
+                         "force_download")
+
+
+def check_model_args(model_args, kwargs, where):
+    """Refuse what a Hugging Face ``from_pretrained`` call asks for that the C model cannot
+    honour: extra positional arguments, a dtype other than float32, a device other than
+    the CPU, ``use_safetensors=False``, unknown keywords (consumed from ``kwargs``)."""
+    if model_args:
+        raise TypeError(f"{where}: unexpected positional argument(s) {model_args!r}")
+    check_dtype(kwargs.pop("torch_dtype", None), where, allow_auto=True)
+    check_dtype(kwargs.pop("dtype", None), where, allow_auto=True)
+    check_device(kwargs.pop("device_map", None), where)
+    if kwargs.pop("use_safetensors", True) is False:
+        raise NotImplementedError(f"{where}: use_safetensors=False: only safetensors weights are read")
+    for k in _NO_OP_LOADING_KWARGS:
+        kwargs.pop(k, None)
+    if kwargs:
+        raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}")
+
+
 def _tl_config(cfg):
     """The HookedTransformerConfig dict of a GPT-2 config.json."""
     act = cfg.activation_function
@@ -675,8 +695,16 @@ class GPT2LMHeadModel(Module):
         """Load ``config.json`` and the safetensors weights of a local directory or of a
         model in the Hugging Face cache (no network). The weights are not copied: the
         file is mapped copy-on-write and the C core reads them in place (see the module
-        docstring). Extra HF keywords such as ``torch_dtype`` are accepted and ignored
-        (the C core computes in float32)."""
+        docstring).
+
+        ``torch_dtype`` / ``dtype``: float32 or "auto" (F16/BF16 checkpoints are
+        converted to float32 once); ``device_map``: None or "cpu". HF keywords about
+        fetching or trust (``local_files_only``, ``trust_remote_code``, ``token``,
+        ``low_cpu_mem_usage``, ``use_safetensors=True``) are accepted: nothing is
+        fetched and the weights are always mapped from safetensors. Anything else raises
+        (a dtype or device it cannot honour: NotImplementedError; an unknown keyword:
+        TypeError naming it)."""
+        check_model_args(model_args, kwargs, "GPT2LMHeadModel.from_pretrained")
         cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                          cache_dir=cache_dir)
         cfg._name_or_path = str(pretrained_model_name_or_path)
@@ -976,8 +1004,10 @@ def hooked_transformer_from_pretrained(name_or_path, fold_ln=True, center_writin
     A GPT-2 tokenizer is attached when the checkpoint has one and the tokenizer module
     is available."""
     default_padding_side = kwargs.pop("default_padding_side", None)
-    for k in ("device", "dtype", "torch_dtype", "move_to_device"):
-        kwargs.pop(k, None)
+    check_dtype(kwargs.pop("dtype", None), "from_pretrained")
+    check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
+    check_device(kwargs.pop("device", None), "from_pretrained")
+    kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
     if kwargs:
         raise NotImplementedError(f"from_pretrained: unsupported argument(s) {sorted(kwargs)}")
     cfg = GPT2Config.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
