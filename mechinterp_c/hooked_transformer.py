@@ -693,6 +693,7 @@ class HookedTransformer(TextMixin, CPUFloat32):
         ``names_filter`` accepts (None: all; a name; a list of names; a function of the name).
 
         Cached arrays are views into the pass's arena (no copies)."""
+        check_device(device, "run_with_cache")
         if incl_bwd:
             raise NotImplementedError("incl_bwd: backward caching is not supported")
         if pos_slice is not None:

@@ -118,3 +118,23 @@ def test_hf_moves_refused(ckpt):
         m(TOKENS, labels=TOKENS)
     np.testing.assert_array_equal(m(TOKENS).logits, before)
     assert mi.devices.CPUFloat32.to.__doc__
+
+
+def test_tokenizer_keywords_refused(ckpt):
+    from mechinterp_c.transformers import GPT2Tokenizer
+    tok = GPT2Tokenizer.from_pretrained(ckpt)
+    for kw in (dict(return_offsets_mapping=True), dict(stride=2), dict(return_token_type_ids=True)):
+        with pytest.raises(NotImplementedError, match=next(iter(kw))):
+            tok("the cat", **kw)
+        with pytest.raises(NotImplementedError, match=next(iter(kw))):
+            tok.encode("the cat", **kw)
+    with pytest.raises(TypeError, match="bogus"):
+        GPT2Tokenizer.from_pretrained(ckpt, bogus=1)
+    assert tok("the cat", verbose=False, return_token_type_ids=False)["input_ids"] == tok.encode("the cat")
+
+
+def test_run_with_cache_device_refused():
+    m = HookedTransformer(CFG)
+    with pytest.raises(NotImplementedError, match="cuda"):
+        m.run_with_cache(TOKENS, device="cuda")
+    assert m.run_with_cache(TOKENS, device="cpu")[0].shape == (1, 4, 30)
