@@ -1,9 +1,10 @@
 """Where and in what precision models run: the CPU, in float32. Anything else asked for
-(a GPU, float16, bfloat16, float64) is refused with an error naming it, never ignored.
+is refused with an error naming it, never ignored: another device is a ValueError,
+another dtype (float16, bfloat16, float64) a NotImplementedError.
 
 ``CPUFloat32`` gives a model class torch's moving methods (``to``, ``cpu``, ``float``,
 ``cuda``, ``half``, ``bfloat16``, ``double``, ``mps``): those that ask for the CPU or
-float32 return the model unchanged, the others raise NotImplementedError.
+float32 return the model unchanged, the others raise.
 """
 import numpy as np
 
@@ -33,16 +34,17 @@ def check_dtype(dtype, where, allow_auto=False):
                               f"float32 only (leave the dtype out or pass float32)")
 
 
-def check_device(device, where):
-    """Nothing for None and the CPU ("cpu", "cpu:0", torch.device("cpu")); anything else
-    (a GPU, "meta", ...): NotImplementedError naming it."""
+def check_cpu_device(device, where=None):
+    """Nothing for None and the CPU ("cpu", "cpu:0", torch.device("cpu")); any other
+    device (a GPU, "meta", ...) is a ValueError naming it: the C core computes, and keeps
+    weights and activations, in CPU memory only."""
     if device is None:
         return
-    name = str(getattr(device, "type", device))
+    name = str(device)
     if name == "cpu" or name.startswith("cpu:"):
         return
-    raise NotImplementedError(f"{where}: device {str(device)!r} is not supported: the C core runs "
-                              f"on the CPU only")
+    raise ValueError(f"{where + ': ' if where else ''}device={name!r}: mechinterp_c computes and "
+                     f"keeps activations in CPU memory only; use device=None or 'cpu'")
 
 
 class CPUFloat32:
@@ -66,8 +68,8 @@ class CPUFloat32:
             if _is_dtype_like(a):
                 check_dtype(a, where)
             else:
-                check_device(a, where)
-        check_device(device, where)
+                check_cpu_device(a, where)
+        check_cpu_device(device, where)
         check_dtype(dtype, where)
         return self
 
@@ -80,12 +82,12 @@ class CPUFloat32:
         return self
 
     def cuda(self, device=None):
-        """Refused: the C core runs on the CPU only."""
-        raise NotImplementedError(f"{self._where('cuda')}: the C core runs on the CPU only (no GPU)")
+        """Refused (ValueError): the C core runs on the CPU only."""
+        check_cpu_device("cuda" if device is None else f"cuda:{device}", self._where("cuda"))
 
     def mps(self):
-        """Refused: the C core runs on the CPU only."""
-        raise NotImplementedError(f"{self._where('mps')}: the C core runs on the CPU only (no GPU)")
+        """Refused (ValueError): the C core runs on the CPU only."""
+        check_cpu_device("mps", self._where("mps"))
 
     def half(self):
         """Refused: the C core computes in float32 only."""

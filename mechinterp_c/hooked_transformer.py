@@ -13,9 +13,10 @@ import numpy as np
 
 from . import _core, utils
 from .activation_cache import ActivationCache
+from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
-from .devices import CPUFloat32, check_device, check_dtype
-from .hook_points import HookPoint
+from .devices import CPUFloat32, check_cpu_device, check_dtype
+from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
 from .hooked_text import TextMixin, check_padding_side
 from .utils import to_numpy
 
@@ -117,7 +118,7 @@ def _param_view(params, name):
 
 def _check_unsupported(cfg):
     check_dtype(cfg.dtype, "HookedTransformerConfig")
-    check_device(cfg.device, "HookedTransformerConfig")
+    check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
     if cfg.positional_embedding_type != "standard":
         bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
@@ -161,23 +162,7 @@ def _tl_hook_names(cfg):
 
 
 
-def names_filter_fn(names_filter):
-    """TransformerLens's ``names_filter`` (None: every name; a name; a list of names; a
-    function of the name) as a function of the name."""
-    if names_filter is None:
-        return lambda n: True
-    if isinstance(names_filter, str):
-        return lambda n: n == names_filter
-    if isinstance(names_filter, (list, tuple, set)):
-        names = set(names_filter)
-        return lambda n: n in names
-    if callable(names_filter):
-        return names_filter
-    raise TypeError(f"names_filter must be None, a name, a list of names or a function, "
-                    f"got {type(names_filter).__name__}")
-
-
-class HookedTransformer(TextMixin, CPUFloat32):
+class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its
@@ -396,17 +381,17 @@ class HookedTransformer(TextMixin, CPUFloat32):
                                     center_unembed=True, fold_value_biases=True,
                                     refactor_factored_attn_matrices=False):
         """Process TransformerLens weights (fold LayerNorm, centre writing weights and the
-        unembedding, fold value biases) with ``weight_processing.process_weights`` and load
-        them; with fold_ln, LN becomes LNPre and RMS becomes RMSPre, as TransformerLens."""
-        if refactor_factored_attn_matrices:
-            raise NotImplementedError("refactor_factored_attn_matrices is not supported")
+        unembedding, fold value biases, optionally refactor the attention circuits) with
+        ``weight_processing.process_weights`` and load them; with fold_ln, LN becomes LNPre
+        and RMS becomes RMSPre, as TransformerLens."""
         from . import weight_processing
         sd = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in state_dict.items()
               if not k.endswith(_TL_BUFFER_SUFFIXES)}
         sd = weight_processing.process_weights(sd, self.cfg, fold_ln=fold_ln,
                                                center_writing_weights=center_writing_weights,
                                                center_unembed=center_unembed,
-                                               fold_value_biases=fold_value_biases)
+                                               fold_value_biases=fold_value_biases,
+                                               refactor_factored_attn_matrices=refactor_factored_attn_matrices)
         if fold_ln and self.cfg.normalization_type in ("LN", "RMS"):
             self.cfg.normalization_type = "LNPre" if self.cfg.normalization_type == "LN" else "RMSPre"
             self._rebuild()
@@ -494,46 +479,6 @@ class HookedTransformer(TextMixin, CPUFloat32):
     b_out = property(lambda self: self._stack("mlp.b_out"), doc="[n_layers, d_model] (copy).")
 
     # ---------------------------------------------------------------- hooks
-    def _points_matching(self, name):
-        if isinstance(name, str):
-            if name not in self.hook_dict:
-                raise KeyError(f"unknown hook point {name!r} (this model has {len(self.hook_dict)}; "
-                               f"see model.hook_dict)")
-            return [self.hook_dict[name]]
-        if callable(name):
-            return [hp for n, hp in self.hook_dict.items() if name(n)]
-        raise TypeError(f"hook name must be a string or a filter function, got {type(name).__name__}")
-
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
-        """Register ``hook(activation, hook)`` at the point ``name`` (or every point a filter
-        function accepts). Returns the handles."""
-        return [hp.add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend)
-                for hp in self._points_matching(name)]
-
-    def add_perma_hook(self, name, hook, dir="fwd"):
-        """``add_hook`` with is_permanent=True (survives ``reset_hooks()``)."""
-        return self.add_hook(name, hook, dir=dir, is_permanent=True)
-
-    def reset_hooks(self, clear_contexts=True, direction="both", including_permanent=False, level=None):
-        """Remove all hooks (permanent ones too with including_permanent=True)."""
-        for hp in self.hook_dict.values():
-            hp.remove_hooks(including_permanent=including_permanent)
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
-        """Context manager: the given ``[(name_or_filter, fn)]`` hooks are active inside it."""
-        if bwd_hooks:
-            raise NotImplementedError("backward hooks are not supported")
-        handles = []
-        try:
-            for name, fn in fwd_hooks:
-                handles += self.add_hook(name, fn)
-            yield self
-        finally:
-            if reset_hooks_end:
-                for h in handles:
-                    h.remove()
-
     def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
                        clear_contexts=False, **model_kwargs):
         """Forward pass with temporary hooks ``fwd_hooks=[(name_or_filter, fn)]``."""
@@ -688,16 +633,22 @@ class HookedTransformer(TextMixin, CPUFloat32):
 
     def run_with_cache(self, *model_args, names_filter=None, device=None, remove_batch_dim=False,
                        incl_bwd=False, reset_hooks_end=True, clear_contexts=False, pos_slice=None,
-                       **model_kwargs):
-        """Forward pass that also returns an ``ActivationCache`` of every hook point
-        ``names_filter`` accepts (None: all; a name; a list of names; a function of the name).
+                       return_cache_object=True, **model_kwargs):
+        """Forward pass that also returns an ``ActivationCache`` (a dict with
+        return_cache_object=False) of every hook point ``names_filter`` accepts (None: all;
+        a name; a list of names; a function of the name).
 
-        Cached arrays are views into the pass's arena (no copies)."""
-        check_device(device, "run_with_cache")
+        Cached arrays are views into the pass's arena (no copies). With ``pos_slice``
+        only those positions are kept, copied by caching hooks during the pass (see
+        ``get_caching_hooks``), so the cache holds the slice, not whole activations."""
         if incl_bwd:
             raise NotImplementedError("incl_bwd: backward caching is not supported")
+        check_cpu_device(device)
         if pos_slice is not None:
-            raise NotImplementedError("pos_slice is not supported")
+            out, cache = self._run_with_caching_hooks(model_args, model_kwargs, names_filter,
+                                                      remove_batch_dim, pos_slice, reset_hooks_end,
+                                                      clear_contexts)
+            return out, self._wrap_cache(cache, remove_batch_dim, return_cache_object)
         keep = names_filter_fn(names_filter)
         ids = [hp.point_id for n, hp in self.hook_dict.items() if hp.point_id is not None and keep(n)]
         if len(model_args) > 1:
@@ -730,7 +681,14 @@ class HookedTransformer(TextMixin, CPUFloat32):
         cache = {n: cache[n] for n in fire_order if n in cache}   # forward order
         if remove_batch_dim:
             cache = {n: v[0] for n, v in cache.items()}
-        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        if reset_hooks_end and clear_contexts:
+            self.clear_contexts()
+        return out, self._wrap_cache(cache, remove_batch_dim, return_cache_object)
+
+    def _wrap_cache(self, cache, remove_batch_dim, return_cache_object):
+        if not return_cache_object:
+            return cache
+        return ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
 
     def __repr__(self):
         c = self.cfg

@@ -389,3 +389,7 @@ def tokenize_and_concatenate(dataset, tokenizer, streaming=False, max_length=102
     if set_format:
         out.set_format(type="numpy", columns=["tokens"])
     return out
+
+
+# circuit helpers live with FactoredMatrix; TransformerLens code reaches them as utils.*
+from .factored_matrix import composition_scores, get_matrix_corner  # noqa: E402,F401

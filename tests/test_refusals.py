@@ -1,6 +1,7 @@
-"""Refuse, never ignore: a dtype or device the C core cannot honour (it runs on the CPU in
-float32), ``.cuda()``, ``.half()``, and unknown keywords get an error naming them, in the
-TransformerLens and the Hugging Face API; the model stays usable afterwards."""
+"""Refuse, never ignore: a dtype (NotImplementedError) or device (ValueError) the C core
+cannot honour (it runs on the CPU in float32), ``.cuda()``, ``.half()``, and unknown
+keywords get an error naming them, in the TransformerLens and the Hugging Face API; the
+model stays usable afterwards."""
 import numpy as np
 import pytest
 
@@ -32,7 +33,7 @@ def test_config_float32_cpu_accepted_and_transformer_lens_config():
     import transformer_lens as tl
     for dtype in ("float32", torch.float32, np.float32):
         HookedTransformer(dict(CFG, dtype=dtype, device="cpu"))
-    with pytest.raises(NotImplementedError, match="cuda"):
+    with pytest.raises(ValueError, match="cuda"):
         HookedTransformer(dict(CFG, device="cuda"))
     # a TransformerLens config keeps its dtype: bfloat16 is refused, not dropped
     tl_cfg = tl.HookedTransformerConfig(**CFG, dtype=torch.bfloat16, device="cpu")
@@ -58,7 +59,7 @@ def test_hooked_transformer_moves_refused():
     m = HookedTransformer(CFG)
     before = np.array(m(TOKENS))
     for move in _moves(m):
-        with pytest.raises(NotImplementedError, match="CPU only|float32 only"):
+        with pytest.raises((NotImplementedError, ValueError), match="CPU memory only|float32 only"):
             move()
     assert all(x is m for x in _stays(m))
     with pytest.raises(TypeError, match="colour"):
@@ -80,9 +81,11 @@ def test_hooked_transformer_unknown_keywords_named():
 
 
 def test_hooked_transformer_from_pretrained_refusals(ckpt):
-    for kw, word in ((dict(dtype="bfloat16"), "bfloat16"), (dict(torch_dtype=torch.float16), "float16"),
-                     (dict(dtype=torch.bfloat16), "bfloat16"), (dict(device="cuda"), "cuda")):
-        with pytest.raises(NotImplementedError, match=word):
+    for kw, exc, word in ((dict(dtype="bfloat16"), NotImplementedError, "bfloat16"),
+                          (dict(torch_dtype=torch.float16), NotImplementedError, "float16"),
+                          (dict(dtype=torch.bfloat16), NotImplementedError, "bfloat16"),
+                          (dict(device="cuda"), ValueError, "cuda")):
+        with pytest.raises(exc, match=word):
             HookedTransformer.from_pretrained(ckpt, **kw)
     with pytest.raises(NotImplementedError, match="first_n_layers"):
         HookedTransformer.from_pretrained_no_processing(ckpt, first_n_layers=1)
@@ -94,7 +97,7 @@ def test_hf_from_pretrained_refusals(ckpt):
     for load in (GPT2LMHeadModel.from_pretrained, AutoModelForCausalLM.from_pretrained):
         for kw, exc, word in ((dict(torch_dtype=torch.bfloat16), NotImplementedError, "bfloat16"),
                               (dict(dtype="float16"), NotImplementedError, "float16"),
-                              (dict(device_map="cuda"), NotImplementedError, "cuda"),
+                              (dict(device_map="cuda"), ValueError, "cuda"),
                               (dict(use_safetensors=False), NotImplementedError, "safetensors"),
                               (dict(output_scores=True), TypeError, "output_scores")):
             with pytest.raises(exc, match=word):
@@ -111,7 +114,7 @@ def test_hf_moves_refused(ckpt):
     before = np.array(m(TOKENS).logits)
     for target in (m, m.transformer.h[0], m.lm_head):
         for move in _moves(target):
-            with pytest.raises(NotImplementedError, match="CPU only|float32 only"):
+            with pytest.raises((NotImplementedError, ValueError), match="CPU memory only|float32 only"):
                 move()
         assert all(x is target for x in _stays(target))
     with pytest.raises(NotImplementedError, match="labels"):
@@ -135,6 +138,6 @@ def test_tokenizer_keywords_refused(ckpt):
 
 def test_run_with_cache_device_refused():
     m = HookedTransformer(CFG)
-    with pytest.raises(NotImplementedError, match="cuda"):
+    with pytest.raises(ValueError, match="cuda"):
         m.run_with_cache(TOKENS, device="cuda")
     assert m.run_with_cache(TOKENS, device="cpu")[0].shape == (1, 4, 30)

@@ -335,7 +335,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     MI_TRY(fire(r, p0 + MI_P_Q));
     MI_TRY(fire(r, p0 + MI_P_K));
     MI_TRY(fire(r, p0 + MI_P_V));
-    mi_attn_layout lay = {B, T, H, Dh, 3 * HD, T * 3 * HD};
+    mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
     prof_start();
     if (attn_fusable(r->flags, p0)) {
         /* no hook between the steps: one pass, scores/pattern kept only if cached */
@@ -351,7 +351,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         mi_softmax_rows(scores, pattern, B * H * T, T);
         prof_stop(PR_SOFTMAX);
         MI_TRY(fire(r, p0 + MI_P_PATTERN));
-        mi_attn_apply(&lay, pattern, qkv + 2 * HD, z);
+        MI_TRY(mi_attn_apply(&lay, pattern, qkv + 2 * HD, z));
         prof_stop(PR_APPLY);
     }
     MI_TRY(fire(r, p0 + MI_P_Z));

@@ -16,6 +16,7 @@
 #include "kernels/attention.h"
 #include "kernels/norm.h"
 #include "model/transformer.h"
+#include "python/model_py.h"
 
 typedef struct {
     PyObject_HEAD
@@ -754,7 +755,7 @@ static PyObject *py_attn_fused(PyObject *module, PyObject *args, PyObject *kw)
             goto done;
     }
     {
-        mi_attn_layout L = {B, T, H, Dh, H * Dh, T * H * Dh};
+        mi_attn_layout L = mi_attn_self_layout(B, T, H, Dh, H * Dh, T * H * Dh);
         const float *md = mask ? PyArray_DATA(mask) : NULL;
         mi_status st;
         Py_BEGIN_ALLOW_THREADS
@@ -786,8 +787,7 @@ int mi_py_model_exec(PyObject *m)
     return PyModule_AddObjectRef(m, "Model", tp);
 }
 
-/* For train_py.c: the C transformer behind a _core.Model, or NULL with a
- * TypeError (`module` is the _core module). */
+/* For train_py.c (model_py.h). */
 mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
 {
     if (!PyObject_TypeCheck(obj, mi_state(module)->model_type)) {

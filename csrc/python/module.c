@@ -35,11 +35,8 @@ static PyObject *py_force_isa(PyObject *m, PyObject *arg)
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
     mi_isa isa;
-    if (!strcmp(name, "scalar")) isa = MI_ISA_SCALAR;
-    else if (!strcmp(name, "avx2")) isa = MI_ISA_AVX2;
-    else if (!strcmp(name, "avx512")) isa = MI_ISA_AVX512;
-    else if (!strcmp(name, "best")) isa = mi_cpu_best_isa();
-    else return PyErr_Format(PyExc_ValueError,
+    if (!strcmp(name, "best")) isa = mi_cpu_best_isa();
+    else if (mi_isa_from_name(name, &isa) != 0) return PyErr_Format(PyExc_ValueError,
                              "force_isa: expected 'scalar', 'avx2', 'avx512' or 'best', got %R", arg);
     return PyUnicode_FromString(mi_isa_name(mi_cpu_force_isa(isa)));
 }
@@ -52,7 +49,8 @@ static PyMethodDef module_methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS,
      "cpu_isa()\n--\n\nThe instruction set the kernels use: 'avx512', 'avx2' or 'scalar'."},
     {"force_isa", py_force_isa, METH_O,
-     "force_isa(name)\n--\n\nUse a lower instruction set ('scalar', 'avx2', 'avx512', 'best'); for tests."},
+     "force_isa(name)\n--\n\nUse a lower instruction set ('scalar', 'avx2', 'avx512', 'best'); for tests.\n"
+     "Clamped to the best the CPU (capped by MI_FORCE_ISA) supports; returns the one set."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -67,6 +65,7 @@ static int core_exec(PyObject *m)
     if (mi_py_reve_exec(m) < 0) return -1;
     if (mi_py_analysis_exec(m) < 0) return -1;
     if (mi_py_train_exec(m) < 0) return -1;
+    if (mi_py_bf16_exec(m) < 0) return -1;
     return 0;
 }
 
@@ -109,4 +108,5 @@ PyModuleDef mi_core_module = {
     .m_free = core_free,
 };
 
+PyMODINIT_FUNC PyInit__core(void);   /* the one exported symbol (PyMODINIT_FUNC declares none) */
 PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&mi_core_module); }

@@ -62,7 +62,7 @@ import weakref
 import numpy as np
 
 from .. import io as _io
-from ..devices import CPUFloat32, check_device, check_dtype
+from ..devices import CPUFloat32, check_cpu_device, check_dtype
 from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
 
@@ -574,7 +574,7 @@ def check_model_args(model_args, kwargs, where):
         raise TypeError(f"{where}: unexpected positional argument(s) {model_args!r}")
     check_dtype(kwargs.pop("torch_dtype", None), where, allow_auto=True)
     check_dtype(kwargs.pop("dtype", None), where, allow_auto=True)
-    check_device(kwargs.pop("device_map", None), where)
+    check_cpu_device(kwargs.pop("device_map", None), where)
     if kwargs.pop("use_safetensors", True) is False:
         raise NotImplementedError(f"{where}: use_safetensors=False: only safetensors weights are read")
     for k in _NO_OP_LOADING_KWARGS:
@@ -1006,7 +1006,7 @@ def hooked_transformer_from_pretrained(name_or_path, fold_ln=True, center_writin
     default_padding_side = kwargs.pop("default_padding_side", None)
     check_dtype(kwargs.pop("dtype", None), "from_pretrained")
     check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
-    check_device(kwargs.pop("device", None), "from_pretrained")
+    check_cpu_device(kwargs.pop("device", None), "from_pretrained")
     kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
     if kwargs:
         raise NotImplementedError(f"from_pretrained: unsupported argument(s) {sorted(kwargs)}")
