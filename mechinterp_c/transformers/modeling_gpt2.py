@@ -701,9 +701,9 @@ class GPT2LMHeadModel(Module):
         converted to float32 once); ``device_map``: None or "cpu". HF keywords about
         fetching or trust (``local_files_only``, ``trust_remote_code``, ``token``,
         ``low_cpu_mem_usage``, ``use_safetensors=True``) are accepted: nothing is
-        fetched and the weights are always mapped from safetensors. Anything else raises
-        (a dtype or device it cannot honour: NotImplementedError; an unknown keyword:
-        TypeError naming it)."""
+        fetched and the weights are always mapped from safetensors. Anything else raises,
+        naming it (another dtype: NotImplementedError; another device: ValueError; an
+        unknown keyword: TypeError)."""
         check_model_args(model_args, kwargs, "GPT2LMHeadModel.from_pretrained")
         cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                          cache_dir=cache_dir)
