@@ -37,7 +37,6 @@ H = 8                                    # query heads; n_kv_heads = H // group
 # more than one 64-row block; d_head past the 16-lane and 64-column tiles.
 CASES = [(5, 5, 0, 16), (1, 9, 8, 16), (1, 70, 69, 80), (4, 10, 6, 16), (3, 10, 9, 8),
          (7, 12, 0, 16), (70, 70, 0, 24), (65, 130, 65, 80)]
-LAYOUTS = ["separate", "fused", "cache"]
 
 
 @pytest.fixture
@@ -51,38 +50,43 @@ def restore():
 
 # ---- float64 reference ---------------------------------------------------------
 
+def heads_first(x, group=1):
+    """[B, T, heads, D] -> float64 [B, heads * group, T, D], each head repeated
+    `group` times (query head h reads kv head h // group)."""
+    return np.repeat(np.asarray(x, np.float64), group, axis=2).transpose(0, 2, 1, 3)
+
+
 def reference(q, k, v, causal, offset, pad, scale):
     """(scores, pattern, z) in float64; query head h reads kv head h // group;
     query i sees keys j <= offset + i when causal; rows with no key -> 0."""
-    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     group = q.shape[2] // k.shape[2]
-    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    qh, kh, vh = heads_first(q), heads_first(k, group), heads_first(v, group)
     Tq, Tk = q.shape[1], k.shape[1]
     keep = np.ones((q.shape[0], 1, Tq, Tk), bool)
     if causal:
         keep &= np.arange(Tk)[None, :] <= offset + np.arange(Tq)[:, None]
     if pad is not None:
         keep &= (pad != 0)[:, None, None, :]
-    s = np.where(keep, np.einsum("bihd,bjhd->bhij", q, k) * scale, -np.inf)
+    s = np.where(keep, qh @ kh.swapaxes(-1, -2) * scale, -np.inf)
     mx = s.max(-1, keepdims=True)
     e = np.where(keep, np.exp(s - np.where(np.isfinite(mx), mx, 0.0)), 0.0)
     den = e.sum(-1, keepdims=True)
     p = np.divide(e, den, out=np.zeros_like(e), where=den > 0)
-    return s, p, np.einsum("bhij,bjhd->bihd", p, v)
+    return s, p, (p @ vh).transpose(0, 2, 1, 3)
 
 
 def reference_backward(q, k, v, p, dz, scale):
     """(dq, dk, dv) in float64 through scores -> softmax -> apply; a kv head's
     dk, dv sum over the query heads that read it."""
-    q, k, v, p, dz = (np.asarray(a, np.float64) for a in (q, k, v, p, dz))
     B, Tk, Hkv, D = k.shape
     group = q.shape[2] // Hkv
-    kr, vr = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
-    dp = np.einsum("bihd,bjhd->bhij", dz, vr)
+    qh, kh, vh, dzh = heads_first(q), heads_first(k, group), heads_first(v, group), heads_first(dz)
+    p = np.asarray(p, np.float64)
+    dp = dzh @ vh.swapaxes(-1, -2)
     ds = p * (dp - (p * dp).sum(-1, keepdims=True)) * scale
-    fold = lambda x: x.reshape(B, Tk, Hkv, group, D).sum(3)
-    return (np.einsum("bhij,bjhd->bihd", ds, kr), fold(np.einsum("bhij,bihd->bjhd", ds, q)),
-            fold(np.einsum("bhij,bihd->bjhd", p, dz)))
+    fold = lambda x: x.transpose(0, 2, 1, 3).reshape(B, Tk, Hkv, group, D).sum(3)
+    return ((ds @ kh).transpose(0, 2, 1, 3), fold(ds.swapaxes(-1, -2) @ qh),
+            fold(p.swapaxes(-1, -2) @ dzh))
 
 
 def test_reference_backward_is_torch_autograd(rng):
@@ -145,9 +149,8 @@ def inputs(rng, layout, Tq, Tk, D, group, padded):
 
 def scores_bound(q, k, scale):
     """Worst-case float32 error of one score: d_head * eps * scale * sum_d |q_d k_d|."""
-    group = q.shape[2] // k.shape[2]
-    kr = np.repeat(np.abs(k.astype(np.float64)), group, axis=2)
-    return q.shape[3] * EPS * scale * np.einsum("bihd,bjhd->bhij", np.abs(q.astype(np.float64)), kr).max()
+    qh, kh = np.abs(heads_first(q)), np.abs(heads_first(k, q.shape[2] // k.shape[2]))
+    return q.shape[3] * EPS * scale * (qh @ kh.swapaxes(-1, -2)).max()
 
 
 def check_forward(got, want, q, k, v, scale):
@@ -183,19 +186,20 @@ def grad_close(got, want):
 @pytest.mark.parametrize("Tq,Tk,offset,D", CASES)
 @pytest.mark.parametrize("group", [1, 2, 4, 8])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout,padded", [("separate", False), ("fused", True), ("cache", False),
+                                           ("cache", True)])
 def test_forward_and_backward_match_float64(rng, Tq, Tk, offset, D, group, causal, padded, layout):
     q, k, v, pad = inputs(rng, layout, Tq, Tk, D, group, padded)
-    scale = 1 / np.sqrt(D)
+    scale = 0.7 / np.sqrt(D)         # not the default 1/sqrt(d_head): the argument is used
     want = reference(q, k, v, causal, offset, pad, scale)
     steps = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
-                                     mode="steps")
+                                     scale=scale, mode="steps")
     check_forward(steps, want, q, k, v, scale)
     # the fused pass runs the very same products and softmax: bitwise the three steps
-    fused = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad)
+    fused = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
+                                     scale=scale)
     z_only, none1, none2 = _core._attention_general(q, k, v, causal=causal, offset=offset,
-                                                    padding_mask=pad, mode="fused_z")
+                                                    padding_mask=pad, scale=scale, mode="fused_z")
     assert none1 is None and none2 is None
     for a, b in zip(fused, steps):
         np.testing.assert_array_equal(a, b)

@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cancel.h"
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
@@ -235,7 +237,7 @@ static mi_status norm_step(run_state *r, mi_norm_type type, int64_t rows, int64_
 
 static void add_into(const float *a, const float *b, float *y, int64_t n)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
 
@@ -243,7 +245,7 @@ static void add_into(const float *a, const float *b, float *y, int64_t n)
  * repeat_along_head_dimension). */
 static void repeat_rows(const float *x, int64_t rows, int64_t n, int64_t d, float *y)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t row = 0; row < rows; row++)
         for (int64_t i = 0; i < n; i++) memcpy(y + (row * n + i) * d, x + row * d, sizeof(float) * (size_t)d);
 }
@@ -291,7 +293,7 @@ static mi_status head_input_qkv(run_state *r, int l)
      * calling thread inside a parallel region: same bits for any count) */
     const float *W = param(m, o[MI_W_QKV]), *bias = param(m, o[MI_W_B_QKV]);
     float *qkv = BUF(B_QKV);
-    #pragma omp parallel for schedule(dynamic)
+    #pragma omp parallel for schedule(dynamic) num_threads(mi_get_num_threads())
     for (int64_t task = 0; task < 3 * H; task++) {
         int64_t w = task / H, h = task % H;
         mi_sgemm(0, 0, BT, Dh, D, x[w] + h * D, H * D, W + w * HD + h * Dh, 3 * HD,
@@ -363,7 +365,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             mi_sgemm(0, 0, BT, D, Dh, z + h * Dh, HD, W_O + h * Dh * D, D, NULL, 0.0f,
                      result + h * D, H * D);
         MI_TRY(fire(r, p0 + MI_P_RESULT));
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++) {
             float *out = attn_out + row * D;
             const float *res = result + row * H * D;
@@ -413,7 +415,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, NULL, 0.0f, pre_linear, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE_LINEAR));
         mi_activate((mi_activation)s->act, pre, post, BT * Mlp);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++)
             for (int64_t i = 0; i < Mlp; i++)
                 post[row * Mlp + i] = post[row * Mlp + i] * pre_linear[row * Mlp + i] + b_in[i];
@@ -423,7 +425,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
         float *mid = BUF(B_MID);
         mi_softmax_rows(pre, mid, BT, Mlp);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < BT * Mlp; i++) mid[i] *= pre[i];
         MI_TRY(fire(r, p0 + MI_P_MLP_MID));
         const float *ln_out;
@@ -483,11 +485,11 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     float *embed = mi_tf_buf_ptr(plan, arena, 0), *pos = mi_tf_buf_ptr(plan, arena, 1);
     float *resid0 = mi_tf_buf_ptr(plan, arena, buf_resid(0));
     const float *W_E = param(m, m->global_off[MI_G_W_E]), *W_pos = param(m, m->global_off[MI_G_W_POS]);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < BT; i++) memcpy(embed + i * D, W_E + tokens[i] * D, sizeof(float) * (size_t)D);
     MI_TRY(fire(&r, 0));
     if (s->pos_embed) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < BT; i++) {
             if (key_mask && key_mask[i] == 0.0f) memset(pos + i * D, 0, sizeof(float) * (size_t)D);
             else memcpy(pos + i * D, W_pos + (pos_ids ? pos_ids[i] : i % T) * D, sizeof(float) * (size_t)D);
@@ -512,7 +514,10 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     const mi_tf_spec *s = &m->spec;
     float *arena = r.arena;
     int64_t BT = plan->batch * plan->seq, D = s->d_model;
-    for (int l = first; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
+    for (int l = first; l < plan->stop_layer; l++) {
+        MI_TRY(mi_cancel_point());   /* Ctrl-C between layers (common/cancel.h) */
+        MI_TRY(layer_forward(&r, l, key_mask));
+    }
     if (plan->stop_layer < s->n_layers || s->no_head) return MI_OK;
 
     int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;

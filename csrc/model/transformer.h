@@ -166,7 +166,8 @@ float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *aren
 /* Forward pass. tokens [B,T] (ids checked against d_vocab) when the plan starts
  * from tokens, else resid_in [B,T,D] enters block start_layer; pos_ids [B,T] or
  * NULL (t); key_mask [B,T] or NULL (1 keeps a key, 0 masks it as padding and
- * zeroes its positional embedding, as TransformerLens). */
+ * zeroes its positional embedding, as TransformerLens). Before each layer the
+ * pass calls mi_cancel_point (common/cancel.h) and stops with its status. */
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
                         const uint8_t *flags, const int64_t *tokens, const float *resid_in,
                         const int64_t *pos_ids,

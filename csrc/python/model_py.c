@@ -273,6 +273,7 @@ static PyObject *model_materialize(PyObject *self, PyObject *unused)
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     if (mo->running) return PyErr_Format(PyExc_RuntimeError, "materialize: a forward pass is running");
+    if (mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
     if (mo->tf.tied_unembed) untie(mo);
     long copied = 0;
     for (int i = 0; i < mo->tf.n_table; i++) {
@@ -416,6 +417,8 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
                              "resid", "start_layer", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
+    /* weights read in place from a checkpoint: is the file still the one mapped? */
+    if (mo->tf.n_external && mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
     PyObject *tok_obj, *cb = Py_None, *pos_obj = Py_None, *mask_obj = Py_None, *resid_obj = Py_None;
     Py_buffer flags;
     int stop = -1, start = -1;

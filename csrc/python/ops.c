@@ -1016,6 +1016,13 @@ static int attn_general_layout(PyObject *qo, PyObject *ko, PyObject *vo, long lo
     return 0;
 }
 
+/* scale: a float, or None for 1/sqrt(d_head). */
+static int attn_scale_arg(PyObject *so, int64_t d_head, double *scale)
+{
+    *scale = so == Py_None ? 1.0 / sqrt((double)(d_head > 0 ? d_head : 1)) : PyFloat_AsDouble(so);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 PyDoc_STRVAR(_attention_general_doc,
 "_attention_general(q, k, v, causal=True, offset=0, padding_mask=None, scale=None, mode='fused')\n"
 "--\n\n"
@@ -1053,9 +1060,8 @@ static PyObject *py__attention_general(PyObject *m, PyObject *args, PyObject *kw
             goto done;
         }
     }
-    double scale = so == Py_None ? 1.0 / sqrt((double)(L.d_head > 0 ? L.d_head : 1))
-                                 : PyFloat_AsDouble(so);
-    if (PyErr_Occurred()) goto done;
+    double scale;
+    if (attn_scale_arg(so, L.d_head, &scale) < 0) goto done;
     npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head},
              pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
     float *zd, *sd = NULL, *pd = NULL;
@@ -1122,9 +1128,8 @@ static PyObject *py__attention_general_backward(PyObject *m, PyObject *args, PyO
              pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
     if (!(p = float_arg_shaped(po, "pattern", 4, pshape))) goto done;
     if (!(dz = float_arg_shaped(dzo, "dz", 4, zshape))) goto done;
-    double scale = so == Py_None ? 1.0 / sqrt((double)(L.d_head > 0 ? L.d_head : 1))
-                                 : PyFloat_AsDouble(so);
-    if (PyErr_Occurred()) goto done;
+    double scale;
+    if (attn_scale_arg(so, L.d_head, &scale) < 0) goto done;
     {
         const float *qd = PyArray_DATA(a[0]), *kd = PyArray_DATA(a[1]), *vd = PyArray_DATA(a[2]);
         const float *pd = PyArray_DATA(p), *dzd = PyArray_DATA(dz);

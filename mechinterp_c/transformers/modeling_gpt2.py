@@ -62,6 +62,7 @@ import weakref
 import numpy as np
 
 from .. import io as _io
+from ..config import GPT2_CONFIG_DIVISIBLE, GPT2_CONFIG_FIELDS, validate_fields
 from ..devices import CPUFloat32, check_cpu_device, check_dtype
 from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
@@ -170,18 +171,22 @@ class GPT2Config:
                      tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
                      model_type="gpt2")
 
-    def __init__(self, **kwargs):
+    def __init__(self, _where="GPT2Config", **kwargs):
         for k, v in self._DEFAULTS.items():
             setattr(self, k, v)
         for k, v in kwargs.items():
             setattr(self, k, v)
+        # every field the model reads, checked once (TypeError/ValueError naming it)
+        validate_fields(vars(self), GPT2_CONFIG_FIELDS, _where, GPT2_CONFIG_DIVISIBLE)
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
-        """Read ``config.json`` of a local directory or a cached hub model."""
+        """Read ``config.json`` of a local directory or a cached hub model; a field of
+        the wrong type or out of range raises TypeError/ValueError naming file and field."""
         path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
                                       cache_dir=cache_dir)
-        return cls(**_io.load_config(path, required=("n_layer", "n_embd", "n_head")))
+        raw = _io.load_config(path, required=("n_layer", "n_embd", "n_head"))
+        return cls(_where=str(path), **raw)
 
     # HF's generic aliases
     hidden_size = property(lambda self: self.n_embd, doc="= n_embd")
@@ -602,12 +607,12 @@ def _tl_config(cfg):
                 model_name=getattr(cfg, "_name_or_path", "gpt2"))
 
 
-def _open_checkpoint(name_or_path, revision, cache_dir):
+def _open_checkpoint(name_or_path, revision, cache_dir, copy=False):
     """``{HF tensor name without "transformer.": (full name, SafeTensors)}`` of a
-    checkpoint (one file or shards), mapped but not read."""
+    checkpoint (one file or shards), mapped but not read (``copy``: read into memory)."""
     return {(k[len("transformer."):] if k.startswith("transformer.") else k): (k, st)
             for k, st in _io.open_checkpoint(name_or_path, revision=revision,
-                                             cache_dir=cache_dir).items()}
+                                             cache_dir=cache_dir, copy=copy).items()}
 
 
 def _load_hf_weights(name_or_path, cfg, revision, cache_dir):
@@ -691,11 +696,14 @@ class GPT2LMHeadModel(Module):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, revision="main",
-                        cache_dir=None, **kwargs):
+                        cache_dir=None, copy=False, **kwargs):
         """Load ``config.json`` and the safetensors weights of a local directory or of a
         model in the Hugging Face cache (no network). The weights are not copied: the
         file is mapped copy-on-write and the C core reads them in place (see the module
-        docstring).
+        docstring), so it must not be truncated or written over in place while the model
+        lives (each forward checks, and raises OSError naming the file if it was).
+        ``copy=True`` reads the files into private memory once instead (same model, tied
+        weights included; the files may then change).
 
         ``torch_dtype`` / ``dtype``: float32 or "auto" (F16/BF16 checkpoints are
         converted to float32 once); ``device_map``: None or "cpu". HF keywords about
@@ -708,7 +716,7 @@ class GPT2LMHeadModel(Module):
         cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                          cache_dir=cache_dir)
         cfg._name_or_path = str(pretrained_model_name_or_path)
-        files = _open_checkpoint(pretrained_model_name_or_path, revision, cache_dir)
+        files = _open_checkpoint(pretrained_model_name_or_path, revision, cache_dir, copy=copy)
         return cls(cfg, _checkpoint=(files, str(pretrained_model_name_or_path)))
 
     def _map_checkpoint(self, files, where):
