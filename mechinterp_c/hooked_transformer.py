@@ -6,7 +6,6 @@ of the C model's one parameter blob (``model.blocks[0].attn.W_Q[...] = x``
 changes what the C core computes); activations are zero-copy views of the
 per-call arena, valid after later calls and after the model is deleted.
 """
-import contextlib
 import warnings
 
 import numpy as np
