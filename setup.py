@@ -45,7 +45,7 @@ testing_sources = [s for s in sources if "/python/testing/" in s]
 sources = [s for s in sources if s not in testing_sources]
 
 extra_compile = ["-std=gnu11", "-O3", "-fopenmp", "-fvisibility=hidden",
-                 "-Wall", "-Wextra", "-Wno-unused-parameter",
+                 "-Wall", "-Wextra", "-Wmissing-prototypes", "-Wno-unused-parameter",
                  "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 extra_link = ["-fopenmp"]
 if os.environ.get("MI_SANITIZE"):

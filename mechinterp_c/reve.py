@@ -20,8 +20,8 @@ names to coordinates, as ``brain-bzh/reve-positions`` does.
 
 The whole model (front end + the shared C transformer, module tree with hooks,
 TransformerLens API) is :class:`mechinterp_c.transformers.modeling_reve.ReveModel`
-(``AutoModel.from_pretrained``), also reachable here as ``reve.ReveModel``,
-``reve.HookedReve`` and ``reve.ReveConfig``.
+(``AutoModel.from_pretrained``) and ``modeling_reve.HookedReve``; that module builds on
+this one, never the other way round.
 """
 import difflib
 import os
@@ -247,8 +247,8 @@ class ReveFrontEnd:
             hits = [k for k in weights if k == key or k.endswith("." + key)]
             if len(hits) > 1:
                 hits = [k for k in hits if k == key] or hits
-            if hits:
-                sd[key] = weights[min(hits, key=len)]
+            if hits:   # a copy: the front end keeps no view of the mapped file
+                sd[key] = np.array(weights[min(hits, key=len)])
         return cls(embed_dim=int(cfg["embed_dim"]), patch_size=int(cfg["patch_size"]),
                    patch_overlap=int(cfg["patch_overlap"]), freqs=int(cfg["freqs"]),
                    state_dict=sd)
@@ -385,15 +385,6 @@ class PositionBank:
 
 
 _default_bank = None
-
-
-def __getattr__(name):
-    """``ReveModel``, ``HookedReve``, ``ReveConfig`` from transformers.modeling_reve (lazy:
-    that module imports this one)."""
-    if name in ("ReveModel", "HookedReve", "ReveConfig"):
-        from .transformers import modeling_reve
-        return getattr(modeling_reve, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_position_bank():

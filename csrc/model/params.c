@@ -71,3 +71,23 @@ void mi_tf_untie(mi_transformer *m)
             for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
     m->tied_unembed = 0;
 }
+
+int mi_tf_same_layout(const mi_transformer *a, const mi_transformer *b)
+{
+    if (a->n_params != b->n_params || a->n_table != b->n_table) return 0;
+    for (int i = 0; i < a->n_table; i++) {
+        const mi_tf_param *p = &a->table[i], *q = &b->table[i];
+        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim) return 0;
+        for (int k = 0; k < p->ndim; k++)
+            if (p->shape[k] != q->shape[k]) return 0;
+    }
+    return 1;
+}
+
+void mi_tf_share_params(mi_transformer *m, const mi_transformer *src)
+{
+    m->params = src->params;
+    for (int i = 0; i < m->n_table; i++) m->table[i].data = src->table[i].data;
+    m->n_external = src->n_external;
+    m->tied_unembed = src->tied_unembed;
+}

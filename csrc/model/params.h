@@ -41,4 +41,12 @@ mi_status mi_tf_tie(mi_transformer *m, int *dropped);
 /* tied_unembed = 0: W_U [D, V] in the blob becomes a copy of W_E^T. */
 void mi_tf_untie(mi_transformer *m);
 
+/* Same parameter names, offsets and shapes in the same order (blob layout). */
+int mi_tf_same_layout(const mi_transformer *a, const mi_transformer *b);
+
+/* Read every parameter where `src` reads it from: its blob (params), its
+ * external data and its tied_unembed. Needs mi_tf_same_layout(m, src); the
+ * caller keeps src's memory alive while m points at it. */
+void mi_tf_share_params(mi_transformer *m, const mi_transformer *src);
+
 #endif

@@ -56,6 +56,19 @@ typedef void (*mi_release_fn)(void *data, size_t nbytes, void *ctx);
 PyObject *mi_py_buffer_new(PyObject *module, void *data, size_t nbytes,
                            mi_release_fn release, void *ctx);
 
+/* The ctx of `obj` when it is a Buffer released by `release`, else NULL. */
+void *mi_py_buffer_ctx(PyObject *obj, mi_release_fn release);
+
+/* 0 when every array in arrays[0..n) (NULL entries skipped) that views a
+ * mapped safetensors file still has that file as it was mapped; -1 with
+ * OSError naming the file otherwise (io_py.c; one fstat per file). Run before
+ * reading weights that may live in a mapping. */
+int mi_py_check_mapped(PyObject *const *arrays, int n);
+
+/* A str of a C message: UTF-8, with any other bytes (a path that is not
+ * UTF-8) shown as \xNN escapes instead of failing with UnicodeDecodeError. */
+PyObject *mi_py_message(const char *msg);
+
 /* A float32 NumPy view of `data` whose base is `owner` (a new reference to
  * owner is taken). strides in bytes, NULL for C-contiguous. */
 PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
@@ -86,21 +99,10 @@ void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got);
  * returned to s and NULL returned with an exception set. */
 PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes);
 
-/* --- The model for training (model_py.c) ---------------------------------- */
-
-/* The C transformer behind `obj` (a _core.Model of this module) for a training
- * call: NULL with TypeError for another object, ValueError when the model does
- * not own all of its weights (set_param arrays or a tied unembedding). */
-mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
-/* The same, and the model is marked in use, as during a forward pass (its
- * weights cannot be replaced, untied or materialised meanwhile) until
- * mi_py_model_release(obj). Call both with the GIL held. */
-mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj);
-void mi_py_model_release(PyObject *obj);
-
 /* --- Subsystem initialisation (one per file, called from module exec) ---- */
 int mi_py_array_exec(PyObject *m);
 int mi_py_ops_exec(PyObject *m);
+int mi_py_bf16_exec(PyObject *m);   /* bf16_py.c */
 int mi_py_model_exec(PyObject *m);
 int mi_py_io_exec(PyObject *m);
 int mi_py_tokenizer_exec(PyObject *m);

@@ -229,12 +229,12 @@ int mi_py_qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, mi_arg qkv
                          "got %s", mi_py_shape_str(q, b1));
             return -1;
         }
-        *L = (mi_attn_layout){.batch = PyArray_DIM(q, 0), .seq = PyArray_DIM(q, 1),
-                              .heads = PyArray_DIM(q, 3), .d_head = PyArray_DIM(q, 4)};
-        L->row_stride = 3 * L->heads * L->d_head;
+        const npy_intp B = PyArray_DIM(q, 0), T = PyArray_DIM(q, 1), H = PyArray_DIM(q, 3),
+                       Dh = PyArray_DIM(q, 4);
+        *L = mi_attn_self_layout(B, T, H, Dh, 3 * H * Dh, T * 3 * H * Dh);
         data[0] = PyArray_DATA(q);
-        data[1] = data[0] + L->heads * L->d_head;
-        data[2] = data[1] + L->heads * L->d_head;
+        data[1] = data[0] + H * Dh;
+        data[2] = data[1] + H * Dh;
     } else {
         if (!k_obj || k_obj == Py_None || !v_obj || v_obj == Py_None) {
             PyErr_SetString(PyExc_TypeError, "k, v: give both (with q [batch, pos, head, d_head])"
@@ -248,11 +248,10 @@ int mi_py_qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, mi_arg qkv
             data[i] = PyArray_DATA(qkv[i].arr);
         }
         PyArrayObject *q = qkv[0].arr;
-        *L = (mi_attn_layout){.batch = PyArray_DIM(q, 0), .seq = PyArray_DIM(q, 1),
-                              .heads = PyArray_DIM(q, 2), .d_head = PyArray_DIM(q, 3)};
-        L->row_stride = L->heads * L->d_head;
+        const npy_intp B = PyArray_DIM(q, 0), T = PyArray_DIM(q, 1), H = PyArray_DIM(q, 2),
+                       Dh = PyArray_DIM(q, 3);
+        *L = mi_attn_self_layout(B, T, H, Dh, H * Dh, T * H * Dh);
     }
-    L->batch_stride = L->seq * L->row_stride;
     return 0;
 }
 

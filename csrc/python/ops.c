@@ -269,13 +269,13 @@ static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
     if (mi_py_qkv_args(q_obj, k_obj, v_obj, qkv, &L, d) < 0) goto done;
     if (mi_py_scale_arg(scale_obj, L.d_head, &scale) < 0) goto done;
     if (pm.arr) {
-        npy_intp want[2] = {L.batch, L.seq};
+        npy_intp want[2] = {L.batch, L.k_len};
         char why[160], s1[128];
         snprintf(why, sizeof why, "([batch, pos] of q %s)", mi_py_shape_str(qkv[0].arr, s1));
         if (mi_arg_shape(&pm, 2, want, why) < 0) goto done;
     }
-    npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
-    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
+    npy_intp pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head};
     float *zd, *pd;
     if (!(z = mi_py_empty(m, 4, zshape, &zd))) goto done;
     if (!(pattern = mi_py_empty(m, 4, pshape, &pd))) goto done;

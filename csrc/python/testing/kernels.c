@@ -439,7 +439,7 @@ static PyObject *py__attn_fused(PyObject *m, PyObject *args, PyObject *kw)
         if (!pat) goto done;
     }
     {
-        mi_attn_layout L = {B, T, H, Dh, H * Dh, T * H * Dh};
+        const mi_attn_layout L = mi_attn_self_layout(B, T, H, Dh, H * Dh, T * H * Dh);
         const float *qd = mi_arg_data(&a[0]), *kd = mi_arg_data(&a[1]), *vd = mi_arg_data(&a[2]);
         const float *md = mi_arg_data(&mask);
         mi_status st;
@@ -489,15 +489,15 @@ static PyObject *py__attention_backward(PyObject *m, PyObject *args, PyObject *k
     npy_intp *qshape = PyArray_DIMS(qkv[0].arr);
     if (fused) {
         if (!(dq = grad_out(m, &g[0], 5, qshape, &dqd))) goto done;
-        dkd = dqd + L.heads * L.d_head;
-        dvd = dkd + L.heads * L.d_head;
+        dkd = dqd + L.n_heads * L.d_head;
+        dvd = dkd + L.n_heads * L.d_head;
     } else {
         if (!(dq = grad_out(m, &g[0], 4, qshape, &dqd))) goto done;
         if (!(dk = grad_out(m, &g[1], 4, qshape, &dkd))) goto done;
         if (!(dv = grad_out(m, &g[2], 4, qshape, &dvd))) goto done;
     }
-    npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
-    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
+    npy_intp pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head};
     if (mi_arg_shape(&p, 4, pshape, NULL) < 0 || mi_arg_shape(&dz, 4, zshape, NULL) < 0) goto done;
     double scale;
     if (mi_py_scale_arg(s_o, L.d_head, &scale) < 0) goto done;
@@ -514,6 +514,173 @@ done:
     for (int i = 0; i < 3; i++) { mi_arg_release(&qkv[i]); mi_arg_release(&g[i]); }
     mi_arg_release(&p); mi_arg_release(&dz);
     Py_XDECREF(dq); Py_XDECREF(dk); Py_XDECREF(dv);
+    return res;
+}
+
+/* ---- the general attention contract (kernels/attention.h) ----
+ * q, k, v (and dq, dk, dv) are read in place as they are, strided views
+ * included (into a fused QKV buffer, or a [batch, kv_head, capacity, d_head]
+ * KV cache seen as [batch, pos, kv_head, d_head]), so the kernels read them
+ * through their strides. */
+
+#define ATTN_IN(name) MI_ARG(name, NPY_FLOAT32, MI_ARG_EXACT | MI_ARG_STRIDED, 4, 4)
+#define ATTN_GRAD(name) MI_ARG(name, NPY_FLOAT32, MI_ARG_INPLACE | MI_ARG_STRIDED, 4, 4)
+
+/* Element strides of a converted [batch, pos, head, d_head] argument. */
+static mi_attn_stride attn_stride(const mi_arg *a)
+{
+    const npy_intp *st = PyArray_STRIDES(a->arr), f = (npy_intp)sizeof(float);
+    return (mi_attn_stride){st[0] / f, st[1] / f, st[2] / f};
+}
+
+/* The layout of q [B,Tq,H,Dh], k and v [B,Tk,Hkv,Dh] (converted); the head
+ * counts and offset are checked by the core. 0, or -1 with the exception set. */
+static int attn_general_layout(const mi_core_api *core, const mi_arg a[3], long long offset,
+                               mi_attn_layout *L)
+{
+    PyArrayObject *q = a[0].arr, *k = a[1].arr, *v = a[2].arr;
+    if (!PyArray_SAMESHAPE(k, v) || PyArray_DIM(k, 0) != PyArray_DIM(q, 0) ||
+        PyArray_DIM(k, 3) != PyArray_DIM(q, 3)) {
+        char b1[128], b2[128], b3[128];
+        PyErr_Format(PyExc_ValueError, "k, v: expected [batch, k_len, n_kv_heads, d_head] with "
+                     "q's batch and d_head (q %s), got k %s and v %s", mi_py_shape_str(q, b1),
+                     mi_py_shape_str(k, b2), mi_py_shape_str(v, b3));
+        return -1;
+    }
+    *L = (mi_attn_layout){.batch = PyArray_DIM(q, 0), .q_len = PyArray_DIM(q, 1),
+                          .k_len = PyArray_DIM(k, 1), .offset = offset,
+                          .n_heads = PyArray_DIM(q, 2), .n_kv_heads = PyArray_DIM(k, 2),
+                          .d_head = PyArray_DIM(q, 3), .q = attn_stride(&a[0]),
+                          .k = attn_stride(&a[1]), .v = attn_stride(&a[2])};
+    mi_status st = core->mi_attn_check(L);
+    if (st != MI_OK) { core->mi_py_raise(st); return -1; }
+    return 0;
+}
+
+PyDoc_STRVAR(_attention_general_doc,
+"_attention_general(q, k, v, causal=True, offset=0, padding_mask=None, scale=None, mode='fused')\n"
+"--\n\n"
+"The general attention kernels. q [batch, q_len, n_heads, d_head],\n"
+"k, v [batch, k_len, n_kv_heads, d_head] float32, read in place through their\n"
+"strides; query i sits at key position offset + i; padding_mask [batch, k_len]\n"
+"float32 (0 masks a key). mode 'steps' runs mi_attn_scores, mi_softmax_rows and\n"
+"mi_attn_apply; 'fused' mi_attn_fused keeping scores and pattern; 'fused_z'\n"
+"mi_attn_fused keeping neither. Returns (z, scores, pattern), scores and pattern\n"
+"[batch, n_heads, q_len, k_len] or None.");
+
+static PyObject *py__attention_general(PyObject *m, PyObject *args, PyObject *kw)
+{
+    const mi_core_api *core = api_of(m);
+    static char *kwlist[] = {"q", "k", "v", "causal", "offset", "padding_mask", "scale", "mode",
+                             NULL};
+    mi_arg a[3] = {ATTN_IN("q"), ATTN_IN("k"), ATTN_IN("v")};
+    mi_arg mask = FLOAT_OPT("padding_mask", 2, 2);
+    PyObject *so = Py_None;
+    int causal = 1;
+    long long offset = 0;
+    const char *mode = "fused";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&|pLO&Os:_attention_general", kwlist,
+                                     mi_conv_array, &a[0], mi_conv_array, &a[1], mi_conv_array,
+                                     &a[2], &causal, &offset, mi_conv_array, &mask, &so, &mode))
+        return NULL;
+    PyObject *z = NULL, *sc = NULL, *pat = NULL, *res = NULL;
+    const int steps = !strcmp(mode, "steps"), keep = steps || !strcmp(mode, "fused");
+    if (!keep && strcmp(mode, "fused_z")) {
+        PyErr_Format(PyExc_ValueError, "mode: expected 'steps', 'fused' or 'fused_z', got '%s'",
+                     mode);
+        goto done;
+    }
+    mi_attn_layout L;
+    if (attn_general_layout(core, a, offset, &L) < 0) goto done;
+    npy_intp bk[2] = {L.batch, L.k_len};
+    if (mask.arr && mi_arg_shape(&mask, 2, bk, "([batch, k_len] like k)") < 0) goto done;
+    double scale;
+    if (mi_py_scale_arg(so, L.d_head, &scale) < 0) goto done;
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head},
+             pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    float *zd, *sd = NULL, *pd = NULL;
+    if (!(z = empty(m, 4, zshape, &zd))) goto done;
+    if (keep && (!(sc = empty(m, 4, pshape, &sd)) || !(pat = empty(m, 4, pshape, &pd)))) goto done;
+    {
+        const float *qd = mi_arg_data(&a[0]), *kd = mi_arg_data(&a[1]), *vd = mi_arg_data(&a[2]);
+        const float *md = mi_arg_data(&mask);
+        mi_status st;
+        Py_BEGIN_ALLOW_THREADS
+        if (steps) {
+            st = core->mi_attn_scores(&L, qd, kd, (float)scale, causal, md, sd);
+            if (st == MI_OK) {
+                core->mi_softmax_rows(sd, pd, L.batch * L.n_heads * L.q_len, L.k_len);
+                st = core->mi_attn_apply(&L, pd, vd, zd);
+            }
+        } else {
+            st = core->mi_attn_fused(&L, qd, kd, vd, (float)scale, causal, md, sd, pd, zd);
+        }
+        Py_END_ALLOW_THREADS
+        if (st != MI_OK) { core->mi_py_raise(st); goto done; }
+    }
+    res = PyTuple_Pack(3, z, sc ? sc : Py_None, pat ? pat : Py_None);
+done:
+    for (int i = 0; i < 3; i++) mi_arg_release(&a[i]);
+    mi_arg_release(&mask);
+    Py_XDECREF(z); Py_XDECREF(sc); Py_XDECREF(pat);
+    return res;
+}
+
+PyDoc_STRVAR(_attention_general_backward_doc,
+"_attention_general_backward(q, k, v, pattern, dz, dq, dk, dv, causal=True, offset=0, scale=None)\n"
+"--\n\n"
+"mi_attn_backward on the general layout of _attention_general.\n"
+"pattern [batch, n_heads, q_len, k_len] and dz [batch, q_len, n_heads, d_head]\n"
+"float32; dq, dk, dv writable float32 arrays of q's, k's and v's shape and\n"
+"strides, into which the gradients accumulate. Returns None.");
+
+static PyObject *py__attention_general_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    const mi_core_api *core = api_of(m);
+    static char *kwlist[] = {"q", "k", "v", "pattern", "dz", "dq", "dk", "dv", "causal", "offset",
+                             "scale", NULL};
+    mi_arg a[3] = {ATTN_IN("q"), ATTN_IN("k"), ATTN_IN("v")};
+    mi_arg g[3] = {ATTN_GRAD("dq"), ATTN_GRAD("dk"), ATTN_GRAD("dv")};
+    mi_arg p = MI_ARG_FLOAT("pattern", 4, 4), dz = MI_ARG_FLOAT("dz", 4, 4);
+    PyObject *so = Py_None, *res = NULL;
+    int causal = 1;
+    long long offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&O&O&|pLO:_attention_general_backward",
+                                     kwlist, mi_conv_array, &a[0], mi_conv_array, &a[1],
+                                     mi_conv_array, &a[2], mi_conv_array, &p, mi_conv_array, &dz,
+                                     mi_conv_array, &g[0], mi_conv_array, &g[1], mi_conv_array,
+                                     &g[2], &causal, &offset, &so))
+        return NULL;
+    mi_attn_layout L;
+    if (attn_general_layout(core, a, offset, &L) < 0) goto done;
+    for (int i = 0; i < 3; i++) {
+        const mi_attn_stride s = attn_stride(&g[i]), want = attn_stride(&a[i]);
+        if (!PyArray_SAMESHAPE(g[i].arr, a[i].arr) || s.batch != want.batch ||
+            s.pos != want.pos || s.head != want.head) {
+            PyErr_Format(PyExc_ValueError, "%s: expected the shape and strides of %s", g[i].name,
+                         a[i].name);
+            goto done;
+        }
+    }
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head},
+             pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    if (mi_arg_shape(&p, 4, pshape, NULL) < 0 || mi_arg_shape(&dz, 4, zshape, NULL) < 0) goto done;
+    double scale;
+    if (mi_py_scale_arg(so, L.d_head, &scale) < 0) goto done;
+    {
+        const float *qd = mi_arg_data(&a[0]), *kd = mi_arg_data(&a[1]), *vd = mi_arg_data(&a[2]);
+        const float *pd = mi_arg_data(&p), *dzd = mi_arg_data(&dz);
+        float *dqd = mi_arg_data(&g[0]), *dkd = mi_arg_data(&g[1]), *dvd = mi_arg_data(&g[2]);
+        mi_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = core->mi_attn_backward(&L, qd, kd, vd, pd, dzd, (float)scale, causal, dqd, dkd, dvd);
+        Py_END_ALLOW_THREADS
+        if (st != MI_OK) { core->mi_py_raise(st); goto done; }
+    }
+    res = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < 3; i++) { mi_arg_release(&a[i]); mi_arg_release(&g[i]); }
+    mi_arg_release(&p); mi_arg_release(&dz);
     return res;
 }
 
@@ -686,6 +853,8 @@ static PyMethodDef testing_methods[] = {
     KW_METHOD(_softmax_backward),
     KW_METHOD(_attn_fused),
     KW_METHOD(_attention_backward),
+    KW_METHOD(_attention_general),
+    KW_METHOD(_attention_general_backward),
     KW_METHOD(_cross_entropy),
     KW_METHOD(_embedding),
     KW_METHOD(_embedding_backward),

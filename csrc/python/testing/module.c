@@ -51,4 +51,5 @@ static PyModuleDef testing_module = {
     .m_free = testing_free,
 };
 
+PyMODINIT_FUNC PyInit__testing(void);   /* the one exported symbol (PyMODINIT_FUNC declares none) */
 PyMODINIT_FUNC PyInit__testing(void) { return PyModuleDef_Init(&testing_module); }
