@@ -3,14 +3,23 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install -q --disable-pip-version-check
 STAMP = build/.stamp
+# Wait up to 10 minutes for another apt/dpkg run to release its lock instead of failing.
+APT_WAIT = -o DPkg::Lock::Timeout=600
+# The oldest NumPy pyproject.toml admits, in a venv of its own: the tests that need
+# nothing but NumPy run there, so the declared floor is a tested one.
+OLDEST_NUMPY = 1.23.5
+OLDEST_NUMPY_VENV = build/venv-numpy-$(OLDEST_NUMPY)
+OLDEST_NUMPY_TESTS = tests/test_analysis_percentile.py tests/test_bridge.py tests/test_checkpoints.py \
+  tests/test_gemm.py tests/test_gpt2.py tests/test_gpt2_zero_copy.py tests/test_hooked_transformer.py \
+  tests/test_tokenizer.py tests/test_utils.py
 
-.PHONY: demo test build deps-system deps-test deps-notebooks sanitize bench clean fuzz deps-fuzz
+.PHONY: demo test test-oldest-numpy build deps-system deps-test deps-notebooks sanitize bench clean fuzz deps-fuzz
 
 deps-system:
 	@if ! pkg-config --exists libcjson 2>/dev/null; then \
 	  echo "installing libcjson-dev and pkg-config (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libcjson-dev pkg-config; \
+	  $$SUDO apt-get $(APT_WAIT) update -qq && $$SUDO apt-get $(APT_WAIT) install -y -qq libcjson-dev pkg-config; \
 	fi
 
 $(STAMP)-test: requirements-test.txt
@@ -29,8 +38,16 @@ build: deps-system
 	$(PYTHON) -m pip install -q --disable-pip-version-check "numpy>=2.0" setuptools wheel
 	$(PYTHON) setup.py -q build_ext --inplace
 
+# The suite, then the runtime floor (oldest NumPy), then the sanitizer job.
 test: deps-test deps-notebooks build
 	$(PYTHON) -m pytest -q tests
+	$(MAKE) test-oldest-numpy
+	$(MAKE) sanitize
+
+test-oldest-numpy: build
+	@[ -x $(OLDEST_NUMPY_VENV)/bin/python ] || $(PYTHON) -m venv $(OLDEST_NUMPY_VENV)
+	$(OLDEST_NUMPY_VENV)/bin/python -m pip install -q --disable-pip-version-check numpy==$(OLDEST_NUMPY) pytest
+	$(OLDEST_NUMPY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_NUMPY_TESTS)
 
 demo: deps-notebooks build
 	$(PYTHON) -m mechinterp_c.demo
@@ -72,7 +89,7 @@ deps-fuzz:
 	    ! ls /usr/lib/llvm-*/lib/libomp.so >/dev/null 2>&1; then \
 	  echo "installing clang, libFuzzer and libomp (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq clang libclang-rt-14-dev libomp-14-dev; \
+	  $$SUDO apt-get $(APT_WAIT) update -qq && $$SUDO apt-get $(APT_WAIT) install -y -qq clang libclang-rt-14-dev libomp-14-dev; \
 	fi
 
 fuzz: deps-system deps-fuzz

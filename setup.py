@@ -37,7 +37,7 @@ sources = sorted(glob.glob("csrc/**/*.c", recursive=True))
 sources = [s for s in sources if "/fuzz/" not in s]
 
 extra_compile = ["-std=gnu11", "-O3", "-fopenmp", "-fvisibility=hidden",
-                 "-Wall", "-Wextra", "-Wno-unused-parameter",
+                 "-Wall", "-Wextra", "-Wmissing-prototypes", "-Wno-unused-parameter",
                  "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 extra_link = ["-fopenmp"]
 if os.environ.get("MI_SANITIZE"):

@@ -12,16 +12,17 @@ import os
 # (bench/train.py). Read once, when libgomp starts: set it before _core loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import _core, analysis, checkpoints, io, ops, optim, reve, training, transformers, utils, weight_processing
+from . import _core, ablation, analysis, checkpoints, io, ops, optim, reve, training, transformers, utils, weight_processing
 from ._core import get_num_threads, set_num_threads
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
+from .factored_matrix import FactoredMatrix
 from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
 from .transformers.modeling_gpt2 import get_array_type, set_array_type
 
 __all__ = [
-    "ActivationCache", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
+    "ActivationCache", "FactoredMatrix", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
     "analysis", "checkpoints", "io", "ops", "optim", "reve", "training", "transformers", "utils", "weight_processing",
     "set_num_threads", "get_num_threads", "cpu_isa", "set_array_type", "get_array_type",
 ]
@@ -29,5 +30,29 @@ __version__ = "0.1.0"
 
 
 def cpu_isa():
-    """The instruction set the kernels were dispatched to: 'avx512', 'avx2' or 'scalar'."""
+    """The instruction set the kernels were dispatched to: 'avx512', 'avx2' or 'scalar'.
+
+    The environment variable ``MI_FORCE_ISA=scalar|avx2|avx512``, set before the
+    import, caps it: the kernels then run as on a CPU without the higher levels.
+    """
     return _core.cpu_isa()
+
+
+def _check_forced_isa():
+    """Reject an MI_FORCE_ISA the core does not know, and say when the CPU lacks it."""
+    name = os.environ.get("MI_FORCE_ISA")
+    if not name:
+        return
+    try:
+        got = _core.force_isa(name) if name != "best" else None
+    except ValueError:
+        got = None
+    if got is None:
+        raise ImportError(f"MI_FORCE_ISA={name!r}: expected 'scalar', 'avx2' or 'avx512'")
+    if got != name:
+        import warnings
+        warnings.warn(f"MI_FORCE_ISA={name!r}: this CPU supports {got!r} at most; the kernels use "
+                      f"{got!r}", RuntimeWarning, stacklevel=2)
+
+
+_check_forced_isa()

@@ -24,6 +24,7 @@ from collections import Counter
 
 import numpy as np
 
+from .devices import check_cpu_device  # noqa: F401 (also imported from here by hook_points)
 from .utils import Slice, get_act_name, to_numpy
 
 _NORM_TYPES = ("LN", "LNPre", "RMS", "RMSPre")
@@ -119,6 +120,19 @@ class ActivationCache:
 
     def __repr__(self):
         return f"ActivationCache with keys {list(self.cache_dict)}"
+
+    def to(self, device):
+        """No-op returning self: the activations are already in CPU memory, where they stay.
+        ``device`` must be None or a CPU device (another device is a ValueError)."""
+        check_cpu_device(device)
+        return self
+
+    def toggle_autodiff(self, mode=False):
+        """No-op: these activations never record an autodiff graph (gradients come from
+        ``model.backward``), so there is no global gradient state to switch either way,
+        and nothing else changes (TransformerLens sets ``torch.set_grad_enabled(mode)``)."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"toggle_autodiff: mode must be a bool, got {type(mode).__name__}")
 
     # ------------------------------------------------------------ batch helpers
 

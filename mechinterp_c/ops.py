@@ -2,14 +2,17 @@
 
 Each function takes float32 C-contiguous arrays in place, converts other float
 input once, and raises ``TypeError``/``ValueError`` naming the argument and
-its shape for anything else.
+its shape for anything else. NumPy has no bfloat16: ``to_bfloat16`` /
+``from_bfloat16`` convert to and from uint16 arrays of bfloat16 bit patterns
+(round to nearest even, as torch).
 """
 import numpy as np
 
 from . import _core
-from ._core import attention, gelu, layer_norm, matmul, relu, rms_norm, silu
+from ._core import attention, from_bfloat16, gelu, layer_norm, matmul, relu, rms_norm, silu, to_bfloat16
 
-__all__ = ["matmul", "layer_norm", "rms_norm", "gelu", "relu", "silu", "softmax", "attention"]
+__all__ = ["matmul", "layer_norm", "rms_norm", "gelu", "relu", "silu", "softmax", "attention",
+           "to_bfloat16", "from_bfloat16"]
 
 
 def softmax(x, axis=-1, mask=None):

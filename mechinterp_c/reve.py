@@ -20,8 +20,8 @@ names to coordinates, as ``brain-bzh/reve-positions`` does.
 
 The whole model (front end + the shared C transformer, module tree with hooks,
 TransformerLens API) is :class:`mechinterp_c.transformers.modeling_reve.ReveModel`
-(``AutoModel.from_pretrained``), also reachable here as ``reve.ReveModel``,
-``reve.HookedReve`` and ``reve.ReveConfig``.
+(``AutoModel.from_pretrained``) and ``modeling_reve.HookedReve``; that module builds on
+this one, never the other way round.
 """
 import difflib
 import os
@@ -385,15 +385,6 @@ class PositionBank:
 
 
 _default_bank = None
-
-
-def __getattr__(name):
-    """``ReveModel``, ``HookedReve``, ``ReveConfig`` from transformers.modeling_reve (lazy:
-    that module imports this one)."""
-    if name in ("ReveModel", "HookedReve", "ReveConfig"):
-        from .transformers import modeling_reve
-        return getattr(modeling_reve, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_position_bank():

@@ -16,6 +16,7 @@ V = d_vocab, Vo = d_vocab_out, C = n_ctx.
 """
 import numpy as np
 
+from .factored_matrix import FactoredMatrix
 from .utils import to_numpy
 
 _LN_TYPES = ("LN", "LNPre")
@@ -230,16 +231,56 @@ def fold_value_biases(state_dict, cfg):
     return sd
 
 
+def refactor_factored_attn_matrices(state_dict, cfg):
+    """Refactor each head's QK and OV circuits into balanced, orthogonal factors; the
+    model computes the same function (TransformerLens's experimental refactoring).
+
+    QK: the bilinear form (x W_Q + b_Q)(y W_K + b_K)^T is W_Q' W_K'^T of the effective
+    weights [D+1, Dh] (the bias as an extra input row whose input is always 1); its
+    SVD U S V^T gives W_Q' = U sqrt(S), W_K' = V sqrt(S), split back into weight and bias.
+    OV: b_V moves into b_O (attention rows sum to 1), then W_V W_O = U S V^T gives
+    W_V = U S, W_O = V^T (W_O a rotation). Returns a new dict.
+    """
+    if _cfg_get(cfg, "positional_embedding_type", "standard") == "rotary":
+        raise ValueError("refactor_factored_attn_matrices: the QK circuit of a rotary model "
+                         "depends on the positions of query and key and cannot be refactored")
+    sd = dict(state_dict)
+    for l in range(cfg.n_layers):
+        p = f"blocks.{l}.attn."
+        if p + "W_Q" not in sd:
+            continue
+        need = [p + k for k in ("W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")]
+        missing = [k for k in need if k not in sd]
+        if missing:
+            raise KeyError(f"refactor_factored_attn_matrices: layer {l} has {p}W_Q but not {missing}")
+        W_Q, W_K, b_Q, b_K = (to_numpy(sd[p + k]) for k in ("W_Q", "W_K", "b_Q", "b_K"))
+        W_Q_eff = np.concatenate([W_Q, b_Q[:, None, :]], axis=1)   # [H, D+1, Dh]
+        W_K_eff = np.concatenate([W_K, b_K[:, None, :]], axis=1)   # [H, D+1, Dh]
+        q_even, k_even_t = FactoredMatrix(W_Q_eff, np.swapaxes(W_K_eff, -1, -2)).make_even().pair
+        k_even = np.swapaxes(k_even_t, -1, -2)
+        sd[p + "W_Q"], sd[p + "b_Q"] = q_even[:, :-1, :], q_even[:, -1, :]
+        sd[p + "W_K"], sd[p + "b_K"] = k_even[:, :-1, :], k_even[:, -1, :]
+
+        W_V, W_O, b_V, b_O = (to_numpy(sd[p + k]) for k in ("W_V", "W_O", "b_V", "b_O"))
+        sd[p + "b_O"] = b_O + np.einsum("hk,hkd->d", b_V, W_O)
+        sd[p + "b_V"] = np.zeros_like(b_V)
+        U, S, V = FactoredMatrix(W_V, W_O).svd()
+        sd[p + "W_V"] = U * S[..., None, :]
+        sd[p + "W_O"] = np.swapaxes(V, -1, -2)
+    return sd
+
+
 def process_weights(state_dict, cfg, fold_ln=True, center_writing_weights=True, center_unembed=True,
-                    fold_value_biases=True):
+                    fold_value_biases=True, refactor_factored_attn_matrices=False):
     """TransformerLens's weight processing on a TL-named NumPy state dict; returns a new dict.
 
     Same steps, order and conditions as ``HookedTransformer.load_and_process_state_dict``:
     fold_ln (LN: biases folded and reading weights centred; RMS: weights only; skipped for
     other norms or when no norm weights are present), center_writing_weights (only for
     LN / LNPre models without final_rms), center_unembed, fold_value_biases (then b_O is
-    re-centred for centred LN models). Float32 / float64 inputs keep their dtype; other
-    float dtypes are processed in float32 and cast back. The input dict is not modified.
+    re-centred for centred LN models), refactor_factored_attn_matrices (off by default, as
+    TransformerLens). Float32 / float64 inputs keep their dtype; other float dtypes are
+    processed in float32 and cast back. The input dict is not modified.
     Use ``processed_normalization_type(cfg, fold_ln)`` for the model's new norm type.
     """
     sd = {}
@@ -267,6 +308,8 @@ def process_weights(state_dict, cfg, fold_ln=True, center_writing_weights=True, 
                 k = f"blocks.{l}.attn.b_O"
                 if k in sd:
                     sd[k] = sd[k] - sd[k].mean()
+    if refactor_factored_attn_matrices:
+        sd = globals()["refactor_factored_attn_matrices"](sd, cfg)
     for k, dtype in original_dtypes.items():
         if k in sd:
             sd[k] = sd[k].astype(dtype)

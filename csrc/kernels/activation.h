@@ -13,6 +13,7 @@
 #include "common/status.h"
 
 typedef enum { MI_ACT_RELU, MI_ACT_GELU, MI_ACT_GELU_TANH, MI_ACT_SILU } mi_activation;
+#define MI_ACT_COUNT (MI_ACT_SILU + 1)
 
 void mi_gelu(const float *x, float *y, int64_t n);
 void mi_gelu_tanh(const float *x, float *y, int64_t n);

@@ -1,6 +1,6 @@
 /* attention_avx512.c - the two products inside one attention head, AVX-512F.
  *
- * Contract (mi_attn_product_avx512, declared in attention.c):
+ * Contract (mi_attn_product_avx512, declared in attention_kernels.h):
  *
  *   C[i*ldc + j] = scale * sum_{p < K} A[i*lda + p] * B[p*ldb + j]    i < M, j < N
  *
@@ -24,6 +24,8 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+
+#include "kernels/attention_kernels.h"
 
 #define TILE_ROWS 6
 #define TILE_COLS 64

@@ -1,9 +1,11 @@
-/* attention_backward_avx512.c - the backward of one attention head, direct
- * loops compiled for AVX-512 (contract of mi_attn_backward in attention.h).
+/* attention_backward_avx512.c - the backward of one query head, direct loops
+ * compiled for AVX-512 (contract of mi_attn_backward in attention.h; the
+ * reference is backward_head in attention.c).
  *
- * Shape legend (one (b, h) head): T positions, D d_head; q, k, v, dq, dk, dv
- * rows of D floats `rs` apart (the fused [B,T,3,H,Dh] buffer); dz rows `zs`
- * apart; P, dS [T, T].
+ * Shape legend (one (b, h) head, kv head h/g): Tq queries, Tk keys, D d_head;
+ * q, dq rows of D floats L->q.pos apart, k, dk rows L->k.pos apart, v, dv
+ * rows L->v.pos apart (views into the fused [B,T,3,H,Dh] buffer or a KV
+ * cache); dz rows zs = H*D apart; P, dS [Tq, Tk].
  *
  *   forward:  S = scale Q K^T (masked);  P = softmax(S);  Z = P V
  *   dP[i,j] = dZ[i] . V[j]                 (as outer products over d with V^T,
@@ -12,9 +14,9 @@
  *   dS[i,j] = scale P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j'])   (row sum in double)
  *   dQ[i]  += sum_j dS[i,j] K[j]
  *   dK[j]  += sum_i dS[i,j] Q[i];   dV[j] += sum_i P[i,j] dZ[i]
- * Causal heads visit j <= i only (P is 0 above the diagonal). At these sizes
- * (T ~ 50, D ~ 64) four mi_sgemm calls per head cost more in packing than in
- * arithmetic; these loops read each operand once from L1.
+ * Causal heads visit the keys j < mi_attn_visible(i) only (P is 0 past them).
+ * At these sizes (T ~ 50, D ~ 64) four mi_sgemm calls per head cost more in
+ * packing than in arithmetic; these loops read each operand once from L1.
  * Every sum runs in a fixed order on the calling thread: deterministic.
  * Only called after mi_cpu_isa() reported AVX-512.
  */
@@ -22,6 +24,8 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+
+#include "kernels/attention_kernels.h"
 
 /* Lanes [0, 16) of a 16-wide chunk starting at x that lie below n. */
 static inline __mmask16 lanes(int64_t x, int64_t n)
@@ -52,21 +56,23 @@ static inline void axpy_rows(const float *coef, int64_t cs, const float *rows, i
     _mm512_mask_storeu_ps(o + 48, m3, _mm512_add_ps(_mm512_maskz_loadu_ps(m3, o + 48), a3));
 }
 
-/* work: T*T + D*T + 2*D floats. */
-void mi_attn_backward_head_avx512(int64_t T, int64_t D, const float *q, const float *k,
-                                  const float *v, int64_t rs, const float *P, const float *dz,
-                                  int64_t zs, float scale, int causal, float *dq, float *dk,
+void mi_attn_backward_head_avx512(const mi_attn_layout *L, int causal, float scale,
+                                  const float *q, const float *k, const float *v,
+                                  const float *P, const float *dz, float *dq, float *dk,
                                   float *dv, float *work)
 {
-    float *dS = work, *vt = work + T * T;
+    const int64_t Tq = L->q_len, Tk = L->k_len, D = L->d_head, zs = L->n_heads * D;
+    const int64_t qs = L->q.pos, ks = L->k.pos, vs = L->v.pos;
+    const int64_t nk = mi_attn_visible(L, causal, Tq - 1);   /* keys any query sees */
+    float *dS = work, *vt = work + Tq * Tk;
     /* vt[d, j] = v[j, d] */
-    for (int64_t j = 0; j < T; j++)
-        for (int64_t d = 0; d < D; d++) vt[d * T + j] = v[j * rs + d];
+    for (int64_t j = 0; j < nk; j++)
+        for (int64_t d = 0; d < D; d++) vt[d * Tk + j] = v[j * vs + d];
 
-    for (int64_t i = 0; i < T; i++) {
-        int64_t jn = causal ? i + 1 : T;
-        float *row = dS + i * T;
-        const float *Pi = P + i * T, *dzi = dz + i * zs;
+    for (int64_t i = 0; i < Tq; i++) {
+        const int64_t jn = mi_attn_visible(L, causal, i);
+        float *row = dS + i * Tk;
+        const float *Pi = P + i * Tk, *dzi = dz + i * zs;
         /* row[j] = dP[i, j] = sum_d dz[i, d] vt[d, j], 64 columns j at a time */
         for (int64_t j0 = 0; j0 < jn; j0 += 64) {
             __mmask16 m0 = lanes(j0, jn), m1 = lanes(j0 + 16, jn), m2 = lanes(j0 + 32, jn),
@@ -74,7 +80,7 @@ void mi_attn_backward_head_avx512(int64_t T, int64_t D, const float *q, const fl
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int64_t d = 0; d < D; d++) {
                 __m512 c = _mm512_set1_ps(dzi[d]);
-                const float *x = vt + d * T + j0;
+                const float *x = vt + d * Tk + j0;
                 a0 = _mm512_fmadd_ps(c, _mm512_maskz_loadu_ps(m0, x), a0);
                 a1 = _mm512_fmadd_ps(c, _mm512_maskz_loadu_ps(m1, x + 16), a1);
                 a2 = _mm512_fmadd_ps(c, _mm512_maskz_loadu_ps(m2, x + 32), a2);
@@ -96,14 +102,15 @@ void mi_attn_backward_head_avx512(int64_t T, int64_t D, const float *q, const fl
                                   _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, Pi + j), dp), vscale));
         }
         /* dq[i] += sum_j dS[i, j] k[j] */
-        for (int64_t d0 = 0; d0 < D; d0 += 64) axpy_rows(row, 1, k, rs, 0, jn, d0, D, dq + i * rs);
+        for (int64_t d0 = 0; d0 < D; d0 += 64) axpy_rows(row, 1, k, ks, 0, jn, d0, D, dq + i * qs);
     }
-    /* dk[j] += sum_i dS[i, j] q[i];  dv[j] += sum_i P[i, j] dz[i]  (i >= j when causal) */
-    for (int64_t j = 0; j < T; j++) {
-        int64_t i0 = causal ? j : 0;
+    /* dk[j] += sum_i dS[i, j] q[i];  dv[j] += sum_i P[i, j] dz[i], over the queries that
+     * see key j (i >= j - offset when causal); keys no query sees get nothing */
+    for (int64_t j = 0; j < nk; j++) {
+        const int64_t i0 = causal && j > L->offset ? j - L->offset : 0;
         for (int64_t d0 = 0; d0 < D; d0 += 64) {
-            axpy_rows(dS + j, T, q, rs, i0, T, d0, D, dk + j * rs);
-            axpy_rows(P + j, T, dz, zs, i0, T, d0, D, dv + j * rs);
+            axpy_rows(dS + j, Tk, q, qs, i0, Tq, d0, D, dk + j * ks);
+            axpy_rows(P + j, Tk, dz, zs, i0, Tq, d0, D, dv + j * vs);
         }
     }
 }

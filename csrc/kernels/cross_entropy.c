@@ -1,16 +1,19 @@
-/* cross_entropy.c - softmax cross-entropy, forward and backward (see cross_entropy.h). */
+/* cross_entropy.c - softmax cross-entropy, forward and backward (see cross_entropy.h).
+ *
+ * Shapes: logits, dlogits [rows, vocab]; targets, row losses [rows]. The
+ * plain scalar row lives here; the vector rows (cross_entropy_simd.h) are
+ * picked per ISA (cross_entropy_kernels.h). Parallel over rows.
+ */
 #include "kernels/cross_entropy.h"
 
 #include <math.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
+#include "kernels/cross_entropy_kernels.h"
 
 #define PARALLEL_MIN 32768
-
-/* The AVX-512 row (cross_entropy_avx512.c). */
-double mi_cross_entropy_row_avx512(const float *lr, int64_t vocab, int64_t t, double gscale,
-                                   float *dr);
 
 /* One row, plain scalar with every exp in double: the reference. */
 static double cross_entropy_row_ref(const float *lr, int64_t vocab, int64_t t, double gscale,
@@ -30,6 +33,18 @@ static double cross_entropy_row_ref(const float *lr, int64_t vocab, int64_t t, d
         }
     }
     return lse - (double)lr[t];
+}
+
+static const mi_cross_entropy_kernels cross_entropy_ref = {.row = cross_entropy_row_ref};
+
+/* The kernels of the ISA in use. */
+static const mi_cross_entropy_kernels *kernels(void)
+{
+    static const mi_cross_entropy_kernels *const by_isa[MI_ISA_COUNT] = {
+        [MI_ISA_SCALAR] = &cross_entropy_ref, [MI_ISA_AVX2] = &mi_cross_entropy_kernels_avx2,
+        [MI_ISA_AVX512] = &mi_cross_entropy_kernels_avx512,
+    };
+    return by_isa[mi_cpu_isa()];
 }
 
 mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t rows,
@@ -53,15 +68,14 @@ mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t 
                                   (long)rows);
     /* d mean / d loss_r = 1 / count */
     const double gscale = count > 0 ? 1.0 / (double)count : 0.0;
-    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
-    #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN)
+    const mi_cross_entropy_kernels *k = kernels();
+    #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         int64_t t = targets[r];
         if (t == ignore_index) { row_loss[r] = 0.0; continue; }
         const float *lr = logits + r * vocab;
         float *dr = dlogits ? dlogits + r * vocab : NULL;
-        row_loss[r] = avx512 ? mi_cross_entropy_row_avx512(lr, vocab, t, gscale, dr)
-                             : cross_entropy_row_ref(lr, vocab, t, gscale, dr);
+        row_loss[r] = k->row(lr, vocab, t, gscale, dr);
     }
     double total = 0.0;
     for (int64_t r = 0; r < rows; r++) {

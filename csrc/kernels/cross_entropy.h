@@ -14,7 +14,8 @@
  * MI_ERR_INDEX naming the row, checked before any work. Parallel over rows;
  * the mean sums the per-row losses in row order (bitwise identical for any
  * thread count). The scalar reference evaluates logsumexp in double; the
- * AVX-512 row uses float exps summed in double (~1e-7 absolute in the loss).
+ * vector rows (AVX2, AVX-512) use float exps summed in double (~1e-7 absolute
+ * in the loss).
  */
 #ifndef MI_CROSS_ENTROPY_H
 #define MI_CROSS_ENTROPY_H

@@ -20,7 +20,7 @@ void mi_layer_norm(const float *x, const float *w, const float *b, float eps,
 void mi_rms_norm(const float *x, const float *w, float eps,
                  int64_t rows, int64_t d, float *y, float *scale);
 
-/* Plain scalar versions: the references the AVX-512 rows are tested against. */
+/* Plain scalar versions: the references the vector rows are tested against. */
 void mi_layer_norm_ref(const float *x, const float *w, const float *b, float eps,
                        int64_t rows, int64_t d, float *y, float *scale);
 void mi_rms_norm_ref(const float *x, const float *w, float eps,
@@ -38,7 +38,8 @@ void mi_rms_norm_ref(const float *x, const float *w, float eps,
  * changes no bit: for one ISA the split and fused paths give bitwise the same
  * numbers. normalized / out may be NULL when not wanted (out needs w).
  * mi_tl_norm_affine: out = normalized * w + b after a hook edited normalized.
- * Parallel over rows. Dispatch: AVX-512 rows or the *_ref scalar rows. */
+ * Parallel over rows. Dispatch: the vector rows of the ISA in use
+ * (norm_simd.h) or the scalar reference rows. */
 void mi_tl_norm(int centre, const float *x, const float *x_add, float *x_sum, const float *w,
                 const float *b, float eps, int64_t rows, int64_t d, float *scale,
                 float *normalized, float *out);

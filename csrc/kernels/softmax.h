@@ -4,8 +4,8 @@
  * entirely -inf (every key masked) gives all zeros, as TransformerLens's
  * pattern after its nan -> 0 step. NaN anywhere in a row gives a NaN row.
  * Parallel over rows, each row on one thread (bitwise identical for any
- * thread count). Dispatch: AVX-512 row (softmax_avx512.c) or the scalar
- * reference mi_softmax_rows_ref.
+ * thread count). Dispatch: the vector row of the ISA in use (softmax_simd.h)
+ * or the scalar reference mi_softmax_rows_ref.
  */
 #ifndef MI_SOFTMAX_H
 #define MI_SOFTMAX_H

@@ -87,6 +87,7 @@ const char *mi_py_shape_str(PyArrayObject *a, char *buf);
 /* --- Subsystem initialisation (one per file, called from module exec) ---- */
 int mi_py_array_exec(PyObject *m);
 int mi_py_ops_exec(PyObject *m);
+int mi_py_bf16_exec(PyObject *m);   /* bf16_py.c */
 int mi_py_model_exec(PyObject *m);
 int mi_py_io_exec(PyObject *m);
 int mi_py_tokenizer_exec(PyObject *m);

@@ -526,14 +526,12 @@ static int qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, PyArrayOb
                          "got %s", mi_py_shape_str(*q, b1));
             return -1;
         }
-        L->batch = PyArray_DIM(*q, 0);
-        L->seq = PyArray_DIM(*q, 1);
-        L->heads = PyArray_DIM(*q, 3);
-        L->d_head = PyArray_DIM(*q, 4);
-        L->row_stride = 3 * L->heads * L->d_head;
+        npy_intp B = PyArray_DIM(*q, 0), T = PyArray_DIM(*q, 1), H = PyArray_DIM(*q, 3),
+                 Dh = PyArray_DIM(*q, 4);
+        *L = mi_attn_self_layout(B, T, H, Dh, 3 * H * Dh, T * 3 * H * Dh);
         *qd = PyArray_DATA(*q);
-        *kd = *qd + L->heads * L->d_head;
-        *vd = *kd + L->heads * L->d_head;
+        *kd = *qd + H * Dh;
+        *vd = *kd + H * Dh;
     } else {
         if (!k_obj || k_obj == Py_None || !v_obj || v_obj == Py_None) {
             PyErr_SetString(PyExc_TypeError, "k, v: give both (with q [batch, pos, head, d_head])"
@@ -543,16 +541,13 @@ static int qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, PyArrayOb
         if (!(*q = mi_py_float_arg(q_obj, "q", 4, 4))) return -1;
         if (!(*k = float_arg_shaped(k_obj, "k", 4, PyArray_DIMS(*q)))) return -1;
         if (!(*v = float_arg_shaped(v_obj, "v", 4, PyArray_DIMS(*q)))) return -1;
-        L->batch = PyArray_DIM(*q, 0);
-        L->seq = PyArray_DIM(*q, 1);
-        L->heads = PyArray_DIM(*q, 2);
-        L->d_head = PyArray_DIM(*q, 3);
-        L->row_stride = L->heads * L->d_head;
+        npy_intp B = PyArray_DIM(*q, 0), T = PyArray_DIM(*q, 1), H = PyArray_DIM(*q, 2),
+                 Dh = PyArray_DIM(*q, 3);
+        *L = mi_attn_self_layout(B, T, H, Dh, H * Dh, T * H * Dh);
         *qd = PyArray_DATA(*q);
         *kd = PyArray_DATA(*k);
         *vd = PyArray_DATA(*v);
     }
-    L->batch_stride = L->seq * L->row_stride;
     return 0;
 }
 
@@ -597,7 +592,7 @@ static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
                          "array, got dtype %S", (PyObject *)PyArray_DESCR(pm));
             goto done;
         }
-        npy_intp want[2] = {L.batch, L.seq};
+        npy_intp want[2] = {L.batch, L.k_len};
         if (!has_shape(pm, 2, want)) {
             PyErr_Format(PyExc_ValueError, "padding_mask: expected shape %s ([batch, pos] of q "
                          "%s), got %s", dims_str(2, want, s1), mi_py_shape_str(q, s2),
@@ -609,20 +604,20 @@ static PyObject *py_attention(PyObject *m, PyObject *args, PyObject *kw)
         Py_DECREF(pm);
         if (!(pm = f)) goto done;
     }
-    npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
-    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
+    npy_intp pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head};
     float *zd, *pd;
     if (!(z = mi_py_empty(m, 4, zshape, &zd))) goto done;
     if (!(pattern = mi_py_empty(m, 4, pshape, &pd))) goto done;
     {
         const float *md = pm ? PyArray_DATA(pm) : NULL;
-        int64_t rows = L.batch * L.heads * L.seq;
+        int64_t rows = L.batch * L.n_heads * L.q_len;
         mi_status st;
         Py_BEGIN_ALLOW_THREADS
         st = mi_attn_scores(&L, qd, kd, (float)scale, causal, md, pd);
         if (st == MI_OK) {
-            mi_softmax_rows(pd, pd, rows, L.seq);
-            mi_attn_apply(&L, pd, vd, zd);
+            mi_softmax_rows(pd, pd, rows, L.k_len);
+            st = mi_attn_apply(&L, pd, vd, zd);
         }
         Py_END_ALLOW_THREADS
         if (st != MI_OK) { mi_py_raise(st); goto done; }
@@ -808,15 +803,15 @@ static PyObject *py__attention_backward(PyObject *m, PyObject *args, PyObject *k
     if (qkv_args(q_o, k_o, v_o, &q, &k, &v, &L, &qd, &kd, &vd) < 0) goto done;
     if (fused) {
         if (!(dq = grad_arg(m, dq_o, "dq", 5, PyArray_DIMS(q), &dqd))) goto done;
-        dkd = dqd + L.heads * L.d_head;
-        dvd = dkd + L.heads * L.d_head;
+        dkd = dqd + L.n_heads * L.d_head;
+        dvd = dkd + L.n_heads * L.d_head;
     } else {
         if (!(dq = grad_arg(m, dq_o, "dq", 4, PyArray_DIMS(q), &dqd))) goto done;
         if (!(dk = grad_arg(m, dk_o, "dk", 4, PyArray_DIMS(q), &dkd))) goto done;
         if (!(dv = grad_arg(m, dv_o, "dv", 4, PyArray_DIMS(q), &dvd))) goto done;
     }
-    npy_intp pshape[4] = {L.batch, L.heads, L.seq, L.seq};
-    npy_intp zshape[4] = {L.batch, L.seq, L.heads, L.d_head};
+    npy_intp pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head};
     if (!(p = float_arg_shaped(p_o, "pattern", 4, pshape))) goto done;
     if (!(dz = float_arg_shaped(dz_o, "dz", 4, zshape))) goto done;
     double scale = 1.0 / sqrt((double)(L.d_head > 0 ? L.d_head : 1));
@@ -959,6 +954,199 @@ done:
     return dw;
 }
 
+/* ---- test bindings of the general attention contract (kernels/attention.h) ----
+ * q, k, v (and dq, dk, dv) are passed as they are, strided views included (into
+ * a fused QKV buffer, or a [batch, kv_head, capacity, d_head] KV cache seen as
+ * [batch, pos, kv_head, d_head]), so the kernels read them through their strides. */
+
+/* A float32 [batch, pos, head, d_head] array read in place: its data and element
+ * strides. The d axis must be contiguous and every stride a whole number of floats. */
+static int attn_strided_arg(PyObject *o, const char *name, int writable, PyArrayObject **a,
+                            mi_attn_stride *s)
+{
+    char b1[128];
+    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT32 ||
+        PyArray_NDIM((PyArrayObject *)o) != 4) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a 4-d float32 ndarray [batch, pos, head, "
+                     "d_head]", name);
+        return -1;
+    }
+    PyArrayObject *x = (PyArrayObject *)o;
+    const npy_intp *st = PyArray_STRIDES(x), f = (npy_intp)sizeof(float);
+    if (!PyArray_ISALIGNED(x) || !PyArray_ISNOTSWAPPED(x) ||
+        (PyArray_DIM(x, 3) > 1 && st[3] != f) || st[0] % f || st[1] % f || st[2] % f) {
+        PyErr_Format(PyExc_ValueError, "%s: the d_head axis must be contiguous and the other "
+                     "strides whole floats (shape %s)", name, mi_py_shape_str(x, b1));
+        return -1;
+    }
+    if (writable && !PyArray_ISWRITEABLE(x)) {
+        PyErr_Format(PyExc_ValueError, "%s: must be writeable", name);
+        return -1;
+    }
+    *a = x;
+    *s = (mi_attn_stride){st[0] / f, st[1] / f, st[2] / f};
+    return 0;
+}
+
+/* The layout of q [B,Tq,H,Dh], k and v [B,Tk,Hkv,Dh]; the head counts are checked by the core. */
+static int attn_general_layout(PyObject *qo, PyObject *ko, PyObject *vo, long long offset,
+                               PyArrayObject **a, mi_attn_layout *L)
+{
+    char b1[128], b2[128], b3[128];
+    if (attn_strided_arg(qo, "q", 0, &a[0], &L->q) < 0 ||
+        attn_strided_arg(ko, "k", 0, &a[1], &L->k) < 0 ||
+        attn_strided_arg(vo, "v", 0, &a[2], &L->v) < 0)
+        return -1;
+    if (!PyArray_SAMESHAPE(a[1], a[2]) || PyArray_DIM(a[1], 0) != PyArray_DIM(a[0], 0) ||
+        PyArray_DIM(a[1], 3) != PyArray_DIM(a[0], 3)) {
+        PyErr_Format(PyExc_ValueError, "k, v: expected [batch, k_len, n_kv_heads, d_head] with "
+                     "q's batch and d_head (q %s), got k %s and v %s", mi_py_shape_str(a[0], b1),
+                     mi_py_shape_str(a[1], b2), mi_py_shape_str(a[2], b3));
+        return -1;
+    }
+    L->batch = PyArray_DIM(a[0], 0);
+    L->q_len = PyArray_DIM(a[0], 1);
+    L->n_heads = PyArray_DIM(a[0], 2);
+    L->d_head = PyArray_DIM(a[0], 3);
+    L->k_len = PyArray_DIM(a[1], 1);
+    L->n_kv_heads = PyArray_DIM(a[1], 2);
+    L->offset = offset;
+    mi_status st = mi_attn_check(L);
+    if (st != MI_OK) { mi_py_raise(st); return -1; }
+    return 0;
+}
+
+/* scale: a float, or None for 1/sqrt(d_head). */
+static int attn_scale_arg(PyObject *so, int64_t d_head, double *scale)
+{
+    *scale = so == Py_None ? 1.0 / sqrt((double)(d_head > 0 ? d_head : 1)) : PyFloat_AsDouble(so);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+PyDoc_STRVAR(_attention_general_doc,
+"_attention_general(q, k, v, causal=True, offset=0, padding_mask=None, scale=None, mode='fused')\n"
+"--\n\n"
+"Test binding: the general attention kernels. q [batch, q_len, n_heads, d_head],\n"
+"k, v [batch, k_len, n_kv_heads, d_head] float32, read in place through their\n"
+"strides; query i sits at key position offset + i; padding_mask [batch, k_len]\n"
+"float32 (0 masks a key). mode 'steps' runs mi_attn_scores, mi_softmax_rows and\n"
+"mi_attn_apply; 'fused' mi_attn_fused keeping scores and pattern; 'fused_z'\n"
+"mi_attn_fused keeping neither. Returns (z, scores, pattern), scores and pattern\n"
+"[batch, n_heads, q_len, k_len] or None.");
+
+static PyObject *py__attention_general(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"q", "k", "v", "causal", "offset", "padding_mask", "scale", "mode",
+                             NULL};
+    PyObject *qo, *ko, *vo, *mo = Py_None, *so = Py_None;
+    int causal = 1;
+    long long offset = 0;
+    const char *mode = "fused";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pLOOs:_attention_general", kwlist, &qo, &ko,
+                                     &vo, &causal, &offset, &mo, &so, &mode))
+        return NULL;
+    const int steps = !strcmp(mode, "steps"), keep = steps || !strcmp(mode, "fused");
+    if (!keep && strcmp(mode, "fused_z"))
+        return PyErr_Format(PyExc_ValueError, "mode: expected 'steps', 'fused' or 'fused_z', "
+                            "got '%s'", mode);
+    PyArrayObject *a[3] = {NULL, NULL, NULL}, *mask = NULL;
+    PyObject *z = NULL, *sc = NULL, *pat = NULL, *res = NULL;
+    mi_attn_layout L;
+    if (attn_general_layout(qo, ko, vo, offset, a, &L) < 0) return NULL;
+    if (mo != Py_None) {
+        if (!(mask = mi_py_float_arg(mo, "padding_mask", 2, 2))) return NULL;
+        if (PyArray_DIM(mask, 0) != L.batch || PyArray_DIM(mask, 1) != L.k_len) {
+            PyErr_SetString(PyExc_ValueError, "padding_mask: expected [batch, k_len] like k");
+            goto done;
+        }
+    }
+    double scale;
+    if (attn_scale_arg(so, L.d_head, &scale) < 0) goto done;
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head},
+             pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    float *zd, *sd = NULL, *pd = NULL;
+    if (!(z = mi_py_empty(m, 4, zshape, &zd))) goto done;
+    if (keep && (!(sc = mi_py_empty(m, 4, pshape, &sd)) || !(pat = mi_py_empty(m, 4, pshape, &pd))))
+        goto done;
+    {
+        const float *qd = PyArray_DATA(a[0]), *kd = PyArray_DATA(a[1]), *vd = PyArray_DATA(a[2]);
+        const float *md = mask ? PyArray_DATA(mask) : NULL;
+        mi_status st;
+        Py_BEGIN_ALLOW_THREADS
+        if (steps) {
+            st = mi_attn_scores(&L, qd, kd, (float)scale, causal, md, sd);
+            if (st == MI_OK) {
+                mi_softmax_rows(sd, pd, L.batch * L.n_heads * L.q_len, L.k_len);
+                st = mi_attn_apply(&L, pd, vd, zd);
+            }
+        } else {
+            st = mi_attn_fused(&L, qd, kd, vd, (float)scale, causal, md, sd, pd, zd);
+        }
+        Py_END_ALLOW_THREADS
+        if (st != MI_OK) { mi_py_raise(st); goto done; }
+    }
+    res = PyTuple_Pack(3, z, sc ? sc : Py_None, pat ? pat : Py_None);
+done:
+    Py_XDECREF(mask); Py_XDECREF(z); Py_XDECREF(sc); Py_XDECREF(pat);
+    return res;
+}
+
+PyDoc_STRVAR(_attention_general_backward_doc,
+"_attention_general_backward(q, k, v, pattern, dz, dq, dk, dv, causal=True, offset=0, scale=None)\n"
+"--\n\n"
+"Test binding: mi_attn_backward on the general layout of _attention_general.\n"
+"pattern [batch, n_heads, q_len, k_len] and dz [batch, q_len, n_heads, d_head]\n"
+"float32; dq, dk, dv float32 arrays of q's, k's and v's shape and strides,\n"
+"into which the gradients accumulate. Returns None.");
+
+static PyObject *py__attention_general_backward(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"q", "k", "v", "pattern", "dz", "dq", "dk", "dv", "causal", "offset",
+                             "scale", NULL};
+    PyObject *qo, *ko, *vo, *po, *dzo, *go[3], *so = Py_None;
+    int causal = 1;
+    long long offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOO|pLO:_attention_general_backward", kwlist,
+                                     &qo, &ko, &vo, &po, &dzo, &go[0], &go[1], &go[2], &causal,
+                                     &offset, &so))
+        return NULL;
+    static const char *gname[3] = {"dq", "dk", "dv"};
+    PyArrayObject *a[3] = {NULL, NULL, NULL}, *g[3], *p = NULL, *dz = NULL;
+    PyObject *res = NULL;
+    mi_attn_layout L;
+    if (attn_general_layout(qo, ko, vo, offset, a, &L) < 0) return NULL;
+    for (int i = 0; i < 3; i++) {
+        mi_attn_stride s;
+        const mi_attn_stride *want = i == 0 ? &L.q : i == 1 ? &L.k : &L.v;
+        if (attn_strided_arg(go[i], gname[i], 1, &g[i], &s) < 0) return NULL;
+        if (!PyArray_SAMESHAPE(g[i], a[i]) || s.batch != want->batch || s.pos != want->pos ||
+            s.head != want->head)
+            return PyErr_Format(PyExc_ValueError, "%s: expected the shape and strides of %s",
+                                gname[i], gname[i] + 1);
+    }
+    npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head},
+             pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
+    if (!(p = float_arg_shaped(po, "pattern", 4, pshape))) goto done;
+    if (!(dz = float_arg_shaped(dzo, "dz", 4, zshape))) goto done;
+    double scale;
+    if (attn_scale_arg(so, L.d_head, &scale) < 0) goto done;
+    {
+        const float *qd = PyArray_DATA(a[0]), *kd = PyArray_DATA(a[1]), *vd = PyArray_DATA(a[2]);
+        const float *pd = PyArray_DATA(p), *dzd = PyArray_DATA(dz);
+        float *dqd = PyArray_DATA(g[0]), *dkd = PyArray_DATA(g[1]), *dvd = PyArray_DATA(g[2]);
+        mi_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_attn_backward(&L, qd, kd, vd, pd, dzd, (float)scale, causal, dqd, dkd, dvd);
+        Py_END_ALLOW_THREADS
+        if (st != MI_OK) { mi_py_raise(st); goto done; }
+    }
+    res = Py_None;
+    Py_INCREF(res);
+done:
+    Py_XDECREF(p); Py_XDECREF(dz);
+    return res;
+}
+
 static PyMethodDef ops_methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS, matmul_doc},
     {"layer_norm", (PyCFunction)(void (*)(void))py_layer_norm, METH_VARARGS | METH_KEYWORDS,
@@ -978,6 +1166,8 @@ static PyMethodDef ops_methods[] = {
     KW_METHOD(_activation_backward),
     KW_METHOD(_softmax_backward),
     KW_METHOD(_attention_backward),
+    KW_METHOD(_attention_general),
+    KW_METHOD(_attention_general_backward),
     KW_METHOD(_cross_entropy),
     KW_METHOD(_embedding),
     KW_METHOD(_embedding_backward),

@@ -12,9 +12,7 @@
 #include "kernels/adamw.h"
 #include "model/backward.h"
 #include "model/transformer.h"
-
-/* model_py.c */
-mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
+#include "python/model_py.h"
 
 PyDoc_STRVAR(grad_blob_doc, "grad_blob(model)\n--\n\nA zeroed float32 array [n_params] with the "
              "layout of the model's parameter blob (64-byte aligned): the gradient store.");

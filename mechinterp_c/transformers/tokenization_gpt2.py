@@ -135,7 +135,9 @@ class GPT2Tokenizer:
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.name_or_path = kwargs.get("name_or_path", "")
+        self.name_or_path = kwargs.pop("name_or_path", "")
+        if kwargs:
+            raise TypeError(f"GPT2Tokenizer: unexpected keyword argument(s) {sorted(kwargs)}")
         self._added = {}                       # text -> id of added (special) tokens
         for text, idx in (added_tokens or {}).items():
             self._add_special(text, idx)
@@ -373,6 +375,12 @@ class GPT2Tokenizer:
         truncation: False | True | "longest_first" | "only_first" (cut to max_length).
         return_tensors: None (lists) | "np" | "pt" (torch, if installed).
         """
+        kwargs.pop("verbose", None)                     # transformers' logging switch
+        if kwargs.pop("return_token_type_ids", None):  # GPT-2 has none: only False/None
+            raise NotImplementedError("tokenizer: return_token_type_ids=True is not supported")
+        if kwargs:
+            raise NotImplementedError(f"tokenizer: unsupported argument(s) {sorted(kwargs)} "
+                                      f"(they would change the output; nothing is ignored)")
         gc_was_enabled = gc.isenabled()
         gc.disable()              # building many small lists: spare the cyclic GC the rescans
         try:

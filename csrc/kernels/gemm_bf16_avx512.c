@@ -1,0 +1,76 @@
+/* gemm_bf16_avx512.c - 12 x 32 bfloat16 micro-kernel for AVX512-BF16.
+ *
+ * Contract: see gemm_bf16_kernels.h. 24 zmm accumulators (12 rows x 2 vectors
+ * of 16 float32), 2 B vectors and 1 broadcast A pair per k pair: 27 of the 32
+ * registers. Each vdpbf16ps does 32 multiply-adds (16 lanes x a pair), twice
+ * an fp32 FMA's 16, so the same loop shape as the fp32 kernel reaches twice
+ * the multiply-adds per cycle. */
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma")
+#include <immintrin.h>
+
+#include "kernels/gemm_bf16_kernels.h"
+
+#define MR MI_BGEMM_MR
+#define NR MI_BGEMM_NR
+
+int mi_bgemm_has_avx512bf16(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+}
+
+void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *restrict Ap, const uint32_t *restrict Bp,
+                             float *restrict C, int64_t ldc, int load_c, const float *bias)
+{
+#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
+    DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
+#undef DECL
+    /* C is needed only after the k loop: start fetching it now. */
+    for (int i = 0; i < MR; i++) {
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
+    }
+#define STEP(i) { __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]); \
+                  c##i##0 = _mm512_dpbf16_ps(c##i##0, ai, b0); \
+                  c##i##1 = _mm512_dpbf16_ps(c##i##1, ai, b1); }
+#define KSTEP(off) { const uint32_t *a = Ap + (off) * MR; \
+                     __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + (off) * NR); \
+                     __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bp + (off) * NR + 16); \
+                     STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) \
+                     STEP(6) STEP(7) STEP(8) STEP(9) STEP(10) STEP(11) }
+    int64_t p = 0;
+    for (; p + 4 <= kp; p += 4) {
+        _mm_prefetch((const char *)(Bp + 16 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(Bp + 16 * NR + 16), _MM_HINT_T0);
+        KSTEP(0) KSTEP(1) KSTEP(2) KSTEP(3)
+        Ap += 4 * MR;
+        Bp += 4 * NR;
+    }
+    for (; p < kp; p++) {
+        KSTEP(0)
+        Ap += MR;
+        Bp += NR;
+    }
+#undef KSTEP
+#undef STEP
+    if (load_c) {
+#define LOAD(i) c##i##0 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc), c##i##0); \
+                c##i##1 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc + 16), c##i##1);
+        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
+        LOAD(6) LOAD(7) LOAD(8) LOAD(9) LOAD(10) LOAD(11)
+#undef LOAD
+    }
+    if (bias) {
+        __m512 bb0 = _mm512_loadu_ps(bias), bb1 = _mm512_loadu_ps(bias + 16);
+#define BIAS(i) c##i##0 = _mm512_add_ps(c##i##0, bb0); c##i##1 = _mm512_add_ps(c##i##1, bb1);
+        BIAS(0) BIAS(1) BIAS(2) BIAS(3) BIAS(4) BIAS(5)
+        BIAS(6) BIAS(7) BIAS(8) BIAS(9) BIAS(10) BIAS(11)
+#undef BIAS
+    }
+#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); \
+                 _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
+    STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
+#undef STORE
+}

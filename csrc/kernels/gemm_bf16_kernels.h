@@ -1,0 +1,31 @@
+/* gemm_bf16_kernels.h - internal pieces of the bfloat16 GEMM (gemm_bf16.c).
+ *
+ * Packed operands hold k PAIRS: one 32-bit word per (pair p, row or column),
+ * the even k in the low half and the odd k in the high half, as vdpbf16ps
+ * reads them (K odd: the last pair's high half is zero).
+ *
+ *   Ap  packed A micro-panel: kp pairs of MR words (row r at [p*MR + r])
+ *   Bp  packed B micro-panel: kp pairs of NR words (col j at [p*NR + j])
+ *
+ * Micro-kernel contract (MR x NR tile of C, row stride ldc):
+ *   acc = 0
+ *   for p in 0..kp: acc[r][j] = vdpbf16ps(acc[r][j], Ap[p*MR + r], Bp[p*NR + j])
+ *   if load_c: acc = C + acc
+ *   if bias: acc[r][j] += bias[j]
+ *   C = acc
+ */
+#ifndef MI_GEMM_BF16_KERNELS_H
+#define MI_GEMM_BF16_KERNELS_H
+
+#include <stdint.h>
+
+#define MI_BGEMM_MR 12
+#define MI_BGEMM_NR 32
+
+/* 1 when the CPU and compiler give AVX512-BF16 (gemm_bf16_avx512.c). */
+int mi_bgemm_has_avx512bf16(void);
+
+void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *Ap, const uint32_t *Bp, float *C,
+                             int64_t ldc, int load_c, const float *bias);
+
+#endif
