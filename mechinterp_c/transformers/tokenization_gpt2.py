@@ -18,7 +18,7 @@ import numpy as np
 
 from mechinterp_c import _core
 
-__all__ = ["GPT2Tokenizer", "GPT2TokenizerFast", "AutoTokenizer", "BatchEncoding"]
+__all__ = ["GPT2Tokenizer", "GPT2TokenizerFast", "BatchEncoding"]
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _HUGE = int(1e30)        # transformers' "no limit" model_max_length
@@ -543,21 +543,3 @@ def _to_tensor(rows, kind):
 
 # transformers 5 has one GPT-2 tokenizer class under both names; so do we (the C one is fast)
 GPT2TokenizerFast = GPT2Tokenizer
-
-
-class AutoTokenizer:
-    """``AutoTokenizer.from_pretrained(dir_or_id)``: a GPT-2 byte-level BPE tokenizer (the one
-    tokenizer family mechinterp_c implements)."""
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load the GPT-2 tokenizer of a directory or cached hub id."""
-        d = _resolve(os.fspath(pretrained_model_name_or_path), kwargs.pop("revision", None) or "main",
-                     kwargs.pop("cache_dir", None))
-        cfg_path = os.path.join(d, "tokenizer_config.json")
-        if os.path.isfile(cfg_path):
-            klass = _read_json(cfg_path).get("tokenizer_class")
-            if klass and klass not in ("GPT2Tokenizer", "GPT2TokenizerFast"):
-                raise ValueError(f"AutoTokenizer: {d} holds a {klass}; mechinterp_c implements only GPT2Tokenizer")
-        kwargs.setdefault("name_or_path", os.fspath(pretrained_model_name_or_path))
-        return GPT2Tokenizer.from_pretrained(d, **kwargs)
