@@ -3,7 +3,8 @@
 GPT-2-small-shaped checkpoint (``checkpoints.load_or_create("gpt2", small=False)``:
 the real one if cached, else random weights of the same shape), a random-token corpus
 of ``--tokens`` tokens in sequences of ``--seq``, statistics ``Moments`` and ``TopK(10)``
-at every ``hook_resid_post`` (12 hooks x 768 units), batches of 8 sequences.
+at every ``hook_resid_post`` (12 hooks x 768 units), batches of 4 sequences, one
+batch per partition.
 
 - single-process loop: ``run_with_cache`` + accumulator updates in this process, 1
   C thread (what a researcher writes without Dask);
@@ -19,18 +20,25 @@ at every ``hook_resid_post`` (12 hooks x 768 units), batches of 8 sequences.
     python3 bench/distributed.py [--tokens 2048] [--seq 128] [--partition-tokens 1000000]
 """
 import argparse
+import os
+import sys
 import time
 
-import numpy as np
+# this file's own name would shadow the `distributed` package: drop its folder from the path
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from mechinterp_c import HookedTransformer, _core, checkpoints
-from mechinterp_c import distributed as D
-from mechinterp_c import stats as S
+import numpy as np  # noqa: E402
+
+from mechinterp_c import HookedTransformer, _core, checkpoints  # noqa: E402
+from mechinterp_c import distributed as D  # noqa: E402
+from mechinterp_c import stats as S  # noqa: E402
 
 
-def warm(spec):
-    """Open the model in a worker process (kept for later tasks there)."""
-    D._open_model(spec)
+def warm(spec, tokens):
+    """Open the model (kept for later tasks in this process) and run one pass, so the
+    timed runs start with the weights' pages and the activation arena in place."""
+    D._open_model(spec).run_with_cache(tokens, return_type=None, return_cache_object=False,
+                                        names_filter="blocks.0.hook_resid_post")
     return True
 
 
@@ -39,10 +47,12 @@ def templates():
 
 
 def plain_loop(ckpt, corpus, hooks, batch):
-    model = HookedTransformer.from_pretrained(ckpt)
+    D._MODELS[ckpt] = HookedTransformer.from_pretrained(ckpt)
+    model = D._MODELS[ckpt]
     before = _core.get_num_threads()
     _core.set_num_threads(1)
     try:
+        warm(ckpt, corpus[:batch])
         accs = {h: templates() for h in hooks}
         t0 = time.perf_counter()
         for s in range(0, len(corpus), batch):
@@ -59,18 +69,24 @@ def plain_loop(ckpt, corpus, hooks, batch):
         _core.set_num_threads(before)
 
 
-def dask_run(ckpt, corpus, hooks, batch, workers, n_partitions):
+def dask_runs(ckpt, corpus, hooks, batch, n_partitions):
+    """{workers: (seconds, result)} for 2 then 1 warm local workers, and the start-up time."""
     from distributed import Client, LocalCluster
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
     client = Client(cluster)
+    out = {}
     try:
-        client.run(warm, ckpt)
+        client.run(warm, ckpt, corpus[:batch])
         start = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        r = D.run_over_corpus(ckpt, [corpus], templates(), batch_size=batch, hook_names=hooks, client=client,
-                              n_partitions=n_partitions, progress=False)
-        return time.perf_counter() - t0, start, r
+        for w in (2, 1):
+            if w == 1:   # retire one worker: the other stays warm
+                client.retire_workers(list(client.scheduler_info()["workers"])[:1])
+            t0 = time.perf_counter()
+            r = D.run_over_corpus(ckpt, [corpus], templates(), batch_size=batch, hook_names=hooks, client=client,
+                                  n_partitions=n_partitions, progress=False)
+            out[w] = (time.perf_counter() - t0, r)
+        return out, start
     finally:
         client.close()
         cluster.close()
@@ -80,24 +96,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--partition-tokens", type=int, default=1_000_000)
     args = ap.parse_args()
     ckpt = str(checkpoints.load_or_create("gpt2", small=False))
+    load0 = os.getloadavg()[0]
     corpus = np.random.default_rng(0).integers(0, 50000, size=(args.tokens // args.seq, args.seq))
     n = corpus.size
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(12)]
-    n_parts = max(1, len(corpus) // (2 * args.batch))   # 2 batches per partition
+    n_parts = max(1, len(corpus) // args.batch)   # a batch per partition
 
     t_plain, accs = plain_loop(ckpt, corpus, hooks, args.batch)
     print(f"single-process loop (1 thread):  {n / t_plain:8.0f} tokens/s  ({t_plain:.2f} s, {n} tokens)")
+    runs, start = dask_runs(ckpt, corpus, hooks, args.batch, n_parts)
+    print(f"Dask LocalCluster start + model load in 2 workers: {start:.1f} s (not in the rates below)")
     rates = {}
     for w in (1, 2):
-        t, start, r = dask_run(ckpt, corpus, hooks, args.batch, w, n_parts)
+        t, r = runs[w]
         rates[w] = n / t
         same = all(np.array_equal(r[h, "topk"].index, accs[h][1].index) for h in hooks)
         print(f"Dask, {w} worker(s) x 1 thread:   {n / t:8.0f} tokens/s  ({t:.2f} s, {n_parts} partitions; "
-              f"cluster start + model load {start:.1f} s; top-k equal to the loop: {same})")
+              f"top-k equal to the loop: {same})")
     overhead = t_plain * rates[1] / n
     print(f"overhead of the distributed path at 1 worker: {100 * (1 / overhead - 1):+.1f}% "
           f"(target under 10%); 2 workers: {rates[2] / rates[1]:.2f}x of 1 worker")
@@ -122,7 +141,8 @@ def main():
         total_s = max(compute, parts * merge) + merge * min(parts, 2 * machines)   # merges overlap compute
         print(f"  {machines:4d} machine(s): {total_s / 3600:9.2f} h  (compute {compute / 3600:.2f} h, "
               f"driver merges {parts * merge / 60:.1f} min)")
-    print("note: this machine is shared with other jobs; figures vary from run to run")
+    print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end, "
+          f"{load0:.1f} at the start: other jobs share the machine, so the rates vary from run to run")
 
 
 if __name__ == "__main__":
