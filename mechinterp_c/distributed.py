@@ -51,7 +51,7 @@ class Partition:
     """A contiguous run of corpus sequences, shipped to one task.
 
     ``sequences``: the token arrays, or None when the worker reads them from
-    ``memmap`` = (filename, dtype, offset, n_tokens, start, stop, seq_len) itself.
+    ``memmap`` = (filename, dtype, offset, n_tokens) itself.
     ``starts``: global position of each sequence's first token."""
 
     index: int
@@ -70,7 +70,7 @@ class Partition:
         """The token arrays (read from the memmap file on the worker when that is the source)."""
         if self.sequences is not None:
             return self.sequences
-        filename, dtype, offset, n, start, stop, seq_len = self.memmap
+        filename, dtype, offset, n = self.memmap
         flat = np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=(n,))
         return [flat[s:s + ln] for s, ln in zip(self.starts, self.lengths)]
 
@@ -106,10 +106,7 @@ def _source_sequences(model_spec, token_source, seq_len):
             # a slice keeps its parent's `offset`, so workers would read the wrong tokens
             raise ValueError("token_source: pass the memmap as np.memmap opened it, not a slice or view "
                              "(open it with offset= and shape= to select a range)")
-        n = mm.size
-        base_offset = mm.offset
-        desc = (str(mm.filename), mm.dtype.str, base_offset, n, 0, n, seq_len)
-        return None, desc, seq_len
+        return None, (str(mm.filename), mm.dtype.str, mm.offset, mm.size), seq_len
     if isinstance(token_source, (str, os.PathLike)):
         token_source = [token_source]
     if _is_dataset(token_source):
@@ -183,6 +180,15 @@ def split_corpus(model_spec, token_source, n_partitions=8, seq_len=128):
     return parts
 
 
+def _model_key(model_spec):
+    """The checkpoint's name, and for a local directory its files' sizes and times, so
+    that checkpoints of a changed model are not resumed."""
+    d = Path(model_spec)
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in d.iterdir() if f.is_file()) \
+        if d.is_dir() else []
+    return [str(model_spec), files]
+
+
 def _fingerprint(job_key, part):
     """Names a partition's checkpoint: the job (model, hooks, statistics) and the tokens."""
     h = hashlib.blake2b(job_key.encode(), digest_size=16)
@@ -241,6 +247,9 @@ def _batches(seqs, starts, batch_size):
 def _compute_partition(model_spec, part, hook_names, templates, batch_size):
     """Accumulators {hook: [acc or None per template]} over one partition's tokens."""
     model = _open_model(model_spec)
+    unknown = [h for h in hook_names if h not in model.hook_dict]
+    if unknown:
+        raise ValueError(f"hook_names: {unknown} are not hook points of {model_spec}")
     seqs = part.load()
     _check_tokens(part, seqs, model.cfg.d_vocab)
     accs = {h: [t.empty() if _applies(t, h) else None for t in templates] for h in hook_names}
@@ -448,7 +457,7 @@ def run_over_corpus(model_spec, token_source, stats, batch_size=8, hook_names=No
     if any(isinstance(t, _stats.AttentionEntropy) for t in templates) and not any(map(_is_pattern, hook_names)):
         raise ValueError("stats: AttentionEntropy needs a hook_pattern among hook_names")
     parts = split_corpus(model_spec, token_source, n_partitions, seq_len)
-    job_key = json.dumps([_FORMAT, str(model_spec), hook_names,
+    job_key = json.dumps([_FORMAT, _model_key(model_spec), hook_names,
                           [[t.kind, t._params()] for t in templates], int(batch_size)])
     for p in parts:
         p.fingerprint = _fingerprint(job_key, p)

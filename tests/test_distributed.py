@@ -229,6 +229,9 @@ def test_bad_arguments(ckpt, corpus):
         run_over_corpus(ckpt, corpus, [S.AttentionEntropy()], hook_names=HOOKS[:1], client="serial")
     with pytest.raises(ValueError, match="no tokens"):
         run_over_corpus(ckpt, [], [S.Moments()], client="serial")
+    with pytest.raises(CorpusError, match="blocks.99.hook_resid_post'] are not hook points"):
+        run_over_corpus(ckpt, corpus[:1], [S.Moments()], hook_names=["blocks.99.hook_resid_post"],
+                        client="serial", n_partitions=1, progress=False)
 
 
 def test_worker_killed_mid_job(ckpt, corpus, reference, tmp_path):
