@@ -145,7 +145,7 @@ def _chunk_size(ht, T, cached_names=(), budget=_ARENA_BUDGET):
     """Sequences per pass so that one pass's arena (caching cached_names) fits budget."""
     flags = bytearray(ht._n_points)
     for n in cached_names:
-        flags[ht.hook_dict[n].point_id] |= 1
+        flags[ht.hook_dict[n].point_id] |= _core.HOOK_CACHE
     flags = bytes(flags)
     one = ht._core.arena_bytes(1, T, flags)
     per_seq = max(1, ht._core.arena_bytes(2, T, flags) - one)

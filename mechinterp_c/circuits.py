@@ -85,14 +85,16 @@ class CircuitsMixin:
     # ------------------------------------------------------- weight processing
     def fold_layer_norm(self, state_dict, fold_biases=True, center_weights=True):
         """``state_dict`` (TransformerLens names) with every norm's weight (and, with
-        fold_biases, bias) folded into the next linear layer and the norm parameters
-        set to the identity (w = 1, b = 0), as TransformerLens: the dict still loads into
-        this model and computes the same function. For RMS norm pass fold_biases=False,
-        center_weights=False. Returns a new dict; the model is not changed."""
+        fold_biases, bias) folded into the next linear layer, as TransformerLens: the norm
+        weights become 1 and folded biases 0 (unfolded ones stay), so the dict still loads
+        into this model and, with fold_biases for LN, computes the same function. For RMS
+        norm pass fold_biases=False, center_weights=False. Returns a new dict; the model is
+        not changed."""
         folded = weight_processing.fold_layer_norm(state_dict, self.cfg, fold_biases, center_weights)
         for k, v in state_dict.items():
             if k not in folded:
-                folded[k] = (np.ones_like if k.endswith(".w") else np.zeros_like)(to_numpy(v))
+                v = to_numpy(v)
+                folded[k] = np.ones_like(v) if k.endswith(".w") else np.zeros_like(v) if fold_biases else v
         return folded
 
     def center_writing_weights(self, state_dict):

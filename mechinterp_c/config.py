@@ -1,8 +1,134 @@
-"""``HookedTransformerConfig``: TransformerLens's config fields and defaults, without torch."""
+"""``HookedTransformerConfig``: TransformerLens's config fields and defaults, without torch;
+and the one validator of config fields (``config.json`` of every model family and the
+TransformerLens config), driven by one table per format."""
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one config field may hold: ``kind`` (int, float, bool or str), the least
+    value ``least`` of a number (exclusive when ``strict``), whether None/null is
+    allowed, and ``special`` values allowed besides (TransformerLens's -1 = "derive")."""
+
+    name: str
+    kind: type
+    least: Optional[float] = None
+    strict: bool = False
+    optional: bool = False
+    special: tuple = ()
+
+    def describe(self):
+        """The rule in words, for messages: "a positive integer or -1"."""
+        extra = [repr(v) for v in self.special] + (["null"] if self.optional else [])
+        words = _RULE_WORDS[self.kind, self.least, self.strict]
+        return words + (" or " + " or ".join(extra) if extra else "")
+
+
+# (kind, least, strict) -> the rule in words; every Field of the tables below has a row.
+_RULE_WORDS = {
+    (int, None, False): "an integer",
+    (int, 0, False): "a non-negative integer",
+    (int, 1, False): "a positive integer",
+    (float, 0, False): "a non-negative number",
+    (float, 0, True): "a positive number",
+    (bool, None, False): "a boolean (true/false)",
+    (str, None, False): "a string",
+}
+
+
+def _number(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def check_field(f, v, where):
+    """Raise TypeError (wrong kind) or ValueError (out of range, non-integral,
+    non-finite) naming ``where`` and the field unless ``v`` satisfies ``f``."""
+    if (v is None and f.optional) or (f.special and _number(v) and v in f.special):
+        return
+    bad = f"{where}: field {f.name!r} must be {f.describe()}, got {v!r}"
+    if f.kind is bool:
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{bad} ({type(v).__name__})")
+        return
+    if f.kind is str:
+        if not isinstance(v, str):
+            raise TypeError(f"{bad} ({type(v).__name__})")
+        return
+    if not _number(v):
+        raise TypeError(f"{bad} ({type(v).__name__})")
+    if not math.isfinite(v):
+        raise ValueError(bad)
+    if f.kind is int and not isinstance(v, numbers.Integral):
+        raise ValueError(f"{bad} (not an integer)")
+    if f.least is not None and (v <= f.least if f.strict else v < f.least):
+        raise ValueError(bad)
+
+
+def validate_fields(values, fields, where, divisible=()):
+    """Check every field of ``fields`` present in the mapping ``values`` (absent ones
+    take their defaults elsewhere; required ones are the loader's to demand), then
+    each ``(a, b)`` of ``divisible``: ``values[a] % values[b] == 0``. ``where`` (the
+    file, or the class) starts every message."""
+    for f in fields:
+        if f.name in values:
+            check_field(f, values[f.name], where)
+    for a, b in divisible:
+        if values.get(a) is not None and values.get(b) not in (None, -1) and values[a] % values[b]:
+            raise ValueError(f"{where}: field {a!r} ({values[a]}) must be divisible by field "
+                             f"{b!r} ({values[b]})")
+
+
+def _sizes(*names, least=1, **kw):
+    return tuple(Field(n, int, least, **kw) for n in names)
+
+
+def _flags(*names):
+    return tuple(Field(n, bool) for n in names)
+
+
+# Hugging Face GPT-2 config.json (the fields the C model reads).
+GPT2_CONFIG_FIELDS = (
+    _sizes("n_layer", "n_embd", "n_head", "vocab_size", "n_positions")
+    + _sizes("n_inner", "n_ctx", optional=True)
+    + _sizes("bos_token_id", "eos_token_id", least=0, optional=True)
+    + (Field("layer_norm_epsilon", float, 0, strict=True), Field("initializer_range", float, 0),
+       Field("activation_function", str), Field("model_type", str))
+    + _flags("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+             "tie_word_embeddings")
+)
+GPT2_CONFIG_DIVISIBLE = (("n_embd", "n_head"),)
+
+# REVE config.json.
+REVE_CONFIG_FIELDS = (
+    _sizes("embed_dim", "depth", "heads", "head_dim", "freqs", "patch_size")
+    + (Field("patch_overlap", int, 0), Field("mlp_dim_ratio", float, 0, strict=True),
+       Field("model_type", str))
+    + _flags("use_geglu")
+)
+
+# HookedTransformerConfig (TransformerLens's names; -1 and None as TransformerLens derives them).
+HOOKED_CONFIG_FIELDS = (
+    _sizes("n_layers", "d_model", "n_ctx", "d_head", "n_devices")
+    + _sizes("n_heads", "d_vocab", "d_vocab_out", special=(-1,))
+    + _sizes("d_mlp", "n_key_value_heads", "rotary_dim", "window_size", optional=True)
+    + _sizes("checkpoint_index", least=0, optional=True)
+    + (Field("seed", int, optional=True), Field("eps", float, 0, strict=True),
+       Field("attn_scale", float, 0, strict=True, special=(-1,)),
+       Field("initializer_range", float, 0, special=(-1,)))
+    + _flags("use_attn_result", "use_attn_scale", "use_split_qkv_input", "use_hook_mlp_in",
+             "use_attn_in", "use_local_attn", "from_checkpoint", "attn_only", "init_weights",
+             "scale_attn_by_inverse_layer_idx", "final_rms", "parallel_attn_mlp",
+             "use_hook_tokens", "gated_mlp", "default_prepend_bos", "post_embedding_ln",
+             "tie_word_embeddings")
+)
+assert all((f.kind, f.least, f.strict) in _RULE_WORDS
+           for f in GPT2_CONFIG_FIELDS + REVE_CONFIG_FIELDS + HOOKED_CONFIG_FIELDS)
 
 SUPPORTED_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish")
 SUPPORTED_NORMS = ("LN", "LNPre", "RMS", "RMSPre", None)
@@ -69,6 +195,7 @@ class HookedTransformerConfig:
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        validate_fields(vars(self), HOOKED_CONFIG_FIELDS, type(self).__name__)
         if self.n_heads == -1:
             if self.d_model % self.d_head:
                 raise ValueError(f"d_model ({self.d_model}) must be divisible by d_head "
@@ -111,8 +238,12 @@ class HookedTransformerConfig:
         # a transformer_lens config (or any object with the same fields)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         vals = {n: getattr(config, n) for n in names if hasattr(config, n)}
+        # torch's dtype and device objects as their names ("float32", "cpu"): the model
+        # refuses any it cannot honour instead of dropping them
         for n in ("dtype", "device"):
-            vals.pop(n, None)
+            if n in vals and vals[n] is not None:
+                v = vals[n]
+                vals[n] = str(getattr(v, "type", v)).replace("torch.", "")
         return cls(**vals)
 
     def to_dict(self):

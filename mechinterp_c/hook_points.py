@@ -83,7 +83,7 @@ class HookPoint:
         self._handles = []
         self.ctx = {}
 
-    def add_hook(self, hook, dir="fwd", is_permanent=False, prepend=False, level=None):
+    def add_hook(self, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
         """Register ``hook(activation, hook=self)`` at context ``level`` (None: no level);
         only forward hooks exist in the C core."""
         if dir != "fwd":
@@ -186,7 +186,10 @@ class _CacheHook:
 
     def __call__(self, act, hook):
         if self.transient:
-            act = self.pos_slice.apply(act, dim=_position_axis(hook.name))
+            try:
+                act = self.pos_slice.apply(act, dim=_position_axis(hook.name))
+            except IndexError as e:
+                raise IndexError(f"pos_slice at {hook.name}: {e}") from None
             act = act.clone() if hasattr(act, "clone") else act.copy()
         self.cache[hook.name] = act[0] if self.remove_batch_dim else act
 

@@ -4,6 +4,19 @@
 The parsing is done in C (``csrc/io/``); this module adds the file-layout logic:
 sharded checkpoints through ``model.safetensors.index.json`` and the Hugging Face
 hub cache layout ``models--ORG--NAME/refs/main`` -> ``snapshots/REV/``.
+
+The mapping contract: by default a checkpoint is mapped, not read, and the
+arrays handed out are views of the file's pages. Such a file must not be
+truncated or written over in place while views of it (or a model reading its
+weights from it) live: a truncated mapping kills the process with SIGBUS when
+a lost page is read, and an in-place rewrite changes the weights under the
+model. Replacing the file by renaming a new one over it (what careful writers,
+:func:`save_safetensors` included, do) is safe: the mapping keeps the old file.
+Models loaded zero-copy check the files before every forward pass
+(:meth:`SafeTensors.check`) and raise OSError naming the file instead of
+crashing or computing with changed weights; plain arrays cannot be checked.
+``copy=True`` on every loader reads the files into private memory once
+instead, after which the files may change or disappear freely.
 """
 from __future__ import annotations
 
@@ -41,15 +54,17 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
-def load_safetensors(path, float32=False):
+def load_safetensors(path, float32=False, copy=False):
     """Load every tensor of a ``.safetensors`` file into a dict of NumPy arrays.
 
     With ``float32=False`` the arrays are read-only zero-copy views of the mapped
     file in their stored dtype (BF16, which NumPy lacks, comes back as float32).
     With ``float32=True`` every tensor is float32 (F16/BF16 converted exactly in C).
-    The mapping stays alive as long as any returned array does.
+    The mapping stays alive as long as any returned array does, and the file must
+    not be truncated or written over in place meanwhile (see the module docstring);
+    ``copy=True`` reads the file into private memory instead, so it may change.
     """
-    with SafeTensors(path) as st:
+    with SafeTensors(path, copy=copy) as st:
         get = st.get_float32 if float32 else st.get
         return {name: get(name) for name in st.keys()}
 
@@ -141,24 +156,24 @@ def load_config(path, required=()):
     return cfg
 
 
-def load_sharded(directory, float32=False, index_name=SAFETENSORS_INDEX_NAME):
+def load_sharded(directory, float32=False, index_name=SAFETENSORS_INDEX_NAME, copy=False):
     """Load a sharded checkpoint through its ``model.safetensors.index.json``.
 
     The index's ``weight_map`` (tensor name -> shard file) is read with cJSON; each
     shard is mapped once. Every tensor the index names must be in its shard
     (KeyError naming index, shard and tensor otherwise). Arrays are as in
-    :func:`load_safetensors`.
+    :func:`load_safetensors` (``copy`` too).
     """
     out = {}
-    for name, st in open_sharded(directory, index_name).items():
+    for name, st in open_sharded(directory, index_name, copy=copy).items():
         out[name] = st.get_float32(name) if float32 else st.get(name)
     return out
 
 
-def open_sharded(directory, index_name=SAFETENSORS_INDEX_NAME):
+def open_sharded(directory, index_name=SAFETENSORS_INDEX_NAME, copy=False):
     """``{tensor name: SafeTensors}`` of a sharded checkpoint: every shard its
-    ``model.safetensors.index.json`` names mapped once, nothing read yet; checked
-    as :func:`load_sharded` checks."""
+    ``model.safetensors.index.json`` names mapped once (``copy=True``: read into
+    memory once), nothing converted yet; checked as :func:`load_sharded` checks."""
     directory = Path(directory)
     index_path = directory / index_name
     index = load_config(index_path)
@@ -174,10 +189,10 @@ def open_sharded(directory, index_name=SAFETENSORS_INDEX_NAME):
     out = {}
     for shard, names in by_shard.items():
         shard_path = directory / shard
-        if not shard_path.is_file():
+        if not os.path.lexists(shard_path):
             raise FileNotFoundError(f"{index_path}: shard {shard!r} (needed for tensor "
                                     f"{names[0]!r}) not found in {directory}")
-        st = SafeTensors(shard_path)
+        st = SafeTensors(shard_path, copy=copy)   # names a symlink loop, FIFO, ... itself
         for name in names:
             if name not in st:
                 raise KeyError(f"{index_path}: tensor {name!r} is mapped to {shard!r} "
@@ -258,33 +273,37 @@ def resolve_pretrained(name_or_path, filename=None, revision="main", cache_dir=N
     if filename is None:
         return base
     target = base / filename
-    if not target.is_file():
+    if not os.path.lexists(target):
         present = sorted(p.name for p in base.iterdir())
         raise FileNotFoundError(f"{name!r}: no file {filename!r} in {base} (it has: "
                                 f"{', '.join(present) if present else 'nothing'})")
     return target
 
 
-def load_weights(name_or_path, float32=False, revision="main", cache_dir=None):
+def load_weights(name_or_path, float32=False, revision="main", cache_dir=None, copy=False):
     """All weights of a model as a dict of NumPy arrays: ``model.safetensors``
     if present, else the shards named by ``model.safetensors.index.json``.
-    ``name_or_path`` is resolved by :func:`resolve_pretrained`."""
-    files = open_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+    ``name_or_path`` is resolved by :func:`resolve_pretrained`; ``copy`` as in
+    :func:`load_safetensors`."""
+    files = open_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, copy=copy)
     return {name: st.get_float32(name) if float32 else st.get(name) for name, st in files.items()}
 
 
-def open_checkpoint(name_or_path, revision="main", cache_dir=None):
-    """``{tensor name: SafeTensors}`` of a model's weights, mapped but not read:
-    ``model.safetensors`` if present, else the shards named by
-    ``model.safetensors.index.json`` (see :func:`open_sharded`). ``name_or_path``
-    is resolved by :func:`resolve_pretrained`. Loaders take zero-copy views with
+def open_checkpoint(name_or_path, revision="main", cache_dir=None, copy=False):
+    """``{tensor name: SafeTensors}`` of a model's weights, mapped but not read
+    (``copy=True``: read into private memory once): ``model.safetensors`` if
+    present, else the shards named by ``model.safetensors.index.json`` (see
+    :func:`open_sharded`). ``name_or_path`` is resolved by
+    :func:`resolve_pretrained`. Loaders take zero-copy views with
     ``files[name].get_float32(name, writable=True)``."""
     base = resolve_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
-    if (base / SAFETENSORS_NAME).is_file():
-        st = SafeTensors(base / SAFETENSORS_NAME)
+    # lexists, not is_file: a symlink loop, a dangling link or a FIFO is opened and
+    # refused by SafeTensors with its own reason, not reported as "missing"
+    if os.path.lexists(base / SAFETENSORS_NAME):
+        st = SafeTensors(base / SAFETENSORS_NAME, copy=copy)
         return dict.fromkeys(st.keys(), st)
-    if (base / SAFETENSORS_INDEX_NAME).is_file():
-        return open_sharded(base)
+    if os.path.lexists(base / SAFETENSORS_INDEX_NAME):
+        return open_sharded(base, copy=copy)
     present = sorted(p.name for p in base.iterdir())
     hint = ""
     if any(p.endswith((".bin", ".pt", ".pth")) for p in present):

@@ -247,8 +247,8 @@ class ReveFrontEnd:
             hits = [k for k in weights if k == key or k.endswith("." + key)]
             if len(hits) > 1:
                 hits = [k for k in hits if k == key] or hits
-            if hits:
-                sd[key] = weights[min(hits, key=len)]
+            if hits:   # a copy: the front end keeps no view of the mapped file
+                sd[key] = np.array(weights[min(hits, key=len)])
         return cls(embed_dim=int(cfg["embed_dim"]), patch_size=int(cfg["patch_size"]),
                    patch_overlap=int(cfg["patch_overlap"]), freqs=int(cfg["freqs"]),
                    state_dict=sd)

@@ -129,6 +129,10 @@ def test_weight_processing_methods(pair):
         m.load_state_dict(folded)
         assert_scaled_close(np.asarray(m(TOKENS)), before, "logits after fold_layer_norm")
         m.load_state_dict(original)
+    if norm == "LN":   # biases left in the norms (TransformerLens keeps them unchanged)
+        kw = dict(fold_biases=False, center_weights=False)
+        assert_same_sd(m.fold_layer_norm(_ours_sd(m), **kw), tm.fold_layer_norm(_tl_sd(tm), **kw),
+                       "fold_layer_norm(fold_biases=False)")
     if norm in ("LN", "LNPre"):
         assert_same_sd(m.center_writing_weights(_ours_sd(m)), tm.center_writing_weights(_tl_sd(tm)),
                        "center_writing_weights")

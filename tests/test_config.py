@@ -96,5 +96,5 @@ def test_config_missing_field_and_file(tmp_path):
 def test_invalid_utf8_string_named(tmp_path):
     path = tmp_path / "bad.json"
     path.write_bytes(b'{"name": "ab\xff\xfecd"}')
-    with pytest.raises(ValueError, match=rf"{path}: invalid UTF-8 in string"):
+    with pytest.raises(ValueError, match=rf"{path}:1:13: invalid UTF-8 in a string"):
         mio.load_config(path)

@@ -110,6 +110,8 @@ def test_levels_like_transformer_lens():
     assert m.hook_dict[q].has_hooks() is False
     m.add_hook(q, noop, level=3)
     assert m.hook_dict[q].has_hooks(level=3) and not m.hook_dict[q].has_hooks(level=1)
+    m.hook_dict[q].add_hook(noop, "fwd", False, 4)    # TransformerLens's positional order
+    assert m.hook_dict[q].has_hooks(level=4)
     with pytest.raises(ValueError, match="Invalid direction"):
         m.remove_all_hook_fns(direction="up")
     m.reset_hooks()
@@ -265,3 +267,17 @@ def test_activation_cache_to_and_toggle_autodiff():
     with pytest.raises(TypeError, match="mode must be a bool"):
         cache.toggle_autodiff("yes")
     assert all(cache[k] is before[k] for k in before)
+
+
+def test_bad_pos_slice_raises_and_model_stays_usable():
+    _, m = make_pair({})
+    ref, _ = m.run_with_cache(TOKENS)
+    ref = np.array(ref)
+    with pytest.raises(ValueError, match="Invalid input_slice"):
+        m.run_with_cache(TOKENS, pos_slice="last")
+    with pytest.raises(IndexError, match=r"pos_slice at hook_embed: Slice array\(\[99\]\) does not fit axis 1"):
+        m.run_with_cache(TOKENS, pos_slice=[99])
+    assert hook_counts(m) == {} and m.context_level == 0
+    out, cache = m.run_with_cache(TOKENS, pos_slice=-1)
+    np.testing.assert_array_equal(out, ref)
+    assert cache["blocks.1.hook_resid_post"].shape == (2, 1, 32)

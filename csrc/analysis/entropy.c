@@ -3,6 +3,8 @@
 
 #include <math.h>
 
+#include "common/threads.h"
+
 /* scipy.special.entr: -x log x, 0 at 0, -inf below 0, NaN stays NaN. */
 static inline double entr(double x)
 {
@@ -15,7 +17,7 @@ static inline double entr(double x)
 void mi_entropy(const double *p, int64_t outer, int64_t n, int64_t inner, double log_base,
                 double *out)
 {
-    #pragma omp parallel for schedule(static) if (outer * inner * n > 65536)
+    #pragma omp parallel for schedule(static) if (outer * inner * n > 65536) num_threads(mi_get_num_threads())
     for (int64_t t = 0; t < outer * inner; t++) {
         int64_t o = t / inner, j = t % inner;
         const double *base = p + o * n * inner + j;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 
 #define NP_BLOCK 65536   /* numpy.histogram's block size (weights add per block) */
@@ -186,7 +187,7 @@ mi_status mi_histogram(const void *x, int x_f64, int64_t rows, int64_t n,
         double *scratch = mi_malloc(sizeof(double) * (size_t)nb * (size_t)(rows ? rows : 1));
         if (!scratch) return mi_fail(MI_ERR_NOMEM, "histogram: out of memory for %lld bins",
                                      (long long)nb);
-        #pragma omp parallel for schedule(dynamic, 1) if (rows > 1)
+        #pragma omp parallel for schedule(dynamic, 1) if (rows > 1) num_threads(mi_get_num_threads())
         for (int64_t r = 0; r < rows; r++)
             weighted_row(b, (const char *)x + (size_t)r * n * xsz, x_f64, n, weights + r * n,
                          ntype_f32, wcounts + r * nb, scratch + r * nb);
@@ -216,14 +217,14 @@ static mi_status count_all(const mi_hist_bins *b, const void *x, int x_f64, size
     int64_t nb = b->n_bins;
     memset(counts, 0, sizeof(int64_t) * (size_t)(rows * nb));
     if (rows > 1) {   /* one row per task */
-        #pragma omp parallel for schedule(dynamic, 1)
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(mi_get_num_threads())
         for (int64_t r = 0; r < rows; r++)
             count_range(b, (const char *)x + (size_t)r * n * xsz, x_f64, 0, n, counts + r * nb);
         return MI_OK;
     }
     if (rows == 0) return MI_OK;
     /* One row: split the values; integer counts sum exactly in any order. */
-    int nt = n > 65536 ? omp_get_max_threads() : 1;
+    int nt = n > 65536 ? mi_get_num_threads() : 1;
     int64_t *part = mi_calloc(sizeof(int64_t) * (size_t)nb * (size_t)nt);
     if (!part) return mi_fail(MI_ERR_NOMEM, "histogram: out of memory for %lld bins",
                               (long long)nb);

@@ -1,6 +1,7 @@
 /* kde.c - Gaussian KDE evaluation (see kde.h). */
 #include "analysis/kde.h"
 
+#include "common/threads.h"
 #include "kernels/cpu.h"
 
 #include <math.h>
@@ -31,7 +32,7 @@ void mi_kde_eval_1d(int64_t batch, const double *s, const double *w, int64_t n,
                     const double *t, int64_t m, const double *norm, double *out)
 {
     double wu = 1.0 / (double)n;   /* scipy's uniform weights: ones(n) / n */
-    #pragma omp parallel for schedule(dynamic, 4)
+    #pragma omp parallel for schedule(dynamic, 4) num_threads(mi_get_num_threads())
     for (int64_t task = 0; task < batch * m; task++) {
         int64_t b = task / m;
         const double *sb = s + b * n;
@@ -61,7 +62,7 @@ void mi_kde_eval_1d_ref(int64_t batch, const double *s, const double *w, int64_t
 void mi_kde_eval_nd(const double *s, const double *w, int64_t n, int64_t d,
                     const double *t, int64_t m, double norm, double *out)
 {
-    #pragma omp parallel for schedule(dynamic, 4)
+    #pragma omp parallel for schedule(dynamic, 4) num_threads(mi_get_num_threads())
     for (int64_t j = 0; j < m; j++) {
         double acc = 0;
         for (int64_t i = 0; i < n; i++) {

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 
 #define CHUNK 16384   /* fixed partial-sum length: order independent of threads */
 
@@ -41,7 +42,7 @@ static void moments_flat(const void *x, int f64, int64_t n, double ddof, double 
         free(part); free(nan);
         return;
     }
-    #pragma omp parallel for schedule(static) if (nc > 4)
+    #pragma omp parallel for schedule(static) if (nc > 4) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nc; c++) {
         int64_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
         chunk_sums(x, f64, lo, hi, &part[5 * c], &part[5 * c + 1], &part[5 * c + 2],
@@ -56,7 +57,7 @@ static void moments_flat(const void *x, int f64, int64_t n, double ddof, double 
         any_nan |= nan[c];
     }
     double mean = s / (double)n;
-    #pragma omp parallel for schedule(static) if (nc > 4)
+    #pragma omp parallel for schedule(static) if (nc > 4) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nc; c++) {
         int64_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
         double q = 0;
@@ -80,7 +81,7 @@ void mi_moments(const void *x, int f64, int64_t outer, int64_t n, int64_t inner,
     size_t xsz = f64 ? sizeof(double) : sizeof(float);
     if (inner == 1) {
         /* each row contiguous: chunked sums per row, rows in parallel when many */
-        #pragma omp parallel for schedule(dynamic, 1) if (outer > 1)
+        #pragma omp parallel for schedule(dynamic, 1) if (outer > 1) num_threads(mi_get_num_threads())
         for (int64_t o = 0; o < outer; o++) {
             double r[5];
             moments_flat((const char *)x + (size_t)(o * n) * xsz, f64, n, ddof, r);
@@ -92,7 +93,7 @@ void mi_moments(const void *x, int f64, int64_t outer, int64_t n, int64_t inner,
     /* reduce a middle axis: walk the n rows in order, columns in blocks */
     const int64_t JB = 256;
     int64_t nblk = (inner + JB - 1) / JB;
-    #pragma omp parallel for schedule(dynamic, 1)
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(mi_get_num_threads())
     for (int64_t t = 0; t < outer * nblk; t++) {
         int64_t o = t / nblk, j0 = (t % nblk) * JB, j1 = j0 + JB < inner ? j0 + JB : inner;
         double s[256], sa[256], mn[256], mx[256], q[256];
@@ -133,7 +134,7 @@ void mi_minmax(const void *x, int f64, int64_t n, double *mn_out, double *mx_out
     double mn = INFINITY, mx = -INFINITY;
     int any_nan = 0;
     #pragma omp parallel for schedule(static) reduction(min : mn) reduction(max : mx) \
-        reduction(| : any_nan) if (nc > 4)
+        reduction(| : any_nan) if (nc > 4) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nc; c++) {
         int64_t lo = c * CHUNK, hi = lo + CHUNK < n ? lo + CHUNK : n;
         double a = INFINITY, b = -INFINITY;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/gemm.h"
 #include "kernels/softmax.h"
 
@@ -24,7 +25,7 @@ mi_status mi_qk_scores(const mi_qk_args *a, int64_t n_pairs, const int32_t *pair
                                "heads", (long long)p, pairs[2 * p + c], (long long)a->n_heads);
     int64_t P = a->q_pos, K = a->k_pos, block = P * K;
     int64_t nbs = hs ? hs->n_bins : 0, nbp = hp ? hp->n_bins : 0;
-    int nt = omp_get_max_threads();
+    int nt = mi_get_num_threads();
     int need_pattern = pattern || hist_pattern;
     /* per thread: a score block, a pattern block, its histograms */
     size_t per_thread = mi_align_up(sizeof(float) * (size_t)block) * 2

@@ -11,6 +11,7 @@
 #endif
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/gemm.h"
 
 /* 192 is a multiple of every micro-kernel tile (12x32, 6x16, 4x8); a 192x192
@@ -39,7 +40,7 @@ static int64_t normalize_rows(const void *x, int f64, int64_t rows, int64_t cols
                               float zero_fill, float *Z)
 {
     int64_t bad = INT64_MAX;   /* min-reduction identity: none found */
-    #pragma omp parallel for schedule(static) reduction(min:bad) if (rows * cols > PAR_MIN)
+    #pragma omp parallel for schedule(static) reduction(min:bad) if (rows * cols > PAR_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const int64_t o = r * cols;
         double mean = 0, ss = 0;
@@ -68,7 +69,7 @@ static int64_t normalize_cols(const void *x, int f64, int64_t rows, int64_t cols
 {
     enum { JB = 64 };
     int64_t nblk = (cols + JB - 1) / JB, bad = INT64_MAX;
-    #pragma omp parallel for schedule(static) reduction(min:bad) if (rows * cols > PAR_MIN)
+    #pragma omp parallel for schedule(static) reduction(min:bad) if (rows * cols > PAR_MIN) num_threads(mi_get_num_threads())
     for (int64_t b = 0; b < nblk; b++) {
         int64_t j0 = b * JB, nj = j0 + JB < cols ? JB : cols - j0;
         double mean[JB], ss[JB];
@@ -208,7 +209,7 @@ void mi_similarity_gram(const float *Z, int64_t n, int64_t k, int clip, float *C
     }
     int64_t ntask = nb * (nb + 1) / 2;
     /* task t -> block (bi, bj), bi <= bj, row by row of the upper triangle */
-    #pragma omp parallel for schedule(dynamic, 1)
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(mi_get_num_threads())
     for (int64_t t = 0; t < ntask; t++) {
         int64_t bi = 0, rem = t;
         while (rem >= nb - bi) { rem -= nb - bi; bi++; }
@@ -231,7 +232,7 @@ void mi_similarity_cross(const float *Zx, int64_t nx, const float *Zy, int64_t n
 {
     mi_sgemm(0, 1, nx, ny, k, Zx, k, Zy, k, NULL, 0.0f, C, ny);
     if (!clip) return;
-    #pragma omp parallel for schedule(static) if (nx * ny > PAR_MIN)
+    #pragma omp parallel for schedule(static) if (nx * ny > PAR_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < nx; i++) clip_block(C + i * ny, ny, 1, ny);
 }
 

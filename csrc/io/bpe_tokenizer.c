@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/memory.h"
+#include "io/file.h"
 #include "io/unicode_table.h"
 
 /* ---------------------------------------------------------------- helpers */
@@ -343,36 +344,13 @@ mi_status mi_bpe_from_memory(const char *vocab_json, size_t vocab_len,
     return MI_OK;
 }
 
-static mi_status read_file(const char *path, char **data, size_t *len)
-{
-    *data = NULL; *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return mi_fail(MI_ERR_IO, "%s: cannot open (does the file exist?)", path);
-    size_t cap = 0, n = 0;
-    char *buf = NULL;
-    for (;;) {
-        if (grow((void **)&buf, &cap, n + 65536, 1)) {
-            free(buf); fclose(f);
-            return mi_fail(MI_ERR_NOMEM, "%s: out of memory reading the file", path);
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) { free(buf); return mi_fail(MI_ERR_IO, "%s: read error", path); }
-    *data = buf; *len = n;
-    return MI_OK;
-}
-
 mi_status mi_bpe_load(const char *vocab_path, const char *merges_path, mi_bpe_tokenizer **out)
 {
     *out = NULL;
     char *vocab = NULL, *merges = NULL;
     size_t vlen, mlen;
-    mi_status st = read_file(vocab_path, &vocab, &vlen);
-    if (st == MI_OK) st = read_file(merges_path, &merges, &mlen);
+    mi_status st = mi_file_read(vocab_path, &vocab, &vlen);
+    if (st == MI_OK) st = mi_file_read(merges_path, &merges, &mlen);
     if (st == MI_OK) st = mi_bpe_from_memory(vocab, vlen, merges, mlen, vocab_path, merges_path, out);
     free(vocab); free(merges);
     return st;

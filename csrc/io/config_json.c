@@ -2,11 +2,11 @@
  * integer/float spelling of every number kept (contract in config_json.h). */
 #include "io/config_json.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+
+#include "io/file.h"
 
 /* 1-based line and column of byte `at` in text. */
 static void line_col(const char *text, size_t at, size_t *line, size_t *col)
@@ -61,8 +61,80 @@ static mi_status scan_numbers(mi_json_doc *doc, size_t start)
     return MI_OK;
 }
 
+/* Length of the well-formed UTF-8 sequence at s[0..n) (RFC 3629: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0 when it is not one. */
+static size_t utf8_sequence(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;          /* allowed range of the second byte */
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;                /* overlong */
+        if (c == 0xED) hi = 0x9F;                /* UTF-16 surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;                /* overlong */
+        if (c == 0xF4) hi = 0x8F;                /* above U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return len;
+}
+
+size_t mi_utf8_check(const char *text, size_t length)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0, k;
+    while (i < length && (k = utf8_sequence(s + i, length - i)) != 0) i += k;
+    return i;
+}
+
+size_t mi_json_check_text(const char *text, size_t length, const char **what)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int in_string = 0;
+    for (size_t i = 0; i < length;) {
+        size_t k = utf8_sequence(s + i, length - i);
+        if (k == 0) {
+            *what = in_string ? "invalid UTF-8 in a string or key" : "invalid UTF-8";
+            return i;
+        }
+        if (in_string) {
+            if (s[i] == 0) { *what = "a NUL byte inside a string or key"; return i; }
+            if (s[i] == '"') in_string = 0;
+            if (s[i] == '\\' && i + 1 < length) {
+                if (s[i + 1] == 'u' && i + 6 <= length && !memcmp(s + i + 2, "0000", 4)) {
+                    *what = "a NUL character (\\u0000) inside a string or key";
+                    return i;
+                }
+                k = 2;                           /* the escaped character is not a quote */
+            }
+        } else if (s[i] == '"') {
+            in_string = 1;
+        }
+        i += k;
+    }
+    return length;
+}
+
 static mi_status parse_text(mi_json_doc *doc)
 {
+    const char *bad_what;
+    size_t bad = mi_json_check_text(doc->text, doc->length, &bad_what);
+    if (bad < doc->length) {
+        size_t line, col;
+        line_col(doc->text, bad, &line, &col);
+        return mi_fail(MI_ERR_FORMAT, "%s:%zu:%zu: %s (strings and keys must be UTF-8 "
+                       "without NUL: they would be garbled or cut short)",
+                       doc->path, line, col, bad_what);
+    }
+
     /* A UTF-8 byte-order mark is not JSON, but editors write it: skip it. */
     size_t start = doc->length >= 3 && !memcmp(doc->text, "\xEF\xBB\xBF", 3) ? 3 : 0;
     const char *begin = doc->text + start, *end = NULL;
@@ -115,38 +187,15 @@ mi_status mi_json_parse_buffer(const char *text, size_t length, const char *labe
 mi_status mi_json_parse_file(const char *path, mi_json_doc **out)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        mi_fail(MI_ERR_IO, "%s: cannot open: %s", path, strerror(e));
-        errno = e;
-        return MI_ERR_IO;
-    }
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        int e = S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
-        fclose(f);
-        mi_fail(MI_ERR_IO, "%s: not a regular file", path);
-        errno = e;
-        return MI_ERR_IO;
-    }
-    size_t size = (size_t)sb.st_size;
-    char *buf = malloc(size + 1);
-    if (!buf) { fclose(f); return mi_fail(MI_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, size); }
-    size_t got = size ? fread(buf, 1, size, f) : 0;
-    int err = ferror(f);
-    fclose(f);
-    if (got != size || err) {
-        free(buf);
-        return mi_fail(MI_ERR_IO, "%s: short read (%zu of %zu bytes)", path, got, size);
-    }
+    char *buf;
+    size_t size;
+    MI_TRY(mi_file_read(path, &buf, &size));
     mi_json_doc *doc = calloc(1, sizeof *doc);
     if (!doc || !(doc->path = strdup(path))) {
         free(buf);
         free(doc);
         return mi_fail(MI_ERR_NOMEM, "%s: out of memory", path);
     }
-    buf[size] = '\0';
     doc->text = buf;
     doc->length = size;
     mi_status s = parse_text(doc);

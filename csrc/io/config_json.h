@@ -44,4 +44,18 @@ mi_status mi_json_parse_buffer(const char *text, size_t length, const char *labe
 
 void mi_json_free(mi_json_doc *doc);
 
+/* The byte offset of the first thing in `text` that a reader of C strings
+ * cannot take as it is, or `length` when there is none; *what says which:
+ *   - bytes that are not UTF-8 ("invalid UTF-8": overlong forms, surrogates,
+ *     > U+10FFFF and cut sequences included, as Rust's str::from_utf8 and so
+ *     the safetensors reference reader refuse them);
+ *   - a NUL inside a string or key, raw or written \u0000: cJSON would end the
+ *     C string there and silently drop the rest.
+ * Both mi_json_parse_* and the safetensors header reader refuse such text. */
+size_t mi_json_check_text(const char *text, size_t length, const char **what);
+
+/* The byte offset of the first byte of `text` that does not start a
+ * well-formed UTF-8 sequence (the first rule above), or `length`. */
+size_t mi_utf8_check(const char *text, size_t length);
+
 #endif

@@ -7,7 +7,6 @@
 #include "io/safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +17,9 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+
+#include "io/config_json.h"
+#include "io/file.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c reads little-endian data in place: big-endian hosts are not supported"
@@ -226,6 +228,14 @@ static mi_status parse_header(mi_safetensors *st)
     st->data_size = st->size - 8 - (size_t)hlen;
 
     const char *text = (const char *)st->buf + 8, *end = NULL;
+    /* As the reference reader: the header is UTF-8 (else a name is accepted and
+     * then cannot be asked for); and no NUL in a name, which cJSON would cut. */
+    const char *bad_what;
+    size_t bad = mi_json_check_text(text, (size_t)hlen, &bad_what);
+    if (bad < hlen)
+        return st_fail(path, NULL, "header has %s at byte %zu of the file (byte %zu of the "
+                       "header): tensor names and metadata must be UTF-8 without NUL",
+                       bad_what, bad + 8, bad);
     cJSON *root = cJSON_ParseWithLengthOpts(text, (size_t)hlen, &end, 0);
     if (!root) {
         size_t at = end && end >= text ? (size_t)(end - text) : 0;
@@ -277,6 +287,7 @@ static mi_safetensors *st_new(const char *label)
     if (!st) return NULL;
     st->path = strdup(label ? label : "<memory>");
     if (!st->path) { free(st); return NULL; }
+    st->fd = -1;
     return st;
 }
 
@@ -293,57 +304,82 @@ mi_status mi_st_parse(const void *buf, size_t size, const char *label, mi_safete
     return MI_OK;
 }
 
-mi_status mi_st_open(const char *path, mi_safetensors **out)
+/* Map the open file copy-on-write: pages are shared with the page cache until
+ * written, and writes (a user editing a model's .weight view) stay in this
+ * process and never reach the file. A system that will not reserve for that
+ * gets a read-only mapping instead. */
+static mi_status map_file(mi_safetensors *st, int fd)
+{
+    void *map = mmap(NULL, st->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+    st->writable = map != MAP_FAILED;
+    if (map == MAP_FAILED) map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        int e = errno;
+        mi_fail(MI_ERR_IO, "%s: cannot mmap %zu bytes: %s", st->path, st->size, strerror(e));
+        errno = e;
+        return MI_ERR_IO;
+    }
+    st->buf = map;
+    st->mapped = 1;
+    return MI_OK;
+}
+
+/* Read the whole open file into anonymous memory (MI_ST_COPY). */
+static mi_status copy_file(mi_safetensors *st, int fd)
+{
+    void *mem = mmap(NULL, st->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return mi_fail(MI_ERR_NOMEM, "%s: out of memory copying %zu bytes", st->path, st->size);
+    st->buf = mem;
+    st->mapped = 1;
+    st->writable = 1;
+    return mi_file_read_exact(fd, st->path, mem, st->size);
+}
+
+mi_status mi_st_open(const char *path, mi_st_mode mode, mi_safetensors **out)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        mi_fail(MI_ERR_IO, "%s: cannot open: %s", path, strerror(e));
-        errno = e;
-        return MI_ERR_IO;
-    }
+    int fd;
     struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        mi_fail(MI_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
-        errno = e;
-        return MI_ERR_IO;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        mi_fail(MI_ERR_IO, "%s: not a regular file", path);
-        errno = S_ISDIR(sb.st_mode) ? EISDIR : EINVAL;
-        return MI_ERR_IO;
-    }
+    MI_TRY(mi_file_open(path, &fd, &sb));
     mi_safetensors *st = st_new(path);
     if (!st) { close(fd); return mi_fail(MI_ERR_NOMEM, "%s: out of memory", path); }
     st->size = (size_t)sb.st_size;
-    if (st->size > 0) {
-        /* Copy-on-write: pages are shared with the page cache until written, and
-         * writes (a user editing a model's .weight view) stay in this process and
-         * never reach the file. A system that will not reserve for that gets a
-         * read-only mapping instead. */
-        void *map = mmap(NULL, st->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
-        st->writable = map != MAP_FAILED;
-        if (map == MAP_FAILED) map = mmap(NULL, st->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            mi_st_close(st);
-            mi_fail(MI_ERR_IO, "%s: cannot mmap %zu bytes: %s", path, (size_t)sb.st_size,
-                    strerror(e));
-            errno = e;
-            return MI_ERR_IO;
-        }
-        st->buf = map;
-        st->mapped = 1;
+    st->mtime_sec = (int64_t)sb.st_mtim.tv_sec;
+    st->mtime_nsec = (int64_t)sb.st_mtim.tv_nsec;
+    mi_status s = MI_OK;
+    if (st->size > 0) s = mode == MI_ST_COPY ? copy_file(st, fd) : map_file(st, fd);
+    if (s == MI_OK && st->mapped && mode == MI_ST_MAP) {
+        st->fd = fd;          /* kept for mi_st_check */
+    } else {
+        int e = errno;
+        close(fd);
+        errno = e;
     }
-    close(fd);   /* the mapping keeps the file contents reachable */
-    mi_status s = parse_header(st);
-    if (s != MI_OK) { mi_st_close(st); return s; }
+    if (s == MI_OK) s = parse_header(st);
+    if (s != MI_OK) { int e = errno; mi_st_close(st); errno = e; return s; }
     *out = st;
+    return MI_OK;
+}
+
+mi_status mi_st_check(const mi_safetensors *st)
+{
+    if (st->fd < 0) return MI_OK;
+    struct stat sb;
+    if (fstat(st->fd, &sb) != 0)
+        return mi_fail(MI_ERR_IO, "%s: cannot stat the mapped file: %s", st->path, strerror(errno));
+    if ((size_t)sb.st_size < st->size)
+        return mi_fail(MI_ERR_IO, "%s: the file shrank from %zu to %lld bytes since it was mapped "
+                       "(truncated or being rewritten in place): weights read from it are gone. "
+                       "Load it again, or load with copy=True (or call materialize()) to keep "
+                       "the weights in memory", st->path, st->size, (long long)sb.st_size);
+    if ((size_t)sb.st_size != st->size || (int64_t)sb.st_mtim.tv_sec != st->mtime_sec
+        || (int64_t)sb.st_mtim.tv_nsec != st->mtime_nsec)
+        return mi_fail(MI_ERR_IO, "%s: the file was modified in place since it was mapped "
+                       "(size or modification time changed): the weights read from it may "
+                       "have changed. Load it again, or load with copy=True (or call "
+                       "materialize()) to keep the weights in memory; replace checkpoints by "
+                       "renaming a new file into place, never by writing over them", st->path);
     return MI_OK;
 }
 
@@ -351,6 +387,7 @@ void mi_st_close(mi_safetensors *st)
 {
     if (!st) return;
     if (st->mapped && st->buf) munmap((void *)st->buf, st->size);
+    if (st->fd >= 0) close(st->fd);
     for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
     free(st->tensors);
     for (int i = 0; i < st->n_meta; i++) { free(st->meta_keys[i]); free(st->meta_values[i]); }

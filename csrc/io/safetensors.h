@@ -12,8 +12,8 @@
  *
  * Contract: mi_st_open maps the file copy-on-write (MAP_PRIVATE, writable when the
  * system allows: writes stay in the process, never reach the file; `writable`
- * says which) and mi_st_parse
- * validates every header field against the size of the buffer before any
+ * says which), or with MI_ST_COPY reads it whole into anonymous memory, and
+ * mi_st_parse validates every header field against the size of the buffer before any
  * tensor pointer is handed out, so a tensor returned by mi_st_find always lies
  * inside the buffer:
  *   - header_len fits in the file; the header is one JSON object;
@@ -22,9 +22,19 @@
  *   - numbers are read as doubles (offsets pass 2^31 in large models) and must
  *     be finite, integral, non-negative and exactly representable (< 2^53);
  *   - prod(shape) * itemsize == end - begin, computed without overflow;
- *   - end <= size of the data area; no two tensors overlap; no duplicate name.
+ *   - end <= size of the data area; no two tensors overlap; no duplicate name;
+ *   - the header is UTF-8 with no NUL in a name or string (the reference
+ *     reader's rule, and a C string would be cut at the NUL).
  * Every failure returns MI_ERR_FORMAT (MI_ERR_IO for open/mmap) with a message
  * that names the file, the tensor and what is wrong.
+ *
+ * A mapping is only as good as the file under it: a file truncated in place
+ * makes reads of the lost pages raise SIGBUS, and one rewritten in place
+ * changes what unwritten pages read. Replacing the file by rename is safe (the
+ * mapping keeps the old inode). mi_st_open therefore keeps the file open and
+ * records its size and modification time; mi_st_check (one fstat) says whether
+ * the file is still the one mapped, and callers run it before reading weights
+ * (a model's forward pass). MI_ST_COPY files do not depend on the file at all.
  *
  * No Python headers here; the Python type is in python/io_py.c.
  */
@@ -72,11 +82,24 @@ typedef struct {
     char **meta_values;
     int mapped;              /* buf is an mmap this struct must unmap */
     int writable;            /* the mapping is private and writable (copy-on-write) */
+    int fd;                  /* the file behind a MI_ST_MAP mapping, else -1 */
+    int64_t mtime_sec, mtime_nsec; /* the file's mtime when mapped (mi_st_check) */
 } mi_safetensors;
 
-/* Open and map `path`, then parse it. *out is owned by the caller: mi_st_close.
- * On MI_ERR_IO, errno tells why (ENOENT, EISDIR, ...). */
-mi_status mi_st_open(const char *path, mi_safetensors **out);
+typedef enum {
+    MI_ST_MAP,    /* zero-copy: map the file (it must not change in place afterwards) */
+    MI_ST_COPY,   /* read the whole file into private memory once */
+} mi_st_mode;
+
+/* Open and map (or copy) `path`, then parse it. *out is owned by the caller:
+ * mi_st_close. On MI_ERR_IO, errno tells why (ENOENT, EISDIR, ELOOP, ...); a
+ * FIFO or device is refused before any read (io/file.h). */
+mi_status mi_st_open(const char *path, mi_st_mode mode, mi_safetensors **out);
+
+/* MI_OK while the mapped file is as it was mapped (always for MI_ST_COPY and
+ * parsed buffers); MI_ERR_IO naming the file when it shrank (reading would
+ * raise SIGBUS) or was modified in place (size or mtime changed). One fstat. */
+mi_status mi_st_check(const mi_safetensors *st);
 
 /* Parse a buffer already in memory (not copied: it must outlive *out).
  * `label` names the buffer in error messages. Used by the fuzz target. */

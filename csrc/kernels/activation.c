@@ -6,13 +6,14 @@
  * depends on one input only, so any split is bitwise deterministic).
  */
 #include "kernels/activation.h"
-#include "kernels/activation_kernels.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
+#include "kernels/activation_kernels.h"
 #include "kernels/cpu.h"
 
 #define PARALLEL_MIN 65536
@@ -129,7 +130,7 @@ void mi_activate(mi_activation act, const float *x, float *y, int64_t n)
 {
     const mi_act_forward_fn fn = kernels()->forward[act];
     const int64_t nchunk = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
         fn(x + i0, y + i0, len);
@@ -146,7 +147,7 @@ void mi_activation_backward(mi_activation act, const float *x, const float *dy, 
 {
     const mi_act_backward_fn fn = kernels()->backward[act];
     const int64_t nchunk = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
         fn(x + i0, dy + i0, dx + i0, len);
@@ -163,7 +164,7 @@ mi_status mi_relu_backward_bias(const float *x, const float *dy, int64_t rows, i
     double *part = db ? mi_malloc(sizeof(double) * (size_t)(nchunk * cols)) : NULL;
     if (db && !part) return mi_fail(MI_ERR_NOMEM, "relu_backward_bias: cannot allocate %ld x %ld "
                                     "partial sums", (long)nchunk, (long)cols);
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         double *pc = db ? part + c * cols : NULL;
         if (pc)

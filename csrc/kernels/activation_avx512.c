@@ -1,6 +1,5 @@
 /* activation_avx512.c - the activation kernels (activation_simd.h) for AVX-512. */
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
-#pragma GCC optimize("fp-contract=off")
 #define MI_SIMD_AVX512
 #include "kernels/simd.h"
 #include "kernels/activation_simd.h"

@@ -7,6 +7,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "common/threads.h"
+
 static inline void adamw_elem(float *p, float g, float *m, float *v, float decay, float b1c,
                               float b2, float b2c, float step_size, float bc2_sqrt, float eps)
 {
@@ -39,7 +41,7 @@ void mi_adamw_step(float *p, const float *g, const int64_t shape[4], const int64
 {
     HOIST(h);
     int64_t rows = shape[0] * shape[1] * shape[2], n3 = shape[3];
-    #pragma omp parallel for schedule(static) if (rows * n3 > 32768)
+    #pragma omp parallel for schedule(static) if (rows * n3 > 32768) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         int64_t i2 = r % shape[2], i1 = (r / shape[2]) % shape[1], i0 = r / (shape[2] * shape[1]);
         int64_t off = i0 * strides[0] + i1 * strides[1] + i2 * strides[2];
@@ -65,7 +67,7 @@ double mi_grad_sumsq(const float *g, const int64_t shape[4], const int64_t strid
 void mi_grad_scale(float *g, const int64_t shape[4], const int64_t strides[4], float coef)
 {
     int64_t rows = shape[0] * shape[1] * shape[2], n3 = shape[3];
-    #pragma omp parallel for schedule(static) if (rows * n3 > 65536)
+    #pragma omp parallel for schedule(static) if (rows * n3 > 65536) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         int64_t i2 = r % shape[2], i1 = (r / shape[2]) % shape[1], i0 = r / (shape[2] * shape[1]);
         float *gr = g + i0 * strides[0] + i1 * strides[1] + i2 * strides[2];

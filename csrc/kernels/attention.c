@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/attention_kernels.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
@@ -124,7 +125,7 @@ mi_status mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k
     if (empty(L)) return MI_OK;
     const int64_t Tq = L->q_len, Tk = L->k_len, H = L->n_heads, D = L->d_head;
     const int64_t nk = mi_attn_visible(L, causal, Tq - 1);   /* keys any query sees */
-    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = mi_get_num_threads();
     const size_t per_thread = avx512 ? (size_t)D * (size_t)Tk : 0;
     float *scratch = head_scratch(per_thread, nthreads, "attention scores", L);
     if (per_thread && !scratch) return MI_ERR_NOMEM;
@@ -150,7 +151,7 @@ mi_status mi_attn_apply(const mi_attn_layout *L, const float *pattern, const flo
     if (empty(L)) return MI_OK;
     const int64_t Tq = L->q_len, Tk = L->k_len, H = L->n_heads, D = L->d_head;
     const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512;
-    #pragma omp parallel for schedule(static) collapse(2)
+    #pragma omp parallel for schedule(static) collapse(2) num_threads(mi_get_num_threads())
     for (int64_t b = 0; b < L->batch; b++) {
         for (int64_t h = 0; h < H; h++) {
             const float *p = pattern + (b * H + h) * Tq * Tk;
@@ -171,7 +172,7 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
     if (empty(L)) return MI_OK;
     const int64_t Tq = L->q_len, Tk = L->k_len, H = L->n_heads, D = L->d_head;
     const int64_t nk = mi_attn_visible(L, causal, Tq - 1);
-    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = mi_get_num_threads();
     /* per thread: a [block, Tk] of scores unless both outputs are kept, K^T for AVX-512 */
     const int64_t rows = Tq < MI_ATTN_ROW_BLOCK ? Tq : MI_ATTN_ROW_BLOCK;
     const size_t block = scores_out && pattern_out ? 0 : (size_t)rows * (size_t)Tk;
@@ -250,7 +251,7 @@ mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float 
     if (empty(L)) return MI_OK;
     const int64_t Tq = L->q_len, Tk = L->k_len, H = L->n_heads, D = L->d_head;
     const int64_t G = L->n_kv_heads, group = H / G;
-    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = omp_get_max_threads();
+    const int avx512 = mi_cpu_isa() >= MI_ISA_AVX512, nthreads = mi_get_num_threads();
     /* per thread: dS [Tq, Tk], and V^T [D, Tk] for the AVX-512 head */
     const size_t per_thread = (size_t)Tq * (size_t)Tk + (avx512 ? (size_t)D * (size_t)Tk : 0);
     float *scratch = head_scratch(per_thread, nthreads, "attention backward", L);

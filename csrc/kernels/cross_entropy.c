@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 #include "kernels/cross_entropy_kernels.h"
 
@@ -68,7 +69,7 @@ mi_status mi_cross_entropy(const float *logits, const int64_t *targets, int64_t 
     /* d mean / d loss_r = 1 / count */
     const double gscale = count > 0 ? 1.0 / (double)count : 0.0;
     const mi_cross_entropy_kernels *k = kernels();
-    #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * vocab > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         int64_t t = targets[r];
         if (t == ignore_index) { row_loss[r] = 0.0; continue; }

@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "common/threads.h"
+
 #define PARALLEL_MIN 32768
 #define COL_BLOCK 16   /* one cache line of floats per task: threads never share a line */
 
@@ -19,7 +21,7 @@ mi_status mi_embedding_forward(const float *W, int64_t vocab, int64_t d,
                                const int64_t *tokens, int64_t n, float *out)
 {
     MI_TRY(check_tokens("embedding", tokens, n, vocab));
-    #pragma omp parallel for schedule(static) if (n * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++)
         memcpy(out + i * d, W + tokens[i] * d, sizeof(float) * (size_t)d);
     return MI_OK;
@@ -31,7 +33,7 @@ mi_status mi_embedding_backward(const float *dout, const int64_t *tokens, int64_
 {
     MI_TRY(check_tokens("embedding backward", tokens, n, vocab));
     int64_t nblk = (d + COL_BLOCK - 1) / COL_BLOCK;
-    #pragma omp parallel for schedule(static) if (n * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (n * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < d ? c0 + COL_BLOCK : d;
         for (int64_t i = 0; i < n; i++) {

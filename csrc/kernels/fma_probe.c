@@ -13,6 +13,7 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include "common/threads.h"
 #include "kernels/cpu.h"
 
 #define ITERS 4000000L   /* per chain per thread per repeat: 48M FMAs */
@@ -84,7 +85,7 @@ double mi_fma_peak_gflops(void)
     for (int rep = 0; rep < 3; rep++) {
         int nthreads = 1;
         double t0 = omp_get_wtime();
-        #pragma omp parallel
+        #pragma omp parallel num_threads(mi_get_num_threads())
         {
             float s = isa == MI_ISA_AVX512 ? chains_avx512(iters)
                     : isa == MI_ISA_AVX2 ? chains_avx2(iters) : chains_scalar(iters);

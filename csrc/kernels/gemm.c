@@ -44,6 +44,7 @@
 #endif
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm_kernels.h"
 
@@ -414,7 +415,7 @@ void mi_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         small(trans_a, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
         return;
     }
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int nt = omp_in_parallel() ? 1 : mi_get_num_threads();
     double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
     if (M <= FEW_ROWS) {
@@ -433,7 +434,7 @@ void mi_sgemm_strided_batched(int trans_a, int trans_b, int64_t batch,
                               const float *bias, float beta,
                               float *C, int64_t ldc, int64_t stride_c)
 {
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int nt = omp_in_parallel() ? 1 : mi_get_num_threads();
     if (batch >= nt && nt > 1) {
         /* Enough products to go round: one per thread at a time, each serial. */
         #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)

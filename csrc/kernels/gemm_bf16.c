@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16_kernels.h"
@@ -277,7 +278,7 @@ int mi_bgemm(mi_bgemm_path path, int trans_b, int64_t M, int64_t N, int64_t K,
         bgemm_fp32(trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
         return 0;
     }
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int nt = omp_in_parallel() ? 1 : mi_get_num_threads();
     const double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
     bgemm_blocked(nt, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);

@@ -14,6 +14,7 @@
 #include <math.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/cpu.h"
 #include "kernels/norm_kernels.h"
 
@@ -121,7 +122,7 @@ static const mi_norm_kernels *kernels(void)
 static void norm_rows(const mi_norm_kernels *k, int centre, const float *x, const float *w,
                       const float *b, float eps, int64_t rows, int64_t d, float *y, float *scale)
 {
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         float mean, s = k->row_scale(x + r * d, d, centre, eps, &mean);
         if (scale) scale[r] = s;
@@ -162,7 +163,7 @@ static void tl_norm_rows(const mi_norm_kernels *k, int centre, const float *x, c
                          int64_t d, float *scale, float *normalized, float *out)
 {
     if (!w) out = NULL;
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         if (x_add) {
@@ -193,7 +194,7 @@ void mi_tl_norm_ref(int centre, const float *x, const float *x_add, float *x_sum
 void mi_tl_norm_scale(int centre, const float *x, float eps, int64_t rows, int64_t d, float *scale)
 {
     const mi_norm_kernels *k = kernels();
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         float mean;
         scale[r] = k->row_scale(x + r * d, d, centre, eps, &mean);
@@ -205,7 +206,7 @@ void mi_tl_norm_apply(int centre, const float *x, const float *scale, const floa
 {
     const mi_norm_kernels *k = kernels();
     if (!w) out = NULL;
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         /* the mean exactly as the stats step computed it */
@@ -219,7 +220,7 @@ void mi_tl_norm_affine(const float *normalized, const float *w, const float *b, 
                        int64_t d, float *out)
 {
     const mi_norm_kernels *k = kernels();
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) k->row_affine(normalized + r * d, d, w, b, out + r * d);
 }
 
@@ -253,7 +254,7 @@ static mi_status norm_backward(const char *what, int centre, const float *dy, co
     if (sums && !part) return mi_fail(MI_ERR_NOMEM, "%s: cannot allocate %ld x %ld partial sums",
                                       what, (long)nchunk, (long)stride);
     const mi_norm_kernels *k = kernels();
-    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * d > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t c = 0; c < nchunk; c++) {
         double *pw = dw ? part + c * stride : NULL, *pb = db ? part + c * stride + stride - d : NULL;
         if (sums)

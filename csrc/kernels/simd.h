@@ -13,7 +13,8 @@
  *   MI_SIMD_NAME(x) x_avx512 or x_avx2: the name of this instance's table
  *   mi_vf          MI_VW floats;  mi_vm  a lane mask;  mi_vd  MI_VW doubles
  *   Every float operation is one IEEE operation per lane with one rounding
- *   (vf_fma: a * b + c rounded once), never reassociated, so a body gives
+ *   (vf_fma: a * b + c rounded once), never fused with its neighbours nor
+ *   reassociated (FP contraction is off below), so a body gives
  *   bitwise the same lanes under either mapping; only the order of the
  *   horizontal sums (vd_hsum) depends on the width. vf_min / vf_max follow
  *   x86: if either operand is NaN the second is returned.
@@ -24,9 +25,27 @@
  *   vf_exp: Cephes expf, ~1-2 ulp, with exp(+-inf), overflow and underflow to
  *   denormals as libm, NaN in NaN out (vmath_avx512.h); the AVX2 version
  *   (vmath_avx2.h) gives bitwise the same results.
+ *
+ * Operations:
+ *   floats   vf_set1 vf_zero vf_loadu vf_storeu vf_load_n vf_store_n
+ *            vf_add vf_sub vf_mul vf_div vf_min vf_max vf_abs vf_exp
+ *            vf_fma (a * b + c)  vf_fnma (c - a * b)  vf_fms (a * b - c)
+ *            vf_hmax (the largest lane; NaN lanes are the caller's to catch)
+ *   masks    vm_tail(n) (lanes < n)  vm_bytes(p, n) (lanes < n with p[lane] != 0)
+ *            vf_gt vf_lt vf_eq (ordered)  vf_isnan  vf_sel(m, a, b) = m ? a : b
+ *            vm_none vm_or vm_any
+ *   doubles  vd_zero  vd_add(acc, v) = acc + v  vd_fma(acc, a, b) = acc + a * b
+ *            (the product of two floats is exact in double)  vd_hsum (the lane sum)
+ *            vd_fma_store_n(p, a, b, n): p[j] += a[j] * b[j] for j < n, in double
  */
 #ifndef MI_SIMD_H
 #define MI_SIMD_H
+
+/* One rounding per operation, as the contract says: GCC's default for GNU C
+ * (-ffp-contract=fast) would fuse an intrinsic multiply and add into an FMA
+ * wherever it sees fit, so one body would round differently per ISA (and per
+ * compiler version). The including file holds kernels only. */
+#pragma GCC optimize("fp-contract=off")
 
 #include <immintrin.h>
 #include <stdint.h>

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "common/threads.h"
 #include "kernels/cpu.h"
 #include "kernels/softmax_kernels.h"
 
@@ -65,7 +66,7 @@ static const mi_softmax_kernels *kernels(void)
 static void softmax_rows(const mi_softmax_kernels *k, const float *x, const unsigned char *mask,
                          float *y, int64_t rows, int64_t cols)
 {
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         k->row(x + r * cols, mask ? mask + r * cols : NULL, y + r * cols, cols);
 }
@@ -96,7 +97,7 @@ void mi_softmax_rows_backward(const float *y, const float *dy, float *dx,
                               int64_t rows, int64_t cols)
 {
     const mi_softmax_kernels *k = kernels();
-    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN)
+    #pragma omp parallel for schedule(static) if (rows * cols > PARALLEL_MIN) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         k->backward_row(y + r * cols, dy + r * cols, dx + r * cols, cols);
 }

@@ -6,71 +6,114 @@
 
 #include "model/arena.h"
 
-/* Buffer holding `point`. */
+/* Q, K and V are the three parts of the QKV buffer, in that order. */
+_Static_assert(SH_K == SH_Q + 1 && SH_V == SH_Q + 2, "MI_SHAPES: Q, K, V must be consecutive");
+
+#define BUF_ROW(id, shape, needed, elided) {"activation buffer " #id, SH_##shape, needed, elided},
+const buf_row mi_start_bufs[NBS] = {MI_START_BUFFERS(BUF_ROW)};
+const buf_row mi_layer_bufs[NB] = {MI_LAYER_BUFFERS(BUF_ROW)};
+const buf_row mi_final_bufs[NBF] = {MI_FINAL_BUFFERS(BUF_ROW)};
+#undef BUF_ROW
+#define SHAPE_AXES(id, a0, a1, a2, a3, a4) {DIM_##a0, DIM_##a1, DIM_##a2, DIM_##a3, DIM_##a4},
+const unsigned char mi_shape_axes[N_SHAPES][5] = {MI_SHAPES(SHAPE_AXES)};
+#undef SHAPE_AXES
+#define DIM_NAME(id, name) name,
+const char *const mi_dim_names[N_DIMS] = {MI_DIMS(DIM_NAME)};
+#undef DIM_NAME
+
+/* Extent of axis `dim` for a [B, T] call; -1: the axis is dropped. */
+static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T)
+{
+    switch (dim) {
+    case DIM_ONE: return 1;
+    case DIM_THREE: return 3;
+    case DIM_BATCH: return B;
+    case DIM_POS: return T;
+    case DIM_D: return s->d_model;
+    case DIM_H: return s->n_heads;
+    case DIM_HEAD_IN: return head_inputs(s) ? s->n_heads : -1;
+    case DIM_DH: return s->d_head;
+    case DIM_M: return s->d_mlp;
+    case DIM_V: return s->d_vocab;
+    case DIM_VO: return s->d_vocab_out;
+    case DIM_CTX: return s->n_ctx;
+    default: return -1;
+    }
+}
+
+mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B, int64_t T,
+                      const char *what, int64_t dims[5], int *ndim, size_t *numel)
+{
+    size_t n = 1;
+    int nd = 0, wrapped = 0;
+    for (int a = 0; a < 5 && axes[a] != DIM_NONE; a++) {
+        int64_t e = extent(s, axes[a], B, T);
+        if (e < 0) continue;
+        dims[nd++] = e;
+        wrapped |= __builtin_mul_overflow(n, (size_t)e, &n);
+    }
+    *ndim = nd;
+    *numel = n;
+    if (!wrapped && n <= MAX_FLOATS) return MI_OK;
+    char expr[160], vals[160];
+    int ne = 0, nv = 0;
+    for (int a = 0, k = 0; a < 5 && axes[a] != DIM_NONE; a++) {
+        if (extent(s, axes[a], B, T) < 0) continue;
+        ne += snprintf(expr + ne, sizeof expr - (size_t)ne, "%s%s", k ? " * " : "", mi_dim_names[axes[a]]);
+        nv += snprintf(vals + nv, sizeof vals - (size_t)nv, "%s%lld", k ? " * " : "", (long long)dims[k]);
+        k++;
+    }
+    return mi_fail(MI_ERR_VALUE, "%s: %s (%s) overflows: more than %zu floats", what, expr, vals,
+                   MAX_FLOATS);
+}
+
+int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t dims[5])
+{
+    int nd = 0;
+    for (int a = 0; a < 5 && mi_shape_axes[sh][a] != DIM_NONE; a++) {
+        int64_t e = extent(s, mi_shape_axes[sh][a], B, T);
+        if (e >= 0) dims[nd++] = e;
+    }
+    return nd;
+}
+
+/* Buffer slot holding `point`. */
 static int point_buf(const mi_tf_spec *s, int p)
 {
-    int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    if (p < 2) return p;
-    if (p >= first_final) {
-        switch (p - first_final) {
-        case MI_PF_LNF_SCALE: return buf_final(s, BF_LNF_SCALE);
-        case MI_PF_LNF_NORM: return buf_final(s, BF_LNF_NORM);
-        case MI_PF_UNEMBED_IN:
-            if (has_norm_affine(s->norm)) return buf_final(s, BF_LNF_OUT);
-            return s->norm != MI_NORM_NONE ? buf_final(s, BF_LNF_NORM) : buf_resid((int)s->n_layers);
-        default: return buf_final(s, BF_LOGITS);
-        }
+    int scope, l;
+    const point_row *r = mi_tf_point_row(s, p, &scope, &l);
+    switch (r->buf) {
+    case MI_BUF_RESID_IN: return buf_resid(l);
+    case MI_BUF_RESID_OUT: return buf_resid(l + 1);
+    case MI_BUF_NORM_RESULT:
+        if (has_norm_affine(s->norm)) return buf_final(s, BF_LNF_OUT);
+        return s->norm != MI_NORM_NONE ? buf_final(s, BF_LNF_NORM) : buf_resid((int)s->n_layers);
     }
-    int l = (p - 2) / MI_P_PER_LAYER;
-    static const int kind_of[MI_P_PER_LAYER] = {
-        -1, B_ATTN_IN, B_Q_IN, B_K_IN, B_V_IN, B_LN1_SCALE, B_LN1_NORM, B_QKV, B_QKV, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT,
-        B_ATTN_OUT, B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_PRE, B_PRE_LINEAR, B_MID,
-        B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT, -2,
-    };
-    int k = kind_of[(p - 2) % MI_P_PER_LAYER];
-    if (k == -1) return buf_resid(l);
-    if (k == -2) return buf_resid(l + 1);
-    return buf_layer(s, l, k);
+    return scope == SCOPE_START ? r->buf : scope == SCOPE_LAYER ? buf_layer(s, l, r->buf)
+                                                                : buf_final(s, r->buf);
 }
 
-static size_t layer_buf_floats(const mi_tf_spec *s, int kind, size_t BT, int64_t T)
+/* Floats of each of the n buffer kinds `rows` for a [B, T] call into out (0:
+ * the spec has no such buffer); fails naming the buffer when a size overflows. */
+static mi_status kind_floats(const mi_tf_spec *s, unsigned feat, const buf_row *rows, int n,
+                             int64_t B, int64_t T, size_t *out)
 {
-    size_t D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
-    size_t rep = head_inputs(s) ? H : 1;   /* ln1 rows per position */
-    switch (kind) {
-    case B_LN1_SCALE: case B_LN1Q_SCALE: case B_LN1K_SCALE: return BT * rep;
-    case B_LN1_NORM: case B_LN1_OUT: case B_LN1Q_NORM: case B_LN1Q_OUT: case B_LN1K_NORM:
-    case B_LN1K_OUT: case B_ATTN_IN: case B_Q_IN: case B_K_IN: case B_V_IN: return BT * rep * D;
-    case B_LN2_SCALE: case B_MLN_SCALE: return BT;
-    case B_QKV: return BT * 3 * H * Dh;
-    case B_SCORES: case B_PATTERN: return BT * H * (size_t)T;
-    case B_Z: return BT * H * Dh;
-    case B_RESULT: return BT * H * D;
-    case B_PRE: case B_PRE_LINEAR: case B_POST: case B_MID: case B_MLN_NORM: return BT * M;
-    default: return BT * D;
+    for (int k = 0; k < n; k++) {
+        int64_t dims[5];
+        int nd;
+        out[k] = 0;
+        if (mi_tf_applies(rows[k].needed, feat))
+            MI_TRY(mi_tf_numel(s, mi_shape_axes[rows[k].shape], B, T, rows[k].name, dims, &nd, &out[k]));
     }
+    return MI_OK;
 }
 
-static int layer_buf_needed(const mi_tf_spec *s, int kind)
+/* *cur += n rounded up to ALIGN_FLOATS; 1 when the total passes MAX_FLOATS
+ * (each n is at most MAX_FLOATS, so the sum cannot wrap before the check). */
+static int grow(size_t *cur, size_t n)
 {
-    int norm = s->norm != MI_NORM_NONE, mlp = !s->attn_only;
-    switch (kind) {
-    case B_LN1_SCALE: case B_LN1_NORM: return norm;
-    case B_LN1_OUT: return has_norm_affine(s->norm);
-    case B_ATTN_IN: return s->use_attn_in;
-    case B_Q_IN: case B_K_IN: case B_V_IN: return s->use_split_qkv_input;
-    case B_LN1Q_SCALE: case B_LN1Q_NORM: case B_LN1K_SCALE: case B_LN1K_NORM:
-        return norm && head_inputs(s);
-    case B_LN1Q_OUT: case B_LN1K_OUT: return has_norm_affine(s->norm) && head_inputs(s);
-    case B_LN2_OUT: return mlp && has_norm_affine(s->norm);
-    case B_RESULT: return s->use_attn_result;
-    case B_RESID_MID: case B_PRE: case B_POST: case B_MLP_OUT: return mlp;
-    case B_MLP_IN: return mlp && s->use_hook_mlp_in;
-    case B_LN2_SCALE: case B_LN2_NORM: return mlp && norm;
-    case B_PRE_LINEAR: return mlp && s->gated_mlp;
-    case B_MID: case B_MLN_SCALE: case B_MLN_NORM: return mlp && s->act == MI_TF_ACT_SOLU_LN;
-    default: return 1;
-    }
+    *cur += align_floats(n);
+    return *cur > MAX_FLOATS;
 }
 
 mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int start_layer, int stop_layer,
@@ -104,64 +147,69 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         free(kept); free(sizes); mi_tf_plan_free(plan);
         return mi_fail(MI_ERR_NOMEM, "transformer: out of memory planning the arena");
     }
-    size_t BT = (size_t)(B * T), D = (size_t)s->d_model;
-    /* which buffers this call uses, and their sizes */
-    sizes[0] = start_layer < 0 ? BT * D : 0;
-    sizes[1] = start_layer < 0 && s->pos_embed ? BT * D : 0;
-    for (int i = first; i <= stop_layer; i++) sizes[buf_resid(i)] = BT * D;
-    for (int l = first; l < stop_layer; l++)
-        for (int k = 0; k < NB; k++)
-            if (layer_buf_needed(s, k)) sizes[buf_layer(s, l, k)] = layer_buf_floats(s, k, BT, T);
-    if (stop_layer == s->n_layers && !s->no_head) {
-        if (s->norm != MI_NORM_NONE) {
-            sizes[buf_final(s, BF_LNF_SCALE)] = BT;
-            sizes[buf_final(s, BF_LNF_NORM)] = BT * D;
-            if (has_norm_affine(s->norm)) sizes[buf_final(s, BF_LNF_OUT)] = BT * D;
-        }
-        sizes[buf_final(s, BF_LOGITS)] = BT * (size_t)s->d_vocab_out;
-        kept[buf_final(s, BF_LOGITS)] = 1;   /* the output */
-    } else {
-        kept[buf_resid(stop_layer)] = 1;     /* the output */
+    /* which buffers this call uses, and their sizes (the same for every layer) */
+    unsigned feat = mi_tf_features(s);
+    int full = stop_layer == s->n_layers;
+    size_t resid_floats, start_floats[NBS], layer_floats[NB], final_floats[NBF];
+    const buf_row resid_row = {"activation buffer resid", SH_RESID, 0, 0};
+    mi_status st = kind_floats(s, feat, &resid_row, 1, B, T, &resid_floats);
+    if (st == MI_OK && start_layer < 0) st = kind_floats(s, feat, mi_start_bufs, NBS, B, T, start_floats);
+    if (st == MI_OK && first < stop_layer) st = kind_floats(s, feat, mi_layer_bufs, NB, B, T, layer_floats);
+    if (st == MI_OK && full) st = kind_floats(s, feat, mi_final_bufs, NBF, B, T, final_floats);
+    if (st != MI_OK) {
+        free(kept); free(sizes); mi_tf_plan_free(plan);
+        return st;
     }
-    for (int p = 0; p < np; p++)
-        if (flags[p] && mi_tf_point_present(s, p)) {
-            /* 1: a slot of its own; 2: read during the pass only (a transient
-             * hook), so it must be written but may share the scratch slot */
-            uint8_t need = (flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) ? 1 : 2, *k = &kept[point_buf(s, p)];
-            if (!*k || need < *k) *k = need;
-        }
+    for (int k = 0; k < NBS && start_layer < 0; k++) sizes[k] = start_floats[k];
+    for (int i = first; i <= stop_layer; i++) sizes[buf_resid(i)] = resid_floats;
+    for (int l = first; l < stop_layer; l++)
+        memcpy(&sizes[buf_layer(s, l, 0)], layer_floats, sizeof layer_floats);
+    for (int k = 0; k < NBF && full; k++) sizes[buf_final(s, k)] = final_floats[k];
+    /* the output */
+    kept[full && (feat & MI_F_HEAD) ? buf_final(s, BF_LOGITS) : buf_resid(stop_layer)] = 1;
+    for (int p = 0; p < np; p++) {
+        int scope, l;
+        if (!flags[p] || !mi_tf_applies(mi_tf_point_row(s, p, &scope, &l)->fires, feat)) continue;
+        /* 1: a slot of its own; 2: read during the pass only (a transient
+         * hook), so it must be written but may share the scratch slot */
+        uint8_t need = (flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) ? 1 : 2, *k = &kept[point_buf(s, p)];
+        if (!*k || need < *k) *k = need;
+    }
     /* a hook on ln1's points sees the runs on the q and k inputs too: keep
      * theirs as well (the cache keeps the last, on the v input) */
     for (int l = first; l < stop_layer && head_inputs(s); l++) {
-        int p0 = 2 + l * MI_P_PER_LAYER;
+        int p0 = mi_tf_layer_point(l, 0);
         if (flags[p0 + MI_P_LN1_SCALE] & MI_HOOK_FIRES)
             kept[buf_layer(s, l, B_LN1Q_SCALE)] = kept[buf_layer(s, l, B_LN1K_SCALE)] = 1;
         if (flags[p0 + MI_P_LN1_NORM] & MI_HOOK_FIRES)
             kept[buf_layer(s, l, B_LN1Q_NORM)] = kept[buf_layer(s, l, B_LN1K_NORM)] = 1;
     }
-    /* buffers the pass only writes when something reads them: fused
-     * attention's scores/pattern, and hook_normalized ahead of affine weights
-     * (the norm then writes its output straight away) */
-    int solu_affine = s->act == MI_TF_ACT_SOLU_LN && s->norm == MI_NORM_LN;
+    /* buffers the pass only writes when something reads them (fused
+     * attention's scores/pattern, hook_normalized ahead of affine weights) */
+    int elidable[NB], n_elidable = 0;
+    for (int k = 0; k < NB; k++)
+        if (mi_layer_bufs[k].elided) elidable[n_elidable++] = k;
     for (int l = first; l < stop_layer; l++) {
-        int p0 = 2 + l * MI_P_PER_LAYER;
-        static const int skippable[] = {B_SCORES, B_PATTERN, B_LN1_NORM, B_LN2_NORM, B_MLN_NORM,
-                                        B_LN1Q_NORM, B_LN1K_NORM};
-        for (int i = 0; i < 7; i++) {
-            int k = skippable[i], b = buf_layer(s, l, k);
-            int unread = k == B_SCORES || k == B_PATTERN ? attn_fusable(flags, p0)
-                       : k == B_MLN_NORM ? solu_affine : has_norm_affine(s->norm);
-            if (unread && !kept[b]) sizes[b] = 0;
+        unsigned f = feat | (attn_fusable(flags, mi_tf_layer_point(l, 0)) ? MI_F_FUSED : 0u);
+        for (int i = 0; i < n_elidable; i++) {
+            int k = elidable[i], b = buf_layer(s, l, k);
+            if (mi_tf_applies(mi_layer_bufs[k].elided, f) && !kept[b]) sizes[b] = 0;
         }
     }
-    if (stop_layer == s->n_layers && has_norm_affine(s->norm) && !kept[buf_final(s, BF_LNF_NORM)])
-        sizes[buf_final(s, BF_LNF_NORM)] = 0;
+    for (int k = 0; k < NBF && full; k++) {
+        int b = buf_final(s, k);
+        if (mi_final_bufs[k].elided && mi_tf_applies(mi_final_bufs[k].elided, feat) && !kept[b]) sizes[b] = 0;
+    }
     /* kept buffers get their own slots; the rest share one scratch slot per
      * kind (resid alternates between two), reused from layer to layer */
     size_t cur = 0;
+    int too_large = 0;
     for (int b = 0; b < nb; b++) {
         plan->buf_off[b] = ABSENT;
-        if (sizes[b] && kept[b] == 1) { plan->buf_off[b] = cur; cur += align_floats(sizes[b]); }
+        if (sizes[b] && kept[b] == 1) {
+            plan->buf_off[b] = cur;
+            too_large |= grow(&cur, sizes[b]);
+        }
     }
     size_t scratch_resid[2] = {ABSENT, ABSENT}, scratch_kind[NB];
     for (int k = 0; k < NB; k++) scratch_kind[k] = ABSENT;
@@ -175,11 +223,16 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         if (slot && *slot != ABSENT) { plan->buf_off[b] = *slot; continue; }
         plan->buf_off[b] = cur;
         if (slot) *slot = cur;
-        cur += align_floats(sizes[b]);
+        too_large |= grow(&cur, sizes[b]);
     }
     plan->n_floats = cur ? cur : ALIGN_FLOATS;
     free(kept);
     free(sizes);
+    if (too_large) {
+        mi_tf_plan_free(plan);
+        return mi_fail(MI_ERR_NOMEM, "activation arena of a [%lld, %lld] call: more than %zu floats",
+                       (long long)B, (long long)T, MAX_FLOATS);
+    }
     return MI_OK;
 }
 
@@ -194,65 +247,33 @@ float *mi_tf_buf_ptr(const mi_tf_plan *plan, float *arena, int b)
     return plan->buf_off[b] == ABSENT ? NULL : arena + plan->buf_off[b];
 }
 
-static void set_view(mi_tensor_view *v, float *data, int ndim, const int64_t *shape)
-{
-    v->data = data;
-    v->ndim = ndim;
-    int64_t st = 1;
-    for (int i = ndim - 1; i >= 0; i--) {
-        v->shape[i] = shape[i];
-        v->strides[i] = st;
-        st *= shape[i];
-    }
-}
-
 int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *arena, int p,
                      mi_tensor_view *v)
 {
     const mi_tf_spec *s = &m->spec;
     if (!mi_tf_point_present(s, p)) return 0;
-    int first_final = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    if (p >= first_final && plan->stop_layer < s->n_layers) return 0;
-    if (p < 2 && plan->start_layer >= 0) return 0;
-    if (p >= 2 && p < first_final) {
-        int l = (p - 2) / MI_P_PER_LAYER;
-        if (l >= plan->stop_layer || l < plan->start_layer) return 0;
-    }
+    int scope, l;
+    const point_row *r = mi_tf_point_row(s, p, &scope, &l);
+    if (scope == SCOPE_FINAL && plan->stop_layer < s->n_layers) return 0;
+    if (scope == SCOPE_START && plan->start_layer >= 0) return 0;
+    if (scope == SCOPE_LAYER && (l >= plan->stop_layer || l < plan->start_layer)) return 0;
     float *data = mi_tf_buf_ptr(plan, arena, point_buf(s, p));
     if (!data) return 0;
-    int64_t B = plan->batch, T = plan->seq, D = s->d_model, H = s->n_heads, Dh = s->d_head;
-    int k = (p >= 2 && p < first_final) ? (p - 2) % MI_P_PER_LAYER : -1;
-    int kf = p >= first_final ? p - first_final : -1;
-    if (k == MI_P_Q || k == MI_P_K || k == MI_P_V) {
-        int which = k - MI_P_Q;
-        v->data = data + which * H * Dh;
-        v->ndim = 4;
-        v->shape[0] = B; v->shape[1] = T; v->shape[2] = H; v->shape[3] = Dh;
-        v->strides[0] = T * 3 * H * Dh; v->strides[1] = 3 * H * Dh; v->strides[2] = Dh; v->strides[3] = 1;
-        return 1;
+    int64_t dims[5];
+    v->data = data;
+    v->ndim = mi_tf_shape(s, r->shape, plan->batch, plan->seq, dims);
+    int64_t st = 1;
+    for (int i = v->ndim - 1; i >= 0; i--) {   /* hook views have at most four axes */
+        v->shape[i] = dims[i];
+        v->strides[i] = st;
+        st *= dims[i];
     }
-    int64_t shape[4];
-    int64_t H_in = head_inputs(s) ? H : 0;   /* ln1 and the attn inputs carry a head axis */
-    if (k == MI_P_ATTN_IN || k == MI_P_Q_INPUT || k == MI_P_K_INPUT || k == MI_P_V_INPUT
-        || (H_in && k == MI_P_LN1_NORM)) {
-        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = D; set_view(v, data, 4, shape);
-    } else if (H_in && k == MI_P_LN1_SCALE) {
-        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = 1; set_view(v, data, 4, shape);
-    } else if (k == MI_P_LN1_SCALE || k == MI_P_LN2_SCALE || k == MI_P_MLP_LN_SCALE || kf == MI_PF_LNF_SCALE) {
-        shape[0] = B; shape[1] = T; shape[2] = 1; set_view(v, data, 3, shape);
-    } else if (k == MI_P_SCORES || k == MI_P_PATTERN) {
-        shape[0] = B; shape[1] = H; shape[2] = T; shape[3] = T; set_view(v, data, 4, shape);
-    } else if (k == MI_P_Z) {
-        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = Dh; set_view(v, data, 4, shape);
-    } else if (k == MI_P_RESULT) {
-        shape[0] = B; shape[1] = T; shape[2] = H; shape[3] = D; set_view(v, data, 4, shape);
-    } else if (k == MI_P_MLP_PRE || k == MI_P_MLP_PRE_LINEAR || k == MI_P_MLP_POST || k == MI_P_MLP_MID
-               || k == MI_P_MLP_LN_NORM) {
-        shape[0] = B; shape[1] = T; shape[2] = s->d_mlp; set_view(v, data, 3, shape);
-    } else if (kf == MI_PF_UNEMBED_OUT) {
-        shape[0] = B; shape[1] = T; shape[2] = s->d_vocab_out; set_view(v, data, 3, shape);
-    } else {
-        shape[0] = B; shape[1] = T; shape[2] = D; set_view(v, data, 3, shape);
+    if (r->shape == SH_Q || r->shape == SH_K || r->shape == SH_V) {
+        /* [B,T,H,Dh] part of the fused [B,T,3,H,Dh] buffer */
+        int64_t HDh = s->n_heads * s->d_head;
+        v->data = data + (r->shape - SH_Q) * HDh;
+        v->strides[1] = 3 * HDh;
+        v->strides[0] = plan->seq * 3 * HDh;
     }
     return 1;
 }

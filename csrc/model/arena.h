@@ -1,6 +1,8 @@
-/* arena.h - internal to csrc/model/: the buffer slots of the per-call
- * activation arena, shared by the planner (arena.c), the hook point table
- * (hook_points.c) and the forward pass (transformer.c).
+/* arena.h - internal to csrc/model/: the tables of model_tables.h as C data
+ * (axes, shapes, buffer kinds, point rows), checked sizes, and the buffer
+ * slots of the per-call activation arena; shared by the planner (arena.c), the
+ * hook point table (hook_points.c), the parameter layout (params.c) and the
+ * forward pass (transformer.c).
  *
  * One allocation per forward call holds every activation at an offset the
  * plan fixes before the pass: buffers whose hook point is cached or hooked get
@@ -18,6 +20,9 @@
 
 #define ABSENT ((size_t)-1)
 #define ALIGN_FLOATS 16   /* 64 bytes */
+/* The most floats one parameter blob or arena may hold: its byte size and
+ * every int64 index into it stay representable. */
+#define MAX_FLOATS ((size_t)PTRDIFF_MAX / sizeof(float) - ALIGN_FLOATS)
 
 static inline size_t align_floats(size_t n) { return (n + ALIGN_FLOATS - 1) & ~(size_t)(ALIGN_FLOATS - 1); }
 static inline int has_norm_affine(mi_norm_type t) { return t == MI_NORM_LN || t == MI_NORM_RMS; }
@@ -25,27 +30,64 @@ static inline int has_norm_bias(mi_norm_type t) { return t == MI_NORM_LN; }
 /* Attention reads per-head inputs [BT,H,D] (TransformerLens's 4-D attn input). */
 static inline int head_inputs(const mi_tf_spec *s) { return s->use_split_qkv_input || s->use_attn_in; }
 
-/* Buffer slots: 0 embed, 1 pos_embed, 2+i resid[i] (i in [0, L]: resid_pre of
- * layer i = resid_post of layer i-1, one tensor as in TransformerLens), then
- * per layer NB kinds, then the final three. q, k, v share the qkv buffer;
- * unembed.hook_in is the final norm's output (or resid[L] with no norm). */
-enum { B_LN1_SCALE, B_LN1_NORM, B_LN1_OUT, B_QKV, B_SCORES, B_PATTERN, B_Z, B_RESULT, B_ATTN_OUT,
-       B_RESID_MID, B_MLP_IN, B_LN2_SCALE, B_LN2_NORM, B_LN2_OUT, B_PRE, B_PRE_LINEAR, B_MID,
-       B_MLN_SCALE, B_MLN_NORM, B_POST, B_MLP_OUT,
-       /* per-head attention inputs [BT,H,D] (use_attn_in / use_split_qkv_input)
-        * and the ln1 runs on the q and k inputs; B_LN1_* then hold the run
-        * on the v input, the last one, which TransformerLens's cache keeps */
-       B_ATTN_IN, B_Q_IN, B_K_IN, B_V_IN, B_LN1Q_SCALE, B_LN1Q_NORM, B_LN1Q_OUT,
-       B_LN1K_SCALE, B_LN1K_NORM, B_LN1K_OUT, NB };
-/* *_NORM is TransformerLens's hook_normalized, x / scale before the affine
- * weights; *_OUT = normalized * w + b is what the next layer reads (only for
- * LN and RMS, which have weights). */
-enum { BF_LNF_SCALE, BF_LNF_NORM, BF_LNF_OUT, BF_LOGITS, NBF };
+/* Axes, shapes and buffer kinds of model_tables.h. */
+#define DIM_ROW(id, name) DIM_##id,
+enum { MI_DIMS(DIM_ROW) N_DIMS };
+#undef DIM_ROW
+#define SH_ROW(id, ...) SH_##id,
+enum { MI_SHAPES(SH_ROW) N_SHAPES };
+#undef SH_ROW
+#define BUF_ROW(id, ...) B_##id,
+enum { MI_LAYER_BUFFERS(BUF_ROW) NB };
+#undef BUF_ROW
+#define BUF_ROW(id, ...) BS_##id,
+enum { MI_START_BUFFERS(BUF_ROW) NBS };
+#undef BUF_ROW
+#define BUF_ROW(id, ...) BF_##id,
+enum { MI_FINAL_BUFFERS(BUF_ROW) NBF };
+#undef BUF_ROW
 
-static inline int n_bufs(const mi_tf_spec *s) { return 3 + (int)s->n_layers * (1 + NB) + NBF; }
-static inline int buf_resid(int i) { return 2 + i; }
-static inline int buf_layer(const mi_tf_spec *s, int l, int kind) { return 3 + (int)s->n_layers + l * NB + kind; }
-static inline int buf_final(const mi_tf_spec *s, int kind) { return 3 + (int)s->n_layers * (1 + NB) + kind; }
+typedef struct {
+    const char *name;     /* what a size error names */
+    int shape;            /* SH_* */
+    unsigned needed;      /* MI_F_* mask: the spec has the buffer */
+    unsigned elided;      /* MI_F_* mask: written only when read (0: always) */
+} buf_row;
+extern const buf_row mi_start_bufs[NBS], mi_layer_bufs[NB], mi_final_bufs[NBF];
+
+typedef struct {
+    const char *name;     /* TransformerLens name (per layer: after "blocks.{l}.") */
+    int buf;              /* buffer kind of its scope, or MI_BUF_* */
+    int shape;            /* SH_*: the view */
+    unsigned fires, listed;
+    int rank;             /* TransformerLens module order within the scope */
+} point_row;
+enum { SCOPE_START, SCOPE_LAYER, SCOPE_FINAL };
+
+/* The table row of point p (in [0, mi_tf_n_points)), its scope and layer (-1
+ * outside the layers). */
+const point_row *mi_tf_point_row(const mi_tf_spec *s, int p, int *scope, int *layer);
+
+/* The axes (DIM_*) of each shape, DIM_NONE-padded, and the axis names. */
+extern const unsigned char mi_shape_axes[N_SHAPES][5];
+extern const char *const mi_dim_names[N_DIMS];
+/* The extent of each axis of shape `sh` for a [B, T] call into dims; returns
+ * ndim. */
+int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t dims[5]);
+
+/* The number of elements of a tensor with these axes (DIM_*, DIM_NONE-ended,
+ * at most five; dropped axes skipped) into numel, its extents into dims;
+ * fails naming `what` and the axes when the product exceeds MAX_FLOATS. */
+mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B, int64_t T,
+                      const char *what, int64_t dims[5], int *ndim, size_t *numel);
+
+/* Buffer slots: the start buffers, then resid[i] (i in [0, L]: resid_pre of
+ * layer i = resid_post of layer i-1, one tensor as in TransformerLens), then
+ * per layer NB kinds, then the final ones. q, k, v share the qkv buffer. */
+static inline int n_bufs(const mi_tf_spec *s) { return NBS + 1 + (int)s->n_layers * (1 + NB) + NBF; }
+static inline int buf_resid(int i) { return NBS + i; }
+static inline int buf_layer(const mi_tf_spec *s, int l, int kind) { return NBS + 1 + (int)s->n_layers + l * NB + kind; }
+static inline int buf_final(const mi_tf_spec *s, int kind) { return NBS + 1 + (int)s->n_layers * (1 + NB) + kind; }
 
 /* Attention runs fused (mi_attn_fused) in layer with first point p0 unless a
  * hook needs scores or pattern between the steps; then the scores and

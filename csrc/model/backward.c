@@ -18,7 +18,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/cancel.h"
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
@@ -38,7 +40,7 @@ static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
 {
     if (!out) return;
     int64_t nblk = (cols + COL_BLOCK - 1) / COL_BLOCK;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t blk = 0; blk < nblk; blk++) {
         int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < cols ? c0 + COL_BLOCK : cols;
         float acc[COL_BLOCK] = {0};
@@ -53,7 +55,7 @@ static void colsum_acc(const float *x, int64_t rows, int64_t cols, float *out)
 static void zero(float *p, int64_t n)
 {
     const int64_t blk = 16384;
-    #pragma omp parallel for schedule(static) if (n > 2 * blk)
+    #pragma omp parallel for schedule(static) if (n > 2 * blk) num_threads(mi_get_num_threads())
     for (int64_t i0 = 0; i0 < n; i0 += blk)
         memset(p + i0, 0, sizeof(float) * (size_t)(n - i0 < blk ? n - i0 : blk));
 }
@@ -69,7 +71,7 @@ static const float *norm_out(const float *normalized, const float *w, const floa
                              int64_t rows, int64_t d, float *scratch)
 {
     if (!w) return normalized;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         for (int64_t i = 0; i < d; i++)
             scratch[r * d + i] = normalized[r * d + i] * w[i] + (b ? b[i] : 0.0f);
@@ -82,7 +84,7 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
 {
     int64_t d = s->d_model;
     if (s->norm == MI_NORM_NONE) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < rows * d; i++) dx[i] += dy[i];
         return MI_OK;
     }
@@ -124,7 +126,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
     int64_t B = pl->batch, T = pl->seq, BT = B * T, D = s->d_model, H = s->n_heads,
             Dh = s->d_head, HD = H * Dh, Mm = s->d_mlp;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
-    int p0 = 2 + l * MI_P_PER_LAYER;
+    int p0 = mi_tf_layer_point(l, 0);
 #define V(k) view_ptr(m, pl, A, p0 + (k))
     float *dresid = S->dresid;
     if (!s->attn_only) {
@@ -149,7 +151,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
             const float *pre_lin = V(MI_P_MLP_PRE_LINEAR);
             colsum_acc(S->dpost, BT, Mm, gw(grads, o[MI_W_B_IN]));
             mi_activate((mi_activation)s->act, pre, S->act, BT * Mm);
-            #pragma omp parallel for schedule(static)
+            #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
             for (int64_t i = 0; i < BT * Mm; i++) {
                 S->dpre_lin[i] = S->dpost[i] * S->act[i];
                 S->act[i] = S->dpost[i] * pre_lin[i];   /* now d act(pre) */
@@ -325,8 +327,8 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     *loss = mean;
     tick(&S, MI_BWD_LOSS);
 
-    int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
-    int last = 2 + ((int)s->n_layers - 1) * MI_P_PER_LAYER + MI_P_RESID_POST;
+    int pf = mi_tf_final_point(s, 0);
+    int last = mi_tf_layer_point((int)s->n_layers - 1, MI_P_RESID_POST);
     const float *resid_L = view_ptr(m, &plan, arena, last);
     const size_t *g = m->global_off;
     /* logits = xf @ W_U + b_U ; xf = ln_final(resid[L]) */
@@ -345,7 +347,8 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (st != MI_OK) goto done;
     tick(&S, MI_BWD_NORM);
     for (int l = (int)s->n_layers - 1; l >= 0; l--) {
-        st = layer_backward(m, &plan, arena, grads, l, &S);
+        st = mi_cancel_point();   /* Ctrl-C between layers: grads partly accumulated */
+        if (st == MI_OK) st = layer_backward(m, &plan, arena, grads, l, &S);
         if (st != MI_OK) goto done;
     }
     /* resid_pre[0] = W_E[tokens] + W_pos[t] */

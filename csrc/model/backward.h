@@ -14,6 +14,9 @@
  * of range (MI_ERR_INDEX), every target ignored or a non-finite loss
  * (MI_ERR_VALUE: grads are left unchanged), n_layers == 0, T > n_ctx, and
  * act_fn solu_ln (no backward: MI_ERR_VALUE rather than a silent zero).
+ * Between layers (forward and backward) the pass calls mi_cancel_point
+ * (common/cancel.h): a cancel in the backward half returns its status with
+ * grads partly accumulated (the step is void: zero them before the next).
  * Attention backward is O(T^2 Dh) per head (kernels/attention.h).
  * Deterministic: bitwise identical for any thread count (every kernel is).
  */

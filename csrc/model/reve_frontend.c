@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/activation.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
@@ -71,7 +72,7 @@ mi_status mi_reve_check_finite(const char *what, const float *x, int64_t n)
 void mi_reve_unfold(const float *eeg, int64_t rows, int64_t T, int64_t S, int64_t step,
                     int64_t P, float *patches)
 {
-    #pragma omp parallel for schedule(static) if (rows * P * S > 65536)
+    #pragma omp parallel for schedule(static) if (rows * P * S > 65536) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++)
         for (int64_t p = 0; p < P; p++)
             memcpy(patches + (r * P + p) * S, eeg + r * T + p * step, sizeof(float) * (size_t)S);
@@ -106,7 +107,7 @@ mi_status mi_reve_fourier4d(const float *pos4, int64_t rows, int64_t D, int64_t 
     /* Match torch's float32 preprocessing of the coordinates exactly (t*0.1 and
      * +margin are rounded to float there), then form phases in double. */
     const double two_pi_over_width = 2.0 * 3.14159265358979323846 / (1.0 + 2.0 * (double)margin);
-    #pragma omp parallel for schedule(static) if (rows * D > 32768)
+    #pragma omp parallel for schedule(static) if (rows * D > 32768) num_threads(mi_get_num_threads())
     for (int64_t r = 0; r < rows; r++) {
         const float *q = pos4 + r * 4;
         double c[4];
@@ -138,7 +139,7 @@ void mi_reve_mlp4d(const float *pos4, int64_t rows, int64_t D, const float *w,
 void mi_reve_pos_embed(const float *fourier, const float *mlp4d, int64_t rows, int64_t D,
                        const float *ln_w, const float *ln_b, float eps, float *out)
 {
-    #pragma omp parallel for schedule(static) if (rows * D > 65536)
+    #pragma omp parallel for schedule(static) if (rows * D > 65536) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < rows * D; i++) out[i] = fourier[i] + mlp4d[i];
     mi_layer_norm(out, ln_w, ln_b, eps, rows, D, out, NULL);
 }
@@ -197,7 +198,7 @@ mi_status mi_reve_frontend(const mi_reve_config *cfg, const mi_reve_weights *w,
         mi_reve_mlp4d(pos4, prow, D, w->mlp4d_w, w->mlp4d_ln_w, w->mlp4d_ln_b, cfg->ln_eps, mlp4d);
         mi_reve_pos_embed(fourier, mlp4d, prow, D, w->ln_w, w->ln_b, cfg->ln_eps, pos_embed);
         float *x = out->x;
-        #pragma omp parallel for schedule(static) if (B * N * D > 65536)
+        #pragma omp parallel for schedule(static) if (B * N * D > 65536) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < B * N; i++) {
             const float *pe = pos_embed + (pos_batch == 1 ? i % N : i) * D;
             for (int64_t d = 0; d < D; d++) x[i * D + d] = patch_emb[i * D + d] + pe[d];

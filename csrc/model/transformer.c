@@ -1,5 +1,5 @@
-/* transformer.c - parameter layout and the forward pass of the one transformer
- * spec (contract in transformer.h).
+/* transformer.c - the forward pass of the one transformer spec (contract in
+ * transformer.h; the parameter layout is params.c).
  *
  * The pass is a straight line of kernel calls; between them it "fires" the
  * hook point of the activation just written: one flag test when nothing is
@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cancel.h"
 #include "common/memory.h"
+#include "common/threads.h"
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
@@ -52,98 +54,6 @@ static void prof_report(void)
     fprintf(stderr, "\n");
 }
 
-/* ---------------------------------------------------------------- layout */
-
-
-static size_t add_param(mi_transformer *m, size_t *cursor, const char *name, int ndim,
-                        int64_t d0, int64_t d1, int64_t d2, int64_t d3)
-{
-    mi_tf_param *p = &m->table[m->n_table++];
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->ndim = ndim;
-    int64_t dims[4] = {d0, d1, d2, d3};
-    size_t n = 1;
-    for (int i = 0; i < 4; i++) {
-        p->shape[i] = i < ndim ? dims[i] : 1;
-        if (i < ndim) n *= (size_t)dims[i];
-    }
-    p->offset = *cursor;
-    *cursor += align_floats(n);
-    return p->offset;
-}
-
-mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
-{
-    memset(m, 0, sizeof *m);
-    if (s->n_layers < 0 || s->d_model <= 0 || s->n_heads <= 0 || s->d_head <= 0
-        || s->d_vocab <= 0 || s->d_vocab_out <= 0 || s->n_ctx <= 0
-        || (!s->attn_only && s->d_mlp <= 0))
-        return mi_fail(MI_ERR_VALUE, "transformer spec: sizes must be positive (n_layers=%ld "
-                       "d_model=%ld n_heads=%ld d_head=%ld d_mlp=%ld d_vocab=%ld n_ctx=%ld)",
-                       (long)s->n_layers, (long)s->d_model, (long)s->n_heads, (long)s->d_head,
-                       (long)s->d_mlp, (long)s->d_vocab, (long)s->n_ctx);
-    if (s->norm != MI_NORM_NONE && !(s->eps > 0.0f))
-        return mi_fail(MI_ERR_VALUE, "transformer spec: eps must be > 0, got %g", (double)s->eps);
-    if (!(s->attn_scale > 0.0f))
-        return mi_fail(MI_ERR_VALUE, "transformer spec: attn_scale must be > 0, got %g",
-                       (double)s->attn_scale);
-    if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
-        return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
-    if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
-        return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
-    m->spec = *s;
-    int64_t L = s->n_layers, D = s->d_model, H = s->n_heads, Dh = s->d_head, M = s->d_mlp;
-    m->table = calloc((size_t)(8 + 16 * L), sizeof(mi_tf_param));
-    m->layer_off = malloc(sizeof(size_t) * (size_t)(L ? L : 1) * MI_W_PER_LAYER);
-    if (!m->table || !m->layer_off) { mi_tf_free(m); return mi_fail(MI_ERR_NOMEM, "transformer: out of memory"); }
-    for (int i = 0; i < 6; i++) m->global_off[i] = ABSENT;
-    for (int64_t i = 0; i < L * MI_W_PER_LAYER; i++) m->layer_off[i] = ABSENT;
-    size_t c = 0;
-    char name[48];
-    m->global_off[MI_G_W_E] = add_param(m, &c, "embed.W_E", 2, s->d_vocab, D, 0, 0);
-    if (s->pos_embed) m->global_off[MI_G_W_POS] = add_param(m, &c, "pos_embed.W_pos", 2, s->n_ctx, D, 0, 0);
-    for (int64_t l = 0; l < L; l++) {
-        size_t *o = m->layer_off + l * MI_W_PER_LAYER;
-#define P(slot, nm, nd, a, b, cc, d) do { snprintf(name, sizeof name, "blocks.%ld." nm, (long)l); \
-            o[slot] = add_param(m, &c, name, nd, a, b, cc, d); } while (0)
-        if (has_norm_affine(s->norm)) P(MI_W_LN1_W, "ln1.w", 1, D, 0, 0, 0);
-        if (has_norm_bias(s->norm)) P(MI_W_LN1_B, "ln1.b", 1, D, 0, 0, 0);
-        P(MI_W_QKV, "attn.W_qkv", 4, D, 3, H, Dh);
-        P(MI_W_B_QKV, "attn.b_qkv", 3, 3, H, Dh, 0);
-        P(MI_W_O, "attn.W_O", 3, H, Dh, D, 0);
-        P(MI_W_B_O, "attn.b_O", 1, D, 0, 0, 0);
-        if (!s->attn_only) {
-            if (has_norm_affine(s->norm)) P(MI_W_LN2_W, "ln2.w", 1, D, 0, 0, 0);
-            if (has_norm_bias(s->norm)) P(MI_W_LN2_B, "ln2.b", 1, D, 0, 0, 0);
-            P(MI_W_IN, "mlp.W_in", 2, D, M, 0, 0);
-            P(MI_W_B_IN, "mlp.b_in", 1, M, 0, 0, 0);
-            if (s->gated_mlp) P(MI_W_GATE, "mlp.W_gate", 2, D, M, 0, 0);
-            if (s->act == MI_TF_ACT_SOLU_LN && s->norm == MI_NORM_LN) {
-                P(MI_W_MLN_W, "mlp.ln.w", 1, M, 0, 0, 0);
-                P(MI_W_MLN_B, "mlp.ln.b", 1, M, 0, 0, 0);
-            }
-            P(MI_W_OUT, "mlp.W_out", 2, M, D, 0, 0);
-            P(MI_W_B_OUT, "mlp.b_out", 1, D, 0, 0, 0);
-        }
-#undef P
-    }
-    if (!s->no_head) {
-        if (has_norm_affine(s->norm)) m->global_off[MI_G_LNF_W] = add_param(m, &c, "ln_final.w", 1, D, 0, 0, 0);
-        if (has_norm_bias(s->norm)) m->global_off[MI_G_LNF_B] = add_param(m, &c, "ln_final.b", 1, D, 0, 0, 0);
-        m->global_off[MI_G_W_U] = add_param(m, &c, "unembed.W_U", 2, D, s->d_vocab_out, 0, 0);
-        m->global_off[MI_G_B_U] = add_param(m, &c, "unembed.b_U", 1, s->d_vocab_out, 0, 0, 0);
-    }
-    m->n_params = c;
-    return MI_OK;
-}
-
-void mi_tf_free(mi_transformer *m)
-{
-    free(m->table);
-    free(m->layer_off);
-    m->table = NULL;
-    m->layer_off = NULL;
-}
 /* ---------------------------------------------------------------- forward */
 typedef struct run_state run_state;
 static void add_into(const float *a, const float *b, float *y, int64_t n);
@@ -175,21 +85,6 @@ static mi_status fire_at(run_state *r, int p, float *data)
     if (!mi_tf_point_view(r->m, r->plan, r->arena, p, &v)) return MI_OK;
     v.data = data;
     return r->hook(r->ctx, p, &v);
-}
-
-float *mi_tf_tensor(const mi_transformer *m, size_t off)
-{
-    if (off == ABSENT) return NULL;
-    if (!m->n_external) return m->params + off;
-    /* the table is in blob order (add_param only moves forward): bisect */
-    int lo = 0, hi = m->n_table - 1;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (m->table[mid].offset < off) lo = mid + 1;
-        else hi = mid;
-    }
-    const mi_tf_param *p = &m->table[lo];
-    return p->offset == off && p->data ? p->data : m->params + off;
 }
 
 static const float *param(const mi_transformer *m, size_t off) { return mi_tf_tensor(m, off); }
@@ -235,7 +130,7 @@ static mi_status norm_step(run_state *r, mi_norm_type type, int64_t rows, int64_
 
 static void add_into(const float *a, const float *b, float *y, int64_t n)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
 }
 
@@ -243,7 +138,7 @@ static void add_into(const float *a, const float *b, float *y, int64_t n)
  * repeat_along_head_dimension). */
 static void repeat_rows(const float *x, int64_t rows, int64_t n, int64_t d, float *y)
 {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t row = 0; row < rows; row++)
         for (int64_t i = 0; i < n; i++) memcpy(y + (row * n + i) * d, x + row * d, sizeof(float) * (size_t)d);
 }
@@ -261,7 +156,7 @@ static mi_status head_input_qkv(run_state *r, int l)
     float *A = r->arena;
     int64_t BT = pl->batch * pl->seq, D = s->d_model, H = s->n_heads, Dh = s->d_head, HD = H * Dh;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
-    int p0 = 2 + l * MI_P_PER_LAYER;
+    int p0 = mi_tf_layer_point(l, 0);
 #define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
     const float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l));
     const float *in[3];
@@ -291,7 +186,7 @@ static mi_status head_input_qkv(run_state *r, int l)
      * calling thread inside a parallel region: same bits for any count) */
     const float *W = param(m, o[MI_W_QKV]), *bias = param(m, o[MI_W_B_QKV]);
     float *qkv = BUF(B_QKV);
-    #pragma omp parallel for schedule(dynamic)
+    #pragma omp parallel for schedule(dynamic) num_threads(mi_get_num_threads())
     for (int64_t task = 0; task < 3 * H; task++) {
         int64_t w = task / H, h = task % H;
         mi_sgemm(0, 0, BT, Dh, D, x[w] + h * D, H * D, W + w * HD + h * Dh, 3 * HD,
@@ -310,7 +205,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     int64_t B = pl->batch, T = pl->seq, BT = B * T, D = s->d_model, H = s->n_heads,
             Dh = s->d_head, HD = H * Dh, Mlp = s->d_mlp;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
-    int p0 = 2 + l * MI_P_PER_LAYER;
+    int p0 = mi_tf_layer_point(l, 0);
 #define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
     float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l)), *resid_next = mi_tf_buf_ptr(pl, A, buf_resid(l + 1));
     MI_TRY(fire(r, p0 + MI_P_RESID_PRE));
@@ -363,7 +258,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             mi_sgemm(0, 0, BT, D, Dh, z + h * Dh, HD, W_O + h * Dh * D, D, NULL, 0.0f,
                      result + h * D, H * D);
         MI_TRY(fire(r, p0 + MI_P_RESULT));
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++) {
             float *out = attn_out + row * D;
             const float *res = result + row * H * D;
@@ -413,7 +308,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, NULL, 0.0f, pre_linear, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE_LINEAR));
         mi_activate((mi_activation)s->act, pre, post, BT * Mlp);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++)
             for (int64_t i = 0; i < Mlp; i++)
                 post[row * Mlp + i] = post[row * Mlp + i] * pre_linear[row * Mlp + i] + b_in[i];
@@ -423,7 +318,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
         float *mid = BUF(B_MID);
         mi_softmax_rows(pre, mid, BT, Mlp);
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < BT * Mlp; i++) mid[i] *= pre[i];
         MI_TRY(fire(r, p0 + MI_P_MLP_MID));
         const float *ln_out;
@@ -480,19 +375,19 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
             if (pos_ids[i] < 0 || pos_ids[i] >= s->n_ctx)
                 return mi_fail(MI_ERR_INDEX, "position id %ld at [%ld, %ld] is outside [0, n_ctx=%ld)",
                                (long)pos_ids[i], (long)(i / T), (long)(i % T), (long)s->n_ctx);
-    float *embed = mi_tf_buf_ptr(plan, arena, 0), *pos = mi_tf_buf_ptr(plan, arena, 1);
+    float *embed = mi_tf_buf_ptr(plan, arena, BS_EMBED), *pos = mi_tf_buf_ptr(plan, arena, BS_POS_EMBED);
     float *resid0 = mi_tf_buf_ptr(plan, arena, buf_resid(0));
     const float *W_E = param(m, m->global_off[MI_G_W_E]), *W_pos = param(m, m->global_off[MI_G_W_POS]);
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t i = 0; i < BT; i++) memcpy(embed + i * D, W_E + tokens[i] * D, sizeof(float) * (size_t)D);
-    MI_TRY(fire(&r, 0));
+    MI_TRY(fire(&r, MI_PS_EMBED));
     if (s->pos_embed) {
-        #pragma omp parallel for schedule(static)
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t i = 0; i < BT; i++) {
             if (key_mask && key_mask[i] == 0.0f) memset(pos + i * D, 0, sizeof(float) * (size_t)D);
             else memcpy(pos + i * D, W_pos + (pos_ids ? pos_ids[i] : i % T) * D, sizeof(float) * (size_t)D);
         }
-        MI_TRY(fire(&r, 1));
+        MI_TRY(fire(&r, MI_PS_POS_EMBED));
         add_into(embed, pos, resid0, BT * D);
     } else {
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
@@ -512,10 +407,13 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     const mi_tf_spec *s = &m->spec;
     float *arena = r.arena;
     int64_t BT = plan->batch * plan->seq, D = s->d_model;
-    for (int l = first; l < plan->stop_layer; l++) MI_TRY(layer_forward(&r, l, key_mask));
+    for (int l = first; l < plan->stop_layer; l++) {
+        MI_TRY(mi_cancel_point());   /* Ctrl-C between layers (common/cancel.h) */
+        MI_TRY(layer_forward(&r, l, key_mask));
+    }
     if (plan->stop_layer < s->n_layers || s->no_head) return MI_OK;
 
-    int pf = 2 + (int)s->n_layers * MI_P_PER_LAYER;
+    int pf = mi_tf_final_point(s, 0);
     const float *x = mi_tf_buf_ptr(plan, arena, buf_resid((int)s->n_layers));
     prof_start();
     if (s->norm != MI_NORM_NONE) {

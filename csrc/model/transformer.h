@@ -5,20 +5,14 @@
  * M d_mlp, V d_vocab, Vo d_vocab_out, L n_layers.
  *
  * Parameters live in ONE float32 blob, each tensor 64-byte aligned, in the
- * layout the forward wants (a gradient blob of the same layout can mirror it):
- *   embed.W_E [V,D]   pos_embed.W_pos [n_ctx,D]
- *   per layer: ln1.w/b [D]; attn.W_qkv [D,3,H,Dh] (x @ W_qkv is at once HF's
- *   c_attn output and TL's hook_q/k/v as strided views); attn.b_qkv [3,H,Dh];
- *   attn.W_O [H,Dh,D]; attn.b_O [D]; ln2.w/b [D]; mlp.W_in [D,M]; mlp.b_in [M];
- *   mlp.W_gate [D,M] (gated only); mlp.ln.w/b [M] (solu_ln with LN only);
- *   mlp.W_out [M,D]; mlp.b_out [D]
- *   ln_final.w/b [D]   unembed.W_U [D,Vo]   unembed.b_U [Vo]
- * Tensors a spec does not use (norm weights with no affine norm, W_gate when
- * not gated, ...) are absent from the table.
+ * layout the forward wants (a gradient blob of the same layout can mirror it);
+ * the tensors, their shapes and when a spec has them: MI_GLOBAL_PARAMS and
+ * MI_LAYER_PARAMS in model_tables.h. Tensors a spec does not use are absent.
  *
- * Hook points: every named activation in TransformerLens order and shape.
- * Point ids: 0 hook_embed, 1 hook_pos_embed, then per layer MI_P_* offsets,
- * then the final-norm/unembed points. A spec leaves some ids absent.
+ * Hook points: every named activation in TransformerLens order, name and shape
+ * (MI_*_POINTS in model_tables.h). Point ids: the start points, then per layer
+ * MI_P_* offsets, then the final-norm/unembed points. A spec leaves some ids
+ * absent.
  * Per call each point has flags: MI_HOOK_CACHE keeps the activation in its own
  * arena slot (returned as a view); MI_HOOK_CALLBACK calls the hook function
  * (and also keeps the slot, so what a hook sees stays valid). Points with
@@ -31,6 +25,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "model/model_tables.h"
 
 typedef enum { MI_NORM_NONE, MI_NORM_LN, MI_NORM_LNPRE, MI_NORM_RMS, MI_NORM_RMSPRE } mi_norm_type;
 
@@ -61,16 +56,28 @@ typedef struct {
  * else LNPre. */
 #define MI_TF_ACT_SOLU_LN 100
 
-/* Per-layer hook point offsets, in TransformerLens firing order. */
-enum {
-    MI_P_RESID_PRE, MI_P_ATTN_IN, MI_P_Q_INPUT, MI_P_K_INPUT, MI_P_V_INPUT, MI_P_LN1_SCALE, MI_P_LN1_NORM, MI_P_Q, MI_P_K, MI_P_V, MI_P_SCORES,
-    MI_P_PATTERN, MI_P_Z, MI_P_RESULT, MI_P_ATTN_OUT, MI_P_RESID_MID, MI_P_MLP_IN,
-    MI_P_LN2_SCALE, MI_P_LN2_NORM, MI_P_MLP_PRE, MI_P_MLP_PRE_LINEAR, MI_P_MLP_MID,
-    MI_P_MLP_LN_SCALE, MI_P_MLP_LN_NORM, MI_P_MLP_POST,
-    MI_P_MLP_OUT, MI_P_RESID_POST, MI_P_PER_LAYER
-};
-/* Final points after the layers. */
-enum { MI_PF_LNF_SCALE, MI_PF_LNF_NORM, MI_PF_UNEMBED_IN, MI_PF_UNEMBED_OUT, MI_PF_COUNT };
+/* Hook point ids (model_tables.h): MI_PS_* for the start points, then per layer
+ * MI_P_* offsets, then MI_PF_* for the final points. */
+#define MI_PS_ROW(id, ...) MI_PS_##id,
+#define MI_P_ROW(id, ...) MI_P_##id,
+#define MI_PF_ROW(id, ...) MI_PF_##id,
+enum { MI_START_POINTS(MI_PS_ROW) MI_PS_COUNT };
+enum { MI_LAYER_POINTS(MI_P_ROW) MI_P_PER_LAYER };
+enum { MI_FINAL_POINTS(MI_PF_ROW) MI_PF_COUNT };
+#undef MI_PS_ROW
+#undef MI_P_ROW
+#undef MI_PF_ROW
+
+/* The id of per-layer point k of layer l, and of final point k. */
+static inline int mi_tf_layer_point(int l, int k) { return MI_PS_COUNT + l * MI_P_PER_LAYER + k; }
+static inline int mi_tf_final_point(const mi_tf_spec *s, int k)
+{
+    return MI_PS_COUNT + (int)s->n_layers * MI_P_PER_LAYER + k;
+}
+
+/* The spec's MI_F_* features (model_tables.h). */
+unsigned mi_tf_features(const mi_tf_spec *s);
+static inline int mi_tf_applies(unsigned when, unsigned features) { return (when & ~features) == 0; }
 
 #define MI_HOOK_CACHE 1
 #define MI_HOOK_CALLBACK 2
@@ -80,6 +87,15 @@ enum { MI_PF_LNF_SCALE, MI_PF_LNF_NORM, MI_PF_UNEMBED_IN, MI_PF_UNEMBED_OUT, MI_
 #define MI_HOOK_TRANSIENT 4
 /* a hook function runs at the point (with or without a slot of its own) */
 #define MI_HOOK_FIRES (MI_HOOK_CALLBACK | MI_HOOK_TRANSIENT)
+
+/* Parameter ids (model_tables.h): MI_W_* per layer (layer_off), MI_G_* global
+ * (global_off). */
+#define MI_W_ROW(id, ...) MI_W_##id,
+#define MI_G_ROW(id, ...) MI_G_##id,
+enum { MI_LAYER_PARAMS(MI_W_ROW) MI_W_PER_LAYER };
+enum { MI_GLOBAL_PARAMS(MI_G_ROW) MI_G_COUNT };
+#undef MI_W_ROW
+#undef MI_G_ROW
 
 typedef struct {
     char name[48];
@@ -98,17 +114,16 @@ typedef struct {
     int n_table;
     /* per-layer and global offsets into params, in floats (SIZE_MAX: absent) */
     size_t *layer_off;    /* [L][MI_W_PER_LAYER] */
-    size_t global_off[6];
+    size_t global_off[MI_G_COUNT];
     int n_external;       /* table entries whose data points outside the blob */
     int tied_unembed;     /* logits = x @ W_E^T (HF's tied lm_head); W_U is not read */
 } mi_transformer;
 
-enum { MI_W_LN1_W, MI_W_LN1_B, MI_W_QKV, MI_W_B_QKV, MI_W_O, MI_W_B_O, MI_W_LN2_W, MI_W_LN2_B,
-       MI_W_IN, MI_W_B_IN, MI_W_GATE, MI_W_MLN_W, MI_W_MLN_B, MI_W_OUT, MI_W_B_OUT, MI_W_PER_LAYER };
-enum { MI_G_W_E, MI_G_W_POS, MI_G_LNF_W, MI_G_LNF_B, MI_G_W_U, MI_G_B_U };
-
 /* Check the spec and lay out the blob (sets n_params, table, offsets; params
- * stays NULL for the caller to allocate with mi_calloc(n_params floats)). */
+ * stays NULL for the caller to allocate with mi_calloc(n_params floats)).
+ * Every size is checked: a tensor or blob whose float count would pass
+ * PTRDIFF_MAX / sizeof(float) fails naming the tensor and its axes, so
+ * n_params * sizeof(float) cannot wrap. */
 mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *spec);
 void mi_tf_free(mi_transformer *m);
 
@@ -119,11 +134,29 @@ void mi_tf_free(mi_transformer *m);
  * model with n_external or tied_unembed set. */
 float *mi_tf_tensor(const mi_transformer *m, size_t off);
 
-/* Hook points. */
+/* Hook points. mi_tf_point_present: the spec's pass writes the point (it can
+ * be cached and hooked). */
 int mi_tf_n_points(const mi_tf_spec *s);
 int mi_tf_point_present(const mi_tf_spec *s, int point);
 /* The TransformerLens name of `point` into buf (64 bytes); its layer or -1. */
 int mi_tf_point_name(const mi_tf_spec *s, int point, char *buf);
+/* The ids of the points TransformerLens's module tree has for this spec (its
+ * hook_dict; some never fire, e.g. hook_result without use_attn_result), in
+ * its module order, into ids (mi_tf_n_points entries at most); returns their
+ * count. */
+int mi_tf_module_order(const mi_tf_spec *s, int *ids);
+
+/* One row of the hook point table, for introspection: its TransformerLens
+ * name (per-layer rows without the "blocks.{l}." prefix), scope ("start",
+ * "layer", "final") and view axes (names as TransformerLens's docs; an axis
+ * named "n_heads?" exists only with per-head attention inputs). */
+typedef struct {
+    const char *name, *scope;
+    int ndim;
+    const char *axes[5];
+} mi_tf_point_info;
+#define MI_TF_POINT_ROWS (MI_PS_COUNT + MI_P_PER_LAYER + MI_PF_COUNT)
+void mi_tf_point_table(mi_tf_point_info rows[MI_TF_POINT_ROWS]);
 
 typedef struct {
     float *data;
@@ -145,7 +178,8 @@ typedef struct {
     int n_bufs;
 } mi_tf_plan;
 
-/* Plan the arena for a [batch, seq] call with per-point `flags` (n_points
+/* Plan the arena for a [batch, seq] call (sizes checked as mi_tf_init's, so
+ * n_floats * sizeof(float) cannot wrap) with per-point `flags` (n_points
  * bytes); start_layer -1 (tokens) or in [0, stop_layer] (residual input, as
  * TransformerLens's start_at_layer and REVE's front end); stop_layer in [0, L]
  * (L: full pass with logits). */
@@ -166,7 +200,8 @@ float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *aren
 /* Forward pass. tokens [B,T] (ids checked against d_vocab) when the plan starts
  * from tokens, else resid_in [B,T,D] enters block start_layer; pos_ids [B,T] or
  * NULL (t); key_mask [B,T] or NULL (1 keeps a key, 0 masks it as padding and
- * zeroes its positional embedding, as TransformerLens). */
+ * zeroes its positional embedding, as TransformerLens). Before each layer the
+ * pass calls mi_cancel_point (common/cancel.h) and stops with its status. */
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
                         const uint8_t *flags, const int64_t *tokens, const float *resid_in,
                         const int64_t *pos_ids,

@@ -65,6 +65,13 @@ PyObject *mi_py_buffer_new(PyObject *module, void *data, size_t nbytes,
     return (PyObject *)b;
 }
 
+void *mi_py_buffer_ctx(PyObject *obj, mi_release_fn release)
+{
+    if (Py_TYPE(obj)->tp_dealloc != buffer_dealloc) return NULL;
+    mi_py_buffer *b = (mi_py_buffer *)obj;
+    return b->release == release ? b->ctx : NULL;
+}
+
 PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
                      const npy_intp *strides, int writable)
 {

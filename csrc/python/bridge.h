@@ -51,6 +51,19 @@ typedef void (*mi_release_fn)(void *data, size_t nbytes, void *ctx);
 PyObject *mi_py_buffer_new(PyObject *module, void *data, size_t nbytes,
                            mi_release_fn release, void *ctx);
 
+/* The ctx of `obj` when it is a Buffer released by `release`, else NULL. */
+void *mi_py_buffer_ctx(PyObject *obj, mi_release_fn release);
+
+/* 0 when every array in arrays[0..n) (NULL entries skipped) that views a
+ * mapped safetensors file still has that file as it was mapped; -1 with
+ * OSError naming the file otherwise (io_py.c; one fstat per file). Run before
+ * reading weights that may live in a mapping. */
+int mi_py_check_mapped(PyObject *const *arrays, int n);
+
+/* A str of a C message: UTF-8, with any other bytes (a path that is not
+ * UTF-8) shown as \xNN escapes instead of failing with UnicodeDecodeError. */
+PyObject *mi_py_message(const char *msg);
+
 /* A float32 NumPy view of `data` whose base is `owner` (a new reference to
  * owner is taken). strides in bytes, NULL for C-contiguous. */
 PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,

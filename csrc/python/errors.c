@@ -1,6 +1,13 @@
 /* errors.c - mi_status -> Python exception, at the boundary only. */
 #include "python/bridge.h"
 
+#include <string.h>
+
+PyObject *mi_py_message(const char *msg)
+{
+    return PyUnicode_DecodeUTF8(msg, (Py_ssize_t)strlen(msg), "backslashreplace");
+}
+
 PyObject *mi_py_raise(mi_status status)
 {
     PyObject *exc;
@@ -18,6 +25,10 @@ PyObject *mi_py_raise(mi_status status)
     case MI_ERR_NOMEM: exc = PyExc_MemoryError; break;
     default: exc = PyExc_RuntimeError; break;
     }
-    PyErr_SetString(exc, mi_last_error());
+    PyObject *msg = mi_py_message(mi_last_error());
+    if (msg) {
+        PyErr_SetObject(exc, msg);
+        Py_DECREF(msg);
+    }
     return NULL;
 }

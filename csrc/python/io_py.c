@@ -20,7 +20,8 @@
 static PyObject *raise_status(mi_status s, int err)
 {
     if (s != MI_ERR_IO || err == 0) return mi_py_raise(s);
-    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, mi_last_error());
+    PyObject *msg = mi_py_message(mi_last_error());
+    PyObject *exc = msg ? PyObject_CallFunction(PyExc_OSError, "iN", err, msg) : NULL;
     if (exc) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
@@ -44,10 +45,11 @@ static void release_safetensors(void *data, size_t nbytes, void *ctx)
 
 static PyObject *st_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"path", NULL};
+    static char *kwlist[] = {"path", "copy", NULL};
     PyObject *path_bytes = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&:SafeTensors", kwlist,
-                                     PyUnicode_FSConverter, &path_bytes))
+    int copy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&|$p:SafeTensors", kwlist,
+                                     PyUnicode_FSConverter, &path_bytes, &copy))
         return NULL;
     PyObject *module = PyType_GetModule(type);
     if (!module) { Py_DECREF(path_bytes); return NULL; }
@@ -57,7 +59,7 @@ static PyObject *st_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     mi_status s;
     int err;
     Py_BEGIN_ALLOW_THREADS
-    s = mi_st_open(path, &st);
+    s = mi_st_open(path, copy ? MI_ST_COPY : MI_ST_MAP, &st);
     err = errno;
     Py_END_ALLOW_THREADS
     if (s != MI_OK) { Py_DECREF(path_bytes); return raise_status(s, err); }
@@ -220,6 +222,32 @@ static PyObject *st_get_float32(PyObject *op, PyObject *const *args, Py_ssize_t 
     return st_converted(self, t);
 }
 
+int mi_py_check_mapped(PyObject *const *arrays, int n)
+{
+    const mi_safetensors *last = NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *obj = arrays[i];
+        if (!obj) continue;
+        while (PyArray_Check(obj) && PyArray_BASE((PyArrayObject *)obj))
+            obj = PyArray_BASE((PyArrayObject *)obj);
+        const mi_safetensors *st = mi_py_buffer_ctx(obj, release_safetensors);
+        if (!st || st == last) continue;
+        last = st;
+        mi_status s = mi_st_check(st);
+        if (s != MI_OK) { mi_py_raise(s); return -1; }
+    }
+    return 0;
+}
+
+static PyObject *st_check(PyObject *op, PyObject *unused)
+{
+    mi_safetensors *st = st_open_or_raise((mi_py_safetensors *)op);
+    if (!st) return NULL;
+    mi_status s = mi_st_check(st);
+    if (s != MI_OK) return mi_py_raise(s);
+    Py_RETURN_NONE;
+}
+
 static PyObject *st_writable(PyObject *op, PyObject *unused)
 {
     mi_safetensors *st = st_open_or_raise((mi_py_safetensors *)op);
@@ -347,6 +375,11 @@ static PyMethodDef st_methods[] = {
      "The view is read-only unless writable=True: then writes go to this process's private "
      "copy-on-write pages (never to the file) and are seen by every view of this object's "
      "mapping; where the system refuses a writable mapping, writable=True returns a copy."},
+    {"check", st_check, METH_NOARGS,
+     "check()\n--\n\nRaise OSError naming the file if it shrank or was modified in place "
+     "since it was mapped (reading a truncated mapping would kill the process with SIGBUS; "
+     "a rewritten one would silently change the weights). One fstat; models run it before "
+     "every forward pass. Files opened with copy=True always pass."},
     {"writable", (PyCFunction)(void (*)(void))st_writable, METH_NOARGS,
      "writable()\n--\n\nTrue when the mapping is copy-on-write, so get_float32(..., "
      "writable=True) can return views instead of copies."},
@@ -378,9 +411,15 @@ static PyType_Slot st_slots[] = {
     {Py_tp_repr, st_repr},
     {Py_sq_length, st_len},
     {Py_sq_contains, st_contains},
-    {Py_tp_doc, "SafeTensors(path)\n--\n\nA .safetensors file mapped read-only. The header is "
-     "validated against the file size on open (ValueError naming the file, the tensor and "
-     "the problem); tensors are handed out as zero-copy NumPy views."},
+    {Py_tp_doc, "SafeTensors(path, *, copy=False)\n--\n\nA .safetensors file mapped "
+     "copy-on-write. The header is validated against the file size on open (ValueError naming "
+     "the file, the tensor and the problem); tensors are handed out as zero-copy NumPy views.\n\n"
+     "Mapping contract: the views read the file's pages, so the file must not be truncated or "
+     "written over in place while they live (truncation makes reading them raise SIGBUS, which "
+     "kills the process; an in-place rewrite changes them). Replacing the file by renaming a "
+     "new one over it is safe. check() detects both changes; with copy=True the file is read "
+     "into private memory once and may then change or disappear freely. A FIFO, device or "
+     "directory is refused before any read (OSError naming it)."},
     {0, NULL},
 };
 

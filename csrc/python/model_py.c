@@ -102,8 +102,9 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
         if (blob != MAP_FAILED) munmap(blob, blob_bytes);
         PyMem_Free(mo->external);
         mo->external = NULL;
+        PyErr_Format(PyExc_MemoryError, "Model: cannot map the parameter blob (n_params=%zu "
+                     "floats, %zu bytes)", mo->tf.n_params, blob_bytes);
         mi_tf_free(&mo->tf);
-        PyErr_NoMemory();
         return -1;
     }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
@@ -273,6 +274,7 @@ static PyObject *model_materialize(PyObject *self, PyObject *unused)
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     if (mo->running) return PyErr_Format(PyExc_RuntimeError, "materialize: a forward pass is running");
+    if (mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
     if (mo->tf.tied_unembed) untie(mo);
     long copied = 0;
     for (int i = 0; i < mo->tf.n_table; i++) {
@@ -288,25 +290,99 @@ static PyObject *model_materialize(PyObject *self, PyObject *unused)
     return PyLong_FromLong(copied);
 }
 
-PyDoc_STRVAR(hook_points_doc, "hook_points()\n--\n\nThe hook points this spec fires, in forward "
-             "order: a list of (name, point_id, layer or -1).");
+PyDoc_STRVAR(share_params_doc,
+"share_params(other)\n--\n\n"
+"Read every parameter from `other`'s memory from now on: its blob, the arrays given\n"
+"to its set_param, and its tied_unembed (this model's own blob is dropped). Both\n"
+"models then compute with, and edit, the same weights, so the views other.params()\n"
+"gave stay the weights of this model too. Needs the same parameter layout (names,\n"
+"offsets, shapes); returns False and changes nothing when the layouts differ.");
+
+/* Same names, offsets and shapes in the same order (the blob layout). */
+static int same_layout(const mi_transformer *a, const mi_transformer *b)
+{
+    if (a->n_params != b->n_params || a->n_table != b->n_table) return 0;
+    for (int i = 0; i < a->n_table; i++) {
+        const mi_tf_param *p = &a->table[i], *q = &b->table[i];
+        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim) return 0;
+        for (int k = 0; k < p->ndim; k++)
+            if (p->shape[k] != q->shape[k]) return 0;
+    }
+    return 1;
+}
+
+static PyObject *model_share_params(PyObject *self, PyObject *arg)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    if (Py_TYPE(arg) != Py_TYPE(self))
+        return PyErr_Format(PyExc_TypeError, "share_params: expected a Model, got %s",
+                            Py_TYPE(arg)->tp_name);
+    mi_py_model *src = (mi_py_model *)arg;
+    if (check_ready(src) < 0) return NULL;
+    if (mo->running) return PyErr_Format(PyExc_RuntimeError, "share_params: a forward pass is running");
+    if (src == mo) Py_RETURN_TRUE;
+    if (!same_layout(&mo->tf, &src->tf)) Py_RETURN_FALSE;
+    Py_INCREF(src->blob);
+    Py_SETREF(mo->blob, src->blob);
+    mo->tf.params = src->tf.params;
+    for (int i = 0; i < mo->tf.n_table; i++) {
+        Py_XINCREF(src->external[i]);
+        Py_XSETREF(mo->external[i], src->external[i]);
+        mo->tf.table[i].data = src->tf.table[i].data;
+    }
+    mo->tf.n_external = src->tf.n_external;
+    mo->tf.tied_unembed = src->tf.tied_unembed;
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(hook_points_doc, "hook_points()\n--\n\nEvery HookPoint of TransformerLens's "
+             "module tree for this spec, in its module order (hook_dict order): a list of (name, "
+             "point_id, layer or -1, fires). Point ids are in forward (firing) order; a point "
+             "that does not fire accepts hooks that never run.");
 
 static PyObject *model_hook_points(PyObject *self, PyObject *unused)
 {
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
-    PyObject *lst = PyList_New(0);
-    if (!lst) return NULL;
+    const mi_tf_spec *s = &mo->tf.spec;
+    int *ids = PyMem_Malloc(sizeof(int) * (size_t)mi_tf_n_points(s));
+    if (!ids) return PyErr_NoMemory();
+    int n = mi_tf_module_order(s, ids);
+    PyObject *lst = PyList_New(n);
     char name[64];
-    int n = mi_tf_n_points(&mo->tf.spec);
-    for (int p = 0; p < n; p++) {
-        if (!mi_tf_point_present(&mo->tf.spec, p)) continue;
-        int layer = mi_tf_point_name(&mo->tf.spec, p, name);
-        PyObject *t = Py_BuildValue("(sii)", name, p, layer);
-        if (!t || PyList_Append(lst, t) < 0) { Py_XDECREF(t); Py_DECREF(lst); return NULL; }
-        Py_DECREF(t);
+    for (int i = 0; lst && i < n; i++) {
+        int layer = mi_tf_point_name(s, ids[i], name);
+        PyObject *t = Py_BuildValue("(siiO)", name, ids[i], layer,
+                                    mi_tf_point_present(s, ids[i]) ? Py_True : Py_False);
+        if (!t) Py_CLEAR(lst);
+        else PyList_SET_ITEM(lst, i, t);
     }
+    PyMem_Free(ids);
     return lst;
+}
+
+/* _core.HOOK_POINT_TABLE: the hook point table's rows as (name, scope, axes). */
+static int add_point_table(PyObject *m)
+{
+    mi_tf_point_info rows[MI_TF_POINT_ROWS];
+    mi_tf_point_table(rows);
+    PyObject *t = PyTuple_New(MI_TF_POINT_ROWS);
+    for (int i = 0; t && i < MI_TF_POINT_ROWS; i++) {
+        PyObject *axes = PyTuple_New(rows[i].ndim);
+        for (int a = 0; axes && a < rows[i].ndim; a++) {
+            PyObject *ax = PyUnicode_FromString(rows[i].axes[a]);
+            if (!ax) Py_CLEAR(axes);
+            else PyTuple_SET_ITEM(axes, a, ax);
+        }
+        PyObject *row = axes ? Py_BuildValue("(ssN)", rows[i].name, rows[i].scope, axes) : NULL;
+        if (!row) Py_CLEAR(t);
+        else PyTuple_SET_ITEM(t, i, row);
+    }
+    if (!t) return -1;
+    int r = PyModule_AddObjectRef(m, "HOOK_POINT_TABLE", t);
+    Py_DECREF(t);
+    return r;
 }
 
 /* ---- forward ---- */
@@ -370,6 +446,8 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
                              "resid", "start_layer", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
+    /* weights read in place from a checkpoint: is the file still the one mapped? */
+    if (mo->tf.n_external && mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
     PyObject *tok_obj, *cb = Py_None, *pos_obj = Py_None, *mask_obj = Py_None, *resid_obj = Py_None;
     Py_buffer flags;
     int stop = -1, start = -1;
@@ -421,7 +499,11 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     size_t arena_bytes;
     float *arena = arena_alloc(plan.n_floats * sizeof(float), &arena_bytes);
-    if (!arena) { PyErr_NoMemory(); goto done; }
+    if (!arena) {
+        PyErr_Format(PyExc_MemoryError, "forward: cannot allocate the activation arena of a "
+                     "[%ld, %ld] call (%zu bytes)", (long)B, (long)T, plan.n_floats * sizeof(float));
+        goto done;
+    }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
     if (!module) { release_arena(arena, arena_bytes, NULL); goto done; }
     if (!(arena_owner = mi_py_buffer_new(module, arena, arena_bytes, release_arena, NULL)))
@@ -543,6 +625,7 @@ static PyMethodDef model_methods[] = {
     {"params", model_params, METH_NOARGS, params_doc},
     {"set_param", model_set_param, METH_VARARGS, set_param_doc},
     {"materialize", model_materialize, METH_NOARGS, materialize_doc},
+    {"share_params", model_share_params, METH_O, share_params_doc},
     {"hook_points", model_hook_points, METH_NOARGS, hook_points_doc},
     {"forward", (PyCFunction)(void (*)(void))model_forward, METH_VARARGS | METH_KEYWORDS, forward_doc},
     {"arena_bytes", model_arena_bytes, METH_VARARGS, arena_bytes_doc},
@@ -733,7 +816,11 @@ static PyMethodDef model_kernel_methods[] = {
 
 int mi_py_model_exec(PyObject *m)
 {
-    if (PyModule_AddFunctions(m, model_kernel_methods) < 0) return -1;
+    if (PyModule_AddFunctions(m, model_kernel_methods) < 0 || add_point_table(m) < 0
+        || PyModule_AddIntConstant(m, "HOOK_CACHE", MI_HOOK_CACHE) < 0
+        || PyModule_AddIntConstant(m, "HOOK_CALLBACK", MI_HOOK_CALLBACK) < 0
+        || PyModule_AddIntConstant(m, "HOOK_TRANSIENT", MI_HOOK_TRANSIENT) < 0)
+        return -1;
     PyObject *tp = PyType_FromModuleAndSpec(m, &model_spec, NULL);
     if (!tp) return -1;
     mi_state(m)->model_type = (PyTypeObject *)tp;

@@ -8,6 +8,7 @@
 
 #include <string.h>
 
+#include "common/cancel.h"
 #include "common/threads.h"
 #include "kernels/cpu.h"
 
@@ -25,6 +26,28 @@ static PyObject *py_get_num_threads(PyObject *m, PyObject *unused)
     return PyLong_FromLong(mi_get_num_threads());
 }
 
+static PyObject *py_team_size(PyObject *m, PyObject *unused)
+{
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = mi_threads_team_size();
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(n);
+}
+
+/* The core's cancellation check (common/cancel.h): run Python's signal
+ * handlers between layers, so Ctrl-C during a long pass without hooks raises
+ * KeyboardInterrupt there instead of after the whole pass. The pass runs with
+ * the GIL released; the check takes it briefly (rate-limited by the core).
+ * Handlers run only on the main thread: elsewhere this finds nothing to do. */
+static mi_status check_signals(void)
+{
+    PyGILState_STATE g = PyGILState_Ensure();
+    int raised = PyErr_CheckSignals() < 0;
+    PyGILState_Release(g);
+    return raised ? MI_ERR_CALLBACK : MI_OK;
+}
+
 static PyObject *py_cpu_isa(PyObject *m, PyObject *unused)
 {
     return PyUnicode_FromString(mi_isa_name(mi_cpu_isa()));
@@ -36,16 +59,25 @@ static PyObject *py_force_isa(PyObject *m, PyObject *arg)
     if (!name) return NULL;
     mi_isa isa;
     if (!strcmp(name, "best")) isa = mi_cpu_best_isa();
-    else if (mi_isa_from_name(name, &isa) != 0) return PyErr_Format(PyExc_ValueError,
-                             "force_isa: expected 'scalar', 'avx2', 'avx512' or 'best', got %R", arg);
+    else if (mi_isa_from_name(name, &isa) != 0)
+        return PyErr_Format(PyExc_ValueError,
+                            "force_isa: expected 'scalar', 'avx2', 'avx512' or 'best', got %R", arg);
     return PyUnicode_FromString(mi_isa_name(mi_cpu_force_isa(isa)));
 }
 
 static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O,
-     "set_num_threads(n)\n--\n\nUse n OpenMP threads in the C core (results do not depend on n)."},
+     "set_num_threads(n)\n--\n\nUse n threads in the C core, for the whole process whichever thread\n"
+     "calls it (as torch.set_num_threads). Results do not depend on n. In a process forked\n"
+     "after the core first used its threads the core runs single-threaded and n is ignored\n"
+     "(OpenMP's thread pool does not survive fork): use the 'spawn' start method for\n"
+     "multi-threaded worker processes."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS,
-     "get_num_threads()\n--\n\nThe number of threads the C core uses."},
+     "get_num_threads()\n--\n\nThe number of threads every parallel step of the C core uses (1 in a\n"
+     "forked child, see set_num_threads)."},
+    {"_omp_team_size", py_team_size, METH_NOARGS,
+     "_omp_team_size()\n--\n\nThe size of the OpenMP team a parallel step started from the calling\n"
+     "thread gets now (runs an empty parallel region); for tests."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS,
      "cpu_isa()\n--\n\nThe instruction set the kernels use: 'avx512', 'avx2' or 'scalar'."},
     {"force_isa", py_force_isa, METH_O,
@@ -67,6 +99,7 @@ static int core_exec(PyObject *m)
     if (mi_py_train_exec(m) < 0) return -1;
     if (mi_py_bf16_exec(m) < 0) return -1;
     if (mi_py_accumulators_exec(m) < 0) return -1;
+    mi_cancel_set_check(check_signals);
     return 0;
 }
 

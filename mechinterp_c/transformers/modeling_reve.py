@@ -80,6 +80,7 @@ import numpy as np
 from .. import _core, ops
 from .. import io as _io
 from ..activation_cache import ActivationCache
+from ..config import REVE_CONFIG_FIELDS, validate_fields
 from ..hooked_transformer import HookedTransformer, names_filter_fn
 from ..reve import PositionBank, ReveFrontEnd
 from ..utils import to_numpy
@@ -131,27 +132,21 @@ class ReveConfig:
                      patch_overlap=20)
     _INTS = ("embed_dim", "depth", "heads", "head_dim", "freqs", "patch_size", "patch_overlap")
 
-    def __init__(self, **kwargs):
+    def __init__(self, _where="ReveConfig", **kwargs):
         for k, v in self._DEFAULTS.items():
             setattr(self, k, v)
         for k, v in kwargs.items():
             setattr(self, k, v)
+        # every field the model reads, checked once (TypeError/ValueError naming it)
+        validate_fields(vars(self), REVE_CONFIG_FIELDS, _where)
         for k in self._INTS:
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"config: {k} must be a non-negative integer, got {v!r}")
-            setattr(self, k, int(v))
-        if self.embed_dim <= 0 or self.heads <= 0 or self.head_dim <= 0 or self.patch_size <= 0:
-            raise ValueError(f"config: embed_dim, heads, head_dim and patch_size must be > 0 "
-                             f"(got {self.embed_dim}, {self.heads}, {self.head_dim}, {self.patch_size})")
-        if not isinstance(self.mlp_dim_ratio, (int, float)) or not self.mlp_dim_ratio > 0:
-            raise ValueError(f"config: mlp_dim_ratio must be a positive number, got {self.mlp_dim_ratio!r}")
+            setattr(self, k, int(getattr(self, k)))
         if not self.use_geglu:
-            raise NotImplementedError("config: use_geglu=False (plain GELU feed-forward) is not "
-                                      "supported; every published REVE uses GEGLU")
-        if not 0 <= self.patch_overlap < self.patch_size:
-            raise ValueError(f"config: patch_overlap must be in [0, patch_size={self.patch_size}), "
-                             f"got {self.patch_overlap}")
+            raise NotImplementedError(f"{_where}: use_geglu=False (plain GELU feed-forward) is "
+                                      f"not supported; every published REVE uses GEGLU")
+        if not self.patch_overlap < self.patch_size:
+            raise ValueError(f"{_where}: field 'patch_overlap' must be in [0, patch_size="
+                             f"{self.patch_size}), got {self.patch_overlap}")
 
     @property
     def mlp_dim(self):
@@ -168,7 +163,7 @@ class ReveConfig:
                                "patch_overlap", "freqs", "mlp_dim_ratio") if k not in raw]
         if missing:
             raise KeyError(f"{path}: REVE config.json lacks {missing}")
-        return cls(**raw)
+        return cls(_where=str(path), **raw)
 
     def to_dict(self):
         """The fields as a dict."""

@@ -97,11 +97,10 @@ def _token_text(value):
 
 
 def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    """A tokenizer JSON file through the C reader: regular files only (a FIFO or a
+    symlink loop is refused by name, never waited on), ValueError ``FILE:LINE:COL``
+    for bad JSON, invalid UTF-8 or a NUL in a string."""
+    return _core.parse_json_file(path)
 
 
 class GPT2Tokenizer:
@@ -136,7 +135,9 @@ class GPT2Tokenizer:
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.name_or_path = kwargs.get("name_or_path", "")
+        self.name_or_path = kwargs.pop("name_or_path", "")
+        if kwargs:
+            raise TypeError(f"GPT2Tokenizer: unexpected keyword argument(s) {sorted(kwargs)}")
         self._added = {}                       # text -> id of added (special) tokens
         for text, idx in (added_tokens or {}).items():
             self._add_special(text, idx)
@@ -159,25 +160,27 @@ class GPT2Tokenizer:
                      kwargs.pop("cache_dir", None))
         for ignored in ("local_files_only", "use_fast", "trust_remote_code", "force_download", "token"):
             kwargs.pop(ignored, None)
+        # lexists, not isfile: a FIFO or a symlink loop is refused by the reader with its
+        # reason, never waited on, skipped, or reported as missing
         cfg = {}
         path = os.path.join(d, "tokenizer_config.json")
-        if os.path.isfile(path):
+        if os.path.lexists(path):
             cfg.update(_read_json(path))
         path = os.path.join(d, "special_tokens_map.json")
-        if os.path.isfile(path):
+        if os.path.lexists(path):
             cfg.update({k: v for k, v in _read_json(path).items() if k in _SPECIAL_NAMES})
         added = {}
         for idx, entry in (cfg.pop("added_tokens_decoder", None) or {}).items():
             added[_token_text(entry)] = int(idx)
         path = os.path.join(d, "added_tokens.json")
-        if os.path.isfile(path):
+        if os.path.lexists(path):
             added.update({k: int(v) for k, v in _read_json(path).items()})
 
         vocab, merges = os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")
         core = None
-        if not (os.path.isfile(vocab) and os.path.isfile(merges)):
+        if not (os.path.lexists(vocab) and os.path.lexists(merges)):
             tj = os.path.join(d, "tokenizer.json")
-            if not os.path.isfile(tj):
+            if not os.path.lexists(tj):
                 raise OSError(f"{d}: no vocab.json + merges.txt and no tokenizer.json; not a GPT-2 tokenizer directory")
             core, tj_added, tj_prefix = cls._core_from_tokenizer_json(tj)
             for text, idx in tj_added.items():
@@ -374,6 +377,12 @@ class GPT2Tokenizer:
         truncation: False | True | "longest_first" | "only_first" (cut to max_length).
         return_tensors: None (lists) | "np" | "pt" (torch, if installed).
         """
+        kwargs.pop("verbose", None)                     # transformers' logging switch
+        if kwargs.pop("return_token_type_ids", None):  # GPT-2 has none: only False/None
+            raise NotImplementedError("tokenizer: return_token_type_ids=True is not supported")
+        if kwargs:
+            raise NotImplementedError(f"tokenizer: unsupported argument(s) {sorted(kwargs)} "
+                                      f"(they would change the output; nothing is ignored)")
         gc_was_enabled = gc.isenabled()
         gc.disable()              # building many small lists: spare the cyclic GC the rescans
         try:
@@ -395,6 +404,18 @@ class GPT2Tokenizer:
                 raise TypeError("tokenizer: text must be a str or a list/tuple of str, got "
                                 f"{type(text).__name__}")
         texts = [text] if single else list(text)
+        if max_length is not None:
+            # transformers fails here too (OverflowError from its Rust core); a negative
+            # limit would otherwise cut from the end ("ids[:-1]") and drop a token
+            if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+                raise TypeError(f"tokenizer: max_length must be an int, got {max_length!r}")
+            if max_length < 0:
+                raise ValueError(f"tokenizer: max_length must be >= 0, got {max_length}")
+        if pad_to_multiple_of is not None and (
+                isinstance(pad_to_multiple_of, bool) or not isinstance(pad_to_multiple_of, (int, np.integer))
+                or pad_to_multiple_of <= 0):
+            raise ValueError(f"tokenizer: pad_to_multiple_of must be a positive int, got "
+                             f"{pad_to_multiple_of!r}")
         prefix = self.add_prefix_space
         if len(texts) > 1:
             batch = self._tok.encode_batch(texts, add_prefix_space=prefix)
