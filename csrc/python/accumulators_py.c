@@ -19,9 +19,10 @@ enum { ANY = -1 };
 static PyArrayObject *need(PyObject *obj, const char *name, int type, int ndim,
                            const npy_intp *dims, int out)
 {
-    if (!PyArray_Check(obj))
-        return PyErr_Format(PyExc_TypeError, "%s: expected a NumPy array, got %s", name,
-                            Py_TYPE(obj)->tp_name), NULL;
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a NumPy array, got %s", name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
     PyArrayObject *a = (PyArrayObject *)obj;
     if (PyArray_TYPE(a) != type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
         PyArray_Descr *want = PyArray_DescrFromType(type);
@@ -30,8 +31,10 @@ static PyArrayObject *need(PyObject *obj, const char *name, int type, int ndim,
         Py_XDECREF(want);
         return NULL;
     }
-    if (out && !PyArray_ISWRITEABLE(a))
-        return PyErr_Format(PyExc_ValueError, "%s: the state array is read-only", name), NULL;
+    if (out && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: the state array is read-only", name);
+        return NULL;
+    }
     int bad = PyArray_NDIM(a) != ndim;
     for (int i = 0; !bad && i < ndim; i++) bad = dims[i] != ANY && PyArray_DIM(a, i) != dims[i];
     if (bad) {
@@ -41,8 +44,8 @@ static PyArrayObject *need(PyObject *obj, const char *name, int type, int ndim,
             if (dims[i] == ANY) snprintf(w + at, sizeof w - at, "*%s", i + 1 < ndim ? ", " : "");
             else snprintf(w + at, sizeof w - at, "%ld%s", (long)dims[i], i + 1 < ndim ? ", " : "");
         }
-        return PyErr_Format(PyExc_ValueError, "%s: expected shape %s), got %s", name, w,
-                            mi_py_shape_str(a, s)), NULL;
+        PyErr_Format(PyExc_ValueError, "%s: expected shape %s), got %s", name, w, mi_py_shape_str(a, s));
+        return NULL;
     }
     return a;
 }
@@ -57,9 +60,10 @@ static PyObject *py_moments_update(PyObject *m, PyObject *args)
     PyArrayObject *x = need(o[3], "x", NPY_FLOAT32, 2, (npy_intp[]){ANY, ANY}, 0);
     if (!x) return NULL;
     npy_intp u[1] = {N(x, 1)};
-    PyArrayObject *c = need(o[0], "count", NPY_INT64, 1, u, 1), *mean = c ? need(o[1], "mean", NPY_FLOAT64, 1, u, 1) : NULL,
-                  *m2 = mean ? need(o[2], "m2", NPY_FLOAT64, 1, u, 1) : NULL;
-    if (!m2) return NULL;
+    PyArrayObject *c, *mean, *m2;
+    if (!(c = need(o[0], "count", NPY_INT64, 1, u, 1)) || !(mean = need(o[1], "mean", NPY_FLOAT64, 1, u, 1))
+        || !(m2 = need(o[2], "m2", NPY_FLOAT64, 1, u, 1)))
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
     mi_acc_moments_update(D(c), D(mean), D(m2), D(x), N(x, 0), N(x, 1));
     Py_END_ALLOW_THREADS
@@ -88,12 +92,16 @@ static PyArrayObject *need_edges(PyObject *obj)
     PyArrayObject *e = need(obj, "edges", NPY_FLOAT64, 1, (npy_intp[]){ANY}, 0);
     if (!e) return NULL;
     const double *v = D(e);
-    if (N(e, 0) < 2) return PyErr_Format(PyExc_ValueError, "edges: need at least 2, got %ld",
-                                         (long)N(e, 0)), NULL;
+    if (N(e, 0) < 2) {
+        PyErr_Format(PyExc_ValueError, "edges: need at least 2, got %ld", (long)N(e, 0));
+        return NULL;
+    }
     for (npy_intp i = 0; i + 1 < N(e, 0); i++)
-        if (!(v[i] <= v[i + 1]))
-            return PyErr_Format(PyExc_ValueError, "edges: must increase (edge %ld is below the one "
-                                "before it, or NaN)", (long)(i + 1)), NULL;
+        if (!(v[i] <= v[i + 1])) {
+            PyErr_Format(PyExc_ValueError, "edges: must increase (edge %ld is below the one before it, "
+                         "or NaN)", (long)(i + 1));
+            return NULL;
+        }
     return e;
 }
 
