@@ -17,7 +17,8 @@ merges the partial results into one set of statistics, returned as NumPy arrays.
   single pass over the same tokens, whatever the partitioning and worker count;
   means and variances agree to float64 rounding (Chan's merge).
 - Checkpoints: with ``checkpoint_dir``, each finished partition's state is written
-  there under a name derived from the model, the statistics and the partition's
+  there under a name derived from the model (name, and file sizes and times of a
+  local directory), the hooks, the statistics, the batch size and the partition's
   tokens; a rerun (after a client restart) loads those and computes only the rest.
   A worker lost mid-job has its partitions recomputed by Dask's scheduler.
 - Bad partitions (token ids outside the vocabulary, a non-integer dtype, a failure
@@ -420,7 +421,8 @@ def run_over_corpus(model_spec, token_source, stats, batch_size=8, hook_names=No
 
     Args:
         model_spec: a checkpoint directory or Hugging Face name; each worker opens it
-            (``HookedTransformer.from_pretrained``); only the name travels.
+            once (``HookedTransformer.from_pretrained``, so with TransformerLens's
+            default weight processing); only the name travels.
         token_source: an iterable of token arrays (1-D: a sequence; 2-D: rows of
             sequences), a list of text files (tokenized with the checkpoint's tokenizer,
             in this process), a NumPy memmap of token ids (workers open the file
@@ -439,6 +441,7 @@ def run_over_corpus(model_spec, token_source, stats, batch_size=8, hook_names=No
         progress: print the Dask dashboard link and a tqdm bar over partitions
             (when tqdm is installed).
         n_partitions, seq_len: see :func:`split_corpus`.
+        n_workers: workers of the ``LocalCluster`` started when ``client`` is None.
 
     Returns:
         :class:`CorpusStats`. Raises :class:`CorpusError` after all other partitions
@@ -454,6 +457,8 @@ def run_over_corpus(model_spec, token_source, stats, batch_size=8, hook_names=No
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     hook_names = list(_default_hooks(model_spec) if hook_names is None else
                       ([hook_names] if isinstance(hook_names, str) else hook_names))
+    if not hook_names or not templates:
+        raise ValueError("run_over_corpus: give at least one hook name and one statistic")
     if any(isinstance(t, _stats.AttentionEntropy) for t in templates) and not any(map(_is_pattern, hook_names)):
         raise ValueError("stats: AttentionEntropy needs a hook_pattern among hook_names")
     parts = split_corpus(model_spec, token_source, n_partitions, seq_len)

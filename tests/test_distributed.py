@@ -227,6 +227,8 @@ def test_bad_arguments(ckpt, corpus):
         run_over_corpus(ckpt, corpus, [S.Moments().update(np.zeros((1, 2)))], client="serial")
     with pytest.raises(ValueError, match="hook_pattern"):
         run_over_corpus(ckpt, corpus, [S.AttentionEntropy()], hook_names=HOOKS[:1], client="serial")
+    with pytest.raises(ValueError, match="at least one hook name"):
+        run_over_corpus(ckpt, corpus, [S.Moments()], hook_names=[], client="serial")
     with pytest.raises(ValueError, match="no tokens"):
         run_over_corpus(ckpt, [], [S.Moments()], client="serial")
     with pytest.raises(CorpusError, match="blocks.99.hook_resid_post'] are not hook points"):
