@@ -393,8 +393,9 @@ class _Merger:
             states = self.pending.pop(self.next)
             if states is not None:
                 for h, lst in states.items():
-                    self.total[h] = [a if b is None else a.merge(_stats.from_bytes(b))
-                                     for a, b in zip(self.total[h], lst)]
+                    for a, b in zip(self.total[h], lst):
+                        if b is not None:
+                            a.merge_(_stats.from_bytes(b))
             self.next += 1
 
 

@@ -106,17 +106,23 @@ class Accumulator:
 
     def merge(self, other):
         """A new accumulator holding the statistic of both (neither is changed)."""
+        return self.copy().merge_(other)
+
+    def merge_(self, other):
+        """Merge ``other`` into this accumulator in place (``other`` is not changed);
+        returns ``self``. Saves the copy of :meth:`merge` for large states."""
         if type(other) is not type(self) or other._params() != self._params():
             raise ValueError(f"merge: {self!r} and {other!r} are not the same statistic")
         if other.unit_shape is None:
-            return self.copy()
+            return self
         if self.unit_shape is None:
-            return other.copy()
+            self.unit_shape = other.unit_shape
+            self.state = {k: v.copy() for k, v in other.state.items()}
+            return self
         if other.unit_shape != self.unit_shape:
             raise ValueError(f"merge: unit shapes differ ({self.unit_shape} and {other.unit_shape})")
-        out = self.copy()
-        out._merge_into(other)
-        return out
+        self._merge_into(other)
+        return self
 
     def _merge_counts(self, other):
         """Merge for states that are all counts: integer addition."""

@@ -66,6 +66,17 @@ def test_merge_is_split_and_order_independent(n_parts):
             _assert_same(whole, merged)
 
 
+def test_merge_in_place_equals_merge():
+    for tmpl in _templates():
+        a, b = tmpl.empty().update(X[:900], IDX[:900]), tmpl.empty().update(X[900:], IDX[900:])
+        before = {k: v.copy() for k, v in b.state.items()}
+        m = a.merge(b)
+        assert a.merge_(b) is a
+        _assert_same(a, m, rtol=0)
+        _assert_same(b, type(b)(**b._params()).merge_(b), rtol=0)   # an empty one takes a copy
+        assert all(np.array_equal(v, before[k]) for k, v in b.state.items())
+
+
 def test_moments_against_numpy():
     m = S.Moments().update(X[:1000]).merge(S.Moments().update(X[1000:]))
     ok = ~np.isnan(X).any(axis=0)
@@ -131,6 +142,22 @@ def test_attention_entropy_histogram():
     ent = -np.cumsum(terms, axis=-1)[..., -1]     # in key order, as the kernel sums
     for h in range(2):
         np.testing.assert_array_equal(e.counts[h], np.histogram(ent[:, h].ravel(), edges)[0])
+
+
+def test_non_finite_values():
+    x = np.array([[np.inf], [-np.inf], [np.nan], [1.0], [0.0]], np.float32)
+    idx = np.arange(5, dtype=np.int64)
+    sk = S.QuantileSketch().update(x)
+    assert sk.state["counts"][0, 0] == 1 and sk.state["counts"][0, -1] == 1 and sk.state["nan"][0] == 1
+    assert sk.count[0] == 4 and sk.clamped[0] == 2
+    h = S.Histogram([0.0, 1.0, 2.0]).update(x)
+    assert list(h.counts[0]) == [1, 1] and (h.below[0], h.above[0], h.nan[0]) == (1, 1, 1)
+    t = S.TopK(2).update(x, idx)
+    assert list(t.index[0]) == [0, 3]   # inf first, NaN never kept
+    p = np.full((1, 1, 1, 3), 1 / 3, np.float32)
+    p[0, 0, 0, 1] = np.nan
+    e = S.AttentionEntropy().update(p)
+    assert e.nan[0] == 1 and e.counts.sum() == 0
 
 
 def test_reservoir_is_uniform_and_seeded():

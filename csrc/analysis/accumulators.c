@@ -98,7 +98,7 @@ void mi_acc_entropy_update(int64_t *counts, int64_t *outside, const double *edge
                 const float *p = pattern + ((i * heads + h) * q + t) * s;   /* one softmax row [S] */
                 double e = 0.0;
                 for (int64_t j = 0; j < s; j++)
-                    if (p[j] > 0.0f) e -= (double)p[j] * log((double)p[j]);
+                    if (!(p[j] <= 0.0f)) e -= (double)p[j] * log((double)p[j]);   /* NaN stays NaN */
                 count_value(counts + h * n_bins, outside + h * 3, edges, n_bins, e);
             }
 }
@@ -184,8 +184,9 @@ void mi_acc_sketch_update(int64_t *counts, int64_t *nan, const mi_sketch_params 
                 if (v != v) { nan[u]++; continue; }
                 int64_t bucket = nb;   /* zero bucket */
                 if (a >= p->min_abs) {
-                    int64_t i = (int64_t)ceil(log(a) / p->log_gamma) - p->first;
-                    i = i < 0 ? 0 : i >= nb ? nb - 1 : i;
+                    /* clamp in double: log(inf) = inf has no int64 value */
+                    double e = ceil(log(a) / p->log_gamma) - (double)p->first;
+                    int64_t i = e < 0 ? 0 : e >= (double)nb ? nb - 1 : (int64_t)e;
                     bucket = v > 0 ? nb + 1 + i : nb - 1 - i;
                 }
                 counts[u * width + bucket]++;

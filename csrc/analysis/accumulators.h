@@ -41,8 +41,9 @@ void mi_acc_hist_update(int64_t *counts, int64_t *outside, const double *edges, 
 
 /* --- attention entropy per head ------------------------------------------------
  * pattern[N, H, Q, S] float32 (softmax rows); each row's entropy
- * -sum_s p log p (natural log, float64, p <= 0 contributes nothing) is counted
- * in head h's histogram counts[H, B] / outside[H, 3] (edges as above). */
+ * -sum_s p log p (natural log, float64, p <= 0 contributes nothing, a NaN
+ * makes the row's entropy NaN) is counted in head h's histogram
+ * counts[H, B] / outside[H, 3] (edges as above). */
 void mi_acc_entropy_update(int64_t *counts, int64_t *outside, const double *edges, int64_t n_bins,
                            const float *pattern, int64_t n, int64_t heads, int64_t q, int64_t s);
 
