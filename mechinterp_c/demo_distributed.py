@@ -28,7 +28,7 @@ def generated_corpus(tokenizer, n_tokens, seq_len, seed=0):
 def main(argv=None):
     """Run the demo (see the module docstring); ``argv`` as for argparse."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=8192, help="corpus size in tokens")
+    ap.add_argument("--tokens", type=int, default=4096, help="corpus size in tokens")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=5)
