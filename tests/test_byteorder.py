@@ -150,3 +150,19 @@ def test_swapped_integer_tokens_and_targets():
     grads = _core.grad_blob(m._core)
     want = _core.loss_backward(m._core, tokens, tokens, grads)
     assert _core.loss_backward(m._core, swapped_tokens, swapped_tokens, _core.grad_blob(m._core)) == want
+
+
+def test_accumulator_state_and_inputs_refuse_swapped_arrays():
+    """The accumulators update their state in place and read x in place: a
+    byte-swapped array is refused by name, nothing is written, and the same
+    call with native arrays still works."""
+    x = np.ones((3, 4), np.float32)
+    count, mean, m2 = np.zeros(4, np.int64), np.zeros(4), np.zeros(4)
+    with pytest.raises(TypeError, match="x: expected an array in native byte order"):
+        _core._acc_moments_update(count, mean, m2, x.astype(">f4"))
+    with pytest.raises(TypeError, match="mean: expected an array in native byte order"):
+        _core._acc_moments_update(count, mean.astype(">f8"), m2, x)
+    assert not count.any()
+    _core._acc_moments_update(count, mean, m2, x)
+    np.testing.assert_array_equal(count, 3)
+    np.testing.assert_array_equal(mean, 1.0)

@@ -109,5 +109,6 @@ int mi_py_tokenizer_exec(PyObject *m);
 int mi_py_reve_exec(PyObject *m);
 int mi_py_analysis_exec(PyObject *m);
 int mi_py_train_exec(PyObject *m);
+int mi_py_accumulators_exec(PyObject *m);   /* accumulators_py.c */
 
 #endif
