@@ -9,8 +9,9 @@
  * as mi_attn_scores -> mi_softmax_rows -> mi_attn_apply (kernels/attention.h,
  * kernels/softmax.h) on q, k, v read through layout L. key_mask [B,Tk] (NULL:
  * none; 0 masks a key). A query whose keys are all masked gets a zero pattern
- * row. Errors are the kernels' (MI_ERR_VALUE for a bad layout, MI_ERR_NOMEM for scratch); bitwise
- * identical for any thread count, and bitwise mi_attn_fused's z and pattern.
+ * row. Errors are the kernels' (MI_ERR_VALUE for a bad layout, MI_ERR_NOMEM
+ * for scratch); bitwise identical for any thread count, and bitwise
+ * mi_attn_fused's z and pattern.
  */
 #ifndef MI_MHA_H
 #define MI_MHA_H
