@@ -6,8 +6,8 @@ Tokenizers: ``GPT2Tokenizer``, ``GPT2TokenizerFast`` and ``AutoTokenizer`` (GPT-
 BPE implemented in C), ``BatchEncoding``.
 """
 from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModel, AutoModelForCausalLM
-from mechinterp_c.transformers.modeling_gpt2 import (GPT2Config, GPT2LMHeadModel, GPT2Model,
-                                                     get_array_type, set_array_type)
+from mechinterp_c.transformers.modeling_gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from mechinterp_c.transformers.modeling_utils import get_array_type, set_array_type
 from mechinterp_c.transformers.tokenization_gpt2 import (AutoTokenizer, BatchEncoding, GPT2Tokenizer,
                                                          GPT2TokenizerFast)
 

@@ -84,7 +84,7 @@ from ..config import REVE_CONFIG_FIELDS, validate_fields
 from ..hooked_transformer import HookedTransformer, names_filter_fn
 from ..reve import PositionBank, ReveFrontEnd
 from ..utils import to_numpy
-from .modeling_gpt2 import HFArray, Module, RemovableHandle, _AffineSite, _hf, _same, _write_back
+from .modeling_utils import HFArray, Module, ModuleList, RemovableHandle, _AffineSite, _hf, _same, _write_back
 
 __all__ = ["ReveConfig", "ReveModel", "HookedReve", "ReveArray", "load_position_bank",
            "is_reve_config", "is_position_bank_dir", "RevePositionBank"]
@@ -389,14 +389,6 @@ class Sequential(ReveModule):
         for m in self._mods:
             x = np.asarray(to_numpy(m(x)))
         return x
-
-
-class ModuleList(list):
-    """``nn.ModuleList`` (``transformer.layers``, and each ``layers[i]``)."""
-
-    def __repr__(self):
-        inner = "\n".join(f"  ({i}): " + repr(m).replace("\n", "\n  ") for i, m in enumerate(self))
-        return f"ModuleList(\n{inner}\n)"
 
 
 class Linear(ReveModule):
