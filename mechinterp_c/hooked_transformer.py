@@ -202,7 +202,15 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     def _tl_params(self):
         """TransformerLens-named, -shaped writable views of the blob."""
-        raw, cfg, out = self._raw, self.cfg, {}
+        params = {k: v.view(_Weight) for k, v in self._tl_views(self._raw).items()}
+        for k, v in params.items():
+            v._param_name = k
+        return params
+
+    def _tl_views(self, raw):
+        """TransformerLens names and shapes over ``raw`` (internal name -> array in the
+        internal layout: the weights, or a gradient buffer laid out as the blob)."""
+        cfg, out = self.cfg, {}
         out["embed.W_E"] = raw["embed.W_E"]
         if "pos_embed.W_pos" in raw:
             out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
@@ -224,10 +232,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
             if w in raw:
                 out[w] = raw[w]
-        params = {k: v.view(_Weight) for k, v in out.items()}
-        for k, v in params.items():
-            v._param_name = k
-        return params
+        return out
 
     def _make_modules(self):
         cfg, P = self.cfg, self._params

@@ -114,15 +114,13 @@ class _TrainState:
     def __init__(self, model):
         self.core = model._core
         self.grads = _core.grad_blob(model._core)
-        base = model._raw["embed.W_E"].__array_interface__["data"][0]   # offset 0 of the blob
-        self.params = {}
+        # each gradient sits where its parameter sits in the blob (the core's table), and
+        # gets the parameter's TransformerLens view (W_Q: a strided view of W_qkv's)
+        raw = {name: self.grads[off:off + int(np.prod(shape))].reshape(shape)
+               for name, off, shape in model._core.param_table()}
+        grads = model._tl_views(raw)
+        self.params = {name: Parameter(name, view, grads[name]) for name, view in model._params.items()}
         self.workspace, self.workspace_shape = None, None
-        for name, view in model._params.items():
-            off = view.__array_interface__["data"][0] - base
-            assert off % 4 == 0 and off >= 0
-            g = np.lib.stride_tricks.as_strided(self.grads[off // 4:], shape=view.shape,
-                                                strides=view.strides, writeable=True)
-            self.params[name] = Parameter(name, view, g)
 
 
 class TrainingMixin:
