@@ -258,7 +258,31 @@ class HookedTransformerConfig:
         return "HookedTransformerConfig:\n" + "\n".join(f"{k}: {v!r}" for k, v in self.to_dict().items())
 
 
-class GPT2Config:
+class PretrainedConfig:
+    """A Hugging Face ``config.json`` with attribute access: the family's defaults
+    (``_DEFAULTS``) overridden by the given fields, every field the model reads checked
+    once against the family's table (``_FIELDS``; TypeError/ValueError naming it)."""
+
+    _DEFAULTS = {}
+    _FIELDS = ()
+    _DIVISIBLE = ()
+
+    def __init__(self, _where=None, **kwargs):
+        for k, v in self._DEFAULTS.items():
+            setattr(self, k, v)
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+        validate_fields(vars(self), self._FIELDS, _where or type(self).__name__, self._DIVISIBLE)
+
+    def to_dict(self):
+        """The fields as a dict."""
+        return dict(vars(self))
+
+    def __repr__(self):
+        return f"{type(self).__name__} " + json.dumps(self.to_dict(), indent=2, default=str)
+
+
+class GPT2Config(PretrainedConfig):
     """GPT-2's ``config.json`` with attribute access (``config.n_layer``) and HF's defaults."""
 
     _DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
@@ -268,13 +292,8 @@ class GPT2Config:
                      tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
                      model_type="gpt2")
 
-    def __init__(self, _where="GPT2Config", **kwargs):
-        for k, v in self._DEFAULTS.items():
-            setattr(self, k, v)
-        for k, v in kwargs.items():
-            setattr(self, k, v)
-        # every field the model reads, checked once (TypeError/ValueError naming it)
-        validate_fields(vars(self), GPT2_CONFIG_FIELDS, _where, GPT2_CONFIG_DIVISIBLE)
+    _FIELDS = GPT2_CONFIG_FIELDS
+    _DIVISIBLE = GPT2_CONFIG_DIVISIBLE
 
     @classmethod
     def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
@@ -290,10 +309,3 @@ class GPT2Config:
     num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
     num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
     max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")
-
-    def to_dict(self):
-        """The fields as a dict."""
-        return dict(vars(self))
-
-    def __repr__(self):
-        return "GPT2Config " + json.dumps(self.to_dict(), indent=2, default=str)

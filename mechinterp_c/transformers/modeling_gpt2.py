@@ -96,41 +96,27 @@ class Embedding(Module):
     """``wte`` / ``wpe``: ``.weight`` [num, D]; forward hook output is the embedding."""
 
     def __init__(self, model, name, point):
-        super().__init__(model, name)
-        self._fwd = (point, _same, None)
+        super().__init__(model, name, (point, _same, None))
 
 
 class LayerNorm(Module):
     """``ln_1`` / ``ln_2`` / ``ln_f``: ``.weight``, ``.bias`` [D]."""
 
     def __init__(self, model, name, norm_point, in_point, affine):
-        super().__init__(model, name)
-        self._fwd = (norm_point, _same, affine)
-        self._pre = (in_point, _same, None, True) if in_point else None
+        super().__init__(model, name, (norm_point, _same, affine),
+                         (in_point, _same, None, True) if in_point else None)
 
 
 class Conv1D(Module):
     """HF's Conv1D (``y = x @ weight + bias``, weight [in, out])."""
 
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
 
 class Activation(Module):
     """``mlp.act`` (gelu_new)."""
 
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
 
 class GPT2Attention(Module):
     """``h[i].attn``: ``c_attn``, ``c_proj``; forward hook output is ``(attn_output, None)``."""
-
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
 
     def _wrap_output(self, out):
         return (out, None)
@@ -139,17 +125,9 @@ class GPT2Attention(Module):
 class GPT2MLP(Module):
     """``h[i].mlp``: ``c_fc``, ``act``, ``c_proj``."""
 
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
 
 class GPT2Block(Module):
     """``h[i]``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``."""
-
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
 
 
 class _CoreModel(HookedTransformer):

@@ -183,10 +183,11 @@ class Module(CPUFloat32):
 
     Subclasses describe where their input and output live in the C pass."""
 
-    def __init__(self, model, name):
+    def __init__(self, model, name, fwd=None, pre=None):
         self._model_ref = weakref.ref(model) if model is not None else None
         self._name = name
         self._children = {}
+        self._fwd, self._pre = fwd, pre
 
     # torch.nn.Module-ish tree helpers
     def __setattr__(self, key, value):
@@ -247,9 +248,9 @@ class Module(CPUFloat32):
             raise RuntimeError(f"{self._name}: its model no longer exists")
         return model._ht
 
-    # what subclasses define: (point name, how to view the activation, affine or None)
-    _fwd = None   # (point, view_fn, affine_site_or_None)
-    _pre = None   # (point, view_fn, affine_site_or_None, read_only)
+    # where the module's output and input live in the C pass:
+    #   _fwd: (point, view_fn, affine_site_or_None) or None
+    #   _pre: (point, view_fn, affine_site_or_None, read_only) or None
 
     def _site(self, kind):
         s = self._fwd if kind == "fwd" else self._pre
