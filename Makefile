@@ -13,7 +13,7 @@ OLDEST_NUMPY_TESTS = tests/test_analysis_percentile.py tests/test_bridge.py test
   tests/test_gemm.py tests/test_gpt2.py tests/test_gpt2_zero_copy.py tests/test_hooked_transformer.py \
   tests/test_tokenizer.py tests/test_utils.py
 
-.PHONY: demo test test-oldest-numpy build deps-system deps-test deps-notebooks sanitize bench clean fuzz deps-fuzz
+.PHONY: demo demo-distributed deps-distributed test test-oldest-numpy build deps-system deps-test deps-notebooks sanitize bench clean fuzz deps-fuzz
 
 deps-system:
 	@if ! pkg-config --exists libcjson 2>/dev/null; then \
@@ -51,6 +51,13 @@ test-oldest-numpy: build
 
 demo: deps-notebooks build
 	$(PYTHON) -m mechinterp_c.demo
+
+# Corpus statistics on a Dask LocalCluster of 2 workers (the `distributed` extra).
+deps-distributed:
+	$(PIP) "dask[distributed]==2026.8.0" tqdm
+
+demo-distributed: deps-distributed build
+	$(PYTHON) -m mechinterp_c.demo_distributed
 
 # The kernel and loader tests under AddressSanitizer + UBSan: a separate build
 # in build/asan, the ASan runtime preloaded into the interpreter.

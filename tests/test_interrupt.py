@@ -128,14 +128,37 @@ def test_sigint_ends_a_backward_early_and_the_next_step_is_exact(model):
     _, fwd = _timed(lambda: model(tokens))
     want_loss, step = _timed(lambda: model.backward(tokens, targets))
     want_first, want_last = first.grad.copy(), last.grad.copy()
-    assert step > 2 * fwd, f"step {step:.2f} s, forward {fwd:.2f} s"
 
-    # SIGINT halfway through the backward half (layers run last to first)
-    model.zero_grad()
-    took = _interrupted(lambda: model.backward(tokens, targets), (fwd + step) / 2)
-    assert took < 0.9 * step, f"interrupted step took {took:.2f} s, a full one {step:.2f} s"
-    assert np.any(last.grad != 0), "interrupted before the backward started"
-    assert not np.any(first.grad != 0), "the backward reached layer 0: not interrupted early"
+    # SIGINT halfway through the backward half (layers run last to first). "Early" is
+    # read from the gradients, not the clock: the unembedding's are written, layer 0's
+    # are still zero. On a loaded machine the signal can miss the middle of the backward
+    # (the step finished first, reached layer 0 first, or is still in the forward half):
+    # that attempt says nothing, so it is repeated, at most 5 times, with the delay moved
+    # accordingly; an interruption that never ends a step early fails.
+    delay = (fwd + step) / 2
+    for attempt in range(5):
+        model.zero_grad()
+        t0 = time.perf_counter()
+        timer = _sigint_after(delay)
+        try:
+            model.backward(tokens, targets)
+            raised = False
+        except KeyboardInterrupt:
+            raised = True
+        finally:
+            timer.cancel()
+            timer.join()
+        took = time.perf_counter() - t0
+        if not raised:                          # the whole step ran before the signal
+            delay = min(delay, fwd + (took - fwd) / 2) * 0.8
+        elif not np.any(last.grad != 0):        # still in the forward half
+            delay *= 1.25
+        elif np.any(first.grad != 0):           # landed as the backward reached layer 0
+            delay *= 0.85
+        else:
+            break
+    else:
+        pytest.fail(f"SIGINT never ended a backward half-way in 5 steps (last delay {delay:.2f} s)")
 
     # the step is void: zero the gradients and run it again
     model.zero_grad()

@@ -255,6 +255,9 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     if (PyArray_TYPE(a) != NPY_FLOAT32)
         return PyErr_Format(PyExc_TypeError, "set_param(%s): expected float32, got dtype %S", name,
                             (PyObject *)PyArray_DESCR(a));
+    char who[96];
+    snprintf(who, sizeof who, "set_param(%s)", name);
+    if (mi_py_native_order(a, who) < 0) return NULL;
     if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a))
         return PyErr_Format(PyExc_ValueError, "set_param(%s): the array must be C-contiguous and "
                             "aligned (shape %s)", name, mi_py_shape_str(a, buf));
