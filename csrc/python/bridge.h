@@ -94,5 +94,6 @@ int mi_py_tokenizer_exec(PyObject *m);
 int mi_py_reve_exec(PyObject *m);
 int mi_py_analysis_exec(PyObject *m);
 int mi_py_train_exec(PyObject *m);
+int mi_py_sampling_exec(PyObject *m);   /* sampling_py.c */
 
 #endif
