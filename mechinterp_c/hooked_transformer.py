@@ -14,6 +14,7 @@ from . import _core
 from .activation_cache import ActivationCache, check_cpu_device
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
+from .generation import GenerationMixin
 from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
 from .utils import to_numpy
 
@@ -106,7 +107,7 @@ def _check_unsupported(cfg):
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
 
 
-class HookedTransformer(HookedRootMixin, CircuitsMixin):
+class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its

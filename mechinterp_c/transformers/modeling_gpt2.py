@@ -66,6 +66,7 @@ from .. import io as _io
 from ..config import GPT2_CONFIG_DIVISIBLE, GPT2_CONFIG_FIELDS, validate_fields
 from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
+from .generation_utils import GenerationMixin
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Model", "HFArray", "CausalLMOutput",
            "set_array_type", "get_array_type",
@@ -651,7 +652,7 @@ def _hf_tensor_map(cfg):
     yield "ln_final.b", "ln_f.bias", (D,)
 
 
-class GPT2LMHeadModel(Module):
+class GPT2LMHeadModel(Module, GenerationMixin):
     """Hugging Face's ``GPT2LMHeadModel`` on the C transformer (inference only).
 
     Build with :meth:`from_pretrained`. ``model(input_ids, attention_mask=None)``

@@ -1,0 +1,321 @@
+"""Text generation for ``HookedTransformer``: TransformerLens's ``generate``.
+
+``GenerationMixin`` gives a model ``generate`` and ``generate_stream`` with
+TransformerLens 3.9's arguments and semantics; the choice of each token runs in
+the C sampler (``_core.sample``: penalties, temperature, top-k, top-p, and a
+counter-based generator seeded per call, so a seed gives the same tokens on any
+thread count). Hooks registered with ``model.hooks(...)`` or ``add_hook`` fire
+on every step, so a hook that adds a vector to ``blocks.{i}.hook_resid_pre``
+steers the whole completion.
+
+The C core has no key/value cache yet: every step runs the full forward pass
+over the sequence so far. ``use_past_kv_cache=True`` is accepted and gives the
+same tokens (only slower than a cached pass would be);
+``HookedTransformerKeyValueCache`` and ``forward(past_kv_cache=...)`` raise
+``NotImplementedError``.
+"""
+import secrets
+
+import numpy as np
+
+from . import _core
+from .utils import to_numpy
+
+_RETURN_TYPES = ("input", "str", "tokens")
+
+
+class HookedTransformerKeyValueCache:
+    """TransformerLens's per-layer key/value cache. Not available: the C core has no
+    KV cache yet, so ``init_cache`` raises ``NotImplementedError`` (``generate`` with
+    ``use_past_kv_cache=True`` works, recomputing the full pass each step)."""
+
+    @classmethod
+    def init_cache(cls, cfg, device=None, batch_size=1):
+        """Raises ``NotImplementedError``: the C core has no key/value cache yet."""
+        raise NotImplementedError(
+            "HookedTransformerKeyValueCache: the C core has no key/value cache yet; "
+            "generate(use_past_kv_cache=True) recomputes the full pass each step instead")
+
+
+def resolve_seed(seed=None, generator=None):
+    """A 64-bit seed for the C sampler: ``seed`` as given, else one drawn from
+    ``generator`` (a ``torch.Generator`` or ``numpy.random.Generator``), else a
+    fresh random one."""
+    if seed is not None and generator is not None:
+        raise ValueError("give seed= or generator=, not both")
+    if seed is not None:
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        return int(seed) % (1 << 64)
+    if generator is None:
+        return secrets.randbits(64)
+    if isinstance(generator, np.random.Generator):
+        return int(generator.integers(0, 1 << 63))
+    if type(generator).__name__ == "Generator" and type(generator).__module__.startswith("torch"):
+        import torch
+        return int(torch.randint(0, (1 << 63) - 1, (1,), generator=generator).item())
+    raise TypeError(f"generator must be a torch.Generator or numpy.random.Generator, "
+                    f"got {type(generator).__name__}")
+
+
+def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0,
+                  repetition_penalty=1.0, tokens=None, seed=None, generator=None):
+    """TransformerLens's ``utils.sample_logits`` on the C sampler: one token id per row
+    of ``final_logits`` [batch, d_vocab] (int64 [batch]).
+
+    Repetition penalty (Hugging Face's rule, on ``tokens``), then ``/ temperature``,
+    then ``- freq_penalty * count`` of each token in ``tokens`` [batch, pos], then
+    top-k, or else top-p (TransformerLens: the two are exclusive, top-k wins).
+    ``temperature == 0`` is greedy (after the repetition penalty). ``seed`` /
+    ``generator`` make the draw reproducible (the same on any thread count).
+    """
+    logits = np.asarray(to_numpy(final_logits), dtype=np.float32)
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k has to be greater than 0, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p has to be in (0, 1], got {top_p}")
+    if freq_penalty and tokens is None:
+        raise ValueError("freq_penalty needs tokens (the sequence so far)")
+    hist = None if tokens is None else np.asarray(to_numpy(tokens), dtype=np.int64)
+    if temperature == 0.0:
+        if repetition_penalty != 1.0 and hist is not None:
+            logits = _core.sampling_logits(logits, hist, repetition_penalty=repetition_penalty)
+        return _core.argmax_rows(logits)
+    return _core.sample(logits, hist, temperature=temperature, top_k=top_k or 0,
+                        top_p=1.0 if top_p is None else top_p, freq_penalty=freq_penalty,
+                        repetition_penalty=repetition_penalty, rules="tl",
+                        seed=resolve_seed(seed, generator))
+
+
+def progress(total, verbose):
+    """A tqdm bar over ``total`` steps when ``verbose`` and tqdm is installed, else None."""
+    if not verbose:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total)
+
+
+def check_prompt(tokens, d_vocab, n_ctx, max_new_tokens, where):
+    """Refuse what cannot be generated from: an empty prompt, ids outside the
+    vocabulary, a sequence that would outgrow the context (the model has absolute
+    positions up to ``n_ctx``: the request is refused before any step runs)."""
+    if isinstance(max_new_tokens, (bool, np.bool_)) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 0:
+        raise ValueError(f"{where}: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    B, T = tokens.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"{where}: the prompt is empty (token shape {tokens.shape}); give at "
+                         f"least one token per row")
+    bad = (tokens < 0) | (tokens >= d_vocab)
+    if bad.any():
+        r, t = map(int, np.argwhere(bad)[0])
+        raise ValueError(f"{where}: token id {int(tokens[r, t])} at [{r}, {t}] is outside the "
+                         f"vocabulary [0, {d_vocab})")
+    if T + max_new_tokens > n_ctx:
+        raise ValueError(f"{where}: prompt of {T} tokens + max_new_tokens={max_new_tokens} exceeds "
+                         f"the context of {n_ctx} positions")
+
+
+def _as_tokens(input, where):
+    arr = np.asarray(to_numpy(input))
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{where}: input must be a string, a list of strings or integer token "
+                        f"ids [batch, pos]; got dtype {arr.dtype} (input embeddings are not "
+                        f"supported)")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2:
+        raise ValueError(f"{where}: token ids must be [batch, pos], got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _decode(tok, ids):
+    ids = [int(i) for i in ids]
+    try:
+        return tok.decode(ids, skip_special_tokens=True)
+    except TypeError:
+        return tok.decode(ids)
+
+
+class GenerationMixin:
+    """``generate`` / ``generate_stream`` for ``HookedTransformer`` (TransformerLens API)."""
+
+    def _tl_pad_id(self):
+        tok = self.tokenizer
+        pad = getattr(tok, "pad_token_id", None)
+        if pad is None:   # the id to_tokens pads with
+            pad = getattr(tok, "bos_token_id", None)
+            if pad is None:
+                pad = getattr(tok, "eos_token_id", None) or 0
+        return pad
+
+    def _tl_attention_mask(self, tokens, prepend_bos, padding_side):
+        """TransformerLens's ``get_attention_mask``: 0 on the leading (left padding) or
+        trailing (right padding) pad tokens, and the BOS kept when it shares the pad id."""
+        tok = self.tokenizer
+        pad = self._tl_pad_id()
+        real = tokens != pad
+        mask = np.ones(tokens.shape, np.int64)
+        if padding_side == "right":
+            mask[np.cumsum(real[:, ::-1], axis=1)[:, ::-1] == 0] = 0
+        else:
+            leading = np.cumsum(real, axis=1) == 0
+            mask[leading] = 0
+            if prepend_bos and getattr(tok, "bos_token_id", None) == pad:
+                mask[np.arange(len(tokens)), leading.sum(-1) - 1] = 1
+        return mask
+
+    def _generation_input(self, input, prepend_bos, padding_side, return_type, where):
+        """(tokens [B, T] int64, attention mask or None, return_type) as TransformerLens
+        prepares them: strings tokenized (a batch of several strings padded on the left),
+        the mask from the pad tokens whenever the model has a tokenizer."""
+        if return_type not in _RETURN_TYPES:
+            raise ValueError(f"{where}: return_type must be one of {list(_RETURN_TYPES)}, got "
+                             f"{return_type!r} (input embeddings are not supported)")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"{where}: padding_side must be 'left', 'right' or None, got "
+                             f"{padding_side!r}")
+        if prepend_bos is None:
+            prepend_bos = getattr(self.cfg, "default_prepend_bos", True)
+        side = padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
+        if isinstance(input, (str, list, tuple)) and (isinstance(input, str) or
+                                                      any(isinstance(s, str) for s in input)):
+            if isinstance(input, (list, tuple)) and not all(isinstance(s, str) for s in input):
+                raise TypeError(f"{where}: a list input must hold only strings")
+            if isinstance(input, (list, tuple)) and not input:
+                raise ValueError(f"{where}: the list of prompts is empty")
+            if self.tokenizer is None:
+                raise ValueError(f"{where}: string input needs a tokenizer")
+            if isinstance(input, (list, tuple)) and len(input) > 1:
+                side = "left"   # real tokens flush right, so the last column is every row's next
+            tokens = np.asarray(self.to_tokens(list(input) if not isinstance(input, str) else input,
+                                               prepend_bos=prepend_bos, padding_side=side))
+            kind = "str"
+        else:
+            tokens = _as_tokens(input, where)
+            kind = "tokens"
+        if return_type == "input":
+            return_type = kind
+        if return_type == "str" and self.tokenizer is None:
+            raise ValueError(f"{where}: return_type='str' needs a tokenizer")
+        mask = None
+        if self.tokenizer is not None and tokens.size:
+            mask = self._tl_attention_mask(tokens, prepend_bos, side)
+        return tokens, mask, return_type
+
+    def _generation_steps(self, tokens, mask, max_new_tokens, stop_at_eos, eos_token_id,
+                          do_sample, top_k, top_p, temperature, freq_penalty, seed, bar):
+        """Yield the next token of every row [B], one step at a time (TransformerLens's
+        loop: rows that produced an end token get the padding end token from then on)."""
+        if top_k is not None and top_k <= 0:
+            raise ValueError(f"top_k has to be greater than 0, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p has to be in (0, 1], got {top_p}")
+        stop, pad_eos = [], 0
+        if stop_at_eos:
+            tok_eos = getattr(self.tokenizer, "eos_token_id", None)
+            if eos_token_id is None:
+                if tok_eos is None:
+                    raise ValueError("generate: stop_at_eos=True needs eos_token_id (the model has "
+                                     "no tokenizer with an eos_token_id)")
+                eos_token_id = tok_eos
+            if isinstance(eos_token_id, (int, np.integer)):
+                stop, pad_eos = [int(eos_token_id)], int(eos_token_id)
+            else:
+                stop = [int(e) for e in eos_token_id]
+                pad_eos = tok_eos if tok_eos is not None else stop[0]
+        B = tokens.shape[0]
+        finished = np.zeros(B, bool)
+        seq = tokens
+        for step in range(max_new_tokens):
+            m = None if mask is None else np.concatenate([mask, np.ones((B, step), mask.dtype)], 1)
+            logits = to_numpy(self.forward(seq, attention_mask=m))
+            last = np.array(logits[:, -1], dtype=np.float32)
+            if do_sample and temperature != 0.0:
+                nxt = _core.sample(last, seq if freq_penalty else None, temperature=temperature,
+                                   top_k=top_k or 0, top_p=1.0 if top_p is None else top_p,
+                                   freq_penalty=freq_penalty, rules="tl", seed=seed, counter=step)
+            else:
+                nxt = _core.argmax_rows(last)
+            if stop:
+                nxt[finished] = pad_eos
+                finished |= np.isin(nxt, stop)
+            seq = np.concatenate([seq, nxt[:, None]], 1)
+            if bar is not None:
+                bar.update(1)
+            yield nxt
+            if stop and finished.all():
+                break
+
+    def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None,
+                 do_sample=True, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0,
+                 use_past_kv_cache=True, prepend_bos=None, padding_side=None,
+                 return_type="input", verbose=True, seed=None):
+        """Continue ``input`` by up to ``max_new_tokens`` tokens (TransformerLens's ``generate``).
+
+        ``input``: a string, a list of strings (padded on the left) or token ids [batch, pos].
+        Stops early when every row has produced ``eos_token_id`` (default the tokenizer's)
+        with ``stop_at_eos``; finished rows are padded with the end token. ``do_sample=False``
+        is greedy (first maximum); otherwise tokens are drawn from softmax(logits / temperature)
+        after ``freq_penalty`` and top-k or else top-p (TransformerLens's rules), by the C
+        sampler with ``seed`` (a fresh random seed when None; the same seed gives the same
+        tokens on any thread count). A model with a tokenizer masks the padding as
+        TransformerLens does (``get_attention_mask`` on ``padding_side``), positions skipping it.
+        ``use_past_kv_cache``: accepted, same tokens; the C core has no KV cache yet, so each
+        step recomputes the whole sequence. Prompt length + ``max_new_tokens`` beyond ``n_ctx``
+        is refused up front (ValueError). ``return_type``: "input" (strings for string input,
+        else tokens), "str" (decoded, one string for a batch of one) or "tokens" (int64
+        [batch, pos + new], prompt included). ``verbose`` shows a tqdm bar when tqdm is
+        installed.
+        """
+        tokens, mask, return_type = self._generation_input(input, prepend_bos, padding_side,
+                                                           return_type, "generate")
+        check_prompt(tokens, self.cfg.d_vocab, self.cfg.n_ctx, max_new_tokens, "generate")
+        bar = progress(max_new_tokens, verbose)
+        try:
+            new = list(self._generation_steps(tokens, mask, max_new_tokens, stop_at_eos,
+                                              eos_token_id, do_sample, top_k, top_p, temperature,
+                                              freq_penalty, resolve_seed(seed), bar))
+        finally:
+            if bar is not None:
+                bar.close()
+        out = np.concatenate([tokens] + [t[:, None] for t in new], 1)
+        if return_type == "tokens":
+            return out
+        texts = [_decode(self.tokenizer, row) for row in out]
+        return texts[0] if len(texts) == 1 else texts
+
+    def generate_stream(self, input="", max_new_tokens=10, max_tokens_per_yield=25,
+                        stop_at_eos=True, eos_token_id=None, do_sample=True, top_k=None,
+                        top_p=None, temperature=1.0, freq_penalty=0.0, use_past_kv_cache=True,
+                        prepend_bos=None, padding_side=None, return_type="input", verbose=True,
+                        seed=None):
+        """``generate`` as an iterator (TransformerLens's ``generate_stream``): yields token ids
+        [batch, n] as they are produced, a chunk once it holds ``max_tokens_per_yield`` columns
+        (the first starts with the prompt, whose tokens count, as in TransformerLens). Same
+        arguments and tokens as ``generate``."""
+        if max_tokens_per_yield < 1:
+            raise ValueError(f"generate_stream: max_tokens_per_yield must be >= 1, got "
+                             f"{max_tokens_per_yield}")
+        tokens, mask, _ = self._generation_input(input, prepend_bos, padding_side, return_type,
+                                                 "generate_stream")
+        check_prompt(tokens, self.cfg.d_vocab, self.cfg.n_ctx, max_new_tokens, "generate_stream")
+        bar = progress(max_new_tokens, verbose)
+        chunk, n_new = [tokens], 0
+        try:
+            for nxt in self._generation_steps(tokens, mask, max_new_tokens, stop_at_eos,
+                                              eos_token_id, do_sample, top_k, top_p, temperature,
+                                              freq_penalty, resolve_seed(seed), bar):
+                chunk.append(nxt[:, None])
+                n_new += 1
+                if sum(c.shape[1] for c in chunk) >= max_tokens_per_yield:
+                    yield np.concatenate(chunk, 1)
+                    chunk, n_new = [], 0
+            if n_new:
+                yield np.concatenate(chunk, 1)
+        finally:
+            if bar is not None:
+                bar.close()
