@@ -330,3 +330,17 @@ def test_hf_bad_input_clear_errors_model_usable(hf_pair, tok):
     with pytest.raises(TypeError, match="unexpected keyword"):
         m.generate(ids, num_beams=4)
     np.testing.assert_array_equal(m.generate(ids, max_new_tokens=3), before)
+
+
+def test_hf_torch_array_type_returns_tensor(hf_pair, tok):
+    """Under set_array_type('torch') the sequences come back as a torch tensor, same ids."""
+    hf, m = hf_pair
+    ids = np.array([tok.encode(PROMPTS[0])])
+    plain = m.generate(ids, max_new_tokens=4)
+    mechinterp_c.set_array_type("torch")
+    try:
+        t = m.generate(torch.tensor(ids), max_new_tokens=4)
+    finally:
+        mechinterp_c.set_array_type("numpy")
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.int64
+    np.testing.assert_array_equal(t.numpy(), plain)
