@@ -24,20 +24,10 @@ from collections import Counter
 
 import numpy as np
 
+from .devices import check_cpu_device  # noqa: F401 (also imported from here by hook_points)
 from .utils import Slice, get_act_name, to_numpy
 
 _NORM_TYPES = ("LN", "LNPre", "RMS", "RMSPre")
-
-
-def check_cpu_device(device):
-    """Accept None or a CPU device (a string, or anything whose ``str`` is one, such as a
-    ``torch.device``); any other device is a ValueError: the arrays live in host memory."""
-    if device is None:
-        return
-    name = str(device)
-    if name != "cpu" and not name.startswith("cpu:"):
-        raise ValueError(f"device={name!r}: mechinterp_c computes and keeps activations in CPU "
-                         f"memory only; use device=None or 'cpu'")
 
 
 def _as_slice(s):

@@ -238,8 +238,12 @@ class HookedTransformerConfig:
         # a transformer_lens config (or any object with the same fields)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         vals = {n: getattr(config, n) for n in names if hasattr(config, n)}
+        # torch's dtype and device objects as their names ("float32", "cpu"): the model
+        # refuses any it cannot honour instead of dropping them
         for n in ("dtype", "device"):
-            vals.pop(n, None)
+            if n in vals and vals[n] is not None:
+                v = vals[n]
+                vals[n] = str(getattr(v, "type", v)).replace("torch.", "")
         return cls(**vals)
 
     def to_dict(self):

@@ -19,7 +19,8 @@ import secrets
 import numpy as np
 
 from . import _core
-from .utils import to_numpy
+from .hooked_text import check_padding_side
+from .utils import get_attention_mask, to_numpy
 
 _RETURN_TYPES = ("input", "str", "tokens")
 
@@ -56,35 +57,6 @@ def resolve_seed(seed=None, generator=None):
         return int(torch.randint(0, (1 << 63) - 1, (1,), generator=generator).item())
     raise TypeError(f"generator must be a torch.Generator or numpy.random.Generator, "
                     f"got {type(generator).__name__}")
-
-
-def sample_logits(final_logits, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0,
-                  repetition_penalty=1.0, tokens=None, seed=None, generator=None):
-    """TransformerLens's ``utils.sample_logits`` on the C sampler: one token id per row
-    of ``final_logits`` [batch, d_vocab] (int64 [batch]).
-
-    Repetition penalty (Hugging Face's rule, on ``tokens``), then ``/ temperature``,
-    then ``- freq_penalty * count`` of each token in ``tokens`` [batch, pos], then
-    top-k, or else top-p (TransformerLens: the two are exclusive, top-k wins).
-    ``temperature == 0`` is greedy (after the repetition penalty). ``seed`` /
-    ``generator`` make the draw reproducible (the same on any thread count).
-    """
-    logits = np.asarray(to_numpy(final_logits), dtype=np.float32)
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k has to be greater than 0, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p has to be in (0, 1], got {top_p}")
-    if freq_penalty and tokens is None:
-        raise ValueError("freq_penalty needs tokens (the sequence so far)")
-    hist = None if tokens is None else np.asarray(to_numpy(tokens), dtype=np.int64)
-    if temperature == 0.0:
-        if repetition_penalty != 1.0 and hist is not None:
-            logits = _core.sampling_logits(logits, hist, repetition_penalty=repetition_penalty)
-        return _core.argmax_rows(logits)
-    return _core.sample(logits, hist, temperature=temperature, top_k=top_k or 0,
-                        top_p=1.0 if top_p is None else top_p, freq_penalty=freq_penalty,
-                        repetition_penalty=repetition_penalty, rules="tl",
-                        seed=resolve_seed(seed, generator))
 
 
 def progress(total, verbose):
@@ -143,31 +115,6 @@ def _decode(tok, ids):
 class GenerationMixin:
     """``generate`` / ``generate_stream`` for ``HookedTransformer`` (TransformerLens API)."""
 
-    def _tl_pad_id(self):
-        tok = self.tokenizer
-        pad = getattr(tok, "pad_token_id", None)
-        if pad is None:   # the id to_tokens pads with
-            pad = getattr(tok, "bos_token_id", None)
-            if pad is None:
-                pad = getattr(tok, "eos_token_id", None) or 0
-        return pad
-
-    def _tl_attention_mask(self, tokens, prepend_bos, padding_side):
-        """TransformerLens's ``get_attention_mask``: 0 on the leading (left padding) or
-        trailing (right padding) pad tokens, and the BOS kept when it shares the pad id."""
-        tok = self.tokenizer
-        pad = self._tl_pad_id()
-        real = tokens != pad
-        mask = np.ones(tokens.shape, np.int64)
-        if padding_side == "right":
-            mask[np.cumsum(real[:, ::-1], axis=1)[:, ::-1] == 0] = 0
-        else:
-            leading = np.cumsum(real, axis=1) == 0
-            mask[leading] = 0
-            if prepend_bos and getattr(tok, "bos_token_id", None) == pad:
-                mask[np.arange(len(tokens)), leading.sum(-1) - 1] = 1
-        return mask
-
     def _generation_input(self, input, prepend_bos, padding_side, return_type, where):
         """(tokens [B, T] int64, attention mask or None, return_type) as TransformerLens
         prepares them: strings tokenized (a batch of several strings padded on the left),
@@ -175,9 +122,7 @@ class GenerationMixin:
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"{where}: return_type must be one of {list(_RETURN_TYPES)}, got "
                              f"{return_type!r} (input embeddings are not supported)")
-        if padding_side not in (None, "left", "right"):
-            raise ValueError(f"{where}: padding_side must be 'left', 'right' or None, got "
-                             f"{padding_side!r}")
+        check_padding_side(padding_side)
         if prepend_bos is None:
             prepend_bos = getattr(self.cfg, "default_prepend_bos", True)
         side = padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
@@ -203,7 +148,7 @@ class GenerationMixin:
             raise ValueError(f"{where}: return_type='str' needs a tokenizer")
         mask = None
         if self.tokenizer is not None and tokens.size:
-            mask = self._tl_attention_mask(tokens, prepend_bos, side)
+            mask = get_attention_mask(self.tokenizer, tokens, prepend_bos, side)
         return tokens, mask, return_type
 
     def _generation_steps(self, tokens, mask, max_new_tokens, stop_at_eos, eos_token_id,

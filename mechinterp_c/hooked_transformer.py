@@ -6,16 +6,18 @@ of the C model's one parameter blob (``model.blocks[0].attn.W_Q[...] = x``
 changes what the C core computes); activations are zero-copy views of the
 per-call arena, valid after later calls and after the model is deleted.
 """
-import contextlib
+import warnings
 
 import numpy as np
 
-from . import _core
-from .activation_cache import ActivationCache, check_cpu_device
+from . import _core, utils
+from .activation_cache import ActivationCache
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
+from .devices import CPUFloat32, check_cpu_device, check_dtype
 from .generation import GenerationMixin
 from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
+from .hooked_text import TextMixin, check_padding_side
 from .utils import to_numpy
 
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
@@ -64,13 +66,39 @@ class _Norm(_Module):
 class _Weight(np.ndarray):
     """A writable view of the C model's weights: a plain NumPy array except that
     ``.data`` is the array itself (not a memoryview), so torch idioms such as
-    ``model.pos_embed.W_pos.data[:] = 0`` edit the weights as in TransformerLens.
-    Arithmetic on it gives plain arrays."""
+    ``model.pos_embed.W_pos.data[:] = 0`` edit the weights as in TransformerLens, and
+    ``requires_grad`` freezes the parameter for training as in torch
+    (``model.pos_embed.W_pos.requires_grad = False`` is ``get_parameter(
+    "pos_embed.W_pos").requires_grad = False``). Arithmetic on it gives plain arrays;
+    a slice or copy reports its parameter's flag but cannot set it (freezing part of a
+    parameter is not supported: AttributeError)."""
+
+    def __array_finalize__(self, obj):
+        self._param_name = None            # set on the parameter's own view only
+        self._requires_grad = getattr(obj, "_requires_grad", True)
 
     @property
     def data(self):
         """The weights themselves as a plain ndarray view (torch's ``.data``)."""
         return self.view(np.ndarray)
+
+    @property
+    def requires_grad(self):
+        """Whether training (``backward``, ``optim``) updates this parameter."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if self._param_name is None:
+            raise AttributeError("requires_grad can only be set on a whole parameter (e.g. "
+                                 "model.pos_embed.W_pos or model.get_parameter(name)), not on a "
+                                 "slice, copy or result of one")
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, requires_grad=True):
+        """torch's in-place ``requires_grad_``: sets ``requires_grad``; returns self."""
+        self.requires_grad = requires_grad
+        return self
 
     def __array_wrap__(self, obj, context=None, return_scalar=False):
         obj = obj.view(np.ndarray)
@@ -89,6 +117,8 @@ def _param_view(params, name):
 
 
 def _check_unsupported(cfg):
+    check_dtype(cfg.dtype, "HookedTransformerConfig")
+    check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
     if cfg.positional_embedding_type != "standard":
         bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
@@ -107,21 +137,31 @@ def _check_unsupported(cfg):
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
 
 
-class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
+class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32, GenerationMixin):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its
     fields) builds a seeded, GPT-2-initialised model (weights N(0, initializer_range),
     biases 0, norm weights 1). Load TransformerLens weights with
     ``load_state_dict({k: v.numpy() for k, v in tl_model.state_dict().items()})``.
+    With a ``tokenizer`` the model takes text (see :mod:`mechinterp_c.hooked_text`);
+    ``default_padding_side`` ("left" / "right") becomes the tokenizer's padding side.
     """
 
     # C spec flags beyond the config (REVE's subclass: no positional table, no head)
     _CORE_SPEC = {"pos_embed": True}
 
-    def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side="right"):
+    def __init__(self, cfg, tokenizer=None, move_to_device=True, default_padding_side=None):
         self.cfg = HookedTransformerConfig.unwrap(cfg)
-        self.tokenizer = tokenizer
+        self.tokenizer = None
+        check_padding_side(default_padding_side, "default_padding_side")
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
+        elif default_padding_side is not None:
+            # TransformerLens logs the same warning and also goes on without a tokenizer
+            warnings.warn("default_padding_side is given but ignored because the model has no "
+                          "tokenizer (pass tokenizer=... or call set_tokenizer(tok, "
+                          "default_padding_side=...))", stacklevel=2)
         _check_unsupported(self.cfg)
         self._build()
         if self.cfg.init_weights:
@@ -145,27 +185,15 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         return cls.from_pretrained(model_name, fold_ln=False, center_writing_weights=False,
                                    center_unembed=False, fold_value_biases=False, **kwargs)
 
-    def to_tokens(self, input, prepend_bos=None, padding_side=None, move_to_device=True,
-                  truncate=True):
-        """Token ids [batch, pos] of a string or list of strings (needs ``self.tokenizer``)."""
-        from .transformers.modeling_gpt2 import tl_to_tokens
-        return tl_to_tokens(self, input, prepend_bos, padding_side, truncate)
-
-    def to_string(self, tokens):
-        """Decode token ids ([pos] -> str, [batch, pos] -> list of str)."""
-        from .transformers.modeling_gpt2 import tl_to_string
-        return tl_to_string(self, tokens)
-
-    def to_str_tokens(self, input, prepend_bos=None, padding_side=None):
-        """The string of every token of ``input`` (a string or 1-D token ids)."""
-        from .transformers.modeling_gpt2 import tl_to_str_tokens
-        return tl_to_str_tokens(self, input, prepend_bos, padding_side)
-
     # ------------------------------------------------------------ structure
-    def _build(self):
-        """(Re)create the C model and the module tree from ``self.cfg``."""
+    def _build(self, params_from=None):
+        """(Re)create the C model and the module tree from ``self.cfg``. With ``params_from``
+        (the previous C model) the new one reads that model's weights in place when the
+        parameter layout is unchanged, and the existing weight views (``self._params``)
+        are kept; returns whether it does. Existing HookPoints are kept (with their
+        hooks, so handles taken earlier still remove them); only their ids change."""
         cfg = self.cfg
-        self._core = _core.Model(
+        core = _core.Model(
             n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
             d_mlp=cfg.d_mlp if not cfg.attn_only else 0, d_vocab=cfg.d_vocab,
             d_vocab_out=cfg.d_vocab_out, n_ctx=cfg.n_ctx, norm=_NORM_CODE[cfg.normalization_type],
@@ -175,24 +203,31 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
             use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
             use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
-        self._raw = self._core.params()
+        shared = params_from is not None and core.share_params(params_from)
+        self._core = core
+        self._raw = core.params()
         self._n_points = self._core.n_points
         self._points = [None] * self._n_points
         self._point_layer = {}
+        old = self.__dict__.get("hook_dict", {})
         # hook_dict: every HookPoint TransformerLens's module tree has, in its module
         # order (the C core's hook point table); points this config never fires
         # (hook_result without use_attn_result, hook_attn_in, ...) have no point id and
         # accept hooks that never run, as in TransformerLens.
         self.hook_dict = {}
         for name, pid, layer, fires in self._core.hook_points():
-            self.hook_dict[name] = HookPoint(name, pid if fires else None)
+            hp = old.get(name) or HookPoint(name, None)
+            hp.point_id = pid if fires else None
+            self.hook_dict[name] = hp
             if fires:
-                self._points[pid] = self.hook_dict[name]
+                self._points[pid] = hp
                 self._point_layer[pid] = layer
         # point ids are in forward (firing) order
         self._fire_order = [hp.name for hp in self._points if hp is not None]
-        self._params = self._tl_params()
+        if not shared:
+            self._params = self._tl_params()
         self._make_modules()
+        return shared
 
     def _tl_params(self):
         """TransformerLens-named, -shaped writable views of the blob."""
@@ -218,7 +253,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
             if w in raw:
                 out[w] = raw[w]
-        return {k: v.view(_Weight) for k, v in out.items()}
+        params = {k: v.view(_Weight) for k, v in out.items()}
+        for k, v in params.items():
+            v._param_name = k
+        return params
 
     def _make_modules(self):
         cfg, P = self.cfg, self._params
@@ -330,14 +368,21 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         self.load_state_dict(sd, strict=False)
 
     def _rebuild(self):
-        """Recreate the C model after a cfg change, keeping weights and hooks."""
-        weights = {k: v.copy() for k, v in self._params.items()}
-        hooks = {n: hp._handles for n, hp in self.hook_dict.items()}
-        self._build()
-        for n, hs in hooks.items():
-            if n in self.hook_dict:
-                self.hook_dict[n]._handles = hs
-        self.load_state_dict(weights, strict=False)
+        """Recreate the C model after a cfg change (also from a hook, mid-pass: that pass
+        finishes on the old C model). Hooks stay (same HookPoints, same handles). The
+        weights stay: with an unchanged parameter layout (every ``set_use_*`` switch) the
+        new C model reads the same memory, so weight views taken before (``W =
+        model.W_E``) still read and edit the model. When the layout changes (LayerNorm
+        folded into LNPre) the weights are copied over with their ``requires_grad`` and
+        the old views become read-only, so a stale edit fails loudly."""
+        old_core, old_params = self._core, self._params
+        if self._build(params_from=old_core):
+            return
+        self.load_state_dict(old_params, strict=False)
+        for k, v in old_params.items():
+            if k in self._params:
+                self._params[k].requires_grad = v.requires_grad
+            v.flags.writeable = False
 
     def set_use_attn_result(self, use_attn_result):
         """Turn ``attn.hook_result`` (per-head outputs [batch, pos, head, d_model]) on or off."""
@@ -367,20 +412,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         self.cfg.use_attn_in = bool(use_attn_in)
         self._rebuild()
 
-    def to(self, *args, **kwargs):
-        """No-op (CPU only); returns self so ``model.to(device)`` works."""
-        return self
-
-    def cpu(self):
-        """No-op; returns self."""
-        return self
-
     def eval(self):
         """No-op (no dropout); returns self."""
         return self
 
     def train(self, mode=True):
         """No-op (no dropout); returns self."""
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` of every parameter (torch's ``Module.requires_grad_``)."""
+        for w in self._params.values():
+            w.requires_grad = requires_grad
         return self
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
@@ -481,31 +524,27 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
                                   pos_ids, key_mask, stop)
 
+    def loss_fn(self, logits, tokens, attention_mask=None, per_token=False):
+        """Next-token cross-entropy, ``utils.lm_cross_entropy_loss`` in float32 (as
+        TransformerLens's ``loss_fn``): the mean, or [batch, pos - 1] with per_token."""
+        loss = utils.lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
+        return loss.astype(np.float32) if per_token else np.float32(loss)
+
     def _loss(self, logits, tokens, attention_mask, per_token):
-        """Next-token cross-entropy as TransformerLens's ``lm_cross_entropy_loss``."""
         tokens = self._tokens(tokens)
-        lg = logits[:, :-1].astype(np.float64)
-        mx = lg.max(-1, keepdims=True)
-        lse = np.log(np.exp(lg - mx).sum(-1)) + mx[..., 0]
-        picked = np.take_along_axis(lg, tokens[:, 1:, None], -1)[..., 0]
-        logp = picked - lse
         if attention_mask is not None:
-            m = np.asarray(to_numpy(attention_mask)).reshape(tokens.shape) != 0
-            nxt = m[:, :-1] & m[:, 1:]
-            logp = np.where(nxt, logp, 0.0)
-            n = nxt.sum()
-        else:
-            n = logp.size
-        if per_token:
-            return (-logp).astype(np.float32)
-        return np.float32(-logp.sum() / n)
+            attention_mask = np.asarray(to_numpy(attention_mask)).reshape(tokens.shape)
+        return self.loss_fn(logits, tokens, attention_mask, per_token)
 
     def forward(self, input, return_type="logits", loss_per_token=False, prepend_bos=None,
                 padding_side=None, start_at_layer=None, tokens=None, shortformer_pos_embed=None,
                 attention_mask=None, stop_at_layer=None, past_kv_cache=None):
-        """Run the model on token ids ``input`` ([batch, pos] or [pos] ints).
+        """Run the model on ``input``: token ids ([batch, pos] or [pos] ints), a string or a
+        list of strings (tokenized by ``to_tokens`` with ``prepend_bos`` and ``padding_side``).
 
-        return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
+        Left padding (``padding_side``, else the tokenizer's) without an
+        ``attention_mask`` gets the mask ``utils.get_attention_mask`` builds from the
+        tokens, as TransformerLens. return_type "logits" ([batch, pos, d_vocab_out]), "loss" (mean next-token
         cross-entropy; per position [batch, pos-1] with loss_per_token), "both"
         ((logits, loss)) or None. ``attention_mask`` [batch, pos] (1 keep, 0 pad) masks
         padded keys and shifts positions as TransformerLens (one deliberate difference:
@@ -516,6 +555,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         """
         if past_kv_cache is not None or shortformer_pos_embed is not None:
             raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        if start_at_layer is None:
+            input, attention_mask = self._input_tokens(input, prepend_bos, padding_side, attention_mask)
         return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
                              start_at_layer=start_at_layer, loss_tokens=tokens)[0]
 
@@ -587,10 +628,15 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
         attention_mask = model_kwargs.pop("attention_mask", None)
         stop_at_layer = model_kwargs.pop("stop_at_layer", None)
         start_at_layer = model_kwargs.pop("start_at_layer", None)
+        prepend_bos = model_kwargs.pop("prepend_bos", None)
+        padding_side = model_kwargs.pop("padding_side", None)
         loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
+        if start_at_layer is None:
+            tokens, attention_mask = self._input_tokens(tokens, prepend_bos, padding_side, attention_mask)
+        points, fire_order = self._points, self._fire_order   # a hook may rebuild the model
         # nothing needed past the last cached layer when no output is wanted: stop there
         stop_layer = None
         if return_type is None and stop_at_layer is None and start_at_layer is None and not any(
@@ -601,8 +647,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, GenerationMixin):
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
                                  ids, stop_layer, start_at_layer, loss_tokens)
-        cache = {self._points[pid].name: v for pid, v in raw.items()}
-        cache = {n: cache[n] for n in self._fire_order if n in cache}   # forward order
+        cache = {points[pid].name: v for pid, v in raw.items()}
+        cache = {n: cache[n] for n in fire_order if n in cache}   # forward order
         if remove_batch_dim:
             cache = {n: v[0] for n, v in cache.items()}
         if reset_hooks_end and clear_contexts:

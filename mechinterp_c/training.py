@@ -23,15 +23,31 @@ from . import optim  # noqa: F401  (makes ``mechinterp_c.optim`` available)
 
 class Parameter:
     """One named model parameter: ``.data`` (writable view of the weights), ``.grad``
-    (view of its gradient, same shape/strides), settable ``.requires_grad``."""
+    (view of its gradient, same shape/strides), settable ``.requires_grad``, which is
+    the flag of the weight view itself (``model.pos_embed.W_pos.requires_grad``): one
+    flag, whichever of the two sets it."""
 
-    __slots__ = ("name", "data", "grad", "requires_grad")
+    __slots__ = ("name", "data", "grad")
 
     def __init__(self, name, data, grad, requires_grad=True):
+        from .hooked_transformer import _Weight
+        if not isinstance(data, _Weight):      # a plain array: its own weight view holds the flag
+            data = data.view(_Weight)
+            data._param_name = name
         self.name = name
         self.data = data
         self.grad = grad
-        self.requires_grad = bool(requires_grad)
+        if not requires_grad:
+            self.requires_grad = False
+
+    @property
+    def requires_grad(self):
+        """Whether training updates this parameter."""
+        return self.data.requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self.data.requires_grad = value
 
     @property
     def shape(self):
@@ -66,13 +82,8 @@ class _TrainState:
 
 def _state(model):
     st = getattr(model, "_train_state", None)
-    if st is None or st.core is not model._core:
-        old = st
+    if st is None or st.core is not model._core:   # new, or the C model was rebuilt
         st = _TrainState(model)
-        if old is not None:   # a rebuilt model (e.g. LN folded): keep requires_grad flags
-            for n, p in old.params.items():
-                if n in st.params:
-                    st.params[n].requires_grad = p.requires_grad
         model._train_state = st
     return st
 

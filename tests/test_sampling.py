@@ -9,7 +9,6 @@ import pytest
 
 import mechinterp_c
 from mechinterp_c import _core
-from mechinterp_c.generation import sample_logits
 
 torch = pytest.importorskip("torch")
 
@@ -185,26 +184,11 @@ def test_argmax_first_max_and_nan_as_torch():
     np.testing.assert_array_equal(_core.argmax_rows(x), torch.tensor(x).argmax(-1).numpy())
 
 
-def test_top_k1_is_greedy_and_temperature0_is_greedy():
+def test_top_k1_is_greedy():
     """Without ties at the top (with them top_k=1 keeps every tied token, as both libraries)."""
     x = _logits(B=16, V=80, seed=5, ties=False)
     g = _core.argmax_rows(x)
     np.testing.assert_array_equal(_core.sample(x, top_k=1, seed=1), g)
-    np.testing.assert_array_equal(sample_logits(x, temperature=0.0), g)
-    np.testing.assert_array_equal(sample_logits(x, top_k=1, seed=8), g)
-
-
-def test_sample_logits_tl_wrapper_matches_core():
-    x, h = _logits(), _hist()
-    a = sample_logits(x, top_p=0.8, temperature=0.9, freq_penalty=0.2, tokens=h, seed=3)
-    b = _core.sample(x, h, top_p=0.8, temperature=0.9, freq_penalty=0.2, seed=3)
-    np.testing.assert_array_equal(a, b)
-    t = sample_logits(torch.tensor(x), top_k=5, seed=3)
-    assert t.shape == (4,) and t.dtype == np.int64
-    with pytest.raises(ValueError, match="top_k has to be greater than 0"):
-        sample_logits(x, top_k=0)
-    with pytest.raises(ValueError, match="freq_penalty needs tokens"):
-        sample_logits(x, freq_penalty=1.0)
 
 
 def test_bad_input_clear_errors():

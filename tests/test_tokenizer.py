@@ -278,7 +278,7 @@ def test_save_pretrained_tokenizer_json(hf, tmp_path):
     data = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
     data["model"]["merges"].append("Ġ zzzzunknown")
     (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"tokenizer\.json \(model\.merges\) line \d+: merge of unknown token \"zzzzunknown\""):
+    with pytest.raises(ValueError, match=r"tokenizer\.json model\.merges\[\d+\]: merge of unknown token \"zzzzunknown\""):
         AutoTokenizer.from_pretrained(str(tmp_path))
 
 

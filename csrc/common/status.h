@@ -23,6 +23,7 @@ typedef enum {
     MI_ERR_NOMEM,     /* allocation failed                -> MemoryError  */
     MI_ERR_CALLBACK,  /* a Python callback raised; its exception is set   */
     MI_ERR_INTERNAL,  /* a bug in the core                -> RuntimeError */
+    MI_ERR_UNSUPPORTED, /* a feature the core does not have -> NotImplementedError */
 } mi_status;
 
 /* Record a printf-style message for `code` and return `code`, so call sites

@@ -105,7 +105,8 @@ static void byte_to_unicode_table(uint32_t map[256])
 typedef struct {
     uint32_t key_off, key_len;   /* vocab.json string in tok->keys */
     uint32_t raw_off, raw_len;   /* bytes it decodes to in tok->raw */
-    uint8_t used, special;
+    uint8_t used, special, added;      /* added: split out of text before BPE */
+    uint8_t fallback, fallback_byte;   /* a <0xNN> token (byte fallback) and its byte */
 } token_entry;
 
 typedef struct { int32_t id; } str_slot;                     /* key string -> id; -1 empty */
@@ -120,9 +121,15 @@ struct mi_bpe_tokenizer {
     str_slot *str_map; size_t str_cap, str_count;
     merge_slot *merges; size_t merge_cap;
     int32_t byte_id[256];
+    uint32_t byte_char[256];                     /* bytes_to_unicode */
     special_entry *specials; size_t n_specials, specials_cap;
     char *special_text; size_t special_text_len, special_text_cap;
     uint8_t special_first[256];                  /* first bytes of special tokens */
+    /* tokenizer.json pipeline (all zero for vocab.json + merges.txt) */
+    mi_bpe_options opt;
+    int32_t unk_id;                              /* -1: none */
+    int32_t fallback_id[256];                    /* <0xNN> tokens, -1 absent */
+    int32_t *tpl; int n_tpl_prefix, n_tpl_suffix;  /* post-processor ids */
 };
 
 static mi_status append_bytes(char **buf, size_t *len, size_t *cap, const char *s, size_t n, uint32_t *off)
@@ -199,9 +206,63 @@ static const merge_slot *merge_lookup(const mi_bpe_tokenizer *t, int32_t a, int3
 
 /* ---------------------------------------------------------------- loading */
 
-/* Raw bytes of a vocab.json key: each code point mapped back through bytes_to_unicode.
- * Keys with a code point outside that map (added tokens written as text) decode as their
- * own UTF-8. */
+/* The byte of a "<0xNN>" token (upper-case hex, as byte-fallback vocabularies write it), or -1. */
+static int fallback_byte_of(const char *key, size_t klen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    if (klen != 6 || memcmp(key, "<0x", 3) || key[5] != '>') return -1;
+    const char *h = strchr(hex, key[3]), *l = strchr(hex, key[4]);
+    if (!h || !l || !key[3] || !key[4]) return -1;
+    return (int)((h - hex) * 16 + (l - hex));
+}
+
+/* Append s[0..n) to buf with every `from` replaced by `to` (from.len 0: a plain copy). */
+static mi_status append_replaced(char **buf, size_t *len, size_t *cap, const char *s, size_t n,
+                                 const mi_bpe_str *from, const mi_bpe_str *to)
+{
+    for (size_t i = 0; i < n; ) {
+        const char *piece = s + i;
+        size_t m = 1;
+        if (from->len && from->len <= n - i && !memcmp(s + i, from->text, from->len)) {
+            piece = to->text; m = to->len; i += from->len;
+        } else {
+            i++;
+        }
+        if (grow((void **)buf, cap, *len + m + 1, 1)) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
+        memcpy(*buf + *len, piece, m);
+        *len += m;
+    }
+    return MI_OK;
+}
+
+/* SentencePiece-style decoding of token `id` (its key is set): the key's text through
+ * the Replace decoder, or its byte for a <0xNN> token when the decoder has ByteFallback.
+ * Added tokens decode the same way: the reference runs every token through the decoder. */
+static mi_status set_decoded_text(mi_bpe_tokenizer *t, int32_t id, const char *key, size_t klen)
+{
+    int fb = t->opt.dec_byte_fallback ? fallback_byte_of(key, klen) : -1;
+    char byte = (char)fb, *tmp = NULL;
+    size_t n = 0, cap = 0;
+    token_entry *e = &t->tokens[id];
+    mi_status st = fb >= 0 ? MI_OK : append_replaced(&tmp, &n, &cap, key, klen, &t->opt.dec_from, &t->opt.dec_to);
+    if (st == MI_OK)
+        st = append_bytes(&t->raw, &t->raw_len, &t->raw_cap, fb >= 0 ? &byte : (tmp ? tmp : ""),
+                          fb >= 0 ? 1 : n, &e->raw_off);
+    free(tmp);
+    MI_TRY(st);
+    e = &t->tokens[id];
+    e->raw_len = fb >= 0 ? 1 : (uint32_t)n;
+    e->fallback = fb >= 0;
+    e->fallback_byte = fb >= 0 ? (uint8_t)fb : 0;
+    e->used = 1;
+    return MI_OK;
+}
+
+/* Raw bytes a key decodes to. Byte-level (vocab.json, GPT-2): each code point mapped
+ * back through bytes_to_unicode; keys with a code point outside that map (added tokens
+ * written as text) decode as their own UTF-8. SentencePiece-style (opt.dec_chars): the
+ * key's text through the Replace decoder, and a <0xNN> token its byte when the decoder
+ * has ByteFallback. */
 static mi_status set_token(mi_bpe_tokenizer *t, int32_t id, const char *key, size_t klen,
                            const uint32_t unicode_to_byte[324])
 {
@@ -209,6 +270,7 @@ static mi_status set_token(mi_bpe_tokenizer *t, int32_t id, const char *key, siz
     token_entry *e = &t->tokens[id];
     MI_TRY(append_bytes(&t->keys, &t->keys_len, &t->keys_cap, key, klen, &e->key_off));
     e->key_len = (uint32_t)klen;
+    if (t->opt.dec_chars) return set_decoded_text(t, id, key, klen);
     char tmp[256];
     char *raw = klen <= sizeof tmp ? tmp : malloc(klen);
     if (!raw) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
@@ -230,66 +292,108 @@ static mi_status set_token(mi_bpe_tokenizer *t, int32_t id, const char *key, siz
     return st;
 }
 
-static mi_status load_vocab(mi_bpe_tokenizer *t, const char *json, size_t len, const char *name)
+/* The ids of the single bytes / characters and, for tokenizer.json, of the unk and
+ * <0xNN> tokens (the vocabulary and its string map are complete). */
+static void resolve_symbols(mi_bpe_tokenizer *t, const uint32_t byte_map[256])
+{
+    memcpy(t->byte_char, byte_map, sizeof t->byte_char);
+    for (int b = 0; b < 256; b++) {
+        char buf[4];
+        size_t n = t->opt.chars ? 1 : utf8_put(byte_map[b], buf);
+        if (t->opt.chars) buf[0] = (char)b;
+        /* a character symbol is a whole UTF-8 character: bytes >= 0x80 never stand alone */
+        t->byte_id[b] = t->opt.chars && b >= 0x80 ? -1 : str_lookup(t, buf, n);
+        char fb[7];
+        snprintf(fb, sizeof fb, "<0x%02X>", b);
+        t->fallback_id[b] = str_lookup(t, fb, 6);
+    }
+    t->unk_id = t->opt.unk.len ? str_lookup(t, t->opt.unk.text, t->opt.unk.len) : -1;
+}
+
+/* {token: id} entries of a parsed vocabulary object. */
+static mi_status vocab_from_object(mi_bpe_tokenizer *t, const cJSON *root, const char *name)
 {
     uint32_t byte_map[256], unicode_to_byte[324];
     byte_to_unicode_table(byte_map);
     for (int i = 0; i < 324; i++) unicode_to_byte[i] = 256;     /* 256: not a byte */
     for (int b = 0; b < 256; b++) unicode_to_byte[byte_map[b]] = (uint32_t)b;
+    if (!cJSON_IsObject(root))
+        return mi_fail(MI_ERR_FORMAT, "%s: expected a JSON object {token: id}", name);
+    int n_entries = cJSON_GetArraySize(root);
+    for (const cJSON *it = root->child; it; it = it->next) {
+        double v = it->valuedouble;
+        if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v > 2147483646.0) {
+            char *shown = cJSON_PrintUnformatted(it);
+            mi_status st = mi_fail(MI_ERR_FORMAT, "%s: token \"%s\" has id %s, expected a non-negative integer",
+                                   name, it->string, shown ? shown : "?");
+            free(shown);
+            return st;
+        }
+        int32_t id = (int32_t)v;
+        if ((double)id >= 4.0 * n_entries + 65536)     /* the id table is dense: refuse absurd ids */
+            return mi_fail(MI_ERR_FORMAT, "%s: token \"%s\" has id %d, far past the %d entries of the vocabulary",
+                           name, it->string, id, n_entries);
+        if (id < t->n_tokens && t->tokens[id].used) continue;   /* duplicate id: first wins */
+        MI_TRY(set_token(t, id, it->string, strlen(it->string), unicode_to_byte));
+    }
+    MI_TRY(str_map_rebuild(t));
+    resolve_symbols(t, byte_map);
+    return MI_OK;
+}
 
+static mi_status load_vocab(mi_bpe_tokenizer *t, const char *json, size_t len, const char *name)
+{
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) {
         const char *where = cJSON_GetErrorPtr();
         size_t off = (where && where >= json && where <= json + len) ? (size_t)(where - json) : 0;
         return mi_fail(MI_ERR_FORMAT, "%s: not valid JSON (error near byte %zu)", name, off);
     }
-    mi_status st = MI_OK;
-    if (!cJSON_IsObject(root)) {
-        st = mi_fail(MI_ERR_FORMAT, "%s: expected a JSON object {token: id}", name);
-        goto done;
-    }
-    int n_entries = cJSON_GetArraySize(root);
-    for (cJSON *it = root->child; it; it = it->next) {
-        double v = it->valuedouble;
-        if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v > 2147483646.0) {
-            char *shown = cJSON_PrintUnformatted(it);
-            st = mi_fail(MI_ERR_FORMAT, "%s: token \"%s\" has id %s, expected a non-negative integer",
-                         name, it->string, shown ? shown : "?");
-            free(shown);
-            goto done;
-        }
-        int32_t id = (int32_t)v;
-        if ((double)id >= 4.0 * n_entries + 65536) {   /* the id table is dense: refuse absurd ids */
-            st = mi_fail(MI_ERR_FORMAT, "%s: token \"%s\" has id %d, far past the %d entries of the vocabulary",
-                         name, it->string, id, n_entries);
-            goto done;
-        }
-        if (id < t->n_tokens && t->tokens[id].used) continue;   /* duplicate id: first wins */
-        st = set_token(t, id, it->string, strlen(it->string), unicode_to_byte);
-        if (st != MI_OK) goto done;
-    }
-    st = str_map_rebuild(t);
-    if (st != MI_OK) goto done;
-    for (int b = 0; b < 256; b++) {
-        char buf[4];
-        size_t n = utf8_put(byte_map[b], buf);
-        t->byte_id[b] = str_lookup(t, buf, n);
-    }
-done:
+    mi_status st = vocab_from_object(t, root, name);
     cJSON_Delete(root);
     return st;
+}
+
+static mi_status merges_reserve(mi_bpe_tokenizer *t, size_t n, const char *name)
+{
+    t->merge_cap = pow2_at_least(2 * n + 16);
+    t->merges = malloc(t->merge_cap * sizeof(merge_slot));
+    if (!t->merges) return mi_fail(MI_ERR_NOMEM, "%s: out of memory for %zu merges", name, n);
+    for (size_t i = 0; i < t->merge_cap; i++) t->merges[i].rank = -1;
+    return MI_OK;
+}
+
+/* Merge (a, b) with this rank; `where` names the entry in messages. */
+static mi_status add_merge(mi_bpe_tokenizer *t, const char *a, size_t la, const char *b, size_t lb,
+                           int32_t rank, const char *name, const char *where)
+{
+    int32_t ia = str_lookup(t, a, la), ib = str_lookup(t, b, lb);
+    if (ia < 0 || ib < 0)
+        return mi_fail(MI_ERR_FORMAT, "%s %s: merge of unknown token \"%.*s\" (not in the vocabulary)",
+                       name, where, (int)(ia < 0 ? la : lb), ia < 0 ? a : b);
+    char small[512];
+    char *cat = la + lb <= sizeof small ? small : malloc(la + lb);
+    if (!cat) return mi_fail(MI_ERR_NOMEM, "%s: out of memory", name);
+    memcpy(cat, a, la); memcpy(cat + la, b, lb);
+    int32_t merged = str_lookup(t, cat, la + lb);
+    if (cat != small) free(cat);
+    if (merged < 0)
+        return mi_fail(MI_ERR_FORMAT, "%s %s: merged token \"%.*s%.*s\" is not in the vocabulary",
+                       name, where, (int)la, a, (int)lb, b);
+    uint64_t pair = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+    size_t mask = t->merge_cap - 1, i = hash_u64(pair) & mask;
+    while (t->merges[i].rank >= 0 && t->merges[i].pair != pair) i = (i + 1) & mask;
+    t->merges[i].pair = pair;            /* a repeated pair takes its later rank, as HF does */
+    t->merges[i].rank = rank;
+    t->merges[i].merged = merged;
+    return MI_OK;
 }
 
 static mi_status load_merges(mi_bpe_tokenizer *t, const char *text, size_t len, const char *name)
 {
     size_t n_lines = 1;
     for (size_t i = 0; i < len; i++) n_lines += text[i] == '\n';
-    t->merge_cap = pow2_at_least(2 * n_lines + 16);
-    t->merges = malloc(t->merge_cap * sizeof(merge_slot));
-    if (!t->merges) return mi_fail(MI_ERR_NOMEM, "%s: out of memory for %zu merges", name, n_lines);
-    for (size_t i = 0; i < t->merge_cap; i++) t->merges[i].rank = -1;
-
-    char small[512];
+    MI_TRY(merges_reserve(t, n_lines, name));
     int32_t rank = 0;
     size_t line_no = 0, pos = 0;
     while (pos < len) {
@@ -306,25 +410,9 @@ static mi_status load_merges(mi_bpe_tokenizer *t, const char *text, size_t len, 
         if (!sp || sp == line || sp == line + n - 1 || memchr(sp + 1, ' ', (size_t)(line + n - sp - 1)))
             return mi_fail(MI_ERR_FORMAT, "%s line %zu: expected two tokens separated by one space, got \"%.*s\"",
                            name, line_no, (int)(n > 200 ? 200 : n), line);
-        size_t la = (size_t)(sp - line), lb = n - la - 1;
-        int32_t a = str_lookup(t, line, la), b = str_lookup(t, sp + 1, lb);
-        if (a < 0 || b < 0)
-            return mi_fail(MI_ERR_FORMAT, "%s line %zu: merge of unknown token \"%.*s\" (not in the vocabulary)",
-                           name, line_no, (int)(a < 0 ? la : lb), a < 0 ? line : sp + 1);
-        char *cat = la + lb <= sizeof small ? small : malloc(la + lb);
-        if (!cat) return mi_fail(MI_ERR_NOMEM, "%s: out of memory", name);
-        memcpy(cat, line, la); memcpy(cat + la, sp + 1, lb);
-        int32_t merged = str_lookup(t, cat, la + lb);
-        if (cat != small) free(cat);
-        if (merged < 0)
-            return mi_fail(MI_ERR_FORMAT, "%s line %zu: merged token \"%.*s%.*s\" is not in the vocabulary",
-                           name, line_no, (int)la, line, (int)lb, sp + 1);
-        uint64_t pair = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-        size_t mask = t->merge_cap - 1, i = hash_u64(pair) & mask;
-        while (t->merges[i].rank >= 0 && t->merges[i].pair != pair) i = (i + 1) & mask;
-        t->merges[i].pair = pair;            /* a repeated pair takes its later rank, as HF does */
-        t->merges[i].rank = rank++;
-        t->merges[i].merged = merged;
+        char where[32];
+        snprintf(where, sizeof where, "line %zu", line_no);
+        MI_TRY(add_merge(t, line, (size_t)(sp - line), sp + 1, n - (size_t)(sp - line) - 1, rank++, name, where));
     }
     return MI_OK;
 }
@@ -344,6 +432,81 @@ mi_status mi_bpe_from_memory(const char *vocab_json, size_t vocab_len,
     return MI_OK;
 }
 
+mi_status mi_bpe_from_json(const cJSON *vocab, const cJSON *merges, const mi_bpe_options *opt,
+                           const char *name, mi_bpe_tokenizer **out)
+{
+    *out = NULL;
+    mi_bpe_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
+    t->opt = *opt;
+    char what[512];
+    snprintf(what, sizeof what, "%s: model.vocab", name);
+    mi_status st = vocab_from_object(t, vocab, what);
+    if (st == MI_OK && opt->unk.len && t->unk_id < 0)
+        st = mi_fail(MI_ERR_FORMAT, "%s: model.unk_token \"%.*s\" is not in model.vocab", name,
+                     (int)opt->unk.len, opt->unk.text);
+    if (st == MI_OK && !cJSON_IsArray(merges))
+        st = mi_fail(MI_ERR_FORMAT, "%s: model.merges must be an array", name);
+    if (st == MI_OK) st = merges_reserve(t, (size_t)cJSON_GetArraySize(merges), name);
+    int32_t rank = 0;
+    for (const cJSON *m = st == MI_OK ? merges->child : NULL; m && st == MI_OK; m = m->next, rank++) {
+        char where[48];
+        snprintf(where, sizeof where, "model.merges[%d]", rank);
+        const char *a = NULL, *b = NULL;
+        size_t la = 0, lb = 0;
+        if (cJSON_IsString(m)) {            /* "a b" */
+            const char *sp = strchr(m->valuestring, ' ');
+            if (sp && sp != m->valuestring && sp[1] && !strchr(sp + 1, ' ')) {
+                a = m->valuestring; la = (size_t)(sp - a); b = sp + 1; lb = strlen(b);
+            }
+        } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child)
+                   && cJSON_IsString(m->child->next)) {  /* [a, b] */
+            a = m->child->valuestring; la = strlen(a);
+            b = m->child->next->valuestring; lb = strlen(b);
+        }
+        if (!a) {
+            char *shown = cJSON_PrintUnformatted(m);
+            st = mi_fail(MI_ERR_FORMAT, "%s: %s: expected \"a b\" or [\"a\", \"b\"], got %.200s", name,
+                         where, shown ? shown : "?");
+            free(shown);
+            break;
+        }
+        st = add_merge(t, a, la, b, lb, rank, name, where);
+    }
+    if (st != MI_OK) { mi_bpe_free(t); return st; }
+    *out = t;
+    return MI_OK;
+}
+
+const mi_bpe_options *mi_bpe_get_options(const mi_bpe_tokenizer *t) { return &t->opt; }
+
+mi_status mi_bpe_set_template(mi_bpe_tokenizer *t, const int32_t *prefix, int n_prefix,
+                              const int32_t *suffix, int n_suffix)
+{
+    int32_t *tpl = malloc(((size_t)n_prefix + (size_t)n_suffix + 1) * sizeof(int32_t));
+    if (!tpl) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
+    for (int i = 0; i < n_prefix + n_suffix; i++) {
+        int32_t id = i < n_prefix ? prefix[i] : suffix[i - n_prefix];
+        if (id < 0 || id >= t->n_tokens || !t->tokens[id].used) {
+            free(tpl);
+            return mi_fail(MI_ERR_FORMAT, "post_processor: token id %d is not in the vocabulary", id);
+        }
+        tpl[i] = id;
+    }
+    free(t->tpl);
+    t->tpl = tpl;
+    t->n_tpl_prefix = n_prefix;
+    t->n_tpl_suffix = n_suffix;
+    return MI_OK;
+}
+
+void mi_bpe_template(const mi_bpe_tokenizer *t, const int32_t **prefix, int *n_prefix,
+                     const int32_t **suffix, int *n_suffix)
+{
+    *prefix = t->tpl; *n_prefix = t->n_tpl_prefix;
+    *suffix = t->tpl ? t->tpl + t->n_tpl_prefix : NULL; *n_suffix = t->n_tpl_suffix;
+}
+
 mi_status mi_bpe_load(const char *vocab_path, const char *merges_path, mi_bpe_tokenizer **out)
 {
     *out = NULL;
@@ -360,11 +523,16 @@ void mi_bpe_free(mi_bpe_tokenizer *t)
 {
     if (!t) return;
     free(t->tokens); free(t->keys); free(t->raw); free(t->str_map); free(t->merges);
-    free(t->specials); free(t->special_text);
+    free(t->specials); free(t->special_text); free(t->tpl);
     free(t);
 }
 
 mi_status mi_bpe_add_special(mi_bpe_tokenizer *t, const char *text, size_t len, int32_t id)
+{
+    return mi_bpe_add_token(t, text, len, id, 1);
+}
+
+mi_status mi_bpe_add_token(mi_bpe_tokenizer *t, const char *text, size_t len, int32_t id, int special)
 {
     if (len == 0) return mi_fail(MI_ERR_VALUE, "special token: empty text");
     if (id < 0) return mi_fail(MI_ERR_VALUE, "special token \"%.*s\": negative id %d", (int)len, text, id);
@@ -386,12 +554,19 @@ mi_status mi_bpe_add_special(mi_bpe_tokenizer *t, const char *text, size_t len, 
         e->key_len = (uint32_t)len;
         e->used = 1;
     }
-    /* a special token decodes to its literal text, never through bytes_to_unicode */
-    MI_TRY(append_bytes(&t->raw, &t->raw_len, &t->raw_cap, text, len, &e->raw_off));
+    if (t->opt.dec_chars) {
+        MI_TRY(set_decoded_text(t, id, text, len));
+    } else {
+        /* a byte-level added token decodes to its literal text, never through bytes_to_unicode */
+        MI_TRY(append_bytes(&t->raw, &t->raw_len, &t->raw_cap, text, len, &e->raw_off));
+        e = &t->tokens[id];
+        e->raw_len = (uint32_t)len;
+        e->fallback = 0;
+    }
     e = &t->tokens[id];
-    e->raw_len = (uint32_t)len;
-    if (!e->special) {
-        e->special = 1;
+    if (special) e->special = 1;
+    if (!e->added) {
+        e->added = 1;
         if (grow((void **)&t->specials, &t->specials_cap, t->n_specials + 1, sizeof(special_entry)))
             return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
         special_entry *s = &t->specials[t->n_specials++];
@@ -507,6 +682,63 @@ static void push_pair(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, int32_t pos)
     if (m) heap_push(s, ((int64_t)m->rank << 32) | (uint32_t)pos);
 }
 
+/* The symbols a piece starts from (at most n). Byte-level: one per byte. SentencePiece-
+ * style: one per UTF-8 character in the vocabulary; an unknown character becomes its
+ * <0xNN> byte tokens (byte fallback), else unk (consecutive ones fused into one with
+ * fuse_unk), else nothing, as the reference BPE model does. */
+static mi_status initial_symbols(const mi_bpe_tokenizer *t, const unsigned char *p, size_t n,
+                                 int32_t *sym, size_t *count)
+{
+    size_t m = 0;
+    if (!t->opt.chars) {
+        for (size_t i = 0; i < n; i++) {
+            int32_t id = t->byte_id[p[i]];
+            if (id < 0)
+                return mi_fail(MI_ERR_KEY, "tokenizer: byte 0x%02x has no token in the vocabulary", p[i]);
+            sym[m++] = id;
+        }
+        *count = m;
+        return MI_OK;
+    }
+    int prev_unk = 0;
+    for (size_t i = 0; i < n; ) {
+        uint32_t cp;
+        size_t l = utf8_next(p + i, n - i, &cp);
+        int32_t id = l == 1 ? t->byte_id[p[i]] : str_lookup(t, (const char *)p + i, l);
+        if (id >= 0) {
+            sym[m++] = id;
+            prev_unk = 0;
+        } else {
+            int fallback = t->opt.byte_fallback;
+            for (size_t k = 0; k < l && fallback; k++) fallback = t->fallback_id[p[i + k]] >= 0;
+            if (fallback) {
+                for (size_t k = 0; k < l; k++) sym[m++] = t->fallback_id[p[i + k]];
+                prev_unk = 0;
+            } else if (t->unk_id >= 0) {
+                if (!(t->opt.fuse_unk && prev_unk)) sym[m++] = t->unk_id;
+                prev_unk = 1;
+            }
+        }
+        i += l;
+    }
+    *count = m;
+    return MI_OK;
+}
+
+/* The id of the whole piece as one vocabulary token, or -1 (ignore_merges). */
+static int32_t whole_piece_id(const mi_bpe_tokenizer *t, const unsigned char *p, size_t n)
+{
+    if (n == 0) return -1;
+    if (t->opt.chars) return str_lookup(t, (const char *)p, n);
+    char small[256], *key = 2 * n <= sizeof small ? small : malloc(2 * n);
+    if (!key) return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += utf8_put(t->byte_char[p[i]], key + k);
+    int32_t id = str_lookup(t, key, k);
+    if (key != small) free(key);
+    return id;
+}
+
 /* Merge the bytes of one piece; appends its ids to out. Lowest rank first, leftmost
  * first among equal ranks (the order of Hugging Face's BPE). */
 static mi_status bpe_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
@@ -527,11 +759,9 @@ static mi_status bpe_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s,
     }
     if (grow((void **)&s->heap, &s->heap_cap, 2 * n + 2, sizeof(int64_t)))
         return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory for a word of %zu bytes", n);
+    MI_TRY(initial_symbols(t, p, n, s->sym, &n));
+    if (n == 0) return MI_OK;
     for (size_t i = 0; i < n; i++) {
-        int32_t id = t->byte_id[p[i]];
-        if (id < 0)
-            return mi_fail(MI_ERR_KEY, "tokenizer: byte 0x%02x has no token in the vocabulary", p[i]);
-        s->sym[i] = id;
         s->prev[i] = (int32_t)i - 1;
         s->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
     }
@@ -566,14 +796,9 @@ static mi_status bpe_piece_reference(const mi_bpe_tokenizer *t, const unsigned c
 {
     int32_t *w = malloc((n ? n : 1) * sizeof(int32_t));
     if (!w) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory for a word of %zu bytes", n);
-    for (size_t i = 0; i < n; i++) {
-        w[i] = t->byte_id[p[i]];
-        if (w[i] < 0) {
-            free(w);
-            return mi_fail(MI_ERR_KEY, "tokenizer: byte 0x%02x has no token in the vocabulary", p[i]);
-        }
-    }
-    size_t len = n;
+    size_t len;
+    mi_status st0 = initial_symbols(t, p, n, w, &len);
+    if (st0 != MI_OK) { free(w); return st0; }
     for (;;) {
         const merge_slot *best = NULL;
         for (size_t i = 0; i + 1 < len; i++) {
@@ -650,12 +875,16 @@ static mi_status emit_piece(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const 
                             const unsigned char *q, size_t m, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
     if (ends) return ids_push(ends, (int32_t)(q + m - base));
+    if (t->opt.ignore_merges) {
+        int32_t id = whole_piece_id(t, q, m);
+        if (id >= 0) return ids_push(out, id);
+    }
     if (!s) return bpe_piece_reference(t, q, m, out);           /* MI_BPE_REFERENCE */
     return encode_piece(t, s, q, m, out);
 }
 
 /* The GPT-2 pattern, alternative by alternative, over one stretch without special tokens. */
-static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+static mi_status encode_gpt2(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
                               const unsigned char *p, size_t n, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
     size_t i = 0;
@@ -699,17 +928,159 @@ static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, cons
     return MI_OK;
 }
 
-/* One stretch between special tokens, with the optional prefix space (never in split mode). */
+static int is_newline(unsigned char c) { return c == '\r' || c == '\n'; }
+
+/* The Llama 3 pattern (max_digits 3) or Qwen2's (max_digits 1):
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}
+ *   | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * alternative by alternative (first match wins, quantifiers greedy), over the same
+ * Unicode classes as the GPT-2 pattern. */
+static mi_status encode_split_regex(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+                                    const unsigned char *p, size_t n, int max_digits, mi_bpe_ids *out,
+                                    mi_bpe_ids *ends)
+{
+    size_t i = 0;
+    while (i < n) {
+        const unsigned char *q = p + i;
+        size_t rest = n - i, len, l2, m = 0;
+        /* (?i:'s|'t|'re|'ve|'m|'ll|'d) */
+        if (q[0] == '\'' && rest >= 2) {
+            unsigned char a = (unsigned char)(q[1] | 0x20), b = rest >= 3 ? (unsigned char)(q[2] | 0x20) : 0;
+            if (a == 's' || a == 't' || a == 'm' || a == 'd') m = 2;
+            else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) m = 3;
+        }
+        int k = class_at(q, rest, &len);
+        /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+        if (!m && k == MI_UC_LETTER) m = run_of(q, rest, MI_UC_LETTER);
+        if (!m && k != MI_UC_NUMBER && !is_newline(q[0]) && len < rest
+            && class_at(q + len, rest - len, &l2) == MI_UC_LETTER)
+            m = len + run_of(q + len, rest - len, MI_UC_LETTER);
+        /* \p{N}{1,max_digits} */
+        if (!m && k == MI_UC_NUMBER) {
+            int d = 0;
+            while (m < rest && d < max_digits && class_at(q + m, rest - m, &l2) == MI_UC_NUMBER) { m += l2; d++; }
+        }
+        /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
+        if (!m) {
+            size_t j = (q[0] == ' ' && rest > 1 && class_at(q + 1, rest - 1, &l2) == MI_UC_OTHER) ? 1 : 0;
+            if (class_at(q + j, rest - j, &l2) == MI_UC_OTHER) {
+                j += run_of(q + j, rest - j, MI_UC_OTHER);
+                while (j < rest && is_newline(q[j])) j++;
+                m = j;
+            }
+        }
+        if (!m) {   /* k is whitespace: \s*[\r\n]+ | \s+(?!\S) | \s+ */
+            size_t j = 0, last = 0, cps = 0, after_nl = 0;
+            while (j < rest) {
+                size_t l;
+                if (class_at(q + j, rest - j, &l) != MI_UC_SPACE) break;
+                last = j; j += l; cps++;
+                if (is_newline(q[last])) after_nl = j;     /* end of the last newline so far */
+            }
+            if (after_nl) m = after_nl;
+            else m = (j == rest || cps == 1) ? j : last;
+        }
+        MI_TRY(emit_piece(t, s, base, q, m, out, ends));
+        i += m;
+    }
+    return MI_OK;
+}
+
+/* Metaspace split: a piece starts at every replacement character (merged with what follows). */
+static mi_status encode_metaspace_split(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+                                        const unsigned char *p, size_t n, mi_bpe_ids *out, mi_bpe_ids *ends)
+{
+    const mi_bpe_str *r = &t->opt.meta_repl;
+    size_t start = 0;
+    for (size_t i = 1; i + r->len <= n; i++)
+        if (!memcmp(p + i, r->text, r->len)) {
+            MI_TRY(emit_piece(t, s, base, p + start, i - start, out, ends));
+            start = i;
+        }
+    return n > start ? emit_piece(t, s, base, p + start, n - start, out, ends) : MI_OK;
+}
+
+/* One stretch, already normalised, through the pre-tokeniser. */
+static mi_status encode_plain(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
+                              const unsigned char *p, size_t n, mi_bpe_ids *out, mi_bpe_ids *ends)
+{
+    switch (t->opt.pretok) {
+    case MI_PRETOK_LLAMA3: return encode_split_regex(t, s, base, p, n, 3, out, ends);
+    case MI_PRETOK_QWEN2: return encode_split_regex(t, s, base, p, n, 1, out, ends);
+    case MI_PRETOK_WHOLE: return n ? emit_piece(t, s, base, p, n, out, ends) : MI_OK;
+    case MI_PRETOK_METASPACE: return encode_metaspace_split(t, s, base, p, n, out, ends);
+    default: return encode_gpt2(t, s, base, p, n, out, ends);
+    }
+}
+
+/* A growable byte string for the normalised stretch. */
+typedef struct { char *p; size_t n, cap; } text_buf;
+
+static mi_status buf_put(text_buf *b, const char *s, size_t n, const mi_bpe_str *from, const mi_bpe_str *to)
+{
+    static const mi_bpe_str none = {{0}, 0};
+    return append_replaced(&b->p, &b->n, &b->cap, s, n, from ? from : &none, to ? to : &none);
+}
+
+/* Every `from` of b replaced by `to` (from NULL: `to` put in front). */
+static mi_status buf_rewrite(text_buf *b, const mi_bpe_str *from, const mi_bpe_str *to)
+{
+    text_buf nb = {0};
+    mi_status st = from ? MI_OK : buf_put(&nb, to->text, to->len, NULL, NULL);
+    if (st == MI_OK) st = buf_put(&nb, b->p ? b->p : "", b->n, from, to);
+    if (st != MI_OK) { free(nb.p); return st; }
+    free(b->p);
+    *b = nb;
+    return MI_OK;
+}
+
+/* The stretch after the normalizer steps, Metaspace (spaces to its replacement, and its
+ * prefix) and ByteLevel's prefix space, in a new buffer (*out: free it), or *out NULL
+ * when the pipeline changes nothing. */
+static mi_status normalize_stretch(const mi_bpe_tokenizer *t, const unsigned char *p, size_t n, int first,
+                                   int flags, char **out, size_t *out_n)
+{
+    const mi_bpe_options *o = &t->opt;
+    const int prefix_space = o->prefix_space || (flags & MI_BPE_PREFIX_SPACE);
+    *out = NULL;
+    if (!o->n_norm && !o->meta && !(prefix_space && p[0] != ' ')) return MI_OK;
+    text_buf b = {0};
+    mi_status st = buf_put(&b, (const char *)p, n, NULL, NULL);
+    for (int k = 0; k < o->n_norm && st == MI_OK; k++) {
+        const mi_bpe_norm_step *step = &o->norm[k];
+        if (step->prepend && b.n == 0) continue;           /* Prepend leaves "" as it is */
+        st = buf_rewrite(&b, step->prepend ? NULL : &step->from, &step->to);
+    }
+    if (st == MI_OK && o->meta) {
+        const mi_bpe_str space = {{' '}, 1};
+        const int had_text = b.n > 0;
+        st = buf_rewrite(&b, &space, &o->meta_repl);
+        if (st == MI_OK && had_text && (o->meta_prepend == 2 || (o->meta_prepend == 1 && first))
+            && !(b.n >= o->meta_repl.len && !memcmp(b.p, o->meta_repl.text, o->meta_repl.len)))
+            st = buf_rewrite(&b, NULL, &o->meta_repl);
+    }
+    if (st == MI_OK && prefix_space && b.n && b.p[0] != ' ') {
+        const mi_bpe_str space = {{' '}, 1};
+        st = buf_rewrite(&b, NULL, &space);
+    }
+    if (st != MI_OK) { free(b.p); return st; }
+    *out = b.p ? b.p : calloc(1, 1);
+    *out_n = b.n;
+    return *out ? MI_OK : mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory");
+}
+
+/* One stretch between added tokens: normalised, then pre-tokenised. `first`: the stretch
+ * starts the text (Metaspace's prepend_scheme "first"). Pre-tokeniser tests (ends) see
+ * the stretch as it is. */
 static mi_status encode_stretch(const mi_bpe_tokenizer *t, mi_bpe_scratch *s, const unsigned char *base,
                                 const unsigned char *p, size_t n, int flags, mi_bpe_ids *out, mi_bpe_ids *ends)
 {
-    if (!(flags & MI_BPE_PREFIX_SPACE) || ends || n == 0 || p[0] == ' ')
-        return encode_plain(t, s, base, p, n, out, ends);
-    unsigned char *buf = malloc(n + 1);
-    if (!buf) return mi_fail(MI_ERR_NOMEM, "tokenizer: out of memory for %zu bytes", n + 1);
-    buf[0] = ' ';
-    memcpy(buf + 1, p, n);
-    mi_status st = encode_plain(t, s, buf, buf, n + 1, out, NULL);
+    if (ends || n == 0) return encode_plain(t, s, base, p, n, out, ends);
+    char *buf;
+    size_t len;
+    MI_TRY(normalize_stretch(t, p, n, p == base, flags, &buf, &len));
+    if (!buf) return encode_plain(t, s, base, p, n, out, NULL);
+    mi_status st = encode_plain(t, s, (const unsigned char *)buf, (const unsigned char *)buf, len, out, NULL);
     free(buf);
     return st;
 }
@@ -756,9 +1127,36 @@ mi_status mi_bpe_pretokenize(const mi_bpe_tokenizer *t, const char *text, size_t
 
 /* ---------------------------------------------------------------- decoding */
 
+/* 1 if s[0..n) is valid UTF-8. */
+static int valid_utf8(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n; ) {
+        uint32_t cp;
+        size_t l = utf8_next(s + i, n - i, &cp);
+        if (cp == 0xFFFFFFFFu) return 0;
+        i += l;
+    }
+    return 1;
+}
+
+/* ByteFallback's rule for the run of <0xNN> bytes at out[from..]: kept when it is valid
+ * UTF-8, else one U+FFFD per byte. */
+static mi_status flush_fallback(mi_bpe_bytes *out, size_t from)
+{
+    size_t n = out->len - from;
+    if (n == 0 || valid_utf8((const unsigned char *)out->data + from, n)) return MI_OK;
+    if (grow((void **)&out->data, &out->cap, from + 3 * n + 1, 1)) return mi_fail(MI_ERR_NOMEM, "decode: out of memory");
+    for (size_t i = 0; i < n; i++) memcpy(out->data + from + 3 * i, "\xEF\xBF\xBD", 3);
+    out->len = from + 3 * n;
+    return MI_OK;
+}
+
 mi_status mi_bpe_decode(const mi_bpe_tokenizer *t, const int32_t *ids, size_t n,
                         int skip_special, mi_bpe_bytes *out)
 {
+    const size_t start = out->len;
+    size_t run = SIZE_MAX;                 /* where the pending <0xNN> bytes begin */
+    int first = 1;
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= t->n_tokens || !t->tokens[id].used)
@@ -768,8 +1166,29 @@ mi_status mi_bpe_decode(const mi_bpe_tokenizer *t, const int32_t *ids, size_t n,
         if (skip_special && e->special) continue;
         if (grow((void **)&out->data, &out->cap, out->len + e->raw_len + 1, 1))
             return mi_fail(MI_ERR_NOMEM, "decode: out of memory");
-        memcpy(out->data + out->len, t->raw + e->raw_off, e->raw_len);
-        out->len += e->raw_len;
+        if (e->fallback) {
+            if (run == SIZE_MAX) run = out->len;
+            out->data[out->len++] = (char)e->fallback_byte;
+            first = 0;
+            continue;
+        }
+        if (run != SIZE_MAX) { MI_TRY(flush_fallback(out, run)); run = SIZE_MAX; }
+        if (first && t->opt.dec_meta_first) {
+            /* Metaspace's decoder drops every replacement character of the first token */
+            static const mi_bpe_str nothing = {{0}, 0};
+            MI_TRY(append_replaced(&out->data, &out->len, &out->cap, t->keys + e->key_off, e->key_len,
+                                   &t->opt.dec_from, &nothing));
+        } else {
+            memcpy(out->data + out->len, t->raw + e->raw_off, e->raw_len);
+            out->len += e->raw_len;
+        }
+        first = 0;
     }
+    if (run != SIZE_MAX) MI_TRY(flush_fallback(out, run));
+    /* Strip decoder (after Fuse: on the whole text) */
+    size_t cut = 0;
+    while (cut < (size_t)t->opt.dec_strip_start && start + cut < out->len && out->data[start + cut] == ' ') cut++;
+    if (cut) { memmove(out->data + start, out->data + start + cut, out->len - start - cut); out->len -= cut; }
+    for (int k = 0; k < t->opt.dec_strip_stop && out->len > start && out->data[out->len - 1] == ' '; k++) out->len--;
     return MI_OK;
 }

@@ -25,6 +25,8 @@
 
 #include "common/status.h"
 
+struct cJSON;
+
 typedef struct mi_bpe_tokenizer mi_bpe_tokenizer;
 typedef struct mi_bpe_scratch mi_bpe_scratch;
 
@@ -43,6 +45,62 @@ mi_status mi_bpe_from_memory(const char *vocab_json, size_t vocab_len,
                              mi_bpe_tokenizer **out);
 
 void mi_bpe_free(mi_bpe_tokenizer *tok);
+
+/* ---- Hugging Face tokenizer.json pipelines (tokenizer_json.c fills these) ----
+ * A text is split on added tokens first; every other stretch then goes through
+ *   normalizer steps (in order) -> Metaspace (spaces to `meta`, its prefix) ->
+ *   ByteLevel's prefix space -> the pre-tokeniser -> BPE on each piece,
+ * and decoding runs the decoder the file names. Options not listed here are
+ * refused by the loader, never ignored. */
+typedef enum {
+    MI_PRETOK_GPT2 = 0,   /* ByteLevel's regex (GPT-2, GPT-NeoX) */
+    MI_PRETOK_LLAMA3,     /* Split on the Llama 3 regex (\p{N}{1,3}) */
+    MI_PRETOK_QWEN2,      /* Split on the Qwen2 regex (single \p{N}) */
+    MI_PRETOK_WHOLE,      /* none: each stretch is one piece */
+    MI_PRETOK_METASPACE,  /* Metaspace split: a piece starts at each replacement character */
+} mi_pretok;
+
+#define MI_BPE_STR 16
+typedef struct { char text[MI_BPE_STR]; uint8_t len; } mi_bpe_str;
+typedef struct { int prepend; mi_bpe_str from, to; } mi_bpe_norm_step;  /* prepend `to`, or replace `from` by `to` */
+
+typedef struct {
+    int nfc;              /* NFC normalizer: the caller normalises the text first (Python's unicodedata) */
+    int chars;            /* SentencePiece-style: symbols are the text's UTF-8 characters; 0: byte-level */
+    int byte_fallback;    /* an unknown character becomes its <0xNN> byte tokens */
+    int fuse_unk;         /* consecutive unknown characters give one unk */
+    int ignore_merges;    /* a piece that is itself a token is not merged (Llama 3) */
+    int prefix_space;     /* ByteLevel add_prefix_space */
+    mi_bpe_str unk;       /* unk token text, len 0: none */
+    mi_pretok pretok;
+    int n_norm;
+    mi_bpe_norm_step norm[8];
+    int meta;             /* Metaspace pre-tokeniser: spaces become meta_repl */
+    mi_bpe_str meta_repl;
+    int meta_prepend;     /* 0 never, 1 first stretch of the text, 2 always */
+    /* decoder */
+    int dec_chars;        /* tokens decode as their text (SentencePiece); 0: through bytes_to_unicode */
+    mi_bpe_str dec_from, dec_to;   /* Replace decoder (len 0: none) */
+    int dec_byte_fallback;          /* <0xNN> tokens decode to their byte; invalid UTF-8 runs to U+FFFD per byte */
+    int dec_strip_start, dec_strip_stop;   /* Strip decoder: leading / trailing spaces removed */
+    int dec_meta_first;   /* Metaspace decoder: the first token's leading space removed */
+} mi_bpe_options;
+
+/* A tokenizer from tokenizer.json parts: model.vocab (object), model.merges
+ * (array of "a b" strings or [a, b] pairs), options; `name` for messages. */
+mi_status mi_bpe_from_json(const struct cJSON *vocab, const struct cJSON *merges,
+                           const mi_bpe_options *opt, const char *name, mi_bpe_tokenizer **out);
+
+/* Declare an added token (special or not): split out of text before anything else. */
+mi_status mi_bpe_add_token(mi_bpe_tokenizer *tok, const char *text, size_t len, int32_t id, int special);
+
+const mi_bpe_options *mi_bpe_get_options(const mi_bpe_tokenizer *tok);
+
+/* The post-processor's ids around a single sequence (TemplateProcessing): set / read. */
+mi_status mi_bpe_set_template(mi_bpe_tokenizer *tok, const int32_t *prefix, int n_prefix,
+                              const int32_t *suffix, int n_suffix);
+void mi_bpe_template(const mi_bpe_tokenizer *tok, const int32_t **prefix, int *n_prefix,
+                     const int32_t **suffix, int *n_suffix);
 
 /* Declare `text` (UTF-8, len bytes) a special token with this id: it is split out of the
  * text before pre-tokenisation and decodes to its literal text. An id past the vocabulary

@@ -41,6 +41,7 @@ static PyArrayObject *arr_arg(PyObject *obj, const char *name, int type, int ndi
         Py_XDECREF(want);
         return NULL;
     }
+    if (mi_py_native_order(a, name) < 0) return NULL;
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
         char buf[128];
         PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got shape %s", name, ndim,
@@ -392,6 +393,7 @@ static int qk_view(PyObject *obj, const char *name, PyArrayObject **out, int64_t
         return -1;
     }
     PyArrayObject *a = (PyArrayObject *)obj;
+    if (mi_py_native_order(a, name) < 0) return -1;
     npy_intp *s = PyArray_STRIDES(a);
     if (PyArray_SIZE(a) == 0) {   /* NumPy gives empty arrays 0 strides: nothing is read */
         st[0] = st[1] = st[2] = 0;

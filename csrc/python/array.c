@@ -113,6 +113,15 @@ const char *mi_py_shape_str(PyArrayObject *a, char *buf)
     return buf;
 }
 
+int mi_py_native_order(PyArrayObject *a, const char *name)
+{
+    if (PyArray_ISNOTSWAPPED(a)) return 0;
+    PyErr_Format(PyExc_TypeError, "%s: expected an array in native byte order, got dtype %S "
+                 "(convert it with .astype(%s))", name, (PyObject *)PyArray_DESCR(a),
+                 PyArray_DESCR(a)->typeobj->tp_name);
+    return -1;
+}
+
 PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim)
 {
     PyArrayObject *arr;
@@ -151,7 +160,12 @@ PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, in
         Py_DECREF(arr);
         return NULL;
     }
-    if (PyArray_TYPE(arr) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISALIGNED(arr))
+    /* used in place only when the bytes are what the kernels read: float32 in
+     * this machine's byte order, C-contiguous and aligned. Anything else (a
+     * '>f4' array from a big-endian file, a float64, a strided view) is
+     * converted once, as numpy.ascontiguousarray(x, np.float32) would. */
+    if (PyArray_TYPE(arr) == NPY_FLOAT32 && PyArray_ISNOTSWAPPED(arr)
+        && PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISALIGNED(arr))
         return arr;
     PyArrayObject *conv = (PyArrayObject *)PyArray_FromAny(
         (PyObject *)arr, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,

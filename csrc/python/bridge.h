@@ -81,6 +81,11 @@ PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float *
  * Returns NULL with an exception set on failure. */
 PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim);
 
+/* 0 when `a` is in this machine's byte order; else -1 with a TypeError naming
+ * argument `name` (for arrays the C core writes into or keeps, which cannot be
+ * converted behind the caller's back). */
+int mi_py_native_order(PyArrayObject *a, const char *name);
+
 /* "(2, 3, 4)" for error messages; buf must hold 128 bytes. */
 const char *mi_py_shape_str(PyArrayObject *a, char *buf);
 

@@ -23,6 +23,7 @@ PyObject *mi_py_raise(mi_status status)
     case MI_ERR_KEY: exc = PyExc_KeyError; break;
     case MI_ERR_IO: exc = PyExc_OSError; break;
     case MI_ERR_NOMEM: exc = PyExc_MemoryError; break;
+    case MI_ERR_UNSUPPORTED: exc = PyExc_NotImplementedError; break;
     default: exc = PyExc_RuntimeError; break;
     }
     PyObject *msg = mi_py_message(mi_last_error());

@@ -228,6 +228,9 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     if (PyArray_TYPE(a) != NPY_FLOAT32)
         return PyErr_Format(PyExc_TypeError, "set_param(%s): expected float32, got dtype %S", name,
                             (PyObject *)PyArray_DESCR(a));
+    char who[96];
+    snprintf(who, sizeof who, "set_param(%s)", name);
+    if (mi_py_native_order(a, who) < 0) return NULL;
     if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a))
         return PyErr_Format(PyExc_ValueError, "set_param(%s): the array must be C-contiguous and "
                             "aligned (shape %s)", name, mi_py_shape_str(a, buf));
@@ -288,6 +291,52 @@ static PyObject *model_materialize(PyObject *self, PyObject *unused)
     }
     mo->tf.n_external = 0;
     return PyLong_FromLong(copied);
+}
+
+PyDoc_STRVAR(share_params_doc,
+"share_params(other)\n--\n\n"
+"Read every parameter from `other`'s memory from now on: its blob, the arrays given\n"
+"to its set_param, and its tied_unembed (this model's own blob is dropped). Both\n"
+"models then compute with, and edit, the same weights, so the views other.params()\n"
+"gave stay the weights of this model too. Needs the same parameter layout (names,\n"
+"offsets, shapes); returns False and changes nothing when the layouts differ.");
+
+/* Same names, offsets and shapes in the same order (the blob layout). */
+static int same_layout(const mi_transformer *a, const mi_transformer *b)
+{
+    if (a->n_params != b->n_params || a->n_table != b->n_table) return 0;
+    for (int i = 0; i < a->n_table; i++) {
+        const mi_tf_param *p = &a->table[i], *q = &b->table[i];
+        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim) return 0;
+        for (int k = 0; k < p->ndim; k++)
+            if (p->shape[k] != q->shape[k]) return 0;
+    }
+    return 1;
+}
+
+static PyObject *model_share_params(PyObject *self, PyObject *arg)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    if (Py_TYPE(arg) != Py_TYPE(self))
+        return PyErr_Format(PyExc_TypeError, "share_params: expected a Model, got %s",
+                            Py_TYPE(arg)->tp_name);
+    mi_py_model *src = (mi_py_model *)arg;
+    if (check_ready(src) < 0) return NULL;
+    if (mo->running) return PyErr_Format(PyExc_RuntimeError, "share_params: a forward pass is running");
+    if (src == mo) Py_RETURN_TRUE;
+    if (!same_layout(&mo->tf, &src->tf)) Py_RETURN_FALSE;
+    Py_INCREF(src->blob);
+    Py_SETREF(mo->blob, src->blob);
+    mo->tf.params = src->tf.params;
+    for (int i = 0; i < mo->tf.n_table; i++) {
+        Py_XINCREF(src->external[i]);
+        Py_XSETREF(mo->external[i], src->external[i]);
+        mo->tf.table[i].data = src->tf.table[i].data;
+    }
+    mo->tf.n_external = src->tf.n_external;
+    mo->tf.tied_unembed = src->tf.tied_unembed;
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(hook_points_doc, "hook_points()\n--\n\nEvery HookPoint of TransformerLens's "
@@ -579,6 +628,7 @@ static PyMethodDef model_methods[] = {
     {"params", model_params, METH_NOARGS, params_doc},
     {"set_param", model_set_param, METH_VARARGS, set_param_doc},
     {"materialize", model_materialize, METH_NOARGS, materialize_doc},
+    {"share_params", model_share_params, METH_O, share_params_doc},
     {"hook_points", model_hook_points, METH_NOARGS, hook_points_doc},
     {"forward", (PyCFunction)(void (*)(void))model_forward, METH_VARARGS | METH_KEYWORDS, forward_doc},
     {"arena_bytes", model_arena_bytes, METH_VARARGS, arena_bytes_doc},

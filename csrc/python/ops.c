@@ -30,6 +30,7 @@ static PyObject *output_array(PyObject *m, PyObject *out, int ndim, const npy_in
         || !PyArray_ISWRITEABLE((PyArrayObject *)out))
         return PyErr_Format(PyExc_TypeError, "out: expected a writable C-contiguous float32 array");
     PyArrayObject *o = (PyArrayObject *)out;
+    if (mi_py_native_order(o, "out") < 0) return NULL;
     int same = PyArray_NDIM(o) == ndim;
     for (int i = 0; same && i < ndim; i++) same = PyArray_DIM(o, i) == shape[i];
     if (!same) {
@@ -309,6 +310,7 @@ static PyObject *py_sgemm(PyObject *m, PyObject *args, PyObject *kw)
         || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)c_obj)
         || !PyArray_ISWRITEABLE((PyArrayObject *)c_obj))
         return PyErr_Format(PyExc_TypeError, "c: expected a writable C-contiguous float32 array");
+    if (mi_py_native_order((PyArrayObject *)c_obj, "c") < 0) return NULL;
     PyArrayObject *a = NULL, *b = NULL, *bias = NULL, *c = (PyArrayObject *)c_obj;
     PyObject *res = NULL;
     if (!(a = mi_py_float_arg(a_obj, "a", 0, 32))) goto done;
@@ -413,6 +415,7 @@ static PyObject *grad_arg(PyObject *m, PyObject *obj, const char *name, int ndim
         || !PyArray_ISWRITEABLE((PyArrayObject *)obj))
         return PyErr_Format(PyExc_TypeError, "%s: expected a writable C-contiguous float32 "
                             "array to accumulate into", name);
+    if (mi_py_native_order((PyArrayObject *)obj, name) < 0) return NULL;
     if (!has_shape((PyArrayObject *)obj, ndim, shape))
         return PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name,
                             dims_str(ndim, shape, s1), mi_py_shape_str((PyArrayObject *)obj, s2));

@@ -12,6 +12,7 @@
 
 #include "common/threads.h"
 #include "io/bpe_tokenizer.h"
+#include "io/tokenizer_json.h"
 
 typedef struct {
     PyObject_HEAD
@@ -76,6 +77,46 @@ static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
     Py_DECREF(vb); Py_DECREF(mb);
     if (st != MI_OK) return mi_py_raise(st);
     return (PyObject *)tok_alloc((PyTypeObject *)cls, tok);
+}
+
+static PyObject *tok_from_tokenizer_json(PyObject *cls, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"path", NULL};
+    PyObject *path_o;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&:from_tokenizer_json", kwlist, PyUnicode_FSConverter, &path_o))
+        return NULL;
+    mi_bpe_tokenizer *tok = NULL;
+    mi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mi_tokenizer_json_load(PyBytes_AS_STRING(path_o), &tok);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_o);
+    if (st != MI_OK) return mi_py_raise(st);
+    return (PyObject *)tok_alloc((PyTypeObject *)cls, tok);
+}
+
+static PyObject *int_list(const int32_t *ids, int n)
+{
+    PyObject *l = PyList_New(n);
+    for (int i = 0; l && i < n; i++) {
+        PyObject *v = PyLong_FromLong(ids[i]);
+        if (!v) { Py_CLEAR(l); break; }
+        PyList_SET_ITEM(l, i, v);
+    }
+    return l;
+}
+
+/* What the Python front needs of a tokenizer.json pipeline: NFC, the template ids. */
+static PyObject *tok_pipeline(TokObject *self, PyObject *unused)
+{
+    const int32_t *pre, *suf;
+    int np, ns;
+    mi_bpe_template(self->tok, &pre, &np, &suf, &ns);
+    PyObject *a = int_list(pre, np), *b = a ? int_list(suf, ns) : NULL;
+    PyObject *d = b ? Py_BuildValue("{s:O,s:N,s:N}", "nfc", mi_bpe_get_options(self->tok)->nfc ? Py_True : Py_False,
+                                    "prefix", a, "suffix", b) : NULL;
+    if (!d) { Py_XDECREF(a); Py_XDECREF(b); }
+    return d;
 }
 
 static void tok_dealloc(TokObject *self)
@@ -373,6 +414,12 @@ static PyMethodDef tok_methods[] = {
     {"from_strings", (PyCFunction)(void (*)(void))tok_from_strings, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_strings(vocab_json, merges, vocab_name='vocab_json', merges_name='merges')\n--\n\n"
      "Build from the texts of vocab.json and merges.txt (str or bytes); the names appear in error messages."},
+    {"from_tokenizer_json", (PyCFunction)(void (*)(void))tok_from_tokenizer_json,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_tokenizer_json(path)\n--\n\nLoad a Hugging Face tokenizer.json (BPE: byte-level or SentencePiece-style)."},
+    {"pipeline", (PyCFunction)tok_pipeline, METH_NOARGS,
+     "pipeline()\n--\n\n{'nfc': bool, 'prefix': ids, 'suffix': ids}: the NFC normalizer (applied by the caller) "
+     "and the post-processor's ids around a sequence."},
     {"add_special", (PyCFunction)tok_add_special, METH_VARARGS,
      "add_special(text, id)\n--\n\nDeclare text a special token with this id (split out before BPE)."},
     {"encode", (PyCFunction)(void (*)(void))tok_encode, METH_VARARGS | METH_KEYWORDS,

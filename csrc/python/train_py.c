@@ -84,6 +84,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
                          "seconds (2 x backward_phases(): wall, then CPU)", 2 * (int)MI_BWD_N_PHASES);
             return NULL;
         }
+        if (mi_py_native_order((PyArrayObject *)prof_obj, "profile") < 0) return NULL;
         prof = PyArray_DATA((PyArrayObject *)prof_obj);
     }
     float *work = NULL;
@@ -96,6 +97,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
                             "(from backward_workspace)");
             return NULL;
         }
+        if (mi_py_native_order((PyArrayObject *)work_obj, "workspace") < 0) return NULL;
         work = PyArray_DATA((PyArrayObject *)work_obj);
         work_floats = (size_t)PyArray_SIZE((PyArrayObject *)work_obj);
     }
@@ -112,6 +114,7 @@ static PyObject *py_loss_backward(PyObject *module, PyObject *args)
                      "floats (from grad_blob)", tf->n_params);
         return NULL;
     }
+    if (mi_py_native_order((PyArrayObject *)grads_obj, "grads") < 0) return NULL;
     tokens = (PyArrayObject *)PyArray_FROMANY(tok_obj, NPY_INT64, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
     if (!tokens) goto done;
     if (PyArray_NDIM(tokens) != 2) {
@@ -178,7 +181,7 @@ static int check_f32(PyObject *o, const char *name, int contiguous)
                      "4 dims%s", name, contiguous ? ", C-contiguous" : "");
         return -1;
     }
-    return 0;
+    return mi_py_native_order((PyArrayObject *)o, name);
 }
 
 static PyObject *py_adamw_step(PyObject *module, PyObject *args)
@@ -271,6 +274,7 @@ static int f32_view_of(PyObject *o, const char *who, const char *what, Py_ssize_
         return -1;
     }
     PyArrayObject *a = (PyArrayObject *)o;
+    if (mi_py_native_order(a, what) < 0) return -1;
     int nd = PyArray_NDIM(a);
     for (int k = 0; k < 4; k++) { v->shape[k] = 1; v->strides[k] = 0; }
     for (int i = 0; i < nd; i++) {

@@ -2,15 +2,20 @@
 
 Models: ``AutoModel`` (REVE and its position bank), ``AutoModelForCausalLM``, ``GPT2LMHeadModel``, ``GPT2Config``, ``AutoConfig`` (GPT-2 on
 the C transformer, module tree with forward hooks served by the C core's hook points).
-Tokenizers: ``GPT2Tokenizer``, ``GPT2TokenizerFast`` and ``AutoTokenizer`` (GPT-2 byte-level
-BPE implemented in C), ``BatchEncoding``.
+Tokenizers: ``GPT2Tokenizer``, ``GPT2TokenizerFast`` (GPT-2 byte-level BPE implemented in C),
+``PreTrainedTokenizerFast`` (any BPE ``tokenizer.json``: GPT-NeoX, Llama, Mistral, Qwen2, Gemma;
+read and run in C), ``AutoTokenizer``, ``BatchEncoding``.
 """
 from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModel, AutoModelForCausalLM
 from mechinterp_c.transformers.modeling_gpt2 import (GPT2Config, GPT2LMHeadModel, GPT2Model,
                                                      get_array_type, set_array_type)
-from mechinterp_c.transformers.tokenization_gpt2 import (AutoTokenizer, BatchEncoding, GPT2Tokenizer,
-                                                         GPT2TokenizerFast)
+from mechinterp_c.transformers.tokenization_auto import AutoTokenizer
+from mechinterp_c.transformers.tokenization_gpt2 import BatchEncoding, GPT2Tokenizer, GPT2TokenizerFast
+from mechinterp_c.transformers.tokenization_utils_fast import (GemmaTokenizerFast, GPTNeoXTokenizerFast,
+                                                               LlamaTokenizerFast, PreTrainedTokenizerFast,
+                                                               Qwen2TokenizerFast)
 
 __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "GPT2Config", "GPT2LMHeadModel", "GPT2Model",
-           "AutoTokenizer", "BatchEncoding", "GPT2Tokenizer", "GPT2TokenizerFast",
+           "AutoTokenizer", "BatchEncoding", "GPT2Tokenizer", "GPT2TokenizerFast", "PreTrainedTokenizerFast",
+           "LlamaTokenizerFast", "GemmaTokenizerFast", "GPTNeoXTokenizerFast", "Qwen2TokenizerFast",
            "set_array_type", "get_array_type"]

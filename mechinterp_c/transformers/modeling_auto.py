@@ -54,14 +54,15 @@ class AutoModelForCausalLM:
     def from_pretrained(pretrained_model_name_or_path, *model_args, revision="main",
                         cache_dir=None, **kwargs):
         """Load the model of a local directory or a cached hub model (no network).
-        HF keywords such as ``torch_dtype`` are accepted and ignored."""
+        Keywords go to the model class's ``from_pretrained``, which refuses a dtype, device or
+        keyword it cannot honour."""
         mt, path = _model_type(pretrained_model_name_or_path, revision, cache_dir)
         cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(mt)
         if cls is None:
             raise NotImplementedError(f"{path}: model_type {mt!r} is not supported by "
                                       f"AutoModelForCausalLM (supported: "
                                       f"{', '.join(sorted(MODEL_FOR_CAUSAL_LM_MAPPING))})")
-        return cls.from_pretrained(pretrained_model_name_or_path, revision=revision,
+        return cls.from_pretrained(pretrained_model_name_or_path, *model_args, revision=revision,
                                    cache_dir=cache_dir, **kwargs)
 
 

@@ -64,6 +64,7 @@ import numpy as np
 from .. import _core
 from .. import io as _io
 from ..config import GPT2_CONFIG_DIVISIBLE, GPT2_CONFIG_FIELDS, validate_fields
+from ..devices import CPUFloat32, check_cpu_device, check_dtype
 from ..hooked_transformer import HookedTransformer
 from ..utils import to_numpy
 from .generation_utils import GenerationMixin
@@ -287,7 +288,7 @@ class _AffineSite:
         y[...] = (new - self.b) / self.w
 
 
-class Module:
+class Module(CPUFloat32):
     """A node of the HF module tree, with torch-style hook registration.
 
     Subclasses describe where their input and output live in the C pass."""
@@ -319,10 +320,6 @@ class Module:
 
     def eval(self):
         """No-op (no dropout in inference); returns self."""
-        return self
-
-    def to(self, *args, **kwargs):
-        """No-op (the C core runs on the CPU in float32); returns self."""
         return self
 
     def requires_grad_(self, requires_grad=True):
@@ -570,6 +567,29 @@ class GPT2Model(Module):
 
 
 # --------------------------------------------------------------------- model
+# from_pretrained keywords that change nothing here: no network, no remote code, and the
+# weights are always mapped (no memory to save), from safetensors
+_NO_OP_LOADING_KWARGS = ("local_files_only", "trust_remote_code", "token", "low_cpu_mem_usage",
+                         "force_download")
+
+
+def check_model_args(model_args, kwargs, where):
+    """Refuse what a Hugging Face ``from_pretrained`` call asks for that the C model cannot
+    honour: extra positional arguments, a dtype other than float32, a device other than
+    the CPU, ``use_safetensors=False``, unknown keywords (consumed from ``kwargs``)."""
+    if model_args:
+        raise TypeError(f"{where}: unexpected positional argument(s) {model_args!r}")
+    check_dtype(kwargs.pop("torch_dtype", None), where, allow_auto=True)
+    check_dtype(kwargs.pop("dtype", None), where, allow_auto=True)
+    check_cpu_device(kwargs.pop("device_map", None), where)
+    if kwargs.pop("use_safetensors", True) is False:
+        raise NotImplementedError(f"{where}: use_safetensors=False: only safetensors weights are read")
+    for k in _NO_OP_LOADING_KWARGS:
+        kwargs.pop(k, None)
+    if kwargs:
+        raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}")
+
+
 def _tl_config(cfg):
     """The HookedTransformerConfig dict of a GPT-2 config.json."""
     act = cfg.activation_function
@@ -685,8 +705,16 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         docstring), so it must not be truncated or written over in place while the model
         lives (each forward checks, and raises OSError naming the file if it was).
         ``copy=True`` reads the files into private memory once instead (same model, tied
-        weights included; the files may then change). Extra HF keywords such as
-        ``torch_dtype`` are accepted and ignored (the C core computes in float32)."""
+        weights included; the files may then change).
+
+        ``torch_dtype`` / ``dtype``: float32 or "auto" (F16/BF16 checkpoints are
+        converted to float32 once); ``device_map``: None or "cpu". HF keywords about
+        fetching or trust (``local_files_only``, ``trust_remote_code``, ``token``,
+        ``low_cpu_mem_usage``, ``use_safetensors=True``) are accepted: nothing is
+        fetched and the weights are always mapped from safetensors. Anything else raises,
+        naming it (another dtype: NotImplementedError; another device: ValueError; an
+        unknown keyword: TypeError)."""
+        check_model_args(model_args, kwargs, "GPT2LMHeadModel.from_pretrained")
         cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                          cache_dir=cache_dir)
         cfg._name_or_path = str(pretrained_model_name_or_path)
@@ -985,8 +1013,11 @@ def hooked_transformer_from_pretrained(name_or_path, fold_ln=True, center_writin
     center_unembed, fold_value_biases; all False = ``from_pretrained_no_processing``).
     A GPT-2 tokenizer is attached when the checkpoint has one and the tokenizer module
     is available."""
-    for k in ("device", "dtype", "torch_dtype", "move_to_device", "default_padding_side"):
-        kwargs.pop(k, None)
+    default_padding_side = kwargs.pop("default_padding_side", None)
+    check_dtype(kwargs.pop("dtype", None), "from_pretrained")
+    check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
+    check_cpu_device(kwargs.pop("device", None), "from_pretrained")
+    kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
     if kwargs:
         raise NotImplementedError(f"from_pretrained: unsupported argument(s) {sorted(kwargs)}")
     cfg = GPT2Config.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
@@ -998,7 +1029,7 @@ def hooked_transformer_from_pretrained(name_or_path, fold_ln=True, center_writin
     tl_cfg["default_prepend_bos"] = True
     if tokenizer is None:
         tokenizer = _try_tokenizer(name_or_path, revision, cache_dir)
-    model = cls(tl_cfg, tokenizer=tokenizer)
+    model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
     sd = gpt2_to_tl_state_dict(_load_hf_weights(name_or_path, cfg, revision, cache_dir), cfg)
     model.load_and_process_state_dict(sd, fold_ln=fold_ln,
                                       center_writing_weights=center_writing_weights,
@@ -1016,85 +1047,3 @@ def _try_tokenizer(name_or_path, revision, cache_dir):
         return GPT2Tokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-# ------------------------------------------------- TransformerLens tokenizer front
-# Duck-typed: any tokenizer with ``encode(text) -> ids`` and ``decode(ids) -> str``
-# (the project's GPT2Tokenizer, or a Hugging Face one) and optionally
-# ``bos_token_id`` / ``pad_token_id``.
-def _need_tokenizer(model, what):
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ValueError(f"{what} needs a tokenizer: this model has none (pass tokenizer=... "
-                         f"or load a checkpoint that has tokenizer files)")
-    return tok
-
-
-def _encode(tok, text):
-    try:
-        ids = tok.encode(text, add_special_tokens=False)
-    except TypeError:
-        ids = tok.encode(text)
-    if hasattr(ids, "ids"):
-        ids = ids.ids
-    return [int(i) for i in ids]
-
-
-def tl_to_tokens(model, input, prepend_bos=None, padding_side=None, truncate=True):
-    """TransformerLens's ``to_tokens``: [batch, pos] int64 ids of a string or list of
-    strings, BOS prepended by default (``cfg.default_prepend_bos``), padded on
-    ``padding_side`` (default right) with the pad token (else BOS/EOS)."""
-    tok = _need_tokenizer(model, "to_tokens")
-    if isinstance(input, str):
-        input = [input]
-    if not isinstance(input, (list, tuple)) or not all(isinstance(s, str) for s in input):
-        raise TypeError("to_tokens: input must be a string or a list of strings")
-    if prepend_bos is None:
-        prepend_bos = getattr(model.cfg, "default_prepend_bos", True)
-    bos = getattr(tok, "bos_token_id", None)
-    if prepend_bos and bos is None:
-        raise ValueError("to_tokens: prepend_bos=True but the tokenizer has no bos_token_id")
-    seqs = [([bos] if prepend_bos else []) + _encode(tok, s) for s in input]
-    if truncate:
-        seqs = [s[:model.cfg.n_ctx] for s in seqs]
-    pad = getattr(tok, "pad_token_id", None)
-    if pad is None:
-        pad = bos if bos is not None else getattr(tok, "eos_token_id", None) or 0
-    n = max(len(s) for s in seqs)
-    side = padding_side or "right"
-    if side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-    out = np.full((len(seqs), n), pad, np.int64)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            out[i, :len(s)] = s
-        else:
-            out[i, n - len(s):] = s
-    return out
-
-
-def tl_to_string(model, tokens):
-    """TransformerLens's ``to_string``: [pos] ids -> str, [batch, pos] -> list of str."""
-    tok = _need_tokenizer(model, "to_string")
-    arr = np.asarray(to_numpy(tokens))
-    if arr.ndim == 0:
-        arr = arr[None]
-    if arr.ndim == 1:
-        return tok.decode([int(i) for i in arr])
-    if arr.ndim == 2:
-        return [tok.decode([int(i) for i in row]) for row in arr]
-    raise ValueError(f"to_string: expected 1-D or 2-D token ids, got shape {arr.shape}")
-
-
-def tl_to_str_tokens(model, input, prepend_bos=None, padding_side=None):
-    """TransformerLens's ``to_str_tokens``: the decoded string of each token."""
-    tok = _need_tokenizer(model, "to_str_tokens")
-    if isinstance(input, str):
-        ids = tl_to_tokens(model, input, prepend_bos, padding_side)[0]
-    else:
-        ids = np.asarray(to_numpy(input))
-        if ids.ndim == 2 and ids.shape[0] == 1:
-            ids = ids[0]
-        if ids.ndim != 1:
-            raise ValueError(f"to_str_tokens: expected a string or 1-D token ids, got shape {ids.shape}")
-    return [tok.decode([int(i)]) for i in ids]

@@ -18,7 +18,7 @@ import numpy as np
 
 from mechinterp_c import _core
 
-__all__ = ["GPT2Tokenizer", "GPT2TokenizerFast", "AutoTokenizer", "BatchEncoding"]
+__all__ = ["GPT2Tokenizer", "GPT2TokenizerFast", "BatchEncoding"]
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 _HUGE = int(1e30)        # transformers' "no limit" model_max_length
@@ -135,7 +135,9 @@ class GPT2Tokenizer:
         self.padding_side = padding_side
         self.truncation_side = truncation_side
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.name_or_path = kwargs.get("name_or_path", "")
+        self.name_or_path = kwargs.pop("name_or_path", "")
+        if kwargs:
+            raise TypeError(f"GPT2Tokenizer: unexpected keyword argument(s) {sorted(kwargs)}")
         self._added = {}                       # text -> id of added (special) tokens
         for text, idx in (added_tokens or {}).items():
             self._add_special(text, idx)
@@ -201,25 +203,11 @@ class GPT2Tokenizer:
 
     @staticmethod
     def _core_from_tokenizer_json(path):
-        data = _read_json(path)
-        model = data.get("model") or {}
-        if model.get("type") not in (None, "BPE") or not isinstance(model.get("vocab"), dict):
-            raise ValueError(f"{path}: expected a BPE model with a vocab, got type {model.get('type')!r}")
-        lines = []
-        for i, m in enumerate(model.get("merges") or []):
-            if isinstance(m, str):
-                lines.append(m)
-            elif isinstance(m, (list, tuple)) and len(m) == 2:
-                lines.append(f"{m[0]} {m[1]}")
-            else:
-                raise ValueError(f"{path}: merge {i} is {m!r}, expected 'a b' or [a, b]")
-        core = _core.BPETokenizer.from_strings(json.dumps(model["vocab"], ensure_ascii=False), "\n".join(lines),
-                                               f"{path} (model.vocab)", f"{path} (model.merges)")
-        added = {a["content"]: int(a["id"]) for a in data.get("added_tokens") or []}
-        pre = data.get("pre_tokenizer") or {}
-        if pre.get("type") == "Sequence":
-            pre = next((p for p in pre.get("pretokenizers", []) if p.get("type") == "ByteLevel"), {})
-        return core, added, bool(pre.get("add_prefix_space", False))
+        """The C tokenizer of a tokenizer.json (its whole pipeline read in C), its added
+        tokens {text: id} and ByteLevel's add_prefix_space (applied in C already: False)."""
+        core = _core.BPETokenizer.from_tokenizer_json(path)
+        added = {a["content"]: int(a["id"]) for a in _read_json(path).get("added_tokens") or []}
+        return core, added, False
 
     def _add_special(self, text, idx=None):
         """Register text as a special (added) token; a new token gets the next free id."""
@@ -352,11 +340,23 @@ class GPT2Tokenizer:
 
     # ---------------------------------------------------------------- encoding
 
+    def _encode_texts(self, texts, add_special_tokens):
+        """Ids of each text: BPE in C (several texts over the core's threads), then BOS
+        when ``add_bos_token`` asks for it."""
+        prefix = self.add_prefix_space
+        if len(texts) > 1:
+            batch = self._tok.encode_batch(texts, add_prefix_space=prefix)
+        else:
+            batch = [self._tok.encode(t, add_prefix_space=prefix) for t in texts]
+        if self.add_bos_token and add_special_tokens and self.bos_token_id is not None:
+            batch = [[self.bos_token_id] + ids for ids in batch]
+        return batch
+
     def tokenize(self, text, **kwargs):
         """Token strings of a text (``["hello", "Ġworld"]``); no BOS is added, as in transformers."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return [self._tok.id_to_token(i) for i in self._tok.encode(text, add_prefix_space=self.add_prefix_space)]
+        return [self._tok.id_to_token(i) for i in self._encode_texts([text], False)[0]]
 
     def encode(self, text, add_special_tokens=True, padding=False, truncation=False,
                max_length=None, return_tensors=None, **kwargs):
@@ -375,6 +375,12 @@ class GPT2Tokenizer:
         truncation: False | True | "longest_first" | "only_first" (cut to max_length).
         return_tensors: None (lists) | "np" | "pt" (torch, if installed).
         """
+        kwargs.pop("verbose", None)                     # transformers' logging switch
+        if kwargs.pop("return_token_type_ids", None):  # GPT-2 has none: only False/None
+            raise NotImplementedError("tokenizer: return_token_type_ids=True is not supported")
+        if kwargs:
+            raise NotImplementedError(f"tokenizer: unsupported argument(s) {sorted(kwargs)} "
+                                      f"(they would change the output; nothing is ignored)")
         gc_was_enabled = gc.isenabled()
         gc.disable()              # building many small lists: spare the cyclic GC the rescans
         try:
@@ -408,13 +414,7 @@ class GPT2Tokenizer:
                 or pad_to_multiple_of <= 0):
             raise ValueError(f"tokenizer: pad_to_multiple_of must be a positive int, got "
                              f"{pad_to_multiple_of!r}")
-        prefix = self.add_prefix_space
-        if len(texts) > 1:
-            batch = self._tok.encode_batch(texts, add_prefix_space=prefix)
-        else:
-            batch = [self._tok.encode(t, add_prefix_space=prefix) for t in texts]
-        if self.add_bos_token and add_special_tokens and self.bos_token_id is not None:
-            batch = [[self.bos_token_id] + ids for ids in batch]
+        batch = self._encode_texts(texts, add_special_tokens)
 
         # truncation
         if truncation in (True, "longest_first", "only_first"):
@@ -543,21 +543,3 @@ def _to_tensor(rows, kind):
 
 # transformers 5 has one GPT-2 tokenizer class under both names; so do we (the C one is fast)
 GPT2TokenizerFast = GPT2Tokenizer
-
-
-class AutoTokenizer:
-    """``AutoTokenizer.from_pretrained(dir_or_id)``: a GPT-2 byte-level BPE tokenizer (the one
-    tokenizer family mechinterp_c implements)."""
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load the GPT-2 tokenizer of a directory or cached hub id."""
-        d = _resolve(os.fspath(pretrained_model_name_or_path), kwargs.pop("revision", None) or "main",
-                     kwargs.pop("cache_dir", None))
-        cfg_path = os.path.join(d, "tokenizer_config.json")
-        if os.path.isfile(cfg_path):
-            klass = _read_json(cfg_path).get("tokenizer_class")
-            if klass and klass not in ("GPT2Tokenizer", "GPT2TokenizerFast"):
-                raise ValueError(f"AutoTokenizer: {d} holds a {klass}; mechinterp_c implements only GPT2Tokenizer")
-        kwargs.setdefault("name_or_path", os.fspath(pretrained_model_name_or_path))
-        return GPT2Tokenizer.from_pretrained(d, **kwargs)

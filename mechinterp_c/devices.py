@@ -1,0 +1,102 @@
+"""Where and in what precision models run: the CPU, in float32. Anything else asked for
+is refused with an error naming it, never ignored: another device is a ValueError,
+another dtype (float16, bfloat16, float64) a NotImplementedError.
+
+``CPUFloat32`` gives a model class torch's moving methods (``to``, ``cpu``, ``float``,
+``cuda``, ``half``, ``bfloat16``, ``double``, ``mps``): those that ask for the CPU or
+float32 return the model unchanged, the others raise.
+"""
+import numpy as np
+
+_FLOAT32_NAMES = ("float32", "float", "fp32", "torch.float32", "torch.float")
+_DTYPE_WORDS = _FLOAT32_NAMES + ("float16", "half", "fp16", "bfloat16", "bf16", "float64",
+                                 "double", "auto")
+
+
+def _is_dtype_like(x):
+    if isinstance(x, (np.dtype, type)):
+        return True
+    if type(x).__name__ == "dtype":                     # torch.dtype
+        return True
+    return isinstance(x, str) and (x.startswith("torch.") or x in _DTYPE_WORDS)
+
+
+def check_dtype(dtype, where, allow_auto=False):
+    """Nothing for None and float32 (a string, NumPy's or torch's); with ``allow_auto``
+    also "auto" (Hugging Face's "the checkpoint's dtype", float32 here). Anything else:
+    NotImplementedError naming it."""
+    if dtype is None or (allow_auto and dtype == "auto"):
+        return
+    name = str(dtype)
+    if name in _FLOAT32_NAMES or (isinstance(dtype, (np.dtype, type)) and np.dtype(dtype) == np.float32):
+        return
+    raise NotImplementedError(f"{where}: dtype {name!r} is not supported: the C core computes in "
+                              f"float32 only (leave the dtype out or pass float32)")
+
+
+def check_cpu_device(device, where=None):
+    """Nothing for None and the CPU ("cpu", "cpu:0", torch.device("cpu")); any other
+    device (a GPU, "meta", ...) is a ValueError naming it: the C core computes, and keeps
+    weights and activations, in CPU memory only."""
+    if device is None:
+        return
+    name = str(device)
+    if name == "cpu" or name.startswith("cpu:"):
+        return
+    raise ValueError(f"{where + ': ' if where else ''}device={name!r}: mechinterp_c computes and "
+                     f"keeps activations in CPU memory only; use device=None or 'cpu'")
+
+
+class CPUFloat32:
+    """torch's moving and casting methods for a model that lives on the CPU in float32
+    (mixed into ``HookedTransformer`` and the Hugging Face modules)."""
+
+    def _where(self, method):
+        return f"{type(self).__name__}.{method}"
+
+    def to(self, *args, **kwargs):
+        """``to(device)``, ``to(dtype)``, ``to(device, dtype)``: the CPU and float32 return
+        the model unchanged; anything else raises NotImplementedError naming it.
+        ``non_blocking``/``copy``/``print_details`` are accepted (nothing moves)."""
+        where = self._where("to")
+        for k in ("non_blocking", "copy", "print_details", "memory_format"):
+            kwargs.pop(k, None)
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"{where}: unexpected argument(s) {sorted(kwargs)}")
+        for a in args:
+            if _is_dtype_like(a):
+                check_dtype(a, where)
+            else:
+                check_cpu_device(a, where)
+        check_cpu_device(device, where)
+        check_dtype(dtype, where)
+        return self
+
+    def cpu(self):
+        """Returns the model (it is on the CPU)."""
+        return self
+
+    def float(self):
+        """Returns the model (it is float32)."""
+        return self
+
+    def cuda(self, device=None):
+        """Refused (ValueError): the C core runs on the CPU only."""
+        check_cpu_device("cuda" if device is None else f"cuda:{device}", self._where("cuda"))
+
+    def mps(self):
+        """Refused (ValueError): the C core runs on the CPU only."""
+        check_cpu_device("mps", self._where("mps"))
+
+    def half(self):
+        """Refused: the C core computes in float32 only."""
+        check_dtype("float16", self._where("half"))
+
+    def bfloat16(self):
+        """Refused: the C core computes in float32 only."""
+        check_dtype("bfloat16", self._where("bfloat16"))
+
+    def double(self):
+        """Refused: the C core computes in float32 only."""
+        check_dtype("float64", self._where("double"))
