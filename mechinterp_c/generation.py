@@ -126,17 +126,17 @@ class GenerationMixin:
         if prepend_bos is None:
             prepend_bos = getattr(self.cfg, "default_prepend_bos", True)
         side = padding_side or getattr(self.tokenizer, "padding_side", None) or "right"
-        if isinstance(input, (str, list, tuple)) and (isinstance(input, str) or
-                                                      any(isinstance(s, str) for s in input)):
-            if isinstance(input, (list, tuple)) and not all(isinstance(s, str) for s in input):
-                raise TypeError(f"{where}: a list input must hold only strings")
-            if isinstance(input, (list, tuple)) and not input:
+        many = isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))
+        if isinstance(input, str) or many:
+            if many and not input:
                 raise ValueError(f"{where}: the list of prompts is empty")
+            if many and not all(isinstance(s, str) for s in input):
+                raise TypeError(f"{where}: a list input must hold only strings")
             if self.tokenizer is None:
                 raise ValueError(f"{where}: string input needs a tokenizer")
-            if isinstance(input, (list, tuple)) and len(input) > 1:
+            if many and len(input) > 1:
                 side = "left"   # real tokens flush right, so the last column is every row's next
-            tokens = np.asarray(self.to_tokens(list(input) if not isinstance(input, str) else input,
+            tokens = np.asarray(self.to_tokens(list(input) if many else input,
                                                prepend_bos=prepend_bos, padding_side=side))
             kind = "str"
         else:
@@ -151,49 +151,62 @@ class GenerationMixin:
             mask = get_attention_mask(self.tokenizer, tokens, prepend_bos, side)
         return tokens, mask, return_type
 
-    def _generation_steps(self, tokens, mask, max_new_tokens, stop_at_eos, eos_token_id,
-                          do_sample, top_k, top_p, temperature, freq_penalty, seed, bar):
-        """Yield the next token of every row [B], one step at a time (TransformerLens's
-        loop: rows that produced an end token get the padding end token from then on)."""
+    def _generate_iter(self, where, input, max_new_tokens, stop_at_eos, eos_token_id, do_sample,
+                       top_k, top_p, temperature, freq_penalty, prepend_bos, padding_side,
+                       return_type, verbose, seed):
+        """Yield (prompt tokens [B, T], return_type) first, then the next token of every row
+        [B], one step at a time (TransformerLens's loop: rows that produced an end token get
+        the padding end token from then on)."""
+        tokens, mask, return_type = self._generation_input(input, prepend_bos, padding_side,
+                                                           return_type, where)
+        check_prompt(tokens, self.cfg.d_vocab, self.cfg.n_ctx, max_new_tokens, where)
         if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k has to be greater than 0, got {top_k}")
+            raise ValueError(f"{where}: top_k has to be greater than 0, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p has to be in (0, 1], got {top_p}")
+            raise ValueError(f"{where}: top_p has to be in (0, 1], got {top_p}")
         stop, pad_eos = [], 0
         if stop_at_eos:
             tok_eos = getattr(self.tokenizer, "eos_token_id", None)
             if eos_token_id is None:
                 if tok_eos is None:
-                    raise ValueError("generate: stop_at_eos=True needs eos_token_id (the model has "
-                                     "no tokenizer with an eos_token_id)")
+                    raise ValueError(f"{where}: stop_at_eos=True needs eos_token_id (the model "
+                                     f"has no tokenizer with an eos_token_id)")
                 eos_token_id = tok_eos
             if isinstance(eos_token_id, (int, np.integer)):
                 stop, pad_eos = [int(eos_token_id)], int(eos_token_id)
             else:
                 stop = [int(e) for e in eos_token_id]
                 pad_eos = tok_eos if tok_eos is not None else stop[0]
+        seed = resolve_seed(seed)
+        yield tokens, return_type
         B = tokens.shape[0]
         finished = np.zeros(B, bool)
         seq = tokens
-        for step in range(max_new_tokens):
-            m = None if mask is None else np.concatenate([mask, np.ones((B, step), mask.dtype)], 1)
-            logits = to_numpy(self.forward(seq, attention_mask=m))
-            last = np.array(logits[:, -1], dtype=np.float32)
-            if do_sample and temperature != 0.0:
-                nxt = _core.sample(last, seq if freq_penalty else None, temperature=temperature,
-                                   top_k=top_k or 0, top_p=1.0 if top_p is None else top_p,
-                                   freq_penalty=freq_penalty, rules="tl", seed=seed, counter=step)
-            else:
-                nxt = _core.argmax_rows(last)
-            if stop:
-                nxt[finished] = pad_eos
-                finished |= np.isin(nxt, stop)
-            seq = np.concatenate([seq, nxt[:, None]], 1)
+        bar = progress(max_new_tokens, verbose)
+        try:
+            for step in range(max_new_tokens):
+                m = None if mask is None else np.concatenate([mask, np.ones((B, step), mask.dtype)], 1)
+                logits = to_numpy(self.forward(seq, attention_mask=m))
+                last = np.array(logits[:, -1], dtype=np.float32)
+                if do_sample and temperature != 0.0:
+                    nxt = _core.sample(last, seq if freq_penalty else None, temperature=temperature,
+                                       top_k=top_k or 0, top_p=1.0 if top_p is None else top_p,
+                                       freq_penalty=freq_penalty, rules="tl", seed=seed,
+                                       counter=step)
+                else:
+                    nxt = _core.argmax_rows(last)
+                if stop:
+                    nxt[finished] = pad_eos
+                    finished |= np.isin(nxt, stop)
+                seq = np.concatenate([seq, nxt[:, None]], 1)
+                if bar is not None:
+                    bar.update(1)
+                yield nxt
+                if stop and finished.all():
+                    break
+        finally:
             if bar is not None:
-                bar.update(1)
-            yield nxt
-            if stop and finished.all():
-                break
+                bar.close()
 
     def generate(self, input="", max_new_tokens=10, stop_at_eos=True, eos_token_id=None,
                  do_sample=True, top_k=None, top_p=None, temperature=1.0, freq_penalty=0.0,
@@ -216,17 +229,11 @@ class GenerationMixin:
         [batch, pos + new], prompt included). ``verbose`` shows a tqdm bar when tqdm is
         installed.
         """
-        tokens, mask, return_type = self._generation_input(input, prepend_bos, padding_side,
-                                                           return_type, "generate")
-        check_prompt(tokens, self.cfg.d_vocab, self.cfg.n_ctx, max_new_tokens, "generate")
-        bar = progress(max_new_tokens, verbose)
-        try:
-            new = list(self._generation_steps(tokens, mask, max_new_tokens, stop_at_eos,
-                                              eos_token_id, do_sample, top_k, top_p, temperature,
-                                              freq_penalty, resolve_seed(seed), bar))
-        finally:
-            if bar is not None:
-                bar.close()
+        steps = self._generate_iter("generate", input, max_new_tokens, stop_at_eos, eos_token_id,
+                                    do_sample, top_k, top_p, temperature, freq_penalty,
+                                    prepend_bos, padding_side, return_type, verbose, seed)
+        tokens, return_type = next(steps)
+        new = list(steps)
         out = np.concatenate([tokens] + [t[:, None] for t in new], 1)
         if return_type == "tokens":
             return out
@@ -245,22 +252,17 @@ class GenerationMixin:
         if max_tokens_per_yield < 1:
             raise ValueError(f"generate_stream: max_tokens_per_yield must be >= 1, got "
                              f"{max_tokens_per_yield}")
-        tokens, mask, _ = self._generation_input(input, prepend_bos, padding_side, return_type,
-                                                 "generate_stream")
-        check_prompt(tokens, self.cfg.d_vocab, self.cfg.n_ctx, max_new_tokens, "generate_stream")
-        bar = progress(max_new_tokens, verbose)
+        steps = self._generate_iter("generate_stream", input, max_new_tokens, stop_at_eos,
+                                    eos_token_id, do_sample, top_k, top_p, temperature,
+                                    freq_penalty, prepend_bos, padding_side, return_type, verbose,
+                                    seed)
+        tokens, _ = next(steps)
         chunk, n_new = [tokens], 0
-        try:
-            for nxt in self._generation_steps(tokens, mask, max_new_tokens, stop_at_eos,
-                                              eos_token_id, do_sample, top_k, top_p, temperature,
-                                              freq_penalty, resolve_seed(seed), bar):
-                chunk.append(nxt[:, None])
-                n_new += 1
-                if sum(c.shape[1] for c in chunk) >= max_tokens_per_yield:
-                    yield np.concatenate(chunk, 1)
-                    chunk, n_new = [], 0
-            if n_new:
+        for nxt in steps:
+            chunk.append(nxt[:, None])
+            n_new += 1
+            if sum(c.shape[1] for c in chunk) >= max_tokens_per_yield:
                 yield np.concatenate(chunk, 1)
-        finally:
-            if bar is not None:
-                bar.close()
+                chunk, n_new = [], 0
+        if n_new:
+            yield np.concatenate(chunk, 1)

@@ -201,6 +201,10 @@ def test_tl_bad_input_clear_errors_model_usable(tl_pair):
         m.generate(np.zeros((1, 0), np.int64), max_new_tokens=2, verbose=False)
     with pytest.raises(ValueError, match=r"token id 100000 at \[0, 1\] is outside the vocabulary"):
         m.generate(np.array([[1, 100000]]), max_new_tokens=2, verbose=False)
+    with pytest.raises(ValueError, match="list of prompts is empty"):
+        m.generate([], verbose=False)
+    with pytest.raises(TypeError, match="only strings"):
+        m.generate(["a", 3], verbose=False)
     with pytest.raises(ValueError, match="top_k"):
         m.generate(PROMPTS[0], top_k=0, verbose=False)
     with pytest.raises(ValueError, match="top_p"):
