@@ -110,6 +110,8 @@ class GenerationMixin:
                 raise ValueError(f"{where}: top_k has to be >= 0 (0 = off), got {knobs['top_k']}")
             if not 0.0 <= knobs["top_p"] <= 1.0:
                 raise ValueError(f"{where}: top_p has to be in [0, 1], got {knobs['top_p']}")
+            # transformers takes top_p=0 as "keep only the most likely token": the smallest
+            # positive float does the same under its rule (drop mass <= 1 - top_p from below)
             knobs["top_p"] = max(knobs["top_p"], np.nextafter(np.float32(0), np.float32(1)))
             seed = resolve_seed(seed, generator)
 
