@@ -16,6 +16,7 @@ from .activation_cache import ActivationCache
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
 from .devices import CPUFloat32, check_cpu_device, check_dtype
+from .generation import GenerationMixin
 from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
 from .hooked_text import TextMixin, check_padding_side
 from .training import TrainingMixin, _Weight
@@ -93,7 +94,8 @@ def _check_unsupported(cfg):
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
 
 
-class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32):
+class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32,
+                        GenerationMixin):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its

@@ -66,6 +66,7 @@ from ..config import GPT2Config
 from ..hooked_transformer import HookedTransformer
 from ..loading_from_pretrained import convert_gpt2_config
 from ..utils import to_numpy
+from .generation_utils import GenerationMixin
 from .modeling_utils import (HFArray, Module, ModuleList, _AffineSite, _hf, _same,
                              check_model_args, get_array_type, set_array_type)
 
@@ -233,7 +234,7 @@ def _hf_tensor_map(cfg):
     yield "ln_final.b", "ln_f.bias", (D,)
 
 
-class GPT2LMHeadModel(Module):
+class GPT2LMHeadModel(Module, GenerationMixin):
     """Hugging Face's ``GPT2LMHeadModel`` on the C transformer (inference only).
 
     Build with :meth:`from_pretrained`. ``model(input_ids, attention_mask=None)``
