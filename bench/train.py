@@ -122,13 +122,13 @@ def peak_sgemm_gflops():
 def profile(steps=5):
     """Print the C step split into phases (median-free mean over `steps` steps)."""
     import numpy as np
-    from mechinterp_c import _core, training
+    from mechinterp_c import _core
     mi, model, opt, sched = make_c()
     params = list(model.parameters())
     names = _core.backward_phases()
     prof = np.zeros(2 * len(names))
     data = batches(steps + 1)
-    st = training._state(model)
+    st = model._training_state()
     parts = dict(backward_call=0.0, clip=0.0, opt_step=0.0, zero_grad=0.0, sched=0.0)
     model.backward(*data[0])
     t_all, cpu_all = time.perf_counter(), time.process_time()

@@ -13,8 +13,8 @@ and ``blocks[l].mlp.b_out`` [D]; ``state_dict()``, ``load_and_process_state_dict
 import numpy as np
 
 from . import weight_processing
-from .factored_matrix import FactoredMatrix, composition_scores
-from .utils import to_numpy
+from .factored_matrix import FactoredMatrix
+from .utils import composition_scores, to_numpy
 
 # right-hand circuit of each composition mode: the reading head's Q, K or V side
 _COMPOSITION_RIGHT = {"Q": lambda m: m.QK, "K": lambda m: m.QK.T, "V": lambda m: m.OV}

@@ -1,13 +1,17 @@
 """``HookedTransformerConfig``: TransformerLens's config fields and defaults, without torch;
-and the one validator of config fields (``config.json`` of every model family and the
-TransformerLens config), driven by one table per format."""
+``GPT2Config``: Hugging Face's GPT-2 ``config.json``; and the one validator of config
+fields (``config.json`` of every model family and the TransformerLens config), driven by
+one table per format."""
 import dataclasses
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from . import io as _io
 
 
 @dataclass(frozen=True)
@@ -252,3 +256,56 @@ class HookedTransformerConfig:
 
     def __repr__(self):
         return "HookedTransformerConfig:\n" + "\n".join(f"{k}: {v!r}" for k, v in self.to_dict().items())
+
+
+class PretrainedConfig:
+    """A Hugging Face ``config.json`` with attribute access: the family's defaults
+    (``_DEFAULTS``) overridden by the given fields, every field the model reads checked
+    once against the family's table (``_FIELDS``; TypeError/ValueError naming it)."""
+
+    _DEFAULTS = {}
+    _FIELDS = ()
+    _DIVISIBLE = ()
+
+    def __init__(self, _where=None, **kwargs):
+        for k, v in self._DEFAULTS.items():
+            setattr(self, k, v)
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+        validate_fields(vars(self), self._FIELDS, _where or type(self).__name__, self._DIVISIBLE)
+
+    def to_dict(self):
+        """The fields as a dict."""
+        return dict(vars(self))
+
+    def __repr__(self):
+        return f"{type(self).__name__} " + json.dumps(self.to_dict(), indent=2, default=str)
+
+
+class GPT2Config(PretrainedConfig):
+    """GPT-2's ``config.json`` with attribute access (``config.n_layer``) and HF's defaults."""
+
+    _DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                     n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                     initializer_range=0.02, scale_attn_weights=True,
+                     scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
+                     tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
+                     model_type="gpt2")
+
+    _FIELDS = GPT2_CONFIG_FIELDS
+    _DIVISIBLE = GPT2_CONFIG_DIVISIBLE
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
+        """Read ``config.json`` of a local directory or a cached hub model; a field of
+        the wrong type or out of range raises TypeError/ValueError naming file and field."""
+        path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
+                                      cache_dir=cache_dir)
+        raw = _io.load_config(path, required=("n_layer", "n_embd", "n_head"))
+        return cls(_where=str(path), **raw)
+
+    # HF's generic aliases
+    hidden_size = property(lambda self: self.n_embd, doc="= n_embd")
+    num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
+    num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
+    max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")

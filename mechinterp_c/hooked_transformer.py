@@ -11,12 +11,15 @@ import warnings
 import numpy as np
 
 from . import _core, utils
+from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
 from .devices import CPUFloat32, check_cpu_device, check_dtype
+from .generation import GenerationMixin
 from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
 from .hooked_text import TextMixin, check_padding_side
+from .training import TrainingMixin, _Weight
 from .utils import to_numpy
 
 _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
@@ -62,51 +65,6 @@ class _Norm(_Module):
         return y.astype(np.float32)
 
 
-class _Weight(np.ndarray):
-    """A writable view of the C model's weights: a plain NumPy array except that
-    ``.data`` is the array itself (not a memoryview), so torch idioms such as
-    ``model.pos_embed.W_pos.data[:] = 0`` edit the weights as in TransformerLens, and
-    ``requires_grad`` freezes the parameter for training as in torch
-    (``model.pos_embed.W_pos.requires_grad = False`` is ``get_parameter(
-    "pos_embed.W_pos").requires_grad = False``). Arithmetic on it gives plain arrays;
-    a slice or copy reports its parameter's flag but cannot set it (freezing part of a
-    parameter is not supported: AttributeError)."""
-
-    def __array_finalize__(self, obj):
-        self._param_name = None            # set on the parameter's own view only
-        self._requires_grad = getattr(obj, "_requires_grad", True)
-
-    @property
-    def data(self):
-        """The weights themselves as a plain ndarray view (torch's ``.data``)."""
-        return self.view(np.ndarray)
-
-    @property
-    def requires_grad(self):
-        """Whether training (``backward``, ``optim``) updates this parameter."""
-        return self._requires_grad
-
-    @requires_grad.setter
-    def requires_grad(self, value):
-        if self._param_name is None:
-            raise AttributeError("requires_grad can only be set on a whole parameter (e.g. "
-                                 "model.pos_embed.W_pos or model.get_parameter(name)), not on a "
-                                 "slice, copy or result of one")
-        self._requires_grad = bool(value)
-
-    def requires_grad_(self, requires_grad=True):
-        """torch's in-place ``requires_grad_``: sets ``requires_grad``; returns self."""
-        self.requires_grad = requires_grad
-        return self
-
-    def __array_wrap__(self, obj, context=None, return_scalar=False):
-        obj = obj.view(np.ndarray)
-        return obj[()] if return_scalar else obj
-
-    def __repr__(self):
-        return repr(self.view(np.ndarray))
-
-
 class _Block(_Module):
     """``model.blocks[i]``: ln1, attn, ln2, mlp and the block's residual hook points."""
 
@@ -136,7 +94,8 @@ def _check_unsupported(cfg):
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
 
 
-class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
+class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32,
+                        GenerationMixin):
     """A transformer with TransformerLens hook points, running on the C core.
 
     ``HookedTransformer(cfg)`` with a ``HookedTransformerConfig`` (or a dict of its
@@ -166,17 +125,32 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
         if self.cfg.init_weights:
             self.init_weights()
 
-    # ---------------------------------------------------- pretrained (GPT-2)
+    # ---------------------------------------------------------- pretrained
     @classmethod
     def from_pretrained(cls, model_name, fold_ln=True, center_writing_weights=True,
-                        center_unembed=True, fold_value_biases=True, **kwargs):
-        """A GPT-2 checkpoint (local directory or Hugging Face cache) converted to
-        TransformerLens weights and processed as TransformerLens does by default
-        (fold_ln, center_writing_weights, center_unembed, fold_value_biases)."""
-        from .transformers.modeling_gpt2 import hooked_transformer_from_pretrained
-        return hooked_transformer_from_pretrained(
-            model_name, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-            center_unembed=center_unembed, fold_value_biases=fold_value_biases, cls=cls, **kwargs)
+                        center_unembed=True, fold_value_biases=True, revision="main",
+                        cache_dir=None, tokenizer=None, default_padding_side=None, **kwargs):
+        """A Hugging Face checkpoint (local directory or Hugging Face cache; GPT-2 today)
+        converted to TransformerLens weights (``loading_from_pretrained``) and processed
+        as TransformerLens does by default (fold_ln, center_writing_weights,
+        center_unembed, fold_value_biases). The checkpoint's tokenizer is attached when
+        it has one and ``tokenizer`` is not given. A dtype other than float32 or a device
+        other than the CPU is refused, as is any other keyword."""
+        check_dtype(kwargs.pop("dtype", None), "from_pretrained")
+        check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
+        check_cpu_device(kwargs.pop("device", None), "from_pretrained")
+        kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
+        if kwargs:
+            raise NotImplementedError(f"from_pretrained: unsupported argument(s) {sorted(kwargs)}")
+        hf_cfg, tl_cfg = loading.get_pretrained_model_config(model_name, revision, cache_dir)
+        if tokenizer is None:
+            tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
+        model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
+        model.load_and_process_state_dict(
+            loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
+            fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed, fold_value_biases=fold_value_biases)
+        return model
 
     @classmethod
     def from_pretrained_no_processing(cls, model_name, **kwargs):
@@ -230,7 +204,15 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
 
     def _tl_params(self):
         """TransformerLens-named, -shaped writable views of the blob."""
-        raw, cfg, out = self._raw, self.cfg, {}
+        params = {k: v.view(_Weight) for k, v in self._tl_views(self._raw).items()}
+        for k, v in params.items():
+            v._param_name = k
+        return params
+
+    def _tl_views(self, raw):
+        """TransformerLens names and shapes over ``raw`` (internal name -> array in the
+        internal layout: the weights, or a gradient buffer laid out as the blob)."""
+        cfg, out = self.cfg, {}
         out["embed.W_E"] = raw["embed.W_E"]
         if "pos_embed.W_pos" in raw:
             out["pos_embed.W_pos"] = raw["pos_embed.W_pos"]
@@ -252,10 +234,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
         for w in ("ln_final.w", "ln_final.b", "unembed.W_U", "unembed.b_U"):
             if w in raw:
                 out[w] = raw[w]
-        params = {k: v.view(_Weight) for k, v in out.items()}
-        for k, v in params.items():
-            v._param_name = k
-        return params
+        return out
 
     def _make_modules(self):
         cfg, P = self.cfg, self._params
@@ -318,10 +297,6 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
     def state_dict(self):
         """TransformerLens parameter names -> writable views of the model's weights."""
         return dict(self._params)
-
-    def named_parameters(self):
-        """(name, view) pairs, as ``state_dict().items()``."""
-        return iter(self._params.items())
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy TransformerLens-named weights in (shapes checked, errors name the key).
@@ -663,9 +638,3 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, CPUFloat32):
         c = self.cfg
         return (f"HookedTransformer(n_layers={c.n_layers}, d_model={c.d_model}, n_heads={c.n_heads}, "
                 f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})")
-
-
-# Training methods (backward, parameters, named_parameters, get_parameter, zero_grad,
-# train_steps) live in training.py.
-from . import training as _training  # noqa: E402
-_training.install(HookedTransformer)

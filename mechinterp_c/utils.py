@@ -391,5 +391,25 @@ def tokenize_and_concatenate(dataset, tokenizer, streaming=False, max_length=102
     return out
 
 
-# circuit helpers live with FactoredMatrix; TransformerLens code reaches them as utils.*
-from .factored_matrix import composition_scores, get_matrix_corner  # noqa: E402,F401
+def composition_scores(left, right, broadcast_dims=True):
+    """How much ``right`` reads what ``left`` writes: ||L R||_F / (||L||_F ||R||_F), from
+    the factors (TransformerLens's ``utils.composition_scores``). With ``broadcast_dims``
+    the leading dims of left and right are crossed: result [*left_lead, *right_lead]."""
+    if broadcast_dims:
+        l_lead, r_lead = left.ndim - 2, right.ndim - 2
+        for i in range(l_lead):
+            right = right.unsqueeze(i)
+        for i in range(r_lead):
+            left = left.unsqueeze(i + l_lead)
+    if left.rdim != right.ldim:
+        raise ValueError(f"Composition scores require left.rdim==right.ldim, shapes were left: "
+                         f"{left.shape}, right: {right.shape}")
+    # drop the orthogonal outer factors: the norms only see the core
+    new_left, new_right = left.collapse_l(), right.collapse_r()
+    fro = lambda x: np.sqrt((x * x).sum((-2, -1)))
+    return fro(new_left @ new_right) / fro(new_right) / fro(new_left)
+
+
+def get_matrix_corner(matrix, n=3):
+    """The top-left n x ... x n corner of a FactoredMatrix's product."""
+    return matrix[tuple(slice(n) for _ in range(matrix.ndim))].AB

@@ -187,6 +187,22 @@ def test_memmap_and_text_file_sources(ckpt, corpus, reference, tmp_path):
     assert r.n_tokens == n and r["blocks.0.hook_resid_post", "moments"].count == n
 
 
+def test_datasets_sources(ckpt, corpus, reference):
+    """A `datasets` dataset: rows of token ids as they are, or a text column tokenized."""
+    datasets = pytest.importorskip("datasets")
+    seqs = _sequences(corpus)
+    ds = datasets.Dataset.from_dict({"input_ids": [list(map(int, s)) for s in seqs]})
+    r = run_over_corpus(ckpt, ds, _templates(), batch_size=8, hook_names=HOOKS, client="serial",
+                        n_partitions=3, progress=False)
+    _check(r, reference, _n_tokens(corpus))
+    texts = ["The cat sat on the mat. " * 5, "Another row of text, and some more words."]
+    from mechinterp_c.transformers import AutoTokenizer
+    n = sum(len(AutoTokenizer.from_pretrained(ckpt).encode(t)) for t in texts)
+    r = run_over_corpus(ckpt, datasets.Dataset.from_dict({"text": texts}), [S.Moments()],
+                        hook_names=["blocks.0.hook_resid_post"], client="serial", seq_len=32, progress=False)
+    assert r.n_tokens == n and r["blocks.0.hook_resid_post", "moments"].count == n
+
+
 @cluster
 def test_resume_after_client_restart(ckpt, corpus, reference, client2, tmp_path):
     d = tmp_path / "ckpt"

@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from mechinterp_c.transformers import modeling_gpt2 as mg  # noqa: E402
 from mechinterp_c.transformers.modeling_gpt2 import GPT2LMHeadModel  # noqa: E402
+from mechinterp_c.hooked_transformer import HookedTransformer  # noqa: E402
 
 # fp32 on both sides, different summation orders (blocked GEMM vs MKL/oneDNN):
 # per-layer rounding ~1e-7 relative, grown over a few layers -> abs 2e-4 on
@@ -310,7 +311,7 @@ def test_hooked_transformer_from_pretrained_log_probs(tiny):
     ids = _ids(120, (2, 9), seed=13)
     ref = torch.log_softmax(torch.tensor(_hf_logits(hf, ids), dtype=torch.float64), -1).numpy()
     for processing in (True, False):
-        ht = mg.hooked_transformer_from_pretrained(
+        ht = HookedTransformer.from_pretrained(
             str(d), fold_ln=processing, center_writing_weights=processing,
             center_unembed=processing, fold_value_biases=processing)
         if processing:
@@ -320,8 +321,8 @@ def test_hooked_transformer_from_pretrained_log_probs(tiny):
         # processing only re-associates fp32 sums: log-probs agree to fp32 noise
         np.testing.assert_allclose(lp, ref, atol=5e-4, rtol=0)
     # TL's hook_q/k/v are the split heads of HF's c_attn output
-    ht = mg.hooked_transformer_from_pretrained(str(d), fold_ln=False, center_writing_weights=False,
-                                               center_unembed=False, fold_value_biases=False)
+    ht = HookedTransformer.from_pretrained(str(d), fold_ln=False, center_writing_weights=False,
+                                          center_unembed=False, fold_value_biases=False)
     _, cache = ht.run_with_cache(ids)
     ref_acts, _ = _collect_hf(hf, ids)
     q = np.asarray(cache["blocks.1.attn.hook_q"]).reshape(2, 9, 64)
@@ -366,7 +367,6 @@ def test_errors(tiny, tmp_path):
 
 
 def test_auto_model_and_hooked_transformer_classmethods(tiny, tmp_path):
-    from mechinterp_c.hooked_transformer import HookedTransformer
     from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModelForCausalLM
     hf, d = tiny
     m = AutoModelForCausalLM.from_pretrained(str(d))
@@ -402,7 +402,7 @@ def test_to_tokens_to_string(tmp_path_factory):
     V = len(tok)
     hf, d = _save(tmp_path_factory, "tokmodel", n_layer=1, n_embd=32, n_head=4, vocab_size=V,
                   n_positions=32)
-    ht = mg.hooked_transformer_from_pretrained(str(d), tokenizer=tok)
+    ht = HookedTransformer.from_pretrained(str(d), tokenizer=tok)
     toks = ht.to_tokens(["the cat sat", "hello"])
     enc = [tok.encode(s, add_special_tokens=False) for s in ["the cat sat", "hello"]]
     assert toks.shape == (2, 1 + max(map(len, enc)))
@@ -415,7 +415,7 @@ def test_to_tokens_to_string(tmp_path_factory):
                                torch.log_softmax(torch.tensor(_hf_logits(hf, toks[:1])), -1).numpy(),
                                atol=5e-4, rtol=0)
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        mg.hooked_transformer_from_pretrained(str(d)).to_tokens("x")
+        HookedTransformer.from_pretrained(str(d)).to_tokens("x")
 
 
 def test_hfarray_torch_style_calls(tiny):

@@ -144,7 +144,6 @@ def test_untied_and_half_precision_checkpoints(tmp_path_factory):
 
 
 def test_training_needs_materialize(tied):
-    from mechinterp_c import training
     hf, d = tied
     m = GPT2LMHeadModel.from_pretrained(d)
     ids = _ids(5)
@@ -152,7 +151,7 @@ def test_training_needs_materialize(tied):
     with pytest.raises(ValueError, match=r"read in place from a loaded checkpoint.*tied.*materialize"):
         _core.grad_blob(m._ht._core)
     with pytest.raises(ValueError, match="materialize"):
-        training.backward(m._ht, ids[:, :-1], ids[:, 1:])
+        m._ht.backward(ids[:, :-1], ids[:, 1:])
     m.materialize()
     core = m._ht._core
     assert core.n_external == 0 and not core.tied_unembed
@@ -162,7 +161,7 @@ def test_training_needs_materialize(tied):
     assert np.shares_memory(w, m._ht._raw["blocks.0.attn.W_qkv"])
     np.testing.assert_allclose(m(ids).logits, ref, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(m._ht._raw["unembed.W_U"], m.transformer.wte.weight.T)
-    loss = training.backward(m._ht, ids[:, :-1], ids[:, 1:])
+    loss = m._ht.backward(ids[:, :-1], ids[:, 1:])
     # HF's next-token loss on the same tokens: the backward's forward ran on the same
     # weights (a mean of fp32 log-softmaxes: 1e-4 covers the summation order)
     with torch.no_grad():

@@ -136,3 +136,33 @@ def test_step_bitwise_identical_for_any_thread_count():
         for k in grads:
             np.testing.assert_array_equal(grads[k], results[0][2][k], err_msg=k)
             np.testing.assert_array_equal(data[k], results[0][3][k], err_msg=k)
+
+
+def test_gradients_follow_the_core_parameter_table():
+    """Each Parameter.grad is its parameter's place in the gradient buffer as the C core's
+    table lays out the blob (name, offset, shape): W_Q/W_K/W_V are strided views of the
+    fused W_qkv gradient, and the table's rows tile the blob without overlap."""
+    cfg = dict(CFG, n_heads=4, d_head=16)
+    model = mi.HookedTransformer(cfg)
+    table = model._core.param_table()
+    raw = model._core.params()
+    assert [name for name, _, _ in table] == list(raw)
+    assert all(tuple(raw[name].shape) == shape for name, _, shape in table)
+    ends = [(off, off + int(np.prod(shape))) for _, off, shape in sorted(table, key=lambda r: r[1])]
+    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:]))
+    grads = model._training_state().grads
+    assert ends[-1][1] <= grads.size
+    off, shape = {name: (o, s) for name, o, s in table}["blocks.1.attn.W_qkv"]
+    fused = grads[off:off + int(np.prod(shape))].reshape(shape)      # [D, 3, H, Dh]
+    rng = np.random.default_rng(0)
+    model.zero_grad()
+    model.backward(*batch(rng, 2))
+    for i, c in enumerate("QKV"):
+        g = model.get_parameter(f"blocks.1.attn.W_{c}").grad
+        assert g.shape == (4, 64, 16) and np.shares_memory(g, grads)
+        np.testing.assert_array_equal(g, fused[:, i].transpose(1, 0, 2))
+    assert np.abs(fused).sum() > 0
+    for name, o, s in table:
+        if name in dict(model.named_parameters()):
+            p = model.get_parameter(name)
+            np.testing.assert_array_equal(p.grad, grads[o:o + int(np.prod(s))].reshape(s))

@@ -168,6 +168,33 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
     return d;
 }
 
+PyDoc_STRVAR(param_table_doc, "param_table()\n--\n\nThe layout of the parameter blob: a "
+             "list of (name, offset, shape), offset in floats from the blob start, shape in the "
+             "internal layout (as params()). A buffer of the blob's size (the gradients) has each "
+             "parameter at the same place.");
+
+static PyObject *model_param_table(PyObject *self, PyObject *unused)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    PyObject *out = PyList_New(mo->tf.n_table);
+    if (!out) return NULL;
+    for (int i = 0; i < mo->tf.n_table; i++) {
+        const mi_tf_param *p = &mo->tf.table[i];
+        PyObject *shape = PyTuple_New(p->ndim);
+        if (!shape) { Py_DECREF(out); return NULL; }
+        for (int k = 0; k < p->ndim; k++) {
+            PyObject *n = PyLong_FromLongLong((long long)p->shape[k]);
+            if (!n) { Py_DECREF(shape); Py_DECREF(out); return NULL; }
+            PyTuple_SET_ITEM(shape, k, n);
+        }
+        PyObject *row = Py_BuildValue("(snN)", p->name, (Py_ssize_t)p->offset, shape);
+        if (!row) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
 PyDoc_STRVAR(set_param_doc,
 "set_param(name, array)\n--\n\n"
 "Let the model read parameter `name` from `array` in place (no copy): a\n"
@@ -523,6 +550,7 @@ static PyObject *model_n_external(PyObject *self, void *c)
 
 static PyMethodDef model_methods[] = {
     {"params", model_params, METH_NOARGS, params_doc},
+    {"param_table", model_param_table, METH_NOARGS, param_table_doc},
     {"set_param", model_set_param, METH_VARARGS, set_param_doc},
     {"materialize", model_materialize, METH_NOARGS, materialize_doc},
     {"share_params", model_share_params, METH_O, share_params_doc},

@@ -7,8 +7,8 @@ Tokenizers: ``GPT2Tokenizer``, ``GPT2TokenizerFast`` (GPT-2 byte-level BPE imple
 read and run in C), ``AutoTokenizer``, ``BatchEncoding``.
 """
 from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModel, AutoModelForCausalLM
-from mechinterp_c.transformers.modeling_gpt2 import (GPT2Config, GPT2LMHeadModel, GPT2Model,
-                                                     get_array_type, set_array_type)
+from mechinterp_c.transformers.modeling_gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
+from mechinterp_c.transformers.modeling_utils import get_array_type, set_array_type
 from mechinterp_c.transformers.tokenization_auto import AutoTokenizer
 from mechinterp_c.transformers.tokenization_gpt2 import BatchEncoding, GPT2Tokenizer, GPT2TokenizerFast
 from mechinterp_c.transformers.tokenization_utils_fast import (GemmaTokenizerFast, GPTNeoXTokenizerFast,

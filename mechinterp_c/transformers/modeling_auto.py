@@ -8,24 +8,13 @@ repository (``positions.json``) to its :class:`~mechinterp_c.reve.PositionBank`.
 Anything else raises NotImplementedError naming the model type.
 """
 from .. import io as _io
+from ..loading_from_pretrained import model_type_of
 from .modeling_gpt2 import GPT2Config, GPT2LMHeadModel
 
 __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING"]
 
 MODEL_FOR_CAUSAL_LM_MAPPING = {"gpt2": GPT2LMHeadModel}
 _CONFIG_MAPPING = {"gpt2": GPT2Config}
-_GPT2_ARCHITECTURES = {"GPT2LMHeadModel", "GPT2Model"}
-
-
-def _model_type(name_or_path, revision, cache_dir):
-    path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision, cache_dir=cache_dir)
-    raw = _io.load_config(path)
-    mt = raw.get("model_type")
-    if mt is None and set(raw.get("architectures") or ()) & _GPT2_ARCHITECTURES:
-        mt = "gpt2"
-    if mt is None:
-        raise ValueError(f"{path}: config.json has no 'model_type' (nor a known 'architectures' entry)")
-    return mt, path
 
 
 class AutoConfig:
@@ -34,7 +23,7 @@ class AutoConfig:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path, revision="main", cache_dir=None, **kwargs):
         """Read ``config.json`` of a local directory or a cached hub model."""
-        mt, path = _model_type(pretrained_model_name_or_path, revision, cache_dir)
+        mt, path = model_type_of(pretrained_model_name_or_path, revision, cache_dir)
         if mt not in _CONFIG_MAPPING:
             raise NotImplementedError(f"{path}: model_type {mt!r} is not supported (supported: "
                                       f"{', '.join(sorted(_CONFIG_MAPPING))})")
@@ -56,7 +45,7 @@ class AutoModelForCausalLM:
         """Load the model of a local directory or a cached hub model (no network).
         Keywords go to the model class's ``from_pretrained``, which refuses a dtype, device or
         keyword it cannot honour."""
-        mt, path = _model_type(pretrained_model_name_or_path, revision, cache_dir)
+        mt, path = model_type_of(pretrained_model_name_or_path, revision, cache_dir)
         cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(mt)
         if cls is None:
             raise NotImplementedError(f"{path}: model_type {mt!r} is not supported by "

@@ -56,151 +56,22 @@ per-call arena and stay valid after later calls.
 """
 from __future__ import annotations
 
-import json
 import weakref
 
 import numpy as np
 
 from .. import _core
 from .. import io as _io
-from ..config import GPT2_CONFIG_DIVISIBLE, GPT2_CONFIG_FIELDS, validate_fields
-from ..devices import CPUFloat32, check_cpu_device, check_dtype
+from ..config import GPT2Config
 from ..hooked_transformer import HookedTransformer
+from ..loading_from_pretrained import convert_gpt2_config
 from ..utils import to_numpy
+from .generation_utils import GenerationMixin
+from .modeling_utils import (HFArray, Module, ModuleList, _AffineSite, _hf, _same,
+                             check_model_args, get_array_type, set_array_type)
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Model", "HFArray", "CausalLMOutput",
-           "set_array_type", "get_array_type",
-           "gpt2_to_tl_state_dict", "hooked_transformer_from_pretrained"]
-
-
-# --------------------------------------------------------------------- arrays
-class HFArray(np.ndarray):
-    """A NumPy array that also accepts the torch-tensor calls of HF notebooks.
-
-    ``detach()``, ``cpu()``, ``contiguous()`` and ``to(...)`` return the array
-    itself; ``numpy()`` returns it as a plain ndarray (no copy); ``clone()`` a
-    copy; ``view(*shape)`` with integer sizes is torch's ``view`` (a reshape
-    that never copies; NumPy's ``view(dtype)`` still works); ``size(dim)`` with
-    an argument is torch's ``size``; ``dim()`` the number of dimensions.
-    """
-
-    def detach(self):
-        """The array itself (there is no autograd)."""
-        return self
-
-    def cpu(self):
-        """The array itself (it is already in host memory)."""
-        return self
-
-    def contiguous(self):
-        """The array if C-contiguous, else a contiguous copy."""
-        return self if self.flags.c_contiguous else np.ascontiguousarray(self).view(HFArray)
-
-    def to(self, *args, **kwargs):
-        """The array itself (device moves are no-ops on the CPU)."""
-        return self
-
-    def numpy(self):
-        """The same memory as a plain ``numpy.ndarray``."""
-        return self.view(np.ndarray)
-
-    def clone(self):
-        """A copy."""
-        return self.copy()
-
-    def dim(self):
-        """Number of dimensions (torch's ``dim()``)."""
-        return self.ndim
-
-    def view(self, *args, **kwargs):
-        """torch-style ``view(*shape)`` when given integer sizes (never copies:
-        ValueError if the layout does not allow it); otherwise NumPy's ``view``."""
-        if args and all(isinstance(a, (int, np.integer)) for a in args) or (
-                len(args) == 1 and isinstance(args[0], (tuple, list))):
-            shape = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
-            out = np.ndarray.view(self)
-            try:
-                out.shape = shape   # raises instead of copying
-            except (ValueError, AttributeError) as e:
-                raise ValueError(f"view{shape}: cannot view an array of shape {self.shape} "
-                                 f"that way without a copy ({e})") from None
-            return out
-        return np.ndarray.view(self, *args, **kwargs)
-
-
-_ARRAY_TYPE = ["numpy"]
-
-
-def set_array_type(kind):
-    """What hooks and outputs of these models hand out: ``"numpy"`` (default:
-    :class:`HFArray` views of the C buffers) or ``"torch"`` (``torch.from_numpy`` of
-    the same buffers: tensors sharing memory, so in-place edits still reach the
-    C pass). The integrator exposes it as ``mechinterp_c.set_array_type``."""
-    if kind not in ("numpy", "torch"):
-        raise ValueError(f"set_array_type: expected 'numpy' or 'torch', got {kind!r}")
-    if kind == "torch":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise ImportError("set_array_type('torch') needs PyTorch, which is not installed") from None
-    _ARRAY_TYPE[0] = kind
-
-
-def get_array_type():
-    """The current array type (``"numpy"`` or ``"torch"``)."""
-    return _ARRAY_TYPE[0]
-
-
-def _hf(a):
-    """A C buffer (or a NumPy array) as handed to user code: HFArray or torch tensor."""
-    if a is None:
-        return a
-    if _ARRAY_TYPE[0] == "torch":
-        import torch
-        return torch.from_numpy(np.ndarray.view(a, np.ndarray))
-    return np.ndarray.view(a, HFArray)
-
-
-# --------------------------------------------------------------------- config
-class GPT2Config:
-    """GPT-2's ``config.json`` with attribute access (``config.n_layer``) and HF's defaults."""
-
-    _DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
-                     n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                     initializer_range=0.02, scale_attn_weights=True,
-                     scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
-                     tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256,
-                     model_type="gpt2")
-
-    def __init__(self, _where="GPT2Config", **kwargs):
-        for k, v in self._DEFAULTS.items():
-            setattr(self, k, v)
-        for k, v in kwargs.items():
-            setattr(self, k, v)
-        # every field the model reads, checked once (TypeError/ValueError naming it)
-        validate_fields(vars(self), GPT2_CONFIG_FIELDS, _where, GPT2_CONFIG_DIVISIBLE)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
-        """Read ``config.json`` of a local directory or a cached hub model; a field of
-        the wrong type or out of range raises TypeError/ValueError naming file and field."""
-        path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
-                                      cache_dir=cache_dir)
-        raw = _io.load_config(path, required=("n_layer", "n_embd", "n_head"))
-        return cls(_where=str(path), **raw)
-
-    # HF's generic aliases
-    hidden_size = property(lambda self: self.n_embd, doc="= n_embd")
-    num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
-    num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
-    max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")
-
-    def to_dict(self):
-        """The fields as a dict."""
-        return dict(vars(self))
-
-    def __repr__(self):
-        return "GPT2Config " + json.dumps(self.to_dict(), indent=2, default=str)
+           "set_array_type", "get_array_type"]
 
 
 class CausalLMOutput(dict):
@@ -218,235 +89,6 @@ class CausalLMOutput(dict):
         return dict.__getitem__(self, key)
 
 
-# --------------------------------------------------------------------- hooks
-class RemovableHandle:
-    """Handle of a hook registered on a module; ``remove()`` unregisters it."""
-
-    def __init__(self, lens_handles):
-        self._lens = lens_handles
-
-    def remove(self):
-        """Unregister the hook (no error when already removed)."""
-        for h in self._lens:
-            h.remove()
-        self._lens = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-
-
-def _write_back(target, ret, where):
-    """Copy a hook's returned value into the C buffer ``target``."""
-    if isinstance(ret, tuple):
-        if not ret:
-            raise ValueError(f"{where}: hook returned an empty tuple")
-        ret = ret[0]
-    if ret is None:
-        return
-    ret = np.asarray(to_numpy(ret))
-    if ret.size != target.size:
-        raise ValueError(f"{where}: hook returned shape {ret.shape}; expected {target.shape}")
-    if ret.dtype.kind != "f":
-        raise TypeError(f"{where}: hook returned dtype {ret.dtype}; expected floats")
-    if np.shares_memory(ret, target) and ret.shape == target.shape:
-        if ret.__array_interface__["data"][0] == target.__array_interface__["data"][0] \
-                and ret.strides == target.strides:
-            return
-    # torch broadcasts a [T, D] returned for batch 1; accept any same-size layout
-    np.copyto(target, np.array(ret).reshape(target.shape), casting="same_kind")
-
-
-class _AffineSite:
-    """A LayerNorm output: the C core holds ``y = normalized``; the module's output
-    is ``y * w + b``. Edits are mapped back into ``y``."""
-
-    def __init__(self, w, b, where):
-        self.w, self.b, self.where = w, b, where
-
-    def expose(self, y):
-        return np.ndarray.view(y * self.w + self.b, HFArray)
-
-    def absorb(self, y, shown, ret):
-        new = shown
-        if ret is not None:
-            r = ret[0] if isinstance(ret, tuple) else ret
-            if r is not None:
-                new = np.asarray(to_numpy(r))
-                if new.size != y.size:
-                    raise ValueError(f"{self.where}: hook returned shape {new.shape}; "
-                                     f"expected {y.shape}")
-                new = new.reshape(y.shape)
-        if new is shown and np.array_equal(shown, y * self.w + self.b):
-            return
-        if np.any(self.w == 0):
-            raise ValueError(f"{self.where}: cannot apply an edited LayerNorm output: the "
-                             f"LayerNorm weight has zeros, so the edit cannot be mapped back")
-        y[...] = (new - self.b) / self.w
-
-
-class Module(CPUFloat32):
-    """A node of the HF module tree, with torch-style hook registration.
-
-    Subclasses describe where their input and output live in the C pass."""
-
-    def __init__(self, model, name):
-        self._model_ref = weakref.ref(model) if model is not None else None
-        self._name = name
-        self._children = {}
-
-    # torch.nn.Module-ish tree helpers
-    def __setattr__(self, key, value):
-        if isinstance(value, Module) and not key.startswith("_"):
-            self._children[key] = value
-        object.__setattr__(self, key, value)
-
-    def named_modules(self, prefix=""):
-        """Yield ``(name, module)`` for this module and all below it."""
-        yield prefix, self
-        for k, m in self._children.items():
-            yield from m.named_modules(f"{prefix}.{k}" if prefix else k)
-
-    def modules(self):
-        """All modules below and including this one."""
-        return [m for _, m in self.named_modules()]
-
-    def children(self):
-        """The direct sub-modules."""
-        return list(self._children.values())
-
-    def eval(self):
-        """No-op (no dropout in inference); returns self."""
-        return self
-
-    def requires_grad_(self, requires_grad=True):
-        """No-op (no autograd); returns self."""
-        return self
-
-    def named_parameters(self, prefix=""):
-        """Yield ``(HF name, array view)`` for every parameter at and below this module."""
-        for name, mod in self.named_modules(prefix):
-            for attr in ("weight", "bias"):
-                if attr in vars(mod):
-                    yield (f"{name}.{attr}" if name else attr), vars(mod)[attr]
-
-    def parameters(self):
-        """The parameter views (HF layout)."""
-        return [p for _, p in self.named_parameters()]
-
-    def state_dict(self):
-        """HF-named parameter views (writable; lm_head.weight is the C unembedding)."""
-        return dict(self.named_parameters())
-
-    def train(self, mode=True):
-        """Training mode is not supported (the C forward has no dropout)."""
-        if mode:
-            raise NotImplementedError("train(): this model is inference-only (no dropout)")
-        return self
-
-    def __repr__(self):
-        return f"<{type(self).__name__} {self._name}>"
-
-    @property
-    def _core_ht(self):
-        model = self._model_ref()
-        if model is None:
-            raise RuntimeError(f"{self._name}: its model no longer exists")
-        return model._ht
-
-    # what subclasses define: (point name, how to view the activation, affine or None)
-    _fwd = None   # (point, view_fn, affine_site_or_None)
-    _pre = None   # (point, view_fn, affine_site_or_None, read_only)
-
-    def _site(self, kind):
-        s = self._fwd if kind == "fwd" else self._pre
-        if s is None:
-            raise NotImplementedError(f"{self._name}: {kind} hooks are not supported on this module")
-        return s
-
-    def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
-        """Register ``hook(module, input, output)``; it runs when the C pass has
-        produced the module's output. Returning a value replaces the output.
-        Returns a handle with ``.remove()``."""
-        if not callable(hook):
-            raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
-        if with_kwargs:
-            raise NotImplementedError("register_forward_hook(with_kwargs=True) is not supported")
-        user = hook
-        point, view, affine = self._site("fwd")
-        ht, module, where = self._core_ht, self, f"forward hook on {self._name}"
-        inp_state = {}
-        handles = []
-        pre = self._pre
-        if pre is not None:
-            # remember the input as it reaches the module (a later point in the pass
-            # runs the hook); the C buffer stays valid for the whole call.
-            def stash(act, hook):
-                inp_state["x"] = act
-            handles += ht.add_hook(pre[0], stash)
-
-        def fire(act, hook):
-            if pre is not None and "x" in inp_state:
-                x = inp_state["x"]
-                pview, paff = pre[1], pre[2]
-                inp = paff.expose(pview(x)) if paff is not None else pview(x)
-                inp = _hf(np.array(inp) if pre[3] else inp)
-            else:
-                inp = None
-            out = view(act)
-            if affine is not None:
-                shown = affine.expose(out)
-                ret = user(module, (inp,), _hf(shown))
-                affine.absorb(out, shown, ret)
-                return None
-            shown = _hf(out)
-            ret = user(module, (inp,), self._wrap_output(shown))
-            if ret is not None:
-                _write_back(out, ret, where)
-            return None
-
-        handles += ht.add_hook(point, fire, prepend=prepend)
-        return RemovableHandle(handles)
-
-    def _wrap_output(self, out):
-        return out
-
-    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
-        """Register ``hook(module, input)``; ``input`` is a 1-tuple. The hook may
-        edit ``input[0]`` in place or return a new tuple / array. Returns a handle."""
-        if not callable(hook):
-            raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
-        if with_kwargs:
-            raise NotImplementedError("register_forward_pre_hook(with_kwargs=True) is not supported")
-        user = hook
-        point, view, affine, read_only = self._site("pre")
-        module, where = self, f"forward pre-hook on {self._name}"
-
-        def fire(act, hook):
-            x = view(act)
-            if affine is not None:
-                shown = affine.expose(x)
-                ret = user(module, (_hf(shown),))
-                if not read_only:
-                    affine.absorb(x, shown, ret)
-                return None
-            if read_only:
-                user(module, (_hf(np.array(x)),))
-                return None
-            ret = user(module, (_hf(x),))
-            if ret is not None:
-                _write_back(x, ret, where)
-            return None
-
-        return RemovableHandle(self._core_ht.add_hook(point, fire, prepend=prepend))
-
-
-def _same(a):
-    return a
-
-
 class _Param:
     """Holder of HF-layout parameter views (set in ``_bind_params``)."""
 
@@ -455,41 +97,27 @@ class Embedding(Module):
     """``wte`` / ``wpe``: ``.weight`` [num, D]; forward hook output is the embedding."""
 
     def __init__(self, model, name, point):
-        super().__init__(model, name)
-        self._fwd = (point, _same, None)
+        super().__init__(model, name, (point, _same, None))
 
 
 class LayerNorm(Module):
     """``ln_1`` / ``ln_2`` / ``ln_f``: ``.weight``, ``.bias`` [D]."""
 
     def __init__(self, model, name, norm_point, in_point, affine):
-        super().__init__(model, name)
-        self._fwd = (norm_point, _same, affine)
-        self._pre = (in_point, _same, None, True) if in_point else None
+        super().__init__(model, name, (norm_point, _same, affine),
+                         (in_point, _same, None, True) if in_point else None)
 
 
 class Conv1D(Module):
     """HF's Conv1D (``y = x @ weight + bias``, weight [in, out])."""
 
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
 
 class Activation(Module):
     """``mlp.act`` (gelu_new)."""
 
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
 
 class GPT2Attention(Module):
     """``h[i].attn``: ``c_attn``, ``c_proj``; forward hook output is ``(attn_output, None)``."""
-
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
 
     def _wrap_output(self, out):
         return (out, None)
@@ -498,21 +126,9 @@ class GPT2Attention(Module):
 class GPT2MLP(Module):
     """``h[i].mlp``: ``c_fc``, ``act``, ``c_proj``."""
 
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
 
 class GPT2Block(Module):
     """``h[i]``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``."""
-
-    def __init__(self, model, name, fwd, pre):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
-
-
-class ModuleList(list):
-    """``transformer.h``: a list of blocks."""
 
 
 class _CoreModel(HookedTransformer):
@@ -566,65 +182,12 @@ class GPT2Model(Module):
 
 
 # --------------------------------------------------------------------- model
-# from_pretrained keywords that change nothing here: no network, no remote code, and the
-# weights are always mapped (no memory to save), from safetensors
-_NO_OP_LOADING_KWARGS = ("local_files_only", "trust_remote_code", "token", "low_cpu_mem_usage",
-                         "force_download")
-
-
-def check_model_args(model_args, kwargs, where):
-    """Refuse what a Hugging Face ``from_pretrained`` call asks for that the C model cannot
-    honour: extra positional arguments, a dtype other than float32, a device other than
-    the CPU, ``use_safetensors=False``, unknown keywords (consumed from ``kwargs``)."""
-    if model_args:
-        raise TypeError(f"{where}: unexpected positional argument(s) {model_args!r}")
-    check_dtype(kwargs.pop("torch_dtype", None), where, allow_auto=True)
-    check_dtype(kwargs.pop("dtype", None), where, allow_auto=True)
-    check_cpu_device(kwargs.pop("device_map", None), where)
-    if kwargs.pop("use_safetensors", True) is False:
-        raise NotImplementedError(f"{where}: use_safetensors=False: only safetensors weights are read")
-    for k in _NO_OP_LOADING_KWARGS:
-        kwargs.pop(k, None)
-    if kwargs:
-        raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}")
-
-
-def _tl_config(cfg):
-    """The HookedTransformerConfig dict of a GPT-2 config.json."""
-    act = cfg.activation_function
-    if act not in ("gelu_new", "gelu", "relu", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish"):
-        raise NotImplementedError(f"GPT-2 activation_function={act!r} is not supported")
-    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-        raise NotImplementedError("scale_attn_by_inverse_layer_idx=True is not supported")
-    if not getattr(cfg, "scale_attn_weights", True):
-        raise NotImplementedError("scale_attn_weights=False is not supported")
-    d_head, rem = divmod(cfg.n_embd, cfg.n_head)
-    if rem:
-        raise ValueError(f"config: n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
-    return dict(n_layers=cfg.n_layer, d_model=cfg.n_embd, n_ctx=cfg.n_positions, d_head=d_head,
-                n_heads=cfg.n_head, d_mlp=cfg.n_inner or 4 * cfg.n_embd, act_fn=act,
-                d_vocab=cfg.vocab_size, eps=float(cfg.layer_norm_epsilon), normalization_type="LN",
-                original_architecture="GPT2LMHeadModel", init_weights=False,
-                model_name=getattr(cfg, "_name_or_path", "gpt2"))
-
-
 def _open_checkpoint(name_or_path, revision, cache_dir, copy=False):
     """``{HF tensor name without "transformer.": (full name, SafeTensors)}`` of a
     checkpoint (one file or shards), mapped but not read (``copy``: read into memory)."""
     return {(k[len("transformer."):] if k.startswith("transformer.") else k): (k, st)
             for k, st in _io.open_checkpoint(name_or_path, revision=revision,
                                              cache_dir=cache_dir, copy=copy).items()}
-
-
-def _load_hf_weights(name_or_path, cfg, revision, cache_dir):
-    """HF GPT-2 weights (``transformer.`` prefix optional) as float32 arrays."""
-    sd = _io.load_weights(name_or_path, float32=True, revision=revision, cache_dir=cache_dir)
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("transformer."):
-            k = k[len("transformer."):]
-        out[k] = v
-    return out
 
 
 def _copy_transposed(dst, src):
@@ -671,7 +234,7 @@ def _hf_tensor_map(cfg):
     yield "ln_final.b", "ln_f.bias", (D,)
 
 
-class GPT2LMHeadModel(Module):
+class GPT2LMHeadModel(Module, GenerationMixin):
     """Hugging Face's ``GPT2LMHeadModel`` on the C transformer (inference only).
 
     Build with :meth:`from_pretrained`. ``model(input_ids, attention_mask=None)``
@@ -685,7 +248,7 @@ class GPT2LMHeadModel(Module):
         super().__init__(None, "model")
         self._model_ref = weakref.ref(self)
         self.config = config if isinstance(config, GPT2Config) else GPT2Config(**dict(config))
-        self._ht = _CoreModel(_tl_config(self.config))
+        self._ht = _CoreModel(convert_gpt2_config(self.config))
         # HF ties lm_head to wte: the C unembedding reads W_E transposed in place, and
         # the TransformerLens views (W_U: a view of W_E^T) are re-read to match
         self._ht._core.tied_unembed = bool(getattr(self.config, "tie_word_embeddings", True))
@@ -975,74 +538,3 @@ class GPT2LMHeadModel(Module):
         return c.vocab_size * D + c.n_positions * D + c.n_layer * per + 2 * D
 
 
-# ------------------------------------------------------ TransformerLens route
-def gpt2_to_tl_state_dict(sd, cfg):
-    """HF GPT-2 weights (``transformer.`` prefix optional) -> TransformerLens names and
-    shapes (``blocks.0.attn.W_Q`` [H, D, Dh], ...), as TransformerLens's GPT-2 converter."""
-    sd = {(k[len("transformer."):] if k.startswith("transformer.") else k): np.asarray(to_numpy(v), dtype=np.float32)
-          for k, v in sd.items()}
-    D, H, L = cfg.n_embd, cfg.n_head, cfg.n_layer
-    Dh = D // H
-    out = {"embed.W_E": sd["wte.weight"], "pos_embed.W_pos": sd["wpe.weight"]}
-    for l in range(L):
-        h, b = f"h.{l}.", f"blocks.{l}."
-        out[b + "ln1.w"], out[b + "ln1.b"] = sd[h + "ln_1.weight"], sd[h + "ln_1.bias"]
-        W = sd[h + "attn.c_attn.weight"].reshape(D, 3, H, Dh)
-        bq = sd[h + "attn.c_attn.bias"].reshape(3, H, Dh)
-        for i, c in enumerate("QKV"):
-            out[b + f"attn.W_{c}"] = np.ascontiguousarray(W[:, i].transpose(1, 0, 2))
-            out[b + f"attn.b_{c}"] = np.ascontiguousarray(bq[i])
-        out[b + "attn.W_O"] = sd[h + "attn.c_proj.weight"].reshape(H, Dh, D)
-        out[b + "attn.b_O"] = sd[h + "attn.c_proj.bias"]
-        out[b + "ln2.w"], out[b + "ln2.b"] = sd[h + "ln_2.weight"], sd[h + "ln_2.bias"]
-        out[b + "mlp.W_in"], out[b + "mlp.b_in"] = sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"]
-        out[b + "mlp.W_out"], out[b + "mlp.b_out"] = sd[h + "mlp.c_proj.weight"], sd[h + "mlp.c_proj.bias"]
-    out["ln_final.w"], out["ln_final.b"] = sd["ln_f.weight"], sd["ln_f.bias"]
-    out["unembed.W_U"] = np.ascontiguousarray(sd.get("lm_head.weight", sd["wte.weight"]).T)
-    out["unembed.b_U"] = np.zeros(cfg.vocab_size, np.float32)
-    return out
-
-
-def hooked_transformer_from_pretrained(name_or_path, fold_ln=True, center_writing_weights=True,
-                                       center_unembed=True, fold_value_biases=True,
-                                       revision="main", cache_dir=None, tokenizer=None,
-                                       cls=HookedTransformer, **kwargs):
-    """A ``HookedTransformer`` of a GPT-2 checkpoint (local directory or HF cache),
-    processed as TransformerLens's ``from_pretrained`` (fold_ln, center_writing_weights,
-    center_unembed, fold_value_biases; all False = ``from_pretrained_no_processing``).
-    A GPT-2 tokenizer is attached when the checkpoint has one and the tokenizer module
-    is available."""
-    default_padding_side = kwargs.pop("default_padding_side", None)
-    check_dtype(kwargs.pop("dtype", None), "from_pretrained")
-    check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
-    check_cpu_device(kwargs.pop("device", None), "from_pretrained")
-    kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
-    if kwargs:
-        raise NotImplementedError(f"from_pretrained: unsupported argument(s) {sorted(kwargs)}")
-    cfg = GPT2Config.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
-    if getattr(cfg, "model_type", "gpt2") != "gpt2":
-        raise NotImplementedError(f"{name_or_path}: model_type={cfg.model_type!r}; only GPT-2 "
-                                  f"checkpoints are converted")
-    tl_cfg = _tl_config(cfg)
-    tl_cfg["model_name"] = str(name_or_path)
-    tl_cfg["default_prepend_bos"] = True
-    if tokenizer is None:
-        tokenizer = _try_tokenizer(name_or_path, revision, cache_dir)
-    model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
-    sd = gpt2_to_tl_state_dict(_load_hf_weights(name_or_path, cfg, revision, cache_dir), cfg)
-    model.load_and_process_state_dict(sd, fold_ln=fold_ln,
-                                      center_writing_weights=center_writing_weights,
-                                      center_unembed=center_unembed,
-                                      fold_value_biases=fold_value_biases)
-    return model
-
-
-def _try_tokenizer(name_or_path, revision, cache_dir):
-    try:
-        from .tokenization_gpt2 import GPT2Tokenizer   # the tokenizer helper's module
-    except ImportError:
-        return None
-    try:
-        return GPT2Tokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

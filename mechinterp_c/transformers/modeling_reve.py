@@ -71,8 +71,6 @@ bias-free models), so results are identical.
 """
 from __future__ import annotations
 
-import json
-import math
 import weakref
 
 import numpy as np
@@ -80,11 +78,11 @@ import numpy as np
 from .. import _core, ops
 from .. import io as _io
 from ..activation_cache import ActivationCache
-from ..config import REVE_CONFIG_FIELDS, validate_fields
+from ..config import REVE_CONFIG_FIELDS, PretrainedConfig
 from ..hooked_transformer import HookedTransformer, names_filter_fn
 from ..reve import PositionBank, ReveFrontEnd
 from ..utils import to_numpy
-from .modeling_gpt2 import HFArray, Module, RemovableHandle, _AffineSite, _hf, _same, _write_back
+from .modeling_utils import HFArray, Module, ModuleList, RemovableHandle, _AffineSite, _hf, _same, _write_back
 
 __all__ = ["ReveConfig", "ReveModel", "HookedReve", "ReveArray", "load_position_bank",
            "is_reve_config", "is_position_bank_dir", "RevePositionBank"]
@@ -122,7 +120,7 @@ def _in(x, name):
 
 
 # --------------------------------------------------------------------- config
-class ReveConfig:
+class ReveConfig(PretrainedConfig):
     """REVE's ``config.json`` with attribute access and the published defaults
     (reve-base: embed_dim 512, depth 22, heads 8, head_dim 64, mlp_dim_ratio 2.66,
     use_geglu, freqs 4, patch_size 200, patch_overlap 20)."""
@@ -132,13 +130,10 @@ class ReveConfig:
                      patch_overlap=20)
     _INTS = ("embed_dim", "depth", "heads", "head_dim", "freqs", "patch_size", "patch_overlap")
 
+    _FIELDS = REVE_CONFIG_FIELDS
+
     def __init__(self, _where="ReveConfig", **kwargs):
-        for k, v in self._DEFAULTS.items():
-            setattr(self, k, v)
-        for k, v in kwargs.items():
-            setattr(self, k, v)
-        # every field the model reads, checked once (TypeError/ValueError naming it)
-        validate_fields(vars(self), REVE_CONFIG_FIELDS, _where)
+        super().__init__(_where, **kwargs)
         for k in self._INTS:
             setattr(self, k, int(getattr(self, k)))
         if not self.use_geglu:
@@ -164,13 +159,6 @@ class ReveConfig:
         if missing:
             raise KeyError(f"{path}: REVE config.json lacks {missing}")
         return cls(_where=str(path), **raw)
-
-    def to_dict(self):
-        """The fields as a dict."""
-        return dict(vars(self))
-
-    def __repr__(self):
-        return "ReveConfig " + json.dumps(self.to_dict(), indent=2, default=str)
 
 
 def is_reve_config(raw):
@@ -223,8 +211,7 @@ class ReveModule(Module):
     ``model(...)``, at the C core's hook points (``_fwd``/``_pre`` sites)."""
 
     def __init__(self, model, name, fwd=None, pre=None):
-        super().__init__(model, name)
-        self._fwd, self._pre = fwd, pre
+        super().__init__(model, name, fwd, pre)
         self._direct = []
 
     def forward(self, *args):
@@ -389,14 +376,6 @@ class Sequential(ReveModule):
         for m in self._mods:
             x = np.asarray(to_numpy(m(x)))
         return x
-
-
-class ModuleList(list):
-    """``nn.ModuleList`` (``transformer.layers``, and each ``layers[i]``)."""
-
-    def __repr__(self):
-        inner = "\n".join(f"  ({i}): " + repr(m).replace("\n", "\n  ") for i, m in enumerate(self))
-        return f"ModuleList(\n{inner}\n)"
 
 
 class Linear(ReveModule):

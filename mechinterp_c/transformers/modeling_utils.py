@@ -1,0 +1,372 @@
+"""The bridge between Hugging Face-style module trees and the C core's hook points,
+shared by every model family under ``mechinterp_c.transformers``.
+
+A :class:`Module` is a node of the HF tree (``model.transformer.h[3].attn``); it names
+the C hook point that holds its output (``_fwd``) and the one that holds its input
+(``_pre``), and turns torch's ``register_forward_hook`` / ``register_forward_pre_hook``
+into hooks on those points: the hook sees the C buffer (or, for a LayerNorm, the affine
+of it, :class:`_AffineSite`), and what it edits or returns is written back
+(:func:`_write_back`) before the pass goes on.
+
+Arrays handed to user code are :class:`HFArray` views of the C buffers, or torch
+tensors sharing the same memory after ``set_array_type("torch")`` (:func:`_hf`).
+"""
+import weakref
+
+import numpy as np
+
+from ..devices import CPUFloat32, check_cpu_device, check_dtype
+from ..utils import to_numpy
+
+__all__ = ["HFArray", "Module", "ModuleList", "RemovableHandle", "check_model_args",
+           "get_array_type", "set_array_type"]
+
+
+class HFArray(np.ndarray):
+    """A NumPy array that also accepts the torch-tensor calls of HF notebooks.
+
+    ``detach()``, ``cpu()``, ``contiguous()`` and ``to(...)`` return the array
+    itself; ``numpy()`` returns it as a plain ndarray (no copy); ``clone()`` a
+    copy; ``view(*shape)`` with integer sizes is torch's ``view`` (a reshape
+    that never copies; NumPy's ``view(dtype)`` still works); ``size(dim)`` with
+    an argument is torch's ``size``; ``dim()`` the number of dimensions.
+    """
+
+    def detach(self):
+        """The array itself (there is no autograd)."""
+        return self
+
+    def cpu(self):
+        """The array itself (it is already in host memory)."""
+        return self
+
+    def contiguous(self):
+        """The array if C-contiguous, else a contiguous copy."""
+        return self if self.flags.c_contiguous else np.ascontiguousarray(self).view(HFArray)
+
+    def to(self, *args, **kwargs):
+        """The array itself (device moves are no-ops on the CPU)."""
+        return self
+
+    def numpy(self):
+        """The same memory as a plain ``numpy.ndarray``."""
+        return self.view(np.ndarray)
+
+    def clone(self):
+        """A copy."""
+        return self.copy()
+
+    def dim(self):
+        """Number of dimensions (torch's ``dim()``)."""
+        return self.ndim
+
+    def view(self, *args, **kwargs):
+        """torch-style ``view(*shape)`` when given integer sizes (never copies:
+        ValueError if the layout does not allow it); otherwise NumPy's ``view``."""
+        if args and all(isinstance(a, (int, np.integer)) for a in args) or (
+                len(args) == 1 and isinstance(args[0], (tuple, list))):
+            shape = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+            out = np.ndarray.view(self)
+            try:
+                out.shape = shape   # raises instead of copying
+            except (ValueError, AttributeError) as e:
+                raise ValueError(f"view{shape}: cannot view an array of shape {self.shape} "
+                                 f"that way without a copy ({e})") from None
+            return out
+        return np.ndarray.view(self, *args, **kwargs)
+
+
+_ARRAY_TYPE = ["numpy"]
+
+
+def set_array_type(kind):
+    """What hooks and outputs of these models hand out: ``"numpy"`` (default:
+    :class:`HFArray` views of the C buffers) or ``"torch"`` (``torch.from_numpy`` of
+    the same buffers: tensors sharing memory, so in-place edits still reach the
+    C pass). Also ``mechinterp_c.set_array_type``."""
+    if kind not in ("numpy", "torch"):
+        raise ValueError(f"set_array_type: expected 'numpy' or 'torch', got {kind!r}")
+    if kind == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ImportError("set_array_type('torch') needs PyTorch, which is not installed") from None
+    _ARRAY_TYPE[0] = kind
+
+
+def get_array_type():
+    """The current array type (``"numpy"`` or ``"torch"``)."""
+    return _ARRAY_TYPE[0]
+
+
+def _hf(a):
+    """A C buffer (or a NumPy array) as handed to user code: HFArray or torch tensor."""
+    if a is None:
+        return a
+    if _ARRAY_TYPE[0] == "torch":
+        import torch
+        return torch.from_numpy(np.ndarray.view(a, np.ndarray))
+    return np.ndarray.view(a, HFArray)
+
+
+# ----------------------------------------------------------------- hooks
+class RemovableHandle:
+    """Handle of a hook registered on a module; ``remove()`` unregisters it."""
+
+    def __init__(self, lens_handles):
+        self._lens = lens_handles
+
+    def remove(self):
+        """Unregister the hook (no error when already removed)."""
+        for h in self._lens:
+            h.remove()
+        self._lens = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def _write_back(target, ret, where):
+    """Copy a hook's returned value into the C buffer ``target``."""
+    if isinstance(ret, tuple):
+        if not ret:
+            raise ValueError(f"{where}: hook returned an empty tuple")
+        ret = ret[0]
+    if ret is None:
+        return
+    ret = np.asarray(to_numpy(ret))
+    if ret.size != target.size:
+        raise ValueError(f"{where}: hook returned shape {ret.shape}; expected {target.shape}")
+    if ret.dtype.kind != "f":
+        raise TypeError(f"{where}: hook returned dtype {ret.dtype}; expected floats")
+    if np.shares_memory(ret, target) and ret.shape == target.shape:
+        if ret.__array_interface__["data"][0] == target.__array_interface__["data"][0] \
+                and ret.strides == target.strides:
+            return
+    # torch broadcasts a [T, D] returned for batch 1; accept any same-size layout
+    np.copyto(target, np.array(ret).reshape(target.shape), casting="same_kind")
+
+
+class _AffineSite:
+    """A LayerNorm output: the C core holds ``y = normalized``; the module's output
+    is ``y * w + b``. Edits are mapped back into ``y``."""
+
+    def __init__(self, w, b, where):
+        self.w, self.b, self.where = w, b, where
+
+    def expose(self, y):
+        return np.ndarray.view(y * self.w + self.b, HFArray)
+
+    def absorb(self, y, shown, ret):
+        new = shown
+        if ret is not None:
+            r = ret[0] if isinstance(ret, tuple) else ret
+            if r is not None:
+                new = np.asarray(to_numpy(r))
+                if new.size != y.size:
+                    raise ValueError(f"{self.where}: hook returned shape {new.shape}; "
+                                     f"expected {y.shape}")
+                new = new.reshape(y.shape)
+        if new is shown and np.array_equal(shown, y * self.w + self.b):
+            return
+        if np.any(self.w == 0):
+            raise ValueError(f"{self.where}: cannot apply an edited LayerNorm output: the "
+                             f"LayerNorm weight has zeros, so the edit cannot be mapped back")
+        y[...] = (new - self.b) / self.w
+
+
+class Module(CPUFloat32):
+    """A node of the HF module tree, with torch-style hook registration.
+
+    Subclasses describe where their input and output live in the C pass."""
+
+    def __init__(self, model, name, fwd=None, pre=None):
+        self._model_ref = weakref.ref(model) if model is not None else None
+        self._name = name
+        self._children = {}
+        self._fwd, self._pre = fwd, pre
+
+    # torch.nn.Module-ish tree helpers
+    def __setattr__(self, key, value):
+        if isinstance(value, Module) and not key.startswith("_"):
+            self._children[key] = value
+        object.__setattr__(self, key, value)
+
+    def named_modules(self, prefix=""):
+        """Yield ``(name, module)`` for this module and all below it."""
+        yield prefix, self
+        for k, m in self._children.items():
+            yield from m.named_modules(f"{prefix}.{k}" if prefix else k)
+
+    def modules(self):
+        """All modules below and including this one."""
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        """The direct sub-modules."""
+        return list(self._children.values())
+
+    def eval(self):
+        """No-op (no dropout in inference); returns self."""
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """No-op (no autograd); returns self."""
+        return self
+
+    def named_parameters(self, prefix=""):
+        """Yield ``(HF name, array view)`` for every parameter at and below this module."""
+        for name, mod in self.named_modules(prefix):
+            for attr in ("weight", "bias"):
+                if attr in vars(mod):
+                    yield (f"{name}.{attr}" if name else attr), vars(mod)[attr]
+
+    def parameters(self):
+        """The parameter views (HF layout)."""
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self):
+        """HF-named parameter views (writable; lm_head.weight is the C unembedding)."""
+        return dict(self.named_parameters())
+
+    def train(self, mode=True):
+        """Training mode is not supported (the C forward has no dropout)."""
+        if mode:
+            raise NotImplementedError("train(): this model is inference-only (no dropout)")
+        return self
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self._name}>"
+
+    @property
+    def _core_ht(self):
+        model = self._model_ref()
+        if model is None:
+            raise RuntimeError(f"{self._name}: its model no longer exists")
+        return model._ht
+
+    # where the module's output and input live in the C pass:
+    #   _fwd: (point, view_fn, affine_site_or_None) or None
+    #   _pre: (point, view_fn, affine_site_or_None, read_only) or None
+
+    def _site(self, kind):
+        s = self._fwd if kind == "fwd" else self._pre
+        if s is None:
+            raise NotImplementedError(f"{self._name}: {kind} hooks are not supported on this module")
+        return s
+
+    def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
+        """Register ``hook(module, input, output)``; it runs when the C pass has
+        produced the module's output. Returning a value replaces the output.
+        Returns a handle with ``.remove()``."""
+        if not callable(hook):
+            raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
+        if with_kwargs:
+            raise NotImplementedError("register_forward_hook(with_kwargs=True) is not supported")
+        user = hook
+        point, view, affine = self._site("fwd")
+        ht, module, where = self._core_ht, self, f"forward hook on {self._name}"
+        inp_state = {}
+        handles = []
+        pre = self._pre
+        if pre is not None:
+            # remember the input as it reaches the module (a later point in the pass
+            # runs the hook); the C buffer stays valid for the whole call.
+            def stash(act, hook):
+                inp_state["x"] = act
+            handles += ht.add_hook(pre[0], stash)
+
+        def fire(act, hook):
+            if pre is not None and "x" in inp_state:
+                x = inp_state["x"]
+                pview, paff = pre[1], pre[2]
+                inp = paff.expose(pview(x)) if paff is not None else pview(x)
+                inp = _hf(np.array(inp) if pre[3] else inp)
+            else:
+                inp = None
+            out = view(act)
+            if affine is not None:
+                shown = affine.expose(out)
+                ret = user(module, (inp,), _hf(shown))
+                affine.absorb(out, shown, ret)
+                return None
+            shown = _hf(out)
+            ret = user(module, (inp,), self._wrap_output(shown))
+            if ret is not None:
+                _write_back(out, ret, where)
+            return None
+
+        handles += ht.add_hook(point, fire, prepend=prepend)
+        return RemovableHandle(handles)
+
+    def _wrap_output(self, out):
+        return out
+
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Register ``hook(module, input)``; ``input`` is a 1-tuple. The hook may
+        edit ``input[0]`` in place or return a new tuple / array. Returns a handle."""
+        if not callable(hook):
+            raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
+        if with_kwargs:
+            raise NotImplementedError("register_forward_pre_hook(with_kwargs=True) is not supported")
+        user = hook
+        point, view, affine, read_only = self._site("pre")
+        module, where = self, f"forward pre-hook on {self._name}"
+
+        def fire(act, hook):
+            x = view(act)
+            if affine is not None:
+                shown = affine.expose(x)
+                ret = user(module, (_hf(shown),))
+                if not read_only:
+                    affine.absorb(x, shown, ret)
+                return None
+            if read_only:
+                user(module, (_hf(np.array(x)),))
+                return None
+            ret = user(module, (_hf(x),))
+            if ret is not None:
+                _write_back(x, ret, where)
+            return None
+
+        return RemovableHandle(self._core_ht.add_hook(point, fire, prepend=prepend))
+
+
+def _same(a):
+    """The buffer as is: the view of a site whose module sees the C buffer itself."""
+    return a
+
+
+class ModuleList(list):
+    """``nn.ModuleList``: a list of modules (``transformer.h``, ``transformer.layers``)."""
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): " + repr(m).replace("\n", "\n  ") for i, m in enumerate(self))
+        return f"ModuleList(\n{inner}\n)"
+
+
+# ------------------------------------------------------ from_pretrained
+# from_pretrained keywords that change nothing here: no network, no remote code, and the
+# weights are always mapped (no memory to save), from safetensors
+_NO_OP_LOADING_KWARGS = ("local_files_only", "trust_remote_code", "token", "low_cpu_mem_usage",
+                         "force_download")
+
+
+def check_model_args(model_args, kwargs, where):
+    """Refuse what a Hugging Face ``from_pretrained`` call asks for that the C model cannot
+    honour: extra positional arguments, a dtype other than float32, a device other than
+    the CPU, ``use_safetensors=False``, unknown keywords (consumed from ``kwargs``)."""
+    if model_args:
+        raise TypeError(f"{where}: unexpected positional argument(s) {model_args!r}")
+    check_dtype(kwargs.pop("torch_dtype", None), where, allow_auto=True)
+    check_dtype(kwargs.pop("dtype", None), where, allow_auto=True)
+    check_cpu_device(kwargs.pop("device_map", None), where)
+    if kwargs.pop("use_safetensors", True) is False:
+        raise NotImplementedError(f"{where}: use_safetensors=False: only safetensors weights are read")
+    for k in _NO_OP_LOADING_KWARGS:
+        kwargs.pop(k, None)
+    if kwargs:
+        raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}")
