@@ -1,6 +1,6 @@
-"""Benchmark mechinterp_c.analysis against the seeds' NumPy / SciPy / torch code.
+"""Benchmark mechinterp_c.analysis against the notebooks' NumPy / SciPy / torch code.
 
-Each case runs the seed notebook's own code (at the seed's sizes, random data
+Each case runs the original notebook's own code (at the notebook's sizes, random data
 of the right shape and scale) and the mechinterp_c equivalent, checks that
 they agree, and prints both times and the ratio (target >= 3x).
 
@@ -56,7 +56,7 @@ def report(name, t_ref, t_ours, note=""):
 
 def bench_cosine(rng, reps):
     """gpt2_qkv_token_similarities: 3*768 Q/K/V units over 54 sentences' target tokens
-    (float64, as the seed's np.zeros buffers), the shuffled baseline and np.corrcoef;
+    (float64, as the notebook's np.zeros buffers), the shuffled baseline and np.corrcoef;
     reve_eeg_exploration: sklearn cosine_similarity of the layer-10 GEGLU weights."""
     from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
     from mechinterp_c import _testing
@@ -158,7 +158,7 @@ def bench_qk(rng, reps, n_layers):
                 layerHists[layeri, j] = c / np.diff(e) / c.sum()
         return layerHists
 
-    t1, r1 = best(seed, 1)            # the seed's loop takes seconds per layer
+    t1, r1 = best(seed, 1)            # the notebook's loop takes seconds per layer
     t2, r2 = best(ours, reps)
     report(f"QK^T 8x8 head pairs, 10x100 tokens, {n_layers} layers, 3 hists", t1, t2,
            f"max|density diff| {np.abs(r1 - r2).max():.1e}")
@@ -220,7 +220,7 @@ def bench_hist(rng, reps, n_layers, n_tok):
     report(f"Q/K/V hists + var, gpt2-large {n_layers} layers x {n_tok} tokens", t1, t2,
            f"max|diff| {np.abs(h1 - h2).max():.1e} / var rel {np.max(np.abs(v1 / v2 - 1)):.1e}")
 
-    # the REVE seed's 'fd' histogram of a weight matrix, and the autorange torch.histogram
+    # the REVE notebook's 'fd' histogram of a weight matrix, and the autorange torch.histogram
     w = rng.standard_normal((512, 512)).astype(np.float32) * 0.05
     t1, r1 = best(lambda: np.histogram(w.flatten(), bins="fd"), reps)
     t2, r2 = best(lambda: A.histogram(w, bins="fd"), reps)
@@ -239,7 +239,7 @@ def bench_hist(rng, reps, n_layers, n_tok):
 
 def bench_mean_sweep(rng, batch):
     """no_position_experiment step 7: mean-ablate every hook point, previous-token loss.
-    The seed's model (2 layers, d_model 64, 1 head, d_vocab 300, n_ctx 50); the seed's
+    The notebook's model (2 layers, d_model 64, 1 head, d_vocab 300, n_ctx 50); the notebook's
     batch is 4000 sequences (--quick: fewer)."""
     cfg = dict(n_layers=2, d_model=64, d_head=64, n_heads=1, d_mlp=256, d_vocab=300, n_ctx=50,
                act_fn="relu", normalization_type="LN", seed=1)
@@ -247,7 +247,7 @@ def bench_mean_sweep(rng, batch):
     big_tokens = rng.integers(1, 300, (batch, 50))
     new_tokens = rng.integers(1, 300, (batch, 50))
 
-    def seed():     # the seed's cell on TransformerLens (tests/sweep_reference.py)
+    def seed():     # the notebook's cell on TransformerLens (tests/sweep_reference.py)
         return np.array(seed_mean_ablation(tm, big_tokens, new_tokens)[0])
 
     def ours_loop():      # the same loop on mechinterp_c's run_with_hooks
@@ -281,7 +281,7 @@ def bench_head_sweep(rng, large, all_heads):
     """gpt2_attention_breakdown demo 3: zero head 4 at the penultimate token through a
     c_proj pre-hook, layer by layer, log-prob of the last token. Random weights of the
     real shapes (gpt2-large with --large, else gpt2-small), Hugging Face transformers
-    vs mechinterp_c.transformers, ~25 tokens as the seed's sentence."""
+    vs mechinterp_c.transformers, ~25 tokens as the notebook's sentence."""
     import transformers
     from mechinterp_c.transformers import GPT2LMHeadModel
     shape = dict(n_layer=36, n_embd=1280, n_head=20) if large else \
@@ -338,7 +338,7 @@ def main():
     ap.add_argument("--single", action="store_true", help="one thread for mechinterp_c, "
                     "torch and OpenBLAS, timed in process CPU time")
     ap.add_argument("--large", action="store_true", help="head sweep on gpt2-large's shape "
-                    "(36 layers x 1280, as the seed; needs ~7 GB and minutes)")
+                    "(36 layers x 1280, as the notebook; needs ~7 GB and minutes)")
     args = ap.parse_args()
     if args.single and os.environ.get("MI_BENCH_SINGLE") != "1":
         # thread counts of OpenBLAS/OpenMP are fixed at import: restart with them set

@@ -18,7 +18,7 @@ faster). Issue #5's targets are marked:
                         for reading the weights here (the mapping's page faults).
   load, warm            from_pretrained again in this process (HF's own caches warm).
   forward [8, 128]      model(ids).logits; HF in eval() under torch.no_grad(). Target >= 1.5x.
-  + c_attn hooks        the seeds' pass: a forward hook on every layer's attn.c_attn
+  + c_attn hooks        the notebooks' pass: a forward hook on every layer's attn.c_attn
                         keeping output.detach().numpy().
   tokenizer             encode() of one long multi-script text: our C GPT2Tokenizer vs
                         transformers' GPT2TokenizerFast (Rust), on a byte-level BPE
@@ -173,7 +173,7 @@ def main():
     hf_fwd(), mi_fwd()    # warm-up (first-touch of the weights and arenas)
     row(f"forward [{args.batch}, {args.seq}]", *compare(hf_fwd, mi_fwd, args.reps), target=1.5)
 
-    # the seeds: a forward hook on every layer's c_attn keeping output.detach().numpy()
+    # the notebooks: a forward hook on every layer's c_attn keeping output.detach().numpy()
     acts_hf, acts_mi = {}, {}
 
     def implant_hook(store, l):

@@ -152,7 +152,7 @@ def main():
     os.environ["MI_PROFILE"] = "1"       # one pass with the C step timer (stderr)
     m(tokens)
     del os.environ["MI_PROFILE"]
-    # TL is measured twice: under torch.no_grad() (its leanest) and as the seed
+    # TL is measured twice: under torch.no_grad() (its leanest) and as the notebook
     # notebooks call run_with_cache / run_with_hooks, with autograd on (the default).
     print("speedup = TL time / C time; mem ratio = C added MiB / TL added MiB")
     print(f"{'task':24s} {'C ms':>8s} {'TLng ms':>8s} {'TLgr ms':>8s} {'x(ng)':>6s} {'x(gr)':>6s} "

@@ -2,17 +2,17 @@
 
 reve-base shapes (22 layers, embed_dim 512, 8 heads x 64, mlp_dim_ratio 2.66,
 GEGLU, patch 200 / overlap 20), random weights shared through a checkpoint
-written by the reference, input [10, 20, 1000] (the seed notebook's 10 epochs
-of 20 channels x 1000 samples) with the seed's 20 electrode positions. Tasks:
+written by the reference, input [10, 20, 1000] (the original notebook's 10 epochs
+of 20 channels x 1000 samples) with the notebook's 20 electrode positions. Tasks:
 
-  * "seed hooks": the seed notebook's Part 5 verbatim on both models, a forward
+  * "seed hooks": the original notebook's Part 5 verbatim on both models, a forward
     hook on every ``to_qkv`` (stores the output) and on every feed-forward
     ``net`` (re-runs ``module[0..3]`` on the input and stores the four arrays),
-    then ``model(X, positions)``; the activations are kept, as in the seed.
+    then ``model(X, positions)``; the activations are kept, as in the notebook.
   * "forward": ``model(X, positions)`` without hooks.
 
 Time: best of --reps after one warm-up, both libraries with the same number of
-threads; torch is timed as the seed runs it (autograd on: "gr") and under
+threads; torch is timed as the notebook runs it (autograd on: "gr") and under
 torch.no_grad() ("ng"). Memory: each (library, task) in a fresh subprocess
 that loads the model and warms up on a small input; the task's added memory is
 VmHWM after resetting the peak (echo 5 > /proc/self/clear_refs) minus VmRSS
@@ -55,7 +55,7 @@ def best_time(fn, reps):
 
 
 def seed_hooked_forward(model, X, positions, n_layers):
-    """The seed notebook's Part 5 (hooks, forward, removal); returns (Y, activations)."""
+    """The notebook's Part 5 (hooks, forward, removal); returns (Y, activations)."""
     from reve_reference import seed_hooks
     activations, handles = seed_hooks(model, n_layers)
     Y = model(X, positions)

@@ -1,5 +1,5 @@
 """Time the C REVE front end against the PyTorch reference (tests/reve_reference.py)
-on the seed's input: 10 epochs x 20 channels x 1000 samples, reve-base shapes.
+on the notebook's input: 10 epochs x 20 channels x 1000 samples, reve-base shapes.
 
 Prints median times and the torch/C ratio (>1: C is faster). The two runs compute
 the same thing (parity is checked once before timing). Noisy on a shared machine;

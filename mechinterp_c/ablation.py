@@ -82,7 +82,7 @@ def _resid_name(ht, layer):
 
 def _sweep_hook_names(ht, hook_names):
     fires = [n for n, hp in ht.hook_dict.items() if hp.point_id is not None]
-    if hook_names is None:   # the seed: every cached point but hook_pos_embed and hook_result
+    if hook_names is None:   # the notebook: every cached point but hook_pos_embed and hook_result
         return [n for n in fires if n != "hook_pos_embed" and "result" not in n]
     if callable(hook_names):
         return [n for n in fires if hook_names(n)]
@@ -156,7 +156,7 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
                         start_at_layer=True, batch_size=None):
     """Replace each hook point's activation by its mean and record the loss, one call.
 
-    The no-position seed's loop::
+    The no-position notebook's loop::
 
         for name in hook_names:
             average_act = cache[name].mean(0)          # cache = run_with_cache(mean_tokens)
@@ -166,20 +166,20 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     ``model``: a ``HookedTransformer`` (or a ``mechinterp_c.transformers`` GPT-2
     model). ``tokens`` ``[batch, pos]`` are the evaluated batch; the means are
     over the batch axis of the activations of ``mean_tokens`` (default:
-    ``tokens``; it needs the same ``pos``), one value per position as the seed
+    ``tokens``; it needs the same ``pos``), one value per position as the notebook
     (``cache[name].mean(0)``, accumulated in float64). ``hook_names``: None is
-    the seed's list, every hook point the model fires in ``model.hook_dict``
+    the notebook's list, every hook point the model fires in ``model.hook_dict``
     order except ``hook_pos_embed`` and ``hook_result``; or a list of names,
     or a filter function of the name. ``loss_fn``: None / ``"next_token"``
     (TransformerLens's mean next-token cross-entropy), ``"previous_token"``
-    (the seed's ``loss_fn``: ``logits[:, 1:]`` predict ``tokens[:, :-1]``),
+    (the notebook's ``loss_fn``: ``logits[:, 1:]`` predict ``tokens[:, :-1]``),
     both computed in C (per-token losses summed in float64), or any callable
     ``loss_fn(logits, tokens) -> scalar`` on NumPy arrays (called once per
     hook point with the whole batch's logits).
 
     The clean passes cache the means and the residual stream entering every
     block; each ablated pass starts at the ablated block
-    (``start_at_layer=False`` re-runs the whole model each time, as the seed).
+    (``start_at_layer=False`` re-runs the whole model each time, as the notebook).
     Passes run ``batch_size`` sequences at a time (default: as many as keep a
     pass's activation arena under 24 MiB, where memory is reused instead of
     freshly mapped; rows are independent, so this only changes speed).
@@ -356,7 +356,7 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     """Zero one attention head (at some positions) per pass and record the next-token
     log-probabilities, for every (layer, head) in one call.
 
-    The GPT-2 attention-breakdown seed's loop::
+    The GPT-2 attention-breakdown notebook's loop::
 
         for layer in layers:                          # a pre-hook on h[layer].attn.c_proj
             z = input[0].view(B, T, n_heads, d_head); z[:, pos, head, :] = 0
@@ -366,9 +366,9 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     ``blocks.{layer}.attn.hook_z[:, positions, head]``, which is what is done.
     ``model``: a ``HookedTransformer`` or a ``mechinterp_c.transformers`` GPT-2
     model. ``layers`` / ``heads``: None (all) or indices; ``positions``: the
-    query positions zeroed (None: all; the seed: ``-2``); ``target_positions``:
+    query positions zeroed (None: all; the notebook: ``-2``); ``target_positions``:
     where the log-probability of the true next token is read (None: every
-    position but the last; the seed: ``-2``). The seed's number is
+    position but the last; the notebook: ``-2``). The notebook's number is
     ``head_ablation_sweep(m, tokens, heads=4, positions=-2,
     target_positions=-2).logprobs[:, 0, 0, 0]``.
 
@@ -431,7 +431,7 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
     # the user left on the final norm / unembedding must see the full pass.
     unembed = _final_rows(ht) if len(tpos) < T else None
     # causal attention: positions after the last target cannot change its logits, so
-    # the ablated passes run on the prefix up to it (the seed's target is the
+    # the ablated passes run on the prefix up to it (the notebook's target is the
     # penultimate token)
     Te = max(tpos) + 1 if ht.cfg.attention_dir == "causal" else T
     last = f"blocks.{L - 1}.hook_resid_post"

@@ -3,23 +3,23 @@
 Every function names the NumPy / SciPy / scikit-learn call it reproduces and
 how closely:
 
-=============================  ==============================================  =========================
-function                       reference                                       agreement
-=============================  ==============================================  =========================
-``histogram``                  ``np.histogram``                                identical counts and edges
-``batched_histogram``          ``np.histogram`` per row, common edges          identical counts
-``describe``                   ``np.mean/np.var/np.std/np.min/np.max``         float64 accumulation
-``cosine_similarity``          ``sklearn.metrics.pairwise.cosine_similarity``  float32 (~1e-6)
-``corrcoef``                   ``np.corrcoef``                                 float32 (~1e-6)
-``column_cosine_similarity``   the seed's ``A/‖A‖_col; A.T @ A``               float32 (~1e-6)
-``upper_triangle``             ``S[np.triu_indices(n, k)]``                    identical values
-``qk_scores``                  ``Q_h1 @ K_h2.T / sqrt(d)`` + ``softmax``       float32 GEMM
-``gaussian_kde``               ``scipy.stats.gaussian_kde``                    ~1e-13 relative
-``kde_entropy``                the seed's KDE entropy recipe                   ~1e-12
-``entropy``                    ``scipy.stats.entropy``                         ~1e-15
-``mean_ablation_sweep``        the no-position seed's ``run_with_hooks`` loop  same forward, ~1e-6
-``head_ablation_sweep``        the GPT-2 seed's ``c_proj`` pre-hook loop       same forward, ~1e-6
-=============================  ==============================================  =========================
+=============================  =======================================================  =========================
+function                       reference                                                agreement
+=============================  =======================================================  =========================
+``histogram``                  ``np.histogram``                                         identical counts and edges
+``batched_histogram``          ``np.histogram`` per row, common edges                   identical counts
+``describe``                   ``np.mean/np.var/np.std/np.min/np.max``                  float64 accumulation
+``cosine_similarity``          ``sklearn.metrics.pairwise.cosine_similarity``           float32 (~1e-6)
+``corrcoef``                   ``np.corrcoef``                                          float32 (~1e-6)
+``column_cosine_similarity``   the notebook's ``A/‖A‖_col; A.T @ A``                    float32 (~1e-6)
+``upper_triangle``             ``S[np.triu_indices(n, k)]``                             identical values
+``qk_scores``                  ``Q_h1 @ K_h2.T / sqrt(d)`` + ``softmax``                float32 GEMM
+``gaussian_kde``               ``scipy.stats.gaussian_kde``                             ~1e-13 relative
+``kde_entropy``                the notebook's KDE entropy recipe                        ~1e-12
+``entropy``                    ``scipy.stats.entropy``                                  ~1e-15
+``mean_ablation_sweep``        the no-position notebook's ``run_with_hooks`` loop       same forward, ~1e-6
+``head_ablation_sweep``        the GPT-2 attention notebook's ``c_proj`` pre-hook loop  same forward, ~1e-6
+=============================  =======================================================  =========================
 
 The sweeps live in ``mechinterp_c.ablation`` and are re-exported here.
 
@@ -324,13 +324,13 @@ def cosine_similarity(X, Y=None):
 
 
 def column_cosine_similarity(A, center=False):
-    """Cosine similarity of the COLUMNS of A, the seed's recipe.
+    """Cosine similarity of the COLUMNS of A, the notebook's recipe.
 
     ``An = A / np.linalg.norm(A, axis=0, keepdims=True); An.T @ An`` (with
-    ``center=True`` the columns are centred first: the seed's correlation
+    ``center=True`` the columns are centred first: the notebook's correlation
     variant, = ``np.corrcoef(A, rowvar=False)``, clipped to [-1, 1] as NumPy
     clips). A ``[samples, features]`` -> ``[features, features]`` float32. A
-    zero column gives NaN as in the seed's NumPy code (0/0), and NaN/inf
+    zero column gives NaN as in the notebook's NumPy code (0/0), and NaN/inf
     propagate to their column's row and column as in NumPy. Norms in float64,
     product in float32 on the upper triangle only (one C call).
     """
@@ -356,7 +356,7 @@ def corrcoef(X, rowvar=True):
 
 def upper_triangle(S, k=1):
     """The values of a square matrix above diagonal ``k``, row-major:
-    ``S[np.triu_indices(n, k)]`` (the seed's ``S[np.nonzero(np.triu(S, 1))]``
+    ``S[np.triu_indices(n, k)]`` (the notebook's ``S[np.nonzero(np.triu(S, 1))]``
     for a similarity matrix without exact zeros), copied row slice by row slice
     instead of through an index array."""
     S = np.asarray(S)
@@ -373,14 +373,14 @@ def upper_triangle(S, k=1):
 
 
 def block_pairs(S, sizes, names=None):
-    """Within- and across-block values of a square similarity matrix, as the seed's mask.
+    """Within- and across-block values of a square similarity matrix, as the notebook's mask.
 
     ``S`` is ``[sum(sizes), sum(sizes)]`` (e.g. the 2304x2304 Q/K/V unit
     similarity matrix, ``sizes=(768, 768, 768)``, ``names="QKV"``). Returns a
     dict: for each block ``a``, ``names[a]*2`` -> the strict upper triangle
     of ``S[a, a]`` in row-major order; for each pair ``a < b``,
     ``names[a] + names[b]`` -> all of ``S[a, b]`` row-major. This is the
-    seed's ``cossim[matrixMask == qLoc * kLoc]`` selection (upper triangle,
+    notebook's ``cossim[matrixMask == qLoc * kLoc]`` selection (upper triangle,
     row-major), as views/copies of S without building the mask.
     """
     S = np.asarray(S)
@@ -418,7 +418,7 @@ def head_pairs(n_heads, pairs="within"):
     """Head pairs (query head, key head) as an int32 ``[n_pairs, 2]`` array.
 
     'within': (h, h); 'across': (h1, h2), h1 != h2; 'all': every (h1, h2);
-    in the seeds' loop order (query head outer, key head inner). A sequence
+    in the notebooks' loop order (query head outer, key head inner). A sequence
     of pairs is taken as given.
     """
     if isinstance(pairs, str):
@@ -492,7 +492,7 @@ def qk_scores(q, k, n_heads=None, scale=None, mask=None, pairs="within", softmax
     q, k: ``[pos, d_model]`` (with ``n_heads``), ``[pos, n_heads, d_head]`` or
     ``[batch, pos, n_heads, d_head]`` (TransformerLens ``hook_q``/``hook_k``;
     strided views are read in place). ``scale``: None divides by
-    ``sqrt(d_head)`` in float32 as the seeds and Hugging Face GPT-2 do; a
+    ``sqrt(d_head)`` in float32 as the notebooks and Hugging Face GPT-2 do; a
     number multiplies instead. ``mask``: None, 'causal', or a boolean keep-mask
     ``[q_pos, k_pos]`` / ``[batch, q_pos, k_pos]`` (False -> -inf).
     ``pairs``: 'within' (h, h), 'across' (h1 != h2), 'all', or explicit pairs
@@ -505,7 +505,7 @@ def qk_scores(q, k, n_heads=None, scale=None, mask=None, pairs="within", softmax
     ``softmax_histogram=(bins, range)`` does the same for the softmax values.
     Scores are then only returned with ``return_scores=True``.
     Summing ``hist`` over the pairs gives ``np.histogram`` of the concatenated
-    values, e.g. the seed's within-/across-head distributions.
+    values, e.g. the notebook's within-/across-head distributions.
 
     Returns ``QKScores(scores, pattern, pairs, hist, edges, softmax_hist,
     softmax_edges)``; scores/pattern are ``[n_pairs, batch, q_pos, k_pos]``
@@ -715,12 +715,12 @@ class gaussian_kde:
 
 
 def kde_entropy(samples, grid, bw_method="scott", eps=0.0, base=2.0):
-    """Entropy of a KDE on a grid: the seed's attention-entropy recipe, batched.
+    """Entropy of a KDE on a grid: the notebook's attention-entropy recipe, batched.
 
     For each row of ``samples`` (``[n]`` or ``[..., n]``, e.g. ``[n_heads, n]``):
     ``p = gaussian_kde(row, bw_method)(grid); p /= p.sum()``, then
     ``-sum p log_base p`` over ``p > 0`` (``eps=0``) or ``-sum p log(p + eps)``
-    (the seed writes ``eps=1e-10``). One C call evaluates every row. Returns
+    (the notebook writes ``eps=1e-10``). One C call evaluates every row. Returns
     an array of the leading shape (a float for 1-D samples).
     """
     x = np.asarray(samples)

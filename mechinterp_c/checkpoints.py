@@ -48,8 +48,8 @@ ARCHITECTURES = {
     "gpt2-xl": dict(n_layer=48, n_embd=1600, n_head=25, n_positions=1024, vocab_size=50257),
 }
 #: ``MI_NOTEBOOK_SMALL=1`` shapes: same structure (heads, pre-LN blocks, gelu_new, tied
-#: unembedding), fewer layers and narrower; enough layers for the seeds' layer indices
-#: (layer 6, layer 9) and gpt2-large's 20 heads (the seed ablates head 4 and plots a 4x5 grid).
+#: unembedding), fewer layers and narrower; enough layers for the notebooks' layer indices
+#: (layer 6, layer 9) and gpt2-large's 20 heads (the notebook ablates head 4 and plots a 4x5 grid).
 #: ``vocab_size=None``: the dense BPE vocabulary.
 SMALL = {
     "gpt2": dict(n_layer=8, n_embd=128, n_head=4, n_positions=128, vocab_size=None),

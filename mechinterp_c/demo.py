@@ -2,7 +2,7 @@
 
 Executes ``notebooks/no_position_experiment.ipynb`` headless in a fresh ``python3``
 kernel: a 2-layer transformer without positional embedding is trained in C (4000 AdamW
-steps of batch 256, as the seed; 150 steps of batch 64 with ``MI_NOTEBOOK_SMALL=1``),
+steps of batch 256, as the notebook; 150 steps of batch 64 with ``MI_NOTEBOOK_SMALL=1``),
 then analysed (attention patterns, QK/OV circuits, LayerNorm folding, mean ablation of
 every hook point). Writes to ``demo_out/`` (``--out``):
 

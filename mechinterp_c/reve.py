@@ -13,7 +13,7 @@ transformer:
 4. ``x = patch_emb + pos_embed``: the residual stream input.
 
 :class:`ReveFrontEnd` runs all of it in one C call (``frontend(eeg, pos)``)
-and exposes the PyTorch-named parts the seed notebook calls one by one
+and exposes the PyTorch-named parts the original notebook calls one by one
 (``to_patch_embedding[0].weight``, ``fourier4d.add_time_patch``, ``mlp4d``,
 ``ln``), each callable on NumPy arrays. :class:`PositionBank` maps electrode
 names to coordinates, as ``brain-bzh/reve-positions`` does.
@@ -276,7 +276,7 @@ class ReveFrontEnd:
         return (n_samples - self.patch_size) // self.step + 1
 
     def patches(self, eeg):
-        """``[B, C, T] -> [B, C, P, patch_size]`` (step 1 of the seed)."""
+        """``[B, C, T] -> [B, C, P, patch_size]`` (step 1 of the notebook)."""
         return unfold(eeg, self.patch_size, self.patch_overlap)
 
     def __call__(self, eeg, pos, intermediates=False):

@@ -9,7 +9,7 @@
  *   scores, pattern: [n_pairs, batch, q_pos, k_pos] or NULL
  *   hist_scores, hist_pattern: [n_pairs, n_bins] int64 or NULL
  *
- * score = (q_h1 . k_h2) / sqrt(d_head) (divide_sqrt, as the seeds and
+ * score = (q_h1 . k_h2) / sqrt(d_head) (divide_sqrt, as the notebooks and
  * HF GPT-2 write it) or * scale. Entries where the keep-mask is 0 (or above
  * the diagonal when causal) are -inf; the pattern is softmax over keys
  * (kernels/softmax.h: masked -> 0, a fully masked row -> 0). Histograms

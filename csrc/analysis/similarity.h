@@ -2,7 +2,7 @@
  *
  * Shapes: X[rows, cols] C-contiguous, float32 or float64 (x_f64).
  *   A "variable" is a row of X (axis = 1: sklearn's cosine_similarity,
- *   np.corrcoef rowvar=True) or a column (axis = 0: the seed's
+ *   np.corrcoef rowvar=True) or a column (axis = 0: the notebook's
  *   A / ||A||_col, np.corrcoef rowvar=False); it has k = cols (axis 1) or
  *   k = rows (axis 0) observations.
  *

@@ -191,7 +191,7 @@ static PyObject *py_percentile(PyObject *m, PyObject *args)
 /* A float32 output array [shape] for a large result (a similarity matrix): at
  * or above HUGE_MIN bytes it is 2 MiB aligned and advised for transparent huge
  * pages, so fresh memory costs one fault per 2 MiB instead of one per 4 KiB
- * page (5k faults for a 2304^2 matrix); memory the allocator reuses
+ * page (5k faults for the notebook's 2304^2 matrix); memory the allocator reuses
  * is already mapped and the advice costs nothing. Below HUGE_MIN: mi_py_empty. */
 #define HUGE_MIN ((size_t)4 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)

@@ -16,6 +16,7 @@ import numpy as np
 from .. import _core
 from ..generation import check_prompt, progress, resolve_seed
 from ..utils import to_numpy
+from .modeling_utils import get_array_type
 
 # transformers' GenerationConfig defaults for the arguments left as None
 _DEFAULTS = {"max_length": 20, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
@@ -55,7 +56,6 @@ class GenerationMixin:
         is accepted and changes nothing: each step recomputes the full pass (no KV cache in
         the C core yet). ``verbose`` shows a tqdm bar when tqdm is installed.
         """
-        from .modeling_utils import _ARRAY_TYPE
         where = f"{type(self).__name__}.generate"
         if input_ids is None:
             raise ValueError(f"{where}: input_ids is required")
@@ -117,7 +117,7 @@ class GenerationMixin:
 
         seq = self._generate_loop(ids, mask, max_new_tokens, do_sample, knobs, eos, pad, seed,
                                   progress(max_new_tokens, verbose))
-        if _ARRAY_TYPE[0] == "torch":
+        if get_array_type() == "torch":
             import torch
             return torch.from_numpy(seq)
         return seq

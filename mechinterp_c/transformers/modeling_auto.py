@@ -57,7 +57,7 @@ class AutoModelForCausalLM:
 
 class AutoModel:
     """``AutoModel.from_pretrained(name_or_path, trust_remote_code=True)``, as the REVE
-    seed calls it: ``brain-bzh/reve-base`` (a REVE ``config.json`` + safetensors) gives
+    notebook calls it: ``brain-bzh/reve-base`` (a REVE ``config.json`` + safetensors) gives
     a :class:`~mechinterp_c.transformers.modeling_reve.ReveModel`;
     ``brain-bzh/reve-positions`` (a ``positions.json`` mapping electrode names to
     [x, y, z]) gives its position bank. ``trust_remote_code`` is accepted (the REVE

@@ -45,7 +45,7 @@ edits are mapped back. value and gate live in two C buffers; net[1]'s output
 is their concatenation and edits are copied back into both.
 
 Inside a feed-forward hook (``layers[i][1]`` or ``.net``), calling ``net[0]``
-on the hook's ``input[0]``, then ``net[1]`` on that result, ... (the seed's
+on the hook's ``input[0]``, then ``net[1]`` on that result, ... (the notebook's
 ``module[0](I)`` ... ``module[3](X3)``) returns what the C pass computed for
 that step (a copy) when the array is the one handed out and unchanged (checked
 element by element), instead of computing the MLP a second time; any other
@@ -90,7 +90,7 @@ __all__ = ["ReveConfig", "ReveModel", "HookedReve", "ReveArray", "load_position_
 
 # --------------------------------------------------------------------- arrays
 class ReveArray(HFArray):
-    """:class:`HFArray` plus ``unsqueeze(dim)`` (what the seed calls on ``pos_bank(...)``)."""
+    """:class:`HFArray` plus ``unsqueeze(dim)`` (what the notebook calls on ``pos_bank(...)``)."""
 
     def unsqueeze(self, dim):
         """torch's ``unsqueeze``: a new axis of size 1 at ``dim`` (a view)."""
@@ -196,7 +196,7 @@ class RevePositionBank(PositionBank):
         return _out(super().__call__(names))
 
     def eval(self):
-        """No-op; returns self (the seed may call it)."""
+        """No-op; returns self (the notebook may call it)."""
         return self
 
     def get_all_positions(self):
@@ -321,7 +321,7 @@ def _transient(handles):
 class _Memo:
     """While a feed-forward hook runs, ``net[j](x)`` with ``x`` the very array the hook
     got (input, or the previous step's result), unchanged, returns what the C pass
-    computed for that step (a copy) instead of computing it again: the seed's hook
+    computed for that step (a copy) instead of computing it again: the notebook's hook
     re-runs net[0..3] on its input, which doubles the MLP's work otherwise."""
 
     def __init__(self, same, result, next_module=None, next_memo=None, key=None):
@@ -612,7 +612,7 @@ class Attention(ReveModule):
 
 class _FFMemo:
     """Feed-forward hooks (``layers[i][1]`` and ``.net``) also stash the C pass's MLP
-    steps (transient), so the seed's ``module[0..3]`` calls in the hook are served by
+    steps (transient), so the notebook's ``module[0..3]`` calls in the hook are served by
     :class:`_Memo` from them."""
 
     def _memo_points(self):
@@ -985,7 +985,7 @@ class ReveModel(ReveModule):
                                        self.ln, *self.to_patch_embedding, *self.mlp4d))
 
     def _embed(self, eeg, pos):
-        """Residual stream input [B, N, D] and (B, C, P): one C call, or the seed's
+        """Residual stream input [B, N, D] and (B, C, P): one C call, or the notebook's
         steps through the front-end modules when one of them has a hook."""
         eeg, pos = _in(eeg, "eeg"), _in(pos, "pos")
         x = self._ht.frontend(eeg, pos)       # validates shapes and values in C
