@@ -11,7 +11,7 @@ they agree, and prints both times and the ratio (target >= 3x).
 
 Timings are best-of-N wall clock; on a shared machine they are noisy. The
 REVE weight-cosine case is one GEMM: it also prints GFLOP/s of both sides
-against the machine's FMA peak (_core._fma_peak()), since no code can beat a
+against the machine's FMA peak (_testing._fma_peak()), since no code can beat a
 GEMM that already runs near peak by 3x.
 """
 import argparse
@@ -59,7 +59,7 @@ def bench_cosine(rng, reps):
     (float64, as the notebook's np.zeros buffers), the shuffled baseline and np.corrcoef;
     reve_eeg_exploration: sklearn cosine_similarity of the layer-10 GEGLU weights."""
     from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
-    from mechinterp_c import _core
+    from mechinterp_c import _testing
     acts = rng.standard_normal((54, 3 * 768))
 
     def seed_cos():
@@ -98,7 +98,7 @@ def bench_cosine(rng, reps):
     report("shuffled baseline: cosine + upper triangle (seed)", t1, t2,
            f"max|diff| {np.abs(r1 - r2).max():.1e}")
 
-    peak = max(_core._fma_peak() for _ in range(3))
+    peak = max(_testing._fma_peak() for _ in range(3))
     for name, shape in (("expand", (2722, 512)), ("contract", (512, 1361))):
         W = (0.05 * rng.standard_normal(shape)).astype(np.float32)
         t1, r1 = best(lambda: sk_cosine(W, W), reps)

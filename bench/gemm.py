@@ -5,7 +5,7 @@ Usage:  python3 bench/gemm.py [--threads 2] [--repeats 3] [--rounds 3] [--markdo
 For each shape (GPT-2 small / large projections, REVE-base, 2048^3) prints the
 best-of-N GFLOP/s of each library in the same process (all limited to the same
 thread count), the ratios ops/numpy and ops/torch, and ops.matmul's share of
-the FMA peak measured by _core._fma_peak() on the same threads.
+the FMA peak measured by _testing._fma_peak() on the same threads.
 
 Each library's thread pool is allowed to go idle (a short sleep) before the
 next one is timed: OpenBLAS and OpenMP workers spin after a call and would
@@ -53,13 +53,13 @@ def main():
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     import torch
-    from mechinterp_c import _core, ops
+    from mechinterp_c import _core, _testing, ops
 
     torch.set_num_threads(args.threads)
     _core.set_num_threads(args.threads)
     def probe():
         time.sleep(0.3)     # torch / OpenBLAS workers spin after a call: let them sleep first
-        return max(_core._fma_peak() for _ in range(3))
+        return max(_testing._fma_peak() for _ in range(3))
 
     peak = probe()
     shapes = [SHAPES[0], SHAPES[-1]] if args.quick else SHAPES

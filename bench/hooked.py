@@ -108,7 +108,7 @@ def main():
     import torch
     import transformer_lens as tl
     import mechinterp_c
-    from mechinterp_c import _core
+    from mechinterp_c import _testing
     from mechinterp_c.hooked_transformer import HookedTransformer
 
     threads = mechinterp_c.get_num_threads()
@@ -145,7 +145,7 @@ def main():
     BT, T = args.batch * args.seq, args.seq
     gflop = 2 * (L * (BT * D * 3 * H * Dh + BT * H * Dh * D + 2 * BT * D * M + 2 * args.batch * H * T * T * Dh)
                  + BT * D * V) / 1e9
-    peak = _core._fma_peak()
+    peak = _testing._fma_peak()
     print(f"forward: {gflop:.1f} GFLOP (unembedding {2 * BT * D * V / 1e9:.1f}); measured FMA peak "
           f"{peak:.0f} GFLOP/s -> floor {gflop / peak * 1e3:.0f} ms at 100% of peak, "
           f"{gflop / peak / 0.8 * 1e3:.0f} ms at 80%")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import mechinterp_c as mi
-from mechinterp_c import _core, ops
+from mechinterp_c import _core, _testing, ops
 
 
 def best_times(runs, repeat, clock):
@@ -97,15 +97,15 @@ def main():
          lambda: torch.nn.functional.rms_norm(tr, (768,), tw, eps=1e-6)),
         ("softmax causal [4,12,128,128]", lambda: ops.softmax(scores, mask=causal),
          lambda: torch.softmax(ts.masked_fill(~tmask, -torch.inf), -1)),
-        ("gelu exact backward [512,3072]", lambda: _core._activation_backward("gelu", hid, dhid),
+        ("gelu exact backward [512,3072]", lambda: _testing._activation_backward("gelu", hid, dhid),
          lambda: torch_backward(torch.nn.functional.gelu, th)),
         ("layer_norm backward [512,768]",
-         lambda: _core._layer_norm_backward(dres, res, res_scale, w, bias=True),
+         lambda: _testing._layer_norm_backward(dres, res, res_scale, w, bias=True),
          lambda: torch_backward(lambda a, b: torch.nn.functional.layer_norm(a, (768,), b, b),
                                 tr, tw)),
-        ("softmax backward [4,12,128,128]", lambda: _core._softmax_backward(probs, dprobs),
+        ("softmax backward [4,12,128,128]", lambda: _testing._softmax_backward(probs, dprobs),
          lambda: torch._softmax_backward_data(torch.from_numpy(dprobs), tp, -1, torch.float32)),
-        ("cross_entropy+grad [128,50257]", lambda: _core._cross_entropy(logits, targets),
+        ("cross_entropy+grad [128,50257]", lambda: _testing._cross_entropy(logits, targets),
          torch_ce),
         ("attention causal B4 T128 H12 D64", lambda: ops.attention(q, k, v, causal=True),
          lambda: torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)),

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import mechinterp_c as mi
-from mechinterp_c import _core, ops
+from mechinterp_c import _core, _testing, ops
 
 EPS = np.finfo(np.float32).eps
 H = 8                                    # query heads; n_kv_heads = H // group
@@ -171,7 +171,7 @@ def gradients(layout, q, k, v, p, dz, causal, offset, scale):
     B, Tq, _, D = q.shape
     zeros = lambda shape: np.zeros(shape, np.float32)
     dq, dk, dv, bufs = views(layout, B, Tq, k.shape[1], k.shape[2], D, zeros, 0.0)
-    _core._attention_general_backward(q, k, v, p, dz, dq, dk, dv, causal=causal, offset=offset,
+    _testing._attention_general_backward(q, k, v, p, dz, dq, dk, dv, causal=causal, offset=offset,
                                       scale=scale)
     return (dq, dk, dv), bufs
 
@@ -192,13 +192,13 @@ def test_forward_and_backward_match_float64(rng, Tq, Tk, offset, D, group, causa
     q, k, v, pad = inputs(rng, layout, Tq, Tk, D, group, padded)
     scale = 0.7 / np.sqrt(D)         # not the default 1/sqrt(d_head): the argument is used
     want = reference(q, k, v, causal, offset, pad, scale)
-    steps = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
+    steps = _testing._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
                                      scale=scale, mode="steps")
     check_forward(steps, want, q, k, v, scale)
     # the fused pass runs the very same products and softmax: bitwise the three steps
-    fused = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
+    fused = _testing._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad,
                                      scale=scale)
-    z_only, none1, none2 = _core._attention_general(q, k, v, causal=causal, offset=offset,
+    z_only, none1, none2 = _testing._attention_general(q, k, v, causal=causal, offset=offset,
                                                     padding_mask=pad, scale=scale, mode="fused_z")
     assert none1 is None and none2 is None
     for a, b in zip(fused, steps):
@@ -223,14 +223,14 @@ def test_self_attention_is_the_special_case(rng):
     pad[1, :5] = 0
     for causal in (True, False):
         z, p = ops.attention(qkv, causal=causal, padding_mask=pad, return_pattern=True)
-        zg, _, pg = _core._attention_general(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+        zg, _, pg = _testing._attention_general(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
                                              causal=causal, padding_mask=pad)
         np.testing.assert_array_equal(z, zg)
         np.testing.assert_array_equal(p, pg)
         dz = rng.standard_normal(z.shape).astype(np.float32)
-        (dqkv,) = _core._attention_backward(qkv, None, None, p, dz, causal=causal)
+        (dqkv,) = _testing._attention_backward(qkv, None, None, p, dz, causal=causal)
         d = np.zeros_like(qkv)
-        _core._attention_general_backward(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], p, dz,
+        _testing._attention_general_backward(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], p, dz,
                                           d[:, :, 0], d[:, :, 1], d[:, :, 2], causal=causal)
         np.testing.assert_array_equal(d, dqkv)
 
@@ -241,8 +241,8 @@ def test_decode_step_is_the_last_row_of_the_full_pass(rng):
     T, D, Hkv = 20, 16, 2
     q = rng.standard_normal((2, T, H, D)).astype(np.float32)
     k, v = (rng.standard_normal((2, T, Hkv, D)).astype(np.float32) for _ in range(2))
-    z, s, p = _core._attention_general(q, k, v)
-    z1, s1, p1 = _core._attention_general(q[:, T - 1:], k, v, offset=T - 1)
+    z, s, p = _testing._attention_general(q, k, v)
+    z1, s1, p1 = _testing._attention_general(q[:, T - 1:], k, v, offset=T - 1)
     np.testing.assert_array_equal(z1, z[:, T - 1:])
     np.testing.assert_array_equal(p1, p[:, :, T - 1:])
 
@@ -265,7 +265,7 @@ def test_avx512_matches_portable_kernels(rng, restore, Tq, Tk, offset, D, group,
     run = {}
     for isa in ("scalar", "avx512"):
         assert _core.force_isa(isa) == isa
-        fwd = _core._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad)
+        fwd = _testing._attention_general(q, k, v, causal=causal, offset=offset, padding_mask=pad)
         run[isa] = fwd, gradients(layout, q, k, v, fwd[2], dz, causal, offset, scale)[0]
     (ref, ref_grads), (fast, fast_grads) = run["scalar"], run["avx512"]
     check_forward(fast, (ref[1], ref[2], ref[0]), q, k, v, scale)
@@ -284,7 +284,7 @@ def test_one_and_two_threads_bitwise(rng, restore, isa, Tq, Tk, offset, group):
     out = []
     for n in (1, 2):
         mi.set_num_threads(n)
-        fwd = [_core._attention_general(q, k, v, offset=offset, padding_mask=pad, mode=m)
+        fwd = [_testing._attention_general(q, k, v, offset=offset, padding_mask=pad, mode=m)
                for m in ("steps", "fused", "fused_z")]
         grads = gradients("cache", q, k, v, fwd[0][2], dz, True, offset, 1 / np.sqrt(24))[0]
         out.append([a for f in fwd for a in f if a is not None] + list(grads))
@@ -298,34 +298,34 @@ def test_errors_name_the_problem_and_the_kernels_stay_usable(rng):
     q = rng.standard_normal((1, 3, 6, 4)).astype(np.float32)
     k = rng.standard_normal((1, 5, 4, 4)).astype(np.float32)
     good = rng.standard_normal((1, 5, 2, 4)).astype(np.float32)
-    before = _core._attention_general(q, good, good, offset=2)
+    before = _testing._attention_general(q, good, good, offset=2)
     with pytest.raises(ValueError, match=r"n_kv_heads must be >= 1 and divide n_heads \(6\), got 4"):
-        _core._attention_general(q, k, k)
+        _testing._attention_general(q, k, k)
     with pytest.raises(ValueError, match=r"offset must be >= 0, got -1"):
-        _core._attention_general(q, good, good, offset=-1)
+        _testing._attention_general(q, good, good, offset=-1)
     with pytest.raises(ValueError, match=r"k_len must be >= 1 for 3 queries, got 0"):
-        _core._attention_general(q, good[:, :0], good[:, :0])
+        _testing._attention_general(q, good[:, :0], good[:, :0])
     with pytest.raises(ValueError, match=r"k, v: expected \[batch, k_len, n_kv_heads, d_head\]"):
-        _core._attention_general(q, good, good[:, :4])
-    with pytest.raises(ValueError, match=r"k: the d_head axis must be contiguous"):
-        _core._attention_general(q, good[..., ::2], good[..., ::2])
-    with pytest.raises(TypeError, match=r"v: expected a 4-d float32 ndarray"):
-        _core._attention_general(q, good, good.astype(np.float64))
-    with pytest.raises(ValueError, match=r"padding_mask: expected \[batch, k_len\] like k"):
-        _core._attention_general(q, good, good, padding_mask=np.ones((1, 3), np.float32))
+        _testing._attention_general(q, good, good[:, :4])
+    with pytest.raises(ValueError, match=r"k: the last axis of k must be contiguous"):
+        _testing._attention_general(q, good[..., ::2], good[..., ::2])
+    with pytest.raises(TypeError, match=r"v: expected float32, got dtype float64"):
+        _testing._attention_general(q, good, good.astype(np.float64))
+    with pytest.raises(ValueError, match=r"padding_mask: expected shape \(1, 5\) \(\[batch, k_len\] like k\)"):
+        _testing._attention_general(q, good, good, padding_mask=np.ones((1, 3), np.float32))
     with pytest.raises(ValueError, match=r"mode: expected 'steps', 'fused' or 'fused_z', got 'x'"):
-        _core._attention_general(q, good, good, mode="x")
+        _testing._attention_general(q, good, good, mode="x")
     z, _, p = before
     dz = np.ones_like(z)
     dq, dk = np.zeros_like(q), np.zeros_like(good)
     with pytest.raises(ValueError, match=r"dv: expected the shape and strides of v"):
-        _core._attention_general_backward(q, good, good, p, dz, dq, dk, np.zeros((1, 5, 2, 8), np.float32)[..., :4])
+        _testing._attention_general_backward(q, good, good, p, dz, dq, dk, np.zeros((1, 5, 2, 8), np.float32)[..., :4])
     ro = np.zeros_like(good)
     ro.flags.writeable = False
-    with pytest.raises(ValueError, match=r"dk: must be writeable"):
-        _core._attention_general_backward(q, good, good, p, dz, dq, ro, np.zeros_like(good))
+    with pytest.raises(TypeError, match=r"dk: expected a writable float32 array, got read-only"):
+        _testing._attention_general_backward(q, good, good, p, dz, dq, ro, np.zeros_like(good))
     with pytest.raises(ValueError, match=r"pattern"):
-        _core._attention_general_backward(q, good, good, p[..., :4], dz, dq, dk, np.zeros_like(good))
+        _testing._attention_general_backward(q, good, good, p[..., :4], dz, dq, dk, np.zeros_like(good))
     assert not dq.any() and not dk.any()       # nothing written by a refused call
-    for a, b in zip(before, _core._attention_general(q, good, good, offset=2)):
+    for a, b in zip(before, _testing._attention_general(q, good, good, offset=2)):
         np.testing.assert_array_equal(a, b)

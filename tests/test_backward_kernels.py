@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mechinterp_c as mi
-from mechinterp_c import _core, ops
+from mechinterp_c import _core, _testing, ops
 from attention_reference import attention_torch
 
 
@@ -60,7 +60,7 @@ def test_layer_norm_backward(rng, rows, d, affine):
     b = rng.standard_normal(d).astype(np.float32) if affine else None
     dy = rng.standard_normal((rows, d)).astype(np.float32)
     _, scale = ops.layer_norm(x, w, b, eps=1e-5, return_scale=True)
-    dx, dw, db = _core._layer_norm_backward(dy, x, scale, w, bias=affine)
+    dx, dw, db = _testing._layer_norm_backward(dy, x, scale, w, bias=affine)
     xt = t64(x)
     wt, bt = (t64(w), t64(b)) if affine else (None, None)
     y = torch.nn.functional.layer_norm(xt, (d,), wt, bt, eps=1e-5)
@@ -78,9 +78,9 @@ def test_layer_norm_backward_accumulates(rng):
     w = rng.standard_normal(9).astype(np.float32)
     dy = rng.standard_normal((4, 9)).astype(np.float32)
     _, scale = ops.layer_norm(x, w, w, return_scale=True)
-    dx1, dw1, db1 = _core._layer_norm_backward(dy, x, scale, w, bias=True)
+    dx1, dw1, db1 = _testing._layer_norm_backward(dy, x, scale, w, bias=True)
     acc = [np.full((4, 9), 1.5, np.float32), np.full(9, -2.0, np.float32), np.ones(9, np.float32)]
-    dx2, dw2, db2 = _core._layer_norm_backward(dy, x, scale, w, bias=True, dx=acc[0], dw=acc[1],
+    dx2, dw2, db2 = _testing._layer_norm_backward(dy, x, scale, w, bias=True, dx=acc[0], dw=acc[1],
                                                db=acc[2])
     assert dx2 is acc[0] and dw2 is acc[1]
     np.testing.assert_allclose(dx2, dx1 + 1.5, rtol=1e-6, atol=1e-6)
@@ -95,7 +95,7 @@ def test_rms_norm_backward(rng, rows, d, weighted):
     w = rng.standard_normal(d).astype(np.float32) if weighted else None
     dy = rng.standard_normal((rows, d)).astype(np.float32)
     _, scale = ops.rms_norm(x, w, eps=1e-6, return_scale=True)
-    dx, dw = _core._rms_norm_backward(dy, x, scale, w)
+    dx, dw = _testing._rms_norm_backward(dy, x, scale, w)
     xt = t64(x)
     wt = t64(w) if weighted else None
     s = torch.sqrt((xt ** 2).mean(-1, keepdim=True) + 1e-6)
@@ -113,10 +113,10 @@ def test_norm_backward_threads_bitwise(rng, threads):
     w = rng.standard_normal(129).astype(np.float32)
     dy = rng.standard_normal((300, 129)).astype(np.float32)
     _, s = ops.layer_norm(x, w, w, return_scale=True)
-    a, b = both_threads(lambda: _core._layer_norm_backward(dy, x, s, w, bias=True))
+    a, b = both_threads(lambda: _testing._layer_norm_backward(dy, x, s, w, bias=True))
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     _, s = ops.rms_norm(x, w, return_scale=True)
-    a, b = both_threads(lambda: _core._rms_norm_backward(dy, x, s, w))
+    a, b = both_threads(lambda: _testing._rms_norm_backward(dy, x, s, w))
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
 
 
@@ -124,11 +124,11 @@ def test_norm_backward_errors(rng):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     s = np.ones((3, 1), np.float32)
     with pytest.raises(ValueError, match=r"dy: expected shape \(3, 4\), got \(3, 5\)"):
-        _core._layer_norm_backward(np.ones((3, 5), np.float32), x, s)
+        _testing._layer_norm_backward(np.ones((3, 5), np.float32), x, s)
     with pytest.raises(ValueError, match=r"scale: expected 3 elements \(one per row of x\), got shape \(2,\)"):
-        _core._rms_norm_backward(x, x, np.ones(2, np.float32))
+        _testing._rms_norm_backward(x, x, np.ones(2, np.float32))
     with pytest.raises(TypeError, match="dx: expected a writable C-contiguous float32 array"):
-        _core._layer_norm_backward(x, x, s, dx=np.zeros((3, 4)))
+        _testing._layer_norm_backward(x, x, s, dx=np.zeros((3, 4)))
 
 
 # ---- activations -------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_activation_backward(rng, name, n):
     edge = np.array([0.5, -0.5, 12, -12, 40, -40, 100, -100, 1000, -1000], np.float32)
     x[: min(n, 10)] = edge[: min(n, 10)]
     dy = rng.standard_normal(n).astype(np.float32)
-    dx = _core._activation_backward(name, x, dy)
+    dx = _testing._activation_backward(name, x, dy)
     xt = t64(x)
     TORCH_ACT[name](xt).backward(t64(dy, False))
     # derivative formulas evaluated in float32: ~1e-6 relative, atol for tiny tails
@@ -160,7 +160,7 @@ def test_activation_backward_accumulates_and_nan(rng):
     dy = np.ones(3, np.float32)
     acc = np.full(3, 10.0, np.float32)
     for name in TORCH_ACT:
-        out = _core._activation_backward(name, x, dy, dx=acc.copy())
+        out = _testing._activation_backward(name, x, dy, dx=acc.copy())
         assert np.isnan(out[0])
         xt = t64(x[1:])
         TORCH_ACT[name](xt).backward(t64(dy[1:], False))
@@ -169,10 +169,10 @@ def test_activation_backward_accumulates_and_nan(rng):
 
 def test_activation_backward_threads_and_errors(rng, threads):
     x = rng.standard_normal(200001).astype(np.float32)
-    a, b = both_threads(lambda: [_core._activation_backward("gelu", x, x)])
+    a, b = both_threads(lambda: [_testing._activation_backward("gelu", x, x)])
     assert np.array_equal(a[0], b[0])
     with pytest.raises(ValueError, match="name: expected 'relu', 'gelu', 'gelu_tanh' or 'silu', got 'tanh'"):
-        _core._activation_backward("tanh", x, x)
+        _testing._activation_backward("tanh", x, x)
 
 
 # ---- softmax -------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_softmax_backward(rng, shape):
         x[...] = rng.standard_normal(shape)
     dy = rng.standard_normal(shape).astype(np.float32)
     y = ops.softmax(x)
-    dx = _core._softmax_backward(y, dy)
+    dx = _testing._softmax_backward(y, dy)
     xt = t64(np.where(np.isinf(x), -1e300, x.astype(np.float64)))
     torch.softmax(xt, -1).backward(t64(dy, False))
     close(dx, xt.grad)
@@ -193,7 +193,7 @@ def test_softmax_backward(rng, shape):
 
 def test_softmax_backward_all_masked_row_is_zero(rng):
     y = ops.softmax(np.full((2, 5), -np.inf, np.float32))
-    dx = _core._softmax_backward(y, rng.standard_normal((2, 5)).astype(np.float32))
+    dx = _testing._softmax_backward(y, rng.standard_normal((2, 5)).astype(np.float32))
     assert np.array_equal(dx, np.zeros((2, 5), np.float32))
 
 
@@ -208,7 +208,7 @@ def test_attention_backward(rng, B, T, H, D, causal):
         pad = np.ones((B, T), np.int64)
         pad[1, :2] = 0
     _, pattern = ops.attention(q, k, v, causal=causal, padding_mask=pad, return_pattern=True)
-    dq, dk, dv = _core._attention_backward(q, k, v, pattern, dz, causal=causal)
+    dq, dk, dv = _testing._attention_backward(q, k, v, pattern, dz, causal=causal)
     qt, kt, vt = t64(q), t64(k), t64(v)
     attention_torch(qt, kt, vt, causal, pad)[0].backward(t64(dz, False))
     close(dq, qt.grad)
@@ -222,9 +222,9 @@ def test_attention_backward_fused_layout_and_accumulate(rng):
     dz = rng.standard_normal((B, T, H, D)).astype(np.float32)
     q, k, v = (np.ascontiguousarray(qkv[:, :, i]) for i in range(3))
     _, pattern = ops.attention(q, k, v, causal=True, return_pattern=True)
-    dq, dk, dv = _core._attention_backward(q, k, v, pattern, dz)
+    dq, dk, dv = _testing._attention_backward(q, k, v, pattern, dz)
     acc = np.full(qkv.shape, 0.25, np.float32)
-    (dqkv,) = _core._attention_backward(qkv, None, None, pattern, dz, dq=acc)
+    (dqkv,) = _testing._attention_backward(qkv, None, None, pattern, dz, dq=acc)
     assert dqkv is acc
     # same arithmetic in the same order: only the +0.25 start differs
     np.testing.assert_allclose(dqkv, np.stack([dq, dk, dv], axis=2) + 0.25, rtol=1e-6, atol=1e-6)
@@ -233,16 +233,16 @@ def test_attention_backward_fused_layout_and_accumulate(rng):
 def test_attention_backward_threads_bitwise(rng, threads):
     q, k, v, dz = (rng.standard_normal((2, 30, 3, 8)).astype(np.float32) for _ in range(4))
     _, p = ops.attention(q, k, v, causal=False, return_pattern=True)
-    a, b = both_threads(lambda: _core._attention_backward(q, k, v, p, dz, causal=False))
+    a, b = both_threads(lambda: _testing._attention_backward(q, k, v, p, dz, causal=False))
     assert all(np.array_equal(u, w) for u, w in zip(a, b))
 
 
 def test_attention_backward_errors(rng):
     q = rng.standard_normal((1, 4, 2, 3)).astype(np.float32)
     with pytest.raises(ValueError, match=r"pattern: expected shape \(1, 2, 4, 4\), got \(1, 2, 4, 3\)"):
-        _core._attention_backward(q, q, q, np.zeros((1, 2, 4, 3), np.float32), q)
+        _testing._attention_backward(q, q, q, np.zeros((1, 2, 4, 3), np.float32), q)
     with pytest.raises(ValueError, match=r"q: fused qkv must be \[batch, pos, 3, head, d_head\]"):
-        _core._attention_backward(np.zeros((1, 4, 2, 2, 3), np.float32), None, None,
+        _testing._attention_backward(np.zeros((1, 4, 2, 2, 3), np.float32), None, None,
                                   np.zeros((1, 2, 4, 4), np.float32), q)
 
 
@@ -254,7 +254,7 @@ def test_cross_entropy(rng, rows, vocab):
     targets = rng.integers(0, vocab, rows)
     if rows > 2:
         targets[[0, 2]] = -100
-    mean, losses, dlogits = _core._cross_entropy(logits, targets)
+    mean, losses, dlogits = _testing._cross_entropy(logits, targets)
     lt = t64(logits)
     ref = torch.nn.functional.cross_entropy(lt, torch.tensor(targets), ignore_index=-100)
     ref.backward()
@@ -268,12 +268,12 @@ def test_cross_entropy(rng, rows, vocab):
 
 def test_cross_entropy_all_ignored_and_accumulate(rng):
     logits = rng.standard_normal((3, 5)).astype(np.float32)
-    mean, losses, d = _core._cross_entropy(logits, np.full(3, -100))
+    mean, losses, d = _testing._cross_entropy(logits, np.full(3, -100))
     assert np.isnan(mean) and np.array_equal(losses, np.zeros(3)) and not d.any()
     acc = np.ones((3, 5), np.float32)
     t = np.array([1, 2, 3])
-    _, _, d1 = _core._cross_entropy(logits, t)
-    _, _, d2 = _core._cross_entropy(logits, t, dlogits=acc)
+    _, _, d1 = _testing._cross_entropy(logits, t)
+    _, _, d2 = _testing._cross_entropy(logits, t, dlogits=acc)
     assert d2 is acc
     np.testing.assert_allclose(d2, d1 + 1, rtol=1e-6)
 
@@ -281,14 +281,14 @@ def test_cross_entropy_all_ignored_and_accumulate(rng):
 def test_cross_entropy_threads_and_errors(rng, threads):
     logits = rng.standard_normal((40, 1000)).astype(np.float32)
     t = rng.integers(0, 1000, 40)
-    a, b = both_threads(lambda: _core._cross_entropy(logits, t)[1:])
+    a, b = both_threads(lambda: _testing._cross_entropy(logits, t)[1:])
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     with pytest.raises(IndexError, match=r"targets\[1\] = 7 is outside \[0, 5\) and is not ignore_index \(-100\)"):
-        _core._cross_entropy(np.zeros((2, 5), np.float32), np.array([0, 7]))
+        _testing._cross_entropy(np.zeros((2, 5), np.float32), np.array([0, 7]))
     with pytest.raises(TypeError, match="targets: expected an integer array, got dtype float64"):
-        _core._cross_entropy(np.zeros((2, 5), np.float32), np.array([0.0, 1.0]))
+        _testing._cross_entropy(np.zeros((2, 5), np.float32), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"targets: expected shape \(2,\) to match logits"):
-        _core._cross_entropy(np.zeros((2, 5), np.float32), np.array([0, 1, 2]))
+        _testing._cross_entropy(np.zeros((2, 5), np.float32), np.array([0, 1, 2]))
 
 
 # ---- embedding ---------------------------------------------------------------------
@@ -298,9 +298,9 @@ def test_embedding_forward_backward(rng, vocab, d):
     W = rng.standard_normal((vocab, d)).astype(np.float32)
     tokens = rng.integers(0, vocab, (3, 11))
     tokens[0, :4] = 0                             # repeated ids sum
-    np.testing.assert_array_equal(_core._embedding(W, tokens), W[tokens])
+    np.testing.assert_array_equal(_testing._embedding(W, tokens), W[tokens])
     dout = rng.standard_normal((3, 11, d)).astype(np.float32)
-    dW = _core._embedding_backward(dout, tokens, vocab)
+    dW = _testing._embedding_backward(dout, tokens, vocab)
     Wt = t64(W)
     torch.nn.functional.embedding(torch.tensor(tokens), Wt).backward(t64(dout, False))
     # at most 33 float32 additions per entry
@@ -310,16 +310,16 @@ def test_embedding_forward_backward(rng, vocab, d):
 def test_embedding_backward_threads_accumulate_errors(rng, threads):
     tokens = rng.integers(0, 20, 5000)
     dout = rng.standard_normal((5000, 48)).astype(np.float32)
-    a, b = both_threads(lambda: [_core._embedding_backward(dout, tokens, 20)])
+    a, b = both_threads(lambda: [_testing._embedding_backward(dout, tokens, 20)])
     assert np.array_equal(a[0], b[0])
     acc = np.ones((20, 48), np.float32)
-    assert _core._embedding_backward(dout[:3], tokens[:3], 20, dW=acc) is acc
+    assert _testing._embedding_backward(dout[:3], tokens[:3], 20, dW=acc) is acc
     with pytest.raises(IndexError, match=r"embedding backward: token id 20 at position 2 is outside \[0, 20\)"):
-        _core._embedding_backward(dout[:3], np.array([1, 2, 20]), 20)
+        _testing._embedding_backward(dout[:3], np.array([1, 2, 20]), 20)
     with pytest.raises(IndexError, match=r"embedding: token id -1 at position 0 is outside \[0, 20\)"):
-        _core._embedding(np.zeros((20, 4), np.float32), np.array([-1]))
+        _testing._embedding(np.zeros((20, 4), np.float32), np.array([-1]))
     with pytest.raises(ValueError, match=r"dout: expected shape tokens.shape \+ \(d,\)"):
-        _core._embedding_backward(dout[:3], tokens[:4], 20)
+        _testing._embedding_backward(dout[:3], tokens[:4], 20)
 
 
 def test_cross_entropy_fast_matches_reference(rng):
@@ -330,10 +330,10 @@ def test_cross_entropy_fast_matches_reference(rng):
     t[3] = -100
     try:
         _core.force_isa("scalar")
-        ref = _core._cross_entropy(logits, t)
+        ref = _testing._cross_entropy(logits, t)
     finally:
         _core.force_isa("best")
-    fast = _core._cross_entropy(logits, t)
+    fast = _testing._cross_entropy(logits, t)
     # float exps (~2 ulp) summed in double: loss within ~1e-7 absolute
     np.testing.assert_allclose(fast[0], ref[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(fast[1], ref[1], rtol=0, atol=1e-6)
@@ -346,7 +346,7 @@ def test_cross_entropy_fast_matches_reference(rng):
 def test_cross_entropy_nan_row(rng):
     logits = rng.standard_normal((3, 40)).astype(np.float32)
     logits[1, 5] = np.nan
-    mean, losses, d = _core._cross_entropy(logits, np.array([1, 2, 3]))
+    mean, losses, d = _testing._cross_entropy(logits, np.array([1, 2, 3]))
     assert np.isnan(mean) and np.isnan(losses[1]) and np.isfinite(losses[[0, 2]]).all()
     assert np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()
 
@@ -358,10 +358,10 @@ def test_activation_backward_fast_matches_reference(rng, name):
     dy = rng.standard_normal(4099).astype(np.float32)
     try:
         _core.force_isa("scalar")
-        ref = _core._activation_backward(name, x, dy)
+        ref = _testing._activation_backward(name, x, dy)
     finally:
         _core.force_isa("best")
-    fast = _core._activation_backward(name, x, dy)
+    fast = _testing._activation_backward(name, x, dy)
     assert np.isnan(fast[7]) and np.isnan(ref[7])
     # both are within ~6e-7 * |dy| of the float64 derivative (checked against torch in
     # test_activation_backward); the scalar gelu_tanh loses that much where 1 + tanh
@@ -383,11 +383,11 @@ def test_attention_backward_fast_matches_reference(rng, T, D, causal):
     acc = [np.full(q.shape, 0.5, np.float32) for _ in range(3)]
     try:
         _core.force_isa("scalar")
-        ref = _core._attention_backward(q, k, v, p, dz, causal=causal)
+        ref = _testing._attention_backward(q, k, v, p, dz, causal=causal)
     finally:
         _core.force_isa("best")
-    fast = _core._attention_backward(q, k, v, p, dz, causal=causal)
-    accd = _core._attention_backward(q, k, v, p, dz, causal=causal, dq=acc[0], dk=acc[1], dv=acc[2])
+    fast = _testing._attention_backward(q, k, v, p, dz, causal=causal)
+    accd = _testing._attention_backward(q, k, v, p, dz, causal=causal, dq=acc[0], dk=acc[1], dv=acc[2])
     for f, r, a in zip(fast, ref, accd):
         # float32 sums in another order: ~1e-6 of the gradient's scale
         np.testing.assert_allclose(f, r, rtol=1e-5, atol=1e-5 * np.abs(r).max() + 1e-30)
@@ -404,12 +404,12 @@ def test_relu_backward_bias_matches_reference(rng, rows, cols, threads):
     if cols > 1:
         x[0, 1] = 0.0                       # relu'(0) = 0, as torch
     dy = rng.standard_normal((rows, cols)).astype(np.float32)
-    want = _core._activation_backward("relu", x, dy)
+    want = _testing._activation_backward("relu", x, dy)
     db = np.full(cols, 0.25, np.float32)
 
     def run():
         g, d = dy.copy(), db.copy()
-        _core._relu_backward_bias(x, g, d)
+        _testing._relu_backward_bias(x, g, d)
         return g, d
     both = both_threads(run)
     got, dbg = both[0]

@@ -140,3 +140,29 @@ def test_reve_fourier4d_and_time_patch(rng):
     pos4 = rng.standard_normal((5, 4)).astype(np.float32)
     np.testing.assert_array_equal(_core.reve_fourier4d(swapped(pos4), 16, 4),
                                   _core.reve_fourier4d(pos4, 16, 4))
+
+
+def test_swapped_integer_tokens_and_targets():
+    m = _model()
+    tokens = np.arange(12).reshape(2, 6) % 20
+    swapped_tokens = tokens.astype(np.dtype(np.int64).newbyteorder("S"))
+    np.testing.assert_array_equal(m(swapped_tokens), m(tokens))
+    grads = _core.grad_blob(m._core)
+    want = _core.loss_backward(m._core, tokens, tokens, grads)
+    assert _core.loss_backward(m._core, swapped_tokens, swapped_tokens, _core.grad_blob(m._core)) == want
+
+
+def test_accumulator_state_and_inputs_refuse_swapped_arrays():
+    """The accumulators update their state in place and read x in place: a
+    byte-swapped array is refused by name, nothing is written, and the same
+    call with native arrays still works."""
+    x = np.ones((3, 4), np.float32)
+    count, mean, m2 = np.zeros(4, np.int64), np.zeros(4), np.zeros(4)
+    with pytest.raises(TypeError, match="x: expected an array in native byte order"):
+        _core._acc_moments_update(count, mean, m2, x.astype(">f4"))
+    with pytest.raises(TypeError, match="mean: expected an array in native byte order"):
+        _core._acc_moments_update(count, mean.astype(">f8"), m2, x)
+    assert not count.any()
+    _core._acc_moments_update(count, mean, m2, x)
+    np.testing.assert_array_equal(count, 3)
+    np.testing.assert_array_equal(mean, 1.0)

@@ -14,7 +14,7 @@ summand) exceeds it by orders of magnitude for every K tested here.
 import numpy as np
 import pytest
 
-from mechinterp_c import _core, ops
+from mechinterp_c import _core, _testing, ops
 
 EPS32 = float(np.finfo(np.float32).eps)
 ISAS = ["scalar", "avx2", "avx512"]
@@ -67,7 +67,7 @@ def run_sgemm(rng, M, N, K, trans_a=False, trans_b=False, pad=(0, 0, 0), bias=Fa
     bias_v = rng.standard_normal(N).astype(np.float32) if bias else None
     if beta == 0.0:     # C need not be initialised: garbage (NaN) must not leak through
         c_buf.reshape(-1, max(ldc, 1))[:M, :N] = np.nan
-    _core._sgemm(a_buf, b_buf, c_buf, M, N, K, max(lda, 1), max(ldb, 1), max(ldc, 1),
+    _testing._sgemm(a_buf, b_buf, c_buf, M, N, K, max(lda, 1), max(ldb, 1), max(ldc, 1),
                  trans_a=trans_a, trans_b=trans_b, bias=bias_v, beta=beta, ref=ref)
     opa = (a.T if trans_a else a).astype(np.float64)
     opb = (b.T if trans_b else b).astype(np.float64)
@@ -201,7 +201,7 @@ def test_partial_row_panel_same_bits(isa, extra, trans_a, trans_b, rng):
     for M in (36, 24 + extra):
         a_op = np.ascontiguousarray(a[:M].T) if trans_a else a[:M]
         c = c0[:M].copy()
-        _core._sgemm(a_op, b, c, M, N, K, M if trans_a else K, K if trans_b else N, N,
+        _testing._sgemm(a_op, b, c, M, N, K, M if trans_a else K, K if trans_b else N, N,
                      trans_a=bool(trans_a), trans_b=bool(trans_b), bias=bias, beta=1.0)
         out.append(c)
     np.testing.assert_array_equal(out[1], out[0][:24 + extra])
@@ -222,7 +222,7 @@ def test_batched(isa, threads, rng):
         for n in (1, 2):
             _core.set_num_threads(n)
             c = np.full((batch, M, N), np.nan, np.float32)
-            _core._sgemm(a, b, c, M, N, K, K, N, N, bias=bias, batch=batch,
+            _testing._sgemm(a, b, c, M, N, K, K, N, N, bias=bias, batch=batch,
                          stride_a=M * K, stride_b=0, stride_c=M * N)
             assert (np.abs(c - want) <= tol).all()
             res.append(c)
@@ -327,19 +327,19 @@ def test_sgemm_entry_checks_buffers():
     a = np.ones(20, np.float32)
     c = np.zeros(12, np.float32)
     with pytest.raises(ValueError, match=r"a: leading dimension 3 is smaller than the row width 5"):
-        _core._sgemm(a, a, c, 4, 3, 5, 3, 3, 3)
+        _testing._sgemm(a, a, c, 4, 3, 5, 3, 3, 3)
     with pytest.raises(ValueError, match=r"b: needs 25 elements"):
-        _core._sgemm(a, a, c, 4, 5, 5, 5, 5, 5)
+        _testing._sgemm(a, a, c, 4, 5, 5, 5, 5, 5)
     with pytest.raises(ValueError, match=r"beta must be 0 or 1"):
-        _core._sgemm(a, a, c, 2, 2, 2, 2, 2, 2, beta=0.5)
+        _testing._sgemm(a, a, c, 2, 2, 2, 2, 2, 2, beta=0.5)
     with pytest.raises(TypeError, match=r"c: expected a writable C-contiguous float32"):
-        _core._sgemm(a, a, c.astype(np.float64), 2, 2, 2, 2, 2, 2)
+        _testing._sgemm(a, a, c.astype(np.float64), 2, 2, 2, 2, 2, 2)
 
 
 def test_fma_peak_is_plausible():
     """The probe returns a positive rate below a generous physical ceiling
     (64 flops/cycle/core at 6 GHz on every thread)."""
-    g = _core._fma_peak()
+    g = _testing._fma_peak()
     assert 0.5 < g < 64 * 6.0 * max(1, _core.get_num_threads()) * 2
 
 

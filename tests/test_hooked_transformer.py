@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 tl = pytest.importorskip("transformer_lens")
 
-from mechinterp_c import _core
+from mechinterp_c import _core, _testing
 from mechinterp_c.hooked_transformer import HookedTransformer
 from mechinterp_c.config import HookedTransformerConfig
 
@@ -374,7 +374,7 @@ def test_tl_norm_matches_float64_and_split_path_bitwise(rows, d, centre, affine,
     out_r, y_r, s_r = _tl_norm64(x, w, b, centre, 1e-5)
     for isa in ("best", "scalar"):
         _core.force_isa(isa)
-        out, y, s, _ = _core._tl_norm(x, w, b, centre=centre, eps=1e-5)
+        out, y, s, _ = _testing._tl_norm(x, w, b, centre=centre, eps=1e-5)
         np.testing.assert_allclose(s, s_r, rtol=1e-6)
         np.testing.assert_allclose(y, y_r, rtol=0, atol=2e-5)
         if w is None:
@@ -382,13 +382,13 @@ def test_tl_norm_matches_float64_and_split_path_bitwise(rows, d, centre, affine,
         else:
             np.testing.assert_allclose(out, out_r, rtol=0, atol=2e-5 * 4)   # |w|, |b| up to ~4
         # the hooked path (scale, then apply, then the affine) gives the very same bits
-        out2, y2, s2, _ = _core._tl_norm(x, w, b, centre=centre, eps=1e-5, mode="split")
+        out2, y2, s2, _ = _testing._tl_norm(x, w, b, centre=centre, eps=1e-5, mode="split")
         np.testing.assert_array_equal(s2, s)
         np.testing.assert_array_equal(y2, y)
         if w is not None:
             np.testing.assert_array_equal(out2, out)
     # the scalar dispatch is the reference
-    out3, y3, s3, _ = _core._tl_norm(x, w, b, centre=centre, eps=1e-5, mode="ref")
+    out3, y3, s3, _ = _testing._tl_norm(x, w, b, centre=centre, eps=1e-5, mode="ref")
     np.testing.assert_array_equal(y3, y)
     np.testing.assert_array_equal(s3, s)
 
@@ -399,23 +399,23 @@ def test_tl_norm_residual_add_threads_and_errors(threads_restored):
     x = rng.standard_normal((257, 96)).astype(np.float32)
     a = rng.standard_normal((257, 96)).astype(np.float32)
     w, b = rng.standard_normal(96).astype(np.float32), rng.standard_normal(96).astype(np.float32)
-    out, y, s, xs = _core._tl_norm(x, w, b, x_add=a)
+    out, y, s, xs = _testing._tl_norm(x, w, b, x_add=a)
     np.testing.assert_array_equal(xs, x + a)                 # float32 add, as numpy's
-    out2, y2, s2, _ = _core._tl_norm(x + a, w, b)
+    out2, y2, s2, _ = _testing._tl_norm(x + a, w, b)
     np.testing.assert_array_equal(out, out2)
     np.testing.assert_array_equal(y, y2)
     mechinterp_c.set_num_threads(1)
-    one = _core._tl_norm(x, w, b, x_add=a)
+    one = _testing._tl_norm(x, w, b, x_add=a)
     mechinterp_c.set_num_threads(2)
-    two = _core._tl_norm(x, w, b, x_add=a)
+    two = _testing._tl_norm(x, w, b, x_add=a)
     for p, q in zip(one, two):
         np.testing.assert_array_equal(p, q)
-    with pytest.raises(ValueError, match=r"x_add: expected the shape of x \(257, 96\), got \(257, 95\)"):
-        _core._tl_norm(x, w, b, x_add=a[:, :95])
-    with pytest.raises(ValueError, match="w: expected length 96, got 3"):
-        _core._tl_norm(x, w[:3])
+    with pytest.raises(ValueError, match=r"x_add: expected shape \(257, 96\) \(the shape of x\), got \(257, 95\)"):
+        _testing._tl_norm(x, w, b, x_add=a[:, :95])
+    with pytest.raises(ValueError, match=r"w: expected shape \(96,\), got \(3,\)"):
+        _testing._tl_norm(x, w[:3])
     with pytest.raises(ValueError, match="mode: expected 'fused', 'split' or 'ref', got 'nope'"):
-        _core._tl_norm(x, mode="nope")
+        _testing._tl_norm(x, mode="nope")
 
 
 @pytest.fixture
@@ -457,10 +457,10 @@ def test_fused_attention_is_the_three_steps_bitwise(B, T, H, Dh, causal, padded,
     for isa in ("best", "scalar"):
         _core.force_isa(isa)
         z3, p3 = ops.attention(q, k, v, causal=causal, padding_mask=pad, return_pattern=True)
-        z, scores, pattern = _core._attn_fused(q, k, v, causal=causal, padding_mask=pad, keep=True)
+        z, scores, pattern = _testing._attn_fused(q, k, v, causal=causal, padding_mask=pad, keep=True)
         np.testing.assert_array_equal(z, z3)
         np.testing.assert_array_equal(pattern, p3)
-        zs, none1, none2 = _core._attn_fused(q, k, v, causal=causal, padding_mask=pad)
+        zs, none1, none2 = _testing._attn_fused(q, k, v, causal=causal, padding_mask=pad)
         assert none1 is None and none2 is None
         np.testing.assert_array_equal(zs, z3)
         # against float64: rows with every key masked give a zero pattern (TL's nan -> 0)
@@ -476,13 +476,13 @@ def test_fused_attention_threads_bitwise_and_errors(threads_restored):
     rng = np.random.default_rng(3)
     q, k, v = (rng.standard_normal((2, 130, 3, 8)).astype(np.float32) for _ in range(3))
     mechinterp_c.set_num_threads(1)
-    one = _core._attn_fused(q, k, v, keep=True)
+    one = _testing._attn_fused(q, k, v, keep=True)
     mechinterp_c.set_num_threads(2)
-    two = _core._attn_fused(q, k, v, keep=True)
+    two = _testing._attn_fused(q, k, v, keep=True)
     for p, r in zip(one, two):
         np.testing.assert_array_equal(p, r)
-    with pytest.raises(ValueError, match=r"k: expected the shape of q \(2, 130, 3, 8\), got \(2, 130, 3, 7\)"):
-        _core._attn_fused(q, k[..., :7], v)
+    with pytest.raises(ValueError, match=r"k: expected shape \(2, 130, 3, 8\) \(the shape of q\), got \(2, 130, 3, 7\)"):
+        _testing._attn_fused(q, k[..., :7], v)
 
 
 def test_torch_style_data_assignment_edits_the_weights():

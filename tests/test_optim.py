@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mechinterp_c as mi
-from mechinterp_c import optim
+from mechinterp_c import _testing, optim
 from mechinterp_c.training import Parameter
 
 
@@ -157,19 +157,19 @@ def test_adamw_kernel_matches_reference(shape):
     for step in (1, 2, 50):
         args = (3e-3, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9 ** step, 1 - 0.95 ** step)
         mi._core.adamw_step(p, g, m, v, *args)
-        mi._core._adamw_step_ref(*ref, *args)
+        _testing._adamw_step_ref(*ref, *args)
         np.testing.assert_array_equal(p, ref[0].reshape(shape))
         np.testing.assert_array_equal(m, ref[2].reshape(shape))
         np.testing.assert_array_equal(v, ref[3].reshape(shape))
     assert n == ref[0].size and not np.array_equal(p, start)   # it moved
     with pytest.raises(ValueError, match="same size"):
-        mi._core._adamw_step_ref(ref[0], ref[1][:-1].copy(), ref[2], ref[3], *args)
+        _testing._adamw_step_ref(ref[0], ref[1][:-1].copy(), ref[2], ref[3], *args)
     # and the reference itself is torch's AdamW on one step (float32 formula)
     tp = torch.nn.Parameter(torch.tensor(start))
     tp.grad = torch.tensor(np.ascontiguousarray(g))
     torch.optim.AdamW([tp], lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False).step()
     mine = start.copy()
-    mi._core._adamw_step_ref(mine, np.ascontiguousarray(g).copy(), np.zeros(shape, np.float32),
+    _testing._adamw_step_ref(mine, np.ascontiguousarray(g).copy(), np.zeros(shape, np.float32),
                              np.zeros(shape, np.float32), 3e-3, 0.9, 0.95, 1e-8, 0.1, 0.1, 0.05)
     # torch's single-tensor path in float32: the same operations; a few ulps at most
     np.testing.assert_allclose(mine, tp.detach().numpy(), rtol=1e-6, atol=1e-9)

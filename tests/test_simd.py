@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import mechinterp_c as mi
-from mechinterp_c import _core, ops
+from mechinterp_c import _core, _testing, ops
 
 VECTOR_ISAS = ["avx2", "avx512"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +115,7 @@ def test_activation_backward(rng, isa, name, n):
     x[np.isinf(x)] = 0.0   # act'(inf) is inf * 0 in the forward formulas: NaN on both paths
     dy = rng.standard_normal(n).astype(np.float32)
     acc = rng.standard_normal(n).astype(np.float32)
-    fast, ref = vs_reference(isa, lambda: _core._activation_backward(name, x, dy, dx=acc.copy()))
+    fast, ref = vs_reference(isa, lambda: _testing._activation_backward(name, x, dy, dx=acc.copy()))
     assert np.array_equal(np.isnan(fast), np.isnan(ref))
     if name == "relu":
         assert np.array_equal(fast.view(np.uint32), ref.view(np.uint32))
@@ -163,7 +163,7 @@ def test_softmax_backward(rng, isa, shape):
     y = ops.softmax(rng.standard_normal(shape).astype(np.float32) * 3)
     dy = rng.standard_normal(shape).astype(np.float32)
     acc = rng.standard_normal(shape).astype(np.float32)
-    fast, ref = vs_reference(isa, lambda: _core._softmax_backward(y, dy, dx=acc.copy()))
+    fast, ref = vs_reference(isa, lambda: _testing._softmax_backward(y, dy, dx=acc.copy()))
     # the double dot product in another order: its float value may move one bit
     np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-7 * np.abs(acc).max())
 
@@ -194,12 +194,12 @@ def test_tl_norm_fused_split_and_reference(rng, isa, shape, centre):
     bitwise at one ISA, and both match the scalar reference rows."""
     x, x_add = ((rng.standard_normal(shape) * 3 + 1).astype(np.float32) for _ in range(2))
     w, b = (rng.standard_normal(shape[-1]).astype(np.float32) for _ in range(2))
-    fused = at(isa, lambda: _core._tl_norm(x, w, b, centre=centre, mode="fused"))
-    split = at(isa, lambda: _core._tl_norm(x, w, b, centre=centre, mode="split"))
+    fused = at(isa, lambda: _testing._tl_norm(x, w, b, centre=centre, mode="fused"))
+    split = at(isa, lambda: _testing._tl_norm(x, w, b, centre=centre, mode="split"))
     for f, s in zip(fused, split):
         assert (f is None) == (s is None) and (f is None or np.array_equal(f, s))
-    with_add = at(isa, lambda: _core._tl_norm(x, w, b, centre=centre, x_add=x_add, mode="fused"))
-    ref = _core._tl_norm(x, w, b, centre=centre, x_add=x_add, mode="ref")
+    with_add = at(isa, lambda: _testing._tl_norm(x, w, b, centre=centre, x_add=x_add, mode="fused"))
+    ref = _testing._tl_norm(x, w, b, centre=centre, x_add=x_add, mode="ref")
     assert np.array_equal(with_add[3], ref[3])              # x + x_add: one rounding
     np.testing.assert_allclose(with_add[2], ref[2], rtol=2e-7)
     for got, want in zip(with_add[:2], ref[:2]):
@@ -214,10 +214,10 @@ def test_norm_backward(rng, isa, rows, d):
     _, s_ln = ops.layer_norm(x, return_scale=True)
     _, s_rms = ops.rms_norm(x, return_scale=True)
     s_ln, s_rms = s_ln.reshape(-1), s_rms.reshape(-1)
-    cases = [lambda: _core._layer_norm_backward(dy, x, s_ln, w, bias=True),
-             lambda: _core._layer_norm_backward(dy, x, s_ln),
-             lambda: _core._rms_norm_backward(dy, x, s_rms, w),
-             lambda: _core._rms_norm_backward(dy, x, s_rms)]
+    cases = [lambda: _testing._layer_norm_backward(dy, x, s_ln, w, bias=True),
+             lambda: _testing._layer_norm_backward(dy, x, s_ln),
+             lambda: _testing._rms_norm_backward(dy, x, s_rms, w),
+             lambda: _testing._rms_norm_backward(dy, x, s_rms)]
     for call in cases:
         fast, ref = vs_reference(isa, call)
         for f, r in zip(fast, ref):
@@ -233,9 +233,9 @@ def test_norm_backward_threads_bitwise(rng, isa, threads):
     w = rng.standard_normal(257).astype(np.float32)
     s = ops.layer_norm(x, return_scale=True)[1].reshape(-1)
     mi.set_num_threads(1)
-    one = at(isa, lambda: _core._layer_norm_backward(dy, x, s, w, bias=True))
+    one = at(isa, lambda: _testing._layer_norm_backward(dy, x, s, w, bias=True))
     mi.set_num_threads(2)
-    two = at(isa, lambda: _core._layer_norm_backward(dy, x, s, w, bias=True))
+    two = at(isa, lambda: _testing._layer_norm_backward(dy, x, s, w, bias=True))
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
 
 
@@ -247,7 +247,7 @@ def test_cross_entropy(rng, isa, vocab):
     t = rng.integers(0, vocab, 6)
     logits[0, t[0]] = 30.0               # a confident row: p_t - 1 must not cancel
     t[3] = -100                          # an ignored row
-    fast, ref = vs_reference(isa, lambda: _core._cross_entropy(logits, t))
+    fast, ref = vs_reference(isa, lambda: _testing._cross_entropy(logits, t))
     np.testing.assert_allclose(fast[0], ref[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(fast[1], ref[1], rtol=0, atol=1e-6)
     np.testing.assert_allclose(fast[2], ref[2], rtol=1e-5, atol=1e-12)
@@ -256,7 +256,7 @@ def test_cross_entropy(rng, isa, vocab):
 def test_cross_entropy_nan_row(rng, isa):
     logits = rng.standard_normal((3, 40)).astype(np.float32)
     logits[1, 5] = np.nan
-    mean, losses, d = at(isa, lambda: _core._cross_entropy(logits, np.array([1, 2, 3])))
+    mean, losses, d = at(isa, lambda: _testing._cross_entropy(logits, np.array([1, 2, 3])))
     assert np.isnan(mean) and np.isnan(losses[1]) and np.isfinite(losses[[0, 2]]).all()
     assert np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()
 
@@ -274,8 +274,8 @@ def test_avx2_and_avx512_elementwise_bitwise(rng):
     for act, fn in ACTS.items():
         a2, a5 = at("avx2", lambda: fn(x)), at("avx512", lambda: fn(x))
         assert np.array_equal(a2.view(np.uint32), a5.view(np.uint32)), act
-        g2 = at("avx2", lambda: _core._activation_backward(act, x, dy))
-        g5 = at("avx512", lambda: _core._activation_backward(act, x, dy))
+        g2 = at("avx2", lambda: _testing._activation_backward(act, x, dy))
+        g5 = at("avx512", lambda: _testing._activation_backward(act, x, dy))
         assert np.array_equal(g2.view(np.uint32), g5.view(np.uint32)), act
 
 

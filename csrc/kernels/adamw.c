@@ -83,3 +83,17 @@ void mi_grad_zero(float *g, const int64_t shape[4], const int64_t strides[4])
                 memset(g + i0 * strides[0] + i1 * strides[1] + i2 * strides[2], 0,
                        sizeof(float) * (size_t)shape[3]);
 }
+
+mi_status mi_clip_grad_norm(const mi_grad_view *g, int64_t n, float max_norm,
+                            int error_if_nonfinite, double *total)
+{
+    double sumsq = 0.0;
+    for (int64_t i = 0; i < n; i++) sumsq += mi_grad_sumsq(g[i].data, g[i].shape, g[i].strides);
+    *total = sqrt(sumsq);
+    if (error_if_nonfinite && !isfinite(*total))
+        return mi_fail(MI_ERR_VALUE, "clip_grad_norm_: the total norm of the gradients is %g", *total);
+    float coef = max_norm / ((float)*total + 1e-6f);
+    if (coef < 1.0f)
+        for (int64_t i = 0; i < n; i++) mi_grad_scale(g[i].data, g[i].shape, g[i].strides, coef);
+    return MI_OK;
+}

@@ -16,6 +16,8 @@
 
 #include <stdint.h>
 
+#include "common/status.h"
+
 typedef struct {
     float lr, beta1, beta2, eps, weight_decay;
     double bias_correction1, bias_correction2;
@@ -35,5 +37,21 @@ double mi_grad_sumsq(const float *g, const int64_t shape[4], const int64_t strid
 void mi_grad_scale(float *g, const int64_t shape[4], const int64_t strides[4], float coef);
 /* g = 0 (zero_grad; NaN gradients too, which a scale by 0 would keep). */
 void mi_grad_zero(float *g, const int64_t shape[4], const int64_t strides[4]);
+
+/* One gradient tensor of up to 4 dims as [n0, n1, n2, n3] with element
+ * strides (leading dims padded with size 1, last stride 1). */
+typedef struct {
+    float *data;
+    int64_t shape[4], strides[4];
+} mi_grad_view;
+
+/* torch.nn.utils.clip_grad_norm_ over n tensors: *total = the L2 norm of all
+ * of them (squares summed in double, tensor by tensor in order: bitwise
+ * reproducible), then every tensor scaled by coef = max_norm / ((float)*total
+ * + 1e-6) in float32 when coef < 1. With error_if_nonfinite a NaN or infinite
+ * norm is MI_ERR_VALUE ("clip_grad_norm_: the total norm of the gradients is
+ * nan") and nothing is scaled. */
+mi_status mi_clip_grad_norm(const mi_grad_view *g, int64_t n, float max_norm,
+                            int error_if_nonfinite, double *total);
 
 #endif

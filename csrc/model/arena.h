@@ -1,7 +1,7 @@
 /* arena.h - internal to csrc/model/: the tables of model_tables.h as C data
  * (axes, shapes, buffer kinds, point rows), checked sizes, and the buffer
  * slots of the per-call activation arena; shared by the planner (arena.c), the
- * hook point table (hook_points.c), the parameter layout (params.c) and the
+ * hook point table (hook_points.c), the parameter layout (param_layout.c) and the
  * forward pass (transformer.c).
  *
  * One allocation per forward call holds every activation at an offset the

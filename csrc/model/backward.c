@@ -106,6 +106,13 @@ static double cpu_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+const char *const mi_bwd_phase_names[MI_BWD_N_PHASES] = {
+    [MI_BWD_FORWARD] = "forward", [MI_BWD_LOSS] = "loss", [MI_BWD_UNEMBED] = "unembed",
+    [MI_BWD_NORM] = "norm", [MI_BWD_MLP_GEMM] = "mlp_gemm", [MI_BWD_ACT] = "activation",
+    [MI_BWD_ATTN_GEMM] = "attn_gemm", [MI_BWD_ATTN_CORE] = "attn_core", [MI_BWD_BIAS] = "bias",
+    [MI_BWD_EMBED] = "embed",
+};
+
 /* Charge the wall and CPU time since the last tick to `phase` (no-op without a profile). */
 static void tick(scratch_t *S, int phase)
 {

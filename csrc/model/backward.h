@@ -39,6 +39,9 @@ enum {
     MI_BWD_ATTN_GEMM, MI_BWD_ATTN_CORE, MI_BWD_BIAS, MI_BWD_EMBED, MI_BWD_N_PHASES
 };
 
+/* The name of each profile phase, indexed by MI_BWD_* ("forward", "loss", ...). */
+extern const char *const mi_bwd_phase_names[MI_BWD_N_PHASES];
+
 /* pos_ids [B,T] (NULL: t) and key_mask [B,T] (NULL: none; 0 marks a padding
  * key) as mi_tf_forward takes them (TransformerLens's attention_mask): masked
  * keys get P = 0 and so no gradient through attention, and a masked position's

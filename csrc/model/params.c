@@ -1,139 +1,93 @@
-/* params.c - the spec's checks and the parameter blob's layout, from the
- * parameter tables MI_GLOBAL_PARAMS / MI_LAYER_PARAMS (model_tables.h;
- * contract in transformer.h). */
-#include <limits.h>
-#include <stdio.h>
-#include <stdlib.h>
+/* params.c - where the transformer reads each parameter from (params.h). */
+#include "model/params.h"
+
 #include <string.h>
 
-#include "kernels/activation.h"
-#include "model/arena.h"
-
-typedef struct {
-    const char *name;
-    int at;                  /* global tensors: before (START) or after (FINAL) the layers */
-    unsigned needed;         /* MI_F_* mask */
-    unsigned char axes[5];   /* DIM_*, DIM_NONE-ended */
-} param_row;
-enum { START, FINAL };
-
-#define GLOBAL_ROW(id, at, name, needed, a0, a1, a2, a3) \
-    {name, at, needed, {DIM_##a0, DIM_##a1, DIM_##a2, DIM_##a3, DIM_NONE}},
-#define LAYER_ROW(id, name, needed, a0, a1, a2, a3) \
-    {name, START, needed, {DIM_##a0, DIM_##a1, DIM_##a2, DIM_##a3, DIM_NONE}},
-static const param_row global_params[MI_G_COUNT] = {MI_GLOBAL_PARAMS(GLOBAL_ROW)};
-static const param_row layer_params[MI_W_PER_LAYER] = {MI_LAYER_PARAMS(LAYER_ROW)};
-#undef GLOBAL_ROW
-#undef LAYER_ROW
-
-/* Append tensor `row` (named `name`) to the table at the blob's cursor;
- * *off: its offset in floats. Fails naming the tensor and its axes when its
- * size, or the blob's, is too large. */
-static mi_status add_param(mi_transformer *m, int capacity, size_t *cursor, const param_row *row,
-                           const char *name, size_t *off)
+int mi_tf_param_index(const mi_transformer *m, const char *name)
 {
-    if (m->n_table >= capacity)
-        return mi_fail(MI_ERR_INTERNAL, "transformer: parameter table full at %s (%d entries)",
-                       name, capacity);
-    mi_tf_param *p = &m->table[m->n_table];
-    int64_t dims[5];
-    size_t n;
-    MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, name, dims, &p->ndim, &n));
-    if (align_floats(n) > MAX_FLOATS - *cursor)
-        return mi_fail(MI_ERR_VALUE, "transformer: n_params too large: the parameter blob passes "
-                       "%zu floats at %s", MAX_FLOATS, name);
-    snprintf(p->name, sizeof p->name, "%s", name);
-    for (int i = 0; i < 4; i++) p->shape[i] = i < p->ndim ? dims[i] : 1;
-    p->offset = *off = *cursor;
-    *cursor += align_floats(n);
-    m->n_table++;
+    for (int i = 0; i < m->n_table; i++)
+        if (strcmp(m->table[i].name, name) == 0) return i;
+    return -1;
+}
+
+int64_t mi_tf_param_numel(const mi_transformer *m, int i)
+{
+    int64_t n = 1;
+    for (int k = 0; k < m->table[i].ndim; k++) n *= m->table[i].shape[k];
+    return n;
+}
+
+int mi_tf_param_is_tied(const mi_transformer *m, int i)
+{
+    return m->tied_unembed && m->table[i].offset == m->global_off[MI_G_W_U];
+}
+
+mi_status mi_tf_param_set_external(mi_transformer *m, int i, float *data)
+{
+    mi_tf_param *p = &m->table[i];
+    if (data && mi_tf_param_is_tied(m, i))
+        return mi_fail(MI_ERR_VALUE, "set_param(%s): the unembedding is tied to embed.W_E "
+                       "(set tied_unembed = False first)", p->name);
+    m->n_external += (data != NULL) - (p->data != NULL);
+    p->data = data;
     return MI_OK;
 }
 
-/* The global tensors placed `at` START or FINAL. */
-static mi_status add_globals(mi_transformer *m, unsigned feat, int at, int capacity, size_t *cursor)
+int mi_tf_param_materialize(mi_transformer *m, int i)
 {
-    for (int i = 0; i < MI_G_COUNT; i++)
-        if (global_params[i].at == at && mi_tf_applies(global_params[i].needed, feat))
-            MI_TRY(add_param(m, capacity, cursor, &global_params[i], global_params[i].name,
-                             &m->global_off[i]));
-    return MI_OK;
+    mi_tf_param *p = &m->table[i];
+    if (!p->data) return 0;
+    memcpy(m->params + p->offset, p->data, sizeof(float) * (size_t)mi_tf_param_numel(m, i));
+    mi_tf_param_set_external(m, i, NULL);
+    return 1;
 }
 
-static mi_status check_spec(const mi_tf_spec *s)
+mi_status mi_tf_tie(mi_transformer *m, int *dropped)
 {
-    if (s->n_layers < 0 || s->d_model <= 0 || s->n_heads <= 0 || s->d_head <= 0
-        || s->d_vocab <= 0 || s->d_vocab_out <= 0 || s->n_ctx <= 0
-        || (!s->attn_only && s->d_mlp <= 0))
-        return mi_fail(MI_ERR_VALUE, "transformer spec: sizes must be positive (n_layers=%ld "
-                       "d_model=%ld n_heads=%ld d_head=%ld d_mlp=%ld d_vocab=%ld n_ctx=%ld)",
-                       (long)s->n_layers, (long)s->d_model, (long)s->n_heads, (long)s->d_head,
-                       (long)s->d_mlp, (long)s->d_vocab, (long)s->n_ctx);
-    /* point ids, buffer slots and table entries are ints */
-    int64_t per_layer = MI_P_PER_LAYER > NB + 1 ? MI_P_PER_LAYER : NB + 1;
-    if (s->n_layers > (INT_MAX - 64) / per_layer)
-        return mi_fail(MI_ERR_VALUE, "transformer spec: n_layers=%ld is too large (at most %ld)",
-                       (long)s->n_layers, (long)((INT_MAX - 64) / per_layer));
-    if (s->norm != MI_NORM_NONE && !(s->eps > 0.0f))
-        return mi_fail(MI_ERR_VALUE, "transformer spec: eps must be > 0, got %g", (double)s->eps);
-    if (!(s->attn_scale > 0.0f))
-        return mi_fail(MI_ERR_VALUE, "transformer spec: attn_scale must be > 0, got %g",
-                       (double)s->attn_scale);
-    if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
-        return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
-    if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
-        return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
-    return MI_OK;
-}
-
-mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
-{
-    memset(m, 0, sizeof *m);
-    MI_TRY(check_spec(s));
-    m->spec = *s;
-    unsigned feat = mi_tf_features(s);
-    int L = (int)s->n_layers;
-    int capacity = MI_G_COUNT + L * MI_W_PER_LAYER;
-    m->table = calloc((size_t)capacity, sizeof(mi_tf_param));
-    m->layer_off = malloc(sizeof(size_t) * (size_t)(L ? L : 1) * MI_W_PER_LAYER);
-    if (!m->table || !m->layer_off) { mi_tf_free(m); return mi_fail(MI_ERR_NOMEM, "transformer: out of memory"); }
-    for (int i = 0; i < MI_G_COUNT; i++) m->global_off[i] = ABSENT;
-    for (size_t i = 0; i < (size_t)L * MI_W_PER_LAYER; i++) m->layer_off[i] = ABSENT;
-    size_t c = 0;
-    char name[48];
-    mi_status st = add_globals(m, feat, START, capacity, &c);
-    for (int l = 0; l < L && st == MI_OK; l++)
-        for (int k = 0; k < MI_W_PER_LAYER && st == MI_OK; k++)
-            if (mi_tf_applies(layer_params[k].needed, feat)) {
-                snprintf(name, sizeof name, "blocks.%d.%s", l, layer_params[k].name);
-                st = add_param(m, capacity, &c, &layer_params[k], name,
-                               &m->layer_off[(size_t)l * MI_W_PER_LAYER + k]);
-            }
-    if (st == MI_OK) st = add_globals(m, feat, FINAL, capacity, &c);
-    if (st != MI_OK) { mi_tf_free(m); return st; }
-    m->n_params = c;
-    return MI_OK;
-}
-
-void mi_tf_free(mi_transformer *m)
-{
-    free(m->table);
-    free(m->layer_off);
-    m->table = NULL;
-    m->layer_off = NULL;
-}
-
-float *mi_tf_tensor(const mi_transformer *m, size_t off)
-{
-    if (off == ABSENT) return NULL;
-    if (!m->n_external) return m->params + off;
-    /* the table is in blob order (add_param only moves forward): bisect */
-    int lo = 0, hi = m->n_table - 1;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (m->table[mid].offset < off) lo = mid + 1;
-        else hi = mid;
+    const mi_tf_spec *s = &m->spec;
+    *dropped = -1;
+    if (m->tied_unembed) return MI_OK;
+    if (s->d_vocab_out != s->d_vocab)
+        return mi_fail(MI_ERR_VALUE, "tied_unembed: needs d_vocab_out == d_vocab, got %ld and %ld",
+                       (long)s->d_vocab_out, (long)s->d_vocab);
+    int i = mi_tf_param_index(m, "unembed.W_U");
+    if (i >= 0 && m->table[i].data) {   /* W_U is no longer read */
+        mi_tf_param_set_external(m, i, NULL);
+        *dropped = i;
     }
-    const mi_tf_param *p = &m->table[lo];
-    return p->offset == off && p->data ? p->data : m->params + off;
+    m->tied_unembed = 1;
+    return MI_OK;
+}
+
+void mi_tf_untie(mi_transformer *m)
+{
+    if (!m->tied_unembed) return;
+    const float *W_E = mi_tf_tensor(m, m->global_off[MI_G_W_E]);
+    float *W_U = m->params + m->global_off[MI_G_W_U];
+    int64_t V = m->spec.d_vocab, D = m->spec.d_model;
+    /* blocked transpose: W_U [D, V] from W_E [V, D], 64 vocabulary rows at a time */
+    for (int64_t v0 = 0; v0 < V; v0 += 64)
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
+    m->tied_unembed = 0;
+}
+
+int mi_tf_same_layout(const mi_transformer *a, const mi_transformer *b)
+{
+    if (a->n_params != b->n_params || a->n_table != b->n_table) return 0;
+    for (int i = 0; i < a->n_table; i++) {
+        const mi_tf_param *p = &a->table[i], *q = &b->table[i];
+        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim) return 0;
+        for (int k = 0; k < p->ndim; k++)
+            if (p->shape[k] != q->shape[k]) return 0;
+    }
+    return 1;
+}
+
+void mi_tf_share_params(mi_transformer *m, const mi_transformer *src)
+{
+    m->params = src->params;
+    for (int i = 0; i < m->n_table; i++) m->table[i].data = src->table[i].data;
+    m->n_external = src->n_external;
+    m->tied_unembed = src->tied_unembed;
 }

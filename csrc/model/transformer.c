@@ -1,5 +1,5 @@
 /* transformer.c - the forward pass of the one transformer spec (contract in
- * transformer.h; the parameter layout is params.c).
+ * transformer.h; the parameter layout is param_layout.c).
  *
  * The pass is a straight line of kernel calls; between them it "fires" the
  * hook point of the activation just written: one flag test when nothing is
@@ -27,30 +27,28 @@
 #include <omp.h>
 
 /* MI_PROFILE=1 in the environment: wall time per forward step, summed over
- * layers, printed to stderr after each pass (one getenv per pass). A
- * debugging aid: the totals are process-wide, so profile one pass at a time. */
+ * layers, printed to stderr after each pass (one getenv per pass). The
+ * totals live in the pass's own run state, so passes on other threads or
+ * models neither race on them nor mix into them. */
 enum { PR_EMBED, PR_LN1, PR_QKV, PR_SCORES, PR_SOFTMAX, PR_APPLY, PR_ATTN_OUT, PR_ADD1, PR_LN2,
        PR_MLP_IN, PR_ACT, PR_MLP_OUT, PR_ADD2, PR_LNF, PR_UNEMBED, PR_N };
-static const char *prof_names[PR_N] = {"embed", "ln1", "qkv gemm", "scores", "softmax", "apply",
-    "W_O gemm", "resid_mid add", "ln2", "W_in gemm", "activation", "W_out gemm", "resid_post add",
-    "ln_final", "unembed gemm"};
-static int prof_on;
-static double prof_t[PR_N], prof_mark;
-static inline void prof_start(void) { if (prof_on) prof_mark = omp_get_wtime(); }
-static inline void prof_stop(int step)
-{
-    if (!prof_on) return;
-    double now = omp_get_wtime();
-    prof_t[step] += now - prof_mark;
-    prof_mark = now;
-}
-static void prof_report(void)
+static const char *const prof_names[PR_N] = {"embed", "ln1", "qkv gemm", "scores", "softmax",
+    "apply", "W_O gemm", "resid_mid add", "ln2", "W_in gemm", "activation", "W_out gemm",
+    "resid_post add", "ln_final", "unembed gemm"};
+_Static_assert(sizeof prof_names / sizeof prof_names[0] == PR_N, "one name per profile step");
+
+typedef struct {
+    double t[PR_N];   /* seconds per step, summed over layers */
+    double mark;      /* wall time of the last start or stop */
+} fwd_profile;
+
+static void prof_report(const fwd_profile *p)
 {
     double total = 0.0;
-    for (int i = 0; i < PR_N; i++) total += prof_t[i];
+    for (int i = 0; i < PR_N; i++) total += p->t[i];
     fprintf(stderr, "MI_PROFILE forward %.1f ms:", total * 1e3);
     for (int i = 0; i < PR_N; i++)
-        if (prof_t[i] > 0.0) fprintf(stderr, " %s %.1f;", prof_names[i], prof_t[i] * 1e3);
+        if (p->t[i] > 0.0) fprintf(stderr, " %s %.1f;", prof_names[i], p->t[i] * 1e3);
     fprintf(stderr, "\n");
 }
 
@@ -66,7 +64,21 @@ struct run_state {
     const uint8_t *flags;
     mi_hook_fn hook;
     void *ctx;
+    fwd_profile *prof;   /* MI_PROFILE step times of this pass, or NULL */
 };
+
+static inline void prof_start(run_state *r)
+{
+    if (r->prof) r->prof->mark = omp_get_wtime();
+}
+
+static inline void prof_stop(run_state *r, int step)
+{
+    if (!r->prof) return;
+    double now = omp_get_wtime();
+    r->prof->t[step] += now - r->prof->mark;
+    r->prof->mark = now;
+}
 
 static mi_status fire(run_state *r, int p)
 {
@@ -209,7 +221,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
 #define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
     float *resid = mi_tf_buf_ptr(pl, A, buf_resid(l)), *resid_next = mi_tf_buf_ptr(pl, A, buf_resid(l + 1));
     MI_TRY(fire(r, p0 + MI_P_RESID_PRE));
-    prof_start();
+    prof_start(r);
 
     const float *x = resid;
     float *qkv = BUF(B_QKV), *scores = BUF(B_SCORES), *pattern = BUF(B_PATTERN), *z = BUF(B_Z);
@@ -221,33 +233,33 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             MI_TRY(norm_step(r, s->norm, BT, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
                              BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
         }
-        prof_stop(PR_LN1);
+        prof_stop(r, PR_LN1);
         /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
         mi_sgemm(0, 0, BT, 3 * HD, D, x, D, param(m, o[MI_W_QKV]), 3 * HD, param(m, o[MI_W_B_QKV]),
                  0.0f, qkv, 3 * HD);
-        prof_stop(PR_QKV);
+        prof_stop(r, PR_QKV);
     }
     MI_TRY(fire(r, p0 + MI_P_Q));
     MI_TRY(fire(r, p0 + MI_P_K));
     MI_TRY(fire(r, p0 + MI_P_V));
     mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
-    prof_start();
+    prof_start(r);
     if (attn_fusable(r->flags, p0)) {
         /* no hook between the steps: one pass, scores/pattern kept only if cached */
         MI_TRY(mi_attn_fused(&lay, qkv, qkv + HD, qkv + 2 * HD, 1.0f / s->attn_scale, s->causal,
                              key_mask, r->flags[p0 + MI_P_SCORES] ? scores : NULL,
                              r->flags[p0 + MI_P_PATTERN] ? pattern : NULL, z));
-        prof_stop(PR_APPLY);
+        prof_stop(r, PR_APPLY);
     } else {
         MI_TRY(mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask,
                               scores));
-        prof_stop(PR_SCORES);
+        prof_stop(r, PR_SCORES);
         MI_TRY(fire(r, p0 + MI_P_SCORES));
         mi_softmax_rows(scores, pattern, B * H * T, T);
-        prof_stop(PR_SOFTMAX);
+        prof_stop(r, PR_SOFTMAX);
         MI_TRY(fire(r, p0 + MI_P_PATTERN));
         MI_TRY(mi_attn_apply(&lay, pattern, qkv + 2 * HD, z));
-        prof_stop(PR_APPLY);
+        prof_stop(r, PR_APPLY);
     }
     MI_TRY(fire(r, p0 + MI_P_Z));
     const float *W_O = param(m, o[MI_W_O]), *b_O = param(m, o[MI_W_B_O]);
@@ -271,7 +283,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     } else {
         mi_sgemm(0, 0, BT, D, HD, z, HD, W_O, D, b_O, 0.0f, attn_out, D);
     }
-    prof_stop(PR_ATTN_OUT);
+    prof_stop(r, PR_ATTN_OUT);
     MI_TRY(fire(r, p0 + MI_P_ATTN_OUT));
 
     if (s->attn_only) {
@@ -279,12 +291,12 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         return fire(r, p0 + MI_P_RESID_POST);
     }
     float *resid_mid = BUF(B_RESID_MID);
-    prof_start();
+    prof_start(r);
     /* resid_mid = resid + attn_out: inside ln2's pass unless a hook runs in between */
     int add_in_norm = s->norm != MI_NORM_NONE && !s->use_hook_mlp_in
                       && !((r->flags[p0 + MI_P_RESID_MID] & MI_HOOK_FIRES) && r->hook);
     if (!add_in_norm) add_into(resid, attn_out, resid_mid, BT * D);
-    prof_stop(PR_ADD1);
+    prof_stop(r, PR_ADD1);
     MI_TRY(fire(r, p0 + MI_P_RESID_MID));
     x = resid_mid;
     if (s->use_hook_mlp_in) {
@@ -297,7 +309,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
                          add_in_norm ? resid_mid : NULL, param(m, o[MI_W_LN2_W]), param(m, o[MI_W_LN2_B]), BUF(B_LN2_NORM),
                          BUF(B_LN2_SCALE), BUF(B_LN2_OUT), p0 + MI_P_LN2_SCALE, p0 + MI_P_LN2_NORM, &x));
     }
-    prof_stop(PR_LN2);
+    prof_stop(r, PR_LN2);
     float *pre = BUF(B_PRE), *post = BUF(B_POST), *mlp_out = BUF(B_MLP_OUT);
     const float *b_in = param(m, o[MI_W_B_IN]);
     if (s->gated_mlp) {
@@ -329,20 +341,20 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         if (ln_out != post) memcpy(post, ln_out, sizeof(float) * (size_t)(BT * Mlp));
     } else {
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
-        prof_stop(PR_MLP_IN);
+        prof_stop(r, PR_MLP_IN);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
-        prof_start();
+        prof_start(r);
         mi_activate((mi_activation)s->act, pre, post, BT * Mlp);
     }
-    prof_stop(PR_ACT);
+    prof_stop(r, PR_ACT);
     MI_TRY(fire(r, p0 + MI_P_MLP_POST));
     mi_sgemm(0, 0, BT, D, Mlp, post, Mlp, param(m, o[MI_W_OUT]), D, param(m, o[MI_W_B_OUT]), 0.0f,
              mlp_out, D);
-    prof_stop(PR_MLP_OUT);
+    prof_stop(r, PR_MLP_OUT);
     MI_TRY(fire(r, p0 + MI_P_MLP_OUT));
-    prof_start();
+    prof_start(r);
     add_into(resid_mid, mlp_out, resid_next, BT * D);
-    prof_stop(PR_ADD2);
+    prof_stop(r, PR_ADD2);
     return fire(r, p0 + MI_P_RESID_POST);
 #undef BUF
 }
@@ -354,11 +366,10 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
 {
     const mi_tf_spec *s = &m->spec;
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
-    run_state r = {m, plan, arena, flags, hook, hook_ctx};
     const char *pe = getenv("MI_PROFILE");
-    prof_on = pe && *pe && *pe != '0';
-    if (prof_on) memset(prof_t, 0, sizeof prof_t);
-    prof_start();
+    fwd_profile prof = {{0}};
+    run_state r = {m, plan, arena, flags, hook, hook_ctx, pe && *pe && *pe != '0' ? &prof : NULL};
+    prof_start(&r);
     if (plan->start_layer >= 0) {
         if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
         memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
@@ -392,9 +403,9 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     } else {
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
     }
-    prof_stop(PR_EMBED);
+    prof_stop(&r, PR_EMBED);
     mi_status st = run_layers(&r, 0, key_mask);
-    if (prof_on) prof_report();
+    if (r.prof) prof_report(r.prof);
     return st;
 }
 
@@ -415,7 +426,7 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
 
     int pf = mi_tf_final_point(s, 0);
     const float *x = mi_tf_buf_ptr(plan, arena, buf_resid((int)s->n_layers));
-    prof_start();
+    prof_start(&r);
     if (s->norm != MI_NORM_NONE) {
         MI_TRY(norm_step(&r, s->norm, BT, D, x, NULL, NULL, param(m, m->global_off[MI_G_LNF_W]), param(m, m->global_off[MI_G_LNF_B]),
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_NORM)),
@@ -423,9 +434,9 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
                          mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LNF_OUT)),
                          pf + MI_PF_LNF_SCALE, pf + MI_PF_LNF_NORM, &x));
     }
-    prof_stop(PR_LNF);
+    prof_stop(&r, PR_LNF);
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_IN));
-    prof_start();
+    prof_start(&r);
     float *logits = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS));
     if (m->tied_unembed)   /* W_U = W_E^T, read in place: HF's tied lm_head [V, D] */
         mi_sgemm(0, 1, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_E]), D,
@@ -433,7 +444,7 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     else
         mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
                  param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
-    prof_stop(PR_UNEMBED);
+    prof_stop(&r, PR_UNEMBED);
     return fire(&r, pf + MI_PF_UNEMBED_OUT);
 }
 

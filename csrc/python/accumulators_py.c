@@ -2,52 +2,25 @@
  *
  * mechinterp_c/stats.py owns the state arrays and calls these to update or
  * merge them in place. Each binding checks every array it is given (dtype,
- * C-contiguity, writability, shape against the others) so a wrong call raises
- * naming the argument instead of writing out of bounds, then runs the kernel
- * with the GIL released. */
-#include "python/bridge.h"
-
-#include <string.h>
+ * byte order, C-contiguity, writability, shape against the others) so a
+ * wrong call raises naming the argument instead of writing out of bounds,
+ * then runs the kernel with the GIL released. */
+#include "python/convert.h"
 
 #include "analysis/accumulators.h"
 
 enum { ANY = -1 };
 
-/* `obj` as a C-contiguous aligned array of `type` whose shape matches
- * dims[0:ndim] (ANY: any size), writable when `out`; else NULL with an
- * exception naming `name`. Borrowed. */
+/* `obj` as an aligned, native-order, C-contiguous array of `type` (never
+ * converted: the state is updated in place) whose shape matches dims[0:ndim]
+ * (ANY: any size), writable when `out`; else NULL with an exception naming
+ * `name` (convert.h). Borrowed. */
 static PyArrayObject *need(PyObject *obj, const char *name, int type, int ndim,
                            const npy_intp *dims, int out)
 {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a NumPy array, got %s", name, Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyArray_Descr *want = PyArray_DescrFromType(type);
-        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous %S array, got dtype %S", name,
-                     (PyObject *)want, (PyObject *)PyArray_DESCR(a));
-        Py_XDECREF(want);
-        return NULL;
-    }
-    if (out && !PyArray_ISWRITEABLE(a)) {
-        PyErr_Format(PyExc_ValueError, "%s: the state array is read-only", name);
-        return NULL;
-    }
-    int bad = PyArray_NDIM(a) != ndim;
-    for (int i = 0; !bad && i < ndim; i++) bad = dims[i] != ANY && PyArray_DIM(a, i) != dims[i];
-    if (bad) {
-        char s[128], w[128] = "(";
-        for (int i = 0; i < ndim; i++) {
-            size_t at = strlen(w);
-            if (dims[i] == ANY) snprintf(w + at, sizeof w - at, "*%s", i + 1 < ndim ? ", " : "");
-            else snprintf(w + at, sizeof w - at, "%ld%s", (long)dims[i], i + 1 < ndim ? ", " : "");
-        }
-        PyErr_Format(PyExc_ValueError, "%s: expected shape %s), got %s", name, w, mi_py_shape_str(a, s));
-        return NULL;
-    }
-    return a;
+    mi_arg a = MI_ARG(name, type, out ? MI_ARG_INPLACE : MI_ARG_EXACT, ndim, ndim);
+    if (!mi_arg_borrow(obj, &a) || mi_arg_shape(&a, ndim, dims, NULL) < 0) return NULL;
+    return a.arr;
 }
 
 #define D(a) PyArray_DATA(a)

@@ -5,15 +5,12 @@
  * exact dtypes; each binding still checks what it is given (type, dims,
  * sizes) so a wrong call raises instead of crashing, then runs its kernel
  * with the GIL released. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <math.h>
 #include <string.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include "analysis/entropy.h"
 #include "analysis/histogram.h"
@@ -24,31 +21,12 @@
 #include "analysis/similarity.h"
 #include "kernels/cross_entropy.h"
 
-/* A borrowed C-contiguous aligned array of dtype `type` with `ndim` dims
- * (-1: any), or NULL with TypeError/ValueError naming `name`. */
+/* A borrowed C-contiguous aligned native-order array of dtype `type` with
+ * `ndim` dims (-1: any), or NULL with TypeError/ValueError naming `name`. */
 static PyArrayObject *arr_arg(PyObject *obj, const char *name, int type, int ndim)
 {
-    if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a NumPy array, got %s", name,
-                     Py_TYPE(obj)->tp_name);
-        return NULL;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (PyArray_TYPE(a) != type || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
-        PyArray_Descr *want = PyArray_DescrFromType(type);
-        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous %S array, got dtype %S",
-                     name, (PyObject *)want, (PyObject *)PyArray_DESCR(a));
-        Py_XDECREF(want);
-        return NULL;
-    }
-    if (mi_py_native_order(a, name) < 0) return NULL;
-    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
-        char buf[128];
-        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got shape %s", name, ndim,
-                     mi_py_shape_str(a, buf));
-        return NULL;
-    }
-    return a;
+    mi_arg a = MI_ARG(name, type, MI_ARG_EXACT, ndim < 0 ? 0 : ndim, ndim < 0 ? NPY_MAXDIMS : ndim);
+    return mi_arg_borrow(obj, &a);
 }
 
 /* float32 or float64 data array: sets *f64. */
@@ -218,39 +196,24 @@ static PyObject *py_percentile(PyObject *m, PyObject *args)
 #define HUGE_MIN ((size_t)4 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
 
-/* One released large buffer is kept for the next call (a loop that drops each
- * matrix then reuses warm memory instead of having fresh pages zeroed); a
- * result that is kept alive sends the next call to fresh memory. */
-static void *spare_buffer;
-
-static void release_free(void *data, size_t nbytes, void *ctx)
-{
-    (void)nbytes;
-    (void)ctx;
-    free(__atomic_exchange_n(&spare_buffer, data, __ATOMIC_ACQ_REL));
-}
-
 static PyObject *large_empty(PyObject *m, int ndim, const npy_intp *shape, float **data)
 {
     size_t n = 1;
     for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
     size_t bytes = n * sizeof(float);
     if (bytes < HUGE_MIN) return mi_py_empty(m, ndim, shape, data);
-    void *mem = __atomic_exchange_n(&spare_buffer, NULL, __ATOMIC_ACQ_REL);
-#if defined(__GLIBC__)
-    size_t have = mem ? malloc_usable_size(mem) : 0;
-    if (mem && (have < bytes || have > 2 * bytes + HUGE_ALIGN)) { free(mem); mem = NULL; }
-#else
-    free(mem);                            /* size unknown: do not reuse */
-    mem = NULL;
-#endif
+    /* the module keeps the last released matrix: a loop that drops each one
+     * reuses warm memory instead of having fresh pages zeroed */
+    mi_py_spare *spare = mi_state(m)->similarity_spare;
+    size_t got = bytes;
+    void *mem = mi_py_spare_take(spare, bytes, &got);
     if (!mem) {
         if (posix_memalign(&mem, HUGE_ALIGN, bytes) != 0) return mi_py_empty(m, ndim, shape, data);
 #if defined(MADV_HUGEPAGE)
         madvise(mem, bytes, MADV_HUGEPAGE);   /* advice only: failure changes nothing */
 #endif
     }
-    PyObject *owner = mi_py_buffer_new(m, mem, bytes, release_free, NULL);
+    PyObject *owner = mi_py_spare_buffer(m, spare, mem, got);
     if (!owner) return NULL;
     PyObject *arr = mi_py_view(owner, (float *)mem, ndim, shape, NULL, 1);
     Py_DECREF(owner);
@@ -386,27 +349,10 @@ static PyObject *py_kde_nd(PyObject *m, PyObject *args)
 /* Element strides of a float32 [B, P, H, D] view whose last dim is contiguous. */
 static int qk_view(PyObject *obj, const char *name, PyArrayObject **out, int64_t st[3])
 {
-    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32
-        || PyArray_NDIM((PyArrayObject *)obj) != 4) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a 4-D float32 array [batch, pos, head, "
-                     "d_head]", name);
-        return -1;
-    }
-    PyArrayObject *a = (PyArrayObject *)obj;
-    if (mi_py_native_order(a, name) < 0) return -1;
-    npy_intp *s = PyArray_STRIDES(a);
-    if (PyArray_SIZE(a) == 0) {   /* NumPy gives empty arrays 0 strides: nothing is read */
-        st[0] = st[1] = st[2] = 0;
-        *out = a;
-        return 0;
-    }
-    if (!PyArray_ISALIGNED(a) || (s[3] != 4 && PyArray_DIM(a, 3) > 1)
-        || s[0] % 4 || s[1] % 4 || s[2] % 4) {
-        PyErr_Format(PyExc_ValueError, "%s: the last dimension must be contiguous", name);
-        return -1;
-    }
-    for (int i = 0; i < 3; i++) st[i] = s[i] / 4;
-    *out = a;
+    mi_arg a = MI_ARG(name, NPY_FLOAT32, MI_ARG_EXACT | MI_ARG_STRIDED, 4, 4);
+    if (!(*out = mi_arg_borrow(obj, &a))) return -1;
+    npy_intp *s = PyArray_STRIDES(*out);
+    for (int i = 0; i < 3; i++) st[i] = PyArray_SIZE(*out) ? s[i] / 4 : 0;   /* empty: nothing is read */
     return 0;
 }
 
@@ -551,4 +497,8 @@ static PyMethodDef analysis_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int mi_py_analysis_exec(PyObject *m) { return PyModule_AddFunctions(m, analysis_methods); }
+int mi_py_analysis_exec(PyObject *m)
+{
+    if (!(mi_state(m)->similarity_spare = mi_py_spare_new(SIZE_MAX, free))) return -1;
+    return PyModule_AddFunctions(m, analysis_methods);
+}

@@ -103,75 +103,59 @@ PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float *
     return arr;
 }
 
-const char *mi_py_shape_str(PyArrayObject *a, char *buf)
+/* ---- a one-slot cache of released memory ---- */
+
+struct mi_py_spare {
+    Py_ssize_t refs;           /* the owner + one per Buffer lent memory */
+    size_t keep_max;           /* larger blocks are freed, not kept */
+    void (*free_fn)(void *);
+    void *data;                /* the kept block, or NULL */
+    size_t nbytes;             /* its size */
+};
+
+mi_py_spare *mi_py_spare_new(size_t keep_max, void (*free_fn)(void *))
 {
-    int n = 0, nd = PyArray_NDIM(a);
-    n += snprintf(buf + n, 128 - n, "(");
-    for (int i = 0; i < nd && n < 100; i++)
-        n += snprintf(buf + n, 128 - n, i ? ", %ld" : "%ld", (long)PyArray_DIM(a, i));
-    snprintf(buf + n, 128 - n, nd == 1 ? ",)" : ")");
-    return buf;
+    mi_py_spare *s = PyMem_Calloc(1, sizeof *s);
+    if (!s) return (mi_py_spare *)PyErr_NoMemory();
+    s->refs = 1;
+    s->keep_max = keep_max;
+    s->free_fn = free_fn;
+    return s;
 }
 
-int mi_py_native_order(PyArrayObject *a, const char *name)
+void mi_py_spare_decref(mi_py_spare *s)
 {
-    if (PyArray_ISNOTSWAPPED(a)) return 0;
-    PyErr_Format(PyExc_TypeError, "%s: expected an array in native byte order, got dtype %S "
-                 "(convert it with .astype(%s))", name, (PyObject *)PyArray_DESCR(a),
-                 PyArray_DESCR(a)->typeobj->tp_name);
-    return -1;
+    if (!s || --s->refs > 0) return;
+    if (s->data) s->free_fn(s->data);
+    PyMem_Free(s);
 }
 
-PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim)
+void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got)
 {
-    PyArrayObject *arr;
-    if (obj == NULL || obj == Py_None) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a float array, got None", name);
-        return NULL;
-    }
-    if (PyArray_Check(obj)) {
-        Py_INCREF(obj);
-        arr = (PyArrayObject *)obj;
+    if (!s->data || s->nbytes < nbytes || s->nbytes - nbytes > nbytes) return NULL;
+    void *d = s->data;
+    *got = s->nbytes;
+    s->data = NULL;
+    return d;
+}
+
+static void release_to_spare(void *data, size_t nbytes, void *ctx)
+{
+    mi_py_spare *s = ctx;
+    if (nbytes > s->keep_max || s->refs == 1) {   /* too large, or the owner is gone */
+        s->free_fn(data);
     } else {
-        arr = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
-        if (!arr) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s: expected a float array, got %s",
-                         name, Py_TYPE(obj)->tp_name);
-            return NULL;
-        }
+        if (s->data) s->free_fn(s->data);
+        s->data = data;
+        s->nbytes = nbytes;
     }
-    char kind = PyArray_DESCR(arr)->kind;
-    if (kind != 'f') {
-        PyErr_Format(PyExc_TypeError, "%s: expected a floating-point array, got dtype %S",
-                     name, (PyObject *)PyArray_DESCR(arr));
-        Py_DECREF(arr);
-        return NULL;
-    }
-    int nd = PyArray_NDIM(arr);
-    if (nd < min_ndim || nd > max_ndim) {
-        char buf[128];
-        if (min_ndim == max_ndim)
-            PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got shape %s",
-                         name, min_ndim, mi_py_shape_str(arr, buf));
-        else
-            PyErr_Format(PyExc_ValueError, "%s: expected %d to %d dimensions, got shape %s",
-                         name, min_ndim, max_ndim, mi_py_shape_str(arr, buf));
-        Py_DECREF(arr);
-        return NULL;
-    }
-    /* used in place only when the bytes are what the kernels read: float32 in
-     * this machine's byte order, C-contiguous and aligned. Anything else (a
-     * '>f4' array from a big-endian file, a float64, a strided view) is
-     * converted once, as numpy.ascontiguousarray(x, np.float32) would. */
-    if (PyArray_TYPE(arr) == NPY_FLOAT32 && PyArray_ISNOTSWAPPED(arr)
-        && PyArray_IS_C_CONTIGUOUS(arr) && PyArray_ISALIGNED(arr))
-        return arr;
-    PyArrayObject *conv = (PyArrayObject *)PyArray_FromAny(
-        (PyObject *)arr, PyArray_DescrFromType(NPY_FLOAT32), 0, 0,
-        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_FORCECAST, NULL);
-    Py_DECREF(arr);
-    return conv;
+    mi_py_spare_decref(s);
+}
+
+PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes)
+{
+    s->refs++;
+    return mi_py_buffer_new(module, data, nbytes, release_to_spare, s);
 }
 
 int mi_py_array_exec(PyObject *m)

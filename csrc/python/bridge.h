@@ -21,6 +21,7 @@
 #include <numpy/arrayobject.h>
 
 #include "common/status.h"
+#include "model/transformer.h"
 
 /* Per-module state (multi-phase init: no process-wide globals). */
 typedef struct {
@@ -28,6 +29,7 @@ typedef struct {
     PyTypeObject *model_type;       /* the C transformer (model_py.c) */
     PyTypeObject *safetensors_type; /* an mmapped safetensors file (io_py.c) */
     PyTypeObject *tokenizer_type;   /* byte-level BPE (tokenizer_py.c) */
+    struct mi_py_spare *similarity_spare; /* the last released similarity matrix (analysis_py.c) */
 } mi_module_state;
 
 extern PyModuleDef mi_core_module;
@@ -40,6 +42,9 @@ static inline mi_module_state *mi_state(PyObject *module)
 /* Set the Python exception for a failed status and return NULL. MI_ERR_CALLBACK
  * means a Python exception is already set and is left as it is. */
 PyObject *mi_py_raise(mi_status status);
+/* mi_py_raise, except that an I/O failure with errno `err` becomes the OSError
+ * subclass errno calls for (FileNotFoundError, IsADirectoryError, ...). */
+PyObject *mi_py_raise_os(mi_status status, int err);
 
 /* --- Buffers and arrays (array.c) --------------------------------------- */
 
@@ -73,21 +78,26 @@ PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *sha
  * a Buffer. *data receives its first element. Contents uninitialised. */
 PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float **data);
 
-/* Accept `obj` as a float32 C-contiguous array for argument `name`:
- * float32 C-contiguous ndarrays are used in place (a new reference), other
- * float arrays or sequences of floats are converted once, anything else
- * (integer, bool, complex, object dtypes) raises TypeError naming the argument.
- * ndim must be within [min_ndim, max_ndim] (ValueError naming the shape).
- * Returns NULL with an exception set on failure. */
-PyArrayObject *mi_py_float_arg(PyObject *obj, const char *name, int min_ndim, int max_ndim);
+/* A one-slot cache of released memory: a loop that drops each large result
+ * (an activation arena, a similarity matrix) before the next call gets warm,
+ * already faulted-in pages back instead of fresh ones. Its owner (a model,
+ * the module) holds one reference and every Buffer lent memory through it
+ * another, so the cache outlives whichever goes last. Only touched with the
+ * GIL held (Buffers are released by deallocation). */
+typedef struct mi_py_spare mi_py_spare;
 
-/* 0 when `a` is in this machine's byte order; else -1 with a TypeError naming
- * argument `name` (for arrays the C core writes into or keeps, which cannot be
- * converted behind the caller's back). */
-int mi_py_native_order(PyArrayObject *a, const char *name);
-
-/* "(2, 3, 4)" for error messages; buf must hold 128 bytes. */
-const char *mi_py_shape_str(PyArrayObject *a, char *buf);
+/* A new cache (one reference) keeping blocks of at most keep_max bytes, freed
+ * with free_fn; NULL with MemoryError. */
+mi_py_spare *mi_py_spare_new(size_t keep_max, void (*free_fn)(void *));
+/* Drop a reference (NULL: nothing); the last frees the kept block. */
+void mi_py_spare_decref(mi_py_spare *s);
+/* The kept block if it holds nbytes and at most twice that (*got: its size,
+ * the cache keeps nothing afterwards), else NULL. */
+void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got);
+/* A Buffer owning data (nbytes, from free_fn's allocator); when released the
+ * block goes back to s instead of being freed. On failure the memory is
+ * returned to s and NULL returned with an exception set. */
+PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes);
 
 /* --- Subsystem initialisation (one per file, called from module exec) ---- */
 int mi_py_array_exec(PyObject *m);

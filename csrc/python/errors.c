@@ -33,3 +33,15 @@ PyObject *mi_py_raise(mi_status status)
     }
     return NULL;
 }
+
+PyObject *mi_py_raise_os(mi_status status, int err)
+{
+    if (status != MI_ERR_IO || err == 0) return mi_py_raise(status);
+    PyObject *msg = mi_py_message(mi_last_error());
+    PyObject *exc = msg ? PyObject_CallFunction(PyExc_OSError, "iN", err, msg) : NULL;
+    if (exc) {   /* OSError(errno, msg) is the subclass errno calls for */
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}

@@ -15,20 +15,6 @@
 #include "io/config_json.h"
 #include "io/safetensors.h"
 
-/* mi_py_raise, except that an I/O failure becomes the OSError subclass its
- * errno calls for (FileNotFoundError, IsADirectoryError, ...). */
-static PyObject *raise_status(mi_status s, int err)
-{
-    if (s != MI_ERR_IO || err == 0) return mi_py_raise(s);
-    PyObject *msg = mi_py_message(mi_last_error());
-    PyObject *exc = msg ? PyObject_CallFunction(PyExc_OSError, "iN", err, msg) : NULL;
-    if (exc) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
-    return NULL;
-}
-
 /* ============================ SafeTensors ================================= */
 
 typedef struct {
@@ -62,7 +48,7 @@ static PyObject *st_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     s = mi_st_open(path, copy ? MI_ST_COPY : MI_ST_MAP, &st);
     err = errno;
     Py_END_ALLOW_THREADS
-    if (s != MI_OK) { Py_DECREF(path_bytes); return raise_status(s, err); }
+    if (s != MI_OK) { Py_DECREF(path_bytes); return mi_py_raise_os(s, err); }
 
     mi_py_safetensors *self = (mi_py_safetensors *)type->tp_alloc(type, 0);
     if (!self) { mi_st_close(st); Py_DECREF(path_bytes); return NULL; }
@@ -523,7 +509,7 @@ static PyObject *py_parse_json_file(PyObject *m, PyObject *arg)
     err = errno;
     Py_END_ALLOW_THREADS
     Py_DECREF(path_bytes);
-    if (s != MI_OK) return raise_status(s, err);
+    if (s != MI_OK) return mi_py_raise_os(s, err);
     return doc_to_py(doc);
 }
 

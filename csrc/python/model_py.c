@@ -6,15 +6,14 @@
  * in a Buffer BEFORE the pass (hooks and the cache get views whose base is
  * that Buffer) and runs the pass with the GIL released; at CALLBACK points the
  * C hook re-acquires the GIL and calls the Python dispatcher. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <math.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "common/memory.h"
-#include "kernels/attention.h"
-#include "kernels/norm.h"
+#include "model/params.h"
 #include "model/transformer.h"
 #include "python/model_py.h"
 
@@ -23,43 +22,19 @@ typedef struct {
     mi_transformer tf;
     PyObject *blob;       /* _core.Buffer owning tf.params */
     PyObject **external;  /* [n_table]: the array behind table[i].data (set_param), or NULL */
-    int running;          /* forward passes in flight (weights must not move meanwhile) */
+    mi_py_spare *arenas;  /* this model's last released activation arena */
+    int running;          /* passes in flight (weights must not move meanwhile) */
     int initialised;
 } mi_py_model;
 
 static void release_mapped(void *data, size_t nbytes, void *ctx) { munmap(data, nbytes); }
 
-/* A one-slot cache of the last released activation arena. Arenas of more
- * than a few MiB come from mmap, so every call would page-fault its whole
- * arena in afresh (a GPT-2-small forward: ~33k faults, a full cache ~130k);
- * when the previous call's arena has been released (nothing holds a view of
- * it) the next call of a similar size reuses it instead. At most
- * ARENA_KEEP_MAX bytes stay held. Only touched with the GIL held (arenas are
- * allocated before the pass and released by Buffer deallocation). */
+/* Activation arenas of more than a few MiB come from mmap, so every call
+ * would page-fault its whole arena in afresh (a GPT-2-small forward: ~33k
+ * faults, a full cache ~130k); each model keeps the last released arena (one
+ * that nothing holds a view of any more) for its next call of a similar size.
+ * At most ARENA_KEEP_MAX bytes stay held per model. */
 #define ARENA_KEEP_MAX ((size_t)768 << 20)
-static float *kept_arena;
-static size_t kept_bytes;
-
-static void release_arena(void *data, size_t nbytes, void *ctx)
-{
-    if (nbytes > ARENA_KEEP_MAX) { mi_free(data); return; }
-    if (kept_arena) mi_free(kept_arena);
-    kept_arena = data;
-    kept_bytes = nbytes;
-}
-
-/* An uninitialised arena of at least nbytes (64-byte aligned); *got: its size. */
-static float *arena_alloc(size_t nbytes, size_t *got)
-{
-    if (kept_arena && kept_bytes >= nbytes && kept_bytes / 2 <= nbytes) {
-        float *a = kept_arena;
-        *got = kept_bytes;
-        kept_arena = NULL;
-        return a;
-    }
-    *got = nbytes;
-    return mi_malloc(nbytes);
-}
 
 static int model_init(PyObject *self, PyObject *args, PyObject *kw)
 {
@@ -98,10 +73,13 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     size_t blob_bytes = mo->tf.n_params * sizeof(float);
     float *blob = mmap(NULL, blob_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     mo->external = PyMem_Calloc((size_t)mo->tf.n_table, sizeof(PyObject *));
-    if (blob == MAP_FAILED || !mo->external) {
+    mo->arenas = mi_py_spare_new(ARENA_KEEP_MAX, mi_free);
+    if (blob == MAP_FAILED || !mo->external || !mo->arenas) {
         if (blob != MAP_FAILED) munmap(blob, blob_bytes);
         PyMem_Free(mo->external);
         mo->external = NULL;
+        mi_py_spare_decref(mo->arenas);
+        mo->arenas = NULL;
         PyErr_Format(PyExc_MemoryError, "Model: cannot map the parameter blob (n_params=%zu "
                      "floats, %zu bytes)", mo->tf.n_params, blob_bytes);
         mi_tf_free(&mo->tf);
@@ -127,6 +105,7 @@ static void model_dealloc(PyObject *self)
         mo->external = NULL;
     }
     if (mo->initialised) mi_tf_free(&mo->tf);
+    mi_py_spare_decref(mo->arenas);
     Py_CLEAR(mo->blob);
     tp->tp_free(self);
     Py_DECREF(tp);
@@ -154,20 +133,13 @@ PyDoc_STRVAR(params_doc, "params()\n--\n\nA dict: parameter name -> float32 view
              "parameter blob, or the array given to set_param (writable when it is). With "
              "tied_unembed, unembed.W_U is the [D, V] transposed view of embed.W_E.");
 
-static int table_index(const mi_transformer *tf, const char *name)
-{
-    for (int i = 0; i < tf->n_table; i++)
-        if (strcmp(tf->table[i].name, name) == 0) return i;
-    return -1;
-}
-
 static PyObject *model_params(PyObject *self, PyObject *unused)
 {
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     PyObject *d = PyDict_New();
     if (!d) return NULL;
-    int i_we = table_index(&mo->tf, "embed.W_E");
+    int i_we = mi_tf_param_index(&mo->tf, "embed.W_E");
     for (int i = 0; i < mo->tf.n_table; i++) {
         const mi_tf_param *p = &mo->tf.table[i];
         npy_intp shape[4], strides[4], *st = NULL;
@@ -176,7 +148,7 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
         float *data = mo->tf.params + p->offset;
         int writable = 1;
         int src = i;
-        if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U]) {
+        if (mi_tf_param_is_tied(&mo->tf, i)) {
             /* W_U [D, V] = W_E^T: the same memory, strided */
             src = i_we;
             strides[0] = (npy_intp)sizeof(float);
@@ -240,43 +212,34 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "sO:set_param", &name, &obj)) return NULL;
     if (mo->running)
         return PyErr_Format(PyExc_RuntimeError, "set_param(%s): a forward pass is running", name);
-    int i = table_index(&mo->tf, name);
+    int i = mi_tf_param_index(&mo->tf, name);
     if (i < 0) return PyErr_Format(PyExc_KeyError, "set_param: the model has no parameter %R",
                                    PyTuple_GET_ITEM(args, 0));
     mi_tf_param *p = &mo->tf.table[i];
-    if (mo->tf.tied_unembed && p->offset == mo->tf.global_off[MI_G_W_U])
-        return PyErr_Format(PyExc_ValueError, "set_param(%s): the unembedding is tied to embed.W_E "
-                            "(set tied_unembed = False first)", name);
-    if (!PyArray_Check(obj))
-        return PyErr_Format(PyExc_TypeError, "set_param(%s): expected a numpy.ndarray, got %s",
-                            name, Py_TYPE(obj)->tp_name);
-    PyArrayObject *a = (PyArrayObject *)obj;
-    char buf[128];
-    if (PyArray_TYPE(a) != NPY_FLOAT32)
-        return PyErr_Format(PyExc_TypeError, "set_param(%s): expected float32, got dtype %S", name,
-                            (PyObject *)PyArray_DESCR(a));
+    /* read in place for the model's life: the float32 bytes as they are */
     char who[96];
     snprintf(who, sizeof who, "set_param(%s)", name);
-    if (mi_py_native_order(a, who) < 0) return NULL;
-    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a))
-        return PyErr_Format(PyExc_ValueError, "set_param(%s): the array must be C-contiguous and "
-                            "aligned (shape %s)", name, mi_py_shape_str(a, buf));
-    npy_intp numel = 1;
-    for (int k = 0; k < p->ndim; k++) numel *= (npy_intp)p->shape[k];
+    mi_arg arg = MI_ARG(who, NPY_FLOAT32, MI_ARG_EXACT, 0, 32);
+    if (mi_arg_convert(obj, &arg) < 0) return NULL;
+    PyArrayObject *a = arg.arr;
+    char buf[128], want[128];
+    npy_intp numel = (npy_intp)mi_tf_param_numel(&mo->tf, i);
     if (PyArray_SIZE(a) != numel) {
-        char want[128];
-        int n = 0;
-        want[0] = 0;
+        int n = snprintf(want, sizeof want, "(");    /* the parameter's shape, as "(4, 64)" */
         for (int k = 0; k < p->ndim; k++)
-            n += snprintf(want + n, sizeof want - (size_t)n, k ? ", %ld" : "(%ld", (long)p->shape[k]);
+            n += snprintf(want + n, sizeof want - (size_t)n, k ? ", %ld" : "%ld", (long)p->shape[k]);
         snprintf(want + n, sizeof want - (size_t)n, ")");
-        return PyErr_Format(PyExc_ValueError, "set_param(%s): expected %ld elements %s, got shape %s",
-                            name, (long)numel, want, mi_py_shape_str(a, buf));
+        PyErr_Format(PyExc_ValueError, "set_param(%s): expected %ld elements %s, got shape %s",
+                     name, (long)numel, want, mi_py_shape_str(a, buf));
+        mi_arg_release(&arg);
+        return NULL;
     }
-    Py_INCREF(obj);
-    if (!mo->external[i]) mo->tf.n_external++;
-    Py_XSETREF(mo->external[i], obj);
-    p->data = (float *)PyArray_DATA(a);
+    mi_status st = mi_tf_param_set_external(&mo->tf, i, (float *)PyArray_DATA(a));
+    if (st != MI_OK) {
+        mi_arg_release(&arg);
+        return mi_py_raise(st);
+    }
+    Py_XSETREF(mo->external[i], (PyObject *)a);   /* the converter's reference: the model keeps it */
     Py_RETURN_NONE;
 }
 
@@ -285,38 +248,18 @@ PyDoc_STRVAR(materialize_doc,
 "untie the unembedding (W_U = W_E^T copied): afterwards the model owns all of its\n"
 "weights (what training needs). Returns the number of tensors copied.");
 
-static int untie(mi_py_model *mo)
-{
-    mi_transformer *tf = &mo->tf;
-    const float *W_E = mi_tf_tensor(tf, tf->global_off[MI_G_W_E]);
-    float *W_U = tf->params + tf->global_off[MI_G_W_U];
-    int64_t V = tf->spec.d_vocab, D = tf->spec.d_model;
-    /* blocked transpose: W_U [D, V] from W_E [V, D] */
-    for (int64_t v0 = 0; v0 < V; v0 += 64)
-        for (int64_t d = 0; d < D; d++)
-            for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
-    tf->tied_unembed = 0;
-    return 0;
-}
-
 static PyObject *model_materialize(PyObject *self, PyObject *unused)
 {
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     if (mo->running) return PyErr_Format(PyExc_RuntimeError, "materialize: a forward pass is running");
     if (mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
-    if (mo->tf.tied_unembed) untie(mo);
+    mi_tf_untie(&mo->tf);
     long copied = 0;
     for (int i = 0; i < mo->tf.n_table; i++) {
-        mi_tf_param *p = &mo->tf.table[i];
-        if (!mo->external[i]) continue;
-        memcpy(mo->tf.params + p->offset, p->data,
-               sizeof(float) * (size_t)PyArray_SIZE((PyArrayObject *)mo->external[i]));
-        p->data = NULL;
+        copied += mi_tf_param_materialize(&mo->tf, i);
         Py_CLEAR(mo->external[i]);
-        copied++;
     }
-    mo->tf.n_external = 0;
     return PyLong_FromLong(copied);
 }
 
@@ -327,19 +270,6 @@ PyDoc_STRVAR(share_params_doc,
 "models then compute with, and edit, the same weights, so the views other.params()\n"
 "gave stay the weights of this model too. Needs the same parameter layout (names,\n"
 "offsets, shapes); returns False and changes nothing when the layouts differ.");
-
-/* Same names, offsets and shapes in the same order (the blob layout). */
-static int same_layout(const mi_transformer *a, const mi_transformer *b)
-{
-    if (a->n_params != b->n_params || a->n_table != b->n_table) return 0;
-    for (int i = 0; i < a->n_table; i++) {
-        const mi_tf_param *p = &a->table[i], *q = &b->table[i];
-        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim) return 0;
-        for (int k = 0; k < p->ndim; k++)
-            if (p->shape[k] != q->shape[k]) return 0;
-    }
-    return 1;
-}
 
 static PyObject *model_share_params(PyObject *self, PyObject *arg)
 {
@@ -352,17 +282,15 @@ static PyObject *model_share_params(PyObject *self, PyObject *arg)
     if (check_ready(src) < 0) return NULL;
     if (mo->running) return PyErr_Format(PyExc_RuntimeError, "share_params: a forward pass is running");
     if (src == mo) Py_RETURN_TRUE;
-    if (!same_layout(&mo->tf, &src->tf)) Py_RETURN_FALSE;
+    if (!mi_tf_same_layout(&mo->tf, &src->tf)) Py_RETURN_FALSE;
+    /* this model keeps src's memory alive: its blob and its set_param arrays */
     Py_INCREF(src->blob);
     Py_SETREF(mo->blob, src->blob);
-    mo->tf.params = src->tf.params;
     for (int i = 0; i < mo->tf.n_table; i++) {
         Py_XINCREF(src->external[i]);
         Py_XSETREF(mo->external[i], src->external[i]);
-        mo->tf.table[i].data = src->tf.table[i].data;
     }
-    mo->tf.n_external = src->tf.n_external;
-    mo->tf.tied_unembed = src->tf.tied_unembed;
+    mi_tf_share_params(&mo->tf, &src->tf);
     Py_RETURN_TRUE;
 }
 
@@ -446,21 +374,6 @@ static mi_status py_hook(void *ctx, int point, const mi_tensor_view *v)
     return st;
 }
 
-/* An int64 C-contiguous [B,T] array from `obj` (argument `name`), or NULL. */
-static PyArrayObject *int64_arg(PyObject *obj, const char *name, npy_intp B, npy_intp T)
-{
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_INT64, 2, 2, NPY_ARRAY_CARRAY_RO);
-    if (!a) return NULL;
-    if (B >= 0 && (PyArray_DIM(a, 0) != B || PyArray_DIM(a, 1) != T)) {
-        char buf[128];
-        PyErr_Format(PyExc_ValueError, "%s: expected shape (%ld, %ld) like tokens, got %s", name,
-                     (long)B, (long)T, mi_py_shape_str(a, buf));
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
-}
-
 PyDoc_STRVAR(forward_doc,
 "forward(tokens, flags, callback=None, pos_ids=None, key_mask=None, stop_layer=-1,\n"
 "        resid=None, start_layer=-1)\n--\n\n"
@@ -478,14 +391,17 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (check_ready(mo) < 0) return NULL;
     /* weights read in place from a checkpoint: is the file still the one mapped? */
     if (mo->tf.n_external && mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
-    PyObject *tok_obj, *cb = Py_None, *pos_obj = Py_None, *mask_obj = Py_None, *resid_obj = Py_None;
+    PyObject *tok_obj, *cb = Py_None, *resid_obj = Py_None;
+    mi_arg tokens = MI_ARG_INT64("tokens", 2, 2), resid = MI_ARG_FLOAT("input (residual stream)", 3, 3);
+    mi_arg pos = MI_ARG("pos_ids", NPY_INT64, MI_ARG_OPTIONAL, 2, 2);
+    mi_arg mask = MI_ARG("attention_mask", NPY_FLOAT32, MI_ARG_OPTIONAL, 2, 2);
     Py_buffer flags;
     int stop = -1, start = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OOOiOi:forward", kwlist, &tok_obj, &flags, &cb,
-                                     &pos_obj, &mask_obj, &stop, &resid_obj, &start))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OO&O&iOi:forward", kwlist, &tok_obj, &flags, &cb,
+                                     mi_conv_array, &pos, mi_conv_array, &mask, &stop, &resid_obj,
+                                     &start))
         return NULL;
     const mi_tf_spec *s = &mo->tf.spec;
-    PyArrayObject *tokens = NULL, *pos = NULL, *mask = NULL, *resid = NULL;
     PyObject *arena_owner = NULL, *out = NULL, *cache = NULL, *res = NULL;
     mi_tf_plan plan = {0};
     int np = mi_tf_n_points(s);
@@ -497,52 +413,40 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "callback: expected a callable or None");
         goto done;
     }
-    npy_intp B, T;
+    npy_intp bt[2];
     if (start >= 0) {
         char buf[128];
-        if (!(resid = mi_py_float_arg(resid_obj, "input (residual stream)", 3, 3))) goto done;
-        if (PyArray_DIM(resid, 2) != s->d_model) {
+        if (mi_arg_convert(resid_obj, &resid) < 0) goto done;
+        if (PyArray_DIM(resid.arr, 2) != s->d_model) {
             PyErr_Format(PyExc_ValueError, "input (residual stream): expected [batch, pos, d_model=%ld], "
-                         "got %s", (long)s->d_model, mi_py_shape_str(resid, buf));
+                         "got %s", (long)s->d_model, mi_py_shape_str(resid.arr, buf));
             goto done;
         }
-        B = PyArray_DIM(resid, 0);
-        T = PyArray_DIM(resid, 1);
+        memcpy(bt, PyArray_DIMS(resid.arr), sizeof bt);
     } else {
-        if (!(tokens = int64_arg(tok_obj, "tokens", -1, -1))) goto done;
-        B = PyArray_DIM(tokens, 0);
-        T = PyArray_DIM(tokens, 1);
+        if (mi_arg_convert(tok_obj, &tokens) < 0) goto done;
+        memcpy(bt, PyArray_DIMS(tokens.arr), sizeof bt);
     }
-    if (pos_obj != Py_None && !(pos = int64_arg(pos_obj, "pos_ids", B, T))) goto done;
-    if (mask_obj != Py_None) {
-        if (!(mask = mi_py_float_arg(mask_obj, "key_mask", 2, 2))) goto done;
-        if (PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != T) {
-            char buf[128];
-            PyErr_Format(PyExc_ValueError, "attention_mask: expected shape (%ld, %ld) like tokens, "
-                         "got %s", (long)B, (long)T, mi_py_shape_str(mask, buf));
-            goto done;
-        }
-    }
+    npy_intp B = bt[0], T = bt[1];
+    if (pos.arr && mi_arg_shape(&pos, 2, bt, "like tokens") < 0) goto done;
+    if (mask.arr && mi_arg_shape(&mask, 2, bt, "like tokens") < 0) goto done;
     if (stop < 0) stop = (int)s->n_layers;
     const uint8_t *fl = flags.buf;
     mi_status st = mi_tf_plan_call(&mo->tf, B, T, start, stop, fl, &plan);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    size_t arena_bytes;
-    float *arena = arena_alloc(plan.n_floats * sizeof(float), &arena_bytes);
-    if (!arena) {
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
+    if (!module) goto done;
+    size_t arena_bytes = plan.n_floats * sizeof(float);
+    float *arena = mi_py_spare_take(mo->arenas, arena_bytes, &arena_bytes);
+    if (!arena && !(arena = mi_malloc(arena_bytes))) {
         PyErr_Format(PyExc_MemoryError, "forward: cannot allocate the activation arena of a "
-                     "[%ld, %ld] call (%zu bytes)", (long)B, (long)T, plan.n_floats * sizeof(float));
+                     "[%ld, %ld] call (%zu bytes)", (long)B, (long)T, arena_bytes);
         goto done;
     }
-    PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
-    if (!module) { release_arena(arena, arena_bytes, NULL); goto done; }
-    if (!(arena_owner = mi_py_buffer_new(module, arena, arena_bytes, release_arena, NULL)))
-        goto done;
+    if (!(arena_owner = mi_py_spare_buffer(module, mo->arenas, arena, arena_bytes))) goto done;
     hook_ctx hc = {cb, arena_owner};
-    const int64_t *tk = tokens ? PyArray_DATA(tokens) : NULL;
-    const float *rd = resid ? PyArray_DATA(resid) : NULL;
-    const int64_t *pd = pos ? PyArray_DATA(pos) : NULL;
-    const float *md = mask ? PyArray_DATA(mask) : NULL;
+    const int64_t *tk = mi_arg_data(&tokens), *pd = mi_arg_data(&pos);
+    const float *rd = mi_arg_data(&resid), *md = mi_arg_data(&mask);
     /* a callback point without a callback is only a cache point */
     mo->running++;
     Py_BEGIN_ALLOW_THREADS
@@ -567,7 +471,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
 done:
     PyBuffer_Release(&flags);
     mi_tf_plan_free(&plan);
-    Py_XDECREF(tokens); Py_XDECREF(pos); Py_XDECREF(mask); Py_XDECREF(resid);
+    mi_arg_release(&tokens); mi_arg_release(&pos); mi_arg_release(&mask); mi_arg_release(&resid);
     Py_XDECREF(arena_owner); Py_XDECREF(out); Py_XDECREF(cache);
     return res;
 }
@@ -626,21 +530,14 @@ static int model_set_tied(PyObject *self, PyObject *value, void *c)
     int tie = PyObject_IsTrue(value);
     if (tie < 0) return -1;
     if (mo->running) { PyErr_SetString(PyExc_RuntimeError, "tied_unembed: a forward pass is running"); return -1; }
-    if (tie == mo->tf.tied_unembed) return 0;
-    if (!tie) return untie(mo);
-    const mi_tf_spec *s = &mo->tf.spec;
-    if (s->d_vocab_out != s->d_vocab) {
-        PyErr_Format(PyExc_ValueError, "tied_unembed: needs d_vocab_out == d_vocab, got %ld and %ld",
-                     (long)s->d_vocab_out, (long)s->d_vocab);
-        return -1;
+    if (!tie) {
+        mi_tf_untie(&mo->tf);
+        return 0;
     }
-    int i = table_index(&mo->tf, "unembed.W_U");
-    if (i >= 0 && mo->external[i]) {   /* W_U is no longer read */
-        mo->tf.table[i].data = NULL;
-        Py_CLEAR(mo->external[i]);
-        mo->tf.n_external--;
-    }
-    mo->tf.tied_unembed = 1;
+    int dropped;
+    mi_status st = mi_tf_tie(&mo->tf, &dropped);
+    if (st != MI_OK) { mi_py_raise(st); return -1; }
+    if (dropped >= 0) Py_CLEAR(mo->external[dropped]);
     return 0;
 }
 
@@ -693,161 +590,9 @@ static PyType_Spec model_spec = {
     .slots = model_slots,
 };
 
-/* ---- test bindings of the forward-only kernels the model uses ---- */
-
-/* An optional float32 vector argument of length d (None -> NULL array). */
-static int opt_vec(PyObject *obj, const char *name, npy_intp d, PyArrayObject **out)
-{
-    *out = NULL;
-    if (obj == Py_None) return 0;
-    if (!(*out = mi_py_float_arg(obj, name, 1, 1))) return -1;
-    if (PyArray_DIM(*out, 0) != d) {
-        PyErr_Format(PyExc_ValueError, "%s: expected length %ld, got %ld", name, (long)d,
-                     (long)PyArray_DIM(*out, 0));
-        Py_CLEAR(*out);
-        return -1;
-    }
-    return 0;
-}
-
-PyDoc_STRVAR(tl_norm_doc,
-"_tl_norm(x, w=None, b=None, centre=True, eps=1e-5, x_add=None, mode='fused')\n--\n\n"
-"Test binding: TransformerLens's forward norm (kernels/norm.h) of x [rows, d].\n"
-"mode 'fused' (mi_tl_norm; x_add adds a residual first), 'split' (mi_tl_norm_scale,\n"
-"mi_tl_norm_apply without weights, mi_tl_norm_affine: the hooked path) or 'ref'\n"
-"(mi_tl_norm_ref, scalar). Returns (out or None, normalized, scale, x_sum or None).");
-
-static PyObject *py_tl_norm(PyObject *module, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"x", "w", "b", "centre", "eps", "x_add", "mode", NULL};
-    PyObject *x_obj, *w_obj = Py_None, *b_obj = Py_None, *add_obj = Py_None;
-    int centre = 1;
-    double eps = 1e-5;
-    const char *mode = "fused";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOpdOs:_tl_norm", kwlist, &x_obj, &w_obj, &b_obj,
-                                     &centre, &eps, &add_obj, &mode))
-        return NULL;
-    int fused = !strcmp(mode, "fused"), split = !strcmp(mode, "split"), ref = !strcmp(mode, "ref");
-    if (!fused && !split && !ref)
-        return PyErr_Format(PyExc_ValueError, "mode: expected 'fused', 'split' or 'ref', got '%s'", mode);
-    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *xa = NULL;
-    PyObject *out = Py_None, *yn = NULL, *sc = NULL, *xs = Py_None, *res = NULL;
-    Py_INCREF(out); Py_INCREF(xs);
-    if (!(x = mi_py_float_arg(x_obj, "x", 2, 2))) goto done;
-    npy_intp rows = PyArray_DIM(x, 0), d = PyArray_DIM(x, 1);
-    if (opt_vec(w_obj, "w", d, &w) < 0 || opt_vec(b_obj, "b", d, &b) < 0) goto done;
-    if (b && !w) { PyErr_SetString(PyExc_ValueError, "b: needs w"); goto done; }
-    if (add_obj != Py_None) {
-        char s1[128], s2[128];
-        if (split) { PyErr_SetString(PyExc_ValueError, "x_add: only with mode 'fused' or 'ref'"); goto done; }
-        if (!(xa = mi_py_float_arg(add_obj, "x_add", 2, 2))) goto done;
-        if (PyArray_DIM(xa, 0) != rows || PyArray_DIM(xa, 1) != d) {
-            PyErr_Format(PyExc_ValueError, "x_add: expected the shape of x %s, got %s",
-                         mi_py_shape_str(x, s1), mi_py_shape_str(xa, s2));
-            goto done;
-        }
-    }
-    npy_intp shape[2] = {rows, d};
-    float *od = NULL, *nd, *sd, *xsd = NULL;
-    if (w) { Py_DECREF(out); if (!(out = mi_py_empty(module, 2, shape, &od))) goto done; }
-    if (xa) { Py_DECREF(xs); if (!(xs = mi_py_empty(module, 2, shape, &xsd))) goto done; }
-    if (!(yn = mi_py_empty(module, 2, shape, &nd)) || !(sc = mi_py_empty(module, 1, shape, &sd))) goto done;
-    {
-        const float *xd = PyArray_DATA(x), *ad = xa ? PyArray_DATA(xa) : NULL;
-        const float *wd = w ? PyArray_DATA(w) : NULL, *bd = b ? PyArray_DATA(b) : NULL;
-        Py_BEGIN_ALLOW_THREADS
-        if (fused) mi_tl_norm(centre, xd, ad, xsd, wd, bd, (float)eps, rows, d, sd, nd, od);
-        else if (ref) mi_tl_norm_ref(centre, xd, ad, xsd, wd, bd, (float)eps, rows, d, sd, nd, od);
-        else {
-            mi_tl_norm_scale(centre, xd, (float)eps, rows, d, sd);
-            mi_tl_norm_apply(centre, xd, sd, NULL, NULL, rows, d, nd, NULL);
-            if (wd) mi_tl_norm_affine(nd, wd, bd, rows, d, od);
-        }
-        Py_END_ALLOW_THREADS
-    }
-    res = PyTuple_Pack(4, out, yn, sc, xs);
-done:
-    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(xa);
-    Py_XDECREF(out); Py_XDECREF(yn); Py_XDECREF(sc); Py_XDECREF(xs);
-    return res;
-}
-
-PyDoc_STRVAR(attn_fused_doc,
-"_attn_fused(q, k, v, causal=True, padding_mask=None, scale=None, keep=False)\n--\n\n"
-"Test binding: mi_attn_fused (kernels/attention.h) on q, k, v [batch, pos, head,\n"
-"d_head] float32; padding_mask [batch, pos] float32 (0 masks a key); scale\n"
-"defaults to 1/sqrt(d_head). Returns (z, scores, pattern), scores and pattern\n"
-"[batch, head, pos, pos] when keep=True, else None (per-thread scratch).");
-
-static PyObject *py_attn_fused(PyObject *module, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"q", "k", "v", "causal", "padding_mask", "scale", "keep", NULL};
-    PyObject *qo, *ko, *vo, *mo = Py_None, *scale_obj = Py_None;
-    int causal = 1, keep = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pOOp:_attn_fused", kwlist, &qo, &ko, &vo,
-                                     &causal, &mo, &scale_obj, &keep))
-        return NULL;
-    PyArrayObject *a[3] = {NULL, NULL, NULL}, *mask = NULL;
-    PyObject *z = NULL, *sc = Py_None, *pat = Py_None, *res = NULL;
-    Py_INCREF(sc); Py_INCREF(pat);
-    static const char *names[3] = {"q", "k", "v"};
-    PyObject *objs[3] = {qo, ko, vo};
-    for (int i = 0; i < 3; i++) {
-        if (!(a[i] = mi_py_float_arg(objs[i], names[i], 4, 4))) goto done;
-        if (i && !PyArray_SAMESHAPE(a[i], a[0])) {
-            char s1[128], s2[128];
-            PyErr_Format(PyExc_ValueError, "%s: expected the shape of q %s, got %s", names[i],
-                         mi_py_shape_str(a[0], s1), mi_py_shape_str(a[i], s2));
-            goto done;
-        }
-    }
-    npy_intp B = PyArray_DIM(a[0], 0), T = PyArray_DIM(a[0], 1), H = PyArray_DIM(a[0], 2),
-             Dh = PyArray_DIM(a[0], 3);
-    if (mo != Py_None) {
-        if (!(mask = mi_py_float_arg(mo, "padding_mask", 2, 2))) goto done;
-        if (PyArray_DIM(mask, 0) != B || PyArray_DIM(mask, 1) != T) {
-            PyErr_SetString(PyExc_ValueError, "padding_mask: expected [batch, pos] like q");
-            goto done;
-        }
-    }
-    double scale = scale_obj == Py_None ? 1.0 / sqrt((double)Dh) : PyFloat_AsDouble(scale_obj);
-    if (PyErr_Occurred()) goto done;
-    npy_intp zshape[4] = {B, T, H, Dh}, pshape[4] = {B, H, T, T};
-    float *zd, *sd = NULL, *pd = NULL;
-    if (!(z = mi_py_empty(module, 4, zshape, &zd))) goto done;
-    if (keep) {
-        Py_DECREF(sc); Py_DECREF(pat);
-        sc = pat = NULL;
-        if (!(sc = mi_py_empty(module, 4, pshape, &sd)) || !(pat = mi_py_empty(module, 4, pshape, &pd)))
-            goto done;
-    }
-    {
-        mi_attn_layout L = mi_attn_self_layout(B, T, H, Dh, H * Dh, T * H * Dh);
-        const float *md = mask ? PyArray_DATA(mask) : NULL;
-        mi_status st;
-        Py_BEGIN_ALLOW_THREADS
-        st = mi_attn_fused(&L, PyArray_DATA(a[0]), PyArray_DATA(a[1]), PyArray_DATA(a[2]),
-                           (float)scale, causal, md, sd, pd, zd);
-        Py_END_ALLOW_THREADS
-        if (st != MI_OK) { mi_py_raise(st); goto done; }
-    }
-    res = PyTuple_Pack(3, z, sc, pat);
-done:
-    for (int i = 0; i < 3; i++) Py_XDECREF(a[i]);
-    Py_XDECREF(mask); Py_XDECREF(z); Py_XDECREF(sc); Py_XDECREF(pat);
-    return res;
-}
-
-static PyMethodDef model_kernel_methods[] = {
-    {"_tl_norm", (PyCFunction)(void (*)(void))py_tl_norm, METH_VARARGS | METH_KEYWORDS, tl_norm_doc},
-    {"_attn_fused", (PyCFunction)(void (*)(void))py_attn_fused, METH_VARARGS | METH_KEYWORDS,
-     attn_fused_doc},
-    {NULL, NULL, 0, NULL},
-};
-
 int mi_py_model_exec(PyObject *m)
 {
-    if (PyModule_AddFunctions(m, model_kernel_methods) < 0 || add_point_table(m) < 0
+    if (add_point_table(m) < 0
         || PyModule_AddIntConstant(m, "HOOK_CACHE", MI_HOOK_CACHE) < 0
         || PyModule_AddIntConstant(m, "HOOK_CALLBACK", MI_HOOK_CALLBACK) < 0
         || PyModule_AddIntConstant(m, "HOOK_TRANSIENT", MI_HOOK_TRANSIENT) < 0)
@@ -877,3 +622,12 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
     }
     return &mo->tf;
 }
+
+mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj)
+{
+    mi_transformer *tf = mi_py_model_tf(module, obj);
+    if (tf) ((mi_py_model *)obj)->running++;
+    return tf;
+}
+
+void mi_py_model_release(PyObject *obj) { ((mi_py_model *)obj)->running--; }

@@ -11,6 +11,23 @@
 #include "common/cancel.h"
 #include "common/threads.h"
 #include "kernels/cpu.h"
+#include "python/core_api.h"
+
+#define MI_CORE_API_ENTRY(name) .name = name,
+static const mi_core_api core_api = {
+    .version = MI_CORE_API_VERSION,
+    MI_CORE_API_FUNCTIONS(MI_CORE_API_ENTRY)
+};
+#undef MI_CORE_API_ENTRY
+
+int mi_py_core_api_exec(PyObject *m)
+{
+    PyObject *cap = PyCapsule_New((void *)&core_api, MI_CORE_API_CAPSULE, NULL);
+    if (!cap) return -1;
+    int rc = PyModule_AddObjectRef(m, "_C_API", cap);
+    Py_DECREF(cap);
+    return rc;
+}
 
 static PyObject *py_set_num_threads(PyObject *m, PyObject *arg)
 {
@@ -100,6 +117,7 @@ static int core_exec(PyObject *m)
     if (mi_py_bf16_exec(m) < 0) return -1;
     if (mi_py_accumulators_exec(m) < 0) return -1;
     if (mi_py_sampling_exec(m) < 0) return -1;
+    if (mi_py_core_api_exec(m) < 0) return -1;
     mi_cancel_set_check(check_signals);
     return 0;
 }
@@ -121,6 +139,8 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->model_type);
     Py_CLEAR(st->safetensors_type);
     Py_CLEAR(st->tokenizer_type);
+    mi_py_spare_decref(st->similarity_spare);
+    st->similarity_spare = NULL;
     return 0;
 }
 

@@ -10,33 +10,11 @@
  * checks sizes, values and finiteness and its mi_status becomes the exception.
  * Results are Buffer-owned arrays; kernels run with the GIL released.
  */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <string.h>
 
 #include "model/reve_frontend.h"
-
-/* A float32 array argument with an exact shape; -1 in `want` means any size. */
-static PyArrayObject *shaped_arg(PyObject *obj, const char *name, int ndim, const npy_intp *want)
-{
-    PyArrayObject *a = mi_py_float_arg(obj, name, ndim, ndim);
-    if (!a) return NULL;
-    for (int i = 0; i < ndim; i++) {
-        if (want[i] >= 0 && PyArray_DIM(a, i) != want[i]) {
-            char got[128], exp[128];
-            int n = 0;
-            n += snprintf(exp + n, sizeof exp - n, "(");
-            for (int j = 0; j < ndim; j++)
-                n += snprintf(exp + n, sizeof exp - n, j ? ", %ld" : "%ld", (long)want[j]);
-            snprintf(exp + n, sizeof exp - n, ndim == 1 ? ",)" : ")");
-            PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, exp,
-                         mi_py_shape_str(a, got));
-            Py_DECREF(a);
-            return NULL;
-        }
-    }
-    return a;
-}
 
 PyDoc_STRVAR(reve_frontend_doc,
 "reve_frontend(eeg, pos, patch_w, patch_b, mlp4d_w, mlp4d_ln_w, mlp4d_ln_b, ln_w, ln_b,\n"
@@ -53,41 +31,41 @@ static PyObject *py_reve_frontend(PyObject *m, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"eeg", "pos", "patch_w", "patch_b", "mlp4d_w", "mlp4d_ln_w",
                              "mlp4d_ln_b", "ln_w", "ln_b", "patch_size", "patch_overlap",
                              "freqs", "intermediates", "ln_eps", NULL};
-    PyObject *o[9];
+    mi_arg a[9] = {MI_ARG_FLOAT("eeg", 3, 3), MI_ARG_FLOAT("pos", 3, 3),
+                   MI_ARG_FLOAT("patch_w", 2, 2), MI_ARG_FLOAT("patch_b", 1, 1),
+                   MI_ARG_FLOAT("mlp4d_w", 2, 2), MI_ARG_FLOAT("mlp4d_ln_w", 1, 1),
+                   MI_ARG_FLOAT("mlp4d_ln_b", 1, 1), MI_ARG_FLOAT("ln_w", 1, 1),
+                   MI_ARG_FLOAT("ln_b", 1, 1)};
     long long S, ov, F;
     int inter = 0;
     double eps = 1e-5;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOOOOLLL|pd:reve_frontend", kwlist,
-                                     &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                                     &o[8], &S, &ov, &F, &inter, &eps))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&O&O&O&LLL|pd:reve_frontend", kwlist,
+                                     mi_conv_array, &a[0], mi_conv_array, &a[1], mi_conv_array,
+                                     &a[2], mi_conv_array, &a[3], mi_conv_array, &a[4],
+                                     mi_conv_array, &a[5], mi_conv_array, &a[6], mi_conv_array,
+                                     &a[7], mi_conv_array, &a[8], &S, &ov, &F, &inter, &eps))
         return NULL;
-    PyArrayObject *a[9] = {NULL};
     PyObject *res = NULL, *arrs[7] = {NULL};
     char s1[128];
-    if (!(a[0] = mi_py_float_arg(o[0], "eeg", 3, 3))) goto done;
-    if (!(a[1] = mi_py_float_arg(o[1], "pos", 3, 3))) goto done;
-    if (PyArray_DIM(a[1], 2) != 3) {
+    if (PyArray_DIM(a[1].arr, 2) != 3) {
         PyErr_Format(PyExc_ValueError, "pos: expected [B, C, 3] electrode coordinates, got shape %s",
-                     mi_py_shape_str(a[1], s1));
+                     mi_py_shape_str(a[1].arr, s1));
         goto done;
     }
-    if (!(a[2] = mi_py_float_arg(o[2], "patch_w", 2, 2))) goto done;
-    npy_intp D = PyArray_DIM(a[2], 0);
+    npy_intp D = PyArray_DIM(a[2].arr, 0);
     {
         npy_intp w_shape[2] = {D, (npy_intp)S}, d_shape[1] = {D}, m_shape[2] = {D, 4};
-        if (!(a[2] = (Py_DECREF(a[2]), shaped_arg(o[2], "patch_w", 2, w_shape)))) goto done;
-        if (!(a[3] = shaped_arg(o[3], "patch_b", 1, d_shape))) goto done;
-        if (!(a[4] = shaped_arg(o[4], "mlp4d_w", 2, m_shape))) goto done;
-        static const char *names[] = {"mlp4d_ln_w", "mlp4d_ln_b", "ln_w", "ln_b"};
-        for (int i = 0; i < 4; i++)
-            if (!(a[5 + i] = shaped_arg(o[5 + i], names[i], 1, d_shape))) goto done;
+        if (mi_arg_shape(&a[2], 2, w_shape, NULL) < 0 || mi_arg_shape(&a[4], 2, m_shape, NULL) < 0)
+            goto done;
+        for (int i = 3; i < 9; i++)
+            if (i != 4 && mi_arg_shape(&a[i], 1, d_shape, NULL) < 0) goto done;
     }
     mi_reve_config cfg = mi_reve_config_make(D, S, ov, F);
     cfg.ln_eps = (float)eps;
     mi_status st = mi_reve_check_config(&cfg);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    npy_intp B = PyArray_DIM(a[0], 0), C = PyArray_DIM(a[0], 1), T = PyArray_DIM(a[0], 2);
-    npy_intp Bp = PyArray_DIM(a[1], 0), Cp = PyArray_DIM(a[1], 1);
+    npy_intp B = PyArray_DIM(a[0].arr, 0), C = PyArray_DIM(a[0].arr, 1), T = PyArray_DIM(a[0].arr, 2);
+    npy_intp Bp = PyArray_DIM(a[1].arr, 0), Cp = PyArray_DIM(a[1].arr, 1);
     int64_t P;
     if ((st = mi_reve_n_patches(T, S, ov, &P)) != MI_OK) { mi_py_raise(st); goto done; }
     npy_intp N = C * P;
@@ -102,10 +80,10 @@ static PyObject *py_reve_frontend(PyObject *m, PyObject *args, PyObject *kw)
         if (!(arrs[4] = mi_py_empty(m, 3, sh_pd, &out.mlp4d))) goto done;
         if (!(arrs[5] = mi_py_empty(m, 3, sh_pd, &out.pos_embed))) goto done;
     }
-    mi_reve_weights w = {PyArray_DATA(a[2]), PyArray_DATA(a[3]), PyArray_DATA(a[4]),
-                         PyArray_DATA(a[5]), PyArray_DATA(a[6]), PyArray_DATA(a[7]),
-                         PyArray_DATA(a[8])};
-    const float *eeg = PyArray_DATA(a[0]), *pos = PyArray_DATA(a[1]);
+    mi_reve_weights w = {mi_arg_data(&a[2]), mi_arg_data(&a[3]), mi_arg_data(&a[4]),
+                         mi_arg_data(&a[5]), mi_arg_data(&a[6]), mi_arg_data(&a[7]),
+                         mi_arg_data(&a[8])};
+    const float *eeg = mi_arg_data(&a[0]), *pos = mi_arg_data(&a[1]);
     Py_BEGIN_ALLOW_THREADS
     st = mi_reve_frontend(&cfg, &w, eeg, B, C, T, pos, Bp, Cp, &out);
     Py_END_ALLOW_THREADS
@@ -121,7 +99,7 @@ static PyObject *py_reve_frontend(PyObject *m, PyObject *args, PyObject *kw)
     for (int i = 0; i < 7; i++)
         if (PyDict_SetItemString(res, keys[i], arrs[i]) < 0) { Py_CLEAR(res); goto done; }
 done:
-    for (int i = 0; i < 9; i++) Py_XDECREF(a[i]);
+    for (int i = 0; i < 9; i++) mi_arg_release(&a[i]);
     for (int i = 0; i < 7; i++) Py_XDECREF(arrs[i]);
     return res;
 }
@@ -135,32 +113,32 @@ PyDoc_STRVAR(reve_unfold_doc,
 static PyObject *py_reve_unfold(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"eeg", "patch_size", "patch_overlap", NULL};
-    PyObject *e_obj;
+    mi_arg e = MI_ARG_FLOAT("eeg", 1, 30);
     long long S, ov;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL:reve_unfold", kwlist, &e_obj, &S, &ov))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&LL:reve_unfold", kwlist, mi_conv_array, &e, &S, &ov))
         return NULL;
-    PyArrayObject *e = mi_py_float_arg(e_obj, "eeg", 1, 30);
-    if (!e) return NULL;
-    int nd = PyArray_NDIM(e);
-    npy_intp T = PyArray_DIM(e, nd - 1), rows = 1;
-    for (int i = 0; i < nd - 1; i++) rows *= PyArray_DIM(e, i);
+    int nd = PyArray_NDIM(e.arr);
+    npy_intp T = PyArray_DIM(e.arr, nd - 1), rows = mi_py_rows(e.arr);
+    const float *x = mi_arg_data(&e);
+    PyObject *res = NULL;
     int64_t P;
     mi_status st = mi_reve_n_patches(T, S, ov, &P);
-    if (st == MI_OK) st = mi_reve_check_finite("eeg", PyArray_DATA(e), rows * T);
-    if (st != MI_OK) { Py_DECREF(e); return mi_py_raise(st); }
-    npy_intp shape[32];
-    memcpy(shape, PyArray_DIMS(e), sizeof(npy_intp) * (nd - 1));
-    shape[nd - 1] = P;
-    shape[nd] = S;
-    float *out;
-    PyObject *res = mi_py_empty(m, nd + 1, shape, &out);
-    if (res) {
-        const float *x = PyArray_DATA(e);
-        Py_BEGIN_ALLOW_THREADS
-        mi_reve_unfold(x, rows, T, S, S - ov, P, out);
-        Py_END_ALLOW_THREADS
+    if (st == MI_OK) st = mi_reve_check_finite("eeg", x, rows * T);
+    if (st != MI_OK) {
+        mi_py_raise(st);
+    } else {
+        npy_intp shape[32];
+        memcpy(shape, PyArray_DIMS(e.arr), sizeof(npy_intp) * (nd - 1));
+        shape[nd - 1] = P;
+        shape[nd] = S;
+        float *out;
+        if ((res = mi_py_empty(m, nd + 1, shape, &out))) {
+            Py_BEGIN_ALLOW_THREADS
+            mi_reve_unfold(x, rows, T, S, S - ov, P, out);
+            Py_END_ALLOW_THREADS
+        }
     }
-    Py_DECREF(e);
+    mi_arg_release(&e);
     return res;
 }
 
@@ -173,20 +151,22 @@ PyDoc_STRVAR(reve_add_time_patch_doc,
 static PyObject *py_reve_add_time_patch(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"pos", "n_patches", NULL};
-    PyObject *p_obj;
+    mi_arg p = MI_ARG_FLOAT("pos", 3, 3);
     long long P;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL:reve_add_time_patch", kwlist, &p_obj, &P))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&L:reve_add_time_patch", kwlist, mi_conv_array,
+                                     &p, &P))
         return NULL;
-    if (P <= 0) return PyErr_Format(PyExc_ValueError, "n_patches: must be positive, got %lld", P);
+    PyObject *res = NULL;
     npy_intp want[3] = {-1, -1, 3};
-    PyArrayObject *p = shaped_arg(p_obj, "pos", 3, want);
-    if (!p) return NULL;
-    npy_intp B = PyArray_DIM(p, 0), C = PyArray_DIM(p, 1);
-    npy_intp shape[3] = {B, C * P, 4};
-    float *out;
-    PyObject *res = mi_py_empty(m, 3, shape, &out);
-    if (res) mi_reve_add_time_patch(PyArray_DATA(p), B, C, P, out);
-    Py_DECREF(p);
+    if (P <= 0) {
+        PyErr_Format(PyExc_ValueError, "n_patches: must be positive, got %lld", P);
+    } else if (mi_arg_shape(&p, 3, want, NULL) == 0) {
+        npy_intp B = PyArray_DIM(p.arr, 0), C = PyArray_DIM(p.arr, 1);
+        npy_intp shape[3] = {B, C * P, 4};
+        float *out;
+        if ((res = mi_py_empty(m, 3, shape, &out))) mi_reve_add_time_patch(mi_arg_data(&p), B, C, P, out);
+    }
+    mi_arg_release(&p);
     return res;
 }
 
@@ -200,40 +180,36 @@ PyDoc_STRVAR(reve_fourier4d_doc,
 static PyObject *py_reve_fourier4d(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"pos4", "dim", "freqs", "increment_time", "margin", NULL};
-    PyObject *p_obj;
+    mi_arg p = MI_ARG_FLOAT("pos4", 1, 30);
     long long D, F;
     double inc = 0.1, margin = 0.4;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL|dd:reve_fourier4d", kwlist, &p_obj, &D, &F,
-                                     &inc, &margin))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&LL|dd:reve_fourier4d", kwlist, mi_conv_array, &p,
+                                     &D, &F, &inc, &margin))
         return NULL;
-    PyArrayObject *p = mi_py_float_arg(p_obj, "pos4", 1, 30);
-    if (!p) return NULL;
-    int nd = PyArray_NDIM(p);
+    int nd = PyArray_NDIM(p.arr);
     char buf[128];
-    if (PyArray_DIM(p, nd - 1) != 4) {
+    PyObject *res = NULL;
+    if (PyArray_DIM(p.arr, nd - 1) != 4) {
         PyErr_Format(PyExc_ValueError, "pos4: expected last dimension 4 (x, y, z, t), got shape %s",
-                     mi_py_shape_str(p, buf));
-        Py_DECREF(p);
-        return NULL;
+                     mi_py_shape_str(p.arr, buf));
+        goto done;
     }
-    npy_intp rows = 1;
-    for (int i = 0; i < nd - 1; i++) rows *= PyArray_DIM(p, i);
-    mi_status st = mi_reve_check_finite("pos4", PyArray_DATA(p), rows * 4);
+    npy_intp rows = mi_py_rows(p.arr);
+    const float *x = mi_arg_data(&p);
+    mi_status st = mi_reve_check_finite("pos4", x, rows * 4);
     npy_intp shape[32];
-    memcpy(shape, PyArray_DIMS(p), sizeof(npy_intp) * nd);
+    memcpy(shape, PyArray_DIMS(p.arr), sizeof(npy_intp) * nd);
     shape[nd - 1] = D;
     float *out = NULL;
-    PyObject *res = NULL;
     if (st == MI_OK && D > 0 && !(res = mi_py_empty(m, nd, shape, &out))) goto done;
     if (st == MI_OK) {
-        const float *x = PyArray_DATA(p);
         Py_BEGIN_ALLOW_THREADS
         st = mi_reve_fourier4d(x, rows, D, F, (float)inc, (float)margin, out);
         Py_END_ALLOW_THREADS
     }
     if (st != MI_OK) { Py_CLEAR(res); mi_py_raise(st); }
 done:
-    Py_DECREF(p);
+    mi_arg_release(&p);
     return res;
 }
 

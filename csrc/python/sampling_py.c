@@ -5,11 +5,19 @@
  *   sample(logits, tokens=None, *, seed, counter=0, <same keywords>) -> int64 [B]
  *   argmax_rows(logits) -> int64 [B]
  * logits: [B, V] (or [V], read as one row); tokens: [B, T] ids of each row's history. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <string.h>
 
 #include "kernels/sampling.h"
+
+/* logits [B, V] or [V] as a float32 C-contiguous array (a new reference; the
+ * one converter, convert.h), or NULL with the exception set. */
+static PyArrayObject *logits_arg(PyObject *obj)
+{
+    mi_arg a = MI_ARG_FLOAT("logits", 1, 2);
+    return mi_arg_convert(obj, &a) < 0 ? NULL : a.arr;
+}
 
 /* Keyword arguments shared by sampling_logits and sample. */
 typedef struct {
@@ -49,7 +57,7 @@ static int parse(PyObject *args, PyObject *kw, int with_seed, const char *fname,
                      "(Hugging Face), got '%s'", fname, rules);
         return -1;
     }
-    if (!(*lg = mi_py_float_arg(a->logits, "logits", 1, 2))) return -1;
+    if (!(*lg = logits_arg(a->logits))) return -1;
     if (a->tokens != Py_None) {
         *hist = (PyArrayObject *)PyArray_FromAny(a->tokens, PyArray_DescrFromType(NPY_INT64), 1, 2,
                                                  NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
@@ -134,7 +142,7 @@ done:
 
 static PyObject *py_argmax_rows(PyObject *m, PyObject *logits)
 {
-    PyArrayObject *lg = mi_py_float_arg(logits, "logits", 1, 2);
+    PyArrayObject *lg = logits_arg(logits);
     if (!lg) return NULL;
     npy_intp B, V;
     dims(lg, &B, &V);

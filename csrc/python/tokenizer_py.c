@@ -3,14 +3,12 @@
  * Owns one loaded tokenizer and one scratch (word cache) guarded by a lock, so the object
  * can be shared between Python threads; encoding and decoding run with the GIL released and
  * the lock held (add_special, which may grow the tables, takes the same lock). Batch encoding
- * spreads texts over OpenMP threads, each with its own scratch (the output ids do not
- * depend on the thread count: every text is encoded independently). */
-#include "python/bridge.h"
+ * runs in the core (io/bpe_batch.h) with the object's pool of per-thread scratches. */
+#include "python/convert.h"
 
-#include <omp.h>
 #include <pythread.h>
 
-#include "common/threads.h"
+#include "io/bpe_batch.h"
 #include "io/bpe_tokenizer.h"
 #include "io/tokenizer_json.h"
 
@@ -18,8 +16,7 @@ typedef struct {
     PyObject_HEAD
     mi_bpe_tokenizer *tok;
     mi_bpe_scratch *scratch;
-    mi_bpe_scratch **thread_scratch;   /* one per extra OpenMP thread, kept warm between calls */
-    int n_thread_scratch;
+    mi_bpe_pool pool;                  /* scratches of encode_batch's other threads */
     PyThread_type_lock lock;
 } TokObject;
 
@@ -51,14 +48,6 @@ static PyObject *tok_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)tok_alloc(type, tok);
 }
 
-/* Accept str (UTF-8 encoded here) or bytes for an in-memory file. */
-static PyObject *as_bytes(PyObject *o, const char *what)
-{
-    if (PyUnicode_Check(o)) return PyUnicode_AsUTF8String(o);
-    if (PyBytes_Check(o)) { Py_INCREF(o); return o; }
-    return PyErr_Format(PyExc_TypeError, "%s: expected str or bytes, got %s", what, Py_TYPE(o)->tp_name);
-}
-
 static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"vocab_json", "merges", "vocab_name", "merges_name", NULL};
@@ -66,9 +55,9 @@ static PyObject *tok_from_strings(PyObject *cls, PyObject *args, PyObject *kw)
     const char *vname = "vocab_json", *mname = "merges";
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ss:from_strings", kwlist, &v, &m, &vname, &mname))
         return NULL;
-    PyObject *vb = as_bytes(v, "vocab_json");
+    PyObject *vb = mi_py_text_arg(v, "vocab_json");
     if (!vb) return NULL;
-    PyObject *mb = as_bytes(m, "merges");
+    PyObject *mb = mi_py_text_arg(m, "merges");
     if (!mb) { Py_DECREF(vb); return NULL; }
     mi_bpe_tokenizer *tok = NULL;
     mi_status st = mi_bpe_from_memory(PyBytes_AS_STRING(vb), (size_t)PyBytes_GET_SIZE(vb),
@@ -124,8 +113,7 @@ static void tok_dealloc(TokObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     mi_bpe_free(self->tok);
     mi_bpe_scratch_free(self->scratch);
-    for (int i = 0; i < self->n_thread_scratch; i++) mi_bpe_scratch_free(self->thread_scratch[i]);
-    free(self->thread_scratch);
+    mi_bpe_pool_free(&self->pool);
     if (self->lock) PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -204,9 +192,8 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     const char **ptr = PyMem_Calloc((size_t)nt + 1, sizeof(char *));
     size_t *len = PyMem_Calloc((size_t)nt + 1, sizeof(size_t));
     mi_bpe_ids *out = PyMem_Calloc((size_t)nt + 1, sizeof(mi_bpe_ids));
-    mi_status *status = PyMem_Calloc((size_t)nt + 1, sizeof(mi_status));
     PyObject *result = NULL;
-    if (!ptr || !len || !out || !status) { PyErr_NoMemory(); goto done; }
+    if (!ptr || !len || !out) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < nt; i++) {
         PyObject *t = PySequence_Fast_GET_ITEM(seq, i);
         if (!PyUnicode_Check(t)) {
@@ -218,52 +205,13 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
         if (!ptr[i]) goto done;
         len[i] = (size_t)n;
     }
-    int failed = -1;
+    mi_status st;
     Py_BEGIN_ALLOW_THREADS
     PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    int nthreads = mi_get_num_threads();
-    if (nthreads > nt) nthreads = (int)nt;
-    if (nthreads > 1 && self->n_thread_scratch < nthreads - 1) {     /* under the lock */
-        mi_bpe_scratch **more = realloc(self->thread_scratch, (size_t)(nthreads - 1) * sizeof *more);
-        if (more) {
-            self->thread_scratch = more;
-            while (self->n_thread_scratch < nthreads - 1) {
-                mi_bpe_scratch *sc = mi_bpe_scratch_new();
-                if (!sc) break;
-                more[self->n_thread_scratch++] = sc;
-            }
-        }
-        if (self->n_thread_scratch < nthreads - 1) nthreads = self->n_thread_scratch + 1;
-    }
-    if (nthreads <= 1) {
-        for (Py_ssize_t i = 0; i < nt && failed < 0; i++) {
-            status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &out[i]);
-            if (status[i] != MI_OK) failed = (int)i;
-        }
-    } else {
-        /* each thread its own scratch (word cache); errors are only flagged here and
-         * reproduced serially below (messages are thread-local) */
-        #pragma omp parallel num_threads(nthreads)
-        {
-            int me = omp_get_thread_num();
-            mi_bpe_scratch *sc = me == 0 ? self->scratch : self->thread_scratch[me - 1];
-            #pragma omp for schedule(dynamic, 16)
-            for (Py_ssize_t i = 0; i < nt; i++)
-                status[i] = mi_bpe_encode(self->tok, sc, ptr[i], len[i], flags, &out[i]);
-        }
-        for (Py_ssize_t i = 0; i < nt; i++)
-            if (status[i] != MI_OK) {
-                failed = (int)i;
-                mi_bpe_ids again = {0};
-                status[i] = mi_bpe_encode(self->tok, self->scratch, ptr[i], len[i], flags, &again);
-                mi_bpe_ids_free(&again);
-                if (status[i] == MI_OK) status[i] = mi_fail(MI_ERR_NOMEM, "encode_batch: out of memory");
-                break;
-            }
-    }
+    st = mi_bpe_encode_batch(self->tok, self->scratch, &self->pool, ptr, len, (size_t)nt, flags, out);
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
-    if (failed >= 0) { mi_py_raise(status[failed]); goto done; }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
     /* many small lists: keep the cyclic GC from rescanning the heap while they are built */
     int gc_was_enabled = PyGC_Disable();
     result = PyList_New(nt);
@@ -275,7 +223,7 @@ static PyObject *tok_encode_batch(TokObject *self, PyObject *args, PyObject *kw)
     if (gc_was_enabled) PyGC_Enable();
 done:
     if (out) for (Py_ssize_t i = 0; i < nt; i++) mi_bpe_ids_free(&out[i]);
-    PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(out); PyMem_Free(status);
+    PyMem_Free(ptr); PyMem_Free(len); PyMem_Free(out);
     Py_DECREF(seq);
     return result;
 }
@@ -309,54 +257,14 @@ static PyObject *tok_pretokenize(TokObject *self, PyObject *args, PyObject *kw)
     return res;
 }
 
-/* ids: any sequence of integers (list, tuple, NumPy array, ...). */
-static int collect_ids(PyObject *ids_o, mi_bpe_ids *ids)
-{
-    PyObject *seq = PySequence_Fast(ids_o, "decode: ids must be a sequence of integers");
-    if (!seq) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    ids->data = PyMem_Malloc(((size_t)n + 1) * sizeof(int32_t));
-    if (!ids->data) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
-    ids->len = ids->cap = (size_t)n;
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long long v;
-        int overflow = 0;
-        if (PyLong_CheckExact(items[i])) {          /* the common case: no Index round trip */
-            v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
-        } else {
-            PyObject *x = PyNumber_Index(items[i]);
-            if (!x) {
-                PyErr_Format(PyExc_TypeError, "decode: ids[%zd] is not an integer", i);
-                goto fail;
-            }
-            v = PyLong_AsLongLongAndOverflow(x, &overflow);
-            Py_DECREF(x);
-        }
-        if (overflow) v = INT64_MIN;
-        if (v < INT32_MIN || v > INT32_MAX) {
-            PyErr_Format(PyExc_IndexError, "decode: token id %lld (position %zd) is not in the vocabulary", v, i);
-            goto fail;
-        }
-        ids->data[i] = (int32_t)v;
-    }
-    Py_DECREF(seq);
-    return 0;
-fail:
-    Py_DECREF(seq);
-    PyMem_Free(ids->data);
-    ids->data = NULL;
-    return -1;
-}
-
 static PyObject *decode_impl(TokObject *self, PyObject *args, PyObject *kw, int as_str)
 {
     static char *kwlist[] = {"ids", "skip_special", NULL};
     PyObject *ids_o;
     int skip = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:decode", kwlist, &ids_o, &skip)) return NULL;
-    mi_bpe_ids ids;
-    if (collect_ids(ids_o, &ids) < 0) return NULL;
+    mi_bpe_ids ids = {0};
+    if (mi_py_ids_arg(ids_o, "decode", &ids.data, &ids.len) < 0) return NULL;
     mi_bpe_bytes bytes = {0};
     mi_status st;
     Py_BEGIN_ALLOW_THREADS

@@ -2,13 +2,12 @@
  * gradient blob, the gradient blob itself, and the AdamW update kernel.
  * Kernels run with the GIL released. Python side: mechinterp_c/training.py
  * and mechinterp_c/optim.py. */
-#include "python/bridge.h"
+#include "python/convert.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "kernels/activation.h"
 #include "kernels/adamw.h"
 #include "model/backward.h"
 #include "model/transformer.h"
@@ -39,13 +38,15 @@ PyDoc_STRVAR(loss_backward_doc,
 
 PyDoc_STRVAR(phases_doc, "backward_phases()\n--\n\nNames of loss_backward's profile phases, in order.");
 
-_Static_assert(MI_BWD_N_PHASES == 10, "backward_phases() names every profile phase");
-
 static PyObject *py_backward_phases(PyObject *module, PyObject *unused)
 {
-    (void)module; (void)unused;
-    return Py_BuildValue("(ssssssssss)", "forward", "loss", "unembed", "norm", "mlp_gemm",
-                         "activation", "attn_gemm", "attn_core", "bias", "embed");
+    PyObject *names = PyTuple_New(MI_BWD_N_PHASES);
+    for (int i = 0; names && i < MI_BWD_N_PHASES; i++) {
+        PyObject *s = PyUnicode_FromString(mi_bwd_phase_names[i]);
+        if (!s) { Py_CLEAR(names); break; }
+        PyTuple_SET_ITEM(names, i, s);
+    }
+    return names;
 }
 
 PyDoc_STRVAR(workspace_doc, "backward_workspace(model, batch, seq)\n--\n\nAn uninitialised "
@@ -69,102 +70,121 @@ static PyObject *py_backward_workspace(PyObject *module, PyObject *args)
 
 static PyObject *py_loss_backward(PyObject *module, PyObject *args)
 {
-    PyObject *model, *tok_obj, *tgt_obj, *grads_obj, *work_obj = Py_None, *prof_obj = Py_None;
-    PyObject *pos_obj = Py_None, *mask_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OOOO|OOOO:loss_backward", &model, &tok_obj, &tgt_obj, &grads_obj, &work_obj,
-                          &prof_obj, &pos_obj, &mask_obj))
+    PyObject *model;
+    mi_arg tokens = MI_ARG_INT64("tokens", 2, 2), targets = MI_ARG_INT64("targets", 2, 2);
+    mi_arg grads = MI_ARG_OUT("grads", 1, 1);
+    mi_arg work = MI_ARG("workspace", NPY_FLOAT32, MI_ARG_OPTIONAL | MI_ARG_INPLACE, 1, 1);
+    mi_arg prof = MI_ARG("profile", NPY_FLOAT64, MI_ARG_OPTIONAL | MI_ARG_INPLACE, 1, 1);
+    mi_arg pos = MI_ARG("pos_ids", NPY_INT64, MI_ARG_OPTIONAL, 2, 2);
+    mi_arg mask = MI_ARG("attention_mask", NPY_FLOAT32, MI_ARG_OPTIONAL, 2, 2);
+    if (!PyArg_ParseTuple(args, "OO&O&O&|O&O&O&O&:loss_backward", &model, mi_conv_array, &tokens,
+                          mi_conv_array, &targets, mi_conv_array, &grads, mi_conv_array, &work,
+                          mi_conv_array, &prof, mi_conv_array, &pos, mi_conv_array, &mask))
         return NULL;
-    double *prof = NULL;
-    if (prof_obj != Py_None) {
-        if (!PyArray_Check(prof_obj) || PyArray_TYPE((PyArrayObject *)prof_obj) != NPY_FLOAT64
-            || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)prof_obj)
-            || !PyArray_ISWRITEABLE((PyArrayObject *)prof_obj)
-            || PyArray_SIZE((PyArrayObject *)prof_obj) != 2 * MI_BWD_N_PHASES) {
-            PyErr_Format(PyExc_TypeError, "profile: expected a writable contiguous float64 array of %d "
-                         "seconds (2 x backward_phases(): wall, then CPU)", 2 * (int)MI_BWD_N_PHASES);
-            return NULL;
-        }
-        if (mi_py_native_order((PyArrayObject *)prof_obj, "profile") < 0) return NULL;
-        prof = PyArray_DATA((PyArrayObject *)prof_obj);
-    }
-    float *work = NULL;
-    size_t work_floats = 0;
-    if (work_obj != Py_None) {
-        if (!PyArray_Check(work_obj) || PyArray_TYPE((PyArrayObject *)work_obj) != NPY_FLOAT32
-            || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)work_obj)
-            || !PyArray_ISWRITEABLE((PyArrayObject *)work_obj)) {
-            PyErr_SetString(PyExc_TypeError, "workspace: expected a writable contiguous float32 array "
-                            "(from backward_workspace)");
-            return NULL;
-        }
-        if (mi_py_native_order((PyArrayObject *)work_obj, "workspace") < 0) return NULL;
-        work = PyArray_DATA((PyArrayObject *)work_obj);
-        work_floats = (size_t)PyArray_SIZE((PyArrayObject *)work_obj);
-    }
-    mi_transformer *tf = mi_py_model_tf(module, model);
-    if (!tf) return NULL;
-    PyArrayObject *tokens = NULL, *targets = NULL, *pos = NULL, *mask = NULL;
     PyObject *res = NULL;
-    char b1[128], b2[128];
-    if (!PyArray_Check(grads_obj) || PyArray_TYPE((PyArrayObject *)grads_obj) != NPY_FLOAT32
-        || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)grads_obj)
-        || !PyArray_ISWRITEABLE((PyArrayObject *)grads_obj)
-        || PyArray_SIZE((PyArrayObject *)grads_obj) != (npy_intp)tf->n_params) {
-        PyErr_Format(PyExc_ValueError, "grads: expected a writable contiguous float32 array of %zu "
-                     "floats (from grad_blob)", tf->n_params);
-        return NULL;
-    }
-    if (mi_py_native_order((PyArrayObject *)grads_obj, "grads") < 0) return NULL;
-    tokens = (PyArrayObject *)PyArray_FROMANY(tok_obj, NPY_INT64, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
-    if (!tokens) goto done;
-    if (PyArray_NDIM(tokens) != 2) {
-        PyErr_Format(PyExc_ValueError, "tokens: expected shape (batch, pos), got %s",
-                     mi_py_shape_str(tokens, b1));
+    mi_transformer *tf = mi_py_model_acquire(module, model);
+    if (!tf) goto release;
+    if (prof.arr && PyArray_SIZE(prof.arr) != 2 * MI_BWD_N_PHASES) {
+        PyErr_Format(PyExc_ValueError, "profile: expected %d float64 seconds (2 x backward_phases(): "
+                     "wall, then CPU)", 2 * (int)MI_BWD_N_PHASES);
         goto done;
     }
-    targets = (PyArrayObject *)PyArray_FROMANY(tgt_obj, NPY_INT64, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
-    if (!targets) goto done;
-    if (PyArray_NDIM(targets) != 2 || PyArray_DIM(targets, 0) != PyArray_DIM(tokens, 0)
-        || PyArray_DIM(targets, 1) != PyArray_DIM(tokens, 1)) {
-        PyErr_Format(PyExc_ValueError, "targets: expected shape %s like tokens, got %s",
-                     mi_py_shape_str(tokens, b1), mi_py_shape_str(targets, b2));
+    if (PyArray_SIZE(grads.arr) != (npy_intp)tf->n_params) {
+        PyErr_Format(PyExc_ValueError, "grads: expected %zu floats (from grad_blob), got %ld",
+                     tf->n_params, (long)PyArray_SIZE(grads.arr));
         goto done;
     }
-    if (pos_obj != Py_None) {
-        pos = (PyArrayObject *)PyArray_FROMANY(pos_obj, NPY_INT64, 0, 0, NPY_ARRAY_CARRAY_RO | NPY_ARRAY_FORCECAST);
-        if (!pos) goto done;
-        if (PyArray_NDIM(pos) != 2 || PyArray_DIM(pos, 0) != PyArray_DIM(tokens, 0)
-            || PyArray_DIM(pos, 1) != PyArray_DIM(tokens, 1)) {
-            PyErr_Format(PyExc_ValueError, "pos_ids: expected shape %s like tokens, got %s",
-                         mi_py_shape_str(tokens, b1), mi_py_shape_str(pos, b2));
-            goto done;
-        }
-    }
-    if (mask_obj != Py_None) {
-        if (!(mask = mi_py_float_arg(mask_obj, "attention_mask", 2, 2))) goto done;
-        if (PyArray_DIM(mask, 0) != PyArray_DIM(tokens, 0) || PyArray_DIM(mask, 1) != PyArray_DIM(tokens, 1)) {
-            PyErr_Format(PyExc_ValueError, "attention_mask: expected shape %s like tokens, got %s",
-                         mi_py_shape_str(tokens, b1), mi_py_shape_str(mask, b2));
-            goto done;
-        }
-    }
+    npy_intp *bt = PyArray_DIMS(tokens.arr);
+    if (mi_arg_shape(&targets, 2, bt, "like tokens") < 0
+        || (pos.arr && mi_arg_shape(&pos, 2, bt, "like tokens") < 0)
+        || (mask.arr && mi_arg_shape(&mask, 2, bt, "like tokens") < 0))
+        goto done;
     float loss = 0.0f;
     mi_status st;
-    float *g = (float *)PyArray_DATA((PyArrayObject *)grads_obj);
-    Py_BEGIN_ALLOW_THREADS
-    st = mi_tf_loss_backward(tf, PyArray_DIM(tokens, 0), PyArray_DIM(tokens, 1),
-                             (const int64_t *)PyArray_DATA(tokens), (const int64_t *)PyArray_DATA(targets),
-                             pos ? (const int64_t *)PyArray_DATA(pos) : NULL,
-                             mask ? (const float *)PyArray_DATA(mask) : NULL, g, &loss, work, work_floats, prof);
-    Py_END_ALLOW_THREADS
+    {
+        const int64_t *tk = mi_arg_data(&tokens), *tg = mi_arg_data(&targets), *pd = mi_arg_data(&pos);
+        const float *md = mi_arg_data(&mask);
+        float *g = mi_arg_data(&grads), *wd = mi_arg_data(&work);
+        size_t work_floats = work.arr ? (size_t)PyArray_SIZE(work.arr) : 0;
+        double *pr = mi_arg_data(&prof);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_tf_loss_backward(tf, bt[0], bt[1], tk, tg, pd, md, g, &loss, wd, work_floats, pr);
+        Py_END_ALLOW_THREADS
+    }
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     res = PyFloat_FromDouble((double)loss);
 done:
-    Py_XDECREF(tokens);
-    Py_XDECREF(targets);
-    Py_XDECREF(pos);
-    Py_XDECREF(mask);
+    mi_py_model_release(model);
+release:
+    mi_arg_release(&tokens); mi_arg_release(&targets); mi_arg_release(&grads);
+    mi_arg_release(&work); mi_arg_release(&prof); mi_arg_release(&pos); mi_arg_release(&mask);
     return res;
+}
+
+/* A checked in-place float32 array as a gradient view: [n0, n1, n2, n3] and
+ * element strides, leading dims padded with 1. `name` as messages print it,
+ * `who` the function; contiguous: C-contiguous required (optimiser state). */
+static int view_of(PyObject *obj, const char *who, const char *name, int contiguous,
+                   mi_grad_view *v, npy_intp *size)
+{
+    mi_arg a = MI_ARG(name, NPY_FLOAT32, MI_ARG_INPLACE | (contiguous ? 0 : MI_ARG_STRIDED), 0, 4);
+    a.who = who;
+    if (!mi_arg_borrow(obj, &a)) return -1;
+    int nd = PyArray_NDIM(a.arr);
+    for (int k = 0; k < 4; k++) { v->shape[k] = 1; v->strides[k] = 0; }
+    for (int i = 0; i < nd; i++) {
+        v->shape[4 - nd + i] = PyArray_DIM(a.arr, i);
+        v->strides[4 - nd + i] = PyArray_STRIDE(a.arr, i) / (npy_intp)sizeof(float);
+    }
+    v->strides[3] = 1;
+    v->data = PyArray_DATA(a.arr);
+    *size = PyArray_SIZE(a.arr);
+    return 0;
+}
+
+/* Views of every array in the list or tuple seq (named what[i]); *n: its
+ * length, or the length it must have when >= 0. sizes (may be NULL) receives
+ * the element counts. A PyMem block, or NULL with the exception set. */
+static mi_grad_view *views_of(PyObject *seq, const char *who, const char *what, int contiguous,
+                              Py_ssize_t *n, npy_intp **sizes)
+{
+    PyObject *fast = PySequence_Fast(seq, "expected a list of arrays");
+    if (!fast) return NULL;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    mi_grad_view *v = NULL;
+    npy_intp *sz = NULL;
+    if (*n >= 0 && len != *n) {
+        PyErr_Format(PyExc_ValueError, "%s: %s has %zd arrays, expected %zd", who, what, len, *n);
+        goto fail;
+    }
+    v = PyMem_Malloc(sizeof *v * (size_t)(len ? len : 1));
+    sz = PyMem_Malloc(sizeof *sz * (size_t)(len ? len : 1));
+    if (!v || !sz) { PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s[%zd]", what, i);
+        if (view_of(PySequence_Fast_GET_ITEM(fast, i), who, name, contiguous, &v[i], &sz[i]) < 0)
+            goto fail;
+    }
+    Py_DECREF(fast);
+    *n = len;
+    if (sizes) *sizes = sz;
+    else PyMem_Free(sz);
+    return v;
+fail:
+    Py_DECREF(fast);
+    PyMem_Free(v);
+    PyMem_Free(sz);
+    return NULL;
+}
+
+/* Do p and g have one shape and (where a dim is not 1) the same strides? */
+static int same_view(const mi_grad_view *p, const mi_grad_view *g)
+{
+    int same = 1;
+    for (int k = 0; k < 4; k++)
+        same &= p->shape[k] == g->shape[k] && (p->shape[k] == 1 || p->strides[k] == g->strides[k]);
+    return same;
 }
 
 PyDoc_STRVAR(adamw_doc,
@@ -172,152 +192,33 @@ PyDoc_STRVAR(adamw_doc,
 "One AdamW update in place (torch semantics). p, g: float32 arrays of one shape and\n"
 "strides (up to 4 dims, last axis contiguous); m, v: contiguous float32 of that shape.");
 
-static int check_f32(PyObject *o, const char *name, int contiguous)
-{
-    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT32
-        || !PyArray_ISWRITEABLE((PyArrayObject *)o) || PyArray_NDIM((PyArrayObject *)o) > 4
-        || (contiguous && !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o))) {
-        PyErr_Format(PyExc_TypeError, "adamw_step: %s must be a writable float32 array of at most "
-                     "4 dims%s", name, contiguous ? ", C-contiguous" : "");
-        return -1;
-    }
-    return mi_py_native_order((PyArrayObject *)o, name);
-}
-
 static PyObject *py_adamw_step(PyObject *module, PyObject *args)
 {
-    PyObject *po, *go, *mo, *vo;
+    PyObject *o[4];
     double lr, b1, b2, eps, wd, bc1, bc2;
-    if (!PyArg_ParseTuple(args, "OOOOddddddd:adamw_step", &po, &go, &mo, &vo, &lr, &b1, &b2, &eps,
-                          &wd, &bc1, &bc2))
+    if (!PyArg_ParseTuple(args, "OOOOddddddd:adamw_step", &o[0], &o[1], &o[2], &o[3], &lr, &b1,
+                          &b2, &eps, &wd, &bc1, &bc2))
         return NULL;
-    if (check_f32(po, "p", 0) < 0 || check_f32(go, "g", 0) < 0 || check_f32(mo, "m", 1) < 0
-        || check_f32(vo, "v", 1) < 0)
-        return NULL;
-    PyArrayObject *p = (PyArrayObject *)po, *g = (PyArrayObject *)go;
-    int nd = PyArray_NDIM(p);
-    npy_intp n = PyArray_SIZE(p);
-    if (PyArray_NDIM(g) != nd || PyArray_SIZE((PyArrayObject *)mo) != n
-        || PyArray_SIZE((PyArrayObject *)vo) != n) {
+    static const char *names[4] = {"p", "g", "m", "v"};
+    mi_grad_view v[4];
+    npy_intp size[4];
+    for (int i = 0; i < 4; i++)
+        if (view_of(o[i], "adamw_step", names[i], i >= 2, &v[i], &size[i]) < 0) return NULL;
+    if (PyArray_NDIM((PyArrayObject *)o[1]) != PyArray_NDIM((PyArrayObject *)o[0])
+        || size[2] != size[0] || size[3] != size[0]) {
         PyErr_SetString(PyExc_ValueError, "adamw_step: p, g, m, v must have the same shape");
         return NULL;
     }
-    int64_t shape[4] = {1, 1, 1, 1}, strides[4] = {0, 0, 0, 1};
-    for (int i = 0; i < nd; i++) {
-        if (PyArray_DIM(g, i) != PyArray_DIM(p, i) || PyArray_STRIDE(g, i) != PyArray_STRIDE(p, i)) {
-            PyErr_SetString(PyExc_ValueError, "adamw_step: p and g must have the same shape and strides");
-            return NULL;
-        }
-        int k = 4 - nd + i;
-        shape[k] = PyArray_DIM(p, i);
-        strides[k] = PyArray_STRIDE(p, i) / (npy_intp)sizeof(float);
-    }
-    if (n == 0) Py_RETURN_NONE;
-    if (shape[3] > 1 && strides[3] != 1) {
-        PyErr_SetString(PyExc_ValueError, "adamw_step: the last axis of p must be contiguous");
+    if (!same_view(&v[0], &v[1])) {
+        PyErr_SetString(PyExc_ValueError, "adamw_step: p and g must have the same shape and strides");
         return NULL;
     }
-    strides[3] = 1;
+    if (size[0] == 0) Py_RETURN_NONE;
     mi_adamw_hparams h = {(float)lr, (float)b1, (float)b2, (float)eps, (float)wd, bc1, bc2};
-    float *pd = PyArray_DATA(p), *gd = PyArray_DATA(g);
-    float *md = PyArray_DATA((PyArrayObject *)mo), *vd = PyArray_DATA((PyArrayObject *)vo);
     Py_BEGIN_ALLOW_THREADS
-    mi_adamw_step(pd, gd, shape, strides, md, vd, &h);
+    mi_adamw_step(v[0].data, v[1].data, v[0].shape, v[0].strides, v[2].data, v[3].data, &h);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(adamw_ref_doc,
-"_adamw_step_ref(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2)\n--\n\n"
-"The plain scalar AdamW reference (mi_adamw_step_ref) on C-contiguous float32 arrays of\n"
-"one size, for testing adamw_step against.");
-
-static PyObject *py_adamw_step_ref(PyObject *module, PyObject *args)
-{
-    (void)module;
-    PyObject *po, *go, *mo, *vo;
-    double lr, b1, b2, eps, wd, bc1, bc2;
-    if (!PyArg_ParseTuple(args, "OOOOddddddd:_adamw_step_ref", &po, &go, &mo, &vo, &lr, &b1, &b2, &eps,
-                          &wd, &bc1, &bc2))
-        return NULL;
-    if (check_f32(po, "p", 1) < 0 || check_f32(go, "g", 1) < 0 || check_f32(mo, "m", 1) < 0
-        || check_f32(vo, "v", 1) < 0)
-        return NULL;
-    npy_intp n = PyArray_SIZE((PyArrayObject *)po);
-    if (PyArray_SIZE((PyArrayObject *)go) != n || PyArray_SIZE((PyArrayObject *)mo) != n
-        || PyArray_SIZE((PyArrayObject *)vo) != n) {
-        PyErr_SetString(PyExc_ValueError, "_adamw_step_ref: p, g, m, v must have the same size");
-        return NULL;
-    }
-    mi_adamw_hparams h = {(float)lr, (float)b1, (float)b2, (float)eps, (float)wd, bc1, bc2};
-    mi_adamw_step_ref(PyArray_DATA((PyArrayObject *)po), PyArray_DATA((PyArrayObject *)go), (int64_t)n,
-                      PyArray_DATA((PyArrayObject *)mo), PyArray_DATA((PyArrayObject *)vo), &h);
-    Py_RETURN_NONE;
-}
-
-/* A writable float32 array of at most 4 dims with a contiguous last axis, as
- * [n0, n1, n2, n3] shape and element strides (leading dims padded with 1). */
-typedef struct {
-    float *data;
-    int64_t shape[4], strides[4];
-    npy_intp size;
-} f32_view;
-
-static int f32_view_of(PyObject *o, const char *who, const char *what, Py_ssize_t idx, int contiguous,
-                       f32_view *v)
-{
-    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT32
-        || !PyArray_ISWRITEABLE((PyArrayObject *)o) || PyArray_NDIM((PyArrayObject *)o) > 4
-        || (contiguous && !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o))) {
-        PyErr_Format(PyExc_TypeError, "%s: %s[%zd] must be a writable%s float32 array of at most 4 dims",
-                     who, what, idx, contiguous ? " C-contiguous" : "");
-        return -1;
-    }
-    PyArrayObject *a = (PyArrayObject *)o;
-    if (mi_py_native_order(a, what) < 0) return -1;
-    int nd = PyArray_NDIM(a);
-    for (int k = 0; k < 4; k++) { v->shape[k] = 1; v->strides[k] = 0; }
-    for (int i = 0; i < nd; i++) {
-        v->shape[4 - nd + i] = PyArray_DIM(a, i);
-        v->strides[4 - nd + i] = PyArray_STRIDE(a, i) / (npy_intp)sizeof(float);
-        if (PyArray_STRIDE(a, i) % (npy_intp)sizeof(float)) {
-            PyErr_Format(PyExc_ValueError, "%s: %s[%zd] has strides that are not whole floats", who, what, idx);
-            return -1;
-        }
-    }
-    if (v->shape[3] > 1 && v->strides[3] != 1) {
-        PyErr_Format(PyExc_ValueError, "%s: the last axis of %s[%zd] must be contiguous", who, what, idx);
-        return -1;
-    }
-    v->strides[3] = 1;
-    v->data = PyArray_DATA(a);
-    v->size = PyArray_SIZE(a);
-    return 0;
-}
-
-/* Fill views[0..n) from the sequence seq (a list or tuple); n from the first call. */
-static f32_view *f32_views_of(PyObject *seq, const char *who, const char *what, int contiguous,
-                              Py_ssize_t *n)
-{
-    PyObject *fast = PySequence_Fast(seq, "expected a list of arrays");
-    if (!fast) return NULL;
-    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
-    if (*n >= 0 && len != *n) {
-        PyErr_Format(PyExc_ValueError, "%s: %s has %zd arrays, expected %zd", who, what, len, *n);
-        Py_DECREF(fast);
-        return NULL;
-    }
-    f32_view *v = PyMem_Malloc(sizeof(f32_view) * (size_t)(len ? len : 1));
-    if (!v) { Py_DECREF(fast); PyErr_NoMemory(); return NULL; }
-    for (Py_ssize_t i = 0; i < len; i++)
-        if (f32_view_of(PySequence_Fast_GET_ITEM(fast, i), who, what, i, contiguous, &v[i]) < 0) {
-            PyMem_Free(v);
-            Py_DECREF(fast);
-            return NULL;
-        }
-    Py_DECREF(fast);
-    *n = len;
-    return v;
 }
 
 PyDoc_STRVAR(adamw_many_doc,
@@ -329,7 +230,6 @@ PyDoc_STRVAR(adamw_many_doc,
 
 static PyObject *py_adamw_step_many(PyObject *module, PyObject *args)
 {
-    (void)module;
     PyObject *po, *go, *mo, *vo, *so;
     double lr, b1, b2, eps, wd;
     if (!PyArg_ParseTuple(args, "OOOOOddddd:adamw_step_many", &po, &go, &mo, &vo, &so, &lr, &b1, &b2,
@@ -337,54 +237,48 @@ static PyObject *py_adamw_step_many(PyObject *module, PyObject *args)
         return NULL;
     const char *who = "adamw_step_many";
     Py_ssize_t n = -1;
-    f32_view *p = NULL, *g = NULL, *m = NULL, *v = NULL;
+    mi_grad_view *p = NULL, *g = NULL, *m = NULL, *v = NULL;
+    npy_intp *ps = NULL, *ms = NULL, *vs = NULL;
     double *bc = NULL;
-    PyObject *res = NULL;
-    if (!(p = f32_views_of(po, who, "params", 0, &n)) || !(g = f32_views_of(go, who, "grads", 0, &n))
-        || !(m = f32_views_of(mo, who, "exp_avgs", 1, &n)) || !(v = f32_views_of(vo, who, "exp_avg_sqs", 1, &n)))
+    PyObject *res = NULL, *steps = NULL;
+    if (!(p = views_of(po, who, "params", 0, &n, &ps)) || !(g = views_of(go, who, "grads", 0, &n, NULL))
+        || !(m = views_of(mo, who, "exp_avgs", 1, &n, &ms)) || !(v = views_of(vo, who, "exp_avg_sqs", 1, &n, &vs)))
         goto done;
-    PyObject *steps = PySequence_Fast(so, "adamw_step_many: steps must be a list of ints");
-    if (!steps) goto done;
+    if (!(steps = PySequence_Fast(so, "adamw_step_many: steps must be a list of ints"))) goto done;
     if (PySequence_Fast_GET_SIZE(steps) != n) {
         PyErr_Format(PyExc_ValueError, "%s: steps has %zd entries, expected %zd", who,
                      PySequence_Fast_GET_SIZE(steps), n);
-        Py_DECREF(steps);
         goto done;
     }
-    bc = PyMem_Malloc(sizeof(double) * 2 * (size_t)(n ? n : 1));
-    if (!bc) { Py_DECREF(steps); PyErr_NoMemory(); goto done; }
+    if (!(bc = PyMem_Malloc(sizeof(double) * 2 * (size_t)(n ? n : 1)))) { PyErr_NoMemory(); goto done; }
     for (Py_ssize_t i = 0; i < n; i++) {
         long long t = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(steps, i));
-        if (t == -1 && PyErr_Occurred()) { Py_DECREF(steps); goto done; }
+        if (t == -1 && PyErr_Occurred()) goto done;
         if (t < 1) {
             PyErr_Format(PyExc_ValueError, "%s: steps[%zd] = %lld must be >= 1", who, i, t);
-            Py_DECREF(steps);
             goto done;
         }
         /* as Python's 1.0 - beta ** step (C pow on doubles) */
         bc[2 * i] = 1.0 - pow(b1, (double)t);
         bc[2 * i + 1] = 1.0 - pow(b2, (double)t);
-        int same = 1;
-        for (int k = 0; k < 4; k++)
-            same &= p[i].shape[k] == g[i].shape[k] && (p[i].shape[k] == 1 || p[i].strides[k] == g[i].strides[k]);
-        if (!same || m[i].size != p[i].size || v[i].size != p[i].size) {
+        if (!same_view(&p[i], &g[i]) || ms[i] != ps[i] || vs[i] != ps[i]) {
             PyErr_Format(PyExc_ValueError, "%s: params[%zd] and grads[%zd] must have the same shape and "
                          "strides, exp_avgs/exp_avg_sqs[%zd] its size", who, i, i, i);
-            Py_DECREF(steps);
             goto done;
         }
     }
-    Py_DECREF(steps);
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!p[i].size) continue;
+        if (!ps[i]) continue;
         mi_adamw_hparams h = {(float)lr, (float)b1, (float)b2, (float)eps, (float)wd, bc[2 * i], bc[2 * i + 1]};
         mi_adamw_step(p[i].data, g[i].data, p[i].shape, p[i].strides, m[i].data, v[i].data, &h);
     }
     Py_END_ALLOW_THREADS
     res = Py_NewRef(Py_None);
 done:
-    PyMem_Free(p); PyMem_Free(g); PyMem_Free(m); PyMem_Free(v); PyMem_Free(bc);
+    Py_XDECREF(steps);
+    PyMem_Free(p); PyMem_Free(g); PyMem_Free(m); PyMem_Free(v);
+    PyMem_Free(ps); PyMem_Free(ms); PyMem_Free(vs); PyMem_Free(bc);
     return res;
 }
 
@@ -398,34 +292,21 @@ PyDoc_STRVAR(clip_doc,
 
 static PyObject *py_clip_grads(PyObject *module, PyObject *args)
 {
-    (void)module;
     PyObject *go;
-    double max_norm;
+    double max_norm, total;
     int error_if_nonfinite = 0;
     if (!PyArg_ParseTuple(args, "Od|p:clip_grads", &go, &max_norm, &error_if_nonfinite)) return NULL;
     Py_ssize_t n = -1;
-    f32_view *g = f32_views_of(go, "clip_grads", "grads", 0, &n);
+    mi_grad_view *g = views_of(go, "clip_grads", "grads", 0, &n, NULL);
     if (!g) return NULL;
-    double sumsq = 0.0;
-    float coef = 1.0f;
+    mi_status st;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) sumsq += mi_grad_sumsq(g[i].data, g[i].shape, g[i].strides);
+    st = mi_clip_grad_norm(g, n, (float)max_norm, error_if_nonfinite, &total);
     Py_END_ALLOW_THREADS
-    double total = sqrt(sumsq);
-    if (error_if_nonfinite && !isfinite(total)) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "clip_grad_norm_: the total norm of the gradients is %g", total);
-        PyMem_Free(g);
-        PyErr_SetString(PyExc_RuntimeError, msg);
-        return NULL;
-    }
-    coef = (float)max_norm / ((float)total + 1e-6f);
-    if (coef < 1.0f) {
-        Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t i = 0; i < n; i++) mi_grad_scale(g[i].data, g[i].shape, g[i].strides, coef);
-        Py_END_ALLOW_THREADS
-    }
     PyMem_Free(g);
+    if (st == MI_ERR_VALUE)   /* a non-finite norm: torch raises RuntimeError */
+        return PyErr_Format(PyExc_RuntimeError, "%s", mi_last_error());
+    if (st != MI_OK) return mi_py_raise(st);
     return PyFloat_FromDouble(total);
 }
 
@@ -434,41 +315,13 @@ PyDoc_STRVAR(zero_doc, "zero_arrays(arrays)\n--\n\nSet every float32 array in th
 
 static PyObject *py_zero_arrays(PyObject *module, PyObject *arg)
 {
-    (void)module;
     Py_ssize_t n = -1;
-    f32_view *g = f32_views_of(arg, "zero_arrays", "arrays", 0, &n);
+    mi_grad_view *g = views_of(arg, "zero_arrays", "arrays", 0, &n, NULL);
     if (!g) return NULL;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) mi_grad_zero(g[i].data, g[i].shape, g[i].strides);
     Py_END_ALLOW_THREADS
     PyMem_Free(g);
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(relu_bias_doc,
-"_relu_backward_bias(x, dy, db)\n--\n\n"
-"Test entry for the MLP's fused relu step: dy [rows, cols] is overwritten IN PLACE with\n"
-"dy * relu'(x) (x [rows, cols]) and db [cols] += its column sums. float32, C-contiguous.");
-
-static PyObject *py_relu_backward_bias(PyObject *module, PyObject *args)
-{
-    (void)module;
-    PyObject *xo, *dyo, *dbo;
-    if (!PyArg_ParseTuple(args, "OOO:_relu_backward_bias", &xo, &dyo, &dbo)) return NULL;
-    if (check_f32(xo, "x", 1) < 0 || check_f32(dyo, "dy", 1) < 0 || check_f32(dbo, "db", 1) < 0) return NULL;
-    PyArrayObject *x = (PyArrayObject *)xo, *dy = (PyArrayObject *)dyo, *db = (PyArrayObject *)dbo;
-    if (PyArray_NDIM(x) != 2 || PyArray_NDIM(dy) != 2 || PyArray_DIM(dy, 0) != PyArray_DIM(x, 0)
-        || PyArray_DIM(dy, 1) != PyArray_DIM(x, 1) || PyArray_SIZE(db) != PyArray_DIM(x, 1)) {
-        PyErr_SetString(PyExc_ValueError, "_relu_backward_bias: x, dy [rows, cols] and db [cols]");
-        return NULL;
-    }
-    mi_status st;
-    float *dyd = PyArray_DATA(dy);
-    Py_BEGIN_ALLOW_THREADS
-    st = mi_relu_backward_bias(PyArray_DATA(x), dyd, PyArray_DIM(x, 0), PyArray_DIM(x, 1), dyd,
-                               PyArray_DATA(db));
-    Py_END_ALLOW_THREADS
-    if (st != MI_OK) return mi_py_raise(st);
     Py_RETURN_NONE;
 }
 
@@ -478,11 +331,9 @@ static PyMethodDef train_methods[] = {
     {"backward_workspace", py_backward_workspace, METH_VARARGS, workspace_doc},
     {"adamw_step", py_adamw_step, METH_VARARGS, adamw_doc},
     {"backward_phases", py_backward_phases, METH_NOARGS, phases_doc},
-    {"_adamw_step_ref", py_adamw_step_ref, METH_VARARGS, adamw_ref_doc},
     {"adamw_step_many", py_adamw_step_many, METH_VARARGS, adamw_many_doc},
     {"clip_grads", py_clip_grads, METH_VARARGS, clip_doc},
     {"zero_arrays", py_zero_arrays, METH_O, zero_doc},
-    {"_relu_backward_bias", py_relu_backward_bias, METH_VARARGS, relu_bias_doc},
     {NULL, NULL, 0, NULL},
 };
 

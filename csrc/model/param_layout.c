@@ -1,0 +1,139 @@
+/* param_layout.c - the spec's checks and the parameter blob's layout, from the
+ * parameter tables MI_GLOBAL_PARAMS / MI_LAYER_PARAMS (model_tables.h;
+ * contract in transformer.h). */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/activation.h"
+#include "model/arena.h"
+
+typedef struct {
+    const char *name;
+    int at;                  /* global tensors: before (START) or after (FINAL) the layers */
+    unsigned needed;         /* MI_F_* mask */
+    unsigned char axes[5];   /* DIM_*, DIM_NONE-ended */
+} param_row;
+enum { START, FINAL };
+
+#define GLOBAL_ROW(id, at, name, needed, a0, a1, a2, a3) \
+    {name, at, needed, {DIM_##a0, DIM_##a1, DIM_##a2, DIM_##a3, DIM_NONE}},
+#define LAYER_ROW(id, name, needed, a0, a1, a2, a3) \
+    {name, START, needed, {DIM_##a0, DIM_##a1, DIM_##a2, DIM_##a3, DIM_NONE}},
+static const param_row global_params[MI_G_COUNT] = {MI_GLOBAL_PARAMS(GLOBAL_ROW)};
+static const param_row layer_params[MI_W_PER_LAYER] = {MI_LAYER_PARAMS(LAYER_ROW)};
+#undef GLOBAL_ROW
+#undef LAYER_ROW
+
+/* Append tensor `row` (named `name`) to the table at the blob's cursor;
+ * *off: its offset in floats. Fails naming the tensor and its axes when its
+ * size, or the blob's, is too large. */
+static mi_status add_param(mi_transformer *m, int capacity, size_t *cursor, const param_row *row,
+                           const char *name, size_t *off)
+{
+    if (m->n_table >= capacity)
+        return mi_fail(MI_ERR_INTERNAL, "transformer: parameter table full at %s (%d entries)",
+                       name, capacity);
+    mi_tf_param *p = &m->table[m->n_table];
+    int64_t dims[5];
+    size_t n;
+    MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, name, dims, &p->ndim, &n));
+    if (align_floats(n) > MAX_FLOATS - *cursor)
+        return mi_fail(MI_ERR_VALUE, "transformer: n_params too large: the parameter blob passes "
+                       "%zu floats at %s", MAX_FLOATS, name);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    for (int i = 0; i < 4; i++) p->shape[i] = i < p->ndim ? dims[i] : 1;
+    p->offset = *off = *cursor;
+    *cursor += align_floats(n);
+    m->n_table++;
+    return MI_OK;
+}
+
+/* The global tensors placed `at` START or FINAL. */
+static mi_status add_globals(mi_transformer *m, unsigned feat, int at, int capacity, size_t *cursor)
+{
+    for (int i = 0; i < MI_G_COUNT; i++)
+        if (global_params[i].at == at && mi_tf_applies(global_params[i].needed, feat))
+            MI_TRY(add_param(m, capacity, cursor, &global_params[i], global_params[i].name,
+                             &m->global_off[i]));
+    return MI_OK;
+}
+
+static mi_status check_spec(const mi_tf_spec *s)
+{
+    if (s->n_layers < 0 || s->d_model <= 0 || s->n_heads <= 0 || s->d_head <= 0
+        || s->d_vocab <= 0 || s->d_vocab_out <= 0 || s->n_ctx <= 0
+        || (!s->attn_only && s->d_mlp <= 0))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: sizes must be positive (n_layers=%ld "
+                       "d_model=%ld n_heads=%ld d_head=%ld d_mlp=%ld d_vocab=%ld n_ctx=%ld)",
+                       (long)s->n_layers, (long)s->d_model, (long)s->n_heads, (long)s->d_head,
+                       (long)s->d_mlp, (long)s->d_vocab, (long)s->n_ctx);
+    /* point ids, buffer slots and table entries are ints */
+    int64_t per_layer = MI_P_PER_LAYER > NB + 1 ? MI_P_PER_LAYER : NB + 1;
+    if (s->n_layers > (INT_MAX - 64) / per_layer)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: n_layers=%ld is too large (at most %ld)",
+                       (long)s->n_layers, (long)((INT_MAX - 64) / per_layer));
+    if (s->norm != MI_NORM_NONE && !(s->eps > 0.0f))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: eps must be > 0, got %g", (double)s->eps);
+    if (!(s->attn_scale > 0.0f))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: attn_scale must be > 0, got %g",
+                       (double)s->attn_scale);
+    if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
+    if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
+    return MI_OK;
+}
+
+mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
+{
+    memset(m, 0, sizeof *m);
+    MI_TRY(check_spec(s));
+    m->spec = *s;
+    unsigned feat = mi_tf_features(s);
+    int L = (int)s->n_layers;
+    int capacity = MI_G_COUNT + L * MI_W_PER_LAYER;
+    m->table = calloc((size_t)capacity, sizeof(mi_tf_param));
+    m->layer_off = malloc(sizeof(size_t) * (size_t)(L ? L : 1) * MI_W_PER_LAYER);
+    if (!m->table || !m->layer_off) { mi_tf_free(m); return mi_fail(MI_ERR_NOMEM, "transformer: out of memory"); }
+    for (int i = 0; i < MI_G_COUNT; i++) m->global_off[i] = ABSENT;
+    for (size_t i = 0; i < (size_t)L * MI_W_PER_LAYER; i++) m->layer_off[i] = ABSENT;
+    size_t c = 0;
+    char name[48];
+    mi_status st = add_globals(m, feat, START, capacity, &c);
+    for (int l = 0; l < L && st == MI_OK; l++)
+        for (int k = 0; k < MI_W_PER_LAYER && st == MI_OK; k++)
+            if (mi_tf_applies(layer_params[k].needed, feat)) {
+                snprintf(name, sizeof name, "blocks.%d.%s", l, layer_params[k].name);
+                st = add_param(m, capacity, &c, &layer_params[k], name,
+                               &m->layer_off[(size_t)l * MI_W_PER_LAYER + k]);
+            }
+    if (st == MI_OK) st = add_globals(m, feat, FINAL, capacity, &c);
+    if (st != MI_OK) { mi_tf_free(m); return st; }
+    m->n_params = c;
+    return MI_OK;
+}
+
+void mi_tf_free(mi_transformer *m)
+{
+    free(m->table);
+    free(m->layer_off);
+    m->table = NULL;
+    m->layer_off = NULL;
+}
+
+float *mi_tf_tensor(const mi_transformer *m, size_t off)
+{
+    if (off == ABSENT) return NULL;
+    if (!m->n_external) return m->params + off;
+    /* the table is in blob order (add_param only moves forward): bisect */
+    int lo = 0, hi = m->n_table - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (m->table[mid].offset < off) lo = mid + 1;
+        else hi = mid;
+    }
+    const mi_tf_param *p = &m->table[lo];
+    return p->offset == off && p->data ? p->data : m->params + off;
+}
