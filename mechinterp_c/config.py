@@ -129,7 +129,11 @@ HOOKED_CONFIG_FIELDS = (
              "use_attn_in", "use_local_attn", "from_checkpoint", "attn_only", "init_weights",
              "scale_attn_by_inverse_layer_idx", "final_rms", "parallel_attn_mlp",
              "use_hook_tokens", "gated_mlp", "default_prepend_bos", "post_embedding_ln",
-             "tie_word_embeddings")
+             "tie_word_embeddings", "rotary_adjacent_pairs", "use_NTK_by_parts_rope")
+    + _sizes("NTK_original_ctx_len")
+    + tuple(Field(n, float, 0, strict=True) for n in (
+        "rotary_base", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
+        "NTK_by_parts_factor"))
 )
 assert all((f.kind, f.least, f.strict) in _RULE_WORDS
            for f in GPT2_CONFIG_FIELDS + REVE_CONFIG_FIELDS + HOOKED_CONFIG_FIELDS)
@@ -196,6 +200,13 @@ class HookedTransformerConfig:
     n_key_value_heads: Optional[int] = None
     post_embedding_ln: bool = False
     tie_word_embeddings: bool = False
+    rotary_base: float = 10000
+    rotary_adjacent_pairs: bool = False
+    use_NTK_by_parts_rope: bool = False
+    NTK_by_parts_low_freq_factor: float = 1.0
+    NTK_by_parts_high_freq_factor: float = 4.0
+    NTK_by_parts_factor: float = 8.0
+    NTK_original_ctx_len: int = 8192
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -207,6 +218,8 @@ class HookedTransformerConfig:
             self.n_heads = self.d_model // self.d_head
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
+            self.rotary_dim = self.d_head
         if not self.attn_only:
             if self.act_fn is None:
                 raise ValueError("act_fn must be specified for non-attn-only models")
@@ -309,3 +322,73 @@ class GPT2Config(PretrainedConfig):
     num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
     num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
     max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")
+
+
+# Hugging Face decoder config.json files of the rotary families (the fields the
+# converters read; the others are kept as attributes and ignored).
+_DECODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "vocab_size")
+LLAMA_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES)
+    + _sizes("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
+             optional=True)
+    + (Field("rms_norm_eps", float, 0, strict=True), Field("hidden_act", str),
+       Field("model_type", str))
+    + _flags("tie_word_embeddings", "attention_bias", "mlp_bias")
+)
+NEOX_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES, "max_position_embeddings")
+    + (Field("layer_norm_eps", float, 0, strict=True), Field("hidden_act", str),
+       Field("model_type", str))
+    + _flags("use_parallel_residual", "tie_word_embeddings", "attention_bias")
+)
+
+
+class DecoderConfig(PretrainedConfig):
+    """A rotary decoder's ``config.json`` (GPT-NeoX, Llama, Mistral, Qwen2) with attribute
+    access and Hugging Face's defaults; ``path`` is the file it was read from (errors
+    about its fields name it)."""
+
+    _REQUIRED = _DECODER_SIZES
+    path = "config.json"
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
+        """Read and check ``config.json`` of a local directory or a cached hub model."""
+        path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
+                                      cache_dir=cache_dir)
+        raw = _io.load_config(path, required=cls._REQUIRED)
+        cfg = cls(_where=str(path), **raw)
+        cfg.path = str(path)
+        return cfg
+
+
+class LlamaConfig(DecoderConfig):
+    """Llama's ``config.json`` (also Mistral's and Qwen2's, whose fields are a superset)."""
+
+    _DEFAULTS = dict(num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6, hidden_act="silu",
+                     tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                     max_position_embeddings=2048, model_type="llama", sliding_window=None)
+    _FIELDS = LLAMA_CONFIG_FIELDS
+
+
+class MistralConfig(LlamaConfig):
+    """Mistral's ``config.json``."""
+
+    _DEFAULTS = dict(LlamaConfig._DEFAULTS, model_type="mistral", max_position_embeddings=32768)
+
+
+class Qwen2Config(LlamaConfig):
+    """Qwen2's ``config.json`` (q/k/v projections with biases)."""
+
+    _DEFAULTS = dict(LlamaConfig._DEFAULTS, model_type="qwen2", max_position_embeddings=32768,
+                     attention_bias=True)
+
+
+class GPTNeoXConfig(DecoderConfig):
+    """GPT-NeoX's (Pythia's) ``config.json``."""
+
+    _DEFAULTS = dict(layer_norm_eps=1e-5, hidden_act="gelu", use_parallel_residual=True,
+                     tie_word_embeddings=False, attention_bias=True, rotary_pct=0.25,
+                     rotary_emb_base=10000, max_position_embeddings=2048, model_type="gpt_neox")
+    _FIELDS = NEOX_CONFIG_FIELDS
