@@ -203,7 +203,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
     /* z = softmax(q k^T / attn_scale) v */
     zero(S->dqkv, BT * 3 * HD);
     mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
-    MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, S->dz, 1.0f / s->attn_scale,
+    MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, NULL, S->dz, 1.0f / s->attn_scale,
                             s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
     tick(S, MI_BWD_ATTN_CORE);
     /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
