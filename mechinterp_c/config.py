@@ -104,7 +104,7 @@ GPT2_CONFIG_FIELDS = (
     + (Field("layer_norm_epsilon", float, 0, strict=True), Field("initializer_range", float, 0),
        Field("activation_function", str), Field("model_type", str))
     + _flags("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
-             "tie_word_embeddings")
+             "tie_word_embeddings", "use_normalization_before_and_after")
 )
 GPT2_CONFIG_DIVISIBLE = (("n_embd", "n_head"),)
 
@@ -129,7 +129,7 @@ HOOKED_CONFIG_FIELDS = (
              "use_attn_in", "use_local_attn", "from_checkpoint", "attn_only", "init_weights",
              "scale_attn_by_inverse_layer_idx", "final_rms", "parallel_attn_mlp",
              "use_hook_tokens", "gated_mlp", "default_prepend_bos", "post_embedding_ln",
-             "tie_word_embeddings")
+             "tie_word_embeddings", "use_normalization_before_and_after")
 )
 assert all((f.kind, f.least, f.strict) in _RULE_WORDS
            for f in GPT2_CONFIG_FIELDS + REVE_CONFIG_FIELDS + HOOKED_CONFIG_FIELDS)
@@ -196,6 +196,9 @@ class HookedTransformerConfig:
     n_key_value_heads: Optional[int] = None
     post_embedding_ln: bool = False
     tie_word_embeddings: bool = False
+    use_normalization_before_and_after: bool = False
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -79,11 +79,25 @@ def _check_unsupported(cfg):
     bad = []
     if cfg.positional_embedding_type != "standard":
         bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
-    for f in ("use_local_attn", "parallel_attn_mlp",
-              "scale_attn_by_inverse_layer_idx", "final_rms", "post_embedding_ln",
+    for f in ("parallel_attn_mlp",
+              "scale_attn_by_inverse_layer_idx", "post_embedding_ln",
               "use_hook_tokens"):
         if getattr(cfg, f):
             bad.append(f"{f}=True")
+    if cfg.final_rms and cfg.normalization_type in ("LN", "LNPre"):
+        # final_rms changes only LayerNorm models' ln_final (RMS models already have RMS)
+        bad.append(f"final_rms=True with normalization_type={cfg.normalization_type!r}")
+    if cfg.use_normalization_before_and_after and cfg.normalization_type in ("LN", "LNPre"):
+        # TransformerLens builds its post norms only for RMS (and the identity for None)
+        bad.append(f"use_normalization_before_and_after with normalization_type="
+                   f"{cfg.normalization_type!r} (post norms are RMSNorm)")
+    if cfg.use_local_attn:
+        types = cfg.attn_types
+        if not isinstance(cfg.window_size, int) or types is None or len(types) != cfg.n_layers \
+                or any(t not in ("local", "global") for t in types):
+            raise ValueError("use_local_attn needs an integer window_size and attn_types with one "
+                             f"'local' or 'global' per layer (n_layers={cfg.n_layers}), got "
+                             f"window_size={cfg.window_size!r}, attn_types={types!r}")
     if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
         bad.append("grouped-query attention (n_key_value_heads)")
     if not cfg.attn_only and cfg.act_fn not in _ACT_CODE:
@@ -92,6 +106,20 @@ def _check_unsupported(cfg):
         bad.append(f"d_vocab={cfg.d_vocab} (no tokenizer: give d_vocab)")
     if bad:
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
+
+
+def _gemma2_spec(cfg):
+    """The C spec's Gemma 2 fields from TransformerLens's config: post norms (RMS ones,
+    TransformerLens's identity for normalization_type None), soft-caps (> 0: on, as
+    TransformerLens's ``softcap_enabled``), the sliding window and its local layers."""
+    cap = lambda c: float(c) if c is not None and c > 0 else 0.0
+    local = cfg.use_local_attn
+    return dict(
+        post_norms=bool(cfg.use_normalization_before_and_after)
+        and (cfg.normalization_type or "").startswith("RMS"),
+        attn_softcap=cap(cfg.attn_scores_soft_cap), logit_softcap=cap(cfg.output_logits_soft_cap),
+        window=cfg.window_size if local else 0,
+        local_layers=[l for l, t in enumerate(cfg.attn_types) if t == "local"] if local else None)
 
 
 class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32,
@@ -175,7 +203,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
             use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
-            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
+            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in,
+            **_gemma2_spec(cfg))
         shared = params_from is not None and core.share_params(params_from)
         self._core = core
         self._raw = core.params()
@@ -222,6 +251,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                 for w in ("w", "b"):
                     if p + f"{ln}.{w}" in raw:
                         out[p + f"{ln}.{w}"] = raw[p + f"{ln}.{w}"]
+            for ln in ("ln1_post", "ln2_post"):
+                if p + f"{ln}.w" in raw:
+                    out[p + f"{ln}.w"] = raw[p + f"{ln}.w"]
             qkv, bqkv = raw[p + "attn.W_qkv"], raw[p + "attn.b_qkv"]
             for i, c in enumerate("QKV"):
                 out[p + f"attn.W_{c}"] = qkv[:, i].transpose(1, 0, 2)   # [H, D, Dh]
@@ -267,6 +299,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                 m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else _Module)
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
+            for sub in ("ln1_post", "ln2_post"):
+                if f"blocks.{l}.{sub}.w" in P:      # post norms: RMSNorm with weights
+                    m = _Norm(f"blocks.{l}.{sub}", "RMS", cfg.eps)
+                    self.mod_dict[m._name] = m
+                    attach(m, f"blocks.{l}.{sub}.")
+                    setattr(b, sub, m)
             if cfg.act_fn == "solu_ln" and not cfg.attn_only:
                 b.mlp.ln = _Norm(f"blocks.{l}.mlp.ln", "LN" if cfg.normalization_type == "LN" else "LNPre",
                                  cfg.eps)

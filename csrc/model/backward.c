@@ -93,8 +93,25 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
     return mi_layer_norm_backward(dy, x, w, scale, rows, d, dx, dw, db);
 }
 
+/* The gradient through a post norm (ln1_post / ln2_post: RMS with weights) into
+ * dout (zeroed first): its input is rebuilt as hook_normalized * hook_scale into
+ * xin (the W_O / W_out product itself shares a scratch slot across layers). */
+static mi_status post_norm_backward(const float *dy, const float *normalized, const float *scale,
+                                    const float *w, int64_t rows, int64_t d, float *xin,
+                                    float *dout, float *dw)
+{
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < d; i++) {
+            xin[r * d + i] = normalized[r * d + i] * scale[r];
+            dout[r * d + i] = 0.0f;
+        }
+    return mi_rms_norm_backward(dy, xin, w, scale, rows, d, dout, dw);
+}
+
 typedef struct {
     float *dlogits, *dresid, *dx, *xin, *dz, *dqkv, *dpost, *dpre, *dpre_lin, *act;
+    float *dpn, *xpn;   /* post norms: gradient of the W_O / W_out product, rebuilt input */
     double *prof, t_last, cpu_last;   /* profile (NULL: off), wall and CPU time of the last tick */
 } scratch_t;
 
@@ -143,13 +160,20 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
         if (s->norm != MI_NORM_NONE)
             x2 = norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
         const float *pre = V(MI_P_MLP_PRE), *post = V(MI_P_MLP_POST);
-        /* mlp_out = post @ W_out + b_out ; resid_post = resid_mid + mlp_out */
+        /* mlp_out = [ln2_post](post @ W_out + b_out) ; resid_post = resid_mid + mlp_out */
+        const float *dmo = dresid;
+        if (s->post_norms) {
+            MI_TRY(post_norm_backward(dresid, V(MI_P_LN2P_NORM), V(MI_P_LN2P_SCALE),
+                                      pw(m, o[MI_W_LN2P_W]), BT, D, S->xpn, S->dpn,
+                                      gw(grads, o[MI_W_LN2P_W])));
+            dmo = S->dpn;
+        }
         tick(S, MI_BWD_NORM);
-        mi_sgemm(1, 0, Mm, D, BT, post, Mm, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
+        mi_sgemm(1, 0, Mm, D, BT, post, Mm, dmo, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
         tick(S, MI_BWD_MLP_GEMM);
-        colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_OUT]));
+        colsum_acc(dmo, BT, D, gw(grads, o[MI_W_B_OUT]));
         tick(S, MI_BWD_BIAS);
-        mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
+        mi_sgemm(0, 1, BT, Mm, D, dmo, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
         tick(S, MI_BWD_MLP_GEMM);
         /* S->dx: the GEMMs below write it (beta 0 first); relu's fused step writes dpre */
         if (s->gated_mlp || s->act != MI_ACT_RELU) zero(S->dpre, BT * Mm);
@@ -191,19 +215,30 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
                              gw(grads, o[MI_W_LN2_W]), gw(grads, o[MI_W_LN2_B])));
         tick(S, MI_BWD_NORM);
     }
-    /* attn_out = z @ W_O + b_O ; resid_mid = resid_pre + attn_out */
+    /* attn_out = [ln1_post](z @ W_O + b_O) ; resid_mid = resid_pre + attn_out */
     const float *resid_pre = V(MI_P_RESID_PRE), *z = V(MI_P_Z), *pattern = V(MI_P_PATTERN);
     const float *qkv = V(MI_P_Q);
-    mi_sgemm(1, 0, HD, D, BT, z, HD, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
+    const float *dao = dresid;
+    if (s->post_norms) {
+        MI_TRY(post_norm_backward(dresid, V(MI_P_LN1P_NORM), V(MI_P_LN1P_SCALE),
+                                  pw(m, o[MI_W_LN1P_W]), BT, D, S->xpn, S->dpn,
+                                  gw(grads, o[MI_W_LN1P_W])));
+        dao = S->dpn;
+        tick(S, MI_BWD_NORM);
+    }
+    mi_sgemm(1, 0, HD, D, BT, z, HD, dao, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
     tick(S, MI_BWD_ATTN_GEMM);
-    colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_O]));
+    colsum_acc(dao, BT, D, gw(grads, o[MI_W_B_O]));
     tick(S, MI_BWD_BIAS);
-    mi_sgemm(0, 1, BT, HD, D, dresid, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
+    mi_sgemm(0, 1, BT, HD, D, dao, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
     tick(S, MI_BWD_ATTN_GEMM);
-    /* z = softmax(q k^T / attn_scale) v */
+    /* z = softmax(cap(q k^T / attn_scale), window-masked) v */
     zero(S->dqkv, BT * 3 * HD);
     mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
-    MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, NULL, S->dz, 1.0f / s->attn_scale,
+    lay.window = mi_tf_layer_local(s, l) ? s->window : 0;
+    lay.softcap = s->attn_softcap;
+    MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern,
+                            s->attn_softcap > 0.0f ? V(MI_P_SCORES) : NULL, S->dz, 1.0f / s->attn_scale,
                             s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
     tick(S, MI_BWD_ATTN_CORE);
     /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
@@ -236,7 +271,8 @@ static uint8_t *all_points_cached(const mi_tf_spec *s)
 static size_t scratch_floats(const mi_tf_spec *s, int64_t BT)
 {
     int64_t D = s->d_model, HD = s->n_heads * s->d_head, Mm = s->attn_only ? 0 : s->d_mlp;
-    return (size_t)(BT * s->d_vocab_out + 3 * BT * D + BT * HD + 3 * BT * HD + 4 * BT * Mm) + 64;
+    int64_t Dpn = s->post_norms ? 2 * D : 0;
+    return (size_t)(BT * s->d_vocab_out + 3 * BT * D + BT * HD + 3 * BT * HD + 4 * BT * Mm + BT * Dpn) + 64;
 }
 
 size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
@@ -321,7 +357,9 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     S.dpost = c; c += BT * Mm;
     S.dpre = c; c += BT * Mm;
     S.dpre_lin = c; c += BT * Mm;
-    S.act = c;
+    S.act = c; c += BT * Mm;
+    S.dpn = s->post_norms ? c : NULL; c += s->post_norms ? BT * D : 0;
+    S.xpn = s->post_norms ? c : NULL;
 
     /* loss = mean cross_entropy(logits, targets) */
     const float *logits = mi_tf_output(m, &plan, arena);
@@ -332,6 +370,15 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
                                         "logits?); gradients were left unchanged", (double)mean); goto done; }
     *loss = mean;
+    if (s->logit_softcap > 0.0f) {
+        /* the loss reads cap * tanh(raw / cap): d raw = d capped * (1 - (capped / cap)^2) */
+        const float cap = s->logit_softcap;
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+        for (int64_t i = 0; i < BT * Vo; i++) {
+            const float t = logits[i] / cap;
+            S.dlogits[i] *= 1.0f - t * t;
+        }
+    }
     tick(&S, MI_BWD_LOSS);
 
     int pf = mi_tf_final_point(s, 0);

@@ -42,7 +42,8 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
                              "d_vocab_out", "n_ctx", "norm", "eps", "act", "gated_mlp",
                              "attn_only", "causal", "use_attn_result", "use_hook_mlp_in",
                              "pos_embed", "attn_scale", "use_split_qkv_input",
-                             "use_attn_in", "no_head", NULL};
+                             "use_attn_in", "no_head", "post_norms", "attn_softcap",
+                             "logit_softcap", "window", "local_layers", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (mo->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "Model: already initialised");
@@ -50,18 +51,26 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     }
     long long nl, dm, nh, dh, dmlp, dv, dvo, nctx;
     int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1;
-    int split_qkv = 0, attn_in = 0, no_head = 0;
-    double eps, attn_scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdppp:Model", kwlist, &nl, &dm,
+    int split_qkv = 0, attn_in = 0, no_head = 0, post_norms = 0;
+    double eps, attn_scale = 1.0, attn_softcap = 0.0, logit_softcap = 0.0;
+    long long window = 0;
+    PyObject *local = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdppppddLO:Model", kwlist, &nl, &dm,
                                      &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
                                      &gated, &attn_only, &causal, &result, &mlp_in, &pos,
-                                     &attn_scale, &split_qkv, &attn_in, &no_head))
+                                     &attn_scale, &split_qkv, &attn_in, &no_head, &post_norms,
+                                     &attn_softcap, &logit_softcap, &window, &local))
         return -1;
     mi_tf_spec s = {nl, dm, nh, dh, dmlp, dv, dvo, nctx, (mi_norm_type)norm, (float)eps, act,
                     gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale};
     s.use_split_qkv_input = split_qkv;
     s.use_attn_in = attn_in;
     s.no_head = no_head;
+    s.post_norms = post_norms;
+    s.attn_softcap = (float)attn_softcap;
+    s.logit_softcap = (float)logit_softcap;
+    s.window = window;
+    if (mi_py_local_layers(local, s.local_layers, MI_TF_MAX_LAYERS_LOCAL) < 0) return -1;
     if (norm < MI_NORM_NONE || norm > MI_NORM_RMSPRE) {
         PyErr_Format(PyExc_ValueError, "Model: unknown norm type %d", norm);
         return -1;
