@@ -129,7 +129,12 @@ HOOKED_CONFIG_FIELDS = (
              "use_attn_in", "use_local_attn", "from_checkpoint", "attn_only", "init_weights",
              "scale_attn_by_inverse_layer_idx", "final_rms", "parallel_attn_mlp",
              "use_hook_tokens", "gated_mlp", "default_prepend_bos", "post_embedding_ln",
-             "tie_word_embeddings", "use_normalization_before_and_after")
+             "tie_word_embeddings", "rotary_adjacent_pairs", "use_NTK_by_parts_rope",
+             "use_normalization_before_and_after")
+    + _sizes("NTK_original_ctx_len")
+    + tuple(Field(n, float, 0, strict=True) for n in (
+        "rotary_base", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
+        "NTK_by_parts_factor"))
 )
 assert all((f.kind, f.least, f.strict) in _RULE_WORDS
            for f in GPT2_CONFIG_FIELDS + REVE_CONFIG_FIELDS + HOOKED_CONFIG_FIELDS)
@@ -196,6 +201,13 @@ class HookedTransformerConfig:
     n_key_value_heads: Optional[int] = None
     post_embedding_ln: bool = False
     tie_word_embeddings: bool = False
+    rotary_base: float = 10000
+    rotary_adjacent_pairs: bool = False
+    use_NTK_by_parts_rope: bool = False
+    NTK_by_parts_low_freq_factor: float = 1.0
+    NTK_by_parts_high_freq_factor: float = 4.0
+    NTK_by_parts_factor: float = 8.0
+    NTK_original_ctx_len: int = 8192
     use_normalization_before_and_after: bool = False
     attn_scores_soft_cap: float = -1.0
     output_logits_soft_cap: float = -1.0
@@ -210,6 +222,8 @@ class HookedTransformerConfig:
             self.n_heads = self.d_model // self.d_head
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
+            self.rotary_dim = self.d_head
         if not self.attn_only:
             if self.act_fn is None:
                 raise ValueError("act_fn must be specified for non-attn-only models")

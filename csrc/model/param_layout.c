@@ -101,6 +101,20 @@ static mi_status check_spec(const mi_tf_spec *s)
                        "layers, got n_layers=%ld", MI_TF_MAX_LAYERS_LOCAL, (long)s->n_layers);
     if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
         return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
+    int64_t kv = mi_tf_kv_heads(s);
+    if (kv < 1 || kv > s->n_heads || s->n_heads % kv)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: n_key_value_heads=%ld must divide n_heads=%ld",
+                       (long)kv, (long)s->n_heads);
+    if (kv != s->n_heads && (s->use_split_qkv_input || s->use_attn_in))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: grouped-query attention (n_key_value_heads"
+                       "=%ld) with use_split_qkv_input or use_attn_in is not supported", (long)kv);
+    if (s->rotary) {
+        if (s->pos_embed)
+            return mi_fail(MI_ERR_VALUE, "transformer spec: rotary and learned positions together");
+        MI_TRY(mi_rotary_check(&s->rope, s->d_head));
+    }
+    if (s->parallel_attn_mlp && s->attn_only)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: parallel_attn_mlp needs an MLP (not attn_only)");
     if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
     return MI_OK;
