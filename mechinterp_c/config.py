@@ -326,3 +326,73 @@ class GPT2Config(PretrainedConfig):
     num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
     num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
     max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")
+
+
+# Hugging Face decoder config.json files of the rotary families (the fields the
+# converters read; the others are kept as attributes and ignored).
+_DECODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "vocab_size")
+LLAMA_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES)
+    + _sizes("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
+             optional=True)
+    + (Field("rms_norm_eps", float, 0, strict=True), Field("hidden_act", str),
+       Field("model_type", str))
+    + _flags("tie_word_embeddings", "attention_bias", "mlp_bias")
+)
+NEOX_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES, "max_position_embeddings")
+    + (Field("layer_norm_eps", float, 0, strict=True), Field("hidden_act", str),
+       Field("model_type", str))
+    + _flags("use_parallel_residual", "tie_word_embeddings", "attention_bias")
+)
+
+
+class DecoderConfig(PretrainedConfig):
+    """A rotary decoder's ``config.json`` (GPT-NeoX, Llama, Mistral, Qwen2) with attribute
+    access and Hugging Face's defaults; ``path`` is the file it was read from (errors
+    about its fields name it)."""
+
+    _REQUIRED = _DECODER_SIZES
+    path = "config.json"
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
+        """Read and check ``config.json`` of a local directory or a cached hub model."""
+        path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
+                                      cache_dir=cache_dir)
+        raw = _io.load_config(path, required=cls._REQUIRED)
+        cfg = cls(_where=str(path), **raw)
+        cfg.path = str(path)
+        return cfg
+
+
+class LlamaConfig(DecoderConfig):
+    """Llama's ``config.json`` (also Mistral's and Qwen2's, whose fields are a superset)."""
+
+    _DEFAULTS = dict(num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6, hidden_act="silu",
+                     tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                     max_position_embeddings=2048, model_type="llama", sliding_window=None)
+    _FIELDS = LLAMA_CONFIG_FIELDS
+
+
+class MistralConfig(LlamaConfig):
+    """Mistral's ``config.json``."""
+
+    _DEFAULTS = dict(LlamaConfig._DEFAULTS, model_type="mistral", max_position_embeddings=32768)
+
+
+class Qwen2Config(LlamaConfig):
+    """Qwen2's ``config.json`` (q/k/v projections with biases)."""
+
+    _DEFAULTS = dict(LlamaConfig._DEFAULTS, model_type="qwen2", max_position_embeddings=32768,
+                     attention_bias=True)
+
+
+class GPTNeoXConfig(DecoderConfig):
+    """GPT-NeoX's (Pythia's) ``config.json``."""
+
+    _DEFAULTS = dict(layer_norm_eps=1e-5, hidden_act="gelu", use_parallel_residual=True,
+                     tie_word_embeddings=False, attention_bias=True, rotary_pct=0.25,
+                     rotary_emb_base=10000, max_position_embeddings=2048, model_type="gpt_neox")
+    _FIELDS = NEOX_CONFIG_FIELDS
