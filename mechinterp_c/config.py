@@ -396,3 +396,26 @@ class GPTNeoXConfig(DecoderConfig):
                      tie_word_embeddings=False, attention_bias=True, rotary_pct=0.25,
                      rotary_emb_base=10000, max_position_embeddings=2048, model_type="gpt_neox")
     _FIELDS = NEOX_CONFIG_FIELDS
+
+
+GEMMA2_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES, "num_key_value_heads", "head_dim", "max_position_embeddings",
+           "query_pre_attn_scalar")
+    + _sizes("sliding_window", optional=True)
+    + (Field("rms_norm_eps", float, 0, strict=True), Field("hidden_activation", str),
+       Field("model_type", str))
+    + _flags("tie_word_embeddings", "attention_bias")
+)
+
+
+class Gemma2Config(DecoderConfig):
+    """Gemma 2's ``config.json`` with Hugging Face's defaults (soft-caps, the sliding
+    window and its layer_types, query_pre_attn_scalar)."""
+
+    _DEFAULTS = dict(num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
+                     hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                     attention_bias=False, max_position_embeddings=8192, model_type="gemma2",
+                     query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
+                     final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                     use_bidirectional_attention=None)
+    _FIELDS = GEMMA2_CONFIG_FIELDS

@@ -196,6 +196,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         if tokenizer is None:
             tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
+        if center_unembed and (model.cfg.output_logits_soft_cap or 0) > 0:
+            # as TransformerLens: a soft-capped logit is not invariant to a constant shift
+            warnings.warn("center_unembed=True is not possible with a logit soft-cap "
+                          f"(output_logits_soft_cap={model.cfg.output_logits_soft_cap}); "
+                          "setting center_unembed=False", stacklevel=2)
+            center_unembed = False
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
             fold_ln=fold_ln, center_writing_weights=center_writing_weights,
