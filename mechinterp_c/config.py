@@ -104,7 +104,7 @@ GPT2_CONFIG_FIELDS = (
     + (Field("layer_norm_epsilon", float, 0, strict=True), Field("initializer_range", float, 0),
        Field("activation_function", str), Field("model_type", str))
     + _flags("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
-             "tie_word_embeddings")
+             "tie_word_embeddings", "use_normalization_before_and_after")
 )
 GPT2_CONFIG_DIVISIBLE = (("n_embd", "n_head"),)
 
@@ -129,7 +129,8 @@ HOOKED_CONFIG_FIELDS = (
              "use_attn_in", "use_local_attn", "from_checkpoint", "attn_only", "init_weights",
              "scale_attn_by_inverse_layer_idx", "final_rms", "parallel_attn_mlp",
              "use_hook_tokens", "gated_mlp", "default_prepend_bos", "post_embedding_ln",
-             "tie_word_embeddings", "rotary_adjacent_pairs", "use_NTK_by_parts_rope")
+             "tie_word_embeddings", "rotary_adjacent_pairs", "use_NTK_by_parts_rope",
+             "use_normalization_before_and_after")
     + _sizes("NTK_original_ctx_len")
     + tuple(Field(n, float, 0, strict=True) for n in (
         "rotary_base", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
@@ -207,6 +208,9 @@ class HookedTransformerConfig:
     NTK_by_parts_high_freq_factor: float = 4.0
     NTK_by_parts_factor: float = 8.0
     NTK_original_ctx_len: int = 8192
+    use_normalization_before_and_after: bool = False
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -392,3 +396,26 @@ class GPTNeoXConfig(DecoderConfig):
                      tie_word_embeddings=False, attention_bias=True, rotary_pct=0.25,
                      rotary_emb_base=10000, max_position_embeddings=2048, model_type="gpt_neox")
     _FIELDS = NEOX_CONFIG_FIELDS
+
+
+GEMMA2_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES, "num_key_value_heads", "head_dim", "max_position_embeddings",
+           "query_pre_attn_scalar")
+    + _sizes("sliding_window", optional=True)
+    + (Field("rms_norm_eps", float, 0, strict=True), Field("hidden_activation", str),
+       Field("model_type", str))
+    + _flags("tie_word_embeddings", "attention_bias")
+)
+
+
+class Gemma2Config(DecoderConfig):
+    """Gemma 2's ``config.json`` with Hugging Face's defaults (soft-caps, the sliding
+    window and its layer_types, query_pre_attn_scalar)."""
+
+    _DEFAULTS = dict(num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
+                     hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                     attention_bias=False, max_position_embeddings=8192, model_type="gemma2",
+                     query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
+                     final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                     use_bidirectional_attention=None)
+    _FIELDS = GEMMA2_CONFIG_FIELDS

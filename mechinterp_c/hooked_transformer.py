@@ -94,7 +94,7 @@ def _check_unsupported(cfg):
     bad = []
     if cfg.positional_embedding_type not in ("standard", "rotary"):
         bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
-    for f in ("use_local_attn", "scale_attn_by_inverse_layer_idx", "post_embedding_ln",
+    for f in ("scale_attn_by_inverse_layer_idx", "post_embedding_ln",
               "use_hook_tokens"):
         if getattr(cfg, f):
             bad.append(f"{f}=True")
@@ -111,12 +111,37 @@ def _check_unsupported(cfg):
             bad.append("grouped-query attention with use_split_qkv_input or use_attn_in")
     if cfg.positional_embedding_type == "rotary" and (cfg.rotary_dim % 2 or cfg.rotary_dim > cfg.d_head):
         bad.append(f"rotary_dim={cfg.rotary_dim} (must be even and at most d_head={cfg.d_head})")
+    if cfg.use_normalization_before_and_after and cfg.normalization_type in ("LN", "LNPre"):
+        # TransformerLens builds its post norms only for RMS (and the identity for None)
+        bad.append(f"use_normalization_before_and_after with normalization_type="
+                   f"{cfg.normalization_type!r} (post norms are RMSNorm)")
+    if cfg.use_local_attn:
+        types = cfg.attn_types
+        if not isinstance(cfg.window_size, int) or types is None or len(types) != cfg.n_layers \
+                or any(t not in ("local", "global") for t in types):
+            raise ValueError("use_local_attn needs an integer window_size and attn_types with one "
+                             f"'local' or 'global' per layer (n_layers={cfg.n_layers}), got "
+                             f"window_size={cfg.window_size!r}, attn_types={types!r}")
     if not cfg.attn_only and cfg.act_fn not in _ACT_CODE:
         bad.append(f"act_fn={cfg.act_fn!r}")
     if cfg.d_vocab <= 0:
         bad.append(f"d_vocab={cfg.d_vocab} (no tokenizer: give d_vocab)")
     if bad:
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
+
+
+def _gemma2_spec(cfg):
+    """The C spec's Gemma 2 fields from TransformerLens's config: post norms (RMS ones,
+    TransformerLens's identity for normalization_type None), soft-caps (> 0: on, as
+    TransformerLens's ``softcap_enabled``), the sliding window and its local layers."""
+    cap = lambda c: float(c) if c is not None and c > 0 else 0.0
+    local = cfg.use_local_attn
+    return dict(
+        post_norms=bool(cfg.use_normalization_before_and_after)
+        and (cfg.normalization_type or "").startswith("RMS"),
+        attn_softcap=cap(cfg.attn_scores_soft_cap), logit_softcap=cap(cfg.output_logits_soft_cap),
+        window=cfg.window_size if local else 0,
+        local_layers=[l for l, t in enumerate(cfg.attn_types) if t == "local"] if local else None)
 
 
 class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32,
@@ -171,6 +196,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         if tokenizer is None:
             tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
+        if center_unembed and (model.cfg.output_logits_soft_cap or 0) > 0:
+            # as TransformerLens: a soft-capped logit is not invariant to a constant shift
+            warnings.warn("center_unembed=True is not possible with a logit soft-cap "
+                          f"(output_logits_soft_cap={model.cfg.output_logits_soft_cap}); "
+                          "setting center_unembed=False", stacklevel=2)
+            center_unembed = False
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
             fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -212,7 +243,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
             use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in,
             n_key_value_heads=cfg.n_key_value_heads or 0,
-            parallel_attn_mlp=cfg.parallel_attn_mlp and not cfg.attn_only)
+            parallel_attn_mlp=cfg.parallel_attn_mlp and not cfg.attn_only,
+            **_gemma2_spec(cfg))
         shared = params_from is not None and core.share_params(params_from)
         self._core = core
         self._raw = core.params()
@@ -259,6 +291,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                 for w in ("w", "b"):
                     if p + f"{ln}.{w}" in raw:
                         out[p + f"{ln}.{w}"] = raw[p + f"{ln}.{w}"]
+            for ln in ("ln1_post", "ln2_post"):
+                if p + f"{ln}.w" in raw:
+                    out[p + f"{ln}.w"] = raw[p + f"{ln}.w"]
             qkv, bqkv = raw[p + "attn.W_qkv"], raw[p + "attn.b_qkv"]
             if qkv.ndim == 4:
                 for i, c in enumerate("QKV"):
@@ -314,6 +349,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                            _GroupedQueryAttention if gqa else _Module)
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
+            for sub in ("ln1_post", "ln2_post"):
+                if f"blocks.{l}.{sub}.w" in P:      # post norms: RMSNorm with weights
+                    m = _Norm(f"blocks.{l}.{sub}", "RMS", cfg.eps)
+                    self.mod_dict[m._name] = m
+                    attach(m, f"blocks.{l}.{sub}.")
+                    setattr(b, sub, m)
             if cfg.act_fn == "solu_ln" and not cfg.attn_only:
                 b.mlp.ln = _Norm(f"blocks.{l}.mlp.ln", "LN" if cfg.normalization_type == "LN" else "LNPre",
                                  cfg.eps)

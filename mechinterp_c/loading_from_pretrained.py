@@ -14,12 +14,13 @@ Nothing here builds a model: ``HookedTransformer.from_pretrained`` does, from wh
 import numpy as np
 
 from . import io as _io
-from .config import GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+from .config import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 from .utils import to_numpy
 
 __all__ = ["convert_gpt2_config", "convert_gpt2_weights", "convert_neox_config",
            "convert_neox_weights", "convert_llama_config", "convert_llama_weights",
-           "convert_mistral_config", "convert_qwen2_config", "get_pretrained_model_config",
+           "convert_mistral_config", "convert_qwen2_config", "convert_gemma2_config",
+           "convert_gemma2_weights", "get_pretrained_model_config",
            "get_pretrained_state_dict", "get_pretrained_tokenizer", "model_type_of",
            "OFFICIAL_MODEL_NAMES"]
 
@@ -37,6 +38,9 @@ OFFICIAL_MODEL_NAMES = {
     "qwen2-0.5b": "Qwen/Qwen2-0.5B", "qwen2-1.5b": "Qwen/Qwen2-1.5B",
     "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
     "tiny-stories-1M": "roneneldan/TinyStories-1M",
+    "gemma-2-2b": "google/gemma-2-2b", "gemma-2-9b": "google/gemma-2-9b",
+    "gemma-2-27b": "google/gemma-2-27b", "gemma-2-2b-it": "google/gemma-2-2b-it",
+    "gemma-2-9b-it": "google/gemma-2-9b-it", "gemma-2-27b-it": "google/gemma-2-27b-it",
 }
 
 # config.json fields that name architectures the C core does not run: the feature, for
@@ -327,6 +331,95 @@ def convert_llama_weights(sd, cfg, where="checkpoint"):
     return out
 
 
+# ---------------------------------------------------------------- Gemma 2
+_GEMMA2_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def convert_gemma2_config(cfg):
+    """The HookedTransformerConfig fields of a Gemma 2 ``config.json``, as
+    TransformerLens's Gemma 2 configs: RMS norms before and after attention and MLP,
+    gated gelu_pytorch_tanh MLP, rotary on every head dimension, grouped-query
+    attention, attention scale sqrt(query_pre_attn_scalar), score and logit soft-caps,
+    sliding-window ("local") layers where ``layer_types`` says ``sliding_attention``."""
+    H, L = cfg.num_attention_heads, cfg.num_hidden_layers
+    kv = cfg.num_key_value_heads
+    if H % kv:
+        raise ValueError(f"{cfg.path}: num_key_value_heads={kv} does not divide "
+                         f"num_attention_heads={H}")
+    if getattr(cfg, "use_bidirectional_attention", None):
+        raise NotImplementedError(f"{cfg.path}: field 'use_bidirectional_attention': Gemma's "
+                                  "bidirectional variant is not supported")
+    types = cfg.layer_types
+    if types is None:      # Hugging Face's default: even layers slide
+        types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(L)]
+    if not isinstance(types, list) or len(types) != L or any(t not in _GEMMA2_LAYER_TYPES for t in types):
+        raise ValueError(f"{cfg.path}: field 'layer_types' must list 'sliding_attention' or "
+                         f"'full_attention' once per layer ({L}), got {types!r}")
+    window = cfg.sliding_window
+    local = window is not None and "sliding_attention" in types
+    caps = {}
+    for field, tl_field in (("attn_logit_softcapping", "attn_scores_soft_cap"),
+                            ("final_logit_softcapping", "output_logits_soft_cap")):
+        c = getattr(cfg, field, None)
+        if c is not None and not (isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0):
+            raise ValueError(f"{cfg.path}: field {field!r} must be a number >= 0 or null, got {c!r}")
+        caps[tl_field] = float(c) if c else -1.0
+    act = _act(cfg, "hidden_activation")
+    return dict(n_layers=L, d_model=cfg.hidden_size, n_ctx=cfg.max_position_embeddings,
+                d_head=cfg.head_dim, n_heads=H, n_key_value_heads=kv if kv != H else None,
+                d_mlp=cfg.intermediate_size, act_fn=act, d_vocab=cfg.vocab_size,
+                eps=float(cfg.rms_norm_eps), normalization_type="RMS",
+                positional_embedding_type="rotary", rotary_dim=cfg.head_dim,
+                rotary_adjacent_pairs=False, **_rope(cfg), use_attn_scale=True,
+                attn_scale=float(cfg.query_pre_attn_scalar) ** 0.5,
+                use_local_attn=local, window_size=window if local else None,
+                attn_types=[_GEMMA2_LAYER_TYPES[t] for t in types] if local else None,
+                **caps, gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
+                original_architecture="Gemma2ForCausalLM", init_weights=False)
+
+
+def convert_gemma2_weights(sd, cfg, where="checkpoint"):
+    """HF Gemma 2 weights -> TransformerLens names and shapes, as TransformerLens's
+    ``convert_gemma_weights``: the embedding scaled by sqrt(d_model) (Gemma scales the
+    embedding output), every RMSNorm weight + 1 (Gemma's norms multiply by 1 + w), the
+    unembedding the unscaled lm_head (or tied embedding), zero biases."""
+    t = _Checkpoint(sd, where)
+    D, H, L, M, V = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, \
+        cfg.intermediate_size, cfg.vocab_size
+    Dh, kv = cfg.head_dim, cfg.num_key_value_heads
+    pre = "_" if kv != H else ""
+    E = t("model.embed_tokens.weight", (V, D))
+    # the scale rounded to float32 first, as TransformerLens multiplies by a float32 tensor
+    out = {"embed.W_E": E * np.float32(D ** 0.5)}
+    norm = lambda name: t(name, (D,)) + np.float32(1.0)
+    for l in range(L):
+        h, b = f"model.layers.{l}.", f"blocks.{l}."
+        out[b + "ln1.w"] = norm(h + "input_layernorm.weight")
+        out[b + "ln1_post.w"] = norm(h + "post_attention_layernorm.weight")
+        for c, n, proj in (("Q", H, "q_proj"), ("K", kv, "k_proj"), ("V", kv, "v_proj")):
+            p = pre if c != "Q" else ""
+            W = t(h + f"self_attn.{proj}.weight", (n * Dh, D)).reshape(n, Dh, D)
+            out[b + f"attn.{p}W_{c}"] = np.ascontiguousarray(W.transpose(0, 2, 1))
+            bias = t.get(h + f"self_attn.{proj}.bias", (n * Dh,))
+            out[b + f"attn.{p}b_{c}"] = (bias.reshape(n, Dh) if bias is not None
+                                         else np.zeros((n, Dh), np.float32))
+        out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D))
+        bo = t.get(h + "self_attn.o_proj.bias", (D,))
+        out[b + "attn.b_O"] = bo if bo is not None else np.zeros(D, np.float32)
+        out[b + "ln2.w"] = norm(h + "pre_feedforward_layernorm.weight")
+        out[b + "ln2_post.w"] = norm(h + "post_feedforward_layernorm.weight")
+        out[b + "mlp.W_in"] = np.ascontiguousarray(t(h + "mlp.up_proj.weight", (M, D)).T)
+        out[b + "mlp.W_gate"] = np.ascontiguousarray(t(h + "mlp.gate_proj.weight", (M, D)).T)
+        out[b + "mlp.b_in"] = np.zeros(M, np.float32)
+        out[b + "mlp.W_out"] = np.ascontiguousarray(t(h + "mlp.down_proj.weight", (D, M)).T)
+        out[b + "mlp.b_out"] = np.zeros(D, np.float32)
+    out["ln_final.w"] = norm("model.norm.weight")
+    U = t("lm_head.weight", (V, D)) if "lm_head.weight" in sd or not cfg.tie_word_embeddings else E
+    out["unembed.W_U"] = np.ascontiguousarray(U.T)
+    out["unembed.b_U"] = np.zeros(V, np.float32)
+    return out
+
+
 # model_type -> (config class, HF config -> TL config fields, HF -> TL state dict)
 _FAMILIES = {
     "gpt2": (GPT2Config, convert_gpt2_config, convert_gpt2_weights),
@@ -334,6 +427,7 @@ _FAMILIES = {
     "llama": (LlamaConfig, convert_llama_config, convert_llama_weights),
     "mistral": (MistralConfig, convert_mistral_config, convert_llama_weights),
     "qwen2": (Qwen2Config, convert_qwen2_config, convert_llama_weights),
+    "gemma2": (Gemma2Config, convert_gemma2_config, convert_gemma2_weights),
 }
 
 

@@ -168,7 +168,8 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         memcpy(&sizes[buf_layer(s, l, 0)], layer_floats, sizeof layer_floats);
     for (int k = 0; k < NBF && full; k++) sizes[buf_final(s, k)] = final_floats[k];
     /* the output */
-    kept[full && (feat & MI_F_HEAD) ? buf_final(s, BF_LOGITS) : buf_resid(stop_layer)] = 1;
+    kept[full && (feat & MI_F_HEAD) ? buf_final(s, feat & MI_F_LOGIT_CAP ? BF_LOGITS_CAP : BF_LOGITS)
+                                    : buf_resid(stop_layer)] = 1;
     for (int p = 0; p < np; p++) {
         int scope, l;
         if (!flags[p] || !mi_tf_applies(mi_tf_point_row(s, p, &scope, &l)->fires, feat)) continue;
@@ -283,5 +284,5 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
 float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena)
 {
     if (plan->stop_layer < m->spec.n_layers || m->spec.no_head) return mi_tf_buf_ptr(plan, arena, buf_resid(plan->stop_layer));
-    return mi_tf_buf_ptr(plan, arena, buf_final(&m->spec, BF_LOGITS));
+    return mi_tf_buf_ptr(plan, arena, buf_final(&m->spec, m->spec.logit_softcap > 0.0f ? BF_LOGITS_CAP : BF_LOGITS));
 }

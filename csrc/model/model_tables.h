@@ -39,6 +39,9 @@ enum {
     MI_F_GQA = 1 << 17,        /* grouped-query attention: fewer key/value heads */
     MI_F_POS_MODULE = 1 << 18, /* TransformerLens's tree has pos_embed (every position
                                 * type but rotary) */
+    MI_F_POST_NORM = 1 << 19,  /* RMSNorms on attn_out and mlp_out before the residual
+                                * adds (Gemma 2: ln1_post, ln2_post) */
+    MI_F_LOGIT_CAP = 1 << 20,  /* final logits soft-capped after unembed.hook_out */
 };
 
 /* ---------------------------------------------------------- dimensions
@@ -98,7 +101,9 @@ enum {
 
 /* Per layer. *_NORM is TransformerLens's hook_normalized, x / scale before the
  * affine weights; *_OUT = normalized * w + b is what the next step reads (only
- * for norms with weights). With per-head inputs ln1 runs on the q, k and v
+ * for norms with weights). With post norms, ATTN_RAW / MLP_RAW hold the W_O /
+ * W_out products that ln1_post / ln2_post (LN1P_*, LN2P_*; RMS, always with
+ * weights) turn into ATTN_OUT / MLP_OUT. With per-head inputs ln1 runs on the q, k and v
  * inputs in turn; LN1Q_* and LN1K_* hold the first two runs and LN1_* the run
  * on the v input, the last one, which TransformerLens's cache keeps. */
 #define MI_LAYER_BUFFERS(X)                                          \
@@ -112,6 +117,9 @@ enum {
     X(PATTERN,    ATTN,     0,                          MI_F_FUSED)  \
     X(Z,          HEADS,    0,                          0)           \
     X(RESULT,     RESULT,   MI_F_RESULT,                0)           \
+    X(ATTN_RAW,   RESID,    MI_F_POST_NORM,             0)           \
+    X(LN1P_SCALE, SCALE,    MI_F_POST_NORM,             0)           \
+    X(LN1P_NORM,  RESID,    MI_F_POST_NORM,             MI_F_POST_NORM) \
     X(ATTN_OUT,   RESID,    0,                          0)           \
     X(RESID_MID,  RESID,    MI_F_MLP | MI_F_SERIAL,     0)           \
     X(MLP_IN,     RESID,    MI_F_MLP | MI_F_MLP_IN,     0)           \
@@ -124,6 +132,9 @@ enum {
     X(MLN_SCALE,  SCALE,    MI_F_MLP | MI_F_SOLU_LN,    0)           \
     X(MLN_NORM,   MLP,      MI_F_MLP | MI_F_SOLU_LN,    MI_F_NORM_B) \
     X(POST,       MLP,      MI_F_MLP,                   0)           \
+    X(MLP_RAW,    RESID,    MI_F_MLP | MI_F_POST_NORM,  0)           \
+    X(LN2P_SCALE, SCALE,    MI_F_MLP | MI_F_POST_NORM,  0)           \
+    X(LN2P_NORM,  RESID,    MI_F_MLP | MI_F_POST_NORM,  MI_F_POST_NORM) \
     X(MLP_OUT,    RESID,    MI_F_MLP,                   0)           \
     X(ATTN_IN,    IN,       MI_F_ATTN_IN,               0)           \
     X(Q_IN,       IN,       MI_F_SPLIT_QKV,             0)           \
@@ -136,12 +147,15 @@ enum {
     X(LN1K_NORM,  IN,       MI_F_NORM | MI_F_HEAD_IN,   MI_F_NORM_W) \
     X(LN1K_OUT,   IN,       MI_F_NORM_W | MI_F_HEAD_IN, 0)
 
-/* After the layers (full passes of models with a head). */
+/* After the layers (full passes of models with a head). LOGITS is
+ * unembed.hook_out; with a logit softcap the pass's output is LOGITS_CAP =
+ * cap * tanh(LOGITS / cap), as TransformerLens caps after the hook. */
 #define MI_FINAL_BUFFERS(X)                                    \
     X(LNF_SCALE, SCALE,  MI_F_HEAD | MI_F_NORM,   0)           \
     X(LNF_NORM,  RESID,  MI_F_HEAD | MI_F_NORM,   MI_F_NORM_W) \
     X(LNF_OUT,   RESID,  MI_F_HEAD | MI_F_NORM_W, 0)           \
-    X(LOGITS,    LOGITS, MI_F_HEAD,               0)
+    X(LOGITS,    LOGITS, MI_F_HEAD,               0)           \
+    X(LOGITS_CAP, LOGITS, MI_F_HEAD | MI_F_LOGIT_CAP, 0)
 
 /* ---------------------------------------------------------- hook points
  * X(id, TransformerLens name, buffer, shape, fires when, listed when, rank)
@@ -160,36 +174,40 @@ enum {
     X(EMBED,     "hook_embed",     BS_EMBED,     RESID, 0,        0, 0) \
     X(POS_EMBED, "hook_pos_embed", BS_POS_EMBED, RESID, MI_F_POS, MI_F_POS_MODULE, 1)
 
-#define MI_LAYER_POINTS(X)                                                                                                        \
-    X(RESID_PRE,      "hook_resid_pre",         MI_BUF_RESID_IN,  RESID,    0,                       0,                       26) \
-    X(ATTN_IN,        "hook_attn_in",           B_ATTN_IN,        IN,       MI_F_ATTN_IN,            0,                       19) \
-    X(Q_INPUT,        "hook_q_input",           B_Q_IN,           IN,       MI_F_SPLIT_QKV,          0,                       20) \
-    X(K_INPUT,        "hook_k_input",           B_K_IN,           IN,       MI_F_SPLIT_QKV,          0,                       21) \
-    X(V_INPUT,        "hook_v_input",           B_V_IN,           IN,       MI_F_SPLIT_QKV,          0,                       22) \
-    X(LN1_SCALE,      "ln1.hook_scale",         B_LN1_SCALE,      IN_SCALE, MI_F_NORM,               MI_F_NORM,               0)  \
-    X(LN1_NORM,       "ln1.hook_normalized",    B_LN1_NORM,       IN,       MI_F_NORM,               MI_F_NORM,               1)  \
-    X(Q,              "attn.hook_q",            B_QKV,            Q,        0,                       0,                       5)  \
-    X(K,              "attn.hook_k",            B_QKV,            K,        0,                       0,                       4)  \
-    X(V,              "attn.hook_v",            B_QKV,            V,        0,                       0,                       6)  \
-    X(ROT_Q,          "attn.hook_rot_q",        B_ROT_Q,          HEADS,    MI_F_ROTARY,             MI_F_ROTARY,             12) \
-    X(ROT_K,          "attn.hook_rot_k",        B_ROT_K,          KV_HEADS, MI_F_ROTARY,             MI_F_ROTARY,             11) \
-    X(SCORES,         "attn.hook_attn_scores",  B_SCORES,         ATTN,     0,                       0,                       8)  \
-    X(PATTERN,        "attn.hook_pattern",      B_PATTERN,        ATTN,     0,                       0,                       9)  \
-    X(Z,              "attn.hook_z",            B_Z,              HEADS,    0,                       0,                       7)  \
-    X(RESULT,         "attn.hook_result",       B_RESULT,         RESULT,   MI_F_RESULT,             0,                       10) \
-    X(ATTN_OUT,       "hook_attn_out",          B_ATTN_OUT,       RESID,    0,                       0,                       24) \
-    X(RESID_MID,      "hook_resid_mid",         B_RESID_MID,      RESID,    MI_F_MLP | MI_F_SERIAL,  MI_F_MLP | MI_F_SERIAL,  27) \
-    X(MLP_IN,         "hook_mlp_in",            B_MLP_IN,         RESID,    MI_F_MLP | MI_F_MLP_IN,  0,                       23) \
-    X(LN2_SCALE,      "ln2.hook_scale",         B_LN2_SCALE,      SCALE,    MI_F_MLP | MI_F_NORM,    MI_F_MLP | MI_F_NORM,    2)  \
-    X(LN2_NORM,       "ln2.hook_normalized",    B_LN2_NORM,       RESID,    MI_F_MLP | MI_F_NORM,    MI_F_MLP | MI_F_NORM,    3)  \
-    X(MLP_PRE,        "mlp.hook_pre",           B_PRE,            MLP,      MI_F_MLP,                MI_F_MLP,                16) \
-    X(MLP_PRE_LINEAR, "mlp.hook_pre_linear",    B_PRE_LINEAR,     MLP,      MI_F_MLP | MI_F_GATED,   MI_F_MLP | MI_F_GATED,   17) \
-    X(MLP_MID,        "mlp.hook_mid",           B_MID,            MLP,      MI_F_MLP | MI_F_SOLU_LN, MI_F_MLP | MI_F_SOLU_LN, 13) \
-    X(MLP_LN_SCALE,   "mlp.ln.hook_scale",      B_MLN_SCALE,      SCALE,    MI_F_MLP | MI_F_SOLU_LN, MI_F_MLP | MI_F_SOLU_LN, 14) \
-    X(MLP_LN_NORM,    "mlp.ln.hook_normalized", B_MLN_NORM,       MLP,      MI_F_MLP | MI_F_SOLU_LN, MI_F_MLP | MI_F_SOLU_LN, 15) \
-    X(MLP_POST,       "mlp.hook_post",          B_POST,           MLP,      MI_F_MLP,                MI_F_MLP,                18) \
-    X(MLP_OUT,        "hook_mlp_out",           B_MLP_OUT,        RESID,    MI_F_MLP,                0,                       25) \
-    X(RESID_POST,     "hook_resid_post",        MI_BUF_RESID_OUT, RESID,    0,                       0,                       28)
+#define MI_LAYER_POINTS(X)                                                                                                               \
+    X(RESID_PRE,      "hook_resid_pre",            MI_BUF_RESID_IN,  RESID,    0,                         0,                         30) \
+    X(ATTN_IN,        "hook_attn_in",              B_ATTN_IN,        IN,       MI_F_ATTN_IN,              0,                         23) \
+    X(Q_INPUT,        "hook_q_input",              B_Q_IN,           IN,       MI_F_SPLIT_QKV,            0,                         24) \
+    X(K_INPUT,        "hook_k_input",              B_K_IN,           IN,       MI_F_SPLIT_QKV,            0,                         25) \
+    X(V_INPUT,        "hook_v_input",              B_V_IN,           IN,       MI_F_SPLIT_QKV,            0,                         26) \
+    X(LN1_SCALE,      "ln1.hook_scale",            B_LN1_SCALE,      IN_SCALE, MI_F_NORM,                 MI_F_NORM,                  0) \
+    X(LN1_NORM,       "ln1.hook_normalized",       B_LN1_NORM,       IN,       MI_F_NORM,                 MI_F_NORM,                  1) \
+    X(Q,              "attn.hook_q",               B_QKV,            Q,        0,                         0,                          9) \
+    X(K,              "attn.hook_k",               B_QKV,            K,        0,                         0,                          8) \
+    X(V,              "attn.hook_v",               B_QKV,            V,        0,                         0,                         10) \
+    X(ROT_Q,          "attn.hook_rot_q",           B_ROT_Q,          HEADS,    MI_F_ROTARY,               MI_F_ROTARY,               16) \
+    X(ROT_K,          "attn.hook_rot_k",           B_ROT_K,          KV_HEADS, MI_F_ROTARY,               MI_F_ROTARY,               15) \
+    X(SCORES,         "attn.hook_attn_scores",     B_SCORES,         ATTN,     0,                         0,                         12) \
+    X(PATTERN,        "attn.hook_pattern",         B_PATTERN,        ATTN,     0,                         0,                         13) \
+    X(Z,              "attn.hook_z",               B_Z,              HEADS,    0,                         0,                         11) \
+    X(RESULT,         "attn.hook_result",          B_RESULT,         RESULT,   MI_F_RESULT,               0,                         14) \
+    X(LN1P_SCALE,     "ln1_post.hook_scale",       B_LN1P_SCALE,     SCALE,    MI_F_POST_NORM,            MI_F_POST_NORM,             2) \
+    X(LN1P_NORM,      "ln1_post.hook_normalized",  B_LN1P_NORM,      RESID,    MI_F_POST_NORM,            MI_F_POST_NORM,             3) \
+    X(ATTN_OUT,       "hook_attn_out",             B_ATTN_OUT,       RESID,    0,                         0,                         28) \
+    X(RESID_MID,      "hook_resid_mid",            B_RESID_MID,      RESID,    MI_F_MLP | MI_F_SERIAL,    MI_F_MLP | MI_F_SERIAL,    31) \
+    X(MLP_IN,         "hook_mlp_in",               B_MLP_IN,         RESID,    MI_F_MLP | MI_F_MLP_IN,    0,                         27) \
+    X(LN2_SCALE,      "ln2.hook_scale",            B_LN2_SCALE,      SCALE,    MI_F_MLP | MI_F_NORM,      MI_F_MLP | MI_F_NORM,       4) \
+    X(LN2_NORM,       "ln2.hook_normalized",       B_LN2_NORM,       RESID,    MI_F_MLP | MI_F_NORM,      MI_F_MLP | MI_F_NORM,       5) \
+    X(MLP_PRE,        "mlp.hook_pre",              B_PRE,            MLP,      MI_F_MLP,                  MI_F_MLP,                  20) \
+    X(MLP_PRE_LINEAR, "mlp.hook_pre_linear",       B_PRE_LINEAR,     MLP,      MI_F_MLP | MI_F_GATED,     MI_F_MLP | MI_F_GATED,     21) \
+    X(MLP_MID,        "mlp.hook_mid",              B_MID,            MLP,      MI_F_MLP | MI_F_SOLU_LN,   MI_F_MLP | MI_F_SOLU_LN,   17) \
+    X(MLP_LN_SCALE,   "mlp.ln.hook_scale",         B_MLN_SCALE,      SCALE,    MI_F_MLP | MI_F_SOLU_LN,   MI_F_MLP | MI_F_SOLU_LN,   18) \
+    X(MLP_LN_NORM,    "mlp.ln.hook_normalized",    B_MLN_NORM,       MLP,      MI_F_MLP | MI_F_SOLU_LN,   MI_F_MLP | MI_F_SOLU_LN,   19) \
+    X(MLP_POST,       "mlp.hook_post",             B_POST,           MLP,      MI_F_MLP,                  MI_F_MLP,                  22) \
+    X(LN2P_SCALE,     "ln2_post.hook_scale",       B_LN2P_SCALE,     SCALE,    MI_F_MLP | MI_F_POST_NORM, MI_F_MLP | MI_F_POST_NORM,  6) \
+    X(LN2P_NORM,      "ln2_post.hook_normalized",  B_LN2P_NORM,      RESID,    MI_F_MLP | MI_F_POST_NORM, MI_F_MLP | MI_F_POST_NORM,  7) \
+    X(MLP_OUT,        "hook_mlp_out",              B_MLP_OUT,        RESID,    MI_F_MLP,                  0,                         29) \
+    X(RESID_POST,     "hook_resid_post",           MI_BUF_RESID_OUT, RESID,    0,                         0,                         32)
 
 #define MI_FINAL_POINTS(X)                                                                                      \
     X(LNF_SCALE,   "ln_final.hook_scale",      BF_LNF_SCALE,       SCALE,  MI_F_HEAD | MI_F_NORM, MI_F_NORM, 0) \
@@ -231,6 +249,7 @@ enum {
     X(B_QKV_G, "attn.b_qkv", MI_F_GQA,                            QKVH,  DH,    NONE, NONE) \
     X(O,     "attn.W_O",   0,                                     H,     DH,    D,    NONE) \
     X(B_O,   "attn.b_O",   0,                                     D,     NONE,  NONE, NONE) \
+    X(LN1P_W, "ln1_post.w", MI_F_POST_NORM,                       D,     NONE,  NONE, NONE) \
     X(LN2_W, "ln2.w",      MI_F_MLP | MI_F_NORM_W,                D,     NONE,  NONE, NONE) \
     X(LN2_B, "ln2.b",      MI_F_MLP | MI_F_NORM_B,                D,     NONE,  NONE, NONE) \
     X(IN,    "mlp.W_in",   MI_F_MLP,                              D,     M,     NONE, NONE) \
@@ -239,6 +258,7 @@ enum {
     X(MLN_W, "mlp.ln.w",   MI_F_MLP | MI_F_SOLU_LN | MI_F_NORM_B, M,     NONE,  NONE, NONE) \
     X(MLN_B, "mlp.ln.b",   MI_F_MLP | MI_F_SOLU_LN | MI_F_NORM_B, M,     NONE,  NONE, NONE) \
     X(OUT,   "mlp.W_out",  MI_F_MLP,                              M,     D,     NONE, NONE) \
-    X(B_OUT, "mlp.b_out",  MI_F_MLP,                              D,     NONE,  NONE, NONE)
+    X(B_OUT, "mlp.b_out",  MI_F_MLP,                              D,     NONE,  NONE, NONE) \
+    X(LN2P_W, "ln2_post.w", MI_F_MLP | MI_F_POST_NORM,            D,     NONE,  NONE, NONE)
 
 #endif

@@ -243,7 +243,9 @@ static mi_status attention_step(run_state *r, int l, const float *x, const float
     MI_TRY(fire(r, p0 + MI_P_V));
     /* q, k as attention reads them: the qkv buffer, or the rotated copies */
     const mi_attn_stride sqkv = {T * QKV, QKV, Dh};
-    mi_attn_layout lay = {B, T, T, 0, H, Hkv, Dh, sqkv, sqkv, sqkv};
+    mi_attn_layout lay = {B, T, T, 0, H, Hkv, Dh, sqkv, sqkv, sqkv, 0, 0.0f};
+    lay.window = mi_tf_layer_local(s, l) ? s->window : 0;   /* Gemma 2's sliding layers */
+    lay.softcap = s->attn_softcap;
     const float *q = qkv, *k = qkv + H * Dh, *v = qkv + (H + Hkv) * Dh;
     if (s->rotary) {
         float *rq = BUF(B_ROT_Q), *rk = BUF(B_ROT_K);
@@ -302,6 +304,8 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     prof_stop(r, PR_LN1);
     MI_TRY(attention_step(r, l, x, key_mask));
     const float *W_O = param(m, o[MI_W_O]), *b_O = param(m, o[MI_W_B_O]);
+    /* with post norms the product goes to ATTN_RAW and ln1_post writes attn_out */
+    float *attn_dst = s->post_norms ? BUF(B_ATTN_RAW) : attn_out;
     if (s->use_attn_result) {
         /* result[b,t,h,:] = z[b,t,h,:] @ W_O[h]; attn_out = sum_h result + b_O */
         float *result = BUF(B_RESULT);
@@ -311,7 +315,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         MI_TRY(fire(r, p0 + MI_P_RESULT));
         #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++) {
-            float *out = attn_out + row * D;
+            float *out = attn_dst + row * D;
             const float *res = result + row * H * D;
             for (int64_t i = 0; i < D; i++) {
                 float acc = 0.0f;
@@ -320,7 +324,13 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             }
         }
     } else {
-        mi_sgemm(0, 0, BT, D, HD, z, HD, W_O, D, b_O, 0.0f, attn_out, D);
+        mi_sgemm(0, 0, BT, D, HD, z, HD, W_O, D, b_O, 0.0f, attn_dst, D);
+    }
+    if (s->post_norms) {
+        const float *done;
+        MI_TRY(norm_step(r, MI_NORM_RMS, BT, D, attn_dst, NULL, NULL, param(m, o[MI_W_LN1P_W]), NULL,
+                         BUF(B_LN1P_NORM), BUF(B_LN1P_SCALE), attn_out, p0 + MI_P_LN1P_SCALE,
+                         p0 + MI_P_LN1P_NORM, &done));
     }
     prof_stop(r, PR_ATTN_OUT);
     MI_TRY(fire(r, p0 + MI_P_ATTN_OUT));
@@ -392,8 +402,15 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     }
     prof_stop(r, PR_ACT);
     MI_TRY(fire(r, p0 + MI_P_MLP_POST));
+    float *mlp_dst = s->post_norms ? BUF(B_MLP_RAW) : mlp_out;
     mi_sgemm(0, 0, BT, D, Mlp, post, Mlp, param(m, o[MI_W_OUT]), D, param(m, o[MI_W_B_OUT]), 0.0f,
-             mlp_out, D);
+             mlp_dst, D);
+    if (s->post_norms) {
+        const float *done;
+        MI_TRY(norm_step(r, MI_NORM_RMS, BT, D, mlp_dst, NULL, NULL, param(m, o[MI_W_LN2P_W]), NULL,
+                         BUF(B_LN2P_NORM), BUF(B_LN2P_SCALE), mlp_out, p0 + MI_P_LN2P_SCALE,
+                         p0 + MI_P_LN2P_NORM, &done));
+    }
     prof_stop(r, PR_MLP_OUT);
     MI_TRY(fire(r, p0 + MI_P_MLP_OUT));
     prof_start(r);
@@ -525,6 +542,15 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
         mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
                  param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
     prof_stop(&r, PR_UNEMBED);
-    return fire(&r, pf + MI_PF_UNEMBED_OUT);
+    MI_TRY(fire(&r, pf + MI_PF_UNEMBED_OUT));
+    if (s->logit_softcap > 0.0f) {
+        /* TransformerLens caps after unembed.hook_out: the hook sees (and may edit) the raw logits */
+        const float cap = s->logit_softcap;
+        float *capped = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS_CAP));
+        int64_t n = BT * s->d_vocab_out;
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+        for (int64_t i = 0; i < n; i++) capped[i] = cap * tanhf(logits[i] / cap);
+    }
+    return MI_OK;
 }
 
