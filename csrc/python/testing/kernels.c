@@ -814,6 +814,67 @@ done:
     return dw;
 }
 
+/* ---- rotary position embeddings ---- */
+
+PyDoc_STRVAR(_rotary_doc,
+"_rotary(x, pos_ids, rotary_dim, adjacent=False, base=10000.0, inverse=False, ref=False,\n"
+"        ntk=None)\n--\n\n"
+"Rotate x [rows, heads, d_head] (float32) at positions pos_ids [rows] (int64) with\n"
+"mi_rotary_apply (ref: the plain reference twin); ntk: (factor, low_freq_factor,\n"
+"high_freq_factor, original_ctx_len) for the Llama-3 rule. Returns (y, cos, sin),\n"
+"the tables [max(pos_ids) + 1, rotary_dim].");
+
+static PyObject *py__rotary(PyObject *m, PyObject *args, PyObject *kw)
+{
+    const mi_core_api *core = api_of(m);
+    static char *kwlist[] = {"x", "pos_ids", "rotary_dim", "adjacent", "base", "inverse", "ref",
+                             "ntk", NULL};
+    mi_arg x = MI_ARG_FLOAT("x", 3, 3), p = MI_ARG_INT64("pos_ids", 1, 1);
+    Py_ssize_t rd;
+    int adjacent = 0, inverse = 0, ref = 0;
+    double base = 10000.0, nf = 0, nl = 0, nh = 0, nc = 0;
+    PyObject *ntk = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&n|pdppO:_rotary", kwlist, mi_conv_array, &x,
+                                     mi_conv_array, &p, &rd, &adjacent, &base, &inverse, &ref, &ntk))
+        return NULL;
+    PyObject *y = NULL, *c = NULL, *sn = NULL, *res = NULL;
+    if (ntk != Py_None && !PyArg_ParseTuple(ntk, "dddd:ntk", &nf, &nl, &nh, &nc)) goto done;
+    npy_intp rows = PyArray_DIM(x.arr, 0), heads = PyArray_DIM(x.arr, 1), dh = PyArray_DIM(x.arr, 2);
+    if (PyArray_DIM(p.arr, 0) != rows) {
+        PyErr_SetString(PyExc_ValueError, "_rotary: pos_ids must have one entry per row of x");
+        goto done;
+    }
+    mi_rotary_cfg cfg = {rd, adjacent, (float)base, ntk != Py_None, (float)nf, (float)nl, (float)nh,
+                         (float)nc};
+    mi_status st = core->mi_rotary_check(&cfg, dh);
+    if (st != MI_OK) { core->mi_py_raise(st); goto done; }
+    const int64_t *pd = mi_arg_data(&p);
+    npy_intp n_pos = 1;
+    for (npy_intp i = 0; i < rows; i++) {
+        if (pd[i] < 0) { PyErr_SetString(PyExc_ValueError, "_rotary: negative position"); goto done; }
+        if (pd[i] + 1 > n_pos) n_pos = pd[i] + 1;
+    }
+    float *yd, *cd, *sd;
+    npy_intp tshape[2] = {n_pos, rd};
+    if (!(y = empty(m, 3, PyArray_DIMS(x.arr), &yd)) || !(c = empty(m, 2, tshape, &cd))
+        || !(sn = empty(m, 2, tshape, &sd)))
+        goto done;
+    {
+        const float *xd = mi_arg_data(&x);
+        Py_BEGIN_ALLOW_THREADS
+        core->mi_rotary_table(&cfg, n_pos, cd, sd);
+        (ref ? core->mi_rotary_apply_ref : core->mi_rotary_apply)(&cfg, xd, heads * dh, yd, heads * dh,
+                                                                 rows, rows, heads, dh, pd, cd, sd,
+                                                                 inverse);
+        Py_END_ALLOW_THREADS
+    }
+    res = PyTuple_Pack(3, y, c, sn);
+done:
+    Py_XDECREF(y); Py_XDECREF(c); Py_XDECREF(sn);
+    mi_arg_release(&x); mi_arg_release(&p);
+    return res;
+}
+
 /* ---- optimiser ---- */
 
 PyDoc_STRVAR(_adamw_step_ref_doc,
@@ -854,6 +915,7 @@ static PyObject *py__adamw_step_ref(PyObject *m, PyObject *args, PyObject *kw)
 }
 
 static PyMethodDef testing_methods[] = {
+    KW_METHOD(_rotary),
     KW_METHOD(_sgemm),
     {"_fma_peak", py__fma_peak, METH_NOARGS, _fma_peak_doc},
     KW_METHOD(_layer_norm_backward),
