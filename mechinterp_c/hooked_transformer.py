@@ -88,12 +88,25 @@ def _param_view(params, name):
     return params[name]
 
 
+# TransformerLens's position schemes the C core does not run, by the feature they are
+_POSITION_FEATURES = {"alibi": "ALiBi position biases", "shortformer": "Shortformer position "
+                      "embeddings", "relative_positional_bias": "relative position buckets (T5)"}
+# TransformerLens architectures whose models take images or audio besides tokens
+_MULTIMODAL_ARCHITECTURES = {"LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                             "LlavaOnevisionForConditionalGeneration",
+                             "Gemma3ForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                             "HubertModel", "HubertForCTC"}
+
+
 def _check_unsupported(cfg):
     check_dtype(cfg.dtype, "HookedTransformerConfig")
     check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
     if cfg.positional_embedding_type not in ("standard", "rotary"):
-        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
+        feature = _POSITION_FEATURES.get(cfg.positional_embedding_type, "an unknown position scheme")
+        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r} ({feature})")
+    if cfg.original_architecture in _MULTIMODAL_ARCHITECTURES:
+        bad.append(f"original_architecture={cfg.original_architecture!r} (multimodal inputs)")
     for f in ("scale_attn_by_inverse_layer_idx", "post_embedding_ln",
               "use_hook_tokens"):
         if getattr(cfg, f):
