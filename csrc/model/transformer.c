@@ -370,7 +370,9 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_GATE]), Mlp, NULL, 0.0f, pre, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
         mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, NULL, 0.0f, pre_linear, Mlp);
+        prof_stop(r, PR_MLP_IN);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE_LINEAR));
+        prof_start(r);
         mi_activate((mi_activation)s->act, pre, post, BT * Mlp);
         #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++)
