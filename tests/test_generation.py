@@ -137,12 +137,17 @@ def test_tl_steering_hook_matches(tl_pair):
     plain = m.generate(PROMPTS, verbose=False, **kw)
     assert not np.array_equal(plain, ours), "the steering vector changed nothing"
     # add_hook: fires on every step too, and the hook is gone after reset_hooks
+    # (with the KV cache, TransformerLens's default, a step after the first runs one position)
     calls = []
     m.add_hook("blocks.0.hook_resid_pre", lambda x, hook: calls.append(x.shape[1]))
     m.generate(PROMPTS[0], max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
+    m.generate(PROMPTS[0], max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False,
+               use_past_kv_cache=False)
     m.reset_hooks()
     n0 = m.to_tokens(PROMPTS[0]).shape[1]
-    assert calls == [n0, n0 + 1, n0 + 2, n0 + 3]
+    assert calls == [n0, 1, 1, 1] + [n0, n0 + 1, n0 + 2, n0 + 3]
+    m.generate(PROMPTS[0], max_new_tokens=2, do_sample=False, stop_at_eos=False, verbose=False)
+    assert len(calls) == 8
 
 
 def test_tl_sampling_seeded_and_top_k1_is_greedy(tl_pair):
