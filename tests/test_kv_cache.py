@@ -310,3 +310,23 @@ def test_hf_cache_bad_input(hf_pair):
     good = np.concatenate([mask, np.ones((2, 1), np.int64)], 1)
     m(toks[:, :1], attention_mask=good, past_key_values=cache)
     assert cache.get_seq_length() == 10
+
+
+@pytest.mark.parametrize("extra", [
+    dict(positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
+         normalization_type="RMS", gated_mlp=True, act_fn="silu"),
+    dict(positional_embedding_type="rotary", rotary_dim=16, parallel_attn_mlp=True),
+], ids=["llama-like", "neox-like"])
+def test_rotary_gqa_steps_match_full_recomputation(extra):
+    """Rotary keys are cached rotated at their own (padding-skipping) positions; grouped
+    key/value heads are cached once per kv head."""
+    cfg = dict(CFG, **extra)
+    m = HookedTransformer(HookedTransformerConfig(**cfg))
+    toks, mask = _batch(3)
+    new = np.random.default_rng(5).integers(0, CFG["d_vocab"], (3, 4))
+    steps, cache = _cached_run(m, toks, mask, new)
+    assert cache[0].past_keys.shape == (3, 13, cfg.get("n_key_value_heads") or 4, 16)
+    full_mask = np.concatenate([mask, np.ones((3, 4), np.int64)], 1)
+    full = np.array(m(np.concatenate([toks, new], 1), attention_mask=full_mask))
+    for j in range(4):
+        np.testing.assert_allclose(steps[j + 1][:, 0], full[:, 9 + j], atol=ATOL_STEP, rtol=0)
