@@ -143,6 +143,41 @@ SUPPORTED_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_
 SUPPORTED_NORMS = ("LN", "LNPre", "RMS", "RMSPre", None)
 
 
+# TransformerLens config fields of architectures the C core does not run: their
+# default (the field asks for nothing) and the feature another value asks for. A
+# TransformerLens config or dict that sets one is refused naming field and feature;
+# at the default the field is accepted and dropped.
+TL_UNSUPPORTED_FIELDS = {
+    "num_experts": (None, "mixture of experts"),
+    "experts_per_token": (None, "mixture of experts"),
+    "norm_topk_prob": (False, "mixture of experts"),
+    "use_qk_norm": (False, "q/k RMSNorms (Gemma 3, OLMo 2, Qwen3)"),
+    "clip_qkv": (None, "q/k/v clipping (OLMo)"),
+    "use_logn_attn": (False, "log-n query scaling (Qwen)"),
+    "use_dynamic_ntk_rope": (False, "dynamic NTK rotary scaling"),
+    "use_yarn_rope": (False, "YaRN rotary scaling"),
+    "rotary_scaling_factor": (1.0, "linear rotary scaling"),
+    "rotary_base_local": (None, "a separate rotary base for local layers (Gemma 3)"),
+    "ungroup_grouped_query_attention": (False, "ungrouped key/value heads"),
+    "use_attention_sinks": (False, "attention sinks"),
+    "relative_attention_num_buckets": (None, "relative position buckets (T5)"),
+    "relative_attention_max_distance": (None, "relative position buckets (T5)"),
+    "decoder_start_token_id": (None, "encoder-decoder models (T5)"),
+    "load_in_4bit": (False, "4-bit quantized weights"),
+    "quantization_method": (None, "quantized weights"),
+}
+
+
+def refuse_unsupported_fields(values, where):
+    """NotImplementedError naming every field of ``values`` (a mapping) in
+    ``TL_UNSUPPORTED_FIELDS`` set away from its default, and the feature it asks for."""
+    bad = [f"{k}={values[k]!r} ({feature})" for k, (default, feature) in TL_UNSUPPORTED_FIELDS.items()
+           if k in values and values[k] != default]
+    if bad:
+        raise NotImplementedError(f"{where}: the C core does not implement " + ", ".join(bad)
+                                  + " (mechinterp_c/config.py: TL_UNSUPPORTED_FIELDS)")
+
+
 @dataclass
 class HookedTransformerConfig:
     """Configuration of a HookedTransformer, with TransformerLens's field names and defaults.
@@ -246,8 +281,11 @@ class HookedTransformerConfig:
 
     @classmethod
     def from_dict(cls, config_dict):
-        """A config from a dict of field values (unknown keys raise TypeError, as TransformerLens)."""
-        return cls(**config_dict)
+        """A config from a dict of field values (unknown keys raise TypeError, as TransformerLens;
+        TransformerLens fields of architectures the C core does not run raise
+        NotImplementedError unless at their default)."""
+        refuse_unsupported_fields(config_dict, "HookedTransformerConfig")
+        return cls(**{k: v for k, v in config_dict.items() if k not in TL_UNSUPPORTED_FIELDS})
 
     @classmethod
     def unwrap(cls, config):
@@ -257,6 +295,8 @@ class HookedTransformerConfig:
         if isinstance(config, dict):
             return cls.from_dict(config)
         # a transformer_lens config (or any object with the same fields)
+        refuse_unsupported_fields({k: getattr(config, k) for k in TL_UNSUPPORTED_FIELDS
+                                   if hasattr(config, k)}, type(config).__name__)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         vals = {n: getattr(config, n) for n in names if hasattr(config, n)}
         # torch's dtype and device objects as their names ("float32", "cpu"): the model

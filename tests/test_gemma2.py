@@ -65,10 +65,13 @@ def close(got, want, what):
                                 dict(attn_scores_soft_cap=-1.0, output_logits_soft_cap=-1.0),
                                 dict(use_local_attn=False, attn_types=None, window_size=None),
                                 dict(attn_only=True),
+                                dict(positional_embedding_type="rotary", rotary_dim=8,
+                                     n_key_value_heads=2),
                                 # no norm anywhere: small weights keep the stream O(1), so that
                                 # the scores are not far into the cap's flat part
                                 dict(normalization_type=None, noise=0.02)],
-                         ids=["gemma2", "RMSPre", "no-caps", "global-only", "attn-only", "no-norm"])
+                         ids=["gemma2", "RMSPre", "no-caps", "global-only", "attn-only",
+                              "rotary-gqa", "no-norm"])
 def test_every_cache_entry_matches_transformer_lens(kw):
     tl, m = make_pair(**kw)
     toks = tokens()
@@ -79,7 +82,8 @@ def test_every_cache_entry_matches_transformer_lens(kw):
     for name in ref.keys():
         close(cache[name], ref[name], name)
     close(logits, ref_logits, "logits")
-    assert set(m.state_dict()) == {k for k in tl.state_dict() if not k.endswith(("mask", "IGNORE"))}
+    assert set(m.state_dict()) == {k for k in tl.state_dict()
+                                   if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
 
 
 def test_the_features_bite():
@@ -118,8 +122,10 @@ def test_hooks_on_the_new_points_match_transformer_lens():
     close(m(toks, stop_at_layer=3), tl(torch.tensor(toks), stop_at_layer=3), "stop_at_layer")
 
 
-@pytest.mark.parametrize("kw", [{}, dict(attn_only=True), dict(normalization_type="RMSPre")],
-                         ids=["gemma2", "attn-only", "RMSPre"])
+@pytest.mark.parametrize("kw", [{}, dict(attn_only=True), dict(normalization_type="RMSPre"),
+                                dict(positional_embedding_type="rotary", rotary_dim=8,
+                                     n_key_value_heads=2)],
+                         ids=["gemma2", "attn-only", "RMSPre", "rotary-gqa"])
 def test_gradients_match_torch(kw):
     tl, m = make_pair(**kw)
     rng = np.random.default_rng(1)

@@ -8,6 +8,7 @@ Tokenizers: ``GPT2Tokenizer``, ``GPT2TokenizerFast`` (GPT-2 byte-level BPE imple
 ``PreTrainedTokenizerFast`` (any BPE ``tokenizer.json``: GPT-NeoX, Llama, Mistral, Qwen2, Gemma;
 read and run in C), ``AutoTokenizer``, ``BatchEncoding``.
 """
+from mechinterp_c.transformers.cache_utils import DynamicCache
 from mechinterp_c.transformers.modeling_auto import AutoConfig, AutoModel, AutoModelForCausalLM
 from mechinterp_c.transformers.modeling_gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model
 from mechinterp_c.transformers.modeling_gpt_neox import GPTNeoXForCausalLM
@@ -20,8 +21,8 @@ from mechinterp_c.transformers.tokenization_utils_fast import (GemmaTokenizerFas
                                                                LlamaTokenizerFast, PreTrainedTokenizerFast,
                                                                Qwen2TokenizerFast)
 
-__all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "GPT2Config", "GPT2LMHeadModel", "GPT2Model",
-           "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPTNeoXForCausalLM",
+__all__ = ["DynamicCache", "AutoConfig", "AutoModel", "AutoModelForCausalLM", "GPT2Config", "GPT2LMHeadModel",
+           "GPT2Model", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPTNeoXForCausalLM",
            "AutoTokenizer", "BatchEncoding", "GPT2Tokenizer", "GPT2TokenizerFast", "PreTrainedTokenizerFast",
            "LlamaTokenizerFast", "GemmaTokenizerFast", "GPTNeoXTokenizerFast", "Qwen2TokenizerFast",
            "set_array_type", "get_array_type"]

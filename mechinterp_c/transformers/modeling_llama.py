@@ -251,8 +251,8 @@ class LlamaForCausalLM(Module):
 
 
 class MistralForCausalLM(LlamaForCausalLM):
-    """Hugging Face's ``MistralForCausalLM`` (Llama's tree; sliding windows shorter
-    than the context are refused at load)."""
+    """Hugging Face's ``MistralForCausalLM`` (Llama's tree; a sliding window shorter than
+    the context makes every layer local, as Hugging Face's)."""
 
     config_class = MistralConfig
     _convert = staticmethod(convert_mistral_config)
