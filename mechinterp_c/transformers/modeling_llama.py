@@ -192,10 +192,14 @@ class LlamaForCausalLM(Module):
         """Logits of ``input_ids`` [batch, pos] as ``out.logits``; ``attention_mask`` masks
         padded keys, positions are 0..T-1 unless ``position_ids`` are given (as Hugging
         Face); ``output_hidden_states`` / ``output_attentions`` as ``GPT2LMHeadModel``'s.
-        Other arguments (labels, past_key_values, ...) raise NotImplementedError."""
+        ``use_cache=True``, ``past_key_values``, ``labels`` and other arguments raise
+        NotImplementedError (no KV cache in this drop-in yet)."""
         output_attentions = bool(kwargs.pop("output_attentions", False))
         output_hidden_states = bool(kwargs.pop("output_hidden_states", False))
-        kwargs.pop("use_cache", None)
+        if kwargs.pop("use_cache", None):
+            raise NotImplementedError(f"{type(self).__name__}: use_cache=True: this drop-in has no "
+                                      "KV cache yet (every call is a full pass); "
+                                      "HookedTransformer.generate runs on the C KV cache")
         if kwargs:
             raise NotImplementedError(f"{type(self).__name__}: unsupported argument(s) {sorted(kwargs)}")
         if input_ids is None:
