@@ -1,0 +1,184 @@
+"""The original seed notebooks run on mechinterp_c with only their import lines changed.
+
+Each notebook's code cells (``seed_notebooks.code_cells``) run twice in fresh namespaces:
+once as written against transformers / TransformerLens (the reference), once with the
+imports swapped to mechinterp_c plus ``set_array_type("torch")``. What else differs is
+the same for both runs and stated per notebook: hub names become local checkpoints built
+in a tmp dir (the hub is out of reach), plotly (not installed) is a stub module that
+draws nothing, and cells that cannot run here are skipped with the reason. The key
+numbers of both runs are then compared; tolerances are stated where they are used.
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tl = pytest.importorskip("transformer_lens")
+pytest.importorskip("einops")
+matplotlib = pytest.importorskip("matplotlib")
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+import mechinterp_c as mi  # noqa: E402
+from mechinterp_c import checkpoints  # noqa: E402
+from seed_notebooks import SEEDS, code_cells, run, stub_module, swap_imports  # noqa: E402
+
+if not SEEDS.is_dir():
+    pytest.skip(f"the seed notebooks are not at {SEEDS}", allow_module_level=True)
+
+TORCH_MODE = "set_array_type('torch')"
+
+
+@pytest.fixture(autouse=True)
+def _plain_env(monkeypatch):
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    # plotly is not installed here: both runs get the same stub, which draws nothing
+    px = stub_module("plotly.express")
+    pio = stub_module("plotly.io", renderers=type("R", (), {"default": None})())
+    monkeypatch.setitem(sys.modules, "plotly", stub_module("plotly", express=px, io=pio))
+    monkeypatch.setitem(sys.modules, "plotly.express", px)
+    monkeypatch.setitem(sys.modules, "plotly.io", pio)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)     # the references are small; spinning threads slow a shared machine
+    yield
+    torch.set_num_threads(n)
+    mi.set_array_type("numpy")
+    plt.close("all")
+
+
+def _both(name, swaps, skip=(), subs=None, after=None):
+    """Run notebook ``name`` as written (the reference) and with ``swaps`` (ours), each in a
+    fresh namespace; return the two namespaces."""
+    cells = code_cells(name)
+    ref_ns = {"__name__": "__seed__"}
+    ran_ref = run(cells, ref_ns, skip, subs, after)
+    ours_cells = [swap_imports(c, swaps) for c in cells]
+    assert sum(TORCH_MODE in c for c in ours_cells) == 1, "the torch switch goes in one import swap"
+    ours_ns = {"__name__": "__seed__"}
+    try:
+        ran = run(ours_cells, ours_ns, skip, subs, after)
+    finally:
+        mi.set_array_type("numpy")
+    assert ran == ran_ref and len(ran) == len(cells) - len(skip)
+    return ref_ns, ours_ns
+
+
+def _np(x):
+    if hasattr(x, "detach"):
+        x = x.detach().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _close(ours, ref, name, rtol, atol):
+    np.testing.assert_allclose(_np(ours), _np(ref), rtol=rtol, atol=atol, err_msg=name)
+
+
+def _gpt2_dir(tmp_path_factory, tag, **cfg):
+    """A random GPT-2 checkpoint saved by transformers, with the locally trained BPE
+    tokenizer of mechinterp_c.checkpoints (dense vocabulary, <|endoftext|> last)."""
+    d = tmp_path_factory.mktemp(tag)
+    checkpoints.create_checkpoint("gpt2", d, small=True, tokenizer_only=True)
+    vocab = len(json.loads((d / "vocab.json").read_text()))
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=vocab, bos_token_id=vocab - 1, eos_token_id=vocab - 1, **cfg))
+    with torch.no_grad():           # attention far from uniform, as in a trained model
+        for n, p in hf.named_parameters():
+            if n.endswith("c_attn.weight"):
+                p.mul_(6.0)
+    hf.save_pretrained(d)
+    return d
+
+
+# ----------------------------------------------------------------- no_position_experiment
+def test_no_position_experiment():
+    """TransformerLens notebook. Skipped: the training loop (cell 7: loss.backward() through
+    torch autograd, which the gradients issue covers); so both runs analyse the same
+    untrained model: after the model's cell the reference gets our initial weights."""
+    swaps = {
+        "from transformer_lens import HookedTransformer, HookedTransformerConfig":
+            f"from mechinterp_c import HookedTransformer, HookedTransformerConfig, set_array_type\n{TORCH_MODE}",
+        "from transformer_lens.utils import to_numpy": "from mechinterp_c.utils import to_numpy",
+    }
+    skip = {7: "torch-autograd training loop (gradients issue)"}
+    # the analysis batch: 200 sequences instead of 4000 (both runs), to keep the reference
+    # TransformerLens run of the 38-point mean-ablation loop short on a shared machine
+    subs = {10: [("make_data_generator(cfg, 4000)", "make_data_generator(cfg, 200)")]}
+    cells = code_cells("no_position_experiment")
+    ours_ns = {"__name__": "__seed__"}
+    ran = run([swap_imports(c, swaps) for c in cells], ours_ns, skip, subs)
+    mi.set_array_type("numpy")
+    assert len(ran) == len(cells) - len(skip) == 31
+    model = ours_ns["model"]
+    assert isinstance(model, mi.HookedTransformer)
+    sd = {k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()}
+
+    def load_ours(ns):
+        ns["model"].load_state_dict(sd, strict=False)
+
+    ref_ns = {"__name__": "__seed__"}
+    run(cells, ref_ns, skip, subs, after={2: load_ours})
+    assert isinstance(ref_ns["model"], tl.HookedTransformer)
+    # float32 passes over [4000, 50] batches in another summation order: losses agree to
+    # 1e-5 relative; products of weight matrices exactly up to float32 rounding (1e-5)
+    _close(ours_ns["baseline_loss"], ref_ns["baseline_loss"], "baseline_loss", 1e-5, 0)
+    assert ours_ns["loss_labels"] == ref_ns["loss_labels"] and len(ours_ns["losses"]) > 30
+    _close(ours_ns["losses"], ref_ns["losses"], "mean-ablation losses", 1e-5, 0)
+    for k in ("QK", "OV", "QK_layer1", "OV_layer1"):
+        _close(ours_ns[k], ref_ns[k], k, 1e-4, 1e-5)
+    _close(ours_ns["logit_components"], ref_ns["logit_components"], "logit_components", 1e-4, 1e-4)
+    _close(ours_ns["resid_stack"], ref_ns["resid_stack"], "resid_stack", 1e-4, 1e-4)
+    assert not np.any(np.asarray(ours_ns["model"].pos_embed.W_pos))
+    assert not ours_ns["model"].pos_embed.W_pos.requires_grad
+
+
+# ----------------------------------------------------------------- gpt2_attention_breakdown
+HF_SWAPS = {
+    "from transformers import GPT2Tokenizer":
+        f"from mechinterp_c.transformers import GPT2Tokenizer, set_array_type\n{TORCH_MODE}",
+    "from transformers import AutoModelForCausalLM, GPT2Tokenizer":
+        "from mechinterp_c.transformers import AutoModelForCausalLM, GPT2Tokenizer",
+}
+
+
+def test_gpt2_attention_breakdown(tmp_path_factory):
+    """gpt2-large stand-in: 10 layers (the notebook reads layers 5 and 9), 20 heads (it
+    ablates head 4), width 320; 'gpt2' (the tokenizer) is the same checkpoint."""
+    d = _gpt2_dir(tmp_path_factory, "large", n_layer=10, n_embd=320, n_head=20, n_positions=128)
+    subs = {2: [("'gpt2-large'", repr(str(d))), ("'gpt2'", repr(str(d)))]}
+    ref_ns, ours_ns = _both("gpt2_attention_breakdown", HF_SWAPS, subs=subs)
+    assert type(ours_ns["model"]).__module__.startswith("mechinterp_c")
+    # float32 activations of the same pass: 2e-4 absolute on values of order 1-10
+    for k in ("variances", "meenz", "stdz", "ablation_logits"):
+        _close(ours_ns[k], ref_ns[k], k, 1e-4, 2e-4)
+    for k in ("Qhist", "Khist", "Vhist"):     # densities; a value on a bin edge may move
+        assert np.abs(_np(ours_ns[k]) - _np(ref_ns[k])).sum(axis=1).max() < 0.05, k
+    _close(ours_ns["log_smax_clean"], ref_ns["log_smax_clean"], "log_smax_clean", 0, 2e-4)
+    assert not np.allclose(ours_ns["ablation_logits"], _np(ref_ns["log_smax_clean"])[
+        int(ref_ns["tokens"][0, -1])]), "the head ablation changed nothing"
+
+
+# ----------------------------------------------------------------- gpt2_qkv_token_similarities
+def test_gpt2_qkv_token_similarities(tmp_path_factory):
+    """gpt2 stand-in: 7 layers (the notebook reads layer 6), width 256 (it plots Q unit
+    700 of the 3 x width units); the shuffled baseline's permutation is seeded the same
+    in both runs (np.random.seed(0) before that cell)."""
+    d = _gpt2_dir(tmp_path_factory, "small", n_layer=7, n_embd=256, n_head=4, n_positions=64)
+    assert code_cells("gpt2_qkv_token_similarities")[1].count("'gpt2'") == 2
+    subs = {1: [("'gpt2'", repr(str(d)))]}
+    swaps = {"from transformers import AutoModelForCausalLM, GPT2Tokenizer":
+             f"from mechinterp_c.transformers import AutoModelForCausalLM, GPT2Tokenizer, set_array_type\n"
+             f"{TORCH_MODE}"}
+    ref_ns, ours_ns = _both("gpt2_qkv_token_similarities", swaps, subs=subs,
+                            after={10: lambda ns: np.random.seed(0)})
+    assert type(ours_ns["model"]).__module__.startswith("mechinterp_c")
+    assert ours_ns["target_token"] == ref_ns["target_token"]
+    # activations: the forward-parity tolerance, 1e-5 of their scale (float32 pass, other
+    # summation order, 7 layers); cosine similarities in [-1, 1] of 54 such samples: 1e-4
+    for k in ("actsAll_trg", "actsAll_non"):
+        _close(ours_ns[k], ref_ns[k], k, 0, 1e-5 * np.abs(ref_ns[k]).max())
+    for k in ("cossim_trg", "cossim_non", "QQcs_trg", "QKcs_non", "randcs_trg"):
+        _close(ours_ns[k], ref_ns[k], k, 0, 1e-4)
