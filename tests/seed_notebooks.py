@@ -86,11 +86,14 @@ def stub_module(name, **attrs):
     return mod
 
 
-def run(cells, ns, skip=(), subs=None, after=None):
+def run(cells, ns, skip=(), subs=None, after=None, record_errors=False):
     """Execute ``cells`` in namespace ``ns``. ``skip``: {index: reason} of cells not run;
     ``subs``: {index: [(old, new)]} text substitutions (local paths, synthetic data);
-    ``after``: {index: fn(ns)} run after that cell. Returns the indices run."""
+    ``after``: {index: fn(ns)} run after that cell. Returns the indices run; with
+    ``record_errors`` a failing cell does not stop the run and the result is
+    {index: None or the exception's type name}."""
     ran = []
+    outcome = {}
     for i, code in enumerate(cells):
         if i in skip:
             continue
@@ -99,9 +102,13 @@ def run(cells, ns, skip=(), subs=None, after=None):
             code = code.replace(old, new)
         try:
             exec(compile(code, f"<seed cell {i}>", "exec"), ns)
+            outcome[i] = None
         except Exception as e:
+            if record_errors:
+                outcome[i] = type(e).__name__
+                continue
             raise AssertionError(f"seed cell {i} failed: {type(e).__name__}: {e}\n--- cell ---\n{code}") from e
         ran.append(i)
         if after and i in after:
             after[i](ns)
-    return ran
+    return outcome if record_errors else ran
