@@ -10,6 +10,7 @@ numbers of both runs are then compared; tolerances are stated where they are use
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,65 @@ def test_gpt2_large_qkv_exercise_fails_where_transformers_fails(tmp_path_factory
     assert sum(v is None for v in ref.values()) >= 10          # the cells without blanks run
     assert type(ours_ns["model"]).__module__.startswith("mechinterp_c")
     np.testing.assert_array_equal(ours_ns["tokens"], ref_ns["tokens"])
+
+
+# ----------------------------------------------------------------- reve_eeg_exploration
+def test_reve_eeg_exploration(tmp_path):
+    """REVE notebook, every cell on mechinterp_c with its imports swapped. The hub's
+    remote code and dataset are out of reach, so: 'brain-bzh/reve-base' is a random
+    checkpoint of reve-base's width with 12 layers (the notebook reads layer 10) written
+    from the PyTorch reference (tests/reve_reference.py), 'brain-bzh/reve-positions' a
+    positions.json of mechinterp_c's 10-10 electrode table, load_dataset a synthetic EEG
+    dataset (12 epochs x 20 channels x 1000 samples; datasets.Dataset), and huggingface_hub's
+    login a no-op. The reference run is the PyTorch reference model driven by the
+    notebook's own hook code (reve_reference.seed_hooks) on the same inputs."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("scipy")
+    import reve_reference as rr
+    base, posdir = tmp_path / "reve-base", tmp_path / "reve-positions"
+    ref_model = rr.random_reve(seed=0, embed_dim=512, depth=12, heads=8, head_dim=64,
+                               mlp_dim_ratio=2.66, freqs=4, patch_size=200, patch_overlap=20)
+    rr.save_pretrained(ref_model, base)
+    posdir.mkdir()
+    table = json.loads((Path(mi.__file__).parent / "data" / "reve_positions.json").read_text())
+    (posdir / "positions.json").write_text(json.dumps(table["positions"]))
+    eeg = np.random.default_rng(0).standard_normal((12, 20, 1000)).astype(np.float32)
+    dataset = datasets.Dataset.from_dict({"data": eeg, "labels": [0, 1] * 6})
+    swaps = {
+        "from transformers import AutoModel":
+            f"from mechinterp_c.transformers import AutoModel, set_array_type\n{TORCH_MODE}",
+        "from datasets import load_dataset": "load_dataset = lambda *a, **k: _synthetic_dataset",
+        "from huggingface_hub import login": "login = lambda token=None: None",
+    }
+    subs = {4: [("'brain-bzh/reve-positions'", repr(str(posdir))), ("'brain-bzh/reve-base'", repr(str(base)))]}
+    cells = code_cells("reve_eeg_exploration")
+    ns = {"__name__": "__seed__", "_synthetic_dataset": dataset}
+    try:
+        ran = run([swap_imports(c, swaps) for c in cells], ns, {}, subs)
+    finally:
+        mi.set_array_type("numpy")
+    assert len(ran) == len(cells) == 45
+    assert type(ns["model"]).__module__.startswith("mechinterp_c")
+    assert isinstance(ns["Y"], torch.Tensor) and tuple(ns["Y"].shape) == (10, 20, 5, 512)
+
+    # the reference: the same 10 epochs and electrode positions through the PyTorch model,
+    # with the notebook's hooks (float64: the C pass is float32, 12 layers)
+    X = torch.tensor(eeg[:10], dtype=torch.float64)
+    pos = torch.as_tensor(np.asarray(ns["positions"]), dtype=torch.float64).expand(10, -1, -1)
+    ref = ref_model.double()
+    acts, handles = rr.seed_hooks(ref, 12)
+    with torch.no_grad():
+        Y = ref(X, pos)
+    for h in handles:
+        h.remove()
+    # 1e-4 of each tensor's scale: float32 through 12 blocks against float64
+    scale = float(Y.abs().max())
+    _close(ns["Y"], Y, "Y", 0, 1e-4 * scale)
+    for k in ("at_0_qkv", "at_10_qkv", "ff_10_1", "ff_11_3"):
+        ref_k = _np(acts[k])
+        _close(ns["activations"][k], ref_k, k, 0, 1e-4 * np.abs(ref_k).max())
+    # weight statistics of the notebook (cell 26) from the checkpoint's tensors
+    for l in (0, 10):
+        w = ref.transformer.layers[l][1].net[1].weight.detach().float()
+        _close(ns["distchars"][l, :, 0], [w.mean().item(), w.var().item()], f"distchars {l}", 1e-5, 1e-9)

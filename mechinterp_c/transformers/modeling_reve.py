@@ -78,7 +78,7 @@ import numpy as np
 from .. import _core, ops
 from .. import io as _io
 from ..activation_cache import ActivationCache
-from ..array_type import raw_hook
+from ..array_type import raw_hook, to_user, torch_mode
 from ..config import REVE_CONFIG_FIELDS, PretrainedConfig
 from ..hooked_transformer import HookedTransformer, names_filter_fn
 from ..reve import PositionBank, ReveFrontEnd
@@ -427,6 +427,8 @@ class GegluIn(ReveModule):
         """``[2M, D]`` = cat(value rows, gate rows): a read-only copy (value and gate are
         two C tensors); write weights with ``ReveModel.load_state_dict``."""
         w = np.concatenate([self._W_in.T, self._W_gate.T], axis=0)
+        if torch_mode():          # a tensor of the copy (edits of it reach nothing either)
+            return to_user(w)
         w.flags.writeable = False
         return _w(w)
 
