@@ -383,7 +383,7 @@ def test_auto_model_and_hooked_transformer_classmethods(tiny, tmp_path):
         lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
         np.testing.assert_allclose(lp, ref, atol=5e-4, rtol=0)   # as in the test above
     assert HookedTransformer.from_pretrained_no_processing(str(d)).cfg.normalization_type == "LN"
-    # a model type that is not GPT-2
+    # a model type no drop-in serves (llama is one now)
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text('{"model_type": "falcon"}')
