@@ -132,3 +132,27 @@ def test_generate_loss_and_save(pair, tmp_path):
     for n, p in hf.named_parameters():
         np.testing.assert_allclose(sd[n].detach().numpy(), p.detach().numpy(), rtol=1e-6, atol=1e-6,
                                    err_msg=n)
+
+
+def test_pre_hooks_see_what_transformers_pre_hooks_see(pair):
+    hf, m = pair
+    names = ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj", "model.layers.0.mlp",
+             "model.layers.1.pre_feedforward_layernorm", "model.layers.1", "lm_head"]
+    seen_hf, seen, handles = {}, {}, []
+    for name in names:
+        handles.append(hf.get_submodule(name).register_forward_pre_hook(
+            lambda mod, i, name=name: seen_hf.__setitem__(name, i[0].detach().numpy().copy())))
+        handles.append(m.get_submodule(name).register_forward_pre_hook(
+            lambda mod, i, name=name: seen.__setitem__(name, np.array(i[0]))))
+    toks = np.random.default_rng(4).integers(0, V, (2, 8))
+    try:
+        with torch.no_grad():
+            hf(torch.tensor(toks))
+        m(toks)
+    finally:
+        for h in handles:
+            h.remove()
+    for name in names:
+        assert _rel(seen_hf[name], seen[name]) < 1e-5, name
+    with pytest.raises(NotImplementedError, match="post_attention_layernorm"):
+        m.get_submodule("model.layers.0.post_attention_layernorm").register_forward_pre_hook(lambda *a: None)

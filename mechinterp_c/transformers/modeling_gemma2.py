@@ -12,12 +12,12 @@ input_layernorm                    RMSNorm output (*)                   residual
 self_attn.q_proj/k_proj/v_proj     q / k / v before rotary (view)       input_layernorm output (*, ro)
 self_attn.o_proj, self_attn        attention output before              z, heads concatenated (view) /
                                    post_attention_layernorm (**)        input_layernorm output (*)
-post_attention_layernorm           its RMSNorm output (view)            o_proj output (read only copy)
+post_attention_layernorm           its RMSNorm output (view)            (not hookable: hook o_proj)
 pre_feedforward_layernorm          RMSNorm output (*)                   resid_mid (read only copy)
 mlp.gate_proj / mlp.up_proj        gate / up projection (view)          pre_feedforward output (*, ro)
 mlp.down_proj, mlp                 MLP output before                    act(gate) * up (view) /
                                    post_feedforward_layernorm (**)      pre_feedforward output (*)
-post_feedforward_layernorm         its RMSNorm output (view)            down_proj output (read only copy)
+post_feedforward_layernorm         its RMSNorm output (view)            (not hookable: hook down_proj)
 model.norm                         final RMSNorm output (*)             residual stream (read only copy)
 lm_head                            logits before the soft-cap (view)    model.norm output (*)
 =================================  ===================================  =================================
