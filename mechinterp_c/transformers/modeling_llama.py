@@ -1,5 +1,9 @@
 """``LlamaForCausalLM`` (also ``MistralForCausalLM``, ``Qwen2ForCausalLM``): Hugging
-Face's Llama-family models as drop-ins on the C transformer (inference).
+Face's Llama-family models as drop-ins on the C transformer: forward with hooks,
+``labels`` -> ``loss``, ``use_cache`` / ``past_key_values`` on the C key/value cache,
+``generate`` (:mod:`~mechinterp_c.transformers.generation_utils`) and
+``save_pretrained``, shared with GPT-2's and with the NeoX / Gemma 2 drop-ins built on
+this class.
 
 ``from_pretrained(dir_or_hub_id)`` converts the checkpoint with
 ``loading_from_pretrained`` (no weight processing) into a C model; the module tree
