@@ -182,6 +182,8 @@ def test_labels_give_transformers_loss(pair):
         ref = hf(torch.tensor(ids), labels=torch.tensor(labels))
     assert list(out.keys())[:2] == ["loss", "logits"]
     assert abs(float(out.loss) - float(ref.loss)) < 1e-5 * float(ref.loss)
+    tup = m(ids, labels=labels, return_dict=False)        # HF's tuple order: loss, logits
+    assert len(tup) == 2 and float(tup[0]) == float(out.loss)
     with pytest.raises(ValueError, match="labels"):
         m(ids, labels=ids[:, :3])
     np.testing.assert_array_equal(np.array(m(ids).logits), np.array(out.logits))

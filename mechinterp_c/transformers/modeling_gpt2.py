@@ -667,7 +667,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         if output_attentions:
             out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
                                       for l in range(L))
-        return out if return_dict else (out.logits,)
+        return out if return_dict else tuple(out.values())   # HF's order: loss, logits, cache, ...
 
     def __call__(self, *args, **kwargs):
         """``forward`` with the hooks registered on this root module and the pre-hooks of

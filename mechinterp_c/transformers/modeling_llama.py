@@ -254,7 +254,7 @@ class LlamaForCausalLM(Module, GenerationMixin):
         if output_attentions:
             out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
                                       for l in range(L))
-        return out if return_dict else (out.logits,)
+        return out if return_dict else tuple(out.values())   # HF's order: loss, logits, cache, ...
 
     __call__ = forward
 
