@@ -117,8 +117,8 @@ def test_hf_moves_refused(ckpt):
             with pytest.raises((NotImplementedError, ValueError), match="CPU memory only|float32 only"):
                 move()
         assert all(x is target for x in _stays(target))
-    with pytest.raises(NotImplementedError, match="labels"):
-        m(TOKENS, labels=TOKENS)
+    with pytest.raises(NotImplementedError, match="inputs_embeds"):   # (labels now give a loss)
+        m(TOKENS, inputs_embeds=TOKENS)
     np.testing.assert_array_equal(m(TOKENS).logits, before)
     assert mi.devices.CPUFloat32.to.__doc__
 
@@ -126,7 +126,7 @@ def test_hf_moves_refused(ckpt):
 def test_tokenizer_keywords_refused(ckpt):
     from mechinterp_c.transformers import GPT2Tokenizer
     tok = GPT2Tokenizer.from_pretrained(ckpt)
-    for kw in (dict(return_offsets_mapping=True), dict(stride=2), dict(return_token_type_ids=True)):
+    for kw in (dict(stride=2), dict(return_token_type_ids=True)):   # offsets: supported now
         with pytest.raises(NotImplementedError, match=next(iter(kw))):
             tok("the cat", **kw)
         with pytest.raises(NotImplementedError, match=next(iter(kw))):

@@ -10,6 +10,7 @@ its shapes from the first ``update``.
 import numpy as np
 
 from .. import _core
+from ..utils import to_numpy
 
 
 class DynamicCache:
@@ -66,3 +67,54 @@ class DynamicCache:
         """Forget every cached position."""
         if self._core is not None:
             self._core.reset()
+
+
+def cache_inputs(past, use_cache, shape, attention_mask, position_ids, dims):
+    """What a causal LM's forward hands the C pass for the cache, the positions and the
+    padding mask, shared by every family's drop-in.
+
+    ``past``: a DynamicCache or None; ``use_cache``: make one when ``past`` is None;
+    ``shape``: (batch, new positions); ``dims``: (n_layers, n_kv_heads, d_head, n_ctx)
+    for binding the cache. Returns ``(cache, kv, pos, mask, padded)``: the cache object
+    (None without one), its C cache, positions [B, T] (int64; past..past+T-1 by
+    default, Hugging Face's rule), the float32 keep-mask of the new positions (None when
+    nothing is padded) and the boolean padded positions (None likewise).
+    ``attention_mask`` covers cached + new positions; its cached part must be the mask
+    the cache was filled with."""
+    if past is not None and not isinstance(past, DynamicCache):
+        raise TypeError(f"past_key_values: expected a DynamicCache (from use_cache=True), got "
+                        f"{type(past).__name__}")
+    B, T = shape
+    cache = past if past is not None else (DynamicCache() if use_cache else None)
+    kv, n_past = None, 0
+    if cache is not None:
+        n_layers, n_kv, d_head, n_ctx = dims
+        kv = cache._bind(n_layers, B, n_kv, d_head, n_ctx)
+        n_past = cache.get_seq_length()
+    if position_ids is None:
+        pos = np.broadcast_to(np.arange(n_past, n_past + T, dtype=np.int64), (B, T))
+    else:
+        pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
+        if pos.size not in (T, B * T):
+            raise ValueError(f"position_ids: expected shape {(B, T)} like input_ids, got {pos.shape}")
+        pos = np.broadcast_to(pos.reshape(-1, T), (B, T))
+    pos = np.ascontiguousarray(pos)
+    mask = padded = None
+    if attention_mask is not None:
+        m = np.asarray(to_numpy(attention_mask))
+        if m.ndim == 1:
+            m = m[None]
+        if m.shape != (B, n_past + T):
+            like = "like input_ids" if kv is None else f"(cached {n_past} + new {T} positions)"
+            raise ValueError(f"attention_mask: expected shape {(B, n_past + T)} {like}, "
+                             f"got {m.shape}")
+        keep = m != 0
+        if n_past:
+            if kv.batch == B and not np.array_equal(keep[:, :n_past], kv.mask() != 0):
+                raise ValueError("attention_mask: its first past positions differ from the "
+                                 "mask the cache was filled with")
+            keep = keep[:, n_past:]
+        if not keep.all():
+            mask = np.ascontiguousarray(keep, dtype=np.float32)
+            padded = ~keep
+    return cache, kv, pos, mask, padded

@@ -21,6 +21,9 @@ from .cache_utils import DynamicCache
 from .modeling_utils import get_array_type
 
 # transformers' GenerationConfig defaults for the arguments left as None
+# "not given" for eos_token_id: transformers 5 reads an explicit None as "no end token"
+# and leaves the generation config's only when the argument is omitted
+_UNSET = object()
 _DEFAULTS = {"max_length": 20, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
              "repetition_penalty": 1.0}
 
@@ -35,12 +38,13 @@ def _ids_list(x):
 
 
 class GenerationMixin:
-    """``model.generate(...)`` for a causal LM whose ``forward(input_ids, attention_mask,
-    position_ids)`` returns ``.logits``."""
+    """``model.generate(...)`` for a causal LM on the C core (``self._ht``) whose
+    ``forward(input_ids, attention_mask, position_ids, past_key_values)`` returns
+    ``.logits``."""
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens=None, max_length=None,
                  do_sample=False, temperature=None, top_k=None, top_p=None,
-                 repetition_penalty=None, eos_token_id=None, pad_token_id=None,
+                 repetition_penalty=None, eos_token_id=_UNSET, pad_token_id=None,
                  num_return_sequences=1, generator=None, seed=None, use_cache=True,
                  verbose=False):
         """Continue ``input_ids`` [batch, pos] (transformers' ``generate``; greedy or sampling).
@@ -52,7 +56,8 @@ class GenerationMixin:
         logits after ``repetition_penalty``; ``do_sample=True``: repetition penalty,
         ``temperature``, ``top_k`` (default 50, 0 = off), ``top_p``, then a draw by the C
         sampler seeded by ``seed`` or ``generator`` (torch or NumPy; fresh when neither).
-        ``eos_token_id`` (default the config's) ends a row; finished rows get ``pad_token_id``
+        ``eos_token_id`` (default the config's; an explicit None: none, as transformers 5)
+        ends a row; finished rows get ``pad_token_id``
         (default the first end token). Without ``attention_mask`` the pad tokens are masked
         when the pad id differs from the end token (transformers' rule). ``use_cache``:
         one token a step over a key/value cache (default), else the full pass every step.
@@ -73,9 +78,10 @@ class GenerationMixin:
         if max_new_tokens is None:
             max_new_tokens = max((_DEFAULTS["max_length"] if max_length is None else max_length) - T, 0)
         cfg = self.config
-        check_prompt(ids, cfg.vocab_size, cfg.n_positions, max_new_tokens, where)
+        # the C model's vocabulary and context, whatever the family's config calls them
+        check_prompt(ids, self._ht.cfg.d_vocab, self._ht.cfg.n_ctx, max_new_tokens, where)
 
-        eos = _ids_list(getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id)
+        eos = _ids_list(getattr(cfg, "eos_token_id", None) if eos_token_id is _UNSET else eos_token_id)
         pad = pad_token_id if pad_token_id is not None else getattr(cfg, "pad_token_id", None)
         if pad is None and eos:
             pad = eos[0]

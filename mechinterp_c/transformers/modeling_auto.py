@@ -3,15 +3,16 @@ from ``config.json``.
 
 ``AutoModelForCausalLM`` maps GPT-2 (``model_type: "gpt2"``, or an ``architectures``
 entry naming a GPT-2 class), the Llama family (``llama``, ``mistral``, ``qwen2``:
-:mod:`~mechinterp_c.transformers.modeling_llama`) and GPT-NeoX (``gpt_neox``). ``AutoModel`` maps REVE (``model_type: "reve"``) to
+:mod:`~mechinterp_c.transformers.modeling_llama`) GPT-NeoX (``gpt_neox``) and Gemma 2 (``gemma2``). ``AutoModel`` maps REVE (``model_type: "reve"``) to
 :class:`~mechinterp_c.transformers.modeling_reve.ReveModel` and a REVE position-bank
 repository (``positions.json``) to its :class:`~mechinterp_c.reve.PositionBank`.
 Anything else raises NotImplementedError naming the model type.
 """
 from .. import io as _io
 from ..loading_from_pretrained import model_type_of
-from ..config import GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+from ..config import Gemma2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 from .modeling_gpt2 import GPT2Config, GPT2LMHeadModel
+from .modeling_gemma2 import Gemma2ForCausalLM
 from .modeling_gpt_neox import GPTNeoXForCausalLM
 from .modeling_llama import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
@@ -19,9 +20,9 @@ __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "MODEL_FOR_CAUSAL_
 
 MODEL_FOR_CAUSAL_LM_MAPPING = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM,
                                "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM,
-                               "gpt_neox": GPTNeoXForCausalLM}
+                               "gpt_neox": GPTNeoXForCausalLM, "gemma2": Gemma2ForCausalLM}
 _CONFIG_MAPPING = {"gpt2": GPT2Config, "llama": LlamaConfig, "mistral": MistralConfig,
-                   "qwen2": Qwen2Config, "gpt_neox": GPTNeoXConfig}
+                   "qwen2": Qwen2Config, "gpt_neox": GPTNeoXConfig, "gemma2": Gemma2Config}
 
 
 class AutoConfig:

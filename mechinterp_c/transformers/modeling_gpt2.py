@@ -66,11 +66,11 @@ from ..config import GPT2Config
 from ..hooked_transformer import HookedTransformer
 from ..loading_from_pretrained import convert_gpt2_config
 from ..utils import to_numpy
-from .cache_utils import DynamicCache
+from .cache_utils import cache_inputs
 from .generation_utils import GenerationMixin
 from ..array_type import to_user
 from .modeling_utils import (HFArray, Module, ModuleList, RemovableHandle, _AffineSite, _hf, _same,
-                             check_model_args, get_array_type, set_array_type)
+                             check_model_args, get_array_type, set_array_type, write_pretrained)
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Model", "HFArray", "CausalLMOutput",
            "set_array_type", "get_array_type"]
@@ -616,42 +616,12 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             raise NotImplementedError(f"GPT2LMHeadModel: unsupported argument(s) {sorted(kwargs)}")
         if input_ids is None:
             raise TypeError("GPT2LMHeadModel: input_ids is required")
-        if past is not None and not isinstance(past, DynamicCache):
-            raise TypeError(f"past_key_values: expected a DynamicCache (from use_cache=True), got "
-                            f"{type(past).__name__}")
         ht = self._ht
         tokens = ht._tokens(input_ids)
-        B, T = tokens.shape
-        cache_obj = past if past is not None else (DynamicCache() if use_cache else None)
-        kv, n_past = None, 0
-        if cache_obj is not None:
-            c = self.config
-            kv = cache_obj._bind(c.n_layer, B, c.n_head, c.n_embd // c.n_head, c.n_positions)
-            n_past = cache_obj.get_seq_length()
-        if position_ids is None:
-            pos = np.broadcast_to(np.arange(n_past, n_past + T, dtype=np.int64), (B, T))
-        else:
-            pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
-            pos = np.broadcast_to(pos.reshape(-1, T) if pos.size in (T, B * T) else pos, (B, T))
-        pos = np.ascontiguousarray(pos)
-        mask = padded = None
-        if attention_mask is not None:
-            m = np.asarray(to_numpy(attention_mask))
-            if m.ndim == 1:
-                m = m[None]
-            if m.shape != (B, n_past + T):
-                like = "like input_ids" if kv is None else f"(cached {n_past} + new {T} positions)"
-                raise ValueError(f"attention_mask: expected shape {(B, n_past + T)} {like}, "
-                                 f"got {m.shape}")
-            keep = m != 0
-            if n_past:
-                if kv.batch == B and not np.array_equal(keep[:, :n_past], kv.mask() != 0):
-                    raise ValueError("attention_mask: its first past positions differ from the "
-                                     "mask the cache was filled with")
-                keep = keep[:, n_past:]
-            if not keep.all():
-                mask = np.ascontiguousarray(keep, dtype=np.float32)
-                padded = ~keep
+        c = self.config
+        cache_obj, kv, pos, mask, padded = cache_inputs(
+            past, use_cache, tokens.shape, attention_mask, position_ids,
+            (c.n_layer, c.n_head, c.n_embd // c.n_head, c.n_positions))
         flags = bytearray(ht._n_points)
         L = self.config.n_layer
         hd, want = ht.hook_dict, []
@@ -697,7 +667,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         if output_attentions:
             out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
                                       for l in range(L))
-        return out if return_dict else (out.logits,)
+        return out if return_dict else tuple(out.values())   # HF's order: loss, logits, cache, ...
 
     def __call__(self, *args, **kwargs):
         """``forward`` with the hooks registered on this root module and the pre-hooks of
@@ -753,18 +723,6 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         ``save_directory``: ``transformers.GPT2LMHeadModel.from_pretrained`` loads it.
         Only safetensors is written (``safe_serialization=False`` raises); the weights
         are the model's current ones (``state_dict`` overrides them by HF name)."""
-        if not safe_serialization:
-            raise NotImplementedError("save_pretrained: only safetensors is written "
-                                      "(safe_serialization=False is not supported)")
-        if kwargs:
-            raise TypeError(f"save_pretrained: unexpected keyword argument(s) {sorted(kwargs)}")
-        import json
-        import os
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_pretrained: {save_directory!r} is a file, not a directory")
-        if not is_main_process:
-            return
-        os.makedirs(save_directory, exist_ok=True)
         tied = bool(self._ht._core.tied_unembed)
         tensors = {}
         for _, key, shape in _hf_tensor_map(self.config):
@@ -772,21 +730,13 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             tensors["transformer." + key] = self.get_submodule("transformer." + mod)._np(attr)
         if not tied:
             tensors["lm_head.weight"] = self.lm_head._np("weight")
-        if state_dict is not None:
-            for k, v in state_dict.items():
-                k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
-                if k not in tensors:
-                    raise KeyError(f"save_pretrained: state_dict has unknown tensor {k!r}")
-                tensors[k] = np.asarray(to_numpy(v), dtype=np.float32).reshape(tensors[k].shape)
-        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-        _io.save_safetensors(os.path.join(save_directory, "model.safetensors"), tensors,
-                             metadata={"format": "pt"})
+        if state_dict is not None:   # the transformer. prefix is optional there
+            state_dict = {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v
+                          for k, v in state_dict.items()}
         cfg = {k: v for k, v in self.config.to_dict().items() if not k.startswith("_")}
         cfg.update(architectures=["GPT2LMHeadModel"], model_type="gpt2", tie_word_embeddings=tied)
-        tmp = os.path.join(save_directory, "config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, os.path.join(save_directory, "config.json"))
+        write_pretrained(save_directory, tensors, cfg, safe_serialization, is_main_process,
+                         state_dict, kwargs)
 
     def num_parameters(self):
         """Number of parameters (lm_head counted once, as HF's tied model)."""

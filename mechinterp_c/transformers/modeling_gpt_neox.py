@@ -155,3 +155,14 @@ class GPTNeoXForCausalLM(LlamaForCausalLM):
     def get_input_embeddings(self):
         """``gpt_neox.embed_in``."""
         return self.gpt_neox.embed_in
+
+    def _hf_tensors(self):
+        """As Llama's, with ``query_key_value`` re-read from the C weights in NeoX's
+        (head, q/k/v, d_head) order (its ``.weight`` is a copy made at load)."""
+        tensors = LlamaForCausalLM._hf_tensors(self)
+        raw, D = self._ht._raw, self.config.hidden_size
+        for l in range(self.config.num_hidden_layers):
+            p, n = f"blocks.{l}.", f"gpt_neox.layers.{l}.attention.query_key_value."
+            tensors[n + "weight"] = raw[p + "attn.W_qkv"].transpose(2, 1, 3, 0).reshape(3 * D, D)
+            tensors[n + "bias"] = raw[p + "attn.b_qkv"].transpose(1, 0, 2).reshape(3 * D)
+        return tensors

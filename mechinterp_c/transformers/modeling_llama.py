@@ -1,5 +1,9 @@
 """``LlamaForCausalLM`` (also ``MistralForCausalLM``, ``Qwen2ForCausalLM``): Hugging
-Face's Llama-family models as drop-ins on the C transformer (inference).
+Face's Llama-family models as drop-ins on the C transformer: forward with hooks,
+``labels`` -> ``loss``, ``use_cache`` / ``past_key_values`` on the C key/value cache,
+``generate`` (:mod:`~mechinterp_c.transformers.generation_utils`) and
+``save_pretrained``, shared with GPT-2's and with the NeoX / Gemma 2 drop-ins built on
+this class.
 
 ``from_pretrained(dir_or_hub_id)`` converts the checkpoint with
 ``loading_from_pretrained`` (no weight processing) into a C model; the module tree
@@ -41,10 +45,17 @@ from ..config import LlamaConfig, MistralConfig, Qwen2Config
 from ..loading_from_pretrained import (convert_llama_config, convert_mistral_config,
                                        convert_qwen2_config, get_pretrained_state_dict)
 from ..utils import to_numpy
-from .modeling_gpt2 import CausalLMOutput, _CoreModel
-from .modeling_utils import Module, ModuleList, _AffineSite, _hf, _same, check_model_args
+from ..array_type import to_user
+from .cache_utils import cache_inputs
+from .generation_utils import GenerationMixin
+from .modeling_gpt2 import CausalLMOutput, _CoreModel, causal_lm_loss
+from .modeling_utils import (Module, ModuleList, _AffineSite, _hf, _same, check_model_args,
+                             write_pretrained)
 
 __all__ = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+
+# config fields whose None means "derived from the others" (head_dim = hidden / heads, ...)
+_DERIVED = ("head_dim", "num_key_value_heads", "layer_types")
 
 
 class Linear(Module):
@@ -75,7 +86,7 @@ class LlamaModel(Module):
     """``model.model``: ``embed_tokens``, ``layers``, ``norm``."""
 
 
-class LlamaForCausalLM(Module):
+class LlamaForCausalLM(Module, GenerationMixin):
     """Hugging Face's ``LlamaForCausalLM`` on the C transformer (see the module doc)."""
 
     config_class = LlamaConfig
@@ -190,37 +201,27 @@ class LlamaForCausalLM(Module):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, return_dict=True,
                 **kwargs):
         """Logits of ``input_ids`` [batch, pos] as ``out.logits``; ``attention_mask`` masks
-        padded keys, positions are 0..T-1 unless ``position_ids`` are given (as Hugging
-        Face); ``output_hidden_states`` / ``output_attentions`` as ``GPT2LMHeadModel``'s.
-        ``use_cache=True``, ``past_key_values``, ``labels`` and other arguments raise
-        NotImplementedError (no KV cache in this drop-in yet)."""
+        padded keys, positions are past..past+T-1 unless ``position_ids`` are given (as
+        Hugging Face); ``output_hidden_states`` / ``output_attentions`` as
+        ``GPT2LMHeadModel``'s. ``labels`` adds ``out.loss`` (Hugging Face's shift, -100
+        ignored); ``use_cache=True`` / ``past_key_values=`` run on the C key/value cache
+        (rotated keys per kv head) exactly as ``GPT2LMHeadModel.forward`` describes.
+        Other arguments raise NotImplementedError."""
+        labels = kwargs.pop("labels", None)
         output_attentions = bool(kwargs.pop("output_attentions", False))
         output_hidden_states = bool(kwargs.pop("output_hidden_states", False))
-        if kwargs.pop("use_cache", None):
-            raise NotImplementedError(f"{type(self).__name__}: use_cache=True: this drop-in has no "
-                                      "KV cache yet (every call is a full pass); "
-                                      "HookedTransformer.generate runs on the C KV cache")
+        use_cache = kwargs.pop("use_cache", None)
+        past = kwargs.pop("past_key_values", None)
         if kwargs:
             raise NotImplementedError(f"{type(self).__name__}: unsupported argument(s) {sorted(kwargs)}")
         if input_ids is None:
             raise TypeError(f"{type(self).__name__}: input_ids is required")
         ht = self._ht
         tokens = ht._tokens(input_ids)
-        B, T = tokens.shape
-        if position_ids is None:
-            pos = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))
-        else:
-            pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
-            pos = np.broadcast_to(pos.reshape(-1, T), (B, T))
-        pos = np.ascontiguousarray(pos)
-        mask = None
-        if attention_mask is not None:
-            m = np.asarray(to_numpy(attention_mask))
-            m = m[None] if m.ndim == 1 else m
-            if m.shape != (B, T):
-                raise ValueError(f"attention_mask: expected shape {(B, T)} like input_ids, got {m.shape}")
-            if not (m != 0).all():
-                mask = np.ascontiguousarray(m != 0, dtype=np.float32)
+        c = ht.cfg
+        cache_obj, kv, pos, mask, _ = cache_inputs(
+            past, use_cache, tokens.shape, attention_mask, position_ids,
+            (c.n_layers, c.n_key_value_heads or c.n_heads, c.d_head, c.n_ctx))
         flags = bytearray(ht._n_points)
         L, hd, want = self.config.num_hidden_layers, ht.hook_dict, []
         if output_hidden_states:
@@ -240,8 +241,12 @@ class LlamaForCausalLM(Module):
             points[pid].run(act)
 
         logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                         pos, mask, -1)
+                                         pos, mask, -1, kv_cache=kv)
         out = CausalLMOutput(logits=_hf(logits))
+        if labels is not None:
+            out = CausalLMOutput(loss=to_user(causal_lm_loss(logits, labels)), logits=out["logits"])
+        if cache_obj is not None:
+            out["past_key_values"] = cache_obj
         if output_hidden_states:
             hs = [cache[hd[f"blocks.{l}.hook_resid_pre"].point_id] for l in range(L)]
             hs.append(self._final_norm(cache[hd["ln_final.hook_normalized"].point_id]))
@@ -249,9 +254,36 @@ class LlamaForCausalLM(Module):
         if output_attentions:
             out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
                                       for l in range(L))
-        return out if return_dict else (out.logits,)
+        return out if return_dict else tuple(out.values())   # HF's order: loss, logits, cache, ...
 
     __call__ = forward
+
+    def _hf_tensors(self):
+        """HF name -> the model's current weight in HF's layout, as transformers writes
+        the checkpoint (``lm_head.weight`` left out when tied to the embedding)."""
+        tensors = {}
+        for name, mod in self.named_modules():
+            for attr in ("weight", "bias"):
+                w = mod._np(attr)
+                if w is not None:
+                    tensors[f"{name}.{attr}" if name else attr] = w
+        if getattr(self.config, "tie_word_embeddings", False):
+            tensors.pop("lm_head.weight", None)
+        return tensors
+
+    def save_pretrained(self, save_directory, safe_serialization=True, is_main_process=True,
+                        state_dict=None, **kwargs):
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face's names and
+        layouts, the model's current weights; ``state_dict`` overrides them by name) into
+        ``save_directory``: ``transformers``' ``from_pretrained`` of the same class loads
+        it. Only safetensors is written (``safe_serialization=False`` raises)."""
+        # None for a derived size means "derive it" here; transformers reads a written
+        # null as the value itself, so those are left out
+        cfg = {k: v for k, v in self.config.to_dict().items()
+               if not k.startswith("_") and k != "path" and not (k in _DERIVED and v is None)}
+        cfg["architectures"] = [type(self).__name__]
+        write_pretrained(save_directory, self._hf_tensors(), cfg, safe_serialization,
+                         is_main_process, state_dict, kwargs)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

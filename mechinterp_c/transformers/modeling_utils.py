@@ -487,3 +487,39 @@ def check_model_args(model_args, kwargs, where):
         kwargs.pop(k, None)
     if kwargs:
         raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}")
+
+
+# ------------------------------------------------------ save_pretrained
+def write_pretrained(save_directory, tensors, config, safe_serialization=True,
+                     is_main_process=True, state_dict=None, kwargs=None):
+    """Write ``model.safetensors`` (``tensors``: HF name -> array, float32) and
+    ``config.json`` (the dict ``config``) into ``save_directory`` as
+    ``save_pretrained`` does; ``state_dict`` (HF names, arrays or tensors) replaces
+    tensors by name (an unknown name raises KeyError). Only safetensors is written."""
+    import json
+    import os
+
+    from .. import io as _io
+    if not safe_serialization:
+        raise NotImplementedError("save_pretrained: only safetensors is written "
+                                  "(safe_serialization=False is not supported)")
+    if kwargs:
+        raise TypeError(f"save_pretrained: unexpected keyword argument(s) {sorted(kwargs)}")
+    if os.path.isfile(save_directory):
+        raise ValueError(f"save_pretrained: {save_directory!r} is a file, not a directory")
+    tensors = dict(tensors)
+    if state_dict is not None:
+        for k, v in state_dict.items():
+            if k not in tensors:
+                raise KeyError(f"save_pretrained: state_dict has unknown tensor {k!r}")
+            tensors[k] = np.asarray(to_numpy(v), dtype=np.float32).reshape(tensors[k].shape)
+    if not is_main_process:
+        return
+    os.makedirs(save_directory, exist_ok=True)
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    _io.save_safetensors(os.path.join(save_directory, "model.safetensors"), tensors,
+                         metadata={"format": "pt"})
+    tmp = os.path.join(save_directory, "config.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, os.path.join(save_directory, "config.json"))
