@@ -14,5 +14,9 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
  * mi_py_model_release(obj). Call both with the GIL held. */
 mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj);
 void mi_py_model_release(PyObject *obj);
+/* A forward-only use of the model (weights may be tied or read in place from a
+ * checkpoint, which is checked to be unchanged): marked in use as
+ * mi_py_model_acquire, until mi_py_model_release(obj). */
+mi_transformer *mi_py_model_use(PyObject *module, PyObject *obj);
 
 #endif
