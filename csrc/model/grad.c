@@ -178,6 +178,14 @@ static mi_status attn_bwd(const gstate *g, int p0)
     }
     mi_softmax_rows_backward(P, dP, dS, BH * T, T);
     MI_TRY(bfire(g, p0 + MI_P_SCORES));
+    if ((g->bflags[p0 + MI_P_SCORES] & MI_HOOK_FIRES) && g->hook) {
+        /* the mask is applied before hook_attn_scores (masked_fill to -inf): a
+         * gradient a hook puts on a masked entry stops there */
+        const float *S = AV(p0 + MI_P_SCORES);
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+        for (int64_t i = 0; i < BH * T * T; i++)
+            if (S[i] == -INFINITY) dS[i] = 0.0f;
+    }
     /* dq[i] = sum_j dS[i,j] k[j] / attn_scale; dk[j] = sum_i dS[i,j] q[i] / attn_scale */
     float inv = 1.0f / s->attn_scale;
     #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
@@ -379,7 +387,14 @@ mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, float *are
     gstate gs = {m, plan, arena, garena, bwd_flags, bwd_hook, bwd_ctx, grads,
                  scratch, scratch + BT * D, scratch + 2 * BT * D, scratch + 2 * BT * D + BT * Mm};
     const gstate *g = &gs;
-    MI_TRY(mi_tf_forward(m, plan, arena, flags, tokens, NULL, pos_ids, key_mask, fwd_hook, fwd_ctx));
+    /* every point written (the backward reads them all), hooks where asked */
+    int np = mi_tf_n_points(s);
+    uint8_t *all = malloc((size_t)np);
+    if (!all) return mi_fail(MI_ERR_NOMEM, "gradients: out of memory");
+    for (int p = 0; p < np; p++) all[p] = flags[p] | (mi_tf_point_present(s, p) ? MI_HOOK_CACHE : 0);
+    mi_status fst = mi_tf_forward(m, plan, arena, all, tokens, NULL, pos_ids, key_mask, fwd_hook, fwd_ctx);
+    free(all);
+    MI_TRY(fst);
 
     int pf = mi_tf_final_point(s, 0);
     mi_tensor_view lv;
