@@ -57,7 +57,8 @@ class BuiltinMetric:
         ids = np.asarray(to_numpy(self.args[name]))
         if ids.dtype.kind not in "iu":
             raise TypeError(f"{self.kind}: {name} must be integer token ids, got dtype {ids.dtype}")
-        ids = np.broadcast_to(ids, (batch,)) if ids.ndim == 0 else ids.reshape(-1) if ids.ndim == 2 and ids.shape[1] == 1 else ids
+        if ids.ndim == 0:
+            ids = np.broadcast_to(ids, (batch,))
         if ids.shape != (batch,):
             raise ValueError(f"{self.kind}: {name} must be one token id per batch item [batch={batch}], "
                              f"got shape {ids.shape}")

@@ -177,6 +177,9 @@ def test_names_filter_applies_to_both_and_return_types():
                                            "blocks.0.hook_resid_pre_grad", "blocks.1.hook_resid_pre_grad"])
     _, full = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric)
     np.testing.assert_array_equal(cache["blocks.0.hook_resid_pre_grad"], full["blocks.0.hook_resid_pre_grad"])
+    # gradients nobody keeps share one slot per kind: the filtered pass holds less
+    held = lambda c, k: c[k].base.nbytes
+    assert held(cache, "blocks.0.hook_resid_pre_grad") < 0.7 * held(full, "blocks.0.hook_resid_pre_grad")
     logits, c2 = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric, return_type="logits",
                                   names_filter="hook_embed", return_cache_object=False)
     np.testing.assert_array_equal(logits, m(TOKENS))

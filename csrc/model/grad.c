@@ -2,8 +2,9 @@
  * (contract in grad.h).
  *
  * The activations are read back through the hook-point views of the
- * forward's arena; every point's gradient is written into the same place of
- * a second arena of the same plan, so the gradients are views too. Each step
+ * forward's arena; every point's gradient is written into the same point of
+ * a second arena (its own plan: slots for the gradients kept, one shared
+ * slot per kind for the rest), so the gradients are views too. Each step
  * quotes the forward line it differentiates. The training pass (backward.c)
  * fuses what this one keeps apart: here every hook point's gradient is a
  * tensor a hook can see and replace before it flows upstream.
@@ -27,8 +28,8 @@
 
 typedef struct {
     const mi_transformer *m;
-    const mi_tf_plan *pl;
-    float *A, *G;            /* activations, gradients (same plan) */
+    const mi_tf_plan *pl, *gpl;   /* the activations' and the gradients' plans */
+    float *A, *G;
     const uint8_t *bflags;
     mi_hook_fn hook;
     void *ctx;
@@ -39,20 +40,20 @@ typedef struct {
 static const float *pw(const mi_transformer *m, size_t off) { return mi_tf_tensor(m, off); }
 static float *gw(const gstate *g, size_t off) { return !g->grads || off == (size_t)-1 ? NULL : g->grads + off; }
 
-static float *view_in(const gstate *g, float *arena, int p)
+static float *view_in(const gstate *g, const mi_tf_plan *pl, float *arena, int p)
 {
     mi_tensor_view v;
-    return mi_tf_point_view(g->m, g->pl, arena, p, &v) ? v.data : NULL;
+    return mi_tf_point_view(g->m, pl, arena, p, &v) ? v.data : NULL;
 }
-#define AV(p) view_in(g, g->A, (p))
-#define GV(p) view_in(g, g->G, (p))
+#define AV(p) view_in(g, g->pl, g->A, (p))
+#define GV(p) view_in(g, g->gpl, g->G, (p))
 
 /* The backward hook of point p, on its gradient. */
 static mi_status bfire(const gstate *g, int p)
 {
     if (!(g->bflags[p] & MI_HOOK_FIRES) || !g->hook) return MI_OK;
     mi_tensor_view v;
-    if (!mi_tf_point_view(g->m, g->pl, g->G, p, &v)) return MI_OK;
+    if (!mi_tf_point_view(g->m, g->gpl, g->G, p, &v)) return MI_OK;
     return g->hook(g->ctx, p, &v);
 }
 
@@ -336,13 +337,20 @@ static mi_status layer_bwd(const gstate *g, int l)
 }
 
 mi_status mi_tf_grad_plan(const mi_transformer *m, int64_t B, int64_t T, const uint8_t *flags,
-                          mi_tf_plan *plan)
+                          const uint8_t *bwd_flags, mi_tf_plan *plan, mi_tf_plan *gplan)
 {
     int np = mi_tf_n_points(&m->spec);
     uint8_t *all = malloc((size_t)np);
     if (!all) return mi_fail(MI_ERR_NOMEM, "gradients: out of memory");
     for (int p = 0; p < np; p++) all[p] = flags[p] | (mi_tf_point_present(&m->spec, p) ? MI_HOOK_CACHE : 0);
     mi_status st = mi_tf_plan_call(m, B, T, -1, (int)m->spec.n_layers, all, plan);
+    /* a gradient nothing keeps is written and read within its step: a shared
+     * (transient) slot, never elided */
+    for (int p = 0; st == MI_OK && p < np; p++)
+        all[p] = !mi_tf_point_present(&m->spec, p) ? 0
+                 : (bwd_flags[p] & (MI_HOOK_CACHE | MI_HOOK_CALLBACK)) ? MI_HOOK_CACHE : MI_HOOK_TRANSIENT;
+    if (st == MI_OK) st = mi_tf_plan_call(m, B, T, -1, (int)m->spec.n_layers, all, gplan);
+    if (st != MI_OK) mi_tf_plan_free(plan);
     free(all);
     return st;
 }
@@ -374,7 +382,8 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
     return MI_OK;
 }
 
-mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, float *arena, float *garena,
+mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, const mi_tf_plan *gplan,
+                     float *arena, float *garena,
                      float *scratch, const uint8_t *flags, const uint8_t *bwd_flags,
                      const int64_t *tokens, const int64_t *pos_ids, const float *key_mask,
                      mi_hook_fn fwd_hook, void *fwd_ctx, mi_metric_fn metric_fn, void *metric_ctx,
@@ -384,7 +393,8 @@ mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, float *are
     MI_TRY(check_supported(m, plan, grads));
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model, Vo = s->d_vocab_out;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
-    gstate gs = {m, plan, arena, garena, bwd_flags, bwd_hook, bwd_ctx, grads,
+    MI_TRY(check_supported(m, gplan, grads));
+    gstate gs = {m, plan, gplan, arena, garena, bwd_flags, bwd_hook, bwd_ctx, grads,
                  scratch, scratch + BT * D, scratch + 2 * BT * D, scratch + 2 * BT * D + BT * Mm};
     const gstate *g = &gs;
     /* every point written (the backward reads them all), hooks where asked */

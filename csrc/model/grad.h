@@ -10,9 +10,9 @@
  *      activations through the hook-point views);
  *   2. the metric: `metric_fn(metric_ctx, logits, dlogits, &value)` writes
  *      d value / d logits [B,T,Vo] into the gradient arena's logits slot;
- *   3. the backward pass from the logits to the embeddings. `garena` has the
- *      same plan as `arena`: the gradient of point p is the view
- *      mi_tf_point_view(m, plan, garena, p) (the same shape and strides as
+ *   3. the backward pass from the logits to the embeddings into `garena`
+ *      (planned as `gplan`): the gradient of point p is the view
+ *      mi_tf_point_view(m, gplan, garena, p) (the same shape and strides as
  *      the activation; hook_resid_post of layer l and hook_resid_pre of layer
  *      l+1 share one tensor, as their activations do). Each point's gradient
  *      is complete before `bwd_hook` runs on it (points with MI_HOOK_FIRES in
@@ -46,15 +46,20 @@
 typedef mi_status (*mi_metric_fn)(void *ctx, const mi_tensor_view *logits, float *dlogits,
                                   double *value);
 
-/* Plan a [B, T] call for mi_tf_grad: `flags` (the forward's hooks and cache)
- * with every present point given a slot of its own. */
+/* Plan a [B, T] call for mi_tf_grad: `plan` for the activations (`flags`, the
+ * forward's hooks and cache, with every present point given a slot of its
+ * own: the backward reads them all) and `gplan` for the gradients: a slot of
+ * its own for each point with MI_HOOK_CACHE or MI_HOOK_CALLBACK in
+ * `bwd_flags`, the rest sharing one scratch slot per kind from layer to
+ * layer (their gradients are only needed inside their layer's step). */
 mi_status mi_tf_grad_plan(const mi_transformer *m, int64_t B, int64_t T, const uint8_t *flags,
-                          mi_tf_plan *plan);
+                          const uint8_t *bwd_flags, mi_tf_plan *plan, mi_tf_plan *gplan);
 
 /* Floats of scratch mi_tf_grad needs for a [B, T] call. */
 size_t mi_tf_grad_scratch(const mi_transformer *m, int64_t B, int64_t T);
 
-mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, float *arena, float *garena,
+mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, const mi_tf_plan *gplan,
+                     float *arena, float *garena,
                      float *scratch, const uint8_t *flags, const uint8_t *bwd_flags,
                      const int64_t *tokens, const int64_t *pos_ids, const float *key_mask,
                      mi_hook_fn fwd_hook, void *fwd_ctx, mi_metric_fn metric_fn, void *metric_ctx,

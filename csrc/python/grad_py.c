@@ -154,7 +154,7 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
         return NULL;
     PyObject *res = NULL, *arena_arr = NULL, *garena_arr = NULL, *scr_arr = NULL, *out = NULL,
              *cache = NULL, *gcache = NULL;
-    mi_tf_plan plan = {0};
+    mi_tf_plan plan = {0}, gplan = {0};
     mi_transformer *tf = mi_py_model_use(module, model);
     if (!tf) goto release;
     int np = mi_tf_n_points(&tf->spec);
@@ -187,11 +187,11 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
                      Py_TYPE(metric)->tp_name);
         goto done;
     }
-    mi_status st = mi_tf_grad_plan(tf, B, T, flags.buf, &plan);
+    mi_status st = mi_tf_grad_plan(tf, B, T, flags.buf, bflags.buf, &plan, &gplan);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    npy_intp na = (npy_intp)plan.n_floats, ns = (npy_intp)mi_tf_grad_scratch(tf, B, T);
+    npy_intp na = (npy_intp)plan.n_floats, ng = (npy_intp)gplan.n_floats, ns = (npy_intp)mi_tf_grad_scratch(tf, B, T);
     float *arena, *garena, *scratch;
-    if (!(arena_arr = mi_py_empty(module, 1, &na, &arena)) || !(garena_arr = mi_py_empty(module, 1, &na, &garena))
+    if (!(arena_arr = mi_py_empty(module, 1, &na, &arena)) || !(garena_arr = mi_py_empty(module, 1, &ng, &garena))
         || !(scr_arr = mi_py_empty(module, 1, &ns, &scratch)))
         goto done;
     mc.owner = arena_arr;
@@ -202,19 +202,20 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
     float *gd = mi_arg_data(&grads);
     const uint8_t *fl = flags.buf, *bfl = bflags.buf;
     Py_BEGIN_ALLOW_THREADS
-    st = mi_tf_grad(tf, &plan, arena, garena, scratch, fl, bfl, tk, pd, md, cb == Py_None ? NULL : py_hook,
+    st = mi_tf_grad(tf, &plan, &gplan, arena, garena, scratch, fl, bfl, tk, pd, md, cb == Py_None ? NULL : py_hook,
                     &fh, py_metric, &mc, &value, bcb == Py_None ? NULL : py_hook, &bh, gd);
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     npy_intp oshape[3] = {B, T, tf->spec.d_vocab_out};
     if (!(out = mi_py_view(arena_arr, mi_tf_output(tf, &plan, arena), 3, oshape, NULL, 1))) goto done;
     if (!(cache = views(tf, &plan, arena, arena_arr, fl, MI_HOOK_CACHE))) goto done;
-    if (!(gcache = views(tf, &plan, garena, garena_arr, bfl, MI_HOOK_CACHE))) goto done;
+    if (!(gcache = views(tf, &gplan, garena, garena_arr, bfl, MI_HOOK_CACHE))) goto done;
     res = Py_BuildValue("dOOO", value, out, cache, gcache);
 done:
     mi_py_model_release(model);
 release:
     mi_tf_plan_free(&plan);
+    mi_tf_plan_free(&gplan);
     PyBuffer_Release(&flags);
     PyBuffer_Release(&bflags);
     mi_arg_release(&tokens); mi_arg_release(&pos); mi_arg_release(&mask); mi_arg_release(&grads);
