@@ -314,10 +314,12 @@ static mi_status layer_bwd(const gstate *g, int l)
     const float *dqkv = GV(p0 + MI_P_Q), *resid_pre = AV(p0 + MI_P_RESID_PRE), *x1 = resid_pre;
     if (has_norm)
         x1 = norm_out(AV(p0 + MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, g->xin);
-    if (g->grads) mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, dqkv, 3 * HD, NULL, 1.0f, gw(g, o[MI_W_QKV]), 3 * HD);
-    colsum_acc(dqkv, NULL, BT, 3 * HD, gw(g, o[MI_W_B_QKV]));
+    size_t w_qkv, b_qkv;
+    mi_tf_qkv_offsets(m, l, &w_qkv, &b_qkv);
+    if (g->grads) mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, dqkv, 3 * HD, NULL, 1.0f, gw(g, w_qkv), 3 * HD);
+    colsum_acc(dqkv, NULL, BT, 3 * HD, gw(g, b_qkv));
     float *g_pre_res = GV(p0 + MI_P_RESID_PRE);
-    const float *W_qkv = pw(m, o[MI_W_QKV]);
+    const float *W_qkv = pw(m, w_qkv);
     copy(g_pre_res, g_mid, BT * D);
     if (!has_norm) {
         mi_sgemm(0, 1, BT, D, 3 * HD, dqkv, 3 * HD, W_qkv, 3 * HD, NULL, 0.0f, g->dx, D);
@@ -373,6 +375,16 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
                        "pass; turn them off for gradients");
     if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "gradients: act_fn 'solu_ln' has no backward pass");
+    const char *feature = mi_tf_kv_heads(s) != s->n_heads ? "grouped-query attention (n_key_value_heads)"
+                          : s->rotary ? "rotary position embeddings"
+                          : s->parallel_attn_mlp ? "parallel_attn_mlp"
+                          : s->post_norms ? "post norms (use_normalization_before_and_after)"
+                          : s->attn_softcap != 0.0f ? "attention score soft-capping"
+                          : s->logit_softcap != 0.0f ? "logit soft-capping"
+                          : s->window > 0 ? "local (sliding-window) attention" : NULL;
+    if (feature)
+        return mi_fail(MI_ERR_VALUE, "gradients at hook points (incl_bwd, backward hooks) are not "
+                       "available for models with %s yet; model.backward (training) supports them", feature);
     if (pl->start_layer >= 0 || pl->stop_layer != s->n_layers)
         return mi_fail(MI_ERR_VALUE, "gradients: the pass must run from tokens to the logits "
                        "(no start_at_layer / stop_at_layer)");
