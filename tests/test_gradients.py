@@ -90,7 +90,15 @@ def assert_grads_match(cache, ref, what=""):
 IDS = lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "LN-relu"
 
 
-@pytest.mark.parametrize("kw", CONFIGS, ids=IDS)
+FAMILY_CONFIGS = [
+    dict(positional_embedding_type="rotary", rotary_dim=8, normalization_type="RMS", act_fn="silu",
+         gated_mlp=True),
+    dict(n_key_value_heads=2),
+    dict(positional_embedding_type="rotary", rotary_dim=4, n_key_value_heads=1, act_fn="gelu_new"),
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS + FAMILY_CONFIGS, ids=IDS)
 def test_every_gradient_matches_transformer_lens(kw):
     tl, m = make_pair(**kw)
     value, cache = m.run_with_cache(TOKENS, incl_bwd=True, metric=metrics.logit_diff(ANS, WRONG))
@@ -118,7 +126,9 @@ def test_loss_metric_matches_transformer_lens(kw):
 
 
 @pytest.mark.parametrize("kw", [{}, dict(normalization_type="RMS", act_fn="gelu_new"),
-                                dict(attention_dir="bidirectional")], ids=IDS)
+                                dict(attention_dir="bidirectional"),
+                                dict(positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2)],
+                         ids=IDS)
 def test_padding_mask_gradients_match_transformer_lens(kw):
     tl, m = make_pair(**kw)
     mask = np.ones(TOKENS.shape, dtype=np.int64)
@@ -366,9 +376,7 @@ def test_parameter_gradients_of_the_hooked_pass_equal_training_backward(kw):
         assert np.linalg.norm(g - r) <= 1e-5 * max(np.linalg.norm(r), 1e-12), name
 
 
-@pytest.mark.parametrize("extra,what", [(dict(positional_embedding_type="rotary", rotary_dim=8), "rotary"),
-                                        (dict(n_key_value_heads=2), "grouped-query"),
-                                        (dict(parallel_attn_mlp=True), "parallel_attn_mlp")])
+@pytest.mark.parametrize("extra,what", [(dict(parallel_attn_mlp=True), "parallel_attn_mlp")])
 def test_features_without_hooked_gradients_are_refused(extra, what):
     from test_backward import BASE
     m = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(BASE, **extra)))

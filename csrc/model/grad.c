@@ -21,7 +21,9 @@
 #include "common/threads.h"
 #include "kernels/activation.h"
 #include "kernels/embedding.h"
+#include "common/memory.h"
 #include "kernels/gemm.h"
+#include "kernels/rotary.h"
 #include "kernels/softmax.h"
 
 #define COL_BLOCK 16
@@ -34,6 +36,8 @@ typedef struct {
     mi_hook_fn hook;
     void *ctx;
     float *grads;            /* NULL: no parameter gradients */
+    const int64_t *pos_ids;  /* rotary positions (NULL: t) */
+    const float *rope_cos, *rope_sin;   /* the forward's rotary table */
     float *dx, *xin, *act, *tmp;
 } gstate;
 
@@ -151,31 +155,44 @@ static mi_status norm_bwd(const gstate *g, int centre, int64_t rows, int64_t d, 
 
 static int centred(mi_norm_type t) { return t == MI_NORM_LN || t == MI_NORM_LNPRE; }
 
-/* z = pattern @ v, pattern = softmax(scores), scores = q k^T / attn_scale,
- * per (b, h), each head's products on one thread. */
+/* z = pattern @ v, pattern = softmax(scores), scores = q k^T / attn_scale (q, k
+ * rotated when the model is rotary: hook_rot_q/k), query head h reading kv head
+ * h / (H / Hkv). The fused qkv rows are [H q heads | Hkv k heads | Hkv v heads].
+ * dP per (b, h); dv, dk summed over a kv head's query heads in increasing h on
+ * one thread (parallel over (b, kv head): bitwise identical for any count). */
 static mi_status attn_bwd(const gstate *g, int p0)
 {
     const mi_tf_spec *s = &g->m->spec;
-    int64_t B = g->pl->batch, T = g->pl->seq, H = s->n_heads, Dh = s->d_head, HD = H * Dh;
+    int64_t B = g->pl->batch, T = g->pl->seq, H = s->n_heads, Hkv = mi_tf_kv_heads(s), Dh = s->d_head;
+    int64_t HD = H * Dh, KD = Hkv * Dh, QKV = HD + 2 * KD, gq = H / Hkv;
     const float *qkv = AV(p0 + MI_P_Q), *P = AV(p0 + MI_P_PATTERN);
     const float *dz = GV(p0 + MI_P_Z);
     float *dqkv = GV(p0 + MI_P_Q), *dP = GV(p0 + MI_P_PATTERN), *dS = GV(p0 + MI_P_SCORES);
-    int64_t BH = B * H;
+    /* what the scores were computed from, and where their gradients go */
+    const float *q = s->rotary ? AV(p0 + MI_P_ROT_Q) : qkv, *k = s->rotary ? AV(p0 + MI_P_ROT_K) : qkv + HD;
+    const float *v = qkv + HD + KD;
+    float *dq = s->rotary ? GV(p0 + MI_P_ROT_Q) : dqkv, *dk = s->rotary ? GV(p0 + MI_P_ROT_K) : dqkv + HD;
+    float *dv = dqkv + HD + KD;
+    int64_t qs = s->rotary ? HD : QKV, ks = s->rotary ? KD : QKV;
+    int64_t BH = B * H, BK = B * Hkv;
     /* dP[i,j] = dz[i] . v[j] */
     #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
     for (int64_t bh = 0; bh < BH; bh++) {
         int64_t b = bh / H, h = bh % H;
-        mi_sgemm(0, 1, T, T, Dh, dz + b * T * HD + h * Dh, HD, qkv + b * T * 3 * HD + 2 * HD + h * Dh,
-                 3 * HD, NULL, 0.0f, dP + bh * T * T, T);
+        mi_sgemm(0, 1, T, T, Dh, dz + b * T * HD + h * Dh, HD, v + b * T * QKV + (h / gq) * Dh, QKV, NULL,
+                 0.0f, dP + bh * T * T, T);
     }
     MI_TRY(bfire(g, p0 + MI_P_PATTERN));
     /* dv[j] = sum_i P[i,j] dz[i]; dS = P (dP - sum_j P dP) */
     zero(dS, BH * T * T);
     #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-    for (int64_t bh = 0; bh < BH; bh++) {
-        int64_t b = bh / H, h = bh % H;
-        mi_sgemm(1, 0, T, Dh, T, P + bh * T * T, T, dz + b * T * HD + h * Dh, HD, NULL, 0.0f,
-                 dqkv + b * T * 3 * HD + 2 * HD + h * Dh, 3 * HD);
+    for (int64_t bk = 0; bk < BK; bk++) {
+        int64_t b = bk / Hkv, kh = bk % Hkv;
+        for (int64_t j = 0; j < gq; j++) {
+            int64_t h = kh * gq + j;
+            mi_sgemm(1, 0, T, Dh, T, P + (b * H + h) * T * T, T, dz + b * T * HD + h * Dh, HD, NULL,
+                     j ? 1.0f : 0.0f, dv + b * T * QKV + kh * Dh, QKV);
+        }
     }
     mi_softmax_rows_backward(P, dP, dS, BH * T, T);
     MI_TRY(bfire(g, p0 + MI_P_SCORES));
@@ -190,19 +207,31 @@ static mi_status attn_bwd(const gstate *g, int p0)
     /* dq[i] = sum_j dS[i,j] k[j] / attn_scale; dk[j] = sum_i dS[i,j] q[i] / attn_scale */
     float inv = 1.0f / s->attn_scale;
     #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-    for (int64_t bh = 0; bh < BH; bh++) {
-        int64_t b = bh / H, h = bh % H;
-        const float *q = qkv + b * T * 3 * HD + h * Dh;
-        float *dq = dqkv + b * T * 3 * HD + h * Dh;
-        mi_sgemm(0, 0, T, Dh, T, dS + bh * T * T, T, q + HD, 3 * HD, NULL, 0.0f, dq, 3 * HD);
-        mi_sgemm(1, 0, T, Dh, T, dS + bh * T * T, T, q, 3 * HD, NULL, 0.0f, dq + HD, 3 * HD);
+    for (int64_t bk = 0; bk < BK; bk++) {
+        int64_t b = bk / Hkv, kh = bk % Hkv;
+        float *dkh = dk + b * T * ks + kh * Dh;
+        for (int64_t j = 0; j < gq; j++) {
+            int64_t h = kh * gq + j;
+            const float *S = dS + (b * H + h) * T * T;
+            float *dqh = dq + b * T * qs + h * Dh;
+            mi_sgemm(0, 0, T, Dh, T, S, T, k + b * T * ks + kh * Dh, ks, NULL, 0.0f, dqh, qs);
+            mi_sgemm(1, 0, T, Dh, T, S, T, q + b * T * qs + h * Dh, qs, NULL, j ? 1.0f : 0.0f, dkh, ks);
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t i = 0; i < Dh; i++) dqh[t * qs + i] *= inv;
+        }
         for (int64_t t = 0; t < T; t++)
-            for (int64_t i = 0; i < Dh; i++) {
-                dq[t * 3 * HD + i] *= inv;
-                dq[t * 3 * HD + HD + i] *= inv;
-            }
+            for (int64_t i = 0; i < Dh; i++) dkh[t * ks + i] *= inv;
     }
     MI_TRY(bfire(g, p0 + MI_P_V));
+    if (s->rotary) {
+        /* rot_q = R q, rot_k = R k: the gradients rotate back (R^T) into dqkv */
+        int64_t BT = B * T;
+        MI_TRY(bfire(g, p0 + MI_P_ROT_K));
+        MI_TRY(bfire(g, p0 + MI_P_ROT_Q));
+        mi_rotary_apply(&s->rope, dq, HD, dqkv, QKV, BT, T, H, Dh, g->pos_ids, g->rope_cos, g->rope_sin, 1);
+        mi_rotary_apply(&s->rope, dk, KD, dqkv + HD, QKV, BT, T, Hkv, Dh, g->pos_ids, g->rope_cos,
+                        g->rope_sin, 1);
+    }
     MI_TRY(bfire(g, p0 + MI_P_K));
     return bfire(g, p0 + MI_P_Q);
 }
@@ -316,13 +345,14 @@ static mi_status layer_bwd(const gstate *g, int l)
         x1 = norm_out(AV(p0 + MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, g->xin);
     size_t w_qkv, b_qkv;
     mi_tf_qkv_offsets(m, l, &w_qkv, &b_qkv);
-    if (g->grads) mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, dqkv, 3 * HD, NULL, 1.0f, gw(g, w_qkv), 3 * HD);
-    colsum_acc(dqkv, NULL, BT, 3 * HD, gw(g, b_qkv));
+    int64_t KD = mi_tf_kv_heads(s) * Dh, QKV = HD + 2 * KD;
+    if (g->grads) mi_sgemm(1, 0, D, QKV, BT, x1, D, dqkv, QKV, NULL, 1.0f, gw(g, w_qkv), QKV);
+    colsum_acc(dqkv, NULL, BT, QKV, gw(g, b_qkv));
     float *g_pre_res = GV(p0 + MI_P_RESID_PRE);
     const float *W_qkv = pw(m, w_qkv);
     copy(g_pre_res, g_mid, BT * D);
     if (!has_norm) {
-        mi_sgemm(0, 1, BT, D, 3 * HD, dqkv, 3 * HD, W_qkv, 3 * HD, NULL, 0.0f, g->dx, D);
+        mi_sgemm(0, 1, BT, D, QKV, dqkv, QKV, W_qkv, QKV, NULL, 0.0f, g->dx, D);
         add(g_pre_res, g->dx, BT * D);
         return bfire(g, p0 + MI_P_RESID_PRE);
     }
@@ -330,7 +360,8 @@ static mi_status layer_bwd(const gstate *g, int l)
      * gradients, one per path, in autograd's order (v, k, q); the slot keeps the
      * last, as its cache does */
     for (int w = 2; w >= 0; w--) {
-        mi_sgemm(0, 1, BT, D, HD, dqkv + w * HD, 3 * HD, W_qkv + w * HD, 3 * HD, NULL, 0.0f, g->dx, D);
+        int64_t c0 = w == 0 ? 0 : w == 1 ? HD : HD + KD, n = w == 0 ? HD : KD;
+        mi_sgemm(0, 1, BT, D, n, dqkv + c0, QKV, W_qkv + c0, QKV, NULL, 0.0f, g->dx, D);
         MI_TRY(norm_bwd(g, centred(s->norm), BT, D, g->dx, AV(p0 + MI_P_LN1_NORM), AV(p0 + MI_P_LN1_SCALE),
                         pw(m, o[MI_W_LN1_W]), p0 + MI_P_LN1_NORM, p0 + MI_P_LN1_SCALE, g_pre_res,
                         gw(g, o[MI_W_LN1_W]), gw(g, o[MI_W_LN1_B])));
@@ -375,9 +406,7 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
                        "pass; turn them off for gradients");
     if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "gradients: act_fn 'solu_ln' has no backward pass");
-    const char *feature = mi_tf_kv_heads(s) != s->n_heads ? "grouped-query attention (n_key_value_heads)"
-                          : s->rotary ? "rotary position embeddings"
-                          : s->parallel_attn_mlp ? "parallel_attn_mlp"
+    const char *feature = s->parallel_attn_mlp ? "parallel_attn_mlp"
                           : s->post_norms ? "post norms (use_normalization_before_and_after)"
                           : s->attn_softcap != 0.0f ? "attention score soft-capping"
                           : s->logit_softcap != 0.0f ? "logit soft-capping"
@@ -394,6 +423,11 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
     return MI_OK;
 }
 
+/* The pass once the state is set up (mi_tf_grad owns the rotary table). */
+static mi_status grad_pass(const gstate *g, const uint8_t *flags, const int64_t *tokens,
+                           const int64_t *pos_ids, const float *key_mask, mi_hook_fn fwd_hook,
+                           void *fwd_ctx, mi_metric_fn metric_fn, void *metric_ctx, double *value);
+
 mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, const mi_tf_plan *gplan,
                      float *arena, float *garena,
                      float *scratch, const uint8_t *flags, const uint8_t *bwd_flags,
@@ -403,12 +437,39 @@ mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, const mi_t
 {
     const mi_tf_spec *s = &m->spec;
     MI_TRY(check_supported(m, plan, grads));
-    int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model, Vo = s->d_vocab_out;
-    int64_t Mm = s->attn_only ? 0 : s->d_mlp;
     MI_TRY(check_supported(m, gplan, grads));
-    gstate gs = {m, plan, gplan, arena, garena, bwd_flags, bwd_hook, bwd_ctx, grads,
+    int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
+    int64_t Mm = s->attn_only ? 0 : s->d_mlp;
+    gstate gs = {m, plan, gplan, arena, garena, bwd_flags, bwd_hook, bwd_ctx, grads, pos_ids, NULL, NULL,
                  scratch, scratch + BT * D, scratch + 2 * BT * D, scratch + 2 * BT * D + BT * Mm};
-    const gstate *g = &gs;
+    float *rope = NULL;
+    if (s->rotary) {
+        /* the forward's table again (the forward checks the positions first) */
+        int64_t n_pos = T;
+        for (int64_t i = 0; pos_ids && i < BT; i++)
+            if (pos_ids[i] + 1 > n_pos && pos_ids[i] < s->n_ctx) n_pos = pos_ids[i] + 1;
+        size_t n = (size_t)n_pos * (size_t)s->rope.rotary_dim;
+        if (!(rope = mi_malloc(2 * n * sizeof(float) + 64)))
+            return mi_fail(MI_ERR_NOMEM, "gradients: out of memory for the rotary table");
+        mi_rotary_table(&s->rope, n_pos, rope, rope + n);
+        gs.rope_cos = rope;
+        gs.rope_sin = rope + n;
+    }
+    mi_status st = grad_pass(&gs, flags, tokens, pos_ids, key_mask, fwd_hook, fwd_ctx, metric_fn,
+                             metric_ctx, value);
+    mi_free(rope);
+    return st;
+}
+
+static mi_status grad_pass(const gstate *g, const uint8_t *flags, const int64_t *tokens,
+                           const int64_t *pos_ids, const float *key_mask, mi_hook_fn fwd_hook,
+                           void *fwd_ctx, mi_metric_fn metric_fn, void *metric_ctx, double *value)
+{
+    const mi_transformer *m = g->m;
+    const mi_tf_spec *s = &m->spec;
+    const mi_tf_plan *plan = g->pl;
+    float *arena = g->A;
+    int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model, Vo = s->d_vocab_out;
     /* every point written (the backward reads them all), hooks where asked */
     int np = mi_tf_n_points(s);
     uint8_t *all = malloc((size_t)np);
