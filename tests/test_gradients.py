@@ -95,6 +95,8 @@ FAMILY_CONFIGS = [
          gated_mlp=True),
     dict(n_key_value_heads=2),
     dict(positional_embedding_type="rotary", rotary_dim=4, n_key_value_heads=1, act_fn="gelu_new"),
+    dict(positional_embedding_type="rotary", rotary_dim=6, parallel_attn_mlp=True, act_fn="gelu_new"),
+    dict(parallel_attn_mlp=True, use_hook_mlp_in=True, use_attn_result=True),
 ]
 
 
@@ -376,7 +378,9 @@ def test_parameter_gradients_of_the_hooked_pass_equal_training_backward(kw):
         assert np.linalg.norm(g - r) <= 1e-5 * max(np.linalg.norm(r), 1e-12), name
 
 
-@pytest.mark.parametrize("extra,what", [(dict(parallel_attn_mlp=True), "parallel_attn_mlp")])
+@pytest.mark.parametrize("extra,what", [(dict(use_normalization_before_and_after=True, normalization_type="RMS"),
+                                         "post norms"),
+                                        (dict(attn_scores_soft_cap=30.0), "soft-capping")])
 def test_features_without_hooked_gradients_are_refused(extra, what):
     from test_backward import BASE
     m = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(BASE, **extra)))

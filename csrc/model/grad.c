@@ -248,7 +248,12 @@ static mi_status layer_bwd(const gstate *g, int l)
     int p0 = mi_tf_layer_point(l, 0);
     int has_norm = s->norm != MI_NORM_NONE;
     const float *g_post = GV(p0 + MI_P_RESID_POST);
-    const float *g_mid = g_post;   /* attn_only: resid_post = resid_pre + attn_out */
+    /* attn_out's gradient: d resid_mid (serial), d resid_post (attn_only: resid_post =
+     * resid_pre + attn_out; parallel_attn_mlp: resid_post = resid_pre + attn_out +
+     * mlp(ln2(resid_pre))) */
+    const float *g_mid = g_post;
+    int par = s->parallel_attn_mlp;
+    float *g_pre_res = GV(p0 + MI_P_RESID_PRE);
     if (!s->attn_only) {
         /* resid_post = resid_mid + mlp_out */
         float *g_out = GV(p0 + MI_P_MLP_OUT);
@@ -261,7 +266,8 @@ static mi_status layer_bwd(const gstate *g, int l)
         colsum_acc(g_out, NULL, BT, D, gw(g, o[MI_W_B_OUT]));
         mi_sgemm(0, 1, BT, Mm, D, g_out, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, g_postm, Mm);
         MI_TRY(bfire(g, p0 + MI_P_MLP_POST));
-        const float *ln2_in = s->use_hook_mlp_in ? AV(p0 + MI_P_MLP_IN) : AV(p0 + MI_P_RESID_MID);
+        const float *ln2_in = s->use_hook_mlp_in ? AV(p0 + MI_P_MLP_IN)
+                              : par ? AV(p0 + MI_P_RESID_PRE) : AV(p0 + MI_P_RESID_MID);
         const float *x2 = ln2_in;
         if (has_norm)
             x2 = norm_out(AV(p0 + MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, g->xin);
@@ -294,9 +300,11 @@ static mi_status layer_bwd(const gstate *g, int l)
             if (g->grads) mi_sgemm(1, 0, D, Mm, BT, x2, D, g_pre, Mm, NULL, 1.0f, gw(g, o[MI_W_IN]), Mm);
             mi_sgemm(0, 1, BT, D, Mm, g_pre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, g->dx, D);
         }
-        /* resid_mid feeds the skip and (through hook_mlp_in) ln2 */
-        float *gm = GV(p0 + MI_P_RESID_MID), *g_ln2_in = gm;
-        copy(gm, g_post, BT * D);
+        /* resid_mid (parallel: resid_pre) feeds the skip and (through hook_mlp_in) ln2;
+         * parallel: the MLP's share of d resid_pre first, the rest added below */
+        float *gm = par ? g_pre_res : GV(p0 + MI_P_RESID_MID), *g_ln2_in = gm;
+        if (par) zero(gm, BT * D);
+        else copy(gm, g_post, BT * D);
         if (s->use_hook_mlp_in) {
             g_ln2_in = GV(p0 + MI_P_MLP_IN);
             zero(g_ln2_in, BT * D);
@@ -311,8 +319,10 @@ static mi_status layer_bwd(const gstate *g, int l)
             MI_TRY(bfire(g, p0 + MI_P_MLP_IN));
             add(gm, g_ln2_in, BT * D);
         }
-        MI_TRY(bfire(g, p0 + MI_P_RESID_MID));
-        g_mid = gm;
+        if (!par) {
+            MI_TRY(bfire(g, p0 + MI_P_RESID_MID));
+            g_mid = gm;
+        }
     }
     /* resid_mid = resid_pre + attn_out */
     float *g_ao = GV(p0 + MI_P_ATTN_OUT), *g_z = GV(p0 + MI_P_Z);
@@ -348,9 +358,9 @@ static mi_status layer_bwd(const gstate *g, int l)
     int64_t KD = mi_tf_kv_heads(s) * Dh, QKV = HD + 2 * KD;
     if (g->grads) mi_sgemm(1, 0, D, QKV, BT, x1, D, dqkv, QKV, NULL, 1.0f, gw(g, w_qkv), QKV);
     colsum_acc(dqkv, NULL, BT, QKV, gw(g, b_qkv));
-    float *g_pre_res = GV(p0 + MI_P_RESID_PRE);
     const float *W_qkv = pw(m, w_qkv);
-    copy(g_pre_res, g_mid, BT * D);
+    if (par && !s->attn_only) add(g_pre_res, g_mid, BT * D);
+    else copy(g_pre_res, g_mid, BT * D);
     if (!has_norm) {
         mi_sgemm(0, 1, BT, D, QKV, dqkv, QKV, W_qkv, QKV, NULL, 0.0f, g->dx, D);
         add(g_pre_res, g->dx, BT * D);
@@ -406,8 +416,7 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
                        "pass; turn them off for gradients");
     if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "gradients: act_fn 'solu_ln' has no backward pass");
-    const char *feature = s->parallel_attn_mlp ? "parallel_attn_mlp"
-                          : s->post_norms ? "post norms (use_normalization_before_and_after)"
+    const char *feature = s->post_norms ? "post norms (use_normalization_before_and_after)"
                           : s->attn_softcap != 0.0f ? "attention score soft-capping"
                           : s->logit_softcap != 0.0f ? "logit soft-capping"
                           : s->window > 0 ? "local (sliding-window) attention" : NULL;

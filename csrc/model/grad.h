@@ -28,9 +28,9 @@
  * grads: NULL skips every parameter gradient (no weight-gradient products);
  * else a blob of the parameter layout to which they ACCUMULATE.
  * Rotary embeddings (hook_rot_q/k: their gradients rotate back into q, k) and
- * grouped-query attention (hook_k/v [B,T,Hkv,Dh]) are differentiated.
- * Not supported (MI_ERR_VALUE before any work, naming the feature):
- * parallel_attn_mlp, post norms, score or logit soft-capping, local attention,
+ * grouped-query attention (hook_k/v [B,T,Hkv,Dh]) are differentiated, and
+ * parallel_attn_mlp blocks.
+ * Not supported (MI_ERR_VALUE before any work, naming the feature): post norms, score or logit soft-capping, local attention,
  * no_head, use_split_qkv_input
  * / use_attn_in, act_fn solu_ln, n_layers 0, a plan that does not start from
  * tokens or stop after the head; parameter gradients of a model with a tied
