@@ -649,9 +649,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         pos_ids = np.maximum(np.cumsum(keep, axis=1) - 1, 0).astype(np.int64)
         return pos_ids, keep.astype(np.float32)
 
-    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None):
+    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None,
+             past_kv_cache=None):
         """One C pass; returns (output view, {point_id: view}). With start_layer, ``tokens``
-        is the residual stream [batch, pos, d_model] entering that block."""
+        is the residual stream [batch, pos, d_model] entering that block. With
+        ``past_kv_cache`` the input holds the positions after the cached ones and
+        ``attention_mask`` only theirs; the core derives positions from the cache's mask."""
+        kv = None
+        if past_kv_cache is not None:
+            kv = getattr(past_kv_cache, "_core", None)
+            if not isinstance(kv, _core.KVCache):
+                raise TypeError(f"past_kv_cache: expected a HookedTransformerKeyValueCache, got "
+                                f"{type(past_kv_cache).__name__}")
         resid = None
         if start_layer is not None:
             resid = np.asarray(to_numpy(tokens))
@@ -685,11 +694,13 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             points[pid].run(act)
 
         stop = -1 if stop_layer is None else stop_layer
+        if kv is not None:
+            pos_ids = None
         if resid is not None:
             return self._core.forward(None, bytes(flags), dispatch if any_cb else None, pos_ids,
-                                      key_mask, stop, resid, start_layer)
+                                      key_mask, stop, resid, start_layer, kv_cache=kv)
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                  pos_ids, key_mask, stop)
+                                  pos_ids, key_mask, stop, kv_cache=kv)
 
     def loss_fn(self, logits, tokens, attention_mask=None, per_token=False):
         """Next-token cross-entropy, ``utils.lm_cross_entropy_loss`` in float32 (as
@@ -719,18 +730,29 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         TransformerLens ignores the mask). ``stop_at_layer=k`` returns
         the residual stream entering block k; ``start_at_layer=k`` takes ``input`` as the
         residual stream [batch, pos, d_model] entering block k (pass ``tokens`` for a loss).
+        ``past_kv_cache`` (a ``HookedTransformerKeyValueCache``): ``input`` holds the
+        positions after the cached ones; the pass attends over cached + new keys, returns
+        the new positions' logits and grows the cache by them (unless frozen).
+        ``attention_mask`` then covers the new positions only (as TransformerLens's
+        forward; the cache keeps the earlier mask); without one it is built from the pad
+        tokens when the model has a tokenizer (TransformerLens), else every token is real.
         """
-        if past_kv_cache is not None or shortformer_pos_embed is not None:
-            raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("shortformer_pos_embed is not supported")
         if start_at_layer is None:
             input, attention_mask = self._input_tokens(input, prepend_bos, padding_side, attention_mask)
+            if past_kv_cache is not None and attention_mask is None and self.tokenizer is not None:
+                if prepend_bos is None:
+                    prepend_bos = self.cfg.default_prepend_bos
+                attention_mask = utils.get_attention_mask(self.tokenizer, input, prepend_bos)
         return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
-                             start_at_layer=start_at_layer, loss_tokens=tokens)[0]
+                             start_at_layer=start_at_layer, loss_tokens=tokens,
+                             past_kv_cache=past_kv_cache)[0]
 
     __call__ = forward
 
     def _forward(self, input, return_type, loss_per_token, attention_mask, stop_at_layer, cache_ids,
-                 stop_layer=None, start_at_layer=None, loss_tokens=None):
+                 stop_layer=None, start_at_layer=None, loss_tokens=None, past_kv_cache=None):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if stop_at_layer is not None:
@@ -754,9 +776,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             pid = self.hook_dict[f"blocks.{stop_layer - 1}.hook_resid_post"].point_id
             extra = pid not in cache_ids
             _, cache = self._run(input, list(cache_ids) + [pid] * extra, stop_layer,
-                                 attention_mask, start)
+                                 attention_mask, start, past_kv_cache)
             return (cache.pop(pid) if extra else cache[pid]), cache
-        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start)
+        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start, past_kv_cache)
         if stop_at_layer is not None:
             return out, cache
         if return_type is None:
@@ -824,6 +846,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         prepend_bos = model_kwargs.pop("prepend_bos", None)
         padding_side = model_kwargs.pop("padding_side", None)
         loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
+        past_kv_cache = model_kwargs.pop("past_kv_cache", None)
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
@@ -838,8 +861,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             if ids and all(self._point_layer[i] >= 0 or self._points[i].name in ("hook_embed", "hook_pos_embed")
                            for i in ids):
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
+        if start_at_layer is None and past_kv_cache is not None and attention_mask is None \
+                and self.tokenizer is not None:
+            bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+            attention_mask = utils.get_attention_mask(self.tokenizer, tokens, bos)
+        if past_kv_cache is not None:
+            stop_layer = None   # the cache's layers must all see the new positions
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
-                                 ids, stop_layer, start_at_layer, loss_tokens)
+                                 ids, stop_layer, start_at_layer, loss_tokens, past_kv_cache)
         cache = {points[pid].name: v for pid, v in raw.items()}
         cache = {n: cache[n] for n in fire_order if n in cache}   # forward order
         if remove_batch_dim:

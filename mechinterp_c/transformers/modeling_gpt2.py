@@ -66,6 +66,7 @@ from ..config import GPT2Config
 from ..hooked_transformer import HookedTransformer
 from ..loading_from_pretrained import convert_gpt2_config
 from ..utils import to_numpy
+from .cache_utils import DynamicCache
 from .generation_utils import GenerationMixin
 from .modeling_utils import (HFArray, Module, ModuleList, _AffineSite, _hf, _same,
                              check_model_args, get_array_type, set_array_type)
@@ -452,23 +453,42 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         (L+1 arrays [B,T,D], the last after ln_f, as HF) and ``out.attentions``
         (L patterns [B,H,T,T]), zero-copy views of the pass's arena.
         ``token_type_ids`` (from tokenizers) is accepted when all zero; other HF
-        arguments (labels, past_key_values, ...) raise NotImplementedError.
+        arguments (labels, ...) raise NotImplementedError.
+
+        ``use_cache=True`` returns ``out.past_key_values``, a ``DynamicCache`` (keys and
+        values in the C core); ``past_key_values=cache`` runs ``input_ids`` as the
+        positions after the cached ones, attending over the cached keys too, and grows the
+        cache. ``attention_mask`` then covers cached + new positions [batch, past + pos]
+        (its cached part must be the mask the cache was filled with); positions default
+        to past..past+pos-1 (HF's rule; ``generate`` passes them from the mask). Unlike
+        HF, whose config turns ``use_cache`` on by default, a cache is only made when
+        asked for.
         """
         tt = kwargs.pop("token_type_ids", None)
         if tt is not None and np.any(np.asarray(to_numpy(tt)) != 0):
             raise NotImplementedError("token_type_ids other than 0 are not supported")
         output_attentions = bool(kwargs.pop("output_attentions", False))
         output_hidden_states = bool(kwargs.pop("output_hidden_states", False))
-        kwargs.pop("use_cache", None)     # no KV cache: every call is a full pass
+        use_cache = kwargs.pop("use_cache", None)
+        past = kwargs.pop("past_key_values", None)
         if kwargs:
             raise NotImplementedError(f"GPT2LMHeadModel: unsupported argument(s) {sorted(kwargs)}")
         if input_ids is None:
             raise TypeError("GPT2LMHeadModel: input_ids is required")
+        if past is not None and not isinstance(past, DynamicCache):
+            raise TypeError(f"past_key_values: expected a DynamicCache (from use_cache=True), got "
+                            f"{type(past).__name__}")
         ht = self._ht
         tokens = ht._tokens(input_ids)
         B, T = tokens.shape
+        cache_obj = past if past is not None else (DynamicCache() if use_cache else None)
+        kv, n_past = None, 0
+        if cache_obj is not None:
+            c = self.config
+            kv = cache_obj._bind(c.n_layer, B, c.n_head, c.n_embd // c.n_head, c.n_positions)
+            n_past = cache_obj.get_seq_length()
         if position_ids is None:
-            pos = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))
+            pos = np.broadcast_to(np.arange(n_past, n_past + T, dtype=np.int64), (B, T))
         else:
             pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
             pos = np.broadcast_to(pos.reshape(-1, T) if pos.size in (T, B * T) else pos, (B, T))
@@ -478,10 +498,16 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             m = np.asarray(to_numpy(attention_mask))
             if m.ndim == 1:
                 m = m[None]
-            if m.shape != (B, T):
-                raise ValueError(f"attention_mask: expected shape {(B, T)} like input_ids, "
+            if m.shape != (B, n_past + T):
+                like = "like input_ids" if kv is None else f"(cached {n_past} + new {T} positions)"
+                raise ValueError(f"attention_mask: expected shape {(B, n_past + T)} {like}, "
                                  f"got {m.shape}")
             keep = m != 0
+            if n_past:
+                if kv.batch == B and not np.array_equal(keep[:, :n_past], kv.mask() != 0):
+                    raise ValueError("attention_mask: its first past positions differ from the "
+                                     "mask the cache was filled with")
+                keep = keep[:, n_past:]
             if not keep.all():
                 mask = np.ascontiguousarray(keep, dtype=np.float32)
                 padded = ~keep
@@ -515,8 +541,10 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             points[pid].run(act)
 
         logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                         pos, mask, -1)
+                                         pos, mask, -1, kv_cache=kv)
         out = CausalLMOutput(logits=_hf(logits))
+        if cache_obj is not None:
+            out["past_key_values"] = cache_obj
         if output_hidden_states:
             # HF: the embeddings, each block's input, and the last one after ln_f
             hs = [cache[hd[f"blocks.{l}.hook_resid_pre"].point_id] for l in range(L)]
