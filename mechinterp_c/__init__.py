@@ -20,7 +20,7 @@ from .factored_matrix import FactoredMatrix
 from .generation import HookedTransformerKeyValueCache
 from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
-from .transformers.modeling_utils import get_array_type, set_array_type
+from .array_type import get_array_type, set_array_type
 
 __all__ = [
     "ActivationCache", "FactoredMatrix", "HookPoint", "HookedTransformer", "HookedTransformerConfig",

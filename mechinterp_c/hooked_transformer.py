@@ -13,6 +13,7 @@ import numpy as np
 from . import _core, metrics, utils
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
+from .array_type import to_user, to_user_param, torch_mode, user_facing
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
 from .devices import CPUFloat32, check_cpu_device, check_dtype
@@ -26,15 +27,30 @@ _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
              "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
 _CACHE, _CALLBACK, _TRANSIENT = _core.HOOK_CACHE, _core.HOOK_CALLBACK, _core.HOOK_TRANSIENT
+# model.W_E etc.: the model-level weights' names, and the per-layer ones stacked over layers
+_MODEL_WEIGHTS = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U", "b_U": "unembed.b_U"}
+_STACKED_WEIGHTS = {f"{w}_{c}": f"attn.{w}_{c}" for w in "Wb" for c in "QKVO"}
+_STACKED_WEIGHTS.update({w: f"mlp.{w}" for w in ("W_in", "W_gate", "W_out", "b_in", "b_out")})
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
 
 
 class _Module:
-    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points."""
+    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points.
+
+    Its parameters (``W_Q``, ``b_O``, ``w``, ...) are kept in ``_p`` and read through
+    attribute access, so that after ``set_array_type("torch")`` they come out as the
+    weights' ``torch.nn.Parameter`` views (:func:`array_type.to_user_param`)."""
 
     def __init__(self, name):
         self._name = name
+        self._p = {}
+
+    def __getattr__(self, attr):
+        p = self.__dict__.get("_p")
+        if p is not None and attr in p:
+            return to_user_param(p[attr])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def __repr__(self):
         return f"<{type(self).__name__} {self._name or 'model'}>"
@@ -58,10 +74,10 @@ class _Norm(_Module):
         if self._norm_type in ("LN", "LNPre"):
             x = x - x.mean(-1, keepdims=True)
         y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self._eps)
-        if getattr(self, "w", None) is not None:
-            y = y * self.w
-        if getattr(self, "b", None) is not None:
-            y = y + self.b
+        if self._p.get("w") is not None:
+            y = y * self._p["w"]
+        if self._p.get("b") is not None:
+            y = y + self._p["b"]
         return y.astype(np.float32)
 
 
@@ -71,8 +87,8 @@ class _GroupedQueryAttention(_Module):
     repeat each key/value head for its query heads (copies, as TransformerLens)."""
 
     def _repeated(self, name):
-        w = getattr(self, name)
-        return np.repeat(w, self.W_Q.shape[0] // w.shape[0], axis=0)
+        w = self._p[name]
+        return to_user(np.repeat(w, self._p["W_Q"].shape[0] // w.shape[0], axis=0))
 
     W_K = property(lambda self: self._repeated("_W_K"), doc="[n_heads, d_model, d_head] (copy).")
     W_V = property(lambda self: self._repeated("_W_V"), doc="[n_heads, d_model, d_head] (copy).")
@@ -342,7 +358,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         def attach(mod, prefix):
             for key, arr in P.items():
                 if key.startswith(prefix) and "." not in key[len(prefix):]:
-                    setattr(mod, key[len(prefix):], arr)
+                    mod._p[key[len(prefix):]] = arr
             for hname, hp in self.hook_dict.items():
                 if hname.startswith(prefix) and "." not in hname[len(prefix):]:
                     setattr(mod, hname[len(prefix):], hp)
@@ -396,7 +412,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # --------------------------------------------------------------- state
     def state_dict(self):
-        """TransformerLens parameter names -> writable views of the model's weights."""
+        """TransformerLens parameter names -> writable views of the model's weights
+        (``torch.nn.Parameter`` views after ``set_array_type("torch")``)."""
+        if torch_mode():
+            return {k: to_user_param(v) for k, v in self._params.items()}
         return dict(self._params)
 
     def load_state_dict(self, state_dict, strict=True):
@@ -516,23 +535,30 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         g = self.cfg.n_heads // self.cfg.n_key_value_heads
         return np.repeat(self._params[f"{mod}._{leaf}"].data, g, axis=0)
 
-    W_E = property(lambda self: self._params["embed.W_E"], doc="Token embedding [d_vocab, d_model] (view).")
-    W_pos = property(lambda self: self._params["pos_embed.W_pos"], doc="Positional embedding [n_ctx, d_model] (view).")
-    W_U = property(lambda self: self._params["unembed.W_U"], doc="Unembedding [d_model, d_vocab_out] (view).")
-    b_U = property(lambda self: self._params["unembed.b_U"], doc="Unembedding bias [d_vocab_out] (view).")
-    W_Q = property(lambda self: self._stack("attn.W_Q"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_K = property(lambda self: self._stack("attn.W_K"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_V = property(lambda self: self._stack("attn.W_V"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_O = property(lambda self: self._stack("attn.W_O"), doc="[n_layers, n_heads, d_head, d_model] (copy).")
-    b_Q = property(lambda self: self._stack("attn.b_Q"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_K = property(lambda self: self._stack("attn.b_K"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_V = property(lambda self: self._stack("attn.b_V"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_O = property(lambda self: self._stack("attn.b_O"), doc="[n_layers, d_model] (copy).")
-    W_in = property(lambda self: self._stack("mlp.W_in"), doc="[n_layers, d_model, d_mlp] (copy).")
-    W_gate = property(lambda self: self._stack("mlp.W_gate"), doc="[n_layers, d_model, d_mlp] (copy).")
-    W_out = property(lambda self: self._stack("mlp.W_out"), doc="[n_layers, d_mlp, d_model] (copy).")
-    b_in = property(lambda self: self._stack("mlp.b_in"), doc="[n_layers, d_mlp] (copy).")
-    b_out = property(lambda self: self._stack("mlp.b_out"), doc="[n_layers, d_model] (copy).")
+    def _np_weight(self, attr):
+        """The weight ``attr`` (``W_E``, ``W_Q``, ...) as NumPy whatever the array type:
+        a view for the model-level ones, a stacked copy for the per-layer ones."""
+        if attr in _MODEL_WEIGHTS:
+            return self._params[_MODEL_WEIGHTS[attr]]
+        return self._stack(_STACKED_WEIGHTS[attr])
+
+    W_E = property(lambda self: to_user_param(self._params["embed.W_E"]), doc="Token embedding [d_vocab, d_model] (view).")
+    W_pos = property(lambda self: to_user_param(self._params["pos_embed.W_pos"]), doc="Positional embedding [n_ctx, d_model] (view).")
+    W_U = property(lambda self: to_user_param(self._params["unembed.W_U"]), doc="Unembedding [d_model, d_vocab_out] (view).")
+    b_U = property(lambda self: to_user_param(self._params["unembed.b_U"]), doc="Unembedding bias [d_vocab_out] (view).")
+    W_Q = property(lambda self: to_user(self._stack("attn.W_Q")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_K = property(lambda self: to_user(self._stack("attn.W_K")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_V = property(lambda self: to_user(self._stack("attn.W_V")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_O = property(lambda self: to_user(self._stack("attn.W_O")), doc="[n_layers, n_heads, d_head, d_model] (copy).")
+    b_Q = property(lambda self: to_user(self._stack("attn.b_Q")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_K = property(lambda self: to_user(self._stack("attn.b_K")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_V = property(lambda self: to_user(self._stack("attn.b_V")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_O = property(lambda self: to_user(self._stack("attn.b_O")), doc="[n_layers, d_model] (copy).")
+    W_in = property(lambda self: to_user(self._stack("mlp.W_in")), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_gate = property(lambda self: to_user(self._stack("mlp.W_gate")), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_out = property(lambda self: to_user(self._stack("mlp.W_out")), doc="[n_layers, d_mlp, d_model] (copy).")
+    b_in = property(lambda self: to_user(self._stack("mlp.b_in")), doc="[n_layers, d_mlp] (copy).")
+    b_out = property(lambda self: to_user(self._stack("mlp.b_out")), doc="[n_layers, d_model] (copy).")
 
     # ---------------------------------------------------------------- hooks
     def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
@@ -886,3 +912,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         c = self.cfg
         return (f"HookedTransformer(n_layers={c.n_layers}, d_model={c.d_model}, n_heads={c.n_heads}, "
                 f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})")
+
+
+# what these methods return reaches the user in the array type chosen (set_array_type);
+# called from inside the package they return NumPy
+for _name in ("forward", "run_with_cache", "run_with_hooks", "loss_fn", "generate", "to_tokens",
+              "to_string", "to_str_tokens", "get_token_position", "tokens_to_residual_directions",
+              "accumulated_bias"):
+    setattr(HookedTransformer, _name, user_facing(getattr(HookedTransformer, _name)))
+HookedTransformer.__call__ = HookedTransformer.forward

@@ -608,11 +608,8 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_OUT));
     if (s->logit_softcap > 0.0f) {
         /* TransformerLens caps after unembed.hook_out: the hook sees (and may edit) the raw logits */
-        const float cap = s->logit_softcap;
-        float *capped = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS_CAP));
-        int64_t n = BT * s->d_vocab_out;
-        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-        for (int64_t i = 0; i < n; i++) capped[i] = cap * tanhf(logits[i] / cap);
+        mi_softcap(s->logit_softcap, logits, mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS_CAP)),
+                   BT * s->d_vocab_out);
     }
     return MI_OK;
 }

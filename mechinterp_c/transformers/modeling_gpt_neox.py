@@ -34,6 +34,7 @@ import numpy as np
 
 from ..config import GPTNeoXConfig
 from ..loading_from_pretrained import convert_neox_config
+from ..utils import to_numpy
 from .modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP,
                              LlamaModel, Linear)
 from .modeling_utils import HFArray, Module, ModuleList, _AffineSite, _same
@@ -58,7 +59,7 @@ class _NeoXQKVSite:
         if ret is not None:
             r = ret[0] if isinstance(ret, tuple) else ret
             if r is not None:
-                new = np.asarray(r)
+                new = np.asarray(to_numpy(r))
                 if new.size != y.size:
                     raise ValueError(f"{self.where}: hook returned shape {new.shape}; expected "
                                      f"{(y.shape[0], y.shape[1], y[0, 0].size)}")
@@ -120,7 +121,7 @@ class GPTNeoXForCausalLM(LlamaForCausalLM):
                 (p + "attn.hook_q", fused, _NeoXQKVSite(H, Dh, n + "attention.query_key_value")),
                 ln1_pre, np.ascontiguousarray(W.transpose(2, 1, 3, 0).reshape(3 * D, D)),
                 np.ascontiguousarray(raw[p + "attn.b_qkv"].transpose(1, 0, 2).reshape(3 * D)))
-            for w in (attn.query_key_value.weight, attn.query_key_value.bias):
+            for w in (attn.query_key_value._np("weight"), attn.query_key_value._np("bias")):
                 w.flags.writeable = False   # a permuted copy: an edit would not reach the core
             attn.dense = linear(n + "attention.dense", (p + "hook_attn_out", _same, None),
                                 (p + "attn.hook_z", flat, None, False),
@@ -149,7 +150,7 @@ class GPTNeoXForCausalLM(LlamaForCausalLM):
 
     def _final_norm(self, normalized):
         lnf = self.gpt_neox.final_layer_norm
-        return normalized * lnf.weight + lnf.bias
+        return normalized * lnf._np("weight") + lnf._np("bias")
 
     def get_input_embeddings(self):
         """``gpt_neox.embed_in``."""

@@ -177,7 +177,7 @@ class LlamaForCausalLM(Module):
 
     def _final_norm(self, normalized):
         """The final norm's output from the C core's normalized residual stream."""
-        return normalized * self.model.norm.weight
+        return normalized * self.model.norm._np("weight")
 
     def get_input_embeddings(self):
         """``model.embed_tokens``."""
