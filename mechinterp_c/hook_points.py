@@ -7,6 +7,12 @@ writable NumPy view of the C buffer and ``hook`` this HookPoint. A hook edits
 the activation in place, or returns an array of the same shape whose values
 replace it; returning None keeps the (possibly edited) activation.
 
+Backward hooks (``dir="bwd"``) are ``fn(gradient, hook)`` on the gradient of a
+metric at the point (a writable view of the C gradient buffer); they run during
+a pass given a metric (``run_with_hooks(..., metric=...)``,
+``run_with_cache(..., incl_bwd=True, metric=...)``) and what they leave in the
+view, edited in place or returned, is the gradient that flows upstream.
+
 Levels, as TransformerLens: every ``model.hooks(...)`` context (and so every
 ``run_with_hooks`` / ``run_with_cache``) adds its hooks at a new context level
 and on exit removes the non-permanent hooks of that level only; hooks added by
@@ -55,8 +61,9 @@ class LensHandle:
     hook keeps nothing of the activation past its call (it copies what it needs),
     so the C pass gives the point no arena slot of its own."""
 
-    def __init__(self, hook_point, fn, is_permanent, context_level=None):
+    def __init__(self, hook_point, fn, is_permanent, context_level=None, dir="fwd"):
         self.hook_point = hook_point
+        self.dir = dir
         self.fn = fn
         self.is_permanent = is_permanent
         self.context_level = context_level
@@ -71,7 +78,7 @@ class LensHandle:
 
     def remove(self):
         """Unregister this hook (no error if already removed)."""
-        handles = self.hook_point._handles
+        handles = self.hook_point._bwd_handles if self.dir == "bwd" else self.hook_point._handles
         if self in handles:
             handles.remove(self)
 
@@ -84,20 +91,23 @@ class HookPoint:
         self.name = name
         self.point_id = point_id
         self._handles = []
+        self._bwd_handles = []
         self.ctx = {}
 
     def add_hook(self, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
-        """Register ``hook(activation, hook=self)`` at context ``level`` (None: no level);
-        only forward hooks exist in the C core."""
-        if dir != "fwd":
-            raise NotImplementedError(f"{self.name}: only forward hooks are supported (got dir={dir!r})")
+        """Register ``hook(activation, hook=self)`` (``dir="fwd"``) or ``hook(gradient,
+        hook=self)`` (``dir="bwd"``: runs on the metric's gradient at this point in a
+        pass given a metric) at context ``level`` (None: no level)."""
+        if dir not in ("fwd", "bwd"):
+            raise ValueError(f"Invalid direction {dir!r}: expected 'fwd' or 'bwd'")
         if not callable(hook):
             raise TypeError(f"{self.name}: hook must be callable, got {type(hook).__name__}")
-        handle = LensHandle(self, hook, is_permanent, level)
+        handle = LensHandle(self, hook, is_permanent, level, dir)
+        handles = self._bwd_handles if dir == "bwd" else self._handles
         if prepend:
-            self._handles.insert(0, handle)
+            handles.insert(0, handle)
         else:
-            self._handles.append(handle)
+            handles.append(handle)
         return handle
 
     def add_perma_hook(self, hook, dir="fwd"):
@@ -108,11 +118,11 @@ class HookPoint:
         """Remove the non-permanent hooks of context ``level`` (None: of every level); with
         including_permanent, every hook whatever its level."""
         _check_dir(dir)
-        if dir == "bwd":
-            return   # there are no backward hooks to remove
-        # in place: handles and a rebuilt model may share the list
-        self._handles[:] = [h for h in self._handles if not including_permanent and (
-            h.is_permanent or (level is not None and h.context_level != level))]
+        # in place: handles and a rebuilt model may share the lists
+        for handles in ([self._handles] if dir == "fwd" else [self._bwd_handles] if dir == "bwd"
+                        else [self._handles, self._bwd_handles]):
+            handles[:] = [h for h in handles if not including_permanent and (
+                h.is_permanent or (level is not None and h.context_level != level))]
 
     def clear_context(self):
         """Empty ``ctx``."""
@@ -125,16 +135,17 @@ class HookPoint:
 
     @property
     def bwd_hooks(self):
-        """Always empty: the C core has forward hooks only."""
-        return []
+        """The registered backward handles, in calling order."""
+        return list(self._bwd_handles)
 
     def has_hooks(self, dir="both", including_permanent=True, level=None):
         """Whether a hook is registered (of context ``level`` when given; permanent ones
         count unless including_permanent=False)."""
         _check_dir(dir)
-        return dir != "bwd" and any((including_permanent or not h.is_permanent) and
-                                    (level is None or h.context_level == level)
-                                    for h in self._handles)
+        handles = (self._handles if dir == "fwd" else self._bwd_handles if dir == "bwd"
+                   else self._handles + self._bwd_handles)
+        return any((including_permanent or not h.is_permanent) and
+                   (level is None or h.context_level == level) for h in handles)
 
     def layer(self):
         """The block index in the name (``blocks.3.attn.hook_q`` -> 3); ValueError without one."""
@@ -143,15 +154,17 @@ class HookPoint:
             raise ValueError(f"{self.name} is not inside a block and has no layer")
         return int(parts[1])
 
-    def run(self, act):
-        """Run the hooks on ``act`` (a view of the C buffer), writing returned values into it.
+    def run(self, act, dir="fwd"):
+        """Run the hooks of direction ``dir`` on ``act`` (a view of the C buffer: the
+        activation, or with "bwd" its gradient), writing returned values into it.
 
         After ``set_array_type("torch")`` a user's hook gets ``torch.from_numpy(act)``, the
         same memory, so in-place tensor edits are edits of the activation; a returned
         tensor is copied in like an array. The package's own hooks (``_mi_raw``) always
         get the NumPy view."""
+        what = "backward hook" if dir == "bwd" else "hook"
         shown = None
-        for h in list(self._handles):
+        for h in list(self._bwd_handles if dir == "bwd" else self._handles):
             if h.raw or not torch_mode():
                 arg = act
             else:
@@ -165,13 +178,13 @@ class HookPoint:
                 if hasattr(ret, "detach") or isinstance(ret, (list, tuple)):
                     ret = to_numpy(ret)
                 else:
-                    raise TypeError(f"hook on {self.name} returned {type(ret).__name__}; a hook must "
+                    raise TypeError(f"{what} on {self.name} returned {type(ret).__name__}; a hook must "
                                     f"return None or an array of shape {act.shape}")
             if ret.shape != act.shape:
-                raise ValueError(f"hook on {self.name} returned shape {ret.shape}; expected "
+                raise ValueError(f"{what} on {self.name} returned shape {ret.shape}; expected "
                                  f"{act.shape} (or None to keep in-place edits)")
             if ret.dtype.kind != "f":
-                raise TypeError(f"hook on {self.name} returned dtype {ret.dtype}; expected a "
+                raise TypeError(f"{what} on {self.name} returned dtype {ret.dtype}; expected a "
                                 f"floating-point array of shape {act.shape}")
             if ret.__array_interface__["data"][0] == act.__array_interface__["data"][0] \
                     and ret.strides == act.strides:
@@ -179,7 +192,8 @@ class HookPoint:
             np.copyto(act, ret, casting="same_kind")
 
     def __repr__(self):
-        return f"HookPoint({self.name!r}, {len(self._handles)} hooks)"
+        bwd = f", {len(self._bwd_handles)} backward" if self._bwd_handles else ""
+        return f"HookPoint({self.name!r}, {len(self._handles)} hooks{bwd})"
 
 
 def _position_axis(name):
@@ -198,8 +212,9 @@ class _CacheHook:
 
     _mi_raw = True   # stores NumPy views: the cache converts when read
 
-    def __init__(self, cache, remove_batch_dim, pos_slice):
+    def __init__(self, cache, remove_batch_dim, pos_slice, suffix=""):
         self.cache = cache
+        self.suffix = suffix
         self.remove_batch_dim = remove_batch_dim
         self.pos_slice = Slice.unwrap(pos_slice)
         self.transient = self.pos_slice.mode != "identity"
@@ -211,7 +226,7 @@ class _CacheHook:
             except IndexError as e:
                 raise IndexError(f"pos_slice at {hook.name}: {e}") from None
             act = act.clone() if hasattr(act, "clone") else act.copy()
-        self.cache[hook.name] = act[0] if self.remove_batch_dim else act
+        self.cache[hook.name + self.suffix] = act[0] if self.remove_batch_dim else act
 
 
 class HookedRootMixin:
@@ -269,12 +284,12 @@ class HookedRootMixin:
         """Context manager: the given ``[(name_or_filter, fn)]`` hooks are active inside it,
         at a new context level; on exit (with reset_hooks_end) the non-permanent hooks of
         that level are removed and, with clear_contexts, every ``ctx`` emptied."""
-        if bwd_hooks:
-            raise NotImplementedError("backward hooks are not supported")
         self.context_level += 1
         try:
             for name, fn in fwd_hooks:
                 self.add_hook(name, fn, level=self.context_level)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd", level=self.context_level)
             yield self
         finally:
             if reset_hooks_end:
@@ -291,23 +306,28 @@ class HookedRootMixin:
         deliberate difference: TransformerLens slices axis -2 of the per-head inputs
         (``hook_attn_in``, ``hook_q/k/v_input``, ln1's points with them on), their head
         axis; here their positions are sliced."""
-        if incl_bwd:
-            raise NotImplementedError("incl_bwd: backward hooks are not supported")
         check_cpu_device(device)
         keep = names_filter_fn(names_filter)
         cache = {} if cache is None else cache
         self.is_caching = True
         save = _CacheHook(cache, remove_batch_dim, pos_slice)
-        return cache, [(name, save) for name in self.hook_dict if keep(name)], []
+        names = [name for name in self.hook_dict if keep(name)]
+        bwd = []
+        if incl_bwd:
+            save_grad = _CacheHook(cache, remove_batch_dim, pos_slice, suffix="_grad")
+            bwd = [(name, save_grad) for name in names]
+        return cache, [(name, save) for name in names], bwd
 
     def add_caching_hooks(self, names_filter=None, incl_bwd=False, device=None, remove_batch_dim=False,
                           cache=None):
         """Add hooks that store the activations of every later forward pass in ``cache`` (a
         new dict by default), which is returned; ``reset_hooks()`` removes them. The stored
         arrays are views of each pass's arena (no copies)."""
-        cache, fwd, _ = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
         for name, fn in fwd:
             self.add_hook(name, fn)
+        for name, fn in bwd:
+            self.add_hook(name, fn, dir="bwd")
         return cache
 
     def cache_all(self, cache, incl_bwd=False, device=None, remove_batch_dim=False):

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from . import _core, utils
+from . import _core, metrics, utils
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
 from .array_type import to_user, to_user_param, torch_mode, user_facing
@@ -562,10 +562,91 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # ---------------------------------------------------------------- hooks
     def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
-                       clear_contexts=False, **model_kwargs):
-        """Forward pass with temporary hooks ``fwd_hooks=[(name_or_filter, fn)]``."""
+                       clear_contexts=False, metric=None, **model_kwargs):
+        """Forward pass with temporary hooks ``fwd_hooks=[(name_or_filter, fn)]``.
+
+        With ``metric`` (see ``mechinterp_c.metrics``: ``"loss"``, ``metrics.logit_diff``,
+        ``metrics.logprob`` or a function ``logits -> (value, dvalue_dlogits)``) the pass
+        continues backward from the metric's gradient, running the backward hooks
+        ``bwd_hooks=[(name_or_filter, fn)]`` (and any added with ``dir="bwd"``) on the
+        gradient at each point, and returns the metric's value (``return_type="logits"``:
+        the logits; ``"both"``: ``(logits, value)``)."""
+        if metric is None and (bwd_hooks or self._has_bwd_hooks()):
+            raise ValueError("backward hooks run in a backward pass: pass metric=... ('loss', "
+                             "metrics.logit_diff(...), metrics.logprob(...) or a function logits -> "
+                             "(value, dvalue_dlogits)); there is no autograd on NumPy outputs")
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
-            return self.forward(*model_args, **model_kwargs)
+            if metric is None:
+                return self.forward(*model_args, **model_kwargs)
+            out, _ = self._grad_call("run_with_hooks", model_args, model_kwargs, metric, None, None)
+            return out
+
+    def _has_bwd_hooks(self):
+        return any(hp._bwd_handles for hp in self.hook_dict.values())
+
+    def _grad_call(self, who, model_args, model_kwargs, metric, keep, remove_batch_dim):
+        """The metric's backward pass for run_with_hooks / run_with_cache: (output, cache
+        dict with ``*_grad`` entries of the names ``keep`` accepts, None: no cache)."""
+        return_type = model_kwargs.pop("return_type", None)
+        attention_mask = model_kwargs.pop("attention_mask", None)
+        prepend_bos = model_kwargs.pop("prepend_bos", None)
+        padding_side = model_kwargs.pop("padding_side", None)
+        for k in ("stop_at_layer", "start_at_layer", "past_kv_cache", "shortformer_pos_embed"):
+            if model_kwargs.get(k) is not None:
+                raise NotImplementedError(f"{who}: {k} with a metric's backward pass is not supported")
+            model_kwargs.pop(k, None)
+        model_kwargs.pop("loss_per_token", None)
+        if len(model_args) > 1:
+            raise TypeError(f"{who}: pass return_type etc. as keywords")
+        tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
+        if model_kwargs:
+            raise TypeError(f"{who}: unsupported arguments {sorted(model_kwargs)}")
+        if return_type not in (None, "loss", "logits", "both"):
+            raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        tokens, attention_mask = self._input_tokens(tokens, prepend_bos, padding_side, attention_mask)
+        value, logits, raw, graw = self._run_grad(tokens, metric, attention_mask, keep)
+        out = logits if return_type == "logits" else (logits, value) if return_type == "both" else value
+        if keep is None:
+            return out, None
+        points, fire_order = self._points, self._fire_order
+        fwd = {points[pid].name: v for pid, v in raw.items()}
+        bwd = {points[pid].name: v for pid, v in graw.items()}
+        cache = {n: fwd[n] for n in fire_order if n in fwd}
+        cache.update((n + "_grad", bwd[n]) for n in reversed(fire_order) if n in bwd)
+        if remove_batch_dim:
+            cache = {n: v[0] for n, v in cache.items()}
+        return out, cache
+
+    def _run_grad(self, tokens, metric, attention_mask=None, keep=None, grads=None):
+        """One C pass forward, metric and backward: (value, logits, {point_id: activation},
+        {point_id: gradient}) for the points ``keep`` accepts (None: none), with the
+        registered forward and backward hooks running; parameter gradients accumulate
+        into ``grads`` (a grad blob) when given."""
+        tokens = self._tokens(tokens)
+        pos_ids, key_mask = self._mask(attention_mask, tokens)
+        n = self._n_points
+        flags, bflags = bytearray(n), bytearray(n)
+        any_fwd = any_bwd = False
+        for name, hp in self.hook_dict.items():
+            pid = hp.point_id
+            if pid is None:
+                continue
+            if keep is not None and keep(name):
+                flags[pid] |= _CACHE
+                bflags[pid] |= _CACHE
+            if hp._handles:
+                flags[pid] |= _CALLBACK
+                any_fwd = True
+            if hp._bwd_handles:
+                bflags[pid] |= _CALLBACK
+                any_bwd = True
+        points = self._points
+        spec = metrics.resolve(metric, tokens, None if key_mask is None else key_mask,
+                               tokens.shape + (self.cfg.d_vocab_out,))
+        return _core.grad(self._core, tokens, bytes(flags), bytes(bflags), spec,
+                          (lambda pid, act: points[pid].run(act)) if any_fwd else None,
+                          (lambda pid, g: points[pid].run(g, "bwd")) if any_bwd else None,
+                          pos_ids, key_mask, grads)
 
     # -------------------------------------------------------------- forward
     def _tokens(self, tokens):
@@ -744,9 +825,35 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
         Cached arrays are views into the pass's arena (no copies). With ``pos_slice``
         only those positions are kept, copied by caching hooks during the pass (see
-        ``get_caching_hooks``), so the cache holds the slice, not whole activations."""
-        if incl_bwd:
-            raise NotImplementedError("incl_bwd: backward caching is not supported")
+        ``get_caching_hooks``), so the cache holds the slice, not whole activations.
+
+        ``incl_bwd=True`` with ``metric`` (see ``mechinterp_c.metrics``: ``"loss"``,
+        ``metrics.logit_diff(answer_tokens, wrong_tokens, pos=-1)``,
+        ``metrics.logprob(tokens, pos)``, or a function ``logits -> (value,
+        dvalue_dlogits)``) also runs the backward pass from the metric and caches the
+        gradient at each point as ``name + "_grad"`` (``blocks.0.hook_resid_pre_grad``),
+        zero-copy views like the activations; ``names_filter`` applies to both, and
+        backward hooks run. It returns ``(value, cache)`` (``return_type="logits"``:
+        the logits; ``"both"``: ``(logits, value)``). Without ``metric``,
+        ``return_type="loss"`` takes the loss as the metric, as TransformerLens's
+        ``loss.backward()``."""
+        metric = model_kwargs.pop("metric", None)
+        if incl_bwd or metric is not None:
+            check_cpu_device(device)
+            if metric is None:
+                if model_kwargs.get("return_type") != "loss":
+                    raise ValueError("incl_bwd=True needs metric=... ('loss', metrics.logit_diff(...), "
+                                     "metrics.logprob(...) or a function logits -> (value, "
+                                     "dvalue_dlogits)), or return_type='loss'")
+                metric = "loss"
+            if not incl_bwd:
+                raise ValueError("run_with_cache: metric=... is for incl_bwd=True")
+            if pos_slice is not None:
+                raise NotImplementedError("run_with_cache: pos_slice with incl_bwd=True is not supported")
+            with self.hooks((), (), reset_hooks_end, clear_contexts):
+                out, cache = self._grad_call("run_with_cache", model_args, dict(model_kwargs), metric,
+                                             names_filter_fn(names_filter), remove_batch_dim)
+            return out, self._wrap_cache(cache, remove_batch_dim, return_cache_object)
         check_cpu_device(device)
         if pos_slice is not None:
             out, cache = self._run_with_caching_hooks(model_args, model_kwargs, names_filter,

@@ -249,9 +249,12 @@ def test_cache_all_cache_some_get_caching_hooks(caplog):
     with tm.hooks(fwd_hooks=tfwd), torch.no_grad():
         tm(torch.tensor(TOKENS))
     assert_same_cache(cache, tcache, "get_caching_hooks")
-    for call in (lambda: m.add_caching_hooks(incl_bwd=True), lambda: m.get_caching_hooks(device="cuda")):
-        with pytest.raises((NotImplementedError, ValueError)):
-            call()
+    with pytest.raises((NotImplementedError, ValueError)):
+        m.get_caching_hooks(device="cuda")
+    # incl_bwd: backward caching hooks on the same names, as TransformerLens
+    _, fwd, bwd = m.get_caching_hooks(lambda n: "ln" in n, incl_bwd=True)
+    _, tfwd, tbwd = tm.get_caching_hooks(lambda n: "ln" in n, incl_bwd=True)
+    assert [n for n, _ in bwd] == [n for n, _ in tbwd] == [n for n, _ in fwd]
     assert hook_counts(m) == {}
 
 

@@ -308,6 +308,10 @@ def test_transformer_lens_api(odd, rng):
     rh.remove()
     assert rel_err(y_abl, y_ref.numpy()) <= BLOCK_TOL
     np.testing.assert_array_equal(model(eeg, pos), y)   # hooks gone after run_with_hooks
+    # no logits, so no metric to differentiate: backward hooks are refused, not ignored
+    with pytest.raises(NotImplementedError, match="bwd_hooks"):
+        model.hooked.run_with_hooks(eeg, pos, bwd_hooks=[("blocks.0.attn.hook_z", ablate)])
+    np.testing.assert_array_equal(model(eeg, pos), y)
     # stop_at_layer: the residual stream entering block 1
     mid = model.hooked(eeg, pos, stop_at_layer=1)
     np.testing.assert_array_equal(mid, cache["blocks.1.hook_resid_pre"])

@@ -14,6 +14,10 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
  * mi_py_model_release(obj). Call both with the GIL held. */
 mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj);
 void mi_py_model_release(PyObject *obj);
+/* A forward-only use of the model (weights may be tied or read in place from a
+ * checkpoint, which is checked to be unchanged): marked in use as
+ * mi_py_model_acquire, until mi_py_model_release(obj). */
+mi_transformer *mi_py_model_use(PyObject *module, PyObject *obj);
 
 /* The key/value cache behind `obj` (a _core.KVCache, kv_cache_py.c), marked in
  * use until mi_py_kv_release(obj): NULL with TypeError for another object,

@@ -114,6 +114,7 @@ static int core_exec(PyObject *m)
     if (mi_py_reve_exec(m) < 0) return -1;
     if (mi_py_analysis_exec(m) < 0) return -1;
     if (mi_py_train_exec(m) < 0) return -1;
+    if (mi_py_grad_exec(m) < 0) return -1;
     if (mi_py_bf16_exec(m) < 0) return -1;
     if (mi_py_accumulators_exec(m) < 0) return -1;
     if (mi_py_sampling_exec(m) < 0) return -1;

@@ -766,6 +766,9 @@ class HookedReve(HookedTransformer):
     def run_with_hooks(self, eeg, pos, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
                        clear_contexts=False, **kwargs):
         """Forward pass with temporary hooks ``fwd_hooks=[(name_or_filter, fn)]``."""
+        if bwd_hooks:
+            raise NotImplementedError("bwd_hooks: REVE's encoder has no logits for a metric's "
+                                      "backward pass (no_head)")
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self.forward(eeg, pos, **kwargs)
 
