@@ -111,5 +111,6 @@ int mi_py_analysis_exec(PyObject *m);
 int mi_py_train_exec(PyObject *m);
 int mi_py_accumulators_exec(PyObject *m);   /* accumulators_py.c */
 int mi_py_sampling_exec(PyObject *m);   /* sampling_py.c */
+int mi_py_patch_exec(PyObject *m);   /* patch_py.c */
 
 #endif

@@ -631,3 +631,17 @@ mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj)
 }
 
 void mi_py_model_release(PyObject *obj) { ((mi_py_model *)obj)->running--; }
+
+mi_transformer *mi_py_model_acquire_forward(PyObject *module, PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, mi_state(module)->model_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a _core.Model, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    mi_py_model *mo = (mi_py_model *)obj;
+    if (check_ready(mo) < 0) return NULL;
+    /* weights read in place from a checkpoint: is the file still the one mapped? */
+    if (mo->tf.n_external && mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
+    mo->running++;
+    return &mo->tf;
+}

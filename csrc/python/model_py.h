@@ -14,5 +14,9 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
  * mi_py_model_release(obj). Call both with the GIL held. */
 mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj);
 void mi_py_model_release(PyObject *obj);
+/* The C transformer behind `obj` for passes that only read the weights
+ * (forward-only engines such as patching): any model, its weights in the
+ * blob or read in place; marked in use as mi_py_model_acquire's. */
+mi_transformer *mi_py_model_acquire_forward(PyObject *module, PyObject *obj);
 
 #endif
