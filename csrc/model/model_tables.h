@@ -45,6 +45,7 @@ enum {
     X(THREE, "3")          /* q, k, v */                                      \
     X(BATCH, "batch")                                                         \
     X(POS, "pos")                                                             \
+    X(KPOS, "key_pos")     /* pos, or cached + new positions with a KV cache */ \
     X(D, "d_model")                                                           \
     X(H, "n_heads")                                                           \
     X(HEAD_IN, "n_heads?")                                                     \
@@ -67,7 +68,7 @@ enum {
     X(K,        BATCH, POS, H,       DH,   NONE) \
     X(V,        BATCH, POS, H,       DH,   NONE) \
     X(HEADS,    BATCH, POS, H,       DH,   NONE) \
-    X(ATTN,     BATCH, H,   POS,     POS,  NONE) \
+    X(ATTN,     BATCH, H,   POS,     KPOS, NONE) \
     X(RESULT,   BATCH, POS, H,       D,    NONE) \
     X(MLP,      BATCH, POS, M,       NONE, NONE) \
     X(LOGITS,   BATCH, POS, VO,      NONE, NONE)

@@ -38,7 +38,7 @@ static mi_status add_param(mi_transformer *m, int capacity, size_t *cursor, cons
     mi_tf_param *p = &m->table[m->n_table];
     int64_t dims[5];
     size_t n;
-    MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, name, dims, &p->ndim, &n));
+    MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, 0, name, dims, &p->ndim, &n));
     if (align_floats(n) > MAX_FLOATS - *cursor)
         return mi_fail(MI_ERR_VALUE, "transformer: n_params too large: the parameter blob passes "
                        "%zu floats at %s", MAX_FLOATS, name);

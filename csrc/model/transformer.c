@@ -9,6 +9,7 @@
  */
 #include "model/transformer.h"
 #include "model/arena.h"
+#include "model/kv_cache.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -65,6 +66,7 @@ struct run_state {
     mi_hook_fn hook;
     void *ctx;
     fwd_profile *prof;   /* MI_PROFILE step times of this pass, or NULL */
+    mi_kv_cache *kv;     /* the key/value cache the layers append to and attend over, or NULL */
 };
 
 static inline void prof_start(run_state *r)
@@ -243,22 +245,26 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     MI_TRY(fire(r, p0 + MI_P_K));
     MI_TRY(fire(r, p0 + MI_P_V));
     mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
+    const float *keys = qkv + HD, *values = qkv + 2 * HD;
+    /* with a KV cache: store the new keys/values (after their hooks) and attend
+     * over the cached + new ones, queries at key positions past.. */
+    if (r->kv) mi_kv_append(r->kv, l, pl->past, &lay, &keys, &values);
     prof_start(r);
     if (attn_fusable(r->flags, p0)) {
         /* no hook between the steps: one pass, scores/pattern kept only if cached */
-        MI_TRY(mi_attn_fused(&lay, qkv, qkv + HD, qkv + 2 * HD, 1.0f / s->attn_scale, s->causal,
+        MI_TRY(mi_attn_fused(&lay, qkv, keys, values, 1.0f / s->attn_scale, s->causal,
                              key_mask, r->flags[p0 + MI_P_SCORES] ? scores : NULL,
                              r->flags[p0 + MI_P_PATTERN] ? pattern : NULL, z));
         prof_stop(r, PR_APPLY);
     } else {
-        MI_TRY(mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask,
+        MI_TRY(mi_attn_scores(&lay, qkv, keys, 1.0f / s->attn_scale, s->causal, key_mask,
                               scores));
         prof_stop(r, PR_SCORES);
         MI_TRY(fire(r, p0 + MI_P_SCORES));
-        mi_softmax_rows(scores, pattern, B * H * T, T);
+        mi_softmax_rows(scores, pattern, B * H * T, lay.k_len);
         prof_stop(r, PR_SOFTMAX);
         MI_TRY(fire(r, p0 + MI_P_PATTERN));
-        MI_TRY(mi_attn_apply(&lay, pattern, qkv + 2 * HD, z));
+        MI_TRY(mi_attn_apply(&lay, pattern, values, z));
         prof_stop(r, PR_APPLY);
     }
     MI_TRY(fire(r, p0 + MI_P_Z));
@@ -364,16 +370,75 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
                         const int64_t *pos_ids, const float *key_mask, mi_hook_fn hook,
                         void *hook_ctx)
 {
-    const mi_tf_spec *s = &m->spec;
-    int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
+    if (plan->past)
+        return mi_fail(MI_ERR_VALUE, "forward: a plan over cached positions needs the cache");
+    return mi_tf_forward_kv(m, plan, arena, flags, tokens, resid_in, pos_ids, key_mask, NULL,
+                            hook, hook_ctx);
+}
+
+static mi_status forward_from(run_state *r, const int64_t *tokens, const float *resid_in,
+                              const int64_t *pos_ids, const float *key_mask,
+                              const float *attn_mask);
+
+mi_status mi_tf_forward_kv(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
+                           const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                           const int64_t *pos_ids, const float *key_mask, mi_kv_cache *kv,
+                           mi_hook_fn hook, void *hook_ctx)
+{
     const char *pe = getenv("MI_PROFILE");
     fwd_profile prof = {{0}};
-    run_state r = {m, plan, arena, flags, hook, hook_ctx, pe && *pe && *pe != '0' ? &prof : NULL};
+    run_state r = {m, plan, arena, flags, hook, hook_ctx, pe && *pe && *pe != '0' ? &prof : NULL,
+                   kv};
+    if (!kv) {
+        if (plan->past) return mi_fail(MI_ERR_VALUE, "forward: a plan over cached positions needs the cache");
+        return forward_from(&r, tokens, resid_in, pos_ids, key_mask, key_mask);
+    }
+    /* the cache: the new positions' mask joins it; positions skip all padding
+     * so far; attention sees the mask of every key when any is padding */
+    int64_t B = plan->batch, T = plan->seq, Tk = plan->past + T;
+    int first = plan->start_layer < 0 ? 0 : plan->start_layer;
+    if (kv->batch != B || first >= plan->stop_layer || kv->len[first] != plan->past
+        || kv->alloc < Tk)
+        return mi_fail(MI_ERR_VALUE, "forward: the plan does not match the key/value cache "
+                       "(mi_kv_prepare first)");
+    int64_t *pos = NULL;
+    float *attn_mask = NULL;
+    if (!pos_ids && plan->start_layer < 0 && m->spec.pos_embed
+        && !(pos = mi_malloc(sizeof(int64_t) * (size_t)(B * T))))
+        return mi_fail(MI_ERR_NOMEM, "forward: out of memory for position ids");
+    int any_pad;
+    mi_kv_store_mask(kv, plan->past, T, key_mask, pos, &any_pad);
+    if (any_pad) {
+        if (!(attn_mask = mi_malloc(sizeof(float) * (size_t)(B * Tk)))) {
+            mi_free(pos);
+            return mi_fail(MI_ERR_NOMEM, "forward: out of memory for the key mask");
+        }
+        mi_kv_key_mask(kv, plan->past, T, attn_mask);
+    }
+    mi_status st = forward_from(&r, tokens, resid_in, pos ? pos : pos_ids, key_mask, attn_mask);
+    if (st == MI_OK) mi_kv_commit(kv, m, first, plan->stop_layer, plan->past, T);
+    mi_free(pos);
+    mi_free(attn_mask);
+    return st;
+}
+
+/* The pass: key_mask [B, T] masks the new positions' embeddings, attn_mask
+ * [B, past + T] the keys attention sees. */
+static mi_status forward_from(run_state *rs, const int64_t *tokens, const float *resid_in,
+                              const int64_t *pos_ids, const float *key_mask,
+                              const float *attn_mask)
+{
+    run_state r = *rs;
+    const mi_transformer *m = r.m;
+    const mi_tf_plan *plan = r.plan;
+    float *arena = r.arena;
+    const mi_tf_spec *s = &m->spec;
+    int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
     prof_start(&r);
     if (plan->start_layer >= 0) {
         if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
         memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
-        return run_layers(&r, plan->start_layer, key_mask);
+        return run_layers(&r, plan->start_layer, attn_mask);
     }
     if (!tokens) return mi_fail(MI_ERR_VALUE, "forward: tokens are required without start_at_layer");
     /* validate every input before any parallel work */
@@ -404,7 +469,7 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
     }
     prof_stop(&r, PR_EMBED);
-    mi_status st = run_layers(&r, 0, key_mask);
+    mi_status st = run_layers(&r, 0, attn_mask);
     if (r.prof) prof_report(r.prof);
     return st;
 }

@@ -19,4 +19,10 @@ void mi_py_model_release(PyObject *obj);
  * blob or read in place; marked in use as mi_py_model_acquire's. */
 mi_transformer *mi_py_model_acquire_forward(PyObject *module, PyObject *obj);
 
+/* The key/value cache behind `obj` (a _core.KVCache, kv_cache_py.c), marked in
+ * use until mi_py_kv_release(obj): NULL with TypeError for another object,
+ * RuntimeError when another pass is using it. GIL held. */
+struct mi_kv_cache *mi_py_kv_acquire(PyObject *module, PyObject *obj);
+void mi_py_kv_release(PyObject *obj);
+
 #endif
