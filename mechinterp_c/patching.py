@@ -287,6 +287,8 @@ class loss(_BuiltinMetric):
 
 def _metric_value(metric, logits, what):
     """float(metric(logits)), with a clear error for a raising or non-scalar metric."""
+    if isinstance(metric, _BuiltinMetric):   # its own argument errors, unwrapped
+        return metric(logits)
     try:
         v = metric(logits)
     except Exception as e:
