@@ -331,7 +331,7 @@ _PASS_ROWS = 2048
 def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metric, patch_setter,
                              activation_name, index_axis_names=None, index_df=None,
                              return_index_df=False, *, normalize=False, attention_mask=None,
-                             progress=None, pass_rows=None):
+                             progress=None, pass_rows=None, skip_positions=True):
     """Patch ``activation_name`` from the clean run into the corrupted run for every
     cell of an index grid and record ``patching_metric`` of the patched logits
     (TransformerLens's ``generic_activation_patch``; the same arguments and output).
@@ -349,8 +349,12 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     (clean - corrupt)``, the clean value from the clean cache's last residual
     stream), ``attention_mask`` ([batch, pos], for padded batches: used by every
     pass as by ``forward``), ``progress`` (False: no tqdm bar), ``pass_rows``
-    (batch x pos rows per stacked pass). Returns float32 results (and the index
-    table with ``return_index_df``).
+    (batch x pos rows per stacked pass), ``skip_positions`` (default True: with
+    causal attention, TransformerLens's setters and a built-in metric, a cell
+    patched at position p recomputes only positions >= p, the earlier ones'
+    keys and values read from the corrupted run; False recomputes every
+    position). Returns float32 results (and the index table with
+    ``return_index_df``).
     """
     ht = _hooked(model)
     tokens = ht._tokens(corrupted_tokens)
@@ -403,6 +407,15 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     # shapes, the corrupted metric
     resid_names = {l: f"blocks.{l}.hook_resid_pre" for l in act_names}
     keep = set(resid_names.values()) | set(act_names.values())
+    pattern = _setter_pattern(patch_setter)
+    builtin = isinstance(patching_metric, _BuiltinMetric)
+    # causal attention, a C setter and a row metric: passes skip the positions
+    # before the patched one, reading the corrupted run's keys and values there
+    skip = (skip_positions and pattern is not None and builtin and ht.cfg.attention_dir == "causal"
+            and n_cells > 0)
+    if skip:
+        first = int(min(act_names))
+        keep |= {f"blocks.{l}.attn.hook_{w}" for l in range(first, L) for w in "kv"}
     logits_c, cache_c = ht.run_with_cache(tokens, names_filter=lambda n: n in keep,
                                           attention_mask=attention_mask)
     clean = {}
@@ -414,14 +427,12 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
                              f"same shape (corrupted tokens {tokens.shape})")
         clean[l] = np.ascontiguousarray(c, dtype=np.float32)
     key_mask = ht._mask(attention_mask, tokens)[1]
-    builtin = isinstance(patching_metric, _BuiltinMetric)
     if not builtin and not callable(patching_metric):
         raise TypeError(f"patching_metric: expected a function of the logits or a built-in metric, "
                         f"got {type(patching_metric).__name__}")
     corrupt_value = _metric_value(patching_metric, logits_c, "corrupted")
     clean_value = _clean_metric(ht, clean_cache, patching_metric, attention_mask) if normalize else None
     del logits_c
-    pattern = _setter_pattern(patch_setter)
     if pattern is not None:
         arity = _SETTER_ARITY[patch_setter.__name__]
         if table.shape[1] != arity:
@@ -438,7 +449,12 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
             idx = np.nonzero(layers == l)[0]
             resid = np.ascontiguousarray(cache_c[resid_names[l]], dtype=np.float32)
             per_pass = max(1, rows_per_pass // (B * T))
-            if pattern is not None:
+            if skip:
+                past = ([np.ascontiguousarray(cache_c[f"blocks.{i}.attn.hook_k"]) for i in range(l, L)],
+                        [np.ascontiguousarray(cache_c[f"blocks.{i}.attn.hook_v"]) for i in range(l, L)])
+                _run_c_skipping(ht, l, resid, act_names[l], clean[l], table[idx], pattern,
+                                patching_metric, key_mask, rows_per_pass, past, values, idx, bar)
+            elif pattern is not None:
                 _run_c(ht, l, resid, act_names[l], clean[l], table[idx], pattern, patching_metric,
                        builtin, key_mask, per_pass, values, idx, bar)
             else:
@@ -505,6 +521,45 @@ def _run_c(ht, l, resid, act_name, clean, table, pattern, metric, builtin, key_m
         del logits
         if bar is not None:
             bar.update(j1 - j0)
+
+
+# A pass of position-skipping cells may mix cells of different first positions
+# (all then start at the smallest) while it has fewer rows than this: small
+# passes read every weight for little arithmetic.
+_MIN_PASS_ROWS = 512
+
+
+def _run_c_skipping(ht, l, resid, act_name, clean, table, pattern, metric, key_mask, rows_per_pass,
+                    past, values, idx, bar):
+    """The cells of layer l through the C engine, each pass recomputing positions from
+    the first one its cells patch (causal attention: earlier positions are as in the
+    corrupted run)."""
+    B, T = resid.shape[:2]
+    cells = _c_cells(table, pattern, clean.shape)
+    name = act_name.rsplit(".", 1)[-1]
+    pos_axis = 2 if name in ("hook_pattern", "hook_attn_scores") else 1
+    sources = [(ht.hook_dict[act_name].point_id, clean, pos_axis)]
+    rows, cols, lse, reduce = metric._prepare(B, T, ht.cfg.d_vocab_out)
+    first = cells[:, pos_axis]                       # -1 (whole axis): position 0
+    first = np.where(first < 0, 0, first)
+    first = np.minimum(first, int(rows[:, 1].min()))  # rows read must be recomputed
+    order = np.argsort(first, kind="stable")
+    j = 0
+    n = len(order)
+    while j < n:
+        p0 = int(first[order[j]])
+        per_row = B * (T - p0)
+        k = 1
+        while j + k < n and (k + 1) * per_row <= rows_per_pass and \
+                (first[order[j + k]] == p0 or (k + 1) * per_row <= _MIN_PASS_ROWS):
+            k += 1
+        sel = order[j:j + k]
+        v = _core.patch_run(ht._core, l, resid, sources, cells[sel], k, key_mask, rows, cols, lse,
+                            pos0=p0, past_k=past[0], past_v=past[1])
+        values[idx[sel]] = reduce(v)
+        if bar is not None:
+            bar.update(k)
+        j += k
 
 
 def _run_hooks(ht, l, resid, act_name, clean, table, patch_setter, metric, attention_mask,

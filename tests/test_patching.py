@@ -101,7 +101,12 @@ def assert_cells_close(ours, ref, scale, what):
     assert err <= TOL * scale, f"{what}: max error {err:.3g} > {TOL} x logit scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("fn", FUNCTIONS)
+# the largest grids (hundreds of TransformerLens passes) run with the slow cases
+HEAVY = {"get_act_patch_attn_head_pattern_dest_src_pos", "get_act_patch_attn_head_by_pos_every"}
+
+
+@pytest.mark.parametrize("fn", [pytest.param(f, marks=pytest.mark.slow) if f in HEAVY else f
+                                for f in FUNCTIONS])
 def test_parity_with_transformer_lens(setup, fn):
     tm, m, clean, corrupt, cc, tcc, scale = setup
     ref = getattr(tlp, fn)(tm, torch.tensor(corrupt), tcc, tl_logit_diff).numpy()
@@ -310,3 +315,28 @@ def test_patch_run_binding_refuses_bad_arguments(setup):
     with pytest.raises(IndexError, match="token id"):
         _core.patch_run(m._core, 0, resid, src, cells, 1, None, np.array([[0, 0]]), np.array([[V]]))
     _still_usable(m, clean)
+
+
+@pytest.mark.parametrize("fn", ["get_act_patch_resid_pre", "get_act_patch_resid_mid",
+                                "get_act_patch_attn_head_out_by_pos", "get_act_patch_attn_head_k_by_pos",
+                                "get_act_patch_attn_head_pattern_by_pos", "get_act_patch_attn_head_v_all_pos"])
+def test_position_skipping(fn):
+    """One cell per pass (pass_rows=1), so every pass starts at its cell's position
+    and reads earlier positions' keys and values from the corrupted run: the same
+    cells as TransformerLens and as recomputing every position, with padding too."""
+    tm, m = make_pair(CONFIGS["gpt2"])
+    clean, corrupt = tokens_pair()
+    _, cc = m.run_with_cache(clean)
+    _, tcc = tm.run_with_cache(torch.tensor(clean))
+    scale = float(np.abs(m(corrupt)[:, -1]).max())
+    metric = patching.logit_diff(ANSWER, WRONG)
+    ref = getattr(tlp, fn)(tm, torch.tensor(corrupt), tcc, tl_logit_diff).numpy()
+    ours = getattr(patching, fn)(m, corrupt, cc, metric, progress=False, pass_rows=1)
+    assert_cells_close(ours, ref, scale, fn + " skipping positions")
+    mask = np.ones((B, T), np.int64)
+    mask[0, :2] = 0
+    _, ccm = m.run_with_cache(clean, attention_mask=mask)
+    skip = getattr(patching, fn)(m, corrupt, ccm, metric, progress=False, pass_rows=1, attention_mask=mask)
+    full = getattr(patching, fn)(m, corrupt, ccm, metric, progress=False, pass_rows=1, attention_mask=mask,
+                                 skip_positions=False)
+    np.testing.assert_allclose(skip, full, rtol=0, atol=TOL * scale)

@@ -17,6 +17,7 @@
  */
 #include "model/patch.h"
 #include "model/arena.h"
+#include "model/kv_cache.h"
 
 #include <math.h>
 #include <string.h>
@@ -31,32 +32,43 @@ typedef struct {
     int n_src;
     const mi_patch_cell *cells;   /* this pass's cells: cell j patches copy j */
     int64_t n, B;
+    int64_t pos0;                 /* the view's first query position (position skipping) */
 } patch_ctx;
 
-/* Copy each cell's slice of its clean activation into its copy of the batch. */
+/* Copy each cell's slice of its clean activation into its copy of the batch.
+ * The view covers query positions [pos0, T) on the source's pos_axis; the
+ * clean activation covers [0, T). */
 static mi_status patch_hook(void *vctx, int point, const mi_tensor_view *v)
 {
     const patch_ctx *c = vctx;
     int64_t ext[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
     for (int i = 0; i < v->ndim; i++) { ext[i] = v->shape[i]; st[i] = v->strides[i]; }
-    int64_t B = c->B, per_b = ext[1] * ext[2] * ext[3];
+    int64_t B = c->B;
     for (int64_t j = 0; j < c->n; j++) {
         const mi_patch_cell *cell = &c->cells[j];
         const mi_patch_source *s = &c->src[cell->source];
         if (s->point != point) continue;
+        int64_t off[4] = {0, 0, 0, 0}, cext[4];
+        if (s->pos_axis >= 1 && s->pos_axis <= 3) off[s->pos_axis] = c->pos0;
+        for (int a = 1; a < 4; a++) cext[a] = ext[a] + off[a];
+        int64_t per_b = cext[1] * cext[2] * cext[3];
         if (s->numel != B * per_b)
             return mi_fail(MI_ERR_VALUE, "patch: the clean activation has %ld values, the corrupted "
                            "one %ld x [%ld, %ld, %ld]: the two runs' shapes differ", (long)s->numel,
-                           (long)B, (long)ext[1], (long)ext[2], (long)ext[3]);
+                           (long)B, (long)cext[1], (long)cext[2], (long)cext[3]);
+        /* lo/hi in view coordinates */
         int64_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, ext[1], ext[2], ext[3]};
         for (int a = 1; a < 4; a++) {
             int64_t i = cell->idx[a - 1];
             if (i < 0) continue;
-            if (i >= ext[a])
+            if (i >= cext[a])
                 return mi_fail(MI_ERR_INDEX, "patch: index %ld on axis %d of the activation is out "
-                               "of range for its extent %ld", (long)i, a, (long)ext[a]);
-            lo[a] = i;
-            hi[a] = i + 1;
+                               "of range for its extent %ld", (long)i, a, (long)cext[a]);
+            if (i < off[a])
+                return mi_fail(MI_ERR_INTERNAL, "patch: position %ld is before the first recomputed "
+                               "position %ld", (long)i, (long)off[a]);
+            lo[a] = i - off[a];
+            hi[a] = lo[a] + 1;
         }
         for (int64_t b = 0; b < B; b++) {
             float *dst = v->data + (j * B + b) * st[0];
@@ -64,9 +76,47 @@ static mi_status patch_hook(void *vctx, int point, const mi_tensor_view *v)
             for (int64_t i1 = lo[1]; i1 < hi[1]; i1++)
                 for (int64_t i2 = lo[2]; i2 < hi[2]; i2++)
                     for (int64_t i3 = lo[3]; i3 < hi[3]; i3++)
-                        dst[i1 * st[1] + i2 * st[2] + i3 * st[3]] = cl[(i1 * ext[2] + i2) * ext[3] + i3];
+                        dst[i1 * st[1] + i2 * st[2] + i3 * st[3]] =
+                            cl[((i1 + off[1]) * cext[2] + i2 + off[2]) * cext[3] + i3 + off[3]];
         }
     }
+    return MI_OK;
+}
+
+/* A key/value cache for passes of nb = n * B rows holding, for layers
+ * [start, L), the corrupted run's keys and values of positions [0, pos0)
+ * (each copy of the batch the same), frozen so that the passes leave it so. */
+static mi_status fill_prefix(mi_kv_cache *kv, const mi_transformer *m, int start, int64_t n,
+                             int64_t B, int64_t T, const float *key_mask,
+                             const mi_patch_prefix *pf)
+{
+    const mi_tf_spec *s = &m->spec;
+    int64_t H = s->n_heads, Dh = s->d_head, nb = n * B, p0 = pf->pos0;
+    if (kv->len && kv->batch != nb) mi_kv_free(kv);
+    if (!kv->len) MI_TRY(mi_kv_init(kv, s->n_layers, nb, H, Dh, T));
+    for (int64_t l = 0; l < s->n_layers; l++) kv->len[l] = 0;
+    kv->frozen = 0;
+    kv->owner = NULL;
+    int64_t past;
+    MI_TRY(mi_kv_prepare(kv, m, nb, T, start, (int)s->n_layers, &past));
+    int64_t A = kv->alloc;
+    int64_t L = s->n_layers;
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+    for (int64_t task = 0; task < (L - start) * nb * H; task++) {
+        int64_t li = task / (nb * H), b = task / H % nb, h = task % H, l = start + li;
+        float *ck = kv->k + ((l * nb + b) * H + h) * A * Dh, *cv = kv->v + ((l * nb + b) * H + h) * A * Dh;
+        const float *sk = pf->k[li] + (b % B) * T * H * Dh + h * Dh;
+        const float *sv = pf->v[li] + (b % B) * T * H * Dh + h * Dh;
+        for (int64_t t = 0; t < p0; t++) {
+            memcpy(ck + t * Dh, sk + t * H * Dh, sizeof(float) * (size_t)Dh);
+            memcpy(cv + t * Dh, sv + t * H * Dh, sizeof(float) * (size_t)Dh);
+        }
+    }
+    for (int64_t b = 0; b < nb; b++)
+        for (int64_t t = 0; t < p0; t++)
+            kv->mask[b * A + t] = key_mask ? (key_mask[(b % B) * T + t] != 0.0f) : 1.0f;
+    for (int64_t l = start; l < L; l++) kv->len[l] = p0;
+    kv->frozen = 1;
     return MI_OK;
 }
 
@@ -180,14 +230,22 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
                        const float *resid, const float *key_mask,
                        const mi_patch_source *src, int n_src,
                        const mi_patch_cell *cells, int64_t n_cells, int64_t per_pass,
+                       const mi_patch_prefix *prefix,
                        const mi_patch_readout *ro, double *out_values, float *out_logits)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t D = s->d_model, Vo = s->d_vocab_out;
     int rows_only = ro && ro->n_rows > 0;
+    int64_t p0 = prefix ? prefix->pos0 : 0;
     if (n_cells <= 0) return MI_OK;
     if (per_pass < 1) per_pass = 1;
     if (per_pass > n_cells) per_pass = n_cells;
+    if (p0 < 0 || p0 >= T)
+        return mi_fail(MI_ERR_VALUE, "patch: first recomputed position %ld is outside [0, %ld)",
+                       (long)p0, (long)T);
+    if (p0 > 0 && (!s->causal || !rows_only || !prefix->k || !prefix->v))
+        return mi_fail(MI_ERR_VALUE, "patch: skipping positions needs causal attention, a row "
+                       "readout and the corrupted run's keys and values");
     for (int64_t j = 0; j < n_cells; j++)
         if (cells[j].source < 0 || cells[j].source >= n_src)
             return mi_fail(MI_ERR_INDEX, "patch: cell %ld names source %d of %d", (long)j,
@@ -195,9 +253,10 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
     if (rows_only) {
         for (int64_t r = 0; r < ro->n_rows; r++) {
             const int64_t *bt = ro->rows + 2 * r;
-            if (bt[0] < 0 || bt[0] >= B || bt[1] < 0 || bt[1] >= T)
+            if (bt[0] < 0 || bt[0] >= B || bt[1] < p0 || bt[1] >= T)
                 return mi_fail(MI_ERR_INDEX, "patch: readout row (%ld, %ld) is outside the [%ld, %ld] "
-                               "input", (long)bt[0], (long)bt[1], (long)B, (long)T);
+                               "input (or before the first recomputed position %ld)", (long)bt[0],
+                               (long)bt[1], (long)B, (long)T, (long)p0);
             for (int64_t k = 0; k < ro->n_cols; k++) {
                 int64_t t = ro->cols[r * ro->n_cols + k];
                 if (t < 0 || t >= Vo)
@@ -215,50 +274,75 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
     mi_transformer mh = *m;
     mh.spec.no_head = rows_only;
     mi_tf_plan plan = {0};
+    mi_kv_cache kv = {0};
     float *arena = NULL, *tile = NULL, *mask = NULL, *X = NULL, *Y = NULL, *scale = NULL, *logits = NULL;
+    int64_t *rows = NULL;
+    int64_t Tn = T - p0;   /* positions each pass computes */
     int64_t nb = per_pass * B, R = rows_only ? ro->n_rows : 0;
     size_t width = rows_only ? (size_t)(ro->n_cols + (ro->lse ? 1 : 0)) : 0;
-    if (st == MI_OK) st = mi_tf_plan_call(&mh, nb, T, start_layer, (int)s->n_layers, flags, &plan);
+    size_t arena_floats = 0;
     if (st != MI_OK) goto done;
-    size_t arena_floats = plan.n_floats;
-    arena = mi_malloc(arena_floats * sizeof(float));
-    tile = mi_malloc(sizeof(float) * (size_t)(nb * T * D));
-    if (key_mask) mask = mi_malloc(sizeof(float) * (size_t)(nb * T));
+    tile = mi_malloc(sizeof(float) * (size_t)(nb * Tn * D));
+    if (key_mask) mask = mi_malloc(sizeof(float) * (size_t)(nb * Tn));
     if (rows_only) {
         X = mi_malloc(sizeof(float) * (size_t)(per_pass * R * D));
         Y = mi_malloc(sizeof(float) * (size_t)(per_pass * R * D));
         scale = mi_malloc(sizeof(float) * (size_t)(per_pass * R));
+        rows = mi_malloc(sizeof(int64_t) * (size_t)(2 * R));
         if (ro->lse) logits = mi_malloc(sizeof(float) * (size_t)(per_pass * R * Vo));
     }
-    if (!arena || !tile || (key_mask && !mask) ||
-        (rows_only && (!X || !Y || !scale || (ro->lse && !logits)))) {
-        st = mi_fail(MI_ERR_NOMEM, "patch: cannot allocate the buffers of %ld cells per pass "
-                     "(%zu bytes of activations)", (long)per_pass, arena_floats * sizeof(float));
+    if (!tile || (key_mask && !mask) ||
+        (rows_only && (!X || !Y || !scale || !rows || (ro->lse && !logits)))) {
+        st = mi_fail(MI_ERR_NOMEM, "patch: cannot allocate the buffers of %ld cells per pass",
+                     (long)per_pass);
         goto done;
     }
-    for (int64_t j = 0; j < per_pass; j++) {
-        memcpy(tile + j * B * T * D, resid, sizeof(float) * (size_t)(B * T * D));
-        if (mask) memcpy(mask + j * B * T, key_mask, sizeof(float) * (size_t)(B * T));
+    /* the readout rows in the pass's positions */
+    mi_patch_readout rro = {0};
+    if (rows_only) {
+        for (int64_t r = 0; r < R; r++) {
+            rows[2 * r] = ro->rows[2 * r];
+            rows[2 * r + 1] = ro->rows[2 * r + 1] - p0;
+        }
+        rro = *ro;
+        rro.rows = rows;
     }
+    for (int64_t j = 0; j < per_pass; j++)
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(tile + ((j * B + b) * Tn) * D, resid + (b * T + p0) * D, sizeof(float) * (size_t)(Tn * D));
+            if (mask) memcpy(mask + (j * B + b) * Tn, key_mask + b * T + p0, sizeof(float) * (size_t)Tn);
+        }
     for (int64_t j0 = 0; j0 < n_cells; j0 += per_pass) {
         int64_t n = n_cells - j0 < per_pass ? n_cells - j0 : per_pass;
-        if (n != per_pass) {   /* the last, smaller pass: its own plan, the same arena */
-            mi_tf_plan_free(&plan);
-            st = mi_tf_plan_call(&mh, n * B, T, start_layer, (int)s->n_layers, flags, &plan);
-            if (st != MI_OK) goto done;
-            if (plan.n_floats > arena_floats) {
-                st = mi_fail(MI_ERR_INTERNAL, "patch: a smaller pass needs a larger arena");
+        mi_tf_plan_free(&plan);
+        st = p0 ? mi_tf_plan_call_kv(&mh, n * B, Tn, p0, start_layer, (int)s->n_layers, flags, &plan)
+                : mi_tf_plan_call(&mh, n * B, Tn, start_layer, (int)s->n_layers, flags, &plan);
+        if (st != MI_OK) goto done;
+        if (plan.n_floats > arena_floats) {   /* the first pass is the largest: one allocation */
+            mi_free(arena);
+            arena_floats = plan.n_floats;
+            if (!(arena = mi_malloc(arena_floats * sizeof(float)))) {
+                st = mi_fail(MI_ERR_NOMEM, "patch: cannot allocate the activations of %ld cells per "
+                             "pass (%zu bytes)", (long)n, arena_floats * sizeof(float));
                 goto done;
             }
         }
         /* the previous pass's patches sit in the arena, not in the tile: the
          * forward copies the tile in afresh */
-        patch_ctx ctx = {src, n_src, cells + j0, n, B};
-        st = mi_tf_forward(&mh, &plan, arena, flags, NULL, tile, NULL, mask, patch_hook, &ctx);
+        patch_ctx ctx = {src, n_src, cells + j0, n, B, p0};
+        if (p0) {
+            st = fill_prefix(&kv, m, start_layer, n, B, T, key_mask, prefix);
+            if (st == MI_OK)
+                st = mi_tf_forward_kv(&mh, &plan, arena, flags, NULL, tile, NULL, mask, &kv,
+                                      patch_hook, &ctx);
+        } else {
+            st = mi_tf_forward(&mh, &plan, arena, flags, NULL, tile, NULL, mask, patch_hook, &ctx);
+        }
         if (st != MI_OK) goto done;
         const float *o = mi_tf_output(&mh, &plan, arena);
         if (rows_only) {
-            st = read_rows(m, o, n, B, T, ro, X, Y, scale, logits, out_values + (size_t)j0 * (size_t)R * width);
+            st = read_rows(m, o, n, B, Tn, &rro, X, Y, scale, logits,
+                           out_values + (size_t)j0 * (size_t)R * width);
             if (st != MI_OK) goto done;
         } else {
             memcpy(out_logits + (size_t)j0 * (size_t)(B * T * Vo), o, sizeof(float) * (size_t)(n * B * T * Vo));
@@ -266,7 +350,8 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
     }
 done:
     mi_tf_plan_free(&plan);
+    if (kv.len) mi_kv_free(&kv);
     mi_free(flags); mi_free(arena); mi_free(tile); mi_free(mask);
-    mi_free(X); mi_free(Y); mi_free(scale); mi_free(logits);
+    mi_free(X); mi_free(Y); mi_free(scale); mi_free(logits); mi_free(rows);
     return st;
 }

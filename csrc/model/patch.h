@@ -32,7 +32,20 @@ typedef struct {
     int point;
     const float *clean;
     int64_t numel;
+    int pos_axis;   /* the view's axis (1..3) of query positions (attention patterns: 2), 0 none */
 } mi_patch_source;
+
+/* Position skipping (causal models): the passes recompute only positions
+ * [pos0, T); the keys and values of positions [0, pos0) come from the
+ * corrupted run (k[i], v[i]: layer start_layer + i's hook_k / hook_v,
+ * [B, T, H, Dh] contiguous), read through a key/value cache (kv_cache.h).
+ * Valid when every cell patches positions >= pos0 only (a patch at position
+ * p cannot change an earlier position of a causal model) and every readout
+ * row is at a position >= pos0. pos0 0: every position is computed. */
+typedef struct {
+    int64_t pos0;
+    const float *const *k, *const *v;
+} mi_patch_prefix;
 
 /* One cell: which source it patches and the index along the view's axes 1..3
  * (after batch); -1 takes the whole axis. TransformerLens's patch setters:
@@ -60,12 +73,15 @@ typedef struct {
  * or NULL as mi_tf_forward's), per_pass cells at a time. Every source point
  * must be a per-layer point of a layer >= start_layer that the spec fires.
  * Writes out_values [n_cells, n_rows, n_cols + lse] (float64) or, with
- * n_rows 0, out_logits [n_cells * B, T, d_vocab_out]. The numbers do not
+ * n_rows 0, out_logits [n_cells * B, T, d_vocab_out]. With a prefix
+ * (pos0 > 0) cell indices and readout rows stay in [0, T) coordinates; the
+ * row readout is then required. The numbers do not
  * depend on per_pass or the thread count (rows of a pass are independent). */
 mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int64_t T,
                        const float *resid, const float *key_mask,
                        const mi_patch_source *src, int n_src,
                        const mi_patch_cell *cells, int64_t n_cells, int64_t per_pass,
+                       const mi_patch_prefix *prefix,
                        const mi_patch_readout *ro, double *out_values, float *out_logits);
 
 /* The arena bytes one pass of per_pass cells takes (for choosing per_pass). */
