@@ -13,6 +13,7 @@ import numpy as np
 from . import _core, utils
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
+from .array_type import to_user, to_user_param, torch_mode, user_facing
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
 from .devices import CPUFloat32, check_cpu_device, check_dtype
@@ -26,15 +27,30 @@ _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
              "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
 _CACHE, _CALLBACK, _TRANSIENT = _core.HOOK_CACHE, _core.HOOK_CALLBACK, _core.HOOK_TRANSIENT
+# model.W_E etc.: the model-level weights' names, and the per-layer ones stacked over layers
+_MODEL_WEIGHTS = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U", "b_U": "unembed.b_U"}
+_STACKED_WEIGHTS = {f"{w}_{c}": f"attn.{w}_{c}" for w in "Wb" for c in "QKVO"}
+_STACKED_WEIGHTS.update({w: f"mlp.{w}" for w in ("W_in", "W_gate", "W_out", "b_in", "b_out")})
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
 
 
 class _Module:
-    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points."""
+    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points.
+
+    Its parameters (``W_Q``, ``b_O``, ``w``, ...) are kept in ``_p`` and read through
+    attribute access, so that after ``set_array_type("torch")`` they come out as the
+    weights' ``torch.nn.Parameter`` views (:func:`array_type.to_user_param`)."""
 
     def __init__(self, name):
         self._name = name
+        self._p = {}
+
+    def __getattr__(self, attr):
+        p = self.__dict__.get("_p")
+        if p is not None and attr in p:
+            return to_user_param(p[attr])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def __repr__(self):
         return f"<{type(self).__name__} {self._name or 'model'}>"
@@ -58,11 +74,26 @@ class _Norm(_Module):
         if self._norm_type in ("LN", "LNPre"):
             x = x - x.mean(-1, keepdims=True)
         y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self._eps)
-        if getattr(self, "w", None) is not None:
-            y = y * self.w
-        if getattr(self, "b", None) is not None:
-            y = y + self.b
+        if self._p.get("w") is not None:
+            y = y * self._p["w"]
+        if self._p.get("b") is not None:
+            y = y + self._p["b"]
         return y.astype(np.float32)
+
+
+class _GroupedQueryAttention(_Module):
+    """``blocks[i].attn`` with grouped-query attention: ``_W_K``/``_W_V``/``_b_K``/``_b_V``
+    are the weight views ([n_key_value_heads, ...]); ``W_K``/``W_V``/``b_K``/``b_V``
+    repeat each key/value head for its query heads (copies, as TransformerLens)."""
+
+    def _repeated(self, name):
+        w = self._p[name]
+        return to_user(np.repeat(w, self._p["W_Q"].shape[0] // w.shape[0], axis=0))
+
+    W_K = property(lambda self: self._repeated("_W_K"), doc="[n_heads, d_model, d_head] (copy).")
+    W_V = property(lambda self: self._repeated("_W_V"), doc="[n_heads, d_model, d_head] (copy).")
+    b_K = property(lambda self: self._repeated("_b_K"), doc="[n_heads, d_head] (copy).")
+    b_V = property(lambda self: self._repeated("_b_V"), doc="[n_heads, d_head] (copy).")
 
 
 class _Block(_Module):
@@ -73,25 +104,73 @@ def _param_view(params, name):
     return params[name]
 
 
+# TransformerLens's position schemes the C core does not run, by the feature they are
+_POSITION_FEATURES = {"alibi": "ALiBi position biases", "shortformer": "Shortformer position "
+                      "embeddings", "relative_positional_bias": "relative position buckets (T5)"}
+# TransformerLens architectures whose models take images or audio besides tokens
+_MULTIMODAL_ARCHITECTURES = {"LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                             "LlavaOnevisionForConditionalGeneration",
+                             "Gemma3ForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                             "HubertModel", "HubertForCTC"}
+
+
 def _check_unsupported(cfg):
     check_dtype(cfg.dtype, "HookedTransformerConfig")
     check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
-    if cfg.positional_embedding_type != "standard":
-        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
-    for f in ("use_local_attn", "parallel_attn_mlp",
-              "scale_attn_by_inverse_layer_idx", "final_rms", "post_embedding_ln",
+    if cfg.positional_embedding_type not in ("standard", "rotary"):
+        feature = _POSITION_FEATURES.get(cfg.positional_embedding_type, "an unknown position scheme")
+        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r} ({feature})")
+    if cfg.original_architecture in _MULTIMODAL_ARCHITECTURES:
+        bad.append(f"original_architecture={cfg.original_architecture!r} (multimodal inputs)")
+    for f in ("scale_attn_by_inverse_layer_idx", "post_embedding_ln",
               "use_hook_tokens"):
         if getattr(cfg, f):
             bad.append(f"{f}=True")
-    if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
-        bad.append("grouped-query attention (n_key_value_heads)")
+    if cfg.final_rms and cfg.normalization_type in ("LN", "LNPre"):
+        # with RMS blocks (or none) final_rms changes nothing
+        bad.append(f"final_rms=True with normalization_type={cfg.normalization_type!r}")
+    if cfg.parallel_attn_mlp and cfg.attn_only:
+        bad.append("parallel_attn_mlp=True with attn_only=True")
+    kv = cfg.n_key_value_heads
+    if kv is not None and kv != cfg.n_heads:
+        if cfg.n_heads % kv:
+            bad.append(f"n_key_value_heads={kv} that does not divide n_heads={cfg.n_heads}")
+        if cfg.use_split_qkv_input or cfg.use_attn_in:
+            bad.append("grouped-query attention with use_split_qkv_input or use_attn_in")
+    if cfg.positional_embedding_type == "rotary" and (cfg.rotary_dim % 2 or cfg.rotary_dim > cfg.d_head):
+        bad.append(f"rotary_dim={cfg.rotary_dim} (must be even and at most d_head={cfg.d_head})")
+    if cfg.use_normalization_before_and_after and cfg.normalization_type in ("LN", "LNPre"):
+        # TransformerLens builds its post norms only for RMS (and the identity for None)
+        bad.append(f"use_normalization_before_and_after with normalization_type="
+                   f"{cfg.normalization_type!r} (post norms are RMSNorm)")
+    if cfg.use_local_attn:
+        types = cfg.attn_types
+        if not isinstance(cfg.window_size, int) or types is None or len(types) != cfg.n_layers \
+                or any(t not in ("local", "global") for t in types):
+            raise ValueError("use_local_attn needs an integer window_size and attn_types with one "
+                             f"'local' or 'global' per layer (n_layers={cfg.n_layers}), got "
+                             f"window_size={cfg.window_size!r}, attn_types={types!r}")
     if not cfg.attn_only and cfg.act_fn not in _ACT_CODE:
         bad.append(f"act_fn={cfg.act_fn!r}")
     if cfg.d_vocab <= 0:
         bad.append(f"d_vocab={cfg.d_vocab} (no tokenizer: give d_vocab)")
     if bad:
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
+
+
+def _gemma2_spec(cfg):
+    """The C spec's Gemma 2 fields from TransformerLens's config: post norms (RMS ones,
+    TransformerLens's identity for normalization_type None), soft-caps (> 0: on, as
+    TransformerLens's ``softcap_enabled``), the sliding window and its local layers."""
+    cap = lambda c: float(c) if c is not None and c > 0 else 0.0
+    local = cfg.use_local_attn
+    return dict(
+        post_norms=bool(cfg.use_normalization_before_and_after)
+        and (cfg.normalization_type or "").startswith("RMS"),
+        attn_softcap=cap(cfg.attn_scores_soft_cap), logit_softcap=cap(cfg.output_logits_soft_cap),
+        window=cfg.window_size if local else 0,
+        local_layers=[l for l, t in enumerate(cfg.attn_types) if t == "local"] if local else None)
 
 
 class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32,
@@ -146,6 +225,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         if tokenizer is None:
             tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
+        if center_unembed and (model.cfg.output_logits_soft_cap or 0) > 0:
+            # as TransformerLens: a soft-capped logit is not invariant to a constant shift
+            warnings.warn("center_unembed=True is not possible with a logit soft-cap "
+                          f"(output_logits_soft_cap={model.cfg.output_logits_soft_cap}); "
+                          "setting center_unembed=False", stacklevel=2)
+            center_unembed = False
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
             fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -166,6 +251,16 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         are kept; returns whether it does. Existing HookPoints are kept (with their
         hooks, so handles taken earlier still remove them); only their ids change."""
         cfg = self.cfg
+        spec = dict(self._CORE_SPEC)
+        if cfg.positional_embedding_type == "rotary":
+            spec.update(pos_embed=False, rotary=True, rotary_dim=cfg.rotary_dim,
+                        rotary_adjacent_pairs=cfg.rotary_adjacent_pairs,
+                        rotary_base=float(cfg.rotary_base),
+                        use_NTK_by_parts_rope=cfg.use_NTK_by_parts_rope,
+                        NTK_by_parts_factor=float(cfg.NTK_by_parts_factor),
+                        NTK_by_parts_low_freq_factor=float(cfg.NTK_by_parts_low_freq_factor),
+                        NTK_by_parts_high_freq_factor=float(cfg.NTK_by_parts_high_freq_factor),
+                        NTK_original_ctx_len=float(cfg.NTK_original_ctx_len))
         core = _core.Model(
             n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
             d_mlp=cfg.d_mlp if not cfg.attn_only else 0, d_vocab=cfg.d_vocab,
@@ -173,9 +268,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             eps=cfg.eps, act=_ACT_CODE.get(cfg.act_fn, 0) if not cfg.attn_only else 0,
             gated_mlp=cfg.gated_mlp, attn_only=cfg.attn_only,
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
-            use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
+            use_hook_mlp_in=cfg.use_hook_mlp_in, **spec,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
-            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
+            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in,
+            n_key_value_heads=cfg.n_key_value_heads or 0,
+            parallel_attn_mlp=cfg.parallel_attn_mlp and not cfg.attn_only,
+            **_gemma2_spec(cfg))
         shared = params_from is not None and core.share_params(params_from)
         self._core = core
         self._raw = core.params()
@@ -222,10 +320,21 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                 for w in ("w", "b"):
                     if p + f"{ln}.{w}" in raw:
                         out[p + f"{ln}.{w}"] = raw[p + f"{ln}.{w}"]
+            for ln in ("ln1_post", "ln2_post"):
+                if p + f"{ln}.w" in raw:
+                    out[p + f"{ln}.w"] = raw[p + f"{ln}.w"]
             qkv, bqkv = raw[p + "attn.W_qkv"], raw[p + "attn.b_qkv"]
-            for i, c in enumerate("QKV"):
-                out[p + f"attn.W_{c}"] = qkv[:, i].transpose(1, 0, 2)   # [H, D, Dh]
-                out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
+            if qkv.ndim == 4:
+                for i, c in enumerate("QKV"):
+                    out[p + f"attn.W_{c}"] = qkv[:, i].transpose(1, 0, 2)   # [H, D, Dh]
+                    out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
+            else:
+                # grouped-query attention: [D, H + 2 Hkv, Dh], TransformerLens's
+                # unrepeated _W_K/_W_V [Hkv, D, Dh] as in its state_dict
+                H, kv = cfg.n_heads, cfg.n_key_value_heads
+                for c, a, b in (("W_Q", 0, H), ("_W_K", H, H + kv), ("_W_V", H + kv, H + 2 * kv)):
+                    out[p + f"attn.{c}"] = qkv[:, a:b].transpose(1, 0, 2)
+                    out[p + f"attn.{c.replace('W', 'b')}"] = bqkv[a:b]
             out[p + "attn.W_O"] = raw[p + "attn.W_O"]
             out[p + "attn.b_O"] = raw[p + "attn.b_O"]
             for w in ("W_in", "b_in", "W_gate", "ln.w", "ln.b", "W_out", "b_out"):
@@ -249,7 +358,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         def attach(mod, prefix):
             for key, arr in P.items():
                 if key.startswith(prefix) and "." not in key[len(prefix):]:
-                    setattr(mod, key[len(prefix):], arr)
+                    mod._p[key[len(prefix):]] = arr
             for hname, hp in self.hook_dict.items():
                 if hname.startswith(prefix) and "." not in hname[len(prefix):]:
                     setattr(mod, hname[len(prefix):], hp)
@@ -264,9 +373,17 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             b = module(f"blocks.{l}", _Block)
             attach(b, f"blocks.{l}.")
             for sub in ("ln1", "attn", "ln2", "mlp"):
-                m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else _Module)
+                gqa = sub == "attn" and (cfg.n_key_value_heads or cfg.n_heads) != cfg.n_heads
+                m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else
+                           _GroupedQueryAttention if gqa else _Module)
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
+            for sub in ("ln1_post", "ln2_post"):
+                if f"blocks.{l}.{sub}.w" in P:      # post norms: RMSNorm with weights
+                    m = _Norm(f"blocks.{l}.{sub}", "RMS", cfg.eps)
+                    self.mod_dict[m._name] = m
+                    attach(m, f"blocks.{l}.{sub}.")
+                    setattr(b, sub, m)
             if cfg.act_fn == "solu_ln" and not cfg.attn_only:
                 b.mlp.ln = _Norm(f"blocks.{l}.mlp.ln", "LN" if cfg.normalization_type == "LN" else "LNPre",
                                  cfg.eps)
@@ -295,7 +412,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # --------------------------------------------------------------- state
     def state_dict(self):
-        """TransformerLens parameter names -> writable views of the model's weights."""
+        """TransformerLens parameter names -> writable views of the model's weights
+        (``torch.nn.Parameter`` views after ``set_array_type("torch")``)."""
+        if torch_mode():
+            return {k: to_user_param(v) for k, v in self._params.items()}
         return dict(self._params)
 
     def load_state_dict(self, state_dict, strict=True):
@@ -402,25 +522,43 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
     def _stack(self, key):
-        return np.stack([self._params[f"blocks.{l}.{key}"].data for l in range(self.cfg.n_layers)])
+        return np.stack([self._layer_param(l, key) for l in range(self.cfg.n_layers)])
 
-    W_E = property(lambda self: self._params["embed.W_E"], doc="Token embedding [d_vocab, d_model] (view).")
-    W_pos = property(lambda self: self._params["pos_embed.W_pos"], doc="Positional embedding [n_ctx, d_model] (view).")
-    W_U = property(lambda self: self._params["unembed.W_U"], doc="Unembedding [d_model, d_vocab_out] (view).")
-    b_U = property(lambda self: self._params["unembed.b_U"], doc="Unembedding bias [d_vocab_out] (view).")
-    W_Q = property(lambda self: self._stack("attn.W_Q"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_K = property(lambda self: self._stack("attn.W_K"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_V = property(lambda self: self._stack("attn.W_V"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_O = property(lambda self: self._stack("attn.W_O"), doc="[n_layers, n_heads, d_head, d_model] (copy).")
-    b_Q = property(lambda self: self._stack("attn.b_Q"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_K = property(lambda self: self._stack("attn.b_K"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_V = property(lambda self: self._stack("attn.b_V"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_O = property(lambda self: self._stack("attn.b_O"), doc="[n_layers, d_model] (copy).")
-    W_in = property(lambda self: self._stack("mlp.W_in"), doc="[n_layers, d_model, d_mlp] (copy).")
-    W_gate = property(lambda self: self._stack("mlp.W_gate"), doc="[n_layers, d_model, d_mlp] (copy).")
-    W_out = property(lambda self: self._stack("mlp.W_out"), doc="[n_layers, d_mlp, d_model] (copy).")
-    b_in = property(lambda self: self._stack("mlp.b_in"), doc="[n_layers, d_mlp] (copy).")
-    b_out = property(lambda self: self._stack("mlp.b_out"), doc="[n_layers, d_model] (copy).")
+    def _layer_param(self, l, key):
+        """Layer l's ``key`` ("attn.W_K"): the view, or with grouped-query attention
+        the key/value heads repeated per query head (a copy, as TransformerLens's
+        W_K property)."""
+        name = f"blocks.{l}.{key}"
+        if name in self._params:
+            return self._params[name].data
+        mod, leaf = name.rsplit(".", 1)
+        g = self.cfg.n_heads // self.cfg.n_key_value_heads
+        return np.repeat(self._params[f"{mod}._{leaf}"].data, g, axis=0)
+
+    def _np_weight(self, attr):
+        """The weight ``attr`` (``W_E``, ``W_Q``, ...) as NumPy whatever the array type:
+        a view for the model-level ones, a stacked copy for the per-layer ones."""
+        if attr in _MODEL_WEIGHTS:
+            return self._params[_MODEL_WEIGHTS[attr]]
+        return self._stack(_STACKED_WEIGHTS[attr])
+
+    W_E = property(lambda self: to_user_param(self._params["embed.W_E"]), doc="Token embedding [d_vocab, d_model] (view).")
+    W_pos = property(lambda self: to_user_param(self._params["pos_embed.W_pos"]), doc="Positional embedding [n_ctx, d_model] (view).")
+    W_U = property(lambda self: to_user_param(self._params["unembed.W_U"]), doc="Unembedding [d_model, d_vocab_out] (view).")
+    b_U = property(lambda self: to_user_param(self._params["unembed.b_U"]), doc="Unembedding bias [d_vocab_out] (view).")
+    W_Q = property(lambda self: to_user(self._stack("attn.W_Q")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_K = property(lambda self: to_user(self._stack("attn.W_K")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_V = property(lambda self: to_user(self._stack("attn.W_V")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_O = property(lambda self: to_user(self._stack("attn.W_O")), doc="[n_layers, n_heads, d_head, d_model] (copy).")
+    b_Q = property(lambda self: to_user(self._stack("attn.b_Q")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_K = property(lambda self: to_user(self._stack("attn.b_K")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_V = property(lambda self: to_user(self._stack("attn.b_V")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_O = property(lambda self: to_user(self._stack("attn.b_O")), doc="[n_layers, d_model] (copy).")
+    W_in = property(lambda self: to_user(self._stack("mlp.W_in")), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_gate = property(lambda self: to_user(self._stack("mlp.W_gate")), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_out = property(lambda self: to_user(self._stack("mlp.W_out")), doc="[n_layers, d_mlp, d_model] (copy).")
+    b_in = property(lambda self: to_user(self._stack("mlp.b_in")), doc="[n_layers, d_mlp] (copy).")
+    b_out = property(lambda self: to_user(self._stack("mlp.b_out")), doc="[n_layers, d_model] (copy).")
 
     # ---------------------------------------------------------------- hooks
     def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
@@ -456,9 +594,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         pos_ids = np.maximum(np.cumsum(keep, axis=1) - 1, 0).astype(np.int64)
         return pos_ids, keep.astype(np.float32)
 
-    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None):
+    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None,
+             past_kv_cache=None):
         """One C pass; returns (output view, {point_id: view}). With start_layer, ``tokens``
-        is the residual stream [batch, pos, d_model] entering that block."""
+        is the residual stream [batch, pos, d_model] entering that block. With
+        ``past_kv_cache`` the input holds the positions after the cached ones and
+        ``attention_mask`` only theirs; the core derives positions from the cache's mask."""
+        kv = None
+        if past_kv_cache is not None:
+            kv = getattr(past_kv_cache, "_core", None)
+            if not isinstance(kv, _core.KVCache):
+                raise TypeError(f"past_kv_cache: expected a HookedTransformerKeyValueCache, got "
+                                f"{type(past_kv_cache).__name__}")
         resid = None
         if start_layer is not None:
             resid = np.asarray(to_numpy(tokens))
@@ -492,11 +639,13 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             points[pid].run(act)
 
         stop = -1 if stop_layer is None else stop_layer
+        if kv is not None:
+            pos_ids = None
         if resid is not None:
-            return self._core.forward(None, bytes(flags), dispatch if any_cb else None, None,
-                                      key_mask, stop, resid, start_layer)
+            return self._core.forward(None, bytes(flags), dispatch if any_cb else None, pos_ids,
+                                      key_mask, stop, resid, start_layer, kv_cache=kv)
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                  pos_ids, key_mask, stop)
+                                  pos_ids, key_mask, stop, kv_cache=kv)
 
     def loss_fn(self, logits, tokens, attention_mask=None, per_token=False):
         """Next-token cross-entropy, ``utils.lm_cross_entropy_loss`` in float32 (as
@@ -526,18 +675,29 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         TransformerLens ignores the mask). ``stop_at_layer=k`` returns
         the residual stream entering block k; ``start_at_layer=k`` takes ``input`` as the
         residual stream [batch, pos, d_model] entering block k (pass ``tokens`` for a loss).
+        ``past_kv_cache`` (a ``HookedTransformerKeyValueCache``): ``input`` holds the
+        positions after the cached ones; the pass attends over cached + new keys, returns
+        the new positions' logits and grows the cache by them (unless frozen).
+        ``attention_mask`` then covers the new positions only (as TransformerLens's
+        forward; the cache keeps the earlier mask); without one it is built from the pad
+        tokens when the model has a tokenizer (TransformerLens), else every token is real.
         """
-        if past_kv_cache is not None or shortformer_pos_embed is not None:
-            raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("shortformer_pos_embed is not supported")
         if start_at_layer is None:
             input, attention_mask = self._input_tokens(input, prepend_bos, padding_side, attention_mask)
+            if past_kv_cache is not None and attention_mask is None and self.tokenizer is not None:
+                if prepend_bos is None:
+                    prepend_bos = self.cfg.default_prepend_bos
+                attention_mask = utils.get_attention_mask(self.tokenizer, input, prepend_bos)
         return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
-                             start_at_layer=start_at_layer, loss_tokens=tokens)[0]
+                             start_at_layer=start_at_layer, loss_tokens=tokens,
+                             past_kv_cache=past_kv_cache)[0]
 
     __call__ = forward
 
     def _forward(self, input, return_type, loss_per_token, attention_mask, stop_at_layer, cache_ids,
-                 stop_layer=None, start_at_layer=None, loss_tokens=None):
+                 stop_layer=None, start_at_layer=None, loss_tokens=None, past_kv_cache=None):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if stop_at_layer is not None:
@@ -561,9 +721,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             pid = self.hook_dict[f"blocks.{stop_layer - 1}.hook_resid_post"].point_id
             extra = pid not in cache_ids
             _, cache = self._run(input, list(cache_ids) + [pid] * extra, stop_layer,
-                                 attention_mask, start)
+                                 attention_mask, start, past_kv_cache)
             return (cache.pop(pid) if extra else cache[pid]), cache
-        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start)
+        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start, past_kv_cache)
         if stop_at_layer is not None:
             return out, cache
         if return_type is None:
@@ -605,6 +765,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         prepend_bos = model_kwargs.pop("prepend_bos", None)
         padding_side = model_kwargs.pop("padding_side", None)
         loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
+        past_kv_cache = model_kwargs.pop("past_kv_cache", None)
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
@@ -619,8 +780,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             if ids and all(self._point_layer[i] >= 0 or self._points[i].name in ("hook_embed", "hook_pos_embed")
                            for i in ids):
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
+        if start_at_layer is None and past_kv_cache is not None and attention_mask is None \
+                and self.tokenizer is not None:
+            bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+            attention_mask = utils.get_attention_mask(self.tokenizer, tokens, bos)
+        if past_kv_cache is not None:
+            stop_layer = None   # the cache's layers must all see the new positions
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
-                                 ids, stop_layer, start_at_layer, loss_tokens)
+                                 ids, stop_layer, start_at_layer, loss_tokens, past_kv_cache)
         cache = {points[pid].name: v for pid, v in raw.items()}
         cache = {n: cache[n] for n in fire_order if n in cache}   # forward order
         if remove_batch_dim:
@@ -638,3 +805,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         c = self.cfg
         return (f"HookedTransformer(n_layers={c.n_layers}, d_model={c.d_model}, n_heads={c.n_heads}, "
                 f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})")
+
+
+# what these methods return reaches the user in the array type chosen (set_array_type);
+# called from inside the package they return NumPy
+for _name in ("forward", "run_with_cache", "run_with_hooks", "loss_fn", "generate", "to_tokens",
+              "to_string", "to_str_tokens", "get_token_position", "tokens_to_residual_directions",
+              "accumulated_bias"):
+    setattr(HookedTransformer, _name, user_facing(getattr(HookedTransformer, _name)))
+HookedTransformer.__call__ = HookedTransformer.forward

@@ -92,11 +92,11 @@ mi_status mi_kv_prepare(mi_kv_cache *c, const mi_transformer *m, int64_t B, int6
                         int stop, int64_t *n_past)
 {
     const mi_tf_spec *s = &m->spec;
-    if (c->n_layers != s->n_layers || c->n_kv_heads != s->n_heads || c->d_head != s->d_head)
+    if (c->n_layers != s->n_layers || c->n_kv_heads != mi_tf_kv_heads(s) || c->d_head != s->d_head)
         return mi_fail(MI_ERR_VALUE, "past_kv_cache: the cache was made for another model "
                        "(n_layers %lld, n_kv_heads %lld, d_head %lld; this model has %lld, %lld, "
                        "%lld)", (long long)c->n_layers, (long long)c->n_kv_heads,
-                       (long long)c->d_head, (long long)s->n_layers, (long long)s->n_heads,
+                       (long long)c->d_head, (long long)s->n_layers, (long long)mi_tf_kv_heads(s),
                        (long long)s->d_head);
     if (c->batch != B)
         return mi_fail(MI_ERR_VALUE, "past_kv_cache: the cache holds a batch of %lld, the input "

@@ -19,10 +19,11 @@
 #include "kernels/fma_probe.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "kernels/rotary.h"
 #include "kernels/softmax.h"
 
 #define MI_CORE_API_CAPSULE "mechinterp_c._core._C_API"
-#define MI_CORE_API_VERSION 2
+#define MI_CORE_API_VERSION 4
 
 /* The lent functions, one row each: X(name). */
 #define MI_CORE_API_FUNCTIONS(X)                                                          \
@@ -31,9 +32,11 @@
     X(mi_layer_norm_backward) X(mi_rms_norm_backward)                                     \
     X(mi_tl_norm) X(mi_tl_norm_ref) X(mi_tl_norm_scale) X(mi_tl_norm_apply) X(mi_tl_norm_affine) \
     X(mi_activation_backward) X(mi_relu_backward_bias) X(mi_softmax_rows_backward)       \
+    X(mi_softcap)                                                                         \
     X(mi_softmax_rows) X(mi_attn_check) X(mi_attn_scores) X(mi_attn_apply)                \
     X(mi_attn_fused) X(mi_attn_backward) X(mi_cross_entropy)                              \
-    X(mi_embedding_forward) X(mi_embedding_backward) X(mi_adamw_step_ref)
+    X(mi_embedding_forward) X(mi_embedding_backward) X(mi_adamw_step_ref)                 \
+    X(mi_rotary_check) X(mi_rotary_table) X(mi_rotary_apply) X(mi_rotary_apply_ref)
 
 #define MI_CORE_API_MEMBER(name) __typeof__(name) *name;
 typedef struct {
