@@ -91,7 +91,7 @@ static mi_status fill_prefix(mi_kv_cache *kv, const mi_transformer *m, int start
                              const mi_patch_prefix *pf)
 {
     const mi_tf_spec *s = &m->spec;
-    int64_t H = s->n_heads, Dh = s->d_head, nb = n * B, p0 = pf->pos0;
+    int64_t H = mi_tf_kv_heads(s), Dh = s->d_head, nb = n * B, p0 = pf->pos0;
     if (kv->len && kv->batch != nb) mi_kv_free(kv);
     if (!kv->len) MI_TRY(mi_kv_init(kv, s->n_layers, nb, H, Dh, T));
     for (int64_t l = 0; l < s->n_layers; l++) kv->len[l] = 0;

@@ -38,7 +38,7 @@ typedef struct {
 /* Position skipping (causal models): the passes recompute only positions
  * [pos0, T); the keys and values of positions [0, pos0) come from the
  * corrupted run (k[i], v[i]: layer start_layer + i's hook_k / hook_v,
- * [B, T, H, Dh] contiguous), read through a key/value cache (kv_cache.h).
+ * [B, T, n_kv_heads, Dh] contiguous), read through a key/value cache (kv_cache.h).
  * Valid when every cell patches positions >= pos0 only (a patch at position
  * p cannot change an earlier position of a causal model) and every readout
  * row is at a position >= pos0. pos0 0: every position is computed. */

@@ -170,9 +170,9 @@ static PyObject *py_patch_run(PyObject *module, PyObject *args, PyObject *kw)
             || parse_layers(past_v, "past_v", n_expect, &va, &vp, &nv) < 0)
             goto done;
         for (int i = 0; i < nk; i++) {
-            npy_intp want[4] = {B, T, tf->spec.n_heads, tf->spec.d_head};
-            if (mi_arg_shape(&ka[i], 4, want, "[batch, pos, n_heads, d_head]") < 0
-                || mi_arg_shape(&va[i], 4, want, "[batch, pos, n_heads, d_head]") < 0)
+            npy_intp want[4] = {B, T, mi_tf_kv_heads(&tf->spec), tf->spec.d_head};
+            if (mi_arg_shape(&ka[i], 4, want, "[batch, pos, n_key_value_heads, d_head]") < 0
+                || mi_arg_shape(&va[i], 4, want, "[batch, pos, n_key_value_heads, d_head]") < 0)
                 goto done;
         }
         prefix.k = kp;
@@ -241,7 +241,7 @@ static PyMethodDef patch_methods[] = {
      "logits of each cell (and each row's log-sum-exp with lse); without, the logits\n"
      "[n * B, T, d_vocab_out] (float32). Causal models, a row readout: pos0 > 0 recomputes only\n"
      "positions >= pos0, the earlier ones' keys and values from past_k / past_v (the corrupted\n"
-     "run's hook_k / hook_v [B, T, H, Dh] of each layer from start_layer on); a source's optional\n"
+     "run's hook_k / hook_v [B, T, Hkv, Dh] of each layer from start_layer on); a source's optional\n"
      "third item is its activation's query-position axis (1, or 2 for attention patterns)."},
     {"patch_pass_bytes", py_patch_pass_bytes, METH_VARARGS,
      "patch_pass_bytes(model, start_layer, batch, seq, points, per_pass, rows_only)\n--\n\n"
