@@ -12,7 +12,7 @@ import os
 # (bench/train.py). Read once, when libgomp starts: set it before _core loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import _core, ablation, analysis, attribution, checkpoints, io, metrics, ops, optim, reve, training, transformers, utils, weight_processing
+from . import _core, ablation, analysis, attribution, checkpoints, io, metrics, ops, optim, patching, reve, training, transformers, utils, weight_processing
 from ._core import get_num_threads, set_num_threads
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig

@@ -113,6 +113,7 @@ int mi_py_train_exec(PyObject *m);
 int mi_py_grad_exec(PyObject *m);   /* grad_py.c */
 int mi_py_accumulators_exec(PyObject *m);   /* accumulators_py.c */
 int mi_py_sampling_exec(PyObject *m);   /* sampling_py.c */
+int mi_py_patch_exec(PyObject *m);   /* patch_py.c */
 int mi_py_kv_cache_exec(PyObject *m);   /* kv_cache_py.c */
 
 #endif

@@ -677,6 +677,7 @@ mi_transformer *mi_py_model_use(PyObject *module, PyObject *obj)
     }
     mi_py_model *mo = (mi_py_model *)obj;
     if (check_ready(mo) < 0) return NULL;
+    /* weights read in place from a checkpoint: is the file still the one mapped? */
     if (mo->tf.n_external && mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
     mo->running++;
     return &mo->tf;

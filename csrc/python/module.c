@@ -118,6 +118,7 @@ static int core_exec(PyObject *m)
     if (mi_py_bf16_exec(m) < 0) return -1;
     if (mi_py_accumulators_exec(m) < 0) return -1;
     if (mi_py_sampling_exec(m) < 0) return -1;
+    if (mi_py_patch_exec(m) < 0) return -1;
     if (mi_py_kv_cache_exec(m) < 0) return -1;
     if (mi_py_core_api_exec(m) < 0) return -1;
     mi_cancel_set_check(check_signals);
