@@ -7,7 +7,7 @@ the three interleaved per repetition, median of --reps, the same thread count
 everywhere. Prints GFLOP/s, our bf16 / our fp32 ratio (target >= 1.7x at
 1024x768x3072) and the share of the bfloat16 peak: vdpbf16ps does 32
 multiply-adds per instruction where an fp32 FMA does 16, so the bf16 peak is
-twice the measured fp32 FMA peak (_core._fma_peak()).
+twice the measured fp32 FMA peak (_testing._fma_peak()).
 
     python3 bench/bf16.py [--reps 7] [--threads 2]
 """
@@ -44,10 +44,10 @@ def main():
     args = ap.parse_args()
     import torch
     import mechinterp_c as mi
-    from mechinterp_c import _core
+    from mechinterp_c import _core, _testing
     mi.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    peak32 = _core._fma_peak()
+    peak32 = _testing._fma_peak()
     print(f"threads {args.threads}, bf16 path {_core._bgemm_best_path()!r}, measured fp32 FMA peak "
           f"{peak32:.0f} GFLOP/s (bf16 peak {2 * peak32:.0f}), load average {os.getloadavg()[0]:.2f}")
     print(f"{'M x K x N':>18s} {'ours bf16':>10s} {'ours fp32':>10s} {'torch bf16':>11s}   "

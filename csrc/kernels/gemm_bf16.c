@@ -14,7 +14,9 @@
  *     for kb in the K blocks (KP_MAX pairs)  in order: the sum order
  *       pack B[kb, jc:+NC] -> Bp             threads split the NR panels
  *       for each task (ic block, j range)    threads split the tasks
- *         pack A[ic:+mc, kb] -> Ap           per thread
+ *         pack A[ic:+mc, kb] -> Ap           per thread, rounded to bfloat16
+ *                                            16 pairs x 12 rows at a time
+ *                                            (gemm_bf16_avx512.c)
  *         for jr in j range step NR, ir in mc step MR
  *           micro-kernel on C[ic+ir:+MR, jc+jr:+NR], C added after block 0
  *
@@ -102,24 +104,6 @@ static void bgemm_ref(int trans_b, int64_t M, int64_t N, int64_t K, const float 
 /* ---- packing (k pairs: even k low, odd k high) ------------------------- */
 
 static inline uint32_t pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
-
-/* A[i0:i0+mcur, pairs p0:p0+kp] -> MR-row panels, rows past mcur zero. */
-static void pack_a(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur, int64_t p0,
-                   int64_t kp, uint32_t *restrict dst)
-{
-    for (int64_t ir = 0; ir < mcur; ir += MR, dst += kp * MR) {
-        const int rows = mcur - ir < MR ? (int)(mcur - ir) : MR;
-        for (int r = 0; r < rows; r++) {
-            const float *a = A + (i0 + ir + r) * lda;
-            for (int64_t p = 0; p < kp; p++) {
-                const int64_t k = 2 * (p0 + p);
-                dst[p * MR + r] = pair(mi_bf16_round(a[k]), k + 1 < K ? mi_bf16_round(a[k + 1]) : 0);
-            }
-        }
-        for (int r = rows; r < MR; r++)
-            for (int64_t p = 0; p < kp; p++) dst[p * MR + r] = 0;
-    }
-}
 
 /* op(B)[pairs p0:p0+kp, j0:j0+cols] -> one NR-column panel, columns past cols zero. */
 static void pack_b(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0, int64_t kp,
@@ -216,7 +200,7 @@ static void bgemm_blocked(int nt, int trans_b, int64_t M, int64_t N, int64_t K, 
                     const int64_t mcur = (iend < M ? iend : M) - ic;
                     const int64_t lo = npanels * js / nsplit, hi = npanels * (js + 1) / nsplit;
                     if (lo == hi) continue;
-                    pack_a(A, lda, K, ic, mcur, p0, kp, Ap);
+                    mi_bgemm_pack_a_avx512bf16(A, lda, K, ic, mcur, p0, kp, Ap);
                     for (int64_t jp = lo; jp < hi; jp++) {
                         const int64_t j = jc + jp * NR;
                         const int cols = N - j < NR ? (int)(N - j) : NR;

@@ -1,4 +1,4 @@
-/* gemm_bf16_avx512.c - 12 x 32 bfloat16 micro-kernel for AVX512-BF16.
+/* gemm_bf16_avx512.c - 12 x 32 bfloat16 micro-kernel and A packing for AVX512-BF16.
  *
  * Contract: see gemm_bf16_kernels.h. 24 zmm accumulators (12 rows x 2 vectors
  * of 16 float32), 2 B vectors and 1 broadcast A pair per k pair: 27 of the 32
@@ -73,4 +73,61 @@ void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *restrict Ap, const uint
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
     STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
 #undef STORE
+}
+
+/* 16 x 16 transpose of 32-bit words: r[i] word j -> r[j] word i. Three
+ * stages (words, word pairs, 128-bit lanes twice), 64 shuffles. */
+static inline void transpose16(__m512i r[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* r[4i+j], lane L: rows 4i..4i+3 at column 4L+j */
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88);
+        t[j + 4] = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xdd);
+        t[j + 8] = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
+        t[j + 12] = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+        r[j + 4] = _mm512_shuffle_i32x4(t[j + 4], t[j + 12], 0x88);
+        r[j + 12] = _mm512_shuffle_i32x4(t[j + 4], t[j + 12], 0xdd);
+    }
+}
+
+void mi_bgemm_pack_a_avx512bf16(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur,
+                                int64_t p0, int64_t kp, uint32_t *restrict dst)
+{
+    _Static_assert(MR <= 16, "one 16-row transpose covers a panel");
+    for (int64_t ir = 0; ir < mcur; ir += MR, dst += kp * MR) {
+        const int rows = mcur - ir < MR ? (int)(mcur - ir) : MR;
+        for (int64_t pb = 0; pb < kp; pb += 16) {
+            const int nq = kp - pb < 16 ? (int)(kp - pb) : 16;
+            const int64_t k0 = 2 * (p0 + pb);
+            const int64_t left = K - k0 < 2 * nq ? K - k0 : 2 * nq;   /* floats to read */
+            const __mmask16 lo = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 hi = left >= 32 ? 0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+            __m512i r[16];
+            for (int i = 0; i < rows; i++) {
+                const float *a = A + (i0 + ir + i) * lda + k0;
+                __m512 x0 = _mm512_maskz_loadu_ps(lo, a), x1 = _mm512_maskz_loadu_ps(hi, a + 16);
+                /* 32 bf16 in k order: word q = pair (k0+2q, k0+2q+1), even k low */
+                r[i] = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+            }
+            for (int i = rows; i < 16; i++) r[i] = _mm512_setzero_si512();
+            transpose16(r);
+            for (int q = 0; q < nq; q++)
+                _mm512_mask_storeu_epi32(dst + (pb + q) * MR, (__mmask16)((1u << MR) - 1), r[q]);
+        }
+    }
 }

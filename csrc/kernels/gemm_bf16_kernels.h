@@ -28,4 +28,11 @@ int mi_bgemm_has_avx512bf16(void);
 void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *Ap, const uint32_t *Bp, float *C,
                              int64_t ldc, int load_c, const float *bias);
 
+/* pack_a of gemm_bf16.c with AVX512-BF16: A[i0:i0+mcur, pairs p0:p0+kp] rounded
+ * to bfloat16 (vcvtne2ps2bf16: round to nearest even; the instruction also
+ * reads denormal inputs as zero, as vdpbf16ps does) into MR-row panels, rows
+ * past mcur and k past K zero. */
+void mi_bgemm_pack_a_avx512bf16(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur,
+                                int64_t p0, int64_t kp, uint32_t *dst);
+
 #endif
