@@ -121,16 +121,22 @@ def test_byte_swapped_activations_are_converted(rng):
 def test_bad_input(rng):
     a = rng.standard_normal((4, 8)).astype(np.float32)
     b = _core.to_bfloat16(rng.standard_normal((8, 5)).astype(np.float32))
-    with pytest.raises(TypeError, match="b must be a uint16 array"):
+    with pytest.raises(TypeError, match="b: expected a uint16 array"):
         _core._gemm_bf16(a, b.astype(np.float32))
+    with pytest.raises(TypeError, match="b: expected a uint16 array"):
+        _core._gemm_bf16(a, b.astype(np.uint8))    # bit patterns are never widened
     with pytest.raises(ValueError, match="inner dimensions differ"):
         _core._gemm_bf16(a, b, trans_b=True)
-    with pytest.raises(ValueError, match="path must be"):
+    with pytest.raises(ValueError, match="path: must be"):
         _core._gemm_bf16(a, b, path="fast")
-    with pytest.raises(ValueError, match="bias must be"):
+    with pytest.raises(ValueError, match=r"bias: expected shape \(5,\)"):
         _core._gemm_bf16(a, b, bias=np.zeros(4, np.float32))
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match=r"out: expected shape \(4, 5\)"):
         _core._gemm_bf16(a, b, out=np.zeros((4, 4), np.float32))
-    with pytest.raises(TypeError, match="h must be uint16"):
+    with pytest.raises(TypeError, match="out: expected a writable"):
+        _core._gemm_bf16(a, b, out=np.zeros((4, 5), np.float64))
+    with pytest.raises(TypeError, match="h: expected a uint16 array"):
         _core.from_bfloat16(a)
+    h = _core.to_bfloat16(rng.standard_normal((6, 8)).astype(np.float32))
+    assert np.array_equal(_core.from_bfloat16(h[:, ::2]), _core.from_bfloat16(h)[:, ::2])  # strided views
     check(_core._gemm_bf16(a, b), a, b, False)   # still usable
