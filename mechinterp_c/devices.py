@@ -1,6 +1,8 @@
-"""Where and in what precision models run: the CPU, in float32. Anything else asked for
-is refused with an error naming it, never ignored: another device is a ValueError,
-another dtype (float16, bfloat16, float64) a NotImplementedError.
+"""Where and in what precision models run: the CPU, in float32, or with bfloat16 weights
+where a model's loader accepts them (``dtype="bfloat16"``: weights stored as bfloat16,
+activations and sums float32). Anything else asked for is refused with an error naming
+it, never ignored: another device is a ValueError, another dtype (float16, float64) a
+NotImplementedError.
 
 ``CPUFloat32`` gives a model class torch's moving methods (``to``, ``cpu``, ``float``,
 ``cuda``, ``half``, ``bfloat16``, ``double``, ``mps``): those that ask for the CPU or
@@ -9,8 +11,9 @@ float32 return the model unchanged, the others raise.
 import numpy as np
 
 _FLOAT32_NAMES = ("float32", "float", "fp32", "torch.float32", "torch.float")
-_DTYPE_WORDS = _FLOAT32_NAMES + ("float16", "half", "fp16", "bfloat16", "bf16", "float64",
-                                 "double", "auto")
+_BFLOAT16_NAMES = ("bfloat16", "bf16", "torch.bfloat16")
+_DTYPE_WORDS = _FLOAT32_NAMES + _BFLOAT16_NAMES + ("float16", "half", "fp16", "float64",
+                                                   "double", "auto")
 
 
 def _is_dtype_like(x):
@@ -21,17 +24,35 @@ def _is_dtype_like(x):
     return isinstance(x, str) and (x.startswith("torch.") or x in _DTYPE_WORDS)
 
 
-def check_dtype(dtype, where, allow_auto=False):
+def is_bfloat16(dtype):
+    """Whether ``dtype`` names bfloat16 ("bfloat16", "bf16" or ``torch.bfloat16``)."""
+    return dtype is not None and str(dtype) in _BFLOAT16_NAMES
+
+
+def check_dtype(dtype, where, allow_auto=False, allow_bf16=False):
     """Nothing for None and float32 (a string, NumPy's or torch's); with ``allow_auto``
-    also "auto" (Hugging Face's "the checkpoint's dtype", float32 here). Anything else:
+    also "auto" (Hugging Face's "the checkpoint's dtype", float32 here); with
+    ``allow_bf16`` also bfloat16 (:func:`is_bfloat16`). Anything else:
     NotImplementedError naming it."""
-    if dtype is None or (allow_auto and dtype == "auto"):
+    if dtype is None or (allow_auto and dtype == "auto") or (allow_bf16 and is_bfloat16(dtype)):
         return
     name = str(dtype)
     if name in _FLOAT32_NAMES or (isinstance(dtype, (np.dtype, type)) and np.dtype(dtype) == np.float32):
         return
+    hint = (" (bfloat16 weights: load the model with dtype='bfloat16')" if is_bfloat16(dtype)
+            else "")
     raise NotImplementedError(f"{where}: dtype {name!r} is not supported: the C core computes in "
-                              f"float32 only (leave the dtype out or pass float32)")
+                              f"float32 only (leave the dtype out or pass float32){hint}")
+
+
+def warn_bf16_path(where):
+    """The one-line warning a bfloat16 model gets on a CPU without AVX512-BF16."""
+    from . import _core
+    if _core._bgemm_best_path() != "bf16":
+        import warnings
+        warnings.warn(f"{where}: this CPU has no AVX512-BF16: bfloat16 weights run on the slower "
+                      f"fp32 path (weight tiles widened to float32 for the float32 GEMM)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def check_cpu_device(device, where=None):

@@ -5,6 +5,18 @@ NumPy arrays where TransformerLens gives tensors. Parameters are writable views
 of the C model's one parameter blob (``model.blocks[0].attn.W_Q[...] = x``
 changes what the C core computes); activations are zero-copy views of the
 per-call arena, valid after later calls and after the model is deleted.
+
+bfloat16 weights: ``HookedTransformer(dict(cfg, dtype="bfloat16"))`` or
+``from_pretrained(name, dtype="bfloat16")`` stores the matrices (``W_Q``, ``W_K``,
+``W_V``, ``W_O``, ``W_in``, ``W_gate``, ``W_out``, ``W_U``) and the token embedding
+``W_E`` as bfloat16, half the memory; every other weight holds bfloat16-rounded values in
+float32. Activations, hooks, caches and sums stay float32; only a product's
+activation operand is rounded to bfloat16 (the CPU's AVX512-BF16 products, or a
+slower float32 fallback with a warning). NumPy has no bfloat16, so what the model
+hands out for a bfloat16 weight (``state_dict()``, ``model.W_Q``,
+``model.blocks[0].attn.W_Q``) is a read-only float32 copy; :meth:`bf16_weight` gives
+the stored bit patterns as a writable uint16 view, and ``load_state_dict`` rounds what
+it is given. Training a bfloat16 model is refused (NotImplementedError).
 """
 import warnings
 
@@ -15,7 +27,7 @@ from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
-from .devices import CPUFloat32, check_cpu_device, check_dtype
+from .devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16, warn_bf16_path
 from .generation import GenerationMixin
 from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
 from .hooked_text import TextMixin, check_padding_side
@@ -35,6 +47,15 @@ class _Module:
 
     def __init__(self, name):
         self._name = name
+        self._lazy = {}      # attribute -> (model, parameter name): bfloat16 weights
+
+    def __getattr__(self, attr):
+        # a bfloat16 weight: a float32 copy made when asked for, not kept
+        lazy = self.__dict__.get("_lazy") or {}
+        if attr in lazy:
+            model, name = lazy[attr]
+            return model._weight(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def __repr__(self):
         return f"<{type(self).__name__} {self._name or 'model'}>"
@@ -73,8 +94,13 @@ def _param_view(params, name):
     return params[name]
 
 
+def _bf16_round(x):
+    """float32 values rounded to the nearest bfloat16 (as float32)."""
+    return _core.from_bfloat16(_core.to_bfloat16(np.asarray(x, dtype=np.float32)))
+
+
 def _check_unsupported(cfg):
-    check_dtype(cfg.dtype, "HookedTransformerConfig")
+    check_dtype(cfg.dtype, "HookedTransformerConfig", allow_bf16=True)
     check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
     if cfg.positional_embedding_type != "standard":
@@ -121,6 +147,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                           "tokenizer (pass tokenizer=... or call set_tokenizer(tok, "
                           "default_padding_side=...))", stacklevel=2)
         _check_unsupported(self.cfg)
+        if self._bf16:
+            warn_bf16_path("HookedTransformer(dtype='bfloat16')")
         self._build()
         if self.cfg.init_weights:
             self.init_weights()
@@ -134,10 +162,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         converted to TransformerLens weights (``loading_from_pretrained``) and processed
         as TransformerLens does by default (fold_ln, center_writing_weights,
         center_unembed, fold_value_biases). The checkpoint's tokenizer is attached when
-        it has one and ``tokenizer`` is not given. A dtype other than float32 or a device
-        other than the CPU is refused, as is any other keyword."""
-        check_dtype(kwargs.pop("dtype", None), "from_pretrained")
-        check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
+        it has one and ``tokenizer`` is not given. ``dtype`` (or ``torch_dtype``)
+        "bfloat16" stores the weights as bfloat16 (converted once, after processing; see
+        the module docstring). Another dtype than float32 or bfloat16, a device other
+        than the CPU, or any other keyword is refused."""
+        dtype = kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        check_dtype(dtype, "from_pretrained", allow_bf16=True)
+        check_dtype(torch_dtype, "from_pretrained", allow_bf16=True)
         check_cpu_device(kwargs.pop("device", None), "from_pretrained")
         kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
         if kwargs:
@@ -145,6 +177,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         hf_cfg, tl_cfg = loading.get_pretrained_model_config(model_name, revision, cache_dir)
         if tokenizer is None:
             tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
+        if is_bfloat16(dtype) or is_bfloat16(torch_dtype):
+            tl_cfg["dtype"] = "bfloat16"
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
@@ -175,7 +209,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
             use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
-            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in)
+            use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in,
+            bf16=self._bf16)
         shared = params_from is not None and core.share_params(params_from)
         self._core = core
         self._raw = core.params()
@@ -201,6 +236,32 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             self._params = self._tl_params()
         self._make_modules()
         return shared
+
+    @property
+    def _bf16(self):
+        """Whether the weights are stored as bfloat16 (``cfg.dtype``)."""
+        return is_bfloat16(self.cfg.dtype)
+
+    def _weight(self, name):
+        """Parameter ``name`` as float32: the writable view itself, or (a bfloat16
+        weight) a read-only float32 copy."""
+        v = self._params[name]
+        if v.dtype != np.uint16:
+            return v
+        out = _core.from_bfloat16(v)
+        out.flags.writeable = False
+        return out
+
+    def bf16_weight(self, name):
+        """The stored bfloat16 bit patterns of weight ``name`` (TransformerLens name) as a
+        writable uint16 view (``mechinterp_c.ops.from_bfloat16`` makes float32 of it,
+        ``ops.to_bfloat16`` the patterns of float32 values). KeyError for a name that is
+        not a weight, ValueError for one stored as float32."""
+        v = self._params[name]
+        if v.dtype != np.uint16:
+            raise ValueError(f"bf16_weight: {name} is stored as float32 (only the matrices and "
+                             f"W_E of a dtype='bfloat16' model are bfloat16)")
+        return v.view(np.ndarray)
 
     def _tl_params(self):
         """TransformerLens-named, -shaped writable views of the blob."""
@@ -249,7 +310,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         def attach(mod, prefix):
             for key, arr in P.items():
                 if key.startswith(prefix) and "." not in key[len(prefix):]:
-                    setattr(mod, key[len(prefix):], arr)
+                    if arr.dtype == np.uint16:     # float32 copies on access (_Module)
+                        mod._lazy[key[len(prefix):]] = (self, key)
+                    else:
+                        setattr(mod, key[len(prefix):], arr)
             for hname, hp in self.hook_dict.items():
                 if hname.startswith(prefix) and "." not in hname[len(prefix):]:
                     setattr(mod, hname[len(prefix):], hp)
@@ -287,7 +351,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         for name, arr in self._raw.items():
             leaf = name.rsplit(".", 1)[1]
             if leaf.startswith("W_"):
-                arr[...] = rng.normal(0.0, std, size=arr.shape)
+                w = rng.normal(0.0, std, size=arr.shape).astype(np.float32)
+                arr[...] = _core.to_bfloat16(w) if arr.dtype == np.uint16 else (
+                    _bf16_round(w) if self._bf16 else w)
             elif leaf == "w":
                 arr[...] = 1.0
             else:
@@ -295,14 +361,16 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # --------------------------------------------------------------- state
     def state_dict(self):
-        """TransformerLens parameter names -> writable views of the model's weights."""
-        return dict(self._params)
+        """TransformerLens parameter names -> writable views of the model's weights (for
+        a bfloat16 weight: a read-only float32 copy, see :meth:`bf16_weight`)."""
+        return {k: self._weight(k) for k in self._params}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy TransformerLens-named weights in (shapes checked, errors name the key).
 
         Torch tensors are accepted; TransformerLens buffers (``attn.mask``, ``attn.IGNORE``)
-        are skipped. With ``strict``, missing and unknown keys raise KeyError.
+        are skipped. With ``strict``, missing and unknown keys raise KeyError. A
+        bfloat16 model rounds every weight to bfloat16 (round to nearest even).
         """
         unknown = [k for k in state_dict if k not in self._params and not k.endswith(_TL_BUFFER_SUFFIXES)]
         missing = [k for k in self._params if k not in state_dict]
@@ -319,7 +387,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                                  f"{dst.shape}")
             if arr.dtype.kind != "f":
                 raise TypeError(f"load_state_dict: {k} has dtype {arr.dtype}, expected floats")
-            dst[...] = arr
+            if dst.dtype == np.uint16:
+                dst[...] = _core.to_bfloat16(arr)
+            else:
+                dst[...] = _bf16_round(arr) if self._bf16 else arr
 
     def load_and_process_state_dict(self, state_dict, fold_ln=True, center_writing_weights=True,
                                     center_unembed=True, fold_value_biases=True,
@@ -352,7 +423,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         old_core, old_params = self._core, self._params
         if self._build(params_from=old_core):
             return
-        self.load_state_dict(old_params, strict=False)
+        for k, v in old_params.items():       # the stored values, bits as they are
+            if k in self._params:
+                self._params[k][...] = v
         for k, v in old_params.items():
             if k in self._params:
                 self._params[k].requires_grad = v.requires_grad
@@ -402,11 +475,13 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
     def _stack(self, key):
-        return np.stack([self._params[f"blocks.{l}.{key}"].data for l in range(self.cfg.n_layers)])
+        return np.stack([np.asarray(self._weight(f"blocks.{l}.{key}")) for l in range(self.cfg.n_layers)])
 
-    W_E = property(lambda self: self._params["embed.W_E"], doc="Token embedding [d_vocab, d_model] (view).")
+    W_E = property(lambda self: self._weight("embed.W_E"), doc="Token embedding [d_vocab, d_model] "
+                   "(view; a float32 copy in a bfloat16 model).")
     W_pos = property(lambda self: self._params["pos_embed.W_pos"], doc="Positional embedding [n_ctx, d_model] (view).")
-    W_U = property(lambda self: self._params["unembed.W_U"], doc="Unembedding [d_model, d_vocab_out] (view).")
+    W_U = property(lambda self: self._weight("unembed.W_U"), doc="Unembedding [d_model, d_vocab_out] "
+                   "(view; a float32 copy in a bfloat16 model).")
     b_U = property(lambda self: self._params["unembed.b_U"], doc="Unembedding bias [d_vocab_out] (view).")
     W_Q = property(lambda self: self._stack("attn.W_Q"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
     W_K = property(lambda self: self._stack("attn.W_K"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
