@@ -140,3 +140,29 @@ def test_bad_input(rng):
     h = _core.to_bfloat16(rng.standard_normal((6, 8)).astype(np.float32))
     assert np.array_equal(_core.from_bfloat16(h[:, ::2]), _core.from_bfloat16(h)[:, ::2])  # strided views
     check(_core._gemm_bf16(a, b), a, b, False)   # still usable
+
+
+FAST_PACK = _core._bgemm_best_path() == "bf16"
+
+
+@pytest.mark.skipif(not FAST_PACK, reason="the vector packers need AVX512-BF16")
+@pytest.mark.parametrize("K", [1, 2, 31, 32, 33, 64, 65, 769])
+def test_packers_match_their_plain_twins(K, rng):
+    """The AVX-512 packings (what the bf16 path multiplies) give the same words as the
+    plain loops, for every block edge: odd K, K blocks, partial row panels and columns."""
+    from mechinterp_c import _testing
+    a = rng.standard_normal((30, K)).astype(np.float32)
+    a[0, 0] = np.nan
+    KP = (K + 1) // 2
+    for i0, mcur in ((0, 30), (5, 13), (29, 1)):
+        for p0, kp in ((0, KP), (KP // 2, KP - KP // 2), (0, min(KP, 17))):
+            ref = _testing._bgemm_pack_a(a, i0, mcur, p0, kp, False)
+            fast = _testing._bgemm_pack_a(a, i0, mcur, p0, kp, True)
+            assert np.array_equal(ref, fast), (i0, mcur, p0, kp)
+    for trans_b in (False, True):
+        b = _core.to_bfloat16(rng.standard_normal((70, K) if trans_b else (K, 70)).astype(np.float32))
+        for j0, cols in ((0, 32), (32, 32), (64, 6), (3, 1)):
+            for p0, kp in ((0, KP), (KP // 2, KP - KP // 2), (0, min(KP, 17))):
+                ref = _testing._bgemm_pack_b(b, trans_b, p0, kp, j0, cols, False)
+                fast = _testing._bgemm_pack_b(b, trans_b, p0, kp, j0, cols, True)
+                assert np.array_equal(ref, fast), (trans_b, j0, cols, p0, kp)

@@ -105,8 +105,31 @@ static void bgemm_ref(int trans_b, int64_t M, int64_t N, int64_t K, const float 
 
 static inline uint32_t pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
 
-/* op(B)[pairs p0:p0+kp, j0:j0+cols] -> one NR-column panel, columns past cols zero. */
-static void pack_b(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0, int64_t kp,
+/* A[i0:i0+mcur, pairs p0:p0+kp] -> MR-row panels rounded to bfloat16, rows
+ * past mcur zero: the plain twin of mi_bgemm_pack_a_avx512bf16 (the driver's
+ * packing; that one also reads denormal inputs as zero), held to the same words
+ * by tests/test_gemm_bf16.py (_testing._bgemm_pack_a). */
+void mi_bgemm_pack_a_ref(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur, int64_t p0,
+                         int64_t kp, uint32_t *restrict dst)
+{
+    for (int64_t ir = 0; ir < mcur; ir += MR, dst += kp * MR) {
+        const int rows = mcur - ir < MR ? (int)(mcur - ir) : MR;
+        for (int r = 0; r < rows; r++) {
+            const float *a = A + (i0 + ir + r) * lda;
+            for (int64_t p = 0; p < kp; p++) {
+                const int64_t k = 2 * (p0 + p);
+                dst[p * MR + r] = pair(mi_bf16_round(a[k]), k + 1 < K ? mi_bf16_round(a[k + 1]) : 0);
+            }
+        }
+        for (int r = rows; r < MR; r++)
+            for (int64_t p = 0; p < kp; p++) dst[p * MR + r] = 0;
+    }
+}
+
+/* op(B)[pairs p0:p0+kp, j0:j0+cols] -> one NR-column panel, columns past cols
+ * zero: the plain twin of mi_bgemm_pack_b_avx512bf16 (the driver's packing),
+ * held to the same words by tests/test_gemm_bf16.py (_testing._bgemm_pack_b). */
+void mi_bgemm_pack_b_ref(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0, int64_t kp,
                    int64_t j0, int cols, uint32_t *restrict dst)
 {
     if (!trans_b) {     /* B stored [K, N]: rows 2p and 2p+1 interleave */
@@ -189,7 +212,8 @@ static void bgemm_blocked(int nt, int trans_b, int64_t M, int64_t N, int64_t K, 
                 #pragma omp for schedule(dynamic, 4)
                 for (int64_t jp = 0; jp < npanels; jp++) {
                     const int cols = ncur - jp * NR < NR ? (int)(ncur - jp * NR) : NR;
-                    pack_b(trans_b, B, ldb, K, p0, kp, jc + jp * NR, cols, Bp + jp * NR * kp);
+                    mi_bgemm_pack_b_avx512bf16(trans_b, B, ldb, K, p0, kp, jc + jp * NR, cols,
+                                               Bp + jp * NR * kp);
                 }
                 /* implicit barrier: Bp is complete */
                 #pragma omp for schedule(dynamic, 1)

@@ -131,3 +131,42 @@ void mi_bgemm_pack_a_avx512bf16(const float *A, int64_t lda, int64_t K, int64_t 
         }
     }
 }
+
+void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0,
+                                int64_t kp, int64_t j0, int cols, uint32_t *restrict dst)
+{
+    _Static_assert(NR == 32, "a panel is two 16-column halves");
+    if (!trans_b) {     /* B stored [K, N]: rows 2p and 2p+1 interleave */
+        const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+        const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+        for (int64_t p = 0; p < kp; p++) {
+            const int64_t k = 2 * (p0 + p);
+            const uint16_t *b0 = B + k * ldb + j0, *b1 = b0 + ldb;
+            const int odd = k + 1 < K;
+            __m512i lo0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, b0));
+            __m512i lo1 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, b0 + 16));
+            if (odd) {
+                lo0 = _mm512_or_si512(lo0, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, b1)), 16));
+                lo1 = _mm512_or_si512(lo1, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, b1 + 16)), 16));
+            }
+            _mm512_storeu_si512(dst + p * NR, lo0);
+            _mm512_storeu_si512(dst + p * NR + 16, lo1);
+        }
+        return;
+    }
+    /* B stored [N, K]: a pair is two neighbours of one row; 16 rows x 16 pairs
+     * are read as words and transposed */
+    for (int jb = 0; jb < NR; jb += 16)
+        for (int64_t pb = 0; pb < kp; pb += 16) {
+            const int nq = kp - pb < 16 ? (int)(kp - pb) : 16;
+            const int64_t k0 = 2 * (p0 + pb);
+            const int64_t left = K - k0 < 2 * nq ? K - k0 : 2 * nq;   /* bf16 to read */
+            const __mmask32 m = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = jb + i < cols ? _mm512_maskz_loadu_epi16(m, B + (j0 + jb + i) * ldb + k0)
+                                     : _mm512_setzero_si512();
+            transpose16(r);
+            for (int q = 0; q < nq; q++) _mm512_storeu_si512(dst + (pb + q) * NR + jb, r[q]);
+        }
+}

@@ -35,4 +35,16 @@ void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *Ap, const uint32_t *Bp,
 void mi_bgemm_pack_a_avx512bf16(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur,
                                 int64_t p0, int64_t kp, uint32_t *dst);
 
+/* pack_b of gemm_bf16.c with AVX-512: op(B)[pairs p0:p0+kp, j0:j0+cols] as one
+ * NR-column panel (columns past cols and k past K zero); the same words as the
+ * plain mi_bgemm_pack_b_ref. */
+void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0,
+                                int64_t kp, int64_t j0, int cols, uint32_t *dst);
+
+/* The plain twins of the two packings (gemm_bf16.c). */
+void mi_bgemm_pack_a_ref(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur, int64_t p0,
+                         int64_t kp, uint32_t *dst);
+void mi_bgemm_pack_b_ref(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0,
+                         int64_t kp, int64_t j0, int cols, uint32_t *dst);
+
 #endif
