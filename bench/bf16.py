@@ -10,11 +10,11 @@
    everywhere. GFLOP/s, our bf16 / our fp32 (target >= 1.7x at 1024x768x3072) and
    the share of the bfloat16 peak (vdpbf16ps does 32 multiply-adds per instruction
    where an fp32 FMA does 16: twice the measured fp32 FMA peak, _testing._fma_peak()).
-2. Models: GPT-2-small- and gpt2-large-shaped checkpoints of random weights (F32
-   safetensors written once into a temporary directory), loaded three ways:
-   ours float32 (GPT2LMHeadModel.from_pretrained: the file mapped in place), ours
-   bfloat16 (torch_dtype=bfloat16: converted once) and transformers with
-   torch_dtype=torch.bfloat16. Forward (batch 4 x 256 tokens small, 1 x 512 large)
+2. Models: GPT-2-small- and gpt2-large-shaped checkpoints of random weights (F32 and
+   BF16 safetensors written once into a temporary directory), loaded three ways:
+   ours float32 (GPT2LMHeadModel.from_pretrained of the F32 file, mapped in place),
+   ours bfloat16 (torch_dtype=bfloat16 of the BF16 file, mapped in place) and
+   transformers with torch_dtype=torch.bfloat16 (the BF16 file). Forward (batch 4 x 256 tokens small, 1 x 512 large)
    and greedy generate at batch 1 (16-token prompt, 16 new tokens), the three
    alternating, median of 3; model memory (weight bytes) and the peak RSS of a fresh
    process that loads the model and runs one forward. Targets: forward >= 1.5x our
@@ -95,7 +95,8 @@ def random_tensor(rng, name, shape, std=0.02):
 def write_config(d, cfg):
     full = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], activation_function="gelu_new",
                 layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0, tie_word_embeddings=True,
-                n_inner=None, torch_dtype="float32", **cfg)
+                n_inner=None, torch_dtype="float32")
+    full.update(cfg)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(full, f)
 
@@ -179,12 +180,14 @@ def bench_models(names, threads):
     print(f"{'model':>6s} {'':>10s} {'weights MiB':>11s} {'peak RSS MiB':>12s} {'forward s':>10s} "
           f"{'gen tok/s':>10s}")
     for name in names:
-        with tempfile.TemporaryDirectory() as d:
-            write_f32_checkpoint(d, MODELS[name])
-            peaks = {k: float(subprocess.run([sys.executable, __file__, "--child", k, d, name],
+        with tempfile.TemporaryDirectory() as d32, tempfile.TemporaryDirectory() as d16:
+            write_f32_checkpoint(d32, MODELS[name])
+            write_bf16_checkpoint(d16, MODELS[name])
+            dirs = {"fp32": d32, "bf16": d16, "torch": d16}
+            peaks = {k: float(subprocess.run([sys.executable, __file__, "--child", k, dirs[k], name],
                                              capture_output=True, text=True, check=True)
                               .stdout.strip().splitlines()[-1]) for k in ("fp32", "bf16", "torch")}
-            models = {k: load(k, d) for k in ("fp32", "bf16", "torch")}
+            models = {k: load(k, dirs[k]) for k in ("fp32", "bf16", "torch")}
             wbytes = {"fp32": ours_bytes(models["fp32"]), "bf16": ours_bytes(models["bf16"]),
                       "torch": sum(p.numel() * p.element_size() for p in models["torch"].parameters())}
             B, T = FORWARD_SHAPE[name]
