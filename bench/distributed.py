@@ -11,16 +11,18 @@ batch per partition.
 - Dask, 1 and 2 local workers (processes, 1 thread each), the model opened by each
   worker before timing (a warm cluster: model loading and cluster start excluded and
   printed apart);
-- overhead of the distributed path at 1 worker (target under 10%);
+- overhead of the distributed path at 1 worker (target under 10%): the loop and the
+  1-worker run alternate for --rounds rounds, and the median per-round ratio is reported;
 - merge cost: ``from_bytes`` + ``merge`` of one partition's states in the driver;
 - a projection of the time for 10^9 tokens on N machines like this one (2 workers
   each), from the measured per-token cost and merge cost, with partitions of
   ``--partition-tokens`` tokens merged one after another in the driver.
 
-    python3 bench/distributed.py [--tokens 2048] [--seq 128] [--partition-tokens 1000000]
+    python3 bench/distributed.py [--tokens 2048] [--seq 128] [--rounds 5] [--partition-tokens 1000000]
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -46,50 +48,28 @@ def templates():
     return [S.Moments(), S.TopK(10)]
 
 
-def plain_loop(ckpt, corpus, hooks, batch):
-    D._MODELS[ckpt] = HookedTransformer.from_pretrained(ckpt)
-    model = D._MODELS[ckpt]
-    before = _core.get_num_threads()
-    _core.set_num_threads(1)
-    try:
-        warm(ckpt, corpus[:batch])
-        accs = {h: templates() for h in hooks}
-        t0 = time.perf_counter()
-        for s in range(0, len(corpus), batch):
-            tokens = corpus[s:s + batch]
-            _, cache = model.run_with_cache(tokens, names_filter=hooks, return_type=None,
-                                            return_cache_object=False)
-            b, n = tokens.shape
-            idx = (np.arange(s, s + b)[:, None] * n + np.arange(n)).ravel()
-            for h in hooks:
-                for a in accs[h]:
-                    a.update(cache[h].reshape(b * n, -1), idx)
-        return time.perf_counter() - t0, accs
-    finally:
-        _core.set_num_threads(before)
-
-
-def dask_runs(ckpt, corpus, hooks, batch, n_partitions):
-    """{workers: (seconds, result)} for 2 then 1 warm local workers, and the start-up time."""
-    from distributed import Client, LocalCluster
+def plain_loop(model, corpus, hooks, batch):
+    """One timed pass of the loop a researcher writes without Dask: (seconds, accumulators)."""
+    accs = {h: templates() for h in hooks}
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    client = Client(cluster)
-    out = {}
-    try:
-        client.run(warm, ckpt, corpus[:batch])
-        start = time.perf_counter() - t0
-        for w in (2, 1):
-            if w == 1:   # retire one worker: the other stays warm
-                client.retire_workers(list(client.scheduler_info()["workers"])[:1])
-            t0 = time.perf_counter()
-            r = D.run_over_corpus(ckpt, [corpus], templates(), batch_size=batch, hook_names=hooks, client=client,
-                                  n_partitions=n_partitions, progress=False)
-            out[w] = (time.perf_counter() - t0, r)
-        return out, start
-    finally:
-        client.close()
-        cluster.close()
+    for s in range(0, len(corpus), batch):
+        tokens = corpus[s:s + batch]
+        _, cache = model.run_with_cache(tokens, names_filter=hooks, return_type=None,
+                                        return_cache_object=False)
+        b, n = tokens.shape
+        idx = (np.arange(s, s + b)[:, None] * n + np.arange(n)).ravel()
+        for h in hooks:
+            for a in accs[h]:
+                a.update(cache[h].reshape(b * n, -1), idx)
+    return time.perf_counter() - t0, accs
+
+
+def dask_run(client, ckpt, corpus, hooks, batch, n_partitions):
+    """One timed run_over_corpus on the client's warm workers: (seconds, result)."""
+    t0 = time.perf_counter()
+    r = D.run_over_corpus(ckpt, [corpus], templates(), batch_size=batch, hook_names=hooks, client=client,
+                          n_partitions=n_partitions, progress=False)
+    return time.perf_counter() - t0, r
 
 
 def main():
@@ -98,6 +78,7 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--partition-tokens", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     ckpt = str(checkpoints.load_or_create("gpt2", small=False))
     load0 = os.getloadavg()[0]
@@ -106,20 +87,47 @@ def main():
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(12)]
     n_parts = max(1, len(corpus) // args.batch)   # a batch per partition
 
-    t_plain, accs = plain_loop(ckpt, corpus, hooks, args.batch)
-    print(f"single-process loop (1 thread):  {n / t_plain:8.0f} tokens/s  ({t_plain:.2f} s, {n} tokens)")
-    runs, start = dask_runs(ckpt, corpus, hooks, args.batch, n_parts)
-    print(f"Dask LocalCluster start + model load in 2 workers: {start:.1f} s (not in the rates below)")
-    rates = {}
-    for w in (1, 2):
-        t, r = runs[w]
-        rates[w] = n / t
-        same = all(np.array_equal(r[h, "topk"].index, accs[h][1].index) for h in hooks)
-        print(f"Dask, {w} worker(s) x 1 thread:   {n / t:8.0f} tokens/s  ({t:.2f} s, {n_parts} partitions; "
-              f"top-k equal to the loop: {same})")
-    overhead = t_plain * rates[1] / n
-    print(f"overhead of the distributed path at 1 worker: {100 * (1 / overhead - 1):+.1f}% "
-          f"(target under 10%); 2 workers: {rates[2] / rates[1]:.2f}x of 1 worker")
+    # The loop runs in this process with 1 C thread; each Dask worker is a process with
+    # 1 thread. The 1-worker overhead is measured in alternating rounds (loop, Dask,
+    # loop, Dask, ...) so a change of load on this shared machine hits both alike;
+    # the figure is the median of the per-round ratios.
+    from distributed import Client, LocalCluster
+    model = D._MODELS[ckpt] = HookedTransformer.from_pretrained(ckpt)
+    before = _core.get_num_threads()
+    _core.set_num_threads(1)
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = Client(cluster)
+    try:
+        warm(ckpt, corpus[:args.batch])
+        client.run(warm, ckpt, corpus[:args.batch])
+        print(f"Dask LocalCluster start + model load in 2 workers: {time.perf_counter() - t0:.1f} s "
+              f"(not in the rates below)")
+        t2, r2 = dask_run(client, ckpt, corpus, hooks, args.batch, n_parts)
+        client.retire_workers(list(client.scheduler_info()["workers"])[:1])   # the other stays warm
+        rounds = []
+        for _ in range(args.rounds):
+            t_plain, accs = plain_loop(model, corpus, hooks, args.batch)
+            t1, r1 = dask_run(client, ckpt, corpus, hooks, args.batch, n_parts)
+            rounds.append((t_plain, t1))
+    finally:
+        client.close()
+        cluster.close()
+        _core.set_num_threads(before)
+    same = all(np.array_equal(r[h, "topk"].index, accs[h][1].index) for r in (r1, r2) for h in hooks)
+    for i, (tp, t1) in enumerate(rounds):
+        print(f"round {i + 1}: single-process loop (1 thread) {n / tp:6.0f} tokens/s, "
+              f"Dask 1 worker x 1 thread {n / t1:6.0f} tokens/s, overhead {100 * (t1 / tp - 1):+.1f}%")
+    t_plain = statistics.median(tp for tp, _ in rounds)
+    t1 = statistics.median(d for _, d in rounds)
+    overhead = statistics.median(d / tp - 1 for tp, d in rounds)
+    rates = {1: n / t1, 2: n / t2}
+    print(f"single-process loop (1 thread): {n / t_plain:8.0f} tokens/s (median of {args.rounds}, {n} tokens)")
+    print(f"Dask, 1 worker x 1 thread:      {rates[1]:8.0f} tokens/s ({n_parts} partitions)")
+    print(f"Dask, 2 workers x 1 thread:     {rates[2]:8.0f} tokens/s ({rates[2] / rates[1]:.2f}x of 1 worker)")
+    print(f"top-k indices equal to the loop's: {same}")
+    print(f"overhead of the distributed path at 1 worker: {100 * overhead:+.1f}% "
+          f"(median of the per-round ratios; target under 10%)")
 
     # merge cost: one partition's states, serialised and merged into a running total
     states = {h: [a.to_bytes() for a in accs[h]] for h in hooks}

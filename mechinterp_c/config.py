@@ -104,7 +104,7 @@ GPT2_CONFIG_FIELDS = (
     + (Field("layer_norm_epsilon", float, 0, strict=True), Field("initializer_range", float, 0),
        Field("activation_function", str), Field("model_type", str))
     + _flags("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
-             "tie_word_embeddings")
+             "tie_word_embeddings", "use_normalization_before_and_after")
 )
 GPT2_CONFIG_DIVISIBLE = (("n_embd", "n_head"),)
 
@@ -129,13 +129,53 @@ HOOKED_CONFIG_FIELDS = (
              "use_attn_in", "use_local_attn", "from_checkpoint", "attn_only", "init_weights",
              "scale_attn_by_inverse_layer_idx", "final_rms", "parallel_attn_mlp",
              "use_hook_tokens", "gated_mlp", "default_prepend_bos", "post_embedding_ln",
-             "tie_word_embeddings")
+             "tie_word_embeddings", "rotary_adjacent_pairs", "use_NTK_by_parts_rope",
+             "use_normalization_before_and_after")
+    + _sizes("NTK_original_ctx_len")
+    + tuple(Field(n, float, 0, strict=True) for n in (
+        "rotary_base", "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
+        "NTK_by_parts_factor"))
 )
 assert all((f.kind, f.least, f.strict) in _RULE_WORDS
            for f in GPT2_CONFIG_FIELDS + REVE_CONFIG_FIELDS + HOOKED_CONFIG_FIELDS)
 
 SUPPORTED_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "silu", "swish")
 SUPPORTED_NORMS = ("LN", "LNPre", "RMS", "RMSPre", None)
+
+
+# TransformerLens config fields of architectures the C core does not run: their
+# default (the field asks for nothing) and the feature another value asks for. A
+# TransformerLens config or dict that sets one is refused naming field and feature;
+# at the default the field is accepted and dropped.
+TL_UNSUPPORTED_FIELDS = {
+    "num_experts": (None, "mixture of experts"),
+    "experts_per_token": (None, "mixture of experts"),
+    "norm_topk_prob": (False, "mixture of experts"),
+    "use_qk_norm": (False, "q/k RMSNorms (Gemma 3, OLMo 2, Qwen3)"),
+    "clip_qkv": (None, "q/k/v clipping (OLMo)"),
+    "use_logn_attn": (False, "log-n query scaling (Qwen)"),
+    "use_dynamic_ntk_rope": (False, "dynamic NTK rotary scaling"),
+    "use_yarn_rope": (False, "YaRN rotary scaling"),
+    "rotary_scaling_factor": (1.0, "linear rotary scaling"),
+    "rotary_base_local": (None, "a separate rotary base for local layers (Gemma 3)"),
+    "ungroup_grouped_query_attention": (False, "ungrouped key/value heads"),
+    "use_attention_sinks": (False, "attention sinks"),
+    "relative_attention_num_buckets": (None, "relative position buckets (T5)"),
+    "relative_attention_max_distance": (None, "relative position buckets (T5)"),
+    "decoder_start_token_id": (None, "encoder-decoder models (T5)"),
+    "load_in_4bit": (False, "4-bit quantized weights"),
+    "quantization_method": (None, "quantized weights"),
+}
+
+
+def refuse_unsupported_fields(values, where):
+    """NotImplementedError naming every field of ``values`` (a mapping) in
+    ``TL_UNSUPPORTED_FIELDS`` set away from its default, and the feature it asks for."""
+    bad = [f"{k}={values[k]!r} ({feature})" for k, (default, feature) in TL_UNSUPPORTED_FIELDS.items()
+           if k in values and values[k] != default]
+    if bad:
+        raise NotImplementedError(f"{where}: the C core does not implement " + ", ".join(bad)
+                                  + " (mechinterp_c/config.py: TL_UNSUPPORTED_FIELDS)")
 
 
 @dataclass
@@ -196,6 +236,16 @@ class HookedTransformerConfig:
     n_key_value_heads: Optional[int] = None
     post_embedding_ln: bool = False
     tie_word_embeddings: bool = False
+    rotary_base: float = 10000
+    rotary_adjacent_pairs: bool = False
+    use_NTK_by_parts_rope: bool = False
+    NTK_by_parts_low_freq_factor: float = 1.0
+    NTK_by_parts_high_freq_factor: float = 4.0
+    NTK_by_parts_factor: float = 8.0
+    NTK_original_ctx_len: int = 8192
+    use_normalization_before_and_after: bool = False
+    attn_scores_soft_cap: float = -1.0
+    output_logits_soft_cap: float = -1.0
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -207,6 +257,8 @@ class HookedTransformerConfig:
             self.n_heads = self.d_model // self.d_head
         if self.d_mlp is None:
             self.d_mlp = 4 * self.d_model
+        if self.positional_embedding_type == "rotary" and self.rotary_dim is None:
+            self.rotary_dim = self.d_head
         if not self.attn_only:
             if self.act_fn is None:
                 raise ValueError("act_fn must be specified for non-attn-only models")
@@ -229,8 +281,11 @@ class HookedTransformerConfig:
 
     @classmethod
     def from_dict(cls, config_dict):
-        """A config from a dict of field values (unknown keys raise TypeError, as TransformerLens)."""
-        return cls(**config_dict)
+        """A config from a dict of field values (unknown keys raise TypeError, as TransformerLens;
+        TransformerLens fields of architectures the C core does not run raise
+        NotImplementedError unless at their default)."""
+        refuse_unsupported_fields(config_dict, "HookedTransformerConfig")
+        return cls(**{k: v for k, v in config_dict.items() if k not in TL_UNSUPPORTED_FIELDS})
 
     @classmethod
     def unwrap(cls, config):
@@ -240,6 +295,8 @@ class HookedTransformerConfig:
         if isinstance(config, dict):
             return cls.from_dict(config)
         # a transformer_lens config (or any object with the same fields)
+        refuse_unsupported_fields({k: getattr(config, k) for k in TL_UNSUPPORTED_FIELDS
+                                   if hasattr(config, k)}, type(config).__name__)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         vals = {n: getattr(config, n) for n in names if hasattr(config, n)}
         # torch's dtype and device objects as their names ("float32", "cpu"): the model
@@ -309,3 +366,96 @@ class GPT2Config(PretrainedConfig):
     num_hidden_layers = property(lambda self: self.n_layer, doc="= n_layer")
     num_attention_heads = property(lambda self: self.n_head, doc="= n_head")
     max_position_embeddings = property(lambda self: self.n_positions, doc="= n_positions")
+
+
+# Hugging Face decoder config.json files of the rotary families (the fields the
+# converters read; the others are kept as attributes and ignored).
+_DECODER_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "vocab_size")
+LLAMA_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES)
+    + _sizes("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
+             optional=True)
+    + (Field("rms_norm_eps", float, 0, strict=True), Field("hidden_act", str),
+       Field("model_type", str))
+    + _flags("tie_word_embeddings", "attention_bias", "mlp_bias")
+)
+NEOX_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES, "max_position_embeddings")
+    + (Field("layer_norm_eps", float, 0, strict=True), Field("hidden_act", str),
+       Field("model_type", str))
+    + _flags("use_parallel_residual", "tie_word_embeddings", "attention_bias")
+)
+
+
+class DecoderConfig(PretrainedConfig):
+    """A rotary decoder's ``config.json`` (GPT-NeoX, Llama, Mistral, Qwen2) with attribute
+    access and Hugging Face's defaults; ``path`` is the file it was read from (errors
+    about its fields name it)."""
+
+    _REQUIRED = _DECODER_SIZES
+    path = "config.json"
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision="main", cache_dir=None):
+        """Read and check ``config.json`` of a local directory or a cached hub model."""
+        path = _io.resolve_pretrained(name_or_path, "config.json", revision=revision,
+                                      cache_dir=cache_dir)
+        raw = _io.load_config(path, required=cls._REQUIRED)
+        cfg = cls(_where=str(path), **raw)
+        cfg.path = str(path)
+        return cfg
+
+
+class LlamaConfig(DecoderConfig):
+    """Llama's ``config.json`` (also Mistral's and Qwen2's, whose fields are a superset)."""
+
+    _DEFAULTS = dict(num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6, hidden_act="silu",
+                     tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+                     max_position_embeddings=2048, model_type="llama", sliding_window=None)
+    _FIELDS = LLAMA_CONFIG_FIELDS
+
+
+class MistralConfig(LlamaConfig):
+    """Mistral's ``config.json``."""
+
+    _DEFAULTS = dict(LlamaConfig._DEFAULTS, model_type="mistral", max_position_embeddings=32768)
+
+
+class Qwen2Config(LlamaConfig):
+    """Qwen2's ``config.json`` (q/k/v projections with biases)."""
+
+    _DEFAULTS = dict(LlamaConfig._DEFAULTS, model_type="qwen2", max_position_embeddings=32768,
+                     attention_bias=True)
+
+
+class GPTNeoXConfig(DecoderConfig):
+    """GPT-NeoX's (Pythia's) ``config.json``."""
+
+    _DEFAULTS = dict(layer_norm_eps=1e-5, hidden_act="gelu", use_parallel_residual=True,
+                     tie_word_embeddings=False, attention_bias=True, rotary_pct=0.25,
+                     rotary_emb_base=10000, max_position_embeddings=2048, model_type="gpt_neox")
+    _FIELDS = NEOX_CONFIG_FIELDS
+
+
+GEMMA2_CONFIG_FIELDS = (
+    _sizes(*_DECODER_SIZES, "num_key_value_heads", "head_dim", "max_position_embeddings",
+           "query_pre_attn_scalar")
+    + _sizes("sliding_window", optional=True)
+    + (Field("rms_norm_eps", float, 0, strict=True), Field("hidden_activation", str),
+       Field("model_type", str))
+    + _flags("tie_word_embeddings", "attention_bias")
+)
+
+
+class Gemma2Config(DecoderConfig):
+    """Gemma 2's ``config.json`` with Hugging Face's defaults (soft-caps, the sliding
+    window and its layer_types, query_pre_attn_scalar)."""
+
+    _DEFAULTS = dict(num_key_value_heads=4, head_dim=256, rms_norm_eps=1e-6,
+                     hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                     attention_bias=False, max_position_embeddings=8192, model_type="gemma2",
+                     query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
+                     final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                     use_bidirectional_attention=None)
+    _FIELDS = GEMMA2_CONFIG_FIELDS

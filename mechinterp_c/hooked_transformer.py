@@ -86,6 +86,21 @@ class _Norm(_Module):
         return y.astype(np.float32)
 
 
+class _GroupedQueryAttention(_Module):
+    """``blocks[i].attn`` with grouped-query attention: ``_W_K``/``_W_V``/``_b_K``/``_b_V``
+    are the weight views ([n_key_value_heads, ...]); ``W_K``/``W_V``/``b_K``/``b_V``
+    repeat each key/value head for its query heads (copies, as TransformerLens)."""
+
+    def _repeated(self, name):
+        w = getattr(self, name)
+        return np.repeat(w, self.W_Q.shape[0] // w.shape[0], axis=0)
+
+    W_K = property(lambda self: self._repeated("_W_K"), doc="[n_heads, d_model, d_head] (copy).")
+    W_V = property(lambda self: self._repeated("_W_V"), doc="[n_heads, d_model, d_head] (copy).")
+    b_K = property(lambda self: self._repeated("_b_K"), doc="[n_heads, d_head] (copy).")
+    b_V = property(lambda self: self._repeated("_b_V"), doc="[n_heads, d_head] (copy).")
+
+
 class _Block(_Module):
     """``model.blocks[i]``: ln1, attn, ln2, mlp and the block's residual hook points."""
 
@@ -99,25 +114,73 @@ def _bf16_round(x):
     return _core.from_bfloat16(_core.to_bfloat16(np.asarray(x, dtype=np.float32)))
 
 
+# TransformerLens's position schemes the C core does not run, by the feature they are
+_POSITION_FEATURES = {"alibi": "ALiBi position biases", "shortformer": "Shortformer position "
+                      "embeddings", "relative_positional_bias": "relative position buckets (T5)"}
+# TransformerLens architectures whose models take images or audio besides tokens
+_MULTIMODAL_ARCHITECTURES = {"LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                             "LlavaOnevisionForConditionalGeneration",
+                             "Gemma3ForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                             "HubertModel", "HubertForCTC"}
+
+
 def _check_unsupported(cfg):
     check_dtype(cfg.dtype, "HookedTransformerConfig", allow_bf16=True)
     check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
-    if cfg.positional_embedding_type != "standard":
-        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r}")
-    for f in ("use_local_attn", "parallel_attn_mlp",
-              "scale_attn_by_inverse_layer_idx", "final_rms", "post_embedding_ln",
+    if cfg.positional_embedding_type not in ("standard", "rotary"):
+        feature = _POSITION_FEATURES.get(cfg.positional_embedding_type, "an unknown position scheme")
+        bad.append(f"positional_embedding_type={cfg.positional_embedding_type!r} ({feature})")
+    if cfg.original_architecture in _MULTIMODAL_ARCHITECTURES:
+        bad.append(f"original_architecture={cfg.original_architecture!r} (multimodal inputs)")
+    for f in ("scale_attn_by_inverse_layer_idx", "post_embedding_ln",
               "use_hook_tokens"):
         if getattr(cfg, f):
             bad.append(f"{f}=True")
-    if cfg.n_key_value_heads is not None and cfg.n_key_value_heads != cfg.n_heads:
-        bad.append("grouped-query attention (n_key_value_heads)")
+    if cfg.final_rms and cfg.normalization_type in ("LN", "LNPre"):
+        # with RMS blocks (or none) final_rms changes nothing
+        bad.append(f"final_rms=True with normalization_type={cfg.normalization_type!r}")
+    if cfg.parallel_attn_mlp and cfg.attn_only:
+        bad.append("parallel_attn_mlp=True with attn_only=True")
+    kv = cfg.n_key_value_heads
+    if kv is not None and kv != cfg.n_heads:
+        if cfg.n_heads % kv:
+            bad.append(f"n_key_value_heads={kv} that does not divide n_heads={cfg.n_heads}")
+        if cfg.use_split_qkv_input or cfg.use_attn_in:
+            bad.append("grouped-query attention with use_split_qkv_input or use_attn_in")
+    if cfg.positional_embedding_type == "rotary" and (cfg.rotary_dim % 2 or cfg.rotary_dim > cfg.d_head):
+        bad.append(f"rotary_dim={cfg.rotary_dim} (must be even and at most d_head={cfg.d_head})")
+    if cfg.use_normalization_before_and_after and cfg.normalization_type in ("LN", "LNPre"):
+        # TransformerLens builds its post norms only for RMS (and the identity for None)
+        bad.append(f"use_normalization_before_and_after with normalization_type="
+                   f"{cfg.normalization_type!r} (post norms are RMSNorm)")
+    if cfg.use_local_attn:
+        types = cfg.attn_types
+        if not isinstance(cfg.window_size, int) or types is None or len(types) != cfg.n_layers \
+                or any(t not in ("local", "global") for t in types):
+            raise ValueError("use_local_attn needs an integer window_size and attn_types with one "
+                             f"'local' or 'global' per layer (n_layers={cfg.n_layers}), got "
+                             f"window_size={cfg.window_size!r}, attn_types={types!r}")
     if not cfg.attn_only and cfg.act_fn not in _ACT_CODE:
         bad.append(f"act_fn={cfg.act_fn!r}")
     if cfg.d_vocab <= 0:
         bad.append(f"d_vocab={cfg.d_vocab} (no tokenizer: give d_vocab)")
     if bad:
         raise NotImplementedError("HookedTransformer (C core) does not support: " + ", ".join(bad))
+
+
+def _gemma2_spec(cfg):
+    """The C spec's Gemma 2 fields from TransformerLens's config: post norms (RMS ones,
+    TransformerLens's identity for normalization_type None), soft-caps (> 0: on, as
+    TransformerLens's ``softcap_enabled``), the sliding window and its local layers."""
+    cap = lambda c: float(c) if c is not None and c > 0 else 0.0
+    local = cfg.use_local_attn
+    return dict(
+        post_norms=bool(cfg.use_normalization_before_and_after)
+        and (cfg.normalization_type or "").startswith("RMS"),
+        attn_softcap=cap(cfg.attn_scores_soft_cap), logit_softcap=cap(cfg.output_logits_soft_cap),
+        window=cfg.window_size if local else 0,
+        local_layers=[l for l, t in enumerate(cfg.attn_types) if t == "local"] if local else None)
 
 
 class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin, CPUFloat32,
@@ -180,6 +243,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         if is_bfloat16(dtype) or is_bfloat16(torch_dtype):
             tl_cfg["dtype"] = "bfloat16"
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
+        if center_unembed and (model.cfg.output_logits_soft_cap or 0) > 0:
+            # as TransformerLens: a soft-capped logit is not invariant to a constant shift
+            warnings.warn("center_unembed=True is not possible with a logit soft-cap "
+                          f"(output_logits_soft_cap={model.cfg.output_logits_soft_cap}); "
+                          "setting center_unembed=False", stacklevel=2)
+            center_unembed = False
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
             fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -200,6 +269,16 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         are kept; returns whether it does. Existing HookPoints are kept (with their
         hooks, so handles taken earlier still remove them); only their ids change."""
         cfg = self.cfg
+        spec = dict(self._CORE_SPEC)
+        if cfg.positional_embedding_type == "rotary":
+            spec.update(pos_embed=False, rotary=True, rotary_dim=cfg.rotary_dim,
+                        rotary_adjacent_pairs=cfg.rotary_adjacent_pairs,
+                        rotary_base=float(cfg.rotary_base),
+                        use_NTK_by_parts_rope=cfg.use_NTK_by_parts_rope,
+                        NTK_by_parts_factor=float(cfg.NTK_by_parts_factor),
+                        NTK_by_parts_low_freq_factor=float(cfg.NTK_by_parts_low_freq_factor),
+                        NTK_by_parts_high_freq_factor=float(cfg.NTK_by_parts_high_freq_factor),
+                        NTK_original_ctx_len=float(cfg.NTK_original_ctx_len))
         core = _core.Model(
             n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads, d_head=cfg.d_head,
             d_mlp=cfg.d_mlp if not cfg.attn_only else 0, d_vocab=cfg.d_vocab,
@@ -207,10 +286,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             eps=cfg.eps, act=_ACT_CODE.get(cfg.act_fn, 0) if not cfg.attn_only else 0,
             gated_mlp=cfg.gated_mlp, attn_only=cfg.attn_only,
             causal=cfg.attention_dir == "causal", use_attn_result=cfg.use_attn_result,
-            use_hook_mlp_in=cfg.use_hook_mlp_in, **self._CORE_SPEC,
+            use_hook_mlp_in=cfg.use_hook_mlp_in, **spec,
             attn_scale=cfg.attn_scale if cfg.use_attn_scale else 1.0,
             use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in,
-            bf16=self._bf16)
+            n_key_value_heads=cfg.n_key_value_heads or 0,
+            parallel_attn_mlp=cfg.parallel_attn_mlp and not cfg.attn_only,
+            **_gemma2_spec(cfg), bf16=self._bf16)
         shared = params_from is not None and core.share_params(params_from)
         self._core = core
         self._raw = core.params()
@@ -283,10 +364,21 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                 for w in ("w", "b"):
                     if p + f"{ln}.{w}" in raw:
                         out[p + f"{ln}.{w}"] = raw[p + f"{ln}.{w}"]
+            for ln in ("ln1_post", "ln2_post"):
+                if p + f"{ln}.w" in raw:
+                    out[p + f"{ln}.w"] = raw[p + f"{ln}.w"]
             qkv, bqkv = raw[p + "attn.W_qkv"], raw[p + "attn.b_qkv"]
-            for i, c in enumerate("QKV"):
-                out[p + f"attn.W_{c}"] = qkv[:, i].transpose(1, 0, 2)   # [H, D, Dh]
-                out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
+            if qkv.ndim == 4:
+                for i, c in enumerate("QKV"):
+                    out[p + f"attn.W_{c}"] = qkv[:, i].transpose(1, 0, 2)   # [H, D, Dh]
+                    out[p + f"attn.b_{c}"] = bqkv[i]                        # [H, Dh]
+            else:
+                # grouped-query attention: [D, H + 2 Hkv, Dh], TransformerLens's
+                # unrepeated _W_K/_W_V [Hkv, D, Dh] as in its state_dict
+                H, kv = cfg.n_heads, cfg.n_key_value_heads
+                for c, a, b in (("W_Q", 0, H), ("_W_K", H, H + kv), ("_W_V", H + kv, H + 2 * kv)):
+                    out[p + f"attn.{c}"] = qkv[:, a:b].transpose(1, 0, 2)
+                    out[p + f"attn.{c.replace('W', 'b')}"] = bqkv[a:b]
             out[p + "attn.W_O"] = raw[p + "attn.W_O"]
             out[p + "attn.b_O"] = raw[p + "attn.b_O"]
             for w in ("W_in", "b_in", "W_gate", "ln.w", "ln.b", "W_out", "b_out"):
@@ -328,9 +420,17 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             b = module(f"blocks.{l}", _Block)
             attach(b, f"blocks.{l}.")
             for sub in ("ln1", "attn", "ln2", "mlp"):
-                m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else _Module)
+                gqa = sub == "attn" and (cfg.n_key_value_heads or cfg.n_heads) != cfg.n_heads
+                m = module(f"blocks.{l}.{sub}", _Norm if sub.startswith("ln") else
+                           _GroupedQueryAttention if gqa else _Module)
                 attach(m, f"blocks.{l}.{sub}.")
                 setattr(b, sub, m)
+            for sub in ("ln1_post", "ln2_post"):
+                if f"blocks.{l}.{sub}.w" in P:      # post norms: RMSNorm with weights
+                    m = _Norm(f"blocks.{l}.{sub}", "RMS", cfg.eps)
+                    self.mod_dict[m._name] = m
+                    attach(m, f"blocks.{l}.{sub}.")
+                    setattr(b, sub, m)
             if cfg.act_fn == "solu_ln" and not cfg.attn_only:
                 b.mlp.ln = _Norm(f"blocks.{l}.mlp.ln", "LN" if cfg.normalization_type == "LN" else "LNPre",
                                  cfg.eps)
@@ -475,7 +575,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # stacked parameters (copies, as TransformerLens's torch.stack)
     def _stack(self, key):
-        return np.stack([np.asarray(self._weight(f"blocks.{l}.{key}")) for l in range(self.cfg.n_layers)])
+        return np.stack([self._layer_param(l, key) for l in range(self.cfg.n_layers)])
+
+    def _layer_param(self, l, key):
+        """Layer l's ``key`` ("attn.W_K"): the view, or with grouped-query attention
+        the key/value heads repeated per query head (a copy, as TransformerLens's
+        W_K property)."""
+        name = f"blocks.{l}.{key}"
+        if name in self._params:
+            return np.asarray(self._weight(name))
+        mod, leaf = name.rsplit(".", 1)
+        g = self.cfg.n_heads // self.cfg.n_key_value_heads
+        return np.repeat(np.asarray(self._weight(f"{mod}._{leaf}")), g, axis=0)
 
     W_E = property(lambda self: self._weight("embed.W_E"), doc="Token embedding [d_vocab, d_model] "
                    "(view; a float32 copy in a bfloat16 model).")
@@ -568,7 +679,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
         stop = -1 if stop_layer is None else stop_layer
         if resid is not None:
-            return self._core.forward(None, bytes(flags), dispatch if any_cb else None, None,
+            return self._core.forward(None, bytes(flags), dispatch if any_cb else None, pos_ids,
                                       key_mask, stop, resid, start_layer)
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
                                   pos_ids, key_mask, stop)

@@ -14,11 +14,46 @@ Nothing here builds a model: ``HookedTransformer.from_pretrained`` does, from wh
 import numpy as np
 
 from . import io as _io
-from .config import GPT2Config
+from .config import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 from .utils import to_numpy
 
-__all__ = ["convert_gpt2_config", "convert_gpt2_weights", "get_pretrained_model_config",
-           "get_pretrained_state_dict", "get_pretrained_tokenizer", "model_type_of"]
+__all__ = ["convert_gpt2_config", "convert_gpt2_weights", "convert_neox_config",
+           "convert_neox_weights", "convert_llama_config", "convert_llama_weights",
+           "convert_mistral_config", "convert_qwen2_config", "convert_gemma2_config",
+           "convert_gemma2_weights", "get_pretrained_model_config",
+           "get_pretrained_state_dict", "get_pretrained_tokenizer", "model_type_of",
+           "OFFICIAL_MODEL_NAMES"]
+
+# TransformerLens's short names of checkpoints these converters read -> hub ids
+# (looked up in the Hugging Face cache; there is no hub access).
+OFFICIAL_MODEL_NAMES = {
+    **{f"pythia-{s}": f"EleutherAI/pythia-{s}" for s in (
+        "14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
+    **{f"pythia-{s}-deduped": f"EleutherAI/pythia-{s}-deduped" for s in (
+        "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")},
+    "llama-7b-hf": "meta-llama/Llama-2-7b-hf", "Llama-2-7b-hf": "meta-llama/Llama-2-7b-hf",
+    "Llama-3.2-1B": "meta-llama/Llama-3.2-1B", "Llama-3.1-8B": "meta-llama/Llama-3.1-8B",
+    "Meta-Llama-3-8B": "meta-llama/Meta-Llama-3-8B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "qwen2-0.5b": "Qwen/Qwen2-0.5B", "qwen2-1.5b": "Qwen/Qwen2-1.5B",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "tiny-stories-1M": "roneneldan/TinyStories-1M",
+    "gemma-2-2b": "google/gemma-2-2b", "gemma-2-9b": "google/gemma-2-9b",
+    "gemma-2-27b": "google/gemma-2-27b", "gemma-2-2b-it": "google/gemma-2-2b-it",
+    "gemma-2-9b-it": "google/gemma-2-9b-it", "gemma-2-27b-it": "google/gemma-2-27b-it",
+}
+
+# config.json fields that name architectures the C core does not run: the feature, for
+# the NotImplementedError
+_REFUSED_FIELDS = {
+    "alibi": "ALiBi position biases", "use_alibi": "ALiBi position biases",
+    "num_local_experts": "mixture of experts", "num_experts": "mixture of experts",
+    "moe_num_experts": "mixture of experts", "vision_config": "multimodal (vision) inputs",
+    "audio_config": "multimodal (audio) inputs",
+}
+_REFUSED_TYPES = {"bloom": "ALiBi position biases", "mpt": "ALiBi position biases",
+                  "mixtral": "mixture of experts", "qwen2_moe": "mixture of experts",
+                  "llava": "multimodal (vision) inputs", "qwen2_vl": "multimodal (vision) inputs"}
 
 # architectures that identify a GPT-2 config.json written without a model_type
 _GPT2_ARCHITECTURES = {"GPT2LMHeadModel", "GPT2Model"}
@@ -37,6 +72,13 @@ def model_type_of(name_or_path, revision="main", cache_dir=None, default=None):
         mt = default
     if mt is None:
         raise ValueError(f"{path}: config.json has no 'model_type' (nor a known 'architectures' entry)")
+    if mt in _REFUSED_TYPES:
+        raise NotImplementedError(f"{path}: model_type={mt!r} uses {_REFUSED_TYPES[mt]}, which "
+                                  "the C core does not implement")
+    for field, feature in _REFUSED_FIELDS.items():
+        if raw.get(field):
+            raise NotImplementedError(f"{path}: field {field!r} asks for {feature}, which the "
+                                      "C core does not implement")
     return mt, path
 
 
@@ -87,13 +129,316 @@ def convert_gpt2_weights(sd, cfg):
     return out
 
 
+# ----------------------------------------------------- rotary families
+def _rope(cfg):
+    """(rope_theta, scaling fields) of a config.json: ``rope_parameters`` (transformers
+    5) or ``rope_scaling`` / ``rope_theta`` (older files). Types other than the plain
+    rotation and Llama 3's are refused naming the file and field."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    for field, d in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if not isinstance(d, dict):
+            raise TypeError(f"{cfg.path}: field {field!r} must be an object, got {d!r}")
+    theta = getattr(cfg, "rope_theta", None) or params.get("rope_theta") \
+        or getattr(cfg, "rotary_emb_base", None) or 10000.0
+    rope = dict(params, **scaling)
+    field = "rope_scaling" if scaling else "rope_parameters"
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    out = {"rotary_base": float(theta)}
+    if kind in (None, "default"):
+        return out
+    if kind == "llama3":
+        try:
+            out.update(use_NTK_by_parts_rope=True,
+                       NTK_original_ctx_len=int(rope.get("original_max_position_embeddings",
+                                                         cfg.max_position_embeddings)),
+                       NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                       NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                       NTK_by_parts_factor=float(rope.get("factor", 1.0)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cfg.path}: field {field!r}: llama3 scaling needs numbers ({e})") from None
+        return out
+    if kind in ("linear", "dynamic", "yarn", "longrope"):
+        raise NotImplementedError(f"{cfg.path}: field {field!r}: rope_type={kind!r} is not "
+                                  "supported (the plain rotation and 'llama3' are)")
+    raise ValueError(f"{cfg.path}: field {field!r}: unknown rope_type {kind!r} (known: "
+                     "'default', 'llama3')")
+
+
+def _act(cfg, field="hidden_act"):
+    act = getattr(cfg, field)
+    if act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish"):
+        raise NotImplementedError(f"{cfg.path}: field {field!r}: activation {act!r} is not supported")
+    return act
+
+
+def convert_neox_config(cfg):
+    """The HookedTransformerConfig fields of a GPT-NeoX (Pythia) ``config.json``, as
+    TransformerLens's (partial rotary: rotary_dim = round(rotary_pct * d_head))."""
+    H = cfg.num_attention_heads
+    d_head, rem = divmod(cfg.hidden_size, H)
+    if rem:
+        raise ValueError(f"{cfg.path}: hidden_size={cfg.hidden_size} is not divisible by "
+                         f"num_attention_heads={H}")
+    params = getattr(cfg, "rope_parameters", None) or {}
+    pct = params.get("partial_rotary_factor", getattr(cfg, "rotary_pct", 0.25))
+    rotary_dim = round(pct * d_head)
+    if not 0 < rotary_dim <= d_head or rotary_dim % 2:
+        raise ValueError(f"{cfg.path}: rotary_pct={pct} gives rotary_dim={rotary_dim}, which must "
+                         f"be even and in (0, d_head={d_head}]")
+    return dict(n_layers=cfg.num_hidden_layers, d_model=cfg.hidden_size, n_ctx=cfg.max_position_embeddings,
+                d_head=d_head, n_heads=H, d_mlp=cfg.intermediate_size, act_fn=_act(cfg),
+                d_vocab=cfg.vocab_size, eps=float(cfg.layer_norm_eps), normalization_type="LN",
+                parallel_attn_mlp=bool(cfg.use_parallel_residual), positional_embedding_type="rotary",
+                rotary_dim=rotary_dim, rotary_adjacent_pairs=False, **_rope(cfg),
+                original_architecture="GPTNeoXForCausalLM", init_weights=False,
+                default_prepend_bos=False)
+
+
+def convert_llama_config(cfg, architecture="LlamaForCausalLM", n_ctx=None):
+    """The HookedTransformerConfig fields of a Llama ``config.json`` (Mistral and Qwen2
+    share it), as TransformerLens's: gated SiLU MLP, RMS norms, rotary on every head
+    dimension, grouped-query attention when num_key_value_heads < num_attention_heads."""
+    H = cfg.num_attention_heads
+    d_head = cfg.head_dim or cfg.hidden_size // H
+    if not cfg.head_dim and cfg.hidden_size % H:
+        raise ValueError(f"{cfg.path}: hidden_size={cfg.hidden_size} is not divisible by "
+                         f"num_attention_heads={H}")
+    kv = cfg.num_key_value_heads or H
+    if H % kv:
+        raise ValueError(f"{cfg.path}: num_key_value_heads={kv} does not divide "
+                         f"num_attention_heads={H}")
+    if getattr(cfg, "mlp_bias", False):
+        raise NotImplementedError(f"{cfg.path}: field 'mlp_bias': MLP biases are not supported")
+    n_ctx = n_ctx or cfg.max_position_embeddings
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and getattr(cfg, "use_sliding_window", True) and window < n_ctx:
+        raise NotImplementedError(f"{cfg.path}: field 'sliding_window'={window}: sliding-window "
+                                  f"attention shorter than the context ({n_ctx}) is not supported")
+    return dict(n_layers=cfg.num_hidden_layers, d_model=cfg.hidden_size, n_ctx=n_ctx, d_head=d_head,
+                n_heads=H, n_key_value_heads=kv if kv != H else None, d_mlp=cfg.intermediate_size,
+                act_fn=_act(cfg), d_vocab=cfg.vocab_size, eps=float(cfg.rms_norm_eps),
+                normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
+                rotary_adjacent_pairs=False, **_rope(cfg), final_rms=True, gated_mlp=True,
+                original_architecture=architecture, init_weights=False)
+
+
+def convert_mistral_config(cfg):
+    """Mistral's ``config.json``: Llama's fields with TransformerLens's context of 2048."""
+    return convert_llama_config(cfg, "MistralForCausalLM", n_ctx=2048)
+
+
+def convert_qwen2_config(cfg):
+    """Qwen2's ``config.json``: Llama's fields (q/k/v biases come with the weights);
+    TransformerLens does not prepend BOS for Qwen2."""
+    out = convert_llama_config(cfg, "Qwen2ForCausalLM")
+    out.update(default_prepend_bos=False, tokenizer_prepends_bos=True)
+    return out
+
+
+class _Checkpoint:
+    """A checkpoint's tensors by name, each fetched once with its shape checked: a
+    missing tensor is a KeyError, a wrong shape a ValueError, both naming the file."""
+
+    def __init__(self, sd, where):
+        self._sd, self._where = sd, where
+
+    def __call__(self, name, shape):
+        if name not in self._sd:
+            raise KeyError(f"{self._where}: the checkpoint has no tensor {name!r}")
+        a = np.asarray(to_numpy(self._sd[name]), dtype=np.float32)
+        if a.shape != tuple(shape):
+            raise ValueError(f"{self._where}: tensor {name!r} has shape {a.shape}, the config "
+                             f"asks for {tuple(shape)}")
+        return a
+
+    def get(self, name, shape):
+        """The tensor, or None when the checkpoint does not have it."""
+        return self(name, shape) if name in self._sd else None
+
+
+def convert_neox_weights(sd, cfg, where="checkpoint"):
+    """HF GPT-NeoX weights -> TransformerLens names and shapes, as TransformerLens's
+    ``convert_neox_weights`` (query_key_value rows are (head, q/k/v, d_head))."""
+    t = _Checkpoint(sd, where)
+    D, H, L, M, V = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, \
+        cfg.intermediate_size, cfg.vocab_size
+    Dh = D // H
+    out = {"embed.W_E": t("gpt_neox.embed_in.weight", (V, D))}
+    for l in range(L):
+        h, b = f"gpt_neox.layers.{l}.", f"blocks.{l}."
+        out[b + "ln1.w"] = t(h + "input_layernorm.weight", (D,))
+        out[b + "ln1.b"] = t(h + "input_layernorm.bias", (D,))
+        W = t(h + "attention.query_key_value.weight", (3 * D, D)).reshape(H, 3, Dh, D)
+        bias = t(h + "attention.query_key_value.bias", (3 * D,)).reshape(H, 3, Dh)
+        for i, c in enumerate("QKV"):
+            out[b + f"attn.W_{c}"] = np.ascontiguousarray(W[:, i].transpose(0, 2, 1))
+            out[b + f"attn.b_{c}"] = np.ascontiguousarray(bias[:, i])
+        out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "attention.dense.weight", (D, D)).T.reshape(H, Dh, D))
+        out[b + "attn.b_O"] = t(h + "attention.dense.bias", (D,))
+        out[b + "ln2.w"] = t(h + "post_attention_layernorm.weight", (D,))
+        out[b + "ln2.b"] = t(h + "post_attention_layernorm.bias", (D,))
+        out[b + "mlp.W_in"] = np.ascontiguousarray(t(h + "mlp.dense_h_to_4h.weight", (M, D)).T)
+        out[b + "mlp.b_in"] = t(h + "mlp.dense_h_to_4h.bias", (M,))
+        out[b + "mlp.W_out"] = np.ascontiguousarray(t(h + "mlp.dense_4h_to_h.weight", (D, M)).T)
+        out[b + "mlp.b_out"] = t(h + "mlp.dense_4h_to_h.bias", (D,))
+    out["ln_final.w"] = t("gpt_neox.final_layer_norm.weight", (D,))
+    out["ln_final.b"] = t("gpt_neox.final_layer_norm.bias", (D,))
+    # transformers >= 5.14 names the unembedding lm_head, earlier files embed_out
+    name = "lm_head.weight" if "lm_head.weight" in sd or "embed_out.weight" not in sd else "embed_out.weight"
+    if cfg.tie_word_embeddings and name not in sd:
+        name = "gpt_neox.embed_in.weight"
+    out["unembed.W_U"] = np.ascontiguousarray(t(name, (V, D)).T)
+    out["unembed.b_U"] = np.zeros(V, np.float32)
+    return out
+
+
+def convert_llama_weights(sd, cfg, where="checkpoint"):
+    """HF Llama / Mistral / Qwen2 weights -> TransformerLens names and shapes, as
+    TransformerLens's ``convert_llama_weights`` / ``convert_qwen2_weights``: W_Q [H, D, Dh],
+    with grouped-query attention _W_K/_W_V [Hkv, D, Dh]; absent biases are zeros."""
+    t = _Checkpoint(sd, where)
+    D, H, L, M, V = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, \
+        cfg.intermediate_size, cfg.vocab_size
+    Dh = cfg.head_dim or D // H
+    kv = cfg.num_key_value_heads or H
+    pre = "_" if kv != H else ""
+    out = {"embed.W_E": t("model.embed_tokens.weight", (V, D))}
+    for l in range(L):
+        h, b = f"model.layers.{l}.", f"blocks.{l}."
+        out[b + "ln1.w"] = t(h + "input_layernorm.weight", (D,))
+        for c, n, proj in (("Q", H, "q_proj"), ("K", kv, "k_proj"), ("V", kv, "v_proj")):
+            p = pre if c != "Q" else ""
+            W = t(h + f"self_attn.{proj}.weight", (n * Dh, D)).reshape(n, Dh, D)
+            out[b + f"attn.{p}W_{c}"] = np.ascontiguousarray(W.transpose(0, 2, 1))
+            bias = t.get(h + f"self_attn.{proj}.bias", (n * Dh,))
+            out[b + f"attn.{p}b_{c}"] = (bias.reshape(n, Dh) if bias is not None
+                                         else np.zeros((n, Dh), np.float32))
+        out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D))
+        bo = t.get(h + "self_attn.o_proj.bias", (D,))
+        out[b + "attn.b_O"] = bo if bo is not None else np.zeros(D, np.float32)
+        out[b + "ln2.w"] = t(h + "post_attention_layernorm.weight", (D,))
+        out[b + "mlp.W_in"] = np.ascontiguousarray(t(h + "mlp.up_proj.weight", (M, D)).T)
+        out[b + "mlp.W_gate"] = np.ascontiguousarray(t(h + "mlp.gate_proj.weight", (M, D)).T)
+        out[b + "mlp.b_in"] = np.zeros(M, np.float32)
+        out[b + "mlp.W_out"] = np.ascontiguousarray(t(h + "mlp.down_proj.weight", (D, M)).T)
+        out[b + "mlp.b_out"] = np.zeros(D, np.float32)
+    out["ln_final.w"] = t("model.norm.weight", (D,))
+    name = "lm_head.weight" if "lm_head.weight" in sd or not cfg.tie_word_embeddings \
+        else "model.embed_tokens.weight"
+    out["unembed.W_U"] = np.ascontiguousarray(t(name, (V, D)).T)
+    out["unembed.b_U"] = np.zeros(V, np.float32)
+    return out
+
+
+# ---------------------------------------------------------------- Gemma 2
+_GEMMA2_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+
+
+def convert_gemma2_config(cfg):
+    """The HookedTransformerConfig fields of a Gemma 2 ``config.json``, as
+    TransformerLens's Gemma 2 configs: RMS norms before and after attention and MLP,
+    gated gelu_pytorch_tanh MLP, rotary on every head dimension, grouped-query
+    attention, attention scale sqrt(query_pre_attn_scalar), score and logit soft-caps,
+    sliding-window ("local") layers where ``layer_types`` says ``sliding_attention``."""
+    H, L = cfg.num_attention_heads, cfg.num_hidden_layers
+    kv = cfg.num_key_value_heads
+    if H % kv:
+        raise ValueError(f"{cfg.path}: num_key_value_heads={kv} does not divide "
+                         f"num_attention_heads={H}")
+    if getattr(cfg, "use_bidirectional_attention", None):
+        raise NotImplementedError(f"{cfg.path}: field 'use_bidirectional_attention': Gemma's "
+                                  "bidirectional variant is not supported")
+    types = cfg.layer_types
+    if types is None:      # Hugging Face's default: even layers slide
+        types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(L)]
+    if not isinstance(types, list) or len(types) != L or any(t not in _GEMMA2_LAYER_TYPES for t in types):
+        raise ValueError(f"{cfg.path}: field 'layer_types' must list 'sliding_attention' or "
+                         f"'full_attention' once per layer ({L}), got {types!r}")
+    window = cfg.sliding_window
+    local = window is not None and "sliding_attention" in types
+    caps = {}
+    for field, tl_field in (("attn_logit_softcapping", "attn_scores_soft_cap"),
+                            ("final_logit_softcapping", "output_logits_soft_cap")):
+        c = getattr(cfg, field, None)
+        if c is not None and not (isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0):
+            raise ValueError(f"{cfg.path}: field {field!r} must be a number >= 0 or null, got {c!r}")
+        caps[tl_field] = float(c) if c else -1.0
+    act = _act(cfg, "hidden_activation")
+    return dict(n_layers=L, d_model=cfg.hidden_size, n_ctx=cfg.max_position_embeddings,
+                d_head=cfg.head_dim, n_heads=H, n_key_value_heads=kv if kv != H else None,
+                d_mlp=cfg.intermediate_size, act_fn=act, d_vocab=cfg.vocab_size,
+                eps=float(cfg.rms_norm_eps), normalization_type="RMS",
+                positional_embedding_type="rotary", rotary_dim=cfg.head_dim,
+                rotary_adjacent_pairs=False, **_rope(cfg), use_attn_scale=True,
+                attn_scale=float(cfg.query_pre_attn_scalar) ** 0.5,
+                use_local_attn=local, window_size=window if local else None,
+                attn_types=[_GEMMA2_LAYER_TYPES[t] for t in types] if local else None,
+                **caps, gated_mlp=True, final_rms=True, use_normalization_before_and_after=True,
+                original_architecture="Gemma2ForCausalLM", init_weights=False)
+
+
+def convert_gemma2_weights(sd, cfg, where="checkpoint"):
+    """HF Gemma 2 weights -> TransformerLens names and shapes, as TransformerLens's
+    ``convert_gemma_weights``: the embedding scaled by sqrt(d_model) (Gemma scales the
+    embedding output), every RMSNorm weight + 1 (Gemma's norms multiply by 1 + w), the
+    unembedding the unscaled lm_head (or tied embedding), zero biases."""
+    t = _Checkpoint(sd, where)
+    D, H, L, M, V = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, \
+        cfg.intermediate_size, cfg.vocab_size
+    Dh, kv = cfg.head_dim, cfg.num_key_value_heads
+    pre = "_" if kv != H else ""
+    E = t("model.embed_tokens.weight", (V, D))
+    # the scale rounded to float32 first, as TransformerLens multiplies by a float32 tensor
+    out = {"embed.W_E": E * np.float32(D ** 0.5)}
+    norm = lambda name: t(name, (D,)) + np.float32(1.0)
+    for l in range(L):
+        h, b = f"model.layers.{l}.", f"blocks.{l}."
+        out[b + "ln1.w"] = norm(h + "input_layernorm.weight")
+        out[b + "ln1_post.w"] = norm(h + "post_attention_layernorm.weight")
+        for c, n, proj in (("Q", H, "q_proj"), ("K", kv, "k_proj"), ("V", kv, "v_proj")):
+            p = pre if c != "Q" else ""
+            W = t(h + f"self_attn.{proj}.weight", (n * Dh, D)).reshape(n, Dh, D)
+            out[b + f"attn.{p}W_{c}"] = np.ascontiguousarray(W.transpose(0, 2, 1))
+            bias = t.get(h + f"self_attn.{proj}.bias", (n * Dh,))
+            out[b + f"attn.{p}b_{c}"] = (bias.reshape(n, Dh) if bias is not None
+                                         else np.zeros((n, Dh), np.float32))
+        out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D))
+        bo = t.get(h + "self_attn.o_proj.bias", (D,))
+        out[b + "attn.b_O"] = bo if bo is not None else np.zeros(D, np.float32)
+        out[b + "ln2.w"] = norm(h + "pre_feedforward_layernorm.weight")
+        out[b + "ln2_post.w"] = norm(h + "post_feedforward_layernorm.weight")
+        out[b + "mlp.W_in"] = np.ascontiguousarray(t(h + "mlp.up_proj.weight", (M, D)).T)
+        out[b + "mlp.W_gate"] = np.ascontiguousarray(t(h + "mlp.gate_proj.weight", (M, D)).T)
+        out[b + "mlp.b_in"] = np.zeros(M, np.float32)
+        out[b + "mlp.W_out"] = np.ascontiguousarray(t(h + "mlp.down_proj.weight", (D, M)).T)
+        out[b + "mlp.b_out"] = np.zeros(D, np.float32)
+    out["ln_final.w"] = norm("model.norm.weight")
+    U = t("lm_head.weight", (V, D)) if "lm_head.weight" in sd or not cfg.tie_word_embeddings else E
+    out["unembed.W_U"] = np.ascontiguousarray(U.T)
+    out["unembed.b_U"] = np.zeros(V, np.float32)
+    return out
+
+
 # model_type -> (config class, HF config -> TL config fields, HF -> TL state dict)
 _FAMILIES = {
     "gpt2": (GPT2Config, convert_gpt2_config, convert_gpt2_weights),
+    "gpt_neox": (GPTNeoXConfig, convert_neox_config, convert_neox_weights),
+    "llama": (LlamaConfig, convert_llama_config, convert_llama_weights),
+    "mistral": (MistralConfig, convert_mistral_config, convert_llama_weights),
+    "qwen2": (Qwen2Config, convert_qwen2_config, convert_llama_weights),
+    "gemma2": (Gemma2Config, convert_gemma2_config, convert_gemma2_weights),
 }
 
 
+def resolve_official_name(name):
+    """The hub id of a TransformerLens short name ("pythia-70m" -> "EleutherAI/pythia-70m");
+    any other name unchanged."""
+    return OFFICIAL_MODEL_NAMES.get(str(name), name)
+
+
 def _family(name_or_path, revision, cache_dir):
+    name_or_path = resolve_official_name(name_or_path)
     # GPT-2 when config.json does not say, as Hugging Face's GPT2Config defaults
     mt, _ = model_type_of(name_or_path, revision, cache_dir, default="gpt2")
     if mt not in _FAMILIES:
@@ -107,26 +452,40 @@ def get_pretrained_model_config(name_or_path, revision="main", cache_dir=None):
     checked (TypeError/ValueError naming file and field), and the HookedTransformerConfig
     fields it converts to (``model_name`` the path given, BOS prepended by default)."""
     config_cls, convert_config, _ = _family(name_or_path, revision, cache_dir)
-    hf_cfg = config_cls.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    hf_cfg = config_cls.from_pretrained(resolve_official_name(name_or_path), revision=revision,
+                                        cache_dir=cache_dir)
     tl_cfg = convert_config(hf_cfg)
     tl_cfg["model_name"] = str(name_or_path)
-    tl_cfg["default_prepend_bos"] = True
+    tl_cfg.setdefault("default_prepend_bos", True)
     return hf_cfg, tl_cfg
 
 
 def get_pretrained_state_dict(name_or_path, hf_cfg, revision="main", cache_dir=None):
     """The checkpoint's weights as a TransformerLens state dict of float32 arrays."""
     convert_weights = _FAMILIES[hf_cfg.model_type][2]
+    name_or_path = resolve_official_name(name_or_path)
     sd = _io.load_weights(name_or_path, float32=True, revision=revision, cache_dir=cache_dir)
-    return convert_weights(sd, hf_cfg)
+    if hf_cfg.model_type == "gpt2":
+        return convert_weights(sd, hf_cfg)
+    where = _io.resolve_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    return convert_weights(sd, hf_cfg, where=str(where))
 
 
 def get_pretrained_tokenizer(name_or_path, revision="main", cache_dir=None):
-    """The checkpoint's GPT-2 tokenizer, or None when it has none."""
+    """The checkpoint's tokenizer (GPT-2's files, or the ``tokenizer.json`` of the other
+    families), or None when it has none."""
     # imported when called: the ``transformers`` package's __init__ loads the Hugging
     # Face models, which are built on HookedTransformer, which loads this module
+    from .transformers.tokenization_auto import AutoTokenizer
     from .transformers.tokenization_gpt2 import GPT2Tokenizer
+    name_or_path = resolve_official_name(name_or_path)
     try:
-        return GPT2Tokenizer.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+        mt, _ = model_type_of(name_or_path, revision, cache_dir, default="gpt2")
+    except (OSError, ValueError, NotImplementedError):
+        mt = "gpt2"
+    try:
+        if mt == "gpt2":
+            return GPT2Tokenizer.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+        return AutoTokenizer.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     except (OSError, ValueError, KeyError, TypeError):
         return None

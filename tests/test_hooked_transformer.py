@@ -238,8 +238,8 @@ def test_input_errors_leave_model_usable():
 
 
 def test_unsupported_config_is_refused():
-    with pytest.raises(NotImplementedError, match="rotary"):
-        HookedTransformer(dict(BASE, positional_embedding_type="rotary"))
+    with pytest.raises(NotImplementedError, match="alibi"):
+        HookedTransformer(dict(BASE, positional_embedding_type="alibi"))
     with pytest.raises(ValueError, match="act_fn"):
         HookedTransformerConfig(**dict(BASE, act_fn="tanhh"))
 

@@ -44,7 +44,8 @@ def test_every_cached_activation_has_its_table_axes(overrides):
     c = m.cfg
     head_in = c.use_split_qkv_input or c.use_attn_in
     extent = {"batch": B, "pos": T, "d_model": c.d_model, "n_heads": c.n_heads, "d_head": c.d_head,
-              "d_mlp": c.d_mlp, "d_vocab_out": c.d_vocab_out, "1": 1, "n_heads?": c.n_heads}
+              "d_mlp": c.d_mlp, "d_vocab_out": c.d_vocab_out, "1": 1, "n_heads?": c.n_heads,
+              "n_key_value_heads": c.n_key_value_heads or c.n_heads}
     rows = _rows()
     fired = [n for n, hp in m.hook_dict.items() if hp.point_id is not None]
     assert sorted(cache.keys()) == sorted(fired)

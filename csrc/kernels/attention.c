@@ -25,6 +25,12 @@ mi_status mi_attn_check(const mi_attn_layout *L)
     if (L->n_kv_heads < 1 || L->n_heads % L->n_kv_heads != 0)
         return mi_fail(MI_ERR_VALUE, "attention: n_kv_heads must be >= 1 and divide n_heads "
                        "(%lld), got %lld", (long long)L->n_heads, (long long)L->n_kv_heads);
+    if (L->window < 0)
+        return mi_fail(MI_ERR_VALUE, "attention: window must be >= 0 (0: no sliding window), "
+                       "got %lld", (long long)L->window);
+    if (!(L->softcap >= 0.0f) || !isfinite(L->softcap))
+        return mi_fail(MI_ERR_VALUE, "attention: softcap must be finite and >= 0 (0: off), got %g",
+                       (double)L->softcap);
     if (L->q_len > 0 && L->k_len < 1)
         return mi_fail(MI_ERR_VALUE, "attention: k_len must be >= 1 for %lld queries, got %lld",
                        (long long)L->q_len, (long long)L->k_len);
@@ -58,8 +64,10 @@ static void transpose_keys(const float *kb, int64_t pos, int64_t nk, int64_t Tk,
         for (int64_t d = 0; d < D; d++) kt[d * Tk + j] = kb[j * pos + d];
 }
 
-/* Rows [i0, i1) of head (b, h): s[i, j] = scale * q[i] . k[j], -inf where
- * masked; row stride Tk. Causal blocks compute the keys the block's last row
+/* Rows [i0, i1) of head (b, h): s[i, j] = scale * q[i] . k[j], soft-capped
+ * (cap * tanh(s / cap)) with a softcap, -inf where masked (padding, the
+ * window's keys before mi_attn_first, causal keys past mi_attn_visible); row
+ * stride Tk. Causal blocks compute the keys the block's last row
  * sees only. kt: the kv head's K^T (AVX-512 product), or NULL for mi_sgemm. */
 static void scores_block(const mi_attn_layout *L, const float *qb, const float *kb,
                          const float *kt, const float *km, float scale, int causal, int64_t i0,
@@ -76,6 +84,11 @@ static void scores_block(const mi_attn_layout *L, const float *qb, const float *
         float *si = s + (i - i0) * Tk;
         if (!kt)
             for (int64_t j = 0; j < ncol; j++) si[j] *= scale;
+        if (L->softcap > 0.0f) {
+            const float cap = L->softcap;
+            for (int64_t j = 0; j < ncol; j++) si[j] = cap * tanhf(si[j] / cap);
+        }
+        for (int64_t j = 0, j1 = mi_attn_first(L, i); j < j1 && j < ncol; j++) si[j] = -INFINITY;
         if (km)
             for (int64_t j = 0; j < ncol; j++)
                 if (km[j] == 0.0f) si[j] = -INFINITY;
@@ -216,12 +229,12 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
 /* The backward of one query head through four mi_sgemm products (which run on
  * the calling thread inside a parallel region) and a row softmax backward;
  * the reference for mi_attn_backward_head_avx512, same arguments. dS: Tq*Tk floats.
- *   forward:  S = scale Q K^T (masked -inf);  P = softmax(S);  Z = P V
- *   dV += P^T dZ;   dP = dZ V^T;   dS = scale P (dP - rowsum(P dP));
+ *   forward:  S = cap(scale Q K^T) (masked -inf);  P = softmax(S);  Z = P V
+ *   dV += P^T dZ;   dP = dZ V^T;   dS = scale P (dP - rowsum(P dP)) cap'(S);
  *   dQ += dS K;     dK += dS^T Q */
 static void backward_head(const mi_attn_layout *L, int causal, float scale, const float *q,
-                          const float *k, const float *v, const float *P, const float *dz,
-                          float *dq, float *dk, float *dv, float *dS)
+                          const float *k, const float *v, const float *P, const float *S,
+                          const float *dz, float *dq, float *dk, float *dv, float *dS)
 {
     const int64_t Tq = L->q_len, Tk = L->k_len, D = L->d_head, zs = L->n_heads * D;
     /* dV[j] += sum_i P[i,j] dZ[i] */
@@ -237,17 +250,29 @@ static void backward_head(const mi_attn_layout *L, int causal, float scale, cons
         float fdot = (float)dot;
         for (int64_t j = 0; j < jn; j++) dSi[j] = Pi[j] * (dSi[j] - fdot) * scale;
         for (int64_t j = jn; j < Tk; j++) dSi[j] = 0.0f;
+        if (S) mi_attn_softcap_grad(L->softcap, S + i * Tk, Pi, jn, dSi);
     }
     /* dQ[i] += sum_j dS[i,j] K[j];  dK[j] += sum_i dS[i,j] Q[i] */
     mi_sgemm(0, 0, Tq, D, Tk, dS, Tk, k, L->k.pos, NULL, 1.0f, dq, L->q.pos);
     mi_sgemm(1, 0, Tk, D, Tq, dS, Tk, q, L->q.pos, NULL, 1.0f, dk, L->k.pos);
 }
 
+void mi_attn_softcap_grad(float cap, const float *S, const float *P, int64_t n, float *dS)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const float t = S[j] / cap;
+        dS[j] = P[j] == 0.0f ? 0.0f : dS[j] * (1.0f - t * t);
+    }
+}
+
 mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float *k,
-                           const float *v, const float *pattern, const float *dz,
-                           float scale, int causal, float *dq, float *dk, float *dv)
+                           const float *v, const float *pattern, const float *scores,
+                           const float *dz, float scale, int causal, float *dq, float *dk,
+                           float *dv)
 {
     MI_TRY(mi_attn_check(L));
+    if (L->softcap > 0.0f && !scores)
+        return mi_fail(MI_ERR_VALUE, "attention backward: a softcap needs the forward's scores");
     if (empty(L)) return MI_OK;
     const int64_t Tq = L->q_len, Tk = L->k_len, H = L->n_heads, D = L->d_head;
     const int64_t G = L->n_kv_heads, group = H / G;
@@ -265,12 +290,13 @@ mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float 
             for (int64_t h = g * group; h < (g + 1) * group; h++) {
                 const int64_t qof = b * L->q.batch + h * L->q.head;
                 const float *P = pattern + (b * H + h) * Tq * Tk, *dzb = dz + (b * Tq * H + h) * D;
+                const float *Sc = L->softcap > 0.0f ? scores + (b * H + h) * Tq * Tk : NULL;
                 if (avx512)
                     mi_attn_backward_head_avx512(L, causal, scale, q + qof, k + kof, v + vof, P,
-                                                 dzb, dq + qof, dk + kof, dv + vof, work);
+                                                 Sc, dzb, dq + qof, dk + kof, dv + vof, work);
                 else
-                    backward_head(L, causal, scale, q + qof, k + kof, v + vof, P, dzb, dq + qof,
-                                  dk + kof, dv + vof, work);
+                    backward_head(L, causal, scale, q + qof, k + kof, v + vof, P, Sc, dzb,
+                                  dq + qof, dk + kof, dv + vof, work);
             }
         }
     }

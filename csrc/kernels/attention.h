@@ -13,7 +13,10 @@
  *   z, dz             [B, Tq, H, Dh]   contiguous (TransformerLens hook_z)
  *
  * The steps (forward):
- *   scores[b,h,i,j] = scale * <q[b,i,h,:], k[b,j,h/g,:]>,  -inf where masked
+ *   raw             = scale * <q[b,i,h,:], k[b,j,h/g,:]>
+ *   scores[b,h,i,j] = raw, or softcap * tanh(raw / softcap) when softcap > 0
+ *                     (Gemma 2's score soft-capping, before the mask as
+ *                     TransformerLens), -inf where masked
  *   pattern         = mi_softmax_rows(scores)          (softmax.h)
  *   z[b,i,h,:]      = sum_j pattern[b,h,i,j] * v[b,j,h/g,:]
  *
@@ -21,6 +24,11 @@
  * j > offset + i, so query i sees keys 0 .. min(offset + i, Tk - 1)
  * (mi_attn_visible): a decode step is Tq = 1, offset = Tk - 1; self-attention
  * is Tq = Tk, offset 0. Bidirectional attention ignores offset.
+ * Sliding window (window W > 0, causal or not): query i also masks the keys
+ * j <= offset + i - W, so it sees at most the W keys ending at its own
+ * position, keys [mi_attn_first(L, i), mi_attn_visible(L, causal, i)) (as
+ * TransformerLens's local attention and Gemma 2's sliding layers: key j is
+ * kept when j > pos - W). window 0: no window.
  * Padding: key_mask [B, Tk] contiguous; key_mask[b,j] == 0 masks key j for every
  * query of batch item b. NULL: no padding mask. A query with no visible key
  * gets a zero pattern row and a zero z row.
@@ -78,6 +86,9 @@ typedef struct {
     int64_t n_kv_heads;  /* Hkv: 1 <= Hkv, H % Hkv == 0 */
     int64_t d_head;      /* Dh */
     mi_attn_stride q, k, v;
+    /* the score rule (0: off; the self layout below leaves both off) */
+    int64_t window;      /* sliding window of W keys ending at the query, >= 0 */
+    float softcap;       /* scores = softcap * tanh(raw / softcap), >= 0, finite */
 } mi_attn_layout;
 
 #define MI_ATTN_ROW_BLOCK 64
@@ -90,7 +101,7 @@ static inline mi_attn_layout mi_attn_self_layout(int64_t batch, int64_t seq, int
                                                  int64_t batch_stride)
 {
     const mi_attn_stride s = {batch_stride, row_stride, d_head};
-    const mi_attn_layout L = {batch, seq, seq, 0, heads, heads, d_head, s, s, s};
+    const mi_attn_layout L = {batch, seq, seq, 0, heads, heads, d_head, s, s, s, 0, 0.0f};
     return L;
 }
 
@@ -101,8 +112,17 @@ static inline int64_t mi_attn_visible(const mi_attn_layout *L, int causal, int64
     return L->offset + i + 1;
 }
 
+/* The first key query i can see: 0, or with a window W the first key past
+ * offset + i - W. */
+static inline int64_t mi_attn_first(const mi_attn_layout *L, int64_t i)
+{
+    const int64_t f = L->offset + i + 1 - L->window;
+    return L->window > 0 && f > 0 ? f : 0;
+}
+
 /* MI_OK, or MI_ERR_VALUE naming the field: sizes >= 0, offset >= 0,
- * 1 <= n_kv_heads, n_heads % n_kv_heads == 0, k_len >= 1 when q_len >= 1. */
+ * 1 <= n_kv_heads, n_heads % n_kv_heads == 0, k_len >= 1 when q_len >= 1,
+ * window >= 0, softcap >= 0 and finite. */
 mi_status mi_attn_check(const mi_attn_layout *L);
 
 mi_status mi_attn_scores(const mi_attn_layout *L, const float *q, const float *k, float scale,
@@ -117,16 +137,22 @@ mi_status mi_attn_fused(const mi_attn_layout *L, const float *q, const float *k,
  *   dv[j]   += sum_i P[i,j] dz[i]
  *   dP[i,j]  = dz[i] . v[j]
  *   dS[i,j]  = P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j'])
+ *              times (1 - (scores[i,j] / softcap)^2) with a softcap (the
+ *              derivative of softcap * tanh(raw / softcap), from the forward's
+ *              capped scores; 0 where P is 0)
  *   dq[i]   += scale sum_j dS[i,j] k[j];   dk[j] += scale sum_i dS[i,j] q[i]
  * dq, dk, dv have the strides of q, k, v (so the fused dQKV buffer
  * [B,T,3,H,Dh] works) and ACCUMULATE; distinct elements must not overlap.
- * pattern [B,H,Tq,Tk] is the forward's; masked entries (P = 0) give no
- * gradient. causal: P[i, j >= mi_attn_visible(i)] is taken as 0 (skips that
+ * pattern [B,H,Tq,Tk] is the forward's, scores [B,H,Tq,Tk] the forward's
+ * capped scores (read only with a softcap, may be NULL without: MI_ERR_VALUE
+ * if missing); masked entries (P = 0) give no gradient (a window's keys
+ * before mi_attn_first have P = 0). causal: P[i, j >= mi_attn_visible(i)] is taken as 0 (skips that
  * work). Parallel over (b, kv head): the dk, dv of a kv head sum its g query
  * heads in increasing h on one thread (bitwise identical for any thread
  * count). O(Tq Tk Dh) per head; scratch of Tq*Tk + Dh*Tk floats per thread. */
 mi_status mi_attn_backward(const mi_attn_layout *L, const float *q, const float *k,
-                           const float *v, const float *pattern, const float *dz,
+                           const float *v, const float *pattern, const float *scores,
+                           const float *dz,
                            float scale, int causal, float *dq, float *dk, float *dv);
 
 #endif

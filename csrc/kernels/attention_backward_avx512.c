@@ -12,6 +12,7 @@
  *                                           so the j lanes vectorise without
  *                                           horizontal sums)
  *   dS[i,j] = scale P[i,j] (dP[i,j] - sum_j' P[i,j'] dP[i,j'])   (row sum in double)
+ *             times 1 - (S[i,j] / softcap)^2 with a softcap
  *   dQ[i]  += sum_j dS[i,j] K[j]
  *   dK[j]  += sum_i dS[i,j] Q[i];   dV[j] += sum_i P[i,j] dZ[i]
  * Causal heads visit the keys j < mi_attn_visible(i) only (P is 0 past them).
@@ -58,8 +59,8 @@ static inline void axpy_rows(const float *coef, int64_t cs, const float *rows, i
 
 void mi_attn_backward_head_avx512(const mi_attn_layout *L, int causal, float scale,
                                   const float *q, const float *k, const float *v,
-                                  const float *P, const float *dz, float *dq, float *dk,
-                                  float *dv, float *work)
+                                  const float *P, const float *S, const float *dz, float *dq,
+                                  float *dk, float *dv, float *work)
 {
     const int64_t Tq = L->q_len, Tk = L->k_len, D = L->d_head, zs = L->n_heads * D;
     const int64_t qs = L->q.pos, ks = L->k.pos, vs = L->v.pos;
@@ -101,6 +102,7 @@ void mi_attn_backward_head_avx512(const mi_attn_layout *L, int causal, float sca
             _mm512_mask_storeu_ps(row + j, m,
                                   _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, Pi + j), dp), vscale));
         }
+        if (S) mi_attn_softcap_grad(L->softcap, S + i * Tk, Pi, jn, row);
         /* dq[i] += sum_j dS[i, j] k[j] */
         for (int64_t d0 = 0; d0 < D; d0 += 64) axpy_rows(row, 1, k, ks, 0, jn, d0, D, dq + i * qs);
     }

@@ -31,6 +31,8 @@ static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T)
     case DIM_POS: return T;
     case DIM_D: return s->d_model;
     case DIM_H: return s->n_heads;
+    case DIM_KVH: return mi_tf_kv_heads(s);
+    case DIM_QKVH: return s->n_heads + 2 * mi_tf_kv_heads(s);
     case DIM_HEAD_IN: return head_inputs(s) ? s->n_heads : -1;
     case DIM_DH: return s->d_head;
     case DIM_M: return s->d_mlp;
@@ -166,7 +168,8 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
         memcpy(&sizes[buf_layer(s, l, 0)], layer_floats, sizeof layer_floats);
     for (int k = 0; k < NBF && full; k++) sizes[buf_final(s, k)] = final_floats[k];
     /* the output */
-    kept[full && (feat & MI_F_HEAD) ? buf_final(s, BF_LOGITS) : buf_resid(stop_layer)] = 1;
+    kept[full && (feat & MI_F_HEAD) ? buf_final(s, feat & MI_F_LOGIT_CAP ? BF_LOGITS_CAP : BF_LOGITS)
+                                    : buf_resid(stop_layer)] = 1;
     for (int p = 0; p < np; p++) {
         int scope, l;
         if (!flags[p] || !mi_tf_applies(mi_tf_point_row(s, p, &scope, &l)->fires, feat)) continue;
@@ -269,11 +272,11 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
         st *= dims[i];
     }
     if (r->shape == SH_Q || r->shape == SH_K || r->shape == SH_V) {
-        /* [B,T,H,Dh] part of the fused [B,T,3,H,Dh] buffer */
-        int64_t HDh = s->n_heads * s->d_head;
-        v->data = data + (r->shape - SH_Q) * HDh;
-        v->strides[1] = 3 * HDh;
-        v->strides[0] = plan->seq * 3 * HDh;
+        /* [B,T,H,Dh] or [B,T,Hkv,Dh] part of the fused [B,T,H+2Hkv,Dh] buffer */
+        int64_t H = s->n_heads, Hkv = mi_tf_kv_heads(s), row = (H + 2 * Hkv) * s->d_head;
+        v->data = data + (r->shape == SH_Q ? 0 : r->shape == SH_K ? H : H + Hkv) * s->d_head;
+        v->strides[1] = row;
+        v->strides[0] = plan->seq * row;
     }
     return 1;
 }
@@ -281,5 +284,5 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
 float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena)
 {
     if (plan->stop_layer < m->spec.n_layers || m->spec.no_head) return mi_tf_buf_ptr(plan, arena, buf_resid(plan->stop_layer));
-    return mi_tf_buf_ptr(plan, arena, buf_final(&m->spec, BF_LOGITS));
+    return mi_tf_buf_ptr(plan, arena, buf_final(&m->spec, m->spec.logit_softcap > 0.0f ? BF_LOGITS_CAP : BF_LOGITS));
 }

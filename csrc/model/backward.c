@@ -27,6 +27,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "kernels/rotary.h"
 
 #define ABSENT ((size_t)-1)
 #define COL_BLOCK 16
@@ -93,8 +94,29 @@ static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float
     return mi_layer_norm_backward(dy, x, w, scale, rows, d, dx, dw, db);
 }
 
+/* The gradient through a post norm (ln1_post / ln2_post: RMS with weights) into
+ * dout (zeroed first): its input is rebuilt as hook_normalized * hook_scale into
+ * xin (the W_O / W_out product itself shares a scratch slot across layers). */
+static mi_status post_norm_backward(const float *dy, const float *normalized, const float *scale,
+                                    const float *w, int64_t rows, int64_t d, float *xin,
+                                    float *dout, float *dw)
+{
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < d; i++) {
+            xin[r * d + i] = normalized[r * d + i] * scale[r];
+            dout[r * d + i] = 0.0f;
+        }
+    return mi_rms_norm_backward(dy, xin, w, scale, rows, d, dout, dw);
+}
+
 typedef struct {
     float *dlogits, *dresid, *dx, *xin, *dz, *dqkv, *dpost, *dpre, *dpre_lin, *act;
+    float *dpn, *xpn;   /* post norms: gradient of the W_O / W_out product, rebuilt input */
+    float *dattn;           /* parallel_attn_mlp: d attn_out, kept apart from d resid_pre */
+    float *drot;            /* rotary: d rot_q [BT,H,Dh] then d rot_k [BT,Hkv,Dh] */
+    const int64_t *pos_ids; /* rotary positions (NULL: t) */
+    const float *rope_cos, *rope_sin;
     double *prof, t_last, cpu_last;   /* profile (NULL: off), wall and CPU time of the last tick */
 } scratch_t;
 
@@ -131,25 +153,38 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
 {
     const mi_tf_spec *s = &m->spec;
     int64_t B = pl->batch, T = pl->seq, BT = B * T, D = s->d_model, H = s->n_heads,
-            Dh = s->d_head, HD = H * Dh, Mm = s->d_mlp;
+            Hkv = mi_tf_kv_heads(s), Dh = s->d_head, HD = H * Dh, Mm = s->d_mlp,
+            QKV = (H + 2 * Hkv) * Dh;
     const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
+    size_t w_qkv, b_qkv;
+    mi_tf_qkv_offsets(m, l, &w_qkv, &b_qkv);
     int p0 = mi_tf_layer_point(l, 0);
 #define V(k) view_ptr(m, pl, A, p0 + (k))
     float *dresid = S->dresid;
     if (!s->attn_only) {
-        const float *resid_mid = V(MI_P_RESID_MID);
+        const float *resid_mid = s->parallel_attn_mlp ? V(MI_P_RESID_PRE) : V(MI_P_RESID_MID);
+    if (s->parallel_attn_mlp) {   /* attn_out's gradient is d resid_post itself */
+        memcpy(S->dattn, dresid, sizeof(float) * (size_t)(BT * D));
+    }
         const float *ln2_in = s->use_hook_mlp_in ? V(MI_P_MLP_IN) : resid_mid;
         const float *x2 = ln2_in;
         if (s->norm != MI_NORM_NONE)
             x2 = norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
         const float *pre = V(MI_P_MLP_PRE), *post = V(MI_P_MLP_POST);
-        /* mlp_out = post @ W_out + b_out ; resid_post = resid_mid + mlp_out */
+        /* mlp_out = [ln2_post](post @ W_out + b_out) ; resid_post = resid_mid + mlp_out */
+        const float *dmo = dresid;
+        if (s->post_norms) {
+            MI_TRY(post_norm_backward(dresid, V(MI_P_LN2P_NORM), V(MI_P_LN2P_SCALE),
+                                      pw(m, o[MI_W_LN2P_W]), BT, D, S->xpn, S->dpn,
+                                      gw(grads, o[MI_W_LN2P_W])));
+            dmo = S->dpn;
+        }
         tick(S, MI_BWD_NORM);
-        mi_sgemm(1, 0, Mm, D, BT, post, Mm, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
+        mi_sgemm(1, 0, Mm, D, BT, post, Mm, dmo, D, NULL, 1.0f, gw(grads, o[MI_W_OUT]), D);
         tick(S, MI_BWD_MLP_GEMM);
-        colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_OUT]));
+        colsum_acc(dmo, BT, D, gw(grads, o[MI_W_B_OUT]));
         tick(S, MI_BWD_BIAS);
-        mi_sgemm(0, 1, BT, Mm, D, dresid, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
+        mi_sgemm(0, 1, BT, Mm, D, dmo, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, S->dpost, Mm);
         tick(S, MI_BWD_MLP_GEMM);
         /* S->dx: the GEMMs below write it (beta 0 first); relu's fused step writes dpre */
         if (s->gated_mlp || s->act != MI_ACT_RELU) zero(S->dpre, BT * Mm);
@@ -191,31 +226,60 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
                              gw(grads, o[MI_W_LN2_W]), gw(grads, o[MI_W_LN2_B])));
         tick(S, MI_BWD_NORM);
     }
-    /* attn_out = z @ W_O + b_O ; resid_mid = resid_pre + attn_out */
+    /* attn_out = [ln1_post](z @ W_O + b_O) ; resid_mid = resid_pre + attn_out */
     const float *resid_pre = V(MI_P_RESID_PRE), *z = V(MI_P_Z), *pattern = V(MI_P_PATTERN);
     const float *qkv = V(MI_P_Q);
-    mi_sgemm(1, 0, HD, D, BT, z, HD, dresid, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
+    const float *dattn = s->parallel_attn_mlp && !s->attn_only ? S->dattn : dresid;
+    if (s->post_norms) {
+        /* attn_out = ln1_post(z @ W_O + b_O): d of the product into S->dpn */
+        MI_TRY(post_norm_backward(dattn, V(MI_P_LN1P_NORM), V(MI_P_LN1P_SCALE),
+                                  pw(m, o[MI_W_LN1P_W]), BT, D, S->xpn, S->dpn,
+                                  gw(grads, o[MI_W_LN1P_W])));
+        dattn = S->dpn;
+        tick(S, MI_BWD_NORM);
+    }
+    mi_sgemm(1, 0, HD, D, BT, z, HD, dattn, D, NULL, 1.0f, gw(grads, o[MI_W_O]), D);
     tick(S, MI_BWD_ATTN_GEMM);
-    colsum_acc(dresid, BT, D, gw(grads, o[MI_W_B_O]));
+    colsum_acc(dattn, BT, D, gw(grads, o[MI_W_B_O]));
     tick(S, MI_BWD_BIAS);
-    mi_sgemm(0, 1, BT, HD, D, dresid, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
+    mi_sgemm(0, 1, BT, HD, D, dattn, D, pw(m, o[MI_W_O]), D, NULL, 0.0f, S->dz, HD);
     tick(S, MI_BWD_ATTN_GEMM);
-    /* z = softmax(q k^T / attn_scale) v */
-    zero(S->dqkv, BT * 3 * HD);
-    mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
-    MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, qkv + 2 * HD, pattern, S->dz, 1.0f / s->attn_scale,
-                            s->causal, S->dqkv, S->dqkv + HD, S->dqkv + 2 * HD));
+    /* z = softmax(cap(q k^T / attn_scale), window-masked) v, q and k rotated when the
+     * model is rotary; a softcap's derivative reads the forward's capped scores */
+    zero(S->dqkv, BT * QKV);
+    const mi_attn_stride sqkv = {T * QKV, QKV, Dh};
+    mi_attn_layout lay = {B, T, T, 0, H, Hkv, Dh, sqkv, sqkv, sqkv, 0, 0.0f};
+    lay.window = mi_tf_layer_local(s, l) ? s->window : 0;
+    lay.softcap = s->attn_softcap;
+    const float *scores = s->attn_softcap > 0.0f ? V(MI_P_SCORES) : NULL;
+    const float *v = qkv + (H + Hkv) * Dh;
+    if (s->rotary) {
+        /* d rot_q, d rot_k in their own layout, then rotated back into dqkv */
+        float *drq = S->drot, *drk = S->drot + BT * HD;
+        zero(S->drot, BT * (H + Hkv) * Dh);
+        lay.q = (mi_attn_stride){T * HD, HD, Dh};
+        lay.k = (mi_attn_stride){T * Hkv * Dh, Hkv * Dh, Dh};
+        MI_TRY(mi_attn_backward(&lay, V(MI_P_ROT_Q), V(MI_P_ROT_K), v, pattern, scores, S->dz,
+                                1.0f / s->attn_scale, s->causal, drq, drk, S->dqkv + (H + Hkv) * Dh));
+        mi_rotary_apply(&s->rope, drq, HD, S->dqkv, QKV, BT, T, H, Dh, S->pos_ids, S->rope_cos,
+                        S->rope_sin, 1);
+        mi_rotary_apply(&s->rope, drk, Hkv * Dh, S->dqkv + HD, QKV, BT, T, Hkv, Dh, S->pos_ids,
+                        S->rope_cos, S->rope_sin, 1);
+    } else {
+        MI_TRY(mi_attn_backward(&lay, qkv, qkv + HD, v, pattern, scores, S->dz, 1.0f / s->attn_scale,
+                                s->causal, S->dqkv, S->dqkv + HD, S->dqkv + (H + Hkv) * Dh));
+    }
     tick(S, MI_BWD_ATTN_CORE);
     /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
     const float *x1 = resid_pre;
     if (s->norm != MI_NORM_NONE)
         x1 = norm_out(V(MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, S->xin);
     tick(S, MI_BWD_NORM);
-    mi_sgemm(1, 0, D, 3 * HD, BT, x1, D, S->dqkv, 3 * HD, NULL, 1.0f, gw(grads, o[MI_W_QKV]), 3 * HD);
+    mi_sgemm(1, 0, D, QKV, BT, x1, D, S->dqkv, QKV, NULL, 1.0f, gw(grads, w_qkv), QKV);
     tick(S, MI_BWD_ATTN_GEMM);
-    colsum_acc(S->dqkv, BT, 3 * HD, gw(grads, o[MI_W_B_QKV]));
+    colsum_acc(S->dqkv, BT, QKV, gw(grads, b_qkv));
     tick(S, MI_BWD_BIAS);
-    mi_sgemm(0, 1, BT, D, 3 * HD, S->dqkv, 3 * HD, pw(m, o[MI_W_QKV]), 3 * HD, NULL, 0.0f, S->dx, D);
+    mi_sgemm(0, 1, BT, D, QKV, S->dqkv, QKV, pw(m, w_qkv), QKV, NULL, 0.0f, S->dx, D);
     tick(S, MI_BWD_ATTN_GEMM);
     mi_status st = norm_backward(s, S->dx, resid_pre, pw(m, o[MI_W_LN1_W]), V(MI_P_LN1_SCALE), BT, dresid,
                                  gw(grads, o[MI_W_LN1_W]), gw(grads, o[MI_W_LN1_B]));
@@ -236,7 +300,10 @@ static uint8_t *all_points_cached(const mi_tf_spec *s)
 static size_t scratch_floats(const mi_tf_spec *s, int64_t BT)
 {
     int64_t D = s->d_model, HD = s->n_heads * s->d_head, Mm = s->attn_only ? 0 : s->d_mlp;
-    return (size_t)(BT * s->d_vocab_out + 3 * BT * D + BT * HD + 3 * BT * HD + 4 * BT * Mm) + 64;
+    int64_t KD = mi_tf_kv_heads(s) * s->d_head;
+    return (size_t)(BT * s->d_vocab_out + 3 * BT * D + BT * HD + BT * (HD + 2 * KD) + 4 * BT * Mm
+                    + (s->parallel_attn_mlp ? BT * D : 0) + (s->rotary ? BT * (HD + KD) : 0)
+                    + (s->post_norms ? 2 * BT * D : 0)) + 64;
 }
 
 size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
@@ -290,7 +357,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
 
     uint8_t *flags = all_points_cached(s);
     mi_tf_plan plan = {0};
-    float *arena = NULL, *scr = NULL, *owned = NULL;
+    float *arena = NULL, *scr = NULL, *owned = NULL, *rope = NULL;
     int64_t *pos = NULL;
     mi_status st = MI_OK;
     if (!flags) return mi_fail(MI_ERR_NOMEM, "backward: out of memory");
@@ -317,11 +384,30 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     S.dx = c; c += BT * D;
     S.xin = c; c += BT * D;
     S.dz = c; c += BT * HD;
-    S.dqkv = c; c += 3 * BT * HD;
+    int64_t KD = mi_tf_kv_heads(s) * s->d_head;
+    S.dqkv = c; c += BT * (HD + 2 * KD);
     S.dpost = c; c += BT * Mm;
     S.dpre = c; c += BT * Mm;
     S.dpre_lin = c; c += BT * Mm;
-    S.act = c;
+    S.act = c; c += BT * Mm;
+    S.dattn = c; c += s->parallel_attn_mlp ? BT * D : 0;
+    S.drot = c; c += s->rotary ? BT * (HD + KD) : 0;
+    S.dpn = c; c += s->post_norms ? BT * D : 0;
+    S.xpn = c; c += s->post_norms ? BT * D : 0;
+    S.pos_ids = pos_ids;
+    S.rope_cos = S.rope_sin = NULL;
+    if (s->rotary) {
+        /* the forward's table again (its positions were checked by the forward) */
+        int64_t n_pos = T;
+        for (int64_t i = 0; pos_ids && i < BT; i++)
+            if (pos_ids[i] + 1 > n_pos) n_pos = pos_ids[i] + 1;
+        size_t n = (size_t)n_pos * (size_t)s->rope.rotary_dim;
+        rope = mi_malloc(2 * n * sizeof(float));
+        if (!rope) { st = mi_fail(MI_ERR_NOMEM, "backward: out of memory for the rotary table"); goto done; }
+        mi_rotary_table(&s->rope, n_pos, rope, rope + n);
+        S.rope_cos = rope;
+        S.rope_sin = rope + n;
+    }
 
     /* loss = mean cross_entropy(logits, targets) */
     const float *logits = mi_tf_output(m, &plan, arena);
@@ -332,6 +418,15 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
                                         "logits?); gradients were left unchanged", (double)mean); goto done; }
     *loss = mean;
+    if (s->logit_softcap > 0.0f) {
+        /* the loss reads cap * tanh(raw / cap): d raw = d capped * (1 - (capped / cap)^2) */
+        const float cap = s->logit_softcap;
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+        for (int64_t i = 0; i < BT * Vo; i++) {
+            const float t = logits[i] / cap;
+            S.dlogits[i] *= 1.0f - t * t;
+        }
+    }
     tick(&S, MI_BWD_LOSS);
 
     int pf = mi_tf_final_point(s, 0);
@@ -371,6 +466,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     }
     tick(&S, MI_BWD_EMBED);
 done:
+    mi_free(rope);
     free(pos);
     mi_free(owned);
     mi_tf_plan_free(&plan);

@@ -38,7 +38,13 @@ unsigned mi_tf_features(const mi_tf_spec *s)
          | (s->use_attn_in ? MI_F_ATTN_IN : 0u)
          | (s->use_split_qkv_input ? MI_F_SPLIT_QKV : 0u)
          | (head_inputs(s) ? MI_F_HEAD_IN : 0u)
-         | (!s->no_head ? MI_F_HEAD : 0u);
+         | (!s->no_head ? MI_F_HEAD : 0u)
+         | (s->rotary ? MI_F_ROTARY : 0u)
+         | (!s->parallel_attn_mlp ? MI_F_SERIAL : 0u)
+         | (!s->rotary ? MI_F_POS_MODULE : 0u)
+         | (mi_tf_kv_heads(s) == s->n_heads ? MI_F_MHA : MI_F_GQA)
+         | (s->post_norms ? MI_F_POST_NORM : 0u)
+         | (s->logit_softcap > 0.0f ? MI_F_LOGIT_CAP : 0u);
 }
 
 int mi_tf_n_points(const mi_tf_spec *s) { return mi_tf_final_point(s, MI_PF_COUNT); }

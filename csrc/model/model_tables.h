@@ -33,6 +33,15 @@ enum {
     MI_F_HEAD = 1 << 12,       /* final norm and unembedding (not no_head) */
     MI_F_FUSED = 1 << 13,      /* per layer and call, not a spec feature: attention runs
                                 * fused (no hook between scores, softmax and apply) */
+    MI_F_ROTARY = 1 << 14,     /* rotary position embeddings on q and k (hook_rot_q/k) */
+    MI_F_SERIAL = 1 << 15,     /* the MLP reads resid_mid (not parallel_attn_mlp) */
+    MI_F_MHA = 1 << 16,        /* as many key/value heads as query heads */
+    MI_F_GQA = 1 << 17,        /* grouped-query attention: fewer key/value heads */
+    MI_F_POS_MODULE = 1 << 18, /* TransformerLens's tree has pos_embed (every position
+                                * type but rotary) */
+    MI_F_POST_NORM = 1 << 19,  /* RMSNorms on attn_out and mlp_out before the residual
+                                * adds (Gemma 2: ln1_post, ln2_post) */
+    MI_F_LOGIT_CAP = 1 << 20,  /* final logits soft-capped after unembed.hook_out */
 };
 
 /* ---------------------------------------------------------- dimensions
@@ -47,6 +56,8 @@ enum {
     X(POS, "pos")                                                             \
     X(D, "d_model")                                                           \
     X(H, "n_heads")                                                           \
+    X(KVH, "n_key_value_heads")                                               \
+    X(QKVH, "n_heads + 2 * n_key_value_heads")                                \
     X(HEAD_IN, "n_heads?")                                                     \
     X(DH, "d_head")                                                           \
     X(M, "d_mlp")                                                             \
@@ -56,17 +67,21 @@ enum {
 
 /* -------------------------------------------------------------- shapes
  * X(id, axes...): activation shapes, up to five axes, NONE-padded. Q, K and V
- * are the views of the fused QKV buffer that hook_q/k/v hand out (strided). */
+ * are the views of the fused QKV buffer that hook_q/k/v hand out (strided):
+ * [B, T, H + 2 Hkv, Dh] holds the H query heads, then the Hkv key heads, then
+ * the Hkv value heads of each position (Hkv = H without grouped-query
+ * attention, so it is [B, T, 3, H, Dh]). */
 #define MI_SHAPES(X)                             \
     X(RESID,    BATCH, POS, D,       NONE, NONE) \
     X(SCALE,    BATCH, POS, ONE,     NONE, NONE) \
     X(IN,       BATCH, POS, HEAD_IN, D,    NONE) \
     X(IN_SCALE, BATCH, POS, HEAD_IN, ONE,  NONE) \
-    X(QKV,      BATCH, POS, THREE,   H,    DH)   \
+    X(QKV,      BATCH, POS, QKVH,    DH,   NONE) \
     X(Q,        BATCH, POS, H,       DH,   NONE) \
-    X(K,        BATCH, POS, H,       DH,   NONE) \
-    X(V,        BATCH, POS, H,       DH,   NONE) \
+    X(K,        BATCH, POS, KVH,     DH,   NONE) \
+    X(V,        BATCH, POS, KVH,     DH,   NONE) \
     X(HEADS,    BATCH, POS, H,       DH,   NONE) \
+    X(KV_HEADS, BATCH, POS, KVH,     DH,   NONE) \
     X(ATTN,     BATCH, H,   POS,     POS,  NONE) \
     X(RESULT,   BATCH, POS, H,       D,    NONE) \
     X(MLP,      BATCH, POS, M,       NONE, NONE) \
@@ -86,7 +101,9 @@ enum {
 
 /* Per layer. *_NORM is TransformerLens's hook_normalized, x / scale before the
  * affine weights; *_OUT = normalized * w + b is what the next step reads (only
- * for norms with weights). With per-head inputs ln1 runs on the q, k and v
+ * for norms with weights). With post norms, ATTN_RAW / MLP_RAW hold the W_O /
+ * W_out products that ln1_post / ln2_post (LN1P_*, LN2P_*; RMS, always with
+ * weights) turn into ATTN_OUT / MLP_OUT. With per-head inputs ln1 runs on the q, k and v
  * inputs in turn; LN1Q_* and LN1K_* hold the first two runs and LN1_* the run
  * on the v input, the last one, which TransformerLens's cache keeps. */
 #define MI_LAYER_BUFFERS(X)                                          \
@@ -94,12 +111,17 @@ enum {
     X(LN1_NORM,   IN,       MI_F_NORM,                  MI_F_NORM_W) \
     X(LN1_OUT,    IN,       MI_F_NORM_W,                0)           \
     X(QKV,        QKV,      0,                          0)           \
+    X(ROT_Q,      HEADS,    MI_F_ROTARY,                0)           \
+    X(ROT_K,      KV_HEADS, MI_F_ROTARY,                0)           \
     X(SCORES,     ATTN,     0,                          MI_F_FUSED)  \
     X(PATTERN,    ATTN,     0,                          MI_F_FUSED)  \
     X(Z,          HEADS,    0,                          0)           \
     X(RESULT,     RESULT,   MI_F_RESULT,                0)           \
+    X(ATTN_RAW,   RESID,    MI_F_POST_NORM,             0)           \
+    X(LN1P_SCALE, SCALE,    MI_F_POST_NORM,             0)           \
+    X(LN1P_NORM,  RESID,    MI_F_POST_NORM,             MI_F_POST_NORM) \
     X(ATTN_OUT,   RESID,    0,                          0)           \
-    X(RESID_MID,  RESID,    MI_F_MLP,                   0)           \
+    X(RESID_MID,  RESID,    MI_F_MLP | MI_F_SERIAL,     0)           \
     X(MLP_IN,     RESID,    MI_F_MLP | MI_F_MLP_IN,     0)           \
     X(LN2_SCALE,  SCALE,    MI_F_MLP | MI_F_NORM,       0)           \
     X(LN2_NORM,   RESID,    MI_F_MLP | MI_F_NORM,       MI_F_NORM_W) \
@@ -110,6 +132,9 @@ enum {
     X(MLN_SCALE,  SCALE,    MI_F_MLP | MI_F_SOLU_LN,    0)           \
     X(MLN_NORM,   MLP,      MI_F_MLP | MI_F_SOLU_LN,    MI_F_NORM_B) \
     X(POST,       MLP,      MI_F_MLP,                   0)           \
+    X(MLP_RAW,    RESID,    MI_F_MLP | MI_F_POST_NORM,  0)           \
+    X(LN2P_SCALE, SCALE,    MI_F_MLP | MI_F_POST_NORM,  0)           \
+    X(LN2P_NORM,  RESID,    MI_F_MLP | MI_F_POST_NORM,  MI_F_POST_NORM) \
     X(MLP_OUT,    RESID,    MI_F_MLP,                   0)           \
     X(ATTN_IN,    IN,       MI_F_ATTN_IN,               0)           \
     X(Q_IN,       IN,       MI_F_SPLIT_QKV,             0)           \
@@ -122,12 +147,15 @@ enum {
     X(LN1K_NORM,  IN,       MI_F_NORM | MI_F_HEAD_IN,   MI_F_NORM_W) \
     X(LN1K_OUT,   IN,       MI_F_NORM_W | MI_F_HEAD_IN, 0)
 
-/* After the layers (full passes of models with a head). */
+/* After the layers (full passes of models with a head). LOGITS is
+ * unembed.hook_out; with a logit softcap the pass's output is LOGITS_CAP =
+ * cap * tanh(LOGITS / cap), as TransformerLens caps after the hook. */
 #define MI_FINAL_BUFFERS(X)                                    \
     X(LNF_SCALE, SCALE,  MI_F_HEAD | MI_F_NORM,   0)           \
     X(LNF_NORM,  RESID,  MI_F_HEAD | MI_F_NORM,   MI_F_NORM_W) \
     X(LNF_OUT,   RESID,  MI_F_HEAD | MI_F_NORM_W, 0)           \
-    X(LOGITS,    LOGITS, MI_F_HEAD,               0)
+    X(LOGITS,    LOGITS, MI_F_HEAD,               0)           \
+    X(LOGITS_CAP, LOGITS, MI_F_HEAD | MI_F_LOGIT_CAP, 0)
 
 /* ---------------------------------------------------------- hook points
  * X(id, TransformerLens name, buffer, shape, fires when, listed when, rank)
@@ -144,36 +172,42 @@ enum {
  * each scope in firing order (the row order). */
 #define MI_START_POINTS(X)                                              \
     X(EMBED,     "hook_embed",     BS_EMBED,     RESID, 0,        0, 0) \
-    X(POS_EMBED, "hook_pos_embed", BS_POS_EMBED, RESID, MI_F_POS, 0, 1)
+    X(POS_EMBED, "hook_pos_embed", BS_POS_EMBED, RESID, MI_F_POS, MI_F_POS_MODULE, 1)
 
-#define MI_LAYER_POINTS(X)                                                                                                        \
-    X(RESID_PRE,      "hook_resid_pre",         MI_BUF_RESID_IN,  RESID,    0,                       0,                       24) \
-    X(ATTN_IN,        "hook_attn_in",           B_ATTN_IN,        IN,       MI_F_ATTN_IN,            0,                       17) \
-    X(Q_INPUT,        "hook_q_input",           B_Q_IN,           IN,       MI_F_SPLIT_QKV,          0,                       18) \
-    X(K_INPUT,        "hook_k_input",           B_K_IN,           IN,       MI_F_SPLIT_QKV,          0,                       19) \
-    X(V_INPUT,        "hook_v_input",           B_V_IN,           IN,       MI_F_SPLIT_QKV,          0,                       20) \
-    X(LN1_SCALE,      "ln1.hook_scale",         B_LN1_SCALE,      IN_SCALE, MI_F_NORM,               MI_F_NORM,               0)  \
-    X(LN1_NORM,       "ln1.hook_normalized",    B_LN1_NORM,       IN,       MI_F_NORM,               MI_F_NORM,               1)  \
-    X(Q,              "attn.hook_q",            B_QKV,            Q,        0,                       0,                       5)  \
-    X(K,              "attn.hook_k",            B_QKV,            K,        0,                       0,                       4)  \
-    X(V,              "attn.hook_v",            B_QKV,            V,        0,                       0,                       6)  \
-    X(SCORES,         "attn.hook_attn_scores",  B_SCORES,         ATTN,     0,                       0,                       8)  \
-    X(PATTERN,        "attn.hook_pattern",      B_PATTERN,        ATTN,     0,                       0,                       9)  \
-    X(Z,              "attn.hook_z",            B_Z,              HEADS,    0,                       0,                       7)  \
-    X(RESULT,         "attn.hook_result",       B_RESULT,         RESULT,   MI_F_RESULT,             0,                       10) \
-    X(ATTN_OUT,       "hook_attn_out",          B_ATTN_OUT,       RESID,    0,                       0,                       22) \
-    X(RESID_MID,      "hook_resid_mid",         B_RESID_MID,      RESID,    MI_F_MLP,                MI_F_MLP,                25) \
-    X(MLP_IN,         "hook_mlp_in",            B_MLP_IN,         RESID,    MI_F_MLP | MI_F_MLP_IN,  0,                       21) \
-    X(LN2_SCALE,      "ln2.hook_scale",         B_LN2_SCALE,      SCALE,    MI_F_MLP | MI_F_NORM,    MI_F_MLP | MI_F_NORM,    2)  \
-    X(LN2_NORM,       "ln2.hook_normalized",    B_LN2_NORM,       RESID,    MI_F_MLP | MI_F_NORM,    MI_F_MLP | MI_F_NORM,    3)  \
-    X(MLP_PRE,        "mlp.hook_pre",           B_PRE,            MLP,      MI_F_MLP,                MI_F_MLP,                14) \
-    X(MLP_PRE_LINEAR, "mlp.hook_pre_linear",    B_PRE_LINEAR,     MLP,      MI_F_MLP | MI_F_GATED,   MI_F_MLP | MI_F_GATED,   15) \
-    X(MLP_MID,        "mlp.hook_mid",           B_MID,            MLP,      MI_F_MLP | MI_F_SOLU_LN, MI_F_MLP | MI_F_SOLU_LN, 11) \
-    X(MLP_LN_SCALE,   "mlp.ln.hook_scale",      B_MLN_SCALE,      SCALE,    MI_F_MLP | MI_F_SOLU_LN, MI_F_MLP | MI_F_SOLU_LN, 12) \
-    X(MLP_LN_NORM,    "mlp.ln.hook_normalized", B_MLN_NORM,       MLP,      MI_F_MLP | MI_F_SOLU_LN, MI_F_MLP | MI_F_SOLU_LN, 13) \
-    X(MLP_POST,       "mlp.hook_post",          B_POST,           MLP,      MI_F_MLP,                MI_F_MLP,                16) \
-    X(MLP_OUT,        "hook_mlp_out",           B_MLP_OUT,        RESID,    MI_F_MLP,                0,                       23) \
-    X(RESID_POST,     "hook_resid_post",        MI_BUF_RESID_OUT, RESID,    0,                       0,                       26)
+#define MI_LAYER_POINTS(X)                                                                                                               \
+    X(RESID_PRE,      "hook_resid_pre",            MI_BUF_RESID_IN,  RESID,    0,                         0,                         30) \
+    X(ATTN_IN,        "hook_attn_in",              B_ATTN_IN,        IN,       MI_F_ATTN_IN,              0,                         23) \
+    X(Q_INPUT,        "hook_q_input",              B_Q_IN,           IN,       MI_F_SPLIT_QKV,            0,                         24) \
+    X(K_INPUT,        "hook_k_input",              B_K_IN,           IN,       MI_F_SPLIT_QKV,            0,                         25) \
+    X(V_INPUT,        "hook_v_input",              B_V_IN,           IN,       MI_F_SPLIT_QKV,            0,                         26) \
+    X(LN1_SCALE,      "ln1.hook_scale",            B_LN1_SCALE,      IN_SCALE, MI_F_NORM,                 MI_F_NORM,                  0) \
+    X(LN1_NORM,       "ln1.hook_normalized",       B_LN1_NORM,       IN,       MI_F_NORM,                 MI_F_NORM,                  1) \
+    X(Q,              "attn.hook_q",               B_QKV,            Q,        0,                         0,                          9) \
+    X(K,              "attn.hook_k",               B_QKV,            K,        0,                         0,                          8) \
+    X(V,              "attn.hook_v",               B_QKV,            V,        0,                         0,                         10) \
+    X(ROT_Q,          "attn.hook_rot_q",           B_ROT_Q,          HEADS,    MI_F_ROTARY,               MI_F_ROTARY,               16) \
+    X(ROT_K,          "attn.hook_rot_k",           B_ROT_K,          KV_HEADS, MI_F_ROTARY,               MI_F_ROTARY,               15) \
+    X(SCORES,         "attn.hook_attn_scores",     B_SCORES,         ATTN,     0,                         0,                         12) \
+    X(PATTERN,        "attn.hook_pattern",         B_PATTERN,        ATTN,     0,                         0,                         13) \
+    X(Z,              "attn.hook_z",               B_Z,              HEADS,    0,                         0,                         11) \
+    X(RESULT,         "attn.hook_result",          B_RESULT,         RESULT,   MI_F_RESULT,               0,                         14) \
+    X(LN1P_SCALE,     "ln1_post.hook_scale",       B_LN1P_SCALE,     SCALE,    MI_F_POST_NORM,            MI_F_POST_NORM,             2) \
+    X(LN1P_NORM,      "ln1_post.hook_normalized",  B_LN1P_NORM,      RESID,    MI_F_POST_NORM,            MI_F_POST_NORM,             3) \
+    X(ATTN_OUT,       "hook_attn_out",             B_ATTN_OUT,       RESID,    0,                         0,                         28) \
+    X(RESID_MID,      "hook_resid_mid",            B_RESID_MID,      RESID,    MI_F_MLP | MI_F_SERIAL,    MI_F_MLP | MI_F_SERIAL,    31) \
+    X(MLP_IN,         "hook_mlp_in",               B_MLP_IN,         RESID,    MI_F_MLP | MI_F_MLP_IN,    0,                         27) \
+    X(LN2_SCALE,      "ln2.hook_scale",            B_LN2_SCALE,      SCALE,    MI_F_MLP | MI_F_NORM,      MI_F_MLP | MI_F_NORM,       4) \
+    X(LN2_NORM,       "ln2.hook_normalized",       B_LN2_NORM,       RESID,    MI_F_MLP | MI_F_NORM,      MI_F_MLP | MI_F_NORM,       5) \
+    X(MLP_PRE,        "mlp.hook_pre",              B_PRE,            MLP,      MI_F_MLP,                  MI_F_MLP,                  20) \
+    X(MLP_PRE_LINEAR, "mlp.hook_pre_linear",       B_PRE_LINEAR,     MLP,      MI_F_MLP | MI_F_GATED,     MI_F_MLP | MI_F_GATED,     21) \
+    X(MLP_MID,        "mlp.hook_mid",              B_MID,            MLP,      MI_F_MLP | MI_F_SOLU_LN,   MI_F_MLP | MI_F_SOLU_LN,   17) \
+    X(MLP_LN_SCALE,   "mlp.ln.hook_scale",         B_MLN_SCALE,      SCALE,    MI_F_MLP | MI_F_SOLU_LN,   MI_F_MLP | MI_F_SOLU_LN,   18) \
+    X(MLP_LN_NORM,    "mlp.ln.hook_normalized",    B_MLN_NORM,       MLP,      MI_F_MLP | MI_F_SOLU_LN,   MI_F_MLP | MI_F_SOLU_LN,   19) \
+    X(MLP_POST,       "mlp.hook_post",             B_POST,           MLP,      MI_F_MLP,                  MI_F_MLP,                  22) \
+    X(LN2P_SCALE,     "ln2_post.hook_scale",       B_LN2P_SCALE,     SCALE,    MI_F_MLP | MI_F_POST_NORM, MI_F_MLP | MI_F_POST_NORM,  6) \
+    X(LN2P_NORM,      "ln2_post.hook_normalized",  B_LN2P_NORM,      RESID,    MI_F_MLP | MI_F_POST_NORM, MI_F_MLP | MI_F_POST_NORM,  7) \
+    X(MLP_OUT,        "hook_mlp_out",              B_MLP_OUT,        RESID,    MI_F_MLP,                  0,                         29) \
+    X(RESID_POST,     "hook_resid_post",           MI_BUF_RESID_OUT, RESID,    0,                         0,                         32)
 
 #define MI_FINAL_POINTS(X)                                                                                      \
     X(LNF_SCALE,   "ln_final.hook_scale",      BF_LNF_SCALE,       SCALE,  MI_F_HEAD | MI_F_NORM, MI_F_NORM, 0) \
@@ -202,14 +236,20 @@ enum {
     X(B_U,   FINAL, "unembed.b_U",     MI_F_HEAD,               VO,  NONE, NONE, NONE)
 
 /* Per layer, named "blocks.{l}." + name. attn.W_qkv [D,3,H,Dh]: x @ W_qkv is at
- * once HF's c_attn output and TransformerLens's hook_q/k/v as strided views. */
+ * once HF's c_attn output and TransformerLens's hook_q/k/v as strided views.
+ * With grouped-query attention it is [D, H + 2 Hkv, Dh] (QKV_G: the same
+ * row-major product, with Hkv key and value heads), so the pass reads either
+ * row through one offset (mi_tf_qkv_offsets). */
 #define MI_LAYER_PARAMS(X)                                                                  \
     X(LN1_W, "ln1.w",      MI_F_NORM_W,                           D,     NONE,  NONE, NONE) \
     X(LN1_B, "ln1.b",      MI_F_NORM_B,                           D,     NONE,  NONE, NONE) \
-    X(QKV,   "attn.W_qkv", 0,                                     D,     THREE, H,    DH)   \
-    X(B_QKV, "attn.b_qkv", 0,                                     THREE, H,     DH,   NONE) \
+    X(QKV,   "attn.W_qkv", MI_F_MHA,                              D,     THREE, H,    DH)   \
+    X(B_QKV, "attn.b_qkv", MI_F_MHA,                              THREE, H,     DH,   NONE) \
+    X(QKV_G, "attn.W_qkv", MI_F_GQA,                              D,     QKVH,  DH,   NONE) \
+    X(B_QKV_G, "attn.b_qkv", MI_F_GQA,                            QKVH,  DH,    NONE, NONE) \
     X(O,     "attn.W_O",   0,                                     H,     DH,    D,    NONE) \
     X(B_O,   "attn.b_O",   0,                                     D,     NONE,  NONE, NONE) \
+    X(LN1P_W, "ln1_post.w", MI_F_POST_NORM,                       D,     NONE,  NONE, NONE) \
     X(LN2_W, "ln2.w",      MI_F_MLP | MI_F_NORM_W,                D,     NONE,  NONE, NONE) \
     X(LN2_B, "ln2.b",      MI_F_MLP | MI_F_NORM_B,                D,     NONE,  NONE, NONE) \
     X(IN,    "mlp.W_in",   MI_F_MLP,                              D,     M,     NONE, NONE) \
@@ -218,14 +258,15 @@ enum {
     X(MLN_W, "mlp.ln.w",   MI_F_MLP | MI_F_SOLU_LN | MI_F_NORM_B, M,     NONE,  NONE, NONE) \
     X(MLN_B, "mlp.ln.b",   MI_F_MLP | MI_F_SOLU_LN | MI_F_NORM_B, M,     NONE,  NONE, NONE) \
     X(OUT,   "mlp.W_out",  MI_F_MLP,                              M,     D,     NONE, NONE) \
-    X(B_OUT, "mlp.b_out",  MI_F_MLP,                              D,     NONE,  NONE, NONE)
+    X(B_OUT, "mlp.b_out",  MI_F_MLP,                              D,     NONE,  NONE, NONE) \
+    X(LN2P_W, "ln2_post.w", MI_F_MLP | MI_F_POST_NORM,            D,     NONE,  NONE, NONE)
 
 /* The tensors a model with bfloat16 weights (mi_tf_spec.bf16_weights) stores as
  * bfloat16: the matrices of the products (read through the forward's linear
  * step, model/linear.h) and the token embedding (gathered rows, and the tied
  * unembedding). Every other tensor stays float32; a tensor missing here works
  * either way, it just keeps its float32 bytes. */
-#define MI_BF16_LAYER_PARAMS(X) X(QKV) X(O) X(IN) X(GATE) X(OUT)
+#define MI_BF16_LAYER_PARAMS(X) X(QKV) X(QKV_G) X(O) X(IN) X(GATE) X(OUT)
 #define MI_BF16_GLOBAL_PARAMS(X) X(W_E) X(W_U)
 
 #endif

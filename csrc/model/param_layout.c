@@ -2,6 +2,7 @@
  * parameter tables MI_GLOBAL_PARAMS / MI_LAYER_PARAMS (model_tables.h;
  * contract in transformer.h). */
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,8 +90,41 @@ static mi_status check_spec(const mi_tf_spec *s)
     if (!(s->attn_scale > 0.0f))
         return mi_fail(MI_ERR_VALUE, "transformer spec: attn_scale must be > 0, got %g",
                        (double)s->attn_scale);
+    if (s->post_norms && !(s->eps > 0.0f))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: post_norms need eps > 0, got %g", (double)s->eps);
+    if (!(s->attn_softcap >= 0.0f) || !isfinite(s->attn_softcap) || !(s->logit_softcap >= 0.0f)
+        || !isfinite(s->logit_softcap))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: attn_softcap and logit_softcap must be finite "
+                       "and >= 0 (0: off), got %g and %g", (double)s->attn_softcap,
+                       (double)s->logit_softcap);
+    int any_local = 0;
+    for (int w = 0; w < MI_TF_MAX_LAYERS_LOCAL / 64; w++) any_local |= s->local_layers[w] != 0;
+    for (int64_t l = s->n_layers; l < MI_TF_MAX_LAYERS_LOCAL; l++)
+        if (mi_tf_layer_local(s, l))
+            return mi_fail(MI_ERR_VALUE, "transformer spec: local_layers names layer %ld, past "
+                           "n_layers=%ld", (long)l, (long)s->n_layers);
+    if (s->window < 0 || (any_local && s->window == 0))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: local layers need a window >= 1, got %ld",
+                       (long)s->window);
+    if (any_local && s->n_layers > MI_TF_MAX_LAYERS_LOCAL)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: local attention is described for at most %d "
+                       "layers, got n_layers=%ld", MI_TF_MAX_LAYERS_LOCAL, (long)s->n_layers);
     if (s->act == MI_TF_ACT_SOLU_LN && s->gated_mlp)
         return mi_fail(MI_ERR_VALUE, "transformer spec: solu_ln with a gated MLP is not supported");
+    int64_t kv = mi_tf_kv_heads(s);
+    if (kv < 1 || kv > s->n_heads || s->n_heads % kv)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: n_key_value_heads=%ld must divide n_heads=%ld",
+                       (long)kv, (long)s->n_heads);
+    if (kv != s->n_heads && (s->use_split_qkv_input || s->use_attn_in))
+        return mi_fail(MI_ERR_VALUE, "transformer spec: grouped-query attention (n_key_value_heads"
+                       "=%ld) with use_split_qkv_input or use_attn_in is not supported", (long)kv);
+    if (s->rotary) {
+        if (s->pos_embed)
+            return mi_fail(MI_ERR_VALUE, "transformer spec: rotary and learned positions together");
+        MI_TRY(mi_rotary_check(&s->rope, s->d_head));
+    }
+    if (s->parallel_attn_mlp && s->attn_only)
+        return mi_fail(MI_ERR_VALUE, "transformer spec: parallel_attn_mlp needs an MLP (not attn_only)");
     if ((s->act < MI_ACT_RELU || s->act > MI_ACT_SILU) && s->act != MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "transformer spec: unknown activation %d", s->act);
     return MI_OK;

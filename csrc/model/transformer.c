@@ -22,6 +22,7 @@
 #include "kernels/attention.h"
 #include "kernels/gemm.h"
 #include "kernels/norm.h"
+#include "kernels/rotary.h"
 #include "kernels/softmax.h"
 #include "model/linear.h"
 
@@ -57,6 +58,8 @@ static void prof_report(const fwd_profile *p)
 typedef struct run_state run_state;
 static void add_into(const float *a, const float *b, float *y, int64_t n);
 static mi_status run_layers(run_state *rs, int first, const float *key_mask);
+static mi_status embed_step(run_state *rs, const int64_t *tokens, const int64_t *pos_ids,
+                            const float *key_mask);
 
 struct run_state {
     const mi_transformer *m;
@@ -66,6 +69,8 @@ struct run_state {
     mi_hook_fn hook;
     void *ctx;
     fwd_profile *prof;   /* MI_PROFILE step times of this pass, or NULL */
+    const int64_t *pos_ids;          /* [B,T] or NULL (t): rotary positions */
+    float *rope_cos, *rope_sin;      /* rotary tables [n_pos, rotary_dim] of this pass */
 };
 
 static inline void prof_start(run_state *r)
@@ -199,8 +204,10 @@ static mi_status head_input_qkv(run_state *r, int l)
                              BUF(out_buf[w]), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x[w]));
     /* 3*H products [BT, D] @ [D, Dh], one per thread (mi_sgemm runs on the
      * calling thread inside a parallel region: same bits for any count) */
-    const mi_tf_weight W = weight(m, o[MI_W_QKV]);
-    const float *bias = param(m, o[MI_W_B_QKV]);
+    size_t w_off, b_off;
+    mi_tf_qkv_offsets(m, l, &w_off, &b_off);
+    const mi_tf_weight W = weight(m, w_off);
+    const float *bias = param(m, b_off);
     float *qkv = BUF(B_QKV);
     #pragma omp parallel for schedule(dynamic) num_threads(mi_get_num_threads())
     for (int64_t task = 0; task < 3 * H; task++) {
@@ -210,6 +217,72 @@ static mi_status head_input_qkv(run_state *r, int l)
     }
 #undef BUF
     return MI_OK;
+}
+
+/* Attention of layer l from x (ln1's output [BT, D]; unused with per-head
+ * inputs): qkv [BT, H + 2 Hkv, Dh] = x @ W_qkv + b_qkv (hook_q/k/v), rotary
+ * embeddings on q and k (hook_rot_q/k), then scores, pattern and z (fused
+ * when no hook needs the steps). z [BT, H, Dh] is left in B_Z. */
+static mi_status attention_step(run_state *r, int l, const float *x, const float *key_mask)
+{
+    const mi_transformer *m = r->m;
+    const mi_tf_spec *s = &m->spec;
+    const mi_tf_plan *pl = r->plan;
+    float *A = r->arena;
+    int64_t B = pl->batch, T = pl->seq, BT = B * T, D = s->d_model, H = s->n_heads,
+            Hkv = mi_tf_kv_heads(s), Dh = s->d_head, QKV = (H + 2 * Hkv) * Dh;
+    int p0 = mi_tf_layer_point(l, 0);
+#define BUF(kind) mi_tf_buf_ptr(pl, A, buf_layer(s, l, kind))
+    float *qkv = BUF(B_QKV), *scores = BUF(B_SCORES), *pattern = BUF(B_PATTERN), *z = BUF(B_Z);
+    if (head_inputs(s)) {
+        MI_TRY(head_input_qkv(r, l));
+    } else {
+        size_t w_off, b_off;
+        mi_tf_qkv_offsets(m, l, &w_off, &b_off);
+        mi_tf_linear(weight(m, w_off), 0, 0, BT, QKV, D, x, D, QKV, param(m, b_off), qkv, QKV);
+        prof_stop(r, PR_QKV);
+    }
+    MI_TRY(fire(r, p0 + MI_P_Q));
+    MI_TRY(fire(r, p0 + MI_P_K));
+    MI_TRY(fire(r, p0 + MI_P_V));
+    /* q, k as attention reads them: the qkv buffer, or the rotated copies */
+    const mi_attn_stride sqkv = {T * QKV, QKV, Dh};
+    mi_attn_layout lay = {B, T, T, 0, H, Hkv, Dh, sqkv, sqkv, sqkv, 0, 0.0f};
+    lay.window = mi_tf_layer_local(s, l) ? s->window : 0;   /* Gemma 2's sliding layers */
+    lay.softcap = s->attn_softcap;
+    const float *q = qkv, *k = qkv + H * Dh, *v = qkv + (H + Hkv) * Dh;
+    if (s->rotary) {
+        float *rq = BUF(B_ROT_Q), *rk = BUF(B_ROT_K);
+        mi_rotary_apply(&s->rope, q, QKV, rq, H * Dh, BT, T, H, Dh, r->pos_ids, r->rope_cos,
+                        r->rope_sin, 0);
+        MI_TRY(fire(r, p0 + MI_P_ROT_Q));
+        mi_rotary_apply(&s->rope, k, QKV, rk, Hkv * Dh, BT, T, Hkv, Dh, r->pos_ids, r->rope_cos,
+                        r->rope_sin, 0);
+        MI_TRY(fire(r, p0 + MI_P_ROT_K));
+        q = rq;
+        k = rk;
+        lay.q = (mi_attn_stride){T * H * Dh, H * Dh, Dh};
+        lay.k = (mi_attn_stride){T * Hkv * Dh, Hkv * Dh, Dh};
+    }
+    prof_start(r);
+    if (attn_fusable(r->flags, p0)) {
+        /* no hook between the steps: one pass, scores/pattern kept only if cached */
+        MI_TRY(mi_attn_fused(&lay, q, k, v, 1.0f / s->attn_scale, s->causal, key_mask,
+                             r->flags[p0 + MI_P_SCORES] ? scores : NULL,
+                             r->flags[p0 + MI_P_PATTERN] ? pattern : NULL, z));
+        prof_stop(r, PR_APPLY);
+    } else {
+        MI_TRY(mi_attn_scores(&lay, q, k, 1.0f / s->attn_scale, s->causal, key_mask, scores));
+        prof_stop(r, PR_SCORES);
+        MI_TRY(fire(r, p0 + MI_P_SCORES));
+        mi_softmax_rows(scores, pattern, B * H * T, T);
+        prof_stop(r, PR_SOFTMAX);
+        MI_TRY(fire(r, p0 + MI_P_PATTERN));
+        MI_TRY(mi_attn_apply(&lay, pattern, v, z));
+        prof_stop(r, PR_APPLY);
+    }
+#undef BUF
+    return fire(r, p0 + MI_P_Z);
 }
 
 static mi_status layer_forward(run_state *r, int l, const float *key_mask)
@@ -228,46 +301,16 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     prof_start(r);
 
     const float *x = resid;
-    float *qkv = BUF(B_QKV), *scores = BUF(B_SCORES), *pattern = BUF(B_PATTERN), *z = BUF(B_Z);
-    float *attn_out = BUF(B_ATTN_OUT);
-    if (head_inputs(s)) {
-        MI_TRY(head_input_qkv(r, l));
-    } else {
-        if (s->norm != MI_NORM_NONE) {
-            MI_TRY(norm_step(r, s->norm, BT, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
-                             BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
-        }
-        prof_stop(r, PR_LN1);
-        /* attention: qkv [BT, 3, H, Dh] = x @ W_qkv + b_qkv */
-        mi_tf_linear(weight(m, o[MI_W_QKV]), 0, 0, BT, 3 * HD, D, x, D, 3 * HD,
-                     param(m, o[MI_W_B_QKV]), qkv, 3 * HD);
-        prof_stop(r, PR_QKV);
-    }
-    MI_TRY(fire(r, p0 + MI_P_Q));
-    MI_TRY(fire(r, p0 + MI_P_K));
-    MI_TRY(fire(r, p0 + MI_P_V));
-    mi_attn_layout lay = mi_attn_self_layout(B, T, H, Dh, 3 * HD, T * 3 * HD);
-    prof_start(r);
-    if (attn_fusable(r->flags, p0)) {
-        /* no hook between the steps: one pass, scores/pattern kept only if cached */
-        MI_TRY(mi_attn_fused(&lay, qkv, qkv + HD, qkv + 2 * HD, 1.0f / s->attn_scale, s->causal,
-                             key_mask, r->flags[p0 + MI_P_SCORES] ? scores : NULL,
-                             r->flags[p0 + MI_P_PATTERN] ? pattern : NULL, z));
-        prof_stop(r, PR_APPLY);
-    } else {
-        MI_TRY(mi_attn_scores(&lay, qkv, qkv + HD, 1.0f / s->attn_scale, s->causal, key_mask,
-                              scores));
-        prof_stop(r, PR_SCORES);
-        MI_TRY(fire(r, p0 + MI_P_SCORES));
-        mi_softmax_rows(scores, pattern, B * H * T, T);
-        prof_stop(r, PR_SOFTMAX);
-        MI_TRY(fire(r, p0 + MI_P_PATTERN));
-        MI_TRY(mi_attn_apply(&lay, pattern, qkv + 2 * HD, z));
-        prof_stop(r, PR_APPLY);
-    }
-    MI_TRY(fire(r, p0 + MI_P_Z));
+    float *z = BUF(B_Z), *attn_out = BUF(B_ATTN_OUT);
+    if (!head_inputs(s) && s->norm != MI_NORM_NONE)
+        MI_TRY(norm_step(r, s->norm, BT, D, resid, NULL, NULL, param(m, o[MI_W_LN1_W]), param(m, o[MI_W_LN1_B]), BUF(B_LN1_NORM),
+                         BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
+    prof_stop(r, PR_LN1);
+    MI_TRY(attention_step(r, l, x, key_mask));
     const mi_tf_weight W_O = weight(m, o[MI_W_O]);
     const float *b_O = param(m, o[MI_W_B_O]);
+    /* with post norms the product goes to ATTN_RAW and ln1_post writes attn_out */
+    float *attn_dst = s->post_norms ? BUF(B_ATTN_RAW) : attn_out;
     if (s->use_attn_result) {
         /* result[b,t,h,:] = z[b,t,h,:] @ W_O[h]; attn_out = sum_h result + b_O */
         float *result = BUF(B_RESULT);
@@ -277,7 +320,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         MI_TRY(fire(r, p0 + MI_P_RESULT));
         #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++) {
-            float *out = attn_out + row * D;
+            float *out = attn_dst + row * D;
             const float *res = result + row * H * D;
             for (int64_t i = 0; i < D; i++) {
                 float acc = 0.0f;
@@ -286,7 +329,13 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             }
         }
     } else {
-        mi_tf_linear(W_O, 0, 0, BT, D, HD, z, HD, D, b_O, attn_out, D);
+        mi_tf_linear(W_O, 0, 0, BT, D, HD, z, HD, D, b_O, attn_dst, D);
+    }
+    if (s->post_norms) {
+        const float *done;
+        MI_TRY(norm_step(r, MI_NORM_RMS, BT, D, attn_dst, NULL, NULL, param(m, o[MI_W_LN1P_W]), NULL,
+                         BUF(B_LN1P_NORM), BUF(B_LN1P_SCALE), attn_out, p0 + MI_P_LN1P_SCALE,
+                         p0 + MI_P_LN1P_NORM, &done));
     }
     prof_stop(r, PR_ATTN_OUT);
     MI_TRY(fire(r, p0 + MI_P_ATTN_OUT));
@@ -295,17 +344,20 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         add_into(resid, attn_out, resid_next, BT * D);
         return fire(r, p0 + MI_P_RESID_POST);
     }
-    float *resid_mid = BUF(B_RESID_MID);
+    /* serial: resid_mid = resid + attn_out feeds the MLP; parallel
+     * (parallel_attn_mlp): the MLP reads resid_pre, resid_mid does not exist and
+     * resid_post = (resid_pre + attn_out) + mlp_out */
+    float *resid_mid = s->parallel_attn_mlp ? resid_next : BUF(B_RESID_MID);
     prof_start(r);
     /* resid_mid = resid + attn_out: inside ln2's pass unless a hook runs in between */
-    int add_in_norm = s->norm != MI_NORM_NONE && !s->use_hook_mlp_in
+    int add_in_norm = s->norm != MI_NORM_NONE && !s->use_hook_mlp_in && !s->parallel_attn_mlp
                       && !((r->flags[p0 + MI_P_RESID_MID] & MI_HOOK_FIRES) && r->hook);
     if (!add_in_norm) add_into(resid, attn_out, resid_mid, BT * D);
     prof_stop(r, PR_ADD1);
-    MI_TRY(fire(r, p0 + MI_P_RESID_MID));
-    x = resid_mid;
+    if (!s->parallel_attn_mlp) MI_TRY(fire(r, p0 + MI_P_RESID_MID));
+    x = s->parallel_attn_mlp ? resid : resid_mid;
     if (s->use_hook_mlp_in) {
-        memcpy(BUF(B_MLP_IN), resid_mid, sizeof(float) * (size_t)(BT * D));
+        memcpy(BUF(B_MLP_IN), x, sizeof(float) * (size_t)(BT * D));
         MI_TRY(fire(r, p0 + MI_P_MLP_IN));
         x = BUF(B_MLP_IN);
     }
@@ -323,7 +375,9 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
         mi_tf_linear(weight(m, o[MI_W_GATE]), 0, 0, BT, Mlp, D, x, D, Mlp, NULL, pre, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
         mi_tf_linear(weight(m, o[MI_W_IN]), 0, 0, BT, Mlp, D, x, D, Mlp, NULL, pre_linear, Mlp);
+        prof_stop(r, PR_MLP_IN);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE_LINEAR));
+        prof_start(r);
         mi_activate((mi_activation)s->act, pre, post, BT * Mlp);
         #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++)
@@ -353,12 +407,19 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     }
     prof_stop(r, PR_ACT);
     MI_TRY(fire(r, p0 + MI_P_MLP_POST));
+    float *mlp_dst = s->post_norms ? BUF(B_MLP_RAW) : mlp_out;
     mi_tf_linear(weight(m, o[MI_W_OUT]), 0, 0, BT, D, Mlp, post, Mlp, D, param(m, o[MI_W_B_OUT]),
-                 mlp_out, D);
+                 mlp_dst, D);
+    if (s->post_norms) {
+        const float *done;
+        MI_TRY(norm_step(r, MI_NORM_RMS, BT, D, mlp_dst, NULL, NULL, param(m, o[MI_W_LN2P_W]), NULL,
+                         BUF(B_LN2P_NORM), BUF(B_LN2P_SCALE), mlp_out, p0 + MI_P_LN2P_SCALE,
+                         p0 + MI_P_LN2P_NORM, &done));
+    }
     prof_stop(r, PR_MLP_OUT);
     MI_TRY(fire(r, p0 + MI_P_MLP_OUT));
     prof_start(r);
-    add_into(resid_mid, mlp_out, resid_next, BT * D);
+    add_into(resid_mid, mlp_out, resid_next, BT * D);   /* in place when parallel */
     prof_stop(r, PR_ADD2);
     return fire(r, p0 + MI_P_RESID_POST);
 #undef BUF
@@ -373,24 +434,62 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
     const char *pe = getenv("MI_PROFILE");
     fwd_profile prof = {{0}};
-    run_state r = {m, plan, arena, flags, hook, hook_ctx, pe && *pe && *pe != '0' ? &prof : NULL};
+    run_state r = {m, plan, arena, flags, hook, hook_ctx, pe && *pe && *pe != '0' ? &prof : NULL,
+                   pos_ids, NULL, NULL};
     prof_start(&r);
-    if (plan->start_layer >= 0) {
-        if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
-        memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
-        return run_layers(&r, plan->start_layer, key_mask);
-    }
-    if (!tokens) return mi_fail(MI_ERR_VALUE, "forward: tokens are required without start_at_layer");
     /* validate every input before any parallel work */
-    for (int64_t i = 0; i < BT; i++)
-        if (tokens[i] < 0 || tokens[i] >= s->d_vocab)
-            return mi_fail(MI_ERR_INDEX, "tokens: id %ld at [%ld, %ld] is outside [0, d_vocab=%ld)",
-                           (long)tokens[i], (long)(i / T), (long)(i % T), (long)s->d_vocab);
+    int64_t n_pos = T;
     if (pos_ids)
-        for (int64_t i = 0; i < BT; i++)
+        for (int64_t i = 0; i < BT; i++) {
             if (pos_ids[i] < 0 || pos_ids[i] >= s->n_ctx)
                 return mi_fail(MI_ERR_INDEX, "position id %ld at [%ld, %ld] is outside [0, n_ctx=%ld)",
                                (long)pos_ids[i], (long)(i / T), (long)(i % T), (long)s->n_ctx);
+            if (pos_ids[i] + 1 > n_pos) n_pos = pos_ids[i] + 1;
+        }
+    if (plan->start_layer >= 0) {
+        if (!resid_in) return mi_fail(MI_ERR_VALUE, "start_at_layer needs a residual stream input");
+    } else {
+        if (!tokens) return mi_fail(MI_ERR_VALUE, "forward: tokens are required without start_at_layer");
+        for (int64_t i = 0; i < BT; i++)
+            if (tokens[i] < 0 || tokens[i] >= s->d_vocab)
+                return mi_fail(MI_ERR_INDEX, "tokens: id %ld at [%ld, %ld] is outside [0, d_vocab=%ld)",
+                               (long)tokens[i], (long)(i / T), (long)(i % T), (long)s->d_vocab);
+    }
+    float *rope = NULL;
+    if (s->rotary && plan->start_layer < plan->stop_layer) {
+        /* the angles of the positions this pass uses, shared by every layer */
+        size_t n = (size_t)n_pos * (size_t)s->rope.rotary_dim;
+        rope = mi_malloc(2 * n * sizeof(float));
+        if (!rope) return mi_fail(MI_ERR_NOMEM, "forward: out of memory for the rotary table");
+        mi_rotary_table(&s->rope, n_pos, rope, rope + n);
+        r.rope_cos = rope;
+        r.rope_sin = rope + n;
+    }
+    mi_status st;
+    if (plan->start_layer >= 0) {
+        memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
+        st = run_layers(&r, plan->start_layer, key_mask);
+        mi_free(rope);
+        return st;
+    }
+    st = embed_step(&r, tokens, pos_ids, key_mask);
+    if (st == MI_OK) st = run_layers(&r, 0, key_mask);
+    mi_free(rope);
+    if (r.prof) prof_report(r.prof);
+    return st;
+}
+
+/* resid[0] = W_E[tokens] (+ W_pos[pos], zero at padding), firing hook_embed and
+ * hook_pos_embed. */
+static mi_status embed_step(run_state *rs, const int64_t *tokens, const int64_t *pos_ids,
+                            const float *key_mask)
+{
+    run_state r = *rs;
+    const mi_transformer *m = r.m;
+    const mi_tf_plan *plan = r.plan;
+    const mi_tf_spec *s = &m->spec;
+    float *arena = r.arena;
+    int64_t T = plan->seq, BT = plan->batch * T, D = s->d_model;
     float *embed = mi_tf_buf_ptr(plan, arena, BS_EMBED), *pos = mi_tf_buf_ptr(plan, arena, BS_POS_EMBED);
     float *resid0 = mi_tf_buf_ptr(plan, arena, buf_resid(0));
     const float *W_pos = param(m, m->global_off[MI_G_W_POS]);
@@ -408,9 +507,7 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
         memcpy(resid0, embed, sizeof(float) * (size_t)(BT * D));
     }
     prof_stop(&r, PR_EMBED);
-    mi_status st = run_layers(&r, 0, key_mask);
-    if (r.prof) prof_report(r.prof);
-    return st;
+    return MI_OK;
 }
 
 /* Blocks [first, stop_layer), then (full pass) the final norm and unembedding. */
@@ -449,6 +546,15 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
         mi_tf_linear(weight(m, m->global_off[MI_G_W_U]), 0, 0, BT, s->d_vocab_out, D, x, D,
                      s->d_vocab_out, param(m, m->global_off[MI_G_B_U]), logits, s->d_vocab_out);
     prof_stop(&r, PR_UNEMBED);
-    return fire(&r, pf + MI_PF_UNEMBED_OUT);
+    MI_TRY(fire(&r, pf + MI_PF_UNEMBED_OUT));
+    if (s->logit_softcap > 0.0f) {
+        /* TransformerLens caps after unembed.hook_out: the hook sees (and may edit) the raw logits */
+        const float cap = s->logit_softcap;
+        float *capped = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS_CAP));
+        int64_t n = BT * s->d_vocab_out;
+        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+        for (int64_t i = 0; i < n; i++) capped[i] = cap * tanhf(logits[i] / cap);
+    }
+    return MI_OK;
 }
 

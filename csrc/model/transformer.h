@@ -26,9 +26,12 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "kernels/rotary.h"
 #include "model/model_tables.h"
 
 typedef enum { MI_NORM_NONE, MI_NORM_LN, MI_NORM_LNPRE, MI_NORM_RMS, MI_NORM_RMSPRE } mi_norm_type;
+
+#define MI_TF_MAX_LAYERS_LOCAL 256   /* local (sliding-window) layers are described below this */
 
 typedef struct {
     int64_t n_layers, d_model, n_heads, d_head, d_mlp, d_vocab, d_vocab_out, n_ctx;
@@ -52,7 +55,35 @@ typedef struct {
                            * full pass is the residual stream after the last block */
     int bf16_weights;     /* the MI_BF16_*_PARAMS tensors stored as bfloat16 (model_tables.h);
                            * activations, accumulation and every other tensor stay float32 */
+    /* Model families beyond GPT-2 (zero: off). */
+    int64_t n_kv_heads;   /* key/value heads (grouped-query attention); 0 or n_heads: one
+                           * per query head. Query head h reads kv head h / (H / Hkv). */
+    int rotary;           /* rotary position embeddings on q and k (no learned positions) */
+    mi_rotary_cfg rope;   /* rotary_dim, pairing, base, Llama-3 scaling (kernels/rotary.h) */
+    int parallel_attn_mlp;/* resid_post = resid_pre + attn_out + mlp(ln2(resid_pre)) */
+    /* Gemma 2 (TransformerLens's use_normalization_before_and_after,
+     * attn_scores_soft_cap, output_logits_soft_cap, use_local_attn with
+     * window_size and attn_types). 0 everywhere: off. */
+    int post_norms;       /* RMSNorms with weights (ln1_post, ln2_post, eps as the others) on
+                           * the attention and MLP outputs before each residual add:
+                           * hook_attn_out / hook_mlp_out are their outputs */
+    float attn_softcap;   /* attention scores = cap * tanh(scores / cap) before the mask */
+    float logit_softcap;  /* output = cap * tanh(logits / cap); unembed.hook_out stays uncapped */
+    int64_t window;       /* sliding window of the local layers (attention.h), > 0 with any */
+    uint64_t local_layers[MI_TF_MAX_LAYERS_LOCAL / 64];   /* bit l: layer l is local */
 } mi_tf_spec;
+
+/* Key/value heads of the spec (n_heads without grouped-query attention). */
+static inline int64_t mi_tf_kv_heads(const mi_tf_spec *s)
+{
+    return s->n_kv_heads > 0 ? s->n_kv_heads : s->n_heads;
+}
+
+/* Layer l attends through the sliding window. */
+static inline int mi_tf_layer_local(const mi_tf_spec *s, int64_t l)
+{
+    return l >= 0 && l < MI_TF_MAX_LAYERS_LOCAL && ((s->local_layers[l / 64] >> (l % 64)) & 1u);
+}
 
 /* SoLU then a LayerNorm over d_mlp (TransformerLens "solu_ln"): mid = pre *
  * softmax(pre); post = LN(mid), affine (mlp.ln.w/b) when the model's norm is LN,
@@ -129,6 +160,15 @@ typedef struct {
     const void *data;     /* NULL: the tensor is absent */
     int bf16;             /* uint16 bfloat16 bit patterns; else float32 */
 } mi_tf_weight;
+/* Offsets of layer l's fused q/k/v weight [D, H + 2 Hkv, Dh] and bias (the
+ * MHA or the grouped-query row of the table, whichever the spec has). */
+static inline void mi_tf_qkv_offsets(const mi_transformer *m, int l, size_t *w, size_t *b)
+{
+    const size_t *o = m->layer_off + (size_t)l * MI_W_PER_LAYER;
+    int g = m->spec.n_kv_heads > 0 && m->spec.n_kv_heads != m->spec.n_heads;
+    *w = o[g ? MI_W_QKV_G : MI_W_QKV];
+    *b = o[g ? MI_W_B_QKV_G : MI_W_B_QKV];
+}
 
 /* Check the spec and lay out the blob (sets n_params, table, offsets; params
  * stays NULL for the caller to allocate with mi_calloc(n_params floats)).
@@ -209,7 +249,7 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
                      mi_tensor_view *v);
 
 /* The residual stream the pass ends with: resid_pre of stop_layer [B,T,D]
- * (stop_layer < L), or logits [B,T,Vo]. */
+ * (stop_layer < L), or logits [B,T,Vo] (soft-capped with a logit softcap). */
 float *mi_tf_output(const mi_transformer *m, const mi_tf_plan *plan, float *arena);
 
 /* Forward pass. tokens [B,T] (ids checked against d_vocab) when the plan starts

@@ -273,6 +273,26 @@ int mi_py_scale_arg(PyObject *obj, int64_t d_head, double *scale)
     return *scale == -1.0 && PyErr_Occurred() ? -1 : 0;
 }
 
+int mi_py_local_layers(PyObject *obj, uint64_t *bits, int max_layers)
+{
+    memset(bits, 0, sizeof(uint64_t) * (size_t)(max_layers / 64));
+    if (!obj || obj == Py_None) return 0;
+    PyObject *seq = PySequence_Fast(obj, "local_layers: expected a sequence of layer indices");
+    if (!seq) return -1;
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq) && rc == 0; i++) {
+        long long l = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (l == -1 && PyErr_Occurred()) rc = -1;
+        else if (l < 0 || l >= max_layers) {
+            PyErr_Format(PyExc_ValueError, "local_layers: layer %lld is outside [0, %d)", l, max_layers);
+            rc = -1;
+        } else {
+            bits[l / 64] |= (uint64_t)1 << (l % 64);
+        }
+    }
+    Py_DECREF(seq);
+    return rc;
+}
 
 PyObject *mi_py_text_arg(PyObject *obj, const char *name)
 {

@@ -116,4 +116,9 @@ int mi_py_qkv_args(PyObject *q_obj, PyObject *k_obj, PyObject *v_obj, mi_arg qkv
 /* An attention scale argument: None gives 1/sqrt(d_head). */
 int mi_py_scale_arg(PyObject *obj, int64_t d_head, double *scale);
 
+/* Layer indices (None or an iterable of ints in [0, max_layers)) as a bit set
+ * of max_layers / 64 words, zeroed first; ValueError naming a bad index,
+ * TypeError for a non-integer. 0, or -1 with the exception set. */
+int mi_py_local_layers(PyObject *obj, uint64_t *bits, int max_layers);
+
 #endif

@@ -42,7 +42,12 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
                              "d_vocab_out", "n_ctx", "norm", "eps", "act", "gated_mlp",
                              "attn_only", "causal", "use_attn_result", "use_hook_mlp_in",
                              "pos_embed", "attn_scale", "use_split_qkv_input",
-                             "use_attn_in", "no_head", "bf16", NULL};
+                             "use_attn_in", "no_head", "n_key_value_heads", "rotary",
+                             "rotary_dim", "rotary_adjacent_pairs", "rotary_base",
+                             "use_NTK_by_parts_rope", "NTK_by_parts_factor",
+                             "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
+                             "NTK_original_ctx_len", "parallel_attn_mlp", "post_norms",
+                             "attn_softcap", "logit_softcap", "window", "local_layers", "bf16", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (mo->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "Model: already initialised");
@@ -50,12 +55,19 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     }
     long long nl, dm, nh, dh, dmlp, dv, dvo, nctx;
     int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1;
-    int split_qkv = 0, attn_in = 0, no_head = 0, bf16 = 0;
-    double eps, attn_scale = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdpppp:Model", kwlist, &nl, &dm,
-                                     &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
+    int split_qkv = 0, attn_in = 0, no_head = 0, rotary = 0, adjacent = 0, ntk = 0, parallel = 0;
+    int post_norms = 0, bf16 = 0;
+    long long n_kv = 0, rotary_dim = 0, window = 0;
+    double eps, attn_scale = 1.0, rotary_base = 10000.0, ntk_factor = 8.0, ntk_low = 1.0,
+           ntk_high = 4.0, ntk_ctx = 8192.0, attn_softcap = 0.0, logit_softcap = 0.0;
+    PyObject *local = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdpppLpLpdpddddppddLOp:Model", kwlist,
+                                     &nl, &dm, &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
                                      &gated, &attn_only, &causal, &result, &mlp_in, &pos,
-                                     &attn_scale, &split_qkv, &attn_in, &no_head, &bf16))
+                                     &attn_scale, &split_qkv, &attn_in, &no_head, &n_kv, &rotary,
+                                     &rotary_dim, &adjacent, &rotary_base, &ntk, &ntk_factor,
+                                     &ntk_low, &ntk_high, &ntk_ctx, &parallel, &post_norms,
+                                     &attn_softcap, &logit_softcap, &window, &local, &bf16))
         return -1;
     mi_tf_spec s = {nl, dm, nh, dh, dmlp, dv, dvo, nctx, (mi_norm_type)norm, (float)eps, act,
                     gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale};
@@ -63,6 +75,16 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     s.use_attn_in = attn_in;
     s.no_head = no_head;
     s.bf16_weights = bf16;
+    s.n_kv_heads = n_kv;
+    s.rotary = rotary;
+    s.rope = (mi_rotary_cfg){rotary_dim, adjacent, (float)rotary_base, ntk, (float)ntk_factor,
+                             (float)ntk_low, (float)ntk_high, (float)ntk_ctx};
+    s.parallel_attn_mlp = parallel;
+    s.post_norms = post_norms;
+    s.attn_softcap = (float)attn_softcap;
+    s.logit_softcap = (float)logit_softcap;
+    s.window = window;
+    if (mi_py_local_layers(local, s.local_layers, MI_TF_MAX_LAYERS_LOCAL) < 0) return -1;
     if (norm < MI_NORM_NONE || norm > MI_NORM_RMSPRE) {
         PyErr_Format(PyExc_ValueError, "Model: unknown norm type %d", norm);
         return -1;

@@ -2,19 +2,24 @@
 from ``config.json``.
 
 ``AutoModelForCausalLM`` maps GPT-2 (``model_type: "gpt2"``, or an ``architectures``
-entry naming a GPT-2 class). ``AutoModel`` maps REVE (``model_type: "reve"``) to
+entry naming a GPT-2 class) and the Llama family (``llama``, ``mistral``, ``qwen2``:
+:mod:`~mechinterp_c.transformers.modeling_llama`). ``AutoModel`` maps REVE (``model_type: "reve"``) to
 :class:`~mechinterp_c.transformers.modeling_reve.ReveModel` and a REVE position-bank
 repository (``positions.json``) to its :class:`~mechinterp_c.reve.PositionBank`.
 Anything else raises NotImplementedError naming the model type.
 """
 from .. import io as _io
 from ..loading_from_pretrained import model_type_of
+from ..config import LlamaConfig, MistralConfig, Qwen2Config
 from .modeling_gpt2 import GPT2Config, GPT2LMHeadModel
+from .modeling_llama import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
 __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING"]
 
-MODEL_FOR_CAUSAL_LM_MAPPING = {"gpt2": GPT2LMHeadModel}
-_CONFIG_MAPPING = {"gpt2": GPT2Config}
+MODEL_FOR_CAUSAL_LM_MAPPING = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM,
+                               "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}
+_CONFIG_MAPPING = {"gpt2": GPT2Config, "llama": LlamaConfig, "mistral": MistralConfig,
+                   "qwen2": Qwen2Config}
 
 
 class AutoConfig:

@@ -578,7 +578,7 @@ static PyObject *py__attention_backward(PyObject *m, PyObject *args, PyObject *k
     {
         const float *pd = mi_arg_data(&p), *dzd = mi_arg_data(&dz);
         Py_BEGIN_ALLOW_THREADS
-        st = core->mi_attn_backward(&L, d[0], d[1], d[2], pd, dzd, (float)scale, causal, dqd, dkd, dvd);
+        st = core->mi_attn_backward(&L, d[0], d[1], d[2], pd, NULL, dzd, (float)scale, causal, dqd, dkd, dvd);
         Py_END_ALLOW_THREADS
     }
     if (st != MI_OK) { core->mi_py_raise(st); goto done; }
@@ -609,7 +609,7 @@ static mi_attn_stride attn_stride(const mi_arg *a)
 /* The layout of q [B,Tq,H,Dh], k and v [B,Tk,Hkv,Dh] (converted); the head
  * counts and offset are checked by the core. 0, or -1 with the exception set. */
 static int attn_general_layout(const mi_core_api *core, const mi_arg a[3], long long offset,
-                               mi_attn_layout *L)
+                               long long window, double softcap, mi_attn_layout *L)
 {
     PyArrayObject *q = a[0].arr, *k = a[1].arr, *v = a[2].arr;
     if (!PyArray_SAMESHAPE(k, v) || PyArray_DIM(k, 0) != PyArray_DIM(q, 0) ||
@@ -624,19 +624,22 @@ static int attn_general_layout(const mi_core_api *core, const mi_arg a[3], long 
                           .k_len = PyArray_DIM(k, 1), .offset = offset,
                           .n_heads = PyArray_DIM(q, 2), .n_kv_heads = PyArray_DIM(k, 2),
                           .d_head = PyArray_DIM(q, 3), .q = attn_stride(&a[0]),
-                          .k = attn_stride(&a[1]), .v = attn_stride(&a[2])};
+                          .k = attn_stride(&a[1]), .v = attn_stride(&a[2]),
+                          .window = window, .softcap = (float)softcap};
     mi_status st = core->mi_attn_check(L);
     if (st != MI_OK) { core->mi_py_raise(st); return -1; }
     return 0;
 }
 
 PyDoc_STRVAR(_attention_general_doc,
-"_attention_general(q, k, v, causal=True, offset=0, padding_mask=None, scale=None, mode='fused')\n"
+"_attention_general(q, k, v, causal=True, offset=0, padding_mask=None, scale=None, mode='fused',\n"
+"                   window=0, softcap=0.0)\n"
 "--\n\n"
 "The general attention kernels. q [batch, q_len, n_heads, d_head],\n"
 "k, v [batch, k_len, n_kv_heads, d_head] float32, read in place through their\n"
 "strides; query i sits at key position offset + i; padding_mask [batch, k_len]\n"
-"float32 (0 masks a key). mode 'steps' runs mi_attn_scores, mi_softmax_rows and\n"
+"float32 (0 masks a key); window: sliding window of keys (0: none); softcap:\n"
+"scores = softcap * tanh(raw / softcap) (0: off). mode 'steps' runs mi_attn_scores, mi_softmax_rows and\n"
 "mi_attn_apply; 'fused' mi_attn_fused keeping scores and pattern; 'fused_z'\n"
 "mi_attn_fused keeping neither. Returns (z, scores, pattern), scores and pattern\n"
 "[batch, n_heads, q_len, k_len] or None.");
@@ -645,16 +648,18 @@ static PyObject *py__attention_general(PyObject *m, PyObject *args, PyObject *kw
 {
     const mi_core_api *core = api_of(m);
     static char *kwlist[] = {"q", "k", "v", "causal", "offset", "padding_mask", "scale", "mode",
-                             NULL};
+                             "window", "softcap", NULL};
     mi_arg a[3] = {ATTN_IN("q"), ATTN_IN("k"), ATTN_IN("v")};
     mi_arg mask = FLOAT_OPT("padding_mask", 2, 2);
     PyObject *so = Py_None;
     int causal = 1;
-    long long offset = 0;
+    long long offset = 0, window = 0;
+    double softcap = 0.0;
     const char *mode = "fused";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&|pLO&Os:_attention_general", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&|pLO&OsLd:_attention_general", kwlist,
                                      mi_conv_array, &a[0], mi_conv_array, &a[1], mi_conv_array,
-                                     &a[2], &causal, &offset, mi_conv_array, &mask, &so, &mode))
+                                     &a[2], &causal, &offset, mi_conv_array, &mask, &so, &mode,
+                                     &window, &softcap))
         return NULL;
     PyObject *z = NULL, *sc = NULL, *pat = NULL, *res = NULL;
     const int steps = !strcmp(mode, "steps"), keep = steps || !strcmp(mode, "fused");
@@ -664,7 +669,7 @@ static PyObject *py__attention_general(PyObject *m, PyObject *args, PyObject *kw
         goto done;
     }
     mi_attn_layout L;
-    if (attn_general_layout(core, a, offset, &L) < 0) goto done;
+    if (attn_general_layout(core, a, offset, window, softcap, &L) < 0) goto done;
     npy_intp bk[2] = {L.batch, L.k_len};
     if (mask.arr && mi_arg_shape(&mask, 2, bk, "([batch, k_len] like k)") < 0) goto done;
     double scale;
@@ -700,10 +705,12 @@ done:
 }
 
 PyDoc_STRVAR(_attention_general_backward_doc,
-"_attention_general_backward(q, k, v, pattern, dz, dq, dk, dv, causal=True, offset=0, scale=None)\n"
+"_attention_general_backward(q, k, v, pattern, dz, dq, dk, dv, causal=True, offset=0, scale=None,\n"
+"                            window=0, softcap=0.0, scores=None)\n"
 "--\n\n"
 "mi_attn_backward on the general layout of _attention_general.\n"
-"pattern [batch, n_heads, q_len, k_len] and dz [batch, q_len, n_heads, d_head]\n"
+"pattern and scores (the forward's capped scores, needed with a softcap)\n"
+"[batch, n_heads, q_len, k_len] and dz [batch, q_len, n_heads, d_head]\n"
 "float32; dq, dk, dv writable float32 arrays of q's, k's and v's shape and\n"
 "strides, into which the gradients accumulate. Returns None.");
 
@@ -711,21 +718,24 @@ static PyObject *py__attention_general_backward(PyObject *m, PyObject *args, PyO
 {
     const mi_core_api *core = api_of(m);
     static char *kwlist[] = {"q", "k", "v", "pattern", "dz", "dq", "dk", "dv", "causal", "offset",
-                             "scale", NULL};
+                             "scale", "window", "softcap", "scores", NULL};
     mi_arg a[3] = {ATTN_IN("q"), ATTN_IN("k"), ATTN_IN("v")};
     mi_arg g[3] = {ATTN_GRAD("dq"), ATTN_GRAD("dk"), ATTN_GRAD("dv")};
     mi_arg p = MI_ARG_FLOAT("pattern", 4, 4), dz = MI_ARG_FLOAT("dz", 4, 4);
+    mi_arg sc = FLOAT_OPT("scores", 4, 4);
     PyObject *so = Py_None, *res = NULL;
     int causal = 1;
-    long long offset = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&O&O&|pLO:_attention_general_backward",
+    long long offset = 0, window = 0;
+    double softcap = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&O&O&O&O&O&O&|pLOLdO&:_attention_general_backward",
                                      kwlist, mi_conv_array, &a[0], mi_conv_array, &a[1],
                                      mi_conv_array, &a[2], mi_conv_array, &p, mi_conv_array, &dz,
                                      mi_conv_array, &g[0], mi_conv_array, &g[1], mi_conv_array,
-                                     &g[2], &causal, &offset, &so))
+                                     &g[2], &causal, &offset, &so, &window, &softcap,
+                                     mi_conv_array, &sc))
         return NULL;
     mi_attn_layout L;
-    if (attn_general_layout(core, a, offset, &L) < 0) goto done;
+    if (attn_general_layout(core, a, offset, window, softcap, &L) < 0) goto done;
     for (int i = 0; i < 3; i++) {
         const mi_attn_stride s = attn_stride(&g[i]), want = attn_stride(&a[i]);
         if (!PyArray_SAMESHAPE(g[i].arr, a[i].arr) || s.batch != want.batch ||
@@ -738,22 +748,23 @@ static PyObject *py__attention_general_backward(PyObject *m, PyObject *args, PyO
     npy_intp zshape[4] = {L.batch, L.q_len, L.n_heads, L.d_head},
              pshape[4] = {L.batch, L.n_heads, L.q_len, L.k_len};
     if (mi_arg_shape(&p, 4, pshape, NULL) < 0 || mi_arg_shape(&dz, 4, zshape, NULL) < 0) goto done;
+    if (sc.arr && mi_arg_shape(&sc, 4, pshape, "(the pattern's shape)") < 0) goto done;
     double scale;
     if (mi_py_scale_arg(so, L.d_head, &scale) < 0) goto done;
     {
         const float *qd = mi_arg_data(&a[0]), *kd = mi_arg_data(&a[1]), *vd = mi_arg_data(&a[2]);
-        const float *pd = mi_arg_data(&p), *dzd = mi_arg_data(&dz);
+        const float *pd = mi_arg_data(&p), *dzd = mi_arg_data(&dz), *sd = mi_arg_data(&sc);
         float *dqd = mi_arg_data(&g[0]), *dkd = mi_arg_data(&g[1]), *dvd = mi_arg_data(&g[2]);
         mi_status st;
         Py_BEGIN_ALLOW_THREADS
-        st = core->mi_attn_backward(&L, qd, kd, vd, pd, dzd, (float)scale, causal, dqd, dkd, dvd);
+        st = core->mi_attn_backward(&L, qd, kd, vd, pd, sd, dzd, (float)scale, causal, dqd, dkd, dvd);
         Py_END_ALLOW_THREADS
         if (st != MI_OK) { core->mi_py_raise(st); goto done; }
     }
     res = Py_NewRef(Py_None);
 done:
     for (int i = 0; i < 3; i++) { mi_arg_release(&a[i]); mi_arg_release(&g[i]); }
-    mi_arg_release(&p); mi_arg_release(&dz);
+    mi_arg_release(&p); mi_arg_release(&dz); mi_arg_release(&sc);
     return res;
 }
 
@@ -876,6 +887,67 @@ done:
     return dw;
 }
 
+/* ---- rotary position embeddings ---- */
+
+PyDoc_STRVAR(_rotary_doc,
+"_rotary(x, pos_ids, rotary_dim, adjacent=False, base=10000.0, inverse=False, ref=False,\n"
+"        ntk=None)\n--\n\n"
+"Rotate x [rows, heads, d_head] (float32) at positions pos_ids [rows] (int64) with\n"
+"mi_rotary_apply (ref: the plain reference twin); ntk: (factor, low_freq_factor,\n"
+"high_freq_factor, original_ctx_len) for the Llama-3 rule. Returns (y, cos, sin),\n"
+"the tables [max(pos_ids) + 1, rotary_dim].");
+
+static PyObject *py__rotary(PyObject *m, PyObject *args, PyObject *kw)
+{
+    const mi_core_api *core = api_of(m);
+    static char *kwlist[] = {"x", "pos_ids", "rotary_dim", "adjacent", "base", "inverse", "ref",
+                             "ntk", NULL};
+    mi_arg x = MI_ARG_FLOAT("x", 3, 3), p = MI_ARG_INT64("pos_ids", 1, 1);
+    Py_ssize_t rd;
+    int adjacent = 0, inverse = 0, ref = 0;
+    double base = 10000.0, nf = 0, nl = 0, nh = 0, nc = 0;
+    PyObject *ntk = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&n|pdppO:_rotary", kwlist, mi_conv_array, &x,
+                                     mi_conv_array, &p, &rd, &adjacent, &base, &inverse, &ref, &ntk))
+        return NULL;
+    PyObject *y = NULL, *c = NULL, *sn = NULL, *res = NULL;
+    if (ntk != Py_None && !PyArg_ParseTuple(ntk, "dddd:ntk", &nf, &nl, &nh, &nc)) goto done;
+    npy_intp rows = PyArray_DIM(x.arr, 0), heads = PyArray_DIM(x.arr, 1), dh = PyArray_DIM(x.arr, 2);
+    if (PyArray_DIM(p.arr, 0) != rows) {
+        PyErr_SetString(PyExc_ValueError, "_rotary: pos_ids must have one entry per row of x");
+        goto done;
+    }
+    mi_rotary_cfg cfg = {rd, adjacent, (float)base, ntk != Py_None, (float)nf, (float)nl, (float)nh,
+                         (float)nc};
+    mi_status st = core->mi_rotary_check(&cfg, dh);
+    if (st != MI_OK) { core->mi_py_raise(st); goto done; }
+    const int64_t *pd = mi_arg_data(&p);
+    npy_intp n_pos = 1;
+    for (npy_intp i = 0; i < rows; i++) {
+        if (pd[i] < 0) { PyErr_SetString(PyExc_ValueError, "_rotary: negative position"); goto done; }
+        if (pd[i] + 1 > n_pos) n_pos = pd[i] + 1;
+    }
+    float *yd, *cd, *sd;
+    npy_intp tshape[2] = {n_pos, rd};
+    if (!(y = empty(m, 3, PyArray_DIMS(x.arr), &yd)) || !(c = empty(m, 2, tshape, &cd))
+        || !(sn = empty(m, 2, tshape, &sd)))
+        goto done;
+    {
+        const float *xd = mi_arg_data(&x);
+        Py_BEGIN_ALLOW_THREADS
+        core->mi_rotary_table(&cfg, n_pos, cd, sd);
+        (ref ? core->mi_rotary_apply_ref : core->mi_rotary_apply)(&cfg, xd, heads * dh, yd, heads * dh,
+                                                                 rows, rows, heads, dh, pd, cd, sd,
+                                                                 inverse);
+        Py_END_ALLOW_THREADS
+    }
+    res = PyTuple_Pack(3, y, c, sn);
+done:
+    Py_XDECREF(y); Py_XDECREF(c); Py_XDECREF(sn);
+    mi_arg_release(&x); mi_arg_release(&p);
+    return res;
+}
+
 /* ---- optimiser ---- */
 
 PyDoc_STRVAR(_adamw_step_ref_doc,
@@ -916,6 +988,7 @@ static PyObject *py__adamw_step_ref(PyObject *m, PyObject *args, PyObject *kw)
 }
 
 static PyMethodDef testing_methods[] = {
+    KW_METHOD(_rotary),
     KW_METHOD(_sgemm),
     {"_fma_peak", py__fma_peak, METH_NOARGS, _fma_peak_doc},
     KW_METHOD(_bgemm_pack_a),
