@@ -231,3 +231,28 @@ def test_fallback_path_warns(hf, monkeypatch):
             HookedTransformer(tl_cfg(hf[0], dtype="bfloat16"))
     fast = np.array(b(tokens(7, (2, 32))))
     assert (slow.argmax(-1) == fast.argmax(-1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("extra", [
+    dict(normalization_type="RMS", act_fn="silu", gated_mlp=True, positional_embedding_type="rotary",
+         n_key_value_heads=2, rotary_dim=16),
+    dict(use_attn_result=True, use_split_qkv_input=True),
+])
+def test_families_and_hook_features_in_bf16(extra):
+    """Llama's shape (RMSNorm, gated MLP, rotary, grouped-query attention) and the
+    per-head products (hook_result, split q/k/v inputs): every product of the pass goes
+    through the bf16 GEMM, against the float32 model of the rounded weights."""
+    cfg = dict(dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=300, n_ctx=64,
+                    act_fn="gelu_new", normalization_type="LN"), **extra)
+    b = HookedTransformer(dict(cfg, dtype="bfloat16", seed=3))
+    r = HookedTransformer(dict(cfg, seed=3))
+    r.load_state_dict(b.state_dict())
+    for k, v in b.state_dict().items():
+        np.testing.assert_array_equal(v, r.state_dict()[k], err_msg=k)
+    t = tokens(8, (4, 48)) % 300
+    lb, cache = b.run_with_cache(t)
+    lr, rcache = r.run_with_cache(t)
+    assert set(cache.keys()) == set(rcache.keys())
+    # the logits of a GPT-2-init model are tiny (std ~0.1): compare on their own scale
+    np.testing.assert_allclose(lb, lr, rtol=0, atol=(4 * cfg["n_layers"] + 1) * U * np.abs(lr).max())
+    assert (lb.argmax(-1) == lr.argmax(-1)).mean() >= 0.9
