@@ -256,3 +256,32 @@ def test_families_and_hook_features_in_bf16(extra):
     # the logits of a GPT-2-init model are tiny (std ~0.1): compare on their own scale
     np.testing.assert_allclose(lb, lr, rtol=0, atol=(4 * cfg["n_layers"] + 1) * U * np.abs(lr).max())
     assert (lb.argmax(-1) == lr.argmax(-1)).mean() >= 0.9
+
+
+def test_hf_llama_bf16(tmp_path):
+    """LlamaForCausalLM (through AutoModelForCausalLM) with torch_dtype=bfloat16: the
+    projections stored as bfloat16 (weight views are the bit patterns), logits against
+    transformers running the same model in float32 with the weights rounded to bfloat16."""
+    from mechinterp_c import transformers as mt
+    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=97, max_position_embeddings=64,
+                                   intermediate_size=96)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(p.to(torch.bfloat16).float())         # the rounded weights, in float32
+            if p.dim() == 2:
+                p.mul_(8.0)                                # logits spread out (exact in bf16)
+    hf.save_pretrained(tmp_path)
+    m = mt.AutoModelForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.bfloat16)
+    assert m._ht._core.bf16
+    w = m.model.layers[0].self_attn.q_proj.weight
+    assert w.dtype == np.uint16
+    np.testing.assert_array_equal(_core.from_bfloat16(w), hf.model.layers[0].self_attn.q_proj.weight.detach().numpy())
+    ids = tokens(9, (2, 40)) % 97
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(ids)).logits.numpy()
+    ours = m(ids).logits
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=(4 * 2 + 1) * U * np.abs(ref).max())
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
