@@ -75,9 +75,28 @@ class CPUFloat32:
     def _where(self, method):
         return f"{type(self).__name__}.{method}"
 
+    def _weights_bf16(self):
+        """Whether the model's weights are stored as bfloat16 (models override this)."""
+        return False
+
+    def _cast(self, dtype, where):
+        """A cast to ``dtype`` (None: no cast): the dtype the weights already have is a
+        no-op; converting between float32 and bfloat16 in place is refused (load the
+        model again with the dtype wanted), as is any other dtype."""
+        if dtype is None:
+            return
+        check_dtype(dtype, where, allow_bf16=True)
+        if is_bfloat16(dtype) != self._weights_bf16():
+            have = "bfloat16" if self._weights_bf16() else "float32"
+            raise NotImplementedError(f"{where}: the weights are {have} and are not converted in "
+                                      f"place; load the model again with dtype={str(dtype)!r} "
+                                      f"(from_pretrained(..., dtype=...) or the config's dtype)")
+
     def to(self, *args, **kwargs):
-        """``to(device)``, ``to(dtype)``, ``to(device, dtype)``: the CPU and float32 return
-        the model unchanged; anything else raises NotImplementedError naming it.
+        """``to(device)``, ``to(dtype)``, ``to(device, dtype)``: the CPU and the dtype the
+        weights have (float32, or bfloat16 for a bfloat16 model) return the model
+        unchanged; anything else raises (NotImplementedError for a dtype, ValueError
+        for a device) naming it.
         ``non_blocking``/``copy``/``print_details`` are accepted (nothing moves)."""
         where = self._where("to")
         for k in ("non_blocking", "copy", "print_details", "memory_format"):
@@ -87,11 +106,11 @@ class CPUFloat32:
             raise TypeError(f"{where}: unexpected argument(s) {sorted(kwargs)}")
         for a in args:
             if _is_dtype_like(a):
-                check_dtype(a, where)
+                self._cast(a, where)
             else:
                 check_cpu_device(a, where)
         check_cpu_device(device, where)
-        check_dtype(dtype, where)
+        self._cast(dtype, where)
         return self
 
     def cpu(self):
@@ -99,7 +118,8 @@ class CPUFloat32:
         return self
 
     def float(self):
-        """Returns the model (it is float32)."""
+        """Returns the model when it is float32 (a bfloat16 model: NotImplementedError)."""
+        self._cast("float32", self._where("float"))
         return self
 
     def cuda(self, device=None):
@@ -115,8 +135,10 @@ class CPUFloat32:
         check_dtype("float16", self._where("half"))
 
     def bfloat16(self):
-        """Refused: the C core computes in float32 only."""
-        check_dtype("bfloat16", self._where("bfloat16"))
+        """Returns a bfloat16 model; a float32 one is not converted in place
+        (NotImplementedError: load it with dtype="bfloat16")."""
+        self._cast("bfloat16", self._where("bfloat16"))
+        return self
 
     def double(self):
         """Refused: the C core computes in float32 only."""

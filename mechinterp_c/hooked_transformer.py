@@ -323,6 +323,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         """Whether the weights are stored as bfloat16 (``cfg.dtype``)."""
         return is_bfloat16(self.cfg.dtype)
 
+    def _weights_bf16(self):
+        return self._bf16
+
     def _weight(self, name):
         """Parameter ``name`` as float32: the writable view itself, or (a bfloat16
         weight) a read-only float32 copy."""

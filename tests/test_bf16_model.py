@@ -285,3 +285,19 @@ def test_hf_llama_bf16(tmp_path):
     ours = m(ids).logits
     np.testing.assert_allclose(ours, ref, rtol=0, atol=(4 * 2 + 1) * U * np.abs(ref).max())
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+
+
+def test_casts_of_a_bf16_model(models, hf):
+    """``to(torch.bfloat16)`` / ``bfloat16()`` keep a bfloat16 model; ``float()`` and
+    ``to(torch.float32)`` are refused (nothing is converted in place), as are the
+    other dtypes, and the model stays usable."""
+    b, r, _ = models
+    assert b.to(torch.bfloat16) is b and b.bfloat16() is b and b.to("cpu", "bfloat16") is b
+    for cast in (b.float, lambda: b.to(torch.float32), b.half, lambda: r.to(torch.bfloat16)):
+        with pytest.raises(NotImplementedError, match="not converted in place|float32 only"):
+            cast()
+    m = GPT2LMHeadModel.from_pretrained(hf[2], torch_dtype=torch.bfloat16)
+    assert m.to(torch.bfloat16) is m and m.transformer.h[0].bfloat16() is m.transformer.h[0]
+    with pytest.raises(NotImplementedError, match="not converted in place"):
+        m.float()
+    assert b(tokens(10, (1, 8))).shape == (1, 8, V)

@@ -241,6 +241,10 @@ class Module(CPUFloat32):
     def __repr__(self):
         return f"<{type(self).__name__} {self._name}>"
 
+    def _weights_bf16(self):
+        ref = self._model_ref() if self._model_ref is not None else None
+        return ref is not None and ref._ht._bf16
+
     @property
     def _core_ht(self):
         model = self._model_ref()
