@@ -17,12 +17,14 @@ from ._core import get_num_threads, set_num_threads
 from .activation_cache import ActivationCache
 from .config import HookedTransformerConfig
 from .factored_matrix import FactoredMatrix
+from .generation import HookedTransformerKeyValueCache
 from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
-from .transformers.modeling_utils import get_array_type, set_array_type
+from .array_type import get_array_type, set_array_type
 
 __all__ = [
     "ActivationCache", "FactoredMatrix", "HookPoint", "HookedTransformer", "HookedTransformerConfig",
+    "HookedTransformerKeyValueCache",
     "analysis", "checkpoints", "io", "ops", "optim", "reve", "training", "transformers", "utils", "weight_processing",
     "set_num_threads", "get_num_threads", "cpu_isa", "set_array_type", "get_array_type",
 ]

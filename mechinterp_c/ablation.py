@@ -11,6 +11,7 @@ started at layer l gives the same logits as a full pass with the same hook.
 import numpy as np
 
 from . import _core
+from .array_type import raw_hook, user_facing
 
 __all__ = ["mean_ablation_sweep", "MeanAblationSweep", "head_ablation_sweep", "HeadAblationSweep"]
 
@@ -152,6 +153,7 @@ def _chunk_size(ht, T, cached_names=(), budget=_ARENA_BUDGET):
     return max(1, 1 + (budget - one) // per_seq)
 
 
+@user_facing
 def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_tokens=None,
                         start_at_layer=True, batch_size=None):
     """Replace each hook point's activation by its mean and record the loss, one call.
@@ -255,6 +257,8 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     for n in names:
         avg = means[n]
 
+        @raw_hook
+
         def replace_with_mean(act, hook, avg=avg):
             act[...] = avg
 
@@ -341,7 +345,7 @@ def _final_rows(ht):
     tail = [hp for n, hp in ht.hook_dict.items() if n.startswith(("ln_final.", "unembed."))]
     if any(hp._handles for hp in tail):
         return None
-    W_U = ht.W_U
+    W_U = ht._params["unembed.W_U"]
     b_U = ht._params.get("unembed.b_U")
     final_norm = ht.ln_final
 
@@ -351,6 +355,7 @@ def _final_rows(ht):
     return unembed
 
 
+@user_facing
 def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                         target_positions=None, max_rows=4096):
     """Zero one attention head (at some positions) per pass and record the next-token
@@ -448,6 +453,8 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
             n = len(hs)
             x = np.broadcast_to(resid[None], (n,) + resid.shape).reshape(n * B, Te, -1)
 
+            @raw_hook
+
             def zero_heads(z, hook, hs=hs):
                 for j, h in enumerate(hs):
                     z[j * B:(j + 1) * B, sel, h] = 0.0
@@ -459,6 +466,8 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                 out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(lg, n, Te=Te)
             else:
                 got = {}
+
+                @raw_hook
 
                 def take_final(r, hook):
                     got["rows"] = np.array(r[:, tpos_a])

@@ -24,6 +24,7 @@ from collections import Counter
 
 import numpy as np
 
+from .array_type import to_user, torch_mode, user_facing
 from .devices import check_cpu_device  # noqa: F401 (also imported from here by hook_points)
 from .utils import Slice, get_act_name, to_numpy
 
@@ -89,13 +90,19 @@ class ActivationCache:
             return get_act_name(*key)
         raise TypeError(f"cache key must be a hook name or a (name, layer[, layer_type]) tuple, got {key!r}")
 
-    def __getitem__(self, key):
+    def _get(self, key):
+        """The activation under ``key`` as stored (NumPy), whatever the array type."""
         name = self._full_name(key)
         try:
             return self.cache_dict[name]
         except KeyError:
             raise KeyError(f"{name!r} is not in the cache (it holds {len(self.cache_dict)} "
                            f"activations; see cache.keys())") from None
+
+    def __getitem__(self, key):
+        """The activation under a full hook name or a TransformerLens short key (a torch
+        tensor sharing its memory after ``set_array_type("torch")``)."""
+        return to_user(self._get(key))
 
     def __contains__(self, key):
         return self._full_name(key) in self.cache_dict
@@ -111,11 +118,15 @@ class ActivationCache:
         return self.cache_dict.keys()
 
     def values(self):
-        """Activations in forward order."""
+        """Activations in forward order (tensors in torch mode, as ``__getitem__``)."""
+        if torch_mode():
+            return [to_user(v) for v in self.cache_dict.values()]
         return self.cache_dict.values()
 
     def items(self):
-        """(hook name, activation) pairs in forward order."""
+        """(hook name, activation) pairs in forward order (tensors in torch mode)."""
+        if torch_mode():
+            return [(k, to_user(v)) for k, v in self.cache_dict.items()]
         return self.cache_dict.items()
 
     def __repr__(self):
@@ -223,7 +234,7 @@ class ActivationCache:
         return scale
 
     def _empty_stack(self, pos_slice, last_dim=None):
-        src = pos_slice.apply(self["hook_embed"], dim=-2)
+        src = pos_slice.apply(self._get("hook_embed"), dim=-2)
         shape = src.shape if last_dim is None else src.shape[:-1] + (last_dim,)
         return np.zeros((0, *shape), dtype=src.dtype)
 
@@ -245,13 +256,13 @@ class ActivationCache:
         labels, parts = [], []
         for l in range(layer + 1):
             if l == n_layers:
-                parts.append(self[("resid_post", n_layers - 1)])
+                parts.append(self._get(("resid_post", n_layers - 1)))
                 labels.append("final_post")
                 continue
-            parts.append(self[("resid_pre", l)])
+            parts.append(self._get(("resid_pre", l)))
             labels.append(f"{l}_pre")
             if (incl_mid and l < layer) or (mlp_input and l == layer):
-                parts.append(self[("resid_mid", l)])
+                parts.append(self._get(("resid_mid", l)))
                 labels.append(f"{l}_mid")
         components = np.stack([pos_slice.apply(c, dim=-2) for c in parts], axis=0)
         if apply_ln:
@@ -316,23 +327,23 @@ class ActivationCache:
         parts, labels = [], []
         if incl_embeds:
             if self.has_embed:
-                parts.append(self["hook_embed"])
+                parts.append(self._get("hook_embed"))
                 labels.append("embed")
             if self.has_pos_embed:
-                parts.append(self["hook_pos_embed"])
+                parts.append(self._get("hook_pos_embed"))
                 labels.append("pos_embed")
         for l in range(layer):
             if incl_attn:
-                parts.append(self[("attn_out", l)])
+                parts.append(self._get(("attn_out", l)))
                 labels.append(f"{l}_attn_out")
             if incl_mlp:
-                parts.append(self[("mlp_out", l)])
+                parts.append(self._get(("mlp_out", l)))
                 labels.append(f"{l}_mlp_out")
         if mlp_input and incl_attn:
             if layer >= self._cfg.n_layers:
                 raise ValueError("mlp_input=True needs layer < n_layers (there is no attention "
                                  "layer after the last block)")
-            parts.append(self[("attn_out", layer)])
+            parts.append(self._get(("attn_out", layer)))
             labels.append(f"{layer}_attn_out")
         if not parts:
             raise ValueError("decompose_resid: no components selected (incl_embeds=False, "
@@ -383,12 +394,12 @@ class ActivationCache:
         parts, labels = [], []
         for l in range(layer):
             # [..., P, H, D] -> pos slice on the position axis (-3)
-            parts.append(pos_slice.apply(self[("result", l, "attn")], dim=-3))
+            parts.append(pos_slice.apply(self._get(("result", l, "attn")), dim=-3))
             labels.extend(f"L{l}H{h}" for h in range(n_heads))
         if parts:
             components = np.moveaxis(np.concatenate(parts, axis=-2), -2, 0)
             if incl_remainder:
-                remainder = pos_slice.apply(self[("resid_post", layer - 1)], dim=-2) - components.sum(axis=0)
+                remainder = pos_slice.apply(self._get(("resid_post", layer - 1)), dim=-2) - components.sum(axis=0)
                 components = np.concatenate([components, remainder[None]], axis=0)
                 labels.append("remainder")
         elif incl_remainder:
@@ -405,7 +416,7 @@ class ActivationCache:
         layer = self._layer_arg(layer)
         if layer == 0:
             raise ValueError("stack_activation: layer=0 stacks nothing")
-        return np.stack([self[(activation_name, l, sublayer_type)] for l in range(layer)], axis=0)
+        return np.stack([self._get((activation_name, l, sublayer_type)) for l in range(layer)], axis=0)
 
     def get_neuron_results(self, layer, neuron_slice=None, pos_slice=None, project_output_onto=None):
         """Each neuron's residual-stream write in ``layer``: post[..., n] * W_out[n] [..., M, D].
@@ -417,7 +428,7 @@ class ActivationCache:
         pos_slice = _as_slice(pos_slice)
         if not 0 <= layer < self._cfg.n_layers:
             raise ValueError(f"layer={layer} is out of range: expected 0..{self._cfg.n_layers - 1}")
-        neuron_acts = self[("post", layer, "mlp")]
+        neuron_acts = self._get(("post", layer, "mlp"))
         W_out = self._model_array("W_out")[layer]
         # Position first, while the position axis is still -2
         neuron_acts = pos_slice.apply(neuron_acts, dim=-2)
@@ -445,7 +456,7 @@ class ActivationCache:
             lin_form = W_l @ project_2d
             if centering:
                 lin_form = lin_form - W_l.mean(axis=-1)[:, None] * sum_p[None, :]
-            a = neuron_slice.apply(pos_slice.apply(self[("post", l, "mlp")], dim=-2), dim=-1)
+            a = neuron_slice.apply(pos_slice.apply(self._get(("post", l, "mlp")), dim=-2), dim=-1)
             parts.append((a / scale)[..., None] * lin_form)
         if not parts:
             return self._empty_stack(pos_slice, project_2d.shape[-1])
@@ -479,7 +490,7 @@ class ActivationCache:
             components = self._stack_neuron_results_apply_ln_projected(layer, pos_slice, neuron_slice,
                                                                        project_2d)
             if incl_remainder:
-                resid_post = pos_slice.apply(self[("resid_post", layer - 1)], dim=-2)
+                resid_post = pos_slice.apply(self._get(("resid_post", layer - 1)), dim=-2)
                 remainder = self.apply_ln_to_stack(resid_post[None], layer, pos_slice=pos_slice)[0] @ project_2d
                 if components.shape[0] > 0:
                     remainder = remainder - components.sum(axis=0)
@@ -491,7 +502,7 @@ class ActivationCache:
             if parts:
                 components = np.moveaxis(np.concatenate(parts, axis=-2), -2, 0)
                 if incl_remainder:
-                    full = pos_slice.apply(self[("resid_post", layer - 1)], dim=-2)
+                    full = pos_slice.apply(self._get(("resid_post", layer - 1)), dim=-2)
                     if project_2d is not None:
                         full = full @ project_2d
                     components = np.concatenate([components, (full - components.sum(axis=0))[None]], axis=0)
@@ -590,10 +601,10 @@ class ActivationCache:
                 components.append(project(mlp_stack))
         if self.has_embed:
             labels.append("embed")
-            components.append(project(pos_slice.apply(self["embed"], -2)[None]))
+            components.append(project(pos_slice.apply(self._get("embed"), -2)[None]))
         if self.has_pos_embed:
             labels.append("pos_embed")
-            components.append(project(pos_slice.apply(self["pos_embed"], -2)[None]))
+            components.append(project(pos_slice.apply(self._get("pos_embed"), -2)[None]))
         bias_full = self._accumulated_bias(layer, mlp_input, include_mlp_biases=expand_neurons)
         if ln_folded:
             bias = ln_then_project(np.broadcast_to(bias_full, (1,) + head_stack.shape[1:-1] + bias_full.shape))
@@ -610,3 +621,11 @@ class ActivationCache:
         if squeeze:
             residual_stack = residual_stack[..., 0]
         return (residual_stack, labels) if return_labels else residual_stack
+
+
+# the analysis methods' results reach the user in the array type chosen (internal calls
+# between them keep NumPy)
+for _name in ("accumulated_resid", "logit_attrs", "decompose_resid", "stack_head_results",
+              "stack_activation", "get_neuron_results", "stack_neuron_results", "apply_ln_to_stack",
+              "get_full_resid_decomposition"):
+    setattr(ActivationCache, _name, user_facing(getattr(ActivationCache, _name)))

@@ -26,18 +26,18 @@ class CircuitsMixin:
     @property
     def QK(self):
         """W_Q @ W_K^T per head: FactoredMatrix [n_layers, n_heads, d_model, d_model]."""
-        return FactoredMatrix(self.W_Q, np.swapaxes(self.W_K, -1, -2))
+        return FactoredMatrix(self._np_weight("W_Q"), np.swapaxes(self._np_weight("W_K"), -1, -2))
 
     @property
     def OV(self):
         """W_V @ W_O per head: FactoredMatrix [n_layers, n_heads, d_model, d_model]."""
-        return FactoredMatrix(self.W_V, self.W_O)
+        return FactoredMatrix(self._np_weight("W_V"), self._np_weight("W_O"))
 
     @property
     def W_E_pos(self):
         """W_E and W_pos stacked [d_vocab + n_ctx, d_model] (a copy): an overcomplete basis
         of the input space for full QK and OV circuits."""
-        return np.concatenate([self.W_E, self.W_pos], axis=0)
+        return np.concatenate([self._np_weight("W_E"), self._np_weight("W_pos")], axis=0)
 
     def accumulated_bias(self, layer, mlp_input=False, include_mlp_biases=True):
         """The sum [d_model] of the output biases (b_O, and b_out with include_mlp_biases)
@@ -52,12 +52,13 @@ class CircuitsMixin:
                              f"there is no attention output beyond the final layer")
         with_mlp = include_mlp_biases and not self.cfg.attn_only
         bias = np.zeros(self.cfg.d_model, dtype=np.float32)
-        for block in self.blocks[:layer]:
-            bias += block.attn.b_O
+        P = self._params
+        for l in range(layer):
+            bias += P[f"blocks.{l}.attn.b_O"]
             if with_mlp:
-                bias += block.mlp.b_out
+                bias += P[f"blocks.{l}.mlp.b_out"]
         if mlp_input:
-            bias += self.blocks[layer].attn.b_O
+            bias += P[f"blocks.{layer}.attn.b_O"]
         return bias
 
     def all_composition_scores(self, mode):
@@ -80,7 +81,7 @@ class CircuitsMixin:
         """Every parameter counted (embeddings, biases and norm weights too), as
         ``sum(p.numel() for p in model.parameters())``; ``cfg.n_params`` counts the
         attention and MLP weight matrices only."""
-        return int(sum(v.size for v in self.state_dict().values()))
+        return int(sum(v.size for v in self._params.values()))
 
     # ------------------------------------------------------- weight processing
     def fold_layer_norm(self, state_dict, fold_biases=True, center_weights=True):

@@ -8,11 +8,11 @@ thread count). Hooks registered with ``model.hooks(...)`` or ``add_hook`` fire
 on every step, so a hook that adds a vector to ``blocks.{i}.hook_resid_pre``
 steers the whole completion.
 
-The C core has no key/value cache yet: every step runs the full forward pass
-over the sequence so far. ``use_past_kv_cache=True`` is accepted and gives the
-same tokens (only slower than a cached pass would be);
-``HookedTransformerKeyValueCache`` and ``forward(past_kv_cache=...)`` raise
-``NotImplementedError``.
+With ``use_past_kv_cache=True`` (the default, as TransformerLens) the first step
+runs the prompt into a ``HookedTransformerKeyValueCache`` held by the C core and
+every later step runs only the new token, attending over the cached keys and
+values; hooks then see the new position only, as in TransformerLens. With
+``False`` each step recomputes the whole sequence.
 """
 import secrets
 
@@ -25,17 +25,100 @@ from .utils import get_attention_mask, to_numpy
 _RETURN_TYPES = ("input", "str", "tokens")
 
 
+class HookedTransformerKeyValueCacheEntry:
+    """One layer of a ``HookedTransformerKeyValueCache`` (TransformerLens's entry):
+    ``past_keys`` / ``past_values`` [batch, pos_so_far, n_heads, d_head] are copies of
+    what the C cache holds for the layer; ``frozen`` is the whole cache's flag."""
+
+    def __init__(self, cache, layer):
+        self._cache, self._layer = cache, layer
+
+    @property
+    def past_keys(self):
+        """Cached keys [batch, pos_so_far, n_kv_heads, d_head] (a copy)."""
+        return np.ascontiguousarray(self._cache._core.keys(self._layer).transpose(0, 2, 1, 3))
+
+    @property
+    def past_values(self):
+        """Cached values [batch, pos_so_far, n_kv_heads, d_head] (a copy)."""
+        return np.ascontiguousarray(self._cache._core.values(self._layer).transpose(0, 2, 1, 3))
+
+    @property
+    def frozen(self):
+        """Whether forward passes leave the cache's length as it is."""
+        return self._cache.frozen
+
+
 class HookedTransformerKeyValueCache:
-    """TransformerLens's per-layer key/value cache. Not available: the C core has no
-    KV cache yet, so ``init_cache`` raises ``NotImplementedError`` (``generate`` with
-    ``use_past_kv_cache=True`` works, recomputing the full pass each step)."""
+    """TransformerLens's key/value cache for generation, held by the C core
+    (``_core.KVCache``): per layer the keys and values of every position passed so far
+    and the padding mask of those positions.
+
+    ``model(tokens, past_kv_cache=cache)`` runs only the new positions, attends over the
+    cached ones too, and grows the cache by the positions passed (unless ``freeze()``d:
+    then a pass sees the cache and its own positions but leaves the cache as it was, as
+    TransformerLens). The storage grows on use up to ``capacity`` positions (default
+    ``n_ctx``); a call past it is refused. A cache is bound to the first model that
+    fills it; another model or batch size is refused with a ValueError naming the
+    difference."""
+
+    def __init__(self, core_cache):
+        self._core = core_cache
 
     @classmethod
-    def init_cache(cls, cfg, device=None, batch_size=1):
-        """Raises ``NotImplementedError``: the C core has no key/value cache yet."""
-        raise NotImplementedError(
-            "HookedTransformerKeyValueCache: the C core has no key/value cache yet; "
-            "generate(use_past_kv_cache=True) recomputes the full pass each step instead")
+    def init_cache(cls, cfg, device=None, batch_size=1, capacity=None):
+        """An empty cache for a model of config ``cfg`` and ``batch_size`` rows (``device``
+        must be CPU); ``capacity``: the most positions it may hold (default ``cfg.n_ctx``)."""
+        if device is not None and str(device).split(":")[0] != "cpu":
+            raise ValueError(f"init_cache: device {device!r}: only the CPU is supported")
+        if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"init_cache: batch_size must be an int >= 1, got {batch_size!r}")
+        n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        cap = cfg.n_ctx if capacity is None else capacity
+        return cls(_core.KVCache(cfg.n_layers, int(batch_size), n_kv, cfg.d_head, int(cap)))
+
+    @property
+    def entries(self):
+        """One ``HookedTransformerKeyValueCacheEntry`` per layer."""
+        return [HookedTransformerKeyValueCacheEntry(self, l) for l in range(self._core.n_layers)]
+
+    def __getitem__(self, idx):
+        return self.entries[idx]
+
+    def __len__(self):
+        return self._core.n_layers
+
+    @property
+    def frozen(self):
+        """True after ``freeze()``: passes do not grow the cache."""
+        return self._core.frozen
+
+    def freeze(self):
+        """Passes read the cache but no longer add their positions to it."""
+        self._core.frozen = True
+
+    def unfreeze(self):
+        """Passes add their positions to the cache again."""
+        self._core.frozen = False
+
+    @property
+    def previous_attention_mask(self):
+        """The padding mask of the cached positions [batch, pos_so_far] (int64, 1 real)."""
+        return self._core.mask().astype(np.int64)
+
+    def get_seq_length(self, layer_idx=0):
+        """Positions cached (padding included) by layer ``layer_idx``."""
+        return self._core.length(layer_idx)
+
+    @property
+    def batch_size(self):
+        """Rows the cache holds."""
+        return self._core.batch
+
+    def reset(self):
+        """Forget every cached position."""
+        self._core.reset()
 
 
 def resolve_seed(seed=None, generator=None):
@@ -151,9 +234,15 @@ class GenerationMixin:
             mask = get_attention_mask(self.tokenizer, tokens, prepend_bos, side)
         return tokens, mask, return_type
 
+    def _generation_step(self, tokens, mask, cache):
+        """Logits of the last position [batch, d_vocab_out] (a float32 copy) of one cached
+        pass over ``tokens`` (the positions after the cached ones), hooks live."""
+        out, _ = self._run(tokens, (), None, mask, None, past_kv_cache=cache)
+        return np.array(out[:, -1], dtype=np.float32)
+
     def _generate_iter(self, where, input, max_new_tokens, stop_at_eos, eos_token_id, do_sample,
                        top_k, top_p, temperature, freq_penalty, prepend_bos, padding_side,
-                       return_type, verbose, seed):
+                       return_type, verbose, seed, use_past_kv_cache=True):
         """Yield (prompt tokens [B, T], return_type) first, then the next token of every row
         [B], one step at a time (TransformerLens's loop: rows that produced an end token get
         the padding end token from then on)."""
@@ -182,12 +271,23 @@ class GenerationMixin:
         B = tokens.shape[0]
         finished = np.zeros(B, bool)
         seq = tokens
+        cache = None
+        if use_past_kv_cache and max_new_tokens:
+            cache = HookedTransformerKeyValueCache.init_cache(
+                self.cfg, batch_size=B, capacity=tokens.shape[1] + max_new_tokens)
+        ones = np.ones((B, 1), np.float32)
         bar = progress(max_new_tokens, verbose)
         try:
             for step in range(max_new_tokens):
-                m = None if mask is None else np.concatenate([mask, np.ones((B, step), mask.dtype)], 1)
-                logits = to_numpy(self.forward(seq, attention_mask=m))
-                last = np.array(logits[:, -1], dtype=np.float32)
+                if cache is not None:
+                    # the prompt first, then one token a step over the cache
+                    new = seq if step == 0 else seq[:, -1:]
+                    m = mask if step == 0 else ones
+                    last = self._generation_step(new, m, cache)
+                else:
+                    m = None if mask is None else np.concatenate([mask, np.ones((B, step), mask.dtype)], 1)
+                    logits = to_numpy(self.forward(seq, attention_mask=m))
+                    last = np.array(logits[:, -1], dtype=np.float32)
                 if do_sample and temperature != 0.0:
                     nxt = _core.sample(last, seq if freq_penalty else None, temperature=temperature,
                                        top_k=top_k or 0, top_p=1.0 if top_p is None else top_p,
@@ -222,8 +322,9 @@ class GenerationMixin:
         sampler with ``seed`` (a fresh random seed when None; the same seed gives the same
         tokens on any thread count). A model with a tokenizer masks the padding as
         TransformerLens does (``get_attention_mask`` on ``padding_side``), positions skipping it.
-        ``use_past_kv_cache``: accepted, same tokens; the C core has no KV cache yet, so each
-        step recomputes the whole sequence. Prompt length + ``max_new_tokens`` beyond ``n_ctx``
+        ``use_past_kv_cache``: run each step over a key/value cache (only the new token;
+        hooks see that position, as in TransformerLens), else recompute the whole sequence
+        every step; same tokens either way. Prompt length + ``max_new_tokens`` beyond ``n_ctx``
         is refused up front (ValueError). ``return_type``: "input" (strings for string input,
         else tokens), "str" (decoded, one string for a batch of one) or "tokens" (int64
         [batch, pos + new], prompt included). ``verbose`` shows a tqdm bar when tqdm is
@@ -231,7 +332,8 @@ class GenerationMixin:
         """
         steps = self._generate_iter("generate", input, max_new_tokens, stop_at_eos, eos_token_id,
                                     do_sample, top_k, top_p, temperature, freq_penalty,
-                                    prepend_bos, padding_side, return_type, verbose, seed)
+                                    prepend_bos, padding_side, return_type, verbose, seed,
+                                    use_past_kv_cache)
         tokens, return_type = next(steps)
         new = list(steps)
         out = np.concatenate([tokens] + [t[:, None] for t in new], 1)
@@ -255,7 +357,7 @@ class GenerationMixin:
         steps = self._generate_iter("generate_stream", input, max_new_tokens, stop_at_eos,
                                     eos_token_id, do_sample, top_k, top_p, temperature,
                                     freq_penalty, prepend_bos, padding_side, return_type, verbose,
-                                    seed)
+                                    seed, use_past_kv_cache)
         tokens, _ = next(steps)
         chunk, n_new = [tokens], 0
         for nxt in steps:

@@ -21,6 +21,7 @@ import logging
 import numpy as np
 
 from .activation_cache import check_cpu_device
+from .array_type import to_user, torch_mode
 from .utils import Slice, to_numpy
 
 _DIRECTIONS = ("fwd", "bwd", "both")
@@ -60,6 +61,8 @@ class LensHandle:
         self.is_permanent = is_permanent
         self.context_level = context_level
         self.transient = bool(getattr(fn, "transient", False))
+        # the package's own hooks read NumPy whatever the array type handed to users
+        self.raw = bool(getattr(fn, "_mi_raw", False))
 
     @property
     def user_hook(self):
@@ -141,10 +144,22 @@ class HookPoint:
         return int(parts[1])
 
     def run(self, act):
-        """Run the hooks on ``act`` (a view of the C buffer), writing returned values into it."""
+        """Run the hooks on ``act`` (a view of the C buffer), writing returned values into it.
+
+        After ``set_array_type("torch")`` a user's hook gets ``torch.from_numpy(act)``, the
+        same memory, so in-place tensor edits are edits of the activation; a returned
+        tensor is copied in like an array. The package's own hooks (``_mi_raw``) always
+        get the NumPy view."""
+        shown = None
         for h in list(self._handles):
-            ret = h.fn(act, hook=self)
-            if ret is None or ret is act:
+            if h.raw or not torch_mode():
+                arg = act
+            else:
+                if shown is None:
+                    shown = to_user(act)
+                arg = shown
+            ret = h.fn(arg, hook=self)
+            if ret is None or ret is act or ret is arg:
                 continue
             if not isinstance(ret, np.ndarray):
                 if hasattr(ret, "detach") or isinstance(ret, (list, tuple)):
@@ -158,6 +173,9 @@ class HookPoint:
             if ret.dtype.kind != "f":
                 raise TypeError(f"hook on {self.name} returned dtype {ret.dtype}; expected a "
                                 f"floating-point array of shape {act.shape}")
+            if ret.__array_interface__["data"][0] == act.__array_interface__["data"][0] \
+                    and ret.strides == act.strides:
+                continue          # the activation itself (a tensor view of it returned)
             np.copyto(act, ret, casting="same_kind")
 
     def __repr__(self):
@@ -177,6 +195,8 @@ class _CacheHook:
     arena slot the pass keeps). With one it stores a copy of the selected positions
     only, and is ``transient``: the pass gives the point no slot of its own, so the
     memory held is that of the slice."""
+
+    _mi_raw = True   # stores NumPy views: the cache converts when read
 
     def __init__(self, cache, remove_batch_dim, pos_slice):
         self.cache = cache

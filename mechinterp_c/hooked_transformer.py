@@ -25,6 +25,7 @@ import numpy as np
 from . import _core, utils
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
+from .array_type import to_user, to_user_param, torch_mode, user_facing
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
 from .devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16, warn_bf16_path
@@ -38,23 +39,35 @@ _NORM_CODE = {None: 0, "LN": 1, "LNPre": 2, "RMS": 3, "RMSPre": 4}
 _ACT_CODE = {"relu": 0, "gelu": 1, "gelu_new": 2, "gelu_tanh": 2, "gelu_pytorch_tanh": 2,
              "gelu_fast": 2, "silu": 3, "swish": 3, "solu_ln": 100}
 _CACHE, _CALLBACK, _TRANSIENT = _core.HOOK_CACHE, _core.HOOK_CALLBACK, _core.HOOK_TRANSIENT
+# model.W_E etc.: the model-level weights' names, and the per-layer ones stacked over layers
+_MODEL_WEIGHTS = {"W_E": "embed.W_E", "W_pos": "pos_embed.W_pos", "W_U": "unembed.W_U", "b_U": "unembed.b_U"}
+_STACKED_WEIGHTS = {f"{w}_{c}": f"attn.{w}_{c}" for w in "Wb" for c in "QKVO"}
+_STACKED_WEIGHTS.update({w: f"mlp.{w}" for w in ("W_in", "W_gate", "W_out", "b_in", "b_out")})
 # TransformerLens buffers that are in its state_dict but are not parameters.
 _TL_BUFFER_SUFFIXES = (".attn.mask", ".attn.IGNORE", ".attn.rotary_sin", ".attn.rotary_cos")
 
 
 class _Module:
-    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points."""
+    """A node of the module tree (``model.blocks[0].attn``): parameters and hook points.
+
+    Its parameters (``W_Q``, ``b_O``, ``w``, ...) are kept in ``_p`` and read through
+    attribute access, so that after ``set_array_type("torch")`` they come out as the
+    weights' ``torch.nn.Parameter`` views (:func:`array_type.to_user_param`)."""
 
     def __init__(self, name):
         self._name = name
+        self._p = {}
         self._lazy = {}      # attribute -> (model, parameter name): bfloat16 weights
 
     def __getattr__(self, attr):
+        p = self.__dict__.get("_p")
+        if p is not None and attr in p:
+            return to_user_param(p[attr])
         # a bfloat16 weight: a float32 copy made when asked for, not kept
         lazy = self.__dict__.get("_lazy") or {}
         if attr in lazy:
             model, name = lazy[attr]
-            return model._weight(name)
+            return to_user_param(model._weight(name))
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def __repr__(self):
@@ -79,10 +92,10 @@ class _Norm(_Module):
         if self._norm_type in ("LN", "LNPre"):
             x = x - x.mean(-1, keepdims=True)
         y = x / np.sqrt((x * x).mean(-1, keepdims=True) + self._eps)
-        if getattr(self, "w", None) is not None:
-            y = y * self.w
-        if getattr(self, "b", None) is not None:
-            y = y + self.b
+        if self._p.get("w") is not None:
+            y = y * self._p["w"]
+        if self._p.get("b") is not None:
+            y = y + self._p["b"]
         return y.astype(np.float32)
 
 
@@ -92,8 +105,8 @@ class _GroupedQueryAttention(_Module):
     repeat each key/value head for its query heads (copies, as TransformerLens)."""
 
     def _repeated(self, name):
-        w = getattr(self, name)
-        return np.repeat(w, self.W_Q.shape[0] // w.shape[0], axis=0)
+        w = self._p[name]
+        return to_user(np.repeat(w, self._p["W_Q"].shape[0] // w.shape[0], axis=0))
 
     W_K = property(lambda self: self._repeated("_W_K"), doc="[n_heads, d_model, d_head] (copy).")
     W_V = property(lambda self: self._repeated("_W_V"), doc="[n_heads, d_model, d_head] (copy).")
@@ -408,7 +421,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                     if arr.dtype == np.uint16:     # float32 copies on access (_Module)
                         mod._lazy[key[len(prefix):]] = (self, key)
                     else:
-                        setattr(mod, key[len(prefix):], arr)
+                        mod._p[key[len(prefix):]] = arr
             for hname, hp in self.hook_dict.items():
                 if hname.startswith(prefix) and "." not in hname[len(prefix):]:
                     setattr(mod, hname[len(prefix):], hp)
@@ -464,8 +477,11 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
 
     # --------------------------------------------------------------- state
     def state_dict(self):
-        """TransformerLens parameter names -> writable views of the model's weights (for
-        a bfloat16 weight: a read-only float32 copy, see :meth:`bf16_weight`)."""
+        """TransformerLens parameter names -> writable views of the model's weights
+        (``torch.nn.Parameter`` views after ``set_array_type("torch")``; for a bfloat16
+        weight a read-only float32 copy, see :meth:`bf16_weight`)."""
+        if torch_mode():
+            return {k: to_user_param(self._weight(k)) for k in self._params}
         return {k: self._weight(k) for k in self._params}
 
     def load_state_dict(self, state_dict, strict=True):
@@ -591,25 +607,32 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         g = self.cfg.n_heads // self.cfg.n_key_value_heads
         return np.repeat(np.asarray(self._weight(f"{mod}._{leaf}")), g, axis=0)
 
-    W_E = property(lambda self: self._weight("embed.W_E"), doc="Token embedding [d_vocab, d_model] "
-                   "(view; a float32 copy in a bfloat16 model).")
-    W_pos = property(lambda self: self._params["pos_embed.W_pos"], doc="Positional embedding [n_ctx, d_model] (view).")
-    W_U = property(lambda self: self._weight("unembed.W_U"), doc="Unembedding [d_model, d_vocab_out] "
-                   "(view; a float32 copy in a bfloat16 model).")
-    b_U = property(lambda self: self._params["unembed.b_U"], doc="Unembedding bias [d_vocab_out] (view).")
-    W_Q = property(lambda self: self._stack("attn.W_Q"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_K = property(lambda self: self._stack("attn.W_K"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_V = property(lambda self: self._stack("attn.W_V"), doc="[n_layers, n_heads, d_model, d_head] (copy).")
-    W_O = property(lambda self: self._stack("attn.W_O"), doc="[n_layers, n_heads, d_head, d_model] (copy).")
-    b_Q = property(lambda self: self._stack("attn.b_Q"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_K = property(lambda self: self._stack("attn.b_K"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_V = property(lambda self: self._stack("attn.b_V"), doc="[n_layers, n_heads, d_head] (copy).")
-    b_O = property(lambda self: self._stack("attn.b_O"), doc="[n_layers, d_model] (copy).")
-    W_in = property(lambda self: self._stack("mlp.W_in"), doc="[n_layers, d_model, d_mlp] (copy).")
-    W_gate = property(lambda self: self._stack("mlp.W_gate"), doc="[n_layers, d_model, d_mlp] (copy).")
-    W_out = property(lambda self: self._stack("mlp.W_out"), doc="[n_layers, d_mlp, d_model] (copy).")
-    b_in = property(lambda self: self._stack("mlp.b_in"), doc="[n_layers, d_mlp] (copy).")
-    b_out = property(lambda self: self._stack("mlp.b_out"), doc="[n_layers, d_model] (copy).")
+    def _np_weight(self, attr):
+        """The weight ``attr`` (``W_E``, ``W_Q``, ...) as NumPy whatever the array type:
+        a view for the model-level ones, a stacked copy for the per-layer ones."""
+        if attr in _MODEL_WEIGHTS:
+            return self._weight(_MODEL_WEIGHTS[attr])
+        return self._stack(_STACKED_WEIGHTS[attr])
+
+    W_E = property(lambda self: to_user_param(self._weight("embed.W_E")), doc="Token embedding "
+                   "[d_vocab, d_model] (view; a read-only float32 copy in a bfloat16 model).")
+    W_pos = property(lambda self: to_user_param(self._params["pos_embed.W_pos"]), doc="Positional embedding [n_ctx, d_model] (view).")
+    W_U = property(lambda self: to_user_param(self._weight("unembed.W_U")), doc="Unembedding "
+                   "[d_model, d_vocab_out] (view; a read-only float32 copy in a bfloat16 model).")
+    b_U = property(lambda self: to_user_param(self._params["unembed.b_U"]), doc="Unembedding bias [d_vocab_out] (view).")
+    W_Q = property(lambda self: to_user(self._stack("attn.W_Q")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_K = property(lambda self: to_user(self._stack("attn.W_K")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_V = property(lambda self: to_user(self._stack("attn.W_V")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
+    W_O = property(lambda self: to_user(self._stack("attn.W_O")), doc="[n_layers, n_heads, d_head, d_model] (copy).")
+    b_Q = property(lambda self: to_user(self._stack("attn.b_Q")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_K = property(lambda self: to_user(self._stack("attn.b_K")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_V = property(lambda self: to_user(self._stack("attn.b_V")), doc="[n_layers, n_heads, d_head] (copy).")
+    b_O = property(lambda self: to_user(self._stack("attn.b_O")), doc="[n_layers, d_model] (copy).")
+    W_in = property(lambda self: to_user(self._stack("mlp.W_in")), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_gate = property(lambda self: to_user(self._stack("mlp.W_gate")), doc="[n_layers, d_model, d_mlp] (copy).")
+    W_out = property(lambda self: to_user(self._stack("mlp.W_out")), doc="[n_layers, d_mlp, d_model] (copy).")
+    b_in = property(lambda self: to_user(self._stack("mlp.b_in")), doc="[n_layers, d_mlp] (copy).")
+    b_out = property(lambda self: to_user(self._stack("mlp.b_out")), doc="[n_layers, d_model] (copy).")
 
     # ---------------------------------------------------------------- hooks
     def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True,
@@ -645,9 +668,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         pos_ids = np.maximum(np.cumsum(keep, axis=1) - 1, 0).astype(np.int64)
         return pos_ids, keep.astype(np.float32)
 
-    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None):
+    def _run(self, tokens, cache_ids=(), stop_layer=None, attention_mask=None, start_layer=None,
+             past_kv_cache=None):
         """One C pass; returns (output view, {point_id: view}). With start_layer, ``tokens``
-        is the residual stream [batch, pos, d_model] entering that block."""
+        is the residual stream [batch, pos, d_model] entering that block. With
+        ``past_kv_cache`` the input holds the positions after the cached ones and
+        ``attention_mask`` only theirs; the core derives positions from the cache's mask."""
+        kv = None
+        if past_kv_cache is not None:
+            kv = getattr(past_kv_cache, "_core", None)
+            if not isinstance(kv, _core.KVCache):
+                raise TypeError(f"past_kv_cache: expected a HookedTransformerKeyValueCache, got "
+                                f"{type(past_kv_cache).__name__}")
         resid = None
         if start_layer is not None:
             resid = np.asarray(to_numpy(tokens))
@@ -681,11 +713,13 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             points[pid].run(act)
 
         stop = -1 if stop_layer is None else stop_layer
+        if kv is not None:
+            pos_ids = None
         if resid is not None:
             return self._core.forward(None, bytes(flags), dispatch if any_cb else None, pos_ids,
-                                      key_mask, stop, resid, start_layer)
+                                      key_mask, stop, resid, start_layer, kv_cache=kv)
         return self._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                  pos_ids, key_mask, stop)
+                                  pos_ids, key_mask, stop, kv_cache=kv)
 
     def loss_fn(self, logits, tokens, attention_mask=None, per_token=False):
         """Next-token cross-entropy, ``utils.lm_cross_entropy_loss`` in float32 (as
@@ -715,18 +749,29 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         TransformerLens ignores the mask). ``stop_at_layer=k`` returns
         the residual stream entering block k; ``start_at_layer=k`` takes ``input`` as the
         residual stream [batch, pos, d_model] entering block k (pass ``tokens`` for a loss).
+        ``past_kv_cache`` (a ``HookedTransformerKeyValueCache``): ``input`` holds the
+        positions after the cached ones; the pass attends over cached + new keys, returns
+        the new positions' logits and grows the cache by them (unless frozen).
+        ``attention_mask`` then covers the new positions only (as TransformerLens's
+        forward; the cache keeps the earlier mask); without one it is built from the pad
+        tokens when the model has a tokenizer (TransformerLens), else every token is real.
         """
-        if past_kv_cache is not None or shortformer_pos_embed is not None:
-            raise NotImplementedError("past_kv_cache and shortformer_pos_embed are not supported")
+        if shortformer_pos_embed is not None:
+            raise NotImplementedError("shortformer_pos_embed is not supported")
         if start_at_layer is None:
             input, attention_mask = self._input_tokens(input, prepend_bos, padding_side, attention_mask)
+            if past_kv_cache is not None and attention_mask is None and self.tokenizer is not None:
+                if prepend_bos is None:
+                    prepend_bos = self.cfg.default_prepend_bos
+                attention_mask = utils.get_attention_mask(self.tokenizer, input, prepend_bos)
         return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
-                             start_at_layer=start_at_layer, loss_tokens=tokens)[0]
+                             start_at_layer=start_at_layer, loss_tokens=tokens,
+                             past_kv_cache=past_kv_cache)[0]
 
     __call__ = forward
 
     def _forward(self, input, return_type, loss_per_token, attention_mask, stop_at_layer, cache_ids,
-                 stop_layer=None, start_at_layer=None, loss_tokens=None):
+                 stop_layer=None, start_at_layer=None, loss_tokens=None, past_kv_cache=None):
         if return_type not in ("logits", "loss", "both", None):
             raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         if stop_at_layer is not None:
@@ -750,9 +795,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             pid = self.hook_dict[f"blocks.{stop_layer - 1}.hook_resid_post"].point_id
             extra = pid not in cache_ids
             _, cache = self._run(input, list(cache_ids) + [pid] * extra, stop_layer,
-                                 attention_mask, start)
+                                 attention_mask, start, past_kv_cache)
             return (cache.pop(pid) if extra else cache[pid]), cache
-        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start)
+        out, cache = self._run(input, cache_ids, stop_layer, attention_mask, start, past_kv_cache)
         if stop_at_layer is not None:
             return out, cache
         if return_type is None:
@@ -794,6 +839,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         prepend_bos = model_kwargs.pop("prepend_bos", None)
         padding_side = model_kwargs.pop("padding_side", None)
         loss_tokens = model_kwargs.pop("tokens", None) if start_at_layer is not None else None
+        past_kv_cache = model_kwargs.pop("past_kv_cache", None)
         tokens = model_args[0] if model_args else model_kwargs.pop("input", model_kwargs.pop("tokens", None))
         if model_kwargs:
             raise TypeError(f"run_with_cache: unsupported arguments {sorted(model_kwargs)}")
@@ -808,8 +854,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             if ids and all(self._point_layer[i] >= 0 or self._points[i].name in ("hook_embed", "hook_pos_embed")
                            for i in ids):
                 stop_layer = max([l for l in layers if l >= 0], default=-1) + 1
+        if start_at_layer is None and past_kv_cache is not None and attention_mask is None \
+                and self.tokenizer is not None:
+            bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+            attention_mask = utils.get_attention_mask(self.tokenizer, tokens, bos)
+        if past_kv_cache is not None:
+            stop_layer = None   # the cache's layers must all see the new positions
         out, raw = self._forward(tokens, return_type, loss_per_token, attention_mask, stop_at_layer,
-                                 ids, stop_layer, start_at_layer, loss_tokens)
+                                 ids, stop_layer, start_at_layer, loss_tokens, past_kv_cache)
         cache = {points[pid].name: v for pid, v in raw.items()}
         cache = {n: cache[n] for n in fire_order if n in cache}   # forward order
         if remove_batch_dim:
@@ -827,3 +879,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         c = self.cfg
         return (f"HookedTransformer(n_layers={c.n_layers}, d_model={c.d_model}, n_heads={c.n_heads}, "
                 f"d_head={c.d_head}, d_mlp={c.d_mlp}, d_vocab={c.d_vocab}, n_ctx={c.n_ctx})")
+
+
+# what these methods return reaches the user in the array type chosen (set_array_type);
+# called from inside the package they return NumPy
+for _name in ("forward", "run_with_cache", "run_with_hooks", "loss_fn", "generate", "to_tokens",
+              "to_string", "to_str_tokens", "get_token_position", "tokens_to_residual_directions",
+              "accumulated_bias"):
+    setattr(HookedTransformer, _name, user_facing(getattr(HookedTransformer, _name)))
+HookedTransformer.__call__ = HookedTransformer.forward

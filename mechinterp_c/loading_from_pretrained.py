@@ -195,6 +195,29 @@ def convert_neox_config(cfg):
                 default_prepend_bos=False)
 
 
+def _sliding_layers(cfg, n_ctx):
+    """The local-attention fields of a Mistral / Qwen2 config.json whose sliding window is
+    shorter than the context (else none): which layers slide from ``layer_types``, else
+    Qwen2's ``max_window_layers`` (layers from it on), else every layer (Mistral), as
+    Hugging Face's configs derive them. A sliding layer's query at position p sees keys
+    p - window < j <= p, Hugging Face's and TransformerLens's window alike."""
+    window = getattr(cfg, "sliding_window", None)
+    if window is None or not getattr(cfg, "use_sliding_window", True) or window >= n_ctx:
+        return {}
+    L = cfg.num_hidden_layers
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        first = getattr(cfg, "max_window_layers", None) or 0
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(L)]
+    kinds = {"sliding_attention": "local", "full_attention": "global"}
+    if not isinstance(types, list) or len(types) != L or any(t not in kinds for t in types):
+        raise ValueError(f"{cfg.path}: field 'layer_types' must list 'sliding_attention' or "
+                         f"'full_attention' once per layer ({L}), got {types!r}")
+    if "sliding_attention" not in types:
+        return {}
+    return dict(use_local_attn=True, window_size=int(window), attn_types=[kinds[t] for t in types])
+
+
 def convert_llama_config(cfg, architecture="LlamaForCausalLM", n_ctx=None):
     """The HookedTransformerConfig fields of a Llama ``config.json`` (Mistral and Qwen2
     share it), as TransformerLens's: gated SiLU MLP, RMS norms, rotary on every head
@@ -211,16 +234,13 @@ def convert_llama_config(cfg, architecture="LlamaForCausalLM", n_ctx=None):
     if getattr(cfg, "mlp_bias", False):
         raise NotImplementedError(f"{cfg.path}: field 'mlp_bias': MLP biases are not supported")
     n_ctx = n_ctx or cfg.max_position_embeddings
-    window = getattr(cfg, "sliding_window", None)
-    if window is not None and getattr(cfg, "use_sliding_window", True) and window < n_ctx:
-        raise NotImplementedError(f"{cfg.path}: field 'sliding_window'={window}: sliding-window "
-                                  f"attention shorter than the context ({n_ctx}) is not supported")
+    local = _sliding_layers(cfg, n_ctx)
     return dict(n_layers=cfg.num_hidden_layers, d_model=cfg.hidden_size, n_ctx=n_ctx, d_head=d_head,
                 n_heads=H, n_key_value_heads=kv if kv != H else None, d_mlp=cfg.intermediate_size,
                 act_fn=_act(cfg), d_vocab=cfg.vocab_size, eps=float(cfg.rms_norm_eps),
                 normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=d_head,
                 rotary_adjacent_pairs=False, **_rope(cfg), final_rms=True, gated_mlp=True,
-                original_architecture=architecture, init_weights=False)
+                original_architecture=architecture, init_weights=False, **local)
 
 
 def convert_mistral_config(cfg):

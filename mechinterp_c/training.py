@@ -19,6 +19,7 @@ parameters whose ``.grad`` is None.
 import numpy as np
 
 from . import _core
+from .array_type import to_user_param, torch_mode
 from . import optim
 
 
@@ -43,8 +44,11 @@ class _Weight(np.ndarray):
 
     @property
     def requires_grad(self):
-        """Whether training (``backward``, ``optim``) updates this parameter."""
-        return self._requires_grad
+        """Whether training (``backward``, ``optim``) updates this parameter. In torch mode
+        the parameter's ``torch.nn.Parameter`` view holds it (one flag, whichever of the
+        two sets it)."""
+        p = self.__dict__.get("_torch_param")
+        return p.requires_grad if p is not None else self._requires_grad
 
     @requires_grad.setter
     def requires_grad(self, value):
@@ -53,6 +57,9 @@ class _Weight(np.ndarray):
                                  "model.pos_embed.W_pos or model.get_parameter(name)), not on a "
                                  "slice, copy or result of one")
         self._requires_grad = bool(value)
+        p = self.__dict__.get("_torch_param")
+        if p is not None:
+            p.requires_grad = bool(value)
 
     def requires_grad_(self, requires_grad=True):
         """torch's in-place ``requires_grad_``: sets ``requires_grad``; returns self."""
@@ -136,19 +143,26 @@ class TrainingMixin:
         return st
 
     def named_parameters(self):
-        """Iterate ``(name, Parameter)`` pairs with TransformerLens names, as torch."""
-        return iter(self._training_state().params.items())
+        """Iterate ``(name, Parameter)`` pairs with TransformerLens names, as torch. After
+        ``set_array_type("torch")`` the values are ``torch.nn.Parameter`` leaves sharing the
+        C weights' memory (the same objects as ``model.W_E`` etc.; their ``requires_grad``
+        is the parameter's)."""
+        params = self._training_state().params
+        if torch_mode():
+            return iter([(k, to_user_param(p.data)) for k, p in params.items()])
+        return iter(params.items())
 
     def parameters(self):
-        """Iterate the model's :class:`Parameter` objects."""
-        return iter(self._training_state().params.values())
+        """Iterate the model's :class:`Parameter` objects (``torch.nn.Parameter`` views of
+        the weights after ``set_array_type("torch")``, see ``named_parameters``)."""
+        return iter([p for _, p in self.named_parameters()])
 
     def get_parameter(self, name):
         """The :class:`Parameter` called ``name`` (KeyError naming it otherwise)."""
         params = self._training_state().params
         if name not in params:
             raise KeyError(f"get_parameter: no parameter {name!r}; known: {', '.join(list(params)[:8])}, ...")
-        return params[name]
+        return to_user_param(params[name].data) if torch_mode() else params[name]
 
     def zero_grad(self):
         """Set every gradient of the model to zero."""

@@ -142,6 +142,27 @@ def kernel_grads(q, k, v, p, s, dz, causal, offset, scale, window, cap):
     return dq, dk, dv
 
 
+def test_softcap_kernel_matches_float64_tanh(restore):
+    """mi_softcap on every ISA against float64 cap * tanh(x / cap): both tanh branches
+    (|x / cap| below and above 0.625), values near 0, huge ones, +-inf, NaN; within
+    4 eps of the cap, the tanhf reference within 2 eps."""
+    cap = 3.0
+    x = np.concatenate([np.linspace(-40, 40, 4001), np.linspace(-2.2, 2.2, 4001),
+                        [0.0, -0.0, 1e-30, -1e-30, 1.874, 1.876, 1e30, -1e30, np.inf, -np.inf]])
+    x = x.astype(np.float32)
+    want = cap * np.tanh(x.astype(np.float64) / cap)
+    for isa in ("scalar", "avx2", "avx512"):
+        if not _isa_available(isa):
+            continue
+        _core.force_isa(isa)
+        got = _testing._softcap(x, cap)
+        np.testing.assert_allclose(got, want, rtol=0, atol=(2 if isa == "scalar" else 4) * EPS * cap,
+                                   err_msg=isa)
+        small = np.abs(x) < 1e-3            # no cancellation near 0: relative accuracy
+        np.testing.assert_allclose(got[small], want[small], rtol=4 * EPS, atol=0, err_msg=isa)
+        assert np.isnan(_testing._softcap(np.array([np.nan], np.float32), cap)).all()
+
+
 @pytest.mark.parametrize("Tq,Tk,offset,D,window", CASES)
 @pytest.mark.parametrize("cap", [0.0, 2.5])
 @pytest.mark.parametrize("group", [1, 2])
@@ -175,19 +196,29 @@ def test_window_at_least_the_keys_is_no_window(rng):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif(_core.force_isa("best") != "avx512", reason="this CPU has no AVX-512: one code path only")
+def _isa_available(isa):
+    ok = _core.force_isa(isa) == isa
+    _core.force_isa("best")
+    return ok
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("Tq,Tk,offset,D,window", CASES)
-def test_avx512_matches_portable_kernels(rng, restore, Tq, Tk, offset, D, window):
+def test_vector_isa_matches_portable_kernels(rng, restore, isa, Tq, Tk, offset, D, window):
+    """The vector soft-cap (Cephes tanhf over simd.h) and the AVX-512 products against
+    the scalar reference (tanhf, mi_sgemm), within the float64 bounds."""
+    if not _isa_available(isa):
+        pytest.skip(f"this CPU has no {isa}")
     q, k, v, pad = inputs(rng, Tq, Tk, D, 2, True, big=3.0)
     scale, cap = 1 / np.sqrt(D), 2.5
     dz = rng.standard_normal((2, Tq, H, D)).astype(np.float32)
     run = {}
-    for isa in ("scalar", "avx512"):
+    for isa in ("scalar", isa):
         assert _core.force_isa(isa) == isa
         z, s, p = _testing._attention_general(q, k, v, offset=offset, padding_mask=pad, window=window,
                                               softcap=cap)
         run[isa] = (z, s, p), kernel_grads(q, k, v, p, s, dz, True, offset, scale, window, cap)
-    (ref, ref_grads), (fast, fast_grads) = run["scalar"], run["avx512"]
+    (ref, ref_grads), (fast, fast_grads) = run["scalar"], run[isa]
     check_forward(fast, (ref[1], ref[2], ref[0]), q, k, v, scale, cap)
     for f, r in zip(fast_grads, ref_grads):
         grad_close(f, r)

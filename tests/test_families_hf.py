@@ -114,3 +114,54 @@ def test_weight_edit_reaches_the_core(tmp_path):
     before = np.array(ours(toks).logits)
     ours.model.layers[0].self_attn.q_proj.bias[:] += 1.0
     assert not np.allclose(ours(toks).logits, before)
+
+
+NEOX_MODULES = ["gpt_neox.embed_in", "gpt_neox.layers.0.input_layernorm",
+                "gpt_neox.layers.1.post_attention_layernorm",
+                "gpt_neox.layers.0.attention.query_key_value", "gpt_neox.layers.1.attention.dense",
+                "gpt_neox.layers.0.attention", "gpt_neox.layers.0.mlp.dense_h_to_4h",
+                "gpt_neox.layers.1.mlp.act", "gpt_neox.layers.1.mlp.dense_4h_to_h",
+                "gpt_neox.layers.1", "gpt_neox.final_layer_norm", "lm_head"]
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_gpt_neox_hooks_and_edits_match_transformers(parallel, tmp_path):
+    cfg = transformers.GPTNeoXConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     vocab_size=97, max_position_embeddings=64, intermediate_size=128,
+                                     rotary_pct=0.25, use_parallel_residual=parallel)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+        with torch.no_grad():
+            for n, p in hf.named_parameters():
+                if "norm" in n or n.endswith("bias"):
+                    p.add_(torch.randn_like(p) * 0.2)
+        hf.save_pretrained(tmp_path)
+    ours = mt.AutoModelForCausalLM.from_pretrained(str(tmp_path))
+    assert type(ours).__name__ == "GPTNeoXForCausalLM"
+    hf_mods, our_mods = dict(hf.named_modules()), dict(ours.named_modules())
+    seen_hf, seen_ours = {}, {}
+    for name in NEOX_MODULES:
+        hf_mods[name].register_forward_hook(
+            lambda m, i, o, name=name: seen_hf.__setitem__(name, _first(o).detach().numpy().copy()))
+        our_mods[name].register_forward_hook(
+            lambda m, i, o, name=name: seen_ours.__setitem__(name, np.array(_first(o))))
+
+    def edit(m, i, o):          # scale the keys of head 1 (NeoX's interleaved layout)
+        o = o.clone() if hasattr(o, "clone") else o.copy()
+        o[..., 1 * 48 + 16:1 * 48 + 32] *= 3.0
+        return o
+
+    hf_mods["gpt_neox.layers.0.attention.query_key_value"].register_forward_hook(edit)
+    our_mods["gpt_neox.layers.0.attention.query_key_value"].register_forward_hook(edit)
+    toks = np.random.default_rng(0).integers(0, 97, (2, 12))
+    with torch.no_grad():
+        ref = hf(torch.tensor(toks)).logits.numpy()
+    assert _rel(ref, ours(toks).logits) < 1e-5
+    for name in NEOX_MODULES:
+        assert seen_ours[name].shape == seen_hf[name].shape, name
+        assert _rel(seen_hf[name], seen_ours[name]) < 1e-5, name
+    sd = dict(hf.named_parameters())
+    for name, w in ours.named_parameters():
+        np.testing.assert_array_equal(w, sd[name].detach().numpy(), err_msg=name)

@@ -225,7 +225,6 @@ def test_corrupt_checkpoints_name_file_and_field(saved, tmp_path):
     (dict(alibi=True), "ALiBi"),
     (dict(model_type="bloom"), "ALiBi"),
     (dict(vision_config={"hidden_size": 8}), "multimodal"),
-    (dict(sliding_window=8), "sliding_window"),
 ])
 def test_unsupported_architectures_are_refused_naming_feature_and_file(saved, tmp_path, fields, feature):
     _, src = saved["mistral"]

@@ -96,8 +96,8 @@ def assert_close(got, want, tol):
 # Shapes: tiny (direct path), edge tiles of every micro-kernel (mr 4/6/12,
 # nr 8/16/32), several K blocks (kc 256, 768 on AVX-512; 1700 gives 3 equal blocks
 # there), N beyond one nc block (1024, 2048, 4096),
-# M or N = 1, M <= 4 (the few-rows path).
-SHAPES = [(1, 1, 1), (7, 13, 33), (13, 7, 1), (33, 33, 33), (1, 300, 200), (300, 1, 200),
+# M or N = 1, M <= 8 (the few-rows path).
+SHAPES = [(8, 300, 200), (5, 1030, 77), (6, 2304, 64), (1, 1, 1), (7, 13, 33), (13, 7, 1), (33, 33, 33), (1, 300, 200), (300, 1, 200),
           (37, 45, 29), (13, 33, 257), (100, 77, 300), (130, 200, 513), (25, 2100, 40),
           (64, 64, 64), (96, 128, 600), (3, 700, 50), (4, 33, 1000), (13, 4200, 40),
           (40, 70, 1700)]
@@ -109,6 +109,24 @@ def test_sgemm_vs_float64(isa, shape, trans_a, trans_b):
     rng = np.random.default_rng(hash((shape, trans_a, trans_b)) % 2**32)
     got, want, tol = run_sgemm(rng, *shape, trans_a=trans_a, trans_b=trans_b)
     assert_close(got, want, tol)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_few_rows_each_row_as_alone(isa, threads, trans_b, rng):
+    """M <= 8 (a decode step of up to 8 sequences) streams B once for all rows: each row
+    of C is bitwise the row a 1-row product gives, and 1 and 2 threads agree bitwise."""
+    M, N, K = 8, 1100, 300
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    outs = []
+    for nt in (1, 2):
+        _core.set_num_threads(nt)
+        outs.append(np.array(_core.matmul(a, b, bias=bias, trans_b=bool(trans_b))))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    for i in range(M):
+        np.testing.assert_array_equal(np.array(_core.matmul(a[i:i + 1], b, bias=bias,
+                                                            trans_b=bool(trans_b)))[0], outs[0][i])
 
 
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 1)])

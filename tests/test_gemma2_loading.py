@@ -195,3 +195,33 @@ def test_corrupt_and_unsupported_checkpoints_name_file_and_field(saved, tmp_path
     _edit_config(bad, rope_parameters=None, hidden_activation="gelu_quick")
     with pytest.raises(NotImplementedError, match=r"config\.json.*'hidden_activation'.*'gelu_quick'"):
         mi.HookedTransformer.from_pretrained(str(bad))
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_mistral_and_qwen2_sliding_windows_shorter_than_the_sequence(tmp_path, family):
+    """The same window rule on the Llama-shaped families: Mistral slides on every layer,
+    Qwen2 from max_window_layers on; logits as transformers' (window 5 < 16 positions)."""
+    T_ = transformers
+    small = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=96, vocab_size=97, max_position_embeddings=64, sliding_window=5)
+    cfg = (T_.MistralConfig(**small) if family == "mistral"
+           else T_.Qwen2Config(**small, use_sliding_window=True, max_window_layers=1))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = T_.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        with torch.no_grad():
+            for n, p in hf.named_parameters():
+                if "q_proj" in n or "k_proj" in n:
+                    p.mul_(15.0)           # peaked patterns: the window's cut shows in the logits
+        hf.save_pretrained(tmp_path / family)
+    m = mi.HookedTransformer.from_pretrained_no_processing(str(tmp_path / family))
+    want = ["local"] * 3 if family == "mistral" else ["global", "local", "local"]
+    assert m.cfg.use_local_attn and m.cfg.window_size == 5 and m.cfg.attn_types == want
+    toks = _tokens()
+    ref = _hf_logits(hf, toks)
+    assert _rel(ref, m(toks)) < TOL
+    full = mi.HookedTransformer(dict(m.cfg.to_dict(), use_local_attn=False, attn_types=None,
+                                     window_size=None))
+    full.load_state_dict(m.state_dict())
+    assert _rel(ref, full(toks)) > 1e-3      # without the window the logits differ

@@ -15,7 +15,6 @@ tokenizers = pytest.importorskip("tokenizers")
 
 import mechinterp_c  # noqa: E402
 from mechinterp_c import HookedTransformer, HookedTransformerConfig  # noqa: E402
-from mechinterp_c.generation import HookedTransformerKeyValueCache  # noqa: E402
 from mechinterp_c.transformers.modeling_gpt2 import GPT2LMHeadModel  # noqa: E402
 
 PROMPTS = ["the cat sat on", "hello", "a dog ran after the cat and"]
@@ -137,12 +136,17 @@ def test_tl_steering_hook_matches(tl_pair):
     plain = m.generate(PROMPTS, verbose=False, **kw)
     assert not np.array_equal(plain, ours), "the steering vector changed nothing"
     # add_hook: fires on every step too, and the hook is gone after reset_hooks
+    # (with the KV cache, TransformerLens's default, a step after the first runs one position)
     calls = []
     m.add_hook("blocks.0.hook_resid_pre", lambda x, hook: calls.append(x.shape[1]))
     m.generate(PROMPTS[0], max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False)
+    m.generate(PROMPTS[0], max_new_tokens=4, do_sample=False, stop_at_eos=False, verbose=False,
+               use_past_kv_cache=False)
     m.reset_hooks()
     n0 = m.to_tokens(PROMPTS[0]).shape[1]
-    assert calls == [n0, n0 + 1, n0 + 2, n0 + 3]
+    assert calls == [n0, 1, 1, 1] + [n0, n0 + 1, n0 + 2, n0 + 3]
+    m.generate(PROMPTS[0], max_new_tokens=2, do_sample=False, stop_at_eos=False, verbose=False)
+    assert len(calls) == 8
 
 
 def test_tl_sampling_seeded_and_top_k1_is_greedy(tl_pair):
@@ -179,14 +183,6 @@ def test_tl_generate_stream(tl_pair):
     # TL counts the prompt in the first chunk: it comes out as soon as one token is added
     assert [c.shape[1] for c in chunks] == [T + 1, 4, 4]
     np.testing.assert_array_equal(np.concatenate(chunks, 1), full)
-
-
-def test_tl_kv_cache_object_refused(tl_pair):
-    tm, m = tl_pair
-    with pytest.raises(NotImplementedError, match="key/value cache"):
-        HookedTransformerKeyValueCache.init_cache(m.cfg, "cpu", 1)
-    with pytest.raises(NotImplementedError, match="past_kv_cache"):
-        m(m.to_tokens("hello"), past_kv_cache=object())
 
 
 def test_tl_bad_input_clear_errors_model_usable(tl_pair):
@@ -247,11 +243,13 @@ def _hf_generate(hf, ids, mask=None, **kw):
         return hf.generate(torch.tensor(ids), **extra, **kw).numpy()
 
 
-def test_hf_greedy_batch1_and_left_padded(hf_pair, tok):
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_hf_greedy_batch1_and_left_padded(hf_pair, tok, use_cache):
+    """transformers generates with its KV cache on (its default) in both cases."""
     hf, m = hf_pair
     kw = dict(max_new_tokens=12, do_sample=False)
     ids = np.array([tok.encode(PROMPTS[2])])
-    np.testing.assert_array_equal(m.generate(ids, **kw), _hf_generate(hf, ids, **kw))
+    np.testing.assert_array_equal(m.generate(ids, use_cache=use_cache, **kw), _hf_generate(hf, ids, **kw))
     tok.padding_side = "left"
     try:
         enc = tok(PROMPTS, padding=True, return_tensors="np")
@@ -259,11 +257,11 @@ def test_hf_greedy_batch1_and_left_padded(hf_pair, tok):
         tok.padding_side = "right"
     ids, mask = enc["input_ids"], enc["attention_mask"]
     assert (mask == 0).any()
-    ours = m.generate(ids, attention_mask=mask, **kw)
+    ours = m.generate(ids, attention_mask=mask, use_cache=use_cache, **kw)
     np.testing.assert_array_equal(ours, _hf_generate(hf, ids, mask, **kw))
     # positions from the mask: each padded row continues as its prompt alone
     for i, p in enumerate(PROMPTS):
-        alone = m.generate(np.array([tok.encode(p)]), **kw)
+        alone = m.generate(np.array([tok.encode(p)]), use_cache=use_cache, **kw)
         np.testing.assert_array_equal(ours[i, -12:], alone[0, -12:])
 
 

@@ -43,7 +43,7 @@ def test_every_cached_activation_has_its_table_axes(overrides):
     _, cache = m.run_with_cache(np.random.default_rng(0).integers(0, 50, (B, T)))
     c = m.cfg
     head_in = c.use_split_qkv_input or c.use_attn_in
-    extent = {"batch": B, "pos": T, "d_model": c.d_model, "n_heads": c.n_heads, "d_head": c.d_head,
+    extent = {"batch": B, "pos": T, "key_pos": T, "d_model": c.d_model, "n_heads": c.n_heads, "d_head": c.d_head,
               "d_mlp": c.d_mlp, "d_vocab_out": c.d_vocab_out, "1": 1, "n_heads?": c.n_heads,
               "n_key_value_heads": c.n_key_value_heads or c.n_heads}
     rows = _rows()
@@ -113,7 +113,7 @@ def test_oversized_arena_raises_and_the_model_stays_usable():
     tall = HookedTransformer(dict(n_layers=1, d_model=8, n_heads=1, d_head=1, n_ctx=2**16, d_vocab=50,
                                   attn_only=True))
     with pytest.raises(ValueError, match=r"activation buffer SCORES: "
-                                         r"batch \* n_heads \* pos \* pos \(1073741824 \* 1 \* 65536 "
+                                         r"batch \* n_heads \* pos \* key_pos \(1073741824 \* 1 \* 65536 "
                                          r"\* 65536\) overflows"):
         tall._core.arena_bytes(2**30, 2**16, bytes(tall._core.n_points))
     assert tall(tokens).shape == (1, 3, 50)

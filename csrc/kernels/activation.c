@@ -103,6 +103,11 @@ static void silu_backward_ref(const float *x, const float *dy, float *dx, int64_
     }
 }
 
+static void softcap_ref(float cap, const float *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = cap * tanhf(x[i] / cap);
+}
+
 static const mi_activation_kernels activation_ref = {
     .forward = {
         [MI_ACT_RELU] = relu_ref, [MI_ACT_GELU] = gelu_ref,
@@ -112,6 +117,7 @@ static const mi_activation_kernels activation_ref = {
         [MI_ACT_RELU] = relu_backward_ref, [MI_ACT_GELU] = gelu_backward_ref,
         [MI_ACT_GELU_TANH] = gelu_tanh_backward_ref, [MI_ACT_SILU] = silu_backward_ref,
     },
+    .softcap = softcap_ref,
 };
 
 /* The kernels of the ISA in use. */
@@ -135,6 +141,21 @@ void mi_activate(mi_activation act, const float *x, float *y, int64_t n)
         int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
         fn(x + i0, y + i0, len);
     }
+}
+
+void mi_softcap(float cap, const float *x, float *y, int64_t n)
+{
+    const int64_t nchunk = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(static) if (n > PARALLEL_MIN) num_threads(mi_get_num_threads())
+    for (int64_t c = 0; c < nchunk; c++) {
+        int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
+        mi_softcap_span(cap, x + i0, y + i0, len);
+    }
+}
+
+void mi_softcap_span(float cap, const float *x, float *y, int64_t n)
+{
+    if (n > 0) kernels()->softcap(cap, x, y, n);
 }
 
 void mi_gelu(const float *x, float *y, int64_t n) { mi_activate(MI_ACT_GELU, x, y, n); }

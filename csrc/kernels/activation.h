@@ -4,6 +4,7 @@
  *   gelu_tanh  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))      ("gelu_new", HF GPT-2)
  *   relu       max(x, 0)  (NaN stays NaN)
  *   silu       x / (1 + exp(-x))
+ *   softcap    cap tanh(x / cap)  (Gemma 2's soft-capping of scores and logits, cap > 0)
  */
 #ifndef MI_ACTIVATION_H
 #define MI_ACTIVATION_H
@@ -21,6 +22,13 @@ void mi_relu(const float *x, float *y, int64_t n);
 void mi_silu(const float *x, float *y, int64_t n);
 /* Dispatch on the enum. */
 void mi_activate(mi_activation act, const float *x, float *y, int64_t n);
+
+/* y = cap * tanh(x / cap), cap > 0; y may alias x. mi_softcap splits n into
+ * chunks run in parallel; mi_softcap_span runs on the calling thread (for
+ * callers already inside a parallel region). Elementwise: the split changes
+ * no bit. */
+void mi_softcap(float cap, const float *x, float *y, int64_t n);
+void mi_softcap_span(float cap, const float *x, float *y, int64_t n);
 
 /* Backward (training): dx += dy * act'(x) over n elements (ACCUMULATES).
  * x is the activation's input (hook_pre), not its output. dx must not alias

@@ -187,6 +187,29 @@ static void gelu_backward_span(const float *x, const float *dy, float *dx, int64
     }
 }
 
+/* --- softcap --------------------------------------------------------------
+ * y = cap tanh(t), t = x / cap (divided, as the reference), tanh as Cephes
+ * tanhf: |t| < 0.625: t + t^3 P(t^2) (no cancellation near 0); else
+ * sign(t) (1 - 2 / (exp(2|t|) + 1)), exp's overflow to inf giving exactly +-1.
+ * NaN stays NaN (the second branch). */
+static void softcap_span(float cap, const float *x, float *y, int64_t n)
+{
+    const mi_vf c = vf_set1(cap), one = vf_set1(1.0f), two = vf_set1(2.0f),
+                small = vf_set1(0.625f), zero = vf_zero();
+    for (int64_t i = 0; i < n; i += MI_VW) {
+        mi_vf t = vf_div(vf_load_n(x + i, n - i), c);
+        mi_vf a = vf_abs(t), z = vf_mul(t, t);
+        mi_vf p = vf_fma(vf_set1(-5.70498872745e-3f), z, vf_set1(2.06390887954e-2f));
+        p = vf_fma(p, z, vf_set1(-5.37397155531e-2f));
+        p = vf_fma(p, z, vf_set1(1.33314422036e-1f));
+        p = vf_fma(p, z, vf_set1(-3.33332819422e-1f));
+        mi_vf near = vf_fma(vf_mul(t, z), p, t);
+        mi_vf far = vf_sub(one, vf_div(two, vf_add(vf_exp(vf_mul(two, a)), one)));
+        far = vf_sel(vf_lt(t, zero), vf_sub(zero, far), far);
+        vf_store_n(y + i, vf_mul(c, vf_sel(vf_lt(a, small), near, far)), n - i);
+    }
+}
+
 const mi_activation_kernels MI_SIMD_NAME(mi_activation_kernels) = {
     .forward = {
         [MI_ACT_RELU] = relu_span, [MI_ACT_GELU] = gelu_span,
@@ -196,4 +219,5 @@ const mi_activation_kernels MI_SIMD_NAME(mi_activation_kernels) = {
         [MI_ACT_RELU] = relu_backward_span, [MI_ACT_GELU] = gelu_backward_span,
         [MI_ACT_GELU_TANH] = gelu_tanh_backward_span, [MI_ACT_SILU] = silu_backward_span,
     },
+    .softcap = softcap_span,
 };

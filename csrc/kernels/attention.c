@@ -7,6 +7,7 @@
 
 #include "common/memory.h"
 #include "common/threads.h"
+#include "kernels/activation.h"
 #include "kernels/attention_kernels.h"
 #include "kernels/cpu.h"
 #include "kernels/gemm.h"
@@ -84,10 +85,7 @@ static void scores_block(const mi_attn_layout *L, const float *qb, const float *
         float *si = s + (i - i0) * Tk;
         if (!kt)
             for (int64_t j = 0; j < ncol; j++) si[j] *= scale;
-        if (L->softcap > 0.0f) {
-            const float cap = L->softcap;
-            for (int64_t j = 0; j < ncol; j++) si[j] = cap * tanhf(si[j] / cap);
-        }
+        if (L->softcap > 0.0f) mi_softcap_span(L->softcap, si, si, ncol);
         for (int64_t j = 0, j1 = mi_attn_first(L, i); j < j1 && j < ncol; j++) si[j] = -INFINITY;
         if (km)
             for (int64_t j = 0; j < ncol; j++)

@@ -5,7 +5,7 @@
  * ISA, never on threads):
  *   K = 0                   C = beta*C + bias
  *   M*N*K < SMALL_MNK       direct triple loop (packing would dominate)
- *   M <= FEW_ROWS           stream B once per row (one token, a GEMV)
+ *   M <= FEW_ROWS (8)       stream B once for all rows (decode steps: GEMV-like)
  *   otherwise               the blocked product below
  *
  * Loops (one ISA's mr, nr, mc, kc, nc from its mi_gemm_arch):
@@ -251,46 +251,123 @@ static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
         }
 }
 
-/* A few rows of C (M <= FEW_ROWS, e.g. one token): the packed kernel would
- * waste most of its mr-row tile and pack all of B for one use, so stream B
- * once instead. Threads split N into column chunks (independent outputs).
- * Sum orders: trans_b = 0 accumulates each element in p order (the ISA's
- * axpy: FMA on AVX2/AVX-512); trans_b = 1 keeps 8 partial sums (p mod 8)
- * combined in a fixed tree, so the compiler can vectorise the dot product
- * without changing its result. */
-#define FEW_ROWS 4
+/* A few rows of C (M <= FEW_ROWS: one token of each of up to 8 sequences, a
+ * decode step): the packed kernel would waste most of its mr-row tile and
+ * pack all of B for one use, so stream B once instead, each element of B read
+ * from memory once for all M rows (then from cache). Either way row i of C is
+ * bitwise the same whatever M is (a batch of one token each gives each
+ * sequence what it alone gets), and the thread count never changes a bit.
+ *
+ * trans_b = 0 (B stored [K, N], read in row order): K is cut into fixed blocks
+ * of FEW_KB rows, each a contiguous stretch of B that one task streams; a block
+ * accumulates its partial sums in p order (the ISA's axpy, FMA on AVX2/AVX-512,
+ * four p steps at a time for all M rows: axpy4), column strips of the block at a
+ * time so the partials stay in L1; then C sums the blocks' partials in block
+ * order. The block size is fixed, so the sum order depends on K only. Tasks
+ * are (block, column range) pairs, enough for every thread.
+ * trans_b = 1 (B stored [N, K]: rows of B are contiguous): threads split N;
+ * each row of B is dotted with all M rows of A in turn while it is in L1,
+ * keeping 8 partial sums (p mod 8) combined in a fixed tree, so the compiler
+ * can vectorise the dot product without changing its result. */
+#define FEW_ROWS 8
 #define FEW_CHUNK 256
+#define FEW_KB 128
+#define FEW_STRIP 4096   /* floats of partial sums per strip (16 KiB) */
+
+static void few_rows_nn(const mi_gemm_arch *ar, int trans_a, int64_t M, int64_t N, int64_t K,
+                        const float *A, int64_t lda, const float *B, int64_t ldb,
+                        const float *bias, float beta, float *C, int64_t ldc, int nt)
+{
+    const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
+    const int64_t nkb = (K + FEW_KB - 1) / FEW_KB;
+    /* strips of columns: partials of one strip (M rows) fit FEW_STRIP floats */
+    int64_t strip = FEW_STRIP / M / 16 * 16;
+    if (strip > N) strip = N;
+    int64_t ncol = (N + strip - 1) / strip;
+    if (nkb * ncol < nt) {   /* too few tasks for the threads: narrower strips */
+        ncol = (nt + nkb - 1) / nkb;
+        strip = ((N + ncol - 1) / ncol + 15) / 16 * 16;
+        ncol = (N + strip - 1) / strip;
+    }
+    float *part = scratch((size_t)(nkb * M * N));
+    if (!part) {
+        mi_sgemm_ref(trans_a, 0, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
+        return;
+    }
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t task = 0; task < nkb * ncol; task++) {
+            const int64_t kb = task / ncol, j0 = task % ncol * strip;
+            const int64_t n = N - j0 < strip ? N - j0 : strip;
+            const int64_t p0 = kb * FEW_KB, p1 = p0 + FEW_KB < K ? p0 + FEW_KB : K;
+            float *acc = part + kb * M * N + j0;   /* row i at acc + i * N */
+            for (int64_t i = 0; i < M; i++) memset(acc + i * N, 0, sizeof(float) * (size_t)n);
+            for (int64_t p = p0; p < p1; p += 4) {
+                const int q = p1 - p < 4 ? (int)(p1 - p) : 4;
+                const float *b = B + p * ldb + j0;
+                if (ar->axpy4) {
+                    ar->axpy4(n, (int)M, q, A + p * sa_p, sa_i, sa_p, b, ldb, acc, N);
+                    continue;
+                }
+                for (int s = 0; s < q; s++)
+                    for (int64_t i = 0; i < M; i++)
+                        ar->axpy(n, A[i * sa_i + (p + s) * sa_p], b + s * ldb, acc + i * N);
+            }
+        }
+        /* C = the blocks' partials summed in block order (+ C, + bias) */
+        #pragma omp for schedule(static)
+        for (int64_t j0 = 0; j0 < N; j0 += FEW_CHUNK) {
+            const int64_t n = N - j0 < FEW_CHUNK ? N - j0 : FEW_CHUNK;
+            for (int64_t i = 0; i < M; i++) {
+                float *c = C + i * ldc + j0;
+                for (int64_t j = 0; j < n; j++) {
+                    float v = part[i * N + j0 + j];
+                    for (int64_t kb = 1; kb < nkb; kb++) v += part[(kb * M + i) * N + j0 + j];
+                    v = beta != 0.0f ? c[j] + v : v;
+                    c[j] = bias ? v + bias[j0 + j] : v;
+                }
+            }
+        }
+    }
+}
 
 static void few_rows(const mi_gemm_arch *ar, int trans_a, int trans_b,
                      int64_t M, int64_t N, int64_t K,
                      const float *A, int64_t lda, const float *B, int64_t ldb,
                      const float *bias, float beta, float *C, int64_t ldc, int nt)
 {
+    if (!trans_b) {
+        few_rows_nn(ar, trans_a, M, N, K, A, lda, B, ldb, bias, beta, C, ldc, nt);
+        return;
+    }
     const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
+    int64_t chunks = (N + FEW_CHUNK - 1) / FEW_CHUNK;
+    if (chunks % nt) chunks += nt - chunks % nt;
+    int64_t width = (N + chunks - 1) / chunks;
+    width = (width + 15) / 16 * 16;
+    if (width > FEW_CHUNK) width = FEW_CHUNK;
     #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t j0 = 0; j0 < N; j0 += FEW_CHUNK) {
-        const int n = N - j0 < FEW_CHUNK ? (int)(N - j0) : FEW_CHUNK;
-        float acc[FEW_CHUNK];
-        for (int64_t i = 0; i < M; i++) {
-            const float *a = A + i * sa_i;
-            if (!trans_b) {
-                for (int j = 0; j < n; j++) acc[j] = 0.0f;
-                for (int64_t p = 0; p < K; p++) ar->axpy(n, a[p * sa_p], B + p * ldb + j0, acc);
-            } else {
-                for (int j = 0; j < n; j++) {
-                    const float *b = B + (j0 + j) * ldb;
-                    float part[8] = {0};
-                    int64_t p = 0;
-                    for (; p + 8 <= K; p += 8)
-                        for (int l = 0; l < 8; l++) part[l] += a[(p + l) * sa_p] * b[p + l];
-                    for (int l = 0; p < K; p++, l++) part[l] += a[p * sa_p] * b[p];
-                    acc[j] = ((part[0] + part[4]) + (part[1] + part[5]))
-                           + ((part[2] + part[6]) + (part[3] + part[7]));
-                }
+    for (int64_t j0 = 0; j0 < N; j0 += width) {
+        const int n = N - j0 < width ? (int)(N - j0) : (int)width;
+        float acc[FEW_ROWS][FEW_CHUNK];
+        for (int j = 0; j < n; j++) {
+            const float *b = B + (j0 + j) * ldb;
+            for (int64_t i = 0; i < M; i++) {
+                const float *a = A + i * sa_i;
+                float part[8] = {0};
+                int64_t p = 0;
+                for (; p + 8 <= K; p += 8)
+                    for (int l = 0; l < 8; l++) part[l] += a[(p + l) * sa_p] * b[p + l];
+                for (int l = 0; p < K; p++, l++) part[l] += a[p * sa_p] * b[p];
+                acc[i][j] = ((part[0] + part[4]) + (part[1] + part[5]))
+                          + ((part[2] + part[6]) + (part[3] + part[7]));
             }
+        }
+        for (int64_t i = 0; i < M; i++) {
             float *c = C + i * ldc + j0;
             for (int j = 0; j < n; j++) {
-                float v = beta != 0.0f ? c[j] + acc[j] : acc[j];
+                float v = beta != 0.0f ? c[j] + acc[i][j] : acc[i][j];
                 c[j] = bias ? v + bias[j0 + j] : v;
             }
         }

@@ -128,6 +128,73 @@ static void axpy_avx512(int64_t n, float a, const float *x, float *y)
     }
 }
 
+/* Four axpy steps on up to 8 rows at once (gemm_kernels.h: mi_gemm_axpy4):
+ * each 16-column vector of B's q rows is loaded once and each row's
+ * accumulator is loaded and stored once per q steps, with the q FMAs in step
+ * order, so every element rounds exactly as q axpy calls would. One function
+ * per row count (4 steps, broadcasts in registers); q < 4 (the last steps of
+ * a K block) takes the generic loop. */
+#define AXPY4_ROWS(MM)                                                                       \
+    static void axpy4_##MM(int64_t n, const float *a, int64_t sa_i, int64_t sa_p,          \
+                           const float *x, int64_t ldx, float *y, int64_t ldy)             \
+    {                                                                                      \
+        float va[MM][4]; /* read as embedded broadcasts: no registers held */             \
+        for (int r = 0; r < MM; r++)                                                       \
+            for (int s = 0; s < 4; s++) va[r][s] = a[r * sa_i + s * sa_p];                 \
+        int64_t j = 0;                                                                     \
+        for (; j + 16 <= n; j += 16) {                                                     \
+            const __m512 x0 = _mm512_loadu_ps(x + j), x1 = _mm512_loadu_ps(x + ldx + j);   \
+            const __m512 x2 = _mm512_loadu_ps(x + 2 * ldx + j);                            \
+            const __m512 x3 = _mm512_loadu_ps(x + 3 * ldx + j);                            \
+            for (int r = 0; r < MM; r++) {                                                 \
+                __m512 acc = _mm512_loadu_ps(y + r * ldy + j);                             \
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(va[r][0]), x0, acc); \
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(va[r][1]), x1, acc); \
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(va[r][2]), x2, acc); \
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(va[r][3]), x3, acc); \
+                _mm512_storeu_ps(y + r * ldy + j, acc);                                    \
+            }                                                                              \
+        }                                                                                  \
+        if (j < n) axpy4_any(n - j, MM, 4, a, sa_i, sa_p, x + j, ldx, y + j, ldy);         \
+    }
+
+static void axpy4_any(int64_t n, int m, int q, const float *a, int64_t sa_i, int64_t sa_p,
+                      const float *x, int64_t ldx, float *y, int64_t ldy)
+{
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 xv[4];
+        for (int s = 0; s < q; s++) xv[s] = _mm512_maskz_loadu_ps(k, x + s * ldx + j);
+        for (int r = 0; r < m; r++) {
+            __m512 acc = _mm512_maskz_loadu_ps(k, y + r * ldy + j);
+            for (int s = 0; s < q; s++)
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(a[r * sa_i + s * sa_p]), xv[s], acc);
+            _mm512_mask_storeu_ps(y + r * ldy + j, k, acc);
+        }
+    }
+}
+
+AXPY4_ROWS(1)
+AXPY4_ROWS(2)
+AXPY4_ROWS(3)
+AXPY4_ROWS(4)
+AXPY4_ROWS(5)
+AXPY4_ROWS(6)
+AXPY4_ROWS(7)
+AXPY4_ROWS(8)
+#undef AXPY4_ROWS
+
+static void axpy4_avx512(int64_t n, int m, int q, const float *a, int64_t sa_i, int64_t sa_p,
+                         const float *x, int64_t ldx, float *y, int64_t ldy)
+{
+    typedef void (*rows_fn)(int64_t, const float *, int64_t, int64_t, const float *, int64_t,
+                            float *, int64_t);
+    static const rows_fn by_rows[9] = {NULL, axpy4_1, axpy4_2, axpy4_3, axpy4_4,
+                                       axpy4_5, axpy4_6, axpy4_7, axpy4_8};
+    if (q == 4 && m >= 1 && m <= 8) by_rows[m](n, a, sa_i, sa_p, x, ldx, y, ldy);
+    else axpy4_any(n, m, q, a, sa_i, sa_p, x, ldx, y, ldy);
+}
+
 /* kc 768: GPT-2's K = 768 products (qkv, W_O, W_in, the unembedding) run in
  * one K block, so C is written once instead of read and written three times;
  * A block 192 x 768 (576 KiB) and a B micro-panel (96 KiB) still fit the 1 MiB
@@ -135,4 +202,5 @@ static void axpy_avx512(int64_t n, float a, const float *x, float *y)
 const mi_gemm_arch mi_gemm_arch_avx512 = {
     .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 768, .nc = 4096,
     .ukr = ukr_avx512_12x32, .ukr_part = ukr_avx512_part, .part_rows = 8, .axpy = axpy_avx512,
+    .axpy4 = axpy4_avx512,
 };

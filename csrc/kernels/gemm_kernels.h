@@ -39,6 +39,13 @@ typedef void (*mi_gemm_ukr_part)(int64_t kc, int rows, const float *Ap, const fl
  * (FMA where the ISA has it): the few-rows path (one token) streams B with it. */
 typedef void (*mi_gemm_axpy)(int64_t n, float a, const float *x, float *y);
 
+/* for r < m (<= 8), s < q (<= 4) in order: y[r*ldy + j] += a[r*sa_i + s*sa_p] *
+ * x[s*ldx + j], j < n: q axpy steps on m rows, each element rounding exactly as
+ * q calls of the ISA's axpy would (optional: the few-rows path otherwise calls
+ * axpy m*q times). */
+typedef void (*mi_gemm_axpy4)(int64_t n, int m, int q, const float *a, int64_t sa_i, int64_t sa_p,
+                              const float *x, int64_t ldx, float *y, int64_t ldy);
+
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile of the micro-kernel */
@@ -47,6 +54,7 @@ typedef struct {
     mi_gemm_ukr_part ukr_part;   /* NULL, or the kernel for partial panels of up to part_rows rows */
     int part_rows;
     mi_gemm_axpy axpy;
+    mi_gemm_axpy4 axpy4;   /* NULL: axpy m*q times */
 } mi_gemm_arch;
 
 extern const mi_gemm_arch mi_gemm_arch_avx512;   /* 12 x 32, AVX-512F + FMA */

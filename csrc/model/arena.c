@@ -21,14 +21,15 @@ const unsigned char mi_shape_axes[N_SHAPES][5] = {MI_SHAPES(SHAPE_AXES)};
 const char *const mi_dim_names[N_DIMS] = {MI_DIMS(DIM_NAME)};
 #undef DIM_NAME
 
-/* Extent of axis `dim` for a [B, T] call; -1: the axis is dropped. */
-static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T)
+/* Extent of axis `dim` for a [B, T] call over Tk keys; -1: the axis is dropped. */
+static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T, int64_t Tk)
 {
     switch (dim) {
     case DIM_ONE: return 1;
     case DIM_THREE: return 3;
     case DIM_BATCH: return B;
     case DIM_POS: return T;
+    case DIM_KPOS: return Tk;
     case DIM_D: return s->d_model;
     case DIM_H: return s->n_heads;
     case DIM_KVH: return mi_tf_kv_heads(s);
@@ -44,12 +45,12 @@ static int64_t extent(const mi_tf_spec *s, int dim, int64_t B, int64_t T)
 }
 
 mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B, int64_t T,
-                      const char *what, int64_t dims[5], int *ndim, size_t *numel)
+                      int64_t Tk, const char *what, int64_t dims[5], int *ndim, size_t *numel)
 {
     size_t n = 1;
     int nd = 0, wrapped = 0;
     for (int a = 0; a < 5 && axes[a] != DIM_NONE; a++) {
-        int64_t e = extent(s, axes[a], B, T);
+        int64_t e = extent(s, axes[a], B, T, Tk);
         if (e < 0) continue;
         dims[nd++] = e;
         wrapped |= __builtin_mul_overflow(n, (size_t)e, &n);
@@ -60,7 +61,7 @@ mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B,
     char expr[160], vals[160];
     int ne = 0, nv = 0;
     for (int a = 0, k = 0; a < 5 && axes[a] != DIM_NONE; a++) {
-        if (extent(s, axes[a], B, T) < 0) continue;
+        if (extent(s, axes[a], B, T, Tk) < 0) continue;
         ne += snprintf(expr + ne, sizeof expr - (size_t)ne, "%s%s", k ? " * " : "", mi_dim_names[axes[a]]);
         nv += snprintf(vals + nv, sizeof vals - (size_t)nv, "%s%lld", k ? " * " : "", (long long)dims[k]);
         k++;
@@ -69,11 +70,11 @@ mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B,
                    MAX_FLOATS);
 }
 
-int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t dims[5])
+int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t Tk, int64_t dims[5])
 {
     int nd = 0;
     for (int a = 0; a < 5 && mi_shape_axes[sh][a] != DIM_NONE; a++) {
-        int64_t e = extent(s, mi_shape_axes[sh][a], B, T);
+        int64_t e = extent(s, mi_shape_axes[sh][a], B, T, Tk);
         if (e >= 0) dims[nd++] = e;
     }
     return nd;
@@ -98,14 +99,14 @@ static int point_buf(const mi_tf_spec *s, int p)
 /* Floats of each of the n buffer kinds `rows` for a [B, T] call into out (0:
  * the spec has no such buffer); fails naming the buffer when a size overflows. */
 static mi_status kind_floats(const mi_tf_spec *s, unsigned feat, const buf_row *rows, int n,
-                             int64_t B, int64_t T, size_t *out)
+                             int64_t B, int64_t T, int64_t Tk, size_t *out)
 {
     for (int k = 0; k < n; k++) {
         int64_t dims[5];
         int nd;
         out[k] = 0;
         if (mi_tf_applies(rows[k].needed, feat))
-            MI_TRY(mi_tf_numel(s, mi_shape_axes[rows[k].shape], B, T, rows[k].name, dims, &nd, &out[k]));
+            MI_TRY(mi_tf_numel(s, mi_shape_axes[rows[k].shape], B, T, Tk, rows[k].name, dims, &nd, &out[k]));
     }
     return MI_OK;
 }
@@ -121,6 +122,13 @@ static int grow(size_t *cur, size_t n)
 mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int start_layer, int stop_layer,
                           const uint8_t *flags, mi_tf_plan *plan)
 {
+    return mi_tf_plan_call_kv(m, B, T, 0, start_layer, stop_layer, flags, plan);
+}
+
+mi_status mi_tf_plan_call_kv(const mi_transformer *m, int64_t B, int64_t T, int64_t n_past,
+                             int start_layer, int stop_layer, const uint8_t *flags,
+                             mi_tf_plan *plan)
+{
     const mi_tf_spec *s = &m->spec;
     memset(plan, 0, sizeof *plan);
     if (B <= 0 || T <= 0)
@@ -129,6 +137,9 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     if (T > s->n_ctx)
         return mi_fail(MI_ERR_VALUE, "tokens: sequence length %ld exceeds n_ctx %ld",
                        (long)T, (long)s->n_ctx);
+    if (n_past < 0 || n_past > INT64_MAX - T)
+        return mi_fail(MI_ERR_VALUE, "cached positions: %lld is not a valid count", (long long)n_past);
+    const int64_t Tk = T + n_past;
     if (stop_layer < 0 || stop_layer > s->n_layers)
         return mi_fail(MI_ERR_VALUE, "stop_at_layer: %d is outside [0, n_layers=%ld]",
                        stop_layer, (long)s->n_layers);
@@ -139,6 +150,7 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     int nb = n_bufs(s), np = mi_tf_n_points(s);
     plan->batch = B;
     plan->seq = T;
+    plan->past = n_past;
     plan->start_layer = start_layer;
     plan->stop_layer = stop_layer;
     plan->n_bufs = nb;
@@ -154,10 +166,10 @@ mi_status mi_tf_plan_call(const mi_transformer *m, int64_t B, int64_t T, int sta
     int full = stop_layer == s->n_layers;
     size_t resid_floats, start_floats[NBS], layer_floats[NB], final_floats[NBF];
     const buf_row resid_row = {"activation buffer resid", SH_RESID, 0, 0};
-    mi_status st = kind_floats(s, feat, &resid_row, 1, B, T, &resid_floats);
-    if (st == MI_OK && start_layer < 0) st = kind_floats(s, feat, mi_start_bufs, NBS, B, T, start_floats);
-    if (st == MI_OK && first < stop_layer) st = kind_floats(s, feat, mi_layer_bufs, NB, B, T, layer_floats);
-    if (st == MI_OK && full) st = kind_floats(s, feat, mi_final_bufs, NBF, B, T, final_floats);
+    mi_status st = kind_floats(s, feat, &resid_row, 1, B, T, Tk, &resid_floats);
+    if (st == MI_OK && start_layer < 0) st = kind_floats(s, feat, mi_start_bufs, NBS, B, T, Tk, start_floats);
+    if (st == MI_OK && first < stop_layer) st = kind_floats(s, feat, mi_layer_bufs, NB, B, T, Tk, layer_floats);
+    if (st == MI_OK && full) st = kind_floats(s, feat, mi_final_bufs, NBF, B, T, Tk, final_floats);
     if (st != MI_OK) {
         free(kept); free(sizes); mi_tf_plan_free(plan);
         return st;
@@ -264,7 +276,7 @@ int mi_tf_point_view(const mi_transformer *m, const mi_tf_plan *plan, float *are
     if (!data) return 0;
     int64_t dims[5];
     v->data = data;
-    v->ndim = mi_tf_shape(s, r->shape, plan->batch, plan->seq, dims);
+    v->ndim = mi_tf_shape(s, r->shape, plan->batch, plan->seq, plan->seq + plan->past, dims);
     int64_t st = 1;
     for (int i = v->ndim - 1; i >= 0; i--) {   /* hook views have at most four axes */
         v->shape[i] = dims[i];

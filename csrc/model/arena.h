@@ -71,15 +71,15 @@ const point_row *mi_tf_point_row(const mi_tf_spec *s, int p, int *scope, int *la
 /* The axes (DIM_*) of each shape, DIM_NONE-padded, and the axis names. */
 extern const unsigned char mi_shape_axes[N_SHAPES][5];
 extern const char *const mi_dim_names[N_DIMS];
-/* The extent of each axis of shape `sh` for a [B, T] call into dims; returns
- * ndim. */
-int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t dims[5]);
+/* The extent of each axis of shape `sh` for a [B, T] call over Tk keys (T, or
+ * cached + new positions with a KV cache) into dims; returns ndim. */
+int mi_tf_shape(const mi_tf_spec *s, int sh, int64_t B, int64_t T, int64_t Tk, int64_t dims[5]);
 
 /* The number of elements of a tensor with these axes (DIM_*, DIM_NONE-ended,
  * at most five; dropped axes skipped) into numel, its extents into dims;
  * fails naming `what` and the axes when the product exceeds MAX_FLOATS. */
 mi_status mi_tf_numel(const mi_tf_spec *s, const unsigned char *axes, int64_t B, int64_t T,
-                      const char *what, int64_t dims[5], int *ndim, size_t *numel);
+                      int64_t Tk, const char *what, int64_t dims[5], int *ndim, size_t *numel);
 
 /* Buffer slots: the start buffers, then resid[i] (i in [0, L]: resid_pre of
  * layer i = resid_post of layer i-1, one tensor as in TransformerLens), then

@@ -54,6 +54,7 @@ enum {
     X(THREE, "3")          /* q, k, v */                                      \
     X(BATCH, "batch")                                                         \
     X(POS, "pos")                                                             \
+    X(KPOS, "key_pos")     /* pos, or cached + new positions with a KV cache */ \
     X(D, "d_model")                                                           \
     X(H, "n_heads")                                                           \
     X(KVH, "n_key_value_heads")                                               \
@@ -82,7 +83,7 @@ enum {
     X(V,        BATCH, POS, KVH,     DH,   NONE) \
     X(HEADS,    BATCH, POS, H,       DH,   NONE) \
     X(KV_HEADS, BATCH, POS, KVH,     DH,   NONE) \
-    X(ATTN,     BATCH, H,   POS,     POS,  NONE) \
+    X(ATTN,     BATCH, H,   POS,     KPOS, NONE) \
     X(RESULT,   BATCH, POS, H,       D,    NONE) \
     X(MLP,      BATCH, POS, M,       NONE, NONE) \
     X(LOGITS,   BATCH, POS, VO,      NONE, NONE)

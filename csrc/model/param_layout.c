@@ -47,7 +47,7 @@ static mi_status add_param(mi_transformer *m, int capacity, size_t *cursor, cons
     mi_tf_param *p = &m->table[m->n_table];
     int64_t dims[5];
     size_t n;
-    MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, name, dims, &p->ndim, &n));
+    MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, 0, name, dims, &p->ndim, &n));
     p->bf16 = bf16 && m->spec.bf16_weights;
     if (p->bf16) n = n / 2 + n % 2;   /* two bfloat16 per float of the blob */
     if (align_floats(n) > MAX_FLOATS - *cursor)

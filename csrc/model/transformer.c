@@ -9,6 +9,7 @@
  */
 #include "model/transformer.h"
 #include "model/arena.h"
+#include "model/kv_cache.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -71,6 +72,7 @@ struct run_state {
     fwd_profile *prof;   /* MI_PROFILE step times of this pass, or NULL */
     const int64_t *pos_ids;          /* [B,T] or NULL (t): rotary positions */
     float *rope_cos, *rope_sin;      /* rotary tables [n_pos, rotary_dim] of this pass */
+    mi_kv_cache *kv;     /* the key/value cache the layers append to and attend over, or NULL */
 };
 
 static inline void prof_start(run_state *r)
@@ -264,6 +266,9 @@ static mi_status attention_step(run_state *r, int l, const float *x, const float
         lay.q = (mi_attn_stride){T * H * Dh, H * Dh, Dh};
         lay.k = (mi_attn_stride){T * Hkv * Dh, Hkv * Dh, Dh};
     }
+    /* with a KV cache: store the new keys (rotated) and values, after their
+     * hooks, and attend over the cached + new ones, queries at key positions past.. */
+    if (r->kv) mi_kv_append(r->kv, l, pl->past, &lay, &k, &v);
     prof_start(r);
     if (attn_fusable(r->flags, p0)) {
         /* no hook between the steps: one pass, scores/pattern kept only if cached */
@@ -275,7 +280,7 @@ static mi_status attention_step(run_state *r, int l, const float *x, const float
         MI_TRY(mi_attn_scores(&lay, q, k, 1.0f / s->attn_scale, s->causal, key_mask, scores));
         prof_stop(r, PR_SCORES);
         MI_TRY(fire(r, p0 + MI_P_SCORES));
-        mi_softmax_rows(scores, pattern, B * H * T, T);
+        mi_softmax_rows(scores, pattern, B * H * T, lay.k_len);
         prof_stop(r, PR_SOFTMAX);
         MI_TRY(fire(r, p0 + MI_P_PATTERN));
         MI_TRY(mi_attn_apply(&lay, pattern, v, z));
@@ -425,17 +430,75 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
 #undef BUF
 }
 
+static mi_status forward_impl(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
+                              const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                              const int64_t *pos_ids, const float *key_mask,
+                              const float *attn_mask, mi_kv_cache *kv, mi_hook_fn hook,
+                              void *hook_ctx);
+
 mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
                         const uint8_t *flags, const int64_t *tokens, const float *resid_in,
                         const int64_t *pos_ids, const float *key_mask, mi_hook_fn hook,
                         void *hook_ctx)
+{
+    return mi_tf_forward_kv(m, plan, arena, flags, tokens, resid_in, pos_ids, key_mask, NULL,
+                            hook, hook_ctx);
+}
+
+mi_status mi_tf_forward_kv(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
+                           const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                           const int64_t *pos_ids, const float *key_mask, mi_kv_cache *kv,
+                           mi_hook_fn hook, void *hook_ctx)
+{
+    if (!kv) {
+        if (plan->past) return mi_fail(MI_ERR_VALUE, "forward: a plan over cached positions needs the cache");
+        return forward_impl(m, plan, arena, flags, tokens, resid_in, pos_ids, key_mask, key_mask,
+                            NULL, hook, hook_ctx);
+    }
+    /* the cache: the new positions' mask joins it; positions skip all padding
+     * so far; attention sees the mask of every key when any is padding */
+    int64_t B = plan->batch, T = plan->seq, Tk = plan->past + T;
+    int first = plan->start_layer < 0 ? 0 : plan->start_layer;
+    if (kv->batch != B || first >= plan->stop_layer || kv->len[first] != plan->past
+        || kv->alloc < Tk)
+        return mi_fail(MI_ERR_VALUE, "forward: the plan does not match the key/value cache "
+                       "(mi_kv_prepare first)");
+    int64_t *pos = NULL;
+    float *attn_mask = NULL;
+    int need_pos = (plan->start_layer < 0 && m->spec.pos_embed) || m->spec.rotary;
+    if (!pos_ids && need_pos && !(pos = mi_malloc(sizeof(int64_t) * (size_t)(B * T))))
+        return mi_fail(MI_ERR_NOMEM, "forward: out of memory for position ids");
+    int any_pad;
+    mi_kv_store_mask(kv, plan->past, T, key_mask, pos, &any_pad);
+    if (any_pad) {
+        if (!(attn_mask = mi_malloc(sizeof(float) * (size_t)(B * Tk)))) {
+            mi_free(pos);
+            return mi_fail(MI_ERR_NOMEM, "forward: out of memory for the key mask");
+        }
+        mi_kv_key_mask(kv, plan->past, T, attn_mask);
+    }
+    mi_status st = forward_impl(m, plan, arena, flags, tokens, resid_in, pos ? pos : pos_ids,
+                                key_mask, attn_mask, kv, hook, hook_ctx);
+    if (st == MI_OK) mi_kv_commit(kv, m, first, plan->stop_layer, plan->past, T);
+    mi_free(pos);
+    mi_free(attn_mask);
+    return st;
+}
+
+/* The pass: key_mask [B, T] masks the new positions' embeddings, attn_mask
+ * [B, past + T] the keys attention sees (the same without a cache). */
+static mi_status forward_impl(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
+                              const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                              const int64_t *pos_ids, const float *key_mask,
+                              const float *attn_mask, mi_kv_cache *kv, mi_hook_fn hook,
+                              void *hook_ctx)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
     const char *pe = getenv("MI_PROFILE");
     fwd_profile prof = {{0}};
     run_state r = {m, plan, arena, flags, hook, hook_ctx, pe && *pe && *pe != '0' ? &prof : NULL,
-                   pos_ids, NULL, NULL};
+                   pos_ids, NULL, NULL, kv};
     prof_start(&r);
     /* validate every input before any parallel work */
     int64_t n_pos = T;
@@ -468,12 +531,12 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
     mi_status st;
     if (plan->start_layer >= 0) {
         memcpy(mi_tf_buf_ptr(plan, arena, buf_resid(plan->start_layer)), resid_in, sizeof(float) * (size_t)(BT * D));
-        st = run_layers(&r, plan->start_layer, key_mask);
+        st = run_layers(&r, plan->start_layer, attn_mask);
         mi_free(rope);
         return st;
     }
     st = embed_step(&r, tokens, pos_ids, key_mask);
-    if (st == MI_OK) st = run_layers(&r, 0, key_mask);
+    if (st == MI_OK) st = run_layers(&r, 0, attn_mask);
     mi_free(rope);
     if (r.prof) prof_report(r.prof);
     return st;
@@ -549,11 +612,8 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_OUT));
     if (s->logit_softcap > 0.0f) {
         /* TransformerLens caps after unembed.hook_out: the hook sees (and may edit) the raw logits */
-        const float cap = s->logit_softcap;
-        float *capped = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS_CAP));
-        int64_t n = BT * s->d_vocab_out;
-        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-        for (int64_t i = 0; i < n; i++) capped[i] = cap * tanhf(logits[i] / cap);
+        mi_softcap(s->logit_softcap, logits, mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS_CAP)),
+                   BT * s->d_vocab_out);
     }
     return MI_OK;
 }

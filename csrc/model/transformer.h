@@ -226,6 +226,7 @@ typedef mi_status (*mi_hook_fn)(void *ctx, int point, const mi_tensor_view *view
 /* The activation arena layout of one call: offsets (floats) per buffer. */
 typedef struct {
     int64_t batch, seq;
+    int64_t past;         /* positions a KV cache holds before this call's (keys: past + seq) */
     int start_layer;      /* -1: from tokens (embed); else the residual entering this block is given */
     int stop_layer;       /* layers run: [start, stop_layer); == L runs the unembed too */
     size_t n_floats;      /* arena size */
@@ -241,6 +242,11 @@ typedef struct {
 mi_status mi_tf_plan_call(const mi_transformer *m, int64_t batch, int64_t seq, int start_layer,
                           int stop_layer,
                           const uint8_t *flags, mi_tf_plan *plan);
+/* The same for a call that attends over n_past cached positions too
+ * (mi_tf_forward_kv): scores and pattern are [B, H, T, n_past + T]. */
+mi_status mi_tf_plan_call_kv(const mi_transformer *m, int64_t batch, int64_t seq, int64_t n_past,
+                             int start_layer, int stop_layer, const uint8_t *flags,
+                             mi_tf_plan *plan);
 void mi_tf_plan_free(mi_tf_plan *plan);
 
 /* The view of `point` inside `arena` for this plan (0 if the point is absent
@@ -261,5 +267,18 @@ mi_status mi_tf_forward(const mi_transformer *m, const mi_tf_plan *plan, float *
                         const uint8_t *flags, const int64_t *tokens, const float *resid_in,
                         const int64_t *pos_ids,
                         const float *key_mask, mi_hook_fn hook, void *hook_ctx);
+
+/* mi_tf_forward with a key/value cache (model/kv_cache.h; NULL: as mi_tf_forward):
+ * the plan comes from mi_tf_plan_call_kv with n_past from mi_kv_prepare (same
+ * batch, layers [max(start_layer, 0), stop_layer)). The [B, T] input holds the
+ * positions after the cached ones; key_mask [B, T] is their padding mask (kept
+ * in the cache for later calls); pos_ids NULL: positions that skip the
+ * padding of the whole cached sequence. On success the cache holds the new
+ * positions too (unless frozen). */
+struct mi_kv_cache;
+mi_status mi_tf_forward_kv(const mi_transformer *m, const mi_tf_plan *plan, float *arena,
+                           const uint8_t *flags, const int64_t *tokens, const float *resid_in,
+                           const int64_t *pos_ids, const float *key_mask,
+                           struct mi_kv_cache *kv, mi_hook_fn hook, void *hook_ctx);
 
 #endif

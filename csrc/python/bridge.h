@@ -29,6 +29,7 @@ typedef struct {
     PyTypeObject *model_type;       /* the C transformer (model_py.c) */
     PyTypeObject *safetensors_type; /* an mmapped safetensors file (io_py.c) */
     PyTypeObject *tokenizer_type;   /* byte-level BPE (tokenizer_py.c) */
+    PyTypeObject *kv_cache_type;    /* the key/value cache of generation (kv_cache_py.c) */
     struct mi_py_spare *similarity_spare; /* the last released similarity matrix (analysis_py.c) */
 } mi_module_state;
 
@@ -114,5 +115,6 @@ int mi_py_analysis_exec(PyObject *m);
 int mi_py_train_exec(PyObject *m);
 int mi_py_accumulators_exec(PyObject *m);   /* accumulators_py.c */
 int mi_py_sampling_exec(PyObject *m);   /* sampling_py.c */
+int mi_py_kv_cache_exec(PyObject *m);   /* kv_cache_py.c */
 
 #endif

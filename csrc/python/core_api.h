@@ -33,6 +33,7 @@
     X(mi_layer_norm_backward) X(mi_rms_norm_backward)                                     \
     X(mi_tl_norm) X(mi_tl_norm_ref) X(mi_tl_norm_scale) X(mi_tl_norm_apply) X(mi_tl_norm_affine) \
     X(mi_activation_backward) X(mi_relu_backward_bias) X(mi_softmax_rows_backward)       \
+    X(mi_softcap)                                                                         \
     X(mi_softmax_rows) X(mi_attn_check) X(mi_attn_scores) X(mi_attn_apply)                \
     X(mi_attn_fused) X(mi_attn_backward) X(mi_cross_entropy)                              \
     X(mi_embedding_forward) X(mi_embedding_backward) X(mi_adamw_step_ref)                 \

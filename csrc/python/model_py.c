@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include "common/memory.h"
+#include "model/kv_cache.h"
 #include "model/params.h"
 #include "model/transformer.h"
 #include "python/model_py.h"
@@ -404,32 +405,38 @@ static mi_status py_hook(void *ctx, int point, const mi_tensor_view *v)
 
 PyDoc_STRVAR(forward_doc,
 "forward(tokens, flags, callback=None, pos_ids=None, key_mask=None, stop_layer=-1,\n"
-"        resid=None, start_layer=-1)\n--\n\n"
+"        resid=None, start_layer=-1, kv_cache=None)\n--\n\n"
 "Run the pass. tokens int64 [B,T] (None with start_layer >= 0: then resid\n"
 "float32 [B,T,D] enters block start_layer); flags: bytes, one per point id (1 cache,\n"
 "2 callback, 4 transient callback: its view is valid only during the layer);\n"
 "callback(point_id, view) is called at callback points (it may edit the view in place). Returns (output, {point_id: view}) where output is\n"
-"the logits [B,T,Vo] or, with stop_layer < n_layers, the residual stream.");
+"the logits [B,T,Vo] or, with stop_layer < n_layers, the residual stream.\n"
+"kv_cache (a KVCache): the input holds the positions after the cached ones; each\n"
+"layer run appends its keys/values and attends over cached + new ones; key_mask\n"
+"is the new positions' padding (kept in the cache); pos_ids None: positions skip\n"
+"the padding. attn scores/pattern are then [B,H,T,cached+T].");
 
 static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"tokens", "flags", "callback", "pos_ids", "key_mask", "stop_layer",
-                             "resid", "start_layer", NULL};
+                             "resid", "start_layer", "kv_cache", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
     /* weights read in place from a checkpoint: is the file still the one mapped? */
     if (mo->tf.n_external && mi_py_check_mapped(mo->external, mo->tf.n_table) < 0) return NULL;
-    PyObject *tok_obj, *cb = Py_None, *resid_obj = Py_None;
+    PyObject *tok_obj, *cb = Py_None, *resid_obj = Py_None, *kv_obj = Py_None;
     mi_arg tokens = MI_ARG_INT64("tokens", 2, 2), resid = MI_ARG_FLOAT("input (residual stream)", 3, 3);
     mi_arg pos = MI_ARG("pos_ids", NPY_INT64, MI_ARG_OPTIONAL, 2, 2);
     mi_arg mask = MI_ARG("attention_mask", NPY_FLOAT32, MI_ARG_OPTIONAL, 2, 2);
     Py_buffer flags;
     int stop = -1, start = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OO&O&iOi:forward", kwlist, &tok_obj, &flags, &cb,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*|OO&O&iOiO:forward", kwlist, &tok_obj, &flags, &cb,
                                      mi_conv_array, &pos, mi_conv_array, &mask, &stop, &resid_obj,
-                                     &start))
+                                     &start, &kv_obj))
         return NULL;
     const mi_tf_spec *s = &mo->tf.spec;
+    mi_kv_cache *kv = NULL;
+    int64_t n_past = 0;
     PyObject *arena_owner = NULL, *out = NULL, *cache = NULL, *res = NULL;
     mi_tf_plan plan = {0};
     int np = mi_tf_n_points(s);
@@ -460,10 +467,16 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (mask.arr && mi_arg_shape(&mask, 2, bt, "like tokens") < 0) goto done;
     if (stop < 0) stop = (int)s->n_layers;
     const uint8_t *fl = flags.buf;
-    mi_status st = mi_tf_plan_call(&mo->tf, B, T, start, stop, fl, &plan);
-    if (st != MI_OK) { mi_py_raise(st); goto done; }
     PyObject *module = PyType_GetModuleByDef(Py_TYPE(self), &mi_core_module);
     if (!module) goto done;
+    mi_status st;
+    if (kv_obj != Py_None) {
+        if (!(kv = mi_py_kv_acquire(module, kv_obj))) goto done;
+        st = mi_kv_prepare(kv, &mo->tf, B, T, start < 0 ? 0 : start, stop, &n_past);
+        if (st != MI_OK) { mi_py_raise(st); goto done; }
+    }
+    st = mi_tf_plan_call_kv(&mo->tf, B, T, n_past, start, stop, fl, &plan);
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
     size_t arena_bytes = plan.n_floats * sizeof(float);
     float *arena = mi_py_spare_take(mo->arenas, arena_bytes, &arena_bytes);
     if (!arena && !(arena = mi_malloc(arena_bytes))) {
@@ -478,7 +491,8 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     /* a callback point without a callback is only a cache point */
     mo->running++;
     Py_BEGIN_ALLOW_THREADS
-    st = mi_tf_forward(&mo->tf, &plan, arena, fl, tk, rd, pd, md, cb == Py_None ? NULL : py_hook, &hc);
+    st = mi_tf_forward_kv(&mo->tf, &plan, arena, fl, tk, rd, pd, md, kv,
+                          cb == Py_None ? NULL : py_hook, &hc);
     Py_END_ALLOW_THREADS
     mo->running--;
     if (st != MI_OK) { mi_py_raise(st); goto done; }
@@ -497,6 +511,7 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     }
     res = PyTuple_Pack(2, out, cache);
 done:
+    if (kv) mi_py_kv_release(kv_obj);
     PyBuffer_Release(&flags);
     mi_tf_plan_free(&plan);
     mi_arg_release(&tokens); mi_arg_release(&pos); mi_arg_release(&mask); mi_arg_release(&resid);

@@ -15,4 +15,10 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj);
 mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj);
 void mi_py_model_release(PyObject *obj);
 
+/* The key/value cache behind `obj` (a _core.KVCache, kv_cache_py.c), marked in
+ * use until mi_py_kv_release(obj): NULL with TypeError for another object,
+ * RuntimeError when another pass is using it. GIL held. */
+struct mi_kv_cache *mi_py_kv_acquire(PyObject *module, PyObject *obj);
+void mi_py_kv_release(PyObject *obj);
+
 #endif

@@ -117,6 +117,7 @@ static int core_exec(PyObject *m)
     if (mi_py_bf16_exec(m) < 0) return -1;
     if (mi_py_accumulators_exec(m) < 0) return -1;
     if (mi_py_sampling_exec(m) < 0) return -1;
+    if (mi_py_kv_cache_exec(m) < 0) return -1;
     if (mi_py_core_api_exec(m) < 0) return -1;
     mi_cancel_set_check(check_signals);
     return 0;
@@ -129,6 +130,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->model_type);
     Py_VISIT(st->safetensors_type);
     Py_VISIT(st->tokenizer_type);
+    Py_VISIT(st->kv_cache_type);
     return 0;
 }
 
@@ -139,6 +141,7 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->model_type);
     Py_CLEAR(st->safetensors_type);
     Py_CLEAR(st->tokenizer_type);
+    Py_CLEAR(st->kv_cache_type);
     mi_py_spare_decref(st->similarity_spare);
     st->similarity_spare = NULL;
     return 0;

@@ -11,24 +11,19 @@
 
 #include "kernels/sampling.h"
 
-/* logits [B, V] or [V] as a float32 C-contiguous array (a new reference; the
- * one converter, convert.h), or NULL with the exception set. */
-static PyArrayObject *logits_arg(PyObject *obj)
-{
-    mi_arg a = MI_ARG_FLOAT("logits", 1, 2);
-    return mi_arg_convert(obj, &a) < 0 ? NULL : a.arr;
-}
+/* The two array arguments, described for the one set of converters (convert.h). */
+#define LOGITS_ARG MI_ARG_FLOAT("logits", 1, 2)
+#define TOKENS_ARG MI_ARG_OPT(MI_ARG_INT64("tokens", 1, 2))
 
 /* Keyword arguments shared by sampling_logits and sample. */
 typedef struct {
-    PyObject *logits, *tokens;
+    mi_arg logits, tokens;   /* release both when done */
     mi_sampling_params p;
     unsigned long long seed, counter;
 } sample_args;
 
-/* Parse and convert: *lg and *hist receive new references (hist may stay NULL). */
-static int parse(PyObject *args, PyObject *kw, int with_seed, const char *fname, sample_args *a,
-                 PyArrayObject **lg, PyArrayObject **hist)
+/* Parse and convert (a->logits, a->tokens hold the arrays; tokens' may be NULL). */
+static int parse(PyObject *args, PyObject *kw, int with_seed, const char *fname, sample_args *a)
 {
     static char *kw_plain[] = {"logits", "tokens", "temperature", "top_k", "top_p",
                                "freq_penalty", "repetition_penalty", "rules", NULL};
@@ -37,17 +32,20 @@ static int parse(PyObject *args, PyObject *kw, int with_seed, const char *fname,
     const char *rules = "tl";
     long long top_k = 0;
     memset(a, 0, sizeof *a);
-    a->tokens = Py_None;
+    a->logits = LOGITS_ARG;
+    a->tokens = TOKENS_ARG;
     a->p.temperature = 1.0f;
     a->p.top_p = 1.0f;
     a->p.repetition_penalty = 1.0f;
     int ok = with_seed
-        ? PyArg_ParseTupleAndKeywords(args, kw, "O|O$fLfffsKK", kw_seed, &a->logits, &a->tokens,
-                                      &a->p.temperature, &top_k, &a->p.top_p, &a->p.freq_penalty,
-                                      &a->p.repetition_penalty, &rules, &a->seed, &a->counter)
-        : PyArg_ParseTupleAndKeywords(args, kw, "O|O$fLfffs", kw_plain, &a->logits, &a->tokens,
-                                      &a->p.temperature, &top_k, &a->p.top_p, &a->p.freq_penalty,
-                                      &a->p.repetition_penalty, &rules);
+        ? PyArg_ParseTupleAndKeywords(args, kw, "O&|O&$fLfffsKK", kw_seed, mi_conv_array, &a->logits,
+                                      mi_conv_array, &a->tokens, &a->p.temperature, &top_k,
+                                      &a->p.top_p, &a->p.freq_penalty, &a->p.repetition_penalty,
+                                      &rules, &a->seed, &a->counter)
+        : PyArg_ParseTupleAndKeywords(args, kw, "O&|O&$fLfffs", kw_plain, mi_conv_array, &a->logits,
+                                      mi_conv_array, &a->tokens, &a->p.temperature, &top_k,
+                                      &a->p.top_p, &a->p.freq_penalty, &a->p.repetition_penalty,
+                                      &rules);
     if (!ok) return -1;
     a->p.top_k = top_k;
     if (!strcmp(rules, "tl")) a->p.rules = MI_RULES_TL;
@@ -57,13 +55,10 @@ static int parse(PyObject *args, PyObject *kw, int with_seed, const char *fname,
                      "(Hugging Face), got '%s'", fname, rules);
         return -1;
     }
-    if (!(*lg = logits_arg(a->logits))) return -1;
-    if (a->tokens != Py_None) {
-        *hist = (PyArrayObject *)PyArray_FromAny(a->tokens, PyArray_DescrFromType(NPY_INT64), 1, 2,
-                                                 NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
-        if (!*hist) return -1;
-        const npy_intp rows = PyArray_NDIM(*hist) == 2 ? PyArray_DIM(*hist, 0) : 1;
-        const npy_intp B = PyArray_NDIM(*lg) == 2 ? PyArray_DIM(*lg, 0) : 1;
+    PyArrayObject *lg = a->logits.arr, *hist = a->tokens.arr;
+    if (hist) {
+        const npy_intp rows = PyArray_NDIM(hist) == 2 ? PyArray_DIM(hist, 0) : 1;
+        const npy_intp B = PyArray_NDIM(lg) == 2 ? PyArray_DIM(lg, 0) : 1;
         if (rows != B) {
             PyErr_Format(PyExc_ValueError, "%s: tokens has %zd rows but logits has %zd", fname,
                          rows, B);
@@ -71,6 +66,12 @@ static int parse(PyObject *args, PyObject *kw, int with_seed, const char *fname,
         }
     }
     return 0;
+}
+
+static void release(sample_args *a)
+{
+    mi_arg_release(&a->logits);
+    mi_arg_release(&a->tokens);
 }
 
 /* [B, V] of logits (a 1-D array is one row). */
@@ -83,9 +84,9 @@ static void dims(PyArrayObject *lg, npy_intp *B, npy_intp *V)
 static PyObject *py_sampling_logits(PyObject *m, PyObject *args, PyObject *kw)
 {
     sample_args a;
-    PyArrayObject *lg = NULL, *hist = NULL;
     PyObject *out = NULL;
-    if (parse(args, kw, 0, "sampling_logits", &a, &lg, &hist) < 0) goto done;
+    if (parse(args, kw, 0, "sampling_logits", &a) < 0) goto done;
+    PyArrayObject *lg = a.logits.arr, *hist = a.tokens.arr;
     npy_intp B, V;
     dims(lg, &B, &V);
     const npy_intp T = hist ? PyArray_DIM(hist, PyArray_NDIM(hist) - 1) : 0;
@@ -93,7 +94,7 @@ static PyObject *py_sampling_logits(PyObject *m, PyObject *args, PyObject *kw)
     if (!out) goto done;
     mi_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = mi_sampling_logits(PyArray_DATA(lg), B, V, hist ? PyArray_DATA(hist) : NULL, T, &a.p,
+    st = mi_sampling_logits(PyArray_DATA(lg), B, V, mi_arg_data(&a.tokens), T, &a.p,
                             PyArray_DATA((PyArrayObject *)out));
     Py_END_ALLOW_THREADS
     if (st != MI_OK) {
@@ -101,18 +102,17 @@ static PyObject *py_sampling_logits(PyObject *m, PyObject *args, PyObject *kw)
         mi_py_raise(st);
     }
 done:
-    Py_XDECREF(lg);
-    Py_XDECREF(hist);
+    release(&a);
     return out;
 }
 
 static PyObject *py_sample(PyObject *m, PyObject *args, PyObject *kw)
 {
     sample_args a;
-    PyArrayObject *lg = NULL, *hist = NULL;
     PyObject *out = NULL;
     float *work = NULL;
-    if (parse(args, kw, 1, "sample", &a, &lg, &hist) < 0) goto done;
+    if (parse(args, kw, 1, "sample", &a) < 0) goto done;
+    PyArrayObject *lg = a.logits.arr, *hist = a.tokens.arr;
     npy_intp B, V;
     dims(lg, &B, &V);
     const npy_intp T = hist ? PyArray_DIM(hist, PyArray_NDIM(hist) - 1) : 0;
@@ -125,7 +125,7 @@ static PyObject *py_sample(PyObject *m, PyObject *args, PyObject *kw)
     }
     mi_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = mi_sampling_logits(PyArray_DATA(lg), B, V, hist ? PyArray_DATA(hist) : NULL, T, &a.p, work);
+    st = mi_sampling_logits(PyArray_DATA(lg), B, V, mi_arg_data(&a.tokens), T, &a.p, work);
     if (st == MI_OK)
         st = mi_sampling_draw(work, B, V, a.seed, a.counter, PyArray_DATA((PyArrayObject *)out));
     Py_END_ALLOW_THREADS
@@ -135,15 +135,15 @@ static PyObject *py_sample(PyObject *m, PyObject *args, PyObject *kw)
     }
 done:
     PyMem_RawFree(work);
-    Py_XDECREF(lg);
-    Py_XDECREF(hist);
+    release(&a);
     return out;
 }
 
-static PyObject *py_argmax_rows(PyObject *m, PyObject *logits)
+static PyObject *py_argmax_rows(PyObject *m, PyObject *args)
 {
-    PyArrayObject *lg = logits_arg(logits);
-    if (!lg) return NULL;
+    mi_arg logits = LOGITS_ARG;
+    if (!PyArg_ParseTuple(args, "O&:argmax_rows", mi_conv_array, &logits)) return NULL;
+    PyArrayObject *lg = logits.arr;
     npy_intp B, V;
     dims(lg, &B, &V);
     PyObject *out = PyArray_SimpleNew(1, &B, NPY_INT64);
@@ -153,11 +153,11 @@ static PyObject *py_argmax_rows(PyObject *m, PyObject *logits)
         st = mi_sampling_argmax(PyArray_DATA(lg), B, V, PyArray_DATA((PyArrayObject *)out));
         Py_END_ALLOW_THREADS
         if (st != MI_OK) {
-        Py_CLEAR(out);
-        mi_py_raise(st);
+            Py_CLEAR(out);
+            mi_py_raise(st);
+        }
     }
-    }
-    Py_DECREF(lg);
+    mi_arg_release(&logits);
     return out;
 }
 
@@ -181,7 +181,7 @@ static PyMethodDef sampling_methods[] = {
      "       repetition_penalty=1.0, rules='tl', seed=0, counter=0)\n--\n\n"
      "One token per row ([B] int64) drawn from softmax(sampling_logits(...)). Row r's draw is a\n"
      "function of (seed, counter, r) only: the same on any thread count."},
-    {"argmax_rows", py_argmax_rows, METH_O,
+    {"argmax_rows", py_argmax_rows, METH_VARARGS,
      "argmax_rows(logits)\n--\n\nThe first index of each row's maximum ([B] int64), NaN counting as "
      "the maximum (torch.argmax)."},
     {"sampling_uniform", py_sampling_uniform, METH_VARARGS,

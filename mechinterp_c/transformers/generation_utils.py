@@ -7,15 +7,17 @@ position ids from the attention mask (so left-padded prompts continue from
 their own last position), finished rows padded with ``pad_token_id``. Token
 choice runs in the C sampler with a seed (``seed=`` or drawn from
 ``generator=``), so the same seed gives the same tokens on any thread count.
-Module hooks fire on every step. The C core has no key/value cache yet: each
-step recomputes the whole sequence (``use_cache`` changes speed only, never
-tokens, and is accepted for that reason).
+Module hooks fire on every step. With ``use_cache=True`` (the default) the
+prompt runs into a ``DynamicCache`` held by the C core and each later step runs
+only the new token over it; ``use_cache=False`` recomputes the whole sequence
+every step (same tokens).
 """
 import numpy as np
 
 from .. import _core
 from ..generation import check_prompt, progress, resolve_seed
 from ..utils import to_numpy
+from .cache_utils import DynamicCache
 from .modeling_utils import get_array_type
 
 # transformers' GenerationConfig defaults for the arguments left as None
@@ -52,9 +54,9 @@ class GenerationMixin:
         sampler seeded by ``seed`` or ``generator`` (torch or NumPy; fresh when neither).
         ``eos_token_id`` (default the config's) ends a row; finished rows get ``pad_token_id``
         (default the first end token). Without ``attention_mask`` the pad tokens are masked
-        when the pad id differs from the end token (transformers' rule). ``use_cache``
-        is accepted and changes nothing: each step recomputes the full pass (no KV cache in
-        the C core yet). ``verbose`` shows a tqdm bar when tqdm is installed.
+        when the pad id differs from the end token (transformers' rule). ``use_cache``:
+        one token a step over a key/value cache (default), else the full pass every step.
+        ``verbose`` shows a tqdm bar when tqdm is installed.
         """
         where = f"{type(self).__name__}.generate"
         if input_ids is None:
@@ -116,21 +118,29 @@ class GenerationMixin:
             seed = resolve_seed(seed, generator)
 
         seq = self._generate_loop(ids, mask, max_new_tokens, do_sample, knobs, eos, pad, seed,
-                                  progress(max_new_tokens, verbose))
+                                  progress(max_new_tokens, verbose), use_cache)
         if get_array_type() == "torch":
             import torch
             return torch.from_numpy(seq)
         return seq
 
-    def _generate_loop(self, seq, mask, max_new_tokens, do_sample, knobs, eos, pad, seed, bar):
+    def _generate_loop(self, seq, mask, max_new_tokens, do_sample, knobs, eos, pad, seed, bar,
+                       use_cache=True):
         """Append one token per row per step; the sequences [B, T + new]."""
         B = seq.shape[0]
         unfinished = np.ones(B, bool)
+        cache = DynamicCache() if use_cache else None
         try:
             for step in range(max_new_tokens):
                 pos = np.cumsum(mask, axis=1) - 1
                 pos[mask == 0] = 0
-                logits = to_numpy(self.forward(seq, attention_mask=mask, position_ids=pos).logits)
+                if cache is None:
+                    out = self.forward(seq, attention_mask=mask, position_ids=pos)
+                else:   # the prompt, then one new token a step
+                    new = seq.shape[1] if step == 0 else 1
+                    out = self.forward(seq[:, -new:], attention_mask=mask,
+                                       position_ids=pos[:, -new:], past_key_values=cache)
+                logits = to_numpy(out.logits)
                 last = np.array(logits[:, -1], dtype=np.float32)
                 if do_sample:
                     nxt = _core.sample(last, seq, seed=seed, counter=step, **knobs)

@@ -2,24 +2,26 @@
 from ``config.json``.
 
 ``AutoModelForCausalLM`` maps GPT-2 (``model_type: "gpt2"``, or an ``architectures``
-entry naming a GPT-2 class) and the Llama family (``llama``, ``mistral``, ``qwen2``:
-:mod:`~mechinterp_c.transformers.modeling_llama`). ``AutoModel`` maps REVE (``model_type: "reve"``) to
+entry naming a GPT-2 class), the Llama family (``llama``, ``mistral``, ``qwen2``:
+:mod:`~mechinterp_c.transformers.modeling_llama`) and GPT-NeoX (``gpt_neox``). ``AutoModel`` maps REVE (``model_type: "reve"``) to
 :class:`~mechinterp_c.transformers.modeling_reve.ReveModel` and a REVE position-bank
 repository (``positions.json``) to its :class:`~mechinterp_c.reve.PositionBank`.
 Anything else raises NotImplementedError naming the model type.
 """
 from .. import io as _io
 from ..loading_from_pretrained import model_type_of
-from ..config import LlamaConfig, MistralConfig, Qwen2Config
+from ..config import GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 from .modeling_gpt2 import GPT2Config, GPT2LMHeadModel
+from .modeling_gpt_neox import GPTNeoXForCausalLM
 from .modeling_llama import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
 
 __all__ = ["AutoConfig", "AutoModel", "AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING"]
 
 MODEL_FOR_CAUSAL_LM_MAPPING = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM,
-                               "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}
+                               "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM,
+                               "gpt_neox": GPTNeoXForCausalLM}
 _CONFIG_MAPPING = {"gpt2": GPT2Config, "llama": LlamaConfig, "mistral": MistralConfig,
-                   "qwen2": Qwen2Config}
+                   "qwen2": Qwen2Config, "gpt_neox": GPTNeoXConfig}
 
 
 class AutoConfig:

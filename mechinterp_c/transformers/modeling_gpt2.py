@@ -68,18 +68,75 @@ import weakref
 
 import numpy as np
 
-from .. import _core
+from .. import _core, ops
 from .. import io as _io
 from ..config import GPT2Config
 from ..hooked_transformer import HookedTransformer
 from ..loading_from_pretrained import convert_gpt2_config
 from ..utils import to_numpy
+from .cache_utils import DynamicCache
 from .generation_utils import GenerationMixin
-from .modeling_utils import (HFArray, Module, ModuleList, _AffineSite, _hf, _same,
+from ..array_type import to_user
+from .modeling_utils import (HFArray, Module, ModuleList, RemovableHandle, _AffineSite, _hf, _same,
                              check_model_args, get_array_type, set_array_type)
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Model", "HFArray", "CausalLMOutput",
            "set_array_type", "get_array_type"]
+
+
+def causal_lm_loss(logits, labels):
+    """Hugging Face's causal-LM loss: mean cross-entropy of ``logits[:, :-1]`` [B, T-1, V]
+    against ``labels[:, 1:]`` over the labels other than -100 (NaN when there are none,
+    as HF). Log-softmax in float64 one sequence at a time; the result is float32."""
+    B, T, V = logits.shape
+    lab = np.asarray(to_numpy(labels))
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels: expected integer ids, got dtype {lab.dtype}")
+    if lab.size != B * T:
+        raise ValueError(f"labels: expected shape {(B, T)} like input_ids, got {lab.shape}")
+    tgt = lab.reshape(B, T)[:, 1:].astype(np.int64)
+    keep = tgt != -100
+    bad = keep & ((tgt < 0) | (tgt >= V))
+    if bad.any():
+        raise ValueError(f"labels: ids must be in [0, {V}) or -100 (ignored), got "
+                         f"{int(tgt[bad][0])}")
+    total, n = 0.0, int(keep.sum())
+    for b in range(B):
+        rows = np.nonzero(keep[b])[0]
+        if rows.size == 0:
+            continue
+        x = logits[b, rows].astype(np.float64)
+        m = x.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(x - m).sum(axis=-1)) + m[:, 0]
+        total += float((lse - x[np.arange(rows.size), tgt[b, rows]]).sum())
+    return np.float32(total / n) if n else np.float32(np.nan)
+
+
+class _ListEntryHandle:
+    """Removes one entry from a list of Python-level hooks."""
+
+    def __init__(self, lst, entry):
+        self._lst, self._entry = lst, entry
+
+    def remove(self):
+        if self._entry in self._lst:
+            self._lst.remove(self._entry)
+
+
+def _run_pre_hook(module, fn, with_kwargs, args, kwargs):
+    """Run one Python-level pre-hook; returns the (possibly replaced) args and kwargs."""
+    if with_kwargs:
+        ret = fn(module, args, kwargs)
+        if ret is None:
+            return args, kwargs
+        if not (isinstance(ret, tuple) and len(ret) == 2):
+            raise TypeError("a forward pre-hook with with_kwargs=True must return None or a "
+                            "tuple (args, kwargs)")
+        return tuple(ret[0]), dict(ret[1])
+    ret = fn(module, args)
+    if ret is None:
+        return args, kwargs
+    return (ret if isinstance(ret, tuple) else (ret,)), kwargs
 
 
 class CausalLMOutput(dict):
@@ -101,42 +158,105 @@ class _Param:
     """Holder of HF-layout parameter views (set in ``_bind_params``)."""
 
 
+def _x(x, where):
+    """A float32 NumPy array of an array, HFArray or tensor given to a module call."""
+    a = np.asarray(to_numpy(x))
+    if a.dtype.kind != "f":
+        raise TypeError(f"{where}: expected a float array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 class Embedding(Module):
-    """``wte`` / ``wpe``: ``.weight`` [num, D]; forward hook output is the embedding."""
+    """``wte`` / ``wpe``: ``.weight`` [num, D]; forward hook output is the embedding.
+    Called on ids it returns their rows of ``weight``."""
 
     def __init__(self, model, name, point):
         super().__init__(model, name, (point, _same, None))
+
+    def _forward_np(self, ids):
+        ids = np.asarray(to_numpy(ids))
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"{self._name}: expected integer ids, got dtype {ids.dtype}")
+        w = self._np("weight")
+        if ids.size and (ids.min() < 0 or ids.max() >= w.shape[0]):
+            raise IndexError(f"{self._name}: ids must be in [0, {w.shape[0]}), got "
+                             f"[{ids.min()}, {ids.max()}]")
+        return w[ids]
 
 
 class LayerNorm(Module):
     """``ln_1`` / ``ln_2`` / ``ln_f``: ``.weight``, ``.bias`` [D]."""
 
-    def __init__(self, model, name, norm_point, in_point, affine):
+    def __init__(self, model, name, norm_point, in_point, affine, eps=1e-5):
         super().__init__(model, name, (norm_point, _same, affine),
                          (in_point, _same, None, True) if in_point else None)
+        self.eps = eps
+
+    def _forward_np(self, x):
+        return ops.layer_norm(_x(x, self._name), self._np("weight"), self._np("bias"), self.eps)
 
 
 class Conv1D(Module):
     """HF's Conv1D (``y = x @ weight + bias``, weight [in, out])."""
 
+    def _forward_np(self, x):
+        return ops.matmul(_x(x, self._name), self._np("weight"), self._np("bias"))
+
+
+class Linear(Module):
+    """``lm_head``: ``nn.Linear`` without bias (``y = x @ weight.T``, weight [V, D])."""
+
+    def _forward_np(self, x):
+        return ops.matmul(_x(x, self._name), np.ascontiguousarray(self._np("weight").T))
+
 
 class Activation(Module):
     """``mlp.act`` (gelu_new)."""
 
+    def _forward_np(self, x):
+        return ops.gelu(_x(x, self._name), approximate="tanh")
+
 
 class GPT2Attention(Module):
-    """``h[i].attn``: ``c_attn``, ``c_proj``; forward hook output is ``(attn_output, None)``."""
+    """``h[i].attn``: ``c_attn``, ``c_proj``; forward hook output is ``(attn_output, None)``.
+    Called on hidden states [B, T, D] it returns ``(attn_output, None)`` as HF's (causal
+    attention; ``attention_mask`` [B, T] of 1 keep / 0 pad masks padded keys)."""
 
     def _wrap_output(self, out):
         return (out, None)
+
+    def _forward_np(self, hidden_states, attention_mask=None):
+        x = _x(hidden_states, self._name)
+        squeeze = x.ndim == 2
+        if squeeze:
+            x = x[None]
+        B, T, D = x.shape
+        H = self.num_heads
+        qkv = self.c_attn._forward_np(x).reshape(B, T, 3, H, D // H)
+        mask = None
+        if attention_mask is not None:
+            mask = np.ascontiguousarray(np.asarray(to_numpy(attention_mask)).reshape(B, T) != 0,
+                                        dtype=np.float32)
+        z = ops.attention(qkv, None, None, causal=True, padding_mask=mask)
+        out = self.c_proj._forward_np(z.reshape(B, T, D))
+        return (out[0] if squeeze else out), None
 
 
 class GPT2MLP(Module):
     """``h[i].mlp``: ``c_fc``, ``act``, ``c_proj``."""
 
+    def _forward_np(self, x):
+        return self.c_proj._forward_np(self.act._forward_np(self.c_fc._forward_np(x)))
+
 
 class GPT2Block(Module):
-    """``h[i]``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``."""
+    """``h[i]``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``. Called on hidden states it returns
+    the block's output hidden states (HF 5's ``GPT2Block`` returns the tensor)."""
+
+    def _forward_np(self, hidden_states, attention_mask=None):
+        x = _x(hidden_states, self._name)
+        x = x + self.attn._forward_np(self.ln_1._forward_np(x), attention_mask)[0]
+        return x + self.mlp._forward_np(self.ln_2._forward_np(x))
 
 
 class _CoreModel(HookedTransformer):
@@ -172,7 +292,23 @@ class _CoreModel(HookedTransformer):
 class GPT2Model(Module):
     """``model.transformer``: ``wte``, ``wpe``, ``h``, ``ln_f``. Calling it returns HF's
     ``BaseModelOutput``-like object with ``last_hidden_state`` (after ln_f) [B,T,D]
-    (the pass still runs the unembedding: it is one C forward)."""
+    (the pass still runs the unembedding: it is one C forward). Its forward hooks see
+    that object; one returning another (or an array, or a tuple whose first item is one)
+    replaces ``last_hidden_state`` and so the logits. Its pre-hooks see ``(input_ids,)``
+    and run before the pass (after the root model's pre-hooks, as in HF)."""
+
+    def _wrap_output(self, out):
+        return CausalLMOutput(last_hidden_state=out)
+
+    def _unwrap_return(self, ret):
+        if isinstance(ret, dict):
+            return ret["last_hidden_state"]
+        return ret
+
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Register ``hook(module, (input_ids,))`` (``with_kwargs``: ``hook(module, args,
+        kwargs)``); a returned tuple (or ids) replaces the input ids. Returns a handle."""
+        return self._model_ref()._add_py_hook("tr_pre", self, hook, with_kwargs, prepend)
 
     def forward(self, input_ids=None, attention_mask=None, **kwargs):
         """``.last_hidden_state`` (and ``.hidden_states`` when asked) of ``input_ids``."""
@@ -395,6 +531,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             return np.lib.stride_tricks.as_strided(q, (B, T, 3 * D),
                                                    (q.strides[0], q.strides[1], q.itemsize))
 
+        eps = float(getattr(cfg, "layer_norm_epsilon", 1e-5))
         tr = GPT2Model(self, "transformer")
         tr.wte = Embedding(self, "transformer.wte", "hook_embed")
         tr.wte.weight = raw["embed.W_E"]
@@ -409,7 +546,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             ln2_pre = (p + "ln2.hook_normalized", _same, ln2, False)
             blk = GPT2Block(self, n[:-1], (p + "hook_resid_post", _same, None),
                             (p + "hook_resid_pre", _same, None, False))
-            blk.ln_1 = LayerNorm(self, n + "ln_1", p + "ln1.hook_normalized", p + "hook_resid_pre", ln1)
+            blk.ln_1 = LayerNorm(self, n + "ln_1", p + "ln1.hook_normalized", p + "hook_resid_pre", ln1, eps)
             blk.ln_1.weight, blk.ln_1.bias = raw[p + "ln1.w"], raw[p + "ln1.b"]
             attn = GPT2Attention(self, n + "attn", (p + "hook_attn_out", _same, None), ln1_pre)
             attn.c_attn = Conv1D(self, n + "attn.c_attn", (p + "attn.hook_q", fused_qkv, None), ln1_pre)
@@ -421,7 +558,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             attn.c_proj.bias = raw[p + "attn.b_O"]
             attn.num_heads, attn.head_dim, attn.embed_dim = H, D // H, D
             blk.attn = attn
-            blk.ln_2 = LayerNorm(self, n + "ln_2", p + "ln2.hook_normalized", p + "hook_resid_mid", ln2)
+            blk.ln_2 = LayerNorm(self, n + "ln_2", p + "ln2.hook_normalized", p + "hook_resid_mid", ln2, eps)
             blk.ln_2.weight, blk.ln_2.bias = raw[p + "ln2.w"], raw[p + "ln2.b"]
             mlp = GPT2MLP(self, n + "mlp", (p + "hook_mlp_out", _same, None), ln2_pre)
             mlp.c_fc = Conv1D(self, n + "mlp.c_fc", (p + "mlp.hook_pre", _same, None), ln2_pre)
@@ -436,13 +573,14 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             tr._children[f"h.{l}"] = blk
         lnf = _AffineSite(raw["ln_final.w"], raw["ln_final.b"], "transformer.ln_f")
         tr.ln_f = LayerNorm(self, "transformer.ln_f", "ln_final.hook_normalized",
-                            f"blocks.{cfg.n_layer - 1}.hook_resid_post", lnf)
+                            f"blocks.{cfg.n_layer - 1}.hook_resid_post", lnf, eps)
+        tr._fwd = ("ln_final.hook_normalized", _same, lnf)
         tr.ln_f.weight, tr.ln_f.bias = raw["ln_final.w"], raw["ln_final.b"]
         self.transformer = tr
-        self.lm_head = Conv1D(self, "lm_head", ("unembed.hook_out", _same, None),
+        self.lm_head = Linear(self, "lm_head", ("unembed.hook_out", _same, None),
                               ("ln_final.hook_normalized", _same, lnf, False))
         # HF's lm_head.weight [V, D]: tied, it is wte.weight itself; else a view of W_U
-        self.lm_head.weight = tr.wte.weight if self._ht._core.tied_unembed else raw["unembed.W_U"].T
+        self.lm_head.weight = tr.wte._np("weight") if self._ht._core.tied_unembed else raw["unembed.W_U"].T
 
     # ---------------------------------------------------------------- calls
     def tie_weights(self):
@@ -451,7 +589,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         does nothing; otherwise ``wte.weight`` is copied into the unembedding."""
         if self._ht._core.tied_unembed:
             return
-        _copy_transposed(self._ht._raw["unembed.W_U"], self.transformer.wte.weight)
+        _copy_transposed(self._ht._raw["unembed.W_U"], self.transformer.wte._np("weight"))
 
     def materialize(self):
         """Copy every weight read in place from the mapped checkpoint into the model's own
@@ -482,24 +620,47 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         ``output_hidden_states`` / ``output_attentions`` add ``out.hidden_states``
         (L+1 arrays [B,T,D], the last after ln_f, as HF) and ``out.attentions``
         (L patterns [B,H,T,T]), zero-copy views of the pass's arena.
+        ``labels`` [batch, pos] adds ``out.loss`` (first, as HF): the mean next-token
+        cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]`` over labels other
+        than -100 (HF's shift and ignore index; float64 log-softmax, float32 result).
         ``token_type_ids`` (from tokenizers) is accepted when all zero; other HF
-        arguments (labels, past_key_values, ...) raise NotImplementedError.
+        arguments raise NotImplementedError.
+
+        ``use_cache=True`` returns ``out.past_key_values``, a ``DynamicCache`` (keys and
+        values in the C core); ``past_key_values=cache`` runs ``input_ids`` as the
+        positions after the cached ones, attending over the cached keys too, and grows the
+        cache. ``attention_mask`` then covers cached + new positions [batch, past + pos]
+        (its cached part must be the mask the cache was filled with); positions default
+        to past..past+pos-1 (HF's rule; ``generate`` passes them from the mask). Unlike
+        HF, whose config turns ``use_cache`` on by default, a cache is only made when
+        asked for.
         """
+        labels = kwargs.pop("labels", None)
         tt = kwargs.pop("token_type_ids", None)
         if tt is not None and np.any(np.asarray(to_numpy(tt)) != 0):
             raise NotImplementedError("token_type_ids other than 0 are not supported")
         output_attentions = bool(kwargs.pop("output_attentions", False))
         output_hidden_states = bool(kwargs.pop("output_hidden_states", False))
-        kwargs.pop("use_cache", None)     # no KV cache: every call is a full pass
+        use_cache = kwargs.pop("use_cache", None)
+        past = kwargs.pop("past_key_values", None)
         if kwargs:
             raise NotImplementedError(f"GPT2LMHeadModel: unsupported argument(s) {sorted(kwargs)}")
         if input_ids is None:
             raise TypeError("GPT2LMHeadModel: input_ids is required")
+        if past is not None and not isinstance(past, DynamicCache):
+            raise TypeError(f"past_key_values: expected a DynamicCache (from use_cache=True), got "
+                            f"{type(past).__name__}")
         ht = self._ht
         tokens = ht._tokens(input_ids)
         B, T = tokens.shape
+        cache_obj = past if past is not None else (DynamicCache() if use_cache else None)
+        kv, n_past = None, 0
+        if cache_obj is not None:
+            c = self.config
+            kv = cache_obj._bind(c.n_layer, B, c.n_head, c.n_embd // c.n_head, c.n_positions)
+            n_past = cache_obj.get_seq_length()
         if position_ids is None:
-            pos = np.broadcast_to(np.arange(T, dtype=np.int64), (B, T))
+            pos = np.broadcast_to(np.arange(n_past, n_past + T, dtype=np.int64), (B, T))
         else:
             pos = np.asarray(to_numpy(position_ids)).astype(np.int64)
             pos = np.broadcast_to(pos.reshape(-1, T) if pos.size in (T, B * T) else pos, (B, T))
@@ -509,10 +670,16 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             m = np.asarray(to_numpy(attention_mask))
             if m.ndim == 1:
                 m = m[None]
-            if m.shape != (B, T):
-                raise ValueError(f"attention_mask: expected shape {(B, T)} like input_ids, "
+            if m.shape != (B, n_past + T):
+                like = "like input_ids" if kv is None else f"(cached {n_past} + new {T} positions)"
+                raise ValueError(f"attention_mask: expected shape {(B, n_past + T)} {like}, "
                                  f"got {m.shape}")
             keep = m != 0
+            if n_past:
+                if kv.batch == B and not np.array_equal(keep[:, :n_past], kv.mask() != 0):
+                    raise ValueError("attention_mask: its first past positions differ from the "
+                                     "mask the cache was filled with")
+                keep = keep[:, n_past:]
             if not keep.all():
                 mask = np.ascontiguousarray(keep, dtype=np.float32)
                 padded = ~keep
@@ -538,7 +705,7 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             # query rows match HF too, not only the real tokens.
             flags[pos_pid] |= _core.HOOK_CALLBACK
             any_cb = True
-            W_pos = self.transformer.wpe.weight
+            W_pos = self.transformer.wpe._np("weight")
 
         def dispatch(pid, act):
             if pid == pos_pid and padded is not None:
@@ -546,20 +713,111 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             points[pid].run(act)
 
         logits, cache = ht._core.forward(tokens, bytes(flags), dispatch if any_cb else None,
-                                         pos, mask, -1)
+                                         pos, mask, -1, kv_cache=kv)
         out = CausalLMOutput(logits=_hf(logits))
+        if labels is not None:
+            out = CausalLMOutput(loss=to_user(causal_lm_loss(logits, labels)), logits=out["logits"])
+        if cache_obj is not None:
+            out["past_key_values"] = cache_obj
         if output_hidden_states:
             # HF: the embeddings, each block's input, and the last one after ln_f
             hs = [cache[hd[f"blocks.{l}.hook_resid_pre"].point_id] for l in range(L)]
             lnf = self.transformer.ln_f
-            hs.append(cache[hd["ln_final.hook_normalized"].point_id] * lnf.weight + lnf.bias)
+            hs.append(cache[hd["ln_final.hook_normalized"].point_id] * lnf._np("weight") + lnf._np("bias"))
             out["hidden_states"] = tuple(_hf(h) for h in hs)
         if output_attentions:
             out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
                                       for l in range(L))
         return out if return_dict else (out.logits,)
 
-    __call__ = forward
+    def __call__(self, *args, **kwargs):
+        """``forward`` with the hooks registered on this root module and the pre-hooks of
+        ``model.transformer`` around it (torch's ``Module.__call__`` order: the root's
+        pre-hooks, the transformer's pre-hooks, the pass, the root's forward hooks)."""
+        hooks = self.__dict__.get("_py_hooks")
+        if not hooks or not any(hooks.values()):
+            return self.forward(*args, **kwargs)
+        for mod, fn, wk in list(hooks["pre"]):
+            args, kwargs = _run_pre_hook(mod, fn, wk, args, kwargs)
+        if hooks["tr_pre"]:
+            ids = args[0] if args else kwargs.pop("input_ids", None)
+            rest = args[1:]
+            tr_args, tr_kwargs = (ids,), {}
+            for mod, fn, wk in list(hooks["tr_pre"]):
+                tr_args, tr_kwargs = _run_pre_hook(mod, fn, wk, tr_args, tr_kwargs)
+            if tr_kwargs:
+                raise ValueError(f"a pre-hook on transformer returned keyword arguments "
+                                 f"{sorted(tr_kwargs)}; only the input ids can be replaced")
+            args = (tr_args[0],) + rest
+        out = self.forward(*args, **kwargs)
+        for mod, fn, wk in list(hooks["fwd"]):
+            ret = fn(mod, args, kwargs, out) if wk else fn(mod, args, out)
+            if ret is not None:
+                out = ret
+        return out
+
+    def _add_py_hook(self, kind, module, hook, with_kwargs, prepend):
+        """Keep a hook that runs in Python around the pass (see ``__call__``)."""
+        if not callable(hook):
+            raise TypeError(f"{module._name}: hook must be callable, got {type(hook).__name__}")
+        lst = self.__dict__.setdefault("_py_hooks", {"pre": [], "tr_pre": [], "fwd": []})[kind]
+        entry = (module, hook, bool(with_kwargs))
+        lst.insert(0, entry) if prepend else lst.append(entry)
+        return RemovableHandle([_ListEntryHandle(lst, entry)])
+
+    def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
+        """Register ``hook(model, args, output)`` (``with_kwargs``: ``hook(model, args,
+        kwargs, output)``) on the whole model: it sees the output object (``.logits``,
+        ``.loss``, ...) and a non-None return replaces it. Returns a handle."""
+        return self._add_py_hook("fwd", self, hook, with_kwargs, prepend)
+
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """Register ``hook(model, args)`` (``with_kwargs``: ``hook(model, args, kwargs)``
+        returning None or ``(args, kwargs)``); a returned tuple replaces the positional
+        arguments of the call. Returns a handle."""
+        return self._add_py_hook("pre", self, hook, with_kwargs, prepend)
+
+    def save_pretrained(self, save_directory, safe_serialization=True, is_main_process=True,
+                        state_dict=None, **kwargs):
+        """Write ``config.json`` and ``model.safetensors`` (HF's names, ``transformer.``
+        prefix; ``lm_head.weight`` only when untied, as HF writes it) into
+        ``save_directory``: ``transformers.GPT2LMHeadModel.from_pretrained`` loads it.
+        Only safetensors is written (``safe_serialization=False`` raises); the weights
+        are the model's current ones (``state_dict`` overrides them by HF name)."""
+        if not safe_serialization:
+            raise NotImplementedError("save_pretrained: only safetensors is written "
+                                      "(safe_serialization=False is not supported)")
+        if kwargs:
+            raise TypeError(f"save_pretrained: unexpected keyword argument(s) {sorted(kwargs)}")
+        import json
+        import os
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_pretrained: {save_directory!r} is a file, not a directory")
+        if not is_main_process:
+            return
+        os.makedirs(save_directory, exist_ok=True)
+        tied = bool(self._ht._core.tied_unembed)
+        tensors = {}
+        for _, key, shape in _hf_tensor_map(self.config):
+            mod, attr = key.rsplit(".", 1)
+            tensors["transformer." + key] = self.get_submodule("transformer." + mod)._np(attr)
+        if not tied:
+            tensors["lm_head.weight"] = self.lm_head._np("weight")
+        if state_dict is not None:
+            for k, v in state_dict.items():
+                k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
+                if k not in tensors:
+                    raise KeyError(f"save_pretrained: state_dict has unknown tensor {k!r}")
+                tensors[k] = np.asarray(to_numpy(v), dtype=np.float32).reshape(tensors[k].shape)
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        _io.save_safetensors(os.path.join(save_directory, "model.safetensors"), tensors,
+                             metadata={"format": "pt"})
+        cfg = {k: v for k, v in self.config.to_dict().items() if not k.startswith("_")}
+        cfg.update(architectures=["GPT2LMHeadModel"], model_type="gpt2", tie_word_embeddings=tied)
+        tmp = os.path.join(save_directory, "config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, os.path.join(save_directory, "config.json"))
 
     def num_parameters(self):
         """Number of parameters (lm_head counted once, as HF's tied model)."""

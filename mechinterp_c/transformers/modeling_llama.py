@@ -183,6 +183,10 @@ class LlamaForCausalLM(Module):
         self.lm_head = linear("lm_head", ("unembed.hook_out", _same, None),
                               ("ln_final.hook_normalized", _same, lnf, False), raw["unembed.W_U"].T)
 
+    def _final_norm(self, normalized):
+        """The final norm's output from the C core's normalized residual stream."""
+        return normalized * self.model.norm._np("weight")
+
     def get_input_embeddings(self):
         """``model.embed_tokens``."""
         return self.model.embed_tokens
@@ -244,7 +248,7 @@ class LlamaForCausalLM(Module):
         out = CausalLMOutput(logits=_hf(logits))
         if output_hidden_states:
             hs = [cache[hd[f"blocks.{l}.hook_resid_pre"].point_id] for l in range(L)]
-            hs.append(cache[hd["ln_final.hook_normalized"].point_id] * self.model.norm.weight)
+            hs.append(self._final_norm(cache[hd["ln_final.hook_normalized"].point_id]))
             out["hidden_states"] = tuple(_hf(h) for h in hs)
         if output_attentions:
             out["attentions"] = tuple(_hf(cache[hd[f"blocks.{l}.attn.hook_pattern"].point_id])
@@ -255,8 +259,8 @@ class LlamaForCausalLM(Module):
 
 
 class MistralForCausalLM(LlamaForCausalLM):
-    """Hugging Face's ``MistralForCausalLM`` (Llama's tree; sliding windows shorter
-    than the context are refused at load)."""
+    """Hugging Face's ``MistralForCausalLM`` (Llama's tree; a sliding window shorter than
+    the context makes every layer local, as Hugging Face's)."""
 
     config_class = MistralConfig
     _convert = staticmethod(convert_mistral_config)

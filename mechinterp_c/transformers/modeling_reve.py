@@ -78,6 +78,7 @@ import numpy as np
 from .. import _core, ops
 from .. import io as _io
 from ..activation_cache import ActivationCache
+from ..array_type import raw_hook, to_user, torch_mode
 from ..config import REVE_CONFIG_FIELDS, PretrainedConfig
 from ..hooked_transformer import HookedTransformer, names_filter_fn
 from ..reve import PositionBank, ReveFrontEnd
@@ -258,13 +259,17 @@ class ReveModule(Module):
         state, handles = {}, []
         memo_points = self._memo_points()
         if pre is not None:
+            @raw_hook
             def stash(act, hook):
                 state["x"] = act
             handles += _transient(ht.add_hook(pre[0], stash, prepend=prepend))
         for name in memo_points:
+            @raw_hook
             def stash_memo(act, hook, name=name):
                 state[name] = act
             handles += _transient(ht.add_hook(name, stash_memo, prepend=prepend))
+
+        @raw_hook
 
         def fire(act, hook):
             inp = None
@@ -400,7 +405,7 @@ class Linear(ReveModule):
 
     def forward(self, x):
         """The module's computation on a float32 array (no hooks; see __call__)."""
-        return ops.matmul(x, self._w_io, self.bias)
+        return ops.matmul(x, self._w_io, self._np("bias"))
 
     def extra_repr(self):
         """The arguments shown in repr (as torch's extra_repr)."""
@@ -422,6 +427,8 @@ class GegluIn(ReveModule):
         """``[2M, D]`` = cat(value rows, gate rows): a read-only copy (value and gate are
         two C tensors); write weights with ``ReveModel.load_state_dict``."""
         w = np.concatenate([self._W_in.T, self._W_gate.T], axis=0)
+        if torch_mode():          # a tensor of the copy (edits of it reach nothing either)
+            return to_user(w)
         w.flags.writeable = False
         return _w(w)
 
@@ -454,11 +461,17 @@ def _concat_site_hook(module, user, prepend, output_is_concat):
     ht, state = module._core_ht, {}
     where = f"forward hook on {module._name}"
 
+    @raw_hook
+
     def stash_gate(act, hook):
         state["gate"] = act
 
+    @raw_hook
+
     def stash_in(act, hook):
         state["in"] = act
+
+    @raw_hook
 
     def fire_concat(value, hook):
         gate = state["gate"]
@@ -478,6 +491,8 @@ def _concat_site_hook(module, user, prepend, output_is_concat):
         M = value.shape[-1]
         value[...] = new[..., :M]
         gate[...] = new[..., M:]
+
+    @raw_hook
 
     def fire_post(act, hook):
         shown = np.array(act)
@@ -539,7 +554,7 @@ class RMSNorm(ReveModule):
 
     def forward(self, x):
         """The module's computation on a float32 array (no hooks; see __call__)."""
-        return ops.rms_norm(x, self.weight, eps=self.eps)
+        return ops.rms_norm(x, self._np("weight"), eps=self.eps)
 
     def extra_repr(self):
         """The arguments shown in repr (as torch's extra_repr)."""
@@ -555,7 +570,7 @@ class LayerNorm(ReveModule):
 
     def forward(self, x):
         """The module's computation on a float32 array (no hooks; see __call__)."""
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        return ops.layer_norm(x, self._np("weight"), self._np("bias"), self.eps)
 
     def extra_repr(self):
         """The arguments shown in repr (as torch's extra_repr)."""
@@ -625,7 +640,7 @@ class _FFMemo:
         y, gate, value, post = (state[p + "ln2.hook_normalized"], state[p + "mlp.hook_pre"],
                                 state[p + "mlp.hook_pre_linear"], state[p + "mlp.hook_post"])
         net = self.net if isinstance(self, FeedForward) else self
-        w = net[0].weight
+        w = net[0]._np("weight")
         M = value.shape[-1]
         m3 = _Memo(lambda x: np.array_equal(x, post), lambda: np.array(mlp_out))
         m2 = _Memo(lambda x: np.array_equal(x[..., :M], value) and np.array_equal(x[..., M:], gate),

@@ -11,10 +11,12 @@ of it, :class:`_AffineSite`), and what it edits or returns is written back
 Arrays handed to user code are :class:`HFArray` views of the C buffers, or torch
 tensors sharing the same memory after ``set_array_type("torch")`` (:func:`_hf`).
 """
+import sys
 import weakref
 
 import numpy as np
 
+from ..array_type import get_array_type, raw_hook, set_array_type, to_user, to_user_param, torch_mode
 from ..devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16
 from ..utils import to_numpy
 
@@ -60,6 +62,37 @@ class HFArray(np.ndarray):
         """Number of dimensions (torch's ``dim()``)."""
         return self.ndim
 
+    def softmax(self, dim=-1, dtype=None):
+        """torch's ``softmax(dim)`` (float32, max-subtracted)."""
+        x = np.asarray(self, dtype=np.float32 if dtype is None else dtype)
+        e = np.exp(x - x.max(axis=dim, keepdims=True))
+        return np.ndarray.view(e / e.sum(axis=dim, keepdims=True), HFArray)
+
+    def log_softmax(self, dim=-1, dtype=None):
+        """torch's ``log_softmax(dim)`` (float32)."""
+        x = np.asarray(self, dtype=np.float32 if dtype is None else dtype)
+        x = x - x.max(axis=dim, keepdims=True)
+        return np.ndarray.view(x - np.log(np.exp(x).sum(axis=dim, keepdims=True)), HFArray)
+
+    def argmax(self, dim=None, keepdim=False, axis=None, out=None, **kwargs):
+        """torch's ``argmax(dim, keepdim)`` (int64); NumPy's ``argmax(axis)`` too."""
+        ax = dim if dim is not None else axis
+        r = np.argmax(np.asarray(self), axis=ax, keepdims=bool(keepdim) and ax is not None)
+        return r if np.ndim(r) == 0 else np.ndarray.view(r, HFArray)
+
+    def numel(self):
+        """Number of elements (torch's ``numel()``)."""
+        return int(np.prod(self.shape))
+
+    def __getattr__(self, name):
+        # the torch methods HFArray does not have: say what to do instead of a bare
+        # AttributeError on an ndarray
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(f"HFArray (a NumPy array) has no method {name!r}: call "
+                             f"mechinterp_c.set_array_type('torch') to get torch tensors sharing "
+                             f"the same memory, or use the NumPy equivalent")
+
     def view(self, *args, **kwargs):
         """torch-style ``view(*shape)`` when given integer sizes (never copies:
         ValueError if the layout does not allow it); otherwise NumPy's ``view``."""
@@ -76,36 +109,13 @@ class HFArray(np.ndarray):
         return np.ndarray.view(self, *args, **kwargs)
 
 
-_ARRAY_TYPE = ["numpy"]
-
-
-def set_array_type(kind):
-    """What hooks and outputs of these models hand out: ``"numpy"`` (default:
-    :class:`HFArray` views of the C buffers) or ``"torch"`` (``torch.from_numpy`` of
-    the same buffers: tensors sharing memory, so in-place edits still reach the
-    C pass). Also ``mechinterp_c.set_array_type``."""
-    if kind not in ("numpy", "torch"):
-        raise ValueError(f"set_array_type: expected 'numpy' or 'torch', got {kind!r}")
-    if kind == "torch":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise ImportError("set_array_type('torch') needs PyTorch, which is not installed") from None
-    _ARRAY_TYPE[0] = kind
-
-
-def get_array_type():
-    """The current array type (``"numpy"`` or ``"torch"``)."""
-    return _ARRAY_TYPE[0]
-
-
 def _hf(a):
-    """A C buffer (or a NumPy array) as handed to user code: HFArray or torch tensor."""
+    """A C buffer (or a NumPy array) as handed to user code: HFArray, or a torch tensor
+    sharing its memory after ``set_array_type("torch")``."""
     if a is None:
         return a
-    if _ARRAY_TYPE[0] == "torch":
-        import torch
-        return torch.from_numpy(np.ndarray.view(a, np.ndarray))
+    if torch_mode():
+        return to_user(np.ndarray.view(a, np.ndarray))
     return np.ndarray.view(a, HFArray)
 
 
@@ -178,6 +188,40 @@ class _AffineSite:
         y[...] = (new - self.b) / self.w
 
 
+_PARAM_ATTRS = ("weight", "bias")
+
+
+def _with_kwargs_fwd(hook):
+    """torch's ``register_forward_hook(with_kwargs=True)`` contract,
+    ``hook(module, args, kwargs, output)``, for a module the C pass calls: its keyword
+    arguments are none (``{}``)."""
+    def call(module, args, output):
+        return hook(module, args, {}, output)
+    return call
+
+
+def _with_kwargs_pre(hook):
+    """torch's ``register_forward_pre_hook(with_kwargs=True)`` contract,
+    ``hook(module, args, kwargs)`` returning None or ``(args, kwargs)``."""
+    def call(module, args):
+        ret = hook(module, args, {})
+        if ret is None:
+            return None
+        if not (isinstance(ret, tuple) and len(ret) == 2):
+            raise TypeError("a forward pre-hook with with_kwargs=True must return None or a "
+                            "tuple (args, kwargs)")
+        if ret[1]:
+            raise ValueError(f"a forward pre-hook returned keyword arguments {sorted(ret[1])}: "
+                             f"this module is called by the C pass with none")
+        return ret[0]
+    return call
+
+
+def _view_key(w):
+    """Where a view's elements are: (address, shape, strides)."""
+    return (w.__array_interface__["data"][0], w.shape, w.strides)
+
+
 class Module(CPUFloat32):
     """A node of the HF module tree, with torch-style hook registration.
 
@@ -191,9 +235,36 @@ class Module(CPUFloat32):
 
     # torch.nn.Module-ish tree helpers
     def __setattr__(self, key, value):
+        if key in _PARAM_ATTRS and (value is None or isinstance(value, np.ndarray)):
+            # parameters are read through __getattr__, which hands out torch views of
+            # them in torch mode; the package reads them with _np
+            self.__dict__.setdefault("_pw", {})[key] = value
+            return
         if isinstance(value, Module) and not key.startswith("_"):
             self._children[key] = value
         object.__setattr__(self, key, value)
+
+    def __getattr__(self, key):
+        pw = self.__dict__.get("_pw")
+        if pw is not None and key in pw:
+            w = pw[key]
+            if w is None or not torch_mode():
+                return w
+            return to_user_param(w, self._torch_param_cache(), _view_key(w))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def _np(self, key):
+        """The parameter ``key`` (``"weight"``, ``"bias"``) as the NumPy view the C core
+        reads, whatever the array type."""
+        return self.__dict__.get("_pw", {}).get(key)
+
+    def _torch_param_cache(self):
+        """The root model's torch views of its weights, one per (memory, shape, strides), so
+        that tied weights (``lm_head.weight`` and ``wte.weight``) are one Parameter."""
+        ref = self.__dict__.get("_model_ref")
+        root = ref() if ref is not None else None
+        holder = root if root is not None else self
+        return holder.__dict__.setdefault("_torch_params", {})
 
     def named_modules(self, prefix=""):
         """Yield ``(name, module)`` for this module and all below it."""
@@ -213,6 +284,46 @@ class Module(CPUFloat32):
         """No-op (no dropout in inference); returns self."""
         return self
 
+    @property
+    def device(self):
+        """The CPU: ``torch.device("cpu")`` when torch is loaded, else ``"cpu"`` (either
+        works in ``tensor.to(model.device)``)."""
+        torch = sys.modules.get("torch")
+        return torch.device("cpu") if torch is not None else "cpu"
+
+    @property
+    def dtype(self):
+        """float32: ``torch.float32`` when torch is loaded, else ``numpy.float32``."""
+        torch = sys.modules.get("torch")
+        return torch.float32 if torch is not None else np.float32
+
+    def get_submodule(self, target):
+        """The module at the dotted path ``target`` (``"transformer.h.0.attn"``; ``""`` is
+        this module), as torch's ``get_submodule``; AttributeError naming the path otherwise."""
+        if target == "":
+            return self
+        mods = dict(self.named_modules())
+        if target not in mods:
+            raise AttributeError(f"{type(self).__name__} has no submodule {target!r}")
+        return mods[target]
+
+    def __call__(self, *args, **kwargs):
+        """Apply the module to arrays or tensors, computed in the C kernels from its weights
+        (``h[0](x)``, ``attn.c_attn(x)``); the result is in the array type of
+        ``set_array_type``. A direct call is not a pass of the model: hooks registered on
+        modules fire in the model's forward pass only."""
+        fn = getattr(self, "_forward_np", None)
+        if fn is None:
+            raise NotImplementedError(f"{self._name}: this module cannot be called on its own")
+        out = fn(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(_hf(o) if isinstance(o, np.ndarray) else o for o in out)
+        return _hf(out)
+
+    def forward(self, *args, **kwargs):
+        """Same as calling the module."""
+        return Module.__call__(self, *args, **kwargs)
+
     def requires_grad_(self, requires_grad=True):
         """No-op (no autograd); returns self."""
         return self
@@ -220,9 +331,9 @@ class Module(CPUFloat32):
     def named_parameters(self, prefix=""):
         """Yield ``(HF name, array view)`` for every parameter at and below this module."""
         for name, mod in self.named_modules(prefix):
-            for attr in ("weight", "bias"):
-                if attr in vars(mod):
-                    yield (f"{name}.{attr}" if name else attr), vars(mod)[attr]
+            for attr in _PARAM_ATTRS:
+                if mod._np(attr) is not None:
+                    yield (f"{name}.{attr}" if name else attr), getattr(mod, attr)
 
     def parameters(self):
         """The parameter views (HF layout)."""
@@ -268,9 +379,7 @@ class Module(CPUFloat32):
         Returns a handle with ``.remove()``."""
         if not callable(hook):
             raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
-        if with_kwargs:
-            raise NotImplementedError("register_forward_hook(with_kwargs=True) is not supported")
-        user = hook
+        user = _with_kwargs_fwd(hook) if with_kwargs else hook
         point, view, affine = self._site("fwd")
         ht, module, where = self._core_ht, self, f"forward hook on {self._name}"
         inp_state = {}
@@ -279,9 +388,12 @@ class Module(CPUFloat32):
         if pre is not None:
             # remember the input as it reaches the module (a later point in the pass
             # runs the hook); the C buffer stays valid for the whole call.
+            @raw_hook
             def stash(act, hook):
                 inp_state["x"] = act
             handles += ht.add_hook(pre[0], stash)
+
+        @raw_hook
 
         def fire(act, hook):
             if pre is not None and "x" in inp_state:
@@ -294,11 +406,11 @@ class Module(CPUFloat32):
             out = view(act)
             if affine is not None:
                 shown = affine.expose(out)
-                ret = user(module, (inp,), _hf(shown))
-                affine.absorb(out, shown, ret)
+                ret = user(module, (inp,), self._wrap_output(_hf(shown)))
+                affine.absorb(out, shown, self._unwrap_return(ret))
                 return None
             shown = _hf(out)
-            ret = user(module, (inp,), self._wrap_output(shown))
+            ret = self._unwrap_return(user(module, (inp,), self._wrap_output(shown)))
             if ret is not None:
                 _write_back(out, ret, where)
             return None
@@ -307,18 +419,23 @@ class Module(CPUFloat32):
         return RemovableHandle(handles)
 
     def _wrap_output(self, out):
+        """The module's output as its forward hooks see it (the C buffer by default)."""
         return out
+
+    def _unwrap_return(self, ret):
+        """The array a forward hook's return value replaces the output with."""
+        return ret
 
     def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
         """Register ``hook(module, input)``; ``input`` is a 1-tuple. The hook may
         edit ``input[0]`` in place or return a new tuple / array. Returns a handle."""
         if not callable(hook):
             raise TypeError(f"{self._name}: hook must be callable, got {type(hook).__name__}")
-        if with_kwargs:
-            raise NotImplementedError("register_forward_pre_hook(with_kwargs=True) is not supported")
-        user = hook
+        user = _with_kwargs_pre(hook) if with_kwargs else hook
         point, view, affine, read_only = self._site("pre")
         module, where = self, f"forward pre-hook on {self._name}"
+
+        @raw_hook
 
         def fire(act, hook):
             x = view(act)

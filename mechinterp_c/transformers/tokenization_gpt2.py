@@ -376,6 +376,7 @@ class GPT2Tokenizer:
         return_tensors: None (lists) | "np" | "pt" (torch, if installed).
         """
         kwargs.pop("verbose", None)                     # transformers' logging switch
+        return_offsets = bool(kwargs.pop("return_offsets_mapping", False))
         if kwargs.pop("return_token_type_ids", None):  # GPT-2 has none: only False/None
             raise NotImplementedError("tokenizer: return_token_type_ids=True is not supported")
         if kwargs:
@@ -385,13 +386,46 @@ class GPT2Tokenizer:
         gc.disable()              # building many small lists: spare the cyclic GC the rescans
         try:
             return self._call(text, text_pair, add_special_tokens, padding, truncation, max_length,
-                              return_tensors, return_attention_mask, padding_side, pad_to_multiple_of)
+                              return_tensors, return_attention_mask, padding_side, pad_to_multiple_of,
+                              return_offsets)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
+    def _offsets(self, text, ids):
+        """``(start, end)`` character offsets in ``text`` of each token of ``ids`` (as the
+        fast tokenizer of transformers gives them: a token's span includes the space its
+        byte-level form starts with; one that holds part of a character spans the whole
+        character; an added BOS gets (0, 0))."""
+        raw = text.encode("utf-8")
+        char_of = np.zeros(len(raw) + 1, dtype=np.int64)   # byte -> index of its character
+        b = 0
+        for ci, ch in enumerate(text):
+            n = len(ch.encode("utf-8"))
+            char_of[b:b + n] = ci
+            b += n
+        char_of[len(raw)] = len(text)
+        pos = -1 if self.add_prefix_space and not text.startswith(" ") else 0
+        out = []
+        bos = self.add_bos_token and ids and ids[0] == self.bos_token_id and \
+            not text.startswith(self.bos_token or "\0")
+        for k, i in enumerate(ids):
+            if k == 0 and bos:
+                out.append((0, 0))
+                continue
+            tok = self._tok.id_to_token(i)
+            n = sum(1 if c in _BYTE_OF else len(c.encode("utf-8")) for c in tok)
+            b0, b1 = max(pos, 0), max(pos + n, 0)
+            pos += n
+            if b1 <= b0:
+                out.append((int(char_of[b0]), int(char_of[b0])))
+            else:
+                out.append((int(char_of[b0]), int(char_of[min(b1, len(raw)) - 1]) + 1))
+        return out
+
     def _call(self, text, text_pair, add_special_tokens, padding, truncation, max_length,
-              return_tensors, return_attention_mask, padding_side, pad_to_multiple_of):
+              return_tensors, return_attention_mask, padding_side, pad_to_multiple_of,
+              return_offsets=False):
         if text is None:
             raise ValueError("tokenizer: give a str or a list of str to tokenize")
         if text_pair is not None:
@@ -415,13 +449,17 @@ class GPT2Tokenizer:
             raise ValueError(f"tokenizer: pad_to_multiple_of must be a positive int, got "
                              f"{pad_to_multiple_of!r}")
         batch = self._encode_texts(texts, add_special_tokens)
+        offs = [self._offsets(t, ids) for t, ids in zip(texts, batch)] if return_offsets else None
 
         # truncation
         if truncation in (True, "longest_first", "only_first"):
             limit = max_length if max_length is not None else self.model_max_length
             side = self.truncation_side
-            batch = [ids[:limit] if side == "right" else ids[len(ids) - limit:] if len(ids) > limit else ids
-                     for ids in batch]
+            def cut(ids):
+                return ids[:limit] if side == "right" else ids[len(ids) - limit:] if len(ids) > limit else ids
+            batch = [cut(ids) for ids in batch]
+            if offs is not None:
+                offs = [cut(o) for o in offs]
         elif truncation not in (None, False, "do_not_truncate"):
             raise ValueError(f"tokenizer: truncation must be True/False/'longest_first'/'only_first', got {truncation!r}")
 
@@ -452,14 +490,20 @@ class GPT2Tokenizer:
                     if side == "right":
                         batch[i] = ids + [pad_id] * k
                         masks[i] = masks[i] + [0] * k
+                        if offs is not None:
+                            offs[i] = offs[i] + [(0, 0)] * k
                     else:
                         batch[i] = [pad_id] * k + ids
                         masks[i] = [0] * k + masks[i]
+                        if offs is not None:
+                            offs[i] = [(0, 0)] * k + offs[i]
 
         out = BatchEncoding()
         out["input_ids"] = batch[0] if single else batch
         if return_attention_mask is None or return_attention_mask:
             out["attention_mask"] = masks[0] if single else masks
+        if offs is not None:
+            out["offset_mapping"] = offs[0] if single else offs
         if return_tensors is not None:
             for k in list(out):
                 out[k] = _to_tensor([out[k]] if single else out[k], return_tensors)
@@ -497,6 +541,24 @@ class GPT2Tokenizer:
                 f"len={len(self)}, special_tokens={self.special_tokens_map})")
 
 
+def _bytes_to_unicode():
+    """GPT-2's byte-level alphabet: byte -> the character standing for it in tokens."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+# a token's character -> the byte it stands for
+_BYTE_OF = {c: b for b, c in _bytes_to_unicode().items()}
+
+
 def _clean_up_tokenization(s):
     """transformers' clean_up_tokenization (only used when asked for)."""
     return (s.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
@@ -529,7 +591,10 @@ def _to_tensor(rows, kind):
     if len(lengths) > 1:
         raise ValueError("Unable to create tensor: the sequences have different lengths "
                          f"({sorted(lengths)}); use padding=True (and truncation=True) to get a rectangular batch")
-    arr = np.array(rows, dtype=np.int64).reshape(len(rows), lengths.pop() if lengths else 0)
+    n = lengths.pop() if lengths else 0
+    arr = np.array(rows, dtype=np.int64)
+    # ids and masks are [batch, n]; offset mappings [batch, n, 2]
+    arr = arr.reshape((len(rows), n) + (arr.shape[2:] if arr.ndim > 2 else ()))
     if kind == "np":
         return arr
     if kind == "pt":

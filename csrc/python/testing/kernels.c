@@ -413,6 +413,38 @@ done:
     return dx;
 }
 
+PyDoc_STRVAR(_softcap_doc,
+"_softcap(x, cap)\n--\n\n"
+"mi_softcap: cap * tanh(x / cap) of a float32 array (any shape, C-contiguous) under\n"
+"the instruction set in use (force_isa). Returns a new array.");
+
+static PyObject *py__softcap(PyObject *m, PyObject *args, PyObject *kw)
+{
+    const mi_core_api *core = api_of(m);
+    static char *kwlist[] = {"x", "cap", NULL};
+    mi_arg x = MI_ARG_FLOAT("x", 0, 32);
+    double cap;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&d:_softcap", kwlist, mi_conv_array, &x, &cap))
+        return NULL;
+    PyObject *y = NULL;
+    float *yd;
+    if (!(cap > 0.0) || !isfinite(cap)) {
+        PyErr_Format(PyExc_ValueError, "cap: expected a finite number > 0, got %g", cap);
+        goto done;
+    }
+    if (!(y = empty(m, PyArray_NDIM(x.arr), PyArray_DIMS(x.arr), &yd))) goto done;
+    {
+        const float *xd = mi_arg_data(&x);
+        npy_intp n = PyArray_SIZE(x.arr);
+        Py_BEGIN_ALLOW_THREADS
+        core->mi_softcap((float)cap, xd, yd, n);
+        Py_END_ALLOW_THREADS
+    }
+done:
+    mi_arg_release(&x);
+    return y;
+}
+
 PyDoc_STRVAR(_relu_backward_bias_doc,
 "_relu_backward_bias(x, dy, db)\n--\n\n"
 "The MLP's fused relu step: dy [rows, cols] is overwritten IN PLACE with\n"
@@ -998,6 +1030,7 @@ static PyMethodDef testing_methods[] = {
     KW_METHOD(_tl_norm),
     KW_METHOD(_activation_backward),
     KW_METHOD(_relu_backward_bias),
+    KW_METHOD(_softcap),
     KW_METHOD(_softmax_backward),
     KW_METHOD(_attn_fused),
     KW_METHOD(_attention_backward),
