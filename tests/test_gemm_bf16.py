@@ -37,7 +37,8 @@ def check(out, a, b_u16, trans_b, bias=None, c0=None):
 
 
 SHAPES = [(1, 1, 1), (3, 5, 7), (12, 32, 2), (13, 33, 3), (37, 70, 129), (100, 65, 768), (25, 300, 1537),
-          (130, 97, 770)]
+          (130, 97, 770),
+          (1, 3000, 769), (4, 70, 1537), (2, 1000, 768), (5, 300, 100)]   # decode-step rows (M <= 4)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -64,16 +65,17 @@ def test_bias_and_accumulate(path, rng):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_threads_bitwise(path, rng):
+@pytest.mark.parametrize("M,trans_b", [(200, False), (1, False), (3, True)])
+def test_threads_bitwise(path, M, trans_b, rng):
     """Threads split output tiles only: 1 and 2 threads give the same bits."""
-    a = rng.standard_normal((200, 1000)).astype(np.float32)
-    b = _core.to_bfloat16(rng.standard_normal((1000, 300)).astype(np.float32))
+    a = rng.standard_normal((M, 1000)).astype(np.float32)
+    b = _core.to_bfloat16(rng.standard_normal((3000, 1000) if trans_b else (1000, 3000)).astype(np.float32))
     n = _core.get_num_threads()
     try:
         _core.set_num_threads(1)
-        one = _core._gemm_bf16(a, b, path=path)
+        one = _core._gemm_bf16(a, b, trans_b=trans_b, path=path)
         _core.set_num_threads(2)
-        two = _core._gemm_bf16(a, b, path=path)
+        two = _core._gemm_bf16(a, b, trans_b=trans_b, path=path)
     finally:
         _core.set_num_threads(n)
     assert np.array_equal(one.view(np.uint32), two.view(np.uint32))

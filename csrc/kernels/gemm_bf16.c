@@ -4,6 +4,8 @@
  *
  * Paths, chosen from the shape and the requested path only:
  *   K = 0 or M*N*K < SMALL_MNK   the reference loop (packing would dominate)
+ *   bf16, M <= 4                 no packing: B widened as read, float32 FMAs
+ *                                (mi_bgemm_small_m_avx512; decode steps)
  *   bf16                         the blocked product below
  *   fp32                         B widened in column chunks, A rounded once,
  *                                each chunk through mi_sgemm
@@ -289,6 +291,21 @@ int mi_bgemm(mi_bgemm_path path, int trans_b, int64_t M, int64_t N, int64_t K,
     int nt = omp_in_parallel() ? 1 : mi_get_num_threads();
     const double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
+    if (M <= MI_BGEMM_SMALL_M) {
+        /* decode steps: packing B would cost as much as the product; read it as it is */
+        float *Ar = mi_malloc((size_t)M * (size_t)K * sizeof(float));
+        if (Ar) {
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t p = 0; p < K; p++) Ar[i * K + p] = mi_bf16_widen(mi_bf16_round(A[i * lda + p]));
+            const int64_t chunk = 256, nchunks = ceil_div(N, chunk);
+            #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+            for (int64_t c = 0; c < nchunks; c++)
+                mi_bgemm_small_m_avx512(trans_b, M, c * chunk, c * chunk + chunk < N ? c * chunk + chunk : N,
+                                        K, Ar, B, ldb, bias, beta, C, ldc);
+            mi_free(Ar);
+            return 0;
+        }
+    }
     bgemm_blocked(nt, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
     return 0;
 }

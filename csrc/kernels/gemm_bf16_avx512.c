@@ -170,3 +170,64 @@ void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int
             for (int q = 0; q < nq; q++) _mm512_storeu_si512(dst + (pb + q) * NR + jb, r[q]);
         }
 }
+
+static inline __m512 widen16(__mmask16 m, const uint16_t *p)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+void mi_bgemm_small_m_avx512(int trans_b, int64_t M, int64_t j0, int64_t j1, int64_t K,
+                             const float *Ar, const uint16_t *B, int64_t ldb, const float *bias,
+                             float beta, float *C, int64_t ldc)
+{
+    if (!trans_b) {     /* 64 columns at a time, k in order */
+        for (int64_t j = j0; j < j1; j += 64) {
+            __m512 acc[MI_BGEMM_SMALL_M][4];
+            __mmask16 m[4];
+            for (int v = 0; v < 4; v++) {
+                int64_t left = j1 - j - 16 * v;
+                m[v] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+                for (int64_t i = 0; i < M; i++) acc[i][v] = _mm512_setzero_ps();
+            }
+            for (int64_t k = 0; k < K; k++) {
+                const uint16_t *b = B + k * ldb + j;
+                __m512 bv[4] = {widen16(m[0], b), widen16(m[1], b + 16), widen16(m[2], b + 32),
+                                widen16(m[3], b + 48)};
+                for (int64_t i = 0; i < M; i++) {
+                    __m512 a = _mm512_set1_ps(Ar[i * K + k]);
+                    for (int v = 0; v < 4; v++) acc[i][v] = _mm512_fmadd_ps(a, bv[v], acc[i][v]);
+                }
+            }
+            for (int64_t i = 0; i < M; i++)
+                for (int v = 0; v < 4; v++) {
+                    if (!m[v]) continue;
+                    float *c = C + i * ldc + j + 16 * v;
+                    __m512 r = acc[i][v];
+                    if (beta != 0.0f) r = _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], c), r);
+                    if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m[v], bias + j + 16 * v));
+                    _mm512_mask_storeu_ps(c, m[v], r);
+                }
+        }
+        return;
+    }
+    /* B stored [N, K]: one dot product per (row i, column j), 16 k at a time in order,
+     * then the 16 lanes added in a fixed tree */
+    for (int64_t j = j0; j < j1; j++) {
+        const uint16_t *b = B + j * ldb;
+        __m512 acc[MI_BGEMM_SMALL_M];
+        for (int64_t i = 0; i < M; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < K; k += 16) {
+            const int64_t left = K - k;
+            const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 bv = widen16(m, b + k);
+            for (int64_t i = 0; i < M; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, Ar + i * K + k), bv, acc[i]);
+        }
+        for (int64_t i = 0; i < M; i++) {
+            float r = _mm512_reduce_add_ps(acc[i]);
+            float *c = C + i * ldc + j;
+            r = (beta != 0.0f ? *c : 0.0f) + r;
+            *c = bias ? r + bias[j] : r;
+        }
+    }
+}
