@@ -5,6 +5,18 @@ NumPy arrays where TransformerLens gives tensors. Parameters are writable views
 of the C model's one parameter blob (``model.blocks[0].attn.W_Q[...] = x``
 changes what the C core computes); activations are zero-copy views of the
 per-call arena, valid after later calls and after the model is deleted.
+
+bfloat16 weights: ``HookedTransformer(dict(cfg, dtype="bfloat16"))`` or
+``from_pretrained(name, dtype="bfloat16")`` stores the matrices (``W_Q``, ``W_K``,
+``W_V``, ``W_O``, ``W_in``, ``W_gate``, ``W_out``, ``W_U``) and the token embedding
+``W_E`` as bfloat16, half the memory; every other weight holds bfloat16-rounded values in
+float32. Activations, hooks, caches and sums stay float32; only a product's
+activation operand is rounded to bfloat16 (the CPU's AVX512-BF16 products, or a
+slower float32 fallback with a warning). NumPy has no bfloat16, so what the model
+hands out for a bfloat16 weight (``state_dict()``, ``model.W_Q``,
+``model.blocks[0].attn.W_Q``) is a read-only float32 copy; :meth:`bf16_weight` gives
+the stored bit patterns as a writable uint16 view, and ``load_state_dict`` rounds what
+it is given. Training a bfloat16 model is refused (NotImplementedError).
 """
 import warnings
 
@@ -16,7 +28,7 @@ from .activation_cache import ActivationCache
 from .array_type import to_user, to_user_param, torch_mode, user_facing
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
-from .devices import CPUFloat32, check_cpu_device, check_dtype
+from .devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16, warn_bf16_path
 from .generation import GenerationMixin
 from .hook_points import HookedRootMixin, HookPoint, names_filter_fn  # noqa: F401 (names_filter_fn: re-export)
 from .hooked_text import TextMixin, check_padding_side
@@ -45,11 +57,17 @@ class _Module:
     def __init__(self, name):
         self._name = name
         self._p = {}
+        self._lazy = {}      # attribute -> (model, parameter name): bfloat16 weights
 
     def __getattr__(self, attr):
         p = self.__dict__.get("_p")
         if p is not None and attr in p:
             return to_user_param(p[attr])
+        # a bfloat16 weight: a float32 copy made when asked for, not kept
+        lazy = self.__dict__.get("_lazy") or {}
+        if attr in lazy:
+            model, name = lazy[attr]
+            return to_user_param(model._weight(name))
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def __repr__(self):
@@ -104,6 +122,11 @@ def _param_view(params, name):
     return params[name]
 
 
+def _bf16_round(x):
+    """float32 values rounded to the nearest bfloat16 (as float32)."""
+    return _core.from_bfloat16(_core.to_bfloat16(np.asarray(x, dtype=np.float32)))
+
+
 # TransformerLens's position schemes the C core does not run, by the feature they are
 _POSITION_FEATURES = {"alibi": "ALiBi position biases", "shortformer": "Shortformer position "
                       "embeddings", "relative_positional_bias": "relative position buckets (T5)"}
@@ -115,7 +138,7 @@ _MULTIMODAL_ARCHITECTURES = {"LlavaForConditionalGeneration", "LlavaNextForCondi
 
 
 def _check_unsupported(cfg):
-    check_dtype(cfg.dtype, "HookedTransformerConfig")
+    check_dtype(cfg.dtype, "HookedTransformerConfig", allow_bf16=True)
     check_cpu_device(cfg.device, "HookedTransformerConfig")
     bad = []
     if cfg.positional_embedding_type not in ("standard", "rotary"):
@@ -200,6 +223,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                           "tokenizer (pass tokenizer=... or call set_tokenizer(tok, "
                           "default_padding_side=...))", stacklevel=2)
         _check_unsupported(self.cfg)
+        if self._bf16:
+            warn_bf16_path("HookedTransformer(dtype='bfloat16')")
         self._build()
         if self.cfg.init_weights:
             self.init_weights()
@@ -213,10 +238,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         converted to TransformerLens weights (``loading_from_pretrained``) and processed
         as TransformerLens does by default (fold_ln, center_writing_weights,
         center_unembed, fold_value_biases). The checkpoint's tokenizer is attached when
-        it has one and ``tokenizer`` is not given. A dtype other than float32 or a device
-        other than the CPU is refused, as is any other keyword."""
-        check_dtype(kwargs.pop("dtype", None), "from_pretrained")
-        check_dtype(kwargs.pop("torch_dtype", None), "from_pretrained")
+        it has one and ``tokenizer`` is not given. ``dtype`` (or ``torch_dtype``)
+        "bfloat16" stores the weights as bfloat16 (converted once, after processing; see
+        the module docstring). Another dtype than float32 or bfloat16, a device other
+        than the CPU, or any other keyword is refused."""
+        dtype = kwargs.pop("dtype", None)
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        check_dtype(dtype, "from_pretrained", allow_bf16=True)
+        check_dtype(torch_dtype, "from_pretrained", allow_bf16=True)
         check_cpu_device(kwargs.pop("device", None), "from_pretrained")
         kwargs.pop("move_to_device", None)      # nothing to move: the model is on the CPU
         if kwargs:
@@ -224,6 +253,8 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         hf_cfg, tl_cfg = loading.get_pretrained_model_config(model_name, revision, cache_dir)
         if tokenizer is None:
             tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
+        if is_bfloat16(dtype) or is_bfloat16(torch_dtype):
+            tl_cfg["dtype"] = "bfloat16"
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
         if center_unembed and (model.cfg.output_logits_soft_cap or 0) > 0:
             # as TransformerLens: a soft-capped logit is not invariant to a constant shift
@@ -273,7 +304,7 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             use_split_qkv_input=cfg.use_split_qkv_input, use_attn_in=cfg.use_attn_in,
             n_key_value_heads=cfg.n_key_value_heads or 0,
             parallel_attn_mlp=cfg.parallel_attn_mlp and not cfg.attn_only,
-            **_gemma2_spec(cfg))
+            **_gemma2_spec(cfg), bf16=self._bf16)
         shared = params_from is not None and core.share_params(params_from)
         self._core = core
         self._raw = core.params()
@@ -299,6 +330,35 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             self._params = self._tl_params()
         self._make_modules()
         return shared
+
+    @property
+    def _bf16(self):
+        """Whether the weights are stored as bfloat16 (``cfg.dtype``)."""
+        return is_bfloat16(self.cfg.dtype)
+
+    def _weights_bf16(self):
+        return self._bf16
+
+    def _weight(self, name):
+        """Parameter ``name`` as float32: the writable view itself, or (a bfloat16
+        weight) a read-only float32 copy."""
+        v = self._params[name]
+        if v.dtype != np.uint16:
+            return v
+        out = _core.from_bfloat16(v)
+        out.flags.writeable = False
+        return out
+
+    def bf16_weight(self, name):
+        """The stored bfloat16 bit patterns of weight ``name`` (TransformerLens name) as a
+        writable uint16 view (``mechinterp_c.ops.from_bfloat16`` makes float32 of it,
+        ``ops.to_bfloat16`` the patterns of float32 values). KeyError for a name that is
+        not a weight, ValueError for one stored as float32."""
+        v = self._params[name]
+        if v.dtype != np.uint16:
+            raise ValueError(f"bf16_weight: {name} is stored as float32 (only the matrices and "
+                             f"W_E of a dtype='bfloat16' model are bfloat16)")
+        return v.view(np.ndarray)
 
     def _tl_params(self):
         """TransformerLens-named, -shaped writable views of the blob."""
@@ -358,7 +418,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         def attach(mod, prefix):
             for key, arr in P.items():
                 if key.startswith(prefix) and "." not in key[len(prefix):]:
-                    mod._p[key[len(prefix):]] = arr
+                    if arr.dtype == np.uint16:     # float32 copies on access (_Module)
+                        mod._lazy[key[len(prefix):]] = (self, key)
+                    else:
+                        mod._p[key[len(prefix):]] = arr
             for hname, hp in self.hook_dict.items():
                 if hname.startswith(prefix) and "." not in hname[len(prefix):]:
                     setattr(mod, hname[len(prefix):], hp)
@@ -404,7 +467,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         for name, arr in self._raw.items():
             leaf = name.rsplit(".", 1)[1]
             if leaf.startswith("W_"):
-                arr[...] = rng.normal(0.0, std, size=arr.shape)
+                w = rng.normal(0.0, std, size=arr.shape).astype(np.float32)
+                arr[...] = _core.to_bfloat16(w) if arr.dtype == np.uint16 else (
+                    _bf16_round(w) if self._bf16 else w)
             elif leaf == "w":
                 arr[...] = 1.0
             else:
@@ -413,16 +478,18 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
     # --------------------------------------------------------------- state
     def state_dict(self):
         """TransformerLens parameter names -> writable views of the model's weights
-        (``torch.nn.Parameter`` views after ``set_array_type("torch")``)."""
+        (``torch.nn.Parameter`` views after ``set_array_type("torch")``; for a bfloat16
+        weight a read-only float32 copy, see :meth:`bf16_weight`)."""
         if torch_mode():
-            return {k: to_user_param(v) for k, v in self._params.items()}
-        return dict(self._params)
+            return {k: to_user_param(self._weight(k)) for k in self._params}
+        return {k: self._weight(k) for k in self._params}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy TransformerLens-named weights in (shapes checked, errors name the key).
 
         Torch tensors are accepted; TransformerLens buffers (``attn.mask``, ``attn.IGNORE``)
-        are skipped. With ``strict``, missing and unknown keys raise KeyError.
+        are skipped. With ``strict``, missing and unknown keys raise KeyError. A
+        bfloat16 model rounds every weight to bfloat16 (round to nearest even).
         """
         unknown = [k for k in state_dict if k not in self._params and not k.endswith(_TL_BUFFER_SUFFIXES)]
         missing = [k for k in self._params if k not in state_dict]
@@ -439,7 +506,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                                  f"{dst.shape}")
             if arr.dtype.kind != "f":
                 raise TypeError(f"load_state_dict: {k} has dtype {arr.dtype}, expected floats")
-            dst[...] = arr
+            if dst.dtype == np.uint16:
+                dst[...] = _core.to_bfloat16(arr)
+            else:
+                dst[...] = _bf16_round(arr) if self._bf16 else arr
 
     def load_and_process_state_dict(self, state_dict, fold_ln=True, center_writing_weights=True,
                                     center_unembed=True, fold_value_biases=True,
@@ -472,7 +542,9 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         old_core, old_params = self._core, self._params
         if self._build(params_from=old_core):
             return
-        self.load_state_dict(old_params, strict=False)
+        for k, v in old_params.items():       # the stored values, bits as they are
+            if k in self._params:
+                self._params[k][...] = v
         for k, v in old_params.items():
             if k in self._params:
                 self._params[k].requires_grad = v.requires_grad
@@ -530,21 +602,23 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         W_K property)."""
         name = f"blocks.{l}.{key}"
         if name in self._params:
-            return self._params[name].data
+            return np.asarray(self._weight(name))
         mod, leaf = name.rsplit(".", 1)
         g = self.cfg.n_heads // self.cfg.n_key_value_heads
-        return np.repeat(self._params[f"{mod}._{leaf}"].data, g, axis=0)
+        return np.repeat(np.asarray(self._weight(f"{mod}._{leaf}")), g, axis=0)
 
     def _np_weight(self, attr):
         """The weight ``attr`` (``W_E``, ``W_Q``, ...) as NumPy whatever the array type:
         a view for the model-level ones, a stacked copy for the per-layer ones."""
         if attr in _MODEL_WEIGHTS:
-            return self._params[_MODEL_WEIGHTS[attr]]
+            return self._weight(_MODEL_WEIGHTS[attr])
         return self._stack(_STACKED_WEIGHTS[attr])
 
-    W_E = property(lambda self: to_user_param(self._params["embed.W_E"]), doc="Token embedding [d_vocab, d_model] (view).")
+    W_E = property(lambda self: to_user_param(self._weight("embed.W_E")), doc="Token embedding "
+                   "[d_vocab, d_model] (view; a read-only float32 copy in a bfloat16 model).")
     W_pos = property(lambda self: to_user_param(self._params["pos_embed.W_pos"]), doc="Positional embedding [n_ctx, d_model] (view).")
-    W_U = property(lambda self: to_user_param(self._params["unembed.W_U"]), doc="Unembedding [d_model, d_vocab_out] (view).")
+    W_U = property(lambda self: to_user_param(self._weight("unembed.W_U")), doc="Unembedding "
+                   "[d_model, d_vocab_out] (view; a read-only float32 copy in a bfloat16 model).")
     b_U = property(lambda self: to_user_param(self._params["unembed.b_U"]), doc="Unembedding bias [d_vocab_out] (view).")
     W_Q = property(lambda self: to_user(self._stack("attn.W_Q")), doc="[n_layers, n_heads, d_model, d_head] (copy).")
     W_K = property(lambda self: to_user(self._stack("attn.W_K")), doc="[n_layers, n_heads, d_model, d_head] (copy).")

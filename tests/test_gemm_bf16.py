@@ -37,7 +37,8 @@ def check(out, a, b_u16, trans_b, bias=None, c0=None):
 
 
 SHAPES = [(1, 1, 1), (3, 5, 7), (12, 32, 2), (13, 33, 3), (37, 70, 129), (100, 65, 768), (25, 300, 1537),
-          (130, 97, 770)]
+          (130, 97, 770),
+          (1, 3000, 769), (4, 70, 1537), (2, 1000, 768), (5, 300, 100)]   # decode-step rows (M <= 4)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -64,16 +65,17 @@ def test_bias_and_accumulate(path, rng):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_threads_bitwise(path, rng):
+@pytest.mark.parametrize("M,trans_b", [(200, False), (1, False), (3, True)])
+def test_threads_bitwise(path, M, trans_b, rng):
     """Threads split output tiles only: 1 and 2 threads give the same bits."""
-    a = rng.standard_normal((200, 1000)).astype(np.float32)
-    b = _core.to_bfloat16(rng.standard_normal((1000, 300)).astype(np.float32))
+    a = rng.standard_normal((M, 1000)).astype(np.float32)
+    b = _core.to_bfloat16(rng.standard_normal((3000, 1000) if trans_b else (1000, 3000)).astype(np.float32))
     n = _core.get_num_threads()
     try:
         _core.set_num_threads(1)
-        one = _core._gemm_bf16(a, b, path=path)
+        one = _core._gemm_bf16(a, b, trans_b=trans_b, path=path)
         _core.set_num_threads(2)
-        two = _core._gemm_bf16(a, b, path=path)
+        two = _core._gemm_bf16(a, b, trans_b=trans_b, path=path)
     finally:
         _core.set_num_threads(n)
     assert np.array_equal(one.view(np.uint32), two.view(np.uint32))
@@ -121,16 +123,48 @@ def test_byte_swapped_activations_are_converted(rng):
 def test_bad_input(rng):
     a = rng.standard_normal((4, 8)).astype(np.float32)
     b = _core.to_bfloat16(rng.standard_normal((8, 5)).astype(np.float32))
-    with pytest.raises(TypeError, match="b must be a uint16 array"):
+    with pytest.raises(TypeError, match="b: expected a uint16 array"):
         _core._gemm_bf16(a, b.astype(np.float32))
+    with pytest.raises(TypeError, match="b: expected a uint16 array"):
+        _core._gemm_bf16(a, b.astype(np.uint8))    # bit patterns are never widened
     with pytest.raises(ValueError, match="inner dimensions differ"):
         _core._gemm_bf16(a, b, trans_b=True)
-    with pytest.raises(ValueError, match="path must be"):
+    with pytest.raises(ValueError, match="path: must be"):
         _core._gemm_bf16(a, b, path="fast")
-    with pytest.raises(ValueError, match="bias must be"):
+    with pytest.raises(ValueError, match=r"bias: expected shape \(5,\)"):
         _core._gemm_bf16(a, b, bias=np.zeros(4, np.float32))
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match=r"out: expected shape \(4, 5\)"):
         _core._gemm_bf16(a, b, out=np.zeros((4, 4), np.float32))
-    with pytest.raises(TypeError, match="h must be uint16"):
+    with pytest.raises(TypeError, match="out: expected a writable"):
+        _core._gemm_bf16(a, b, out=np.zeros((4, 5), np.float64))
+    with pytest.raises(TypeError, match="h: expected a uint16 array"):
         _core.from_bfloat16(a)
+    h = _core.to_bfloat16(rng.standard_normal((6, 8)).astype(np.float32))
+    assert np.array_equal(_core.from_bfloat16(h[:, ::2]), _core.from_bfloat16(h)[:, ::2])  # strided views
     check(_core._gemm_bf16(a, b), a, b, False)   # still usable
+
+
+FAST_PACK = _core._bgemm_best_path() == "bf16"
+
+
+@pytest.mark.skipif(not FAST_PACK, reason="the vector packers need AVX512-BF16")
+@pytest.mark.parametrize("K", [1, 2, 31, 32, 33, 64, 65, 769])
+def test_packers_match_their_plain_twins(K, rng):
+    """The AVX-512 packings (what the bf16 path multiplies) give the same words as the
+    plain loops, for every block edge: odd K, K blocks, partial row panels and columns."""
+    from mechinterp_c import _testing
+    a = rng.standard_normal((30, K)).astype(np.float32)
+    a[0, 0] = np.nan
+    KP = (K + 1) // 2
+    for i0, mcur in ((0, 30), (5, 13), (29, 1)):
+        for p0, kp in ((0, KP), (KP // 2, KP - KP // 2), (0, min(KP, 17))):
+            ref = _testing._bgemm_pack_a(a, i0, mcur, p0, kp, False)
+            fast = _testing._bgemm_pack_a(a, i0, mcur, p0, kp, True)
+            assert np.array_equal(ref, fast), (i0, mcur, p0, kp)
+    for trans_b in (False, True):
+        b = _core.to_bfloat16(rng.standard_normal((70, K) if trans_b else (K, 70)).astype(np.float32))
+        for j0, cols in ((0, 32), (32, 32), (64, 6), (3, 1)):
+            for p0, kp in ((0, KP), (KP // 2, KP - KP // 2), (0, min(KP, 17))):
+                ref = _testing._bgemm_pack_b(b, trans_b, p0, kp, j0, cols, False)
+                fast = _testing._bgemm_pack_b(b, trans_b, p0, kp, j0, cols, True)
+                assert np.array_equal(ref, fast), (trans_b, j0, cols, p0, kp)

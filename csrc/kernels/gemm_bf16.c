@@ -4,6 +4,8 @@
  *
  * Paths, chosen from the shape and the requested path only:
  *   K = 0 or M*N*K < SMALL_MNK   the reference loop (packing would dominate)
+ *   bf16, M <= 4                 no packing: B widened as read, float32 FMAs
+ *                                (mi_bgemm_small_m_avx512; decode steps)
  *   bf16                         the blocked product below
  *   fp32                         B widened in column chunks, A rounded once,
  *                                each chunk through mi_sgemm
@@ -14,7 +16,9 @@
  *     for kb in the K blocks (KP_MAX pairs)  in order: the sum order
  *       pack B[kb, jc:+NC] -> Bp             threads split the NR panels
  *       for each task (ic block, j range)    threads split the tasks
- *         pack A[ic:+mc, kb] -> Ap           per thread
+ *         pack A[ic:+mc, kb] -> Ap           per thread, rounded to bfloat16
+ *                                            16 pairs x 12 rows at a time
+ *                                            (gemm_bf16_avx512.c)
  *         for jr in j range step NR, ir in mc step MR
  *           micro-kernel on C[ic+ir:+MR, jc+jr:+NR], C added after block 0
  *
@@ -103,9 +107,12 @@ static void bgemm_ref(int trans_b, int64_t M, int64_t N, int64_t K, const float 
 
 static inline uint32_t pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
 
-/* A[i0:i0+mcur, pairs p0:p0+kp] -> MR-row panels, rows past mcur zero. */
-static void pack_a(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur, int64_t p0,
-                   int64_t kp, uint32_t *restrict dst)
+/* A[i0:i0+mcur, pairs p0:p0+kp] -> MR-row panels rounded to bfloat16, rows
+ * past mcur zero: the plain twin of mi_bgemm_pack_a_avx512bf16 (the driver's
+ * packing; that one also reads denormal inputs as zero), held to the same words
+ * by tests/test_gemm_bf16.py (_testing._bgemm_pack_a). */
+void mi_bgemm_pack_a_ref(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur, int64_t p0,
+                         int64_t kp, uint32_t *restrict dst)
 {
     for (int64_t ir = 0; ir < mcur; ir += MR, dst += kp * MR) {
         const int rows = mcur - ir < MR ? (int)(mcur - ir) : MR;
@@ -121,8 +128,10 @@ static void pack_a(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t m
     }
 }
 
-/* op(B)[pairs p0:p0+kp, j0:j0+cols] -> one NR-column panel, columns past cols zero. */
-static void pack_b(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0, int64_t kp,
+/* op(B)[pairs p0:p0+kp, j0:j0+cols] -> one NR-column panel, columns past cols
+ * zero: the plain twin of mi_bgemm_pack_b_avx512bf16 (the driver's packing),
+ * held to the same words by tests/test_gemm_bf16.py (_testing._bgemm_pack_b). */
+void mi_bgemm_pack_b_ref(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0, int64_t kp,
                    int64_t j0, int cols, uint32_t *restrict dst)
 {
     if (!trans_b) {     /* B stored [K, N]: rows 2p and 2p+1 interleave */
@@ -205,7 +214,8 @@ static void bgemm_blocked(int nt, int trans_b, int64_t M, int64_t N, int64_t K, 
                 #pragma omp for schedule(dynamic, 4)
                 for (int64_t jp = 0; jp < npanels; jp++) {
                     const int cols = ncur - jp * NR < NR ? (int)(ncur - jp * NR) : NR;
-                    pack_b(trans_b, B, ldb, K, p0, kp, jc + jp * NR, cols, Bp + jp * NR * kp);
+                    mi_bgemm_pack_b_avx512bf16(trans_b, B, ldb, K, p0, kp, jc + jp * NR, cols,
+                                               Bp + jp * NR * kp);
                 }
                 /* implicit barrier: Bp is complete */
                 #pragma omp for schedule(dynamic, 1)
@@ -216,7 +226,7 @@ static void bgemm_blocked(int nt, int trans_b, int64_t M, int64_t N, int64_t K, 
                     const int64_t mcur = (iend < M ? iend : M) - ic;
                     const int64_t lo = npanels * js / nsplit, hi = npanels * (js + 1) / nsplit;
                     if (lo == hi) continue;
-                    pack_a(A, lda, K, ic, mcur, p0, kp, Ap);
+                    mi_bgemm_pack_a_avx512bf16(A, lda, K, ic, mcur, p0, kp, Ap);
                     for (int64_t jp = lo; jp < hi; jp++) {
                         const int64_t j = jc + jp * NR;
                         const int cols = N - j < NR ? (int)(N - j) : NR;
@@ -281,6 +291,21 @@ int mi_bgemm(mi_bgemm_path path, int trans_b, int64_t M, int64_t N, int64_t K,
     int nt = omp_in_parallel() ? 1 : mi_get_num_threads();
     const double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
+    if (M <= MI_BGEMM_SMALL_M) {
+        /* decode steps: packing B would cost as much as the product; read it as it is */
+        float *Ar = mi_malloc((size_t)M * (size_t)K * sizeof(float));
+        if (Ar) {
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t p = 0; p < K; p++) Ar[i * K + p] = mi_bf16_widen(mi_bf16_round(A[i * lda + p]));
+            const int64_t chunk = 256, nchunks = ceil_div(N, chunk);
+            #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+            for (int64_t c = 0; c < nchunks; c++)
+                mi_bgemm_small_m_avx512(trans_b, M, c * chunk, c * chunk + chunk < N ? c * chunk + chunk : N,
+                                        K, Ar, B, ldb, bias, beta, C, ldc);
+            mi_free(Ar);
+            return 0;
+        }
+    }
     bgemm_blocked(nt, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
     return 0;
 }

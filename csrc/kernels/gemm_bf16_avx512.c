@@ -1,4 +1,4 @@
-/* gemm_bf16_avx512.c - 12 x 32 bfloat16 micro-kernel for AVX512-BF16.
+/* gemm_bf16_avx512.c - 12 x 32 bfloat16 micro-kernel and A packing for AVX512-BF16.
  *
  * Contract: see gemm_bf16_kernels.h. 24 zmm accumulators (12 rows x 2 vectors
  * of 16 float32), 2 B vectors and 1 broadcast A pair per k pair: 27 of the 32
@@ -73,4 +73,161 @@ void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *restrict Ap, const uint
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
     STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
 #undef STORE
+}
+
+/* 16 x 16 transpose of 32-bit words: r[i] word j -> r[j] word i. Three
+ * stages (words, word pairs, 128-bit lanes twice), 64 shuffles. */
+static inline void transpose16(__m512i r[16])
+{
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* r[4i+j], lane L: rows 4i..4i+3 at column 4L+j */
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88);
+        t[j + 4] = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xdd);
+        t[j + 8] = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
+        t[j + 12] = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xdd);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+        r[j + 4] = _mm512_shuffle_i32x4(t[j + 4], t[j + 12], 0x88);
+        r[j + 12] = _mm512_shuffle_i32x4(t[j + 4], t[j + 12], 0xdd);
+    }
+}
+
+void mi_bgemm_pack_a_avx512bf16(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur,
+                                int64_t p0, int64_t kp, uint32_t *restrict dst)
+{
+    _Static_assert(MR <= 16, "one 16-row transpose covers a panel");
+    for (int64_t ir = 0; ir < mcur; ir += MR, dst += kp * MR) {
+        const int rows = mcur - ir < MR ? (int)(mcur - ir) : MR;
+        for (int64_t pb = 0; pb < kp; pb += 16) {
+            const int nq = kp - pb < 16 ? (int)(kp - pb) : 16;
+            const int64_t k0 = 2 * (p0 + pb);
+            const int64_t left = K - k0 < 2 * nq ? K - k0 : 2 * nq;   /* floats to read */
+            const __mmask16 lo = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 hi = left >= 32 ? 0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+            __m512i r[16];
+            for (int i = 0; i < rows; i++) {
+                const float *a = A + (i0 + ir + i) * lda + k0;
+                __m512 x0 = _mm512_maskz_loadu_ps(lo, a), x1 = _mm512_maskz_loadu_ps(hi, a + 16);
+                /* 32 bf16 in k order: word q = pair (k0+2q, k0+2q+1), even k low */
+                r[i] = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+            }
+            for (int i = rows; i < 16; i++) r[i] = _mm512_setzero_si512();
+            transpose16(r);
+            for (int q = 0; q < nq; q++)
+                _mm512_mask_storeu_epi32(dst + (pb + q) * MR, (__mmask16)((1u << MR) - 1), r[q]);
+        }
+    }
+}
+
+void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0,
+                                int64_t kp, int64_t j0, int cols, uint32_t *restrict dst)
+{
+    _Static_assert(NR == 32, "a panel is two 16-column halves");
+    if (!trans_b) {     /* B stored [K, N]: rows 2p and 2p+1 interleave */
+        const __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
+        const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+        for (int64_t p = 0; p < kp; p++) {
+            const int64_t k = 2 * (p0 + p);
+            const uint16_t *b0 = B + k * ldb + j0, *b1 = b0 + ldb;
+            const int odd = k + 1 < K;
+            __m512i lo0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, b0));
+            __m512i lo1 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, b0 + 16));
+            if (odd) {
+                lo0 = _mm512_or_si512(lo0, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, b1)), 16));
+                lo1 = _mm512_or_si512(lo1, _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, b1 + 16)), 16));
+            }
+            _mm512_storeu_si512(dst + p * NR, lo0);
+            _mm512_storeu_si512(dst + p * NR + 16, lo1);
+        }
+        return;
+    }
+    /* B stored [N, K]: a pair is two neighbours of one row; 16 rows x 16 pairs
+     * are read as words and transposed */
+    for (int jb = 0; jb < NR; jb += 16)
+        for (int64_t pb = 0; pb < kp; pb += 16) {
+            const int nq = kp - pb < 16 ? (int)(kp - pb) : 16;
+            const int64_t k0 = 2 * (p0 + pb);
+            const int64_t left = K - k0 < 2 * nq ? K - k0 : 2 * nq;   /* bf16 to read */
+            const __mmask32 m = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = jb + i < cols ? _mm512_maskz_loadu_epi16(m, B + (j0 + jb + i) * ldb + k0)
+                                     : _mm512_setzero_si512();
+            transpose16(r);
+            for (int q = 0; q < nq; q++) _mm512_storeu_si512(dst + (pb + q) * NR + jb, r[q]);
+        }
+}
+
+static inline __m512 widen16(__mmask16 m, const uint16_t *p)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+void mi_bgemm_small_m_avx512(int trans_b, int64_t M, int64_t j0, int64_t j1, int64_t K,
+                             const float *Ar, const uint16_t *B, int64_t ldb, const float *bias,
+                             float beta, float *C, int64_t ldc)
+{
+    if (!trans_b) {     /* 64 columns at a time, k in order */
+        for (int64_t j = j0; j < j1; j += 64) {
+            __m512 acc[MI_BGEMM_SMALL_M][4];
+            __mmask16 m[4];
+            for (int v = 0; v < 4; v++) {
+                int64_t left = j1 - j - 16 * v;
+                m[v] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+                for (int64_t i = 0; i < M; i++) acc[i][v] = _mm512_setzero_ps();
+            }
+            for (int64_t k = 0; k < K; k++) {
+                const uint16_t *b = B + k * ldb + j;
+                __m512 bv[4] = {widen16(m[0], b), widen16(m[1], b + 16), widen16(m[2], b + 32),
+                                widen16(m[3], b + 48)};
+                for (int64_t i = 0; i < M; i++) {
+                    __m512 a = _mm512_set1_ps(Ar[i * K + k]);
+                    for (int v = 0; v < 4; v++) acc[i][v] = _mm512_fmadd_ps(a, bv[v], acc[i][v]);
+                }
+            }
+            for (int64_t i = 0; i < M; i++)
+                for (int v = 0; v < 4; v++) {
+                    if (!m[v]) continue;
+                    float *c = C + i * ldc + j + 16 * v;
+                    __m512 r = acc[i][v];
+                    if (beta != 0.0f) r = _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], c), r);
+                    if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m[v], bias + j + 16 * v));
+                    _mm512_mask_storeu_ps(c, m[v], r);
+                }
+        }
+        return;
+    }
+    /* B stored [N, K]: one dot product per (row i, column j), 16 k at a time in order,
+     * then the 16 lanes added in a fixed tree */
+    for (int64_t j = j0; j < j1; j++) {
+        const uint16_t *b = B + j * ldb;
+        __m512 acc[MI_BGEMM_SMALL_M];
+        for (int64_t i = 0; i < M; i++) acc[i] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < K; k += 16) {
+            const int64_t left = K - k;
+            const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 bv = widen16(m, b + k);
+            for (int64_t i = 0; i < M; i++)
+                acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, Ar + i * K + k), bv, acc[i]);
+        }
+        for (int64_t i = 0; i < M; i++) {
+            float r = _mm512_reduce_add_ps(acc[i]);
+            float *c = C + i * ldc + j;
+            r = (beta != 0.0f ? *c : 0.0f) + r;
+            *c = bias ? r + bias[j] : r;
+        }
+    }
 }

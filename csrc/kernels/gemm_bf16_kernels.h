@@ -28,4 +28,33 @@ int mi_bgemm_has_avx512bf16(void);
 void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *Ap, const uint32_t *Bp, float *C,
                              int64_t ldc, int load_c, const float *bias);
 
+/* pack_a of gemm_bf16.c with AVX512-BF16: A[i0:i0+mcur, pairs p0:p0+kp] rounded
+ * to bfloat16 (vcvtne2ps2bf16: round to nearest even; the instruction also
+ * reads denormal inputs as zero, as vdpbf16ps does) into MR-row panels, rows
+ * past mcur and k past K zero. */
+void mi_bgemm_pack_a_avx512bf16(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur,
+                                int64_t p0, int64_t kp, uint32_t *dst);
+
+/* pack_b of gemm_bf16.c with AVX-512: op(B)[pairs p0:p0+kp, j0:j0+cols] as one
+ * NR-column panel (columns past cols and k past K zero); the same words as the
+ * plain mi_bgemm_pack_b_ref. */
+void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0,
+                                int64_t kp, int64_t j0, int cols, uint32_t *dst);
+
+/* Products with at most MI_BGEMM_SMALL_M rows (decode steps): no packing, B's
+ * bfloat16 widened to float32 as it is read and multiplied by Ar (A already
+ * rounded to bfloat16 values, [M, K] contiguous) with float32 FMAs, columns
+ * j0..j1 of C. Sum order: trans_b 0: k in order per column; trans_b 1: 16
+ * lanes of k in order, then a fixed tree; it depends only on (M, N, K). */
+#define MI_BGEMM_SMALL_M 4
+void mi_bgemm_small_m_avx512(int trans_b, int64_t M, int64_t j0, int64_t j1, int64_t K,
+                             const float *Ar, const uint16_t *B, int64_t ldb, const float *bias,
+                             float beta, float *C, int64_t ldc);
+
+/* The plain twins of the two packings (gemm_bf16.c). */
+void mi_bgemm_pack_a_ref(const float *A, int64_t lda, int64_t K, int64_t i0, int64_t mcur, int64_t p0,
+                         int64_t kp, uint32_t *dst);
+void mi_bgemm_pack_b_ref(int trans_b, const uint16_t *B, int64_t ldb, int64_t K, int64_t p0,
+                         int64_t kp, int64_t j0, int cols, uint32_t *dst);
+
 #endif

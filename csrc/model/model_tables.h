@@ -262,4 +262,12 @@ enum {
     X(B_OUT, "mlp.b_out",  MI_F_MLP,                              D,     NONE,  NONE, NONE) \
     X(LN2P_W, "ln2_post.w", MI_F_MLP | MI_F_POST_NORM,            D,     NONE,  NONE, NONE)
 
+/* The tensors a model with bfloat16 weights (mi_tf_spec.bf16_weights) stores as
+ * bfloat16: the matrices of the products (read through the forward's linear
+ * step, model/linear.h) and the token embedding (gathered rows, and the tied
+ * unembedding). Every other tensor stays float32; a tensor missing here works
+ * either way, it just keeps its float32 bytes. */
+#define MI_BF16_LAYER_PARAMS(X) X(QKV) X(QKV_G) X(O) X(IN) X(GATE) X(OUT)
+#define MI_BF16_GLOBAL_PARAMS(X) X(W_E) X(W_U)
+
 #endif

@@ -27,11 +27,19 @@ static const param_row layer_params[MI_W_PER_LAYER] = {MI_LAYER_PARAMS(LAYER_ROW
 #undef GLOBAL_ROW
 #undef LAYER_ROW
 
+/* Which rows a bf16_weights model stores as bfloat16 (MI_BF16_*_PARAMS). */
+#define BF16_ROW(id) [MI_W_##id] = 1,
+static const unsigned char layer_bf16[MI_W_PER_LAYER] = {MI_BF16_LAYER_PARAMS(BF16_ROW)};
+#undef BF16_ROW
+#define BF16_ROW(id) [MI_G_##id] = 1,
+static const unsigned char global_bf16[MI_G_COUNT] = {MI_BF16_GLOBAL_PARAMS(BF16_ROW)};
+#undef BF16_ROW
+
 /* Append tensor `row` (named `name`) to the table at the blob's cursor;
  * *off: its offset in floats. Fails naming the tensor and its axes when its
  * size, or the blob's, is too large. */
 static mi_status add_param(mi_transformer *m, int capacity, size_t *cursor, const param_row *row,
-                           const char *name, size_t *off)
+                           int bf16, const char *name, size_t *off)
 {
     if (m->n_table >= capacity)
         return mi_fail(MI_ERR_INTERNAL, "transformer: parameter table full at %s (%d entries)",
@@ -40,6 +48,8 @@ static mi_status add_param(mi_transformer *m, int capacity, size_t *cursor, cons
     int64_t dims[5];
     size_t n;
     MI_TRY(mi_tf_numel(&m->spec, row->axes, 0, 0, 0, name, dims, &p->ndim, &n));
+    p->bf16 = bf16 && m->spec.bf16_weights;
+    if (p->bf16) n = n / 2 + n % 2;   /* two bfloat16 per float of the blob */
     if (align_floats(n) > MAX_FLOATS - *cursor)
         return mi_fail(MI_ERR_VALUE, "transformer: n_params too large: the parameter blob passes "
                        "%zu floats at %s", MAX_FLOATS, name);
@@ -56,8 +66,8 @@ static mi_status add_globals(mi_transformer *m, unsigned feat, int at, int capac
 {
     for (int i = 0; i < MI_G_COUNT; i++)
         if (global_params[i].at == at && mi_tf_applies(global_params[i].needed, feat))
-            MI_TRY(add_param(m, capacity, cursor, &global_params[i], global_params[i].name,
-                             &m->global_off[i]));
+            MI_TRY(add_param(m, capacity, cursor, &global_params[i], global_bf16[i],
+                             global_params[i].name, &m->global_off[i]));
     return MI_OK;
 }
 
@@ -140,7 +150,7 @@ mi_status mi_tf_init(mi_transformer *m, const mi_tf_spec *s)
         for (int k = 0; k < MI_W_PER_LAYER && st == MI_OK; k++)
             if (mi_tf_applies(layer_params[k].needed, feat)) {
                 snprintf(name, sizeof name, "blocks.%d.%s", l, layer_params[k].name);
-                st = add_param(m, capacity, &c, &layer_params[k], name,
+                st = add_param(m, capacity, &c, &layer_params[k], layer_bf16[k], name,
                                &m->layer_off[(size_t)l * MI_W_PER_LAYER + k]);
             }
     if (st == MI_OK) st = add_globals(m, feat, FINAL, capacity, &c);
@@ -157,10 +167,9 @@ void mi_tf_free(mi_transformer *m)
     m->layer_off = NULL;
 }
 
-float *mi_tf_tensor(const mi_transformer *m, size_t off)
+/* The table entry at blob offset `off`, or NULL. */
+static const mi_tf_param *entry_at(const mi_transformer *m, size_t off)
 {
-    if (off == ABSENT) return NULL;
-    if (!m->n_external) return m->params + off;
     /* the table is in blob order (add_param only moves forward): bisect */
     int lo = 0, hi = m->n_table - 1;
     while (lo < hi) {
@@ -168,6 +177,23 @@ float *mi_tf_tensor(const mi_transformer *m, size_t off)
         if (m->table[mid].offset < off) lo = mid + 1;
         else hi = mid;
     }
-    const mi_tf_param *p = &m->table[lo];
-    return p->offset == off && p->data ? p->data : m->params + off;
+    return m->n_table && m->table[lo].offset == off ? &m->table[lo] : NULL;
+}
+
+float *mi_tf_tensor(const mi_transformer *m, size_t off)
+{
+    if (off == ABSENT) return NULL;
+    if (!m->n_external) return m->params + off;
+    const mi_tf_param *p = entry_at(m, off);
+    return p && p->data ? p->data : m->params + off;
+}
+
+mi_tf_weight mi_tf_weight_at(const mi_transformer *m, size_t off)
+{
+    mi_tf_weight w = {NULL, 0};
+    if (off == ABSENT) return w;
+    const mi_tf_param *p = m->spec.bf16_weights || m->n_external ? entry_at(m, off) : NULL;
+    w.data = p && p->data ? p->data : (const void *)(m->params + off);
+    w.bf16 = p && p->bf16;
+    return w;
 }

@@ -17,12 +17,17 @@ int64_t mi_tf_param_numel(const mi_transformer *m, int i)
     return n;
 }
 
+size_t mi_tf_param_bytes(const mi_transformer *m, int i)
+{
+    return (m->table[i].bf16 ? sizeof(uint16_t) : sizeof(float)) * (size_t)mi_tf_param_numel(m, i);
+}
+
 int mi_tf_param_is_tied(const mi_transformer *m, int i)
 {
     return m->tied_unembed && m->table[i].offset == m->global_off[MI_G_W_U];
 }
 
-mi_status mi_tf_param_set_external(mi_transformer *m, int i, float *data)
+mi_status mi_tf_param_set_external(mi_transformer *m, int i, void *data)
 {
     mi_tf_param *p = &m->table[i];
     if (data && mi_tf_param_is_tied(m, i))
@@ -37,7 +42,7 @@ int mi_tf_param_materialize(mi_transformer *m, int i)
 {
     mi_tf_param *p = &m->table[i];
     if (!p->data) return 0;
-    memcpy(m->params + p->offset, p->data, sizeof(float) * (size_t)mi_tf_param_numel(m, i));
+    memcpy(m->params + p->offset, p->data, mi_tf_param_bytes(m, i));
     mi_tf_param_set_external(m, i, NULL);
     return 1;
 }
@@ -62,13 +67,17 @@ mi_status mi_tf_tie(mi_transformer *m, int *dropped)
 void mi_tf_untie(mi_transformer *m)
 {
     if (!m->tied_unembed) return;
-    const float *W_E = mi_tf_tensor(m, m->global_off[MI_G_W_E]);
-    float *W_U = m->params + m->global_off[MI_G_W_U];
+    mi_tf_weight we = mi_tf_weight_at(m, m->global_off[MI_G_W_E]);
+    void *W_U = m->params + m->global_off[MI_G_W_U];
     int64_t V = m->spec.d_vocab, D = m->spec.d_model;
-    /* blocked transpose: W_U [D, V] from W_E [V, D], 64 vocabulary rows at a time */
+    /* blocked transpose: W_U [D, V] from W_E [V, D], 64 vocabulary rows at a time
+     * (both bfloat16 or both float32: MI_BF16_GLOBAL_PARAMS has both or neither) */
     for (int64_t v0 = 0; v0 < V; v0 += 64)
         for (int64_t d = 0; d < D; d++)
-            for (int64_t v = v0; v < V && v < v0 + 64; v++) W_U[d * V + v] = W_E[v * D + d];
+            for (int64_t v = v0; v < V && v < v0 + 64; v++) {
+                if (we.bf16) ((uint16_t *)W_U)[d * V + v] = ((const uint16_t *)we.data)[v * D + d];
+                else ((float *)W_U)[d * V + v] = ((const float *)we.data)[v * D + d];
+            }
     m->tied_unembed = 0;
 }
 
@@ -77,7 +86,9 @@ int mi_tf_same_layout(const mi_transformer *a, const mi_transformer *b)
     if (a->n_params != b->n_params || a->n_table != b->n_table) return 0;
     for (int i = 0; i < a->n_table; i++) {
         const mi_tf_param *p = &a->table[i], *q = &b->table[i];
-        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim) return 0;
+        if (strcmp(p->name, q->name) != 0 || p->offset != q->offset || p->ndim != q->ndim
+            || p->bf16 != q->bf16)
+            return 0;
         for (int k = 0; k < p->ndim; k++)
             if (p->shape[k] != q->shape[k]) return 0;
     }

@@ -24,10 +24,14 @@ int64_t mi_tf_param_numel(const mi_transformer *m, int i);
 /* Is table entry i the unembedding W_U while it is tied to W_E (not read)? */
 int mi_tf_param_is_tied(const mi_transformer *m, int i);
 
-/* Read entry i from `data` (mi_tf_param_numel floats, the internal layout)
+/* Bytes of entry i's data (float32 or bfloat16 elements). */
+size_t mi_tf_param_bytes(const mi_transformer *m, int i);
+
+/* Read entry i from `data` (mi_tf_param_numel elements of its type, the
+ * internal layout)
  * instead of the blob; NULL: back to the blob. MI_ERR_VALUE for the tied
  * W_U (untie first). */
-mi_status mi_tf_param_set_external(mi_transformer *m, int i, float *data);
+mi_status mi_tf_param_set_external(mi_transformer *m, int i, void *data);
 
 /* Copy entry i's external data into the blob and read it there again;
  * returns 1 when it was external, 0 when it already lived in the blob. */

@@ -25,6 +25,7 @@
 #include "kernels/norm.h"
 #include "kernels/rotary.h"
 #include "kernels/softmax.h"
+#include "model/linear.h"
 
 #include <omp.h>
 
@@ -107,6 +108,8 @@ static mi_status fire_at(run_state *r, int p, float *data)
 }
 
 static const float *param(const mi_transformer *m, size_t off) { return mi_tf_tensor(m, off); }
+/* A weight the products read (float32 or bfloat16): only through mi_tf_linear. */
+static mi_tf_weight weight(const mi_transformer *m, size_t off) { return mi_tf_weight_at(m, off); }
 
 /* Norm of x [rows, D] as TransformerLens: scale (hook_scale), y = x / scale
  * (hook_normalized, before the affine weights), then out = y * w + b when the
@@ -205,13 +208,14 @@ static mi_status head_input_qkv(run_state *r, int l)
      * calling thread inside a parallel region: same bits for any count) */
     size_t w_off, b_off;
     mi_tf_qkv_offsets(m, l, &w_off, &b_off);
-    const float *W = param(m, w_off), *bias = param(m, b_off);
+    const mi_tf_weight W = weight(m, w_off);
+    const float *bias = param(m, b_off);
     float *qkv = BUF(B_QKV);
     #pragma omp parallel for schedule(dynamic) num_threads(mi_get_num_threads())
     for (int64_t task = 0; task < 3 * H; task++) {
         int64_t w = task / H, h = task % H;
-        mi_sgemm(0, 0, BT, Dh, D, x[w] + h * D, H * D, W + w * HD + h * Dh, 3 * HD,
-                 bias + w * HD + h * Dh, 0.0f, qkv + w * HD + h * Dh, 3 * HD);
+        mi_tf_linear(W, w * HD + h * Dh, 0, BT, Dh, D, x[w] + h * D, H * D, 3 * HD,
+                     bias + w * HD + h * Dh, qkv + w * HD + h * Dh, 3 * HD);
     }
 #undef BUF
     return MI_OK;
@@ -237,7 +241,7 @@ static mi_status attention_step(run_state *r, int l, const float *x, const float
     } else {
         size_t w_off, b_off;
         mi_tf_qkv_offsets(m, l, &w_off, &b_off);
-        mi_sgemm(0, 0, BT, QKV, D, x, D, param(m, w_off), QKV, param(m, b_off), 0.0f, qkv, QKV);
+        mi_tf_linear(weight(m, w_off), 0, 0, BT, QKV, D, x, D, QKV, param(m, b_off), qkv, QKV);
         prof_stop(r, PR_QKV);
     }
     MI_TRY(fire(r, p0 + MI_P_Q));
@@ -308,15 +312,16 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
                          BUF(B_LN1_SCALE), BUF(B_LN1_OUT), p0 + MI_P_LN1_SCALE, p0 + MI_P_LN1_NORM, &x));
     prof_stop(r, PR_LN1);
     MI_TRY(attention_step(r, l, x, key_mask));
-    const float *W_O = param(m, o[MI_W_O]), *b_O = param(m, o[MI_W_B_O]);
+    const mi_tf_weight W_O = weight(m, o[MI_W_O]);
+    const float *b_O = param(m, o[MI_W_B_O]);
     /* with post norms the product goes to ATTN_RAW and ln1_post writes attn_out */
     float *attn_dst = s->post_norms ? BUF(B_ATTN_RAW) : attn_out;
     if (s->use_attn_result) {
         /* result[b,t,h,:] = z[b,t,h,:] @ W_O[h]; attn_out = sum_h result + b_O */
         float *result = BUF(B_RESULT);
         for (int64_t h = 0; h < H; h++)
-            mi_sgemm(0, 0, BT, D, Dh, z + h * Dh, HD, W_O + h * Dh * D, D, NULL, 0.0f,
-                     result + h * D, H * D);
+            mi_tf_linear(W_O, h * Dh * D, 0, BT, D, Dh, z + h * Dh, HD, D, NULL, result + h * D,
+                         H * D);
         MI_TRY(fire(r, p0 + MI_P_RESULT));
         #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
         for (int64_t row = 0; row < BT; row++) {
@@ -329,7 +334,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
             }
         }
     } else {
-        mi_sgemm(0, 0, BT, D, HD, z, HD, W_O, D, b_O, 0.0f, attn_dst, D);
+        mi_tf_linear(W_O, 0, 0, BT, D, HD, z, HD, D, b_O, attn_dst, D);
     }
     if (s->post_norms) {
         const float *done;
@@ -372,9 +377,9 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     if (s->gated_mlp) {
         /* TransformerLens GatedMLP: post = act(x @ W_gate) * (x @ W_in) + b_in */
         float *pre_linear = BUF(B_PRE_LINEAR);
-        mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_GATE]), Mlp, NULL, 0.0f, pre, Mlp);
+        mi_tf_linear(weight(m, o[MI_W_GATE]), 0, 0, BT, Mlp, D, x, D, Mlp, NULL, pre, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
-        mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, NULL, 0.0f, pre_linear, Mlp);
+        mi_tf_linear(weight(m, o[MI_W_IN]), 0, 0, BT, Mlp, D, x, D, Mlp, NULL, pre_linear, Mlp);
         prof_stop(r, PR_MLP_IN);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE_LINEAR));
         prof_start(r);
@@ -385,7 +390,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
                 post[row * Mlp + i] = post[row * Mlp + i] * pre_linear[row * Mlp + i] + b_in[i];
     } else if (s->act == MI_TF_ACT_SOLU_LN) {
         /* mid = pre * softmax(pre) over d_mlp; post = LN(mid) (LNPre unless the model is LN) */
-        mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
+        mi_tf_linear(weight(m, o[MI_W_IN]), 0, 0, BT, Mlp, D, x, D, Mlp, b_in, pre, Mlp);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
         float *mid = BUF(B_MID);
         mi_softmax_rows(pre, mid, BT, Mlp);
@@ -399,7 +404,7 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
                          p0 + MI_P_MLP_LN_NORM, &ln_out));
         if (ln_out != post) memcpy(post, ln_out, sizeof(float) * (size_t)(BT * Mlp));
     } else {
-        mi_sgemm(0, 0, BT, Mlp, D, x, D, param(m, o[MI_W_IN]), Mlp, b_in, 0.0f, pre, Mlp);
+        mi_tf_linear(weight(m, o[MI_W_IN]), 0, 0, BT, Mlp, D, x, D, Mlp, b_in, pre, Mlp);
         prof_stop(r, PR_MLP_IN);
         MI_TRY(fire(r, p0 + MI_P_MLP_PRE));
         prof_start(r);
@@ -408,8 +413,8 @@ static mi_status layer_forward(run_state *r, int l, const float *key_mask)
     prof_stop(r, PR_ACT);
     MI_TRY(fire(r, p0 + MI_P_MLP_POST));
     float *mlp_dst = s->post_norms ? BUF(B_MLP_RAW) : mlp_out;
-    mi_sgemm(0, 0, BT, D, Mlp, post, Mlp, param(m, o[MI_W_OUT]), D, param(m, o[MI_W_B_OUT]), 0.0f,
-             mlp_dst, D);
+    mi_tf_linear(weight(m, o[MI_W_OUT]), 0, 0, BT, D, Mlp, post, Mlp, D, param(m, o[MI_W_B_OUT]),
+                 mlp_dst, D);
     if (s->post_norms) {
         const float *done;
         MI_TRY(norm_step(r, MI_NORM_RMS, BT, D, mlp_dst, NULL, NULL, param(m, o[MI_W_LN2P_W]), NULL,
@@ -550,9 +555,8 @@ static mi_status embed_step(run_state *rs, const int64_t *tokens, const int64_t 
     int64_t T = plan->seq, BT = plan->batch * T, D = s->d_model;
     float *embed = mi_tf_buf_ptr(plan, arena, BS_EMBED), *pos = mi_tf_buf_ptr(plan, arena, BS_POS_EMBED);
     float *resid0 = mi_tf_buf_ptr(plan, arena, buf_resid(0));
-    const float *W_E = param(m, m->global_off[MI_G_W_E]), *W_pos = param(m, m->global_off[MI_G_W_POS]);
-    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-    for (int64_t i = 0; i < BT; i++) memcpy(embed + i * D, W_E + tokens[i] * D, sizeof(float) * (size_t)D);
+    const float *W_pos = param(m, m->global_off[MI_G_W_POS]);
+    mi_tf_weight_rows(weight(m, m->global_off[MI_G_W_E]), tokens, BT, D, embed);
     MI_TRY(fire(&r, MI_PS_EMBED));
     if (s->pos_embed) {
         #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
@@ -599,11 +603,11 @@ static mi_status run_layers(run_state *rs, int first, const float *key_mask)
     prof_start(&r);
     float *logits = mi_tf_buf_ptr(plan, arena, buf_final(s, BF_LOGITS));
     if (m->tied_unembed)   /* W_U = W_E^T, read in place: HF's tied lm_head [V, D] */
-        mi_sgemm(0, 1, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_E]), D,
-                 param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
+        mi_tf_linear(weight(m, m->global_off[MI_G_W_E]), 0, 1, BT, s->d_vocab_out, D, x, D, D,
+                     param(m, m->global_off[MI_G_B_U]), logits, s->d_vocab_out);
     else
-        mi_sgemm(0, 0, BT, s->d_vocab_out, D, x, D, param(m, m->global_off[MI_G_W_U]), s->d_vocab_out,
-                 param(m, m->global_off[MI_G_B_U]), 0.0f, logits, s->d_vocab_out);
+        mi_tf_linear(weight(m, m->global_off[MI_G_W_U]), 0, 0, BT, s->d_vocab_out, D, x, D,
+                     s->d_vocab_out, param(m, m->global_off[MI_G_B_U]), logits, s->d_vocab_out);
     prof_stop(&r, PR_UNEMBED);
     MI_TRY(fire(&r, pf + MI_PF_UNEMBED_OUT));
     if (s->logit_softcap > 0.0f) {

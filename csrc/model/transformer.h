@@ -4,8 +4,9 @@
  * Shape legend: B batch, T positions, D d_model, H heads, Dh d_head,
  * M d_mlp, V d_vocab, Vo d_vocab_out, L n_layers.
  *
- * Parameters live in ONE float32 blob, each tensor 64-byte aligned, in the
- * layout the forward wants (a gradient blob of the same layout can mirror it);
+ * Parameters live in ONE blob, each tensor 64-byte aligned, in the layout the
+ * forward wants (float32; with bf16_weights the MI_BF16_*_PARAMS tensors are
+ * bfloat16 and take half the bytes) (a gradient blob of the same layout can mirror it);
  * the tensors, their shapes and when a spec has them: MI_GLOBAL_PARAMS and
  * MI_LAYER_PARAMS in model_tables.h. Tensors a spec does not use are absent.
  *
@@ -52,6 +53,8 @@ typedef struct {
     int use_attn_in;
     int no_head;          /* no final norm, no unembedding (REVE's encoder): the output of a
                            * full pass is the residual stream after the last block */
+    int bf16_weights;     /* the MI_BF16_*_PARAMS tensors stored as bfloat16 (model_tables.h);
+                           * activations, accumulation and every other tensor stay float32 */
     /* Model families beyond GPT-2 (zero: off). */
     int64_t n_kv_heads;   /* key/value heads (grouped-query attention); 0 or n_heads: one
                            * per query head. Query head h reads kv head h / (H / Hkv). */
@@ -130,10 +133,11 @@ enum { MI_GLOBAL_PARAMS(MI_G_ROW) MI_G_COUNT };
 
 typedef struct {
     char name[48];
-    size_t offset;        /* floats from the blob start */
+    size_t offset;        /* floats (4-byte units) from the blob start */
     int ndim;
     int64_t shape[4];
-    float *data;          /* where the tensor lives when not in the blob (a loader's
+    int bf16;             /* elements are bfloat16 (uint16 bit patterns), not float32 */
+    void *data;           /* where the tensor lives when not in the blob (a loader's
                              mmap of a checkpoint); NULL: params + offset */
 } mi_tf_param;
 
@@ -150,6 +154,12 @@ typedef struct {
     int tied_unembed;     /* logits = x @ W_E^T (HF's tied lm_head); W_U is not read */
 } mi_transformer;
 
+/* A weight as the forward's products read it (model/linear.h): its memory and
+ * its element type. */
+typedef struct {
+    const void *data;     /* NULL: the tensor is absent */
+    int bf16;             /* uint16 bfloat16 bit patterns; else float32 */
+} mi_tf_weight;
 /* Offsets of layer l's fused q/k/v weight [D, H + 2 Hkv, Dh] and bias (the
  * MHA or the grouped-query row of the table, whichever the spec has). */
 static inline void mi_tf_qkv_offsets(const mi_transformer *m, int l, size_t *w, size_t *b)
@@ -172,8 +182,12 @@ void mi_tf_free(mi_transformer *m);
  * pointed it elsewhere (zero-copy load), else params + off; NULL for ABSENT.
  * The forward reads every weight through this. The backward reads the blob
  * directly, so the binding (model_py.c: mi_py_model_tf) refuses to train a
- * model with n_external or tied_unembed set. */
+ * model with n_external or tied_unembed set. For float32 tensors only: a
+ * bfloat16 one is read through mi_tf_weight_at. */
 float *mi_tf_tensor(const mi_transformer *m, size_t off);
+
+/* The tensor at blob offset `off` with its element type (any tensor). */
+mi_tf_weight mi_tf_weight_at(const mi_transformer *m, size_t off);
 
 /* Hook points. mi_tf_point_present: the spec's pass writes the point (it can
  * be cached and hooked). */

@@ -75,7 +75,13 @@ void *mi_py_buffer_ctx(PyObject *obj, mi_release_fn release)
 PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
                      const npy_intp *strides, int writable)
 {
-    PyArray_Descr *descr = PyArray_DescrFromType(NPY_FLOAT32);
+    return mi_py_view_as(owner, data, NPY_FLOAT32, ndim, shape, strides, writable);
+}
+
+PyObject *mi_py_view_as(PyObject *owner, void *data, int npy_type, int ndim, const npy_intp *shape,
+                        const npy_intp *strides, int writable)
+{
+    PyArray_Descr *descr = PyArray_DescrFromType(npy_type);
     int flags = writable ? NPY_ARRAY_WRITEABLE : 0;
     if (!strides) flags |= NPY_ARRAY_C_CONTIGUOUS;
     PyObject *arr = PyArray_NewFromDescr(&PyArray_Type, descr, ndim, (npy_intp *)shape,

@@ -3,132 +3,97 @@
  * NumPy has no bfloat16: bfloat16 tensors are uint16 arrays of bit patterns.
  *   to_bfloat16(x) -> uint16        from_bfloat16(h) -> float32
  *   _gemm_bf16(a, b, trans_b=False, bias=None, out=None, path="auto") -> float32
- * (_gemm_bf16 drives each path explicitly, for tests and benchmarks). */
-#include "python/bridge.h"
+ * (_gemm_bf16 drives each path explicitly, for tests and benchmarks). Arguments
+ * are checked by the converters of convert.h. */
+#include "python/convert.h"
 
 #include <string.h>
 
 #include "kernels/gemm_bf16.h"
 
-/* x as a C-contiguous, aligned, native-order array of `type` (a new reference):
- * float inputs of any width or byte order are converted; callers check that a
- * uint16 argument is uint16 before (bfloat16 bit patterns are never cast). */
-static PyArrayObject *as_array(PyObject *x, int type)
-{
-    return (PyArrayObject *)PyArray_FromAny(x, PyArray_DescrFromType(type), 0, 0,
-                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED
-                                            | NPY_ARRAY_FORCECAST, NULL);
-}
-
 static PyObject *py_to_bfloat16(PyObject *m, PyObject *x_obj)
 {
-    PyArrayObject *x = as_array(x_obj, NPY_FLOAT32);
-    if (!x) return NULL;
-    PyObject *y = PyArray_SimpleNew(PyArray_NDIM(x), PyArray_DIMS(x), NPY_UINT16);
+    mi_arg x = MI_ARG_FLOAT("x", 0, 32);
+    if (mi_arg_convert(x_obj, &x) < 0) return NULL;
+    PyObject *y = PyArray_SimpleNew(PyArray_NDIM(x.arr), PyArray_DIMS(x.arr), NPY_UINT16);
     if (y) {
         Py_BEGIN_ALLOW_THREADS
-        mi_f32_to_bf16_n(PyArray_DATA(x), PyArray_DATA((PyArrayObject *)y), PyArray_SIZE(x));
+        mi_f32_to_bf16_n(mi_arg_data(&x), PyArray_DATA((PyArrayObject *)y), PyArray_SIZE(x.arr));
         Py_END_ALLOW_THREADS
     }
-    Py_DECREF(x);
+    mi_arg_release(&x);
     return y;
 }
 
 static PyObject *py_from_bfloat16(PyObject *m, PyObject *h_obj)
 {
-    if (!PyArray_Check(h_obj) || PyArray_TYPE((PyArrayObject *)h_obj) != NPY_UINT16)
-        return PyErr_Format(PyExc_TypeError, "from_bfloat16: h must be uint16 (bfloat16 bit "
-                            "patterns), got %R", PyArray_Check(h_obj) ? (PyObject *)PyArray_DESCR((PyArrayObject *)h_obj) : (PyObject *)Py_TYPE(h_obj));
-    PyArrayObject *h = as_array(h_obj, NPY_UINT16);
-    if (!h) return NULL;
-    PyObject *y = PyArray_SimpleNew(PyArray_NDIM(h), PyArray_DIMS(h), NPY_FLOAT32);
+    mi_arg h = MI_ARG("h", NPY_UINT16, 0, 0, 32);
+    if (mi_arg_convert(h_obj, &h) < 0) return NULL;
+    PyObject *y = PyArray_SimpleNew(PyArray_NDIM(h.arr), PyArray_DIMS(h.arr), NPY_FLOAT32);
     if (y) {
         Py_BEGIN_ALLOW_THREADS
-        mi_bf16_to_f32_n(PyArray_DATA(h), PyArray_DATA((PyArrayObject *)y), PyArray_SIZE(h));
+        mi_bf16_to_f32_n(mi_arg_data(&h), PyArray_DATA((PyArrayObject *)y), PyArray_SIZE(h.arr));
         Py_END_ALLOW_THREADS
     }
-    Py_DECREF(h);
+    mi_arg_release(&h);
     return y;
 }
 
 static PyObject *py_gemm_bf16(PyObject *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"a", "b", "trans_b", "bias", "out", "path", NULL};
-    PyObject *a_obj, *b_obj, *bias_obj = Py_None, *out_obj = Py_None;
+    mi_arg a = MI_ARG_FLOAT("a", 2, 2), b = MI_ARG("b", NPY_UINT16, 0, 2, 2),
+           bias = MI_ARG_OPT(MI_ARG_FLOAT("bias", 1, 1)), out = MI_ARG_OPT(MI_ARG_OUT("out", 2, 2));
     int trans_b = 0;
     const char *path_name = "auto";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pOOs:_gemm_bf16", kwlist, &a_obj, &b_obj, &trans_b,
-                                     &bias_obj, &out_obj, &path_name))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&O&|pO&O&s:_gemm_bf16", kwlist, mi_conv_array, &a,
+                                     mi_conv_array, &b, &trans_b, mi_conv_array, &bias,
+                                     mi_conv_array, &out, &path_name))
         return NULL;
+    PyObject *result = NULL;
     mi_bgemm_path path;
     if (!strcmp(path_name, "auto")) path = MI_BGEMM_AUTO;
     else if (!strcmp(path_name, "bf16")) path = MI_BGEMM_BF16;
     else if (!strcmp(path_name, "fp32")) path = MI_BGEMM_FP32;
     else if (!strcmp(path_name, "ref")) path = MI_BGEMM_REF;
-    else return PyErr_Format(PyExc_ValueError, "_gemm_bf16: path must be 'auto', 'bf16', 'fp32' or "
-                             "'ref', got '%s'", path_name);
-    if (!PyArray_Check(b_obj) || PyArray_TYPE((PyArrayObject *)b_obj) != NPY_UINT16)
-        return PyErr_Format(PyExc_TypeError, "_gemm_bf16: b must be a uint16 array (bfloat16 bit "
-                            "patterns; see mechinterp_c.ops.to_bfloat16), got %R",
-                            PyArray_Check(b_obj) ? (PyObject *)PyArray_DESCR((PyArrayObject *)b_obj)
-                                                 : (PyObject *)Py_TYPE(b_obj));
-    PyArrayObject *a = NULL, *b = NULL, *bias = NULL, *out = NULL;
-    PyObject *result = NULL;
-    if (!(a = as_array(a_obj, NPY_FLOAT32))) goto done;
-    if (!(b = as_array(b_obj, NPY_UINT16))) goto done;
-    if (PyArray_NDIM(a) != 2 || PyArray_NDIM(b) != 2) {
-        PyErr_Format(PyExc_ValueError, "_gemm_bf16: a and b must be 2-D, got %d-D and %d-D",
-                     PyArray_NDIM(a), PyArray_NDIM(b));
+    else {
+        PyErr_Format(PyExc_ValueError, "path: must be 'auto', 'bf16', 'fp32' or 'ref', got '%s'",
+                     path_name);
         goto done;
     }
-    const npy_intp M = PyArray_DIM(a, 0), K = PyArray_DIM(a, 1);
-    const npy_intp Kb = PyArray_DIM(b, trans_b ? 1 : 0), N = PyArray_DIM(b, trans_b ? 0 : 1);
+    const npy_intp M = PyArray_DIM(a.arr, 0), K = PyArray_DIM(a.arr, 1);
+    const npy_intp Kb = PyArray_DIM(b.arr, trans_b ? 1 : 0), N = PyArray_DIM(b.arr, trans_b ? 0 : 1);
     if (Kb != K) {
-        PyErr_Format(PyExc_ValueError, "_gemm_bf16: a is [%zd, %zd] but b%s is [%zd, %zd]: inner "
+        PyErr_Format(PyExc_ValueError, "b: a is [%zd, %zd] but b%s is [%zd, %zd]: inner "
                      "dimensions differ", M, K, trans_b ? "^T" : "", Kb, N);
         goto done;
     }
-    if (bias_obj != Py_None) {
-        if (!(bias = as_array(bias_obj, NPY_FLOAT32))) goto done;
-        if (PyArray_NDIM(bias) != 1 || PyArray_DIM(bias, 0) != N) {
-            PyErr_Format(PyExc_ValueError, "_gemm_bf16: bias must be [%zd]", N);
-            goto done;
-        }
-    }
+    const npy_intp bias_shape[1] = {N}, out_shape[2] = {M, N};
+    if (bias.arr && mi_arg_shape(&bias, 1, bias_shape, "to match b's output columns") < 0) goto done;
     float beta = 0.0f;
-    if (out_obj != Py_None) {
-        out = (PyArrayObject *)out_obj;
-        if (!PyArray_Check(out_obj) || PyArray_TYPE(out) != NPY_FLOAT32 || !PyArray_ISCARRAY(out)
-            || !PyArray_ISNOTSWAPPED(out) || PyArray_NDIM(out) != 2 || PyArray_DIM(out, 0) != M
-            || PyArray_DIM(out, 1) != N) {
-            PyErr_Format(PyExc_ValueError, "_gemm_bf16: out must be a writable C-contiguous native "
-                         "float32 array [%zd, %zd] (it is accumulated into)", M, N);
-            out = NULL;
-            goto done;
-        }
-        Py_INCREF(out);
+    if (out.arr) {   /* accumulated into */
+        if (mi_arg_shape(&out, 2, out_shape, NULL) < 0) goto done;
         beta = 1.0f;
-    } else {
-        npy_intp shape[2] = {M, N};
-        if (!(out = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32))) goto done;
+        result = Py_NewRef((PyObject *)out.arr);
+    } else if (!(result = PyArray_SimpleNew(2, out_shape, NPY_FLOAT32))) {
+        goto done;
     }
     int rc;
+    float *c = PyArray_DATA((PyArrayObject *)result);
     Py_BEGIN_ALLOW_THREADS
-    rc = mi_bgemm(path, trans_b, M, N, K, PyArray_DATA(a), K, PyArray_DATA(b), trans_b ? K : N,
-                  bias ? PyArray_DATA(bias) : NULL, beta, PyArray_DATA(out), N);
+    rc = mi_bgemm(path, trans_b, M, N, K, mi_arg_data(&a), K, mi_arg_data(&b), trans_b ? K : N,
+                  mi_arg_data(&bias), beta, c, N);
     Py_END_ALLOW_THREADS
     if (rc) {
         PyErr_SetString(PyExc_RuntimeError, "_gemm_bf16: path 'bf16' needs AVX512-BF16, which this "
                         "CPU does not have (use 'auto' or 'fp32')");
-        goto done;
+        Py_CLEAR(result);
     }
-    result = (PyObject *)out;
-    out = NULL;
 done:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(bias);
-    Py_XDECREF(out);
+    mi_arg_release(&a);
+    mi_arg_release(&b);
+    mi_arg_release(&bias);
+    mi_arg_release(&out);
     return result;
 }
 

@@ -74,6 +74,9 @@ PyObject *mi_py_message(const char *msg);
  * owner is taken). strides in bytes, NULL for C-contiguous. */
 PyObject *mi_py_view(PyObject *owner, float *data, int ndim, const npy_intp *shape,
                      const npy_intp *strides, int writable);
+/* The same with NumPy element type `npy_type` (NPY_UINT16: bfloat16 bit patterns). */
+PyObject *mi_py_view_as(PyObject *owner, void *data, int npy_type, int ndim, const npy_intp *shape,
+                        const npy_intp *strides, int writable);
 
 /* A new C-contiguous float32 array backed by 64-byte aligned memory owned by
  * a Buffer. *data receives its first element. Contents uninitialised. */

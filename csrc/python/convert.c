@@ -34,6 +34,7 @@ static const char *kind_words(const mi_arg *a, const char **kinds)
     switch (a->dtype) {
     case NPY_INT64: case NPY_INT32: *kinds = "iu"; return "an integer array";
     case NPY_BOOL: *kinds = "b"; return "a boolean array";
+    case NPY_UINT16: *kinds = "u"; return "a uint16 array (bfloat16 bit patterns)";
     default:
         if (a->flags & MI_ARG_CAST) { *kinds = "biuf"; return "a bool, integer or float array"; }
         *kinds = "f";
@@ -140,6 +141,13 @@ static PyArrayObject *input(const mi_arg *a, PyObject *obj)
         return NULL;
     }
     if (!strchr(kinds, PyArray_DESCR(arr)->kind)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected %s, got dtype %S", a->name, words,
+                     (PyObject *)PyArray_DESCR(arr));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    /* bit patterns are never converted from another integer width */
+    if (a->dtype == NPY_UINT16 && PyArray_DESCR(arr)->type_num != NPY_UINT16) {
         PyErr_Format(PyExc_TypeError, "%s: expected %s, got dtype %S", a->name, words,
                      (PyObject *)PyArray_DESCR(arr));
         Py_DECREF(arr);

@@ -50,7 +50,8 @@ enum {
 
 typedef struct {
     const char *name;    /* as messages print it: "x", "grads[3]" */
-    int dtype;           /* NPY_FLOAT32, NPY_FLOAT64, NPY_INT64, NPY_INT32 or NPY_BOOL */
+    int dtype;           /* NPY_FLOAT32, NPY_FLOAT64, NPY_INT64, NPY_INT32, NPY_BOOL or
+                          * NPY_UINT16 (bfloat16 bit patterns: only uint16 accepted) */
     int flags;           /* MI_ARG_* */
     int min_ndim, max_ndim;
     const char *who;     /* EXACT/INPLACE messages in the "who: name must be ..." form, or NULL */

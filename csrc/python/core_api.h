@@ -18,6 +18,7 @@
 #include "kernels/embedding.h"
 #include "kernels/fma_probe.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16_kernels.h"
 #include "kernels/norm.h"
 #include "kernels/rotary.h"
 #include "kernels/softmax.h"
@@ -36,7 +37,9 @@
     X(mi_softmax_rows) X(mi_attn_check) X(mi_attn_scores) X(mi_attn_apply)                \
     X(mi_attn_fused) X(mi_attn_backward) X(mi_cross_entropy)                              \
     X(mi_embedding_forward) X(mi_embedding_backward) X(mi_adamw_step_ref)                 \
-    X(mi_rotary_check) X(mi_rotary_table) X(mi_rotary_apply) X(mi_rotary_apply_ref)
+    X(mi_rotary_check) X(mi_rotary_table) X(mi_rotary_apply) X(mi_rotary_apply_ref)       \
+    X(mi_bgemm_has_avx512bf16) X(mi_bgemm_pack_a_ref) X(mi_bgemm_pack_a_avx512bf16)      \
+    X(mi_bgemm_pack_b_ref) X(mi_bgemm_pack_b_avx512bf16)
 
 #define MI_CORE_API_MEMBER(name) __typeof__(name) *name;
 typedef struct {

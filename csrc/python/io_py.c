@@ -14,6 +14,7 @@
 
 #include "io/config_json.h"
 #include "io/safetensors.h"
+#include "kernels/gemm_bf16.h"
 
 /* ============================ SafeTensors ================================= */
 
@@ -208,6 +209,38 @@ static PyObject *st_get_float32(PyObject *op, PyObject *const *args, Py_ssize_t 
     return st_converted(self, t);
 }
 
+static PyObject *st_get_bfloat16(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    mi_py_safetensors *self = (mi_py_safetensors *)op;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    int writable = 0;
+    if (nargs != 1 || nkw > 1 || (nkw && (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))
+        || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "writable") != 0))) {
+        PyErr_SetString(PyExc_TypeError, "get_bfloat16(name, *, writable=False): expected one "
+                        "tensor name and at most the keyword 'writable'");
+        return NULL;
+    }
+    if (nkw && (writable = PyObject_IsTrue(args[1])) < 0) return NULL;
+    const mi_st_tensor *t = st_lookup(self, args[0]);
+    if (!t) return NULL;
+    /* stored as bfloat16 and 2-byte aligned: the mapped bytes themselves */
+    if (t->dtype == MI_DT_BF16 && ((uintptr_t)t->data & 1) == 0 && (!writable || self->st->writable))
+        return st_view_flags(self, t, NPY_UINT16, writable);
+    /* else float32 once, rounded to bfloat16 into a new array */
+    PyObject *f = st_converted(self, t);
+    if (!f) return NULL;
+    PyArrayObject *fa = (PyArrayObject *)f;
+    PyObject *out = PyArray_SimpleNew(PyArray_NDIM(fa), PyArray_DIMS(fa), NPY_UINT16);
+    if (out) {
+        Py_BEGIN_ALLOW_THREADS
+        mi_f32_to_bf16_n(PyArray_DATA(fa), PyArray_DATA((PyArrayObject *)out), PyArray_SIZE(fa));
+        Py_END_ALLOW_THREADS
+    }
+    Py_DECREF(f);
+    return out;
+}
+
 int mi_py_check_mapped(PyObject *const *arrays, int n)
 {
     const mi_safetensors *last = NULL;
@@ -369,6 +402,10 @@ static PyMethodDef st_methods[] = {
     {"writable", (PyCFunction)(void (*)(void))st_writable, METH_NOARGS,
      "writable()\n--\n\nTrue when the mapping is copy-on-write, so get_float32(..., "
      "writable=True) can return views instead of copies."},
+    {"get_bfloat16", (PyCFunction)(void (*)(void))st_get_bfloat16, METH_FASTCALL | METH_KEYWORDS,
+     "get_bfloat16(name, *, writable=False)\n--\n\nThe tensor as bfloat16 bit patterns (uint16): a "
+     "zero-copy view of the mapped file when it is stored as BF16 (writable: only on a "
+     "copy-on-write mapping), else a new array rounded to nearest even."},
     {"dtype", st_dtype, METH_O,
      "dtype(name)\n--\n\nThe stored dtype as the format spells it: 'F32', 'BF16', ..."},
     {"shape", st_shape, METH_O,

@@ -48,7 +48,7 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
                              "use_NTK_by_parts_rope", "NTK_by_parts_factor",
                              "NTK_by_parts_low_freq_factor", "NTK_by_parts_high_freq_factor",
                              "NTK_original_ctx_len", "parallel_attn_mlp", "post_norms",
-                             "attn_softcap", "logit_softcap", "window", "local_layers", NULL};
+                             "attn_softcap", "logit_softcap", "window", "local_layers", "bf16", NULL};
     mi_py_model *mo = (mi_py_model *)self;
     if (mo->initialised) {
         PyErr_SetString(PyExc_RuntimeError, "Model: already initialised");
@@ -57,24 +57,25 @@ static int model_init(PyObject *self, PyObject *args, PyObject *kw)
     long long nl, dm, nh, dh, dmlp, dv, dvo, nctx;
     int norm, act, gated = 0, attn_only = 0, causal = 1, result = 0, mlp_in = 0, pos = 1;
     int split_qkv = 0, attn_in = 0, no_head = 0, rotary = 0, adjacent = 0, ntk = 0, parallel = 0;
-    int post_norms = 0;
+    int post_norms = 0, bf16 = 0;
     long long n_kv = 0, rotary_dim = 0, window = 0;
     double eps, attn_scale = 1.0, rotary_base = 10000.0, ntk_factor = 8.0, ntk_low = 1.0,
            ntk_high = 4.0, ntk_ctx = 8192.0, attn_softcap = 0.0, logit_softcap = 0.0;
     PyObject *local = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdpppLpLpdpddddppddLO:Model", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LLLLLLLLidi|ppppppdpppLpLpdpddddppddLOp:Model", kwlist,
                                      &nl, &dm, &nh, &dh, &dmlp, &dv, &dvo, &nctx, &norm, &eps, &act,
                                      &gated, &attn_only, &causal, &result, &mlp_in, &pos,
                                      &attn_scale, &split_qkv, &attn_in, &no_head, &n_kv, &rotary,
                                      &rotary_dim, &adjacent, &rotary_base, &ntk, &ntk_factor,
                                      &ntk_low, &ntk_high, &ntk_ctx, &parallel, &post_norms,
-                                     &attn_softcap, &logit_softcap, &window, &local))
+                                     &attn_softcap, &logit_softcap, &window, &local, &bf16))
         return -1;
     mi_tf_spec s = {nl, dm, nh, dh, dmlp, dv, dvo, nctx, (mi_norm_type)norm, (float)eps, act,
                     gated, attn_only, causal, result, mlp_in, pos, (float)attn_scale};
     s.use_split_qkv_input = split_qkv;
     s.use_attn_in = attn_in;
     s.no_head = no_head;
+    s.bf16_weights = bf16;
     s.n_kv_heads = n_kv;
     s.rotary = rotary;
     s.rope = (mi_rotary_cfg){rotary_dim, adjacent, (float)rotary_base, ntk, (float)ntk_factor,
@@ -151,8 +152,9 @@ static int check_ready(mi_py_model *mo)
     return -1;
 }
 
-PyDoc_STRVAR(params_doc, "params()\n--\n\nA dict: parameter name -> float32 view of the "
-             "model's weights (internal layout, e.g. blocks.0.attn.W_qkv [D,3,H,Dh]): the one "
+PyDoc_STRVAR(params_doc, "params()\n--\n\nA dict: parameter name -> view of the "
+             "model's weights (float32; in a bf16 model the matrices and the embedding are "
+             "uint16 bfloat16 bit patterns) (internal layout, e.g. blocks.0.attn.W_qkv [D,3,H,Dh]): the one "
              "parameter blob, or the array given to set_param (writable when it is). With "
              "tied_unembed, unembed.W_U is the [D, V] transposed view of embed.W_E.");
 
@@ -168,14 +170,15 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
         npy_intp shape[4], strides[4], *st = NULL;
         for (int k = 0; k < p->ndim; k++) shape[k] = (npy_intp)p->shape[k];
         PyObject *owner = mo->blob;
-        float *data = mo->tf.params + p->offset;
+        void *data = mo->tf.params + p->offset;
+        const npy_intp size = p->bf16 ? (npy_intp)sizeof(uint16_t) : (npy_intp)sizeof(float);
         int writable = 1;
         int src = i;
         if (mi_tf_param_is_tied(&mo->tf, i)) {
             /* W_U [D, V] = W_E^T: the same memory, strided */
             src = i_we;
-            strides[0] = (npy_intp)sizeof(float);
-            strides[1] = (npy_intp)(shape[0] * (npy_intp)sizeof(float));
+            strides[0] = size;
+            strides[1] = shape[0] * size;
             st = strides;
             data = mo->tf.params + mo->tf.table[src].offset;
         }
@@ -184,7 +187,8 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
             data = mo->tf.table[src].data;
             writable = PyArray_ISWRITEABLE((PyArrayObject *)owner);
         }
-        PyObject *v = mi_py_view(owner, data, p->ndim, shape, st, writable);
+        PyObject *v = mi_py_view_as(owner, data, p->bf16 ? NPY_UINT16 : NPY_FLOAT32, p->ndim, shape,
+                                    st, writable);
         if (!v || PyDict_SetItemString(d, p->name, v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
         Py_DECREF(v);
     }
@@ -221,7 +225,9 @@ static PyObject *model_param_table(PyObject *self, PyObject *unused)
 PyDoc_STRVAR(set_param_doc,
 "set_param(name, array)\n--\n\n"
 "Let the model read parameter `name` from `array` in place (no copy): a\n"
-"C-contiguous, aligned float32 ndarray with as many elements as the parameter\n"
+"C-contiguous, aligned ndarray of the parameter's type (float32; uint16 bfloat16\n"
+"bit patterns for the bfloat16 tensors of a bf16 model) with as many elements\n"
+"as the parameter\n"
 "(its layout must be the internal one, e.g. HF GPT-2's c_attn.weight [D, 3D] for\n"
 "W_qkv [D,3,H,Dh]). The model keeps a reference to the array (so an mmap behind\n"
 "it stays mapped). Models with such parameters do not train: materialize() first.");
@@ -242,7 +248,7 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
     /* read in place for the model's life: the float32 bytes as they are */
     char who[96];
     snprintf(who, sizeof who, "set_param(%s)", name);
-    mi_arg arg = MI_ARG(who, NPY_FLOAT32, MI_ARG_EXACT, 0, 32);
+    mi_arg arg = MI_ARG(who, p->bf16 ? NPY_UINT16 : NPY_FLOAT32, MI_ARG_EXACT, 0, 32);
     if (mi_arg_convert(obj, &arg) < 0) return NULL;
     PyArrayObject *a = arg.arr;
     char buf[128], want[128];
@@ -257,7 +263,7 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
         mi_arg_release(&arg);
         return NULL;
     }
-    mi_status st = mi_tf_param_set_external(&mo->tf, i, (float *)PyArray_DATA(a));
+    mi_status st = mi_tf_param_set_external(&mo->tf, i, PyArray_DATA(a));
     if (st != MI_OK) {
         mi_arg_release(&arg);
         return mi_py_raise(st);
@@ -585,6 +591,13 @@ static PyObject *model_n_external(PyObject *self, void *c)
     return PyLong_FromLong(mo->tf.n_external);
 }
 
+static PyObject *model_bf16(PyObject *self, void *c)
+{
+    mi_py_model *mo = (mi_py_model *)self;
+    if (check_ready(mo) < 0) return NULL;
+    return PyBool_FromLong(mo->tf.spec.bf16_weights);
+}
+
 static PyMethodDef model_methods[] = {
     {"params", model_params, METH_NOARGS, params_doc},
     {"param_table", model_param_table, METH_NOARGS, param_table_doc},
@@ -604,6 +617,7 @@ static PyGetSetDef model_getset[] = {
      "(HF's tied lm_head) and unembed.W_U is a view of W_E; setting False copies W_E^T into W_U.",
      NULL},
     {"n_external", model_n_external, NULL, "Parameters read in place from set_param arrays.", NULL},
+    {"bf16", model_bf16, NULL, "True: the matrices and the embedding are stored as bfloat16.", NULL},
     {NULL},
 };
 
@@ -649,6 +663,12 @@ mi_transformer *mi_py_model_tf(PyObject *module, PyObject *obj)
     }
     mi_py_model *mo = (mi_py_model *)obj;
     if (check_ready(mo) < 0) return NULL;
+    if (mo->tf.spec.bf16_weights) {
+        PyErr_SetString(PyExc_NotImplementedError, "training a model with bfloat16 weights is not "
+                        "supported (the backward and the optimiser work on float32 weights): "
+                        "load the model in float32 to train it");
+        return NULL;
+    }
     /* the backward reads and updates weights in the blob (params + offset) */
     if (mo->tf.n_external || mo->tf.tied_unembed) {
         PyErr_Format(PyExc_ValueError, "training needs the model to own its weights, but %d of them "

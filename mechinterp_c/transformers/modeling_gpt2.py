@@ -49,6 +49,14 @@ converted to float32 once at load. The C backward does not read mapped weights:
 training the underlying model needs :meth:`GPT2LMHeadModel.materialize` first
 (a clear error says so otherwise).
 
+bfloat16: ``from_pretrained(..., torch_dtype=torch.bfloat16)`` (or ``dtype="bfloat16"``)
+stores ``wte``, ``c_attn``, ``c_proj``, ``c_fc`` weights (and an untied ``lm_head``) as
+bfloat16: a BF16 checkpoint is mapped and read in place, an F32 one converted once;
+biases, LayerNorms and ``wpe`` stay float32 with bfloat16-rounded values. Their
+``.weight`` is then the stored bfloat16 bit patterns, a uint16 view (NumPy has no
+bfloat16): ``mechinterp_c.ops.from_bfloat16(w)`` gives float32, and an edit must write
+``ops.to_bfloat16(x)``. Activations, hooks and outputs stay float32; training is refused.
+
 Arrays handed to hooks and outputs are :class:`HFArray`, a NumPy ndarray subclass
 that also answers the torch-style calls notebooks make (``.detach()``,
 ``.cpu()``, ``.numpy()``, ``.view(*shape)``, ``.clone()``). They are views of the
@@ -328,9 +336,18 @@ def _open_checkpoint(name_or_path, revision, cache_dir, copy=False):
 
 def _copy_transposed(dst, src):
     """``dst[...] = src.T`` for a [V, D] -> [D, V] copy, blocked over V (2x faster
-    than one strided copy)."""
+    than one strided copy); a uint16 (bfloat16) ``dst`` gets float ``src`` rounded."""
     for i in range(0, src.shape[0], 2048):
-        dst[:, i:i + 2048] = src[i:i + 2048].T
+        _assign(dst[:, i:i + 2048], src[i:i + 2048].T)
+
+
+def _assign(dst, src):
+    """``dst[...] = src`` where ``dst`` is float32 or bfloat16 bit patterns (uint16)."""
+    if dst.dtype == np.uint16 and src.dtype != np.uint16:
+        src = _core.to_bfloat16(src)
+    elif dst.dtype != np.uint16 and src.dtype == np.uint16:
+        src = _core.from_bfloat16(src)
+    dst[...] = src
 
 
 def _need(sd, key, shape, where):
@@ -380,11 +397,14 @@ class GPT2LMHeadModel(Module, GenerationMixin):
     pre-hooks (see the module docstring for what each hook sees).
     """
 
-    def __init__(self, config, _checkpoint=None):
+    def __init__(self, config, _checkpoint=None, _bf16=False):
         super().__init__(None, "model")
         self._model_ref = weakref.ref(self)
         self.config = config if isinstance(config, GPT2Config) else GPT2Config(**dict(config))
-        self._ht = _CoreModel(convert_gpt2_config(self.config))
+        tl_cfg = convert_gpt2_config(self.config)
+        if _bf16:
+            tl_cfg["dtype"] = "bfloat16"
+        self._ht = _CoreModel(tl_cfg)
         # HF ties lm_head to wte: the C unembedding reads W_E transposed in place, and
         # the TransformerLens views (W_U: a view of W_E^T) are re-read to match
         self._ht._core.tied_unembed = bool(getattr(self.config, "tie_word_embeddings", True))
@@ -406,23 +426,25 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         weights included; the files may then change).
 
         ``torch_dtype`` / ``dtype``: float32 or "auto" (F16/BF16 checkpoints are
-        converted to float32 once); ``device_map``: None or "cpu". HF keywords about
+        converted to float32 once), or bfloat16 (weights stored as bfloat16, a BF16
+        checkpoint read in place; see the module docstring); ``device_map``: None or "cpu". HF keywords about
         fetching or trust (``local_files_only``, ``trust_remote_code``, ``token``,
         ``low_cpu_mem_usage``, ``use_safetensors=True``) are accepted: nothing is
         fetched and the weights are always mapped from safetensors. Anything else raises,
         naming it (another dtype: NotImplementedError; another device: ValueError; an
         unknown keyword: TypeError)."""
-        check_model_args(model_args, kwargs, "GPT2LMHeadModel.from_pretrained")
+        bf16 = check_model_args(model_args, kwargs, "GPT2LMHeadModel.from_pretrained",
+                                allow_bf16=True)
         cfg = GPT2Config.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                          cache_dir=cache_dir)
         cfg._name_or_path = str(pretrained_model_name_or_path)
         files = _open_checkpoint(pretrained_model_name_or_path, revision, cache_dir, copy=copy)
-        return cls(cfg, _checkpoint=(files, str(pretrained_model_name_or_path)))
+        return cls(cfg, _checkpoint=(files, str(pretrained_model_name_or_path)), _bf16=bf16)
 
     def _map_checkpoint(self, files, where):
         """Point every C parameter at its tensor in the mapped checkpoint ``files``
         (from :func:`_open_checkpoint`); shapes are checked against the config first."""
-        cfg, core = self.config, self._ht._core
+        cfg, core, raw = self.config, self._ht._core, self._ht._raw
         D, V = cfg.n_embd, cfg.vocab_size
         used = set()
 
@@ -434,7 +456,12 @@ class GPT2LMHeadModel(Module, GenerationMixin):
             if got != tuple(shape):
                 raise ValueError(f"{where}: tensor {key!r} has shape {got}, the config "
                                  f"implies {tuple(shape)}")
-            core.set_param(dst, st.get_float32(full, writable=True))
+            if raw[dst].dtype == np.uint16:     # bfloat16: in place from a BF16 file
+                core.set_param(dst, st.get_bfloat16(full, writable=True))
+            elif core.bf16:                     # float32 holding bfloat16-rounded values
+                core.set_param(dst, _core.from_bfloat16(st.get_bfloat16(full)))
+            else:
+                core.set_param(dst, st.get_float32(full, writable=True))
             used.add(key)
 
         for dst, key, shape in _hf_tensor_map(cfg):
@@ -446,7 +473,8 @@ class GPT2LMHeadModel(Module, GenerationMixin):
                 raise ValueError(f"{where}: tensor 'lm_head.weight' has shape "
                                  f"{st.shape(full)}, expected {(V, D)}")
             if not core.tied_unembed:          # untied checkpoints: W_U = lm_head^T, a copy
-                _copy_transposed(self._ht._raw["unembed.W_U"], st.get_float32(full))
+                src = st.get_bfloat16(full) if core.bf16 else st.get_float32(full)
+                _copy_transposed(self._ht._raw["unembed.W_U"], src)
             used.add("lm_head.weight")
         elif not core.tied_unembed:
             raise KeyError(f"{where}: tie_word_embeddings is false but the checkpoint has no "
@@ -469,7 +497,10 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         used = set()
 
         def put(dst, key, shape):
-            raw[dst][...] = _need(sd, key, shape, where).reshape(raw[dst].shape)
+            src = _need(sd, key, shape, where).reshape(raw[dst].shape)
+            if self._ht._bf16 and src.dtype != np.uint16 and raw[dst].dtype != np.uint16:
+                src = _core.from_bfloat16(_core.to_bfloat16(src))   # bfloat16-rounded values
+            _assign(raw[dst], src)
             used.add(key)
 
         for dst, key, shape in _hf_tensor_map(cfg):

@@ -92,11 +92,14 @@ class LlamaForCausalLM(Module, GenerationMixin):
     config_class = LlamaConfig
     _convert = staticmethod(convert_llama_config)
 
-    def __init__(self, config, state_dict):
+    def __init__(self, config, state_dict, _bf16=False):
         super().__init__(None, "model")
         self._model_ref = weakref.ref(self)
         self.config = config
-        self._ht = _CoreModel(type(self)._convert(config))
+        tl_cfg = type(self)._convert(config)
+        if _bf16:
+            tl_cfg["dtype"] = "bfloat16"
+        self._ht = _CoreModel(tl_cfg)
         self._ht.load_state_dict(state_dict)
         self._build_tree()
 
@@ -105,13 +108,18 @@ class LlamaForCausalLM(Module, GenerationMixin):
                         cache_dir=None, **kwargs):
         """Load ``config.json`` and the safetensors weights (one file or shards) of a local
         directory or a model in the Hugging Face cache (no network); the weights are
-        converted once into the C model's layout. dtype / device / unknown keywords are
-        refused as ``GPT2LMHeadModel.from_pretrained`` refuses them."""
-        check_model_args(model_args, kwargs, f"{cls.__name__}.from_pretrained")
+        converted once into the C model's layout. ``torch_dtype`` / ``dtype`` bfloat16
+        stores the projections and the embeddings as bfloat16 (converted once; their
+        ``.weight`` is then the uint16 bfloat16 bit patterns, ``ops.from_bfloat16``
+        gives float32; activations stay float32, no training). Other dtypes, devices
+        and unknown keywords are refused as ``GPT2LMHeadModel.from_pretrained``
+        refuses them."""
+        bf16 = check_model_args(model_args, kwargs, f"{cls.__name__}.from_pretrained",
+                                allow_bf16=True)
         cfg = cls.config_class.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                                cache_dir=cache_dir)
         sd = get_pretrained_state_dict(pretrained_model_name_or_path, cfg, revision, cache_dir)
-        return cls(cfg, sd)
+        return cls(cfg, sd, _bf16=bf16)
 
     def _build_tree(self):
         cfg = self.config

@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 
 from ..array_type import get_array_type, raw_hook, set_array_type, to_user, to_user_param, torch_mode
-from ..devices import CPUFloat32, check_cpu_device, check_dtype
+from ..devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16
 from ..utils import to_numpy
 
 __all__ = ["HFArray", "Module", "ModuleList", "RemovableHandle", "check_model_args",
@@ -352,6 +352,10 @@ class Module(CPUFloat32):
     def __repr__(self):
         return f"<{type(self).__name__} {self._name}>"
 
+    def _weights_bf16(self):
+        ref = self._model_ref() if self._model_ref is not None else None
+        return ref is not None and ref._ht._bf16
+
     @property
     def _core_ht(self):
         model = self._model_ref()
@@ -472,14 +476,17 @@ _NO_OP_LOADING_KWARGS = ("local_files_only", "trust_remote_code", "token", "low_
                          "force_download")
 
 
-def check_model_args(model_args, kwargs, where):
+def check_model_args(model_args, kwargs, where, allow_bf16=False):
     """Refuse what a Hugging Face ``from_pretrained`` call asks for that the C model cannot
-    honour: extra positional arguments, a dtype other than float32, a device other than
-    the CPU, ``use_safetensors=False``, unknown keywords (consumed from ``kwargs``)."""
+    honour: extra positional arguments, a dtype other than float32 (and bfloat16 with
+    ``allow_bf16``), a device other than the CPU, ``use_safetensors=False``, unknown
+    keywords (consumed from ``kwargs``). Returns whether bfloat16 weights were asked for
+    (``torch_dtype`` / ``dtype``)."""
     if model_args:
         raise TypeError(f"{where}: unexpected positional argument(s) {model_args!r}")
-    check_dtype(kwargs.pop("torch_dtype", None), where, allow_auto=True)
-    check_dtype(kwargs.pop("dtype", None), where, allow_auto=True)
+    dtypes = (kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None))
+    for dt in dtypes:
+        check_dtype(dt, where, allow_auto=True, allow_bf16=allow_bf16)
     check_cpu_device(kwargs.pop("device_map", None), where)
     if kwargs.pop("use_safetensors", True) is False:
         raise NotImplementedError(f"{where}: use_safetensors=False: only safetensors weights are read")
@@ -487,6 +494,7 @@ def check_model_args(model_args, kwargs, where):
         kwargs.pop(k, None)
     if kwargs:
         raise TypeError(f"{where}: unexpected keyword argument(s) {sorted(kwargs)}")
+    return any(is_bfloat16(dt) for dt in dtypes)
 
 
 # ------------------------------------------------------ save_pretrained

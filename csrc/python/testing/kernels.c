@@ -150,6 +150,79 @@ static PyObject *py__fma_peak(PyObject *m, PyObject *unused)
     return PyFloat_FromDouble(g);
 }
 
+/* ---- bf16 GEMM packing ---- */
+
+PyDoc_STRVAR(_bgemm_pack_a_doc,
+"_bgemm_pack_a(a, i0, mcur, p0, kp, fast)\n--\n\n"
+"The bf16 GEMM's A packing of a[i0:i0+mcur, k pairs p0:p0+kp] (float32 [M, K]) as\n"
+"uint32 words, 12-row panels: the AVX512-BF16 packer (fast) or its plain twin.");
+
+static PyObject *py__bgemm_pack_a(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"a", "i0", "mcur", "p0", "kp", "fast", NULL};
+    const mi_core_api *core = api_of(m);
+    mi_arg a = MI_ARG_FLOAT("a", 2, 2);
+    long long i0, mcur, p0, kp;
+    int fast;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&LLLLp:_bgemm_pack_a", kwlist, mi_conv_array, &a,
+                                     &i0, &mcur, &p0, &kp, &fast))
+        return NULL;
+    PyObject *res = NULL;
+    const int64_t M = PyArray_DIM(a.arr, 0), K = PyArray_DIM(a.arr, 1);
+    if (i0 < 0 || mcur < 0 || i0 + mcur > M || p0 < 0 || kp < 0 || 2 * (p0 + kp) > K + 1) {
+        PyErr_SetString(PyExc_ValueError, "_bgemm_pack_a: block outside a");
+        goto done;
+    }
+    if (fast && !core->mi_bgemm_has_avx512bf16()) {
+        PyErr_SetString(PyExc_RuntimeError, "_bgemm_pack_a: this CPU has no AVX512-BF16");
+        goto done;
+    }
+    npy_intp n = (npy_intp)((mcur + MI_BGEMM_MR - 1) / MI_BGEMM_MR * MI_BGEMM_MR * kp);
+    if (!(res = PyArray_ZEROS(1, &n, NPY_UINT32, 0))) goto done;
+    (fast ? core->mi_bgemm_pack_a_avx512bf16 : core->mi_bgemm_pack_a_ref)(
+        mi_arg_data(&a), K, K, i0, mcur, p0, kp, PyArray_DATA((PyArrayObject *)res));
+done:
+    mi_arg_release(&a);
+    return res;
+}
+
+PyDoc_STRVAR(_bgemm_pack_b_doc,
+"_bgemm_pack_b(b, trans_b, p0, kp, j0, cols, fast)\n--\n\n"
+"The bf16 GEMM's B packing of op(b)[k pairs p0:p0+kp, j0:j0+cols] (uint16 [K, N], or\n"
+"[N, K] with trans_b) as one 32-column panel of uint32 words: the AVX-512 packer\n"
+"(fast) or its plain twin.");
+
+static PyObject *py__bgemm_pack_b(PyObject *m, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"b", "trans_b", "p0", "kp", "j0", "cols", "fast", NULL};
+    const mi_core_api *core = api_of(m);
+    mi_arg b = MI_ARG("b", NPY_UINT16, 0, 2, 2);
+    long long p0, kp, j0;
+    int trans_b, cols, fast;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&pLLLip:_bgemm_pack_b", kwlist, mi_conv_array, &b,
+                                     &trans_b, &p0, &kp, &j0, &cols, &fast))
+        return NULL;
+    PyObject *res = NULL;
+    const int64_t K = PyArray_DIM(b.arr, trans_b ? 1 : 0), N = PyArray_DIM(b.arr, trans_b ? 0 : 1);
+    const int64_t ldb = PyArray_DIM(b.arr, 1);
+    if (p0 < 0 || kp < 0 || 2 * (p0 + kp) > K + 1 || j0 < 0 || cols < 0 || cols > MI_BGEMM_NR
+        || j0 + cols > N) {
+        PyErr_SetString(PyExc_ValueError, "_bgemm_pack_b: block outside b");
+        goto done;
+    }
+    if (fast && !core->mi_bgemm_has_avx512bf16()) {
+        PyErr_SetString(PyExc_RuntimeError, "_bgemm_pack_b: this CPU has no AVX512-BF16");
+        goto done;
+    }
+    npy_intp n = (npy_intp)(MI_BGEMM_NR * kp);
+    if (!(res = PyArray_ZEROS(1, &n, NPY_UINT32, 0))) goto done;
+    (fast ? core->mi_bgemm_pack_b_avx512bf16 : core->mi_bgemm_pack_b_ref)(
+        trans_b, mi_arg_data(&b), ldb, K, p0, kp, j0, cols, PyArray_DATA((PyArrayObject *)res));
+done:
+    mi_arg_release(&b);
+    return res;
+}
+
 /* ---- norms ---- */
 
 PyDoc_STRVAR(_layer_norm_backward_doc,
@@ -950,6 +1023,8 @@ static PyMethodDef testing_methods[] = {
     KW_METHOD(_rotary),
     KW_METHOD(_sgemm),
     {"_fma_peak", py__fma_peak, METH_NOARGS, _fma_peak_doc},
+    KW_METHOD(_bgemm_pack_a),
+    KW_METHOD(_bgemm_pack_b),
     KW_METHOD(_layer_norm_backward),
     KW_METHOD(_rms_norm_backward),
     KW_METHOD(_tl_norm),
