@@ -27,6 +27,7 @@ import itertools
 import numpy as np
 
 from . import _core
+from .attribution import AttributionScores, attribution_patch
 from .utils import get_act_name, to_numpy
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
     "get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_v_all_pos",
     "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_all_pos_every",
     "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every",
-    "logit_diff", "logprob", "loss",
+    "logit_diff", "logprob", "loss", "attribution_patch", "AttributionScores",
 ]
 
 
