@@ -313,6 +313,26 @@ def convert_neox_weights(sd, cfg, where="checkpoint"):
     return out
 
 
+def _self_attn_weights(t, h, b, D, H, kv, Dh):
+    """TransformerLens's attention weights of layer prefix ``b`` from Hugging Face's
+    ``self_attn.{q,k,v,o}_proj`` under prefix ``h`` (Llama, Mistral, Qwen2, Gemma 2): per-head
+    ``W_Q/K/V`` [n, D, Dh] (``_W_K``/``_W_V`` of the kv heads with grouped-query attention),
+    absent biases as zeros."""
+    out = {}
+    pre = "_" if kv != H else ""
+    for c, n, proj in (("Q", H, "q_proj"), ("K", kv, "k_proj"), ("V", kv, "v_proj")):
+        p = pre if c != "Q" else ""
+        W = t(h + f"self_attn.{proj}.weight", (n * Dh, D)).reshape(n, Dh, D)
+        out[b + f"attn.{p}W_{c}"] = np.ascontiguousarray(W.transpose(0, 2, 1))
+        bias = t.get(h + f"self_attn.{proj}.bias", (n * Dh,))
+        out[b + f"attn.{p}b_{c}"] = (bias.reshape(n, Dh) if bias is not None
+                                     else np.zeros((n, Dh), np.float32))
+    out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D))
+    bo = t.get(h + "self_attn.o_proj.bias", (D,))
+    out[b + "attn.b_O"] = bo if bo is not None else np.zeros(D, np.float32)
+    return out
+
+
 def convert_llama_weights(sd, cfg, where="checkpoint"):
     """HF Llama / Mistral / Qwen2 weights -> TransformerLens names and shapes, as
     TransformerLens's ``convert_llama_weights`` / ``convert_qwen2_weights``: W_Q [H, D, Dh],
@@ -322,21 +342,11 @@ def convert_llama_weights(sd, cfg, where="checkpoint"):
         cfg.intermediate_size, cfg.vocab_size
     Dh = cfg.head_dim or D // H
     kv = cfg.num_key_value_heads or H
-    pre = "_" if kv != H else ""
     out = {"embed.W_E": t("model.embed_tokens.weight", (V, D))}
     for l in range(L):
         h, b = f"model.layers.{l}.", f"blocks.{l}."
         out[b + "ln1.w"] = t(h + "input_layernorm.weight", (D,))
-        for c, n, proj in (("Q", H, "q_proj"), ("K", kv, "k_proj"), ("V", kv, "v_proj")):
-            p = pre if c != "Q" else ""
-            W = t(h + f"self_attn.{proj}.weight", (n * Dh, D)).reshape(n, Dh, D)
-            out[b + f"attn.{p}W_{c}"] = np.ascontiguousarray(W.transpose(0, 2, 1))
-            bias = t.get(h + f"self_attn.{proj}.bias", (n * Dh,))
-            out[b + f"attn.{p}b_{c}"] = (bias.reshape(n, Dh) if bias is not None
-                                         else np.zeros((n, Dh), np.float32))
-        out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D))
-        bo = t.get(h + "self_attn.o_proj.bias", (D,))
-        out[b + "attn.b_O"] = bo if bo is not None else np.zeros(D, np.float32)
+        out.update(_self_attn_weights(t, h, b, D, H, kv, Dh))
         out[b + "ln2.w"] = t(h + "post_attention_layernorm.weight", (D,))
         out[b + "mlp.W_in"] = np.ascontiguousarray(t(h + "mlp.up_proj.weight", (M, D)).T)
         out[b + "mlp.W_gate"] = np.ascontiguousarray(t(h + "mlp.gate_proj.weight", (M, D)).T)
@@ -407,7 +417,6 @@ def convert_gemma2_weights(sd, cfg, where="checkpoint"):
     D, H, L, M, V = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, \
         cfg.intermediate_size, cfg.vocab_size
     Dh, kv = cfg.head_dim, cfg.num_key_value_heads
-    pre = "_" if kv != H else ""
     E = t("model.embed_tokens.weight", (V, D))
     # the scale rounded to float32 first, as TransformerLens multiplies by a float32 tensor
     out = {"embed.W_E": E * np.float32(D ** 0.5)}
@@ -416,16 +425,7 @@ def convert_gemma2_weights(sd, cfg, where="checkpoint"):
         h, b = f"model.layers.{l}.", f"blocks.{l}."
         out[b + "ln1.w"] = norm(h + "input_layernorm.weight")
         out[b + "ln1_post.w"] = norm(h + "post_attention_layernorm.weight")
-        for c, n, proj in (("Q", H, "q_proj"), ("K", kv, "k_proj"), ("V", kv, "v_proj")):
-            p = pre if c != "Q" else ""
-            W = t(h + f"self_attn.{proj}.weight", (n * Dh, D)).reshape(n, Dh, D)
-            out[b + f"attn.{p}W_{c}"] = np.ascontiguousarray(W.transpose(0, 2, 1))
-            bias = t.get(h + f"self_attn.{proj}.bias", (n * Dh,))
-            out[b + f"attn.{p}b_{c}"] = (bias.reshape(n, Dh) if bias is not None
-                                         else np.zeros((n, Dh), np.float32))
-        out[b + "attn.W_O"] = np.ascontiguousarray(t(h + "self_attn.o_proj.weight", (D, H * Dh)).T.reshape(H, Dh, D))
-        bo = t.get(h + "self_attn.o_proj.bias", (D,))
-        out[b + "attn.b_O"] = bo if bo is not None else np.zeros(D, np.float32)
+        out.update(_self_attn_weights(t, h, b, D, H, kv, Dh))
         out[b + "ln2.w"] = norm(h + "pre_feedforward_layernorm.weight")
         out[b + "ln2_post.w"] = norm(h + "post_feedforward_layernorm.weight")
         out[b + "mlp.W_in"] = np.ascontiguousarray(t(h + "mlp.up_proj.weight", (M, D)).T)
