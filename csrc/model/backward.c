@@ -67,9 +67,8 @@ static float *view_ptr(const mi_transformer *m, const mi_tf_plan *plan, float *a
     return mi_tf_point_view(m, plan, arena, p, &v) ? v.data : NULL;
 }
 
-/* The tensor a norm hands on: normalized * w + b, or normalized itself. */
-static const float *norm_out(const float *normalized, const float *w, const float *b,
-                             int64_t rows, int64_t d, float *scratch)
+const float *mi_tf_norm_out(const float *normalized, const float *w, const float *b,
+                           int64_t rows, int64_t d, float *scratch)
 {
     if (!w) return normalized;
     #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
@@ -169,7 +168,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
         const float *ln2_in = s->use_hook_mlp_in ? V(MI_P_MLP_IN) : resid_mid;
         const float *x2 = ln2_in;
         if (s->norm != MI_NORM_NONE)
-            x2 = norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
+            x2 = mi_tf_norm_out(V(MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, S->xin);
         const float *pre = V(MI_P_MLP_PRE), *post = V(MI_P_MLP_POST);
         /* mlp_out = [ln2_post](post @ W_out + b_out) ; resid_post = resid_mid + mlp_out */
         const float *dmo = dresid;
@@ -273,7 +272,7 @@ static mi_status layer_backward(const mi_transformer *m, const mi_tf_plan *pl, f
     /* qkv = x1 @ W_qkv + b_qkv ; x1 = ln1(resid_pre) */
     const float *x1 = resid_pre;
     if (s->norm != MI_NORM_NONE)
-        x1 = norm_out(V(MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, S->xin);
+        x1 = mi_tf_norm_out(V(MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, S->xin);
     tick(S, MI_BWD_NORM);
     mi_sgemm(1, 0, D, QKV, BT, x1, D, S->dqkv, QKV, NULL, 1.0f, gw(grads, w_qkv), QKV);
     tick(S, MI_BWD_ATTN_GEMM);
@@ -436,7 +435,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     /* logits = xf @ W_U + b_U ; xf = ln_final(resid[L]) */
     const float *xf = resid_L;
     if (s->norm != MI_NORM_NONE)
-        xf = norm_out(view_ptr(m, &plan, arena, pf + MI_PF_LNF_NORM), pw(m, g[MI_G_LNF_W]),
+        xf = mi_tf_norm_out(view_ptr(m, &plan, arena, pf + MI_PF_LNF_NORM), pw(m, g[MI_G_LNF_W]),
                       pw(m, g[MI_G_LNF_B]), BT, D, S.xin);
     mi_sgemm(1, 0, D, Vo, BT, xf, D, S.dlogits, Vo, NULL, 1.0f, gw(grads, g[MI_G_W_U]), Vo);
     colsum_acc(S.dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));

@@ -55,4 +55,11 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t se
 /* Floats of workspace a [batch, seq] call needs (0 with a message on error). */
 size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t seq);
 
+/* The tensor a norm hands on, which the backward of the product after it reads:
+ * normalized * w + b written into scratch [rows, d], or normalized itself when the
+ * norm has no weight (w NULL; b may be NULL). Shared by the training backward and the
+ * hooked-gradient pass (grad.c). */
+const float *mi_tf_norm_out(const float *normalized, const float *w, const float *b,
+                            int64_t rows, int64_t d, float *scratch);
+
 #endif

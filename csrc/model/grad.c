@@ -12,6 +12,7 @@
  * Scratch (floats): dx and xin BT*D each, act and tmp BT*M each.
  */
 #include "model/grad.h"
+#include "model/backward.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -95,18 +96,6 @@ static void colsum_acc(const float *x, const float *y, int64_t rows, int64_t col
                 acc[c - c0] += (double)x[r * cols + c] * (y ? (double)y[r * cols + c] : 1.0);
         for (int64_t c = c0; c < c1; c++) out[c] += (float)acc[c - c0];
     }
-}
-
-/* The tensor a norm hands on: normalized * w + b, or normalized itself. */
-static const float *norm_out(const float *normalized, const float *w, const float *b,
-                             int64_t rows, int64_t d, float *scratch)
-{
-    if (!w) return normalized;
-    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < d; i++)
-            scratch[r * d + i] = normalized[r * d + i] * w[i] + (b ? b[i] : 0.0f);
-    return scratch;
 }
 
 /* Backward of TransformerLens's norm (x -> xc -> scale = sqrt(mean(xc^2) + eps)
@@ -270,7 +259,7 @@ static mi_status layer_bwd(const gstate *g, int l)
                               : par ? AV(p0 + MI_P_RESID_PRE) : AV(p0 + MI_P_RESID_MID);
         const float *x2 = ln2_in;
         if (has_norm)
-            x2 = norm_out(AV(p0 + MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, g->xin);
+            x2 = mi_tf_norm_out(AV(p0 + MI_P_LN2_NORM), pw(m, o[MI_W_LN2_W]), pw(m, o[MI_W_LN2_B]), BT, D, g->xin);
         zero(g_pre, BT * Mm);
         if (s->gated_mlp) {
             /* post = act(pre) * pre_linear + b_in; pre = x2 @ W_gate; pre_linear = x2 @ W_in */
@@ -352,7 +341,7 @@ static mi_status layer_bwd(const gstate *g, int l)
     /* qkv = x1 @ W_qkv + b_qkv; x1 = ln1(resid_pre) */
     const float *dqkv = GV(p0 + MI_P_Q), *resid_pre = AV(p0 + MI_P_RESID_PRE), *x1 = resid_pre;
     if (has_norm)
-        x1 = norm_out(AV(p0 + MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, g->xin);
+        x1 = mi_tf_norm_out(AV(p0 + MI_P_LN1_NORM), pw(m, o[MI_W_LN1_W]), pw(m, o[MI_W_LN1_B]), BT, D, g->xin);
     size_t w_qkv, b_qkv;
     mi_tf_qkv_offsets(m, l, &w_qkv, &b_qkv);
     int64_t KD = mi_tf_kv_heads(s) * Dh, QKV = HD + 2 * KD;
