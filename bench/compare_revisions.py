@@ -10,6 +10,10 @@ faster).
 Workloads (random weights, 2 threads unless --threads):
   hooked_forward     HookedTransformer GPT-2-small shape, forward [4, 128]
   hooked_cache       the same, run_with_cache (every hook point)
+  llama_forward      HookedTransformer Llama-shaped as bench/families.py (16 layers,
+                     d_model 1024, 16 heads / 4 kv, SwiGLU d_mlp 2816, vocab 32000),
+                     forward [4, 256]
+  llama_cache        the same, run_with_cache (every hook point: a 1.8 GB cache)
   gpt2_forward       transformers.GPT2LMHeadModel GPT-2-small shape, forward [8, 128]
   train_step         the no-position recipe (2 layers, d_model 64, batch 256 x 50):
                      backward + clip + AdamW step
@@ -41,6 +45,15 @@ if name in ("hooked_forward", "hooked_cache"):
     m.init_weights()
     tokens = rng.integers(0, 50257, size=(4, 128))
     fn = (lambda: m(tokens)) if name == "hooked_forward" else (lambda: m.run_with_cache(tokens))
+elif name in ("llama_forward", "llama_cache"):
+    cfg = mi.HookedTransformerConfig(n_layers=16, d_model=1024, n_heads=16, d_head=64, d_mlp=2816,
+                                     d_vocab=32000, n_ctx=2048, act_fn="silu", gated_mlp=True,
+                                     normalization_type="RMS", positional_embedding_type="rotary",
+                                     rotary_dim=64, n_key_value_heads=4)
+    m = mi.HookedTransformer(cfg)
+    m.init_weights()
+    tokens = rng.integers(0, 32000, size=(4, 256))
+    fn = (lambda: m(tokens)) if name == "llama_forward" else (lambda: m.run_with_cache(tokens))
 elif name == "gpt2_forward":
     from mechinterp_c.transformers import GPT2Config, GPT2LMHeadModel
     m = GPT2LMHeadModel(GPT2Config())
@@ -71,7 +84,8 @@ for _ in range(inner):
 print(json.dumps({"seconds": best}))
 '''
 
-WORKLOADS = {"hooked_forward": 3, "hooked_cache": 3, "gpt2_forward": 3, "train_step": 20}
+WORKLOADS = {"hooked_forward": 3, "hooked_cache": 3, "llama_forward": 2, "llama_cache": 2,
+             "gpt2_forward": 3, "train_step": 20}
 
 
 def build(rev):

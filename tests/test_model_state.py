@@ -6,6 +6,7 @@ at once neither crash nor change results).
 
 Results are compared bitwise with a single-threaded rerun on the same model:
 the passes are deterministic, so any difference would be a race."""
+import gc
 import os
 import threading
 
@@ -53,6 +54,47 @@ def test_each_model_keeps_its_own_arena():
     np.testing.assert_array_equal(kept, want_a)
     del a                                   # arenas outliving their model stay valid
     np.testing.assert_array_equal(kept, want_a)
+
+
+_REUSE_CONFIGS = {
+    "gpt2_like": dict(act_fn="gelu_new", use_attn_result=True, use_split_qkv_input=True,
+                      use_hook_mlp_in=True),
+    "llama_like": dict(act_fn="silu", normalization_type="RMS", gated_mlp=True,
+                       positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_REUSE_CONFIGS))
+def test_a_kept_arena_is_never_read_before_written(kind):
+    """A model keeps its last released arena for the next call and hands the pages
+    past a bound back to the kernel lazily (MADV_FREE): reused, they hold whatever
+    the last pass left, or zeros where the kernel reclaimed them. Neither may show:
+    every activation of the next pass is written before it is read. The bound is
+    set to 0 so a small arena takes the lazy path; the kept block is then filled
+    with NaN bytes, or reclaimed, before the call that reuses it."""
+    from mechinterp_c import _testing
+    cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_ctx=32, d_head=8, n_heads=8,
+                                  d_vocab=300, seed=5, **_REUSE_CONFIGS[kind])
+    m = HookedTransformer(cfg)
+    tokens = np.arange(64).reshape(2, 32) * 7 % 300
+    logits, cache = m.run_with_cache(tokens)
+    want_logits = logits.copy()
+    want = {k: v.copy() for k, v in cache.items()}
+    assert len(want) > 20
+    for spoil in ("fill", "reclaim"):
+        address, nbytes = _testing._spare_keep_warm(logits.base, 0)
+        del logits, cache
+        gc.collect()                        # the arena goes back to the model, lazily released
+        if spoil == "fill":
+            _testing._fill_kept(address, nbytes, 0xFF)    # every float32 a NaN
+        elif not _testing._reclaim_kept(address, nbytes):
+            pytest.skip("the kernel has no MADV_PAGEOUT")
+        logits, cache = m.run_with_cache(tokens)
+        assert _testing._spare_keep_warm(logits.base, 0) == (address, nbytes)   # reused
+        np.testing.assert_array_equal(logits, want_logits)
+        assert set(cache.keys()) == set(want)
+        for k, v in want.items():
+            np.testing.assert_array_equal(cache[k], v, err_msg=f"{kind} {spoil}: {k}")
 
 
 def test_profiled_passes_on_two_threads(monkeypatch, capfd):

@@ -20,4 +20,12 @@ void *mi_malloc(size_t bytes);
 void *mi_calloc(size_t bytes);
 void mi_free(void *p);
 
+/* Give the whole pages inside [p, p + bytes) back to the kernel lazily
+ * (MADV_FREE): they stay mapped and, until memory runs short, keep their
+ * frames, so writing them again costs no page fault and no zeroing; under
+ * memory pressure the kernel takes them without swapping, and a reclaimed page
+ * reads as zeros when touched again. For memory kept for reuse whose contents
+ * no longer matter. Advice only: where it is refused nothing changes. */
+void mi_release_lazily(void *p, size_t bytes);
+
 #endif

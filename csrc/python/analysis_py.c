@@ -499,6 +499,6 @@ static PyMethodDef analysis_methods[] = {
 
 int mi_py_analysis_exec(PyObject *m)
 {
-    if (!(mi_state(m)->similarity_spare = mi_py_spare_new(SIZE_MAX, free))) return -1;
+    if (!(mi_state(m)->similarity_spare = mi_py_spare_new(SIZE_MAX, SIZE_MAX, free))) return -1;
     return PyModule_AddFunctions(m, analysis_methods);
 }

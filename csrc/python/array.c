@@ -114,17 +114,19 @@ PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float *
 struct mi_py_spare {
     Py_ssize_t refs;           /* the owner + one per Buffer lent memory */
     size_t keep_max;           /* larger blocks are freed, not kept */
+    size_t keep_warm;          /* bytes of a kept block past this are released lazily */
     void (*free_fn)(void *);
     void *data;                /* the kept block, or NULL */
     size_t nbytes;             /* its size */
 };
 
-mi_py_spare *mi_py_spare_new(size_t keep_max, void (*free_fn)(void *))
+mi_py_spare *mi_py_spare_new(size_t keep_max, size_t keep_warm, void (*free_fn)(void *))
 {
     mi_py_spare *s = PyMem_Calloc(1, sizeof *s);
     if (!s) return (mi_py_spare *)PyErr_NoMemory();
     s->refs = 1;
     s->keep_max = keep_max;
+    s->keep_warm = keep_warm;
     s->free_fn = free_fn;
     return s;
 }
@@ -152,6 +154,8 @@ static void release_to_spare(void *data, size_t nbytes, void *ctx)
         s->free_fn(data);
     } else {
         if (s->data) s->free_fn(s->data);
+        if (nbytes > s->keep_warm)
+            mi_release_lazily((char *)data + s->keep_warm, nbytes - s->keep_warm);
         s->data = data;
         s->nbytes = nbytes;
     }
@@ -162,6 +166,19 @@ PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_
 {
     s->refs++;
     return mi_py_buffer_new(module, data, nbytes, release_to_spare, s);
+}
+
+int mi_py_spare_set_keep_warm(PyObject *buffer, size_t keep_warm, void **data, size_t *nbytes)
+{
+    mi_py_spare *s = mi_py_buffer_ctx(buffer, release_to_spare);
+    if (!s) {
+        PyErr_SetString(PyExc_TypeError, "expected a Buffer whose memory returns to a spare cache");
+        return -1;
+    }
+    s->keep_warm = keep_warm;
+    *data = ((mi_py_buffer *)buffer)->data;
+    *nbytes = ((mi_py_buffer *)buffer)->nbytes;
+    return 0;
 }
 
 int mi_py_array_exec(PyObject *m)

@@ -91,8 +91,12 @@ PyObject *mi_py_empty(PyObject *module, int ndim, const npy_intp *shape, float *
 typedef struct mi_py_spare mi_py_spare;
 
 /* A new cache (one reference) keeping blocks of at most keep_max bytes, freed
- * with free_fn; NULL with MemoryError. */
-mi_py_spare *mi_py_spare_new(size_t keep_max, void (*free_fn)(void *));
+ * with free_fn; NULL with MemoryError. Of a kept block only the first keep_warm
+ * bytes stay plainly resident; the pages past them are released lazily
+ * (mi_release_lazily): reused without a fault while memory is plentiful, taken
+ * back by the kernel when it is short, so a large kept block never pins more
+ * than keep_warm bytes. */
+mi_py_spare *mi_py_spare_new(size_t keep_max, size_t keep_warm, void (*free_fn)(void *));
 /* Drop a reference (NULL: nothing); the last frees the kept block. */
 void mi_py_spare_decref(mi_py_spare *s);
 /* The kept block if it holds nbytes and at most twice that (*got: its size,
@@ -102,6 +106,11 @@ void *mi_py_spare_take(mi_py_spare *s, size_t nbytes, size_t *got);
  * block goes back to s instead of being freed. On failure the memory is
  * returned to s and NULL returned with an exception set. */
 PyObject *mi_py_spare_buffer(PyObject *module, mi_py_spare *s, void *data, size_t nbytes);
+/* Set keep_warm of the cache that Buffer `buffer` returns its memory to (so a
+ * test can send a small block down the lazy-release path) and give the
+ * Buffer's block (*data, *nbytes); -1 with TypeError when buffer is not such a
+ * Buffer. */
+int mi_py_spare_set_keep_warm(PyObject *buffer, size_t keep_warm, void **data, size_t *nbytes);
 
 /* --- Subsystem initialisation (one per file, called from module exec) ---- */
 int mi_py_array_exec(PyObject *m);

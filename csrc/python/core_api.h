@@ -24,11 +24,11 @@
 #include "kernels/softmax.h"
 
 #define MI_CORE_API_CAPSULE "mechinterp_c._core._C_API"
-#define MI_CORE_API_VERSION 4
+#define MI_CORE_API_VERSION 5
 
 /* The lent functions, one row each: X(name). */
 #define MI_CORE_API_FUNCTIONS(X)                                                          \
-    X(mi_py_raise) X(mi_py_empty)                                                         \
+    X(mi_py_raise) X(mi_py_empty) X(mi_py_spare_set_keep_warm)                            \
     X(mi_sgemm) X(mi_sgemm_ref) X(mi_sgemm_strided_batched) X(mi_fma_peak_gflops)         \
     X(mi_layer_norm_backward) X(mi_rms_norm_backward)                                     \
     X(mi_tl_norm) X(mi_tl_norm_ref) X(mi_tl_norm_scale) X(mi_tl_norm_apply) X(mi_tl_norm_affine) \

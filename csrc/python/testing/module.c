@@ -17,7 +17,8 @@ static int testing_exec(PyObject *m)
                      "_core has %d (rebuild both)", MI_CORE_API_VERSION, st->api->version);
         return -1;
     }
-    return mi_py_testing_kernels_exec(m);
+    if (mi_py_testing_kernels_exec(m) < 0) return -1;
+    return mi_py_testing_memory_exec(m);
 }
 
 static int testing_traverse(PyObject *m, visitproc visit, void *arg)

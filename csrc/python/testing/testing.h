@@ -20,5 +20,7 @@ static inline const mi_core_api *api_of(PyObject *m) { return mi_testing_state_o
 
 /* kernels.c: add the kernel test entries to m. */
 int mi_py_testing_kernels_exec(PyObject *m);
+/* memory.c: add the memory test entries to m. */
+int mi_py_testing_memory_exec(PyObject *m);
 
 #endif
