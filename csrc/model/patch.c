@@ -48,7 +48,7 @@ static mi_status source_extents(const patch_ctx *c, const mi_patch_source *s, co
     for (int a = 1; a < 4; a++) cext[a] = ext[a] + off[a];
     *per_b = cext[1] * cext[2] * cext[3];
     int64_t copies = (s->per_cell || s->capture) ? c->n_cells : 1;
-    if (s->numel != copies * c->B * *per_b)
+    if (s->numel != copies * (s->batch_shared ? 1 : c->B) * *per_b)
         return mi_fail(MI_ERR_VALUE, "patch: the %s activation has %ld values, the corrupted "
                        "one %ld x %ld x [%ld, %ld, %ld]: the two runs' shapes differ",
                        s->capture ? "captured" : "clean", (long)s->numel, (long)copies, (long)c->B,
@@ -60,7 +60,8 @@ static mi_status source_extents(const patch_ctx *c, const mi_patch_source *s, co
  * into copy j of the batch. */
 static mi_status copy_slice(const patch_ctx *c, const mi_tensor_view *v, const int64_t ext[4],
                             const int64_t st[4], const int64_t off[4], const int64_t cext[4],
-                            int64_t per_b, const int64_t idx[3], const float *cl0, int64_t j)
+                            int64_t per_b, const int64_t idx[3], const float *cl0, int64_t j,
+                            int batch_shared)
 {
     /* lo/hi in view coordinates */
     int64_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, ext[1], ext[2], ext[3]};
@@ -78,7 +79,7 @@ static mi_status copy_slice(const patch_ctx *c, const mi_tensor_view *v, const i
     }
     for (int64_t b = 0; b < c->B; b++) {
         float *dst = v->data + (j * c->B + b) * st[0];
-        const float *cl = cl0 + b * per_b;
+        const float *cl = cl0 + (batch_shared ? 0 : b * per_b);
         for (int64_t i1 = lo[1]; i1 < hi[1]; i1++)
             for (int64_t i2 = lo[2]; i2 < hi[2]; i2++)
                 for (int64_t i3 = lo[3]; i3 < hi[3]; i3++)
@@ -104,7 +105,8 @@ static mi_status patch_hook(void *vctx, int point, const mi_tensor_view *v)
         MI_TRY(source_extents(c, s, ext, off, cext, &per_b));
         for (int64_t j = 0; j < c->n; j++)
             MI_TRY(copy_slice(c, v, ext, st, off, cext, per_b, s->idx,
-                              s->clean + (s->per_cell ? (c->j0 + j) * c->B * per_b : 0), j));
+                              s->clean + (s->per_cell ? (c->j0 + j) * c->B * per_b : 0), j,
+                              s->batch_shared));
     }
     for (int64_t j = 0; j < c->n; j++) {
         const mi_patch_cell *cell = &c->cells[j];
@@ -113,7 +115,8 @@ static mi_status patch_hook(void *vctx, int point, const mi_tensor_view *v)
         if (s->point != point || !s->clean) continue;
         MI_TRY(source_extents(c, s, ext, off, cext, &per_b));
         MI_TRY(copy_slice(c, v, ext, st, off, cext, per_b, cell->idx,
-                          s->clean + (s->per_cell ? (c->j0 + j) * c->B * per_b : 0), j));
+                          s->clean + (s->per_cell ? (c->j0 + j) * c->B * per_b : 0), j,
+                          s->batch_shared));
     }
     for (int i = 0; i < c->n_src; i++) {
         const mi_patch_source *s = &c->src[i];
@@ -297,6 +300,9 @@ static mi_status run_passes(const mi_transformer *m, int start_layer, int stop_l
         if (!src[i].clean == !src[i].capture)
             return mi_fail(MI_ERR_VALUE, "patch: source %d must either patch (a clean activation) "
                            "or capture", i);
+        if (src[i].batch_shared && (src[i].per_cell || src[i].capture))
+            return mi_fail(MI_ERR_VALUE, "patch: source %d: a batch-shared activation is one "
+                           "[d1, d2, d3] for every cell", i);
         if (src[i].capture && p0 > 0)
             return mi_fail(MI_ERR_VALUE, "patch: captures need every position computed");
         if ((unsigned)src[i].point < (unsigned)mi_tf_n_points(s)) {

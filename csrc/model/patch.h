@@ -42,6 +42,7 @@ typedef struct {
     int64_t numel;
     int pos_axis;   /* the view's axis (1..3) of query positions (attention patterns: 2), 0 none */
     int every_cell, per_cell;
+    int batch_shared;   /* clean is one [d1, d2, d3] for every batch row (a mean activation) */
     int64_t idx[3];
     float *capture;
 } mi_patch_source;

@@ -12,7 +12,8 @@
  * resid float32 [B, T, D]; sources: a sequence of (point id, clean activation
  * [B, ...] float32[, position axis[, mode, i1, i2, i3]]) tuples, mode bits 1
  * every cell (the slice i1..i3 into every copy), 2 per cell (the activation
- * is [n_cells, B, ...]), 4 capture (the array is written); cells int64
+ * is [n_cells, B, ...]), 4 capture (the array is written), 8 batch-shared
+ * (one [...] for every batch row: a mean activation); cells int64
  * [n_cells, 4]: (source or -1 for none, i1, i2, i3), -1 for a whole axis; rows int64 [R, 2] (batch, position); cols int64 [R, K].
  * The passes run with the GIL released. */
 #include "python/convert.h"
@@ -24,7 +25,7 @@
 #include "python/model_py.h"
 
 /* A source tuple's mode bits (mi_patch_source's every_cell, per_cell, capture). */
-enum { SRC_EVERY_CELL = 1, SRC_PER_CELL = 2, SRC_CAPTURE = 4 };
+enum { SRC_EVERY_CELL = 1, SRC_PER_CELL = 2, SRC_CAPTURE = 4, SRC_BATCH_SHARED = 8 };
 
 static int parse_sources(PyObject *obj, mi_patch_source **src, mi_arg **arrs, int *n)
 {
@@ -47,7 +48,7 @@ static int parse_sources(PyObject *obj, mi_patch_source **src, mi_arg **arrs, in
             Py_DECREF(seq);
             return -1;
         }
-        if (mode & ~(SRC_EVERY_CELL | SRC_PER_CELL | SRC_CAPTURE)) {
+        if (mode & ~(SRC_EVERY_CELL | SRC_PER_CELL | SRC_CAPTURE | SRC_BATCH_SHARED)) {
             PyErr_Format(PyExc_ValueError, "sources[%zd]: unknown mode bits %d", i, mode);
             Py_DECREF(seq);
             return -1;
@@ -55,7 +56,7 @@ static int parse_sources(PyObject *obj, mi_patch_source **src, mi_arg **arrs, in
         long p = PyLong_AsLong(pt);
         if (p == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
         (*arrs)[i] = (mode & SRC_CAPTURE) ? MI_ARG_OUT("sources (capture output)", 3, 5)
-                                          : MI_ARG_FLOAT("sources (clean activation)", 2, 5);
+                                          : MI_ARG_FLOAT("sources (clean activation)", 1, 5);
         if (mi_arg_convert(arr, &(*arrs)[i]) < 0) { Py_DECREF(seq); return -1; }
         (*src)[i].point = (int)p;
         if (mode & SRC_CAPTURE)
@@ -66,6 +67,7 @@ static int parse_sources(PyObject *obj, mi_patch_source **src, mi_arg **arrs, in
         (*src)[i].pos_axis = pos_axis;
         (*src)[i].every_cell = (mode & SRC_EVERY_CELL) != 0;
         (*src)[i].per_cell = (mode & SRC_PER_CELL) != 0;
+        (*src)[i].batch_shared = (mode & SRC_BATCH_SHARED) != 0;
         (*src)[i].idx[0] = i1;
         (*src)[i].idx[1] = i2;
         (*src)[i].idx[2] = i3;
