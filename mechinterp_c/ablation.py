@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _core
 from .array_type import raw_hook, user_facing
+from .patching import _past_kv_names
 
 __all__ = ["mean_ablation_sweep", "MeanAblationSweep", "head_ablation_sweep", "HeadAblationSweep"]
 
@@ -566,7 +567,7 @@ def _head_ablation_engine(ht, tokens, layers, heads, pos, tpos, read, max_rows):
     if not one_slice:
         names |= {f"blocks.{l}.attn.hook_z" for l in layers}
     if p0 > 0:
-        names |= {f"blocks.{i}.attn.hook_{w}" for i in range(min(layers), L) for w in "kv"}
+        names |= {n for i in range(min(layers), L) for n in _past_kv_names(ht, i)}
     logits, cache = ht.run_with_cache(tokens, names_filter=names)
     clean_lp, clean_lg = read(logits, 1)
     del logits
@@ -598,9 +599,9 @@ def _head_ablation_engine(ht, tokens, layers, heads, pos, tpos, read, max_rows):
         resid = np.ascontiguousarray(cache[f"blocks.{l}.hook_resid_pre"][:, :Te])
         kw = {}
         if p0 > 0:
-            kw = dict(pos0=p0, past_k=[np.ascontiguousarray(cache[f"blocks.{i}.attn.hook_k"][:, :Te])
+            kw = dict(pos0=p0, past_k=[np.ascontiguousarray(cache[_past_kv_names(ht, i)[0]][:, :Te])
                                        for i in range(l, L)],
-                      past_v=[np.ascontiguousarray(cache[f"blocks.{i}.attn.hook_v"][:, :Te])
+                      past_v=[np.ascontiguousarray(cache[_past_kv_names(ht, i)[1]][:, :Te])
                               for i in range(l, L)])
         v = _core.patch_run(ht._core, l, resid, src, cells, per_pass, None, rows, cols, True, **kw)
         v = v.reshape(len(heads), B, len(ti), 2)

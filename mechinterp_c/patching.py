@@ -416,7 +416,7 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
             and n_cells > 0)
     if skip:
         first = int(min(act_names))
-        keep |= {f"blocks.{l}.attn.hook_{w}" for l in range(first, L) for w in "kv"}
+        keep |= {n for l in range(first, L) for n in _past_kv_names(ht, l)}
     logits_c, cache_c = ht.run_with_cache(tokens, names_filter=lambda n: n in keep,
                                           attention_mask=attention_mask)
     clean = {}
@@ -451,8 +451,8 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
             resid = np.ascontiguousarray(cache_c[resid_names[l]], dtype=np.float32)
             per_pass = max(1, rows_per_pass // (B * T))
             if skip:
-                past = ([np.ascontiguousarray(cache_c[f"blocks.{i}.attn.hook_k"]) for i in range(l, L)],
-                        [np.ascontiguousarray(cache_c[f"blocks.{i}.attn.hook_v"]) for i in range(l, L)])
+                past = ([np.ascontiguousarray(cache_c[_past_kv_names(ht, i)[0]]) for i in range(l, L)],
+                        [np.ascontiguousarray(cache_c[_past_kv_names(ht, i)[1]]) for i in range(l, L)])
                 _run_c_skipping(ht, l, resid, act_names[l], clean[l], table[idx], pattern,
                                 patching_metric, key_mask, rows_per_pass, past, values, idx, bar)
             elif pattern is not None:
@@ -472,6 +472,16 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     if return_index_df:
         return out, (index_df if index_df is not None else _table_to_df(table, names))
     return out
+
+
+def _past_kv_names(ht, layer):
+    """The hook points holding block ``layer``'s keys and values as attention reads
+    them (position skipping caches them): ``hook_rot_k`` (after the rotary
+    embedding) in rotary models, else ``hook_k``; ``hook_v``."""
+    rot = f"blocks.{layer}.attn.hook_rot_k"
+    k = rot if rot in ht.hook_dict and ht.hook_dict[rot].point_id is not None else \
+        f"blocks.{layer}.attn.hook_k"
+    return k, f"blocks.{layer}.attn.hook_v"
 
 
 def _c_cells(table, pattern, shape):

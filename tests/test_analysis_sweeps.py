@@ -288,15 +288,22 @@ def test_head_ablation_after_the_target_changes_nothing(gpt2_tiny):
     assert np.abs(before.delta).max() > 1e-3
 
 
-@pytest.mark.parametrize("attn", ["causal", "bidirectional"])
+@pytest.mark.parametrize("attn", ["causal", "bidirectional", "rotary"])
 def test_head_ablation_engine_matches_transformer_lens_hooks(attn):
     # the sweep runs on the patching engine (heads stacked along the batch, causal
     # passes recomputing only positions from the first ablated one); the reference is
     # TransformerLens's run_with_hooks zeroing hook_z. atol 1e-5 on log-probs: float32
     # passes in different summation orders over 2 layers (observed ~1e-6)
     cfg = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, d_vocab=60, n_ctx=16,
-               act_fn="gelu_new", attention_dir=attn, seed=2)
+               act_fn="gelu_new", seed=2)
+    if attn == "rotary":      # the skipped positions' keys are read after the rotary embedding
+        cfg.update(positional_embedding_type="rotary", rotary_dim=4)
+    else:
+        cfg["attention_dir"] = attn
     tm, m = tl_pair(cfg, perturb=0.3)
+    if attn == "rotary":      # tl_pair perturbs every float buffer: restore the rotary tables
+        fresh = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg)).state_dict()
+        tm.load_state_dict({k: fresh[k] if "rotary" in k else v for k, v in tm.state_dict().items()})
     tokens = np.random.default_rng(12).integers(0, 60, (2, 9))
     for positions, targets in ((None, None), ([3, 5], [2, 4, 6]), (-3, [1, 6])):
         res = A.head_ablation_sweep(m, tokens, positions=positions, target_positions=targets)

@@ -49,7 +49,8 @@ typedef struct {
 
 /* Position skipping (causal models): the passes recompute only positions
  * [pos0, T); the keys and values of positions [0, pos0) come from the
- * corrupted run (k[i], v[i]: layer start_layer + i's hook_k / hook_v,
+ * corrupted run (k[i], v[i]: layer start_layer + i's keys and values as
+ * attention reads them: hook_k, or hook_rot_k in rotary models, and hook_v;
  * [B, T, n_kv_heads, Dh] contiguous), read through a key/value cache (kv_cache.h).
  * Valid when every cell patches positions >= pos0 only (a patch at position
  * p cannot change an earlier position of a causal model) and every readout
