@@ -228,3 +228,41 @@ def test_bad_input_clear_errors_model_usable(pair):
     assert np.isfinite(m(clean)).all()
     ours = patching.path_patch(m, clean, corrupt, (0, 1), (2, 0, "q"), metric)
     close(ours, tl_path_patch(tm, clean, corrupt, [(0, 1)], [(2, 0, "q")]), scale, "after the errors")
+
+
+def test_engine_bindings_refuse_bad_sources(pair):
+    tm, m, clean, corrupt, scale = pair
+    from mechinterp_c import _core
+    resid = np.zeros((B, T, 32), np.float32)
+    pz = m.hook_dict["blocks.1.attn.hook_z"].point_id
+    pq = m.hook_dict["blocks.1.attn.hook_q"].point_id
+    z = np.zeros((B, T, NH, 8), np.float32)
+    cells = np.array([[0, -1, 1, -1], [-1, -1, -1, -1]], np.int64)
+    cap = np.zeros((2, B, T, NH, 8), np.float32)
+    with pytest.raises(ValueError, match="unknown mode bits"):
+        _core.patch_capture(m._core, 0, 2, resid, [(pz, z, 0, 16)], cells, 1)
+    with pytest.raises(ValueError, match="stop layer"):
+        _core.patch_capture(m._core, 1, 1, resid, [(pz, z), (pq, cap, 0, 4)], cells, 1)
+    with pytest.raises(ValueError, match="past the last block"):
+        _core.patch_capture(m._core, 0, 1, resid, [(pz, z), (pq, cap, 0, 4)], cells, 1)
+    with pytest.raises(ValueError, match="without a capture source"):
+        _core.patch_capture(m._core, 0, 2, resid, [(pz, z)], cells, 1)
+    with pytest.raises(ValueError, match="captured activation has"):
+        _core.patch_capture(m._core, 0, 2, resid, [(pz, z), (pq, cap[:1], 0, 4)], cells, 1)
+    with pytest.raises(ValueError, match="batch-shared"):
+        _core.patch_capture(m._core, 0, 2, resid, [(pz, z[0], 0, 8 | 2), (pq, cap, 0, 4)], cells, 1)
+    with pytest.raises(ValueError, match="every position"):
+        _core.patch_run(m._core, 0, resid, [(pz, z), (pq, cap, 0, 4)], cells, 1, None,
+                        np.array([[0, T - 1]]), np.array([[1]]), False, pos0=2,
+                        past_k=[z] * 3, past_v=[z] * 3)
+    with pytest.raises(IndexError, match="source"):
+        _core.patch_capture(m._core, 0, 2, resid, [(pz, z), (pq, cap, 0, 4)],
+                            np.array([[-2, -1, -1, -1]]), 1)
+    # a capture of the unpatched cell is the corrupted run's activation there
+    _, ck = m.run_with_cache(corrupt)
+    r = np.ascontiguousarray(ck["blocks.0.hook_resid_pre"])
+    pz0 = m.hook_dict["blocks.0.attn.hook_z"].point_id
+    _core.patch_capture(m._core, 0, 2, r, [(pz0, z), (pq, cap, 0, 4)], cells, 1)
+    np.testing.assert_allclose(cap[1], ck["blocks.1.attn.hook_q"], rtol=0, atol=1e-6 * scale)
+    assert np.abs(cap[0] - cap[1]).max() > 1e-3       # head 1 of layer 0 zeroed: layer 1's q moves
+    assert np.isfinite(m(clean)).all()

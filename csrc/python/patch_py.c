@@ -213,6 +213,7 @@ static PyObject *py_patch_run(PyObject *module, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { Py_CLEAR(out); mi_py_raise(st); }
 done:
+    if (PyErr_Occurred()) Py_CLEAR(out);   /* a check after the output was made failed */
     if (tf) mi_py_model_release(model);
     release_sources(src, arrs, n_src);
     for (int i = 0; ka && i < nk; i++) mi_arg_release(&ka[i]);
