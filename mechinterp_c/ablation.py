@@ -580,8 +580,9 @@ def _head_ablation_engine(ht, tokens, layers, heads, pos, tpos, read, max_rows):
     ti = [i for i, t in enumerate(tpos) if t >= p0]    # targets the ablation can change
     rows = np.array([(b, tpos[i]) for b in range(B) for i in ti], dtype=np.int64).reshape(-1, 2)
     cols = np.ascontiguousarray(tokens[rows[:, 0], rows[:, 1] + 1].reshape(-1, 1), dtype=np.int64)
-    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * (Te - p0)),
-                          _chunk_size(ht, Te) // B))
+    # the engine plans one arena per call (no logits buffer: rows are read), so only
+    # max_rows bounds a pass
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * (Te - p0))))
     for li, l in enumerate(layers):
         pid = ht.hook_dict[f"blocks.{l}.attn.hook_z"].point_id
         zshape = (Te, ht.cfg.n_heads, ht.cfg.d_head)

@@ -34,6 +34,7 @@ tl = pytest.importorskip("transformer_lens")
 tlp = pytest.importorskip("transformer_lens.patching")
 from transformer_lens.pretrained.weight_conversions import (  # noqa: E402
     convert_llama_weights, convert_neox_weights)
+from tl_conversion import tl_twin  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -65,11 +66,7 @@ def pair(request, tmp_path_factory):
         path = tmp_path_factory.mktemp(request.param)
         hf.save_pretrained(path)
         m = mi.HookedTransformer.from_pretrained_no_processing(str(path))
-        tl_cfg = {k: v for k, v in m.cfg.to_dict().items()
-                  if k not in ("extra", "n_params", "dtype", "device", "tokenizer_prepends_bos")}
-        tcfg = tl.HookedTransformerConfig(**tl_cfg)
-        tm = tl.HookedTransformer(tcfg)
-        tm.load_state_dict(convert(hf, tcfg), strict=False)
+    tm, _ = tl_twin(m, hf, convert)
     tm.eval()
     rng = np.random.default_rng(3)
     clean = rng.integers(0, 53, (B, T))
