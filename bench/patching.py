@@ -6,7 +6,9 @@ d_vocab 50257), random weights shared through state_dict; an IOI-style task:
 positions), metric the mean logit difference of two answer tokens at the last
 position. Three grids: get_act_patch_resid_pre [12, 16],
 get_act_patch_attn_head_out_by_pos [12, 16, 12] and get_act_patch_block_every
-[3, 12, 16].
+[3, 12, 16]. Extra rows: path_patch (every sender head [12, 12] into three
+heads' queries, against the two-pass TransformerLens hook recipe) and
+head_ablation_sweep (every head zeroed, against TransformerLens run_with_hooks).
 
 TransformerLens runs one full forward pass per cell, so its time is linear in
 the cells: it is timed on --tl-cells cells of each grid (index_df, the same
@@ -17,7 +19,7 @@ second, the speed ratio, and the average share of one full forward pass
 (same model, same [8, 16] input) that a cell costs. Targets: >= 5x
 TransformerLens for resid_pre and by-head.
 
-    python3 bench/patching.py [--reps 2] [--tl-cells 24] [--layers 12]
+    python3 bench/patching.py [--reps 2] [--tl-cells 24] [--layers 12] [--no-extra]
 """
 import argparse
 import os
@@ -37,6 +39,8 @@ def main():
     ap.add_argument("--tl-cells", type=int, default=24)
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--grids", default="resid_pre,head_by_pos,block_every")
+    ap.add_argument("--no-extra", dest="extra", action="store_false",
+                    help="skip the path_patch and head_ablation_sweep rows")
     args = ap.parse_args()
 
     import pandas as pd
@@ -101,7 +105,7 @@ def main():
                         tlp.layer_pos_head_vector_patch_setter),
     }
     print(f"{'grid':<14}{'cells':>7}{'ours s':>9}{'TL s (scaled)':>15}{'ratio':>8}{'cell / forward':>16}")
-    for g in args.grids.split(","):
+    for g in [g for g in args.grids.split(",") if g]:
         if g == "block_every":
             fn_name, n_cells = "get_act_patch_block_every", 3 * args.layers * T
             # TransformerLens's three sub-grids all cost one full pass a cell
@@ -136,6 +140,106 @@ def main():
             t_tl = t_tl_sample / len(sample) * n_cells
         share = t_ours / n_cells / t_fwd
         print(f"{g:<14}{n_cells:>7}{t_ours:>9.2f}{t_tl:>15.2f}{t_tl / t_ours:>7.1f}x{share:>15.3f}")
+    if args.extra:
+        _extra_rows(args, m, tm, clean, corrupt, metric, tl_metric, t_fwd, best, rng)
+
+
+def _tl_path_patch_cell(tm, tcorrupt, tck, tcc, l, h, receivers, tl_metric):
+    """One cell of path patching with TransformerLens hooks (the two-pass recipe:
+    heads frozen to the corrupted run, sender head clean, receivers' q recorded;
+    then the corrupted run with the receivers' q patched)."""
+    hooks = []
+    for i in range(tm.cfg.n_layers):
+        def freeze(z, hook, i=i):
+            z[...] = tck[f"blocks.{i}.attn.hook_z"]
+            return z
+        hooks.append((f"blocks.{i}.attn.hook_z", freeze))
+
+    def put(z, hook):
+        z[:, :, h] = tcc[f"blocks.{l}.attn.hook_z"][:, :, h]
+        return z
+    hooks.append((f"blocks.{l}.attn.hook_z", put))
+    rec = {}
+    for rl, _, w in receivers:
+        def grab(a, hook, n=f"blocks.{rl}.attn.hook_{w}"):
+            rec[n] = a.clone()
+        hooks.append((f"blocks.{rl}.attn.hook_{w}", grab))
+    tm.run_with_hooks(tcorrupt, fwd_hooks=hooks)
+    hooks = []
+    for rl, rh, w in receivers:
+        def put_r(a, hook, n=f"blocks.{rl}.attn.hook_{w}", rh=rh):
+            a[:, :, rh] = rec[n][:, :, rh]
+            return a
+        hooks.append((f"blocks.{rl}.attn.hook_{w}", put_r))
+    return tl_metric(tm.run_with_hooks(tcorrupt, fwd_hooks=hooks)).item()
+
+
+def _tl_head_ablation_cell(tm, ttokens, l, h, tpos):
+    """One cell of the head-ablation sweep with TransformerLens hooks: zero head h's
+    hook_z at every position, log-probabilities of the next tokens at tpos."""
+    def zero(z, hook):
+        z[:, :, h] = 0.0
+        return z
+    lg = tm.run_with_hooks(ttokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero)])
+    lp = torch_log_softmax(lg[:, tpos])
+    return lp.gather(-1, ttokens[:, [t + 1 for t in tpos]][..., None])[..., 0]
+
+
+def torch_log_softmax(x):
+    import torch
+    return torch.log_softmax(x, -1)
+
+
+def _extra_rows(args, m, tm, clean, corrupt, metric, tl_metric, t_fwd, best, rng):
+    """path_patch (every sender head into three name-mover-style receivers' queries)
+    and head_ablation_sweep (every head zeroed, next-token log-probs at the last two
+    targets), ours on the whole grid, TransformerLens's hook recipe on --tl-cells
+    cells scaled to the grid."""
+    import torch
+
+    from mechinterp_c import patching
+    from mechinterp_c.ablation import head_ablation_sweep
+    L, H = args.layers, 12
+    B, T = corrupt.shape
+    tcorrupt, tclean = torch.tensor(corrupt), torch.tensor(clean)
+    with torch.no_grad():
+        _, tck = tm.run_with_cache(tcorrupt)
+        _, tcc = tm.run_with_cache(tclean)
+    receivers = [(L - 3, 9, "q"), (L - 3, 6, "q"), (L - 2, 0, "q")]
+    # senders that reach a receiver (layers before the first receiver's)
+    sample = _sample((L - 3, H), ["layer", "head"], max(2, args.tl_cells // 4), rng)
+    t_tl = t_ours = float("inf")
+    for _ in range(args.reps):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            ref = [_tl_path_patch_cell(tm, tcorrupt, tck, tcc, int(l), int(h), receivers, tl_metric)
+                   for l, h in sample]
+            t_tl = min(t_tl, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ours = patching.path_patch(m, clean, corrupt, "heads", receivers, metric, progress=False)
+        t_ours = min(t_ours, time.perf_counter() - t0)
+    err = max(abs(ours[int(l), int(h)] - r) for (l, h), r in zip(sample, ref))
+    assert err < 1e-3, f"path_patch: our cells differ from the TransformerLens recipe's by {err}"
+    n = L * H
+    t_tl = t_tl / len(sample) * n
+    print(f"{'path_patch':<14}{n:>7}{t_ours:>9.2f}{t_tl:>15.2f}{t_tl / t_ours:>7.1f}x"
+          f"{t_ours / n / t_fwd:>15.3f}")
+    tpos = [T - 3, T - 2]
+    t_tl = t_ours = float("inf")
+    sample = _sample((L, H), ["layer", "head"], max(2, args.tl_cells // 2), rng)
+    for _ in range(args.reps):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            ref = [_tl_head_ablation_cell(tm, tcorrupt, int(l), int(h), tpos).numpy() for l, h in sample]
+            t_tl = min(t_tl, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        res = head_ablation_sweep(m, corrupt, target_positions=tpos)
+        t_ours = min(t_ours, time.perf_counter() - t0)
+    err = max(np.abs(res.logprobs[int(l), int(h)] - r).max() for (l, h), r in zip(sample, ref))
+    assert err < 1e-3, f"head_ablation_sweep: differs from TransformerLens hooks by {err}"
+    t_tl = t_tl / len(sample) * n
+    print(f"{'head_ablation':<14}{n:>7}{t_ours:>9.2f}{t_tl:>15.2f}{t_tl / t_ours:>7.1f}x"
+          f"{t_ours / n / t_fwd:>15.3f}")
 
 
 def _sample(shape, axes, k, rng):

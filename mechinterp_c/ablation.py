@@ -4,14 +4,20 @@ GPT-2 model.
 
 Both sweeps run one clean pass that caches the residual stream entering every
 layer they need, then start each ablated pass at the ablated layer from that
-cached stream (``forward(resid, start_at_layer=l)``): the layers before the
-ablation are not recomputed. The forward pass is deterministic, so a pass
-started at layer l gives the same logits as a full pass with the same hook.
+cached stream: the layers before the ablation are not recomputed. The passes
+run on the activation-patching engine (``_core.patch_run``, as
+``mechinterp_c.patching``): the ablations of one layer are stacked along the
+batch axis of one pass and written in C; the head sweep reads only its target
+rows and, with causal attention, recomputes only the positions from the first
+ablated one. The forward pass is deterministic, so a pass started at layer l
+gives the same logits as a full pass with the same hook. Hooks the user left on
+the model make the sweeps run plain forward calls with those hooks instead.
 """
 import numpy as np
 
 from . import _core
 from .array_type import raw_hook, user_facing
+from .patching import _past_kv_names
 
 __all__ = ["mean_ablation_sweep", "MeanAblationSweep", "head_ablation_sweep", "HeadAblationSweep"]
 
@@ -253,8 +259,13 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
     del sums
 
     bs = batch_size or _chunk_size(ht, T)
-    losses = []
-    for n in names:
+    losses = [None] * len(names)
+    if start_at_layer and not _user_hooks(ht):
+        _mean_ablation_engine(ht, tokens, names, starts, resid, means, bs, losses,
+                              chunk_loss if builtin else None, loss, n_terms if builtin else None)
+    for i, n in enumerate(names):
+        if losses[i] is not None:
+            continue
         avg = means[n]
 
         @raw_hook
@@ -274,8 +285,60 @@ def mean_ablation_sweep(model, tokens, hook_names=None, loss_fn=None, mean_token
                 else:
                     full_logits[b0:b1] = out
                 del out
-        losses.append(total / n_terms if builtin else loss(full_logits))
+        losses[i] = total / n_terms if builtin else loss(full_logits)
     return MeanAblationSweep(names, losses, baseline, means)
+
+
+def _user_hooks(ht):
+    """Whether hooks the user left on the model must see the passes (then they run
+    as full forward calls with those hooks, not on the patching engine)."""
+    return any(hp._handles for hp in ht.hook_dict.values())
+
+
+def _mean_ablation_engine(ht, tokens, names, starts, resid, means, bs, losses, chunk_loss,
+                          loss, n_terms):
+    """The sweep's per-block points on the patching engine (``_core.patch_run``):
+    the points of block l are the cells of one call starting at block l from the
+    cached residual stream, stacked along the batch axis, each cell writing its
+    point's mean (one [pos, ...] array shared by every row) in C. Fills
+    losses[i] for those points; the others (embeddings, final norm) stay None, as
+    do all with a callable loss whose batch runs in chunks (it sees the whole
+    batch's logits at once)."""
+    B, T = tokens.shape
+    L = ht.cfg.n_layers
+    if chunk_loss is None and bs < B:
+        return
+    by_layer = {}
+    for i, n in enumerate(names):
+        s = starts[n]
+        if s is not None and s < L:
+            by_layer.setdefault(s, []).append(i)
+    for l, idx in sorted(by_layer.items()):
+        pts = {}
+        for i in idx:
+            pts.setdefault(names[i], len(pts))
+        srcs = [(ht.hook_dict[n].point_id, np.ascontiguousarray(means[n], dtype=np.float32), 0, 8)
+                for n in pts]
+        cells = np.full((len(idx), 4), -1, dtype=np.int64)
+        cells[:, 0] = [pts[names[i]] for i in idx]
+        totals = np.zeros(len(idx))
+        for b0 in range(0, B, bs):
+            b1 = min(B, b0 + bs)
+            x = np.ascontiguousarray(resid[l][b0:b1])
+            per_pass = max(1, bs // (b1 - b0))
+            for j0 in range(0, len(idx), per_pass):
+                j1 = min(len(idx), j0 + per_pass)
+                out = _core.patch_run(ht._core, l, x, srcs, cells[j0:j1], per_pass)
+                for j in range(j1 - j0):
+                    lg = out[j * (b1 - b0):(j + 1) * (b1 - b0)]
+                    if chunk_loss is not None:
+                        totals[j0 + j] += chunk_loss(lg, b0, b1)
+                    else:                      # one chunk: the whole batch's logits
+                        losses[idx[j0 + j]] = loss(lg)
+                del out
+        if chunk_loss is not None:
+            for j, i in enumerate(idx):
+                losses[i] = totals[j] / n_terms
 
 
 def _accumulate_sums(sums, cache, names):
@@ -427,6 +490,8 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                                                         (n_copies, B, len(tpos), 1)), -1)[..., 0]
         return -nll, picked
 
+    if not _user_hooks(ht):
+        return _head_ablation_engine(ht, tokens, layers, heads, pos, tpos, read, max_rows)
     logits, cache = ht.run_with_cache(tokens, names_filter={_resid_name(ht, l) for l in layers})
     clean_lp, clean_lg = read(logits, 1)
     del logits
@@ -480,4 +545,67 @@ def head_ablation_sweep(model, tokens, layers=None, heads=None, positions=None,
                         pass
                 out_lp[li, h0:h0 + n], out_lg[li, h0:h0 + n] = read(unembed(got["rows"]), n, True)
             del x
+    return HeadAblationSweep(layers, heads, pos, tpos, out_lp, out_lg, clean_lp[0], clean_lg[0])
+
+
+def _head_ablation_engine(ht, tokens, layers, heads, pos, tpos, read, max_rows):
+    """head_ablation_sweep on the patching engine (``_core.patch_run``): the heads of
+    block l are the cells of one call starting at block l from the cached residual
+    stream, stacked along the batch axis, the zeros written in C; the final norm
+    and unembedding run on the target rows only. Causal attention: the passes stop
+    at the last target and recompute only positions from the first ablated one
+    (earlier positions' keys and values from the clean run); targets before it are
+    the clean values."""
+    B, T = tokens.shape
+    L = ht.cfg.n_layers
+    causal = ht.cfg.attention_dir == "causal"
+    Te = max(tpos) + 1 if causal else T
+    sel = [p for p in pos if p < Te] if pos is not None else None
+    p0 = min(sel) if causal and sel else 0
+    names = {f"blocks.{l}.hook_resid_pre" for l in layers}
+    one_slice = sel is None or len(sel) == 1     # zeros at one position or all: a shared zero array
+    if not one_slice:
+        names |= {f"blocks.{l}.attn.hook_z" for l in layers}
+    if p0 > 0:
+        names |= {n for i in range(min(layers), L) for n in _past_kv_names(ht, i)}
+    logits, cache = ht.run_with_cache(tokens, names_filter=names)
+    clean_lp, clean_lg = read(logits, 1)
+    del logits
+    out_lp = np.empty((len(layers), len(heads), B, len(tpos)), dtype=np.float32)
+    out_lg = np.empty_like(out_lp)
+    out_lp[...] = clean_lp[0]
+    out_lg[...] = clean_lg[0]
+    if sel is not None and not sel:          # every ablated position is after the last target
+        return HeadAblationSweep(layers, heads, pos, tpos, out_lp, out_lg, clean_lp[0], clean_lg[0])
+    ti = [i for i, t in enumerate(tpos) if t >= p0]    # targets the ablation can change
+    rows = np.array([(b, tpos[i]) for b in range(B) for i in ti], dtype=np.int64).reshape(-1, 2)
+    cols = np.ascontiguousarray(tokens[rows[:, 0], rows[:, 1] + 1].reshape(-1, 1), dtype=np.int64)
+    # the engine plans one arena per call (no logits buffer: rows are read), so only
+    # max_rows bounds a pass
+    per_pass = max(1, min(len(heads), int(max_rows) // max(1, B * (Te - p0))))
+    for li, l in enumerate(layers):
+        pid = ht.hook_dict[f"blocks.{l}.attn.hook_z"].point_id
+        zshape = (Te, ht.cfg.n_heads, ht.cfg.d_head)
+        cells = np.full((len(heads), 4), -1, dtype=np.int64)
+        cells[:, 0] = 0
+        cells[:, 2] = heads
+        if one_slice:
+            src = [(pid, np.zeros(zshape, np.float32), 1, 8)]
+            if sel is not None:
+                cells[:, 1] = sel[0]
+        else:                # the clean z with the ablated positions zeroed, each head's slice
+            z = np.array(cache[f"blocks.{l}.attn.hook_z"][:, :Te], dtype=np.float32)
+            z[:, sel] = 0.0
+            src = [(pid, z, 1)]
+        resid = np.ascontiguousarray(cache[f"blocks.{l}.hook_resid_pre"][:, :Te])
+        kw = {}
+        if p0 > 0:
+            kw = dict(pos0=p0, past_k=[np.ascontiguousarray(cache[_past_kv_names(ht, i)[0]][:, :Te])
+                                       for i in range(l, L)],
+                      past_v=[np.ascontiguousarray(cache[_past_kv_names(ht, i)[1]][:, :Te])
+                              for i in range(l, L)])
+        v = _core.patch_run(ht._core, l, resid, src, cells, per_pass, None, rows, cols, True, **kw)
+        v = v.reshape(len(heads), B, len(ti), 2)
+        out_lg[li][:, :, ti] = v[..., 0]
+        out_lp[li][:, :, ti] = v[..., 0] - v[..., 1]
     return HeadAblationSweep(layers, heads, pos, tpos, out_lp, out_lg, clean_lp[0], clean_lg[0])

@@ -43,7 +43,7 @@ __all__ = [
     "get_act_patch_attn_head_k_all_pos", "get_act_patch_attn_head_v_all_pos",
     "get_act_patch_attn_head_pattern_all_pos", "get_act_patch_attn_head_all_pos_every",
     "get_act_patch_attn_head_by_pos_every", "get_act_patch_block_every",
-    "logit_diff", "logprob", "loss", "attribution_patch", "AttributionScores",
+    "logit_diff", "logprob", "loss", "attribution_patch", "AttributionScores", "path_patch",
 ]
 
 
@@ -416,7 +416,7 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
             and n_cells > 0)
     if skip:
         first = int(min(act_names))
-        keep |= {f"blocks.{l}.attn.hook_{w}" for l in range(first, L) for w in "kv"}
+        keep |= {n for l in range(first, L) for n in _past_kv_names(ht, l)}
     logits_c, cache_c = ht.run_with_cache(tokens, names_filter=lambda n: n in keep,
                                           attention_mask=attention_mask)
     clean = {}
@@ -451,8 +451,8 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
             resid = np.ascontiguousarray(cache_c[resid_names[l]], dtype=np.float32)
             per_pass = max(1, rows_per_pass // (B * T))
             if skip:
-                past = ([np.ascontiguousarray(cache_c[f"blocks.{i}.attn.hook_k"]) for i in range(l, L)],
-                        [np.ascontiguousarray(cache_c[f"blocks.{i}.attn.hook_v"]) for i in range(l, L)])
+                past = ([np.ascontiguousarray(cache_c[_past_kv_names(ht, i)[0]]) for i in range(l, L)],
+                        [np.ascontiguousarray(cache_c[_past_kv_names(ht, i)[1]]) for i in range(l, L)])
                 _run_c_skipping(ht, l, resid, act_names[l], clean[l], table[idx], pattern,
                                 patching_metric, key_mask, rows_per_pass, past, values, idx, bar)
             elif pattern is not None:
@@ -472,6 +472,16 @@ def generic_activation_patch(model, corrupted_tokens, clean_cache, patching_metr
     if return_index_df:
         return out, (index_df if index_df is not None else _table_to_df(table, names))
     return out
+
+
+def _past_kv_names(ht, layer):
+    """The hook points holding block ``layer``'s keys and values as attention reads
+    them (position skipping caches them): ``hook_rot_k`` (after the rotary
+    embedding) in rotary models, else ``hook_k``; ``hook_v``."""
+    rot = f"blocks.{layer}.attn.hook_rot_k"
+    k = rot if rot in ht.hook_dict and ht.hook_dict[rot].point_id is not None else \
+        f"blocks.{layer}.attn.hook_k"
+    return k, f"blocks.{layer}.attn.hook_v"
 
 
 def _c_cells(table, pattern, shape):
@@ -683,3 +693,237 @@ def get_act_patch_block_every(model, corrupted_tokens, clean_cache, metric, **kw
     output, by position, stacked: [3, n_layers, pos] (TransformerLens's function)."""
     return np.stack([f(model, corrupted_tokens, clean_cache, metric, **kwargs) for f in (
         get_act_patch_resid_pre, get_act_patch_attn_out, get_act_patch_mlp_out)], axis=0)
+
+
+# ------------------------------------------------------------------ path patching
+_SENDER_KINDS = {"attn": "hook_attn_out", "attn_out": "hook_attn_out", "mlp": "hook_mlp_out",
+                 "mlp_out": "hook_mlp_out"}
+_RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+
+
+def _int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _sender_component(ht, s):
+    """(hook name, head or None) of one sender: (layer, head), (layer, "attn") or
+    (layer, "mlp")."""
+    L, H = ht.cfg.n_layers, ht.cfg.n_heads
+    if not (isinstance(s, tuple) and len(s) == 2 and _int(s[0])):
+        raise ValueError(f"sender: expected (layer, head), (layer, 'attn'), (layer, 'mlp'), a list "
+                         f"of those, or 'heads' / 'attn' / 'mlp' for a grid; got {s!r}")
+    layer = int(s[0])
+    if not -L <= layer < L:
+        raise IndexError(f"sender: layer {layer} is out of range for {L} layers")
+    layer %= L
+    if _int(s[1]):
+        if not -H <= s[1] < H:
+            raise IndexError(f"sender: head {int(s[1])} is out of range for {H} heads")
+        return f"blocks.{layer}.attn.hook_z", int(s[1]) % H
+    if s[1] not in _SENDER_KINDS:
+        raise ValueError(f"sender: unknown component {s[1]!r} (expected a head index, 'attn' or "
+                         f"'mlp')")
+    name = f"blocks.{layer}.{_SENDER_KINDS[s[1]]}"
+    if name not in ht.hook_dict or ht.hook_dict[name].point_id is None:
+        raise ValueError(f"sender: {name!r} does not fire in this model")
+    return name, None
+
+
+def _receiver(ht, r):
+    """(hook name, head or None) of one receiver: (layer, head, 'q'|'k'|'v'), (layer,
+    'resid_pre'|'resid_mid'|'resid_post') or a residual hook name."""
+    L = ht.cfg.n_layers
+    if isinstance(r, str):
+        if r not in ht.hook_dict or r.rsplit(".", 1)[-1] not in [f"hook_{k}" for k in _RESID_KINDS]:
+            raise ValueError(f"receivers: {r!r} is not a residual-stream hook point (blocks.L."
+                             f"hook_resid_pre / _mid / _post) of this model")
+        name, head = r, None
+    elif isinstance(r, tuple) and len(r) == 3 and _int(r[0]) and _int(r[1]) and r[2] in ("q", "k", "v"):
+        if not -L <= r[0] < L:
+            raise IndexError(f"receivers: layer {int(r[0])} is out of range for {L} layers")
+        name, head = f"blocks.{int(r[0]) % L}.attn.hook_{r[2]}", int(r[1])
+    elif isinstance(r, tuple) and len(r) == 2 and _int(r[0]) and r[1] in _RESID_KINDS:
+        if not -L <= r[0] < L:
+            raise IndexError(f"receivers: layer {int(r[0])} is out of range for {L} layers")
+        name, head = f"blocks.{int(r[0]) % L}.hook_{r[1]}", None
+    else:
+        raise ValueError(f"receivers: expected (layer, head, 'q'|'k'|'v'), (layer, 'resid_pre'|"
+                         f"'resid_mid'|'resid_post') or a residual hook name; got {r!r}")
+    if ht.hook_dict[name].point_id is None:
+        raise ValueError(f"receivers: {name!r} does not fire in this model")
+    if head is not None:
+        n_heads = ht.cfg.n_heads
+        if name.endswith(("hook_k", "hook_v")) and getattr(ht.cfg, "n_key_value_heads", None):
+            n_heads = ht.cfg.n_key_value_heads
+        if not -n_heads <= head < n_heads:
+            raise IndexError(f"receivers: head {head} is out of range for the {n_heads} heads of "
+                             f"{name}")
+        head %= n_heads
+    return name, head
+
+
+def path_patch(model, clean_tokens, corrupted_tokens, sender, receivers, patching_metric, *,
+               attention_mask=None, normalize=False, progress=None, pass_rows=None):
+    """Path patching (Wang et al. 2022, the IOI paper; ARENA's recipe): the effect of a
+    sender component on the logits through its direct path into some receivers.
+
+    Definition, on the corrupted run (base) with the clean run as source:
+
+    1. Pass A: run ``corrupted_tokens`` with the sender's activation set to its
+       clean-run value (a head: ``blocks.l.attn.hook_z[:, :, head]``; ``(l, "attn")``:
+       ``blocks.l.hook_attn_out``; ``(l, "mlp")``: ``blocks.l.hook_mlp_out``) and
+       every attention head's output (``hook_z``, every layer, every head but the
+       senders) frozen to its corrupted-run value; MLPs and norms are recomputed
+       (as in the IOI paper and ARENA, where paths through MLPs count as direct).
+       Record each receiver's input there.
+    2. Pass B: run ``corrupted_tokens`` with each receiver's input set to what pass
+       A recorded (every position), everything else computed normally, and
+       return ``patching_metric`` of its logits.
+
+    Senders: ``(layer, head)``, ``(layer, "attn")``, ``(layer, "mlp")``, or a list of
+    these patched together (one number); or a grid, each component alone:
+    ``"heads"`` (returns ``[n_layers, n_heads]``), ``"attn"`` / ``"mlp"``
+    (``[n_layers]``). Receivers (one or a list, patched together): ``(layer, head,
+    "q" | "k" | "v")`` (that head's slice of ``hook_q`` / ``hook_k`` / ``hook_v``;
+    with grouped-query attention k/v index the key-value heads) or a residual
+    stream point: ``(layer, "resid_pre" | "resid_mid" | "resid_post")`` or its
+    hook name. A receiver that reads before the sender writes (an earlier layer,
+    or the sender head's own layer's q/k/v) sees nothing of it and is left as in
+    the corrupted run; a cell with no receiver after its sender is the corrupted
+    metric.
+
+    Runs on the patching engine: pass A of a sender at layer l starts at block l
+    from the corrupted run's residual stream and stops after the last receiver's
+    block, the cells of a grid stacked along the batch axis; pass B starts at the
+    first receiver's block; built-in metrics (:class:`logit_diff`, ...) read only
+    their rows. ``patching_metric``: a function of the logits [batch, pos,
+    d_vocab] or a built-in metric. ``normalize``: ``(m - corrupt) / (clean -
+    corrupt)``; ``attention_mask`` [batch, pos] for padded batches (both runs);
+    ``progress``: False for no tqdm bar; ``pass_rows``: batch x pos rows per pass.
+    """
+    ht = _hooked(model)
+    clean_tokens = ht._tokens(clean_tokens)
+    tokens = ht._tokens(corrupted_tokens)
+    if clean_tokens.shape != tokens.shape:
+        raise ValueError(f"path_patch: clean tokens {clean_tokens.shape} and corrupted tokens "
+                         f"{tokens.shape} must have the same shape")
+    B, T = tokens.shape
+    L, H = ht.cfg.n_layers, ht.cfg.n_heads
+    # ---- the cells: each a list of sender components
+    if isinstance(sender, str):
+        if sender == "heads":
+            cells = [[(f"blocks.{l}.attn.hook_z", h)] for l in range(L) for h in range(H)]
+            shape = (L, H)
+        elif sender in _SENDER_KINDS:
+            cells = [[_sender_component(ht, (l, sender))] for l in range(L)]
+            shape = (L,)
+        else:
+            raise ValueError(f"sender: unknown grid {sender!r} (expected 'heads', 'attn' or 'mlp')")
+    elif isinstance(sender, list):
+        if not sender:
+            raise ValueError("sender: empty list")
+        cells = [[_sender_component(ht, s) for s in sender]]
+        shape = None
+    else:
+        cells = [[_sender_component(ht, sender)]]
+        shape = None
+    recv = [_receiver(ht, r) for r in (receivers if isinstance(receivers, list) else [receivers])]
+    if not recv:
+        raise ValueError("receivers: empty list")
+    if not isinstance(patching_metric, _BuiltinMetric) and not callable(patching_metric):
+        raise TypeError(f"patching_metric: expected a function of the logits or a built-in metric, "
+                        f"got {type(patching_metric).__name__}")
+    pid = {n: ht.hook_dict[n].point_id for n in ht.hook_dict}
+    layer_of = lambda n: int(n.split(".")[1])   # noqa: E731
+    z = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    senders = {n for c in cells for n, _ in c}
+    keep_c = senders | {f"blocks.{l}.hook_resid_pre" for l in range(L)}
+    keep_c |= set(z) | {n for n, _ in recv}
+    logits_k, cache_k = ht.run_with_cache(tokens, names_filter=lambda n: n in keep_c,
+                                          attention_mask=attention_mask)
+    logits_c, cache_c = ht.run_with_cache(clean_tokens, names_filter=lambda n: n in senders,
+                                          attention_mask=attention_mask)
+    corrupt_value = _metric_value(patching_metric, logits_k, "corrupted")
+    clean_value = _metric_value(patching_metric, logits_c, "clean") if normalize else None
+    del logits_k, logits_c
+    key_mask = ht._mask(attention_mask, tokens)[1]
+    builtin = isinstance(patching_metric, _BuiltinMetric)
+    per_pass = max(1, int(pass_rows or _PASS_ROWS) // (B * T))
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
+
+    # cells grouped by their first sender layer (one pass A start each)
+    groups = {}
+    for i, c in enumerate(cells):
+        groups.setdefault(min(layer_of(n) for n, _ in c), []).append(i)
+    values = np.full(len(cells), corrupt_value, dtype=np.float64)
+    bar = _progress(len(cells), progress)
+    try:
+        for ls, idx in sorted(groups.items()):
+            first = min(pid[n] for i in idx for n, _ in cells[i])
+            kept = [(n, h) for n, h in recv if pid[n] > first]
+            if not kept:          # every receiver reads before the senders write
+                if bar is not None:
+                    bar.update(len(idx))
+                continue
+            stop = max(layer_of(n) for n, _ in kept) + 1
+            joint = shape is None
+            # pass A: heads frozen to the corrupted run (the senders' clean values merged
+            # in for a joint sender set), the grid's sender per cell, receivers captured
+            srcs, cell_rows = [], np.full((len(idx), 4), -1, dtype=np.int64)
+            merged = {}
+            for l in range(ls, stop):
+                merged[z[l]] = np.array(cache_k[z[l]], dtype=np.float32)
+            if joint:
+                for n, h in cells[idx[0]]:
+                    if layer_of(n) >= stop:       # after every receiver: no path
+                        continue
+                    if h is not None:
+                        merged[n][:, :, h] = cache_c[n][:, :, h]
+                    else:
+                        srcs.append((pid[n], f32(cache_c[n]), 0, 1))
+            else:
+                n0 = cells[idx[0]][0][0]
+                cell_rows[:, 0] = 0
+                srcs.insert(0, (pid[n0], f32(cache_c[n0])))
+                for j, i in enumerate(idx):
+                    h = cells[i][0][1]
+                    if h is not None:
+                        cell_rows[j, 2] = h
+            if joint:
+                cell_rows[:, 0] = -1
+            srcs += [(pid[n], a, 0, 1) for n, a in merged.items()]
+            captures = {}
+            for n, _ in kept:
+                if n not in captures:
+                    captures[n] = np.empty((len(idx),) + cache_k[n].shape, dtype=np.float32)
+                    srcs.append((pid[n], captures[n], 0, 4))
+            resid = f32(cache_k[f"blocks.{ls}.hook_resid_pre"])
+            _core.patch_capture(ht._core, ls, stop, resid, srcs, cell_rows, per_pass, key_mask)
+            del merged, srcs
+            # pass B: the receivers' inputs from pass A, the rest the corrupted run
+            lr = min(layer_of(n) for n, _ in kept)
+            srcs = []
+            for n, h in kept:
+                srcs.append((pid[n], captures[n], 0, 3, -1, -1 if h is None else h, -1))
+            resid = f32(cache_k[f"blocks.{lr}.hook_resid_pre"])
+            none = np.full((len(idx), 4), -1, dtype=np.int64)
+            if builtin:
+                rows, cols, lse, reduce = patching_metric._prepare(B, T, ht.cfg.d_vocab_out)
+                v = _core.patch_run(ht._core, lr, resid, srcs, none, per_pass, key_mask, rows, cols, lse)
+                values[idx] = reduce(v)
+            else:
+                lg = _core.patch_run(ht._core, lr, resid, srcs, none, per_pass, key_mask)
+                for j, i in enumerate(idx):
+                    values[i] = _metric_value(patching_metric, lg[j * B:(j + 1) * B], "patched")
+                del lg
+            del captures, srcs
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
+    if normalize:
+        values = (values - corrupt_value) / (clean_value - corrupt_value)
+    if shape is None:
+        return float(values[0])
+    return values.astype(np.float32).reshape(shape)

@@ -32,52 +32,103 @@ typedef struct {
     int n_src;
     const mi_patch_cell *cells;   /* this pass's cells: cell j patches copy j */
     int64_t n, B;
+    int64_t j0, n_cells;          /* this pass's first cell and the call's cells (per_cell sources) */
     int64_t pos0;                 /* the view's first query position (position skipping) */
 } patch_ctx;
 
-/* Copy each cell's slice of its clean activation into its copy of the batch.
- * The view covers query positions [pos0, T) on the source's pos_axis; the
- * clean activation covers [0, T). */
+/* A source's extents in [0, T) coordinates (cext[1..3]), the view's offset
+ * into them (off: pos0 on the position axis) and the floats per batch row;
+ * checks the source's size against the view's. */
+static mi_status source_extents(const patch_ctx *c, const mi_patch_source *s, const int64_t ext[4],
+                                int64_t off[4], int64_t cext[4], int64_t *per_b)
+{
+    off[0] = off[1] = off[2] = off[3] = 0;
+    if (s->pos_axis >= 1 && s->pos_axis <= 3) off[s->pos_axis] = c->pos0;
+    cext[0] = ext[0];
+    for (int a = 1; a < 4; a++) cext[a] = ext[a] + off[a];
+    *per_b = cext[1] * cext[2] * cext[3];
+    int64_t copies = (s->per_cell || s->capture) ? c->n_cells : 1;
+    if (s->numel != copies * (s->batch_shared ? 1 : c->B) * *per_b)
+        return mi_fail(MI_ERR_VALUE, "patch: the %s activation has %ld values, the corrupted "
+                       "one %ld x %ld x [%ld, %ld, %ld]: the two runs' shapes differ",
+                       s->capture ? "captured" : "clean", (long)s->numel, (long)copies, (long)c->B,
+                       (long)cext[1], (long)cext[2], (long)cext[3]);
+    return MI_OK;
+}
+
+/* Copy the slice idx (-1: whole axis) of the clean activation cl ([B, cext])
+ * into copy j of the batch. */
+static mi_status copy_slice(const patch_ctx *c, const mi_tensor_view *v, const int64_t ext[4],
+                            const int64_t st[4], const int64_t off[4], const int64_t cext[4],
+                            int64_t per_b, const int64_t idx[3], const float *cl0, int64_t j,
+                            int batch_shared)
+{
+    /* lo/hi in view coordinates */
+    int64_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, ext[1], ext[2], ext[3]};
+    for (int a = 1; a < 4; a++) {
+        int64_t i = idx[a - 1];
+        if (i < 0) continue;
+        if (i >= cext[a])
+            return mi_fail(MI_ERR_INDEX, "patch: index %ld on axis %d of the activation is out "
+                           "of range for its extent %ld", (long)i, a, (long)cext[a]);
+        if (i < off[a])
+            return mi_fail(MI_ERR_INTERNAL, "patch: position %ld is before the first recomputed "
+                           "position %ld", (long)i, (long)off[a]);
+        lo[a] = i - off[a];
+        hi[a] = lo[a] + 1;
+    }
+    for (int64_t b = 0; b < c->B; b++) {
+        float *dst = v->data + (j * c->B + b) * st[0];
+        const float *cl = cl0 + (batch_shared ? 0 : b * per_b);
+        for (int64_t i1 = lo[1]; i1 < hi[1]; i1++)
+            for (int64_t i2 = lo[2]; i2 < hi[2]; i2++)
+                for (int64_t i3 = lo[3]; i3 < hi[3]; i3++)
+                    dst[i1 * st[1] + i2 * st[2] + i3 * st[3]] =
+                        cl[((i1 + off[1]) * cext[2] + i2 + off[2]) * cext[3] + i3 + off[3]];
+    }
+    return MI_OK;
+}
+
+/* At `point`: the every_cell sources' slices into every copy, then each cell's
+ * own slice of its clean activation into its copy of the batch, then the
+ * captures. The view covers query positions [pos0, T) on the source's
+ * pos_axis; the clean activation covers [0, T). */
 static mi_status patch_hook(void *vctx, int point, const mi_tensor_view *v)
 {
     const patch_ctx *c = vctx;
     int64_t ext[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
     for (int i = 0; i < v->ndim; i++) { ext[i] = v->shape[i]; st[i] = v->strides[i]; }
-    int64_t B = c->B;
+    int64_t off[4], cext[4], per_b;
+    for (int i = 0; i < c->n_src; i++) {
+        const mi_patch_source *s = &c->src[i];
+        if (s->point != point || !s->every_cell || !s->clean) continue;
+        MI_TRY(source_extents(c, s, ext, off, cext, &per_b));
+        for (int64_t j = 0; j < c->n; j++)
+            MI_TRY(copy_slice(c, v, ext, st, off, cext, per_b, s->idx,
+                              s->clean + (s->per_cell ? (c->j0 + j) * c->B * per_b : 0), j,
+                              s->batch_shared));
+    }
     for (int64_t j = 0; j < c->n; j++) {
         const mi_patch_cell *cell = &c->cells[j];
+        if (cell->source < 0) continue;
         const mi_patch_source *s = &c->src[cell->source];
-        if (s->point != point) continue;
-        int64_t off[4] = {0, 0, 0, 0}, cext[4];
-        if (s->pos_axis >= 1 && s->pos_axis <= 3) off[s->pos_axis] = c->pos0;
-        for (int a = 1; a < 4; a++) cext[a] = ext[a] + off[a];
-        int64_t per_b = cext[1] * cext[2] * cext[3];
-        if (s->numel != B * per_b)
-            return mi_fail(MI_ERR_VALUE, "patch: the clean activation has %ld values, the corrupted "
-                           "one %ld x [%ld, %ld, %ld]: the two runs' shapes differ", (long)s->numel,
-                           (long)B, (long)cext[1], (long)cext[2], (long)cext[3]);
-        /* lo/hi in view coordinates */
-        int64_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, ext[1], ext[2], ext[3]};
-        for (int a = 1; a < 4; a++) {
-            int64_t i = cell->idx[a - 1];
-            if (i < 0) continue;
-            if (i >= cext[a])
-                return mi_fail(MI_ERR_INDEX, "patch: index %ld on axis %d of the activation is out "
-                               "of range for its extent %ld", (long)i, a, (long)cext[a]);
-            if (i < off[a])
-                return mi_fail(MI_ERR_INTERNAL, "patch: position %ld is before the first recomputed "
-                               "position %ld", (long)i, (long)off[a]);
-            lo[a] = i - off[a];
-            hi[a] = lo[a] + 1;
-        }
-        for (int64_t b = 0; b < B; b++) {
-            float *dst = v->data + (j * B + b) * st[0];
-            const float *cl = s->clean + b * per_b;
-            for (int64_t i1 = lo[1]; i1 < hi[1]; i1++)
-                for (int64_t i2 = lo[2]; i2 < hi[2]; i2++)
-                    for (int64_t i3 = lo[3]; i3 < hi[3]; i3++)
-                        dst[i1 * st[1] + i2 * st[2] + i3 * st[3]] =
-                            cl[((i1 + off[1]) * cext[2] + i2 + off[2]) * cext[3] + i3 + off[3]];
+        if (s->point != point || !s->clean) continue;
+        MI_TRY(source_extents(c, s, ext, off, cext, &per_b));
+        MI_TRY(copy_slice(c, v, ext, st, off, cext, per_b, cell->idx,
+                          s->clean + (s->per_cell ? (c->j0 + j) * c->B * per_b : 0), j,
+                          s->batch_shared));
+    }
+    for (int i = 0; i < c->n_src; i++) {
+        const mi_patch_source *s = &c->src[i];
+        if (s->point != point || !s->capture) continue;
+        MI_TRY(source_extents(c, s, ext, off, cext, &per_b));
+        for (int64_t r = 0; r < c->n * c->B; r++) {
+            float *dst = s->capture + (c->j0 * c->B + r) * per_b;
+            const float *row = v->data + r * st[0];
+            for (int64_t i1 = 0; i1 < ext[1]; i1++)
+                for (int64_t i2 = 0; i2 < ext[2]; i2++)
+                    for (int64_t i3 = 0; i3 < ext[3]; i3++)
+                        dst[(i1 * ext[2] + i2) * ext[3] + i3] = row[i1 * st[1] + i2 * st[2] + i3 * st[3]];
         }
     }
     return MI_OK;
@@ -226,18 +277,41 @@ static mi_status read_rows(const mi_transformer *m, const float *resid, int64_t 
     return MI_OK;
 }
 
-mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int64_t T,
-                       const float *resid, const float *key_mask,
-                       const mi_patch_source *src, int n_src,
-                       const mi_patch_cell *cells, int64_t n_cells, int64_t per_pass,
-                       const mi_patch_prefix *prefix,
-                       const mi_patch_readout *ro, double *out_values, float *out_logits)
+/* mi_patch_run over blocks [start_layer, stop_layer); capture_only: no
+ * readout, no logits (the captures are the output). */
+static mi_status run_passes(const mi_transformer *m, int start_layer, int stop_layer,
+                            int capture_only, int64_t B,
+                            int64_t T, const float *resid, const float *key_mask,
+                            const mi_patch_source *src, int n_src,
+                            const mi_patch_cell *cells, int64_t n_cells, int64_t per_pass,
+                            const mi_patch_prefix *prefix,
+                            const mi_patch_readout *ro, double *out_values, float *out_logits)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t D = s->d_model, Vo = s->d_vocab_out;
-    int rows_only = ro && ro->n_rows > 0;
+    int rows_only = !capture_only && ro && ro->n_rows > 0;
     int64_t p0 = prefix ? prefix->pos0 : 0;
     if (n_cells <= 0) return MI_OK;
+    if (stop_layer <= start_layer || stop_layer > s->n_layers || (!capture_only && stop_layer != s->n_layers))
+        return mi_fail(MI_ERR_VALUE, "patch: stop layer %d is outside (start layer %d, n_layers=%ld]",
+                       stop_layer, start_layer, (long)s->n_layers);
+    for (int i = 0; i < n_src; i++) {
+        int scope, layer;
+        if (!src[i].clean == !src[i].capture)
+            return mi_fail(MI_ERR_VALUE, "patch: source %d must either patch (a clean activation) "
+                           "or capture", i);
+        if (src[i].batch_shared && (src[i].per_cell || src[i].capture))
+            return mi_fail(MI_ERR_VALUE, "patch: source %d: a batch-shared activation is one "
+                           "[d1, d2, d3] for every cell", i);
+        if (src[i].capture && p0 > 0)
+            return mi_fail(MI_ERR_VALUE, "patch: captures need every position computed");
+        if ((unsigned)src[i].point < (unsigned)mi_tf_n_points(s)) {
+            mi_tf_point_row(s, src[i].point, &scope, &layer);
+            if (scope == SCOPE_LAYER && layer >= stop_layer)
+                return mi_fail(MI_ERR_VALUE, "patch: hook point %d is in block %d, past the last "
+                               "block run (%d)", src[i].point, layer, stop_layer - 1);
+        }
+    }
     if (per_pass < 1) per_pass = 1;
     if (per_pass > n_cells) per_pass = n_cells;
     if (p0 < 0 || p0 >= T)
@@ -247,7 +321,7 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
         return mi_fail(MI_ERR_VALUE, "patch: skipping positions needs causal attention, a row "
                        "readout and the corrupted run's keys and values");
     for (int64_t j = 0; j < n_cells; j++)
-        if (cells[j].source < 0 || cells[j].source >= n_src)
+        if (cells[j].source < -1 || cells[j].source >= n_src)
             return mi_fail(MI_ERR_INDEX, "patch: cell %ld names source %d of %d", (long)j,
                            cells[j].source, n_src);
     if (rows_only) {
@@ -264,7 +338,7 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
                                    (long)t, (long)Vo);
             }
         }
-    } else if (!out_logits) {
+    } else if (!out_logits && !capture_only) {
         return mi_fail(MI_ERR_VALUE, "patch: no readout rows and no logits output");
     }
     int np = mi_tf_n_points(s);
@@ -272,7 +346,7 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
     if (!flags) return mi_fail(MI_ERR_NOMEM, "patch: flags");
     mi_status st = check_args(m, start_layer, B, T, src, n_src, flags);
     mi_transformer mh = *m;
-    mh.spec.no_head = rows_only;
+    mh.spec.no_head = rows_only || capture_only;
     mi_tf_plan plan = {0};
     mi_kv_cache kv = {0};
     float *arena = NULL, *tile = NULL, *mask = NULL, *X = NULL, *Y = NULL, *scale = NULL, *logits = NULL;
@@ -315,8 +389,8 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
     for (int64_t j0 = 0; j0 < n_cells; j0 += per_pass) {
         int64_t n = n_cells - j0 < per_pass ? n_cells - j0 : per_pass;
         mi_tf_plan_free(&plan);
-        st = p0 ? mi_tf_plan_call_kv(&mh, n * B, Tn, p0, start_layer, (int)s->n_layers, flags, &plan)
-                : mi_tf_plan_call(&mh, n * B, Tn, start_layer, (int)s->n_layers, flags, &plan);
+        st = p0 ? mi_tf_plan_call_kv(&mh, n * B, Tn, p0, start_layer, stop_layer, flags, &plan)
+                : mi_tf_plan_call(&mh, n * B, Tn, start_layer, stop_layer, flags, &plan);
         if (st != MI_OK) goto done;
         if (plan.n_floats > arena_floats) {   /* the first pass is the largest: one allocation */
             mi_free(arena);
@@ -329,7 +403,7 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
         }
         /* the previous pass's patches sit in the arena, not in the tile: the
          * forward copies the tile in afresh */
-        patch_ctx ctx = {src, n_src, cells + j0, n, B, p0};
+        patch_ctx ctx = {src, n_src, cells + j0, n, B, j0, n_cells, p0};
         if (p0) {
             st = fill_prefix(&kv, m, start_layer, n, B, T, key_mask, prefix);
             if (st == MI_OK)
@@ -340,7 +414,9 @@ mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int6
         }
         if (st != MI_OK) goto done;
         const float *o = mi_tf_output(&mh, &plan, arena);
-        if (rows_only) {
+        if (capture_only) {
+            continue;
+        } else if (rows_only) {
             st = read_rows(m, o, n, B, Tn, &rro, X, Y, scale, logits,
                            out_values + (size_t)j0 * (size_t)R * width);
             if (st != MI_OK) goto done;
@@ -354,4 +430,27 @@ done:
     mi_free(flags); mi_free(arena); mi_free(tile); mi_free(mask);
     mi_free(X); mi_free(Y); mi_free(scale); mi_free(logits); mi_free(rows);
     return st;
+}
+
+mi_status mi_patch_run(const mi_transformer *m, int start_layer, int64_t B, int64_t T,
+                       const float *resid, const float *key_mask,
+                       const mi_patch_source *src, int n_src,
+                       const mi_patch_cell *cells, int64_t n_cells, int64_t per_pass,
+                       const mi_patch_prefix *prefix,
+                       const mi_patch_readout *ro, double *out_values, float *out_logits)
+{
+    return run_passes(m, start_layer, (int)m->spec.n_layers, 0, B, T, resid, key_mask, src, n_src,
+                      cells, n_cells, per_pass, prefix, ro, out_values, out_logits);
+}
+
+mi_status mi_patch_capture_run(const mi_transformer *m, int start_layer, int stop_layer, int64_t B,
+                               int64_t T, const float *resid, const float *key_mask,
+                               const mi_patch_source *src, int n_src,
+                               const mi_patch_cell *cells, int64_t n_cells, int64_t per_pass)
+{
+    int any = 0;
+    for (int i = 0; i < n_src; i++) any |= src[i].capture != NULL;
+    if (!any) return mi_fail(MI_ERR_VALUE, "patch: a capture run without a capture source");
+    return run_passes(m, start_layer, stop_layer, 1, B, T, resid, key_mask, src, n_src, cells, n_cells,
+                      per_pass, NULL, NULL, NULL, NULL);
 }

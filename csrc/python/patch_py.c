@@ -6,9 +6,15 @@
  *          logits [n_cells * B, T, d_vocab_out]
  *   patch_pass_bytes(model, start_layer, batch, seq, points, per_pass, rows_only) -> int
  *
+ *   patch_capture(model, start_layer, stop_layer, resid, sources, cells, per_pass,
+ *                 key_mask=None) -> None (the capture sources' arrays written)
+ *
  * resid float32 [B, T, D]; sources: a sequence of (point id, clean activation
- * [B, ...] float32) pairs; cells int64 [n_cells, 4]: (source, i1, i2, i3), -1
- * for a whole axis; rows int64 [R, 2] (batch, position); cols int64 [R, K].
+ * [B, ...] float32[, position axis[, mode, i1, i2, i3]]) tuples, mode bits 1
+ * every cell (the slice i1..i3 into every copy), 2 per cell (the activation
+ * is [n_cells, B, ...]), 4 capture (the array is written), 8 batch-shared
+ * (one [...] for every batch row: a mean activation); cells int64
+ * [n_cells, 4]: (source or -1 for none, i1, i2, i3), -1 for a whole axis; rows int64 [R, 2] (batch, position); cols int64 [R, K].
  * The passes run with the GIL released. */
 #include "python/convert.h"
 
@@ -17,6 +23,9 @@
 #include "common/memory.h"
 #include "model/patch.h"
 #include "python/model_py.h"
+
+/* A source tuple's mode bits (mi_patch_source's every_cell, per_cell, capture). */
+enum { SRC_EVERY_CELL = 1, SRC_PER_CELL = 2, SRC_CAPTURE = 4, SRC_BATCH_SHARED = 8 };
 
 static int parse_sources(PyObject *obj, mi_patch_source **src, mi_arg **arrs, int *n)
 {
@@ -30,21 +39,38 @@ static int parse_sources(PyObject *obj, mi_patch_source **src, mi_arg **arrs, in
     for (Py_ssize_t i = 0; i < len; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         PyObject *pt, *arr;
-        int pos_axis = 0;
-        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "OO|i", &pt, &arr, &pos_axis)) {
+        int pos_axis = 0, mode = 0;
+        long long i1 = -1, i2 = -1, i3 = -1;
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "OO|iiLLL", &pt, &arr, &pos_axis, &mode,
+                                                      &i1, &i2, &i3)) {
             PyErr_Format(PyExc_TypeError, "sources[%zd]: expected a (point id, array[, position "
-                         "axis]) tuple", i);
+                         "axis[, mode, i1, i2, i3]]) tuple", i);
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (mode & ~(SRC_EVERY_CELL | SRC_PER_CELL | SRC_CAPTURE | SRC_BATCH_SHARED)) {
+            PyErr_Format(PyExc_ValueError, "sources[%zd]: unknown mode bits %d", i, mode);
             Py_DECREF(seq);
             return -1;
         }
         long p = PyLong_AsLong(pt);
         if (p == -1 && PyErr_Occurred()) { Py_DECREF(seq); return -1; }
-        (*arrs)[i] = MI_ARG_FLOAT("sources (clean activation)", 2, 4);
+        (*arrs)[i] = (mode & SRC_CAPTURE) ? MI_ARG_OUT("sources (capture output)", 3, 5)
+                                          : MI_ARG_FLOAT("sources (clean activation)", 1, 5);
         if (mi_arg_convert(arr, &(*arrs)[i]) < 0) { Py_DECREF(seq); return -1; }
         (*src)[i].point = (int)p;
-        (*src)[i].clean = mi_arg_data(&(*arrs)[i]);
+        if (mode & SRC_CAPTURE)
+            (*src)[i].capture = mi_arg_data(&(*arrs)[i]);
+        else
+            (*src)[i].clean = mi_arg_data(&(*arrs)[i]);
         (*src)[i].numel = (int64_t)PyArray_SIZE((*arrs)[i].arr);
         (*src)[i].pos_axis = pos_axis;
+        (*src)[i].every_cell = (mode & SRC_EVERY_CELL) != 0;
+        (*src)[i].per_cell = (mode & SRC_PER_CELL) != 0;
+        (*src)[i].batch_shared = (mode & SRC_BATCH_SHARED) != 0;
+        (*src)[i].idx[0] = i1;
+        (*src)[i].idx[1] = i2;
+        (*src)[i].idx[2] = i3;
     }
     Py_DECREF(seq);
     return 0;
@@ -137,7 +163,7 @@ static PyObject *py_patch_run(PyObject *module, PyObject *args, PyObject *kw)
     if (!(cl = PyMem_Calloc((size_t)n_cells + 1, sizeof *cl))) { PyErr_NoMemory(); goto done; }
     const int64_t *cd = mi_arg_data(&cells);
     for (npy_intp j = 0; j < n_cells; j++) {
-        if (cd[4 * j] < 0 || cd[4 * j] >= n_src) {
+        if (cd[4 * j] < -1 || cd[4 * j] >= n_src) {
             PyErr_Format(PyExc_IndexError, "cells[%zd]: source %lld is outside [0, %d)", j,
                          (long long)cd[4 * j], n_src);
             goto done;
@@ -187,6 +213,7 @@ static PyObject *py_patch_run(PyObject *module, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { Py_CLEAR(out); mi_py_raise(st); }
 done:
+    if (PyErr_Occurred()) Py_CLEAR(out);   /* a check after the output was made failed */
     if (tf) mi_py_model_release(model);
     release_sources(src, arrs, n_src);
     for (int i = 0; ka && i < nk; i++) mi_arg_release(&ka[i]);
@@ -196,6 +223,63 @@ done:
     mi_arg_release(&resid); mi_arg_release(&cells); mi_arg_release(&mask);
     mi_arg_release(&rows); mi_arg_release(&cols);
     return out;
+}
+
+static PyObject *py_patch_capture(PyObject *module, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"model", "start_layer", "stop_layer", "resid", "sources", "cells",
+                             "per_pass", "key_mask", NULL};
+    PyObject *model, *sources;
+    int start, stop;
+    long long per_pass;
+    mi_arg resid = MI_ARG_FLOAT("resid", 3, 3), cells = MI_ARG_INT64("cells", 2, 2);
+    mi_arg mask = MI_ARG("key_mask", NPY_FLOAT32, MI_ARG_OPTIONAL | MI_ARG_CAST, 2, 2);
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiiO&OO&L|O&:patch_capture", kwlist, &model, &start,
+                                     &stop, mi_conv_array, &resid, &sources, mi_conv_array, &cells,
+                                     &per_pass, mi_conv_array, &mask))
+        return NULL;
+    mi_patch_source *src = NULL;
+    mi_arg *arrs = NULL;
+    int n_src = 0;
+    PyObject *res = NULL;
+    mi_patch_cell *cl = NULL;
+    mi_transformer *tf = NULL;
+    if (parse_sources(sources, &src, &arrs, &n_src) < 0) goto done;
+    npy_intp B = PyArray_DIM(resid.arr, 0), T = PyArray_DIM(resid.arr, 1);
+    npy_intp bt[2] = {B, T}, c4[2] = {-1, 4};
+    if (mask.arr && mi_arg_shape(&mask, 2, bt, "like the residual stream's batch and positions") < 0)
+        goto done;
+    if (mi_arg_shape(&cells, 2, c4, NULL) < 0) goto done;
+    npy_intp n_cells = PyArray_DIM(cells.arr, 0);
+    if (!(cl = PyMem_Calloc((size_t)n_cells + 1, sizeof *cl))) { PyErr_NoMemory(); goto done; }
+    const int64_t *cd = mi_arg_data(&cells);
+    for (npy_intp j = 0; j < n_cells; j++) {
+        if (cd[4 * j] < -1 || cd[4 * j] >= n_src) {
+            PyErr_Format(PyExc_IndexError, "cells[%zd]: source %lld is outside [-1, %d)", j,
+                         (long long)cd[4 * j], n_src);
+            goto done;
+        }
+        cl[j].source = (int)cd[4 * j];
+        for (int a = 0; a < 3; a++) cl[j].idx[a] = cd[4 * j + 1 + a];
+    }
+    if (!(tf = mi_py_model_use(module, model))) goto done;
+    if (PyArray_DIM(resid.arr, 2) != tf->spec.d_model) {
+        PyErr_Format(PyExc_ValueError, "resid: expected [batch, pos, d_model=%ld]", (long)tf->spec.d_model);
+        goto done;
+    }
+    const float *rd = mi_arg_data(&resid), *md = mi_arg_data(&mask);
+    mi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = mi_patch_capture_run(tf, start, stop, B, T, rd, md, src, n_src, cl, n_cells, per_pass);
+    Py_END_ALLOW_THREADS
+    if (st != MI_OK) mi_py_raise(st);
+    else res = Py_NewRef(Py_None);
+done:
+    if (tf) mi_py_model_release(model);
+    release_sources(src, arrs, n_src);
+    PyMem_Free(cl);
+    mi_arg_release(&resid); mi_arg_release(&cells); mi_arg_release(&mask);
+    return res;
 }
 
 static PyObject *py_patch_pass_bytes(PyObject *module, PyObject *args)
@@ -243,6 +327,11 @@ static PyMethodDef patch_methods[] = {
      "positions >= pos0, the earlier ones' keys and values from past_k / past_v (the corrupted\n"
      "run's hook_k / hook_v [B, T, Hkv, Dh] of each layer from start_layer on); a source's optional\n"
      "third item is its activation's query-position axis (1, or 2 for attention patterns)."},
+    {"patch_capture", (PyCFunction)(void (*)(void))py_patch_capture, METH_VARARGS | METH_KEYWORDS,
+     "patch_capture(model, start_layer, stop_layer, resid, sources, cells, per_pass, key_mask=None)\n--\n\n"
+     "Patched passes over blocks [start_layer, stop_layer) as patch_run's, without a readout: the\n"
+     "capture sources (mode 4: (point id, out float32 [n_cells, B, ...], 0, 4)) receive every\n"
+     "cell's activation at their point after its patches. Returns None."},
     {"patch_pass_bytes", py_patch_pass_bytes, METH_VARARGS,
      "patch_pass_bytes(model, start_layer, batch, seq, points, per_pass, rows_only)\n--\n\n"
      "Bytes of activations one patch_run pass of per_pass cells takes."},
