@@ -298,3 +298,35 @@ def test_bad_hooks_give_clear_errors_and_the_model_stays_usable(pair):
         h.remove()
     with pytest.raises(RuntimeError, match="no pass to differentiate"):
         ours(IDS, use_cache=True).backward(metric="loss")
+
+
+def test_torch_mode_hooks_get_tensors_and_may_replace(pair):
+    """After set_array_type("torch") the hooks get torch tensors and may return tensors."""
+    import mechinterp_c as mi
+    kind, hf, ours = pair
+    got = []
+    name = {"gpt2": "transformer.h.1.mlp.c_proj", "neox": "gpt_neox.layers.1.mlp.dense_4h_to_h",
+            "gemma2": "model.layers.1"}.get(kind, "model.layers.1.mlp.down_proj")
+    block0 = [n for n in ROLES[kind] if n.endswith((".h.0", "layers.0"))][0]
+    mi.set_array_type("torch")
+    try:
+        hs = [ours.get_submodule(name).register_full_backward_hook(
+                  lambda m, gi, go: got.append((type(gi[0]), type(go[0]))) or (gi[0] * 3.0,) + gi[1:]),
+              ours.get_submodule(block0).register_full_backward_pre_hook(
+                  lambda m, go: got.append(go[0].detach().numpy().copy()))]
+        ours(IDS).backward(metric="loss")
+    finally:
+        mi.set_array_type("numpy")
+        for h in hs:
+            h.remove()
+    assert got[0] == (torch.Tensor, torch.Tensor)
+    ref = []
+    hs = [hf.get_submodule(name).register_full_backward_hook(lambda m, gi, go: (gi[0] * 3.0,) + gi[1:]),
+          hf.get_submodule(block0).register_full_backward_pre_hook(
+              lambda m, go: ref.append(go[0].detach().numpy().copy()))]
+    try:
+        _run_torch(hf, "loss")
+    finally:
+        for h in hs:
+            h.remove()
+    _close(got[1], ref[0], "torch mode")

@@ -29,7 +29,9 @@ Each module's gradients are hook points' gradients (the same tensors
   (NotImplementedError naming the module): the block norms (``ln_1``,
   ``input_layernorm``, ...), Gemma 2's modules inside its post norms (``self_attn``,
   ``mlp``, ``o_proj``, ``down_proj``: their output is the post norm's input), Gemma 2's
-  ``embed_tokens`` (the C pass holds the scaled embedding), the root model.
+  ``embed_tokens`` (the C pass holds the scaled embedding), GPT-NeoX's
+  ``query_key_value`` (its layout is a permutation of the C buffer) and so the full hook
+  of its ``attention`` (whose pre-hook works), the root model.
 
 Order at one point: full hooks of the module whose input gradient completes there run
 first (a block's, at the next block's output), then pre-hooks of modules whose output

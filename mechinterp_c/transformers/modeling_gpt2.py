@@ -38,6 +38,13 @@ point (``ln_1`` forward and ``c_attn`` pre-hook, ``attn.c_proj`` and ``attn``
 forward, ...) run in registration order, not module order; ``wpe``'s output is
 [B,T,D] (HF: [1,T,D], the same rows).
 
+Backward hooks: ``register_full_backward_hook(fn(module, grad_input, grad_output))`` and
+``register_full_backward_pre_hook(fn(module, grad_output))`` with torch's contract run in
+``out.backward(metric="loss")`` on an output of the model (the C gradient pass; see
+:mod:`~mechinterp_c.transformers.backward_hooks` for the gradient each module sees and
+which ones a hook may replace). ``ln_1`` / ``ln_2`` refuse them (their gradients are
+no hook point's).
+
 Loading is zero-copy: ``from_pretrained`` maps the safetensors file(s)
 copy-on-write and the C core reads every float32 weight in place (HF's layouts
 are the C core's: ``c_attn.weight`` [D, 3D] is ``W_qkv`` [D,3,H,Dh]). The

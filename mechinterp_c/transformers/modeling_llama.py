@@ -33,6 +33,12 @@ back through the weight. "ro": a read-only copy (edits are ignored): the
 projections share that input, so an edit for one would reach the others (hook
 ``self_attn`` or ``mlp`` to edit their common input). Positions are 0..T-1 unless ``position_ids`` are given
 (Hugging Face's rule, padding included); ``attention_mask`` masks padded keys.
+
+Backward hooks (``register_full_backward_hook`` / ``register_full_backward_pre_hook``,
+torch's contract) run in ``out.backward(metric=...)`` on the C gradient pass:
+:mod:`~mechinterp_c.transformers.backward_hooks` lists the gradient each module sees (the
+norms inside the layers refuse them; ``self_attn``'s ``grad_input`` is ``()`` as in torch,
+which calls it with keywords).
 """
 from __future__ import annotations
 
