@@ -5,8 +5,8 @@ sliding-window and global layers, grouped-query attention, rotary), Mistral and 
 (sliding windows on Llama-shaped blocks, Qwen2's q/k/v biases), against TransformerLens
 3.9's autograd on the same weights and tokens. The models come from random-initialised
 ``transformers`` checkpoints (``save_pretrained`` in tmp dirs) converted by our loader;
-TransformerLens gets our converted config and state dict (its own converter gives the
-same tensors: tests/test_gemma2_loading.py). Llama-shaped (rotary, GQA, gated SiLU) and
+TransformerLens gets our converted config and its own conversion of the same
+``transformers`` model (``convert_gemma_weights``, ...: tests/tl_conversion.py). Llama-shaped (rotary, GQA, gated SiLU) and
 Pythia-shaped (parallel attention/MLP, partial rotary) TransformerLens configs are in
 tests/test_gradients.py (FAMILY_CONFIGS).
 
@@ -35,6 +35,8 @@ transformers = pytest.importorskip("transformers")
 tl_mod = pytest.importorskip("transformer_lens")
 
 from test_gradients import assert_grads_match, tl_logit_diff, tl_loss, tl_run  # noqa: E402
+from tl_conversion import tl_twin  # noqa: E402
+from transformer_lens.pretrained import weight_conversions as wc  # noqa: E402
 
 T = 16
 V = 97
@@ -68,6 +70,7 @@ def _save(path, family):
                 elif family == "gemma2" and ("lm_head" in n or "embed" in n):
                     p.mul_(8.0)      # logits past the final cap
         hf.save_pretrained(path)
+    return hf
 
 
 @pytest.fixture(scope="module", params=["gemma2", "mistral", "qwen2"])
@@ -75,15 +78,11 @@ def pair(request, tmp_path_factory):
     """(family, our model, TransformerLens model) with the same converted weights."""
     family = request.param
     path = tmp_path_factory.mktemp(family) / "tiny"
-    _save(path, family)
+    hf = _save(path, family)
     m = mi.HookedTransformer.from_pretrained_no_processing(str(path))
-    cfg = {k: v for k, v in m.cfg.to_dict().items()
-           if k not in ("extra", "n_params", "dtype", "device", "tokenizer_prepends_bos")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tl = tl_mod.HookedTransformer(tl_mod.HookedTransformerConfig(**dict(cfg, dtype=torch.float64)))
-    tl.load_state_dict({k: torch.tensor(np.asarray(v, np.float64)) for k, v in m.state_dict().items()},
-                       strict=False)
+    convert = {"gemma2": wc.convert_gemma_weights, "mistral": wc.convert_mistral_weights,
+               "qwen2": wc.convert_qwen2_weights}[family]
+    tl, _ = tl_twin(m, hf, convert, dtype=torch.float64)
     return family, m, tl
 
 
@@ -171,10 +170,8 @@ def test_backward_hooks_on_the_new_points_as_in_transformer_lens(pair, points):
     scores or at the uncapped logits changes every upstream gradient as in TransformerLens
     (a replacement on a masked score stops at the mask in both)."""
     family, m, tl = pair
-    if family != "gemma2":
-        points = [(n, f) for n, f in points if "_post." not in n]
-        if not points:
-            pytest.skip("no post norms in this family")
+    if family != "gemma2":   # no post norms: the pre norms' points instead
+        points = [(n.replace("_post.", "."), f) for n, f in points]
 
     def torch_fn(fn):
         def hook(t, hook):
