@@ -71,6 +71,7 @@ ROLES = {
               "model.layers.1.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj",
               "model.norm", "lm_head"],
     "neox": ["gpt_neox.embed_in", "gpt_neox.layers.0", "gpt_neox.layers.1", "gpt_neox.layers.1.attention.dense",
+             "gpt_neox.layers.0.attention", "gpt_neox.layers.1.attention.query_key_value",
              "gpt_neox.layers.0.mlp", "gpt_neox.layers.0.mlp.dense_h_to_4h", "gpt_neox.layers.1.mlp.act",
              "gpt_neox.layers.1.mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "lm_head"],
     "gemma2": ["model.layers.0", "model.layers.1", "model.layers.1.self_attn.q_proj",
@@ -214,7 +215,8 @@ REPLACE = {
     "llama": [("full", "model.layers.1", _double), ("pre", "model.layers.0.mlp.down_proj", _shift),
               ("full", "model.layers.1.self_attn.o_proj", _double), ("pre", "model.norm", _shift)],
     "neox": [("full", "gpt_neox.layers.1", _double), ("full", "gpt_neox.layers.0.mlp.act", _double),
-             ("pre", "gpt_neox.layers.1.attention.dense", _shift), ("full", "gpt_neox.final_layer_norm", _double)],
+             ("pre", "gpt_neox.layers.1.attention.dense", _shift), ("full", "gpt_neox.final_layer_norm", _double),
+             ("pre", "gpt_neox.layers.1.attention.query_key_value", _shift)],
     "gemma2": [("full", "model.layers.1", _double), ("pre", "model.layers.0.post_feedforward_layernorm", _shift),
                ("pre", "lm_head", _shift)],
 }

@@ -29,9 +29,9 @@ Each module's gradients are hook points' gradients (the same tensors
   (NotImplementedError naming the module): the block norms (``ln_1``,
   ``input_layernorm``, ...), Gemma 2's modules inside its post norms (``self_attn``,
   ``mlp``, ``o_proj``, ``down_proj``: their output is the post norm's input), Gemma 2's
-  ``embed_tokens`` (the C pass holds the scaled embedding), GPT-NeoX's
-  ``query_key_value`` (its layout is a permutation of the C buffer) and so the full hook
-  of its ``attention`` (whose pre-hook works), the root model.
+  ``embed_tokens`` (the C pass holds the scaled embedding), the root model.
+  GPT-NeoX's ``query_key_value`` sees its gradient in NeoX's (head, q/k/v, d_head)
+  order, a permuted copy whose edits are permuted back, as its forward hooks do.
 
 Order at one point: full hooks of the module whose input gradient completes there run
 first (a block's, at the next block's output), then pre-hooks of modules whose output
@@ -113,7 +113,9 @@ def _weight_out_in(module):
 
 
 def grad_sites(module):
-    """(out, inp) of ``module``: out = (point, view) of its output's gradient or None;
+    """(out, inp) of ``module``: out = (point, view, site) of its output's gradient or
+    None (site: None, or a permutation of the C buffer that the forward hooks see too,
+    with ``expose`` / ``absorb``: GPT-NeoX's query_key_value);
     inp = ("point", point, view) | ("sum", [(point, view, reader module)]) |
     ("none",) | None (see the module docstring)."""
     spec = module.__dict__.get("_bwd_spec", "derive")
@@ -122,10 +124,10 @@ def grad_sites(module):
     fwd, pre = module._fwd, module._pre
     out = None
     if fwd is not None:
-        if fwd[2] is None:
-            out = (fwd[0], fwd[1])
+        if fwd[2] is None or _permutes(fwd[2]):
+            out = (fwd[0], fwd[1], fwd[2])
         elif fwd[0] == "ln_final.hook_normalized":
-            out = ("unembed.hook_in", _same)       # the final norm's output (with weights)
+            out = ("unembed.hook_in", _same, None)   # the final norm's output (with weights)
     if out is None:
         return None, None
     if getattr(module, "_grad_input_empty", False):
@@ -142,11 +144,21 @@ def grad_sites(module):
         # reads a norm's output: its products' gradients times their weights
         readers = [module] if module._np("weight") is not None else [
             c for c in module.children() if c._np("weight") is not None and c._pre is not None
-            and c._pre[0] == pre[0] and c._fwd is not None and c._fwd[2] is None]
-        inp = ("sum", [(c._fwd[0], c._fwd[1], c) for c in readers]) if readers else None
+            and c._pre[0] == pre[0] and c._fwd is not None and (c._fwd[2] is None or _permutes(c._fwd[2]))]
+        inp = ("sum", [(c._fwd[0], _shown(c._fwd[1], c._fwd[2]), c) for c in readers]) if readers else None
     else:
         inp = None
     return out, inp
+
+
+def _permutes(site):
+    """Whether a forward site only permutes the C buffer (so gradients permute alike)."""
+    return getattr(site, "permutes_only", False)
+
+
+def _shown(view, site):
+    """The gradient as the module's output is laid out: the point's view, permuted by ``site``."""
+    return view if site is None else (lambda g: site.expose(view(g)))
 
 
 def _refuse(module, what):
@@ -173,17 +185,21 @@ def register_backward_hook(module, hook, pre, prepend=False):
     out, inp = grad_sites(module)
     if out is None or (not pre and inp is None):
         _refuse(module, "a full backward pre-hook" if pre else "a full backward hook")
-    out_point, out_view = out
+    out_point, out_raw, out_site = out
+    out_view = _shown(out_raw, out_site)
     kind = "backward pre-hook" if pre else "backward hook"
     where = f"{kind} on {module._name}"
     if pre:
         def run_pre(g):
-            view = out_view(g)
+            raw = out_raw(g)
+            view = raw if out_site is None else out_site.expose(raw)
             ret = hook(module, _grad_output(module, view))
-            if ret is not None:
-                if not isinstance(ret, tuple):
-                    raise TypeError(f"{where}: a backward pre-hook returns None or a tuple "
-                                    f"replacing grad_output, got {type(ret).__name__}")
+            if ret is not None and not isinstance(ret, tuple):
+                raise TypeError(f"{where}: a backward pre-hook returns None or a tuple "
+                                f"replacing grad_output, got {type(ret).__name__}")
+            if out_site is not None:
+                out_site.absorb(raw, view, ret)    # in-place edits of the copy too
+            elif ret is not None:
                 _write_back(view, ret, where)
         return RemovableHandle([_site(model, out_point).add("pre", run_pre, prepend)])
 

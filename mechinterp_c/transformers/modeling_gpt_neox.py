@@ -47,6 +47,8 @@ class _NeoXQKVSite:
     the C buffer is (q/k/v, head, d_head). The hook sees a permuted copy and its edits
     are permuted back."""
 
+    permutes_only = True   # the gradient of the output permutes alike (backward hooks)
+
     def __init__(self, H, Dh, where):
         self.H, self.Dh, self.where = H, Dh, where
 
