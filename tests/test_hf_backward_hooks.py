@@ -75,12 +75,17 @@ ROLES = {
              "gpt_neox.layers.0.mlp", "gpt_neox.layers.0.mlp.dense_h_to_4h", "gpt_neox.layers.1.mlp.act",
              "gpt_neox.layers.1.mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "lm_head"],
     "gemma2": ["model.layers.0", "model.layers.1", "model.layers.1.self_attn.q_proj",
+               "model.layers.0.self_attn", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp",
+               "model.layers.0.mlp.down_proj",
                "model.layers.0.self_attn.k_proj", "model.layers.0.mlp.gate_proj", "model.layers.1.mlp.up_proj",
                "model.layers.0.post_attention_layernorm", "model.layers.1.post_feedforward_layernorm",
                "model.norm", "lm_head"],
 }
 ROLES["mistral"] = ROLES["llama"]
 PRE_ONLY = {"model.layers.0.post_attention_layernorm", "model.layers.1.post_feedforward_layernorm"}
+# Gemma 2's modules inside the post norms: their output gradient is computed, not replaceable
+FULL_ONLY = {"model.layers.0.self_attn", "model.layers.1.self_attn.o_proj", "model.layers.1.mlp",
+             "model.layers.0.mlp.down_proj"}
 
 RNG = np.random.default_rng(3)
 IDS = RNG.integers(0, V, (2, T))
@@ -93,11 +98,16 @@ def _np(x):
     return x.detach().numpy().copy() if isinstance(x, torch.Tensor) else np.array(x)
 
 
-def _record(model, names, log, full=True, pre=True):
+def _record(model, names, log, full=True, pre=True, gemma=False):
     """Register recording hooks; log gets (kind, name, [arrays or None]) in calling order."""
     handles = []
     for n in names:
         mod = model.get_submodule(n)
+        if gemma and n in FULL_ONLY:
+            if full:
+                handles.append(mod.register_full_backward_hook(
+                    lambda m, gi, go, n=n: log.append(("full", n, [_np(g) for g in gi], [_np(g) for g in go]))))
+            continue
         if full and n not in PRE_ONLY:
             handles.append(mod.register_full_backward_hook(
                 lambda m, gi, go, n=n: log.append(("full", n, [_np(g) for g in gi], [_np(g) for g in go]))))
@@ -160,7 +170,7 @@ def test_hooks_see_the_gradients_torch_sees(pair, which):
     kind, hf, ours = pair
     names = ROLES[kind]
     mine, ref = [], []
-    hs = _record(ours, names, mine) + _record(hf, names, ref)
+    hs = _record(ours, names, mine, gemma=kind == "gemma2") + _record(hf, names, ref, gemma=kind == "gemma2")
     try:
         ref_value = _run_torch(hf, which)
         out = ours(IDS)
@@ -184,7 +194,7 @@ def test_padding_mask_and_function_metric(pair):
     mask[0, :3] = 0
     names = [n for n in ROLES[kind] if n.endswith(("layers.0", "h.0", "lm_head", "embed_tokens", "wte"))]
     mine, ref = [], []
-    hs = _record(ours, names, mine) + _record(hf, names, ref)
+    hs = _record(ours, names, mine, gemma=kind == "gemma2") + _record(hf, names, ref, gemma=kind == "gemma2")
 
     def fn(logits):     # the logit difference at the last position, by hand
         g = np.zeros(logits.shape, np.float32)
@@ -218,7 +228,7 @@ REPLACE = {
              ("pre", "gpt_neox.layers.1.attention.dense", _shift), ("full", "gpt_neox.final_layer_norm", _double),
              ("pre", "gpt_neox.layers.1.attention.query_key_value", _shift)],
     "gemma2": [("full", "model.layers.1", _double), ("pre", "model.layers.0.post_feedforward_layernorm", _shift),
-               ("pre", "lm_head", _shift)],
+               ("pre", "lm_head", _shift), ("full", "model.layers.1.self_attn.o_proj", _double)],
 }
 REPLACE["mistral"] = REPLACE["llama"]
 
@@ -290,8 +300,10 @@ def test_bad_hooks_give_clear_errors_and_the_model_stays_usable(pair):
     with pytest.raises(NotImplementedError, match=norm.replace(".", r"\.") + ".*not available"):
         ours.get_submodule(norm).register_full_backward_hook(lambda m, gi, go: None)
     if kind == "gemma2":
-        with pytest.raises(NotImplementedError, match="self_attn"):
+        with pytest.raises(NotImplementedError, match=r"self_attn: a full backward pre-hook is not available"):
             ours.get_submodule("model.layers.0.self_attn").register_full_backward_pre_hook(lambda m, go: None)
+        with pytest.raises(NotImplementedError, match=r"embed_tokens.*not available"):
+            ours.get_submodule("model.embed_tokens").register_full_backward_hook(lambda m, gi, go: None)
     else:
         mlp = ours.get_submodule(ROLES[kind][1] + ".mlp")
         h = mlp.register_full_backward_hook(lambda m, gi, go: (gi[0] * 0,))

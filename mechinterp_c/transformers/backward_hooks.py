@@ -25,11 +25,14 @@ Each module's gradients are hook points' gradients (the same tensors
   computed from their products' gradients (``grad_out @ W``), for reading only: the
   norm's output is no hook point, so a replacement raises NotImplementedError (replace
   the block's or the norm input's gradient instead).
+* Gemma 2's modules inside its post norms (``self_attn``, ``mlp``, ``o_proj``,
+  ``down_proj``): their output is a post norm's input, whose gradient the C pass
+  computes without keeping it; full hooks get it computed from the post norm's
+  ``hook_normalized`` / ``hook_scale`` gradients (read-only), pre-hooks are refused.
 * Modules whose gradients are no hook point's refuse backward hooks when registered
   (NotImplementedError naming the module): the block norms (``ln_1``,
-  ``input_layernorm``, ...), Gemma 2's modules inside its post norms (``self_attn``,
-  ``mlp``, ``o_proj``, ``down_proj``: their output is the post norm's input), Gemma 2's
-  ``embed_tokens`` (the C pass holds the scaled embedding), the root model.
+  ``input_layernorm``, ...), Gemma 2's ``embed_tokens`` (the C pass holds the scaled
+  embedding), the root model.
   GPT-NeoX's ``query_key_value`` sees its gradient in NeoX's (head, q/k/v, d_head)
   order, a permuted copy whose edits are permuted back, as its forward hooks do.
 
@@ -123,7 +126,11 @@ def grad_sites(module):
         return spec
     fwd, pre = module._fwd, module._pre
     out = None
-    if fwd is not None:
+    scale_point = module.__dict__.get("_scale_point")
+    if fwd is not None and scale_point is not None:
+        # the input of a post norm (Gemma 2): its gradient is computed from the norm's
+        out = ("postnorm", fwd[0], scale_point)
+    elif fwd is not None:
         if fwd[2] is None or _permutes(fwd[2]):
             out = (fwd[0], fwd[1], fwd[2])
         elif fwd[0] == "ln_final.hook_normalized":
@@ -185,9 +192,17 @@ def register_backward_hook(module, hook, pre, prepend=False):
     out, inp = grad_sites(module)
     if out is None or (not pre and inp is None):
         _refuse(module, "a full backward pre-hook" if pre else "a full backward hook")
+    kind = "backward pre-hook" if pre else "backward hook"
+    if out[0] == "postnorm":
+        if pre:
+            raise NotImplementedError(
+                f"{module._name}: a full backward pre-hook is not available on this module: its "
+                f"output is a post norm's input, whose gradient the C pass computes but keeps no "
+                f"tensor for, so it cannot be replaced (hook the post norm, whose grad_output it "
+                f"is, or the layer); full backward hooks work")
+        return _post_norm_hook(model, module, hook, out[1], out[2], grad_sites(module)[1])
     out_point, out_raw, out_site = out
     out_view = _shown(out_raw, out_site)
-    kind = "backward pre-hook" if pre else "backward hook"
     where = f"{kind} on {module._name}"
     if pre:
         def run_pre(g):
@@ -204,12 +219,42 @@ def register_backward_hook(module, hook, pre, prepend=False):
         return RemovableHandle([_site(model, out_point).add("pre", run_pre, prepend)])
 
     state = {}
-    entries = []
 
     def stash_out(g):
         state["out"] = np.array(out_view(g))   # after the pre-hooks: what flows on
 
-    entries.append(_site(model, out_point).add("stash", stash_out))
+    entries = [_site(model, out_point).add("stash", stash_out)]
+    return _full_hook(model, module, hook, inp, out_point, state, entries, prepend, where)
+
+
+def _post_norm_hook(model, module, hook, norm_point, scale_point, inp):
+    """A full hook of a module whose output x is a post norm's input (Gemma 2's o_proj,
+    down_proj, self_attn, mlp): grad_output is d x = dnormalized / scale + dscale *
+    normalized / d_model (TransformerLens's RMSNorm graph: scale -> normalized), from the
+    norm's point gradients and the forward's activations, once the scale's is complete."""
+    fwd, state = {}, {}
+
+    @raw_hook
+    def keep_fwd(act, hook):
+        fwd[hook.name] = act
+
+    lens = model._ht.add_hook(norm_point, keep_fwd) + model._ht.add_hook(scale_point, keep_fwd)
+
+    def keep_dn(g):
+        state["dn"] = np.array(g)
+
+    def stash_out(g):
+        n, s = fwd[norm_point], fwd[scale_point]
+        state["out"] = state.pop("dn") / s + g * n / np.float32(n.shape[-1])
+
+    entries = lens + [_site(model, norm_point).add("stash", keep_dn),
+                      _site(model, scale_point).add("stash", stash_out)]
+    return _full_hook(model, module, hook, inp, scale_point, state, entries, False,
+                      f"backward hook on {module._name}")
+
+
+def _full_hook(model, module, hook, inp, out_point, state, entries, prepend, where):
+    """Register the full hook whose grad_output ``state["out"]`` is stashed by ``entries``."""
 
     def call(grad_input):
         return hook(module, grad_input, _grad_output(module, state.pop("out", None)))

@@ -100,6 +100,8 @@ class _PostNormInputModule(Module):
 class Gemma2Attention(_PostNormInputModule):
     """``self_attn``: q/k/v/o projections; forward hook output is ``(attn_output, None)``."""
 
+    _grad_input_empty = True   # Hugging Face calls it with keywords: torch's grad_input is ()
+
     def _wrap_output(self, out):
         return (out, None)
 
