@@ -312,6 +312,8 @@ def test_bad_hooks_give_clear_errors_and_the_model_stays_usable(pair):
         h.remove()
     with pytest.raises(RuntimeError, match="no pass to differentiate"):
         ours(IDS, use_cache=True).backward(metric="loss")
+    # removed handles leave no hook behind in the C pass
+    assert not any(hp._handles or hp._bwd_handles for hp in ours._ht.hook_dict.values())
 
 
 def test_torch_mode_hooks_get_tensors_and_may_replace(pair):
