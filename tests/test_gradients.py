@@ -376,14 +376,3 @@ def test_parameter_gradients_of_the_hooked_pass_equal_training_backward(kw):
         if name.endswith("b_qkv"):
             r, g = r.reshape(3, -1)[[0, 2]], g.reshape(3, -1)[[0, 2]]   # b_K's is 0 up to rounding
         assert np.linalg.norm(g - r) <= 1e-5 * max(np.linalg.norm(r), 1e-12), name
-
-
-@pytest.mark.parametrize("extra,what", [(dict(use_normalization_before_and_after=True, normalization_type="RMS"),
-                                         "post norms"),
-                                        (dict(attn_scores_soft_cap=30.0), "soft-capping")])
-def test_features_without_hooked_gradients_are_refused(extra, what):
-    from test_backward import BASE
-    m = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(BASE, **extra)))
-    with pytest.raises(ValueError, match=what):
-        m.run_with_cache(TOKENS, incl_bwd=True, metric=metrics.logit_diff(ANS, WRONG))
-    assert m(TOKENS).shape == (3, 12, 50)     # still usable

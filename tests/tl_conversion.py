@@ -4,13 +4,15 @@ checkpoint, converted by TransformerLens's own weight-conversion function
 import warnings
 
 
-def tl_twin(model, hf, convert):
+def tl_twin(model, hf, convert, dtype=None):
     """(TransformerLens model, its state dict as NumPy) for our ``model`` loaded from
     the `transformers` model ``hf``: TransformerLens's config built from ours, the
-    weights from ``convert(hf, cfg)``."""
+    weights from ``convert(hf, cfg)``; ``dtype`` (e.g. torch.float64): the twin's."""
     import transformer_lens as tl
     cfg = {k: v for k, v in model.cfg.to_dict().items()
            if k not in ("extra", "n_params", "dtype", "device", "tokenizer_prepends_bos")}
+    if dtype is not None:
+        cfg["dtype"] = dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tcfg = tl.HookedTransformerConfig(**cfg)

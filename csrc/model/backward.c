@@ -78,6 +78,16 @@ const float *mi_tf_norm_out(const float *normalized, const float *w, const float
     return scratch;
 }
 
+void mi_tf_softcap_backward(float cap, const float *capped, const float *dcapped, float *draw,
+                            int64_t n)
+{
+    #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
+    for (int64_t i = 0; i < n; i++) {
+        const float t = capped[i] / cap;
+        draw[i] = capped[i] == -INFINITY ? 0.0f : dcapped[i] * (1.0f - t * t);
+    }
+}
+
 /* dx += norm_backward(dy); dx must not alias dy. */
 static mi_status norm_backward(const mi_tf_spec *s, const float *dy, const float *x, const float *w,
                                const float *scale, int64_t rows, float *dx, float *dw, float *db)
@@ -417,15 +427,8 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
                                         "logits?); gradients were left unchanged", (double)mean); goto done; }
     *loss = mean;
-    if (s->logit_softcap > 0.0f) {
-        /* the loss reads cap * tanh(raw / cap): d raw = d capped * (1 - (capped / cap)^2) */
-        const float cap = s->logit_softcap;
-        #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
-        for (int64_t i = 0; i < BT * Vo; i++) {
-            const float t = logits[i] / cap;
-            S.dlogits[i] *= 1.0f - t * t;
-        }
-    }
+    if (s->logit_softcap > 0.0f)   /* the loss reads cap * tanh(raw / cap) */
+        mi_tf_softcap_backward(s->logit_softcap, logits, S.dlogits, S.dlogits, BT * Vo);
     tick(&S, MI_BWD_LOSS);
 
     int pf = mi_tf_final_point(s, 0);

@@ -62,4 +62,12 @@ size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t 
 const float *mi_tf_norm_out(const float *normalized, const float *w, const float *b,
                             int64_t rows, int64_t d, float *scratch);
 
+/* The gradient through a soft-cap y = cap * tanh(x / cap) (Gemma 2's logits and
+ * attention scores), written through the forward's output: draw[i] = dcapped[i] *
+ * (1 - (capped[i] / cap)^2), and 0 where capped[i] is -inf (a masked score: no
+ * gradient crosses the mask). draw may alias dcapped. Shared by the training
+ * backward (logits) and the hooked-gradient pass (logits and scores). */
+void mi_tf_softcap_backward(float cap, const float *capped, const float *dcapped, float *draw,
+                            int64_t n);
+
 #endif

@@ -9,7 +9,9 @@
  * fuses what this one keeps apart: here every hook point's gradient is a
  * tensor a hook can see and replace before it flows upstream.
  *
- * Scratch (floats): dx and xin BT*D each, act and tmp BT*M each.
+ * Scratch (floats): dx and xin BT*D each, act and tmp BT*M each; with post
+ * norms praw BT*D (the gradient of the W_O / W_out product), with an attention
+ * soft-cap draw B*H*T*T (the scores' gradient before the cap).
  */
 #include "model/grad.h"
 #include "model/backward.h"
@@ -40,6 +42,8 @@ typedef struct {
     const int64_t *pos_ids;  /* rotary positions (NULL: t) */
     const float *rope_cos, *rope_sin;   /* the forward's rotary table */
     float *dx, *xin, *act, *tmp;
+    float *praw;             /* post norms: d (z @ W_O + b_O), d (post @ W_out + b_out) */
+    float *draw;             /* attention soft-cap: d of the uncapped scores */
 } gstate;
 
 static const float *pw(const mi_transformer *m, size_t off) { return mi_tf_tensor(m, off); }
@@ -193,6 +197,12 @@ static mi_status attn_bwd(const gstate *g, int p0)
         for (int64_t i = 0; i < BH * T * T; i++)
             if (S[i] == -INFINITY) dS[i] = 0.0f;
     }
+    if (s->attn_softcap > 0.0f) {
+        /* hook_attn_scores = mask(cap * tanh(raw / cap)): the gradient of raw, read
+         * through the capped scores (0 where masked: -inf) */
+        mi_tf_softcap_backward(s->attn_softcap, AV(p0 + MI_P_SCORES), dS, g->draw, BH * T * T);
+        dS = g->draw;
+    }
     /* dq[i] = sum_j dS[i,j] k[j] / attn_scale; dk[j] = sum_i dS[i,j] q[i] / attn_scale */
     float inv = 1.0f / s->attn_scale;
     #pragma omp parallel for schedule(static) num_threads(mi_get_num_threads())
@@ -248,7 +258,15 @@ static mi_status layer_bwd(const gstate *g, int l)
         float *g_out = GV(p0 + MI_P_MLP_OUT);
         copy(g_out, g_post, BT * D);
         MI_TRY(bfire(g, p0 + MI_P_MLP_OUT));
-        /* mlp_out = post @ W_out + b_out */
+        if (s->post_norms) {
+            /* mlp_out = ln2_post(mlp_raw): g_out becomes the gradient of mlp_raw */
+            zero(g->praw, BT * D);
+            MI_TRY(norm_bwd(g, 0, BT, D, g_out, AV(p0 + MI_P_LN2P_NORM), AV(p0 + MI_P_LN2P_SCALE),
+                            pw(m, o[MI_W_LN2P_W]), p0 + MI_P_LN2P_NORM, p0 + MI_P_LN2P_SCALE, g->praw,
+                            gw(g, o[MI_W_LN2P_W]), NULL));
+            g_out = g->praw;
+        }
+        /* mlp_raw (mlp_out without post norms) = post @ W_out + b_out */
         const float *post = AV(p0 + MI_P_MLP_POST), *pre = AV(p0 + MI_P_MLP_PRE);
         float *g_postm = GV(p0 + MI_P_MLP_POST), *g_pre = GV(p0 + MI_P_MLP_PRE);
         if (g->grads) mi_sgemm(1, 0, Mm, D, BT, post, Mm, g_out, D, NULL, 1.0f, gw(g, o[MI_W_OUT]), D);
@@ -317,6 +335,14 @@ static mi_status layer_bwd(const gstate *g, int l)
     float *g_ao = GV(p0 + MI_P_ATTN_OUT), *g_z = GV(p0 + MI_P_Z);
     copy(g_ao, g_mid, BT * D);
     MI_TRY(bfire(g, p0 + MI_P_ATTN_OUT));
+    if (s->post_norms) {
+        /* attn_out = ln1_post(attn_raw): g_ao becomes the gradient of attn_raw */
+        zero(g->praw, BT * D);
+        MI_TRY(norm_bwd(g, 0, BT, D, g_ao, AV(p0 + MI_P_LN1P_NORM), AV(p0 + MI_P_LN1P_SCALE),
+                        pw(m, o[MI_W_LN1P_W]), p0 + MI_P_LN1P_NORM, p0 + MI_P_LN1P_SCALE, g->praw,
+                        gw(g, o[MI_W_LN1P_W]), NULL));
+        g_ao = g->praw;
+    }
     const float *z = AV(p0 + MI_P_Z), *W_O = pw(m, o[MI_W_O]);
     colsum_acc(g_ao, NULL, BT, D, gw(g, o[MI_W_B_O]));
     if (s->use_attn_result) {
@@ -391,7 +417,8 @@ size_t mi_tf_grad_scratch(const mi_transformer *m, int64_t B, int64_t T)
 {
     const mi_tf_spec *s = &m->spec;
     int64_t BT = B * T, Mm = s->attn_only ? 0 : s->d_mlp;
-    return (size_t)(2 * BT * s->d_model + 2 * BT * Mm) + 64;
+    return (size_t)(2 * BT * s->d_model + 2 * BT * Mm + (s->post_norms ? BT * s->d_model : 0)
+                    + (s->attn_softcap > 0.0f ? B * s->n_heads * T * T : 0)) + 64;
 }
 
 static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, const float *grads)
@@ -405,13 +432,6 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
                        "pass; turn them off for gradients");
     if (!s->attn_only && s->act == MI_TF_ACT_SOLU_LN)
         return mi_fail(MI_ERR_VALUE, "gradients: act_fn 'solu_ln' has no backward pass");
-    const char *feature = s->post_norms ? "post norms (use_normalization_before_and_after)"
-                          : s->attn_softcap != 0.0f ? "attention score soft-capping"
-                          : s->logit_softcap != 0.0f ? "logit soft-capping"
-                          : s->window > 0 ? "local (sliding-window) attention" : NULL;
-    if (feature)
-        return mi_fail(MI_ERR_VALUE, "gradients at hook points (incl_bwd, backward hooks) are not "
-                       "available for models with %s yet; model.backward (training) supports them", feature);
     if (pl->start_layer >= 0 || pl->stop_layer != s->n_layers)
         return mi_fail(MI_ERR_VALUE, "gradients: the pass must run from tokens to the logits "
                        "(no start_at_layer / stop_at_layer)");
@@ -438,8 +458,10 @@ mi_status mi_tf_grad(const mi_transformer *m, const mi_tf_plan *plan, const mi_t
     MI_TRY(check_supported(m, gplan, grads));
     int64_t B = plan->batch, T = plan->seq, BT = B * T, D = s->d_model;
     int64_t Mm = s->attn_only ? 0 : s->d_mlp;
+    float *praw = scratch + 2 * BT * D + 2 * BT * Mm, *draw = praw + (s->post_norms ? BT * D : 0);
     gstate gs = {m, plan, gplan, arena, garena, bwd_flags, bwd_hook, bwd_ctx, grads, pos_ids, NULL, NULL,
-                 scratch, scratch + BT * D, scratch + 2 * BT * D, scratch + 2 * BT * D + BT * Mm};
+                 scratch, scratch + BT * D, scratch + 2 * BT * D, scratch + 2 * BT * D + BT * Mm,
+                 s->post_norms ? praw : NULL, s->attn_softcap > 0.0f ? draw : NULL};
     float *rope = NULL;
     if (s->rotary) {
         /* the forward's table again (the forward checks the positions first) */
@@ -483,7 +505,11 @@ static mi_status grad_pass(const gstate *g, const uint8_t *flags, const int64_t 
         return mi_fail(MI_ERR_VALUE, "gradients: the plan keeps no logits");
     float *dlogits = GV(pf + MI_PF_UNEMBED_OUT);
     zero(dlogits, BT * Vo);
+    /* the metric reads the model's output: with a logit soft-cap, cap * tanh(hook_out / cap) */
+    lv.data = mi_tf_output(m, plan, arena);
     MI_TRY(metric_fn(metric_ctx, &lv, dlogits, value));
+    if (s->logit_softcap > 0.0f)
+        mi_tf_softcap_backward(s->logit_softcap, lv.data, dlogits, dlogits, BT * Vo);
     MI_TRY(bfire(g, pf + MI_PF_UNEMBED_OUT));
 
     /* logits = xf @ W_U + b_U (tied: xf @ W_E^T) */

@@ -27,10 +27,16 @@
  *
  * grads: NULL skips every parameter gradient (no weight-gradient products);
  * else a blob of the parameter layout to which they ACCUMULATE.
- * Rotary embeddings (hook_rot_q/k: their gradients rotate back into q, k) and
- * grouped-query attention (hook_k/v [B,T,Hkv,Dh]) are differentiated, and
- * parallel_attn_mlp blocks.
- * Not supported (MI_ERR_VALUE before any work, naming the feature): post norms, score or logit soft-capping, local attention,
+ * Rotary embeddings (hook_rot_q/k: their gradients rotate back into q, k),
+ * grouped-query attention (hook_k/v [B,T,Hkv,Dh]) and parallel_attn_mlp blocks
+ * are differentiated, and every Gemma 2 / Mistral feature: post norms
+ * (attn_out = ln1_post(z @ W_O + b_O), mlp_out = ln2_post(...), with their
+ * hook_scale / hook_normalized gradients), attention-score soft-capping (the
+ * gradient of hook_attn_scores, which holds the capped scores, goes through the
+ * cap's derivative into q and k), logit soft-capping (the metric reads the capped
+ * output; unembed.hook_out's gradient is the uncapped logits'), and sliding
+ * windows (window-masked entries, like causal and padding ones, pass nothing).
+ * Not supported (MI_ERR_VALUE before any work, naming the feature):
  * no_head, use_split_qkv_input
  * / use_attn_in, act_fn solu_ln, n_layers 0, a plan that does not start from
  * tokens or stop after the head; parameter gradients of a model with a tied

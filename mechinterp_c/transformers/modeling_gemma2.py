@@ -100,6 +100,8 @@ class _PostNormInputModule(Module):
 class Gemma2Attention(_PostNormInputModule):
     """``self_attn``: q/k/v/o projections; forward hook output is ``(attn_output, None)``."""
 
+    _grad_input_empty = True   # Hugging Face calls it with keywords: torch's grad_input is ()
+
     def _wrap_output(self, out):
         return (out, None)
 
@@ -140,6 +142,8 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
         model.embed_tokens = Module(self, "model.embed_tokens", ("hook_embed", _same, None))
         model.embed_tokens.weight = raw["embed.W_E"] / s
         model.embed_tokens._np("weight").flags.writeable = False
+        # its output is the unscaled embedding; the C pass holds the scaled one: no backward hooks
+        model.embed_tokens._bwd_spec = (None, None)
         model.layers = ModuleList()
         for l in range(cfg.num_hidden_layers):
             p, n = f"blocks.{l}.", f"model.layers.{l}."

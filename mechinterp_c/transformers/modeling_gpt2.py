@@ -38,6 +38,13 @@ point (``ln_1`` forward and ``c_attn`` pre-hook, ``attn.c_proj`` and ``attn``
 forward, ...) run in registration order, not module order; ``wpe``'s output is
 [B,T,D] (HF: [1,T,D], the same rows).
 
+Backward hooks: ``register_full_backward_hook(fn(module, grad_input, grad_output))`` and
+``register_full_backward_pre_hook(fn(module, grad_output))`` with torch's contract run in
+``out.backward(metric="loss")`` on an output of the model (the C gradient pass; see
+:mod:`~mechinterp_c.transformers.backward_hooks` for the gradient each module sees and
+which ones a hook may replace). ``ln_1`` / ``ln_2`` refuse them (their gradients are
+no hook point's).
+
 Loading is zero-copy: ``from_pretrained`` maps the safetensors file(s)
 copy-on-write and the C core reads every float32 weight in place (HF's layouts
 are the C core's: ``c_attn.weight`` [D, 3D] is ``W_qkv`` [D,3,H,Dh]). The
@@ -74,6 +81,7 @@ from ..config import GPT2Config
 from ..hooked_transformer import HookedTransformer
 from ..loading_from_pretrained import convert_gpt2_config
 from ..utils import to_numpy
+from .backward_hooks import BackwardMixin, run_backward
 from .cache_utils import cache_inputs
 from .generation_utils import GenerationMixin
 from ..array_type import to_user
@@ -140,7 +148,36 @@ def _run_pre_hook(module, fn, with_kwargs, args, kwargs):
 
 
 class CausalLMOutput(dict):
-    """HF's ``CausalLMOutputWithCrossAttentions``: ``out.logits`` and ``out["logits"]``."""
+    """HF's ``CausalLMOutputWithCrossAttentions``: ``out.logits`` and ``out["logits"]``.
+
+    ``out.backward(metric="loss")`` differentiates a metric of the logits of the call that
+    made ``out`` and runs the modules' backward hooks (``register_full_backward_hook`` /
+    ``register_full_backward_pre_hook``; see ``mechinterp_c.transformers.backward_hooks``).
+    """
+
+    def backward(self, metric="loss", labels=None):
+        """Run the backward pass of ``metric`` for the call that made this output, calling
+        the registered backward hooks; returns the metric's value (a float).
+
+        There is no autograd graph on these arrays: the C core recomputes the forward of
+        the same input ids, mask and positions (forward hooks run again) and computes the
+        gradients at every point a backward hook needs. ``metric``: ``"loss"`` is Hugging
+        Face's causal-LM loss (``labels`` of the call, or given here, defaulting to the
+        input ids: ``logits[:, :-1]`` against ``labels[:, 1:]``, -100 ignored); a
+        ``mechinterp_c.metrics`` built-in (``metrics.logit_diff(answer, wrong, pos)``,
+        ``metrics.logprob(tokens, pos)``); or a function ``logits -> (value,
+        dvalue_dlogits)`` of NumPy arrays (float32 gradient of the logits' shape)::
+
+            out = model(input_ids)
+            model.transformer.h[3].register_full_backward_hook(
+                lambda mod, grad_input, grad_output: print(grad_output[0].shape))
+            loss = out.backward(metric="loss")
+        """
+        run = self.__dict__.get("_backward")
+        if run is None:
+            raise RuntimeError("backward(): this output has no pass to differentiate (outputs of "
+                               "calls with past_key_values / use_cache, or built by a hook, have none)")
+        return run(metric, labels)
 
     def __getattr__(self, name):
         try:
@@ -252,6 +289,8 @@ class GPT2MLP(Module):
 class GPT2Block(Module):
     """``h[i]``: ``ln_1``, ``attn``, ``ln_2``, ``mlp``. Called on hidden states it returns
     the block's output hidden states (HF 5's ``GPT2Block`` returns the tensor)."""
+
+    _grad_input_extra = 3   # torch's grad_input: (hidden states, then 3 non-tensor arguments)
 
     def _forward_np(self, hidden_states, attention_mask=None):
         x = _x(hidden_states, self._name)
@@ -387,7 +426,7 @@ def _hf_tensor_map(cfg):
     yield "ln_final.b", "ln_f.bias", (D,)
 
 
-class GPT2LMHeadModel(Module, GenerationMixin):
+class GPT2LMHeadModel(Module, GenerationMixin, BackwardMixin):
     """Hugging Face's ``GPT2LMHeadModel`` on the C transformer (inference only).
 
     Build with :meth:`from_pretrained`. ``model(input_ids, attention_mask=None)``
@@ -687,6 +726,10 @@ class GPT2LMHeadModel(Module, GenerationMixin):
         out = CausalLMOutput(logits=_hf(logits))
         if labels is not None:
             out = CausalLMOutput(loss=to_user(causal_lm_loss(logits, labels)), logits=out["logits"])
+        if kv is None:
+            out.__dict__["_backward"] = lambda metric, lab: run_backward(
+                self, tokens, pos, mask, labels if lab is None else lab, metric,
+                dispatch, [pos_pid] if padded is not None else [])
         if cache_obj is not None:
             out["past_key_values"] = cache_obj
         if output_hidden_states:

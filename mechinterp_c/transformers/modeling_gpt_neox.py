@@ -47,6 +47,8 @@ class _NeoXQKVSite:
     the C buffer is (q/k/v, head, d_head). The hook sees a permuted copy and its edits
     are permuted back."""
 
+    permutes_only = True   # the gradient of the output permutes alike (backward hooks)
+
     def __init__(self, H, Dh, where):
         self.H, self.Dh, self.where = H, Dh, where
 
@@ -114,6 +116,7 @@ class GPTNeoXForCausalLM(LlamaForCausalLM):
             layer.post_attention_layernorm.weight = raw[p + "ln2.w"]
             layer.post_attention_layernorm.bias = raw[p + "ln2.b"]
             attn = LlamaAttention(self, n + "attention", (p + "hook_attn_out", _same, None), ln1_pre)
+            attn._grad_input_empty = False   # NeoX passes hidden states positionally
             # HF's [3D, D] rows are (head, q/k/v, d_head): not a view of W_qkv [D,3,H,Dh]
             W = raw[p + "attn.W_qkv"]
             attn.query_key_value = linear(

@@ -33,6 +33,12 @@ back through the weight. "ro": a read-only copy (edits are ignored): the
 projections share that input, so an edit for one would reach the others (hook
 ``self_attn`` or ``mlp`` to edit their common input). Positions are 0..T-1 unless ``position_ids`` are given
 (Hugging Face's rule, padding included); ``attention_mask`` masks padded keys.
+
+Backward hooks (``register_full_backward_hook`` / ``register_full_backward_pre_hook``,
+torch's contract) run in ``out.backward(metric=...)`` on the C gradient pass:
+:mod:`~mechinterp_c.transformers.backward_hooks` lists the gradient each module sees (the
+norms inside the layers refuse them; ``self_attn``'s ``grad_input`` is ``()`` as in torch,
+which calls it with keywords).
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from ..loading_from_pretrained import (convert_llama_config, convert_mistral_con
                                        convert_qwen2_config, get_pretrained_state_dict)
 from ..utils import to_numpy
 from ..array_type import to_user
+from .backward_hooks import BackwardMixin, run_backward
 from .cache_utils import cache_inputs
 from .generation_utils import GenerationMixin
 from .modeling_gpt2 import CausalLMOutput, _CoreModel, causal_lm_loss
@@ -70,6 +77,8 @@ class RMSNorm(Module):
 class LlamaAttention(Module):
     """``self_attn``: q/k/v/o projections; forward hook output is ``(attn_output, None)``."""
 
+    _grad_input_empty = True   # Hugging Face calls it with keywords: torch's grad_input is ()
+
     def _wrap_output(self, out):
         return (out, None)
 
@@ -86,7 +95,7 @@ class LlamaModel(Module):
     """``model.model``: ``embed_tokens``, ``layers``, ``norm``."""
 
 
-class LlamaForCausalLM(Module, GenerationMixin):
+class LlamaForCausalLM(Module, GenerationMixin, BackwardMixin):
     """Hugging Face's ``LlamaForCausalLM`` on the C transformer (see the module doc)."""
 
     config_class = LlamaConfig
@@ -253,6 +262,9 @@ class LlamaForCausalLM(Module, GenerationMixin):
         out = CausalLMOutput(logits=_hf(logits))
         if labels is not None:
             out = CausalLMOutput(loss=to_user(causal_lm_loss(logits, labels)), logits=out["logits"])
+        if kv is None:
+            out.__dict__["_backward"] = lambda metric, lab: run_backward(
+                self, tokens, pos, mask, labels if lab is None else lab, metric)
         if cache_obj is not None:
             out["past_key_values"] = cache_obj
         if output_hidden_states:

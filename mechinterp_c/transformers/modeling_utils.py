@@ -418,6 +418,29 @@ class Module(CPUFloat32):
         handles += ht.add_hook(point, fire, prepend=prepend)
         return RemovableHandle(handles)
 
+    def register_full_backward_hook(self, hook, *, prepend=False):
+        """Register ``hook(module, grad_input, grad_output)`` (torch's contract): it runs in
+        ``out.backward(metric=...)`` on a model output when the gradient of the module's
+        input is complete; a returned tuple replaces ``grad_input`` upstream. Which
+        gradients each module sees: ``mechinterp_c.transformers.backward_hooks``.
+        Returns a handle with ``.remove()``."""
+        return self._backward_root()._register_backward_hook(self, hook, False, prepend)
+
+    def register_full_backward_pre_hook(self, hook, *, prepend=False):
+        """Register ``hook(module, grad_output)`` (torch's contract): it runs in
+        ``out.backward(metric=...)`` when the gradient of the module's output is complete;
+        a returned tuple replaces ``grad_output`` before it flows into the module.
+        Returns a handle with ``.remove()``."""
+        return self._backward_root()._register_backward_hook(self, hook, True, prepend)
+
+    def _backward_root(self):
+        ref = self.__dict__.get("_model_ref")
+        root = ref() if ref is not None else None
+        if root is None or not hasattr(type(root), "_register_backward_hook"):
+            raise NotImplementedError(f"{self._name}: backward hooks need a model with logits to "
+                                      f"differentiate (the causal LM drop-ins)")
+        return root
+
     def _wrap_output(self, out):
         """The module's output as its forward hooks see it (the C buffer by default)."""
         return out
