@@ -133,6 +133,12 @@ def in_user_code():
     return getattr(_DEPTH, "n", 0) == 0
 
 
+def called_by_user():
+    """Whether the running :func:`user_facing` method was called by user code (not by
+    another of the package's methods): only such a call hands out torch autograd graphs."""
+    return getattr(_DEPTH, "n", 0) == 1
+
+
 def raw_hook(fn):
     """Mark a hook function of the package itself: it gets the NumPy view of the C buffer
     whatever the array type (it converts what it hands on to user code itself)."""

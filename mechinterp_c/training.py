@@ -128,6 +128,9 @@ class _TrainState:
         grads = model._tl_views(raw)
         self.params = {name: Parameter(name, view, grads[name]) for name, view in model._params.items()}
         self.workspace, self.workspace_shape = None, None
+        # bumped by every pass that writes the workspace's activations: a torch-mode
+        # forward's backward reads them only while the number is still its own
+        self.generation = 0
 
 
 class TrainingMixin:
@@ -203,6 +206,7 @@ class TrainingMixin:
             except ValueError:
                 st.workspace, st.workspace_shape = None, None
         pos_ids, key_mask = self._mask(attention_mask, tokens) if attention_mask is not None else (None, None)
+        st.generation += 1
         loss = _core.loss_backward(self._core, tokens, targets, st.grads, st.workspace, None, pos_ids, key_mask)
         for g, saved in frozen:
             g[...] = saved
