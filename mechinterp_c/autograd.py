@@ -55,6 +55,8 @@ def wants_graph(model, return_type, start_at_layer, stop_at_layer, past_kv_cache
         return False
     if any(hp._handles for hp in model.hook_dict.values() if hp.point_id is not None):
         return False
+    if model._bf16:      # a graph whose backward refuses, rather than a tensor without one
+        return True
     return any(p.requires_grad for _, p in _torch_params(model))
 
 
@@ -67,7 +69,7 @@ class _Pass:
         self.tokens = tokens
         self.attention_mask = attention_mask
         self.pos_ids, self.key_mask = model._mask(attention_mask, tokens)
-        self.named = _torch_params(model)
+        self.named = [] if model._bf16 else _torch_params(model)
         self.versions = [p._version for _, p in self.named]
         self.inputs = [(n, p) for n, p in self.named if p.requires_grad]
         self.bwd_points = [pid for pid, hp in enumerate(model._points)
@@ -205,7 +207,9 @@ def forward_with_graph(model, tokens, return_type, loss_per_token, attention_mas
     if attention_mask is not None:
         attention_mask = np.asarray(model._mask(attention_mask, tokens)[1])
     run = _Pass(model, tokens, attention_mask)
-    logits = _function().apply(run, torch.empty(0), *[p for _, p in run.inputs])
+    # a bfloat16 model has no Parameters: the marker carries the graph to the refusal
+    marker = torch.empty(0, requires_grad=model._bf16)
+    logits = _function().apply(run, marker, *[p for _, p in run.inputs])
     if return_type == "logits":
         return logits
     loss = _lm_loss(logits, tokens, attention_mask, loss_per_token)
