@@ -836,6 +836,11 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         ``attention_mask`` then covers the new positions only (as TransformerLens's
         forward; the cache keeps the earlier mask); without one it is built from the pad
         tokens when the model has a tokenizer (TransformerLens), else every token is real.
+
+        In torch mode (``set_array_type("torch")``) with grad mode on and a parameter
+        requiring grad, the logits (and a "loss") carry a ``grad_fn`` backed by the C
+        backward pass: ``loss.backward()`` fills the parameters' ``.grad`` and
+        ``torch.optim`` trains the model (see :mod:`mechinterp_c.autograd`).
         """
         if shortformer_pos_embed is not None:
             raise NotImplementedError("shortformer_pos_embed is not supported")

@@ -11,6 +11,10 @@ Gradients live in one float32 blob with the parameter blob's layout; every
 ``Parameter.data`` (so ``blocks.0.attn.W_Q`` [H, D, Dh] is a strided view of the
 fused QKV gradient, exactly like its weights).
 
+In torch mode the same C backward also serves PyTorch autograd (``loss.backward()``
+on the logits of ``model(tokens)``, :mod:`mechinterp_c.autograd`): torch then owns the
+``.grad`` of the ``torch.nn.Parameter`` views and ``torch.optim`` updates the weights.
+
 Frozen parameters (``requires_grad = False``): ``backward`` leaves their
 ``.grad`` unchanged (it stays zero unless you write to it), and
 ``optim.AdamW`` / ``optim.clip_grad_norm_`` skip them, as PyTorch skips
