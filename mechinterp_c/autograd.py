@@ -18,8 +18,11 @@ forward again from the saved tokens first (same weights, same activations). The
 parameters' torch version counters are saved at the forward: an in-place update of a
 parameter (``optimizer.step()``, ``p.mul_(...)``) between the forward and the backward
 makes the backward raise RuntimeError, as torch does for a tensor a backward needs
-that was modified in place. Writes that bypass the version counter (``p.data[...] =``,
-NumPy writes to the weight views) are not seen, as in torch.
+that was modified in place; so does a write that bypasses the version counters
+(``p.data[...] =``, ``load_state_dict``, NumPy writes to the weight views), caught by a
+fingerprint of the weights' bits (a wrapping sum and an xor of their 64-bit words) taken
+at the forward and compared at the backward, where torch would silently use the new
+weights.
 
 Backward hooks (``model.add_hook(name, fn, dir="bwd")``) registered when the forward
 runs fire during ``loss.backward()``: that backward runs the hooked-gradient pass
@@ -44,6 +47,20 @@ __all__ = ["wants_graph", "forward_with_graph"]
 def _torch_params(model):
     """(name, torch.nn.Parameter) of every parameter, in ``named_parameters`` order."""
     return list(model.named_parameters())
+
+
+def _fingerprint(model):
+    """A cheap summary of every weight's bits (wrapping sum and xor of its words): a write
+    that bypasses torch's version counters (``p.data[...] =``, ``load_state_dict``, NumPy
+    writes to the weight views) changes it."""
+    out = []
+    for a in model._raw.values():
+        if not a.flags.c_contiguous:       # the tied unembedding: a view of W_E
+            continue
+        w = a.reshape(-1)
+        w = w.view(np.uint64) if w.nbytes % 8 == 0 else w.view(np.uint8)
+        out.append((int(np.add.reduce(w)), int(np.bitwise_xor.reduce(w))))
+    return tuple(out)
 
 
 def wants_graph(model, return_type, start_at_layer, stop_at_layer, past_kv_cache):
@@ -71,6 +88,7 @@ class _Pass:
         self.pos_ids, self.key_mask = model._mask(attention_mask, tokens)
         self.named = [] if model._bf16 else _torch_params(model)
         self.versions = [p._version for _, p in self.named]
+        self.fingerprint = None if model._bf16 else _fingerprint(model)
         self.inputs = [(n, p) for n, p in self.named if p.requires_grad]
         self.bwd_points = [pid for pid, hp in enumerate(model._points)
                            if hp is not None and hp._bwd_handles]
@@ -107,6 +125,11 @@ class _Pass:
                     f"inplace operation: the parameter {name} changed after the forward that made "
                     f"these logits (e.g. optimizer.step() before loss.backward()); run the forward "
                     f"again after changing weights")
+        if _fingerprint(self.model) != self.fingerprint:
+            raise RuntimeError(
+                "backward: the model's weights changed after the forward that made these logits "
+                "(a write torch does not track: p.data[...] = ..., load_state_dict, a NumPy write "
+                "to a weight view); run the forward again after changing weights")
 
     def backward(self, dlogits):
         """The parameter gradients for ``dlogits`` (d loss / d logits, a NumPy float32

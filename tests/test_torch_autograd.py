@@ -225,6 +225,20 @@ def test_bad_input_and_stale_graphs():
     m(t2)                                     # another forward, with the new weights
     with pytest.raises(RuntimeError, match="blocks.0.mlp.W_in changed after the forward"):
         loss.backward()
+    # writes torch does not track: .data, load_state_dict, a NumPy write to the weights
+    for edit in (lambda: m.blocks[1].attn.W_O.data.mul_(1.01),
+                 lambda: m.load_state_dict({"unembed.b_U": torch.ones(50)}, strict=False)):
+        loss = loss_fn(m(t), t)
+        edit()
+        with pytest.raises(RuntimeError, match="weights changed after the forward"):
+            loss.backward()
+    loss = loss_fn(m(t), t)
+    mi.set_array_type("numpy")
+    m.blocks[0].ln1.w[3] += 1.0
+    mi.set_array_type("torch")
+    with pytest.raises(RuntimeError, match="weights changed after the forward"):
+        loss.backward()
+    tl.load_state_dict({k: v.detach().clone() for k, v in m.state_dict().items()}, strict=False)
     # another forward overwrote the kept activations: the backward recomputes, same grads
     for p in m.parameters():
         p.grad = None
