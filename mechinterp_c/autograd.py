@@ -32,8 +32,9 @@ editing it, then the parameter gradients).
 Plain tensors (no ``grad_fn``), as before, under ``torch.no_grad()``, when every
 parameter is frozen, with forward hooks registered (a Python hook's own derivative is
 unknown to the C backward), and for ``start_at_layer`` / ``stop_at_layer`` /
-``past_kv_cache`` calls. A bfloat16 model's logits get a ``grad_fn`` whose backward
-raises NotImplementedError (training a bfloat16 model is not supported).
+``past_kv_cache`` calls. The logits of a model the C backward cannot differentiate
+(bfloat16 weights, ``use_split_qkv_input`` / ``use_attn_in``, ``solu_ln``) get a
+``grad_fn`` whose backward raises NotImplementedError saying why.
 
 This module imports torch only when its functions run (they run in torch mode only).
 """
@@ -63,6 +64,26 @@ def _fingerprint(model):
     return tuple(out)
 
 
+def _refusal(model):
+    """Why the C backward cannot differentiate this model (None: it can). Such a model's
+    torch-mode forward still returns logits with a ``grad_fn``, whose backward raises
+    NotImplementedError with this reason, so ``loss.backward()`` says why."""
+    cfg = model.cfg
+    if model._bf16:
+        return ("training a bfloat16 model is not supported (its weights are stored as "
+                "bfloat16); load it as float32 to train, or run under torch.no_grad()")
+    if model._CORE_SPEC.get("no_head"):
+        return "this model has no unembedding: there are no logits to differentiate"
+    if cfg.n_layers < 1:
+        return "the backward pass needs n_layers >= 1"
+    if cfg.use_split_qkv_input or cfg.use_attn_in:
+        return ("models with use_split_qkv_input or use_attn_in have no backward pass; turn "
+                "them off to train")
+    if not cfg.attn_only and cfg.act_fn == "solu_ln":
+        return "act_fn 'solu_ln' has no backward pass (forward and analysis only)"
+    return None
+
+
 def wants_graph(model, return_type, start_at_layer, stop_at_layer, past_kv_cache):
     """Whether this torch-mode forward should return logits with a C-backed ``grad_fn``."""
     import torch
@@ -72,7 +93,7 @@ def wants_graph(model, return_type, start_at_layer, stop_at_layer, past_kv_cache
         return False
     if any(hp._handles for hp in model.hook_dict.values() if hp.point_id is not None):
         return False
-    if model._bf16:      # a graph whose backward refuses, rather than a tensor without one
+    if _refusal(model):    # a graph whose backward says why, rather than a tensor without one
         return True
     return any(p.requires_grad for _, p in _torch_params(model))
 
@@ -86,9 +107,10 @@ class _Pass:
         self.tokens = tokens
         self.attention_mask = attention_mask
         self.pos_ids, self.key_mask = model._mask(attention_mask, tokens)
-        self.named = [] if model._bf16 else _torch_params(model)
+        self.refusal = _refusal(model)
+        self.named = [] if self.refusal else _torch_params(model)
         self.versions = [p._version for _, p in self.named]
-        self.fingerprint = None if model._bf16 else _fingerprint(model)
+        self.fingerprint = None if self.refusal else _fingerprint(model)
         self.inputs = [(n, p) for n, p in self.named if p.requires_grad]
         self.bwd_points = [pid for pid, hp in enumerate(model._points)
                            if hp is not None and hp._bwd_handles]
@@ -182,7 +204,7 @@ def _function():
         def forward(ctx, run, marker, *params):
             ctx.run = run
             ctx.save_for_backward(marker)    # freed after a backward: torch's error on a second one
-            if run.model._bf16:
+            if run.refusal:
                 return torch.from_numpy(np.array(run.model._forward(
                     run.tokens, "logits", False, run.attention_mask, None, ())[0]))
             return torch.from_numpy(run.forward())
@@ -191,10 +213,8 @@ def _function():
         def backward(ctx, dlogits):
             ctx.saved_tensors            # raises when the graph was freed by an earlier backward
             run = ctx.run
-            if run.model._bf16:
-                raise NotImplementedError("loss.backward(): training a bfloat16 model is not "
-                                          "supported (its weights are stored as bfloat16); load it "
-                                          "as float32 to train, or run under torch.no_grad()")
+            if run.refusal:
+                raise NotImplementedError(f"loss.backward(): {run.refusal}")
             run.check_unchanged()
             d = np.ascontiguousarray(dlogits.detach().cpu().numpy(), dtype=np.float32)
             grads = run.backward(d)
@@ -230,8 +250,8 @@ def forward_with_graph(model, tokens, return_type, loss_per_token, attention_mas
     if attention_mask is not None:
         attention_mask = np.asarray(model._mask(attention_mask, tokens)[1])
     run = _Pass(model, tokens, attention_mask)
-    # a bfloat16 model has no Parameters: the marker carries the graph to the refusal
-    marker = torch.empty(0, requires_grad=model._bf16)
+    # a model the backward refuses (bfloat16: no Parameters) gets its graph from the marker
+    marker = torch.empty(0, requires_grad=run.refusal is not None)
     logits = _function().apply(run, marker, *[p for _, p in run.inputs])
     if return_type == "logits":
         return logits

@@ -24,6 +24,9 @@ CONFIGS = [
     dict(normalization_type="RMS", act_fn="silu", gated_mlp=True),
     dict(attn_only=True, attention_dir="bidirectional"),
     dict(normalization_type="LNPre", act_fn="relu", n_heads=2, d_head=16),
+    dict(positional_embedding_type="rotary", rotary_dim=8, n_key_value_heads=2,
+         normalization_type="RMS", act_fn="silu", gated_mlp=True),
+    dict(parallel_attn_mlp=True, positional_embedding_type="rotary", rotary_dim=4),
 ]
 TOL = 1e-5
 
@@ -274,7 +277,7 @@ def test_bad_input_and_stale_graphs():
     assert_grads_match(m, tl, "after a failed backward")
 
 
-def test_bfloat16_model_refuses_backward():
+def test_models_the_backward_cannot_differentiate_refuse_at_backward():
     m = mi.HookedTransformer(mi.HookedTransformerConfig(**dict(SMALL, dtype="bfloat16")))
     t = tokens_for(SMALL, 2)
     logits = m(t)
@@ -282,6 +285,17 @@ def test_bfloat16_model_refuses_backward():
         loss_fn(logits, t).backward()
     with torch.no_grad():
         assert m(t).shape == (2, 16, 50)
+    # a model feature the C backward does not differentiate: said at backward
+    _, m = make_pair(SMALL)
+    m.set_use_split_qkv_input(True)
+    logits = m(t)
+    with torch.no_grad():
+        torch.testing.assert_close(logits.detach(), m(t), rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match="use_split_qkv_input"):
+        loss_fn(logits, t).backward()
+    m.set_use_split_qkv_input(False)
+    loss_fn(m(t), t).backward()
+    assert m.embed.W_E.grad is not None
 
 
 def test_no_position_training_loop_follows_transformer_lens():
