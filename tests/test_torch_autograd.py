@@ -351,3 +351,17 @@ def test_no_position_training_loop_follows_transformer_lens():
         mine = np.asarray(m.get_parameter(name).data) - init[name]
         ref = p.detach().numpy() - init[name]
         assert np.linalg.norm(mine - ref) < 5e-2 * np.linalg.norm(ref), name
+
+
+def test_gemma2_softcaps_post_norms_and_local_attention():
+    """Gemma 2's features (post norms, attention and final logit soft-caps, sliding
+    window, scaled embeddings) through torch autograd: the logits handed to torch are the
+    capped ones, so the C backward takes d loss / d capped logits through the cap."""
+    from test_gemma2 import GEMMA, T
+    cfg = dict(GEMMA)
+    tl, m = make_pair(cfg)
+    t = torch.as_tensor(np.random.default_rng(1).integers(0, 50, (3, T)))
+    loss, ref = loss_fn(m(t), t), loss_fn(tl(t), t)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss.backward(), ref.backward()
+    assert_grads_match(m, tl, "gemma2")
