@@ -106,13 +106,17 @@ def run_torch_loop(steps, which):
     """Timed steps/s of the seed's loop as written (``logits = model(tokens); loss =
     loss_fn(logits, tokens); loss.backward(); clip_grad_norm_; optimizer.step();
     optimizer.zero_grad(); scheduler.step()``, torch.optim.AdamW + LambdaLR) on
-    mechinterp_c in torch mode (which == "c_torch") or on TransformerLens ("tl_loop")."""
-    import torch
+    mechinterp_c in torch mode (which == "c_torch") or on TransformerLens ("tl_loop").
+    mechinterp_c is imported before torch, as in the ported seed notebook (its import line
+    replaces TransformerLens's, which precedes ``import torch``): torch's own OpenMP
+    runtime then also waits passively (see the README's torch-mode note)."""
     if which == "c_torch":
         import mechinterp_c as mi
+        import torch
         mi.set_array_type("torch")
         model = mi.HookedTransformer(mi.HookedTransformerConfig(**CFG))
     else:
+        import torch
         from transformer_lens import HookedTransformer, HookedTransformerConfig
         model = HookedTransformer(HookedTransformerConfig(**CFG))
     model.pos_embed.W_pos.data[:] = 0.0
