@@ -4,7 +4,10 @@ TransformerLens + PyTorch in the same run, and the peak RSS of each (each side i
 a fresh subprocess).
 
   python3 bench/train.py [steps] [rounds]
-                                     steps/s both sides, ratio, peak memory; the
+                                     steps/s both sides, ratio, peak memory, then the
+                                     "torch loop" row: the seed's loop as written
+                                     (torch autograd, torch.optim.AdamW) on
+                                     mechinterp_c in torch mode vs TransformerLens; the
                                      two sides alternate for `rounds` rounds (default
                                      2) and each keeps its best round, so a burst of
                                      load from other jobs hits neither side alone
@@ -93,6 +96,47 @@ def run_torch(steps):
     return steps / (time.perf_counter() - t0), (time.process_time() - c0) / steps
 
 
+def seed_loss_fn(logits, tokens):
+    """The no-position notebook's loss: position p's logits predict token p - 1."""
+    log_probs = logits[:, 1:].log_softmax(-1)
+    return -log_probs.gather(-1, tokens[:, :-1, None])[..., 0].mean()
+
+
+def run_torch_loop(steps, which):
+    """Timed steps/s of the seed's loop as written (``logits = model(tokens); loss =
+    loss_fn(logits, tokens); loss.backward(); clip_grad_norm_; optimizer.step();
+    optimizer.zero_grad(); scheduler.step()``, torch.optim.AdamW + LambdaLR) on
+    mechinterp_c in torch mode (which == "c_torch") or on TransformerLens ("tl_loop").
+    mechinterp_c is imported before torch, as in the ported seed notebook (its import line
+    replaces TransformerLens's, which precedes ``import torch``): torch's own OpenMP
+    runtime then also waits passively (see the README's torch-mode note)."""
+    if which == "c_torch":
+        import mechinterp_c as mi
+        import torch
+        mi.set_array_type("torch")
+        model = mi.HookedTransformer(mi.HookedTransformerConfig(**CFG))
+    else:
+        import torch
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        model = HookedTransformer(HookedTransformerConfig(**CFG))
+    model.pos_embed.W_pos.data[:] = 0.0
+    model.pos_embed.W_pos.requires_grad = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(i / 100, 1.0))
+    data = [torch.tensor(t) for t, _ in batches(steps + 2)]
+    for i, tokens in enumerate(data):
+        if i == 2:
+            t0, c0 = time.perf_counter(), time.process_time()
+        logits = model(tokens)
+        loss = seed_loss_fn(logits, tokens)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    return steps / (time.perf_counter() - t0), (time.process_time() - c0) / steps
+
+
 def gemm_flops():
     """Matrix-product FLOPs of one training step (forward x3: forward, dX and dW)."""
     L, D, H, Dh, M, V, T = (CFG[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp",
@@ -172,7 +216,10 @@ def profile(steps=5):
 def child(which, steps):
     """Run one side in this process and print its JSON result."""
     import resource
-    rate, cpu = (run_c if which == "c" else run_torch)(steps)
+    if which in ("c_torch", "tl_loop"):
+        rate, cpu = run_torch_loop(steps, which)
+    else:
+        rate, cpu = (run_c if which == "c" else run_torch)(steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"steps_per_s": rate, "cpu_ms_per_step": cpu * 1e3, "peak_rss_mb": peak / 1024}))
 
@@ -187,7 +234,7 @@ def main():
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     res = {}
     for _ in range(rounds):
-        for which in ("c", "torch"):
+        for which in ("c", "torch", "c_torch", "tl_loop"):
             out = subprocess.run([sys.executable, __file__, "--child", which, str(steps)],
                                  capture_output=True, text=True, check=True,
                                  env=dict(os.environ, PYTHONWARNINGS="ignore"))
@@ -205,6 +252,14 @@ def main():
     print(f"  speed ratio (C / PyTorch): {c['steps_per_s'] / t['steps_per_s']:.2f}x steps/s, "
           f"{t['cpu_ms_per_step'] / c['cpu_ms_per_step']:.2f}x CPU per step   "
           f"peak RSS ratio (PyTorch / C): {t['peak_rss_mb'] / c['peak_rss_mb']:.2f}x")
+    ct, tt = res["c_torch"], res["tl_loop"]
+    print(f"torch loop (the seed's loop as written: model(tokens), loss_fn, loss.backward(), "
+          f"torch.optim.AdamW, clip_grad_norm_, LambdaLR):")
+    for name, r in (("mechinterp_c torch mode", ct), ("TransformerLens", tt)):
+        print(f"  {name:23s}: {r['steps_per_s']:7.2f} steps/s  {r['cpu_ms_per_step']:8.1f} CPU ms/step  "
+              f"peak RSS {r['peak_rss_mb']:7.1f} MB")
+    print(f"  torch loop ratio (C / TL): {ct['steps_per_s'] / tt['steps_per_s']:.2f}x steps/s, "
+          f"{tt['cpu_ms_per_step'] / ct['cpu_ms_per_step']:.2f}x CPU per step (target >= 1.3x)")
     # the GEMM floor in CPU time: every matrix FLOP at the quiet per-core SGEMM peak
     floor_cpu = gemm_flops() / (QUIET_PEAK / 2 * 1e9) * 1e3
     print(f"  GEMM floor {floor_cpu:.0f} CPU ms/step ({gemm_flops() / 1e9:.1f} GFLOP at {QUIET_PEAK / 2:.0f} "

@@ -6,10 +6,13 @@ a zero-copy NumPy array. ``from mechinterp_c import HookedTransformer`` is a
 drop-in for TransformerLens; ``mechinterp_c.transformers`` for Hugging Face.
 """
 import os
+import sys
 
 # OpenMP threads that spin while waiting starve each other (and Python) on a
 # small shared machine: a training step measured 4x faster with passive waiting
 # (bench/train.py). Read once, when libgomp starts: set it before _core loads.
+# torch loaded first started its own OpenMP runtime with spinning threads (told in torch mode)
+_torch_spins = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _core, ablation, analysis, attribution, checkpoints, io, metrics, ops, optim, patching, reve, training, transformers, utils, weight_processing
@@ -21,6 +24,9 @@ from .generation import HookedTransformerKeyValueCache
 from .hook_points import HookPoint
 from .hooked_transformer import HookedTransformer
 from .array_type import get_array_type, set_array_type
+from . import array_type as _array_type
+
+_array_type._TORCH_SPINS[0] = _torch_spins
 
 __all__ = [
     "ActivationCache", "FactoredMatrix", "HookPoint", "HookedTransformer", "HookedTransformerConfig",

@@ -20,6 +20,8 @@ import numpy as np
 __all__ = ["get_array_type", "set_array_type", "torch_mode", "to_user", "to_user_param", "user_facing"]
 
 _ARRAY_TYPE = ["numpy"]
+# [whether torch was imported before mechinterp_c with OMP_WAIT_POLICY unset, warned yet]
+_TORCH_SPINS = [False, False]
 
 
 def set_array_type(kind):
@@ -35,6 +37,12 @@ def set_array_type(kind):
             import torch  # noqa: F401
         except ImportError:
             raise ImportError("set_array_type('torch') needs PyTorch, which is not installed") from None
+        if _TORCH_SPINS[0] and not _TORCH_SPINS[1]:
+            _TORCH_SPINS[1] = True
+            warnings.warn("torch was imported before mechinterp_c, so torch's OpenMP threads spin "
+                          "after each torch op and slow the C passes down (a torch-mode training "
+                          "step measured ~3x slower); import mechinterp_c before torch or set "
+                          "OMP_WAIT_POLICY=PASSIVE in the environment", RuntimeWarning, stacklevel=2)
     _ARRAY_TYPE[0] = kind
 
 
@@ -131,6 +139,12 @@ def in_user_code():
     """Whether no :func:`user_facing` method is running in this thread (hooks excepted:
     they always get the user's array type)."""
     return getattr(_DEPTH, "n", 0) == 0
+
+
+def called_by_user():
+    """Whether the running :func:`user_facing` method was called by user code (not by
+    another of the package's methods): only such a call hands out torch autograd graphs."""
+    return getattr(_DEPTH, "n", 0) == 1
 
 
 def raw_hook(fn):

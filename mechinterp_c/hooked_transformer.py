@@ -25,7 +25,7 @@ import numpy as np
 from . import _core, metrics, utils
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
-from .array_type import to_user, to_user_param, torch_mode, user_facing
+from .array_type import called_by_user, to_user, to_user_param, torch_mode, user_facing
 from .circuits import CircuitsMixin
 from .config import HookedTransformerConfig
 from .devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16, warn_bf16_path
@@ -836,6 +836,11 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         ``attention_mask`` then covers the new positions only (as TransformerLens's
         forward; the cache keeps the earlier mask); without one it is built from the pad
         tokens when the model has a tokenizer (TransformerLens), else every token is real.
+
+        In torch mode (``set_array_type("torch")``) with grad mode on and a parameter
+        requiring grad, the logits (and a "loss") carry a ``grad_fn`` backed by the C
+        backward pass: ``loss.backward()`` fills the parameters' ``.grad`` and
+        ``torch.optim`` trains the model (see :mod:`mechinterp_c.autograd`).
         """
         if shortformer_pos_embed is not None:
             raise NotImplementedError("shortformer_pos_embed is not supported")
@@ -845,6 +850,10 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                 if prepend_bos is None:
                     prepend_bos = self.cfg.default_prepend_bos
                 attention_mask = utils.get_attention_mask(self.tokenizer, input, prepend_bos)
+        if torch_mode() and called_by_user():
+            from . import autograd
+            if autograd.wants_graph(self, return_type, start_at_layer, stop_at_layer, past_kv_cache):
+                return autograd.forward_with_graph(self, input, return_type, loss_per_token, attention_mask)
         return self._forward(input, return_type, loss_per_token, attention_mask, stop_at_layer, (),
                              start_at_layer=start_at_layer, loss_tokens=tokens,
                              past_kv_cache=past_kv_cache)[0]

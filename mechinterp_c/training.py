@@ -11,6 +11,10 @@ Gradients live in one float32 blob with the parameter blob's layout; every
 ``Parameter.data`` (so ``blocks.0.attn.W_Q`` [H, D, Dh] is a strided view of the
 fused QKV gradient, exactly like its weights).
 
+In torch mode the same C backward also serves PyTorch autograd (``loss.backward()``
+on the logits of ``model(tokens)``, :mod:`mechinterp_c.autograd`): torch then owns the
+``.grad`` of the ``torch.nn.Parameter`` views and ``torch.optim`` updates the weights.
+
 Frozen parameters (``requires_grad = False``): ``backward`` leaves their
 ``.grad`` unchanged (it stays zero unless you write to it), and
 ``optim.AdamW`` / ``optim.clip_grad_norm_`` skip them, as PyTorch skips
@@ -128,6 +132,9 @@ class _TrainState:
         grads = model._tl_views(raw)
         self.params = {name: Parameter(name, view, grads[name]) for name, view in model._params.items()}
         self.workspace, self.workspace_shape = None, None
+        # bumped by every pass that writes the workspace's activations: a torch-mode
+        # forward's backward reads them only while the number is still its own
+        self.generation = 0
 
 
 class TrainingMixin:
@@ -203,6 +210,7 @@ class TrainingMixin:
             except ValueError:
                 st.workspace, st.workspace_shape = None, None
         pos_ids, key_mask = self._mask(attention_mask, tokens) if attention_mask is not None else (None, None)
+        st.generation += 1
         loss = _core.loss_backward(self._core, tokens, targets, st.grads, st.workspace, None, pos_ids, key_mask)
         for g, saved in frozen:
             g[...] = saved

@@ -330,11 +330,16 @@ size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t B, int64_t T)
     return n;
 }
 
-mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
-                              const int64_t *tokens, const int64_t *targets,
-                              const int64_t *pos_ids, const float *key_mask,
-                              float *grads, float *loss, float *work, size_t work_floats,
-                              double *prof)
+/* What one call of train_pass does: the whole step (forward, loss, backward), the
+ * forward alone, or the backward alone from a given dlogits over the activations a
+ * forward-only call left in the caller's workspace. */
+enum { PASS_LOSS, PASS_FORWARD, PASS_BACKWARD };
+
+static mi_status train_pass(const mi_transformer *m, int64_t B, int64_t T, int mode,
+                            const int64_t *tokens, const int64_t *targets,
+                            const int64_t *pos_ids, const float *key_mask, const float *dlogits_in,
+                            float *grads, float *loss, const float **logits_out,
+                            float *work, size_t work_floats, double *prof)
 {
     double t0 = omp_get_wtime(), cpu0 = prof ? cpu_seconds() : 0.0;
     const mi_tf_spec *s = &m->spec;
@@ -354,7 +359,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     if (T > s->n_ctx) return mi_fail(MI_ERR_VALUE, "backward: %ld positions exceed n_ctx=%ld",
                                      (long)T, (long)s->n_ctx);
     int64_t counted = 0;
-    for (int64_t i = 0; i < BT; i++) {
+    for (int64_t i = 0; mode == PASS_LOSS && i < BT; i++) {
         if (targets[i] == MI_IGNORE_INDEX) continue;
         if (targets[i] < 0 || targets[i] >= Vo)
             return mi_fail(MI_ERR_INDEX, "targets: id %ld at [%ld, %ld] is outside [0, d_vocab_out=%ld) "
@@ -362,7 +367,7 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
                            (long)(i % T), (long)Vo);
         counted++;
     }
-    if (!counted) return mi_fail(MI_ERR_VALUE, "targets: every position is -100 (ignored): the mean loss is undefined");
+    if (mode == PASS_LOSS && !counted) return mi_fail(MI_ERR_VALUE, "targets: every position is -100 (ignored): the mean loss is undefined");
 
     uint8_t *flags = all_points_cached(s);
     mi_tf_plan plan = {0};
@@ -373,14 +378,29 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
     st = mi_tf_plan_call(m, B, T, -1, (int)s->n_layers, flags, &plan);
     if (st != MI_OK) { free(flags); return st; }
     size_t n_scr = scratch_floats(s, BT), n_arena = (plan.n_floats + 15) / 16 * 16;
+    if (mode != PASS_LOSS && (!work || work_floats < n_arena + n_scr)) {
+        /* the activations must outlive the call: only the caller's workspace can hold them */
+        st = mi_fail(MI_ERR_VALUE, "backward: the split forward/backward needs a workspace of %zu "
+                     "floats for [%ld, %ld] (backward_workspace), got %zu", n_arena + n_scr, (long)B,
+                     (long)T, work ? work_floats : 0);
+        mi_tf_plan_free(&plan);
+        free(flags);
+        return st;
+    }
     if (!work || work_floats < n_arena + n_scr) work = owned = mi_malloc(sizeof(float) * (n_arena + n_scr));
     arena = work;
     scr = work ? work + n_arena : NULL;
     pos = malloc(sizeof(int64_t) * (size_t)BT);
     if (!arena || !scr || !pos) { st = mi_fail(MI_ERR_NOMEM, "backward: cannot allocate %zu floats of "
                                                "activations and gradients", plan.n_floats + n_scr); goto done; }
-    st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, pos_ids, key_mask, NULL, NULL);
-    if (st != MI_OK) goto done;
+    if (mode != PASS_BACKWARD) {
+        st = mi_tf_forward(m, &plan, arena, flags, tokens, NULL, pos_ids, key_mask, NULL, NULL);
+        if (st != MI_OK) goto done;
+    }
+    if (mode == PASS_FORWARD) {
+        *logits_out = mi_tf_output(m, &plan, arena);
+        goto done;
+    }
 
     scratch_t S;
     S.prof = prof;
@@ -420,13 +440,18 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
 
     /* loss = mean cross_entropy(logits, targets) */
     const float *logits = mi_tf_output(m, &plan, arena);
-    float mean = 0.0f;
-    zero(S.dlogits, BT * Vo);
-    st = mi_cross_entropy(logits, targets, BT, Vo, MI_IGNORE_INDEX, &mean, NULL, S.dlogits);
-    if (st != MI_OK) goto done;
-    if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights or "
-                                        "logits?); gradients were left unchanged", (double)mean); goto done; }
-    *loss = mean;
+    if (mode == PASS_LOSS) {
+        float mean = 0.0f;
+        zero(S.dlogits, BT * Vo);
+        st = mi_cross_entropy(logits, targets, BT, Vo, MI_IGNORE_INDEX, &mean, NULL, S.dlogits);
+        if (st != MI_OK) goto done;
+        if (!isfinite(mean)) { st = mi_fail(MI_ERR_VALUE, "backward: the loss is %g (non-finite weights "
+                                            "or logits?); gradients were left unchanged", (double)mean);
+                               goto done; }
+        *loss = mean;
+    } else {
+        memcpy(S.dlogits, dlogits_in, sizeof(float) * (size_t)(BT * Vo));
+    }
     if (s->logit_softcap > 0.0f)   /* the loss reads cap * tanh(raw / cap) */
         mi_tf_softcap_backward(s->logit_softcap, logits, S.dlogits, S.dlogits, BT * Vo);
     tick(&S, MI_BWD_LOSS);
@@ -474,4 +499,30 @@ done:
     mi_tf_plan_free(&plan);
     free(flags);
     return st;
+}
+
+mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t B, int64_t T,
+                              const int64_t *tokens, const int64_t *targets,
+                              const int64_t *pos_ids, const float *key_mask,
+                              float *grads, float *loss, float *work, size_t work_floats,
+                              double *prof)
+{
+    return train_pass(m, B, T, PASS_LOSS, tokens, targets, pos_ids, key_mask, NULL, grads, loss, NULL,
+                      work, work_floats, prof);
+}
+
+mi_status mi_tf_train_forward(const mi_transformer *m, int64_t B, int64_t T, const int64_t *tokens,
+                              const int64_t *pos_ids, const float *key_mask, float *work,
+                              size_t work_floats, const float **logits)
+{
+    return train_pass(m, B, T, PASS_FORWARD, tokens, NULL, pos_ids, key_mask, NULL, NULL, NULL, logits,
+                      work, work_floats, NULL);
+}
+
+mi_status mi_tf_logits_backward(const mi_transformer *m, int64_t B, int64_t T, const int64_t *tokens,
+                                const int64_t *pos_ids, const float *key_mask, const float *dlogits,
+                                float *grads, float *work, size_t work_floats)
+{
+    return train_pass(m, B, T, PASS_BACKWARD, tokens, NULL, pos_ids, key_mask, dlogits, grads, NULL,
+                      NULL, work, work_floats, NULL);
 }

@@ -52,6 +52,22 @@ mi_status mi_tf_loss_backward(const mi_transformer *m, int64_t batch, int64_t se
                               float *grads, float *loss, float *work, size_t work_floats,
                               double *prof);
 
+/* The same step split in two, for a gradient that enters at the logits from
+ * outside (PyTorch autograd): mi_tf_train_forward runs the forward of
+ * mi_tf_loss_backward into `work` (required, at least mi_tf_backward_workspace
+ * floats, else MI_ERR_VALUE) and points *logits [B,T,Vo] into it;
+ * mi_tf_logits_backward then ACCUMULATES into grads the parameter gradients of
+ * sum(dlogits * logits), reading the activations that forward left in `work`.
+ * The caller guarantees that `work` still holds that forward (same model,
+ * weights, tokens, pos_ids and key_mask): nothing here can check it. dlogits
+ * [B,T,Vo] is d metric / d (the returned, soft-capped) logits. */
+mi_status mi_tf_train_forward(const mi_transformer *m, int64_t batch, int64_t seq,
+                              const int64_t *tokens, const int64_t *pos_ids, const float *key_mask,
+                              float *work, size_t work_floats, const float **logits);
+mi_status mi_tf_logits_backward(const mi_transformer *m, int64_t batch, int64_t seq,
+                                const int64_t *tokens, const int64_t *pos_ids, const float *key_mask,
+                                const float *dlogits, float *grads, float *work, size_t work_floats);
+
 /* Floats of workspace a [batch, seq] call needs (0 with a message on error). */
 size_t mi_tf_backward_workspace(const mi_transformer *m, int64_t batch, int64_t seq);
 

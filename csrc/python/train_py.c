@@ -121,6 +121,104 @@ release:
     return res;
 }
 
+PyDoc_STRVAR(train_forward_doc,
+"train_forward(model, tokens, workspace, pos_ids=None, key_mask=None)\n--\n\n"
+"The forward of loss_backward alone, into workspace (from backward_workspace,\n"
+"required: it keeps every activation for logits_backward). Returns the logits\n"
+"[batch, pos, d_vocab_out] as a view into workspace (the next call overwrites it).");
+
+static PyObject *py_train_forward(PyObject *module, PyObject *args)
+{
+    PyObject *model;
+    mi_arg tokens = MI_ARG_INT64("tokens", 2, 2);
+    mi_arg work = MI_ARG("workspace", NPY_FLOAT32, MI_ARG_INPLACE, 1, 1);
+    mi_arg pos = MI_ARG("pos_ids", NPY_INT64, MI_ARG_OPTIONAL, 2, 2);
+    mi_arg mask = MI_ARG("attention_mask", NPY_FLOAT32, MI_ARG_OPTIONAL, 2, 2);
+    if (!PyArg_ParseTuple(args, "OO&O&|O&O&:train_forward", &model, mi_conv_array, &tokens,
+                          mi_conv_array, &work, mi_conv_array, &pos, mi_conv_array, &mask))
+        return NULL;
+    PyObject *res = NULL;
+    mi_transformer *tf = mi_py_model_acquire(module, model);
+    if (!tf) goto release;
+    npy_intp *bt = PyArray_DIMS(tokens.arr);
+    if ((pos.arr && mi_arg_shape(&pos, 2, bt, "like tokens") < 0)
+        || (mask.arr && mi_arg_shape(&mask, 2, bt, "like tokens") < 0))
+        goto done;
+    const float *logits = NULL;
+    mi_status st;
+    {
+        const int64_t *tk = mi_arg_data(&tokens), *pd = mi_arg_data(&pos);
+        const float *md = mi_arg_data(&mask);
+        float *wd = mi_arg_data(&work);
+        size_t work_floats = (size_t)PyArray_SIZE(work.arr);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_tf_train_forward(tf, bt[0], bt[1], tk, pd, md, wd, work_floats, &logits);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
+    npy_intp shape[3] = {bt[0], bt[1], (npy_intp)tf->spec.d_vocab_out};
+    res = mi_py_view((PyObject *)work.arr, (float *)logits, 3, shape, NULL, 1);
+done:
+    mi_py_model_release(model);
+release:
+    mi_arg_release(&tokens); mi_arg_release(&work); mi_arg_release(&pos); mi_arg_release(&mask);
+    return res;
+}
+
+PyDoc_STRVAR(logits_backward_doc,
+"logits_backward(model, tokens, dlogits, grads, workspace, pos_ids=None, key_mask=None)\n--\n\n"
+"The backward of loss_backward from a given dlogits [batch, pos, d_vocab_out]\n"
+"(d metric / d logits) over the activations the last train_forward left in\n"
+"workspace, which the caller guarantees are still there (same model, weights,\n"
+"tokens, pos_ids, key_mask). Parameter gradients ACCUMULATE into grads.");
+
+static PyObject *py_logits_backward(PyObject *module, PyObject *args)
+{
+    PyObject *model;
+    mi_arg tokens = MI_ARG_INT64("tokens", 2, 2);
+    mi_arg dlogits = MI_ARG_FLOAT("dlogits", 3, 3);
+    mi_arg grads = MI_ARG_OUT("grads", 1, 1);
+    mi_arg work = MI_ARG("workspace", NPY_FLOAT32, MI_ARG_INPLACE, 1, 1);
+    mi_arg pos = MI_ARG("pos_ids", NPY_INT64, MI_ARG_OPTIONAL, 2, 2);
+    mi_arg mask = MI_ARG("attention_mask", NPY_FLOAT32, MI_ARG_OPTIONAL, 2, 2);
+    if (!PyArg_ParseTuple(args, "OO&O&O&O&|O&O&:logits_backward", &model, mi_conv_array, &tokens,
+                          mi_conv_array, &dlogits, mi_conv_array, &grads, mi_conv_array, &work,
+                          mi_conv_array, &pos, mi_conv_array, &mask))
+        return NULL;
+    PyObject *res = NULL;
+    mi_transformer *tf = mi_py_model_acquire(module, model);
+    if (!tf) goto release;
+    if (PyArray_SIZE(grads.arr) != (npy_intp)tf->n_params) {
+        PyErr_Format(PyExc_ValueError, "grads: expected %zu floats (from grad_blob), got %ld",
+                     tf->n_params, (long)PyArray_SIZE(grads.arr));
+        goto done;
+    }
+    npy_intp *bt = PyArray_DIMS(tokens.arr);
+    npy_intp lshape[3] = {bt[0], bt[1], (npy_intp)tf->spec.d_vocab_out};
+    if (mi_arg_shape(&dlogits, 3, lshape, "like the logits") < 0
+        || (pos.arr && mi_arg_shape(&pos, 2, bt, "like tokens") < 0)
+        || (mask.arr && mi_arg_shape(&mask, 2, bt, "like tokens") < 0))
+        goto done;
+    mi_status st;
+    {
+        const int64_t *tk = mi_arg_data(&tokens), *pd = mi_arg_data(&pos);
+        const float *md = mi_arg_data(&mask), *dl = mi_arg_data(&dlogits);
+        float *g = mi_arg_data(&grads), *wd = mi_arg_data(&work);
+        size_t work_floats = (size_t)PyArray_SIZE(work.arr);
+        Py_BEGIN_ALLOW_THREADS
+        st = mi_tf_logits_backward(tf, bt[0], bt[1], tk, pd, md, dl, g, wd, work_floats);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != MI_OK) { mi_py_raise(st); goto done; }
+    res = Py_NewRef(Py_None);
+done:
+    mi_py_model_release(model);
+release:
+    mi_arg_release(&tokens); mi_arg_release(&dlogits); mi_arg_release(&grads);
+    mi_arg_release(&work); mi_arg_release(&pos); mi_arg_release(&mask);
+    return res;
+}
+
 /* A checked in-place float32 array as a gradient view: [n0, n1, n2, n3] and
  * element strides, leading dims padded with 1. `name` as messages print it,
  * `who` the function; contiguous: C-contiguous required (optimiser state). */
@@ -329,6 +427,8 @@ static PyMethodDef train_methods[] = {
     {"grad_blob", py_grad_blob, METH_O, grad_blob_doc},
     {"loss_backward", py_loss_backward, METH_VARARGS, loss_backward_doc},
     {"backward_workspace", py_backward_workspace, METH_VARARGS, workspace_doc},
+    {"train_forward", py_train_forward, METH_VARARGS, train_forward_doc},
+    {"logits_backward", py_logits_backward, METH_VARARGS, logits_backward_doc},
     {"adamw_step", py_adamw_step, METH_VARARGS, adamw_doc},
     {"backward_phases", py_backward_phases, METH_NOARGS, phases_doc},
     {"adamw_step_many", py_adamw_step_many, METH_VARARGS, adamw_many_doc},
