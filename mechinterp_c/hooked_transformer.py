@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from . import _core, metrics, utils
+from . import io as _io
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
 from .array_type import to_user, to_user_param, torch_mode, user_facing
@@ -240,7 +241,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         center_unembed, fold_value_biases). The checkpoint's tokenizer is attached when
         it has one and ``tokenizer`` is not given. ``dtype`` (or ``torch_dtype``)
         "bfloat16" stores the weights as bfloat16 (converted once, after processing; see
-        the module docstring). Another dtype than float32 or bfloat16, a device other
+        the module docstring; processing changes every matrix, so it needs the float32
+        weights in memory once). Without processing (``from_pretrained_no_processing``)
+        a bfloat16 Llama / Mistral / Qwen2 checkpoint is read in place instead (mmap:
+        embedding, W_O, the MLP and the unembedding; q/k/v converted once; see
+        ``loading_from_pretrained.map_llama_weights``): the way to open a model larger
+        than half the memory. Another dtype than float32 or bfloat16, a device other
         than the CPU, or any other keyword is refused."""
         dtype = kwargs.pop("dtype", None)
         torch_dtype = kwargs.pop("torch_dtype", None)
@@ -262,6 +268,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                           f"(output_logits_soft_cap={model.cfg.output_logits_soft_cap}); "
                           "setting center_unembed=False", stacklevel=2)
             center_unembed = False
+        if (model._bf16 and hf_cfg.model_type in ("llama", "mistral", "qwen2")
+                and not (fold_ln or center_writing_weights or center_unembed or fold_value_biases)):
+            # unprocessed weights are the checkpoint's: read in place where the layout allows
+            files = _io.open_checkpoint(loading.resolve_official_name(model_name), revision=revision,
+                                        cache_dir=cache_dir)
+            where = str(_io.resolve_pretrained(loading.resolve_official_name(model_name),
+                                               revision=revision, cache_dir=cache_dir))
+            return loading.map_llama_weights(model, files, hf_cfg, where)
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
             fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -330,6 +344,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             self._params = self._tl_params()
         self._make_modules()
         return shared
+
+    def _rebind(self):
+        """Re-read the parameter views after the C model's weights moved (set_param:
+        weights read in place from a checkpoint, or materialized)."""
+        self._raw = self._core.params()
+        self._params = self._tl_params()
+        if "embed" in self.__dict__:
+            HookedTransformer._make_modules(self)
 
     @property
     def _bf16(self):
