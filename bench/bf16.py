@@ -33,9 +33,11 @@
    names_filter, greedy generate of --big-new tokens at batch 1; load time, tokens/s and
    the peak RSS (VmHWM over the RSS after imports) against weight bytes + activations
    (the arena of the cached call and the generation's key/value cache), target <= 1.15x.
-   --big-layers N writes and runs an N-layer model (its own directory) and prints the
-   full 32-layer peak estimated from it (the measured overhead over weights + activations
-   added to the 32-layer weights and activations). Run the full case only with > 16 GiB
+   --big-processed also loads it with from_pretrained(dtype="bfloat16") (TransformerLens's
+   processing, streamed one layer at a time into the bfloat16 weights:
+   loading_from_pretrained.stream_llama_weights_processed). --big-layers N writes and
+   runs an N-layer model (its own directory) and prints the 32-layer peak estimated from
+   it (the measured peak plus, per further layer, its weights and its KV cache). Run the full case only with > 16 GiB
    free memory and 14 GB of disk; --big-layers 2 (1.3 GB) is the smoke test.
 """
 import argparse
@@ -362,16 +364,21 @@ def big_names(n_layer):
     return [f"blocks.{n_layer // 2}.hook_resid_post", f"blocks.{n_layer - 1}.attn.hook_pattern"]
 
 
-def big_child(d, threads, new):
-    """In a fresh process: load, run_with_cache with a names_filter, generate; print one
-    JSON line of the measurements."""
+def big_child(d, threads, new, mode="mapped"):
+    """In a fresh process: load (``mapped``: from_pretrained_no_processing, read in place;
+    ``processed``: from_pretrained, TransformerLens's processing streamed layer by layer),
+    run_with_cache with a names_filter, generate; print one JSON line of the
+    measurements."""
     from memory import rss_kib
     import mechinterp_c as mi
     from mechinterp_c import HookedTransformer
     mi.set_num_threads(threads)
     base = rss_kib("VmRSS")
     t0 = time.perf_counter()
-    ht = HookedTransformer.from_pretrained_no_processing(d, dtype="bfloat16")
+    if mode == "mapped":
+        ht = HookedTransformer.from_pretrained_no_processing(d, dtype="bfloat16")
+    else:
+        ht = HookedTransformer.from_pretrained(d, dtype="bfloat16")
     t_load = time.perf_counter() - t0
     rss_load = rss_kib("VmRSS") - base
     L = ht.cfg.n_layers
@@ -395,17 +402,62 @@ def big_child(d, threads, new):
     core = ht._core
     raw = core.params()
     counted = {k: v for k, v in raw.items() if not (k == "unembed.W_U" and core.tied_unembed)}
-    blob = raw["blocks.0.ln1.w"].base               # the model's own memory
+    blob = raw["blocks.0.attn.b_O"].base            # the model's own memory
     arena, kv = big_activation_bytes(ht, BIG_PROMPT, new)
     print(json.dumps(dict(
         layers=L, load_s=t_load, rss_after_load=rss_load * 1024.0, cache_s=t_cache, gen_s=t_gen, first_s=t_first,
         new=new, peak=peak, weights=sum(v.nbytes for v in counted.values()),
         layer_weights=sum(v.nbytes for k, v in counted.items() if k.startswith("blocks.0.")),
         in_place=sum(v.nbytes for v in counted.values() if v.base is not blob),
-        arena=arena, kv=kv, act=arena + kv, shapes=shapes, threads=threads)))
+        arena=arena, kv=kv, act=arena + kv, shapes=shapes, threads=threads, mode=mode)))
 
 
-def bench_big(d, threads, n_layer, new, shard_gb):
+def run_big_child(d, threads, new, mode):
+    res = subprocess.run([sys.executable, __file__, "--big-child", d, str(threads), str(new), mode],
+                         capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"--big child ({mode}) failed:\n{res.stdout}\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def print_big(r, title):
+    G = 2.0 ** 30
+    ratio = r["peak"] / (r["weights"] + r["act"])
+    print(f" {title}")
+    print(f"  weights {r['weights'] / G:.2f} GiB bf16 ({r['in_place'] / G:.2f} GiB read in place "
+          f"from the mapped shards, the rest converted once); activations "
+          f"{r['act'] / 2**20:.0f} MiB (arena {r['arena'] / 2**20:.0f} MiB + KV cache)")
+    print(f"  load {r['load_s']:.2f} s (RSS after load {r['rss_after_load'] / G:.2f} GiB); "
+          f"run_with_cache({BIG_PROMPT} tokens, names_filter {len(r['shapes'])} points) "
+          f"{r['cache_s']:.2f} s {r['shapes']}")
+    print(f"  generate {r['new']} tokens at batch 1: {r['gen_s']:.2f} s = "
+          f"{r['new'] / r['gen_s']:.2f} tok/s with the {BIG_PROMPT}-token prompt's pass; decode "
+          f"alone {(r['new'] - 1) / max(r['gen_s'] - r['first_s'], 1e-9):.2f} tok/s (the first "
+          f"token, prompt included, {r['first_s']:.2f} s)")
+    print(f"  peak RSS {r['peak'] / G:.2f} GiB = {ratio:.3f} x (weights + activations) "
+          f"(target <= 1.15)")
+
+
+def print_estimate(r, n_layer):
+    """The 32-layer peak RSS estimated from an n_layer run."""
+    G = 2.0 ** 30
+    # the 32-layer model: each further layer adds what layer 0 holds (its weights are
+    # all read by a pass, so all resident) and its share of the KV cache; the
+    # embedding (only the prompt's rows are read), lm_head and the arena do not grow
+    n_full = BIG["num_hidden_layers"]
+    add = (n_full - n_layer) * (r["layer_weights"] + r["kv"] / n_layer)
+    wfull = r["weights"] + (n_full - n_layer) * r["layer_weights"]
+    afull = r["arena"] + r["kv"] * n_full / n_layer
+    est = r["peak"] + add
+    print(f"  estimate for 32 layers: the peak measured here + {n_full - n_layer} x (one "
+          f"layer's weights {r['layer_weights'] / 2**20:.0f} MiB + its KV cache) = peak RSS "
+          f"~{est / G:.2f} GiB = {est / (wfull + afull):.3f} x (weights {wfull / G:.2f} GiB + "
+          f"activations {afull / 2**20:.0f} MiB; target <= 1.15); "
+          f"{'fits' if est < 22 * G else 'does NOT fit'} in this machine's "
+          f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / G:.0f} GiB")
+
+
+def bench_big(d, threads, n_layer, new, shard_gb, processed=False):
     cfg = dict(BIG, num_hidden_layers=n_layer)
     if n_layer != BIG["num_hidden_layers"]:
         d = f"{d}-{n_layer}"
@@ -417,42 +469,15 @@ def bench_big(d, threads, n_layer, new, shard_gb):
         print(f"wrote {d} ({want / 1e9:.2f} GB, BF16 shards) in {time.perf_counter() - t0:.0f} s")
     else:
         print(f"reusing {d} ({want / 1e9:.2f} GB)")
-    res = subprocess.run([sys.executable, __file__, "--big-child", d, str(threads), str(new)],
-                         capture_output=True, text=True)
-    if res.returncode:
-        sys.exit(f"--big child failed:\n{res.stdout}\n{res.stderr}")
-    r = json.loads(res.stdout.strip().splitlines()[-1])
-    G = 2.0 ** 30
-    ratio = r["peak"] / (r["weights"] + r["act"])
-    print(f"--big: Llama-2-7B shape, {n_layer} of 32 layers, threads {threads}, load average "
-          f"{os.getloadavg()[0]:.2f}")
-    print(f"  weights {r['weights'] / G:.2f} GiB bf16 ({r['in_place'] / G:.2f} GiB read in place "
-          f"from the mapped shards, the rest (q/k/v, norms) converted once); activations "
-          f"{r['act'] / 2**20:.0f} MiB (arena + KV cache)")
-    print(f"  load {r['load_s']:.2f} s (RSS after load {r['rss_after_load'] / G:.2f} GiB); "
-          f"run_with_cache({BIG_PROMPT} tokens, names_filter {len(r['shapes'])} points) "
-          f"{r['cache_s']:.2f} s {r['shapes']}")
-    print(f"  generate {r['new']} tokens at batch 1: {r['gen_s']:.2f} s = "
-          f"{r['new'] / r['gen_s']:.2f} tok/s with the {BIG_PROMPT}-token prompt's pass; decode "
-          f"alone {(r['new'] - 1) / max(r['gen_s'] - r['first_s'], 1e-9):.2f} tok/s (the first "
-          f"token, prompt included, {r['first_s']:.2f} s)")
-    print(f"  peak RSS {r['peak'] / G:.2f} GiB = {ratio:.3f} x (weights + activations) "
-          f"(target <= 1.15)")
-    if n_layer != BIG["num_hidden_layers"]:
-        # the 32-layer model: each further layer adds what layer 0 holds (its weights are
-        # all read by a pass, so all resident) and its share of the KV cache; the
-        # embedding (only the prompt's rows are read), lm_head and the arena do not grow
-        n_full = BIG["num_hidden_layers"]
-        add = (n_full - n_layer) * (r["layer_weights"] + r["kv"] / n_layer)
-        wfull = r["weights"] + (n_full - n_layer) * r["layer_weights"]
-        afull = r["arena"] + r["kv"] * n_full / n_layer
-        est = r["peak"] + add
-        print(f"  estimate for 32 layers: the peak measured here + {n_full - n_layer} x (one "
-              f"layer's weights {r['layer_weights'] / 2**20:.0f} MiB + its KV cache) = peak RSS "
-              f"~{est / G:.2f} GiB = {est / (wfull + afull):.3f} x (weights {wfull / G:.2f} GiB + "
-              f"activations {afull / 2**20:.0f} MiB; target <= 1.15); "
-              f"{'fits' if est < 22 * G else 'does NOT fit'} in this machine's "
-              f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / G:.0f} GiB")
+    print(f"--big: Llama-2-7B shape, {n_layer} of 32 layers, threads {threads}")
+    modes = [("mapped", "from_pretrained_no_processing(dtype='bfloat16'): read in place")]
+    if processed:
+        modes.append(("processed", "from_pretrained(dtype='bfloat16'): processed layer by layer"))
+    for mode, title in modes:
+        r = run_big_child(d, threads, new, mode)
+        print_big(r, f"{title} (load average {os.getloadavg()[0]:.2f})")
+        if n_layer != BIG["num_hidden_layers"]:
+            print_estimate(r, n_layer)
 
 
 def main():
@@ -468,14 +493,18 @@ def main():
     ap.add_argument("--big-new", type=int, default=8, help="tokens --big generates")
     ap.add_argument("--shard-gb", type=float, default=1.0, help="--big's shard size (GiB)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    ap.add_argument("--big-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--big-processed", action="store_true",
+                    help="--big also loads with from_pretrained's processing (streamed)")
+    ap.add_argument("--big-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
     if args.big_child:
-        return big_child(args.big_child[0], int(args.big_child[1]), int(args.big_child[2]))
+        return big_child(args.big_child[0], int(args.big_child[1]), int(args.big_child[2]),
+                         args.big_child[3])
     if args.big:
-        return bench_big(args.big_dir, args.threads, args.big_layers, args.big_new, args.shard_gb)
+        return bench_big(args.big_dir, args.threads, args.big_layers, args.big_new, args.shard_gb,
+                         args.big_processed)
     if not args.no_gemm:
         bench_gemm(args.reps, args.threads)
     if args.models:

@@ -362,6 +362,15 @@ def convert_llama_weights(sd, cfg, where="checkpoint"):
     return out
 
 
+def _transposed(a):
+    """``np.ascontiguousarray(a.T)`` of a 2-D array, copied 64 rows at a time (the same
+    values; about 3x faster on large weights than one strided copy, cache-wise)."""
+    out = np.empty(a.shape[::-1], a.dtype)
+    for i in range(0, a.shape[0], 64):
+        out[:, i:i + 64] = a[i:i + 64].T
+    return out
+
+
 def _file_bfloat16(st, name):
     """Tensor ``name`` of SafeTensors ``st`` as bfloat16 bit patterns read from the file
     with ordinary reads when it is stored as BF16 (the mapped pages are not touched, so
@@ -461,6 +470,84 @@ def map_llama_weights(model, files, cfg, where="checkpoint"):
     extra = sorted(n for n in set(files) - used if not n.endswith("rotary_emb.inv_freq"))
     if extra:
         raise KeyError(f"{where}: unexpected tensor(s) {extra[:5]} in the {cfg.model_type} checkpoint")
+    model._rebind()
+    return model
+
+
+class _FileTensors:
+    """A checkpoint's tensors (``io.open_checkpoint``) as a mapping that reads each one
+    when asked, as float32: BF16 ones through file reads (:func:`_file_bfloat16`, the
+    mapped pages stay untouched), others converted from the mapping."""
+
+    def __init__(self, files):
+        self._files = files
+
+    def __contains__(self, name):
+        return name in self._files
+
+    def __getitem__(self, name):
+        st = self._files[name]
+        if st.dtype(name) == "BF16":
+            return _core.from_bfloat16(_file_bfloat16(st, name))
+        return st.get_float32(name)
+
+
+def stream_llama_weights_processed(model, files, cfg, where="checkpoint", fold_ln=True,
+                                   center_writing_weights=True, center_unembed=True,
+                                   fold_value_biases=True):
+    """Load a Llama / Mistral / Qwen2 checkpoint into a bfloat16 model with TransformerLens's
+    processing, one layer at a time: each layer's tensors are read (file reads) as float32,
+    converted as :func:`convert_llama_weights` converts them, processed by
+    ``weight_processing.process_weights`` (the same steps and arithmetic as processing the
+    whole state dict) and rounded into the model's bfloat16 weights, so the float32 model
+    never exists (a 7B model needs its bfloat16 bytes plus one float32 layer). The
+    embedding, which RMS processing leaves unchanged, is read in place (mapped). ``model``
+    is built with the processed config (``RMSPre`` when ``fold_ln``). Returns ``model``."""
+    import copy
+
+    from . import weight_processing
+    t = _Checkpoint(_FileTensors(files), where)
+    D, H, L, M, V = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, \
+        cfg.intermediate_size, cfg.vocab_size
+    Dh = cfg.head_dim or D // H
+    kv = cfg.num_key_value_heads or H
+    steps = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                 fold_value_biases=fold_value_biases)
+    raw_cfg = copy.copy(model.cfg)                  # the unprocessed model's config
+    raw_cfg.normalization_type = "RMS"
+
+    def one_layer_cfg(n):
+        c = copy.copy(raw_cfg)
+        c.n_layers = n
+        return c
+
+    cfg1, cfg0 = one_layer_cfg(1), one_layer_cfg(0)
+    for l in range(L):
+        h, b = f"model.layers.{l}.", "blocks.0."
+        sd = {b + "ln1.w": t(h + "input_layernorm.weight", (D,)),
+              b + "ln2.w": t(h + "post_attention_layernorm.weight", (D,))}
+        sd.update(_self_attn_weights(t, h, b, D, H, kv, Dh))
+        sd[b + "mlp.W_in"] = _transposed(t(h + "mlp.up_proj.weight", (M, D)))
+        sd[b + "mlp.W_gate"] = _transposed(t(h + "mlp.gate_proj.weight", (M, D)))
+        sd[b + "mlp.b_in"] = np.zeros(M, np.float32)
+        sd[b + "mlp.W_out"] = _transposed(t(h + "mlp.down_proj.weight", (D, M)))
+        sd[b + "mlp.b_out"] = np.zeros(D, np.float32)
+        sd = weight_processing.process_weights(sd, cfg1, center_unembed=False, **steps)
+        model.load_state_dict({f"blocks.{l}." + k[len(b):]: v for k, v in sd.items()}, strict=False)
+        del sd
+    name = "lm_head.weight" if "lm_head.weight" in files or not cfg.tie_word_embeddings \
+        else "model.embed_tokens.weight"
+    g = {"unembed.W_U": _transposed(t(name, (V, D))),
+         "unembed.b_U": np.zeros(V, np.float32), "ln_final.w": t("model.norm.weight", (D,))}
+    g = weight_processing.process_weights(g, cfg0, center_unembed=center_unembed, **steps)
+    model.load_state_dict(g, strict=False)
+    st = files.get("model.embed_tokens.weight")
+    if st is None:
+        raise KeyError(f"{where}: the checkpoint has no tensor 'model.embed_tokens.weight'")
+    if tuple(st.shape("model.embed_tokens.weight")) != (V, D):
+        raise ValueError(f"{where}: tensor 'model.embed_tokens.weight' has shape "
+                         f"{tuple(st.shape('model.embed_tokens.weight'))}, the config asks for {(V, D)}")
+    model._core.set_param("embed.W_E", st.get_bfloat16("model.embed_tokens.weight", writable=True))
     model._rebind()
     return model
 

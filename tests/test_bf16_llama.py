@@ -213,3 +213,25 @@ def test_tied_embedding_reads_w_e_transposed(tmp_path):
     # one block: P = 5 + 1 products, on the logits' own scale
     np.testing.assert_allclose(ours, ref, rtol=0, atol=6 * U * np.abs(ref).max())
     assert (ours.argmax(-1) == conv(t).logits.argmax(-1)).mean() >= 0.99
+
+
+@pytest.mark.parametrize("steps", [dict(), dict(fold_ln=False), dict(center_unembed=False, fold_value_biases=False)])
+def test_processed_load_streams_layer_by_layer_same_model(ckpt, steps):
+    """from_pretrained(dtype="bfloat16") processes one layer at a time: the same weights,
+    bit for bit, as processing the whole float32 state dict and rounding it."""
+    from mechinterp_c import loading_from_pretrained as loading
+    _, _, d16 = ckpt
+    b = HookedTransformer.from_pretrained(str(d16), dtype="bfloat16", **steps)
+    hf_cfg, tl_cfg = loading.get_pretrained_model_config(str(d16))
+    whole = HookedTransformer(dict(tl_cfg, dtype="bfloat16"))
+    kw = dict(dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True), **steps)
+    whole.load_and_process_state_dict(loading.get_pretrained_state_dict(str(d16), hf_cfg), **kw)
+    assert b.cfg.normalization_type == whole.cfg.normalization_type
+    sb, sw = b.state_dict(), whole.state_dict()
+    assert sorted(sb) == sorted(sw)
+    for k in sb:
+        np.testing.assert_array_equal(sb[k], sw[k], err_msg=k)
+    # the embedding (unchanged by RMS processing) is the file's bytes
+    assert not b._raw["embed.W_E"].flags.owndata and b._raw["embed.W_E"].base is not b._raw["blocks.0.attn.W_qkv"].base
+    t = tokens(5, (2, 32))
+    np.testing.assert_array_equal(b(t), whole(t))
