@@ -235,3 +235,15 @@ def test_processed_load_streams_layer_by_layer_same_model(ckpt, steps):
     assert not b._raw["embed.W_E"].flags.owndata and b._raw["embed.W_E"].base is not b._raw["blocks.0.attn.W_qkv"].base
     t = tokens(5, (2, 32))
     np.testing.assert_array_equal(b(t), whole(t))
+
+
+def test_gradients_refused_clearly_and_model_usable(ckpt):
+    """The gradient pass multiplies by float32 weights: a bf16 model refuses it with a
+    clear error instead of reading bfloat16 bits as float32, and stays usable."""
+    _, _, d16 = ckpt
+    b = HookedTransformer.from_pretrained_no_processing(str(d16), dtype="bfloat16")
+    t = tokens(6, (1, 12))
+    before = np.array(b(t))
+    with pytest.raises(NotImplementedError, match="bfloat16 weights"):
+        b.run_with_cache(t, incl_bwd=True, metric="loss")
+    np.testing.assert_array_equal(b(t), before)
