@@ -29,6 +29,7 @@ from mechinterp_c import loading_from_pretrained as loading
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tl = pytest.importorskip("transformer_lens")
+from tl_conversion import tl_twin  # noqa: E402
 from transformer_lens.pretrained.weight_conversions import (  # noqa: E402
     convert_llama_weights, convert_mistral_weights, convert_neox_weights, convert_qwen2_weights)
 
@@ -113,19 +114,11 @@ def test_logits_match_transformers(saved, name):
 def test_state_dict_and_every_cache_entry_match_transformer_lens(saved, name):
     hf, path = saved[name]
     m = mi.HookedTransformer.from_pretrained_no_processing(str(path))
-    tl_cfg = {k: v for k, v in m.cfg.to_dict().items()
-              if k not in ("extra", "n_params", "dtype", "device", "tokenizer_prepends_bos")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tcfg = tl.HookedTransformerConfig(**tl_cfg)
-        ref_sd = _families()[name][1](hf, tcfg)
-        tm = tl.HookedTransformer(tcfg)
-    ref_sd = {k: v.detach().numpy() for k, v in ref_sd.items()}
+    tm, ref_sd = tl_twin(m, hf, _families()[name][1])
     ours = m.state_dict()
     assert sorted(ours) == sorted(ref_sd)
     for k, v in ref_sd.items():
         np.testing.assert_array_equal(ours[k], v, err_msg=k)   # same conversion, exactly
-    tm.load_state_dict({k: torch.tensor(v) for k, v in ref_sd.items()}, strict=False)
     toks = _tokens()
     _, ct = tm.run_with_cache(torch.tensor(toks))
     _, co = m.run_with_cache(toks)

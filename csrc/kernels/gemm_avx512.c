@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "kernels/gemm_kernels.h"
+#include "kernels/tile12x32_avx512.h"
 
 #define MR 12
 #define NR 32
@@ -16,15 +17,7 @@
 static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *restrict Bp,
                              float *restrict C, int64_t ldc, int load_c, const float *bias)
 {
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
-    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
-    DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
-#undef DECL
-    /* C is needed only after the k loop: start fetching it now. */
-    for (int i = 0; i < MR; i++) {
-        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
-    }
+    MI_TILE12X32_BEGIN(C, ldc)
 #define STEP(i) { __m512 ai = _mm512_set1_ps(a[i]); \
                   c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
                   c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); }
@@ -48,25 +41,7 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
     }
 #undef KSTEP
 #undef STEP
-    if (load_c) {
-#define LOAD(i) c##i##0 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc), c##i##0); \
-                c##i##1 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc + 16), c##i##1);
-        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
-        LOAD(6) LOAD(7) LOAD(8) LOAD(9) LOAD(10) LOAD(11)
-#undef LOAD
-    }
-    if (bias) {
-        __m512 bb0 = _mm512_loadu_ps(bias), bb1 = _mm512_loadu_ps(bias + 16);
-#define BIAS(i) c##i##0 = _mm512_add_ps(c##i##0, bb0); c##i##1 = _mm512_add_ps(c##i##1, bb1);
-        BIAS(0) BIAS(1) BIAS(2) BIAS(3) BIAS(4) BIAS(5)
-        BIAS(6) BIAS(7) BIAS(8) BIAS(9) BIAS(10) BIAS(11)
-#undef BIAS
-    }
-#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); \
-                 _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
-    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
-    STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
-#undef STORE
+    MI_TILE12X32_END(C, ldc, load_c, bias)
 }
 
 /* The last, partial panel of M (rows < 12 of a 12-row packed panel, rows
@@ -80,7 +55,7 @@ static void ukr_avx512_12x32(int64_t kc, const float *restrict Ap, const float *
 static void name(int64_t kc, int rows, const float *restrict Ap, const float *restrict Bp,   \
                  float *restrict C, int64_t ldc, int load_c, const float *bias)              \
 {                                                                                            \
-    ROWS(DECL)                                                                               \
+    ROWS(MI_TILE_DECL)                                                                       \
     for (int64_t p = 0; p < kc; p++, Ap += MR, Bp += NR) {                                   \
         const float *a = Ap;                                                                 \
         __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);                      \
@@ -90,7 +65,6 @@ static void name(int64_t kc, int rows, const float *restrict Ap, const float *re
     __m512 bb1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();                    \
     ROWS(FINISH)                                                                             \
 }
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define STEP(i) { __m512 ai = _mm512_set1_ps(a[i]); \
                   c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
                   c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); }
@@ -104,7 +78,6 @@ PART_KERNEL(ukr_avx512_4x32, ROWS4)
 PART_KERNEL(ukr_avx512_8x32, ROWS8)
 #undef FINISH
 #undef STEP
-#undef DECL
 
 static void ukr_avx512_part(int64_t kc, int rows, const float *Ap, const float *Bp, float *C,
                             int64_t ldc, int load_c, const float *bias)

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "kernels/gemm_bf16_kernels.h"
+#include "kernels/tile12x32_avx512.h"
 
 #define MR MI_BGEMM_MR
 #define NR MI_BGEMM_NR
@@ -22,15 +23,7 @@ int mi_bgemm_has_avx512bf16(void)
 void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *restrict Ap, const uint32_t *restrict Bp,
                              float *restrict C, int64_t ldc, int load_c, const float *bias)
 {
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
-    DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5)
-    DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
-#undef DECL
-    /* C is needed only after the k loop: start fetching it now. */
-    for (int i = 0; i < MR; i++) {
-        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(C + i * ldc + 16), _MM_HINT_T0);
-    }
+    MI_TILE12X32_BEGIN(C, ldc)
 #define STEP(i) { __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]); \
                   c##i##0 = _mm512_dpbf16_ps(c##i##0, ai, b0); \
                   c##i##1 = _mm512_dpbf16_ps(c##i##1, ai, b1); }
@@ -54,25 +47,7 @@ void mi_bgemm_ukr_avx512bf16(int64_t kp, const uint32_t *restrict Ap, const uint
     }
 #undef KSTEP
 #undef STEP
-    if (load_c) {
-#define LOAD(i) c##i##0 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc), c##i##0); \
-                c##i##1 = _mm512_add_ps(_mm512_loadu_ps(C + i * ldc + 16), c##i##1);
-        LOAD(0) LOAD(1) LOAD(2) LOAD(3) LOAD(4) LOAD(5)
-        LOAD(6) LOAD(7) LOAD(8) LOAD(9) LOAD(10) LOAD(11)
-#undef LOAD
-    }
-    if (bias) {
-        __m512 bb0 = _mm512_loadu_ps(bias), bb1 = _mm512_loadu_ps(bias + 16);
-#define BIAS(i) c##i##0 = _mm512_add_ps(c##i##0, bb0); c##i##1 = _mm512_add_ps(c##i##1, bb1);
-        BIAS(0) BIAS(1) BIAS(2) BIAS(3) BIAS(4) BIAS(5)
-        BIAS(6) BIAS(7) BIAS(8) BIAS(9) BIAS(10) BIAS(11)
-#undef BIAS
-    }
-#define STORE(i) _mm512_storeu_ps(C + i * ldc, c##i##0); \
-                 _mm512_storeu_ps(C + i * ldc + 16, c##i##1);
-    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
-    STORE(6) STORE(7) STORE(8) STORE(9) STORE(10) STORE(11)
-#undef STORE
+    MI_TILE12X32_END(C, ldc, load_c, bias)
 }
 
 /* 16 x 16 transpose of 32-bit words: r[i] word j -> r[j] word i. Three
