@@ -23,7 +23,7 @@ __all__ = ["convert_gpt2_config", "convert_gpt2_weights", "convert_neox_config",
            "convert_mistral_config", "convert_qwen2_config", "convert_gemma2_config",
            "convert_gemma2_weights", "get_pretrained_model_config",
            "get_pretrained_state_dict", "get_pretrained_tokenizer", "model_type_of",
-           "OFFICIAL_MODEL_NAMES"]
+           "map_llama_weights", "stream_llama_weights_processed", "OFFICIAL_MODEL_NAMES"]
 
 # TransformerLens's short names of checkpoints these converters read -> hub ids
 # (looked up in the Hugging Face cache; there is no hub access).
