@@ -247,3 +247,18 @@ def test_gradients_refused_clearly_and_model_usable(ckpt):
     with pytest.raises(NotImplementedError, match="bfloat16 weights"):
         b.run_with_cache(t, incl_bwd=True, metric="loss")
     np.testing.assert_array_equal(b(t), before)
+
+
+def test_save_pretrained_of_a_bf16_model_round_trips(ckpt, tmp_path):
+    """save_pretrained writes a bfloat16 model's weights as their float32 values (not the
+    uint16 bit patterns as numbers): transformers reads back the checkpoint's weights."""
+    family, _, d16 = ckpt
+    m = mt.AutoModelForCausalLM.from_pretrained(str(d16), torch_dtype=torch.bfloat16)
+    m.save_pretrained(tmp_path)
+    model_cls = FAMILIES[family][1]
+    a = model_cls.from_pretrained(str(d16), torch_dtype=torch.float32)
+    b = model_cls.from_pretrained(str(tmp_path), torch_dtype=torch.float32)
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert sorted(pa) == sorted(pb)
+    for n in pa:
+        assert torch.equal(pa[n], pb[n]), n
