@@ -20,17 +20,25 @@
    process that loads the model and runs one forward. Targets: forward >= 1.5x our
    fp32, generate >= 1.7x our fp32 tokens/s, model memory half. Both sides generate
    on a key/value cache (a decode step is a batch-1 product with every weight).
-3. --big: a Llama-2-7B-sized checkpoint (32 layers, d_model 4096, vocab 32000) written
-   once as BF16 safetensors by this script, loaded by mmap (GPT2LMHeadModel,
-   torch_dtype=bfloat16); run_with_cache with a names_filter (the HookedTransformer
-   behind the HF model) and generate; load time, tokens/s and peak RSS against the
-   weight bytes plus the activation arena (target <= 1.15x). The C core has no Llama
-   family yet, so the model is GPT-2-style: MLP width 16512 (1.5 x 11008) gives the
-   parameter count of Llama's three 4096 x 11008 MLP matrices with two; tied
-   embedding, learned positions (n_ctx 4096). (The Llama family's checkpoints store
-   q/k/v/o and the MLP as [out, in] Linear weights, which the C core converts into its
-   fused [in, out] layout, so they cannot be mapped in place; GPT-2's Conv1D layouts are
-   the C core's.) Run it only with > 18 GiB free; --big-layers 2 is a smoke test.
+3. --big: a Llama-2-7B-shaped checkpoint (32 layers, d_model 4096, 32 heads, no GQA,
+   SwiGLU d_mlp 11008, vocab 32000, RMSNorm, rotary, untied lm_head: 6.74 G parameters,
+   13.5 GB) written once as BF16 safetensors shards with model.safetensors.index.json
+   (as Hugging Face ships it) into --big-dir (reused when complete): streamed tensor by
+   tensor in 64 MiB pieces of random bfloat16 bit patterns (random sign, magnitudes in
+   [2^-8, 2^-4): std ~0.03, no NaN, Inf or denormals; norm weights 1), never more than a
+   piece in memory, no torch. Then, in a fresh child process:
+   HookedTransformer.from_pretrained_no_processing(dir, dtype="bfloat16") (the embedding,
+   o_proj, the MLP and lm_head read in place by mmap, q/k/v converted once:
+   loading_from_pretrained.map_llama_weights), run_with_cache on a 32-token prompt with a
+   names_filter, greedy generate of --big-new tokens at batch 1; load time, tokens/s and
+   the peak RSS (VmHWM over the RSS after imports) against weight bytes + activations
+   (the arena of the cached call and the generation's key/value cache), target <= 1.15x.
+   --big-processed also loads it with from_pretrained(dtype="bfloat16") (TransformerLens's
+   processing, streamed one layer at a time into the bfloat16 weights:
+   loading_from_pretrained.stream_llama_weights_processed). --big-layers N writes and
+   runs an N-layer model (its own directory) and prints the 32-layer peak estimated from
+   it (the measured peak plus, per further layer, its weights and its KV cache). Run the full case only with > 16 GiB
+   free memory and 14 GB of disk; --big-layers 2 (1.3 GB) is the smoke test.
 """
 import argparse
 import json
@@ -52,7 +60,9 @@ GEMM_TARGET = (1024, 768, 3072)
 MODELS = {"small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
           "large": dict(n_layer=36, n_embd=1280, n_head=20, vocab_size=50257, n_positions=1024)}
 FORWARD_SHAPE = {"small": (4, 256), "large": (1, 512)}
-BIG = dict(n_layer=32, n_embd=4096, n_head=32, vocab_size=32000, n_positions=4096, n_inner=16512)
+BIG = dict(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=32,
+           intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
+BIG_PROMPT = 32
 PROMPT, NEW = 16, 16
 
 
@@ -255,45 +265,219 @@ def bench_gemm(reps, threads):
               f"{t_f / t_b:8.2f}x {t_t / t_b:9.2f}x {100 * g / t_b / (2 * peak32):10.0f}%{mark}")
 
 
-def bench_big(d, threads, n_layer):
-    import mechinterp_c as mi
+# ------------------------------------------------------------------- --big
+def llama_names(cfg):
+    """(name, shape) of every tensor of an untied Llama checkpoint of ``cfg``, in the
+    order transformers' safetensors files list them (sorted by name)."""
+    D, M, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    Dh = D // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * Dh
+    out = [("lm_head.weight", (V, D)), ("model.embed_tokens.weight", (V, D)), ("model.norm.weight", (D,))]
+    for l in range(cfg["num_hidden_layers"]):
+        h = f"model.layers.{l}."
+        out += [(h + "input_layernorm.weight", (D,)), (h + "mlp.down_proj.weight", (D, M)),
+                (h + "mlp.gate_proj.weight", (M, D)), (h + "mlp.up_proj.weight", (M, D)),
+                (h + "post_attention_layernorm.weight", (D,)), (h + "self_attn.k_proj.weight", (kv, D)),
+                (h + "self_attn.o_proj.weight", (D, D)), (h + "self_attn.q_proj.weight", (D, D)),
+                (h + "self_attn.v_proj.weight", (kv, D))]
+    return sorted(out)
+
+
+def random_bf16_bits(rng, n):
+    """n random bfloat16 bit patterns: random sign, exponent 2^-8 .. 2^-5, random 7-bit
+    mantissa (|w| in [2^-8, 2^-4), std ~0.03: a sane init scale, nothing special)."""
+    r = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+    return (r & np.uint16(0x807F)) | ((np.uint16(119) + ((r >> np.uint16(7)) & np.uint16(3))) << np.uint16(7))
+
+
+def write_llama_bf16(d, cfg, shard_bytes):
+    """A BF16 Llama checkpoint in Hugging Face's sharded layout, streamed: each shard's
+    header, then its tensors 64 MiB at a time (written under a temporary name and
+    renamed; config.json last, so its presence marks a complete directory)."""
+    rng = np.random.default_rng(0)
+    names = llama_names(cfg)
+    shards, cur, size = [], [], 0
+    for n, s in names:
+        nb = 2 * int(np.prod(s))
+        if cur and size + nb > shard_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append((n, s))
+        size += nb
+    shards.append(cur)
+    weight_map, total = {}, 0
+    piece = 32 << 20                                    # elements per write (64 MiB)
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        header, off = {"__metadata__": {"format": "pt"}}, 0
+        for n, s in shard:
+            nb = 2 * int(np.prod(s))
+            header[n] = {"dtype": "BF16", "shape": list(s), "data_offsets": [off, off + nb]}
+            off += nb
+            weight_map[n] = fname
+        total += off
+        hb = json.dumps(header).encode()
+        hb += b" " * (-len(hb) % 8)
+        path = os.path.join(d, fname)
+        with open(path + ".tmp", "wb") as f:
+            f.write(len(hb).to_bytes(8, "little"))
+            f.write(hb)
+            for n, s in shard:
+                count = int(np.prod(s))
+                if n.endswith("norm.weight"):
+                    f.write(np.full(count, 0x3F80, np.uint16).tobytes())    # 1.0
+                    continue
+                for j in range(0, count, piece):
+                    f.write(random_bf16_bits(rng, min(piece, count - j)).tobytes())
+        os.replace(path + ".tmp", path)
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    full = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
+                rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1,
+                eos_token_id=2, torch_dtype="bfloat16", attention_bias=False, mlp_bias=False)
+    full.update(cfg)
+    with open(os.path.join(d, "config.json.tmp"), "w") as f:
+        json.dump(full, f, indent=1)
+    os.replace(os.path.join(d, "config.json.tmp"), os.path.join(d, "config.json"))
+    return total
+
+
+def llama_bytes(cfg):
+    return sum(2 * int(np.prod(s)) for _, s in llama_names(cfg))
+
+
+def big_activation_bytes(ht, prompt, new):
+    """(arena, kv) bytes a call holds besides the weights: the arena of the cached
+    run_with_cache call (its names_filter's points) and generation's key/value cache
+    (float32 K and V per layer for prompt + new positions)."""
+    from mechinterp_c import _core
+    c = ht.cfg
+    flags = bytearray(ht._core.n_points)
+    for n in big_names(c.n_layers):
+        flags[ht.hook_dict[n].point_id] |= _core.HOOK_CACHE
+    arena = ht._core.arena_bytes(1, prompt, bytes(flags))
+    kv = 2 * c.n_layers * (c.n_key_value_heads or c.n_heads) * c.d_head * (prompt + new) * 4
+    return arena, kv
+
+
+def big_names(n_layer):
+    return [f"blocks.{n_layer // 2}.hook_resid_post", f"blocks.{n_layer - 1}.attn.hook_pattern"]
+
+
+def big_child(d, threads, new, mode="mapped"):
+    """In a fresh process: load (``mapped``: from_pretrained_no_processing, read in place;
+    ``processed``: from_pretrained, TransformerLens's processing streamed layer by layer),
+    run_with_cache with a names_filter, generate; print one JSON line of the
+    measurements."""
     from memory import rss_kib
+    import mechinterp_c as mi
+    from mechinterp_c import HookedTransformer
     mi.set_num_threads(threads)
-    cfg = dict(BIG, n_layer=n_layer)
-    if n_layer != BIG["n_layer"]:
-        d = f"{d}-{n_layer}"
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, "model.safetensors")
-    want = sum(2 * int(np.prod(s)) for _, s in hf_names(cfg))
-    if not os.path.exists(path) or os.path.getsize(path) != want + 8 + int.from_bytes(
-            open(path, "rb").read(8), "little"):
-        t0 = time.perf_counter()
-        write_bf16_checkpoint(d, cfg)
-        print(f"wrote {path} ({want / 1e9:.1f} GB) in {time.perf_counter() - t0:.0f} s")
     base = rss_kib("VmRSS")
     t0 = time.perf_counter()
-    m = load("bf16", d)
+    if mode == "mapped":
+        ht = HookedTransformer.from_pretrained_no_processing(d, dtype="bfloat16")
+    else:
+        ht = HookedTransformer.from_pretrained(d, dtype="bfloat16")
     t_load = time.perf_counter() - t0
-    ht = m._ht
-    prompt = np.random.default_rng(0).integers(0, 32000, (1, 32))
+    rss_load = rss_kib("VmRSS") - base
+    L = ht.cfg.n_layers
+    prompt = np.random.default_rng(0).integers(3, ht.cfg.d_vocab, (1, BIG_PROMPT))
+    names = big_names(L)
     t0 = time.perf_counter()
-    names = [f"blocks.{n_layer // 2}.hook_resid_post", f"blocks.{n_layer - 1}.attn.hook_pattern"]
-    _, cache = ht.run_with_cache(prompt, names_filter=names)
+    logits, cache = ht.run_with_cache(prompt, names_filter=names)
     t_cache = time.perf_counter() - t0
-    arena = max(v.base.nbytes if hasattr(v.base, "nbytes") else v.nbytes for v in cache.values())
-    new = 8
-    t0 = time.perf_counter()
-    out = m.generate(prompt[:, :8], max_new_tokens=new, do_sample=False)
-    t_gen = time.perf_counter() - t0
+    assert sorted(cache.keys()) == sorted(names) and np.isfinite(logits).all()
+    shapes = {k: list(v.shape) for k, v in cache.items()}
+    del logits, cache
+    times = {}
+    for n in (1, new):          # the prompt's pass + one token, then all: decode = the difference
+        t0 = time.perf_counter()
+        out = np.asarray(ht.generate(prompt, max_new_tokens=n, do_sample=False, stop_at_eos=False,
+                                     verbose=False))
+        times[n] = time.perf_counter() - t0
+        assert out.shape == (1, BIG_PROMPT + n)
+    t_gen, t_first = times[new], times[1]
     peak = (rss_kib("VmHWM") - base) * 1024.0
-    wbytes = ours_bytes(m)
-    act = ht._core.arena_bytes(1, 32, bytes(ht._core.n_points))
-    print(f"--big (GPT-2-style, Llama-2-7B-sized, {n_layer} layers): weights {wbytes / 2**30:.2f} GiB bf16, load "
-          f"{t_load:.2f} s (mmap), run_with_cache(names_filter, 32 tokens) {t_cache:.2f} s, "
-          f"generate 8 + {new} tokens: {new / t_gen:.2f} tok/s; peak RSS {peak / 2**30:.2f} GiB = "
-          f"{peak / (wbytes + act):.3f} x (weights + arena {act / 2**20:.0f} MiB) (target <= 1.15); "
-          f"cache {sorted(cache)} shapes {[v.shape for v in cache.values()]}, out {np.asarray(out).shape}, "
-          f"largest cache base {arena / 2**20:.0f} MiB")
+    core = ht._core
+    raw = core.params()
+    counted = {k: v for k, v in raw.items() if not (k == "unembed.W_U" and core.tied_unembed)}
+    blob = raw["blocks.0.attn.b_O"].base            # the model's own memory
+    arena, kv = big_activation_bytes(ht, BIG_PROMPT, new)
+    print(json.dumps(dict(
+        layers=L, load_s=t_load, rss_after_load=rss_load * 1024.0, cache_s=t_cache, gen_s=t_gen, first_s=t_first,
+        new=new, peak=peak, weights=sum(v.nbytes for v in counted.values()),
+        layer_weights=sum(v.nbytes for k, v in counted.items() if k.startswith("blocks.0.")),
+        in_place=sum(v.nbytes for v in counted.values() if v.base is not blob),
+        arena=arena, kv=kv, act=arena + kv, shapes=shapes, threads=threads, mode=mode)))
+
+
+def run_big_child(d, threads, new, mode):
+    res = subprocess.run([sys.executable, __file__, "--big-child", d, str(threads), str(new), mode],
+                         capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"--big child ({mode}) failed:\n{res.stdout}\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def print_big(r, title):
+    G = 2.0 ** 30
+    ratio = r["peak"] / (r["weights"] + r["act"])
+    print(f" {title}")
+    print(f"  weights {r['weights'] / G:.2f} GiB bf16 ({r['in_place'] / G:.2f} GiB read in place "
+          f"from the mapped shards, the rest converted once); activations "
+          f"{r['act'] / 2**20:.0f} MiB (arena {r['arena'] / 2**20:.0f} MiB + KV cache)")
+    print(f"  load {r['load_s']:.2f} s (RSS after load {r['rss_after_load'] / G:.2f} GiB); "
+          f"run_with_cache({BIG_PROMPT} tokens, names_filter {len(r['shapes'])} points) "
+          f"{r['cache_s']:.2f} s {r['shapes']}")
+    print(f"  generate {r['new']} tokens at batch 1: {r['gen_s']:.2f} s = "
+          f"{r['new'] / r['gen_s']:.2f} tok/s with the {BIG_PROMPT}-token prompt's pass; decode "
+          f"alone {(r['new'] - 1) / max(r['gen_s'] - r['first_s'], 1e-9):.2f} tok/s (the first "
+          f"token, prompt included, {r['first_s']:.2f} s)")
+    print(f"  peak RSS {r['peak'] / G:.2f} GiB = {ratio:.3f} x (weights + activations) "
+          f"(target <= 1.15)")
+
+
+def print_estimate(r, n_layer):
+    """The 32-layer peak RSS estimated from an n_layer run."""
+    G = 2.0 ** 30
+    # the 32-layer model: each further layer adds what layer 0 holds (its weights are
+    # all read by a pass, so all resident) and its share of the KV cache; the
+    # embedding (only the prompt's rows are read), lm_head and the arena do not grow
+    n_full = BIG["num_hidden_layers"]
+    add = (n_full - n_layer) * (r["layer_weights"] + r["kv"] / n_layer)
+    wfull = r["weights"] + (n_full - n_layer) * r["layer_weights"]
+    afull = r["arena"] + r["kv"] * n_full / n_layer
+    est = r["peak"] + add
+    print(f"  estimate for 32 layers: the peak measured here + {n_full - n_layer} x (one "
+          f"layer's weights {r['layer_weights'] / 2**20:.0f} MiB + its KV cache) = peak RSS "
+          f"~{est / G:.2f} GiB = {est / (wfull + afull):.3f} x (weights {wfull / G:.2f} GiB + "
+          f"activations {afull / 2**20:.0f} MiB; target <= 1.15); "
+          f"{'fits' if est < 22 * G else 'does NOT fit'} in this machine's "
+          f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / G:.0f} GiB")
+
+
+def bench_big(d, threads, n_layer, new, shard_gb, processed=False):
+    cfg = dict(BIG, num_hidden_layers=n_layer)
+    if n_layer != BIG["num_hidden_layers"]:
+        d = f"{d}-{n_layer}"
+    os.makedirs(d, exist_ok=True)
+    want = llama_bytes(cfg)
+    if not os.path.exists(os.path.join(d, "config.json")):
+        t0 = time.perf_counter()
+        write_llama_bf16(d, cfg, int(shard_gb * 2**30))
+        print(f"wrote {d} ({want / 1e9:.2f} GB, BF16 shards) in {time.perf_counter() - t0:.0f} s")
+    else:
+        print(f"reusing {d} ({want / 1e9:.2f} GB)")
+    print(f"--big: Llama-2-7B shape, {n_layer} of 32 layers, threads {threads}")
+    modes = [("mapped", "from_pretrained_no_processing(dtype='bfloat16'): read in place")]
+    if processed:
+        modes.append(("processed", "from_pretrained(dtype='bfloat16'): processed layer by layer"))
+    for mode, title in modes:
+        r = run_big_child(d, threads, new, mode)
+        print_big(r, f"{title} (load average {os.getloadavg()[0]:.2f})")
+        if n_layer != BIG["num_hidden_layers"]:
+            print_estimate(r, n_layer)
 
 
 def main():
@@ -304,14 +488,23 @@ def main():
     ap.add_argument("--no-gemm", action="store_true")
     ap.add_argument("--big", action="store_true")
     ap.add_argument("--big-dir", default=os.path.join(tempfile.gettempdir(), "mi_bf16_big"))
-    ap.add_argument("--big-layers", type=int, default=BIG["n_layer"],
+    ap.add_argument("--big-layers", type=int, default=BIG["num_hidden_layers"],
                     help="fewer layers: a smoke test of the --big path that fits a busy machine")
+    ap.add_argument("--big-new", type=int, default=8, help="tokens --big generates")
+    ap.add_argument("--shard-gb", type=float, default=1.0, help="--big's shard size (GiB)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--big-processed", action="store_true",
+                    help="--big also loads with from_pretrained's processing (streamed)")
+    ap.add_argument("--big-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
+    if args.big_child:
+        return big_child(args.big_child[0], int(args.big_child[1]), int(args.big_child[2]),
+                         args.big_child[3])
     if args.big:
-        return bench_big(args.big_dir, args.threads, args.big_layers)
+        return bench_big(args.big_dir, args.threads, args.big_layers, args.big_new, args.shard_gb,
+                         args.big_processed)
     if not args.no_gemm:
         bench_gemm(args.reps, args.threads)
     if args.models:

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from . import _core, metrics, utils
+from . import io as _io
 from . import loading_from_pretrained as loading
 from .activation_cache import ActivationCache
 from .array_type import called_by_user, to_user, to_user_param, torch_mode, user_facing
@@ -240,7 +241,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
         center_unembed, fold_value_biases). The checkpoint's tokenizer is attached when
         it has one and ``tokenizer`` is not given. ``dtype`` (or ``torch_dtype``)
         "bfloat16" stores the weights as bfloat16 (converted once, after processing; see
-        the module docstring). Another dtype than float32 or bfloat16, a device other
+        the module docstring). A bfloat16 Llama / Mistral / Qwen2 checkpoint never has a
+        float32 copy of the whole model: processed, it is read and processed one layer at
+        a time (``loading_from_pretrained.stream_llama_weights_processed``: the bfloat16
+        weights plus one float32 layer in memory); without processing
+        (``from_pretrained_no_processing``) it is read in place (mmap: embedding, W_O,
+        the MLP and the unembedding; q/k/v converted once; see
+        ``loading_from_pretrained.map_llama_weights``), the way to open a model larger
+        than the free memory minus its size. Another dtype than float32 or bfloat16, a device other
         than the CPU, or any other keyword is refused."""
         dtype = kwargs.pop("dtype", None)
         torch_dtype = kwargs.pop("torch_dtype", None)
@@ -255,6 +263,12 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             tokenizer = loading.get_pretrained_tokenizer(model_name, revision, cache_dir)
         if is_bfloat16(dtype) or is_bfloat16(torch_dtype):
             tl_cfg["dtype"] = "bfloat16"
+        # a bfloat16 Llama-family model is loaded from the file without a float32 copy of
+        # the model: read in place when unprocessed, else processed layer by layer
+        stream = tl_cfg.get("dtype") == "bfloat16" and hf_cfg.model_type in ("llama", "mistral", "qwen2")
+        processed = fold_ln or center_writing_weights or center_unembed or fold_value_biases
+        if stream and fold_ln and tl_cfg.get("normalization_type") == "RMS":
+            tl_cfg["normalization_type"] = "RMSPre"
         model = cls(tl_cfg, tokenizer=tokenizer, default_padding_side=default_padding_side)
         if center_unembed and (model.cfg.output_logits_soft_cap or 0) > 0:
             # as TransformerLens: a soft-capped logit is not invariant to a constant shift
@@ -262,6 +276,16 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
                           f"(output_logits_soft_cap={model.cfg.output_logits_soft_cap}); "
                           "setting center_unembed=False", stacklevel=2)
             center_unembed = False
+        if stream:
+            files = _io.open_checkpoint(loading.resolve_official_name(model_name), revision=revision,
+                                        cache_dir=cache_dir)
+            where = str(_io.resolve_pretrained(loading.resolve_official_name(model_name),
+                                               revision=revision, cache_dir=cache_dir))
+            if not processed:       # the checkpoint's own weights: read in place where the layout allows
+                return loading.map_llama_weights(model, files, hf_cfg, where)
+            return loading.stream_llama_weights_processed(
+                model, files, hf_cfg, where, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                center_unembed=center_unembed, fold_value_biases=fold_value_biases)
         model.load_and_process_state_dict(
             loading.get_pretrained_state_dict(model_name, hf_cfg, revision, cache_dir),
             fold_ln=fold_ln, center_writing_weights=center_writing_weights,
@@ -330,6 +354,14 @@ class HookedTransformer(HookedRootMixin, CircuitsMixin, TextMixin, TrainingMixin
             self._params = self._tl_params()
         self._make_modules()
         return shared
+
+    def _rebind(self):
+        """Re-read the parameter views after the C model's weights moved (set_param:
+        weights read in place from a checkpoint, or materialized)."""
+        self._raw = self._core.params()
+        self._params = self._tl_params()
+        if "embed" in self.__dict__:
+            HookedTransformer._make_modules(self)
 
     @property
     def _bf16(self):

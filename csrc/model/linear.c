@@ -10,6 +10,15 @@
 void mi_tf_linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
                   const float *x, int64_t ldx, int64_t ldw, const float *bias, float *y, int64_t ldy)
 {
+    if (w.trans_ld) {
+        /* stored transposed: the [trans_ld, ldw] matrix W is P [ldw, trans_ld], so
+         * W[r][c] = P[c][r]; the block from element w_off = r0 * ldw + c0 on is
+         * P's block at (c0, r0), read with the other orientation */
+        int64_t r0 = w_off / ldw, c0 = w_off % ldw;
+        w_off = c0 * w.trans_ld + r0;
+        ldw = w.trans_ld;
+        trans_w = !trans_w;
+    }
     if (w.bf16)   /* AUTO never fails: it takes the path this CPU has */
         (void)mi_bgemm(MI_BGEMM_AUTO, trans_w, rows, n, k, x, ldx, (const uint16_t *)w.data + w_off,
                        ldw, bias, 0.0f, y, ldy);

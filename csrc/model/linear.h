@@ -18,7 +18,9 @@
 /* y[rows, n] (row stride ldy) = x[rows, k] (row stride ldx) @ op(W) + bias
  * (bias [n] or NULL), overwriting y. W is weight `w` from element `w_off` on:
  * trans_w 0: stored [k, n] with row stride ldw (y = x @ W); trans_w 1: stored
- * [n, k] with row stride ldw (y = x @ W^T, a tied unembedding). */
+ * [n, k] with row stride ldw (y = x @ W^T, a tied unembedding). A weight stored
+ * transposed (w.trans_ld, a Hugging Face Linear read in place) is addressed as if
+ * it were not: ldw is then its last axis, and the product reads the transpose. */
 void mi_tf_linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
                   const float *x, int64_t ldx, int64_t ldw, const float *bias, float *y, int64_t ldy);
 

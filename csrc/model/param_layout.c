@@ -190,10 +190,14 @@ float *mi_tf_tensor(const mi_transformer *m, size_t off)
 
 mi_tf_weight mi_tf_weight_at(const mi_transformer *m, size_t off)
 {
-    mi_tf_weight w = {NULL, 0};
+    mi_tf_weight w = {NULL, 0, 0};
     if (off == ABSENT) return w;
     const mi_tf_param *p = m->spec.bf16_weights || m->n_external ? entry_at(m, off) : NULL;
     w.data = p && p->data ? p->data : (const void *)(m->params + off);
     w.bf16 = p && p->bf16;
+    if (p && p->data && p->trans) {
+        w.trans_ld = 1;   /* the product of every axis but the last */
+        for (int k = 0; k + 1 < p->ndim; k++) w.trans_ld *= p->shape[k];
+    }
     return w;
 }

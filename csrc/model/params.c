@@ -27,14 +27,34 @@ int mi_tf_param_is_tied(const mi_transformer *m, int i)
     return m->tied_unembed && m->table[i].offset == m->global_off[MI_G_W_U];
 }
 
-mi_status mi_tf_param_set_external(mi_transformer *m, int i, void *data)
+/* May table entry i be read transposed? The matrices the forward multiplies by
+ * with their last axis as the product's columns (W_O, W_in, W_gate, W_out, an
+ * untied W_U), stored as bfloat16; not W_qkv (read per q/k/v head block) nor
+ * W_E (gathered by rows). */
+static int transposable(const mi_transformer *m, int i)
+{
+    const mi_tf_param *p = &m->table[i];
+    if (!p->bf16) return 0;
+    if (p->offset == m->global_off[MI_G_W_U]) return 1;
+    static const int rows[] = {MI_W_O, MI_W_IN, MI_W_GATE, MI_W_OUT};
+    for (int l = 0; l < m->spec.n_layers; l++)
+        for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++)
+            if (m->layer_off[(size_t)l * MI_W_PER_LAYER + rows[r]] == p->offset) return 1;
+    return 0;
+}
+
+mi_status mi_tf_param_set_external(mi_transformer *m, int i, void *data, int trans)
 {
     mi_tf_param *p = &m->table[i];
     if (data && mi_tf_param_is_tied(m, i))
         return mi_fail(MI_ERR_VALUE, "set_param(%s): the unembedding is tied to embed.W_E "
                        "(set tied_unembed = False first)", p->name);
+    if (data && trans && !transposable(m, i))
+        return mi_fail(MI_ERR_VALUE, "set_param(%s, transposed=True): only the bfloat16 W_O, "
+                       "W_in, W_gate, W_out and W_U of a bf16 model are read transposed", p->name);
     m->n_external += (data != NULL) - (p->data != NULL);
     p->data = data;
+    p->trans = data && trans;
     return MI_OK;
 }
 
@@ -42,8 +62,17 @@ int mi_tf_param_materialize(mi_transformer *m, int i)
 {
     mi_tf_param *p = &m->table[i];
     if (!p->data) return 0;
-    memcpy(m->params + p->offset, p->data, mi_tf_param_bytes(m, i));
-    mi_tf_param_set_external(m, i, NULL);
+    if (p->trans) {   /* [last, rest] -> [rest, last], blocked (bfloat16 only) */
+        int64_t C = p->shape[p->ndim - 1], R = mi_tf_param_numel(m, i) / C;
+        const uint16_t *src = p->data;
+        uint16_t *dst = (uint16_t *)(m->params + p->offset);
+        for (int64_t r0 = 0; r0 < R; r0 += 64)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t r = r0; r < R && r < r0 + 64; r++) dst[r * C + c] = src[c * R + r];
+    } else {
+        memcpy(m->params + p->offset, p->data, mi_tf_param_bytes(m, i));
+    }
+    mi_tf_param_set_external(m, i, NULL, 0);
     return 1;
 }
 
@@ -57,7 +86,7 @@ mi_status mi_tf_tie(mi_transformer *m, int *dropped)
                        (long)s->d_vocab_out, (long)s->d_vocab);
     int i = mi_tf_param_index(m, "unembed.W_U");
     if (i >= 0 && m->table[i].data) {   /* W_U is no longer read */
-        mi_tf_param_set_external(m, i, NULL);
+        mi_tf_param_set_external(m, i, NULL, 0);
         *dropped = i;
     }
     m->tied_unembed = 1;
@@ -98,7 +127,10 @@ int mi_tf_same_layout(const mi_transformer *a, const mi_transformer *b)
 void mi_tf_share_params(mi_transformer *m, const mi_transformer *src)
 {
     m->params = src->params;
-    for (int i = 0; i < m->n_table; i++) m->table[i].data = src->table[i].data;
+    for (int i = 0; i < m->n_table; i++) {
+        m->table[i].data = src->table[i].data;
+        m->table[i].trans = src->table[i].trans;
+    }
     m->n_external = src->n_external;
     m->tied_unembed = src->tied_unembed;
 }

@@ -28,12 +28,17 @@ int mi_tf_param_is_tied(const mi_transformer *m, int i);
 size_t mi_tf_param_bytes(const mi_transformer *m, int i);
 
 /* Read entry i from `data` (mi_tf_param_numel elements of its type, the
- * internal layout)
- * instead of the blob; NULL: back to the blob. MI_ERR_VALUE for the tied
- * W_U (untie first). */
-mi_status mi_tf_param_set_external(mi_transformer *m, int i, void *data);
+ * internal layout; with `trans` the transpose: the tensor as a [rest, last
+ * axis] matrix stored [last axis, rest], as a Hugging Face Linear's [out, in]
+ * weight) instead of the blob; NULL: back to the blob. MI_ERR_VALUE for the
+ * tied W_U (untie first), and for `trans` on a tensor other than the bfloat16
+ * W_O, W_in, W_gate, W_out, W_U (the ones the forward reads through one
+ * product with their last axis as columns; the backward never reads them, a
+ * bf16 model does not train). */
+mi_status mi_tf_param_set_external(mi_transformer *m, int i, void *data, int trans);
 
-/* Copy entry i's external data into the blob and read it there again;
+/* Copy entry i's external data into the blob (transposed back when it was
+ * read transposed) and read it there again;
  * returns 1 when it was external, 0 when it already lived in the blob. */
 int mi_tf_param_materialize(mi_transformer *m, int i);
 

@@ -139,6 +139,9 @@ typedef struct {
     int bf16;             /* elements are bfloat16 (uint16 bit patterns), not float32 */
     void *data;           /* where the tensor lives when not in the blob (a loader's
                              mmap of a checkpoint); NULL: params + offset */
+    int trans;            /* data holds the transpose: the tensor as a [rest, last axis]
+                             matrix stored [last axis, rest] (a Hugging Face Linear
+                             weight [out, in] read in place); external bfloat16 only */
 } mi_tf_param;
 
 typedef struct {
@@ -159,6 +162,9 @@ typedef struct {
 typedef struct {
     const void *data;     /* NULL: the tensor is absent */
     int bf16;             /* uint16 bfloat16 bit patterns; else float32 */
+    int64_t trans_ld;     /* 0: the internal layout; else the tensor, a [trans_ld, last
+                             axis] matrix, is stored transposed [last axis, trans_ld]
+                             (mi_tf_param.trans) */
 } mi_tf_weight;
 /* Offsets of layer l's fused q/k/v weight [D, H + 2 Hkv, Dh] and bias (the
  * MHA or the grouped-query row of the table, whichever the spec has). */

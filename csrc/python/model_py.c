@@ -194,6 +194,14 @@ static PyObject *model_params(PyObject *self, PyObject *unused)
             owner = mo->external[src];
             data = mo->tf.table[src].data;
             writable = PyArray_ISWRITEABLE((PyArrayObject *)owner);
+            if (p->trans) {
+                /* stored [last axis, rest]: the leading axes row-major with unit
+                 * element stride, the last axis strided by the rest's size */
+                npy_intp run = size;
+                for (int k = p->ndim - 2; k >= 0; k--) { strides[k] = run; run *= shape[k]; }
+                strides[p->ndim - 1] = run;
+                st = strides;
+            }
         }
         PyObject *v = mi_py_view_as(owner, data, p->bf16 ? NPY_UINT16 : NPY_FLOAT32, p->ndim, shape,
                                     st, writable);
@@ -231,22 +239,29 @@ static PyObject *model_param_table(PyObject *self, PyObject *unused)
 }
 
 PyDoc_STRVAR(set_param_doc,
-"set_param(name, array)\n--\n\n"
+"set_param(name, array, transposed=False)\n--\n\n"
 "Let the model read parameter `name` from `array` in place (no copy): a\n"
 "C-contiguous, aligned ndarray of the parameter's type (float32; uint16 bfloat16\n"
 "bit patterns for the bfloat16 tensors of a bf16 model) with as many elements\n"
 "as the parameter\n"
 "(its layout must be the internal one, e.g. HF GPT-2's c_attn.weight [D, 3D] for\n"
-"W_qkv [D,3,H,Dh]). The model keeps a reference to the array (so an mmap behind\n"
-"it stays mapped). Models with such parameters do not train: materialize() first.");
+"W_qkv [D,3,H,Dh]; with transposed=True its transpose: the tensor as a\n"
+"[rest, last axis] matrix stored [last axis, rest], e.g. a Llama down_proj.weight\n"
+"[D, M] for W_out [M, D]; only for the bfloat16 W_O, W_in, W_gate, W_out and an\n"
+"untied W_U, ValueError otherwise; params() then gives a strided view). The model\n"
+"keeps a reference to the array (so an mmap behind it stays mapped). Models with\n"
+"such parameters do not train: materialize() first.");
 
-static PyObject *model_set_param(PyObject *self, PyObject *args)
+static PyObject *model_set_param(PyObject *self, PyObject *args, PyObject *kw)
 {
     mi_py_model *mo = (mi_py_model *)self;
     if (check_ready(mo) < 0) return NULL;
+    static char *kwlist[] = {"name", "array", "transposed", NULL};
     const char *name;
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "sO:set_param", &name, &obj)) return NULL;
+    int transposed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sO|p:set_param", kwlist, &name, &obj, &transposed))
+        return NULL;
     if (mo->running)
         return PyErr_Format(PyExc_RuntimeError, "set_param(%s): a forward pass is running", name);
     int i = mi_tf_param_index(&mo->tf, name);
@@ -271,7 +286,7 @@ static PyObject *model_set_param(PyObject *self, PyObject *args)
         mi_arg_release(&arg);
         return NULL;
     }
-    mi_status st = mi_tf_param_set_external(&mo->tf, i, PyArray_DATA(a));
+    mi_status st = mi_tf_param_set_external(&mo->tf, i, PyArray_DATA(a), transposed);
     if (st != MI_OK) {
         mi_arg_release(&arg);
         return mi_py_raise(st);
@@ -609,7 +624,7 @@ static PyObject *model_bf16(PyObject *self, void *c)
 static PyMethodDef model_methods[] = {
     {"params", model_params, METH_NOARGS, params_doc},
     {"param_table", model_param_table, METH_NOARGS, param_table_doc},
-    {"set_param", model_set_param, METH_VARARGS, set_param_doc},
+    {"set_param", (PyCFunction)(void (*)(void))model_set_param, METH_VARARGS | METH_KEYWORDS, set_param_doc},
     {"materialize", model_materialize, METH_NOARGS, materialize_doc},
     {"share_params", model_share_params, METH_O, share_params_doc},
     {"hook_points", model_hook_points, METH_NOARGS, hook_points_doc},

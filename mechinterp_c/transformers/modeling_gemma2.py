@@ -115,6 +115,7 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
 
     config_class = Gemma2Config
     _convert = staticmethod(convert_gemma2_config)
+    _maps_bf16 = False     # converted once (its layout is not Llama's)
 
     def _build_tree(self):
         cfg, raw = self.config, self._ht._raw

@@ -320,13 +320,6 @@ class _CoreModel(HookedTransformer):
         self._core.materialize()
         self._rebind()
 
-    def _rebind(self):
-        """Re-read the parameter views after the C model's weights moved (set_param)."""
-        self._raw = self._core.params()
-        self._params = self._tl_params()
-        if "embed" in self.__dict__:
-            HookedTransformer._make_modules(self)
-
 
 class GPT2Model(Module):
     """``model.transformer``: ``wte``, ``wpe``, ``h``, ``ln_f``. Calling it returns HF's

@@ -74,6 +74,7 @@ class GPTNeoXForCausalLM(LlamaForCausalLM):
 
     config_class = GPTNeoXConfig
     _convert = staticmethod(convert_neox_config)
+    _maps_bf16 = False     # converted once (its layout is not Llama's)
 
     def _build_tree(self):
         cfg, raw = self.config, self._ht._raw

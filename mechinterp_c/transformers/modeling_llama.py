@@ -48,8 +48,10 @@ import numpy as np
 
 from .. import _core
 from ..config import LlamaConfig, MistralConfig, Qwen2Config
+from .. import io as _io
 from ..loading_from_pretrained import (convert_llama_config, convert_mistral_config,
-                                       convert_qwen2_config, get_pretrained_state_dict)
+                                       convert_qwen2_config, get_pretrained_state_dict,
+                                       map_llama_weights)
 from ..utils import to_numpy
 from ..array_type import to_user
 from .backward_hooks import BackwardMixin, run_backward
@@ -100,8 +102,11 @@ class LlamaForCausalLM(Module, GenerationMixin, BackwardMixin):
 
     config_class = LlamaConfig
     _convert = staticmethod(convert_llama_config)
+    #: bfloat16 loads read the checkpoint in place (``map_llama_weights``): the
+    #: Llama layout (Mistral, Qwen2); the families built on this class convert
+    _maps_bf16 = True
 
-    def __init__(self, config, state_dict, _bf16=False):
+    def __init__(self, config, state_dict, _bf16=False, _checkpoint=None):
         super().__init__(None, "model")
         self._model_ref = weakref.ref(self)
         self.config = config
@@ -109,7 +114,10 @@ class LlamaForCausalLM(Module, GenerationMixin, BackwardMixin):
         if _bf16:
             tl_cfg["dtype"] = "bfloat16"
         self._ht = _CoreModel(tl_cfg)
-        self._ht.load_state_dict(state_dict)
+        if _checkpoint is not None:
+            map_llama_weights(self._ht, _checkpoint[0], config, _checkpoint[1])
+        else:
+            self._ht.load_state_dict(state_dict)
         self._build_tree()
 
     @classmethod
@@ -118,15 +126,25 @@ class LlamaForCausalLM(Module, GenerationMixin, BackwardMixin):
         """Load ``config.json`` and the safetensors weights (one file or shards) of a local
         directory or a model in the Hugging Face cache (no network); the weights are
         converted once into the C model's layout. ``torch_dtype`` / ``dtype`` bfloat16
-        stores the projections and the embeddings as bfloat16 (converted once; their
-        ``.weight`` is then the uint16 bfloat16 bit patterns, ``ops.from_bfloat16``
-        gives float32; activations stay float32, no training). Other dtypes, devices
-        and unknown keywords are refused as ``GPT2LMHeadModel.from_pretrained``
-        refuses them."""
+        stores the projections and the embeddings as bfloat16 (their ``.weight`` is then
+        the uint16 bfloat16 bit patterns, ``ops.from_bfloat16`` gives float32;
+        activations stay float32, no training): Llama, Mistral and Qwen2 read a BF16
+        checkpoint in place (mmap: the embedding, ``o_proj``, the MLP and ``lm_head``,
+        see ``loading_from_pretrained.map_llama_weights``; q/k/v and the norms are
+        converted once), so the file must not be overwritten in place while the model
+        lives (as ``GPT2LMHeadModel.from_pretrained``); the other families convert
+        once. Other dtypes, devices and unknown keywords are refused as
+        ``GPT2LMHeadModel.from_pretrained`` refuses them."""
         bf16 = check_model_args(model_args, kwargs, f"{cls.__name__}.from_pretrained",
                                 allow_bf16=True)
         cfg = cls.config_class.from_pretrained(pretrained_model_name_or_path, revision=revision,
                                                cache_dir=cache_dir)
+        if bf16 and cls._maps_bf16:
+            files = _io.open_checkpoint(pretrained_model_name_or_path, revision=revision,
+                                        cache_dir=cache_dir)
+            where = str(_io.resolve_pretrained(pretrained_model_name_or_path, revision=revision,
+                                               cache_dir=cache_dir))
+            return cls(cfg, None, _bf16=True, _checkpoint=(files, where))
         sd = get_pretrained_state_dict(pretrained_model_name_or_path, cfg, revision, cache_dir)
         return cls(cfg, sd, _bf16=bf16)
 

@@ -16,6 +16,7 @@ import weakref
 
 import numpy as np
 
+from .. import _core
 from ..array_type import get_array_type, raw_hook, set_array_type, to_user, to_user_param, torch_mode
 from ..devices import CPUFloat32, check_cpu_device, check_dtype, is_bfloat16
 from ..utils import to_numpy
@@ -523,7 +524,8 @@ def check_model_args(model_args, kwargs, where, allow_bf16=False):
 # ------------------------------------------------------ save_pretrained
 def write_pretrained(save_directory, tensors, config, safe_serialization=True,
                      is_main_process=True, state_dict=None, kwargs=None):
-    """Write ``model.safetensors`` (``tensors``: HF name -> array, float32) and
+    """Write ``model.safetensors`` (``tensors``: HF name -> array, float32 or bfloat16 bit
+    patterns (uint16), written as float32) and
     ``config.json`` (the dict ``config``) into ``save_directory`` as
     ``save_pretrained`` does; ``state_dict`` (HF names, arrays or tensors) replaces
     tensors by name (an unknown name raises KeyError). Only safetensors is written."""
@@ -547,7 +549,9 @@ def write_pretrained(save_directory, tensors, config, safe_serialization=True,
     if not is_main_process:
         return
     os.makedirs(save_directory, exist_ok=True)
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    # a bfloat16 weight (uint16 bit patterns) is written as its float32 values, exactly
+    tensors = {k: _core.from_bfloat16(np.ascontiguousarray(v)) if v.dtype == np.uint16
+               else np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     _io.save_safetensors(os.path.join(save_directory, "model.safetensors"), tensors,
                          metadata={"format": "pt"})
     tmp = os.path.join(save_directory, "config.json.tmp")
