@@ -16,7 +16,10 @@ slower float32 fallback with a warning). NumPy has no bfloat16, so what the mode
 hands out for a bfloat16 weight (``state_dict()``, ``model.W_Q``,
 ``model.blocks[0].attn.W_Q``) is a read-only float32 copy; :meth:`bf16_weight` gives
 the stored bit patterns as a writable uint16 view, and ``load_state_dict`` rounds what
-it is given. Training a bfloat16 model is refused (NotImplementedError).
+it is given. Gradients with respect to activations (``incl_bwd``, backward hooks,
+attribution patching) work, the gradient operand of each product with a weight rounded to
+bfloat16 as the activations are; training a bfloat16 model and its parameter gradients
+are refused (NotImplementedError).
 """
 import warnings
 

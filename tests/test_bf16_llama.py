@@ -24,6 +24,7 @@ transformers = pytest.importorskip("transformers")
 
 from mechinterp_c import HookedTransformer, _core, io  # noqa: E402
 from mechinterp_c import transformers as mt  # noqa: E402
+from bf16_checks import check_activation_grads  # noqa: E402
 
 U = 2.0 ** -8
 V, D, L, H, KV, M, CTX = 257, 128, 3, 4, 2, 192, 96
@@ -237,16 +238,34 @@ def test_processed_load_streams_layer_by_layer_same_model(ckpt, steps):
     np.testing.assert_array_equal(b(t), whole(t))
 
 
-def test_gradients_refused_clearly_and_model_usable(ckpt):
-    """The gradient pass multiplies by float32 weights: a bf16 model refuses it with a
-    clear error instead of reading bfloat16 bits as float32, and stays usable."""
+@pytest.mark.parametrize("metric", ["loss", "logit_diff"])
+def test_activation_gradients_match_the_float32_model(ckpt, metric):
+    """Gradients with respect to activations of a bf16 model read in place (the weights
+    transposed, products through the bfloat16 GEMM) agree with the float32 model of the
+    same weights."""
+    _, _, d16 = ckpt
+    b = HookedTransformer.from_pretrained_no_processing(str(d16), dtype="bfloat16")
+    r = rounded_fp32_twin(b)
+    t = tokens(6, (2, 24))
+    if metric == "logit_diff":
+        from mechinterp_c.metrics import logit_diff
+        metric = logit_diff(t[:, 1], t[:, 2])
+    # forward: qkv, W_O, gate, in, out; backward: q, k, v, W_O, gate, in, out; the unembedding twice
+    check_activation_grads(b, r, t, metric, n_products=(5 + 7) * L + 2)
+
+
+def test_parameter_gradients_refused_clearly_and_model_usable(ckpt):
+    """A bf16 model does not train: parameter gradients are refused with a clear error
+    naming the bfloat16 weights; the model stays usable and its activation gradients work."""
     _, _, d16 = ckpt
     b = HookedTransformer.from_pretrained_no_processing(str(d16), dtype="bfloat16")
     t = tokens(6, (1, 12))
     before = np.array(b(t))
     with pytest.raises(NotImplementedError, match="bfloat16 weights"):
-        b.run_with_cache(t, incl_bwd=True, metric="loss")
+        b.backward(t[:, :-1], t[:, 1:])
     np.testing.assert_array_equal(b(t), before)
+    _, cache = b.run_with_cache(t, incl_bwd=True, metric="loss")
+    assert np.isfinite(cache["blocks.0.hook_resid_pre_grad"]).all()
 
 
 def test_save_pretrained_of_a_bf16_model_round_trips(ckpt, tmp_path):

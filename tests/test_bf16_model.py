@@ -23,9 +23,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mechinterp_c import HookedTransformer, _core, io  # noqa: E402
+from mechinterp_c import HookedTransformer, _core, io, patching  # noqa: E402
 from mechinterp_c.loading_from_pretrained import convert_gpt2_weights  # noqa: E402
+from mechinterp_c.metrics import logit_diff  # noqa: E402
 from mechinterp_c.transformers import GPT2LMHeadModel  # noqa: E402
+from bf16_checks import check_activation_grads  # noqa: E402
 
 U = 2.0 ** -8
 V, D, L, H, CTX = 512, 128, 3, 4, 64
@@ -160,6 +162,37 @@ def test_training_refused_and_model_usable(models):
     with pytest.raises(NotImplementedError, match="bfloat16 weights"):
         list(b.parameters())
     np.testing.assert_array_equal(b(t), before)
+
+
+@pytest.mark.parametrize("metric", ["loss", "logit_diff"])
+def test_activation_gradients_match_the_float32_model(models, metric):
+    """run_with_cache(incl_bwd=True) of the bf16 model: every gradient entry against the
+    float32 model of the rounded weights (bf16_checks.check_activation_grads)."""
+    b, r, _ = models
+    t = tokens(7, (2, 24))
+    if metric == "logit_diff":
+        metric = logit_diff(t[:, 1], t[:, 2])
+    # forward: qkv, W_O, W_in, W_out; backward: q, k, v, W_O, W_in, W_out; the unembedding twice
+    check_activation_grads(b, r, t, metric, n_products=(4 + 6) * L + 2)
+
+
+def test_attribution_patching_and_hf_backward_hooks(hf, models):
+    """Attribution patching and Hugging Face backward hooks run on a bf16 model (the
+    same gradient pass), close to the float32 model of the rounded weights."""
+    b, r, _ = models
+    clean, corrupt = tokens(8, (2, 16)), tokens(9, (2, 16))
+    metric = logit_diff(clean[:, 1], clean[:, 2])
+    sb = patching.attribution_patch(b, clean, corrupt, metric, ["blocks.1.hook_resid_pre"])
+    sr = patching.attribution_patch(r, clean, corrupt, metric, ["blocks.1.hook_resid_pre"])
+    ab, ar = np.asarray(sb["blocks.1.hook_resid_pre"]), np.asarray(sr["blocks.1.hook_resid_pre"])
+    assert np.abs(ab - ar).max() <= 0.05 * np.abs(ar).max()
+
+    m = GPT2LMHeadModel.from_pretrained(str(hf[2]), torch_dtype=torch.bfloat16)
+    seen = []
+    m.transformer.h[1].mlp.register_full_backward_hook(lambda mod, gi, go: seen.append(np.array(go[0])))
+    out = m(torch.from_numpy(clean))
+    out.backward(metric="loss", labels=clean)
+    assert len(seen) == 1 and seen[0].shape == (2, 16, D) and np.isfinite(seen[0]).all()
 
 
 def test_fold_ln_rebuild_keeps_the_weights(hf):

@@ -15,6 +15,7 @@
  */
 #include "model/grad.h"
 #include "model/backward.h"
+#include "model/linear.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -47,6 +48,17 @@ typedef struct {
 } gstate;
 
 static const float *pw(const mi_transformer *m, size_t off) { return mi_tf_tensor(m, off); }
+
+/* y (acc: y +=) = x[rows, k] @ W^T for the weight at `off` from element w_off
+ * on, stored [n, k] with row stride ldw (trans 1), or x @ W stored [k, n]
+ * (trans 0): a float32 or bfloat16 weight (linear.h). */
+static void wmul(const mi_transformer *m, size_t off, int64_t w_off, int trans, int64_t rows, int64_t n,
+                 int64_t k, const float *x, int64_t ldx, int64_t ldw, int acc, float *y, int64_t ldy)
+{
+    mi_tf_weight w = mi_tf_weight_at(m, off);
+    if (acc) mi_tf_linear_add(w, w_off, trans, rows, n, k, x, ldx, ldw, y, ldy);
+    else mi_tf_linear(w, w_off, trans, rows, n, k, x, ldx, ldw, NULL, y, ldy);
+}
 static float *gw(const gstate *g, size_t off) { return !g->grads || off == (size_t)-1 ? NULL : g->grads + off; }
 
 static float *view_in(const gstate *g, const mi_tf_plan *pl, float *arena, int p)
@@ -271,7 +283,7 @@ static mi_status layer_bwd(const gstate *g, int l)
         float *g_postm = GV(p0 + MI_P_MLP_POST), *g_pre = GV(p0 + MI_P_MLP_PRE);
         if (g->grads) mi_sgemm(1, 0, Mm, D, BT, post, Mm, g_out, D, NULL, 1.0f, gw(g, o[MI_W_OUT]), D);
         colsum_acc(g_out, NULL, BT, D, gw(g, o[MI_W_B_OUT]));
-        mi_sgemm(0, 1, BT, Mm, D, g_out, D, pw(m, o[MI_W_OUT]), D, NULL, 0.0f, g_postm, Mm);
+        wmul(m, o[MI_W_OUT], 0, 1, BT, Mm, D, g_out, D, D, 0, g_postm, Mm);
         MI_TRY(bfire(g, p0 + MI_P_MLP_POST));
         const float *ln2_in = s->use_hook_mlp_in ? AV(p0 + MI_P_MLP_IN)
                               : par ? AV(p0 + MI_P_RESID_PRE) : AV(p0 + MI_P_RESID_MID);
@@ -297,15 +309,15 @@ static mi_status layer_bwd(const gstate *g, int l)
                 mi_sgemm(1, 0, D, Mm, BT, x2, D, g_pre, Mm, NULL, 1.0f, gw(g, o[MI_W_GATE]), Mm);
                 mi_sgemm(1, 0, D, Mm, BT, x2, D, g_lin, Mm, NULL, 1.0f, gw(g, o[MI_W_IN]), Mm);
             }
-            mi_sgemm(0, 1, BT, D, Mm, g_pre, Mm, pw(m, o[MI_W_GATE]), Mm, NULL, 0.0f, g->dx, D);
-            mi_sgemm(0, 1, BT, D, Mm, g_lin, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 1.0f, g->dx, D);
+            wmul(m, o[MI_W_GATE], 0, 1, BT, D, Mm, g_pre, Mm, Mm, 0, g->dx, D);
+            wmul(m, o[MI_W_IN], 0, 1, BT, D, Mm, g_lin, Mm, Mm, 1, g->dx, D);
         } else {
             /* post = act(pre); pre = x2 @ W_in + b_in */
             mi_activation_backward((mi_activation)s->act, pre, g_postm, g_pre, BT * Mm);
             MI_TRY(bfire(g, p0 + MI_P_MLP_PRE));
             colsum_acc(g_pre, NULL, BT, Mm, gw(g, o[MI_W_B_IN]));
             if (g->grads) mi_sgemm(1, 0, D, Mm, BT, x2, D, g_pre, Mm, NULL, 1.0f, gw(g, o[MI_W_IN]), Mm);
-            mi_sgemm(0, 1, BT, D, Mm, g_pre, Mm, pw(m, o[MI_W_IN]), Mm, NULL, 0.0f, g->dx, D);
+            wmul(m, o[MI_W_IN], 0, 1, BT, D, Mm, g_pre, Mm, Mm, 0, g->dx, D);
         }
         /* resid_mid (parallel: resid_pre) feeds the skip and (through hook_mlp_in) ln2;
          * parallel: the MLP's share of d resid_pre first, the rest added below */
@@ -343,7 +355,7 @@ static mi_status layer_bwd(const gstate *g, int l)
                         gw(g, o[MI_W_LN1P_W]), NULL));
         g_ao = g->praw;
     }
-    const float *z = AV(p0 + MI_P_Z), *W_O = pw(m, o[MI_W_O]);
+    const float *z = AV(p0 + MI_P_Z);
     colsum_acc(g_ao, NULL, BT, D, gw(g, o[MI_W_B_O]));
     if (s->use_attn_result) {
         /* attn_out = sum_h result[:, h] + b_O; result[:, h] = z[:, h] @ W_O[h] */
@@ -355,12 +367,12 @@ static mi_status layer_bwd(const gstate *g, int l)
         float *gW_O = gw(g, o[MI_W_O]);
         for (int64_t h = 0; h < H; h++) {
             if (gW_O) mi_sgemm(1, 0, Dh, D, BT, z + h * Dh, HD, g_res + h * D, H * D, NULL, 1.0f, gW_O + h * Dh * D, D);
-            mi_sgemm(0, 1, BT, Dh, D, g_res + h * D, H * D, W_O + h * Dh * D, D, NULL, 0.0f, g_z + h * Dh, HD);
+            wmul(m, o[MI_W_O], h * Dh * D, 1, BT, Dh, D, g_res + h * D, H * D, D, 0, g_z + h * Dh, HD);
         }
     } else {
         /* attn_out = z @ W_O + b_O */
         if (g->grads) mi_sgemm(1, 0, HD, D, BT, z, HD, g_ao, D, NULL, 1.0f, gw(g, o[MI_W_O]), D);
-        mi_sgemm(0, 1, BT, HD, D, g_ao, D, W_O, D, NULL, 0.0f, g_z, HD);
+        wmul(m, o[MI_W_O], 0, 1, BT, HD, D, g_ao, D, D, 0, g_z, HD);
     }
     MI_TRY(bfire(g, p0 + MI_P_Z));
     MI_TRY(attn_bwd(g, p0));
@@ -373,11 +385,10 @@ static mi_status layer_bwd(const gstate *g, int l)
     int64_t KD = mi_tf_kv_heads(s) * Dh, QKV = HD + 2 * KD;
     if (g->grads) mi_sgemm(1, 0, D, QKV, BT, x1, D, dqkv, QKV, NULL, 1.0f, gw(g, w_qkv), QKV);
     colsum_acc(dqkv, NULL, BT, QKV, gw(g, b_qkv));
-    const float *W_qkv = pw(m, w_qkv);
     if (par && !s->attn_only) add(g_pre_res, g_mid, BT * D);
     else copy(g_pre_res, g_mid, BT * D);
     if (!has_norm) {
-        mi_sgemm(0, 1, BT, D, QKV, dqkv, QKV, W_qkv, QKV, NULL, 0.0f, g->dx, D);
+        wmul(m, w_qkv, 0, 1, BT, D, QKV, dqkv, QKV, QKV, 0, g->dx, D);
         add(g_pre_res, g->dx, BT * D);
         return bfire(g, p0 + MI_P_RESID_PRE);
     }
@@ -386,7 +397,7 @@ static mi_status layer_bwd(const gstate *g, int l)
      * last, as its cache does */
     for (int w = 2; w >= 0; w--) {
         int64_t c0 = w == 0 ? 0 : w == 1 ? HD : HD + KD, n = w == 0 ? HD : KD;
-        mi_sgemm(0, 1, BT, D, n, dqkv + c0, QKV, W_qkv + c0, QKV, NULL, 0.0f, g->dx, D);
+        wmul(m, w_qkv, c0, 1, BT, D, n, dqkv + c0, QKV, QKV, 0, g->dx, D);
         MI_TRY(norm_bwd(g, centred(s->norm), BT, D, g->dx, AV(p0 + MI_P_LN1_NORM), AV(p0 + MI_P_LN1_SCALE),
                         pw(m, o[MI_W_LN1_W]), p0 + MI_P_LN1_NORM, p0 + MI_P_LN1_SCALE, g_pre_res,
                         gw(g, o[MI_W_LN1_W]), gw(g, o[MI_W_LN1_B])));
@@ -435,6 +446,10 @@ static mi_status check_supported(const mi_transformer *m, const mi_tf_plan *pl, 
     if (pl->start_layer >= 0 || pl->stop_layer != s->n_layers)
         return mi_fail(MI_ERR_VALUE, "gradients: the pass must run from tokens to the logits "
                        "(no start_at_layer / stop_at_layer)");
+    if (grads && s->bf16_weights)
+        return mi_fail(MI_ERR_UNSUPPORTED, "gradients: parameter gradients of a model with bfloat16 "
+                       "weights are not computed (a bfloat16 model does not train); gradients with "
+                       "respect to activations are");
     if (grads && (m->tied_unembed || m->n_external))
         return mi_fail(MI_ERR_VALUE, "gradients: parameter gradients need untied weights in the "
                        "parameter blob (materialize() and untie the unembedding first)");
@@ -519,9 +534,9 @@ static mi_status grad_pass(const gstate *g, const uint8_t *flags, const int64_t 
     if (g->grads) mi_sgemm(1, 0, D, Vo, BT, xf, D, dlogits, Vo, NULL, 1.0f, gw(g, go[MI_G_W_U]), Vo);
     colsum_acc(dlogits, NULL, BT, Vo, gw(g, go[MI_G_B_U]));
     if (m->tied_unembed)
-        mi_sgemm(0, 0, BT, D, Vo, dlogits, Vo, pw(m, go[MI_G_W_E]), D, NULL, 0.0f, g_xf, D);
+        wmul(m, go[MI_G_W_E], 0, 0, BT, D, Vo, dlogits, Vo, D, 0, g_xf, D);
     else
-        mi_sgemm(0, 1, BT, D, Vo, dlogits, Vo, pw(m, go[MI_G_W_U]), Vo, NULL, 0.0f, g_xf, D);
+        wmul(m, go[MI_G_W_U], 0, 1, BT, D, Vo, dlogits, Vo, Vo, 0, g_xf, D);
     MI_TRY(bfire(g, pf + MI_PF_UNEMBED_IN));
     /* xf = ln_final(resid[L]) */
     int last = mi_tf_layer_point((int)s->n_layers - 1, MI_P_RESID_POST);

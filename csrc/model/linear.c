@@ -7,8 +7,9 @@
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
 
-void mi_tf_linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
-                  const float *x, int64_t ldx, int64_t ldw, const float *bias, float *y, int64_t ldy)
+static void linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
+                   const float *x, int64_t ldx, int64_t ldw, const float *bias, float beta, float *y,
+                   int64_t ldy)
 {
     if (w.trans_ld) {
         /* stored transposed: the [trans_ld, ldw] matrix W is P [ldw, trans_ld], so
@@ -21,10 +22,22 @@ void mi_tf_linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int6
     }
     if (w.bf16)   /* AUTO never fails: it takes the path this CPU has */
         (void)mi_bgemm(MI_BGEMM_AUTO, trans_w, rows, n, k, x, ldx, (const uint16_t *)w.data + w_off,
-                       ldw, bias, 0.0f, y, ldy);
+                       ldw, bias, beta, y, ldy);
     else
-        mi_sgemm(0, trans_w, rows, n, k, x, ldx, (const float *)w.data + w_off, ldw, bias, 0.0f, y,
+        mi_sgemm(0, trans_w, rows, n, k, x, ldx, (const float *)w.data + w_off, ldw, bias, beta, y,
                  ldy);
+}
+
+void mi_tf_linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
+                  const float *x, int64_t ldx, int64_t ldw, const float *bias, float *y, int64_t ldy)
+{
+    linear(w, w_off, trans_w, rows, n, k, x, ldx, ldw, bias, 0.0f, y, ldy);
+}
+
+void mi_tf_linear_add(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
+                      const float *x, int64_t ldx, int64_t ldw, float *y, int64_t ldy)
+{
+    linear(w, w_off, trans_w, rows, n, k, x, ldx, ldw, NULL, 1.0f, y, ldy);
 }
 
 void mi_tf_weight_rows(mi_tf_weight w, const int64_t *ids, int64_t n, int64_t d, float *dst)

@@ -1,6 +1,7 @@
-/* linear.h - the forward's one way to read a weight: products and rows.
+/* linear.h - the one way to read a weight: products and rows.
  *
- * Every matrix product of the forward goes through mi_tf_linear, which picks
+ * Every matrix product with a weight (the forward's, and the gradient pass's
+ * products with a weight's transpose) goes through mi_tf_linear, which picks
  * the GEMM by the weight's element type: float32 weights the float32 GEMM
  * (kernels/gemm.h), bfloat16 weights the bfloat16-weight GEMM
  * (kernels/gemm_bf16.h: activations rounded to bfloat16 as its A operand,
@@ -23,6 +24,10 @@
  * it were not: ldw is then its last axis, and the product reads the transpose. */
 void mi_tf_linear(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
                   const float *x, int64_t ldx, int64_t ldw, const float *bias, float *y, int64_t ldy);
+
+/* As mi_tf_linear without a bias, adding to y: y += x @ op(W). */
+void mi_tf_linear_add(mi_tf_weight w, int64_t w_off, int trans_w, int64_t rows, int64_t n, int64_t k,
+                      const float *x, int64_t ldx, int64_t ldw, float *y, int64_t ldy);
 
 /* dst[i, 0:d] = row ids[i] of the [*, d] weight `w`, as float32, for i < n. */
 void mi_tf_weight_rows(mi_tf_weight w, const int64_t *ids, int64_t n, int64_t d, float *dst);

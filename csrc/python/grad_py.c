@@ -157,13 +157,6 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
     mi_tf_plan plan = {0}, gplan = {0};
     mi_transformer *tf = mi_py_model_use(module, model);
     if (!tf) goto release;
-    if (tf->spec.bf16_weights) {
-        /* the gradient pass multiplies by the weights as float32 (model/grad.c) */
-        PyErr_SetString(PyExc_NotImplementedError, "gradients of a model with bfloat16 weights "
-                        "are not computed (the gradient pass reads float32 weights): load the "
-                        "model in float32 for incl_bwd, backward hooks or attribution patching");
-        goto done;
-    }
     int np = mi_tf_n_points(&tf->spec);
     if (flags.len != np || bflags.len != np) {
         PyErr_Format(PyExc_ValueError, "flags: expected %d bytes, got %zd and %zd", np, flags.len, bflags.len);
