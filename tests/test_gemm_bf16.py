@@ -38,7 +38,8 @@ def check(out, a, b_u16, trans_b, bias=None, c0=None):
 
 SHAPES = [(1, 1, 1), (3, 5, 7), (12, 32, 2), (13, 33, 3), (37, 70, 129), (100, 65, 768), (25, 300, 1537),
           (130, 97, 770),
-          (1, 3000, 769), (4, 70, 1537), (2, 1000, 768), (5, 300, 100)]   # decode-step rows (M <= 4)
+          (1, 3000, 769), (4, 70, 1537), (2, 1000, 768), (5, 300, 100),   # decode-step rows (M <= 4)
+          (3, 2050, 4099)]   # decode rows: several column chunks, K not a multiple of 4 or 64
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -51,17 +52,30 @@ def test_paths_match_float64(path, M, N, K, trans_b, rng):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_bias_and_accumulate(path, rng):
-    M, N, K = 50, 70, 301
+@pytest.mark.parametrize("M,trans_b", [(50, False), (1, False), (3, True), (4, False)])
+def test_bias_and_accumulate(path, M, trans_b, rng):
+    N, K = 1100, 301
     a = rng.standard_normal((M, K)).astype(np.float32)
-    b = _core.to_bfloat16(rng.standard_normal((K, N)).astype(np.float32))
+    b = _core.to_bfloat16(rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32))
     bias = rng.standard_normal(N).astype(np.float32)
-    check(_core._gemm_bf16(a, b, bias=bias, path=path), a, b, False, bias=bias)
+    check(_core._gemm_bf16(a, b, trans_b=trans_b, bias=bias, path=path), a, b, trans_b, bias=bias)
     c0 = rng.standard_normal((M, N)).astype(np.float32)
     out = c0.copy()
-    r = _core._gemm_bf16(a, b, out=out, path=path)
+    r = _core._gemm_bf16(a, b, trans_b=trans_b, out=out, path=path)
     assert r is out
-    check(out, a, b, False, c0=c0)
+    check(out, a, b, trans_b, c0=c0)
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_decode_rows_do_not_depend_on_the_row_count(trans_b, rng):
+    """A decode step's row of C is the same bits whether it is computed alone or with
+    up to three other sequences' rows (the sum order depends on K only)."""
+    a = rng.standard_normal((4, 1000)).astype(np.float32)
+    b = _core.to_bfloat16(rng.standard_normal((2100, 1000) if trans_b else (1000, 2100)).astype(np.float32))
+    four = _core._gemm_bf16(a, b, trans_b=trans_b)
+    for m in (1, 2, 3):
+        part = _core._gemm_bf16(a[:m], b, trans_b=trans_b)
+        assert np.array_equal(part.view(np.uint32), four[:m].view(np.uint32)), m
 
 
 @pytest.mark.parametrize("path", PATHS)

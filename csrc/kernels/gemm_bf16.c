@@ -5,7 +5,7 @@
  * Paths, chosen from the shape and the requested path only:
  *   K = 0 or M*N*K < SMALL_MNK   the reference loop (packing would dominate)
  *   bf16, M <= 4                 no packing: B widened as read, float32 FMAs
- *                                (mi_bgemm_small_m_avx512; decode steps)
+ *                                (small_m below; decode steps)
  *   bf16                         the blocked product below
  *   fp32                         B widened in column chunks, A rounded once,
  *                                each chunk through mi_sgemm
@@ -49,6 +49,8 @@
 #define SMALL_MNK 32768.0
 /* Multiply-adds per thread below which waking more threads costs more than it saves. */
 #define MNK_PER_THREAD 262144.0
+/* Decode steps: the most columns of C one task computes. */
+#define SMALL_STRIP 1024
 /* Columns of B widened to float32 at a time on the fp32 path. */
 #define FP32_CHUNK 512
 
@@ -273,6 +275,50 @@ static void bgemm_fp32(int trans_b, int64_t M, int64_t N, int64_t K, const float
     mi_free(Bw);
 }
 
+/* ---- decode steps (M <= MI_BGEMM_SMALL_M) ------------------------------- */
+
+/* Packing B would cost as much as the product: B is read as it is, once, the
+ * threads splitting the columns into as many equal chunks each (at most
+ * SMALL_STRIP columns: a chunk's M rows of sums stay in L1). trans_b 0 (B [K,
+ * N]): a chunk streams its columns of every row of B, four rows per sweep, into
+ * sums that then go to C; trans_b 1 (B [N, K]): a chunk is a contiguous run of
+ * B's rows, one dot product each. Each column's sum runs on one thread in an
+ * order fixed by K. Returns 0 when a buffer cannot be allocated (the caller
+ * takes another path). */
+static int small_m(int nt, int trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                   const uint16_t *B, int64_t ldb, const float *bias, float beta, float *C, int64_t ldc)
+{
+    float *Ar = mi_malloc(sizeof(float) * (size_t)(M * K));
+    float *sums = trans_b ? NULL : mi_malloc(sizeof(float) * (size_t)(M * N));
+    if (!Ar || (!trans_b && !sums)) {
+        mi_free(Ar);
+        mi_free(sums);
+        return 0;
+    }
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t p = 0; p < K; p++) Ar[i * K + p] = mi_bf16_widen(mi_bf16_round(A[i * lda + p]));
+    const int64_t per = nt * ceil_div(N, (int64_t)nt * SMALL_STRIP);
+    const int64_t chunk = round_up(ceil_div(N, per), 16), nchunks = ceil_div(N, chunk);
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t c = 0; c < nchunks; c++) {
+        const int64_t j0 = c * chunk, j1 = j0 + chunk < N ? j0 + chunk : N;
+        if (trans_b) {
+            mi_bgemm_small_m_nt_avx512(M, j0, j1, K, Ar, B, ldb, bias, beta, C, ldc);
+            continue;
+        }
+        mi_bgemm_small_m_nn_avx512(M, K, j0, j1 - j0, Ar, B, ldb, sums + j0, N);
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = j0; j < j1; j++) {
+                float *c = C + i * ldc + j;
+                const float v = (beta != 0.0f ? *c : 0.0f) + sums[i * N + j];
+                *c = bias ? v + bias[j] : v;
+            }
+    }
+    mi_free(sums);
+    mi_free(Ar);
+    return 1;
+}
+
 int mi_bgemm(mi_bgemm_path path, int trans_b, int64_t M, int64_t N, int64_t K,
              const float *A, int64_t lda, const uint16_t *B, int64_t ldb,
              const float *bias, float beta, float *C, int64_t ldc)
@@ -291,21 +337,8 @@ int mi_bgemm(mi_bgemm_path path, int trans_b, int64_t M, int64_t N, int64_t K,
     int nt = omp_in_parallel() ? 1 : mi_get_num_threads();
     const double per_thread_work = (double)M * (double)N * (double)K / MNK_PER_THREAD;
     if (nt > per_thread_work) nt = per_thread_work < 1.0 ? 1 : (int)per_thread_work;
-    if (M <= MI_BGEMM_SMALL_M) {
-        /* decode steps: packing B would cost as much as the product; read it as it is */
-        float *Ar = mi_malloc((size_t)M * (size_t)K * sizeof(float));
-        if (Ar) {
-            for (int64_t i = 0; i < M; i++)
-                for (int64_t p = 0; p < K; p++) Ar[i * K + p] = mi_bf16_widen(mi_bf16_round(A[i * lda + p]));
-            const int64_t chunk = 256, nchunks = ceil_div(N, chunk);
-            #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-            for (int64_t c = 0; c < nchunks; c++)
-                mi_bgemm_small_m_avx512(trans_b, M, c * chunk, c * chunk + chunk < N ? c * chunk + chunk : N,
-                                        K, Ar, B, ldb, bias, beta, C, ldc);
-            mi_free(Ar);
-            return 0;
-        }
-    }
+    if (M <= MI_BGEMM_SMALL_M && small_m(nt, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc))
+        return 0;
     bgemm_blocked(nt, trans_b, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
     return 0;
 }

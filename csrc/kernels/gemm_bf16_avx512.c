@@ -7,6 +7,7 @@
  * the multiply-adds per cycle. */
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma")
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels/gemm_bf16_kernels.h"
 #include "kernels/tile12x32_avx512.h"
@@ -151,58 +152,128 @@ static inline __m512 widen16(__mmask16 m, const uint16_t *p)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
-void mi_bgemm_small_m_avx512(int trans_b, int64_t M, int64_t j0, int64_t j1, int64_t K,
-                             const float *Ar, const uint16_t *B, int64_t ldb, const float *bias,
-                             float beta, float *C, int64_t ldc)
+/* Elements of B read ahead of the dot product (the next rows when rows are contiguous). */
+#define PREFETCH_AHEAD 2048
+
+static inline __mmask16 lanes(int64_t left)
 {
-    if (!trans_b) {     /* 64 columns at a time, k in order */
-        for (int64_t j = j0; j < j1; j += 64) {
-            __m512 acc[MI_BGEMM_SMALL_M][4];
-            __mmask16 m[4];
-            for (int v = 0; v < 4; v++) {
-                int64_t left = j1 - j - 16 * v;
-                m[v] = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
-                for (int64_t i = 0; i < M; i++) acc[i][v] = _mm512_setzero_ps();
+    return left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+}
+
+/* part[i * ldp + j] = sum over the kn rows k of b (B stored [K, N], row stride
+ * ldb, from the first column wanted) of a[i * lda + k] * b[k, j], for j < n:
+ * one FMA per k in order from zero. Four rows of B per sweep, each read
+ * as one contiguous stretch (a register tile walked down the rows would read
+ * 128 bytes per row at a stride of ldb: the weights would not stream). M is a
+ * constant where this is inlined, so A's values stay in registers. */
+static inline __attribute__((always_inline)) void block_nn(const int M, int64_t lda, int64_t kn, int64_t n,
+                                                           const float *a, const uint16_t *b,
+                                                           int64_t ldb, float *part, int64_t ldp)
+{
+    for (int i = 0; i < M; i++) memset(part + i * ldp, 0, sizeof(float) * (size_t)n);
+    int64_t k = 0;
+    for (; k + 4 <= kn; k += 4, b += 4 * ldb) {
+        __m512 av[MI_BGEMM_SMALL_M][4];
+        for (int i = 0; i < M; i++)
+            for (int s = 0; s < 4; s++) av[i][s] = _mm512_set1_ps(a[i * lda + k + s]);
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = lanes(n - j);
+            if (!(j & 31))   /* the next sweep's four rows, a cache line each */
+                for (int s = 4; s < 8; s++) _mm_prefetch((const char *)(b + s * ldb + j), _MM_HINT_T0);
+            const __m512 b0 = widen16(m, b + j), b1 = widen16(m, b + ldb + j),
+                         b2 = widen16(m, b + 2 * ldb + j), b3 = widen16(m, b + 3 * ldb + j);
+            for (int i = 0; i < M; i++) {
+                float *c = part + i * ldp + j;
+                __m512 r = _mm512_maskz_loadu_ps(m, c);
+                r = _mm512_fmadd_ps(av[i][0], b0, r);
+                r = _mm512_fmadd_ps(av[i][1], b1, r);
+                r = _mm512_fmadd_ps(av[i][2], b2, r);
+                r = _mm512_fmadd_ps(av[i][3], b3, r);
+                _mm512_mask_storeu_ps(c, m, r);
             }
-            for (int64_t k = 0; k < K; k++) {
-                const uint16_t *b = B + k * ldb + j;
-                __m512 bv[4] = {widen16(m[0], b), widen16(m[1], b + 16), widen16(m[2], b + 32),
-                                widen16(m[3], b + 48)};
-                for (int64_t i = 0; i < M; i++) {
-                    __m512 a = _mm512_set1_ps(Ar[i * K + k]);
-                    for (int v = 0; v < 4; v++) acc[i][v] = _mm512_fmadd_ps(a, bv[v], acc[i][v]);
-                }
-            }
-            for (int64_t i = 0; i < M; i++)
-                for (int v = 0; v < 4; v++) {
-                    if (!m[v]) continue;
-                    float *c = C + i * ldc + j + 16 * v;
-                    __m512 r = acc[i][v];
-                    if (beta != 0.0f) r = _mm512_add_ps(_mm512_maskz_loadu_ps(m[v], c), r);
-                    if (bias) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m[v], bias + j + 16 * v));
-                    _mm512_mask_storeu_ps(c, m[v], r);
-                }
         }
-        return;
     }
-    /* B stored [N, K]: one dot product per (row i, column j), 16 k at a time in order,
-     * then the 16 lanes added in a fixed tree */
+    for (; k < kn; k++, b += ldb)
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = lanes(n - j);
+            const __m512 bv = widen16(m, b + j);
+            for (int i = 0; i < M; i++) {
+                float *c = part + i * ldp + j;
+                _mm512_mask_storeu_ps(c, m, _mm512_fmadd_ps(_mm512_set1_ps(a[i * lda + k]), bv,
+                                                            _mm512_maskz_loadu_ps(m, c)));
+            }
+        }
+}
+
+void mi_bgemm_small_m_nn_avx512(int64_t M, int64_t K, int64_t j0, int64_t n, const float *Ar,
+                                const uint16_t *B, int64_t ldb, float *sums, int64_t lds)
+{
+    switch (M) {   /* one copy per row count: the register arrays need a constant M */
+    case 1: block_nn(1, K, K, n, Ar, B + j0, ldb, sums, lds); break;
+    case 2: block_nn(2, K, K, n, Ar, B + j0, ldb, sums, lds); break;
+    case 3: block_nn(3, K, K, n, Ar, B + j0, ldb, sums, lds); break;
+    default: block_nn(4, K, K, n, Ar, B + j0, ldb, sums, lds); break;
+    }
+}
+
+/* B stored [N, K], column j: out[i] = sum_k Ar[i, k] B[j, k] in four 16-lane
+ * accumulators (k mod 64 in 16-lane quarters, k in order within each), combined
+ * as (q0 + q1) + (q2 + q3) and summed across lanes in a fixed tree. Four
+ * independent FMA chains per row keep the loads of B streaming. */
+static inline __attribute__((always_inline)) void dot_nt(const int M, int64_t K, const float *Ar,
+                                                         const uint16_t *b, float *out)
+{
+    __m512 q[MI_BGEMM_SMALL_M][4];
+    for (int i = 0; i < M; i++)
+        for (int s = 0; s < 4; s++) q[i][s] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+        __m512 bv[4];
+        _mm_prefetch((const char *)(b + k + PREFETCH_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + k + PREFETCH_AHEAD + 32), _MM_HINT_T0);
+        for (int s = 0; s < 4; s++)
+            bv[s] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                        _mm256_loadu_si256((const __m256i *)(b + k + 16 * s))), 16));
+        for (int i = 0; i < M; i++)
+            for (int s = 0; s < 4; s++)
+                q[i][s] = _mm512_fmadd_ps(_mm512_loadu_ps(Ar + i * K + k + 16 * s), bv[s], q[i][s]);
+    }
+    if (k < K)     /* the last k, masked, into the same quarters */
+        for (int s = 0; s < 4; s++) {
+            const __mmask16 m = lanes(K - k - 16 * s);
+            const __m512 bv = widen16(m, b + k + 16 * s);
+            for (int i = 0; i < M; i++)
+                q[i][s] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, Ar + i * K + k + 16 * s), bv, q[i][s]);
+        }
+    for (int i = 0; i < M; i++)
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(q[i][0], q[i][1]),
+                                                    _mm512_add_ps(q[i][2], q[i][3])));
+}
+
+static inline __attribute__((always_inline)) void columns_nt(const int M, int64_t j0, int64_t j1, int64_t K,
+                                                             const float *Ar, const uint16_t *B,
+                                                             int64_t ldb, const float *bias, float beta,
+                                                             float *C, int64_t ldc)
+{
     for (int64_t j = j0; j < j1; j++) {
-        const uint16_t *b = B + j * ldb;
-        __m512 acc[MI_BGEMM_SMALL_M];
-        for (int64_t i = 0; i < M; i++) acc[i] = _mm512_setzero_ps();
-        for (int64_t k = 0; k < K; k += 16) {
-            const int64_t left = K - k;
-            const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            __m512 bv = widen16(m, b + k);
-            for (int64_t i = 0; i < M; i++)
-                acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, Ar + i * K + k), bv, acc[i]);
-        }
-        for (int64_t i = 0; i < M; i++) {
-            float r = _mm512_reduce_add_ps(acc[i]);
+        float r[MI_BGEMM_SMALL_M];
+        dot_nt(M, K, Ar, B + j * ldb, r);
+        for (int i = 0; i < M; i++) {
             float *c = C + i * ldc + j;
-            r = (beta != 0.0f ? *c : 0.0f) + r;
-            *c = bias ? r + bias[j] : r;
+            const float v = (beta != 0.0f ? *c : 0.0f) + r[i];
+            *c = bias ? v + bias[j] : v;
         }
+    }
+}
+
+void mi_bgemm_small_m_nt_avx512(int64_t M, int64_t j0, int64_t j1, int64_t K, const float *Ar,
+                                const uint16_t *B, int64_t ldb, const float *bias, float beta,
+                                float *C, int64_t ldc)
+{
+    switch (M) {
+    case 1: columns_nt(1, j0, j1, K, Ar, B, ldb, bias, beta, C, ldc); break;
+    case 2: columns_nt(2, j0, j1, K, Ar, B, ldb, bias, beta, C, ldc); break;
+    case 3: columns_nt(3, j0, j1, K, Ar, B, ldb, bias, beta, C, ldc); break;
+    default: columns_nt(4, j0, j1, K, Ar, B, ldb, bias, beta, C, ldc); break;
     }
 }
