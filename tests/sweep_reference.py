@@ -1,6 +1,7 @@
 """Test-only oracle of the no-position seed's mean-ablation sweep, written with
-TransformerLens + torch as the seed writes it: used by tests/test_analysis_sweeps.py
-and bench/analysis.py."""
+TransformerLens + torch as the seed writes it (tests/test_analysis_sweeps.py,
+bench/analysis.py), and the TransformerLens / mechinterp_c model pair the parity tests
+build from one config (tl_pair)."""
 import warnings
 
 import numpy as np

@@ -214,6 +214,16 @@ def _replace(grad, hook):
     return grad * 0.5 + 0.01
 
 
+def tl_hook(fn):
+    """TransformerLens's form of one of our backward hooks (fn(array, hook) -> None to keep
+    its in-place edits, or a replacement)."""
+    def hook(t, hook):
+        a = t.detach().numpy().copy()
+        ret = fn(a, hook)
+        return torch.tensor(a if ret is None else ret)
+    return hook
+
+
 @pytest.mark.parametrize("points", [
     [("blocks.1.hook_attn_out", _ablate)],
     [("blocks.1.mlp.hook_post", _scale_pos), ("blocks.0.attn.hook_pattern", _replace)],
@@ -224,18 +234,11 @@ def _replace(grad, hook):
 def test_backward_hooks_change_upstream_gradients_as_in_transformer_lens(points):
     tl, m = make_pair()
 
-    def torch_fn(fn):
-        def hook(t, hook):
-            a = t.detach().numpy().copy()
-            ret = fn(a, hook)
-            return torch.tensor(a if ret is None else ret)
-        return hook
-
     metric = metrics.logit_diff(ANS, WRONG)
     with m.hooks(bwd_hooks=points):
         value, cache = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric)
     ref_value, ref = tl_run(tl, TOKENS, tl_logit_diff(ANS, WRONG),
-                            bwd_hooks=[(n, torch_fn(f)) for n, f in points])
+                            bwd_hooks=[(n, tl_hook(f)) for n, f in points])
     _, plain = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric)
     assert not np.allclose(cache["hook_embed_grad"], plain["hook_embed_grad"])   # the hooks did act
     # cached gradients downstream of a hook are the hook's input in TransformerLens

@@ -34,7 +34,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tl_mod = pytest.importorskip("transformer_lens")
 
-from test_gradients import assert_grads_match, tl_logit_diff, tl_loss, tl_run  # noqa: E402
+from test_gradients import assert_grads_match, tl_hook, tl_logit_diff, tl_loss, tl_run  # noqa: E402
 from tl_conversion import tl_twin  # noqa: E402
 from transformer_lens.pretrained import weight_conversions as wc  # noqa: E402
 
@@ -173,17 +173,10 @@ def test_backward_hooks_on_the_new_points_as_in_transformer_lens(pair, points):
     if family != "gemma2":   # no post norms: the pre norms' points instead
         points = [(n.replace("_post.", "."), f) for n, f in points]
 
-    def torch_fn(fn):
-        def hook(t, hook):
-            a = t.detach().numpy().copy()
-            ret = fn(a, hook)
-            return torch.tensor(a if ret is None else ret)
-        return hook
-
     metric = metrics.logit_diff(ANS, WRONG)
     with m.hooks(bwd_hooks=points):
         _, cache = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric)
-    _, ref = tl_run(tl, TOKENS, tl_logit_diff(ANS, WRONG), bwd_hooks=[(n, torch_fn(f)) for n, f in points])
+    _, ref = tl_run(tl, TOKENS, tl_logit_diff(ANS, WRONG), bwd_hooks=[(n, tl_hook(f)) for n, f in points])
     _, plain = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric)
     assert not np.allclose(cache["hook_embed_grad"], plain["hook_embed_grad"])
     hooked = {n for n, _ in points}

@@ -11,7 +11,6 @@ d_model <= 64-term dot products through 2-3 layers the observed error is
 mistake (a missing bias, wrong scale or transposed weight is >= 1e-2).
 """
 import gc
-import warnings
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ tl = pytest.importorskip("transformer_lens")
 from mechinterp_c import _core, _testing
 from mechinterp_c.hooked_transformer import HookedTransformer
 from mechinterp_c.config import HookedTransformerConfig
+from sweep_reference import tl_pair  # noqa: E402
 
 TOL = 1e-5
 
@@ -50,17 +50,7 @@ CONFIGS = {
 
 def make_pair(overrides, perturb=0.1):
     """A TransformerLens model and ours with identical, non-trivial weights."""
-    cfg = dict(BASE, **overrides)
-    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
-    rng = np.random.default_rng(0)
-    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-    for k, v in sd.items():
-        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
-            sd[k] = (v + perturb * rng.standard_normal(v.shape)).astype(np.float32)  # non-zero biases, non-unit norm weights
-    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
-    m = HookedTransformer(HookedTransformerConfig(**cfg))
-    m.load_state_dict(sd)
-    return tm, m
+    return tl_pair(dict(BASE, **overrides), perturb)
 
 
 def assert_scaled_close(ours, ref, name, tol=TOL):

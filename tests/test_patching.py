@@ -25,8 +25,7 @@ tlp = pytest.importorskip("transformer_lens.patching")
 tlu = pytest.importorskip("transformer_lens.utils")
 
 from mechinterp_c import _core, patching
-from mechinterp_c.config import HookedTransformerConfig
-from mechinterp_c.hooked_transformer import HookedTransformer
+from sweep_reference import tl_pair  # noqa: E402
 
 TOL = 1e-5
 BASE = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_vocab=50, act_fn="gelu_new", seed=1)
@@ -51,17 +50,7 @@ ANSWER, WRONG = np.array([1, 2, 3]), np.array([4, 5, 6])
 
 def make_pair(overrides, perturb=0.1):
     """A TransformerLens model and ours with identical, non-trivial weights."""
-    cfg = dict(BASE, **overrides)
-    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
-    rng = np.random.default_rng(0)
-    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-    for k, v in sd.items():
-        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
-            sd[k] = (v + perturb * rng.standard_normal(v.shape)).astype(np.float32)
-    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
-    m = HookedTransformer(HookedTransformerConfig(**cfg))
-    m.load_state_dict(sd)
-    return tm, m
+    return tl_pair(dict(BASE, **overrides), perturb)
 
 
 def tokens_pair(seed=3):

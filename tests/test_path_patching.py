@@ -24,8 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 tl = pytest.importorskip("transformer_lens")
 
 from mechinterp_c import patching
-from mechinterp_c.config import HookedTransformerConfig
-from mechinterp_c.hooked_transformer import HookedTransformer
+from sweep_reference import tl_pair  # noqa: E402
 
 TOL = 1e-5
 L, NH = 3, 4
@@ -36,17 +35,8 @@ ANSWER, WRONG = np.array([1, 2, 3]), np.array([4, 5, 6])
 
 
 def make_pair(overrides, perturb=0.3):
-    cfg = dict(BASE, **overrides)
-    tm = tl.HookedTransformer(tl.HookedTransformerConfig(**cfg))
-    rng = np.random.default_rng(0)
-    sd = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-    for k, v in sd.items():
-        if v.dtype == np.float32 and k.split(".")[-1] not in ("mask", "IGNORE"):
-            sd[k] = (v + perturb * rng.standard_normal(v.shape)).astype(np.float32)
-    tm.load_state_dict({k: torch.tensor(v) for k, v in sd.items()})
-    m = HookedTransformer(HookedTransformerConfig(**cfg))
-    m.load_state_dict(sd)
-    return tm, m
+    """A TransformerLens model and ours with identical, non-trivial weights."""
+    return tl_pair(dict(BASE, **overrides), perturb)
 
 
 def tokens_pair(seed=3):

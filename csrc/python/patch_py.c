@@ -110,6 +110,40 @@ static int parse_layers(PyObject *obj, const char *what, int64_t n_expect, mi_ar
     return 0;
 }
 
+/* The [n_cells, 4] int64 cells (source, then three indices) as mi_patch_cell
+ * rows (PyMem; one spare so that zero cells still allocate). */
+static mi_patch_cell *parse_cells(const mi_arg *cells, int n_src)
+{
+    npy_intp n_cells = PyArray_DIM(cells->arr, 0);
+    mi_patch_cell *cl = PyMem_Calloc((size_t)n_cells + 1, sizeof *cl);
+    if (!cl) { PyErr_NoMemory(); return NULL; }
+    const int64_t *cd = mi_arg_data(cells);
+    for (npy_intp j = 0; j < n_cells; j++) {
+        if (cd[4 * j] < -1 || cd[4 * j] >= n_src) {
+            PyErr_Format(PyExc_IndexError, "cells[%zd]: source %lld is outside [-1, %d)", j,
+                         (long long)cd[4 * j], n_src);
+            PyMem_Free(cl);
+            return NULL;
+        }
+        cl[j].source = (int)cd[4 * j];
+        for (int a = 0; a < 3; a++) cl[j].idx[a] = cd[4 * j + 1 + a];
+    }
+    return cl;
+}
+
+/* The model, in use (mi_py_model_release when done), once the residual stream
+ * [batch, pos, d] is checked against its d_model. */
+static mi_transformer *use_model(PyObject *module, PyObject *model, const mi_arg *resid)
+{
+    mi_transformer *tf = mi_py_model_use(module, model);
+    if (tf && PyArray_DIM(resid->arr, 2) != tf->spec.d_model) {
+        PyErr_Format(PyExc_ValueError, "resid: expected [batch, pos, d_model=%ld]", (long)tf->spec.d_model);
+        mi_py_model_release(model);
+        return NULL;
+    }
+    return tf;
+}
+
 static PyObject *py_patch_run(PyObject *module, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"model", "start_layer", "resid", "sources", "cells", "per_pass",
@@ -160,22 +194,8 @@ static PyObject *py_patch_run(PyObject *module, PyObject *args, PyObject *kw)
             goto done;
         }
     }
-    if (!(cl = PyMem_Calloc((size_t)n_cells + 1, sizeof *cl))) { PyErr_NoMemory(); goto done; }
-    const int64_t *cd = mi_arg_data(&cells);
-    for (npy_intp j = 0; j < n_cells; j++) {
-        if (cd[4 * j] < -1 || cd[4 * j] >= n_src) {
-            PyErr_Format(PyExc_IndexError, "cells[%zd]: source %lld is outside [0, %d)", j,
-                         (long long)cd[4 * j], n_src);
-            goto done;
-        }
-        cl[j].source = (int)cd[4 * j];
-        for (int a = 0; a < 3; a++) cl[j].idx[a] = cd[4 * j + 1 + a];
-    }
-    if (!(tf = mi_py_model_use(module, model))) goto done;
-    if (PyArray_DIM(resid.arr, 2) != tf->spec.d_model) {
-        PyErr_Format(PyExc_ValueError, "resid: expected [batch, pos, d_model=%ld]", (long)tf->spec.d_model);
-        goto done;
-    }
+    if (!(cl = parse_cells(&cells, n_src))) goto done;
+    if (!(tf = use_model(module, model, &resid))) goto done;
     if (rows.arr) {
         npy_intp dims[3] = {n_cells, R, K + (lse ? 1 : 0)};
         out = PyArray_ZEROS(3, dims, NPY_FLOAT64, 0);
@@ -251,22 +271,8 @@ static PyObject *py_patch_capture(PyObject *module, PyObject *args, PyObject *kw
         goto done;
     if (mi_arg_shape(&cells, 2, c4, NULL) < 0) goto done;
     npy_intp n_cells = PyArray_DIM(cells.arr, 0);
-    if (!(cl = PyMem_Calloc((size_t)n_cells + 1, sizeof *cl))) { PyErr_NoMemory(); goto done; }
-    const int64_t *cd = mi_arg_data(&cells);
-    for (npy_intp j = 0; j < n_cells; j++) {
-        if (cd[4 * j] < -1 || cd[4 * j] >= n_src) {
-            PyErr_Format(PyExc_IndexError, "cells[%zd]: source %lld is outside [-1, %d)", j,
-                         (long long)cd[4 * j], n_src);
-            goto done;
-        }
-        cl[j].source = (int)cd[4 * j];
-        for (int a = 0; a < 3; a++) cl[j].idx[a] = cd[4 * j + 1 + a];
-    }
-    if (!(tf = mi_py_model_use(module, model))) goto done;
-    if (PyArray_DIM(resid.arr, 2) != tf->spec.d_model) {
-        PyErr_Format(PyExc_ValueError, "resid: expected [batch, pos, d_model=%ld]", (long)tf->spec.d_model);
-        goto done;
-    }
+    if (!(cl = parse_cells(&cells, n_src))) goto done;
+    if (!(tf = use_model(module, model, &resid))) goto done;
     const float *rd = mi_arg_data(&resid), *md = mi_arg_data(&mask);
     mi_status st;
     Py_BEGIN_ALLOW_THREADS
