@@ -189,9 +189,12 @@ def test_names_filter_applies_to_both_and_return_types():
                                            "blocks.0.hook_resid_pre_grad", "blocks.1.hook_resid_pre_grad"])
     _, full = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric)
     np.testing.assert_array_equal(cache["blocks.0.hook_resid_pre_grad"], full["blocks.0.hook_resid_pre_grad"])
-    # gradients nobody keeps share one slot per kind: the filtered pass holds less
-    held = lambda c, k: c[k].base.nbytes
-    assert held(cache, "blocks.0.hook_resid_pre_grad") < 0.7 * held(full, "blocks.0.hook_resid_pre_grad")
+    # gradients nobody keeps share one slot per kind: the filtered pass holds less (one
+    # block holds a pass's activations, gradients and scratch; the activations are the
+    # same, the backward reads them all)
+    held = lambda c: c["blocks.0.hook_resid_pre_grad"].base.nbytes
+    grad_bytes = sum(np.asarray(full[k]).nbytes for k in full.keys() if k.endswith("_grad"))
+    assert held(full) - held(cache) > 0.3 * grad_bytes
     logits, c2 = m.run_with_cache(TOKENS, incl_bwd=True, metric=metric, return_type="logits",
                                   names_filter="hook_embed", return_cache_object=False)
     np.testing.assert_array_equal(logits, m(TOKENS))

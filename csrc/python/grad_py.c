@@ -152,7 +152,7 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
                                      &tokens, &flags, &bflags, &metric, &cb, &bcb, mi_conv_array, &pos,
                                      mi_conv_array, &mask, mi_conv_array, &grads))
         return NULL;
-    PyObject *res = NULL, *arena_arr = NULL, *garena_arr = NULL, *scr_arr = NULL, *out = NULL,
+    PyObject *res = NULL, *owner = NULL, *out = NULL,
              *cache = NULL, *gcache = NULL;
     mi_tf_plan plan = {0}, gplan = {0};
     mi_transformer *tf = mi_py_model_use(module, model);
@@ -189,13 +189,16 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
     }
     mi_status st = mi_tf_grad_plan(tf, B, T, flags.buf, bflags.buf, &plan, &gplan);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    npy_intp na = (npy_intp)plan.n_floats, ng = (npy_intp)gplan.n_floats, ns = (npy_intp)mi_tf_grad_scratch(tf, B, T);
-    float *arena, *garena, *scratch;
-    if (!(arena_arr = mi_py_empty(module, 1, &na, &arena)) || !(garena_arr = mi_py_empty(module, 1, &ng, &garena))
-        || !(scr_arr = mi_py_empty(module, 1, &ns, &scratch)))
+    /* activations, their gradients and the pass's scratch in one block (64-byte
+     * aligned parts): the model's last released arena when it fits, warm pages */
+    size_t na = (plan.n_floats + 15) / 16 * 16, ng = (gplan.n_floats + 15) / 16 * 16;
+    float *arena = NULL, *garena, *scratch;
+    if (!(owner = mi_py_model_arena(module, model, na + ng + mi_tf_grad_scratch(tf, B, T), &arena)))
         goto done;
-    mc.owner = arena_arr;
-    hook_ctx fh = {cb, arena_arr}, bh = {bcb, garena_arr};
+    garena = arena + na;
+    scratch = garena + ng;
+    mc.owner = owner;
+    hook_ctx fh = {cb, owner}, bh = {bcb, owner};
     double value = 0.0;
     const int64_t *tk = mi_arg_data(&tokens), *pd = mi_arg_data(&pos);
     const float *md = mi_arg_data(&mask);
@@ -207,9 +210,9 @@ static PyObject *py_grad(PyObject *module, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
     if (st != MI_OK) { mi_py_raise(st); goto done; }
     npy_intp oshape[3] = {B, T, tf->spec.d_vocab_out};
-    if (!(out = mi_py_view(arena_arr, mi_tf_output(tf, &plan, arena), 3, oshape, NULL, 1))) goto done;
-    if (!(cache = views(tf, &plan, arena, arena_arr, fl, MI_HOOK_CACHE))) goto done;
-    if (!(gcache = views(tf, &gplan, garena, garena_arr, bfl, MI_HOOK_CACHE))) goto done;
+    if (!(out = mi_py_view(owner, mi_tf_output(tf, &plan, arena), 3, oshape, NULL, 1))) goto done;
+    if (!(cache = views(tf, &plan, arena, owner, fl, MI_HOOK_CACHE))) goto done;
+    if (!(gcache = views(tf, &gplan, garena, owner, bfl, MI_HOOK_CACHE))) goto done;
     res = Py_BuildValue("dOOO", value, out, cache, gcache);
 done:
     mi_py_model_release(model);
@@ -220,7 +223,7 @@ release:
     PyBuffer_Release(&bflags);
     mi_arg_release(&tokens); mi_arg_release(&pos); mi_arg_release(&mask); mi_arg_release(&grads);
     for (int i = 0; i < 3; i++) mi_arg_release(&margs[i]);
-    Py_XDECREF(arena_arr); Py_XDECREF(garena_arr); Py_XDECREF(scr_arr);
+    Py_XDECREF(owner);
     Py_XDECREF(out); Py_XDECREF(cache); Py_XDECREF(gcache);
     return res;
 }

@@ -500,14 +500,8 @@ static PyObject *model_forward(PyObject *self, PyObject *args, PyObject *kw)
     }
     st = mi_tf_plan_call_kv(&mo->tf, B, T, n_past, start, stop, fl, &plan);
     if (st != MI_OK) { mi_py_raise(st); goto done; }
-    size_t arena_bytes = plan.n_floats * sizeof(float);
-    float *arena = mi_py_spare_take(mo->arenas, arena_bytes, &arena_bytes);
-    if (!arena && !(arena = mi_malloc(arena_bytes))) {
-        PyErr_Format(PyExc_MemoryError, "forward: cannot allocate the activation arena of a "
-                     "[%ld, %ld] call (%zu bytes)", (long)B, (long)T, arena_bytes);
-        goto done;
-    }
-    if (!(arena_owner = mi_py_spare_buffer(module, mo->arenas, arena, arena_bytes))) goto done;
+    float *arena = NULL;
+    if (!(arena_owner = mi_py_model_arena(module, self, plan.n_floats, &arena))) goto done;
     hook_ctx hc = {cb, arena_owner};
     const int64_t *tk = mi_arg_data(&tokens), *pd = mi_arg_data(&pos);
     const float *rd = mi_arg_data(&resid), *md = mi_arg_data(&mask);
@@ -711,6 +705,17 @@ mi_transformer *mi_py_model_acquire(PyObject *module, PyObject *obj)
 }
 
 void mi_py_model_release(PyObject *obj) { ((mi_py_model *)obj)->running--; }
+
+PyObject *mi_py_model_arena(PyObject *module, PyObject *obj, size_t n_floats, float **data)
+{
+    mi_py_model *mo = (mi_py_model *)obj;
+    size_t nbytes = n_floats * sizeof(float);
+    float *arena = mi_py_spare_take(mo->arenas, nbytes, &nbytes);
+    if (!arena && !(arena = mi_malloc(nbytes)))
+        return PyErr_Format(PyExc_MemoryError, "cannot allocate an activation arena of %zu bytes", nbytes);
+    *data = arena;
+    return mi_py_spare_buffer(module, mo->arenas, arena, nbytes);
+}
 
 mi_transformer *mi_py_model_use(PyObject *module, PyObject *obj)
 {

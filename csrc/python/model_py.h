@@ -18,6 +18,11 @@ void mi_py_model_release(PyObject *obj);
  * checkpoint, which is checked to be unchanged): marked in use as
  * mi_py_model_acquire, until mi_py_model_release(obj). */
 mi_transformer *mi_py_model_use(PyObject *module, PyObject *obj);
+/* A Buffer owning at least n_floats floats (64-byte aligned, *data its first,
+ * contents undefined) for a pass of the model `obj` (in use): the model's last
+ * released arena when it fits, so a loop of passes reuses warm pages; given
+ * back to the model when the Buffer goes. NULL with MemoryError. */
+PyObject *mi_py_model_arena(PyObject *module, PyObject *obj, size_t n_floats, float **data);
 
 /* The key/value cache behind `obj` (a _core.KVCache, kv_cache_py.c), marked in
  * use until mi_py_kv_release(obj): NULL with TypeError for another object,
