@@ -440,6 +440,7 @@ static mi_status train_pass(const mi_transformer *m, int64_t B, int64_t T, int m
 
     /* loss = mean cross_entropy(logits, targets) */
     const float *logits = mi_tf_output(m, &plan, arena);
+    const float *dlogits = S.dlogits;   /* d loss / d (raw) logits */
     if (mode == PASS_LOSS) {
         float mean = 0.0f;
         zero(S.dlogits, BT * Vo);
@@ -450,10 +451,12 @@ static mi_status train_pass(const mi_transformer *m, int64_t B, int64_t T, int m
                                goto done; }
         *loss = mean;
     } else {
-        memcpy(S.dlogits, dlogits_in, sizeof(float) * (size_t)(BT * Vo));
+        dlogits = dlogits_in;      /* read where the caller holds it */
     }
-    if (s->logit_softcap > 0.0f)   /* the loss reads cap * tanh(raw / cap) */
-        mi_tf_softcap_backward(s->logit_softcap, logits, S.dlogits, S.dlogits, BT * Vo);
+    if (s->logit_softcap > 0.0f) {   /* the loss reads cap * tanh(raw / cap) */
+        mi_tf_softcap_backward(s->logit_softcap, logits, dlogits, S.dlogits, BT * Vo);
+        dlogits = S.dlogits;
+    }
     tick(&S, MI_BWD_LOSS);
 
     int pf = mi_tf_final_point(s, 0);
@@ -465,9 +468,9 @@ static mi_status train_pass(const mi_transformer *m, int64_t B, int64_t T, int m
     if (s->norm != MI_NORM_NONE)
         xf = mi_tf_norm_out(view_ptr(m, &plan, arena, pf + MI_PF_LNF_NORM), pw(m, g[MI_G_LNF_W]),
                       pw(m, g[MI_G_LNF_B]), BT, D, S.xin);
-    mi_sgemm(1, 0, D, Vo, BT, xf, D, S.dlogits, Vo, NULL, 1.0f, gw(grads, g[MI_G_W_U]), Vo);
-    colsum_acc(S.dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));
-    mi_sgemm(0, 1, BT, D, Vo, S.dlogits, Vo, pw(m, g[MI_G_W_U]), Vo, NULL, 0.0f, S.dx, D);
+    mi_sgemm(1, 0, D, Vo, BT, xf, D, dlogits, Vo, NULL, 1.0f, gw(grads, g[MI_G_W_U]), Vo);
+    colsum_acc(dlogits, BT, Vo, gw(grads, g[MI_G_B_U]));
+    mi_sgemm(0, 1, BT, D, Vo, dlogits, Vo, pw(m, g[MI_G_W_U]), Vo, NULL, 0.0f, S.dx, D);
     tick(&S, MI_BWD_UNEMBED);
     zero(S.dresid, BT * D);
     st = norm_backward(s, S.dx, resid_L, pw(m, g[MI_G_LNF_W]),
