@@ -160,22 +160,22 @@ static inline __mmask16 lanes(int64_t left)
     return left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
 }
 
-/* part[i * ldp + j] = sum over the kn rows k of b (B stored [K, N], row stride
- * ldb, from the first column wanted) of a[i * lda + k] * b[k, j], for j < n:
- * one FMA per k in order from zero. Four rows of B per sweep, each read
- * as one contiguous stretch (a register tile walked down the rows would read
+/* sums[i * lds + j] = sum over the K rows k of b (B stored [K, N], row stride
+ * ldb, from the first column wanted) of Ar[i * K + k] * b[k, j], for j < n: one
+ * FMA per k in order from zero. Four rows of B per sweep, each read as one
+ * contiguous stretch (a register tile walked down the rows would read
  * 128 bytes per row at a stride of ldb: the weights would not stream). M is a
  * constant where this is inlined, so A's values stay in registers. */
-static inline __attribute__((always_inline)) void block_nn(const int M, int64_t lda, int64_t kn, int64_t n,
-                                                           const float *a, const uint16_t *b,
-                                                           int64_t ldb, float *part, int64_t ldp)
+static inline __attribute__((always_inline)) void block_nn(const int M, int64_t K, int64_t n,
+                                                           const float *Ar, const uint16_t *b,
+                                                           int64_t ldb, float *sums, int64_t lds)
 {
-    for (int i = 0; i < M; i++) memset(part + i * ldp, 0, sizeof(float) * (size_t)n);
+    for (int i = 0; i < M; i++) memset(sums + i * lds, 0, sizeof(float) * (size_t)n);
     int64_t k = 0;
-    for (; k + 4 <= kn; k += 4, b += 4 * ldb) {
+    for (; k + 4 <= K; k += 4, b += 4 * ldb) {
         __m512 av[MI_BGEMM_SMALL_M][4];
         for (int i = 0; i < M; i++)
-            for (int s = 0; s < 4; s++) av[i][s] = _mm512_set1_ps(a[i * lda + k + s]);
+            for (int s = 0; s < 4; s++) av[i][s] = _mm512_set1_ps(Ar[i * K + k + s]);
         for (int64_t j = 0; j < n; j += 16) {
             const __mmask16 m = lanes(n - j);
             if (!(j & 31))   /* the next sweep's four rows, a cache line each */
@@ -183,7 +183,7 @@ static inline __attribute__((always_inline)) void block_nn(const int M, int64_t 
             const __m512 b0 = widen16(m, b + j), b1 = widen16(m, b + ldb + j),
                          b2 = widen16(m, b + 2 * ldb + j), b3 = widen16(m, b + 3 * ldb + j);
             for (int i = 0; i < M; i++) {
-                float *c = part + i * ldp + j;
+                float *c = sums + i * lds + j;
                 __m512 r = _mm512_maskz_loadu_ps(m, c);
                 r = _mm512_fmadd_ps(av[i][0], b0, r);
                 r = _mm512_fmadd_ps(av[i][1], b1, r);
@@ -193,13 +193,13 @@ static inline __attribute__((always_inline)) void block_nn(const int M, int64_t 
             }
         }
     }
-    for (; k < kn; k++, b += ldb)
+    for (; k < K; k++, b += ldb)
         for (int64_t j = 0; j < n; j += 16) {
             const __mmask16 m = lanes(n - j);
             const __m512 bv = widen16(m, b + j);
             for (int i = 0; i < M; i++) {
-                float *c = part + i * ldp + j;
-                _mm512_mask_storeu_ps(c, m, _mm512_fmadd_ps(_mm512_set1_ps(a[i * lda + k]), bv,
+                float *c = sums + i * lds + j;
+                _mm512_mask_storeu_ps(c, m, _mm512_fmadd_ps(_mm512_set1_ps(Ar[i * K + k]), bv,
                                                             _mm512_maskz_loadu_ps(m, c)));
             }
         }
@@ -209,10 +209,10 @@ void mi_bgemm_small_m_nn_avx512(int64_t M, int64_t K, int64_t j0, int64_t n, con
                                 const uint16_t *B, int64_t ldb, float *sums, int64_t lds)
 {
     switch (M) {   /* one copy per row count: the register arrays need a constant M */
-    case 1: block_nn(1, K, K, n, Ar, B + j0, ldb, sums, lds); break;
-    case 2: block_nn(2, K, K, n, Ar, B + j0, ldb, sums, lds); break;
-    case 3: block_nn(3, K, K, n, Ar, B + j0, ldb, sums, lds); break;
-    default: block_nn(4, K, K, n, Ar, B + j0, ldb, sums, lds); break;
+    case 1: block_nn(1, K, n, Ar, B + j0, ldb, sums, lds); break;
+    case 2: block_nn(2, K, n, Ar, B + j0, ldb, sums, lds); break;
+    case 3: block_nn(3, K, n, Ar, B + j0, ldb, sums, lds); break;
+    default: block_nn(4, K, n, Ar, B + j0, ldb, sums, lds); break;
     }
 }
 
