@@ -34,7 +34,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tl_mod = pytest.importorskip("transformer_lens")
 
-from test_gradients import assert_grads_match, tl_hook, tl_logit_diff, tl_loss, tl_run  # noqa: E402
+from test_gradients import assert_grads_match, assert_param_grads_equal_training, tl_hook, tl_logit_diff, tl_loss, tl_run  # noqa: E402
 from tl_conversion import tl_twin  # noqa: E402
 from transformer_lens.pretrained import weight_conversions as wc  # noqa: E402
 
@@ -188,19 +188,7 @@ def test_parameter_gradients_equal_training_backward(pair):
     """The hooked pass's parameter gradients (post norms' weights included) are the
     training backward's for the loss (float32 sums in another order: 1e-5 of each norm)."""
     family, m, _ = pair
-    targets = np.full(TOKENS.shape, -100)
-    targets[:, :-1] = TOKENS[:, 1:]
-    m.zero_grad()
-    loss = m.backward(TOKENS, targets)
-    ref = m._training_state().grads.copy()
-    grads = mi._core.grad_blob(m._core)
-    value, *_ = m._run_grad(TOKENS, "loss", grads=grads)
-    assert abs(value - loss) < 1e-6 * abs(loss)
-    for name, off, shape in m._core.param_table():
-        r, g = ref[off:off + int(np.prod(shape))], grads[off:off + int(np.prod(shape))]
-        if "b_qkv" in name:
-            continue     # b_K's gradient is 0 up to rounding on both sides
-        assert np.linalg.norm(g - r) <= 1e-5 * max(np.linalg.norm(r), 1e-12), (family, name)
+    assert_param_grads_equal_training(m, TOKENS, family)
 
 
 def test_one_and_two_threads_bitwise(pair):
