@@ -129,6 +129,24 @@ def test_few_rows_each_row_as_alone(isa, threads, trans_b, rng):
                                                             trans_b=bool(trans_b)))[0], outs[0][i])
 
 
+@pytest.mark.parametrize("M", [1, 3, 8])
+def test_few_rows_transposed_b_same_bits_on_every_isa(M, rng):
+    """A decode step against B stored [N, K] (a tied unembedding) sums each dot product in
+    one order on every instruction set: the vectorised kernels give the plain loop's bits."""
+    a = rng.standard_normal((M, 301)).astype(np.float32)
+    b = rng.standard_normal((700, 301)).astype(np.float32)
+    outs = {}
+    try:
+        for isa in ISAS:
+            if _core.force_isa(isa) == isa:
+                outs[isa] = np.array(_core.matmul(a, b, trans_b=True))
+    finally:
+        _core.force_isa("best")
+    assert len(outs) >= 2
+    for isa, out in outs.items():
+        np.testing.assert_array_equal(out, outs["scalar"], err_msg=isa)
+
+
 @pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 1)])
 @pytest.mark.parametrize("shape", [(7, 13, 33), (37, 45, 29), (100, 77, 300), (25, 70, 600)],
                          ids=lambda s: "x".join(map(str, s)))

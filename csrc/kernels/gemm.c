@@ -353,6 +353,12 @@ static void few_rows(const mi_gemm_arch *ar, int trans_a, int trans_b,
         float acc[FEW_ROWS][FEW_CHUNK];
         for (int j = 0; j < n; j++) {
             const float *b = B + (j0 + j) * ldb;
+            if (ar->dots && sa_p == 1) {   /* the same sums, vectorised */
+                float out[FEW_ROWS];
+                ar->dots(K, (int)M, A, sa_i, b, out);
+                for (int64_t i = 0; i < M; i++) acc[i][j] = out[i];
+                continue;
+            }
             for (int64_t i = 0; i < M; i++) {
                 const float *a = A + i * sa_i;
                 float part[8] = {0};

@@ -168,6 +168,44 @@ static void axpy4_avx512(int64_t n, int m, int q, const float *a, int64_t sa_i, 
     else axpy4_any(n, m, q, a, sa_i, sa_p, x, ldx, y, ldy);
 }
 
+/* gemm_kernels.h: mi_gemm_dots, 8 lanes of partial sums in a ymm register per row.
+ * fp-contract off: the multiply and the add must round separately, as in the plain
+ * loop. One copy per row count (m a constant where inlined: the sums stay in
+ * registers). */
+static inline __attribute__((always_inline, optimize("fp-contract=off")))
+void dots_rows(const int m, int64_t K, const float *a, int64_t sa_i, const float *b, float *out)
+{
+    __m256 part[8];
+    for (int r = 0; r < m; r++) part[r] = _mm256_setzero_ps();
+    int64_t p = 0;
+    for (; p + 8 <= K; p += 8) {
+        const __m256 bv = _mm256_loadu_ps(b + p);
+        for (int r = 0; r < m; r++)
+            part[r] = _mm256_add_ps(part[r], _mm256_mul_ps(_mm256_loadu_ps(a + r * sa_i + p), bv));
+    }
+    for (int r = 0; r < m; r++) {
+        float t[8];
+        _mm256_storeu_ps(t, part[r]);
+        for (int l = 0; p + l < K; l++) t[l] += a[r * sa_i + p + l] * b[p + l];
+        out[r] = ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+    }
+}
+
+__attribute__((optimize("fp-contract=off")))
+static void dots_avx512(int64_t K, int m, const float *a, int64_t sa_i, const float *b, float *out)
+{
+    switch (m) {
+    case 1: dots_rows(1, K, a, sa_i, b, out); break;
+    case 2: dots_rows(2, K, a, sa_i, b, out); break;
+    case 3: dots_rows(3, K, a, sa_i, b, out); break;
+    case 4: dots_rows(4, K, a, sa_i, b, out); break;
+    case 5: dots_rows(5, K, a, sa_i, b, out); break;
+    case 6: dots_rows(6, K, a, sa_i, b, out); break;
+    case 7: dots_rows(7, K, a, sa_i, b, out); break;
+    default: dots_rows(8, K, a, sa_i, b, out); break;
+    }
+}
+
 /* kc 768: GPT-2's K = 768 products (qkv, W_O, W_in, the unembedding) run in
  * one K block, so C is written once instead of read and written three times;
  * A block 192 x 768 (576 KiB) and a B micro-panel (96 KiB) still fit the 1 MiB
@@ -175,5 +213,5 @@ static void axpy4_avx512(int64_t n, int m, int q, const float *a, int64_t sa_i, 
 const mi_gemm_arch mi_gemm_arch_avx512 = {
     .name = "avx512", .mr = MR, .nr = NR, .mc = 192, .kc = 768, .nc = 4096,
     .ukr = ukr_avx512_12x32, .ukr_part = ukr_avx512_part, .part_rows = 8, .axpy = axpy_avx512,
-    .axpy4 = axpy4_avx512,
+    .axpy4 = axpy4_avx512, .dots = dots_avx512,
 };

@@ -46,6 +46,14 @@ typedef void (*mi_gemm_axpy)(int64_t n, float a, const float *x, float *y);
 typedef void (*mi_gemm_axpy4)(int64_t n, int m, int q, const float *a, int64_t sa_i, int64_t sa_p,
                               const float *x, int64_t ldx, float *y, int64_t ldy);
 
+/* out[r] for r < m (<= 8) = sum over p < K of a[r*sa_i + p] * b[p], summed exactly as
+ * the few-rows path's plain loop (gemm.c) sums it: 8 partial sums part[p mod 8], each
+ * a multiply then an add in p order (no FMA), combined as ((0 + 4) + (1 + 5)) +
+ * ((2 + 6) + (3 + 7)); so bitwise that loop's result (optional: the loop runs
+ * otherwise). The few-rows path with B stored [N, K] (a tied unembedding) dots each
+ * row of B with the rows of A. */
+typedef void (*mi_gemm_dots)(int64_t K, int m, const float *a, int64_t sa_i, const float *b, float *out);
+
 typedef struct {
     const char *name;
     int mr, nr;          /* register tile of the micro-kernel */
@@ -55,6 +63,7 @@ typedef struct {
     int part_rows;
     mi_gemm_axpy axpy;
     mi_gemm_axpy4 axpy4;   /* NULL: axpy m*q times */
+    mi_gemm_dots dots;     /* NULL: the plain loop */
 } mi_gemm_arch;
 
 extern const mi_gemm_arch mi_gemm_arch_avx512;   /* 12 x 32, AVX-512F + FMA */
