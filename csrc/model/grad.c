@@ -9,6 +9,11 @@
  * fuses what this one keeps apart: here every hook point's gradient is a
  * tensor a hook can see and replace before it flows upstream.
  *
+ * Products with a weight's transpose go through mi_tf_linear (linear.h), so a
+ * model with bfloat16 weights gets its activation gradients the way its forward
+ * multiplies (the gradient operand rounded to bfloat16); its parameter
+ * gradients are refused (a bfloat16 model does not train).
+ *
  * Scratch (floats): dx and xin BT*D each, act and tmp BT*M each; with post
  * norms praw BT*D (the gradient of the W_O / W_out product), with an attention
  * soft-cap draw B*H*T*T (the scores' gradient before the cap).
@@ -59,6 +64,7 @@ static void wmul(const mi_transformer *m, size_t off, int64_t w_off, int trans, 
     if (acc) mi_tf_linear_add(w, w_off, trans, rows, n, k, x, ldx, ldw, y, ldy);
     else mi_tf_linear(w, w_off, trans, rows, n, k, x, ldx, ldw, NULL, y, ldy);
 }
+
 static float *gw(const gstate *g, size_t off) { return !g->grads || off == (size_t)-1 ? NULL : g->grads + off; }
 
 static float *view_in(const gstate *g, const mi_tf_plan *pl, float *arena, int p)
