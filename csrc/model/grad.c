@@ -164,6 +164,16 @@ static mi_status norm_bwd(const gstate *g, int centre, int64_t rows, int64_t d, 
     return MI_OK;
 }
 
+/* A post norm (Gemma 2's ln1_post / ln2_post: RMS, no bias) of a block's attention
+ * or MLP output, backwards: g->praw = d (its input) from dout = d (its output). */
+static mi_status post_norm_bwd(const gstate *g, const float *dout, int p_norm, int p_scale, size_t w_off)
+{
+    const int64_t BT = g->pl->batch * g->pl->seq, D = g->m->spec.d_model;
+    zero(g->praw, BT * D);
+    return norm_bwd(g, 0, BT, D, dout, AV(p_norm), AV(p_scale), pw(g->m, w_off), p_norm, p_scale, g->praw,
+                    gw(g, w_off), NULL);
+}
+
 static int centred(mi_norm_type t) { return t == MI_NORM_LN || t == MI_NORM_LNPRE; }
 
 /* z = pattern @ v, pattern = softmax(scores), scores = q k^T / attn_scale (q, k
@@ -276,12 +286,8 @@ static mi_status layer_bwd(const gstate *g, int l)
         float *g_out = GV(p0 + MI_P_MLP_OUT);
         copy(g_out, g_post, BT * D);
         MI_TRY(bfire(g, p0 + MI_P_MLP_OUT));
-        if (s->post_norms) {
-            /* mlp_out = ln2_post(mlp_raw): g_out becomes the gradient of mlp_raw */
-            zero(g->praw, BT * D);
-            MI_TRY(norm_bwd(g, 0, BT, D, g_out, AV(p0 + MI_P_LN2P_NORM), AV(p0 + MI_P_LN2P_SCALE),
-                            pw(m, o[MI_W_LN2P_W]), p0 + MI_P_LN2P_NORM, p0 + MI_P_LN2P_SCALE, g->praw,
-                            gw(g, o[MI_W_LN2P_W]), NULL));
+        if (s->post_norms) {   /* mlp_out = ln2_post(mlp_raw): g_out becomes d mlp_raw */
+            MI_TRY(post_norm_bwd(g, g_out, p0 + MI_P_LN2P_NORM, p0 + MI_P_LN2P_SCALE, o[MI_W_LN2P_W]));
             g_out = g->praw;
         }
         /* mlp_raw (mlp_out without post norms) = post @ W_out + b_out */
@@ -353,12 +359,8 @@ static mi_status layer_bwd(const gstate *g, int l)
     float *g_ao = GV(p0 + MI_P_ATTN_OUT), *g_z = GV(p0 + MI_P_Z);
     copy(g_ao, g_mid, BT * D);
     MI_TRY(bfire(g, p0 + MI_P_ATTN_OUT));
-    if (s->post_norms) {
-        /* attn_out = ln1_post(attn_raw): g_ao becomes the gradient of attn_raw */
-        zero(g->praw, BT * D);
-        MI_TRY(norm_bwd(g, 0, BT, D, g_ao, AV(p0 + MI_P_LN1P_NORM), AV(p0 + MI_P_LN1P_SCALE),
-                        pw(m, o[MI_W_LN1P_W]), p0 + MI_P_LN1P_NORM, p0 + MI_P_LN1P_SCALE, g->praw,
-                        gw(g, o[MI_W_LN1P_W]), NULL));
+    if (s->post_norms) {   /* attn_out = ln1_post(attn_raw): g_ao becomes d attn_raw */
+        MI_TRY(post_norm_bwd(g, g_ao, p0 + MI_P_LN1P_NORM, p0 + MI_P_LN1P_SCALE, o[MI_W_LN1P_W]));
         g_ao = g->praw;
     }
     const float *z = AV(p0 + MI_P_Z);
