@@ -9,10 +9,17 @@ import os
 import sys
 
 # OpenMP threads that spin while waiting starve each other (and Python) on a
-# small shared machine: a training step measured 4x faster with passive waiting
-# (bench/train.py). Read once, when libgomp starts: set it before _core loads.
+# small shared machine: a training step measured 4x slower with libgomp's
+# default spin of a few milliseconds. Threads that sleep at once instead must be
+# woken by the kernel at every parallel region, hundreds per decode step: a
+# GPT-2 decode step measured 1.4x slower than with a ~0.1 ms spin (GOMP_SPINCOUNT
+# 10000), which costs training nothing measurable. So: that short spin in
+# libgomp, passive waiting elsewhere, unless the user chose. Read once, when the
+# runtime starts: set before _core loads (a torch imported later inherits it).
 # torch loaded first started its own OpenMP runtime with spinning threads (told in torch mode)
 _torch_spins = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _core, ablation, analysis, attribution, checkpoints, io, metrics, ops, optim, patching, reve, training, transformers, utils, weight_processing

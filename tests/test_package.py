@@ -93,3 +93,20 @@ def test_import_pulls_no_optional_dependency():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(PKG)).stdout.strip()
     assert out == "[]", f"import mechinterp_c imported {out}"
+
+
+def _wait_settings(**env):
+    """OMP_WAIT_POLICY and GOMP_SPINCOUNT after ``import mechinterp_c`` in a fresh process
+    whose environment has neither, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = ("import os, mechinterp_c; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(PKG), env={**base, **env}).stdout.split()
+
+
+def test_import_sets_a_short_spin_unless_the_user_chose():
+    assert _wait_settings() == ["PASSIVE", "10000"]
+    assert _wait_settings(OMP_WAIT_POLICY="ACTIVE") == ["ACTIVE", "None"]
+    assert _wait_settings(OMP_WAIT_POLICY="PASSIVE") == ["PASSIVE", "None"]
+    assert _wait_settings(GOMP_SPINCOUNT="0") == ["PASSIVE", "0"]
