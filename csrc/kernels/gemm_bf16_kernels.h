@@ -43,15 +43,17 @@ void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int
 
 /* Products with at most MI_BGEMM_SMALL_M rows (decode steps): no packing, B's
  * bfloat16 widened to float32 as it is read and multiplied by Ar (A already
- * rounded to bfloat16 values, [M, K] contiguous) with float32 FMAs.
- *   nn (B stored [K, N]): sums[i * lds + j] for columns j0..j0+n-1 (j from 0),
- *      one FMA per k in order from zero.
- *   nt (B stored [N, K]): columns j0..j1-1 of C, each a dot product in four
- *      16-lane accumulators (k mod 64, k in order within each), then a fixed tree.
+ * rounded to bfloat16 values, row stride lda) with float32 FMAs.
+ *   nn (B stored [K, N], from the first row and column wanted): sums[i * lds + j]
+ *      = the sum over B's K rows, j < n, one FMA per k in order from zero (the
+ *      driver adds the K blocks' sums in block order).
+ *   nt (B stored [N, K], Ar [M, K] contiguous): columns j0..j1-1 of C, each a dot
+ *      product in four 16-lane accumulators (k mod 64, k in order within each),
+ *      then a fixed tree.
  * Both orders depend only on K, so a row of C is the same whatever M or the
  * thread count. */
 #define MI_BGEMM_SMALL_M 4
-void mi_bgemm_small_m_nn_avx512(int64_t M, int64_t K, int64_t j0, int64_t n, const float *Ar,
+void mi_bgemm_small_m_nn_avx512(int64_t M, int64_t K, int64_t n, const float *Ar, int64_t lda,
                                 const uint16_t *B, int64_t ldb, float *sums, int64_t lds);
 void mi_bgemm_small_m_nt_avx512(int64_t M, int64_t j0, int64_t j1, int64_t K, const float *Ar,
                                 const uint16_t *B, int64_t ldb, const float *bias, float beta,
