@@ -46,6 +46,7 @@
 #include "common/memory.h"
 #include "common/threads.h"
 #include "kernels/cpu.h"
+#include "kernels/few_rows.h"
 #include "kernels/gemm_kernels.h"
 
 /* Products below this many multiply-adds skip packing (it would cost more than it saves). */
@@ -258,78 +259,52 @@ static void small(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
  * bitwise the same whatever M is (a batch of one token each gives each
  * sequence what it alone gets), and the thread count never changes a bit.
  *
- * trans_b = 0 (B stored [K, N], read in row order): K is cut into fixed blocks
- * of FEW_KB rows, each a contiguous stretch of B that one task streams; a block
- * accumulates its partial sums in p order (the ISA's axpy, FMA on AVX2/AVX-512,
- * four p steps at a time for all M rows: axpy4), column strips of the block at a
- * time so the partials stay in L1; then C sums the blocks' partials in block
- * order. The block size is fixed, so the sum order depends on K only. Tasks
- * are (block, column range) pairs, enough for every thread.
+ * trans_b = 0 (B stored [K, N], read in row order): the K-blocked schedule of
+ * few_rows.h; a block accumulates its partial sums in p order (the ISA's axpy,
+ * FMA on AVX2/AVX-512, four p steps at a time for all M rows: axpy4).
  * trans_b = 1 (B stored [N, K]: rows of B are contiguous): threads split N;
  * each row of B is dotted with all M rows of A in turn while it is in L1,
  * keeping 8 partial sums (p mod 8) combined in a fixed tree, so the compiler
  * can vectorise the dot product without changing its result. */
 #define FEW_ROWS 8
 #define FEW_CHUNK 256
-#define FEW_KB 128
-#define FEW_STRIP 4096   /* floats of partial sums per strip (16 KiB) */
+
+/* few_rows_nn's block of rows for mi_few_rows_nn: the axpy steps in p order. */
+typedef struct {
+    const mi_gemm_arch *ar;
+    int64_t M, sa_i, sa_p, ldb;
+    const float *A, *B;
+} few_rows_ctx;
+
+static void few_rows_block(const void *ctx, int64_t p0, int64_t p1, int64_t j0, int64_t n,
+                           float *acc, int64_t ldacc)
+{
+    const few_rows_ctx *x = ctx;
+    const int64_t M = x->M, sa_i = x->sa_i, sa_p = x->sa_p;
+    for (int64_t p = p0; p < p1; p += 4) {
+        const int q = p1 - p < 4 ? (int)(p1 - p) : 4;
+        const float *b = x->B + p * x->ldb + j0;
+        if (x->ar->axpy4) {
+            x->ar->axpy4(n, (int)M, q, x->A + p * sa_p, sa_i, sa_p, b, x->ldb, acc, ldacc);
+            continue;
+        }
+        for (int s = 0; s < q; s++)
+            for (int64_t i = 0; i < M; i++)
+                x->ar->axpy(n, x->A[i * sa_i + (p + s) * sa_p], b + s * x->ldb, acc + i * ldacc);
+    }
+}
 
 static void few_rows_nn(const mi_gemm_arch *ar, int trans_a, int64_t M, int64_t N, int64_t K,
                         const float *A, int64_t lda, const float *B, int64_t ldb,
                         const float *bias, float beta, float *C, int64_t ldc, int nt)
 {
-    const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
-    const int64_t nkb = (K + FEW_KB - 1) / FEW_KB;
-    /* strips of columns: partials of one strip (M rows) fit FEW_STRIP floats */
-    int64_t strip = FEW_STRIP / M / 16 * 16;
-    if (strip > N) strip = N;
-    int64_t ncol = (N + strip - 1) / strip;
-    if (nkb * ncol < nt) {   /* too few tasks for the threads: narrower strips */
-        ncol = (nt + nkb - 1) / nkb;
-        strip = ((N + ncol - 1) / ncol + 15) / 16 * 16;
-        ncol = (N + strip - 1) / strip;
-    }
-    float *part = scratch((size_t)(nkb * M * N));
+    float *part = scratch((size_t)mi_few_rows_part_floats(M, N, K));
     if (!part) {
         mi_sgemm_ref(trans_a, 0, M, N, K, A, lda, B, ldb, bias, beta, C, ldc);
         return;
     }
-    #pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        #pragma omp for schedule(static)
-        for (int64_t task = 0; task < nkb * ncol; task++) {
-            const int64_t kb = task / ncol, j0 = task % ncol * strip;
-            const int64_t n = N - j0 < strip ? N - j0 : strip;
-            const int64_t p0 = kb * FEW_KB, p1 = p0 + FEW_KB < K ? p0 + FEW_KB : K;
-            float *acc = part + kb * M * N + j0;   /* row i at acc + i * N */
-            for (int64_t i = 0; i < M; i++) memset(acc + i * N, 0, sizeof(float) * (size_t)n);
-            for (int64_t p = p0; p < p1; p += 4) {
-                const int q = p1 - p < 4 ? (int)(p1 - p) : 4;
-                const float *b = B + p * ldb + j0;
-                if (ar->axpy4) {
-                    ar->axpy4(n, (int)M, q, A + p * sa_p, sa_i, sa_p, b, ldb, acc, N);
-                    continue;
-                }
-                for (int s = 0; s < q; s++)
-                    for (int64_t i = 0; i < M; i++)
-                        ar->axpy(n, A[i * sa_i + (p + s) * sa_p], b + s * ldb, acc + i * N);
-            }
-        }
-        /* C = the blocks' partials summed in block order (+ C, + bias) */
-        #pragma omp for schedule(static)
-        for (int64_t j0 = 0; j0 < N; j0 += FEW_CHUNK) {
-            const int64_t n = N - j0 < FEW_CHUNK ? N - j0 : FEW_CHUNK;
-            for (int64_t i = 0; i < M; i++) {
-                float *c = C + i * ldc + j0;
-                for (int64_t j = 0; j < n; j++) {
-                    float v = part[i * N + j0 + j];
-                    for (int64_t kb = 1; kb < nkb; kb++) v += part[(kb * M + i) * N + j0 + j];
-                    v = beta != 0.0f ? c[j] + v : v;
-                    c[j] = bias ? v + bias[j0 + j] : v;
-                }
-            }
-        }
-    }
+    const few_rows_ctx ctx = {ar, M, trans_a ? 1 : lda, trans_a ? lda : 1, ldb, A, B};
+    mi_few_rows_nn(nt, M, N, K, few_rows_block, &ctx, part, bias, beta, C, ldc);
 }
 
 static void few_rows(const mi_gemm_arch *ar, int trans_a, int trans_b,

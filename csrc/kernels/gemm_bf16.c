@@ -35,6 +35,7 @@
 #include "common/memory.h"
 #include "common/threads.h"
 #include "kernels/cpu.h"
+#include "kernels/few_rows.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16_kernels.h"
 
@@ -49,11 +50,8 @@
 #define SMALL_MNK 32768.0
 /* Multiply-adds per thread below which waking more threads costs more than it saves. */
 #define MNK_PER_THREAD 262144.0
-/* Decode steps: the most columns of C one task computes; with B stored [K, N],
- * the rows of B per block and the most partial sums (floats) one task keeps. */
+/* Decode steps with B stored [N, K]: the most columns of C one task computes. */
 #define SMALL_STRIP 1024
-#define SMALL_KB 128
-#define SMALL_PARTIALS 4096
 /* Columns of B widened to float32 at a time on the fp32 path. */
 #define FP32_CHUNK 512
 
@@ -280,23 +278,34 @@ static void bgemm_fp32(int trans_b, int64_t M, int64_t N, int64_t K, const float
 
 /* ---- decode steps (M <= MI_BGEMM_SMALL_M) ------------------------------- */
 
+/* small_m's block of rows for mi_few_rows_nn (B stored [K, N]). */
+typedef struct {
+    int64_t M, K, ldb;
+    const float *Ar;
+    const uint16_t *B;
+} small_m_ctx;
+
+static void small_m_block(const void *ctx, int64_t k0, int64_t k1, int64_t j0, int64_t n,
+                          float *acc, int64_t ldacc)
+{
+    const small_m_ctx *x = ctx;
+    mi_bgemm_small_m_nn_avx512(x->M, k1 - k0, n, x->Ar + k0, x->K, x->B + k0 * x->ldb + j0, x->ldb,
+                               acc, ldacc);
+}
+
 /* Packing B would cost as much as the product: B is read as it is, once.
- * trans_b 0 (B stored [K, N]): K is cut into fixed blocks of SMALL_KB rows,
- * each a contiguous stretch of B (a column split instead would read each row in
- * short pieces at a stride of ldb, which streams worse: ~15% slower decode
- * steps); a task (block, column strip) sums its rows in order into the block's
- * partials, four rows per sweep, the strip's M rows of sums in L1; then C sums
- * the blocks' partials in block order. trans_b 1 (B [N, K]): the threads split
- * the columns into chunks of at most SMALL_STRIP, a contiguous run of B's rows,
- * one dot product each. Either order depends on K only, so neither the thread
- * count nor M changes a bit. Returns 0 when a buffer cannot be allocated (the
- * caller takes another path). */
+ * trans_b 0 (B stored [K, N]): the K-blocked schedule of few_rows.h, float32's
+ * too (a column split instead measured ~15% slower decode steps), four rows of
+ * a block per sweep. trans_b 1 (B [N, K]): the threads split the columns into
+ * chunks of at most SMALL_STRIP, a contiguous run of B's rows, one dot product
+ * each. Either order depends on K only, so neither the thread count nor M
+ * changes a bit. Returns 0 when a buffer cannot be allocated (the caller takes
+ * another path). */
 static int small_m(int nt, int trans_b, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                    const uint16_t *B, int64_t ldb, const float *bias, float beta, float *C, int64_t ldc)
 {
-    const int64_t nkb = ceil_div(K, SMALL_KB);
     float *Ar = mi_malloc(sizeof(float) * (size_t)(M * K));
-    float *part = trans_b ? NULL : mi_malloc(sizeof(float) * (size_t)(nkb * M * N));
+    float *part = trans_b ? NULL : mi_malloc(sizeof(float) * (size_t)mi_few_rows_part_floats(M, N, K));
     if (!Ar || (!trans_b && !part)) {
         mi_free(Ar);
         mi_free(part);
@@ -312,33 +321,9 @@ static int small_m(int nt, int trans_b, int64_t M, int64_t N, int64_t K, const f
             const int64_t j0 = c * chunk, j1 = j0 + chunk < N ? j0 + chunk : N;
             mi_bgemm_small_m_nt_avx512(M, j0, j1, K, Ar, B, ldb, bias, beta, C, ldc);
         }
-        mi_free(Ar);
-        return 1;
-    }
-    int64_t strip = round_up(ceil_div(N, ceil_div(N * M, SMALL_PARTIALS)), 16);
-    if (nkb * ceil_div(N, strip) < nt)   /* too few tasks for the threads: narrower strips */
-        strip = round_up(ceil_div(N, ceil_div(nt, nkb)), 16);
-    const int64_t ncol = ceil_div(N, strip);
-    #pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        #pragma omp for schedule(static)
-        for (int64_t task = 0; task < nkb * ncol; task++) {
-            const int64_t kb = task / ncol, j0 = task % ncol * strip;
-            const int64_t n = N - j0 < strip ? N - j0 : strip;
-            const int64_t k0 = kb * SMALL_KB, k1 = k0 + SMALL_KB < K ? k0 + SMALL_KB : K;
-            mi_bgemm_small_m_nn_avx512(M, k1 - k0, n, Ar + k0, K, B + k0 * ldb + j0, ldb,
-                                       part + kb * M * N + j0, N);
-        }
-        /* implicit barrier: every partial is written */
-        #pragma omp for schedule(static)
-        for (int64_t j = 0; j < N; j++)
-            for (int64_t i = 0; i < M; i++) {
-                float v = part[i * N + j];
-                for (int64_t kb = 1; kb < nkb; kb++) v += part[(kb * M + i) * N + j];
-                float *c = C + i * ldc + j;
-                v = beta != 0.0f ? *c + v : v;
-                *c = bias ? v + bias[j] : v;
-            }
+    } else {
+        const small_m_ctx ctx = {M, K, ldb, Ar, B};
+        mi_few_rows_nn(nt, M, N, K, small_m_block, &ctx, part, bias, beta, C, ldc);
     }
     mi_free(part);
     mi_free(Ar);

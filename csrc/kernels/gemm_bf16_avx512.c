@@ -7,7 +7,6 @@
  * the multiply-adds per cycle. */
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16,fma")
 #include <immintrin.h>
-#include <string.h>
 
 #include "kernels/gemm_bf16_kernels.h"
 #include "kernels/tile12x32_avx512.h"
@@ -166,9 +165,9 @@ static inline __mmask16 lanes(int64_t left)
     return left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
 }
 
-/* sums[i * lds + j] = sum over the K rows k of b (B stored [K, N], row stride
- * ldb, from the first row and column wanted) of Ar[i * lda + k] * b[k, j] (Ar
- * from the first k wanted), for j < n: one FMA per k in order from zero. Four
+/* sums[i * lds + j] += the sum over the K rows k of b (B stored [K, N], row
+ * stride ldb, from the first row and column wanted) of Ar[i * lda + k] * b[k, j]
+ * (Ar from the first k wanted), for j < n: one FMA per k in order. Four
  * rows of B per sweep, each read as one contiguous stretch (a register tile
  * walked down the rows would read 128 bytes per row at a stride of ldb: the
  * weights would not stream). M is a constant where this is inlined, so A's
@@ -178,7 +177,6 @@ static inline __attribute__((always_inline)) void block_nn(const int M, int64_t 
                                                            const uint16_t *b, int64_t ldb,
                                                            float *sums, int64_t lds)
 {
-    for (int i = 0; i < M; i++) memset(sums + i * lds, 0, sizeof(float) * (size_t)n);
     int64_t k = 0;
     for (; k + 4 <= K; k += 4, b += 4 * ldb) {
         __m512 av[MI_BGEMM_SMALL_M][4];

@@ -45,8 +45,8 @@ void mi_bgemm_pack_b_avx512bf16(int trans_b, const uint16_t *B, int64_t ldb, int
  * bfloat16 widened to float32 as it is read and multiplied by Ar (A already
  * rounded to bfloat16 values, row stride lda) with float32 FMAs.
  *   nn (B stored [K, N], from the first row and column wanted): sums[i * lds + j]
- *      = the sum over B's K rows, j < n, one FMA per k in order from zero (the
- *      driver adds the K blocks' sums in block order).
+ *      += the sum over B's K rows, j < n, one FMA per k in order (one block of
+ *      few_rows.h's schedule).
  *   nt (B stored [N, K], Ar [M, K] contiguous): columns j0..j1-1 of C, each a dot
  *      product in four 16-lane accumulators (k mod 64, k in order within each),
  *      then a fixed tree.
